@@ -1,0 +1,249 @@
+"""Run configuration: one frozen dataclass per TOML section, each hyperparameter declared once.
+
+`load(path, sets)` reads `conf/default.toml`-style TOML (parsed with tomllib, never executed), applies
+`--set section.key=value` overrides (parsed into the field's declared type), and validates. Every error
+is a ConfigError that names the TOML key, the value and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mf_spark.errors import ConfigError
+
+
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key}: got {value!r}, expected {expected}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Column names (CSV header / Parquet) or 0-based positions (headerless TSV, MovieLens ::).
+    # "" = auto: common names (userId, user_id, user, ...) or positions 0, 1, 2, 3.
+    user_col: str = ""
+    item_col: str = ""
+    rating_col: str = ""
+    timestamp_col: str = ""
+    # Largest fraction of input rows that may be rejected before the run fails (exit 2).
+    max_bad_fraction: float = 0.01
+    # Repeated (user, item) pairs: error | last (latest timestamp, else last read) | mean | sum.
+    # "" = by model kind: mean for explicit, sum for implicit.
+    duplicates: Literal["", "error", "last", "mean", "sum"] = ""
+    # Implicit data: ratings <= 0 are rejected ("reject") or silently dropped but counted ("drop").
+    nonpositive: Literal["reject", "drop"] = "reject"
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction,
+                "a number in [0, 1]")
+
+    def duplicates_policy(self, kind: str) -> str:
+        return self.duplicates or ("sum" if kind == "implicit" else "mean")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    method: Literal["random", "per_user", "temporal"] = "random"
+    test_fraction: float = 0.2
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        require(0.0 < self.test_fraction < 1.0, "split.test_fraction", self.test_fraction,
+                "a number strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: Literal["explicit", "implicit"] = "explicit"
+    rank: int = 10                      # latent factors k
+    iterations: int = 10                # full ALS iterations (users then items)
+    reg: float = 0.1                    # lambda; multiplied by n_u (n_i) when reg_scaling = "count"
+    reg_scaling: Literal["count", "none"] = "count"   # count = ALS-WR weighted-lambda (MLlib)
+    biases: bool = False                # explicit only: learn mu + b_u + b_i
+    alpha: float = 1.0                  # implicit confidence slope
+    confidence: Literal["linear", "log"] = "linear"  # 1 + alpha*r  |  1 + alpha*log(1 + r/eps)
+    epsilon: float = 1.0                # eps of the log confidence
+    target: Literal["preference", "value"] = "preference"  # implicit p_ui: 1, or the observed value
+    unobserved_weight: float = 1.0      # w0 (implicit only); 1 = Hu-Koren-Volinsky
+    nonnegative: bool = False           # projected non-negative solves
+    seed: int = 0                       # factor initialization
+    num_user_blocks: int = 0            # 0 = Spark default parallelism
+    num_item_blocks: int = 0
+    strategy: Literal["auto", "broadcast", "join"] = "auto"
+    broadcast_budget_mb: int = 2048     # auto uses broadcast while fixed factors fit this
+    checkpoint_interval: int = 5        # checkpoint factors every N iterations; 0 = never
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
+        require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
+        require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
+        require(self.alpha >= 0.0, "model.alpha", self.alpha, "a number >= 0")
+        require(self.epsilon > 0.0, "model.epsilon", self.epsilon, "a number > 0")
+        require(self.unobserved_weight >= 0.0, "model.unobserved_weight", self.unobserved_weight,
+                "a number >= 0")
+        require(self.num_user_blocks >= 0, "model.num_user_blocks", self.num_user_blocks,
+                "an integer >= 0 (0 = auto)")
+        require(self.num_item_blocks >= 0, "model.num_item_blocks", self.num_item_blocks,
+                "an integer >= 0 (0 = auto)")
+        require(self.broadcast_budget_mb >= 0, "model.broadcast_budget_mb", self.broadcast_budget_mb,
+                "an integer >= 0")
+        require(self.checkpoint_interval >= 0, "model.checkpoint_interval", self.checkpoint_interval,
+                "an integer >= 0 (0 = never)")
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    top_n: int = 10
+    exclude_seen: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.top_n >= 1, "recommend.top_n", self.top_n, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = 10                          # cut-off of the ranking metrics
+    relevant_threshold: float | None = None  # explicit: held-out rating >= this is relevant
+    every_iteration: bool = True         # held-out RMSE (and NDCG when ranking) in the history
+
+    def __post_init__(self) -> None:
+        require(self.k >= 1, "eval.k", self.k, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    spark: dict[str, str] = field(default_factory=dict)  # passed to SparkSession.builder.config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "split": SplitConfig, "model": ModelConfig,
+                             "recommend": RecommendConfig, "eval": EvalConfig}
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
+
+
+def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
+    """Turn a TOML value (or, with from_text, a --set string) into the field's declared type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        text = str(value)
+        require(text in args, key, value, "one of " + ", ".join(repr(a) for a in args if a != ""))
+        return text
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if value is None or (from_text and str(value).strip().lower() in ("", "none", "null")):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(key, inner, value, from_text)
+    if hint is bool:
+        if from_text and isinstance(value, str):
+            low = value.strip().lower()
+            require(low in ("true", "false"), key, value, "true or false")
+            return low == "true"
+        require(isinstance(value, bool), key, value, "true or false")
+        return value
+    if hint is int:
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ConfigError(f"config key {key}: got {value!r}, expected an integer") from None
+        require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        return value
+    if hint is float:
+        if from_text and isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ConfigError(f"config key {key}: got {value!r}, expected a number") from None
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number")
+        return float(value)
+    if hint is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)   # a column position written as a bare TOML integer
+        require(isinstance(value, str), key, value, "a string")
+        return value
+    raise ConfigError(f"config key {key}: unsupported type {hint!r}")  # pragma: no cover
+
+
+def _build(section: str, cls: type, values: dict[str, Any], text_keys: set[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{section}.{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key {key}; known keys in [{section}]: "
+                              + ", ".join(sorted(names)))
+        kwargs[name] = _coerce(key, hints[name], value, key in text_keys)
+    return cls(**kwargs)
+
+
+def parse_set(text: str) -> tuple[str, str, str]:
+    """'model.rank=32' -> ('model', 'rank', '32')."""
+    key, sep, value = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. model.rank=32")
+    return section, name.strip(), value.strip()
+
+
+def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config") -> RunConfig:
+    """Build a RunConfig from a parsed TOML document plus --set overrides (later wins)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for section, body in doc.items():
+        if section == "spark":
+            if not isinstance(body, dict):
+                raise ConfigError(f"{source}: [spark] must be a table of Spark conf keys")
+            merged["spark"] = {str(k): str(v).lower() if isinstance(v, bool) else str(v)
+                               for k, v in body.items()}
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown config section [{section}]; known sections: "
+                              + ", ".join(sorted([*SECTIONS, "spark"])))
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        merged[section] = dict(body)
+    text_keys: set[str] = set()
+    for item in sets:
+        section, name, value = parse_set(item)
+        if section == "spark":
+            merged.setdefault("spark", {})[name] = value
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown config section {section!r}; known sections: "
+                              + ", ".join(sorted([*SECTIONS, "spark"])))
+        merged.setdefault(section, {})[name] = value
+        text_keys.add(f"{section}.{name}")
+    parts = {section: _build(section, cls, merged.get(section, {}), text_keys)
+             for section, cls in SECTIONS.items()}
+    return RunConfig(**parts, spark=merged.get("spark", {}))
+
+
+def load(path: str | Path | None = None, sets: list[str] = ()) -> RunConfig:
+    """Read the TOML at `path` (default conf/default.toml if present, else built-in defaults)."""
+    doc: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    return from_dict(doc, list(sets), source)
