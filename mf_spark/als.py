@@ -1,0 +1,144 @@
+"""The fit loop: initialize, alternate half-steps, report and checkpoint every iteration.
+
+    for it in range(start, iterations):
+        X = half_step(user_blocks, fixed=Y)     # users from items
+        Y = half_step(item_blocks, fixed=X)     # items from users
+        on_iteration(it, factors, stats)        # history, held-out metrics, logging
+
+Factors start from (seed, side, global index) alone (kernels.init), and each row's solve depends only
+on its own ratings and the fixed side, so the result does not depend on the number of blocks.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from mf_spark.blocks import build_blocks, row_counts
+from mf_spark.checkpoint import CheckpointStore, Factors
+from mf_spark.config import ModelConfig
+from mf_spark.errors import ConfigError, InputError
+from mf_spark.halfstep import HalfStepResult, half_step
+from mf_spark.kernels.init import init_factors
+from mf_spark.kernels.solve import SolveSpec
+from mf_spark.types import RATING
+
+log = logging.getLogger("mf_spark")
+
+
+@dataclass
+class FitResult:
+    factors: Factors
+    history: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)   # objective after every half-step
+    fit_seconds: float = 0.0
+    n_train: int = 0
+    rating_range: tuple[float, float] = (0.0, 0.0)
+
+
+OnIteration = Callable[[int, Factors], dict[str, Any]]
+
+
+def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
+    return SolveSpec(kind=cfg.kind, reg=cfg.reg, count_scaled=cfg.reg_scaling == "count",
+                     with_bias=cfg.kind == "explicit" and cfg.biases, mu=mu, alpha=cfg.alpha,
+                     confidence=cfg.confidence, epsilon=cfg.epsilon, target=cfg.target,
+                     w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative)
+
+
+def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndarray | None) -> float:
+    lam = spec.reg * (counts.astype(np.float64) if spec.count_scaled else (counts > 0).astype(np.float64))
+    sq = np.sum(F_.astype(np.float64) ** 2, axis=1)
+    if bias is not None:
+        sq += bias.astype(np.float64) ** 2
+    return float(np.sum(lam * sq))
+
+
+def _num_blocks(requested: int, train: DataFrame) -> int:
+    return requested if requested > 0 else max(1, train.sparkSession.sparkContext.defaultParallelism)
+
+
+def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
+        on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
+        resume: bool = False) -> FitResult:
+    """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double).
+
+    Performance note: one aggregate (count, mean, range), two block builds (a shuffle each, cached),
+    then two broadcasts and two jobs per iteration; blocks are unpersisted before returning.
+    """
+    if cfg.strategy == "join":
+        raise ConfigError("config key model.strategy: 'join' is not available in this version; "
+                          "use 'auto' or 'broadcast'")
+    started = time.perf_counter()
+    stats = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"),
+                      F.min(RATING).alias("lo"), F.max(RATING).alias("hi")).first()
+    if not stats["n"]:
+        raise InputError("the training split is empty: nothing to fit")
+    with_bias = cfg.kind == "explicit" and cfg.biases
+    mu = float(stats["mean"]) if with_bias else 0.0
+    spec = solve_spec(cfg, mu)
+    user_blocks = build_blocks(train, "user", _num_blocks(cfg.num_user_blocks, train))
+    item_blocks = build_blocks(train, "item", _num_blocks(cfg.num_item_blocks, train))
+    try:
+        n_u, n_i = row_counts(user_blocks, n_users), row_counts(item_blocks, n_items)
+        factors = Factors(init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
+                          init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
+                          np.zeros(n_users, np.float32) if with_bias else None,
+                          np.zeros(n_items, np.float32) if with_bias else None, mu)
+        result = FitResult(factors, n_train=int(stats["n"]), rating_range=(float(stats["lo"]), float(stats["hi"])))
+        start = 0
+        if resume and checkpoints is not None:
+            start = _restore(checkpoints, result, cfg, n_users, n_items)
+        for it in range(start, cfg.iterations):
+            t0 = time.perf_counter()
+            f = result.factors
+            users = half_step(user_blocks, n_users, f.Y, spec, f.item_bias,
+                              HalfStepResult(f.X, f.user_bias, 0, 0, 0))
+            result.losses.append(users.data_loss + users.reg_loss + _reg_term(spec, n_i, f.Y, f.item_bias))
+            items = half_step(item_blocks, n_items, users.factors, spec, users.bias,
+                              HalfStepResult(f.Y, f.item_bias, 0, 0, 0))
+            loss = items.data_loss + items.reg_loss + _reg_term(spec, n_u, users.factors, users.bias)
+            result.losses.append(loss)
+            result.factors = Factors(users.factors, items.factors, users.bias, items.bias, mu)
+            entry = {"iteration": it + 1, "loss": loss,
+                     "train_rmse": float(np.sqrt(items.sq_err / result.n_train)) if cfg.kind == "explicit" else None,
+                     "test_rmse": None}
+            if on_iteration is not None:
+                entry.update(on_iteration(it + 1, result.factors))
+            entry["seconds"] = time.perf_counter() - t0
+            result.history.append(entry)
+            log.info("iteration %d/%d %s", it + 1, cfg.iterations,
+                     " ".join(f"{k}={v:.5g}" for k, v in entry.items() if isinstance(v, float)))
+            if checkpoints is not None and cfg.checkpoint_interval and (it + 1) % cfg.checkpoint_interval == 0 \
+                    and it + 1 < cfg.iterations:
+                checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed,
+                                                          "history": result.history})
+    finally:
+        user_blocks.unpersist()
+        item_blocks.unpersist()
+    result.fit_seconds = time.perf_counter() - started
+    return result
+
+
+def _restore(checkpoints: CheckpointStore, result: FitResult, cfg: ModelConfig, n_users: int, n_items: int) -> int:
+    """Load the latest checkpoint into `result`; returns the number of iterations already done."""
+    found = checkpoints.latest()
+    if found is None:
+        log.info("--resume: no checkpoint under %s, starting from iteration 1", checkpoints.root)
+        return 0
+    state, factors = found
+    want = {"rank": cfg.rank, "n_users": n_users, "n_items": n_items, "kind": cfg.kind, "seed": cfg.seed,
+            "biases": result.factors.user_bias is not None}
+    diff = {k: (state.get(k), v) for k, v in want.items() if state.get(k) != v}
+    if diff:
+        raise InputError(f"--resume: checkpoint {checkpoints.root} does not match this run: "
+                         + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+    result.factors = factors
+    result.history = list(state.get("history", []))
+    log.info("--resume: continuing after iteration %d from %s", state["iteration"], checkpoints.root)
+    return int(state["iteration"])

@@ -1,0 +1,105 @@
+"""Checkpoints of the factors, so a killed run can continue with `--resume`.
+
+Layout (beside the output folder, never inside it, so a failed run leaves the output untouched):
+
+    <parent>/.<name>_checkpoint/iter-00005/users/   Parquet: idx int, bias float, factors array<float>
+                                          items/
+                                          state.json   written last: a folder without it is ignored
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import SparkSession
+
+from mf_spark import fs
+from mf_spark.errors import InputError
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Factors of both sides and the global mean; biases are None without biases."""
+    X: np.ndarray                # (n_users, k) float32
+    Y: np.ndarray                # (n_items, k) float32
+    user_bias: np.ndarray | None # (n_users,) float32
+    item_bias: np.ndarray | None # (n_items,) float32
+    mu: float
+
+    def __post_init__(self) -> None:
+        if self.X.ndim != 2 or self.Y.ndim != 2 or self.X.shape[1] != self.Y.shape[1]:
+            raise ValueError(f"factor shapes disagree: users {self.X.shape}, items {self.Y.shape}")
+        for name, b, n in (("user", self.user_bias, self.X.shape[0]), ("item", self.item_bias, self.Y.shape[0])):
+            if b is not None and b.shape != (n,):
+                raise ValueError(f"{name} biases have shape {b.shape}, expected ({n},)")
+
+
+def factor_table(ids: pa.Array, F: np.ndarray, bias: np.ndarray | None, id_name: str = "id") -> pa.Table:
+    """Arrow table of (id, [bias], factors list<float>) in index order."""
+    k = F.shape[1]
+    flat = pa.array(np.ascontiguousarray(F, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, (F.shape[0] + 1) * k, k, dtype=np.int32))
+    cols = {id_name: ids}
+    if bias is not None:
+        cols["bias"] = pa.array(bias.astype(np.float32))
+    cols["factors"] = pa.ListArray.from_arrays(offsets, flat)
+    return pa.table(cols)
+
+
+def read_factor_table(table: pa.Table, rank: int, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(factors (n, rank) float32, bias or None) from a table already in index order."""
+    col = table.column("factors").combine_chunks()
+    lengths = col.value_lengths().to_numpy(zero_copy_only=False)
+    if col.null_count or np.any(lengths != rank):
+        raise InputError(f"{where}: every factors row must hold {rank} numbers")
+    F = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, rank)
+    bias = None
+    if "bias" in table.column_names:
+        bias = table.column("bias").to_numpy().astype(np.float32)
+    return F, bias
+
+
+class CheckpointStore:
+    """Saves and finds the latest complete checkpoint for one output folder."""
+
+    def __init__(self, spark: SparkSession, output: str):
+        out = fs.qualify(spark, output).rstrip("/")
+        self.spark = spark
+        self.root = posixpath.join(posixpath.dirname(out), "." + posixpath.basename(out) + "_checkpoint")
+
+    def save(self, iteration: int, factors: Factors, state: dict[str, Any]) -> None:
+        """Write iteration `iteration` (1-based, completed) then drop older checkpoints."""
+        folder = posixpath.join(self.root, f"iter-{iteration:05d}")
+        fs.delete(self.spark, folder)
+        for side, F, b in (("users", factors.X, factors.user_bias), ("items", factors.Y, factors.item_bias)):
+            table = factor_table(pa.array(np.arange(F.shape[0], dtype=np.int32)), F, b, "idx")
+            self.spark.createDataFrame(table).coalesce(1).write.parquet(posixpath.join(folder, side))
+        body = dict(state, iteration=iteration, mu=factors.mu, rank=int(factors.X.shape[1]),
+                    n_users=int(factors.X.shape[0]), n_items=int(factors.Y.shape[0]),
+                    biases=factors.user_bias is not None)
+        fs.write_text(self.spark, posixpath.join(folder, "state.json"), json.dumps(body, indent=1))
+        for name in fs.list_names(self.spark, self.root):
+            if name.startswith("iter-") and name < f"iter-{iteration:05d}":
+                fs.delete(self.spark, posixpath.join(self.root, name))
+
+    def latest(self) -> tuple[dict[str, Any], Factors] | None:
+        """The newest checkpoint whose state.json exists, or None."""
+        for name in reversed(fs.list_names(self.spark, self.root)):
+            folder = posixpath.join(self.root, name)
+            if not name.startswith("iter-") or not fs.exists(self.spark, posixpath.join(folder, "state.json")):
+                continue
+            state = json.loads(fs.read_text(self.spark, posixpath.join(folder, "state.json")))
+            sides = []
+            for side in ("users", "items"):
+                table = self.spark.read.parquet(posixpath.join(folder, side)).toArrow().sort_by("idx")
+                sides.append(read_factor_table(table, state["rank"], posixpath.join(folder, side)))
+            (X, bu), (Y, bi) = sides
+            return state, Factors(X, Y, bu, bi, float(state["mu"]))
+        return None
+
+    def clear(self) -> None:
+        fs.delete(self.spark, self.root)

@@ -1,0 +1,73 @@
+"""File-system operations through Hadoop's FileSystem API, so local paths, HDFS and object stores
+behave alike (the same API Spark itself writes with). Every function takes the active SparkSession.
+"""
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+
+
+def _fs_path(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
+
+
+def qualify(spark: SparkSession, path: str) -> str:
+    """Absolute, scheme-qualified form of `path` (file:/..., hdfs://...)."""
+    fs, p = _fs_path(spark, path)
+    return str(fs.makeQualified(p).toString())
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    fs, p = _fs_path(spark, path)
+    return bool(fs.exists(p))
+
+
+def is_dir(spark: SparkSession, path: str) -> bool:
+    fs, p = _fs_path(spark, path)
+    return bool(fs.exists(p) and fs.getFileStatus(p).isDirectory())
+
+
+def delete(spark: SparkSession, path: str) -> None:
+    fs, p = _fs_path(spark, path)
+    if fs.exists(p):
+        fs.delete(p, True)
+
+
+def mkdirs(spark: SparkSession, path: str) -> None:
+    fs, p = _fs_path(spark, path)
+    fs.mkdirs(p)
+
+
+def rename(spark: SparkSession, src: str, dst: str) -> bool:
+    """Move src to dst (dst must not exist); True on success. Atomic on HDFS and local disks."""
+    fs, s = _fs_path(spark, src)
+    _, d = _fs_path(spark, dst)
+    return bool(fs.rename(s, d))
+
+
+def list_names(spark: SparkSession, path: str) -> list[str]:
+    fs, p = _fs_path(spark, path)
+    if not fs.exists(p):
+        return []
+    return sorted(str(st.getPath().getName()) for st in fs.listStatus(p))
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    fs, p = _fs_path(spark, path)
+    out = fs.create(p, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    fs, p = _fs_path(spark, path)
+    stream = fs.open(p)
+    try:
+        jvm = spark.sparkContext._jvm
+        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+    finally:
+        stream.close()
+    return bytes(data).decode("utf-8")

@@ -1,0 +1,84 @@
+"""One ALS half-step on Spark: new factors for every row of one side, the other side held fixed.
+
+Broadcast strategy: the driver broadcasts the fixed side's factors (float32), its biases and, for
+weighted ALS, its Gramian G = Y^T Y (computed once here, not once per block). Each cached rating block
+solves its rows locally with `kernels.solve.solve_block`; the driver collects and assembles the rows.
+
+    driver: Y, G --broadcast--> block 0: rows [0, 2, 4]  -> x_0, x_2, x_4 --collect--> X
+                                block 1: rows [1, 3]     -> x_1, x_3
+
+Performance note: one broadcast and one Spark job (a collect of n_rows x k floats) per half-step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+
+from mf_spark.blocks import iter_blocks
+from mf_spark.kernels.solve import SolveSpec, solve_block
+
+RESULT_SCHEMA = ("block int, row_ids binary, factors binary, bias binary, data_loss double, "
+                 "reg_loss double, sq_err double")
+
+
+@dataclass(frozen=True)
+class HalfStepResult:
+    factors: np.ndarray          # (n_rows, k) float32
+    bias: np.ndarray | None      # (n_rows,) float32 when the spec has biases
+    data_loss: float
+    reg_loss: float
+    sq_err: float
+
+
+def _solver(bc, spec: SolveSpec):
+    def solve(batches):
+        Y, fixed_bias, gram = bc.value
+        for blk in iter_blocks(batches):
+            sol = solve_block(blk.indptr, blk.cols, blk.values, Y, spec, fixed_bias=fixed_bias, gram=gram)
+            yield pa.RecordBatch.from_pylist([{
+                "block": blk.block, "row_ids": blk.row_ids.tobytes(), "factors": sol.factors.tobytes(),
+                "bias": None if sol.bias is None else sol.bias.tobytes(),
+                "data_loss": sol.data_loss, "reg_loss": sol.reg_loss, "sq_err": sol.sq_err}],
+                schema=_RESULT_ARROW)
+    return solve
+
+
+_RESULT_ARROW = pa.schema([("block", pa.int32()), ("row_ids", pa.binary()), ("factors", pa.binary()),
+                           ("bias", pa.binary()), ("data_loss", pa.float64()), ("reg_loss", pa.float64()),
+                           ("sq_err", pa.float64())])
+
+
+def half_step(blocks: DataFrame, n_rows: int, fixed: np.ndarray, spec: SolveSpec,
+              fixed_bias: np.ndarray | None = None, previous: HalfStepResult | None = None) -> HalfStepResult:
+    """Solve every row of the cached `blocks` against `fixed` ((n_fixed, k) float32).
+
+    Rows that no block holds keep their `previous` factors (zeros when there are none).
+    Performance note: one broadcast of fixed (+ biases, Gramian), one job, one collect.
+    """
+    fixed = np.ascontiguousarray(fixed, dtype=np.float32)
+    k = fixed.shape[1]
+    gram = fixed.T.astype(np.float64) @ fixed if spec.kind == "implicit" else None
+    sc = blocks.sparkSession.sparkContext
+    bc = sc.broadcast((fixed, None if fixed_bias is None else fixed_bias.astype(np.float32), gram))
+    try:
+        rows = blocks.mapInArrow(_solver(bc, spec), RESULT_SCHEMA).collect()
+    finally:
+        bc.unpersist(blocking=False)
+    X = previous.factors.copy() if previous is not None else np.zeros((n_rows, k), dtype=np.float32)
+    bias = None
+    if spec.with_bias:
+        bias = (previous.bias.copy() if previous is not None and previous.bias is not None
+                else np.zeros(n_rows, dtype=np.float32))
+    data_loss = reg_loss = sq_err = 0.0
+    for rec in rows:
+        ids = np.frombuffer(rec["row_ids"], dtype=np.int32)
+        X[ids] = np.frombuffer(rec["factors"], dtype=np.float32).reshape(ids.size, k)
+        if bias is not None:
+            bias[ids] = np.frombuffer(rec["bias"], dtype=np.float32)
+        data_loss += rec["data_loss"]
+        reg_loss += rec["reg_loss"]
+        sq_err += rec["sq_err"]
+    return HalfStepResult(X, bias, data_loss, reg_loss, sq_err)

@@ -1,0 +1,210 @@
+"""Batched normal-equation solves for one block of rows (users, or items), numpy only.
+
+Explicit ALS row u (biases: y_i augmented with a constant 1, x_u with b_u, target r_ui - mu - b_i):
+
+    (Y_u^T Y_u + lambda_u I) x_u = Y_u^T t_u,                 lambda_u = lambda * n_u^s
+
+Weighted ALS row u (unobserved entries weighted w0, never materialized thanks to G = Y^T Y):
+
+    (w0 G + Y_u^T (C_u - w0 I) Y_u + lambda_u I) x_u = Y_u^T C_u p_u
+
+Rows are sorted by length and cut into chunks of similar length; each chunk is padded to its longest
+row with a zero factor row, so its Gramians come from one stacked `np.matmul` and its systems from one
+stacked `np.linalg.solve`. The Python loop is over chunks (tens per block), never over rows.
+
+Worked example (k = 2, one block of three users, fixed item factors Y with 4 rows):
+
+    indptr = [0, 2, 3, 6]   user 0 rated items 1,3; user 1 item 0; user 2 items 0,2,3
+    cols   = [1, 3, 0, 0, 2, 3]
+    sorted by length -> chunk [user 1 (L=1)], [user 0 (L=2), user 2 (L=3)] padded to L=3:
+    idx    = [[1, 3, Z], [0, 2, 3]]   Z = index of the appended zero row of Y
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# 4 Mi floats (16 MiB) of gathered factors per chunk: bounded task memory, still BLAS-sized.
+CHUNK_FLOATS = 1 << 22
+# A chunk only takes rows up to 1.25x its shortest row (past 8), so padding wastes < 25% of the flops.
+LENGTH_RATIO = 1.25
+MIN_PAD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SolveSpec:
+    """What one half-step solves; built once from ModelConfig."""
+    kind: str = "explicit"          # explicit | implicit
+    reg: float = 0.1                # lambda
+    count_scaled: bool = True       # lambda_u = lambda * n_u (ALS-WR) or lambda
+    with_bias: bool = False         # explicit: solve [x_u, b_u] against [y_i, 1]
+    mu: float = 0.0                 # explicit global mean subtracted from every rating
+    alpha: float = 1.0              # implicit confidence slope
+    confidence: str = "linear"      # linear: 1 + alpha*r | log: 1 + alpha*log(1 + r/eps)
+    epsilon: float = 1.0
+    target: str = "preference"      # implicit p_ui: 1, or the observed value
+    w0: float = 1.0                 # weight of unobserved entries
+    nonnegative: bool = False       # projected (NNLS) solve
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("explicit", "implicit"):
+            raise ValueError(f"kind must be explicit or implicit, got {self.kind!r}")
+        if self.kind == "implicit" and self.with_bias:
+            raise ValueError("biases apply to explicit models only")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSolution:
+    """New factors for the rows of one block and the pieces of the objective they give."""
+    factors: np.ndarray          # (n_rows, k) float32
+    bias: np.ndarray | None      # (n_rows,) float32 when with_bias, else None
+    data_loss: float             # explicit: sum of squared errors; implicit: weighted loss incl. w0 part
+    reg_loss: float              # sum_u lambda_u (|x_u|^2 + b_u^2)
+    sq_err: float                # sum over observed entries of (r - prediction)^2
+
+
+def confidence(values: np.ndarray, spec: SolveSpec) -> np.ndarray:
+    """c_ui from r_ui. |r| keeps c >= 1 for negative signals (Hu, Koren & Volinsky assume r >= 0)."""
+    r = np.abs(values.astype(np.float64))
+    if spec.confidence == "log":
+        return 1.0 + spec.alpha * np.log1p(r / spec.epsilon)
+    return 1.0 + spec.alpha * r
+
+
+def preference(values: np.ndarray, spec: SolveSpec) -> np.ndarray:
+    """p_ui: 1 for an observed interaction (preference), or the observed value itself (WALS form)."""
+    if spec.target == "value":
+        return values.astype(np.float64)
+    return (values > 0).astype(np.float64)
+
+
+def chunks(lengths: np.ndarray, rank: int, budget: int = CHUNK_FLOATS) -> list[tuple[np.ndarray, int]]:
+    """Group row positions into (rows, padded length) chunks of similar length within `budget` floats."""
+    order = np.argsort(lengths, kind="stable")
+    sorted_len = lengths[order]
+    out: list[tuple[np.ndarray, int]] = []
+    start, n = 0, order.size
+    while start < n:
+        first = max(int(sorted_len[start]), 1)
+        cap = max(int(first * LENGTH_RATIO), first + MIN_PAD)
+        stop_len = int(np.searchsorted(sorted_len, cap, side="right"))
+        max_len = int(sorted_len[stop_len - 1]) if stop_len > start else first
+        by_budget = start + max(1, budget // (max(max_len, 1) * rank))
+        stop = max(start + 1, min(stop_len, by_budget, n))
+        out.append((order[start:stop], max(int(sorted_len[stop - 1]), 1)))
+        start = stop
+    return out
+
+
+def _gather(indptr, cols, vals, rows, width, zero_row):
+    """Padded (b, width) column indices (zero_row where padding), values (0 there) and the mask."""
+    starts = indptr[rows]
+    lens = indptr[rows + 1] - starts
+    offs = np.arange(width, dtype=np.int64)
+    mask = offs[None, :] < lens[:, None]
+    pos = np.where(mask, starts[:, None] + offs[None, :], 0)
+    idx = np.where(mask, cols[pos] if cols.size else 0, zero_row)
+    v = np.where(mask, vals[pos] if vals.size else 0, 0).astype(np.float64)
+    return idx, v, mask, lens
+
+
+def _solve_spd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Stacked solve of (b, k, k) systems; singular ones (reg = 0, too few ratings) via pseudo-inverse."""
+    try:
+        return np.linalg.solve(A, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return (np.linalg.pinv(A, hermitian=True) @ b[..., None])[..., 0]
+
+
+def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
+               tol: float = 1e-9) -> np.ndarray:
+    """min x^T A x / 2 - b^T x subject to x >= 0, for a stack of SPD systems.
+
+    Projected coordinate descent: each sweep minimizes exactly along every coordinate in turn
+    (clipped at 0), vectorized over the stack, so the objective never increases. The last `free`
+    coordinates (a bias) are left unconstrained. A : (b, k, k) float64, b : (b, k) float64.
+    """
+    n, k = b.shape
+    lower = np.zeros(k)
+    lower[k - free:] = -np.inf
+    diag = np.maximum(np.einsum("bii->bi", A), 1e-300)
+    x = np.maximum(_solve_spd(A, b), lower)
+    for _ in range(sweeps):
+        biggest = 0.0
+        for j in range(k):
+            grad = np.einsum("bk,bk->b", A[:, j, :], x) - b[:, j]
+            new = np.maximum(x[:, j] - grad / diag[:, j], lower[j])
+            biggest = max(biggest, float(np.max(np.abs(new - x[:, j]))) if n else 0.0)
+            x[:, j] = new
+        if biggest <= tol:
+            break
+    return x
+
+
+def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
+                fixed_bias: np.ndarray | None = None, gram: np.ndarray | None = None,
+                budget: int = CHUNK_FLOATS) -> BlockSolution:
+    """Solve every row of a CSR block against the fixed side's factors.
+
+    Parameters
+    ----------
+    indptr : (n_rows + 1,) int64    row pointers of the block
+    cols : (nnz,) int32             global indices on the fixed side
+    vals : (nnz,) float32           ratings (explicit) or interaction strengths (implicit)
+    Y : (n_fixed, k) float32        fixed-side factors
+    fixed_bias : (n_fixed,) float32 fixed-side biases, required when spec.with_bias
+    gram : (k, k) float64           Y^T Y, required for implicit (computed once per half-step)
+    Returns a BlockSolution. Raises ValueError when shapes disagree.
+    """
+    n_rows = indptr.size - 1
+    n_fixed, k = Y.shape
+    if indptr[-1] != cols.size or cols.size != vals.size:
+        raise ValueError(f"bad CSR: indptr ends at {indptr[-1]}, {cols.size} cols, {vals.size} values")
+    if spec.with_bias and (fixed_bias is None or fixed_bias.shape != (n_fixed,)):
+        raise ValueError("with_bias needs fixed_bias of shape (n_fixed,)")
+    if spec.kind == "implicit" and (gram is None or gram.shape != (k, k)):
+        raise ValueError(f"implicit solve needs the ({k}, {k}) Gramian of the fixed side")
+    width = k + 1 if spec.with_bias else k
+    Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)    # last row: padding target
+    Yf[:n_fixed, :k] = Y
+    if spec.with_bias:
+        Yf[:n_fixed, k] = 1.0
+    target = vals.astype(np.float64)
+    if spec.kind == "explicit":
+        target = target - spec.mu
+        if spec.with_bias:
+            target = target - fixed_bias[cols]
+    X = np.zeros((n_rows, width), dtype=np.float64)
+    data_loss = reg_loss = sq_err = 0.0
+    lengths = np.diff(indptr)
+    for rows, L in chunks(lengths, width, budget):
+        idx, t, mask, lens = _gather(indptr, cols, target, rows, L, n_fixed)
+        G = Yf[idx]                                             # (b, L, width) float32
+        GT = G.transpose(0, 2, 1)
+        lam = spec.reg * (lens.astype(np.float64) if spec.count_scaled else np.ones(rows.size))
+        if spec.kind == "explicit":
+            A = np.matmul(GT, G).astype(np.float64)
+            rhs = np.matmul(GT.astype(np.float64), t[..., None])[..., 0]
+        else:
+            c = np.where(mask, confidence(t, spec), 0.0)
+            p = preference(t, spec)
+            A = spec.w0 * gram + np.matmul(GT * (c - spec.w0 * mask)[:, None, :].astype(np.float32),
+                                           G).astype(np.float64)
+            rhs = np.matmul(GT.astype(np.float64), (c * p)[..., None])[..., 0]
+        A[:, np.arange(width), np.arange(width)] += lam[:, None]
+        x = nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)
+        X[rows] = x
+        pred = np.matmul(G.astype(np.float64), x[..., None])[..., 0]     # (b, L)
+        err = np.where(mask, t - pred, 0.0)
+        sq_err += float(np.sum(err * err))
+        reg_loss += float(np.sum(lam * np.sum(x * x, axis=1)))
+        if spec.kind == "explicit":
+            data_loss += float(np.sum(err * err))
+        else:
+            perr = np.where(mask, p - pred, 0.0)
+            data_loss += float(np.sum(c * perr * perr) - spec.w0 * np.sum(np.where(mask, pred * pred, 0.0))
+                               + spec.w0 * np.einsum("bi,ij,bj->", x, gram, x))
+    bias = X[:, k].astype(np.float32) if spec.with_bias else None
+    return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
+

@@ -1,0 +1,153 @@
+"""Stacked solver against slow, obvious references (no Spark)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mf_spark.kernels.solve import SolveSpec, chunks, confidence, nnls_stack, preference, solve_block
+
+
+def random_block(rng, n_rows=30, n_fixed=50, k=6, max_len=40, empty_rows=True):
+    lens = rng.integers(0 if empty_rows else 1, max_len, n_rows)
+    lens[0] = max_len + 20        # longer than k, longer than the others
+    lens = np.minimum(lens, n_fixed)
+    cols = np.concatenate([np.sort(rng.choice(n_fixed, size=n, replace=False)) for n in lens]).astype(np.int32)
+    indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    vals = rng.uniform(1, 5, cols.size).astype(np.float32)
+    Y = rng.normal(size=(n_fixed, k)).astype(np.float32)
+    return indptr, cols, vals, Y
+
+
+def explicit_reference(indptr, cols, vals, Y, row, spec, fixed_bias=None):
+    """Per-row dense normal equations in float64."""
+    sl = slice(indptr[row], indptr[row + 1])
+    Yu = Y[cols[sl]].astype(np.float64)
+    t = vals[sl].astype(np.float64) - spec.mu
+    if spec.with_bias:
+        Yu = np.hstack([Yu, np.ones((Yu.shape[0], 1))])
+        t = t - fixed_bias[cols[sl]]
+    n = sl.stop - sl.start
+    lam = spec.reg * (n if spec.count_scaled else 1.0)
+    A = Yu.T @ Yu + lam * np.eye(Yu.shape[1])
+    if n == 0 and lam == 0:
+        return np.zeros(Yu.shape[1])
+    return np.linalg.solve(A, Yu.T @ t)
+
+
+def implicit_dense_reference(indptr, cols, vals, Y, row, spec):
+    """Weighted least squares over EVERY fixed-side column: observed with c_ui, the rest with w0."""
+    n_fixed, k = Y.shape
+    sl = slice(indptr[row], indptr[row + 1])
+    w = np.full(n_fixed, spec.w0)
+    p = np.zeros(n_fixed)
+    w[cols[sl]] = confidence(vals[sl], spec)
+    p[cols[sl]] = preference(vals[sl], spec)
+    Yd = Y.astype(np.float64)
+    n = sl.stop - sl.start
+    lam = spec.reg * (n if spec.count_scaled else 1.0)
+    A = Yd.T @ (w[:, None] * Yd) + lam * np.eye(k)
+    return np.linalg.solve(A, Yd.T @ (w * p))
+
+
+@pytest.mark.parametrize("count_scaled", [True, False])
+@pytest.mark.parametrize("budget", [64, 1 << 22])
+def test_explicit_matches_per_row(rng, count_scaled, budget):
+    indptr, cols, vals, Y = random_block(rng)
+    spec = SolveSpec(reg=0.1, count_scaled=count_scaled, mu=3.0)
+    got = solve_block(indptr, cols, vals, Y, spec, budget=budget)
+    want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
+    np.testing.assert_allclose(got.factors, want, rtol=1e-4, atol=1e-5)
+    assert got.bias is None and got.factors.dtype == np.float32
+
+
+def test_explicit_with_bias_matches_per_row(rng):
+    indptr, cols, vals, Y = random_block(rng, empty_rows=False)
+    fb = rng.normal(size=Y.shape[0]).astype(np.float32)
+    spec = SolveSpec(reg=0.05, with_bias=True, mu=3.2)
+    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb)
+    want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
+    np.testing.assert_allclose(got.factors, want[:, :-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.bias, want[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_loss_pieces(rng):
+    indptr, cols, vals, Y = random_block(rng, empty_rows=False)
+    spec = SolveSpec(reg=0.2, count_scaled=True)
+    got = solve_block(indptr, cols, vals, Y, spec)
+    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    pred = np.sum(got.factors[rows].astype(np.float64) * Y[cols], axis=1)
+    sse = np.sum((vals - pred) ** 2)
+    reg = np.sum(0.2 * np.diff(indptr) * np.sum(got.factors.astype(np.float64) ** 2, axis=1))
+    assert got.sq_err == pytest.approx(sse, rel=1e-4)
+    assert got.data_loss == pytest.approx(sse, rel=1e-4)
+    assert got.reg_loss == pytest.approx(reg, rel=1e-4)
+
+
+@pytest.mark.parametrize("w0", [1.0, 0.1, 0.01])
+@pytest.mark.parametrize("kind,alpha", [("linear", 2.0), ("linear", 40.0), ("log", 5.0)])
+@pytest.mark.parametrize("target", ["preference", "value"])
+def test_implicit_matches_dense_weighted_lsq(rng, w0, kind, alpha, target):
+    indptr, cols, vals, Y = random_block(rng, n_rows=20, n_fixed=45, k=5, max_len=30)
+    spec = SolveSpec(kind="implicit", reg=0.05, alpha=alpha, confidence=kind, epsilon=0.5, target=target,
+                     w0=w0)
+    gram = Y.T.astype(np.float64) @ Y
+    got = solve_block(indptr, cols, vals, Y, spec, gram=gram)
+    want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
+    np.testing.assert_allclose(got.factors, want, rtol=2e-3, atol=2e-4)
+
+
+def test_implicit_loss_equals_dense_objective(rng):
+    indptr, cols, vals, Y = random_block(rng, n_rows=10, n_fixed=30, k=4, max_len=20)
+    spec = SolveSpec(kind="implicit", reg=0.1, alpha=3.0, w0=0.5)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y)
+    dense = 0.0
+    for r in range(indptr.size - 1):
+        sl = slice(indptr[r], indptr[r + 1])
+        w = np.full(Y.shape[0], 0.5); p = np.zeros(Y.shape[0])
+        w[cols[sl]] = confidence(vals[sl], spec); p[cols[sl]] = 1.0
+        s = Y.astype(np.float64) @ got.factors[r].astype(np.float64)
+        dense += np.sum(w * (p - s) ** 2)
+    assert got.data_loss == pytest.approx(dense, rel=1e-4)
+
+
+def test_nnls_matches_brute_force(rng):
+    k = 3
+    M = rng.normal(size=(40, 6, k))
+    A = np.matmul(M.transpose(0, 2, 1), M) + 0.1 * np.eye(k)
+    b = rng.normal(size=(40, k))
+    got = nnls_stack(A, b)
+    assert np.all(got >= 0)
+    for a, bb, x in zip(A, b, got):   # enumerate every active set: the true constrained minimum
+        best = np.inf
+        for mask in range(1 << k):
+            S = [j for j in range(k) if mask >> j & 1]
+            z = np.zeros(k)
+            if S:
+                z[S] = np.linalg.solve(a[np.ix_(S, S)], bb[S])
+            if np.all(z >= -1e-12):
+                best = min(best, 0.5 * z @ a @ z - bb @ z)
+        assert 0.5 * x @ a @ x - bb @ x <= best + 1e-8
+
+
+def test_nonnegative_block_is_nonnegative(rng):
+    indptr, cols, vals, Y = random_block(rng, empty_rows=False)
+    got = solve_block(indptr, cols, vals, np.abs(Y), SolveSpec(reg=0.1, nonnegative=True))
+    assert np.all(got.factors >= 0)
+
+
+def test_chunks_cover_every_row_once(rng):
+    lens = rng.integers(0, 500, 1000)
+    seen = np.concatenate([rows for rows, _ in chunks(lens, 10, budget=5000)])
+    assert np.array_equal(np.sort(seen), np.arange(1000))
+    for rows, width in chunks(lens, 10, budget=5000):
+        assert lens[rows].max() <= width
+
+
+def test_shape_errors(rng):
+    indptr, cols, vals, Y = random_block(rng)
+    with pytest.raises(ValueError, match="bad CSR"):
+        solve_block(indptr, cols[:-1], vals, Y, SolveSpec())
+    with pytest.raises(ValueError, match="Gramian"):
+        solve_block(indptr, cols, vals, Y, SolveSpec(kind="implicit"))
+    with pytest.raises(ValueError, match="fixed_bias"):
+        solve_block(indptr, cols, vals, Y, SolveSpec(with_bias=True))
