@@ -41,6 +41,23 @@ class FitResult:
     rating_range: tuple[float, float] = (0.0, 0.0)
 
 
+@dataclass(frozen=True)
+class TrainStats:
+    n: int
+    mean: float
+    lo: float
+    hi: float
+
+
+def train_stats(train: DataFrame) -> TrainStats:
+    """Count, mean and range of the training ratings. Performance note: one aggregate job."""
+    row = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"),
+                    F.min(RATING).alias("lo"), F.max(RATING).alias("hi")).first()
+    if not row["n"]:
+        raise InputError("the training split is empty: nothing to fit")
+    return TrainStats(int(row["n"]), float(row["mean"]), float(row["lo"]), float(row["hi"]))
+
+
 OnIteration = Callable[[int, Factors], dict[str, Any]]
 
 
@@ -65,7 +82,7 @@ def _num_blocks(requested: int, train: DataFrame) -> int:
 
 def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
         on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, stats: TrainStats | None = None) -> FitResult:
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double).
 
     Performance note: one aggregate (count, mean, range), two block builds (a shuffle each, cached),
@@ -75,12 +92,9 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
         raise ConfigError("config key model.strategy: 'join' is not available in this version; "
                           "use 'auto' or 'broadcast'")
     started = time.perf_counter()
-    stats = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"),
-                      F.min(RATING).alias("lo"), F.max(RATING).alias("hi")).first()
-    if not stats["n"]:
-        raise InputError("the training split is empty: nothing to fit")
+    stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
-    mu = float(stats["mean"]) if with_bias else 0.0
+    mu = stats.mean if with_bias else 0.0
     spec = solve_spec(cfg, mu)
     user_blocks = build_blocks(train, "user", _num_blocks(cfg.num_user_blocks, train))
     item_blocks = build_blocks(train, "item", _num_blocks(cfg.num_item_blocks, train))
@@ -90,7 +104,7 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
                           init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
                           np.zeros(n_users, np.float32) if with_bias else None,
                           np.zeros(n_items, np.float32) if with_bias else None, mu)
-        result = FitResult(factors, n_train=int(stats["n"]), rating_range=(float(stats["lo"]), float(stats["hi"])))
+        result = FitResult(factors, n_train=stats.n, rating_range=(stats.lo, stats.hi))
         start = 0
         if resume and checkpoints is not None:
             start = _restore(checkpoints, result, cfg, n_users, n_items)

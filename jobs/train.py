@@ -1,0 +1,111 @@
+"""Train a model: read -> validate -> split -> index -> fit -> evaluate -> recommend -> publish.
+
+    spark-submit jobs/train.py --input ratings.csv --output out/ [--config f.toml] [--set k=v ...]
+    python -m jobs.train                       # demo on the MovieLens sample shipped with pyspark
+
+Exit codes: 0 success; 2 bad arguments, config or input (message on stderr); 1 any other failure.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mf_spark import __version__, als, cli, evaluate, index, read, recommend, session, split, validate, write
+from mf_spark.checkpoint import CheckpointStore
+from mf_spark.errors import MfSparkError, exit_code
+from mf_spark.model import FactorModel
+from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
+
+log = logging.getLogger("mf_spark")
+
+
+def _load(spark, path, fmt, run):
+    raw = read.ratings(spark, path, fmt, run.data)
+    return validate.clean(raw, run.data, run.model.kind)
+
+
+def _versions() -> dict:
+    import numpy
+    import pyarrow
+    import pyspark
+    return {"mf_spark": __version__, "pyspark": pyspark.__version__, "numpy": numpy.__version__,
+            "pyarrow": pyarrow.__version__, "python": sys.version.split()[0]}
+
+
+def run(spark, args: cli.TrainArgs) -> dict:
+    """The whole training run; returns metrics.json's content."""
+    cfg = args.run
+    output = write.check_output(spark, args.output)
+    if args.train:
+        parts = [_load(spark, p, args.format, cfg) for p in (args.train, args.test)]
+        train, test = parts[0].ratings, parts[1].ratings
+        counts = {k: parts[0].counts[k] + parts[1].counts[k] for k in parts[0].counts}
+        rejected = parts[0].rejected.unionByName(parts[1].rejected) if counts["n_rejected"] else None
+    else:
+        path = args.input or read.sample_path()
+        cleaned = _load(spark, path, args.format, cfg)
+        train, test = split.split(cleaned.ratings, cfg.split)
+        counts = dict(cleaned.counts)
+        rejected = cleaned.rejected if counts["n_rejected"] else None
+    train = train.cache()
+    users, items = index.fit(train, USER), index.fit(train, ITEM)
+    train_idx = (items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
+                 .select(USER_IDX, ITEM_IDX, RATING).cache())
+    test_idx = items.encode(users.encode(test, USER, USER_IDX), ITEM, ITEM_IDX)
+    heldout = evaluate.collect_heldout(test_idx)
+    stats = als.train_stats(train_idx)
+    explicit = cfg.model.kind == "explicit"
+    rating_range = (stats.lo, stats.hi) if explicit else None
+    log.info("training on %d ratings (%d users x %d items), %d held out (%d cold)", stats.n, users.size,
+             items.size, heldout.n, heldout.n_cold)
+    checkpoints = CheckpointStore(spark, output)
+    tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range) if cfg.eval.every_iteration else None
+    fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
+                  resume=args.resume, stats=stats)
+    model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict())
+    recs = recommend.top_n(model, train_idx, cfg.recommend)
+    metrics = {**evaluate.error_metrics(model.scorer, heldout),
+               "precision_at_k": None, "recall_at_k": None, "ndcg_at_k": None, "map_at_k": None,
+               "k": cfg.eval.k, "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
+               **counts, "n_users": users.size, "n_items": items.size,
+               "fit_seconds": fit.fit_seconds, "history": fit.history,
+               "input": args.input or (None if args.train else read.sample_path()),
+               "config": cfg.to_dict(), "versions": _versions()}
+    write.publish(spark, output, model, recs, metrics, rejected, {"versions": metrics["versions"]})
+    checkpoints.clear()
+    train_idx.unpersist()
+    train.unpersist()
+    metrics["output"] = output
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="mf_spark: %(message)s", stream=sys.stderr)
+    try:
+        args = cli.parse_train(argv)
+    except MfSparkError as exc:
+        print(f"mf_spark: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    try:
+        spark = session.start("mf_spark-train", args.run.spark)
+        metrics = run(spark, args)
+    except MfSparkError as exc:
+        print(f"mf_spark: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except Exception:
+        traceback.print_exc()
+        print("mf_spark: training failed (see the error above)", file=sys.stderr)
+        return 1
+    rmse = metrics["rmse"]
+    print(f"outputs: {metrics['output']}")
+    print(f"held-out RMSE: {rmse:.4f}" if rmse is not None else "held-out RMSE: n/a (implicit model)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Command-line parsing shared by the jobs. Errors raise UsageError/ConfigError (exit code 2)."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from mf_spark import config
+from mf_spark.config import RunConfig
+from mf_spark.errors import UsageError
+
+FORMATS = ("auto", "csv", "tsv", "movielens", "parquet")
+DEMO_OUTPUT = "output"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # argparse would print usage and sys.exit(2) itself
+        raise UsageError(f"{message}\n{self.format_usage().strip()}")
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    input: str | None        # ratings to split (None with train/test, or for the demo)
+    format: str
+    train: str | None
+    test: str | None
+    output: str
+    resume: bool
+    run: RunConfig
+    demo: bool               # no input given: train on the sample bundled with pyspark
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jobs/train.py", description="Train a matrix factorization model on user-item feedback.")
+    p.add_argument("--input", help="ratings file or folder (CSV with header, TSV, MovieLens ::, Parquet)")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: auto)")
+    p.add_argument("--train", help="training split, used as it is (with --test, instead of --input)")
+    p.add_argument("--test", help="held-out split, used as it is (with --train)")
+    p.add_argument("--output", help="output folder (default for the demo: ./output)")
+    p.add_argument("--config", help="TOML config (default: conf/default.toml values)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, repeatable (e.g. --set model.rank=32)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
+    return p
+
+
+def parse_train(argv: list[str] | None) -> TrainArgs:
+    a = train_parser().parse_args(argv)
+    if a.input and (a.train or a.test):
+        raise UsageError("give either --input or --train with --test, not both")
+    if bool(a.train) != bool(a.test):
+        raise UsageError("--train and --test go together")
+    demo = not (a.input or a.train)
+    if not demo and not a.output:
+        raise UsageError("--output is required (only the demo, run without --input, has a default)")
+    run = config.load(a.config, a.set)
+    return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo)

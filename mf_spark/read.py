@@ -1,0 +1,377 @@
+"""Read feedback files into one raw DataFrame: CSV (header), TSV / whitespace, MovieLens `::`, Parquet.
+
+Output columns, whatever the format (see `ratings`):
+    user, item, rating, timestamp   raw values: StringType for text formats (validation parses them
+                                    and keeps what it cannot parse), native types for Parquet
+    _source                         file the row came from (a URI, as Spark reports it)
+    _row                            long, `monotonically_increasing_id()` taken before any shuffle:
+                                    orders rows as read ("last" duplicates, first bad rows)
+
+Only format detection touches the data eagerly, and it reads at most the first lines of the first
+file on the driver (local paths) or runs one `limit(2)` Spark job (other file systems).
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import os
+import re
+from dataclasses import dataclass
+from importlib.resources import files
+from urllib.parse import urlparse
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import functions as F
+from pyspark.sql.types import DateType, TimestampNTZType, TimestampType
+
+from mf_spark.config import DataConfig
+from mf_spark.errors import InputError
+from mf_spark.types import ITEM, RATING, ROW, SOURCE, TIMESTAMP, USER
+
+FORMATS = ("csv", "tsv", "movielens", "parquet")
+KEYS = {USER: "user_col", ITEM: "item_col", RATING: "rating_col", TIMESTAMP: "timestamp_col"}
+# Header names tried in this order, compared lower-case with "_", "-", " " removed.
+COMMON_NAMES = {
+    USER: ("userid", "user", "uid", "users", "customerid", "customer", "visitorid", "memberid",
+           "accountid", "reviewerid", "clientid", "listenerid"),
+    ITEM: ("itemid", "item", "movieid", "iid", "productid", "product", "trackid", "track", "songid",
+           "artistid", "bookid", "isbn", "asin", "articleid", "contentid", "movie", "song", "artist",
+           "items"),
+    RATING: ("rating", "score", "value", "count", "plays", "playcount", "weight", "stars", "clicks",
+             "quantity", "listens", "views", "preference"),
+    TIMESTAMP: ("timestamp", "ts", "time", "date", "datetime", "eventtime", "createdat", "unixtime",
+                "unixreviewtime", "epoch"),
+}
+_TEXT_SPLIT = {"movielens": "::", "tab": "\t", "whitespace": r"\s+"}
+_COMPRESSED = (".gz", ".bz2")
+
+
+def sample_path() -> str:
+    """The MovieLens sample (`user::item::rating::timestamp`, 1501 rows) shipped inside pyspark."""
+    path = files("pyspark").joinpath("data", "mllib", "als", "sample_movielens_ratings.txt")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class _Peek:
+    """What detection learned from the start of the input (no Spark involved for local paths)."""
+    first_file: str          # the file whose lines were read ("" when unknown)
+    lines: tuple[str, ...]   # up to 2 non-blank lines of that file
+    parquet: bool            # every data file is Parquet (extension or PAR1 magic)
+
+
+def _is_local(path: str) -> bool:
+    scheme = urlparse(path).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")   # C:\ on Windows
+
+
+def _local(path: str) -> str:
+    return urlparse(path).path if path.startswith("file:") else path
+
+
+def _base_ext(name: str) -> str:
+    low = name.lower()
+    for suffix in _COMPRESSED:
+        if low.endswith(suffix):
+            low = low[: -len(suffix)]
+    return os.path.splitext(low)[1]
+
+
+def _open_text(path: str):
+    low = path.lower()
+    if low.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace")
+    if low.endswith(".bz2"):
+        return bz2.open(path, "rt", encoding="utf-8-sig", errors="replace")
+    return open(path, encoding="utf-8-sig", errors="replace")
+
+
+def _data_files(folder: str) -> list[str]:
+    """Files Spark would read in `folder`: hidden (`.x`) and metadata (`_x`) names are skipped."""
+    out = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")) or "=" in d)
+        out += [os.path.join(root, n) for n in sorted(names) if not n.startswith((".", "_"))]
+    return [p for p in out if os.path.getsize(p) > 0]
+
+
+def _is_parquet(path: str) -> bool:
+    ext = _base_ext(path)
+    if ext in (".parquet", ".csv", ".tsv", ".tab", ".dat", ".txt"):
+        return ext == ".parquet"
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PAR1"
+
+
+def _first_two(names: list[str]) -> tuple[str, ...]:
+    """First non-blank line of the first file, then the next non-blank line that differs from it
+    (later files of a folder repeat the header, so a header-only first file is not "no data")."""
+    lines: list[str] = []
+    for name in names:
+        with _open_text(name) as fh:
+            for line in fh:
+                line = line.rstrip("\r\n")
+                if line.strip() and (not lines or line != lines[0]):
+                    lines.append(line)
+                    if len(lines) == 2:
+                        return tuple(lines)
+    return tuple(lines)
+
+
+def _peek(path: str) -> _Peek:
+    """Read the first lines of the input on the driver; raise InputError when there is nothing."""
+    if not _is_local(path):
+        return _Peek("", (), _base_ext(path.rstrip("/")) == ".parquet")
+    local = _local(path)
+    try:
+        if not os.path.exists(local):
+            raise InputError(f"input {path} does not exist")
+        names = _data_files(local) if os.path.isdir(local) else [local]
+        if not names or (len(names) == 1 and os.path.getsize(names[0]) == 0):
+            raise InputError(f"input {path} is empty (no data files)")
+        if all(_is_parquet(n) for n in names):
+            return _Peek(names[0], (), True)
+        return _Peek(names[0], _first_two(names), False)
+    except OSError as exc:
+        raise InputError(f"input {path} cannot be read: {exc}") from None
+
+
+def _format_of_line(line: str) -> str:
+    if "::" in line:
+        return "movielens"
+    if "\t" in line:
+        return "tsv"
+    if "," in line:
+        return "csv"
+    return "tsv"   # whitespace-separated (or one field: the reader then reports the delimiter)
+
+
+def detect_format(path: str) -> str:
+    """csv | tsv | movielens | parquet, from the file name, else the folder's files, else the first line.
+
+    The first line decides for other names (`.dat`, `.txt`, ...): `::` -> movielens, a tab -> tsv,
+    a comma -> csv, else whitespace-separated -> tsv. Raises InputError (naming the path) if the path
+    does not exist, cannot be read or has no data. Reads at most 2 lines on the driver; no Spark job.
+    """
+    return _detect(_peek(path), path)
+
+
+def _detect(peek: _Peek, path: str) -> str:
+    if peek.parquet:
+        return "parquet"
+    ext = _base_ext(peek.first_file or path.rstrip("/"))
+    by_ext = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
+    if ext in by_ext:
+        return by_ext[ext]
+    if not peek.lines:
+        if peek.first_file:
+            raise InputError(f"input {path} is empty (no data rows)")
+        raise InputError(f"input {path}: cannot detect the format of a non-local path without a "
+                         f"known extension; pass --format csv|tsv|movielens|parquet")
+    return _format_of_line(peek.lines[0])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_header(fields: list[str]) -> bool:
+    # A data row always has a numeric rating, a header row has no number at all.
+    return not any(_is_number(f) for f in fields if f.strip())
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def _choose(columns: list[str], cfg: DataConfig, header: bool, source: str) -> dict[str, int | None]:
+    """Map user/item/rating/timestamp to column positions (None = no timestamp)."""
+    if len(columns) == 1:
+        raise InputError(f"{source}: found 1 column {columns!r}: the delimiter is probably not the "
+                         f"one of this format; pass --format csv|tsv|movielens|parquet, or convert "
+                         f"the file to comma-, tab- or '::'-separated fields")
+    if header:
+        shown = "columns " + ", ".join(repr(c) for c in columns)
+    else:
+        shown = f"{len(columns)} fields per row, positions 0..{len(columns) - 1}"
+    chosen: dict[str, int | None] = {}
+    for key, attr in KEYS.items():
+        want = getattr(cfg, attr).strip()
+        if want.isdigit():
+            pos = int(want)
+            if pos >= len(columns):
+                raise InputError(f"{source}: data.{attr} = {want!r} is beyond the {shown}")
+            chosen[key] = pos
+        elif want:
+            if not header:
+                raise InputError(f"{source}: data.{attr} = {want!r} names a column, but this file has "
+                                 f"no header ({shown}); give a 0-based position instead")
+            hits = [i for i, c in enumerate(columns) if c == want] or \
+                [i for i, c in enumerate(columns) if c.lower() == want.lower()]
+            if not hits:
+                raise InputError(f"{source}: column {want!r} (data.{attr}) not found; {shown}")
+            chosen[key] = hits[0]
+        elif header:
+            used = {p for p in chosen.values() if p is not None}
+            normed = [_norm(c) for c in columns]
+            hit = next((normed.index(n) for n in COMMON_NAMES[key]
+                        if n in normed and normed.index(n) not in used), None)
+            if hit is None and key != TIMESTAMP:
+                raise InputError(f"{source}: no {key} column found (data.{attr} is auto; tried "
+                                 f"{', '.join(COMMON_NAMES[key][:6])}, ...); {shown}; set data.{attr}")
+            chosen[key] = hit
+        else:
+            default = {USER: 0, ITEM: 1, RATING: 2, TIMESTAMP: 3}[key]
+            if default >= len(columns) and key != TIMESTAMP:
+                raise InputError(f"{source}: no {key} column (data.{attr} is auto = position "
+                                 f"{default}); {shown}")
+            chosen[key] = default if default < len(columns) else None
+    return chosen
+
+
+def _quoted(name: str) -> Column:
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _with_meta(df: DataFrame) -> DataFrame:
+    """Attach _source and _row straight after the read, while the file metadata is still there."""
+    return df.select("*", F.col("_metadata.file_path").alias(SOURCE),
+                     F.monotonically_increasing_id().alias(ROW))
+
+
+def _project(df: DataFrame, cols: list[Column | None]) -> DataFrame:
+    named = [(c if c is not None else F.lit(None).cast("string")).alias(n)
+             for c, n in zip(cols, (USER, ITEM, RATING, TIMESTAMP))]
+    return df.select(*named, SOURCE, ROW)
+
+
+def _stripped(col: str | Column) -> Column:
+    # F.trim strips spaces only; tabs and a UTF-8 byte order mark must go too.
+    return F.regexp_replace(col, r"^[\s\x{FEFF}]+|\s+$", "")
+
+
+def _load(path: str, reader) -> DataFrame:
+    try:
+        return reader(path)
+    except AnalysisException as exc:
+        raise InputError(f"input {path} cannot be read: {exc}") from None
+
+
+def _first_lines(spark: SparkSession, path: str, peek: _Peek) -> tuple[str, ...]:
+    if peek.lines or peek.first_file:
+        return peek.lines
+    # Non-local path: one small Spark job.
+    text = _load(path, spark.read.text)
+    rows = text.where(_stripped("value") != "").limit(2).collect()
+    return tuple(r.value.lstrip("\ufeff") for r in rows)
+
+
+def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataConfig,
+              source: str) -> DataFrame:
+    first = next(csv.reader([lines[0]]))
+    found = re.search(r"::|[;|\t]", lines[0])
+    if len(first) == 1 and found:
+        raise InputError(f"{source}: read as csv it has 1 column {first!r}; the fields seem to be "
+                         f"separated by {found.group(0)!r}: pass --format tsv (tab) or movielens "
+                         f"('::'), or convert the file to comma-separated")
+    header = _looks_like_header(first)
+    if header and len(lines) < 2:
+        raise InputError(f"{source}: header only, no data rows")
+    df = _load(path, lambda p: spark.read.csv(p, header=header, inferSchema=False))
+    pos = _choose(df.columns, cfg, header, source)
+    names = df.columns
+    df = _with_meta(df)
+    return _project(df, [None if p is None else _quoted(names[p]) for p in pos.values()])
+
+
+def _read_delimited(spark: SparkSession, path: str, fmt: str, lines: tuple[str, ...],
+                    cfg: DataConfig, source: str) -> DataFrame:
+    kind = "movielens" if fmt == "movielens" else ("tab" if "\t" in lines[0] else "whitespace")
+    sep = _TEXT_SPLIT[kind]
+    first = re.split(sep, lines[0].strip() if kind == "whitespace" else lines[0])
+    if len(first) == 1 and kind != "movielens":
+        found = re.search(r"::|[;,|]", lines[0])
+        hint = f" (the line contains {found.group(0)!r})" if found else ""
+        raise InputError(f"{source}: read as {fmt} it has 1 column {first!r}{hint}; pass --format "
+                         f"csv|tsv|movielens|parquet matching the delimiter")
+    header = _looks_like_header(first)
+    if header and len(lines) < 2:
+        raise InputError(f"{source}: header only, no data rows")
+    pos = _choose(first, cfg, header, source)
+    raw = _with_meta(_load(path, spark.read.text))
+    line = _stripped("value") if kind == "whitespace" else F.regexp_replace("value", "^\ufeff", "")
+    raw = raw.where(_stripped("value") != "")
+    if header:   # every file of a folder starts with the same header line
+        raw = raw.where(line != (lines[0].strip() if kind == "whitespace" else lines[0]))
+    parts = F.split(line, sep)
+    return _project(raw, [None if p is None else F.get(parts, p) for p in pos.values()])
+
+
+def _epoch_seconds(df: DataFrame, name: str) -> Column:
+    dtype = df.schema[name].dataType
+    col = _quoted(name)
+    if isinstance(dtype, TimestampType):
+        return F.unix_seconds(col)
+    if isinstance(dtype, (TimestampNTZType, DateType)):
+        return F.unix_seconds(col.cast("timestamp"))
+    return col
+
+
+def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> DataFrame:
+    df = _load(path, spark.read.parquet)
+    if _is_local(path):
+        import pyarrow.parquet as pq
+
+        local = _local(path)
+        names = _data_files(local) if os.path.isdir(local) else [local]
+        try:
+            n_rows = sum(pq.ParquetFile(n).metadata.num_rows for n in names)
+        except (OSError, ValueError) as exc:   # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(f"{source}: not a readable Parquet file: {exc}") from None
+        if n_rows == 0:
+            raise InputError(f"{source}: no data rows")
+    names = df.columns
+    pos = _choose(names, cfg, True, source)
+    df = _with_meta(df)
+    cols = [None if p is None else _quoted(names[p]) for p in pos.values()]
+    if pos[TIMESTAMP] is not None:
+        cols[3] = _epoch_seconds(df, names[pos[TIMESTAMP]])
+    return _project(df, cols)
+
+
+def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFrame:
+    """Raw ratings of `path` (a file or a folder): user, item, rating, timestamp, _source, _row.
+
+    `fmt` is one of csv | tsv | movielens | parquet, or "auto" (see `detect_format`). Columns come from
+    `cfg.user_col` ... `cfg.timestamp_col`: a header name, a 0-based position, or "" for auto.
+    Text formats keep every value as a string; Parquet keeps native types, with timestamps turned
+    into epoch seconds. Raises InputError for a missing, empty or header-only input, a missing column
+    (naming the file, the config key and the columns found) or a delimiter that splits nothing.
+
+    Performance note: lazy. Detection reads the first lines of the first file on the driver (one
+    `limit(2)` job for non-local paths); no shuffle. `_row` is assigned right after the scan.
+    """
+    if fmt not in (*FORMATS, "auto"):
+        raise InputError(f"unknown input format {fmt!r}; expected auto, " + ", ".join(FORMATS))
+    peek = _peek(path)
+    source = peek.first_file or path
+    if fmt == "auto" and (peek.first_file or peek.parquet or _base_ext(path) in (".csv", ".tsv")):
+        fmt = _detect(peek, path)
+    if fmt == "parquet":
+        return _read_parquet(spark, path, cfg, source)
+    if peek.parquet and peek.first_file:
+        raise InputError(f"{source}: is Parquet, but --format {fmt} was given")
+    lines = _first_lines(spark, path, peek)
+    if not lines:
+        raise InputError(f"{source}: no data rows (the input is empty)")
+    if fmt == "auto":   # non-local path without a telling extension
+        fmt = _format_of_line(lines[0])
+    if fmt == "csv":
+        return _read_csv(spark, path, lines, cfg, source)
+    return _read_delimited(spark, path, fmt, lines, cfg, source)

@@ -1,0 +1,23 @@
+"""Top-N recommendations for every user of a fitted model, excluding what each user rated in train."""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from mf_spark.config import RecommendConfig
+from mf_spark.model import FactorModel
+from mf_spark.types import ITEM_IDX, USER_IDX
+
+
+def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig) -> DataFrame:
+    """user, rank (1..N), item, score for every user in `train_idx` (user_idx, item_idx).
+
+    Scores are X_batch @ Y^T on the executors with broadcast factors (model.recommend_idx); the
+    items a user rated in train are masked when cfg.exclude_seen. Performance note: one shuffle
+    (groupBy user to list the seen items), one broadcast, two broadcast joins to decode the IDs.
+    """
+    if cfg.exclude_seen:
+        users = train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen"))
+    else:
+        users = train_idx.select(USER_IDX).distinct()
+    return model.decode_recs(model.recommend_idx(users, cfg.top_n))

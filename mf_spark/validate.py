@@ -1,0 +1,240 @@
+"""Parse and check raw ratings: typed clean rows, rejected rows with a reason, and the counts.
+
+Input: the raw DataFrame of `read.ratings` (user, item, rating, timestamp, _source, _row).
+Output (`Cleaned`):
+    ratings    user, item (LongType when every valid ID of that column is an integer whose text
+               round-trips, e.g. "42" but not "007"; else StringType), rating double,
+               timestamp long (nullable); at most one row per (user, item)
+    rejected   _source, _row, user, item, rating, timestamp (raw values as strings), reason
+    counts     n_read == n_clean + n_rejected + n_dropped + n_duplicates_merged
+
+Example (explicit, duplicates = "mean"):
+    raw  u1,i1,4 | u1,i1,2 | u2,,5 | u3,i2,x        ratings  u1,i1,3.0
+                                                    rejected u2 "missing item ID", u3 "rating is not a number"
+    counts n_read 4, n_rejected 2, n_dropped 0, n_duplicates_merged 1, n_clean 1
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import (ByteType, IntegerType, LongType, NumericType, ShortType, StringType)
+
+from mf_spark.config import DataConfig
+from mf_spark.errors import ConfigError, InputError
+from mf_spark.types import ITEM, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
+
+KINDS = ("explicit", "implicit")
+SHOWN = 5   # bad rows / duplicated pairs quoted in an error message
+
+MISSING_USER = "missing user ID"
+MISSING_ITEM = "missing item ID"
+MISSING_RATING = "missing rating"
+RATING_NOT_NUMBER = "rating is not a number"
+RATING_NAN = "rating is NaN"
+RATING_INFINITE = "rating is infinite"
+TIMESTAMP_NOT_NUMBER = "timestamp is not a number"
+NONPOSITIVE = "rating <= 0 in implicit data"
+
+_VALID, _REJECTED, _DROPPED = "valid", "rejected", "dropped"
+_INTEGRAL = (ByteType, ShortType, IntegerType, LongType)
+
+
+@dataclass
+class Cleaned:
+    ratings: DataFrame       # user, item, rating double, timestamp long; one row per (user, item)
+    rejected: DataFrame      # _source, _row, user, item, rating, timestamp (strings), reason
+    counts: dict[str, int]   # n_read, n_rejected, n_dropped, n_duplicates_merged, n_clean
+
+
+def _text(raw: DataFrame, name: str) -> Column:
+    """The raw value as a string, as it is kept in `rejected`."""
+    dtype = raw.schema[name].dataType
+    return F.col(name) if isinstance(dtype, StringType) else F.col(name).cast("string")
+
+
+def _id_key(raw: DataFrame, name: str) -> tuple[Column, Column]:
+    """(trimmed text of the ID or null when missing, whether that text is a canonical long)."""
+    dtype = raw.schema[name].dataType
+    text = F.trim(_text(raw, name))
+    key = F.when(text != "", text)
+    if isinstance(dtype, _INTEGRAL):
+        return key, F.lit(True)
+    # "007" -> 7 -> "7" differs: such IDs keep their text, so "007" and "7" stay distinct users.
+    return key, F.coalesce(key.try_cast("long").cast("string") == key, F.lit(False))
+
+
+def _number(raw: DataFrame, name: str, to: str) -> tuple[Column, Column]:
+    """(value is missing, parsed value or null when it is not a number)."""
+    dtype = raw.schema[name].dataType
+    if isinstance(dtype, NumericType):
+        return F.col(name).isNull(), F.col(name).try_cast(to)
+    text = F.trim(_text(raw, name))
+    return F.coalesce(text == "", F.lit(True)), text.try_cast(to)
+
+
+def _timestamp(raw: DataFrame) -> tuple[Column, Column]:
+    """(timestamp missing, epoch value): integers, decimals (floored) or ISO date-times."""
+    missing, as_long = _number(raw, TIMESTAMP, "long")
+    if isinstance(raw.schema[TIMESTAMP].dataType, NumericType):
+        return missing, as_long
+    text = F.trim(_text(raw, TIMESTAMP))
+    decimal = F.floor(text.try_cast("double")).try_cast("long")   # NaN, +-inf, > 2^63 -> null
+    iso = F.unix_seconds(F.try_to_timestamp(text))                # "2015-02-19 21:11:52"
+    return missing, F.coalesce(as_long, decimal, iso)
+
+
+def _flag(raw: DataFrame, cfg: DataConfig, kind: str) -> DataFrame:
+    """One row per input row: raw texts, parsed values, reason (null if fine) and status."""
+    user, user_int = _id_key(raw, USER)
+    item, item_int = _id_key(raw, ITEM)
+    r_missing, rating = _number(raw, RATING, "double")
+    t_missing, ts = _timestamp(raw)
+    nonpositive = F.lit(kind == "implicit") & (rating <= 0)
+    reason = (F.when(user.isNull(), MISSING_USER)
+              .when(item.isNull(), MISSING_ITEM)
+              .when(r_missing, MISSING_RATING)
+              .when(rating.isNull(), RATING_NOT_NUMBER)
+              .when(F.isnan(rating), RATING_NAN)
+              .when(F.abs(rating) == float("inf"), RATING_INFINITE)
+              .when(~t_missing & ts.isNull(), TIMESTAMP_NOT_NUMBER))
+    if cfg.nonpositive == "reject":
+        reason = reason.when(nonpositive, NONPOSITIVE)
+    status = (F.when(reason.isNotNull(), _REJECTED).when(nonpositive, _DROPPED)
+              .otherwise(_VALID))
+    return raw.select(
+        F.col(SOURCE), F.col(ROW), _text(raw, USER).alias("_user_raw"),
+        _text(raw, ITEM).alias("_item_raw"), _text(raw, RATING).alias("_rating_raw"),
+        _text(raw, TIMESTAMP).alias("_ts_raw"), user.alias("_user"), item.alias("_item"),
+        user_int.alias("_user_int"), item_int.alias("_item_int"), rating.alias("_rating"),
+        ts.alias("_ts"), reason.alias(REASON), status.alias("_status"))
+
+
+def _count(flagged: DataFrame) -> dict[str, int | bool]:
+    """All counts and the ID types in one Spark action (two shuffles: by (status, user, item), then
+    a global aggregate). Non-valid rows collapse into one group per status."""
+    is_valid = F.col("_status") == _VALID
+    pairs = flagged.groupBy(
+        "_status", F.when(is_valid, F.col("_user")).alias("_u"),
+        F.when(is_valid, F.col("_item")).alias("_i"),
+    ).agg(F.count(F.lit(1)).alias("n"), F.min(F.col("_user_int").cast("int")).alias("ui"),
+          F.min(F.col("_item_int").cast("int")).alias("ii"))
+
+    def total(status: str) -> Column:
+        return F.coalesce(F.sum(F.when(F.col("_status") == status, F.col("n"))), F.lit(0))
+
+    row = pairs.agg(
+        F.coalesce(F.sum("n"), F.lit(0)).alias("n_read"), total(_REJECTED).alias("n_rejected"),
+        total(_DROPPED).alias("n_dropped"), total(_VALID).alias("n_valid"),
+        F.count(F.when(is_valid, 1)).alias("n_clean"),
+        F.min(F.when(is_valid, F.col("ui"))).alias("user_int"),
+        F.min(F.when(is_valid, F.col("ii"))).alias("item_int"),
+    ).collect()[0]
+    out: dict[str, int | bool] = {k: int(row[k]) for k in
+                                  ("n_read", "n_rejected", "n_dropped", "n_valid", "n_clean")}
+    out["user_int"] = row["user_int"] == 1
+    out["item_int"] = row["item_int"] == 1
+    return out
+
+
+def _name(source: str | None) -> str:
+    return os.path.basename(unquote(urlparse(source).path)) if source else "?"
+
+
+def _describe(row) -> str:
+    text = f"row user={row[USER]!r} item={row[ITEM]!r} rating={row[RATING]!r}"
+    if row[TIMESTAMP] is not None:
+        text += f" timestamp={row[TIMESTAMP]!r}"
+    return f"{text}: {row[REASON]}"
+
+
+def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
+    """Performance note: two small actions (first rows by _row, distinct files), failure path only."""
+    first = rejected.orderBy(ROW).limit(SHOWN).collect()
+    files = [_name(r[SOURCE]) for r in rejected.select(SOURCE).distinct().limit(4).collect()]
+    where = ", ".join(sorted(files[:3])) + (", ..." if len(files) > 3 else "")
+    return InputError(
+        f"{where}: {n_rejected} of {n_read} rows rejected ({n_rejected / n_read:.1%} > "
+        f"{cfg.max_bad_fraction:.1%} allowed, data.max_bad_fraction); first: "
+        + "; ".join(_describe(r) for r in first))
+
+
+def _duplicate_error(valid: DataFrame, n_extra: int) -> InputError:
+    """Performance note: one action (a shuffle by (user, item)), failure path only."""
+    dups = (valid.groupBy(USER, ITEM)
+            .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"), F.min(SOURCE).alias("src"))
+            .where(F.col("n") > 1))
+    first = dups.orderBy("first").limit(SHOWN).collect()
+    where = ", ".join(sorted({_name(r["src"]) for r in first}))
+    shown = ", ".join(f"(user={r[USER]!r}, item={r[ITEM]!r}) x{r['n']}" for r in first)
+    return InputError(
+        f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = 'error'; "
+        f"first: {shown}; set data.duplicates to last, mean or sum to merge them")
+
+
+def _merge(valid: DataFrame, policy: str) -> DataFrame:
+    """One row per (user, item). Performance note: one shuffle by (user, item), lazy."""
+    if policy == "last":
+        # Latest timestamp wins; rows without one lose to rows with one; then the last row read.
+        best = F.max_by(F.struct(RATING, TIMESTAMP), F.struct(TIMESTAMP, ROW))
+        return (valid.groupBy(USER, ITEM).agg(best.alias("_best"))
+                .select(USER, ITEM, F.col("_best")[RATING].alias(RATING),
+                        F.col("_best")[TIMESTAMP].alias(TIMESTAMP)))
+    agg = F.avg(RATING) if policy == "mean" else F.sum(RATING)
+    return valid.groupBy(USER, ITEM).agg(agg.alias(RATING), F.max(TIMESTAMP).alias(TIMESTAMP))
+
+
+def clean(raw: DataFrame, cfg: DataConfig, kind: str) -> Cleaned:
+    """Validate raw ratings of model kind `kind` (explicit | implicit) against `cfg`.
+
+    Reasons a row is rejected (the first that applies): missing user ID, missing item ID, missing
+    rating, rating is not a number, rating is NaN, rating is infinite, timestamp is not a number
+    (a non-empty value that is neither an integer, a decimal nor an ISO date-time), and for implicit
+    data a rating <= 0 (rejected, or dropped and counted when cfg.nonpositive = "drop"). Explicit
+    ratings may be negative. Repeated (user, item) pairs follow cfg.duplicates_policy(kind).
+
+    Raises InputError when the input has no rows, when n_rejected / n_read > cfg.max_bad_fraction
+    (naming the files, the fraction and the first bad rows), when no valid row is left, or on
+    duplicates with policy "error" (naming the first pairs).
+
+    Performance note: one Spark action (the counts and ID types, two shuffles), plus one or two small
+    actions on the failure paths. `ratings` and `rejected` are lazy: each use re-reads `raw` (cache
+    `raw` or the results when reused), and `ratings` adds one shuffle by (user, item) only when some
+    pair is repeated.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"config key model.kind: got {kind!r}, expected one of {KINDS}")
+    missing = [c for c in (USER, ITEM, RATING, TIMESTAMP, SOURCE, ROW) if c not in raw.columns]
+    if missing:
+        raise ValueError(f"raw ratings lack columns {missing}; got {raw.columns}")
+    flagged = _flag(raw, cfg, kind)
+    c = _count(flagged)
+    rejected = flagged.where(F.col("_status") == _REJECTED).select(
+        F.col(SOURCE).cast("string").alias(SOURCE), F.col(ROW).cast("long").alias(ROW),
+        F.col("_user_raw").alias(USER), F.col("_item_raw").alias(ITEM),
+        F.col("_rating_raw").alias(RATING), F.col("_ts_raw").alias(TIMESTAMP), REASON)
+    if c["n_read"] == 0:
+        raise InputError("the input has no data rows")
+    if c["n_rejected"] / c["n_read"] > cfg.max_bad_fraction:
+        raise _too_dirty(rejected, c["n_rejected"], c["n_read"], cfg)
+    if c["n_valid"] == 0:
+        raise InputError(f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
+                         f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')")
+
+    def typed(col: str, as_long: bool) -> Column:
+        return (F.col(col).try_cast("long") if as_long else F.col(col)).alias(col[1:])
+
+    valid = flagged.where(F.col("_status") == _VALID).select(
+        typed("_user", c["user_int"]), typed("_item", c["item_int"]),
+        F.col("_rating").alias(RATING), F.col("_ts").alias(TIMESTAMP), ROW, SOURCE)
+    n_duplicates = c["n_valid"] - c["n_clean"]
+    policy = cfg.duplicates_policy(kind)
+    if n_duplicates and policy == "error":
+        raise _duplicate_error(valid, n_duplicates)
+    ratings = _merge(valid, policy) if n_duplicates else valid.select(USER, ITEM, RATING, TIMESTAMP)
+    counts = {"n_read": c["n_read"], "n_rejected": c["n_rejected"], "n_dropped": c["n_dropped"],
+              "n_duplicates_merged": n_duplicates, "n_clean": c["n_clean"]}
+    return Cleaned(ratings=ratings, rejected=rejected, counts=counts)

@@ -1,0 +1,118 @@
+"""Publishing a run's outputs atomically.
+
+Everything is written to a staging folder beside the output (`<parent>/.<name>_staging-<uuid>`),
+`_SUCCESS` last; only then, under a lock file, the old output is moved aside, the staging folder is
+renamed into place and the old one deleted. A run that fails before the swap leaves `DIR` as it was;
+a reader that sees `_SUCCESS` sees complete outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+import uuid
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from mf_spark import fs
+from mf_spark.errors import InputError, MfSparkError
+from mf_spark.model import FactorModel
+
+# Test hook: MF_SPARK_FAIL_AT=<stage> raises at that stage (model, recommendations, rejected, metrics,
+# swap), to prove a failed write leaves the previous output intact.
+FAIL_AT_ENV = "MF_SPARK_FAIL_AT"
+LOCK_WAIT_SECONDS = 60.0
+STALE_LOCK_SECONDS = 3600.0
+
+
+class InjectedFault(MfSparkError):
+    """Raised by the MF_SPARK_FAIL_AT test hook."""
+
+
+def _checkpoint(stage: str) -> None:
+    if os.environ.get(FAIL_AT_ENV) == stage:
+        raise InjectedFault(f"injected failure while writing outputs (stage {stage!r}, {FAIL_AT_ENV})")
+
+
+def check_output(spark: SparkSession, output: str) -> str:
+    """Qualified output path; InputError when it exists and is not a folder. Call before training."""
+    qualified = fs.qualify(spark, output).rstrip("/")
+    if fs.exists(spark, qualified) and not fs.is_dir(spark, qualified):
+        raise InputError(f"--output {output}: exists and is a file, expected a folder (or a new path)")
+    return qualified
+
+
+def _sibling(output: str, tag: str) -> str:
+    return posixpath.join(posixpath.dirname(output), f".{posixpath.basename(output)}_{tag}")
+
+
+def publish(spark: SparkSession, output: str, model: FactorModel, recommendations: DataFrame,
+            metrics: dict[str, Any], rejected: DataFrame | None, model_extra: dict[str, Any]) -> str:
+    """Write factors, recommendations, metrics.json, model.json, rejected/ (if any), _SUCCESS.
+
+    Performance note: one Spark write per DataFrame output (recommendations, rejected, two factor
+    tables); the rest are small driver-side files. Returns the qualified output path.
+    """
+    output = check_output(spark, output)
+    staging = _sibling(output, f"staging-{uuid.uuid4().hex[:12]}")
+    try:
+        _checkpoint("model")
+        model.save(staging, spark, extra=model_extra)
+        _checkpoint("recommendations")
+        recommendations.write.parquet(posixpath.join(staging, "recommendations"))
+        _checkpoint("rejected")
+        if rejected is not None:
+            rejected.write.parquet(posixpath.join(staging, "rejected"))
+        _checkpoint("metrics")
+        fs.write_text(spark, posixpath.join(staging, "metrics.json"), json.dumps(metrics, indent=2))
+        fs.write_text(spark, posixpath.join(staging, "_SUCCESS"), "")
+        _swap(spark, staging, output)
+    except BaseException:
+        fs.delete(spark, staging)
+        raise
+    return output
+
+
+def _acquire(spark: SparkSession, lock: str) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(lock)
+    hfs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    while True:
+        try:
+            hfs.create(path, False).close()        # fails if the lock exists: one writer at a time
+            return
+        except Exception:
+            if hfs.exists(path):
+                age = (time.time() * 1000 - hfs.getFileStatus(path).getModificationTime()) / 1000
+                if age > STALE_LOCK_SECONDS:
+                    hfs.delete(path, False)
+                    continue
+            if time.monotonic() > deadline:
+                raise MfSparkError(f"another run is publishing to the same output (lock {lock} held for "
+                                   f"over {LOCK_WAIT_SECONDS:.0f}s); outputs were not replaced") from None
+            time.sleep(0.2)
+
+
+def _swap(spark: SparkSession, staging: str, output: str) -> None:
+    lock = _sibling(output, "lock")
+    _acquire(spark, lock)
+    try:
+        old = _sibling(output, f"old-{uuid.uuid4().hex[:12]}")
+        had_old = fs.exists(spark, output)
+        if had_old and not fs.rename(spark, output, old):
+            raise MfSparkError(f"cannot move the previous output {output} aside to {old}")
+        try:
+            _checkpoint("swap")
+            if not fs.rename(spark, staging, output):
+                raise MfSparkError(f"cannot move {staging} into place at {output}")
+        except BaseException:
+            if had_old and not fs.exists(spark, output):
+                fs.rename(spark, old, output)
+            raise
+        if had_old:
+            fs.delete(spark, old)
+    finally:
+        fs.delete(spark, lock)
