@@ -54,7 +54,9 @@ def list_names(spark: SparkSession, path: str) -> list[str]:
 
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Create or replace a small text file (no .crc side file on local disks)."""
     fs, p = _fs_path(spark, path)
+    fs.setWriteChecksum(False)
     out = fs.create(p, True)
     try:
         out.write(bytearray(text.encode("utf-8")))

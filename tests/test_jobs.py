@@ -1,0 +1,122 @@
+"""The train job end to end: contracted layout, metrics accounting, exit codes 0/1/2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs import train as train_job
+from mf_spark import load_model, read
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYOUT = {"factors", "recommendations", "metrics.json", "model.json", "_SUCCESS"}
+METRIC_KEYS = {"rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "k", "n_train",
+               "n_test", "fit_seconds", "history", "config", "versions"}
+
+
+def run_job(args, **env):
+    e = dict(os.environ, PYSPARK_PYTHON=sys.executable, **env)
+    return subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=ROOT, env=e, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory):
+    """One real `python -m jobs.train` run on the sample shipped with pyspark."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = run_job(["--output", str(out), "--set", "model.iterations=4", "--set", "spark.spark.ui.enabled=false"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_demo_writes_exactly_the_contracted_layout(demo_output):
+    out, proc = demo_output
+    assert {p.name for p in out.iterdir()} == LAYOUT
+    assert {p.name for p in (out / "factors").iterdir()} == {"users", "items"}
+    assert "held-out RMSE:" in proc.stdout and str(out) in proc.stdout
+    assert proc.stderr.count("mf_spark: iteration") == 4
+    assert not list(out.parent.glob(".out_*")), "staging, lock or checkpoint folders left behind"
+
+
+def test_demo_metrics_account_for_every_row(demo_output):
+    out, _ = demo_output
+    m = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(m)
+    n_lines = sum(1 for line in open(read.sample_path()) if line.strip())
+    assert m["n_read"] == n_lines
+    assert m["n_read"] == m["n_train"] + m["n_test"] + m["n_rejected"] + m["n_dropped"] + m["n_duplicates_merged"]
+    assert 0.5 < m["rmse"] < 1.6 and 0.3 < m["mae"] < m["rmse"]
+    assert [h["iteration"] for h in m["history"]] == [1, 2, 3, 4]
+    assert all(set(h) >= {"iteration", "train_rmse", "test_rmse", "loss", "seconds"} for h in m["history"])
+    assert m["config"]["model"]["iterations"] == 4
+    assert m["precision_at_k"] is None or 0 <= m["precision_at_k"] <= 1
+
+
+def test_demo_outputs_load_and_agree(spark, demo_output):
+    out, _ = demo_output
+    model = load_model(str(out), spark)
+    recs = spark.read.parquet(str(out / "recommendations")).toPandas()
+    assert list(recs.columns) == ["user", "rank", "item", "score"]
+    assert recs.groupby("user")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
+    assert recs["user"].nunique() == model.users.size
+    users = spark.read.parquet(str(out / "factors" / "users"))
+    assert users.columns == ["id", "factors"]                  # no bias column without biases
+    # a recommendation's score is the model's prediction for that pair
+    sample = recs.head(20)
+    pred = model.predict(spark.createDataFrame(sample[["user", "item"]])).toPandas()
+    merged = sample.merge(pred, on=["user", "item"])
+    np.testing.assert_allclose(merged["score"], merged["prediction"], rtol=1e-4, atol=1e-4)
+
+
+def test_train_test_flags_and_string_ids(spark, tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["user,item,rating"] + [f"u{u},i{i},{rng.integers(1, 6)}" for u in range(25) for i in range(12)
+                                    if rng.random() < 0.6]
+    (tmp_path / "train.csv").write_text("\n".join(lines[:-20]) + "\n")
+    (tmp_path / "test.csv").write_text("\n".join([lines[0], *lines[-20:], "u_new,i1,3"]) + "\n")
+    out = tmp_path / "out"
+    code = train_job.main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+                           "--output", str(out), "--set", "model.iterations=2", "--set", "model.biases=true"])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_test"] == 21 and m["n_test_cold"] >= 1
+    users = spark.read.parquet(str(out / "factors" / "users"))
+    assert users.columns == ["id", "bias", "factors"]
+    assert users.schema["id"].dataType.typeName() == "string"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--input", "x.csv"], "--output is required"),
+    (["--input", "x", "--train", "a", "--test", "b", "--output", "o"], "either --input"),
+    (["--train", "a", "--output", "o"], "go together"),
+    (["--bogus"], "unrecognized"),
+    (["--output", "o", "--set", "model.rank=0"], "model.rank"),
+    (["--output", "o", "--set", "model.nope=1"], "model.nope"),
+    (["--output", "o", "--config", "/nonexistent.toml"], "does not exist"),
+])
+def test_bad_arguments_and_config_exit_2(argv, needle, capsys):
+    assert train_job.main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_bad_input_exits_2(spark, tmp_path, capsys):
+    assert train_job.main(["--input", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "o")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert train_job.main(["--output", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_failure_while_writing_exits_1_and_keeps_previous_output(spark, demo_output, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert train_job.main(["--output", str(out), "--set", "model.iterations=1"]) == 0
+    before = (out / "metrics.json").read_text()
+    monkeypatch.setenv("MF_SPARK_FAIL_AT", "recommendations")
+    assert train_job.main(["--output", str(out), "--set", "model.iterations=2"]) == 1
+    assert "injected failure" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before and (out / "_SUCCESS").exists()
