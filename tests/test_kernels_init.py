@@ -1,0 +1,105 @@
+"""init_factors: rows are a pure function of (seed, side, global index) (no Spark)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mf_spark.kernels.init import init_factors
+
+
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_shape_dtype_and_unit_norm(side):
+    F = init_factors(7, side, np.arange(500), 8)
+    assert F.shape == (500, 8) and F.dtype == np.float32
+    assert np.all(np.isfinite(F))
+    np.testing.assert_allclose(np.linalg.norm(F.astype(np.float64), axis=1), 1.0, rtol=1e-5)
+
+
+def test_same_arguments_same_rows():
+    a = init_factors(3, "user", np.arange(100), 5)
+    b = init_factors(3, "user", np.arange(100), 5)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_rows_depend_only_on_index_not_on_the_batch(rng):
+    full = init_factors(11, "item", np.arange(1000), 6)
+    subset = np.sort(rng.choice(1000, size=73, replace=False))
+    np.testing.assert_array_equal(init_factors(11, "item", subset, 6), full[subset])
+    # order, repeats, a single row and other integer dtypes give the same rows
+    shuffled = rng.permutation(subset)
+    np.testing.assert_array_equal(init_factors(11, "item", shuffled, 6), full[shuffled])
+    np.testing.assert_array_equal(init_factors(11, "item", [5, 5, 999], 6), full[[5, 5, 999]])
+    np.testing.assert_array_equal(init_factors(11, "item", np.array([42], np.int32), 6), full[[42]])
+    # blocks by index % num_blocks, as the blocked fit uses them, reassemble to the same matrix
+    for num_blocks in (2, 3, 7):
+        rebuilt = np.empty_like(full)
+        for b in range(num_blocks):
+            idx = np.arange(b, 1000, num_blocks)
+            rebuilt[idx] = init_factors(11, "item", idx, 6)
+        np.testing.assert_array_equal(rebuilt, full)
+
+
+def test_large_indices_are_fine():
+    idx = np.array([0, 2**31 - 2, 2**31 - 1], dtype=np.int64)
+    F = init_factors(1, "user", idx, 4)
+    np.testing.assert_allclose(np.linalg.norm(F, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(F[1], F[2])
+
+
+def test_different_seeds_differ():
+    idx = np.arange(200)
+    a, b = init_factors(0, "user", idx, 4), init_factors(1, "user", idx, 4)
+    assert not np.any(np.all(np.isclose(a, b), axis=1))
+
+
+def test_negative_and_huge_seeds_are_accepted_and_distinct():
+    idx = np.arange(50)
+    rows = [init_factors(s, "user", idx, 4) for s in (-1, 2**63 + 5, 5)]
+    for r in rows:
+        np.testing.assert_allclose(np.linalg.norm(r, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(rows[0], rows[1]) and not np.allclose(rows[1], rows[2])
+
+
+def test_user_and_item_sides_differ():
+    idx = np.arange(200)
+    u, i = init_factors(5, "user", idx, 4), init_factors(5, "item", idx, 4)
+    assert not np.any(np.all(np.isclose(u, i), axis=1))
+
+
+def test_rows_within_a_matrix_differ():
+    F = init_factors(5, "user", np.arange(300), 3).astype(np.float64)
+    G = F @ F.T
+    np.fill_diagonal(G, 0.0)
+    assert np.max(np.abs(G)) < 1.0 - 1e-6      # no two rows identical (or opposite)
+
+
+def test_looks_like_normalized_gaussian_draws():
+    # the direction of a standard normal vector is uniform on the sphere: each coordinate has mean 0,
+    # variance 1/k, both signs equally often; bands wide enough for 20000 draws
+    k = 4
+    F = init_factors(9, "user", np.arange(20000), k).astype(np.float64)
+    assert np.all(np.abs(F.mean(axis=0)) < 0.03)
+    np.testing.assert_allclose(F.var(axis=0), 1.0 / k, rtol=0.05)
+    assert 0.45 < np.mean(F > 0) < 0.55
+
+
+def test_nonnegative_option():
+    idx = np.arange(300)
+    F = init_factors(2, "item", idx, 5, nonnegative=True)
+    assert F.dtype == np.float32 and np.all(F >= 0.0)
+    np.testing.assert_allclose(np.linalg.norm(F, axis=1), 1.0, rtol=1e-5)
+    # the absolute values of the same draws
+    np.testing.assert_allclose(F, np.abs(init_factors(2, "item", idx, 5)), rtol=1e-6)
+    plain = init_factors(2, "item", idx, 5)
+    assert np.any(plain < 0)
+
+
+def test_empty_index():
+    F = init_factors(0, "user", np.zeros(0, np.int64), 3)
+    assert F.shape == (0, 3) and F.dtype == np.float32
+
+
+@pytest.mark.parametrize("side", ["users", "items", "User", "", None])
+def test_bad_side_raises(side):
+    with pytest.raises(ValueError, match="side"):
+        init_factors(0, side, np.arange(3), 2)
