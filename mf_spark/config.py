@@ -199,6 +199,21 @@ def parse_set(text: str) -> tuple[str, str, str]:
     return section, name.strip(), value.strip()
 
 
+def _flatten_spark(body: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """[spark] keys as Spark conf strings; unquoted dotted keys (spark.executor.memory = "4g") are
+    nested tables in TOML and are joined back into one dotted key."""
+    out: dict[str, str] = {}
+    for k, v in body.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_spark(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            raise ConfigError(f"config key spark.{key}: got a list, expected a single value")
+        else:
+            out[key] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
 def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config") -> RunConfig:
     """Build a RunConfig from a parsed TOML document plus --set overrides (later wins)."""
     merged: dict[str, dict[str, Any]] = {}
@@ -206,8 +221,7 @@ def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config")
         if section == "spark":
             if not isinstance(body, dict):
                 raise ConfigError(f"{source}: [spark] must be a table of Spark conf keys")
-            merged["spark"] = {str(k): str(v).lower() if isinstance(v, bool) else str(v)
-                               for k, v in body.items()}
+            merged["spark"] = _flatten_spark(body)
             continue
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown config section [{section}]; known sections: "
@@ -232,7 +246,7 @@ def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config")
 
 
 def load(path: str | Path | None = None, sets: list[str] = ()) -> RunConfig:
-    """Read the TOML at `path` (default conf/default.toml if present, else built-in defaults)."""
+    """Read the TOML at `path`; None gives the built-in defaults (the values of conf/default.toml)."""
     doc: dict[str, Any] = {}
     source = "defaults"
     if path is not None:

@@ -134,9 +134,6 @@ def test_spark_section_is_passed_through_as_strings(tmp_path):
                          "spark.driver.cores": "2"}
 
 
-@pytest.mark.xfail(strict=True, reason="[spark] keys written unquoted (spark.executor.memory = ...) are TOML "
-                                      "dotted keys, i.e. nested tables; from_dict str()s the nested dict "
-                                      "into one bogus key 'spark' instead of flattening it or raising")
 def test_spark_section_with_dotted_keys(tmp_path):
     p = write(tmp_path, '[spark]\nspark.executor.memory = "4g"\nspark.sql.shuffle.partitions = 8\n')
     try:

@@ -161,8 +161,6 @@ def test_ties_are_broken_by_lower_item_index_without_partition():
     assert items.tolist() == [1, 4, 0, 2, 3, 5] * 2
 
 
-@pytest.mark.xfail(strict=True, reason="argpartition does not keep the lowest item indices among ties "
-                                      "at the n-th score, so the documented tie order breaks when n < n_items")
 def test_ties_at_the_cut_off_keep_lower_item_indices():
     X = np.ones((1, 2), np.float32)
     Y = np.ones((50, 2), np.float32)

@@ -42,10 +42,9 @@ def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None =
             s0, s1 = seen_indptr[lo], seen_indptr[hi]
             rows = np.repeat(np.arange(hi - lo), np.diff(seen_indptr[lo:hi + 1]))
             S[rows, seen_cols[s0:s1]] = -np.inf
-        # argpartition on -S picks the n largest; a stable sort of (-score, item) orders them.
-        part = np.argpartition(-S, n - 1, axis=1)[:, :n] if n < n_items else np.tile(np.arange(n_items), (hi - lo, 1))
+        part = _best(S, n)
         top = np.take_along_axis(S, part, axis=1)
-        order = np.lexsort((part, -top), axis=1)
+        order = np.lexsort((part, -top), axis=1)      # by score, ties by lower item index
         part = np.take_along_axis(part, order, axis=1)
         top = np.take_along_axis(top, order, axis=1)
         if user_offset is not None:
@@ -57,3 +56,19 @@ def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None =
     if not out_items:
         return counts, np.zeros(0, np.int32), np.zeros(0, np.float32)
     return counts, np.concatenate(out_items), np.concatenate(out_scores)
+
+
+def _best(S: np.ndarray, n: int) -> np.ndarray:
+    """(c, n) indices of the n largest scores per row; at the cut-off, ties go to lower indices.
+
+    The n-th largest value t comes from np.partition (linear time); every score > t is kept, and the
+    remaining places go to the first scores == t in index order (a stable sort of a boolean mask).
+    """
+    if n >= S.shape[1]:
+        return np.tile(np.arange(S.shape[1]), (S.shape[0], 1))
+    t = -np.partition(-S, n - 1, axis=1)[:, n - 1:n]
+    above = S > t
+    tied = S == t
+    room = n - above.sum(axis=1, keepdims=True)
+    keep = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    return np.argsort(~keep, axis=1, kind="stable")[:, :n]
