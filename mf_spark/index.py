@@ -35,7 +35,7 @@ def _normalize(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
         return ids.cast(pa.int64())
     if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
         return ids.cast(pa.string())
-    raise TypeError(f"IDs must be integers or strings, got Arrow type {ids.type}")
+    raise TypeError(f"IDs must be integers (kept as int64) or strings, got Arrow type {ids.type}")
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,10 @@ class IdMap:
     name: str       # column the map was fitted on ("user", "item", ...)
 
     def __post_init__(self) -> None:
-        if self.ids.type not in _SPARK_TYPES:
-            raise ValueError(f"IdMap {self.name!r}: ids must be int64 or string, got {self.ids.type}")
+        try:   # other integer widths, large_string and chunked arrays are accepted and normalized
+            object.__setattr__(self, "ids", _normalize(self.ids))
+        except TypeError as exc:
+            raise ValueError(f"IdMap {self.name!r}: {exc}") from None
         if self.ids.null_count:
             raise ValueError(f"IdMap {self.name!r}: {self.ids.null_count} null IDs")
         if len(self.ids) > MAX_IDS:
@@ -83,39 +85,39 @@ class IdMap:
         return pa.table({id_col: self.ids, idx_col: pa.array(np.arange(self.size, dtype=np.int32))})
 
     def to_df(self, spark: SparkSession, idx_col: str) -> DataFrame:
-        """DataFrame [`name` (long | string), `idx_col` int], one row per ID, built on the driver."""
+        """DataFrame [`name` (long | string), `idx_col` int], one row per ID, made on the driver."""
         return spark.createDataFrame(self._table(self.name, idx_col))
-
-    def _map_for(self, df: DataFrame, col: str, idx_col: str) -> DataFrame:
-        """The map with its ID column named `col` and typed like df[col] (so the join never needs
-        an implicit, ANSI-failing cast of strings to numbers)."""
-        m = self.to_df(df.sparkSession, idx_col)
-        dtype = df.schema[col].dataType
-        id_col = F.col(self.name)
-        if dtype != _SPARK_TYPES[self.ids.type]:
-            id_col = id_col.try_cast(dtype)
-        return m.select(id_col.alias(col), idx_col)
 
     def encode(self, df: DataFrame, col: str, idx_col: str) -> DataFrame:
         """df plus `idx_col` (int, null for IDs not in the map); `col` is kept, row order kept.
+
+        When df[col] and the map differ in type, IDs compare as text if either side is a string
+        ("007" stays distinct from 7, and no string is ever cast to a number, which fails under
+        ANSI SQL), else numerically.
 
         Performance note: a broadcast hash join; the map is shipped once, `df` is not shuffled.
         """
         if idx_col in df.columns:
             raise ValueError(f"encode: {idx_col!r} is already a column of {df.columns}")
-        m = F.broadcast(self._map_for(df, col, idx_col))
-        on = F.col(f"_l.`{col}`") == F.col(f"_r.`{col}`")
-        joined = df.alias("_l").join(m.alias("_r"), on, "left")
-        return joined.select(*[F.col(f"_l.`{c}`") for c in df.columns], F.col(f"_r.`{idx_col}`"))
+        dtype = df.schema[col].dataType
+        left, right = F.col(f"_l.`{col}`"), F.col("_r._id")
+        if isinstance(dtype, StringType) or self.ids.type == pa.string():
+            left, right = left.cast("string"), right.cast("string")
+        elif dtype != _SPARK_TYPES[self.ids.type]:
+            right = right.try_cast(dtype)
+        m = F.broadcast(df.sparkSession.createDataFrame(self._table("_id", "_idx")))
+        joined = df.alias("_l").join(m.alias("_r"), left == right, "left")
+        return joined.select(*[F.col(f"_l.`{c}`") for c in df.columns],
+                             F.col("_r._idx").alias(idx_col))
 
     def decode(self, df: DataFrame, idx_col: str, col: str) -> DataFrame:
-        """df with `idx_col` replaced, in place, by the original ID `col` (null for unknown indices).
+        """df with `idx_col` replaced, in place, by the original ID `col` (null if unknown).
 
         Performance note: a broadcast hash join; `df` is not shuffled.
         """
         if col in df.columns:
             raise ValueError(f"decode: {col!r} is already a column of {df.columns}")
-        m = F.broadcast(self.to_df(df.sparkSession, "_idx").withColumnRenamed(self.name, col))
+        m = F.broadcast(df.sparkSession.createDataFrame(self._table(col, "_idx")))
         joined = df.alias("_l").join(m.alias("_r"), F.col(f"_l.`{idx_col}`") == F.col("_r._idx"),
                                      "left")
         cols = [F.col(f"_r.`{col}`") if c == idx_col else F.col(f"_l.`{c}`") for c in df.columns]
@@ -154,8 +156,8 @@ class IdMap:
         got = table.column(IDX).to_numpy()
         if not np.array_equal(got, np.arange(len(got))):
             bad = int(np.flatnonzero(got != np.arange(len(got)))[0])
-            raise ModelError(f"ID map {path}: idx must be exactly 0..{len(got) - 1}; position {bad} "
-                             f"holds {int(got[bad])}")
+            raise ModelError(f"ID map {path}: idx must be exactly 0..{len(got) - 1}; "
+                             f"position {bad} holds {int(got[bad])}")
         try:
             return cls(ids=_normalize(table.column(ID)), name=name or saved)
         except (TypeError, ValueError) as exc:
@@ -170,7 +172,8 @@ def fit(df: DataFrame, col: str) -> IdMap:
     """
     dtype = df.schema[col].dataType
     if not isinstance(dtype, (LongType, IntegerType, StringType)):
-        raise TypeError(f"fit: column {col!r} must be integer or string IDs, got {dtype.simpleString()}")
+        raise TypeError(f"fit: column {col!r} must hold integer or string IDs, "
+                        f"got {dtype.simpleString()}")
     ids = df.select(col).where(F.col(col).isNotNull()).distinct().toArrow().column(0)
     ids = _normalize(ids)
     return IdMap(ids=ids.take(pc.sort_indices(ids)), name=col)

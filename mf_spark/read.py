@@ -1,4 +1,4 @@
-"""Read feedback files into one raw DataFrame: CSV (header), TSV / whitespace, MovieLens `::`, Parquet.
+"""Read feedback files into one raw DataFrame: CSV, TSV / whitespace, MovieLens `::`, Parquet.
 
 Output columns, whatever the format (see `ratings`):
     user, item, rating, timestamp   raw values: StringType for text formats (validation parses them
@@ -19,10 +19,10 @@ import os
 import re
 from dataclasses import dataclass
 from importlib.resources import files
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
-from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, TimestampNTZType, TimestampType
 
@@ -37,8 +37,8 @@ COMMON_NAMES = {
     USER: ("userid", "user", "uid", "users", "customerid", "customer", "visitorid", "memberid",
            "accountid", "reviewerid", "clientid", "listenerid"),
     ITEM: ("itemid", "item", "movieid", "iid", "productid", "product", "trackid", "track", "songid",
-           "artistid", "bookid", "isbn", "asin", "articleid", "contentid", "movie", "song", "artist",
-           "items"),
+           "artistid", "bookid", "isbn", "asin", "articleid", "contentid", "movie", "song",
+           "artist", "items"),
     RATING: ("rating", "score", "value", "count", "plays", "playcount", "weight", "stars", "clicks",
              "quantity", "listens", "views", "preference"),
     TIMESTAMP: ("timestamp", "ts", "time", "date", "datetime", "eventtime", "createdat", "unixtime",
@@ -58,7 +58,7 @@ def sample_path() -> str:
 class _Peek:
     """What detection learned from the start of the input (no Spark involved for local paths)."""
     first_file: str          # the file whose lines were read ("" when unknown)
-    lines: tuple[str, ...]   # up to 2 non-blank lines of that file
+    lines: tuple[str, ...]   # first non-blank line, then the next one that differs (see _first_two)
     parquet: bool            # every data file is Parquet (extension or PAR1 magic)
 
 
@@ -68,7 +68,7 @@ def _is_local(path: str) -> bool:
 
 
 def _local(path: str) -> str:
-    return urlparse(path).path if path.startswith("file:") else path
+    return unquote(urlparse(path).path) if path.startswith("file:") else path
 
 
 def _base_ext(name: str) -> str:
@@ -130,7 +130,7 @@ def _peek(path: str) -> _Peek:
             raise InputError(f"input {path} does not exist")
         names = _data_files(local) if os.path.isdir(local) else [local]
         if not names or (len(names) == 1 and os.path.getsize(names[0]) == 0):
-            raise InputError(f"input {path} is empty (no data files)")
+            raise InputError(f"input {path} is empty: no data rows")
         if all(_is_parquet(n) for n in names):
             return _Peek(names[0], (), True)
         return _Peek(names[0], _first_two(names), False)
@@ -149,11 +149,12 @@ def _format_of_line(line: str) -> str:
 
 
 def detect_format(path: str) -> str:
-    """csv | tsv | movielens | parquet, from the file name, else the folder's files, else the first line.
+    """csv | tsv | movielens | parquet, from the file name, the folder's files, or the first line.
 
     The first line decides for other names (`.dat`, `.txt`, ...): `::` -> movielens, a tab -> tsv,
-    a comma -> csv, else whitespace-separated -> tsv. Raises InputError (naming the path) if the path
-    does not exist, cannot be read or has no data. Reads at most 2 lines on the driver; no Spark job.
+    a comma -> csv, else whitespace-separated -> tsv. Raises InputError (naming the path) if the
+    path does not exist, cannot be read or has no data. Reads at most 2 lines on the driver; no
+    Spark job.
     """
     return _detect(_peek(path), path)
 
@@ -167,7 +168,7 @@ def _detect(peek: _Peek, path: str) -> str:
         return by_ext[ext]
     if not peek.lines:
         if peek.first_file:
-            raise InputError(f"input {path} is empty (no data rows)")
+            raise InputError(f"input {path} is empty: no data rows")
         raise InputError(f"input {path}: cannot detect the format of a non-local path without a "
                          f"known extension; pass --format csv|tsv|movielens|parquet")
     return _format_of_line(peek.lines[0])
@@ -190,7 +191,8 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.lower())
 
 
-def _choose(columns: list[str], cfg: DataConfig, header: bool, source: str) -> dict[str, int | None]:
+def _choose(columns: list[str], cfg: DataConfig, header: bool,
+            source: str) -> dict[str, int | None]:
     """Map user/item/rating/timestamp to column positions (None = no timestamp)."""
     if len(columns) == 1:
         raise InputError(f"{source}: found 1 column {columns!r}: the delimiter is probably not the "
@@ -210,8 +212,8 @@ def _choose(columns: list[str], cfg: DataConfig, header: bool, source: str) -> d
             chosen[key] = pos
         elif want:
             if not header:
-                raise InputError(f"{source}: data.{attr} = {want!r} names a column, but this file has "
-                                 f"no header ({shown}); give a 0-based position instead")
+                raise InputError(f"{source}: data.{attr} = {want!r} names a column, but this file "
+                                 f"has no header ({shown}); give a 0-based position instead")
             hits = [i for i, c in enumerate(columns) if c == want] or \
                 [i for i, c in enumerate(columns) if c.lower() == want.lower()]
             if not hits:
@@ -223,8 +225,9 @@ def _choose(columns: list[str], cfg: DataConfig, header: bool, source: str) -> d
             hit = next((normed.index(n) for n in COMMON_NAMES[key]
                         if n in normed and normed.index(n) not in used), None)
             if hit is None and key != TIMESTAMP:
+                tried = ", ".join(COMMON_NAMES[key][:6])
                 raise InputError(f"{source}: no {key} column found (data.{attr} is auto; tried "
-                                 f"{', '.join(COMMON_NAMES[key][:6])}, ...); {shown}; set data.{attr}")
+                                 f"{tried}, ...); {shown}; set data.{attr}")
             chosen[key] = hit
         else:
             default = {USER: 0, ITEM: 1, RATING: 2, TIMESTAMP: 3}[key]
@@ -348,11 +351,12 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
 def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFrame:
     """Raw ratings of `path` (a file or a folder): user, item, rating, timestamp, _source, _row.
 
-    `fmt` is one of csv | tsv | movielens | parquet, or "auto" (see `detect_format`). Columns come from
-    `cfg.user_col` ... `cfg.timestamp_col`: a header name, a 0-based position, or "" for auto.
+    `fmt` is one of csv | tsv | movielens | parquet, or "auto" (see `detect_format`). Columns come
+    from `cfg.user_col` ... `cfg.timestamp_col`: a header name, a 0-based position, or "" for auto.
     Text formats keep every value as a string; Parquet keeps native types, with timestamps turned
-    into epoch seconds. Raises InputError for a missing, empty or header-only input, a missing column
-    (naming the file, the config key and the columns found) or a delimiter that splits nothing.
+    into epoch seconds. Raises InputError for a missing, empty or header-only input, a missing
+    column (naming the file, the config key and the columns found) or a delimiter that splits
+    nothing.
 
     Performance note: lazy. Detection reads the first lines of the first file on the driver (one
     `limit(2)` job for non-local paths); no shuffle. `_row` is assigned right after the scan.

@@ -80,7 +80,7 @@ def flag(df: DataFrame, cfg: SplitConfig) -> DataFrame:
         order = [F.col(_H).asc(), *tail]
     else:
         _check_timestamps(df)
-        # Latest first; rows without a timestamp rank last, so they stay in train.
+        # Latest first; rows without a timestamp rank after the user's timestamped rows.
         order = [F.col(TIMESTAMP).desc_nulls_last(), F.col(_H).desc(), *tail]
     ranked = _ranked(hashed, order)
     return ranked.withColumn(_TEST, F.col(_RANK) <= _n_test(f)).drop(_H, _N, _RANK)
@@ -92,9 +92,9 @@ def split(df: DataFrame, cfg: SplitConfig) -> tuple[DataFrame, DataFrame]:
     Both halves keep the columns of `df`. Raises InputError for temporal without timestamps and
     ConfigError for an unknown method.
 
-    Performance note: see `flag`. train and test are two lazy filters of the same flagged rows, so
-    each recomputes `df` and the window (one shuffle) when used: cache both (or cache `flag(df, cfg)`
-    and filter it) when the data is large.
+    Performance note: see `flag`. train and test are two lazy filters of the same flagged rows,
+    so each recomputes `df` and the window (one shuffle) when used: cache both (or cache
+    `flag(df, cfg)` and filter it) when the data is large.
     """
     flagged = flag(df, cfg)
     train = flagged.where(~F.col(_TEST)).drop(_TEST)

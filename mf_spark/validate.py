@@ -9,9 +9,10 @@ Output (`Cleaned`):
     counts     n_read == n_clean + n_rejected + n_dropped + n_duplicates_merged
 
 Example (explicit, duplicates = "mean"):
-    raw  u1,i1,4 | u1,i1,2 | u2,,5 | u3,i2,x        ratings  u1,i1,3.0
-                                                    rejected u2 "missing item ID", u3 "rating is not a number"
-    counts n_read 4, n_rejected 2, n_dropped 0, n_duplicates_merged 1, n_clean 1
+    raw       u1,i1,4 | u1,i1,2 | u2,,5 | u3,i2,x
+    ratings   u1,i1,3.0
+    rejected  u2,,5 "missing item ID" | u3,i2,x "rating is not a number"
+    counts    n_read 4, n_rejected 2, n_dropped 0, n_duplicates_merged 1, n_clean 1
 """
 from __future__ import annotations
 
@@ -77,12 +78,13 @@ def _number(raw: DataFrame, name: str, to: str) -> tuple[Column, Column]:
 
 
 def _timestamp(raw: DataFrame) -> tuple[Column, Column]:
-    """(timestamp missing, epoch value): integers, decimals (floored) or ISO date-times."""
+    """(timestamp missing, epoch value): integers, decimals (truncated) or ISO date-times."""
     missing, as_long = _number(raw, TIMESTAMP, "long")
     if isinstance(raw.schema[TIMESTAMP].dataType, NumericType):
         return missing, as_long
     text = F.trim(_text(raw, TIMESTAMP))
-    decimal = F.floor(text.try_cast("double")).try_cast("long")   # NaN, +-inf, > 2^63 -> null
+    # try_cast, not floor: floor(NaN) is 0 and floor(1e30) raises under ANSI; these give null.
+    decimal = text.try_cast("double").try_cast("long")
     iso = F.unix_seconds(F.try_to_timestamp(text))                # "2015-02-19 21:11:52"
     return missing, F.coalesce(as_long, decimal, iso)
 
@@ -152,7 +154,7 @@ def _describe(row) -> str:
 
 
 def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
-    """Performance note: two small actions (first rows by _row, distinct files), failure path only."""
+    """Performance note: two small actions (first rows by _row, distinct files); failure path."""
     first = rejected.orderBy(ROW).limit(SHOWN).collect()
     files = [_name(r[SOURCE]) for r in rejected.select(SOURCE).distinct().limit(4).collect()]
     where = ", ".join(sorted(files[:3])) + (", ..." if len(files) > 3 else "")
@@ -165,14 +167,15 @@ def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfi
 def _duplicate_error(valid: DataFrame, n_extra: int) -> InputError:
     """Performance note: one action (a shuffle by (user, item)), failure path only."""
     dups = (valid.groupBy(USER, ITEM)
-            .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"), F.min(SOURCE).alias("src"))
+            .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"),
+                 F.min(SOURCE).alias("src"))
             .where(F.col("n") > 1))
     first = dups.orderBy("first").limit(SHOWN).collect()
     where = ", ".join(sorted({_name(r["src"]) for r in first}))
     shown = ", ".join(f"(user={r[USER]!r}, item={r[ITEM]!r}) x{r['n']}" for r in first)
     return InputError(
-        f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = 'error'; "
-        f"first: {shown}; set data.duplicates to last, mean or sum to merge them")
+        f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = "
+        f"'error'; first: {shown}; set data.duplicates to last, mean or sum to merge them")
 
 
 def _merge(valid: DataFrame, policy: str) -> DataFrame:
@@ -200,10 +203,10 @@ def clean(raw: DataFrame, cfg: DataConfig, kind: str) -> Cleaned:
     (naming the files, the fraction and the first bad rows), when no valid row is left, or on
     duplicates with policy "error" (naming the first pairs).
 
-    Performance note: one Spark action (the counts and ID types, two shuffles), plus one or two small
-    actions on the failure paths. `ratings` and `rejected` are lazy: each use re-reads `raw` (cache
-    `raw` or the results when reused), and `ratings` adds one shuffle by (user, item) only when some
-    pair is repeated.
+    Performance note: one Spark action (the counts and ID types, two shuffles), plus one or two
+    small actions on the failure paths. `ratings` and `rejected` are lazy: each use re-reads `raw`
+    (cache `raw` or the results when reused), and `ratings` adds one shuffle by (user, item) only
+    when some pair is repeated.
     """
     if kind not in KINDS:
         raise ConfigError(f"config key model.kind: got {kind!r}, expected one of {KINDS}")
