@@ -207,9 +207,6 @@ def test_predict_missing_column_raises(spark):
         explicit_model().predict(df)
 
 
-@pytest.mark.xfail(strict=True, reason="IdMap._map_for try_casts the map's string IDs to the frame's "
-                                      "long type, so '01' and '1' both become 1 and the left join "
-                                      "duplicates the input row")
 def test_predict_long_column_against_string_ids_keeps_rows(spark):
     m = FactorModel("implicit", Factors(np.ones((2, 2), np.float32), np.ones((1, 2), np.float32), None,
                                         None, 0.0),

@@ -183,19 +183,20 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         G = Yf[idx]                                             # (b, L, width) float32
         GT = G.transpose(0, 2, 1)
         lam = spec.reg * (lens.astype(np.float64) if spec.count_scaled else np.ones(rows.size))
+        # Gramians and right sides in float32 BLAS (the factors are float32), the k x k solves in float64.
         if spec.kind == "explicit":
             A = np.matmul(GT, G).astype(np.float64)
-            rhs = np.matmul(GT.astype(np.float64), t[..., None])[..., 0]
+            rhs = np.matmul(GT, t.astype(np.float32)[..., None])[..., 0].astype(np.float64)
         else:
             c = np.where(mask, confidence(t, spec), 0.0)
             p = preference(t, spec)
             A = spec.w0 * gram + np.matmul(GT * (c - spec.w0 * mask)[:, None, :].astype(np.float32),
                                            G).astype(np.float64)
-            rhs = np.matmul(GT.astype(np.float64), (c * p)[..., None])[..., 0]
+            rhs = np.matmul(GT, (c * p).astype(np.float32)[..., None])[..., 0].astype(np.float64)
         A[:, np.arange(width), np.arange(width)] += lam[:, None]
         x = nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)
         X[rows] = x
-        pred = np.matmul(G.astype(np.float64), x[..., None])[..., 0]     # (b, L)
+        pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0].astype(np.float64)   # (b, L)
         err = np.where(mask, t - pred, 0.0)
         sq_err += float(np.sum(err * err))
         reg_loss += float(np.sum(lam * np.sum(x * x, axis=1)))
