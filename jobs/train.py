@@ -64,20 +64,25 @@ def run(spark, args: cli.TrainArgs) -> dict:
     log.info("training on %d ratings (%d users x %d items), %d held out (%d cold)", stats.n, users.size,
              items.size, heldout.n, heldout.n_cold)
     checkpoints = CheckpointStore(spark, output)
-    tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range) if cfg.eval.every_iteration else None
+    seen = recommend.seen_lists(train_idx).cache()
+    relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
+    ranking = evaluate.RankingEvaluator(seen, relevant, items.size, cfg.eval.k)
+    tracker = (evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, ranking)
+               if cfg.eval.every_iteration else None)
     fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
                   resume=args.resume, stats=stats)
     model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict())
-    recs = recommend.top_n(model, train_idx, cfg.recommend)
-    metrics = {**evaluate.error_metrics(model.scorer, heldout),
-               "precision_at_k": None, "recall_at_k": None, "ndcg_at_k": None, "map_at_k": None,
-               "k": cfg.eval.k, "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
+    recs = recommend.top_n(model, train_idx, cfg.recommend, seen=seen)
+    metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking(model.scorer), "k": cfg.eval.k,
+               "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
                **counts, "n_users": users.size, "n_items": items.size,
                "fit_seconds": fit.fit_seconds, "history": fit.history,
                "input": args.input or (None if args.train else read.sample_path()),
                "config": cfg.to_dict(), "versions": _versions()}
     write.publish(spark, output, model, recs, metrics, rejected, {"versions": metrics["versions"]})
     checkpoints.clear()
+    ranking.close()
+    seen.unpersist()
     train_idx.unpersist()
     train.unpersist()
     metrics["output"] = output
@@ -101,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print("mf_spark: training failed (see the error above)", file=sys.stderr)
         return 1
-    rmse = metrics["rmse"]
     print(f"outputs: {metrics['output']}")
-    print(f"held-out RMSE: {rmse:.4f}" if rmse is not None else "held-out RMSE: n/a (implicit model)")
+    if metrics["rmse"] is not None:
+        print(f"held-out RMSE: {metrics['rmse']:.4f}")
+    if metrics["ndcg_at_k"] is not None:
+        print(f"held-out NDCG@{metrics['k']}: {metrics['ndcg_at_k']:.4f}")
     return 0
 
 

@@ -1,8 +1,11 @@
-"""Held-out evaluation: RMSE and MAE of clipped predictions, and the per-iteration tracker.
+"""Held-out evaluation: RMSE / MAE of clipped predictions, ranking metrics at k, and the tracker.
 
 The held-out split is collected once to the driver as index arrays (Arrow, no Python rows): the
-driver already holds both factor matrices in the broadcast strategy, so scoring there costs one
-gather and one row-wise dot product per iteration, and no Spark job.
+driver already holds both factor matrices in the broadcast strategy, so error metrics cost one
+gather and one row-wise dot product, and no Spark job. Ranking metrics need every item scored for
+each evaluated user with its training items excluded: that runs on the executors (one narrow
+mapInArrow with broadcast factors, model.recommend_indices) and only the k best indices per user
+come back to the driver, where kernels.metrics compares them with the held-out relevant items.
 """
 from __future__ import annotations
 
@@ -10,12 +13,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.checkpoint import Factors
-from mf_spark.model import Scorer
+from mf_spark.kernels.metrics import ranking_metrics
+from mf_spark.model import Scorer, recommend_indices
 from mf_spark.types import ITEM_IDX, RATING, USER_IDX
+
+RANKING_KEYS = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "n_users_evaluated")
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,68 @@ def error_metrics(scorer: Scorer, heldout: HeldOut) -> dict[str, Any]:
     return {"rmse": rmse, "mae": mae}
 
 
-def tracker(heldout: HeldOut, kind: str, global_mean: float,
-            rating_range: tuple[float, float] | None) -> Callable[[int, Factors], dict[str, Any]]:
-    """An on_iteration callback for als.fit giving the held-out RMSE after each iteration."""
+@dataclass(frozen=True)
+class Relevant:
+    """Relevant held-out items of each evaluated user, as CSR over `users` (ascending)."""
+    users: np.ndarray    # (m,) int32 user indices known in train with >= 1 relevant known item
+    indptr: np.ndarray   # (m + 1,) int64
+    items: np.ndarray    # (r,) int32
+
+
+def relevant_items(heldout: HeldOut, threshold: float | None) -> Relevant:
+    """Held-out (user, item) pairs of known users and items, rating >= threshold (None: all)."""
+    keep = (heldout.u >= 0) & (heldout.i >= 0)
+    if threshold is not None:
+        keep &= heldout.r >= threshold
+    u, i = heldout.u[keep], heldout.i[keep]
+    order = np.lexsort((i, u))
+    u, i = u[order], i[order]
+    users, starts = np.unique(u, return_index=True)
+    return Relevant(users.astype(np.int32), np.append(starts, u.size).astype(np.int64), i.astype(np.int32))
+
+
+class RankingEvaluator:
+    """Ranking metrics at k of any factors, for the users with relevant held-out items.
+
+    `seen` (user_idx, seen array<int>) lists each user's training items, which are excluded from the
+    ranking. Performance note: the evaluated users' lists are joined once (broadcast) and cached;
+    each call is one broadcast, one narrow job and a collect of k indices per user.
+    """
+
+    def __init__(self, seen: DataFrame, relevant: Relevant, n_items: int, k: int):
+        self.relevant, self.n_items, self.k = relevant, n_items, k
+        spark = seen.sparkSession
+        wanted = spark.createDataFrame(pa.table({USER_IDX: pa.array(relevant.users, pa.int32())}))
+        self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner").cache()
+
+    def __call__(self, scorer: Scorer) -> dict[str, Any]:
+        m = self.relevant.users.size
+        if m == 0:
+            return ranking_metrics(np.zeros((0, self.k), np.int64), np.zeros(1, np.int64),
+                                   np.zeros(0, np.int64), self.n_items, self.k)
+        bc = self.users.sparkSession.sparkContext.broadcast(scorer)
+        try:
+            t = recommend_indices(bc, self.users, self.k).select(USER_IDX, "rank", ITEM_IDX).toArrow()
+        finally:
+            bc.unpersist(blocking=False)
+        recs = np.full((m, self.k), -1, dtype=np.int64)
+        row = np.searchsorted(self.relevant.users, t.column(USER_IDX).to_numpy())
+        recs[row, t.column("rank").to_numpy() - 1] = t.column(ITEM_IDX).to_numpy()
+        return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
+
+    def close(self) -> None:
+        self.users.unpersist()
+
+
+def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple[float, float] | None,
+            ranking: RankingEvaluator | None = None) -> Callable[[int, Factors], dict[str, Any]]:
+    """An on_iteration callback for als.fit: held-out RMSE (explicit) and NDCG@k (with `ranking`)."""
     def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
-        if kind != "explicit" or heldout.n == 0:
-            return {"test_rmse": None}
         scorer = Scorer(kind, factors, global_mean, rating_range)
-        return {"test_rmse": error_metrics(scorer, heldout)["rmse"]}
+        out: dict[str, Any] = {"test_rmse": None}
+        if kind == "explicit" and heldout.n:
+            out["test_rmse"] = error_metrics(scorer, heldout)["rmse"]
+        if ranking is not None:
+            out["ndcg_at_k"] = ranking(scorer)["ndcg_at_k"]
+        return out
     return on_iteration

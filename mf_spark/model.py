@@ -119,32 +119,8 @@ class FactorModel:
         return enc.mapInArrow(score, out_schema).drop("__u", "__i")
 
     def recommend_idx(self, users: DataFrame, n: int) -> DataFrame:
-        """Top-n per row of `users` (user_idx int, seen array<int> or null) -> user_idx, rank, item_idx, score.
-
-        Scores are blockwise X_batch @ Y^T on the executors, seen items masked; no cross join.
-        Performance note: one broadcast of the factors; a narrow mapInArrow over `users`.
-        """
-        bc = self._broadcast(users.sparkSession)
-
-        def recommend(batches):
-            f = bc.value.factors
-            offset_u = (f.mu + f.user_bias) if f.user_bias is not None else None
-            for b in batches:
-                u = b.column(USER_IDX).to_numpy().astype(np.int64)
-                seen = b.column("seen")
-                lens = pc.list_value_length(seen).fill_null(0).to_numpy(zero_copy_only=False)
-                indptr = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
-                cols = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int64)
-                counts, items, scores = top_n(f.X[u], f.Y, n, indptr, cols,
-                                              None if offset_u is None else offset_u[u], f.item_bias)
-                ranks = np.concatenate([np.arange(1, c + 1, dtype=np.int32) for c in counts]) \
-                    if counts.size else np.zeros(0, np.int32)
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(np.repeat(u, counts).astype(np.int32)), pa.array(ranks), pa.array(items),
-                     pa.array(scores)], schema=RECS_ARROW)
-        seen = F.col("seen") if "seen" in users.columns else F.lit(None)
-        frame = users.select(USER_IDX, seen.cast("array<int>").alias("seen"))
-        return frame.mapInArrow(recommend, "user_idx int, rank int, item_idx int, score float")
+        """Top-n per row of `users` (user_idx int, seen array<int> or null); see recommend_indices."""
+        return recommend_indices(self._broadcast(users.sparkSession), users, n)
 
     def recommend(self, users: DataFrame | None, n: int = 10, seen: DataFrame | None = None,
                   user_col: str = "user", item_col: str = "item") -> DataFrame:
@@ -193,6 +169,34 @@ class FactorModel:
                 "n_users": self.users.size, "n_items": self.items.size,
                 "user_id_type": str(self.users.ids.type), "item_id_type": str(self.items.ids.type),
                 "config": self.config, **(extra or {})}
+
+
+def recommend_indices(scorer_bc, users: DataFrame, n: int) -> DataFrame:
+    """Top-n per row of `users` (user_idx int, seen array<int> or null) -> user_idx, rank, item_idx, score.
+
+    `scorer_bc` is a broadcast Scorer. Scores are X_batch @ Y^T per Arrow batch on the executors,
+    the seen items masked (kernels.topk); never a cross join. Performance note: a narrow mapInArrow
+    over `users`, no shuffle.
+    """
+    def recommend(batches):
+        f = scorer_bc.value.factors
+        offset_u = (f.mu + f.user_bias) if f.user_bias is not None else None
+        for b in batches:
+            u = b.column(USER_IDX).to_numpy().astype(np.int64)
+            seen = b.column("seen")
+            lens = pc.list_value_length(seen).fill_null(0).to_numpy(zero_copy_only=False)
+            indptr = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+            cols = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int64)
+            counts, items, scores = top_n(f.X[u], f.Y, n, indptr, cols,
+                                          None if offset_u is None else offset_u[u], f.item_bias)
+            starts = np.cumsum(counts) - counts
+            ranks = (np.arange(items.size) - np.repeat(starts, counts) + 1).astype(np.int32)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.repeat(u, counts).astype(np.int32)), pa.array(ranks), pa.array(items),
+                 pa.array(scores)], schema=RECS_ARROW)
+    seen = F.col("seen") if "seen" in users.columns else F.lit(None)
+    frame = users.select(USER_IDX, seen.cast("array<int>").alias("seen"))
+    return frame.mapInArrow(recommend, "user_idx int, rank int, item_idx int, score float")
 
 
 def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:

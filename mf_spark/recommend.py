@@ -9,15 +9,22 @@ from mf_spark.model import FactorModel
 from mf_spark.types import ITEM_IDX, USER_IDX
 
 
-def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig) -> DataFrame:
+def seen_lists(train_idx: DataFrame) -> DataFrame:
+    """user_idx, seen array<int>: each user's training items. Performance note: one shuffle (lazy);
+    callers that use it twice cache it."""
+    return train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen"))
+
+
+def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,
+          seen: DataFrame | None = None) -> DataFrame:
     """user, rank (1..N), item, score for every user in `train_idx` (user_idx, item_idx).
 
     Scores are X_batch @ Y^T on the executors with broadcast factors (model.recommend_idx); the
     items a user rated in train are masked when cfg.exclude_seen. Performance note: one shuffle
-    (groupBy user to list the seen items), one broadcast, two broadcast joins to decode the IDs.
+    (groupBy user to list the seen items, unless `seen` is given), one broadcast, two broadcast joins to decode the IDs.
     """
     if cfg.exclude_seen:
-        users = train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen"))
+        users = seen if seen is not None else seen_lists(train_idx)
     else:
         users = train_idx.select(USER_IDX).distinct()
     return model.decode_recs(model.recommend_idx(users, cfg.top_n))

@@ -12,7 +12,7 @@ import os
 import posixpath
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -55,9 +55,7 @@ def publish(spark: SparkSession, output: str, model: FactorModel, recommendation
     Performance note: one Spark write per DataFrame output (recommendations, rejected, two factor
     tables); the rest are small driver-side files. Returns the qualified output path.
     """
-    output = check_output(spark, output)
-    staging = _sibling(output, f"staging-{uuid.uuid4().hex[:12]}")
-    try:
+    def write_all(staging: str) -> None:
         _checkpoint("model")
         model.save(staging, spark, extra=model_extra)
         _checkpoint("recommendations")
@@ -67,6 +65,18 @@ def publish(spark: SparkSession, output: str, model: FactorModel, recommendation
             rejected.write.parquet(posixpath.join(staging, "rejected"))
         _checkpoint("metrics")
         fs.write_text(spark, posixpath.join(staging, "metrics.json"), json.dumps(metrics, indent=2))
+    return publish_with(spark, output, write_all)
+
+
+def publish_with(spark: SparkSession, output: str, write_all: Callable[[str], None]) -> str:
+    """Run `write_all(staging_folder)`, add _SUCCESS, then swap the staging folder into `output`.
+
+    On any failure the staging folder is deleted and `output` keeps its previous contents.
+    """
+    output = check_output(spark, output)
+    staging = _sibling(output, f"staging-{uuid.uuid4().hex[:12]}")
+    try:
+        write_all(staging)
         fs.write_text(spark, posixpath.join(staging, "_SUCCESS"), "")
         _swap(spark, staging, output)
     except BaseException:

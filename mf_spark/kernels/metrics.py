@@ -1,0 +1,58 @@
+"""Ranking metrics at k from recommended lists and held-out relevant items, numpy only.
+
+For a user u with relevant held-out items R_u (|R_u| > 0) and a ranked list L_u of at most k items:
+
+    precision@k = |L_u & R_u| / k            recall@k = |L_u & R_u| / |R_u|
+    NDCG@k      = sum_{j : L_u[j] in R_u} 1/log2(j + 2)  /  sum_{j < min(k, |R_u|)} 1/log2(j + 2)
+    MAP@k       = sum_j precision@(j+1) * [L_u[j] in R_u]  /  min(k, |R_u|)
+
+each averaged over the users with at least one relevant item; catalog coverage is the share of all
+items that appear in some list.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def hits(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_items: int) -> np.ndarray:
+    """(m, k) bool: recs[u, j] is one of user u's relevant items. recs holds -1 where a list is short."""
+    m = recs.shape[0]
+    if rel_indptr.shape != (m + 1,):
+        raise ValueError(f"rel_indptr has shape {rel_indptr.shape}, expected ({m + 1},)")
+    rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(rel_indptr))
+    rel_keys = rows * n_items + rel_items.astype(np.int64)
+    rec_keys = np.arange(m, dtype=np.int64)[:, None] * n_items + recs.astype(np.int64)
+    return np.isin(rec_keys, rel_keys) & (recs >= 0)
+
+
+def ranking_metrics(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_items: int,
+                    k: int) -> dict[str, float | int | None]:
+    """precision/recall/ndcg/map at k, catalog coverage and the number of users evaluated.
+
+    Parameters
+    ----------
+    recs : (m, >= k) int    ranked item indices per user, best first, -1 padding
+    rel_indptr : (m + 1,) int64, rel_items : (r,) int   CSR of each user's relevant held-out items
+    """
+    recs = recs[:, :k]
+    n_rel = np.diff(rel_indptr)
+    users = n_rel > 0
+    n_users = int(users.sum())
+    listed = recs[recs >= 0]
+    coverage = float(np.unique(listed).size / n_items) if n_items else None
+    if n_users == 0:
+        return {"precision_at_k": None, "recall_at_k": None, "ndcg_at_k": None, "map_at_k": None,
+                "coverage": coverage, "n_users_evaluated": 0}
+    h = hits(recs, rel_indptr, rel_items, n_items)[users].astype(np.float64)
+    n_rel = n_rel[users].astype(np.float64)
+    width = h.shape[1]
+    discount = 1.0 / np.log2(np.arange(width) + 2.0)
+    dcg = h @ discount
+    ideal_len = np.minimum(n_rel, k).astype(np.int64)
+    idcg = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])[ideal_len]
+    n_hit = h.sum(axis=1)
+    prec_at_j = np.cumsum(h, axis=1) / np.arange(1, width + 1)
+    ap = (prec_at_j * h).sum(axis=1) / np.minimum(n_rel, k)
+    return {"precision_at_k": float(np.mean(n_hit / k)), "recall_at_k": float(np.mean(n_hit / n_rel)),
+            "ndcg_at_k": float(np.mean(dcg / idcg)), "map_at_k": float(np.mean(ap)),
+            "coverage": coverage, "n_users_evaluated": n_users}

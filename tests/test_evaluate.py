@@ -1,0 +1,55 @@
+"""Held-out evaluation on Spark: error metrics, relevant sets, ranking metrics with seen items excluded."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mf_spark import evaluate
+from mf_spark.checkpoint import Factors
+from mf_spark.kernels.metrics import ranking_metrics
+from mf_spark.model import Scorer
+from mf_spark.recommend import seen_lists
+
+
+def test_relevant_items_drop_cold_and_apply_threshold():
+    ho = evaluate.HeldOut(np.array([2, 0, 0, -1, 1], np.int32), np.array([1, 3, 2, 0, -1], np.int32),
+                          np.array([5.0, 2.0, 4.0, 5.0, 5.0]))
+    rel = evaluate.relevant_items(ho, None)
+    assert rel.users.tolist() == [0, 2] and rel.indptr.tolist() == [0, 2, 3] and rel.items.tolist() == [2, 3, 1]
+    rel = evaluate.relevant_items(ho, 4.0)
+    assert rel.users.tolist() == [0, 2] and rel.items.tolist() == [2, 1]
+    assert ho.n_cold == 2
+
+
+def test_error_metrics_clip_and_cold_rows():
+    f = Factors(np.array([[1.0], [2.0]], np.float32), np.array([[3.0]], np.float32), None, None, 0.0)
+    scorer = Scorer("explicit", f, 2.5, (1.0, 5.0))
+    ho = evaluate.HeldOut(np.array([0, 1, -1], np.int32), np.array([0, 0, 0], np.int32), np.array([3.0, 5.0, 2.5]))
+    got = evaluate.error_metrics(scorer, ho)      # predictions 3, 6 -> 5 (clipped), 2.5 (cold)
+    assert got["rmse"] == pytest.approx(0.0) and got["mae"] == pytest.approx(0.0)
+    assert evaluate.error_metrics(Scorer("implicit", f, 0.0, None), ho) == {"rmse": None, "mae": None}
+
+
+def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
+    n_users, n_items, k = 25, 40, 5
+    X = rng.normal(size=(n_users, 4)).astype(np.float32)
+    Y = rng.normal(size=(n_items, 4)).astype(np.float32)
+    train = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.3]
+    test = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.1 and (u, i) not in set(train)]
+    tu, ti = np.array(train).T
+    train_df = spark.createDataFrame(pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())}))
+    hu, hi = np.array(test).T
+    ho = evaluate.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size))
+    rel = evaluate.relevant_items(ho, None)
+    ev = evaluate.RankingEvaluator(seen_lists(train_df), rel, n_items, k)
+    scorer = Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None)
+    got = ev(scorer)
+    ev.close()
+    S = X @ Y.T
+    S[tu, ti] = -np.inf                               # training items never recommended
+    recs = np.argsort(-S, axis=1, kind="stable")[rel.users, :k]
+    want = ranking_metrics(recs, rel.indptr, rel.items, n_items, k)
+    for key in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "n_users_evaluated"):
+        assert got[key] == pytest.approx(want[key]), key
+    assert 0 < got["ndcg_at_k"] < 1
