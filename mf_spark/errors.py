@@ -17,8 +17,8 @@ class InputError(MfSparkError):
     """Input data is missing, unreadable or too dirty to train on."""
 
 
-class ModelError(MfSparkError):
-    """A saved model folder is incomplete, inconsistent or unreadable."""
+class ModelError(InputError):
+    """A saved model folder is missing, incomplete, inconsistent or unreadable (exit code 2)."""
 
 
 EXIT_BAD_INPUT = 2

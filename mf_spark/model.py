@@ -207,6 +207,8 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     """
     spark = spark or SparkSession.builder.getOrCreate()
     meta_path = posixpath.join(path, "model.json")
+    if not fs.exists(spark, meta_path):
+        raise ModelError(f"{meta_path} does not exist: {path} is not a model folder (a training run's --output)")
     try:
         meta = json.loads(fs.read_text(spark, meta_path))
     except Exception as exc:  # missing file, unreadable, not JSON

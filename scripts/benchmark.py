@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import sys
 import time
 
@@ -29,7 +30,7 @@ from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX  # noqa: E402
 
 def prepare(spark, args):
     data = DataConfig()
-    cleaned = validate.clean(read.ratings(spark, args.input, args.format, data), data, "explicit")
+    cleaned = validate.clean(read.ratings(spark, args.input, args.format, data), data, args.kind)
     train, test = split.split(cleaned.ratings, SplitConfig(method=args.split, test_fraction=0.2, seed=args.seed))
     train = train.cache()
     users, items = index.fit(train, USER), index.fit(train, ITEM)
@@ -47,11 +48,12 @@ def mllib_factors(model, n, side):
     return F
 
 
-def run_mllib(spark, train_idx, n_users, n_items, rank, iterations, reg, seed):
+def run_mllib(spark, train_idx, n_users, n_items, rank, iterations, reg, seed, alpha=None):
     from pyspark.ml.recommendation import ALS
     t0 = time.perf_counter()
+    extra = {} if alpha is None else {"implicitPrefs": True, "alpha": alpha}
     model = ALS(rank=rank, maxIter=iterations, regParam=reg, userCol=USER_IDX, itemCol=ITEM_IDX,
-                ratingCol=RATING, seed=seed, coldStartStrategy="nan").fit(train_idx)
+                ratingCol=RATING, seed=seed, coldStartStrategy="nan", **extra).fit(train_idx)
     X, Y = mllib_factors(model, n_users, "user"), mllib_factors(model, n_items, "item")   # forces the fit
     return time.perf_counter() - t0, Factors(X, Y, None, None, 0.0)
 
@@ -63,6 +65,57 @@ def run_ours(train_idx, n_users, n_items, cfg, stats):
 
 def rmse(factors, heldout, stats):
     return evaluate.error_metrics(Scorer("explicit", factors, stats.mean, (stats.lo, stats.hi)), heldout)["rmse"]
+
+
+def floats(text):
+    return [float(x) for x in text.split(",") if x]
+
+
+def implicit_main(spark, args, train_idx, heldout, n_users, n_items, stats) -> dict:
+    """Ours (w0 = 1, linear confidence) and MLlib implicitPrefs over the same alpha x reg grid, then
+    ours with other w0 and the log confidence at our best (alpha, reg). Same ranking code for both."""
+    from mf_spark.recommend import seen_lists
+    seen = seen_lists(train_idx).cache()
+    ranking = evaluate.RankingEvaluator(seen, evaluate.relevant_items(heldout, None), n_items, 10)
+    def score(f):
+        return ranking(Scorer("implicit", f, 0.0, None))
+    runs = []
+    def record(model, t, f, **params):
+        m = score(f)
+        runs.append({"model": model, **params, "fit_seconds": t, **{k: m[k] for k in evaluate.RANKING_KEYS}})
+        r = runs[-1]
+        print(f"{model:<6} " + " ".join(f"{k}={v}" for k, v in params.items())
+              + f"  ndcg@10={r['ndcg_at_k']:.4f} map@10={r['map_at_k']:.4f} p@10={r['precision_at_k']:.4f}"
+              f" r@10={r['recall_at_k']:.4f} fit={t:.2f}s", flush=True)
+    for alpha in floats(args.alphas):
+        for reg in floats(args.regs):
+            for _ in range(args.repeat):
+                t, f = run_mllib(spark, train_idx, n_users, n_items, args.rank, args.iterations, reg, args.seed, alpha)
+                record("mllib", t, f, alpha=alpha, reg=reg)
+                cfg = ModelConfig(kind="implicit", rank=args.rank, iterations=args.iterations, reg=reg, alpha=alpha,
+                                  seed=args.seed)
+                t, f = run_ours(train_idx, n_users, n_items, cfg, stats)
+                record("ours", t, f, alpha=alpha, reg=reg, w0=1.0, confidence="linear")
+    best = lambda name: max((r for r in runs if r["model"] == name and r.get("w0", 1.0) == 1.0
+                             and r.get("confidence", "linear") == "linear"), key=lambda r: r["ndcg_at_k"])
+    b = best("ours")
+    for w0 in floats(args.w0s):
+        cfg = ModelConfig(kind="implicit", rank=args.rank, iterations=args.iterations, reg=b["reg"], alpha=b["alpha"],
+                          unobserved_weight=w0, seed=args.seed)
+        t, f = run_ours(train_idx, n_users, n_items, cfg, stats)
+        record("ours", t, f, alpha=b["alpha"], reg=b["reg"], w0=w0, confidence="linear")
+    for alpha in floats(args.log_alphas):
+        cfg = ModelConfig(kind="implicit", rank=args.rank, iterations=args.iterations, reg=b["reg"], alpha=alpha,
+                          confidence="log", seed=args.seed)
+        t, f = run_ours(train_idx, n_users, n_items, cfg, stats)
+        record("ours", t, f, alpha=alpha, reg=b["reg"], w0=1.0, confidence="log")
+    bm, bo = best("mllib"), best("ours")
+    fit_m = statistics.median(r["fit_seconds"] for r in runs if r["model"] == "mllib")
+    fit_o = statistics.median(r["fit_seconds"] for r in runs if r["model"] == "ours" and "w0" in r)
+    print(f"best MLlib: alpha={bm['alpha']} reg={bm['reg']} ndcg@10={bm['ndcg_at_k']:.4f}; best ours (w0=1, linear): "
+          f"alpha={bo['alpha']} reg={bo['reg']} ndcg@10={bo['ndcg_at_k']:.4f}; median fit s ours/MLlib "
+          f"{fit_o:.2f}/{fit_m:.2f} = {fit_o / fit_m:.3f}")
+    return {"runs": runs, "best_mllib": bm, "best_ours": bo, "median_fit_ratio": fit_o / fit_m}
 
 
 def main(argv=None) -> int:
@@ -79,11 +132,25 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-reg", default="", help="comma-separated regs for extra runs of ours (biases on)")
     p.add_argument("--sweep-rank", default="", help="comma-separated ranks for the sweep")
     p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--kind", default="explicit", choices=["explicit", "implicit"])
+    p.add_argument("--alphas", default="1,5,20", help="implicit: alpha grid (both models)")
+    p.add_argument("--regs", default="0.01,0.05,0.1", help="implicit: reg grid (both models)")
+    p.add_argument("--w0s", default="0.01,0.1,0.5", help="implicit: extra w0 runs of ours at our best alpha/reg")
+    p.add_argument("--log-alphas", default="", help="implicit: extra log-confidence runs of ours")
     args = p.parse_args(argv)
     args.input = args.input or read.sample_path()
     spark = session.start("mf_spark-benchmark", {"spark.ui.enabled": "false"})
+    # MLlib's ALS truncates its lineage every checkpointInterval (10) iterations only when a checkpoint
+    # folder is set; without one, long or repeated fits die with StackOverflowError.
+    spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="mf_spark-bench-ckpt-"))
     train_idx, heldout, n_users, n_items, stats = prepare(spark, args)
     print(f"data: {args.input}: {stats.n} train / {heldout.n} test ratings, {n_users} users x {n_items} items")
+    if args.kind == "implicit":
+        report = implicit_main(spark, args, train_idx, heldout, n_users, n_items, stats)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(report, fh, indent=2, default=str)
+        return 0
     cfg = ModelConfig(rank=args.rank, iterations=args.iterations, reg=args.reg, seed=args.seed)
     times = {"mllib": [], "ours": []}
     result = {}

@@ -72,3 +72,14 @@ def test_same_factors_for_any_block_count(spark, planted_split):
         assert np.max(np.abs(other.factors.X - fits[0].factors.X)) < 1e-4
         assert np.max(np.abs(other.factors.Y - fits[0].factors.Y)) < 1e-4
         assert np.max(np.abs(other.factors.user_bias - fits[0].factors.user_bias)) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["explicit", "implicit"])
+def test_nonnegative_factors(spark, planted_split, kind):
+    u, i, r, _, _ = planted_split
+    cfg = ModelConfig(kind=kind, rank=4, iterations=4, reg=0.05, nonnegative=True, biases=kind == "explicit",
+                      num_user_blocks=2, num_item_blocks=2)
+    res = als.fit(ratings_df(spark, u, i, np.abs(r)), 80, 50, cfg)
+    assert np.all(res.factors.X >= 0) and np.all(res.factors.Y >= 0)
+    losses = np.array(res.losses)
+    assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses

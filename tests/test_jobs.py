@@ -120,3 +120,50 @@ def test_failure_while_writing_exits_1_and_keeps_previous_output(spark, demo_out
     assert train_job.main(["--output", str(out), "--set", "model.iterations=2"]) == 1
     assert "injected failure" in capsys.readouterr().err
     assert (out / "metrics.json").read_text() == before and (out / "_SUCCESS").exists()
+
+
+def write_counts(path, rng, n_users=40, n_items=30):
+    """Implicit play counts with a planted two-group structure."""
+    lines = ["user_id,item_id,plays"]
+    for u in range(n_users):
+        group = u % 2
+        for i in range(n_items):
+            if (i % 2 == group and rng.random() < 0.5) or rng.random() < 0.05:
+                lines.append(f"user{u},track{i},{int(rng.integers(1, 50))}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_implicit_run_and_recommend_job(spark, tmp_path, capsys):
+    from jobs import recommend as recommend_job
+    rng = np.random.default_rng(3)
+    data = tmp_path / "plays.csv"
+    write_counts(data, rng)
+    out = tmp_path / "out"
+    code = train_job.main(["--input", str(data), "--output", str(out), "--config", str(ROOT / "conf" / "implicit.toml"),
+                           "--set", "model.iterations=4", "--set", "model.rank=4"])
+    assert code == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rmse"] is None and m["mae"] is None
+    assert m["ndcg_at_k"] > 0.3              # the planted groups are easy to find
+    assert all(h["ndcg_at_k"] is not None and h["train_rmse"] is None for h in m["history"])
+    assert json.loads((out / "model.json").read_text())["kind"] == "implicit"
+    # recommend for a listed subset, one unknown user, excluding what they played
+    users = tmp_path / "users.txt"
+    users.write_text("user_id\nuser1\nuser2\nnobody\n")
+    recs_out = tmp_path / "recs"
+    code = recommend_job.main(["--model", str(out), "--output", str(recs_out), "--users", str(users),
+                               "--user-col", "user_id", "--n", "3", "--seen", str(data)])
+    assert code == 0, capsys.readouterr().err
+    recs = spark.read.parquet(str(recs_out / "recommendations")).toPandas()
+    assert sorted(recs["user"].unique()) == ["user1", "user2"]
+    assert (recs.groupby("user").size() == 3).all()
+    played = {tuple(line.split(",")[:2]) for line in data.read_text().splitlines()[1:]}
+    assert not any((u, i) in played for u, i in zip(recs["user"], recs["item"]))
+    assert (recs_out / "_SUCCESS").exists()
+
+
+def test_recommend_job_errors(tmp_path, capsys):
+    from jobs import recommend as recommend_job
+    assert recommend_job.main(["--model", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
+    assert "model.json" in capsys.readouterr().err
+    assert recommend_job.main(["--output", "o"]) == 2
