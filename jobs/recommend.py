@@ -14,7 +14,6 @@ import logging
 import os
 import posixpath
 import sys
-import traceback
 
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/recommend.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,8 +21,8 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/recommend.p
 from pyspark.sql import functions as F
 
 from mf_spark import config, fs, read, session, validate, write
-from mf_spark.cli import FORMATS, _Parser
-from mf_spark.errors import InputError, MfSparkError, exit_code
+from mf_spark.cli import FORMATS, _Parser, guarded
+from mf_spark.errors import InputError
 from mf_spark.model import load_model
 from mf_spark.types import ITEM, USER
 
@@ -75,38 +74,37 @@ def read_users(spark, path: str, user_col: str, id_type: str):
     return ids
 
 
+def recommend(args: argparse.Namespace) -> str:
+    """The whole job; returns the qualified output folder."""
+    if args.n < 1:
+        raise InputError(f"--n {args.n}: expected an integer >= 1")
+    run = config.load(None, args.set)
+    spark = session.start("mf_spark-recommend", run.spark)
+    write.check_output(spark, args.output)
+    model = load_model(args.model, spark)
+    users = read_users(spark, args.users, args.user_col, str(model.users.ids.type)) if args.users else None
+    seen = None
+    if args.seen:
+        cleaned = validate.clean(read.ratings(spark, args.seen, args.format, run.data), run.data, model.kind)
+        seen = cleaned.ratings.select(USER, ITEM)
+    recs = model.recommend(users, args.n, seen=seen)
+    if users is not None:
+        known = model.users.to_df(spark, "_i").withColumnRenamed(model.users.name, USER)
+        n_unknown = users.distinct().join(known, USER, "left_anti").count()
+        if n_unknown:
+            log.info("%d requested users are not in the model and get no recommendations", n_unknown)
+    return write.publish_with(spark, args.output,
+                              lambda staging: recs.write.parquet(posixpath.join(staging, "recommendations")))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="mf_spark: %(message)s", stream=sys.stderr)
-    try:
-        args = parser().parse_args(argv)
-        if args.n < 1:
-            raise InputError(f"--n {args.n}: expected an integer >= 1")
-        run = config.load(None, args.set)
-        spark = session.start("mf_spark-recommend", run.spark)
-        write.check_output(spark, args.output)
-        model = load_model(args.model, spark)
-        users = read_users(spark, args.users, args.user_col, model.users.ids.type.__str__()) if args.users else None
-        seen = None
-        if args.seen:
-            cleaned = validate.clean(read.ratings(spark, args.seen, args.format, run.data), run.data, model.kind)
-            seen = cleaned.ratings.select(USER, ITEM)
-        recs = model.recommend(users, args.n, seen=seen)
-        if users is not None:
-            n_unknown = users.distinct().join(model.users.to_df(spark, "_i").withColumnRenamed(
-                model.users.name, USER), USER, "left_anti").count()
-            if n_unknown:
-                log.info("%d requested users are not in the model and get no recommendations", n_unknown)
-        out = write.publish_with(spark, args.output,
-                                 lambda staging: recs.write.parquet(posixpath.join(staging, "recommendations")))
-    except MfSparkError as exc:
-        print(f"mf_spark: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except Exception:
-        traceback.print_exc()
-        print("mf_spark: recommend failed (see the error above)", file=sys.stderr)
-        return 1
-    print(f"recommendations: {posixpath.join(out, 'recommendations')}")
-    return 0
+
+    def body() -> int:
+        out = recommend(parser().parse_args(argv))
+        print(f"recommendations: {posixpath.join(out, 'recommendations')}")
+        return 0
+    return guarded("recommend", body)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mf_spark import __version__, als, cli, evaluate, index, read, recommend, session, split, validate, write
 from mf_spark.checkpoint import CheckpointStore
-from mf_spark.errors import MfSparkError, exit_code
 from mf_spark.model import FactorModel
 from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
 
@@ -91,27 +89,17 @@ def run(spark, args: cli.TrainArgs) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="mf_spark: %(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> int:
         args = cli.parse_train(argv)
-    except MfSparkError as exc:
-        print(f"mf_spark: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    try:
-        spark = session.start("mf_spark-train", args.run.spark)
-        metrics = run(spark, args)
-    except MfSparkError as exc:
-        print(f"mf_spark: {exc}", file=sys.stderr)
-        return exit_code(exc)
-    except Exception:
-        traceback.print_exc()
-        print("mf_spark: training failed (see the error above)", file=sys.stderr)
-        return 1
-    print(f"outputs: {metrics['output']}")
-    if metrics["rmse"] is not None:
-        print(f"held-out RMSE: {metrics['rmse']:.4f}")
-    if metrics["ndcg_at_k"] is not None:
-        print(f"held-out NDCG@{metrics['k']}: {metrics['ndcg_at_k']:.4f}")
-    return 0
+        metrics = run(session.start("mf_spark-train", args.run.spark), args)
+        print(f"outputs: {metrics['output']}")
+        if metrics["rmse"] is not None:
+            print(f"held-out RMSE: {metrics['rmse']:.4f}")
+        if metrics["ndcg_at_k"] is not None:
+            print(f"held-out NDCG@{metrics['k']}: {metrics['ndcg_at_k']:.4f}")
+        return 0
+    return cli.guarded("training", body)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import traceback
 from dataclasses import dataclass
+from typing import Callable
 
 from mf_spark import config
 from mf_spark.config import RunConfig
-from mf_spark.errors import UsageError
+from mf_spark.errors import MfSparkError, UsageError, exit_code
 
 FORMATS = ("auto", "csv", "tsv", "movielens", "parquet")
 DEMO_OUTPUT = "output"
@@ -54,3 +57,17 @@ def parse_train(argv: list[str] | None) -> TrainArgs:
         raise UsageError("--output is required (only the demo, run without --input, has a default)")
     run = config.load(a.config, a.set)
     return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo)
+
+
+def guarded(what: str, body: Callable[[], int]) -> int:
+    """Run a job body and map failures to exit codes: 2 for bad arguments, config or input (one line
+    on stderr naming the problem), 1 for anything else (with the traceback)."""
+    try:
+        return body()
+    except MfSparkError as exc:
+        print(f"mf_spark: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except Exception:
+        traceback.print_exc()
+        print(f"mf_spark: {what} failed (see the error above)", file=sys.stderr)
+        return 1

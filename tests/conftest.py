@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -26,6 +27,16 @@ def spark():
     s.sparkContext.setLogLevel("ERROR")
     yield s
     s.stop()
+
+
+ARROW = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64()}
+
+
+def frame(spark, rows, ddl):
+    """Rows -> DataFrame through Arrow: a local relation, so building it starts no Spark job."""
+    schema = pa.schema([(name, ARROW[kind]) for name, kind in (f.split() for f in ddl.split(","))])
+    table = pa.Table.from_pylist([dict(zip(schema.names, r)) for r in rows], schema)
+    return spark.createDataFrame(table)
 
 
 @pytest.fixture

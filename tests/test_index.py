@@ -11,14 +11,7 @@ from mf_spark import index
 from mf_spark.errors import ModelError
 from mf_spark.index import IdMap
 
-ARROW = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64()}
-
-
-def frame(spark, rows, ddl):
-    """Rows -> DataFrame through Arrow: a local relation, so building it starts no Spark job."""
-    schema = pa.schema([(name, ARROW[kind]) for name, kind in (f.split() for f in ddl.split(","))])
-    table = pa.Table.from_pylist([dict(zip(schema.names, r)) for r in rows], schema)
-    return spark.createDataFrame(table)
+from conftest import frame  # noqa: E402
 
 
 @pytest.fixture(scope="module")
