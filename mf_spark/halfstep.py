@@ -14,14 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark import RDD
 
-from mf_spark.blocks import iter_blocks
+from mf_spark.blocks import CsrBlock
 from mf_spark.kernels.solve import SolveSpec, solve_block
-
-RESULT_SCHEMA = ("block int, row_ids binary, factors binary, bias binary, data_loss double, "
-                 "reg_loss double, sq_err double")
 
 
 @dataclass(frozen=True)
@@ -34,24 +30,14 @@ class HalfStepResult:
 
 
 def _solver(bc, spec: SolveSpec):
-    def solve(batches):
+    def solve(blk: CsrBlock):
         Y, fixed_bias, gram = bc.value
-        for blk in iter_blocks(batches):
-            sol = solve_block(blk.indptr, blk.cols, blk.values, Y, spec, fixed_bias=fixed_bias, gram=gram)
-            yield pa.RecordBatch.from_pylist([{
-                "block": blk.block, "row_ids": blk.row_ids.tobytes(), "factors": sol.factors.tobytes(),
-                "bias": None if sol.bias is None else sol.bias.tobytes(),
-                "data_loss": sol.data_loss, "reg_loss": sol.reg_loss, "sq_err": sol.sq_err}],
-                schema=_RESULT_ARROW)
+        sol = solve_block(blk.indptr, blk.cols, blk.values, Y, spec, fixed_bias=fixed_bias, gram=gram)
+        return blk.row_ids, sol.factors, sol.bias, sol.data_loss, sol.reg_loss, sol.sq_err
     return solve
 
 
-_RESULT_ARROW = pa.schema([("block", pa.int32()), ("row_ids", pa.binary()), ("factors", pa.binary()),
-                           ("bias", pa.binary()), ("data_loss", pa.float64()), ("reg_loss", pa.float64()),
-                           ("sq_err", pa.float64())])
-
-
-def half_step(blocks: DataFrame, n_rows: int, fixed: np.ndarray, spec: SolveSpec,
+def half_step(blocks: RDD, n_rows: int, fixed: np.ndarray, spec: SolveSpec,
               fixed_bias: np.ndarray | None = None, previous: HalfStepResult | None = None) -> HalfStepResult:
     """Solve every row of the cached `blocks` against `fixed` ((n_fixed, k) float32).
 
@@ -61,10 +47,9 @@ def half_step(blocks: DataFrame, n_rows: int, fixed: np.ndarray, spec: SolveSpec
     fixed = np.ascontiguousarray(fixed, dtype=np.float32)
     k = fixed.shape[1]
     gram = fixed.T.astype(np.float64) @ fixed if spec.kind == "implicit" else None
-    sc = blocks.sparkSession.sparkContext
-    bc = sc.broadcast((fixed, None if fixed_bias is None else fixed_bias.astype(np.float32), gram))
+    bc = blocks.context.broadcast((fixed, None if fixed_bias is None else fixed_bias.astype(np.float32), gram))
     try:
-        rows = blocks.mapInArrow(_solver(bc, spec), RESULT_SCHEMA).collect()
+        results = blocks.map(_solver(bc, spec)).collect()
     finally:
         bc.unpersist(blocking=False)
     X = previous.factors.copy() if previous is not None else np.zeros((n_rows, k), dtype=np.float32)
@@ -73,12 +58,11 @@ def half_step(blocks: DataFrame, n_rows: int, fixed: np.ndarray, spec: SolveSpec
         bias = (previous.bias.copy() if previous is not None and previous.bias is not None
                 else np.zeros(n_rows, dtype=np.float32))
     data_loss = reg_loss = sq_err = 0.0
-    for rec in rows:
-        ids = np.frombuffer(rec["row_ids"], dtype=np.int32)
-        X[ids] = np.frombuffer(rec["factors"], dtype=np.float32).reshape(ids.size, k)
+    for ids, factors, row_bias, block_data, block_reg, block_sq in results:
+        X[ids] = factors
         if bias is not None:
-            bias[ids] = np.frombuffer(rec["bias"], dtype=np.float32)
-        data_loss += rec["data_loss"]
-        reg_loss += rec["reg_loss"]
-        sq_err += rec["sq_err"]
+            bias[ids] = row_bias
+        data_loss += block_data
+        reg_loss += block_reg
+        sq_err += block_sq
     return HalfStepResult(X, bias, data_loss, reg_loss, sq_err)
