@@ -65,8 +65,11 @@ def run(spark, args: cli.TrainArgs) -> dict:
     seen = recommend.seen_lists(train_idx).cache()
     relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
     ranking = evaluate.RankingEvaluator(seen, relevant, items.size, cfg.eval.k)
-    tracker = (evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, ranking)
-               if cfg.eval.every_iteration else None)
+    tracker = None
+    if cfg.eval.every_iteration:
+        sampled = evaluate.RankingEvaluator(seen, evaluate.sample_users(relevant, cfg.eval.history_users),
+                                            items.size, cfg.eval.k)
+        tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
     fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
                   resume=args.resume, stats=stats)
     model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict())
@@ -80,6 +83,8 @@ def run(spark, args: cli.TrainArgs) -> dict:
     write.publish(spark, output, model, recs, metrics, rejected, {"versions": metrics["versions"]})
     checkpoints.clear()
     ranking.close()
+    if tracker is not None:
+        sampled.close()
     seen.unpersist()
     train_idx.unpersist()
     train.unpersist()

@@ -108,10 +108,12 @@ class RecommendConfig:
 class EvalConfig:
     k: int = 10                          # cut-off of the ranking metrics
     relevant_threshold: float | None = None  # explicit: held-out rating >= this is relevant
-    every_iteration: bool = True         # held-out RMSE (and NDCG when ranking) in the history
+    every_iteration: bool = True         # held-out RMSE and NDCG@k in the per-iteration history
+    history_users: int = 1000            # users sampled for the per-iteration NDCG@k (final: all)
 
     def __post_init__(self) -> None:
         require(self.k >= 1, "eval.k", self.k, "an integer >= 1")
+        require(self.history_users >= 1, "eval.history_users", self.history_users, "an integer >= 1")
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,19 @@ class Relevant:
     items: np.ndarray    # (r,) int32
 
 
+def sample_users(relevant: Relevant, limit: int, seed: int = 0) -> Relevant:
+    """At most `limit` of the evaluated users (a seeded draw, the same users every iteration), with
+    their relevant items: per-iteration NDCG costs users x items scores, so the history uses a sample."""
+    m = relevant.users.size
+    if m <= limit:
+        return relevant
+    keep = np.sort(np.random.default_rng(seed).choice(m, size=limit, replace=False))
+    lens = np.diff(relevant.indptr)[keep]
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    pos = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lens) + np.repeat(relevant.indptr[keep], lens)
+    return Relevant(relevant.users[keep], offsets, relevant.items[pos])
+
+
 def relevant_items(heldout: HeldOut, threshold: float | None) -> Relevant:
     """Held-out (user, item) pairs of known users and items, rating >= threshold (None: all)."""
     keep = (heldout.u >= 0) & (heldout.i >= 0)

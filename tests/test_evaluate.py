@@ -53,3 +53,14 @@ def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
     for key in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "n_users_evaluated"):
         assert got[key] == pytest.approx(want[key]), key
     assert 0 < got["ndcg_at_k"] < 1
+
+
+def test_sample_users_keeps_their_items():
+    ho = evaluate.HeldOut(np.repeat(np.arange(50, dtype=np.int32), 3), np.tile(np.array([1, 4, 7], np.int32), 50),
+                          np.ones(150))
+    rel = evaluate.relevant_items(ho, None)
+    sub = evaluate.sample_users(rel, 10, seed=1)
+    assert sub.users.size == 10 and np.all(np.diff(sub.users) > 0)
+    assert sub.indptr.tolist() == list(range(0, 31, 3)) and sub.items.tolist() == [1, 4, 7] * 10
+    assert evaluate.sample_users(rel, 10, seed=1).users.tolist() == sub.users.tolist()
+    assert evaluate.sample_users(rel, 100) is rel
