@@ -19,7 +19,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.blocks import build_blocks, row_counts
+from mf_spark.blocks import build_all, row_counts
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import ConfigError, InputError
@@ -96,8 +96,9 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
     with_bias = cfg.kind == "explicit" and cfg.biases
     mu = stats.mean if with_bias else 0.0
     spec = solve_spec(cfg, mu)
-    user_blocks = build_blocks(train, "user", _num_blocks(cfg.num_user_blocks, train))
-    item_blocks = build_blocks(train, "item", _num_blocks(cfg.num_item_blocks, train))
+    built = build_all(train, {"user": _num_blocks(cfg.num_user_blocks, train),
+                              "item": _num_blocks(cfg.num_item_blocks, train)})
+    user_blocks, item_blocks = built["user"], built["item"]
     try:
         n_u, n_i = row_counts(user_blocks, n_users), row_counts(item_blocks, n_items)
         factors = Factors(init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),

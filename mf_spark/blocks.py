@@ -7,9 +7,9 @@ Row u belongs to block u % num_blocks. Example, 2 user blocks, ratings (user_idx
     user block 0: row_ids [0, 2]   indptr [0, 2, 4]   cols [1, 3, 0, 2]   values [4, 2, 3, 1]
     user block 1: row_ids [1]      indptr [0, 1]      cols [0]            values [5]
 
-The item side is built from the same ratings with the roles swapped. The blocks are built from Arrow
-batches (groupBy(block).applyInArrow: no per-rating Python objects), then kept as a cached RDD of
-CsrBlock records, one block per partition, so each half-step is one plain RDD job: no SQL planning
+The item side is built from the same ratings with the roles swapped. Both sides are built in one pass
+over Arrow batches (no per-rating Python objects), then kept as cached RDDs of CsrBlock records, one
+block per partition, so each half-step is one plain RDD job: no SQL planning
 and no Arrow round trip per iteration (measured: 0.07-0.10 s per half-step on ml-latest-small instead
 of 0.16-0.26 s through mapInArrow over a cached DataFrame).
 """
@@ -23,13 +23,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.types import ITEM_IDX, RATING, USER_IDX
-
-BLOCK_SCHEMA = ("block int, n_rows int, nnz long, row_ids binary, indptr binary, cols binary, "
-                "values binary")
-BLOCK_ARROW = pa.schema([("block", pa.int32()), ("n_rows", pa.int32()), ("nnz", pa.int64()),
-                         ("row_ids", pa.binary()), ("indptr", pa.binary()), ("cols", pa.binary()),
-                         ("values", pa.binary())])
-SIDE_COLUMNS = {"user": (USER_IDX, ITEM_IDX), "item": (ITEM_IDX, USER_IDX)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,40 +69,80 @@ class CsrBlock:
                         np.frombuffer(rec["values"], dtype=np.float32))
 
 
-def _build_one(num_blocks: int):
-    def build(table: pa.Table) -> pa.Table:
-        rows = table.column(0).to_numpy()
-        blk = CsrBlock.from_triples(int(rows[0]) % num_blocks, rows, table.column(1).to_numpy(),
-                                    table.column(2).to_numpy())
-        return pa.Table.from_pylist([blk.to_record()], schema=BLOCK_ARROW)
-    return build
+PARTIAL_SCHEMA = "side int, block int, rows binary, cols binary, values binary"
+SIDE_CODES = {"user": 0, "item": 1}
 
 
-def _own_copy(row) -> tuple[int, CsrBlock]:
-    blk = CsrBlock.from_record(row.asDict())
-    return blk.block, CsrBlock(blk.block, blk.row_ids.copy(), blk.indptr.copy(), blk.cols.copy(),
-                               blk.values.copy())
+def _partials(num_blocks: dict[str, int]):
+    """mapInArrow body: the (row, col, value) triples of one input partition, split per side and block."""
+    def split(batches):
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
+            return
+        t = pa.Table.from_batches(parts)
+        u = t.column(USER_IDX).to_numpy().astype(np.int32)
+        i = t.column(ITEM_IDX).to_numpy().astype(np.int32)
+        v = t.column(RATING).to_numpy().astype(np.float32)
+        for side, nb in num_blocks.items():
+            rows, cols = (u, i) if side == "user" else (i, u)
+            blk = rows % nb
+            order = np.argsort(blk, kind="stable")
+            bounds = np.searchsorted(blk[order], np.arange(nb + 1))
+            out = []
+            for b in range(nb):            # a loop over blocks (a handful), never over rows
+                sel = order[bounds[b]:bounds[b + 1]]
+                if sel.size:
+                    out.append({"side": SIDE_CODES[side], "block": b, "rows": rows[sel].tobytes(),
+                                "cols": cols[sel].tobytes(), "values": v[sel].tobytes()})
+            yield pa.RecordBatch.from_pylist(out, schema=_PARTIAL_ARROW)
+    return split
+
+
+_PARTIAL_ARROW = pa.schema([("side", pa.int32()), ("block", pa.int32()), ("rows", pa.binary()),
+                            ("cols", pa.binary()), ("values", pa.binary())])
+
+
+def _merge(key_parts) -> tuple[tuple[int, int], CsrBlock]:
+    (side, block), parts = key_parts
+    parts = list(parts)
+    rows = np.concatenate([np.frombuffer(p[0], dtype=np.int32) for p in parts])
+    cols = np.concatenate([np.frombuffer(p[1], dtype=np.int32) for p in parts])
+    vals = np.concatenate([np.frombuffer(p[2], dtype=np.float32) for p in parts])
+    return (side, block), CsrBlock.from_triples(block, rows, cols, vals)
+
+
+def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
+    """CSR blocks of each side in `num_blocks` ({"user": nu, "item": ni}, either may be omitted).
+
+    `ratings` has user_idx, item_idx (int) and rating. Returns, per side, an RDD of CsrBlock with
+    block b in partition b (row r in block r % n). Performance note: the ratings cross from the JVM
+    to Python once, as Arrow, whatever the number of sides (one mapInArrow splits each input
+    partition into per-(side, block) pieces of packed int32/float32 arrays); one shuffle of those
+    pieces (groupByKey) merges them into blocks; each side is then placed by one small shuffle,
+    persisted (memory, spilling to disk) and materialized by one count. Every iteration reuses it.
+    """
+    for side in num_blocks:
+        if side not in SIDE_CODES:
+            raise ValueError(f"side must be 'user' or 'item', got {side!r}")
+    pieces = (ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
+                             F.col(RATING).cast("float").alias(RATING))
+              .mapInArrow(_partials(num_blocks), PARTIAL_SCHEMA)
+              .rdd.map(lambda r: ((r["side"], r["block"]), (bytes(r["rows"]), bytes(r["cols"]), bytes(r["values"])))))
+    merged = pieces.groupByKey(numPartitions=max(num_blocks.values())).map(_merge)
+    out = {}
+    for side, nb in num_blocks.items():
+        code = SIDE_CODES[side]
+        out[side] = (merged.filter(lambda kv, c=code: kv[0][0] == c)
+                     .map(lambda kv: (kv[0][1], kv[1])).partitionBy(nb, lambda b: b).values()
+                     .persist(StorageLevel.MEMORY_AND_DISK))
+    for rdd in out.values():
+        rdd.count()
+    return out
 
 
 def build_blocks(ratings: DataFrame, side: str, num_blocks: int) -> RDD:
-    """One CSR block per `side` block (index % num_blocks), built from Arrow batches.
-
-    `ratings` has user_idx, item_idx (int) and rating. Returns an RDD of CsrBlock, block b in
-    partition b. Performance note: one shuffle of the ratings (groupBy block, Arrow), one small
-    shuffle of the finished blocks (one record each) to place them; the result is persisted (memory,
-    spilling to disk) and materialized by one count, and every iteration reuses it.
-    """
-    if side not in SIDE_COLUMNS:
-        raise ValueError(f"side must be 'user' or 'item', got {side!r}")
-    row_col, other_col = SIDE_COLUMNS[side]
-    triples = ratings.select(F.col(row_col).cast("int").alias("row"), F.col(other_col).cast("int").alias("col"),
-                             F.col(RATING).cast("float").alias("value"),
-                             (F.col(row_col) % F.lit(num_blocks)).cast("int").alias("block"))
-    built = triples.groupBy("block").applyInArrow(_build_one(num_blocks), BLOCK_SCHEMA)
-    blocks = (built.rdd.map(_own_copy).partitionBy(num_blocks, lambda b: b).values()
-              .persist(StorageLevel.MEMORY_AND_DISK))
-    blocks.count()
-    return blocks
+    """The blocks of one side; see build_all."""
+    return build_all(ratings, {side: num_blocks})[side]
 
 
 def row_counts(blocks: RDD, n_rows: int) -> np.ndarray:
