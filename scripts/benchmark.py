@@ -1,34 +1,97 @@
-"""Spark MLlib's ALS and mf_spark on the same split, same rank / iterations / regularization, one run.
+"""Spark MLlib's ALS and mf_spark on the same split, same rank / iterations / reg (/ alpha), one run.
 
-    python scripts/benchmark.py --input ratings.csv --rank 10 --iterations 10 --reg 0.1 [--repeat 3]
-        [--biases] [--sweep-reg 0.05,0.1,0.2] [--sweep-rank 10,20] [--json report.json]
+    python scripts/benchmark.py [--input ratings.csv [--format auto] | --synthetic N_RATINGS]
+        [--kind explicit|implicit] [--rank 10] [--iterations 10] [--reg 0.1] [--alpha 1.0]
+        [--repeat 3] [--json report.json]
+        explicit extras (ours only): [--biases] [--sweep-reg 0.05,0.1,0.2] [--sweep-rank 10,20]
+        implicit extras: [--alphas 1,5,20 --regs 0.01,0.1] (grid, both models)
+                         [--w0s 0.01,0.1] [--log-alphas 0.5,1] (ours only, at our best setting)
 
-Both models are scored by the same code (mf_spark.evaluate) on the same held-out rows: predictions are
-clipped to the training rating range and cold rows get the training mean, for both. MLlib and ours
-alternate when --repeat > 1; the median fit time is reported. Prints a table and the ratios ours/MLlib.
+Without --input or --synthetic the MovieLens sample shipped with pyspark is used. --synthetic N
+writes scripts/make_synthetic.py's generate(N, kind) (deterministic: same N, same rows) to a
+temporary Parquet file. Both models fit the same training split in this process; with --repeat > 1
+they alternate (MLlib, ours, MLlib, ours, ...) so drift in the machine's speed hits both.
+
+Measured for each model, per setting (median over repeats for times, maximum for memory):
+  fit s        wall time of the fit, factors collected to the driver (ours: FitResult.fit_seconds)
+  s/iter       fit s / iterations; for ours also the median time of one loop iteration (history)
+  top-10 s     top 10 items for every user, forced by a "noop" write: MLlib
+               model.recommendForAllUsers(10) (seen items NOT excluded), ours
+               recommend.top_n(FactorModel, train, RecommendConfig(top_n=10, exclude_seen=True))
+  quality      held-out RMSE (explicit; mf_spark.evaluate for both, clipped, cold = mean) or
+               NDCG@10 (implicit; one evaluate.RankingEvaluator for both, training items excluded)
+  memory       peak RSS during the fit, MB: driver Python (getrusage), Spark JVM (VmHWM) and the
+               Python workers (VmHWM of every pyspark.daemon / worker process under the JVM, sampled
+               every 0.2 s because workers may exit: sum and max); high-water marks are reset when
+               the fit starts (see PeakMemory). MLlib uses no Python workers: idle ones left by
+               earlier runs of ours still count, at their resident size
+Then the ratios ours/MLlib and the quality difference, and a floating-point bound for one iteration
+of ours (scripts/flops.py): its flop count over this machine's one-thread float32 matmul rate, on
+one core and on the Spark cores the blocks run on, against the measured loop s/iter.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import resource
+import shutil
 import statistics
-import tempfile
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
-from mf_spark import als, evaluate, index, read, session, split, validate  # noqa: E402
+import flops  # noqa: E402
+from mf_spark import als, evaluate, index, read, recommend, session, split, validate  # noqa: E402
 from mf_spark.checkpoint import Factors  # noqa: E402
-from mf_spark.config import DataConfig, ModelConfig, SplitConfig  # noqa: E402
-from mf_spark.model import Scorer  # noqa: E402
+from mf_spark.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
+from mf_spark.model import FactorModel, Scorer  # noqa: E402
 from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX  # noqa: E402
 
+TOP_N = 10
+SAMPLE_SECONDS = 0.2
 
-def prepare(spark, args):
+
+# ---- input ----------------------------------------------------------------------------------------
+def temp_dir(prefix: str) -> str:
+    """A temporary folder removed when the script exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def synthetic_input(n_ratings: int, kind: str) -> str:
+    """make_synthetic.generate(n_ratings, kind) written to a temporary Parquet file; returns its path."""
+    import pyarrow.parquet as pq
+    from make_synthetic import generate
+    path = os.path.join(temp_dir("mf_spark-bench-data-"), f"synthetic_{kind}_{n_ratings}.parquet")
+    pq.write_table(generate(n_ratings, kind), path)
+    return path
+
+
+@dataclass
+class Data:
+    """The training split (indexed, cached), the held-out rows and what scoring needs."""
+    train_idx: object
+    heldout: evaluate.HeldOut
+    users: index.IdMap
+    items: index.IdMap
+    stats: als.TrainStats
+    ranking: evaluate.RankingEvaluator | None   # implicit only
+
+
+def prepare(spark, args) -> Data:
+    """read -> clean -> split (test fraction 0.2) -> index, as jobs/train.py does; ranking evaluator
+    over all users with held-out items (implicit)."""
     data = DataConfig()
     cleaned = validate.clean(read.ratings(spark, args.input, args.format, data), data, args.kind)
     train, test = split.split(cleaned.ratings, SplitConfig(method=args.split, test_fraction=0.2, seed=args.seed))
@@ -37,7 +100,128 @@ def prepare(spark, args):
     train_idx = (items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
                  .select(USER_IDX, ITEM_IDX, RATING).cache())
     heldout = evaluate.collect_heldout(items.encode(users.encode(test, USER, USER_IDX), ITEM, ITEM_IDX))
-    return train_idx, heldout, users.size, items.size, als.train_stats(train_idx)
+    ranking = None
+    if args.kind == "implicit":
+        # Not cached here (the evaluator caches its own join): a cached seen-list frame would be
+        # substituted into top_n's identical plan, with its 200 un-coalesced shuffle partitions.
+        seen = recommend.seen_lists(train_idx)
+        ranking = evaluate.RankingEvaluator(seen, evaluate.relevant_items(heldout, None), items.size, TOP_N)
+    return Data(train_idx, heldout, users, items, als.train_stats(train_idx), ranking)
+
+
+# ---- memory -----------------------------------------------------------------------------------------
+def _status_kb(pid, key: str) -> int | None:
+    """A field of /proc/PID/status in kB (VmHWM: peak resident set, VmRSS: current)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak(pid) -> bool:
+    """Reset the kernel's VmHWM of PID to its current RSS (Linux: write 5 to /proc/PID/clear_refs)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def python_workers(jvm_pid: int) -> list[int]:
+    """PIDs of the pyspark.daemon / pyspark.worker processes descending from the JVM (from /proc)."""
+    children: dict[int, list[int]] = {}
+    if not os.path.isdir("/proc"):
+        return []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [jvm_pid]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read()
+            except OSError:
+                continue
+            if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
+                found.append(pid)
+    return found
+
+
+class PeakMemory:
+    """Peak resident memory (MB) during a `with` block, of the driver's Python process
+    (resource.getrusage ru_maxrss), the Spark JVM (VmHWM of the PID given by java's
+    ProcessHandle.current()) and the Python workers (largest VmHWM seen per worker PID, sampled by a
+    background thread every 0.2 s; reported as the sum over workers and the largest one).
+
+    On entry the high-water marks of all of them are reset to the current RSS, so each fit is measured
+    on its own (the start RSS is kept as *_start_mb); where the kernel refuses the reset,
+    `reset` is False and the marks cover the processes' lifetimes so far.
+    """
+
+    def __init__(self, spark):
+        self.jvm = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+        self.workers: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for pid in python_workers(self.jvm):
+            kb = _status_kb(pid, "VmHWM")
+            if kb is not None:
+                self.workers[pid] = max(kb, self.workers.get(pid, 0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self._sample()
+
+    def __enter__(self) -> "PeakMemory":
+        pids = ["self", self.jvm, *python_workers(self.jvm)]
+        self.reset = all([_reset_peak(pid) for pid in pids])
+        self.start = {"driver_python_start_mb": _status_kb("self", "VmRSS"),
+                      "driver_jvm_start_mb": _status_kb(self.jvm, "VmRSS")}
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        mb = lambda kb: None if kb is None else round(kb / 1024.0, 1)   # noqa: E731
+        jvm = _status_kb(self.jvm, "VmHWM")
+        start = self.start["driver_jvm_start_mb"]
+        self.peaks = {"driver_python_mb": mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+                      "driver_jvm_mb": mb(jvm),
+                      "driver_jvm_growth_mb": None if jvm is None or start is None else mb(jvm - start),
+                      "workers_sum_mb": mb(sum(self.workers.values())),
+                      "workers_max_mb": mb(max(self.workers.values(), default=0)),
+                      "n_workers": len(self.workers), "reset": self.reset,
+                      **{k: mb(v) for k, v in self.start.items()}}
+
+
+# ---- the two models ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    rank: int
+    iterations: int
+    reg: float
+    alpha: float | None   # None: explicit
+
+    def model_config(self, seed: int, **extra) -> ModelConfig:
+        kind = {} if self.alpha is None else {"kind": "implicit", "alpha": self.alpha}
+        return ModelConfig(rank=self.rank, iterations=self.iterations, reg=self.reg, seed=seed,
+                           **kind, **extra)
 
 
 def mllib_factors(model, n, side):
@@ -48,147 +232,289 @@ def mllib_factors(model, n, side):
     return F
 
 
-def run_mllib(spark, train_idx, n_users, n_items, rank, iterations, reg, seed, alpha=None):
+def fit_mllib(data: Data, s: Setting, seed: int):
+    """pyspark.ml ALS (implicitPrefs with alpha when s.alpha is set) -> (seconds, Factors, model);
+    the time includes collecting the factors to the driver."""
     from pyspark.ml.recommendation import ALS
     t0 = time.perf_counter()
-    extra = {} if alpha is None else {"implicitPrefs": True, "alpha": alpha}
-    model = ALS(rank=rank, maxIter=iterations, regParam=reg, userCol=USER_IDX, itemCol=ITEM_IDX,
-                ratingCol=RATING, seed=seed, coldStartStrategy="nan", **extra).fit(train_idx)
-    X, Y = mllib_factors(model, n_users, "user"), mllib_factors(model, n_items, "item")   # forces the fit
-    return time.perf_counter() - t0, Factors(X, Y, None, None, 0.0)
+    extra = {} if s.alpha is None else {"implicitPrefs": True, "alpha": s.alpha}
+    model = ALS(rank=s.rank, maxIter=s.iterations, regParam=s.reg, userCol=USER_IDX, itemCol=ITEM_IDX,
+                ratingCol=RATING, seed=seed, coldStartStrategy="nan", **extra).fit(data.train_idx)
+    X = mllib_factors(model, data.users.size, "user")
+    Y = mllib_factors(model, data.items.size, "item")
+    return time.perf_counter() - t0, Factors(X, Y, None, None, 0.0), model
 
 
-def run_ours(train_idx, n_users, n_items, cfg, stats):
-    res = als.fit(train_idx, n_users, n_items, cfg, stats=stats)
-    return res.fit_seconds, res.factors
+def release_mllib(spark) -> None:
+    """Unpersist the factor RDDs MLlib's ALS leaves cached (named userFactors / itemFactors)."""
+    for rdd in spark.sparkContext._jsc.getPersistentRDDs().values():
+        if rdd.name() in ("userFactors", "itemFactors"):
+            rdd.unpersist(False)
 
 
-def rmse(factors, heldout, stats):
-    return evaluate.error_metrics(Scorer("explicit", factors, stats.mean, (stats.lo, stats.hi)), heldout)["rmse"]
+def factor_model(data: Data, kind: str, factors: Factors) -> FactorModel:
+    rating_range = (data.stats.lo, data.stats.hi) if kind == "explicit" else None
+    return FactorModel(kind, factors, data.users, data.items, data.stats.mean, rating_range, {})
 
 
+def timed_write(df) -> float:
+    """Seconds to compute every row of `df` (a "noop" write: nothing is stored)."""
+    t0 = time.perf_counter()
+    df.write.format("noop").mode("overwrite").save()
+    return time.perf_counter() - t0
+
+
+def quality(data: Data, kind: str, factors: Factors) -> dict:
+    """Held-out rmse (explicit) or the ranking metrics at 10 (implicit), the same code for both models."""
+    if kind == "explicit":
+        scorer = Scorer("explicit", factors, data.stats.mean, (data.stats.lo, data.stats.hi))
+        return {"rmse": evaluate.error_metrics(scorer, data.heldout)["rmse"]}
+    m = data.ranking(Scorer("implicit", factors, 0.0, None))
+    return {k: m[k] for k in evaluate.RANKING_KEYS}
+
+
+def run_mllib(spark, data: Data, s: Setting, seed: int) -> dict:
+    """One MLlib run: fit (memory sampled), top-10 for all users, quality."""
+    with PeakMemory(spark) as mem:
+        seconds, factors, model = fit_mllib(data, s, seed)
+    top = timed_write(model.recommendForAllUsers(TOP_N))
+    release_mllib(spark)
+    return {"fit_seconds": seconds, "seconds_per_iteration": seconds / s.iterations, "topn_seconds": top,
+            **quality(data, "explicit" if s.alpha is None else "implicit", factors), "memory": mem.peaks}
+
+
+def run_ours(spark, data: Data, cfg: ModelConfig, with_topn: bool = True) -> dict:
+    """One run of ours: als.fit (memory sampled), top-10 for all users (seen excluded), quality."""
+    with PeakMemory(spark) as mem:
+        res = als.fit(data.train_idx, data.users.size, data.items.size, cfg, stats=data.stats)
+    out = {"fit_seconds": res.fit_seconds, "seconds_per_iteration": res.fit_seconds / cfg.iterations,
+           "loop_seconds_per_iteration": statistics.median(h["seconds"] for h in res.history)}
+    if with_topn:
+        model = factor_model(data, cfg.kind, res.factors)
+        out["topn_seconds"] = timed_write(recommend.top_n(model, data.train_idx, RecommendConfig(TOP_N, True)))
+        if getattr(model, "_bc", None) is not None:
+            model._bc.unpersist(blocking=False)
+    return {**out, **quality(data, cfg.kind, res.factors), "memory": mem.peaks}
+
+
+def _over_runs(values: list, how) -> object:
+    """how(values) over the numbers among `values` (None when there are none); booleans: all()."""
+    if values and all(isinstance(v, bool) for v in values):
+        return all(values)
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    return how(numbers) if numbers else None
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median of each timing and quality field over the repeats, maximum of each memory field."""
+    out = {k: _over_runs([r[k] for r in runs], statistics.median) for k in runs[0] if k != "memory"}
+    out["all_fit_seconds"] = [r["fit_seconds"] for r in runs]
+    out["memory"] = {k: _over_runs([r["memory"][k] for r in runs], max) for k in runs[0]["memory"]}
+    return out
+
+
+def compare(spark, data: Data, s: Setting, args) -> dict:
+    """MLlib and ours at setting `s`, alternating over args.repeat; summaries, ratios, difference."""
+    runs = {"mllib": [], "ours": []}
+    cfg = s.model_config(args.seed)
+    for _ in range(args.repeat):
+        runs["mllib"].append(run_mllib(spark, data, s, args.seed))
+        runs["ours"].append(run_ours(spark, data, cfg))
+    m, o = summarize(runs["mllib"]), summarize(runs["ours"])
+    metric = "rmse" if s.alpha is None else "ndcg_at_k"
+    ratios = {k: o[k] / m[k] for k in ("fit_seconds", "seconds_per_iteration", "topn_seconds") if m[k]}
+    diff = None if o[metric] is None or m[metric] is None else o[metric] - m[metric]
+    return {"rank": s.rank, "iterations": s.iterations, "reg": s.reg, "alpha": s.alpha, "mllib": m,
+            "ours": o, "ratios": ratios, "metric": metric, "metric_difference": diff}
+
+
+# ---- printing -------------------------------------------------------------------------------------
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_comparison(c: dict, repeat: int) -> None:
+    label = "RMSE" if c["metric"] == "rmse" else "NDCG@10"
+    alpha = "" if c["alpha"] is None else f", alpha {c['alpha']}"
+    print(f"\nrank {c['rank']}, {c['iterations']} iterations, reg {c['reg']}{alpha}; median of {repeat} "
+          f"run(s); memory: peak RSS during the fit, MB (+JVM: growth over its RSS at the start of the fit)")
+    print(f"{'model':<7}{'fit s':>8}{'s/iter':>8}{'loop s/it':>10}{'top-10 s':>9}{label:>9}"
+          f"{'drv py':>8}{'drv JVM':>8}{'(+JVM)':>8}{'wrk sum':>8}{'wrk max':>8}")
+    for name in ("mllib", "ours"):
+        r, mem = c[name], c[name]["memory"]
+        print(f"{name:<7}{r['fit_seconds']:>8.2f}{r['seconds_per_iteration']:>8.3f}"
+              f"{fmt(r.get('loop_seconds_per_iteration'), '.3f'):>10}{r['topn_seconds']:>9.2f}"
+              f"{fmt(r[c['metric']], '.4f'):>9}{fmt(mem['driver_python_mb'], '.0f'):>8}"
+              f"{fmt(mem['driver_jvm_mb'], '.0f'):>8}{fmt(mem['driver_jvm_growth_mb'], '+.0f'):>8}"
+              f"{fmt(mem['workers_sum_mb'], '.0f'):>8}"
+              f"{fmt(mem['workers_max_mb'], '.0f'):>8}")
+    q = c["ratios"]
+    print(f"ours/MLlib: fit {fmt(q.get('fit_seconds'), '.3f')}, s/iter {fmt(q.get('seconds_per_iteration'), '.3f')}, "
+          f"top-10 {fmt(q.get('topn_seconds'), '.3f')} (MLlib keeps seen items, ours excludes them); "
+          f"{label} ours - MLlib: {fmt(c['metric_difference'], '+.4f')}")
+
+
+def print_extra(runs: list[dict], metric: str) -> None:
+    label = "RMSE" if metric == "rmse" else "NDCG@10"
+    print(f"\nextra runs of ours\n{'rank':>5}{'reg':>7}{label:>9}{'fit s':>8}  params")
+    for r in runs:
+        params = " ".join(f"{k}={r[k]}" for k in ("biases", "alpha", "w0", "confidence") if k in r)
+        print(f"{r['rank']:>5}{r['reg']:>7}{fmt(r.get(metric), '.4f'):>9}{r['fit_seconds']:>8.2f}  {params}")
+
+
+# ---- flop bound -----------------------------------------------------------------------------------
+def flop_bound(spark, data: Data, s: Setting, measured: float, size: int) -> dict:
+    """Flops of one iteration of ours (scripts/flops.py) over the one-thread numpy float32 matmul
+    rate of this machine: the bound on one core and on the cores the blocks run on (Spark's default
+    parallelism, which is also the default number of blocks), and measured / bound."""
+    count = flops.iteration_flops(data.stats.n, data.users.size, data.items.size, s.rank, False,
+                                  s.alpha is not None)
+    cores = spark.sparkContext.defaultParallelism
+    try:
+        rate = flops.measure_gflops(size, threads=1)
+    except Exception as exc:   # report the count without the rate
+        print(f"\nfloating-point bound: measuring the matmul rate failed ({type(exc).__name__}: {exc})")
+        return {"flops": count, "cores": cores}
+    one, par = flops.bound_seconds(count["total"], rate), flops.bound_seconds(count["total"], rate, cores)
+    print(f"\nfloating-point bound, one iteration of ours: Gramians {count['gramians']:.3g} + solves "
+          f"{count['solves']:.3g} + fixed Gramians {count['fixed_gramian']:.3g} = {count['total']:.3g} flops")
+    print(f"numpy float32 matmul {size}x{size}, 1 thread: {rate:.1f} GFLOP/s -> bound {one:.4g} s on 1 core, "
+          f"{par:.4g} s on {cores} Spark core(s); measured {measured:.4g} s/iteration (loop) = "
+          f"{measured / par:.1f} x the {cores}-core bound")
+    return {"flops": count, "gflops_one_thread": rate, "matmul_size": size, "cores": cores,
+            "bound_seconds_one_core": one, "bound_seconds": par, "measured_seconds_per_iteration": measured,
+            "measured_over_bound": measured / par}
+
+
+# ---- extras and main ------------------------------------------------------------------------------
 def floats(text):
     return [float(x) for x in text.split(",") if x]
 
 
-def implicit_main(spark, args, train_idx, heldout, n_users, n_items, stats) -> dict:
-    """Ours (w0 = 1, linear confidence) and MLlib implicitPrefs over the same alpha x reg grid, then
-    ours with other w0 and the log confidence at our best (alpha, reg). Same ranking code for both."""
-    from mf_spark.recommend import seen_lists
-    seen = seen_lists(train_idx).cache()
-    ranking = evaluate.RankingEvaluator(seen, evaluate.relevant_items(heldout, None), n_items, 10)
-    def score(f):
-        return ranking(Scorer("implicit", f, 0.0, None))
-    runs = []
-    def record(model, t, f, **params):
-        m = score(f)
-        runs.append({"model": model, **params, "fit_seconds": t, **{k: m[k] for k in evaluate.RANKING_KEYS}})
-        r = runs[-1]
-        print(f"{model:<6} " + " ".join(f"{k}={v}" for k, v in params.items())
-              + f"  ndcg@10={r['ndcg_at_k']:.4f} map@10={r['map_at_k']:.4f} p@10={r['precision_at_k']:.4f}"
-              f" r@10={r['recall_at_k']:.4f} fit={t:.2f}s", flush=True)
-    for alpha in floats(args.alphas):
-        for reg in floats(args.regs):
-            for _ in range(args.repeat):
-                t, f = run_mllib(spark, train_idx, n_users, n_items, args.rank, args.iterations, reg, args.seed, alpha)
-                record("mllib", t, f, alpha=alpha, reg=reg)
-                cfg = ModelConfig(kind="implicit", rank=args.rank, iterations=args.iterations, reg=reg, alpha=alpha,
-                                  seed=args.seed)
-                t, f = run_ours(train_idx, n_users, n_items, cfg, stats)
-                record("ours", t, f, alpha=alpha, reg=reg, w0=1.0, confidence="linear")
-    best = lambda name: max((r for r in runs if r["model"] == name and r.get("w0", 1.0) == 1.0
-                             and r.get("confidence", "linear") == "linear"), key=lambda r: r["ndcg_at_k"])
-    b = best("ours")
+def settings(args) -> list[Setting]:
+    """Explicit: one setting. Implicit: the --alphas x --regs grid, each defaulting to --alpha / --reg."""
+    if args.kind == "explicit":
+        return [Setting(args.rank, args.iterations, args.reg, None)]
+    return [Setting(args.rank, args.iterations, reg, alpha)
+            for alpha in floats(args.alphas) or [args.alpha] for reg in floats(args.regs) or [args.reg]]
+
+
+def extra_configs(args, best: dict) -> list[tuple[dict, ModelConfig]]:
+    """Ours-only runs: explicit --biases / --sweep-rank x --sweep-reg (biases on); implicit --w0s
+    (linear) and --log-alphas (log confidence) at our best (alpha, reg)."""
+    out = []
+    base = {"iterations": args.iterations, "seed": args.seed}
+    if args.kind == "explicit":
+        grid = [(args.rank, args.reg)] if args.biases else []
+        grid += [(int(r), reg) for r in (args.sweep_rank.split(",") if args.sweep_rank else [args.rank])
+                 if r for reg in floats(args.sweep_reg)]
+        for rank, reg in grid:
+            out.append(({"rank": rank, "reg": reg, "biases": True},
+                        ModelConfig(rank=rank, reg=reg, biases=True, **base)))
+        return out
+    imp = {"kind": "implicit", "rank": args.rank, "reg": best["reg"], **base}
     for w0 in floats(args.w0s):
-        cfg = ModelConfig(kind="implicit", rank=args.rank, iterations=args.iterations, reg=b["reg"], alpha=b["alpha"],
-                          unobserved_weight=w0, seed=args.seed)
-        t, f = run_ours(train_idx, n_users, n_items, cfg, stats)
-        record("ours", t, f, alpha=b["alpha"], reg=b["reg"], w0=w0, confidence="linear")
+        out.append(({"rank": args.rank, "reg": best["reg"], "alpha": best["alpha"], "w0": w0, "confidence": "linear"},
+                    ModelConfig(alpha=best["alpha"], unobserved_weight=w0, **imp)))
     for alpha in floats(args.log_alphas):
-        cfg = ModelConfig(kind="implicit", rank=args.rank, iterations=args.iterations, reg=b["reg"], alpha=alpha,
-                          confidence="log", seed=args.seed)
-        t, f = run_ours(train_idx, n_users, n_items, cfg, stats)
-        record("ours", t, f, alpha=alpha, reg=b["reg"], w0=1.0, confidence="log")
-    bm, bo = best("mllib"), best("ours")
-    fit_m = statistics.median(r["fit_seconds"] for r in runs if r["model"] == "mllib")
-    fit_o = statistics.median(r["fit_seconds"] for r in runs if r["model"] == "ours" and "w0" in r)
-    print(f"best MLlib: alpha={bm['alpha']} reg={bm['reg']} ndcg@10={bm['ndcg_at_k']:.4f}; best ours (w0=1, linear): "
-          f"alpha={bo['alpha']} reg={bo['reg']} ndcg@10={bo['ndcg_at_k']:.4f}; median fit s ours/MLlib "
-          f"{fit_o:.2f}/{fit_m:.2f} = {fit_o / fit_m:.3f}")
-    return {"runs": runs, "best_mllib": bm, "best_ours": bo, "median_fit_ratio": fit_o / fit_m}
+        out.append(({"rank": args.rank, "reg": best["reg"], "alpha": alpha, "w0": 1.0, "confidence": "log"},
+                    ModelConfig(alpha=alpha, confidence="log", **imp)))
+    return out
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", default=None, help="ratings (default: the sample shipped with pyspark)")
-    p.add_argument("--format", default="auto")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", default=None, help="ratings (default: the sample shipped with pyspark)")
+    src.add_argument("--synthetic", type=int, default=None, metavar="N_RATINGS",
+                     help="generate N ratings with scripts/make_synthetic.py (deterministic)")
+    p.add_argument("--format", default="auto", help="input format: auto, csv, tsv, movielens, parquet")
+    p.add_argument("--kind", default="explicit", choices=["explicit", "implicit"])
     p.add_argument("--split", default="random", choices=["random", "per_user", "temporal"])
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--reg", type=float, default=0.1)
-    p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--biases", action="store_true", help="also fit ours with biases at the same settings")
-    p.add_argument("--sweep-reg", default="", help="comma-separated regs for extra runs of ours (biases on)")
-    p.add_argument("--sweep-rank", default="", help="comma-separated ranks for the sweep")
+    p.add_argument("--alpha", type=float, default=1.0, help="implicit: confidence slope (both models)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each model, alternating; medians reported")
     p.add_argument("--json", default=None, help="write the report here")
-    p.add_argument("--kind", default="explicit", choices=["explicit", "implicit"])
-    p.add_argument("--alphas", default="1,5,20", help="implicit: alpha grid (both models)")
-    p.add_argument("--regs", default="0.01,0.05,0.1", help="implicit: reg grid (both models)")
-    p.add_argument("--w0s", default="0.01,0.1,0.5", help="implicit: extra w0 runs of ours at our best alpha/reg")
+    p.add_argument("--matmul-size", type=int, default=2048, help="side of the timed float32 matmul")
+    p.add_argument("--biases", action="store_true", help="explicit: also fit ours with biases")
+    p.add_argument("--sweep-reg", default="", help="explicit: comma-separated regs for extra runs of ours (biases on)")
+    p.add_argument("--sweep-rank", default="", help="explicit: comma-separated ranks for the sweep")
+    p.add_argument("--alphas", default="", help="implicit: alpha grid for both models (default: --alpha)")
+    p.add_argument("--regs", default="", help="implicit: reg grid for both models (default: --reg)")
+    p.add_argument("--w0s", default="", help="implicit: extra w0 runs of ours at our best alpha/reg")
     p.add_argument("--log-alphas", default="", help="implicit: extra log-confidence runs of ours")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    return args
+
+
+def best_settings(comparisons: list[dict]) -> tuple[dict, dict]:
+    """The comparisons where ours and where MLlib score best (highest NDCG, lowest RMSE); printed
+    when there is a grid."""
+    metric = comparisons[0]["metric"]
+    sign = 1 if metric == "ndcg_at_k" else -1
+    best = max(comparisons, key=lambda c: sign * (c["ours"][metric] or 0.0))
+    best_mllib = max(comparisons, key=lambda c: sign * (c["mllib"][metric] or 0.0))
+    if len(comparisons) > 1:
+        print(f"\nbest MLlib: alpha={best_mllib['alpha']} reg={best_mllib['reg']} {metric}="
+              f"{fmt(best_mllib['mllib'][metric], '.4f')}; best ours: alpha={best['alpha']} reg={best['reg']} "
+              f"{metric}={fmt(best['ours'][metric], '.4f')}")
+    return best, best_mllib
+
+
+def report(args, data: Data, comparisons: list[dict], extra: list[dict], bound: dict) -> dict:
+    """The JSON report: inputs, every comparison (summaries per model), extra runs, the flop bound,
+    a flat list of runs and the headline ratio and metric difference (first setting)."""
+    metric = comparisons[0]["metric"]
+    runs = [{"model": name, "rank": c["rank"], "reg": c["reg"], "alpha": c["alpha"], **c[name]}
+            for c in comparisons for name in ("mllib", "ours")]
+    return {"input": args.input, "kind": args.kind, "n_train": data.stats.n, "n_test": data.heldout.n,
+            "n_users": data.users.size, "n_items": data.items.size, "rank": args.rank,
+            "iterations": args.iterations, "repeat": args.repeat, "comparisons": comparisons,
+            "extra_runs": extra, "flop_bound": bound, "runs": runs + [{"model": "ours", **r} for r in extra],
+            "ratio_fit_seconds": comparisons[0]["ratios"].get("fit_seconds"),
+            f"{metric}_difference": comparisons[0]["metric_difference"]}
+
+
+def start(args):
+    """The input path (synthetic data written first) and the Spark session."""
+    if args.synthetic is not None:
+        args.input = synthetic_input(args.synthetic, args.kind)
+        args.format = "parquet" if args.format == "auto" else args.format
     args.input = args.input or read.sample_path()
     spark = session.start("mf_spark-benchmark", {"spark.ui.enabled": "false"})
     # MLlib's ALS truncates its lineage every checkpointInterval (10) iterations only when a checkpoint
     # folder is set; without one, long or repeated fits die with StackOverflowError.
-    spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="mf_spark-bench-ckpt-"))
-    train_idx, heldout, n_users, n_items, stats = prepare(spark, args)
-    print(f"data: {args.input}: {stats.n} train / {heldout.n} test ratings, {n_users} users x {n_items} items")
-    if args.kind == "implicit":
-        report = implicit_main(spark, args, train_idx, heldout, n_users, n_items, stats)
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(report, fh, indent=2, default=str)
-        return 0
-    cfg = ModelConfig(rank=args.rank, iterations=args.iterations, reg=args.reg, seed=args.seed)
-    times = {"mllib": [], "ours": []}
-    result = {}
-    for _ in range(args.repeat):      # alternate, so drift in the machine's speed hits both
-        t, f = run_mllib(spark, train_idx, n_users, n_items, args.rank, args.iterations, args.reg, args.seed)
-        times["mllib"].append(t)
-        result["mllib"] = rmse(f, heldout, stats)
-        t, f = run_ours(train_idx, n_users, n_items, cfg, stats)
-        times["ours"].append(t)
-        result["ours"] = rmse(f, heldout, stats)
-    report = {"input": args.input, "n_train": stats.n, "n_test": heldout.n, "rank": args.rank,
-              "iterations": args.iterations, "reg": args.reg, "runs": []}
-    for name in ("mllib", "ours"):
-        fit = statistics.median(times[name])
-        report["runs"].append({"model": name, "rmse": result[name], "fit_seconds": fit,
-                               "seconds_per_iteration": fit / args.iterations, "all_fit_seconds": times[name]})
-    report["ratio_fit_seconds"] = report["runs"][1]["fit_seconds"] / report["runs"][0]["fit_seconds"]
-    report["rmse_difference"] = result["ours"] - result["mllib"]
-    sweeps = []
-    if args.biases:
-        sweeps.append((args.rank, args.reg, True))
-    for r in [int(x) for x in args.sweep_rank.split(",") if x] or [args.rank]:
-        for reg in [float(x) for x in args.sweep_reg.split(",") if x]:
-            sweeps.append((r, reg, True))
-    for r, reg, biases in sweeps:
-        c = ModelConfig(rank=r, iterations=args.iterations, reg=reg, biases=biases, seed=args.seed)
-        t, f = run_ours(train_idx, n_users, n_items, c, stats)
-        report["runs"].append({"model": "ours", "rank": r, "reg": reg, "biases": biases,
-                               "rmse": rmse(f, heldout, stats), "fit_seconds": t})
-    print(f"{'model':<8}{'rank':>6}{'reg':>8}{'biases':>8}{'RMSE':>9}{'fit s':>9}")
-    for run in report["runs"]:
-        print(f"{run['model']:<8}{run.get('rank', args.rank):>6}{run.get('reg', args.reg):>8}"
-              f"{str(run.get('biases', False)):>8}{run['rmse']:>9.4f}{run['fit_seconds']:>9.2f}")
-    print(f"ratio fit seconds ours/MLlib: {report['ratio_fit_seconds']:.3f}; "
-          f"RMSE ours - MLlib: {report['rmse_difference']:+.4f}")
+    spark.sparkContext.setCheckpointDir(temp_dir("mf_spark-bench-ckpt-"))
+    return spark
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    spark = start(args)
+    data = prepare(spark, args)
+    print(f"data: {args.input}: {data.stats.n} train / {data.heldout.n} test ratings, "
+          f"{data.users.size} users x {data.items.size} items; {args.kind}; "
+          f"Spark cores {spark.sparkContext.defaultParallelism}")
+    comparisons = []
+    for s in settings(args):
+        comparisons.append(compare(spark, data, s, args))
+        print_comparison(comparisons[-1], args.repeat)
+    best, _ = best_settings(comparisons)
+    extra = [{**params, **run_ours(spark, data, cfg, with_topn=False)} for params, cfg in extra_configs(args, best)]
+    if extra:
+        print_extra(extra, best["metric"])
+    setting = settings(args)[comparisons.index(best)]
+    bound = flop_bound(spark, data, setting, best["ours"]["loop_seconds_per_iteration"], args.matmul_size)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+            json.dump(report(args, data, comparisons, extra, bound), fh, indent=2, default=str)
+    if data.ranking is not None:
+        data.ranking.close()
     return 0
 
 
