@@ -48,10 +48,25 @@ _TEXT_SPLIT = {"movielens": "::", "tab": "\t", "whitespace": r"\s+"}
 _COMPRESSED = (".gz", ".bz2")
 
 
+SAMPLE = ("data", "mllib", "als", "sample_movielens_ratings.txt")
+
+
 def sample_path() -> str:
-    """The MovieLens sample (`user::item::rating::timestamp`, 1501 rows) shipped inside pyspark."""
-    path = files("pyspark").joinpath("data", "mllib", "als", "sample_movielens_ratings.txt")
-    return str(path)
+    """The MovieLens sample (`user::item::rating::timestamp`, 1501 rows) shipped with pyspark.
+
+    Run as `python -m`, pyspark is the installed package; under spark-submit it is imported from
+    $SPARK_HOME/python/lib/pyspark.zip, so the file is looked up under SPARK_HOME too.
+    Raises InputError when neither has it.
+    """
+    candidates = [str(files("pyspark").joinpath(*SAMPLE))]
+    spark_home = os.environ.get("SPARK_HOME")
+    if spark_home:
+        candidates.append(os.path.join(spark_home, *SAMPLE))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise InputError("the MovieLens sample shipped with pyspark was not found (looked in "
+                     + ", ".join(candidates) + "); give --input")
 
 
 @dataclass(frozen=True)

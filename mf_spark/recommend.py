@@ -10,9 +10,12 @@ from mf_spark.types import ITEM_IDX, USER_IDX
 
 
 def seen_lists(train_idx: DataFrame) -> DataFrame:
-    """user_idx, seen array<int>: each user's training items. Performance note: one shuffle (lazy);
-    callers that use it twice cache it."""
-    return train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen"))
+    """user_idx, seen array<int>: each user's training items, in as many partitions as Spark has
+    cores (not spark.sql.shuffle.partitions: every partition of the later top-N is a Python task,
+    and 200 near-empty ones cost seconds). Performance note: one shuffle (lazy); callers that use
+    it twice cache it."""
+    cores = max(1, train_idx.sparkSession.sparkContext.defaultParallelism)
+    return train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen")).coalesce(cores)
 
 
 def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,

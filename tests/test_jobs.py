@@ -167,3 +167,18 @@ def test_recommend_job_errors(tmp_path, capsys):
     assert recommend_job.main(["--model", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert "model.json" in capsys.readouterr().err
     assert recommend_job.main(["--output", "o"]) == 2
+
+
+def test_spark_submit_runs_the_job_file(tmp_path):
+    """The contract: `spark-submit jobs/train.py ...` works as well as `python -m jobs.train`."""
+    submit = Path(sys.executable).parent / "spark-submit"
+    if not submit.exists():
+        import pyspark
+        submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    out = tmp_path / "out"
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    proc = subprocess.run([str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
+                           str(ROOT / "jobs" / "train.py"), "--output", str(out), "--set", "model.iterations=1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "_SUCCESS").exists() and "held-out RMSE" in proc.stdout
