@@ -124,6 +124,9 @@ def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
     for side in num_blocks:
         if side not in SIDE_CODES:
             raise ValueError(f"side must be 'user' or 'item', got {side!r}")
+    # One Python task per core, whatever the input's partitioning: a per-user split leaves
+    # spark.sql.shuffle.partitions (200) partitions, and each costs a Python worker round trip.
+    ratings = ratings.coalesce(max(1, ratings.sparkSession.sparkContext.defaultParallelism))
     pieces = (ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
                              F.col(RATING).cast("float").alias(RATING))
               .mapInArrow(_partials(num_blocks), PARTIAL_SCHEMA)
