@@ -83,3 +83,29 @@ def test_nonnegative_factors(spark, planted_split, kind):
     assert np.all(res.factors.X >= 0) and np.all(res.factors.Y >= 0)
     losses = np.array(res.losses)
     assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
+
+
+def test_resume_from_checkpoint_gives_the_uninterrupted_factors(spark, planted_split, tmp_path):
+    from mf_spark.checkpoint import CheckpointStore
+    u, i, r, _, _ = planted_split
+    df = ratings_df(spark, u, i, r)
+    cfg = ModelConfig(rank=4, iterations=5, reg=0.05, biases=True, checkpoint_interval=2, num_user_blocks=2,
+                      num_item_blocks=2)
+    whole = als.fit(df, 80, 50, cfg)
+    store = CheckpointStore(spark, str(tmp_path / "out"))
+
+    def die_at_3(iteration, factors):
+        if iteration == 3:
+            raise RuntimeError("killed")
+        return {}
+    with pytest.raises(RuntimeError, match="killed"):
+        als.fit(df, 80, 50, cfg, on_iteration=die_at_3, checkpoints=store)
+    state, _ = store.latest()
+    assert state["iteration"] == 2
+    resumed = als.fit(df, 80, 50, cfg, checkpoints=store, resume=True)
+    assert [h["iteration"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    assert np.max(np.abs(resumed.factors.X - whole.factors.X)) < 1e-5
+    assert np.max(np.abs(resumed.factors.Y - whole.factors.Y)) < 1e-5
+    assert np.max(np.abs(resumed.factors.item_bias - whole.factors.item_bias)) < 1e-5
+    with pytest.raises(Exception, match="does not match"):
+        als.fit(df, 80, 50, ModelConfig(rank=3, iterations=5, checkpoint_interval=2), checkpoints=store, resume=True)
