@@ -17,7 +17,6 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) f
 from mf_spark import __version__, als, cli, evaluate, index, read, recommend, session, split, validate, write
 from mf_spark.checkpoint import CheckpointStore
 from mf_spark.model import FactorModel
-from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
 
 log = logging.getLogger("mf_spark")
 
@@ -44,18 +43,21 @@ def run(spark, args: cli.TrainArgs) -> dict:
         train, test = parts[0].ratings, parts[1].ratings
         counts = {k: parts[0].counts[k] + parts[1].counts[k] for k in parts[0].counts}
         rejected = parts[0].rejected.unionByName(parts[1].rejected) if counts["n_rejected"] else None
+        input_path = None
     else:
-        path = args.input or read.sample_path()
-        cleaned = _load(spark, path, args.format, cfg)
-        train, test = split.split(cleaned.ratings, cfg.split)
+        input_path = args.input or read.sample_path()
+        cleaned = _load(spark, input_path, args.format, cfg)
+        # Cached: train and test both derive from it, and reading + validating runs once, not twice.
+        ratings = cleaned.ratings.cache()
+        train, test = split.split(ratings, cfg.split)
         counts = dict(cleaned.counts)
         rejected = cleaned.rejected if counts["n_rejected"] else None
     train = train.cache()
-    users, items = index.fit(train, USER), index.fit(train, ITEM)
-    train_idx = (items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
-                 .select(USER_IDX, ITEM_IDX, RATING).cache())
-    test_idx = items.encode(users.encode(test, USER, USER_IDX), ITEM, ITEM_IDX)
-    heldout = evaluate.collect_heldout(test_idx)
+    enc = index.encode_split(train, test)
+    users, items, train_idx = enc.users, enc.items, enc.train_idx
+    heldout = evaluate.collect_heldout(enc.test_idx)
+    if not args.train:
+        ratings.unpersist()
     stats = als.train_stats(train_idx)
     explicit = cfg.model.kind == "explicit"
     rating_range = (stats.lo, stats.hi) if explicit else None
@@ -78,7 +80,7 @@ def run(spark, args: cli.TrainArgs) -> dict:
                "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
                **counts, "n_users": users.size, "n_items": items.size,
                "fit_seconds": fit.fit_seconds, "history": fit.history,
-               "input": args.input or (None if args.train else read.sample_path()),
+               "input": input_path,
                "config": cfg.to_dict(), "versions": _versions()}
     write.publish(spark, output, model, recs, metrics, rejected, {"versions": metrics["versions"]})
     checkpoints.clear()

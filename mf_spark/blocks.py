@@ -56,18 +56,6 @@ class CsrBlock:
         return CsrBlock(block, row_ids.astype(np.int32), indptr, cols.astype(np.int32),
                         values.astype(np.float32))
 
-    def to_record(self) -> dict:
-        return {"block": self.block, "n_rows": int(self.row_ids.size), "nnz": int(self.cols.size),
-                "row_ids": self.row_ids.tobytes(), "indptr": self.indptr.tobytes(),
-                "cols": self.cols.tobytes(), "values": self.values.tobytes()}
-
-    @staticmethod
-    def from_record(rec: dict) -> "CsrBlock":
-        return CsrBlock(int(rec["block"]), np.frombuffer(rec["row_ids"], dtype=np.int32),
-                        np.frombuffer(rec["indptr"], dtype=np.int64),
-                        np.frombuffer(rec["cols"], dtype=np.int32),
-                        np.frombuffer(rec["values"], dtype=np.float32))
-
 
 PARTIAL_SCHEMA = "side int, block int, rows binary, cols binary, values binary"
 SIDE_CODES = {"user": 0, "item": 1}

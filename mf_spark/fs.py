@@ -3,6 +3,8 @@ behave alike (the same API Spark itself writes with). Every function takes the a
 """
 from __future__ import annotations
 
+import time
+
 from pyspark.sql import SparkSession
 
 
@@ -51,6 +53,27 @@ def list_names(spark: SparkSession, path: str) -> list[str]:
     if not fs.exists(p):
         return []
     return sorted(str(st.getPath().getName()) for st in fs.listStatus(p))
+
+
+def create_new(spark: SparkSession, path: str) -> bool:
+    """Create an empty file at `path` only if nothing is there; False when it already exists.
+    Atomic on HDFS and local disks, so it serves as a lock."""
+    fs, p = _fs_path(spark, path)
+    try:
+        fs.create(p, False).close()
+        return True
+    except Exception:
+        if fs.exists(p):
+            return False
+        raise
+
+
+def age_seconds(spark: SparkSession, path: str) -> float | None:
+    """Seconds since `path` was last modified, or None when it does not exist."""
+    fs, p = _fs_path(spark, path)
+    if not fs.exists(p):
+        return None
+    return time.time() - fs.getFileStatus(p).getModificationTime() / 1000.0
 
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:

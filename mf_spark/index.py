@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType
 
 from mf_spark.errors import ModelError
+from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
 
 MAX_IDS = 2**31 - 1          # indices are int32
 ID, IDX = "id", "idx"        # columns of the saved map
@@ -177,6 +178,27 @@ def fit(df: DataFrame, col: str) -> IdMap:
     ids = df.select(col).where(F.col(col).isNotNull()).distinct().toArrow().column(0)
     ids = _normalize(ids)
     return IdMap(ids=ids.take(pc.sort_indices(ids)), name=col)
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    users: IdMap
+    items: IdMap
+    train_idx: DataFrame   # user_idx, item_idx, rating; cached
+    test_idx: DataFrame    # test rows plus user_idx, item_idx (null for IDs unseen in train); lazy
+
+
+def encode_split(train: DataFrame, test: DataFrame) -> EncodedSplit:
+    """ID maps fitted on `train` (columns user, item, rating) and both splits encoded with them.
+
+    Performance note: two actions (distinct users, distinct items) on `train`, which the caller
+    caches; `train_idx` is cached and materialized by the first action that uses it.
+    """
+    users, items = fit(train, USER), fit(train, ITEM)
+    train_idx = (items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
+                 .select(USER_IDX, ITEM_IDX, RATING).cache())
+    test_idx = items.encode(users.encode(test, USER, USER_IDX), ITEM, ITEM_IDX)
+    return EncodedSplit(users, items, train_idx, test_idx)
 
 
 def load(spark: SparkSession, path: str, name: str | None = None) -> IdMap:

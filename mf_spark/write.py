@@ -86,24 +86,17 @@ def publish_with(spark: SparkSession, output: str, write_all: Callable[[str], No
 
 
 def _acquire(spark: SparkSession, lock: str) -> None:
+    """Take the output's lock file: one publisher at a time; a lock older than an hour is stale."""
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(lock)
-    hfs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    while True:
-        try:
-            hfs.create(path, False).close()        # fails if the lock exists: one writer at a time
-            return
-        except Exception:
-            if hfs.exists(path):
-                age = (time.time() * 1000 - hfs.getFileStatus(path).getModificationTime()) / 1000
-                if age > STALE_LOCK_SECONDS:
-                    hfs.delete(path, False)
-                    continue
-            if time.monotonic() > deadline:
-                raise MfSparkError(f"another run is publishing to the same output (lock {lock} held for "
-                                   f"over {LOCK_WAIT_SECONDS:.0f}s); outputs were not replaced") from None
-            time.sleep(0.2)
+    while not fs.create_new(spark, lock):
+        age = fs.age_seconds(spark, lock)
+        if age is not None and age > STALE_LOCK_SECONDS:
+            fs.delete(spark, lock)
+            continue
+        if time.monotonic() > deadline:
+            raise MfSparkError(f"another run is publishing to the same output (lock {lock} held for "
+                               f"over {LOCK_WAIT_SECONDS:.0f}s); outputs were not replaced")
+        time.sleep(0.2)
 
 
 def _swap(spark: SparkSession, staging: str, output: str) -> None:

@@ -55,7 +55,7 @@ from mf_spark import als, evaluate, index, read, recommend, session, split, vali
 from mf_spark.checkpoint import Factors  # noqa: E402
 from mf_spark.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
 from mf_spark.model import FactorModel, Scorer  # noqa: E402
-from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX  # noqa: E402
+from mf_spark.types import ITEM_IDX, RATING, USER_IDX  # noqa: E402
 
 TOP_N = 10
 SAMPLE_SECONDS = 0.2
@@ -95,15 +95,11 @@ def prepare(spark, args) -> Data:
     data = DataConfig()
     cleaned = validate.clean(read.ratings(spark, args.input, args.format, data), data, args.kind)
     train, test = split.split(cleaned.ratings, SplitConfig(method=args.split, test_fraction=0.2, seed=args.seed))
-    train = train.cache()
-    users, items = index.fit(train, USER), index.fit(train, ITEM)
-    train_idx = (items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
-                 .select(USER_IDX, ITEM_IDX, RATING).cache())
-    heldout = evaluate.collect_heldout(items.encode(users.encode(test, USER, USER_IDX), ITEM, ITEM_IDX))
+    enc = index.encode_split(train.cache(), test)
+    users, items, train_idx = enc.users, enc.items, enc.train_idx
+    heldout = evaluate.collect_heldout(enc.test_idx)
     ranking = None
     if args.kind == "implicit":
-        # Not cached here (the evaluator caches its own join): a cached seen-list frame would be
-        # substituted into top_n's identical plan, with its 200 un-coalesced shuffle partitions.
         seen = recommend.seen_lists(train_idx)
         ranking = evaluate.RankingEvaluator(seen, evaluate.relevant_items(heldout, None), items.size, TOP_N)
     return Data(train_idx, heldout, users, items, als.train_stats(train_idx), ranking)

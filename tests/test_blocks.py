@@ -48,4 +48,3 @@ def test_block_invariants_are_checked():
         CsrBlock(0, np.array([0], np.int32), np.array([0, 2], np.int64), np.zeros(3, np.int32), np.zeros(3, np.float32))
     blk = CsrBlock.from_triples(4, np.array([5, 1, 5]), np.array([2, 7, 0]), np.array([1.0, 2.0, 3.0]))
     assert blk.row_ids.tolist() == [1, 5] and blk.cols.tolist() == [7, 0, 2] and blk.values.tolist() == [2, 3, 1]
-    assert CsrBlock.from_record(blk.to_record()).cols.tolist() == [7, 0, 2]
