@@ -70,7 +70,7 @@ def run(spark, args: cli.TrainArgs) -> dict:
     tracker = None
     if cfg.eval.every_iteration:
         sampled = evaluate.RankingEvaluator(seen, evaluate.sample_users(relevant, cfg.eval.history_users),
-                                            items.size, cfg.eval.k)
+                                            items.size, cfg.eval.k, on_driver=True)
         tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
     fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
                   resume=args.resume, stats=stats)

@@ -10,6 +10,7 @@ on its own ratings and the fixed side, so the result does not depend on the numb
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.blocks import build_all, row_counts
+from mf_spark import stream
+from mf_spark.blocks import build_all, pieces, row_counts
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import ConfigError, InputError
@@ -80,13 +82,41 @@ def _num_blocks(requested: int, train: DataFrame) -> int:
     return requested if requested > 0 else max(1, train.sparkSession.sparkContext.defaultParallelism)
 
 
+def _slots(sc) -> int:
+    """Tasks the executors registered now can run at once (a barrier stage needs one slot per task;
+    spark.default.parallelism may promise more). 0 when no executor has registered yet."""
+    try:
+        jsc = sc._jsc.sc()
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # noqa: BLE001 - an internal API; Spark's default parallelism is the next best guess
+        cpus = int(sc.getConf().get("spark.task.cpus", "1") or 1)
+        return max(1, sc.defaultParallelism // max(1, cpus))
+
+
+def _exchange(cfg: ModelConfig, sc) -> str:
+    if cfg.exchange != "auto":
+        return cfg.exchange
+    if (sc.getConf().get("spark.dynamicAllocation.enabled", "false") or "").lower() == "true":
+        return "jobs"        # barrier stages refuse dynamic allocation
+    return "stream"
+
+
+Solver = Callable[[str, int, np.ndarray, "np.ndarray | None", HalfStepResult], HalfStepResult]
+
+
 def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
         on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
         resume: bool = False, stats: TrainStats | None = None) -> FitResult:
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double).
 
-    Performance note: one aggregate (count, mean, range), two block builds (a shuffle each, cached),
-    then two broadcasts and two jobs per iteration; blocks are unpersisted before returning.
+    Two ways to run the half-steps, same factors (model.exchange):
+      stream  one barrier stage builds the blocks and keeps them in its tasks for the whole fit; the
+              driver streams the fixed side to them every half-step (mf_spark.stream). Default.
+      jobs    blocks built and cached as RDDs (one shuffle), then one broadcast and one Spark job per
+              half-step (mf_spark.halfstep); chosen by auto under dynamic allocation, or when the
+              resident stage cannot start (executors that cannot reach the driver, too few slots).
+    Performance note: one aggregate (count, mean, range) unless `stats` is given; blocks are built
+    once per fit and released before returning.
     """
     if cfg.strategy == "join":
         raise ConfigError("config key model.strategy: 'join' is not available in this version; "
@@ -94,52 +124,92 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
     started = time.perf_counter()
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
-    mu = stats.mean if with_bias else 0.0
-    spec = solve_spec(cfg, mu)
-    built = build_all(train, {"user": _num_blocks(cfg.num_user_blocks, train),
-                              "item": _num_blocks(cfg.num_item_blocks, train)})
-    user_blocks, item_blocks = built["user"], built["item"]
-    try:
-        n_u, n_i = row_counts(user_blocks, n_users), row_counts(item_blocks, n_items)
-        factors = Factors(init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
-                          init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
-                          np.zeros(n_users, np.float32) if with_bias else None,
-                          np.zeros(n_items, np.float32) if with_bias else None, mu)
-        result = FitResult(factors, n_train=stats.n, rating_range=(stats.lo, stats.hi))
-        start = 0
-        if resume and checkpoints is not None:
-            start = _restore(checkpoints, result, cfg, n_users, n_items)
-        for it in range(start, cfg.iterations):
-            t0 = time.perf_counter()
-            f = result.factors
-            # Items first, from the initial user factors, as MLlib does: on ml-latest-small (rank 10,
-            # reg 0.1, 10 iterations) this order ends at a lower objective (96.7k vs 99.2k) and
-            # held-out RMSE (0.935 vs 0.945) than users first.
-            items = half_step(item_blocks, n_items, f.X, spec, f.user_bias,
-                              HalfStepResult(f.Y, f.item_bias, 0, 0, 0))
-            result.losses.append(items.data_loss + items.reg_loss + _reg_term(spec, n_u, f.X, f.user_bias))
-            users = half_step(user_blocks, n_users, items.factors, spec, items.bias,
-                              HalfStepResult(f.X, f.user_bias, 0, 0, 0))
-            loss = users.data_loss + users.reg_loss + _reg_term(spec, n_i, items.factors, items.bias)
-            result.losses.append(loss)
-            result.factors = Factors(users.factors, items.factors, users.bias, items.bias, mu)
-            entry = {"iteration": it + 1, "loss": loss,
-                     "train_rmse": float(np.sqrt(users.sq_err / result.n_train)) if cfg.kind == "explicit" else None,
-                     "test_rmse": None}
-            if on_iteration is not None:
-                entry.update(on_iteration(it + 1, result.factors))
-            entry["seconds"] = time.perf_counter() - t0
-            result.history.append(entry)
-            log.info("iteration %d/%d %s", it + 1, cfg.iterations,
-                     " ".join(f"{k}={v:.5g}" for k, v in entry.items() if isinstance(v, float)))
-            if checkpoints is not None and cfg.checkpoint_interval and (it + 1) % cfg.checkpoint_interval == 0 \
-                    and it + 1 < cfg.iterations:
-                checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed,
-                                                          "history": result.history})
-    finally:
-        user_blocks.unpersist()
-        item_blocks.unpersist()
+    spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
+    sc = train.sparkSession.sparkContext
+    num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train), "item": _num_blocks(cfg.num_item_blocks, train)}
+    # The checkpoint is read before any half-step: a resident stage would hold the slots its read needs.
+    initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume)
+    run = lambda solve, counts, pause: _iterate(solve, counts, pause, initial, start,  # noqa: E731
+                                                n_users, n_items, cfg, spec, on_iteration, checkpoints)
+    result = None
+    slots = _slots(sc)
+    if _exchange(cfg, sc) == "stream" and slots == 0:
+        log.warning("no executor slots registered yet; using one Spark job per half-step")
+    elif _exchange(cfg, sc) == "stream":
+        n_tasks = min(max(num_blocks.values()), slots)
+        keyed = stream.keyed_for_tasks(pieces(train, num_blocks), n_tasks)
+        stage = stream.Resident(keyed, n_tasks, spec, stream.driver_host(sc))
+        try:
+            stage.__enter__()
+        except stream.ExchangeError as e:
+            if cfg.exchange == "stream":
+                raise
+            log.warning("resident blocks unavailable, falling back to one Spark job per half-step: %s", e)
+            stage = None
+        if stage is not None:
+            with contextlib.ExitStack() as stack:
+                stack.push(stage)
+                result = run(lambda side, n, fixed, fb, prev: stage.half_step(side, n, fixed, fb, prev),
+                             stage.row_counts, stage.pause)
+    if result is None:
+        built = build_all(train, num_blocks)
+        try:
+            result = run(lambda side, n, fixed, fb, prev: half_step(built[side], n, fixed, spec, fb, prev),
+                         lambda side, n: row_counts(built[side], n), lambda: None)
+        finally:
+            for rdd in built.values():
+                rdd.unpersist()
     result.fit_seconds = time.perf_counter() - started
+    return result
+
+
+def _start(cfg: ModelConfig, spec: SolveSpec, stats: TrainStats, n_users: int, n_items: int,
+           checkpoints: CheckpointStore | None, resume: bool) -> tuple[FitResult, int]:
+    """Initial factors, or the latest checkpoint's with --resume; and the iterations already done."""
+    with_bias = spec.with_bias
+    factors = Factors(init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
+                      init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
+                      np.zeros(n_users, np.float32) if with_bias else None,
+                      np.zeros(n_items, np.float32) if with_bias else None, spec.mu)
+    result = FitResult(factors, n_train=stats.n, rating_range=(stats.lo, stats.hi))
+    start = 0
+    if resume and checkpoints is not None:
+        start = _restore(checkpoints, result, cfg, n_users, n_items)
+    return result, start
+
+
+def _iterate(solve: Solver, counts: Callable[[str, int], np.ndarray], pause: Callable[[], None],
+             result: FitResult, start: int, n_users: int, n_items: int, cfg: ModelConfig, spec: SolveSpec,
+             on_iteration: OnIteration | None, checkpoints: CheckpointStore | None) -> FitResult:
+    n_u, n_i = counts("user", n_users), counts("item", n_items)
+    for it in range(start, cfg.iterations):
+        t0 = time.perf_counter()
+        f = result.factors
+        # Items first, from the initial user factors, as MLlib does: on ml-latest-small (rank 10,
+        # reg 0.1, 10 iterations) this order ends at a lower objective (96.7k vs 99.2k) and
+        # held-out RMSE (0.935 vs 0.945) than users first.
+        items = solve("item", n_items, f.X, f.user_bias, HalfStepResult(f.Y, f.item_bias, 0, 0, 0))
+        result.losses.append(items.data_loss + items.reg_loss + _reg_term(spec, n_u, f.X, f.user_bias))
+        users = solve("user", n_users, items.factors, items.bias, HalfStepResult(f.X, f.user_bias, 0, 0, 0))
+        loss = users.data_loss + users.reg_loss + _reg_term(spec, n_i, items.factors, items.bias)
+        result.losses.append(loss)
+        result.factors = Factors(users.factors, items.factors, users.bias, items.bias, spec.mu)
+        entry = {"iteration": it + 1, "loss": loss,
+                 "train_rmse": float(np.sqrt(users.sq_err / result.n_train)) if cfg.kind == "explicit" else None,
+                 "test_rmse": None}
+        if on_iteration is not None:
+            if not getattr(on_iteration, "spark_free", False):
+                pause()             # resident tasks hold every slot; the callback may run Spark jobs
+            entry.update(on_iteration(it + 1, result.factors))
+        entry["seconds"] = time.perf_counter() - t0
+        result.history.append(entry)
+        log.info("iteration %d/%d %s", it + 1, cfg.iterations,
+                 " ".join(f"{k}={v:.5g}" for k, v in entry.items() if isinstance(v, float)))
+        if checkpoints is not None and cfg.checkpoint_interval and (it + 1) % cfg.checkpoint_interval == 0 \
+                and it + 1 < cfg.iterations:
+            pause()
+            checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed,
+                                                      "history": result.history})
     return result
 
 

@@ -90,24 +90,11 @@ _PARTIAL_ARROW = pa.schema([("side", pa.int32()), ("block", pa.int32()), ("rows"
                             ("cols", pa.binary()), ("values", pa.binary())])
 
 
-def _merge(key_parts) -> tuple[tuple[int, int], CsrBlock]:
-    (side, block), parts = key_parts
-    parts = list(parts)
-    rows = np.concatenate([np.frombuffer(p[0], dtype=np.int32) for p in parts])
-    cols = np.concatenate([np.frombuffer(p[1], dtype=np.int32) for p in parts])
-    vals = np.concatenate([np.frombuffer(p[2], dtype=np.float32) for p in parts])
-    return (side, block), CsrBlock.from_triples(block, rows, cols, vals)
+def pieces(ratings: DataFrame, num_blocks: dict[str, int]) -> RDD:
+    """((side code, block), (rows, cols, values) packed bytes) pieces of every input partition.
 
-
-def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
-    """CSR blocks of each side in `num_blocks` ({"user": nu, "item": ni}, either may be omitted).
-
-    `ratings` has user_idx, item_idx (int) and rating. Returns, per side, an RDD of CsrBlock with
-    block b in partition b (row r in block r % n). Performance note: the ratings cross from the JVM
-    to Python once, as Arrow, whatever the number of sides (one mapInArrow splits each input
-    partition into per-(side, block) pieces of packed int32/float32 arrays); one shuffle of those
-    pieces (groupByKey) merges them into blocks; each side is then placed by one small shuffle,
-    persisted (memory, spilling to disk) and materialized by one count. Every iteration reuses it.
+    The ratings cross from the JVM to Python once, as Arrow, whatever the number of sides: one
+    mapInArrow per core splits each input partition into per-(side, block) packed int32/float32 arrays.
     """
     for side in num_blocks:
         if side not in SIDE_CODES:
@@ -115,19 +102,52 @@ def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
     # One Python task per core, whatever the input's partitioning: a per-user split leaves
     # spark.sql.shuffle.partitions (200) partitions, and each costs a Python worker round trip.
     ratings = ratings.coalesce(max(1, ratings.sparkSession.sparkContext.defaultParallelism))
-    pieces = (ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
-                             F.col(RATING).cast("float").alias(RATING))
-              .mapInArrow(_partials(num_blocks), PARTIAL_SCHEMA)
-              .rdd.map(lambda r: ((r["side"], r["block"]), (bytes(r["rows"]), bytes(r["cols"]), bytes(r["values"])))))
-    merged = pieces.groupByKey(numPartitions=max(num_blocks.values())).map(_merge)
+    return (ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
+                           F.col(RATING).cast("float").alias(RATING))
+            .mapInArrow(_partials(num_blocks), PARTIAL_SCHEMA)
+            .rdd.map(lambda r: ((r["side"], r["block"]), (bytes(r["rows"]), bytes(r["cols"]), bytes(r["values"])))))
+
+
+def merge(key: tuple[int, int], parts) -> CsrBlock:
+    """The CsrBlock of (side code, block) from its packed pieces."""
+    parts = list(parts)
+    rows = np.concatenate([np.frombuffer(p[0], dtype=np.int32) for p in parts])
+    cols = np.concatenate([np.frombuffer(p[1], dtype=np.int32) for p in parts])
+    vals = np.concatenate([np.frombuffer(p[2], dtype=np.float32) for p in parts])
+    return CsrBlock.from_triples(key[1], rows, cols, vals)
+
+
+def merge_all(keyed_pieces) -> dict[tuple[int, int], CsrBlock]:
+    """Every (side code, block) -> CsrBlock from an iterable of (key, piece) in any order."""
+    grouped: dict[tuple[int, int], list] = {}
+    for key, piece in keyed_pieces:
+        grouped.setdefault(tuple(key), []).append(piece)
+    return {key: merge(key, parts) for key, parts in sorted(grouped.items())}
+
+
+def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
+    """CSR blocks of each side in `num_blocks` ({"user": nu, "item": ni}, either may be omitted).
+
+    `ratings` has user_idx, item_idx (int) and rating. Returns, per side, an RDD of CsrBlock with
+    block b in partition b (row r in block r % n). Performance note: one Arrow pass (see `pieces`),
+    persisted while each side is placed by one shuffle of the packed pieces (partitionBy block) and
+    merged in place; each side is persisted (memory, spilling to disk) and materialized by one count.
+    Every iteration reuses it.
+    """
+    packed = pieces(ratings, num_blocks).persist(StorageLevel.MEMORY_AND_DISK)
     out = {}
-    for side, nb in num_blocks.items():
-        code = SIDE_CODES[side]
-        out[side] = (merged.filter(lambda kv, c=code: kv[0][0] == c)
-                     .map(lambda kv: (kv[0][1], kv[1])).partitionBy(nb, lambda b: b).values()
-                     .persist(StorageLevel.MEMORY_AND_DISK))
-    for rdd in out.values():
-        rdd.count()
+    try:
+        for side, nb in num_blocks.items():
+            code = SIDE_CODES[side]
+            out[side] = (packed.filter(lambda kv, c=code: kv[0][0] == c)
+                         .map(lambda kv: (kv[0][1], kv)).partitionBy(nb, lambda b: b)
+                         .mapPartitions(lambda it: iter(merge_all(kv for _, kv in it).values()),
+                                        preservesPartitioning=True)
+                         .persist(StorageLevel.MEMORY_AND_DISK))
+        for rdd in out.values():
+            rdd.count()
+    finally:
+        packed.unpersist()
     return out
 
 

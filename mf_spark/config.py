@@ -75,6 +75,7 @@ class ModelConfig:
     num_item_blocks: int = 0
     strategy: Literal["auto", "broadcast", "join"] = "auto"
     broadcast_budget_mb: int = 2048     # auto uses broadcast while fixed factors fit this
+    exchange: Literal["auto", "stream", "jobs"] = "auto"  # resident block tasks | a Spark job per half-step
     checkpoint_interval: int = 5        # checkpoint factors every N iterations; 0 = never
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from mf_spark.checkpoint import Factors
 from mf_spark.kernels.metrics import ranking_metrics
+from mf_spark.kernels.topk import top_n
 from mf_spark.model import Scorer, recommend_indices
 from mf_spark.types import ITEM_IDX, RATING, USER_IDX
 
@@ -108,17 +109,35 @@ class RankingEvaluator:
     each call is one broadcast, one narrow job and a collect of k indices per user.
     """
 
-    def __init__(self, seen: DataFrame, relevant: Relevant, n_items: int, k: int):
-        self.relevant, self.n_items, self.k = relevant, n_items, k
+    def __init__(self, seen: DataFrame, relevant: Relevant, n_items: int, k: int, on_driver: bool = False):
+        self.relevant, self.n_items, self.k, self.on_driver = relevant, n_items, k, on_driver
         spark = seen.sparkSession
         wanted = spark.createDataFrame(pa.table({USER_IDX: pa.array(relevant.users, pa.int32())}))
         self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner").cache()
+        if on_driver:   # a sample: its seen lists are collected once, every call scores on the driver
+            t = self.users.select(USER_IDX, "seen").toArrow()
+            self.users.unpersist()
+            order = np.argsort(t.column(USER_IDX).to_numpy(), kind="stable")
+            t = t.take(order)
+            lists = dict(zip(t.column(USER_IDX).to_numpy().tolist(), t.column("seen").to_pylist()))
+            seen_rows = [np.asarray(lists.get(int(u)) or [], dtype=np.int32) for u in relevant.users]
+            self.seen_indptr = np.concatenate([[0], np.cumsum([a.size for a in seen_rows])]).astype(np.int64)
+            self.seen_cols = np.concatenate(seen_rows) if seen_rows else np.zeros(0, np.int32)
 
     def __call__(self, scorer: Scorer) -> dict[str, Any]:
         m = self.relevant.users.size
         if m == 0:
             return ranking_metrics(np.zeros((0, self.k), np.int64), np.zeros(1, np.int64),
                                    np.zeros(0, np.int64), self.n_items, self.k)
+        if self.on_driver:
+            f, u = scorer.factors, self.relevant.users
+            offset_u = (f.mu + f.user_bias[u]) if f.user_bias is not None else None
+            counts, items, _ = top_n(f.X[u], f.Y, self.k, self.seen_indptr, self.seen_cols, offset_u, f.item_bias)
+            recs = np.full((m, self.k), -1, dtype=np.int64)
+            starts = np.cumsum(counts) - counts
+            for_row = np.repeat(np.arange(m), counts)
+            recs[for_row, np.arange(items.size) - np.repeat(starts, counts)] = items
+            return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
         bc = self.users.sparkSession.sparkContext.broadcast(scorer)
         try:
             t = recommend_indices(bc, self.users, self.k).select(USER_IDX, "rank", ITEM_IDX).toArrow()
@@ -130,7 +149,8 @@ class RankingEvaluator:
         return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
 
     def close(self) -> None:
-        self.users.unpersist()
+        if not self.on_driver:
+            self.users.unpersist()
 
 
 def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple[float, float] | None,
@@ -144,4 +164,6 @@ def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple
         if ranking is not None:
             out["ndcg_at_k"] = ranking(scorer)["ndcg_at_k"]
         return out
+    # als.fit need not pause its resident tasks for a callback that runs no Spark job
+    on_iteration.spark_free = ranking is None or ranking.on_driver
     return on_iteration

@@ -1,0 +1,98 @@
+"""Resident blocks (model.exchange = "stream"): frames, same factors as one job per half-step, recovery
+from a killed task, fallback when the stage cannot start."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+
+import numpy as np
+import pytest
+
+from mf_spark import als, stream
+from mf_spark.config import ModelConfig
+from conftest import planted
+from test_als import ratings_df
+
+
+def test_frames_round_trip_arrays_of_every_wire_type():
+    a, b = socket.socketpair()
+    with a, b:
+        arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(0, np.int32),
+                  np.array([1.5, -2.0]), np.array([7, 9], dtype=np.int64)]
+        stream.send_frame(a, {"op": "solve", "side": "user"}, arrays)
+        header, got = stream.recv_frame(b)
+    assert header == {"op": "solve", "side": "user"}
+    for want, have in zip(arrays, got):
+        assert have.dtype == want.dtype and have.shape == want.shape
+        np.testing.assert_array_equal(have, want)
+
+
+def test_frames_refuse_object_arrays_and_a_closed_connection():
+    a, b = socket.socketpair()
+    with a, b:
+        header = b'{"op": "solve", "arrays": [["|O", [1]]]}'
+        a.sendall(len(header).to_bytes(4, "little") + header)
+        with pytest.raises(ConnectionError, match="unexpected array type"):
+            stream.recv_frame(b)
+        a.close()
+        with pytest.raises(ConnectionError):
+            stream.recv_frame(b)
+
+
+def _fit(spark, cfg, **kwargs):
+    u, i, r, _ = planted(n_users=80, n_items=50, rank=5, density=0.6, noise=0.05, seed=5)
+    return als.fit(ratings_df(spark, u, i, r), 80, 50, cfg, **kwargs)
+
+
+@pytest.mark.parametrize("extra", [{"biases": True}, {"kind": "implicit", "alpha": 2.0},
+                                   {"nonnegative": True, "num_user_blocks": 3, "num_item_blocks": 5}])
+def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
+    base = ModelConfig(rank=4, iterations=4, reg=0.1, seed=3, **extra)
+    if base.kind == "implicit":
+        base = dataclasses.replace(base, reg=0.05)
+    jobs = _fit(spark, dataclasses.replace(base, exchange="jobs"))
+    streamed = _fit(spark, dataclasses.replace(base, exchange="stream"))
+    np.testing.assert_allclose(streamed.factors.X, jobs.factors.X, atol=1e-6)
+    np.testing.assert_allclose(streamed.factors.Y, jobs.factors.Y, atol=1e-6)
+    np.testing.assert_allclose(streamed.losses, jobs.losses, rtol=1e-9)
+    if base.biases:
+        np.testing.assert_allclose(streamed.factors.user_bias, jobs.factors.user_bias, atol=1e-6)
+
+
+def test_a_killed_task_is_replaced_and_the_fit_ends_with_the_same_factors(spark):
+    cfg = ModelConfig(rank=4, iterations=5, reg=0.1, seed=3, exchange="stream")
+    whole = _fit(spark, cfg)
+    killed = []
+
+    def kill_at_2(iteration, factors):
+        if iteration == 2:
+            (stage,) = list(stream.ACTIVE)
+            killed.append(stage.conns[0].pid)
+            os.kill(stage.conns[0].pid, signal.SIGKILL)
+        return {}
+    kill_at_2.spark_free = True
+    recovered = _fit(spark, cfg, on_iteration=kill_at_2)
+    assert killed
+    np.testing.assert_allclose(recovered.factors.X, whole.factors.X, atol=1e-6)
+    np.testing.assert_allclose(recovered.factors.Y, whole.factors.Y, atol=1e-6)
+    assert not stream.ACTIVE
+
+
+def test_a_callback_that_runs_spark_jobs_pauses_the_stage(spark):
+    """Resident tasks hold every slot: a callback without spark_free gets them back first."""
+    cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=3, exchange="stream")
+    counts = []
+    res = _fit(spark, cfg, on_iteration=lambda it, f: counts.append(spark.range(10).count()) or {})
+    assert counts == [10, 10, 10] and len(res.history) == 3
+
+
+def test_auto_falls_back_to_jobs_when_the_driver_cannot_listen(spark, monkeypatch):
+    cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3)
+    want = _fit(spark, dataclasses.replace(cfg, exchange="jobs"))
+    monkeypatch.setattr(stream, "driver_host", lambda sc: "192.0.2.1")   # TEST-NET-1: not ours
+    got = _fit(spark, cfg)
+    np.testing.assert_allclose(got.factors.X, want.factors.X, atol=1e-6)
+    with pytest.raises(stream.ExchangeError, match="cannot listen"):
+        _fit(spark, dataclasses.replace(cfg, exchange="stream"))
