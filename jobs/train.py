@@ -16,7 +16,7 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) f
 
 from mf_spark import __version__, als, cli, evaluate, index, read, recommend, session, split, validate, write
 from mf_spark.checkpoint import CheckpointStore
-from mf_spark.model import FactorModel
+from mf_spark.model import FactorModel, item_blocks
 
 log = logging.getLogger("mf_spark")
 
@@ -74,7 +74,8 @@ def run(spark, args: cli.TrainArgs) -> dict:
         tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
     fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
                   resume=args.resume, stats=stats)
-    model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict())
+    model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict(),
+                        item_blocks=item_blocks(cfg.to_dict(), users.size, items.size, spark))
     recs = recommend.top_n(model, train_idx, cfg.recommend, seen=seen)
     metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking(model.scorer), "k": cfg.eval.k,
                "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,

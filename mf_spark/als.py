@@ -24,8 +24,9 @@ from mf_spark import stream
 from mf_spark.blocks import build_all, pieces, row_counts
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
-from mf_spark.errors import ConfigError, InputError
+from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult, half_step
+from mf_spark.join import Routed
 from mf_spark.kernels.init import init_factors
 from mf_spark.kernels.solve import SolveSpec
 from mf_spark.types import RATING
@@ -93,6 +94,10 @@ def _slots(sc) -> int:
         return max(1, sc.defaultParallelism // max(1, cpus))
 
 
+def choose_strategy(cfg: ModelConfig, n_users: int, n_items: int) -> str:
+    return cfg.strategy_for(n_users, n_items)
+
+
 def _exchange(cfg: ModelConfig, sc) -> str:
     if cfg.exchange != "auto":
         return cfg.exchange
@@ -118,9 +123,6 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
     Performance note: one aggregate (count, mean, range) unless `stats` is given; blocks are built
     once per fit and released before returning.
     """
-    if cfg.strategy == "join":
-        raise ConfigError("config key model.strategy: 'join' is not available in this version; "
-                          "use 'auto' or 'broadcast'")
     started = time.perf_counter()
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
@@ -133,7 +135,16 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
                                                 n_users, n_items, cfg, spec, on_iteration, checkpoints)
     result = None
     slots = _slots(sc)
-    if _exchange(cfg, sc) == "stream" and slots == 0:
+    if choose_strategy(cfg, n_users, n_items) == "join":
+        built = build_all(train, num_blocks)
+        routed = Routed(sc, built, spec, reseed_every=cfg.checkpoint_interval or 5)
+        try:
+            result = run(routed.half_step, lambda side, n: row_counts(built[side], n), lambda: None)
+        finally:
+            routed.close()
+            for rdd in built.values():
+                rdd.unpersist()
+    elif _exchange(cfg, sc) == "stream" and slots == 0:
         log.warning("no executor slots registered yet; using one Spark job per half-step")
     elif _exchange(cfg, sc) == "stream":
         n_tasks = min(max(num_blocks.values()), slots)

@@ -125,11 +125,20 @@ def merge_all(keyed_pieces) -> dict[tuple[int, int], CsrBlock]:
     return {key: merge(key, parts) for key, parts in sorted(grouped.items())}
 
 
+def _only_block(b: int, merged: dict[tuple[int, int], CsrBlock]) -> CsrBlock:
+    """Partition b's block; an empty one when no rating falls in it (every partition holds one record)."""
+    if len(merged) > 1:
+        raise ValueError(f"partition {b} holds blocks {sorted(merged)}")
+    if merged:
+        return next(iter(merged.values()))
+    return CsrBlock(b, np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+
+
 def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
     """CSR blocks of each side in `num_blocks` ({"user": nu, "item": ni}, either may be omitted).
 
     `ratings` has user_idx, item_idx (int) and rating. Returns, per side, an RDD of CsrBlock with
-    block b in partition b (row r in block r % n). Performance note: one Arrow pass (see `pieces`),
+    block b in partition b, exactly one record per partition (row r in block r % n). Performance note: one Arrow pass (see `pieces`),
     persisted while each side is placed by one shuffle of the packed pieces (partitionBy block) and
     merged in place; each side is persisted (memory, spilling to disk) and materialized by one count.
     Every iteration reuses it.
@@ -141,8 +150,8 @@ def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
             code = SIDE_CODES[side]
             out[side] = (packed.filter(lambda kv, c=code: kv[0][0] == c)
                          .map(lambda kv: (kv[0][1], kv)).partitionBy(nb, lambda b: b)
-                         .mapPartitions(lambda it: iter(merge_all(kv for _, kv in it).values()),
-                                        preservesPartitioning=True)
+                         .mapPartitionsWithIndex(lambda b, it: [_only_block(b, merge_all(kv for _, kv in it))],
+                                                 preservesPartitioning=True)
                          .persist(StorageLevel.MEMORY_AND_DISK))
         for rdd in out.values():
             rdd.count()

@@ -95,6 +95,13 @@ class ModelConfig:
         require(self.checkpoint_interval >= 0, "model.checkpoint_interval", self.checkpoint_interval,
                 "an integer >= 0 (0 = never)")
 
+    def strategy_for(self, n_users: int, n_items: int) -> str:
+        """broadcast while the bigger side's factors (+ bias) fit broadcast_budget_mb, else join (auto)."""
+        if self.strategy != "auto":
+            return self.strategy
+        biggest_mb = max(n_users, n_items) * (self.rank + 1) * 4 / 2**20
+        return "join" if biggest_mb > self.broadcast_budget_mb else "broadcast"
+
 
 @dataclass(frozen=True)
 class RecommendConfig:

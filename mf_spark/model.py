@@ -25,7 +25,8 @@ from pyspark.sql import types as T
 
 from mf_spark import fs
 from mf_spark.checkpoint import Factors, factor_table, read_factor_table
-from mf_spark.errors import InputError, ModelError
+from mf_spark.config import ModelConfig
+from mf_spark.errors import ConfigError, InputError, ModelError
 from mf_spark.index import IdMap
 from mf_spark.kernels.topk import top_n
 from mf_spark.types import ITEM_IDX, USER_IDX
@@ -73,6 +74,7 @@ class FactorModel:
     global_mean: float                        # cold-start prediction
     rating_range: tuple[float, float] | None  # explicit predictions are clipped to it
     config: dict[str, Any] = field(default_factory=dict)
+    item_blocks: int = field(default=0, compare=False)   # > 0: top-N by item blocks, no broadcast of Y
     _bc: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,7 +121,10 @@ class FactorModel:
         return enc.mapInArrow(score, out_schema).drop("__u", "__i")
 
     def recommend_idx(self, users: DataFrame, n: int) -> DataFrame:
-        """Top-n per row of `users` (user_idx int, seen array<int> or null); see recommend_indices."""
+        """Top-n per row of `users` (user_idx int, seen array<int> or null): recommend_indices, or
+        recommend_indices_blocked when `item_blocks` > 0 (item factors too big to broadcast)."""
+        if self.item_blocks > 0:
+            return recommend_indices_blocked(self.scorer, users, n, self.item_blocks)
         return recommend_indices(self._broadcast(users.sparkSession), users, n)
 
     def recommend(self, users: DataFrame | None, n: int = 10, seen: DataFrame | None = None,
@@ -199,6 +204,99 @@ def recommend_indices(scorer_bc, users: DataFrame, n: int) -> DataFrame:
     return frame.mapInArrow(recommend, "user_idx int, rank int, item_idx int, score float")
 
 
+def item_blocks(config: dict, n_users: int, n_items: int, spark: SparkSession) -> int:
+    """Item blocks for top-N when the run's config chose the join strategy (0 = broadcast Y)."""
+    try:
+        model_cfg = ModelConfig(**{k: v for k, v in config.get("model", {}).items()
+                                   if k in ModelConfig.__dataclass_fields__})
+    except (TypeError, ConfigError):
+        return 0
+    if model_cfg.strategy_for(n_users, n_items) != "join":
+        return 0
+    return model_cfg.num_item_blocks or max(1, spark.sparkContext.defaultParallelism)
+
+
+CHUNK_SCHEMA = "users binary, counts binary, items binary, scores binary"
+
+
+def _user_chunks(batches):
+    """mapInArrow body: each Arrow batch of (user_idx, seen) as one packed chunk of users + seen CSR."""
+    for b in batches:
+        if not b.num_rows:
+            continue
+        seen = b.column("seen")
+        lens = pc.list_value_length(seen).fill_null(0).to_numpy(zero_copy_only=False)
+        cols = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int32)
+        yield pa.RecordBatch.from_pylist([{
+            "users": b.column(USER_IDX).to_numpy().astype(np.int32).tobytes(),
+            "counts": lens.astype(np.int64).tobytes(), "items": cols.tobytes(), "scores": b""}],
+            schema=pa.schema([(c, pa.binary()) for c in ("users", "counts", "items", "scores")]))
+
+
+def _merge_top(a, b, n: int):
+    """Two candidate lists of the same users (counts, items, scores) -> the best n per user."""
+    users = a[0]
+    rows = np.concatenate([np.repeat(np.arange(users.size), a[1]), np.repeat(np.arange(users.size), b[1])])
+    items, scores = np.concatenate([a[2], b[2]]), np.concatenate([a[3], b[3]])
+    order = np.lexsort((items, -scores, rows))          # per user: best score first, ties by lower item
+    rows, items, scores = rows[order], items[order], scores[order]
+    starts = np.searchsorted(rows, np.arange(users.size))
+    keep = (np.arange(rows.size) - starts[rows]) < n
+    return users, np.bincount(rows[keep], minlength=users.size).astype(np.int32), items[keep], scores[keep]
+
+
+def recommend_indices_blocked(scorer: Scorer, users: DataFrame, n: int, n_blocks: int) -> DataFrame:
+    """Top-n per row of `users` without broadcasting the item factors.
+
+    Item b's factors go to one partition of block b (items i with i % n_blocks == b); every chunk of
+    users meets every item block once (an RDD cartesian), keeps its best n of that block (seen items
+    masked), and the per-block lists are merged per chunk (best score first, ties by lower item
+    index, as recommend_indices). Only the user side is broadcast. Performance note: one cartesian
+    of user chunks x item blocks, one reduceByKey of n candidates per user and block.
+    """
+    f = scorer.factors
+    spark = users.sparkSession
+    sc = spark.sparkContext
+    n_items = f.Y.shape[0]
+    n_blocks = max(1, min(n_blocks, n_items))
+    user_side = sc.broadcast((f.X, (f.mu + f.user_bias) if f.user_bias is not None else None))
+    item_blocks = sc.parallelize([(b, f.Y[b::n_blocks], None if f.item_bias is None else f.item_bias[b::n_blocks])
+                                  for b in range(n_blocks)], n_blocks)
+    seen = F.col("seen") if "seen" in users.columns else F.lit(None)
+    chunks = (users.select(USER_IDX, seen.cast("array<int>").alias("seen")).mapInArrow(_user_chunks, CHUNK_SCHEMA)
+              .rdd.zipWithUniqueId()
+              .map(lambda rk: (rk[1], (np.frombuffer(rk[0]["users"], np.int32), np.frombuffer(rk[0]["counts"], np.int64),
+                                       np.frombuffer(rk[0]["items"], np.int32)))))
+
+    def local_top(pair):
+        (key, (u, lens, cols)), (b, Yb, bias_b) = pair
+        X, offset = user_side.value
+        rows = np.repeat(np.arange(u.size), lens)
+        mine = cols % n_blocks == b
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[mine], minlength=u.size))]).astype(np.int64)
+        counts, items, scores = top_n(X[u], Yb, n, indptr, (cols[mine] // n_blocks).astype(np.int32),
+                                      None if offset is None else offset[u], bias_b)
+        return key, (u, counts, (items.astype(np.int64) * n_blocks + b).astype(np.int32), scores)
+
+    merged = chunks.cartesian(item_blocks).map(local_top).reduceByKey(lambda a, b: _merge_top(a, b, n))
+    packed = merged.map(lambda kv: (kv[1][0].tobytes(), kv[1][1].astype(np.int64).tobytes(), kv[1][2].tobytes(),
+                                    kv[1][3].astype(np.float32).tobytes()))
+
+    def unpack(batches):
+        for b in batches:
+            for r in b.to_pylist():
+                u = np.frombuffer(r["users"], np.int32)
+                counts = np.frombuffer(r["counts"], np.int64)
+                items = np.frombuffer(r["items"], np.int32)
+                starts = np.cumsum(counts) - counts
+                ranks = (np.arange(items.size) - np.repeat(starts, counts) + 1).astype(np.int32)
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(np.repeat(u, counts)), pa.array(ranks), pa.array(items),
+                     pa.array(np.frombuffer(r["scores"], np.float32))], schema=RECS_ARROW)
+    return (spark.createDataFrame(packed, CHUNK_SCHEMA)
+            .mapInArrow(unpack, "user_idx int, rank int, item_idx int, score float"))
+
+
 def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     """Load a model folder written by FactorModel.save (or a training run's output folder).
 
@@ -244,4 +342,5 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     (users, X, bu), (items, Y, bi) = sides
     rr = meta.get("rating_range")
     return FactorModel(meta["kind"], Factors(X, Y, bu, bi, float(meta["mu"])), users, items,
-                       float(meta["global_mean"]), tuple(rr) if rr else None, meta.get("config", {}))
+                       float(meta["global_mean"]), tuple(rr) if rr else None, meta.get("config", {}),
+                       item_blocks=item_blocks(meta.get("config", {}), X.shape[0], Y.shape[0], spark))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "mf_spark"
 ORDER = ["types", "errors", "config", "cli", "session", "fs", "kernels", "read", "validate", "index", "split",
-         "blocks", "halfstep", "stream", "checkpoint", "model", "als", "evaluate", "recommend", "write"]
+         "blocks", "halfstep", "stream", "join", "checkpoint", "model", "als", "evaluate", "recommend", "write"]
 
 
 def _module(path: Path) -> str:

@@ -1,0 +1,104 @@
+"""Join strategy: routed factor rows give the broadcast strategy's factors; auto picks it over budget;
+lineage stays short over many half-steps."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import planted
+from mf_spark import als
+from mf_spark.blocks import build_all
+from mf_spark.config import ModelConfig
+from mf_spark.halfstep import HalfStepResult
+from mf_spark.join import Routed, _routes
+from test_als import ratings_df
+
+
+@pytest.fixture(scope="module")
+def df(spark):
+    u, i, r, _ = planted(n_users=80, n_items=50, rank=5, density=0.6, noise=0.05, seed=11)
+    keep = ~((u == 7) | (i == 13))          # a user and an item with no ratings at all
+    return ratings_df(spark, u[keep], i[keep], r[keep])
+
+
+@pytest.mark.parametrize("extra", [{"biases": True}, {"kind": "implicit", "alpha": 2.0, "reg": 0.05},
+                                   {"num_user_blocks": 3, "num_item_blocks": 5},
+                                   {"num_user_blocks": 9, "num_item_blocks": 1, "nonnegative": True}])
+def test_join_gives_the_broadcast_factors(spark, df, extra):
+    base = ModelConfig(**{"rank": 4, "iterations": 4, "reg": 0.1, "seed": 2, "exchange": "jobs", **extra})
+    broadcast = als.fit(df, 80, 50, dataclasses.replace(base, strategy="broadcast"))
+    joined = als.fit(df, 80, 50, dataclasses.replace(base, strategy="join"))
+    assert np.max(np.abs(joined.factors.X - broadcast.factors.X)) < 1e-4
+    assert np.max(np.abs(joined.factors.Y - broadcast.factors.Y)) < 1e-4
+    np.testing.assert_allclose(joined.losses, broadcast.losses, rtol=1e-6)
+    if base.biases:
+        assert np.max(np.abs(joined.factors.item_bias - broadcast.factors.item_bias)) < 1e-4
+
+
+def test_auto_joins_when_the_factors_exceed_the_budget(spark, df, monkeypatch):
+    cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=2, broadcast_budget_mb=0)
+    assert als.choose_strategy(cfg, 80, 50) == "join"
+    assert als.choose_strategy(dataclasses.replace(cfg, broadcast_budget_mb=1), 80, 50) == "broadcast"
+    used = []
+    monkeypatch.setattr(Routed, "half_step", lambda self, *a, _real=Routed.half_step: used.append(1) or _real(self, *a))
+    tiny = als.fit(df, 80, 50, cfg)
+    assert len(used) == 6
+    want = als.fit(df, 80, 50, dataclasses.replace(cfg, broadcast_budget_mb=2048))
+    assert np.max(np.abs(tiny.factors.X - want.factors.X)) < 1e-4
+
+
+def test_routes_name_exactly_the_rows_each_block_rates(spark, df):
+    built = build_all(df, {"user": 3, "item": 2})
+    try:
+        routes = _routes(built["user"], 2).collect()       # item block s -> [(user block d, item rows)]
+        blocks = {b.block: b for b in built["user"].collect()}
+        assert len(routes) == 2
+        for s, per_dst in enumerate(routes):
+            for d, rows in per_dst:
+                want = np.unique(blocks[d].cols)
+                np.testing.assert_array_equal(rows, want[want % 2 == s])
+    finally:
+        for rdd in built.values():
+            rdd.unpersist()
+
+
+def test_lineage_stays_short_over_fifty_iterations(spark, df):
+    cfg = ModelConfig(rank=3, iterations=50, reg=0.1, seed=2)
+    built = build_all(df, {"user": 2, "item": 2})
+    routed = Routed(spark.sparkContext, built, als.solve_spec(cfg, 0.0), reseed_every=5)
+    X = np.full((80, 3), 0.1, np.float32)
+    Y = np.full((50, 3), 0.1, np.float32)
+    depth = []
+    try:
+        for _ in range(cfg.iterations):
+            Y = routed.half_step("item", 50, X, None, HalfStepResult(Y, None, 0, 0, 0)).factors
+            X = routed.half_step("user", 80, Y, None, HalfStepResult(X, None, 0, 0, 0)).factors
+            depth.append(routed.factors["user"].toDebugString().count(b"\n"))
+    finally:
+        routed.close()
+        for rdd in built.values():
+            rdd.unpersist()
+    assert max(depth[25:]) <= max(depth[:10])      # re-seeded every 5: no growth
+    assert np.all(np.isfinite(X)) and np.all(np.isfinite(Y))
+
+
+def test_blocked_top_n_equals_the_broadcast_top_n(spark):
+    from mf_spark.checkpoint import Factors
+    from mf_spark.model import Scorer, recommend_indices, recommend_indices_blocked
+    g = np.random.default_rng(4)
+    f = Factors(g.normal(size=(30, 4)).astype(np.float32), g.normal(size=(23, 4)).astype(np.float32),
+                g.normal(size=30).astype(np.float32), g.normal(size=23).astype(np.float32), 3.0)
+    scorer = Scorer("explicit", f, 3.0, None)
+    rows = [(u, sorted(set(g.integers(0, 23, size=u % 7).tolist())) or None) for u in range(30)]
+    users = spark.createDataFrame(rows, "user_idx int, seen array<int>").repartition(3)
+    want = recommend_indices(spark.sparkContext.broadcast(scorer), users, 5).toPandas()
+    for blocks in (1, 4, 23, 40):
+        got = recommend_indices_blocked(scorer, users, 5, blocks).toPandas()
+        a = want.sort_values(["user_idx", "rank"]).reset_index(drop=True)
+        b = got.sort_values(["user_idx", "rank"]).reset_index(drop=True)
+        assert a[["user_idx", "rank", "item_idx"]].equals(b[["user_idx", "rank", "item_idx"]]), blocks
+        np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
+        for u, seen in rows:
+            assert not set(b[b.user_idx == u].item_idx) & set(seen or [])
