@@ -184,7 +184,14 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         GT = G.transpose(0, 2, 1)
         lam = spec.reg * (lens.astype(np.float64) if spec.count_scaled else np.ones(rows.size))
         # Gramians and right sides in float32 BLAS (the factors are float32), the k x k solves in float64.
-        if spec.kind == "explicit":
+        if spec.kind == "explicit" and L < width and not spec.nonnegative and np.all(lam > 0):
+            # Fewer ratings than unknowns: the L x L dual system gives the same x (push-through
+            # identity: (G'G + lam I)^-1 G't = G'(GG' + lam I)^-1 t); padded entries have t = 0.
+            K = np.matmul(G, GT).astype(np.float64)
+            K[:, np.arange(L), np.arange(L)] += lam[:, None]
+            x = np.matmul(GT.astype(np.float64), _solve_spd(K, t)[..., None])[..., 0]
+            A = rhs = None
+        elif spec.kind == "explicit":
             A = np.matmul(GT, G).astype(np.float64)
             rhs = np.matmul(GT, t.astype(np.float32)[..., None])[..., 0].astype(np.float64)
         else:
@@ -193,8 +200,9 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             A = spec.w0 * gram + np.matmul(GT * (c - spec.w0 * mask)[:, None, :].astype(np.float32),
                                            G).astype(np.float64)
             rhs = np.matmul(GT, (c * p).astype(np.float32)[..., None])[..., 0].astype(np.float64)
-        A[:, np.arange(width), np.arange(width)] += lam[:, None]
-        x = nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)
+        if A is not None:
+            A[:, np.arange(width), np.arange(width)] += lam[:, None]
+            x = nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)
         X[rows] = x
         pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0].astype(np.float64)   # (b, L)
         err = np.where(mask, t - pred, 0.0)
