@@ -314,12 +314,15 @@ def compare(spark, data: Data, s: Setting, args) -> dict:
     runs = {"mllib": [], "ours": []}
     cfg = s.model_config(args.seed)
     for _ in range(args.repeat):
-        runs["mllib"].append(run_mllib(spark, data, s, args.seed))
-        runs["ours"].append(run_ours(spark, data, cfg))
-    m, o = summarize(runs["mllib"]), summarize(runs["ours"])
+        if not args.skip_mllib:
+            runs["mllib"].append(run_mllib(spark, data, s, args.seed))
+        runs["ours"].append(run_ours(spark, data, cfg, with_topn=not args.skip_topn))
+    o = summarize(runs["ours"])
+    m = summarize(runs["mllib"]) if runs["mllib"] else None
     metric = "rmse" if s.alpha is None else "ndcg_at_k"
-    ratios = {k: o[k] / m[k] for k in ("fit_seconds", "seconds_per_iteration", "topn_seconds") if m[k]}
-    diff = None if o[metric] is None or m[metric] is None else o[metric] - m[metric]
+    ratios = {} if m is None else {k: o[k] / m[k] for k in ("fit_seconds", "seconds_per_iteration", "topn_seconds")
+                                   if m.get(k) and o.get(k)}
+    diff = None if m is None or o[metric] is None or m[metric] is None else o[metric] - m[metric]
     return {"rank": s.rank, "iterations": s.iterations, "reg": s.reg, "alpha": s.alpha, "mllib": m,
             "ours": o, "ratios": ratios, "metric": metric, "metric_difference": diff}
 
@@ -336,10 +339,10 @@ def print_comparison(c: dict, repeat: int) -> None:
           f"run(s); memory: peak RSS during the fit, MB (+JVM: growth over its RSS at the start of the fit)")
     print(f"{'model':<7}{'fit s':>8}{'s/iter':>8}{'loop s/it':>10}{'top-10 s':>9}{label:>9}"
           f"{'drv py':>8}{'drv JVM':>8}{'(+JVM)':>8}{'wrk sum':>8}{'wrk max':>8}")
-    for name in ("mllib", "ours"):
+    for name in [n for n in ("mllib", "ours") if c[n] is not None]:
         r, mem = c[name], c[name]["memory"]
         print(f"{name:<7}{r['fit_seconds']:>8.2f}{r['seconds_per_iteration']:>8.3f}"
-              f"{fmt(r.get('loop_seconds_per_iteration'), '.3f'):>10}{r['topn_seconds']:>9.2f}"
+              f"{fmt(r.get('loop_seconds_per_iteration'), '.3f'):>10}{fmt(r.get('topn_seconds'), '.2f'):>9}"
               f"{fmt(r[c['metric']], '.4f'):>9}{fmt(mem['driver_python_mb'], '.0f'):>8}"
               f"{fmt(mem['driver_jvm_mb'], '.0f'):>8}{fmt(mem['driver_jvm_growth_mb'], '+.0f'):>8}"
               f"{fmt(mem['workers_sum_mb'], '.0f'):>8}"
@@ -434,6 +437,8 @@ def parse_args(argv):
     p.add_argument("--alpha", type=float, default=1.0, help="implicit: confidence slope (both models)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each model, alternating; medians reported")
     p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--skip-mllib", action="store_true", help="fit ours only (sizes where MLlib is not the point)")
+    p.add_argument("--skip-topn", action="store_true", help="do not time top-N")
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the timed float32 matmul")
     p.add_argument("--biases", action="store_true", help="explicit: also fit ours with biases")
     p.add_argument("--sweep-reg", default="", help="explicit: comma-separated regs for extra runs of ours (biases on)")
@@ -454,8 +459,8 @@ def best_settings(comparisons: list[dict]) -> tuple[dict, dict]:
     metric = comparisons[0]["metric"]
     sign = 1 if metric == "ndcg_at_k" else -1
     best = max(comparisons, key=lambda c: sign * (c["ours"][metric] or 0.0))
-    best_mllib = max(comparisons, key=lambda c: sign * (c["mllib"][metric] or 0.0))
-    if len(comparisons) > 1:
+    best_mllib = max(comparisons, key=lambda c: sign * ((c["mllib"] or {}).get(metric) or 0.0))
+    if len(comparisons) > 1 and best_mllib["mllib"] is not None:
         print(f"\nbest MLlib: alpha={best_mllib['alpha']} reg={best_mllib['reg']} {metric}="
               f"{fmt(best_mllib['mllib'][metric], '.4f')}; best ours: alpha={best['alpha']} reg={best['reg']} "
               f"{metric}={fmt(best['ours'][metric], '.4f')}")
@@ -467,7 +472,7 @@ def report(args, data: Data, comparisons: list[dict], extra: list[dict], bound: 
     a flat list of runs and the headline ratio and metric difference (first setting)."""
     metric = comparisons[0]["metric"]
     runs = [{"model": name, "rank": c["rank"], "reg": c["reg"], "alpha": c["alpha"], **c[name]}
-            for c in comparisons for name in ("mllib", "ours")]
+            for c in comparisons for name in ("mllib", "ours") if c[name] is not None]
     return {"input": args.input, "kind": args.kind, "n_train": data.stats.n, "n_test": data.heldout.n,
             "n_users": data.users.size, "n_items": data.items.size, "rank": args.rank,
             "iterations": args.iterations, "repeat": args.repeat, "comparisons": comparisons,

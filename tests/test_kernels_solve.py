@@ -151,3 +151,25 @@ def test_shape_errors(rng):
         solve_block(indptr, cols, vals, Y, SolveSpec(kind="implicit"))
     with pytest.raises(ValueError, match="fixed_bias"):
         solve_block(indptr, cols, vals, Y, SolveSpec(with_bias=True))
+
+
+@pytest.mark.parametrize("w0", [1.0, 0.05, 3.0])      # 3.0 > c for some entries: D has negative weights
+@pytest.mark.parametrize("count_scaled", [True, False])
+def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, w0, count_scaled):
+    """Rows with L < k take the Woodbury path (L x L systems); same answer as the dense solve."""
+    indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=16, max_len=12)
+    spec = SolveSpec(kind="implicit", reg=0.1, alpha=1.5, w0=w0, count_scaled=count_scaled)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y)
+    want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
+    np.testing.assert_allclose(got.factors, want, rtol=2e-3, atol=2e-4)
+
+
+def test_explicit_rows_with_fewer_ratings_than_factors_match_per_row(rng):
+    """Rows with L < k solve the dual L x L system."""
+    indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=16, max_len=12)
+    spec = SolveSpec(kind="explicit", reg=0.1, mu=3.0, with_bias=True)
+    fb = rng.normal(size=60).astype(np.float32)
+    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb)
+    want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
+    np.testing.assert_allclose(got.factors, want[:, :16], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got.bias, want[:, 16], rtol=1e-3, atol=1e-4)

@@ -117,6 +117,25 @@ def _solve_spd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (np.linalg.pinv(A, hermitian=True) @ b[..., None])[..., 0]
 
 
+def _implicit_few(G: np.ndarray, d: np.ndarray, cp: np.ndarray, lam: np.ndarray, w0: float,
+                  evals: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Weighted-ALS solves for rows with fewer observed entries L than factors k, in O(L k^2 + L^3).
+
+    A = B + G' D G with B = w0 Y'Y + lam I = V diag(w0 evals + lam) V' (one eigendecomposition of the
+    Gramian per block), so by Woodbury A^-1 b = y - B^-1 G' (I + D G B^-1 G')^-1 D G y, y = B^-1 b,
+    b = G' (c p): an L x L system per row instead of k x k. Padded entries have d = 0 and cp = 0.
+    G : (b, L, k) float32, d : (b, L) = c - w0 (0 at padding), cp : (b, L), lam : (b,) > 0.
+    """
+    Gv = np.matmul(G.astype(np.float64), V)                    # G in the eigenbasis, (b, L, k)
+    S = 1.0 / (w0 * evals[None, :] + lam[:, None])             # B^-1 in the eigenbasis, (b, k)
+    yv = S * np.einsum("blk,bl->bk", Gv, cp)
+    K = np.matmul(Gv * S[:, None, :], Gv.transpose(0, 2, 1))    # G B^-1 G', (b, L, L)
+    M = d[:, :, None] * K
+    M[:, np.arange(M.shape[1]), np.arange(M.shape[1])] += 1.0
+    z = np.linalg.solve(M, (d * np.einsum("blk,bk->bl", Gv, yv))[..., None])[..., 0]
+    return (yv - S * np.einsum("blk,bl->bk", Gv, z)) @ V.T
+
+
 def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
                tol: float = 1e-9) -> np.ndarray:
     """min x^T A x / 2 - b^T x subject to x >= 0, for a stack of SPD systems.
@@ -177,6 +196,10 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             target = target - fixed_bias[cols]
     X = np.zeros((n_rows, width), dtype=np.float64)
     data_loss = reg_loss = sq_err = 0.0
+    eig = None
+    if spec.kind == "implicit":
+        evals, V = np.linalg.eigh(gram)
+        eig = (np.maximum(evals, 0.0), V)
     lengths = np.diff(indptr)
     for rows, L in chunks(lengths, width, budget):
         idx, t, mask, lens = _gather(indptr, cols, target, rows, L, n_fixed)
@@ -194,6 +217,11 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         elif spec.kind == "explicit":
             A = np.matmul(GT, G).astype(np.float64)
             rhs = np.matmul(GT, t.astype(np.float32)[..., None])[..., 0].astype(np.float64)
+        elif L < width and not spec.nonnegative and np.all(lam > 0):
+            c = np.where(mask, confidence(t, spec), 0.0)
+            p = preference(t, spec)
+            x = _implicit_few(G, c - spec.w0 * mask, c * p, lam, spec.w0, *eig)
+            A = rhs = None
         else:
             c = np.where(mask, confidence(t, spec), 0.0)
             p = preference(t, spec)
