@@ -102,3 +102,13 @@ def test_blocked_top_n_equals_the_broadcast_top_n(spark):
         np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
         for u, seen in rows:
             assert not set(b[b.user_idx == u].item_idx) & set(seen or [])
+
+
+def test_models_over_the_budget_recommend_by_item_blocks(spark):
+    from mf_spark.model import item_blocks
+    small = {"model": {"rank": 4, "broadcast_budget_mb": 2048}}
+    assert item_blocks(small, 80, 50, spark) == 0
+    assert item_blocks({"model": {"rank": 4, "broadcast_budget_mb": 0, "num_item_blocks": 3}}, 80, 50, spark) == 3
+    assert item_blocks({"model": {"strategy": "join"}}, 80, 50, spark) == spark.sparkContext.defaultParallelism
+    assert item_blocks({"model": {"rank": "bad"}}, 80, 50, spark) == 0     # unreadable: broadcast as before
+    assert item_blocks({}, 80, 50, spark) == 0
