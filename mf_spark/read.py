@@ -342,7 +342,8 @@ def _epoch_seconds(df: DataFrame, name: str) -> Column:
 
 
 def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> DataFrame:
-    df = _load(path, spark.read.parquet)
+    # Local files are checked with pyarrow first: Spark reads a damaged footer only in a task, where
+    # the failure surfaces as a JVM stack trace instead of a message naming the file.
     if _is_local(path):
         import pyarrow.parquet as pq
 
@@ -354,6 +355,7 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
             raise InputError(f"{source}: not a readable Parquet file: {exc}") from None
         if n_rows == 0:
             raise InputError(f"{source}: no data rows")
+    df = _load(path, spark.read.parquet)
     names = df.columns
     pos = _choose(names, cfg, True, source)
     df = _with_meta(df)

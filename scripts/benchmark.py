@@ -10,7 +10,10 @@
 Without --input or --synthetic the MovieLens sample shipped with pyspark is used. --synthetic N
 writes scripts/make_synthetic.py's generate(N, kind) (deterministic: same N, same rows) to a
 temporary Parquet file. Both models fit the same training split in this process; with --repeat > 1
-they alternate (MLlib, ours, MLlib, ours, ...) so drift in the machine's speed hits both.
+they alternate (MLlib, ours, MLlib, ours, ...) so drift in the machine's speed hits both. --warmup
+(default 1) runs each model once, untimed, before: the first fit of a process pays for JIT
+compilation (MLlib) and Python worker start-up and imports (ours), seconds that say nothing about
+either algorithm.
 
 Measured for each model, per setting (median over repeats for times, maximum for memory):
   fit s        wall time of the fit, factors collected to the driver (ours: FitResult.fit_seconds)
@@ -313,6 +316,10 @@ def compare(spark, data: Data, s: Setting, args) -> dict:
     """MLlib and ours at setting `s`, alternating over args.repeat; summaries, ratios, difference."""
     runs = {"mllib": [], "ours": []}
     cfg = s.model_config(args.seed)
+    for _ in range(args.warmup):     # untimed: JIT, Python worker start-up and imports, first shuffles
+        if not args.skip_mllib:
+            run_mllib(spark, data, s, args.seed)
+        run_ours(spark, data, cfg, with_topn=not args.skip_topn)
     for _ in range(args.repeat):
         if not args.skip_mllib:
             runs["mllib"].append(run_mllib(spark, data, s, args.seed))
@@ -436,6 +443,7 @@ def parse_args(argv):
     p.add_argument("--reg", type=float, default=0.1)
     p.add_argument("--alpha", type=float, default=1.0, help="implicit: confidence slope (both models)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each model, alternating; medians reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each model first (0 = time cold runs)")
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--skip-mllib", action="store_true", help="fit ours only (sizes where MLlib is not the point)")
     p.add_argument("--skip-topn", action="store_true", help="do not time top-N")
@@ -475,7 +483,7 @@ def report(args, data: Data, comparisons: list[dict], extra: list[dict], bound: 
             for c in comparisons for name in ("mllib", "ours") if c[name] is not None]
     return {"input": args.input, "kind": args.kind, "n_train": data.stats.n, "n_test": data.heldout.n,
             "n_users": data.users.size, "n_items": data.items.size, "rank": args.rank,
-            "iterations": args.iterations, "repeat": args.repeat, "comparisons": comparisons,
+            "iterations": args.iterations, "repeat": args.repeat, "warmup": args.warmup, "comparisons": comparisons,
             "extra_runs": extra, "flop_bound": bound, "runs": runs + [{"model": "ours", **r} for r in extra],
             "ratio_fit_seconds": comparisons[0]["ratios"].get("fit_seconds"),
             f"{metric}_difference": comparisons[0]["metric_difference"]}

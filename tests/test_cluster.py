@@ -1,0 +1,114 @@
+"""A real standalone cluster on 127.0.0.1 (a master and two one-core workers from the pyspark package):
+spark-submit of jobs/train.py with the packaged zip gives the factors and recommendations of a
+local run with the same seed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mf_spark import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--set", "model.iterations=3", "--set", "model.rank=4", "--set", "spark.spark.ui.enabled=false"]
+
+
+def _spark_bin(name: str) -> Path:
+    import pyspark
+    return Path(pyspark.__file__).parent / "bin" / name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {seconds} s")
+
+
+def _alive_workers(ui_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json", timeout=2) as r:
+            return int(json.load(r).get("aliveworkers", 0))
+    except OSError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """spark://127.0.0.1:PORT with two workers (1 core, 1 GB each); every process stopped by PID."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+               SPARK_LOG_DIR=str(tmp / "logs"), SPARK_WORKER_DIR=str(tmp / "work"))
+    port, ui = _free_port(), _free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start(args, log):
+        procs.append(subprocess.Popen([str(_spark_bin("spark-class")), *args], env=env, cwd=tmp,
+                                      stdout=open(tmp / log, "w"), stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+               "--webui-port", str(ui)], "master.log")
+        _wait(lambda: _alive_workers(ui) == 0 and _port_open(port), 60, "master")
+        for w in range(2):
+            start(["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
+                   "--webui-port", str(_free_port()), f"spark://127.0.0.1:{port}"], f"worker{w}.log")
+        _wait(lambda: _alive_workers(ui) == 2, 90, "two workers")
+        yield f"spark://127.0.0.1:{port}", procs
+    finally:
+        for p in procs:             # the JVMs started by spark-class run in the process group we created
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_path, spark):
+    master, procs = cluster
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               SPARK_LOCAL_IP="127.0.0.1")
+    pkg = subprocess.run(["bash", str(ROOT / "scripts" / "package.sh")], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(env, PYTHON=sys.executable), timeout=300)
+    assert pkg.returncode == 0, pkg.stderr[-2000:]
+    started = time.monotonic()
+    on_cluster = subprocess.run(
+        [str(_spark_bin("spark-submit")), "--master", master, "--py-files", str(ROOT / "dist" / "mf_spark.zip"),
+         "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
+         "--conf", f"spark.pyspark.python={sys.executable}",
+         str(ROOT / "jobs" / "train.py"), "--output", str(tmp_path / "cluster"), *ARGS],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert on_cluster.returncode == 0, on_cluster.stderr[-4000:]
+    print(f"cluster run: {time.monotonic() - started:.1f} s")
+    assert all(p.poll() is None for p in procs), "a cluster process died during the run"
+    local = subprocess.run([sys.executable, "-m", "jobs.train", "--output", str(tmp_path / "local"), *ARGS],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-4000:]
+    a, b = load_model(str(tmp_path / "cluster"), spark), load_model(str(tmp_path / "local"), spark)
+    assert a.users.ids.equals(b.users.ids) and a.items.ids.equals(b.items.ids)
+    assert np.max(np.abs(a.factors.X - b.factors.X)) < 1e-4
+    assert np.max(np.abs(a.factors.Y - b.factors.Y)) < 1e-4
+    recs = [spark.read.parquet(str(tmp_path / run / "recommendations")).orderBy("user", "rank").toPandas()
+            for run in ("cluster", "local")]
+    assert recs[0][["user", "rank", "item"]].equals(recs[1][["user", "rank", "item"]])
