@@ -1,6 +1,6 @@
 """A real standalone cluster on 127.0.0.1 (a master and two one-core workers from the pyspark package):
 spark-submit of jobs/train.py with the packaged zip gives the factors and recommendations of a
-local run with the same seed."""
+local run with the same seed, even with an executor killed in the middle of the fit."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,9 @@ import pytest
 from mf_spark import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = ["--set", "model.iterations=3", "--set", "model.rank=4", "--set", "spark.spark.ui.enabled=false"]
+# A checkpoint every iteration keeps the run long enough to kill an executor in the middle of it.
+ARGS = ["--set", "model.iterations=8", "--set", "model.rank=4", "--set", "model.checkpoint_interval=1",
+        "--set", "spark.spark.ui.enabled=false"]
 
 
 def _spark_bin(name: str) -> Path:
@@ -85,7 +87,13 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _executors() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_path, spark):
+    """Also kills one executor JVM after iteration 2: the run still succeeds with the same factors."""
     master, procs = cluster
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
                SPARK_LOCAL_IP="127.0.0.1")
@@ -93,15 +101,32 @@ def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_pa
                          env=dict(env, PYTHON=sys.executable), timeout=300)
     assert pkg.returncode == 0, pkg.stderr[-2000:]
     started = time.monotonic()
-    on_cluster = subprocess.run(
+    run = subprocess.Popen(
         [str(_spark_bin("spark-submit")), "--master", master, "--py-files", str(ROOT / "dist" / "mf_spark.zip"),
          "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
          "--conf", f"spark.pyspark.python={sys.executable}",
          str(ROOT / "jobs" / "train.py"), "--output", str(tmp_path / "cluster"), *ARGS],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert on_cluster.returncode == 0, on_cluster.stderr[-4000:]
-    print(f"cluster run: {time.monotonic() - started:.1f} s")
-    assert all(p.poll() is None for p in procs), "a cluster process died during the run"
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    err, killed = [], []
+    try:
+        for line in run.stdout:             # spark-submit merges the driver's stderr (one log line per iteration)
+            err.append(line)
+            if not killed and "iteration 2/" in line:
+                executors = _executors()
+                assert executors, "no executor JVM found"
+                os.kill(executors[0], signal.SIGKILL)
+                killed.append((executors[0], time.monotonic()))
+        code = run.wait(timeout=600)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    stderr = "".join(err)
+    assert code == 0, stderr[-4000:]
+    assert killed, "the run ended before iteration 2 was logged: " + "".join(
+        line for line in err if "WARN" not in line and "INFO" not in line)[-3000:]
+    print(f"cluster run: {time.monotonic() - started:.1f} s; executor {killed[0][0]} killed after iteration 2, "
+          f"run ended {time.monotonic() - killed[0][1]:.1f} s later; stream fallback: {'falling back' in stderr}")
+    assert all(p.poll() is None for p in procs), "a master or worker died during the run"
     local = subprocess.run([sys.executable, "-m", "jobs.train", "--output", str(tmp_path / "local"), *ARGS],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert local.returncode == 0, local.stderr[-4000:]
