@@ -38,6 +38,11 @@ def run(spark, args: cli.TrainArgs) -> dict:
     """The whole training run; returns metrics.json's content."""
     cfg = args.run
     output = write.check_output(spark, args.output)
+    with write.claim(spark, output):
+        return _run(spark, args, cfg, output)
+
+
+def _run(spark, args: cli.TrainArgs, cfg, output: str) -> dict:
     if args.train:
         parts = [_load(spark, p, args.format, cfg) for p in (args.train, args.test)]
         train, test = parts[0].ratings, parts[1].ratings

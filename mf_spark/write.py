@@ -7,9 +7,11 @@ a reader that sees `_SUCCESS` sees complete outputs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
+import socket
 import time
 import uuid
 from typing import Any, Callable
@@ -25,6 +27,7 @@ from mf_spark.model import FactorModel
 FAIL_AT_ENV = "MF_SPARK_FAIL_AT"
 LOCK_WAIT_SECONDS = 60.0
 STALE_LOCK_SECONDS = 3600.0
+STALE_RUN_SECONDS = 6 * 3600.0   # a run lock nobody refreshed for this long is abandoned
 
 
 class InjectedFault(MfSparkError):
@@ -119,3 +122,44 @@ def _swap(spark: SparkSession, staging: str, output: str) -> None:
             fs.delete(spark, old)
     finally:
         fs.delete(spark, lock)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claim(spark: SparkSession, output: str):
+    """Hold `.<output>_run` for a whole training run: its checkpoints and its publish are its own.
+
+    A second run on the same --output fails at once with a message naming the holder, instead of
+    mixing checkpoints with the first. The lock of a dead run is taken over: one started on this host
+    whose process is gone (a killed driver followed by --resume), or one older than six hours.
+    """
+    path = _sibling(output, "run")
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    while not fs.create_new(spark, path):
+        try:
+            holder = json.loads(fs.read_text(spark, path) or "{}")
+        except (ValueError, OSError):
+            holder = {}
+        age = fs.age_seconds(spark, path)
+        dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+        if dead or (age is not None and age > STALE_RUN_SECONDS):
+            fs.delete(spark, path)
+            continue
+        raise MfSparkError(
+            f"another run is training into {output}: pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"started {holder.get('started', '?')} (lock {path}); wait for it to finish, or delete the lock "
+            f"if that run is dead")
+    fs.write_text(spark, path, json.dumps(me))
+    try:
+        yield
+    finally:
+        fs.delete(spark, path)

@@ -126,6 +126,7 @@ def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_pa
         line for line in err if "WARN" not in line and "INFO" not in line)[-3000:]
     print(f"cluster run: {time.monotonic() - started:.1f} s; executor {killed[0][0]} killed after iteration 2, "
           f"run ended {time.monotonic() - killed[0][1]:.1f} s later; stream fallback: {'falling back' in stderr}")
+    print("".join(line for line in err if "resident stage" in line or "falling back" in line)[-2000:])
     assert all(p.poll() is None for p in procs), "a master or worker died during the run"
     local = subprocess.run([sys.executable, "-m", "jobs.train", "--output", str(tmp_path / "local"), *ARGS],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

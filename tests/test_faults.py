@@ -25,8 +25,10 @@ def _job(output: Path, *extra: str) -> subprocess.Popen:
 
 
 def test_driver_killed_after_a_checkpoint_resumes_to_the_uninterrupted_factors(spark, tmp_path):
+    t0 = time.monotonic()
     whole = _job(tmp_path / "whole")
     assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    print(f"uninterrupted run: {time.monotonic() - t0:.1f} s")
 
     out = tmp_path / "out"
     proc = _job(out)
@@ -41,8 +43,10 @@ def test_driver_killed_after_a_checkpoint_resumes_to_the_uninterrupted_factors(s
     done = sorted(p.parent.name for p in checkpoints.glob("iter-*/state.json"))
     assert done and done[-1] < "iter-00030" and not (out / "_SUCCESS").exists()
 
+    t0 = time.monotonic()
     resumed = _job(out, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    print(f"killed after {done[-1]}; the resumed run took {time.monotonic() - t0:.1f} s")
     assert "continuing after iteration" in resumed.stderr.read()
     a, b = load_model(str(out), spark), load_model(str(tmp_path / "whole"), spark)
     assert np.max(np.abs(a.factors.X - b.factors.X)) < 1e-4
@@ -54,10 +58,12 @@ def test_two_runs_on_one_output_leave_one_complete_output(spark, tmp_path):
     runs = [_job(out, "--set", "model.iterations=3", "--set", f"model.seed={seed}") for seed in (1, 2)]
     codes = [p.wait(timeout=600) for p in runs]
     errors = [p.stderr.read() for p in runs]
+    print("concurrent runs exit codes:", codes, [[x[:300] for x in e.splitlines() if x.startswith("mf_spark:") and "clientserver" not in x][-2:] for e in errors])
     for code, err in zip(codes, errors):
-        assert code == 0 or "same output" in err or "checkpoint" in err, err[-3000:]
+        assert code == 0 or "another run is" in err, err[-3000:]
     assert 0 in codes
     assert (out / "_SUCCESS").exists()
     model = load_model(str(out), spark)            # whole: model, factors and recommendations of one run
     assert model.describe()["config"]["model"]["seed"] in (1, 2)
     assert not list(tmp_path.glob(".out_staging-*")) and not (tmp_path / ".out_lock").exists()
+    assert not (tmp_path / ".out_run").exists()
