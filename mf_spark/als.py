@@ -10,7 +10,6 @@ on its own ratings and the fixed side, so the result does not depend on the numb
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -94,10 +93,6 @@ def _slots(sc) -> int:
         return max(1, sc.defaultParallelism // max(1, cpus))
 
 
-def choose_strategy(cfg: ModelConfig, n_users: int, n_items: int) -> str:
-    return cfg.strategy_for(n_users, n_items)
-
-
 def _exchange(cfg: ModelConfig, sc) -> str:
     if cfg.exchange != "auto":
         return cfg.exchange
@@ -135,7 +130,7 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
                                                 n_users, n_items, cfg, spec, on_iteration, checkpoints)
     result = None
     slots = _slots(sc)
-    if choose_strategy(cfg, n_users, n_items) == "join":
+    if cfg.strategy_for(n_users, n_items) == "join":
         built = build_all(train, num_blocks)
         routed = Routed(sc, built, spec, reseed_every=cfg.checkpoint_interval or 5)
         try:
@@ -149,19 +144,15 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
     elif _exchange(cfg, sc) == "stream":
         n_tasks = min(max(num_blocks.values()), slots)
         keyed = stream.keyed_for_tasks(pieces(train, num_blocks), n_tasks)
-        stage = stream.Resident(keyed, n_tasks, spec, stream.driver_host(sc))
         try:
-            stage.__enter__()
+            stage = stream.Resident(keyed, n_tasks, spec, stream.driver_host(sc)).start()
         except stream.ExchangeError as e:
             if cfg.exchange == "stream":
                 raise
             log.warning("resident blocks unavailable, falling back to one Spark job per half-step: %s", e)
-            stage = None
-        if stage is not None:
-            with contextlib.ExitStack() as stack:
-                stack.push(stage)
-                result = run(lambda side, n, fixed, fb, prev: stage.half_step(side, n, fixed, fb, prev),
-                             stage.row_counts, stage.pause)
+        else:
+            with stage:
+                result = run(stage.half_step, stage.row_counts, stage.pause)
     if result is None:
         built = build_all(train, num_blocks)
         try:

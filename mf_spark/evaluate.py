@@ -113,10 +113,11 @@ class RankingEvaluator:
         self.relevant, self.n_items, self.k, self.on_driver = relevant, n_items, k, on_driver
         spark = seen.sparkSession
         wanted = spark.createDataFrame(pa.table({USER_IDX: pa.array(relevant.users, pa.int32())}))
-        self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner").cache()
-        if on_driver:   # a sample: its seen lists are collected once, every call scores on the driver
+        self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner")
+        if not on_driver:
+            self.users = self.users.cache()
+        else:           # a sample: its seen lists are collected once, every call scores on the driver
             t = self.users.select(USER_IDX, "seen").toArrow()
-            self.users.unpersist()
             order = np.argsort(t.column(USER_IDX).to_numpy(), kind="stable")
             t = t.take(order)
             lists = dict(zip(t.column(USER_IDX).to_numpy().tolist(), t.column("seen").to_pylist()))

@@ -88,6 +88,7 @@ class Routed:
                        for side in blocks}
         self.factors: dict[str, RDD | None] = {"user": None, "item": None}
         self.age = {"user": 0, "item": 0}
+        self.row_ids: dict[str, list[np.ndarray]] = {}
         self.reseed_every = max(1, reseed_every)
 
     def close(self) -> None:
@@ -96,10 +97,10 @@ class Routed:
 
     def _seed(self, side: str, F: np.ndarray, bias: np.ndarray | None) -> RDD:
         """Factor blocks of `side` from the driver's arrays: partition b holds the rows of rating block b."""
-        nb = self.n[side]
-        rows = self.blocks[side].map(lambda blk: blk.row_ids).collect()
-        slices = [(ids, F[ids], None if bias is None else bias[ids], None) for ids in rows]
-        return self.sc.parallelize(slices, nb).persist(StorageLevel.MEMORY_AND_DISK)
+        if side not in self.row_ids:    # one small collect per side per fit, reused by every re-seed
+            self.row_ids[side] = self.blocks[side].map(lambda blk: blk.row_ids).collect()
+        slices = [(ids, F[ids], None if bias is None else bias[ids], None) for ids in self.row_ids[side]]
+        return self.sc.parallelize(slices, self.n[side]).persist(StorageLevel.MEMORY_AND_DISK)
 
     def half_step(self, side: str, n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None,
                   previous: HalfStepResult) -> HalfStepResult:

@@ -30,6 +30,7 @@ import queue
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -151,11 +152,11 @@ class _Conn:
 
 
 class Resident:
-    """Context manager: the resident stage over `keyed` pieces (partition t holds task t's pieces).
+    """The resident stage over `keyed` pieces (partition t holds task t's pieces).
 
-        with Resident(keyed, n_tasks, spec) as stage:
+        with Resident(keyed, n_tasks, spec, host).start() as stage:   # ExchangeError: cannot start
             counts = stage.row_counts("user", n_users)
-            result = stage.half_step("item", n_items, X, spec-free args...)
+            items = stage.half_step("item", n_items, X, user_bias, previous)
     """
 
     def __init__(self, keyed: RDD, n_tasks: int, spec: SolveSpec, host: str):
@@ -170,7 +171,8 @@ class Resident:
         self.group = f"mf_spark-resident-{self.token[:8]}"
 
     # -- lifecycle
-    def __enter__(self) -> "Resident":
+    def start(self) -> "Resident":
+        """Listen, submit the stage and wait for every task to connect; ExchangeError when it cannot."""
         try:
             self.server = socket.create_server((self.host, 0), backlog=max(16, 2 * self.n_tasks))
         except OSError as e:
@@ -182,22 +184,22 @@ class Resident:
             self._launch()
             self._connect()
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(*sys.exc_info())
             raise
         return self
 
+    def __enter__(self) -> "Resident":
+        return self
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        for c in self.conns:
-            try:
-                if exc_type is None:
-                    send_frame(c.sock, {"op": "stop"})
-            except OSError:
-                pass
-        if exc_type is not None or self.job_error is not None:
+        if exc_type is None and self.job_error is None:
+            self.pause()                 # the tasks stop, the job ends
+        else:
+            for c in self.conns:
+                c.sock.close()
+            self.conns = []
             self.keyed.context.cancelJobGroup(self.group)
-        self.job_done.wait(timeout=120)
-        for c in self.conns:
-            c.sock.close()
+            self.job_done.wait(timeout=120)
         self.server.close()
         ACTIVE.discard(self)
         while not self.hellos.empty():

@@ -39,8 +39,8 @@ def test_join_gives_the_broadcast_factors(spark, df, extra):
 
 def test_auto_joins_when_the_factors_exceed_the_budget(spark, df, monkeypatch):
     cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=2, broadcast_budget_mb=0)
-    assert als.choose_strategy(cfg, 80, 50) == "join"
-    assert als.choose_strategy(dataclasses.replace(cfg, broadcast_budget_mb=1), 80, 50) == "broadcast"
+    assert cfg.strategy_for(80, 50) == "join"
+    assert dataclasses.replace(cfg, broadcast_budget_mb=1).strategy_for(80, 50) == "broadcast"
     used = []
     monkeypatch.setattr(Routed, "half_step", lambda self, *a, _real=Routed.half_step: used.append(1) or _real(self, *a))
     tiny = als.fit(df, 80, 50, cfg)
