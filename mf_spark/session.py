@@ -11,6 +11,11 @@ DEFAULTS = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.python.worker.reuse": "true",
     "spark.ui.showConsoleProgress": "false",
+    # Let adaptive execution coalesce the partitions of cached plans too: the per-user split's window
+    # leaves spark.sql.shuffle.partitions (200) partitions in the cached training set, and every later
+    # pass over it (seen lists, evaluation) then ran 200 tasks of a few kB (measured on 800k ratings:
+    # 4.2 s for the seen lists, 0.3 s once coalesced).
+    "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
 }
 
 
