@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark import stream
-from mf_spark.blocks import build_all, pieces, row_counts
+from mf_spark.blocks import build_all, pieces_frame, row_counts
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import InputError
@@ -143,9 +143,9 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
         log.warning("no executor slots registered yet; using one Spark job per half-step")
     elif _exchange(cfg, sc) == "stream":
         n_tasks = min(max(num_blocks.values()), slots)
-        keyed = stream.keyed_for_tasks(pieces(train, num_blocks), n_tasks)
+        placed = stream.placed_for_tasks(pieces_frame(train, num_blocks), n_tasks)
         try:
-            stage = stream.Resident(keyed, n_tasks, spec, stream.driver_host(sc)).start()
+            stage = stream.Resident(placed, n_tasks, spec, stream.driver_host(sc)).start()
         except stream.ExchangeError as e:
             if cfg.exchange == "stream":
                 raise

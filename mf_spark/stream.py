@@ -12,8 +12,8 @@ sends the fixed side's factors to every task and gathers the solved rows:
 The driver holds the factors after every half-step, so per-iteration metrics and checkpoints work as
 with one job per half-step. Frames are a JSON header plus raw little-endian arrays (no pickle); a
 connection proves itself with a per-fit secret. When a task dies, Spark fails the whole barrier job
-(result stages are not retried); the driver submits it again (the blocks come back from the shuffle
-files, not from the input), the new tasks connect, and the driver repeats the half-step it was on from
+(result stages are not retried); the driver submits it again (the pieces are cut again from the
+training DataFrame, cached by the caller), the new tasks connect, and the driver repeats the half-step it was on from
 factors it still holds, so a recovered fit ends with the same factors as an undisturbed one.
 
 Needs: executors that can open a TCP connection to the driver (as they do for Spark's own RPC), as
@@ -37,7 +37,9 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark import RDD, BarrierTaskContext, InheritableThread
+from pyspark import BarrierTaskContext, InheritableThread
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from mf_spark.blocks import SIDE_CODES, merge_all
 from mf_spark.errors import InputError
@@ -100,10 +102,19 @@ def _counts(blocks) -> list[np.ndarray]:
             np.concatenate(counts) if counts else np.zeros(0, np.int64)]
 
 
-def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, generation: int):
-    def run(keyed_pieces):
+def _pieces_of(batches):
+    """((side, block), (rows, cols, values) bytes) of the Arrow batches a task receives; the marker
+    rows `placed_for_tasks` adds (side -1) are skipped."""
+    for batch in batches:
+        for r in batch.to_pylist():
+            if r["side"] >= 0:
+                yield (r["side"], r["block"]), (r["rows"], r["cols"], r["values"])
+
+
+def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
+    def run(batches):
         ctx = BarrierTaskContext.get()
-        blocks = merge_all(piece for _, piece in keyed_pieces)
+        blocks = merge_all(_pieces_of(batches))
         by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
         try:
             sock = socket.create_connection(address, timeout=CONNECT_SECONDS)
@@ -114,7 +125,7 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, generation
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with sock:
-            send_frame(sock, {"token": token, "task": ctx.partitionId(), "attempt": generation,
+            send_frame(sock, {"token": token, "task": ctx.partitionId(), "stage": ctx.stageId(),
                               "pid": os.getpid()},
                        _counts(by_side["user"]) + _counts(by_side["item"]))
             while True:
@@ -145,27 +156,29 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, generation
 @dataclass
 class _Conn:
     task: int
-    attempt: int
+    stage: int            # Spark stage id: every submission of the resident job gets a new, larger one
     pid: int              # of the Python worker running the task (diagnostics, fault tests)
     sock: socket.socket
     counts: list[np.ndarray]
 
 
 class Resident:
-    """The resident stage over `keyed` pieces (partition t holds task t's pieces).
+    """The resident stage over `placed` pieces (partition t holds task t's pieces; placed_for_tasks).
 
-        with Resident(keyed, n_tasks, spec, host).start() as stage:   # ExchangeError: cannot start
+        with Resident(placed, n_tasks, spec, host).start() as stage:   # ExchangeError: cannot start
             counts = stage.row_counts("user", n_users)
             items = stage.half_step("item", n_items, X, user_bias, previous)
     """
 
-    def __init__(self, keyed: RDD, n_tasks: int, spec: SolveSpec, host: str):
-        self.keyed, self.n_tasks, self.spec, self.host = keyed, n_tasks, spec, host
+    def __init__(self, placed: DataFrame, n_tasks: int, spec: SolveSpec, host: str):
+        self.placed, self.n_tasks, self.spec, self.host = placed, n_tasks, spec, host
+        self.sc = placed.sparkSession.sparkContext
         self.token = secrets.token_hex(16)
         self.hellos: queue.Queue[_Conn] = queue.Queue()
         self.conns: list[_Conn] = []
         self.counts: list[np.ndarray] | None = None
-        self.generation = -1
+        self.stage = -1                  # stage id of the tasks connected last; older ones are stale
+        self.launches = 0
         self.job_error: BaseException | None = None
         self.job_done = threading.Event()
         self.group = f"mf_spark-resident-{self.token[:8]}"
@@ -179,6 +192,7 @@ class Resident:
             raise ExchangeError(f"cannot listen on the driver address {self.host!r}: {e}") from e
         ACTIVE.add(self)
         self.address = (self.host, self.server.getsockname()[1])
+        self.job = self._job()
         threading.Thread(target=self._accept, name="mf_spark-accept", daemon=True).start()
         try:
             self._launch()
@@ -198,30 +212,31 @@ class Resident:
             for c in self.conns:
                 c.sock.close()
             self.conns = []
-            self.keyed.context.cancelJobGroup(self.group)
+            self.sc.cancelJobGroup(self.group)
             self.job_done.wait(timeout=120)
         self.server.close()
         ACTIVE.discard(self)
         while not self.hellos.empty():
             self.hellos.get_nowait().sock.close()
 
+    def _job(self) -> DataFrame:
+        return self.placed.mapInArrow(_task_body(self.address, self.token, self.spec), "done int", barrier=True)
+
     def _launch(self) -> None:
-        """Submit the barrier job (again) in a thread; its tasks connect with the new generation."""
-        self.generation += 1
+        """Submit the barrier job (again) in a thread; its tasks connect from a new, larger stage id."""
+        self.launches += 1
         self.job_error, self.job_done = None, threading.Event()
-        body = _task_body(self.address, self.token, self.spec, self.generation)
         done = self.job_done
 
         def run_job() -> None:
-            sc = self.keyed.context
-            sc.setJobGroup(self.group, "mf_spark fit: resident blocks", interruptOnCancel=True)
+            self.sc.setJobGroup(self.group, "mf_spark fit: resident blocks", interruptOnCancel=True)
             try:
-                self.keyed.barrier().mapPartitions(body).collect()
+                self.job.collect()
             except BaseException as e:   # reported by whichever driver call waits next
                 self.job_error = e
             finally:
                 done.set()
-        InheritableThread(target=run_job, name=f"mf_spark-resident-{self.generation}", daemon=True).start()
+        InheritableThread(target=run_job, name=f"mf_spark-resident-{self.launches}", daemon=True).start()
 
     def pause(self) -> None:
         """Let the stage's tasks finish (they hold every slot) so that other Spark jobs can run, e.g. a
@@ -242,8 +257,11 @@ class Resident:
             c.sock.close()
         self.conns = []
         if not self.job_done.wait(timeout=60):
-            self.keyed.context.cancelJobGroup(self.group)
+            self.sc.cancelJobGroup(self.group)
             self.job_done.wait(timeout=60)
+        # A new plan: running a plan whose barrier stage failed again fails at once. After a clean
+        # end (pause) the same plan is run again and its tasks read the pieces' shuffle files.
+        self.job = self._job()
         self._launch()
         self._connect()
 
@@ -260,14 +278,16 @@ class Resident:
                 if not hmac.compare_digest(str(header.get("token", "")), self.token):
                     raise ConnectionError("bad token")
                 sock.settimeout(None)
-                self.hellos.put(_Conn(int(header["task"]), int(header["attempt"]), int(header["pid"]), sock, arrays))
+                self.hellos.put(_Conn(int(header["task"]), int(header["stage"]), int(header["pid"]), sock, arrays))
             except (OSError, ValueError, KeyError, ConnectionError) as e:
                 log.warning("resident stage: refused a connection (%s)", e)
                 sock.close()
 
     def _connect(self) -> None:
-        """Wait for one connection from every task of the current generation's job."""
-        waiting: dict[int, _Conn] = {}
+        """Wait for one connection from every task of the job just submitted: the first stage id above
+        the last one accepted that all n_tasks tasks connect from (a failed job's late tasks carry
+        an older id and are dropped)."""
+        waiting: dict[int, dict[int, _Conn]] = {}
         while True:
             try:
                 c = self.hellos.get(timeout=0.1)
@@ -276,14 +296,19 @@ class Resident:
                     raise ExchangeError(f"the resident stage ended before its {self.n_tasks} tasks connected: "
                                         f"{self.job_error or 'no error reported'}") from self.job_error
                 continue
-            if c.attempt != self.generation:
+            if c.stage <= self.stage:
                 c.sock.close()
                 continue
-            if c.task in waiting:        # a retried task of this job: the newest connection wins
-                waiting[c.task].sock.close()
-            waiting[c.task] = c
-            if len(waiting) == self.n_tasks:
-                self.conns = [waiting[t] for t in range(self.n_tasks)]
+            stage = waiting.setdefault(c.stage, {})
+            if c.task in stage:          # a retried task of this stage: the newest connection wins
+                stage[c.task].sock.close()
+            stage[c.task] = c
+            if len(stage) == self.n_tasks:
+                self.conns = [stage.pop(t) for t in range(self.n_tasks)]
+                self.stage = c.stage
+                for old in waiting.values():
+                    for other in old.values():
+                        other.sock.close()
                 if self.counts is None:
                     self.counts = [c.counts for c in self.conns]
                 return
@@ -324,8 +349,8 @@ class Resident:
                 log.warning("resident stage: lost a task (%s); submitting the stage again", e)
                 started = time.perf_counter()
                 self._relaunch()
-                log.warning("resident stage: generation %d connected after %.1f s; repeating the %s half-step",
-                            self.generation, time.perf_counter() - started, side)
+                log.warning("resident stage: stage %d connected after %.1f s; repeating the %s half-step",
+                            self.stage, time.perf_counter() - started, side)
         raise AssertionError("unreachable")
 
     def _solve_once(self, header: dict, arrays: list[np.ndarray], n_rows: int, k: int,
@@ -354,6 +379,13 @@ def driver_host(sc) -> str:
     return sc.getConf().get("spark.driver.host", None) or socket.gethostbyname(socket.gethostname())
 
 
-def keyed_for_tasks(pieces: RDD, n_tasks: int) -> RDD:
-    """Pieces keyed by (side, block) placed so that task t holds every block b with b % n_tasks == t."""
-    return pieces.map(lambda kv: (kv[0][1] % n_tasks, kv)).partitionBy(n_tasks, lambda t: t)
+def placed_for_tasks(pieces: DataFrame, n_tasks: int) -> DataFrame:
+    """`blocks.pieces_frame` rows placed so that partition t holds every block b with b % n_tasks == t.
+
+    Plus one marker row (side -1) per partition: a barrier task must run, and connect, even where no
+    rating falls in its blocks. Performance note: one shuffle of the packed pieces, in the JVM.
+    """
+    spark = pieces.sparkSession
+    markers = spark.range(n_tasks).select(F.lit(-1).alias("side"), F.col("id").cast("int").alias("block"),
+                                          *(F.lit(b"").alias(c) for c in ("rows", "cols", "values")))
+    return pieces.unionByName(markers).repartitionById(n_tasks, F.col("block") % F.lit(n_tasks))

@@ -48,3 +48,22 @@ def test_block_invariants_are_checked():
         CsrBlock(0, np.array([0], np.int32), np.array([0, 2], np.int64), np.zeros(3, np.int32), np.zeros(3, np.float32))
     blk = CsrBlock.from_triples(4, np.array([5, 1, 5]), np.array([2, 7, 0]), np.array([1.0, 2.0, 3.0]))
     assert blk.row_ids.tolist() == [1, 5] and blk.cols.tolist() == [7, 0, 2] and blk.values.tolist() == [2, 3, 1]
+
+
+def test_from_triples_sorts_rows_then_columns_and_keeps_values_with_their_pairs():
+    rng = np.random.default_rng(4)
+    rows = rng.integers(0, 50, 500).astype(np.int32)
+    cols = rng.permutation(100_000)[:500].astype(np.int32)     # distinct pairs, large column indices
+    vals = rng.standard_normal(500).astype(np.float32)
+    b = CsrBlock.from_triples(7, rows, cols, vals)
+    order = np.lexsort((cols, rows))
+    assert b.block == 7 and b.row_ids.dtype == np.int32 and b.cols.dtype == np.int32
+    np.testing.assert_array_equal(b.row_ids, np.unique(rows))
+    np.testing.assert_array_equal(b.counts, np.bincount(rows)[np.unique(rows)])
+    np.testing.assert_array_equal(b.cols, cols[order])
+    np.testing.assert_array_equal(b.values, vals[order])
+
+
+def test_from_triples_of_nothing_is_an_empty_block():
+    b = CsrBlock.from_triples(0, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    assert b.row_ids.size == 0 and b.indptr.tolist() == [0] and b.cols.size == 0

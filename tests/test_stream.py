@@ -61,6 +61,20 @@ def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
         np.testing.assert_allclose(streamed.factors.user_bias, jobs.factors.user_bias, atol=1e-6)
 
 
+def test_a_task_whose_blocks_hold_no_rating_still_joins_the_stage(spark, caplog):
+    # Even users and even items only: with 2 blocks a side, every rating is in task 0's blocks.
+    u, i, r, _ = planted(n_users=40, n_items=30, rank=3, density=0.7, noise=0.05, seed=2)
+    keep = (u % 2 == 0) & (i % 2 == 0)
+    df = ratings_df(spark, u[keep], i[keep], r[keep])
+    base = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1, num_user_blocks=2, num_item_blocks=2)
+    with caplog.at_level("WARNING", logger="mf_spark"):
+        streamed = als.fit(df, 40, 30, dataclasses.replace(base, exchange="stream"))
+    jobs = als.fit(df, 40, 30, dataclasses.replace(base, exchange="jobs"))
+    assert not [m for m in caplog.messages if "falling back" in m or "lost" in m]
+    np.testing.assert_allclose(streamed.factors.X, jobs.factors.X, atol=1e-6)
+    np.testing.assert_allclose(streamed.factors.Y, jobs.factors.Y, atol=1e-6)
+
+
 def test_a_killed_task_is_replaced_and_the_fit_ends_with_the_same_factors(spark):
     cfg = ModelConfig(rank=4, iterations=5, reg=0.1, seed=3, exchange="stream")
     whole = _fit(spark, cfg)
