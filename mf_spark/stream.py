@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 from mf_spark.blocks import SIDE_CODES, merge_all
 from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult
-from mf_spark.kernels.solve import SolveSpec, solve_block
+from mf_spark.kernels.solve import SolveSpec, layout, solve_block
 
 log = logging.getLogger("mf_spark")
 
@@ -116,6 +116,7 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
         ctx = BarrierTaskContext.get()
         blocks = merge_all(_pieces_of(batches))
         by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
+        plans = {}          # (side, block) -> its padded layout, built on the first half-step, kept
         try:
             sock = socket.create_connection(address, timeout=CONNECT_SECONDS)
         except OSError as e:
@@ -135,8 +136,14 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
                 fixed, fixed_bias, gram = arrays[0], arrays[1] if header["bias"] else None, \
                     arrays[-1] if header["gram"] else None
                 ids, parts, biases, loss = [], [], [], np.zeros(3)
+                width = fixed.shape[1] + (fixed_bias is not None)
                 for blk in by_side[header["side"]]:
-                    sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias, gram=gram)
+                    plan = plans.get((header["side"], blk.block))
+                    if plan is None or plan.n_fixed != fixed.shape[0] or plan.width != width:
+                        plan = plans[(header["side"], blk.block)] = layout(blk.indptr, blk.cols, blk.values,
+                                                                           fixed.shape[0], width)
+                    sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias,
+                                      gram=gram, plan=plan)
                     ids.append(blk.row_ids)
                     parts.append(sol.factors)
                     if sol.bias is not None:

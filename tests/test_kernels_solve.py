@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mf_spark.kernels.solve import SolveSpec, chunks, confidence, nnls_stack, preference, solve_block
+from mf_spark.kernels.solve import SolveSpec, chunks, confidence, layout, nnls_stack, preference, solve_block
 
 
 def random_block(rng, n_rows=30, n_fixed=50, k=6, max_len=40, empty_rows=True):
@@ -173,3 +173,23 @@ def test_explicit_rows_with_fewer_ratings_than_factors_match_per_row(rng):
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want[:, :16], rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(got.bias, want[:, 16], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", [SolveSpec(reg=0.1, mu=3.0, with_bias=True), SolveSpec(kind="implicit", alpha=2.0)])
+def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng, spec):
+    indptr, cols, vals, Y = random_block(rng)
+    fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
+    gram = Y.T.astype(np.float64) @ Y
+    width = Y.shape[1] + spec.with_bias
+    plan = layout(indptr, cols, vals, Y.shape[0], width, budget=200)
+    fresh = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, budget=200)
+    for Yi in (Y, Y * 0.5):     # the same layout serves a later half-step with other factors
+        kept = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=Yi.T.astype(np.float64) @ Yi, plan=plan)
+        again = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=Yi.T.astype(np.float64) @ Yi, budget=200)
+        np.testing.assert_array_equal(kept.factors, again.factors)
+        assert kept.data_loss == again.data_loss
+    np.testing.assert_array_equal(solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, plan=plan).factors,
+                                  fresh.factors)
+    with pytest.raises(ValueError, match="layout for"):
+        solve_block(indptr, cols, vals, Y[:-1], spec, fixed_bias=None if fb is None else fb[:-1],
+                    gram=gram, plan=plan)

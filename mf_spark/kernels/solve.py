@@ -97,16 +97,40 @@ def chunks(lengths: np.ndarray, rank: int, budget: int = CHUNK_FLOATS) -> list[t
     return out
 
 
-def _gather(indptr, cols, vals, rows, width, zero_row):
-    """Padded (b, width) column indices (zero_row where padding), values (0 there) and the mask."""
-    starts = indptr[rows]
-    lens = indptr[rows + 1] - starts
-    offs = np.arange(width, dtype=np.int64)
-    mask = offs[None, :] < lens[:, None]
-    pos = np.where(mask, starts[:, None] + offs[None, :], 0)
-    idx = np.where(mask, cols[pos] if cols.size else 0, zero_row)
-    v = np.where(mask, vals[pos] if vals.size else 0, 0).astype(np.float64)
-    return idx, v, mask, lens
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Rows of one block with similar lengths, padded to the longest (b rows, padded length L)."""
+    rows: np.ndarray    # (b,) int64 positions of the rows in the block
+    idx: np.ndarray     # (b, L) int32 fixed-side indices; n_fixed (a zero factor row) at padding
+    vals: np.ndarray    # (b, L) float32 values; 0 at padding
+    mask: np.ndarray    # (b, L) bool, True at real entries
+    lens: np.ndarray    # (b,) int64 row lengths
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A block's chunks for `width` unknowns per row against `n_fixed` fixed rows. It depends on the
+    block alone, not on the factors, so a task holding a block builds it once for the whole fit."""
+    n_fixed: int
+    width: int
+    chunks: tuple[Chunk, ...]
+    max_floats: int     # largest b * L * width: one gather buffer serves every chunk
+
+
+def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_fixed: int, width: int,
+           budget: int = CHUNK_FLOATS) -> Layout:
+    """The padded chunks of a CSR block (see `chunks`) for solves against `n_fixed` fixed rows."""
+    out = []
+    for rows, L in chunks(np.diff(indptr), width, budget):
+        starts = indptr[rows]
+        lens = indptr[rows + 1] - starts
+        mask = np.arange(L, dtype=np.int64)[None, :] < lens[:, None]
+        pos = np.where(mask, starts[:, None] + np.arange(L, dtype=np.int64)[None, :], 0)
+        idx = np.where(mask, cols[pos] if cols.size else 0, n_fixed).astype(np.int32)
+        v = np.where(mask, vals[pos] if vals.size else 0, 0).astype(np.float32)
+        out.append(Chunk(rows, idx, v, mask, lens))
+    biggest = max((c.idx.size for c in out), default=0) * width
+    return Layout(n_fixed, width, tuple(out), biggest)
 
 
 def _solve_spd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,7 +187,7 @@ def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
 
 def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
                 fixed_bias: np.ndarray | None = None, gram: np.ndarray | None = None,
-                budget: int = CHUNK_FLOATS) -> BlockSolution:
+                budget: int = CHUNK_FLOATS, plan: Layout | None = None) -> BlockSolution:
     """Solve every row of a CSR block against the fixed side's factors.
 
     Parameters
@@ -174,6 +198,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
     Y : (n_fixed, k) float32        fixed-side factors
     fixed_bias : (n_fixed,) float32 fixed-side biases, required when spec.with_bias
     gram : (k, k) float64           Y^T Y, required for implicit (computed once per half-step)
+    plan : Layout                   this block's `layout`, kept by callers that solve it again
     Returns a BlockSolution. Raises ValueError when shapes disagree.
     """
     n_rows = indptr.size - 1
@@ -185,26 +210,34 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
     if spec.kind == "implicit" and (gram is None or gram.shape != (k, k)):
         raise ValueError(f"implicit solve needs the ({k}, {k}) Gramian of the fixed side")
     width = k + 1 if spec.with_bias else k
+    if plan is None:
+        plan = layout(indptr, cols, vals, n_fixed, width, budget)
+    elif plan.n_fixed != n_fixed or plan.width != width:
+        raise ValueError(f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns, "
+                         f"solving against {n_fixed} x {width}")
     Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)    # last row: padding target
     Yf[:n_fixed, :k] = Y
     if spec.with_bias:
         Yf[:n_fixed, k] = 1.0
-    target = vals.astype(np.float64)
-    if spec.kind == "explicit":
-        target = target - spec.mu
+    # What an explicit rating is fitted to: r - mu - b_i (0 at padding, like the padded factor rows).
+    offset = None
+    if spec.kind == "explicit" and (spec.mu or spec.with_bias):
+        offset = np.full(n_fixed + 1, spec.mu, dtype=np.float32)
         if spec.with_bias:
-            target = target - fixed_bias[cols]
+            offset[:n_fixed] += fixed_bias
+    buf = np.empty(plan.max_floats, dtype=np.float32)
     X = np.zeros((n_rows, width), dtype=np.float64)
     data_loss = reg_loss = sq_err = 0.0
     eig = None
     if spec.kind == "implicit":
         evals, V = np.linalg.eigh(gram)
         eig = (np.maximum(evals, 0.0), V)
-    lengths = np.diff(indptr)
-    for rows, L in chunks(lengths, width, budget):
-        idx, t, mask, lens = _gather(indptr, cols, target, rows, L, n_fixed)
-        G = Yf[idx]                                             # (b, L, width) float32
+    for ch in plan.chunks:
+        rows, mask, lens = ch.rows, ch.mask, ch.lens
+        b, L = ch.idx.shape
+        G = np.take(Yf, ch.idx, axis=0, out=buf[:b * L * width].reshape(b, L, width))   # (b, L, width)
         GT = G.transpose(0, 2, 1)
+        t = ch.vals if offset is None else np.where(mask, ch.vals - offset[ch.idx], np.float32(0))
         lam = spec.reg * (lens.astype(np.float64) if spec.count_scaled else np.ones(rows.size))
         # Gramians and right sides in float32 BLAS (the factors are float32), the k x k solves in float64.
         if spec.kind == "explicit" and L < width and not spec.nonnegative and np.all(lam > 0):
@@ -212,35 +245,35 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             # identity: (G'G + lam I)^-1 G't = G'(GG' + lam I)^-1 t); padded entries have t = 0.
             K = np.matmul(G, GT).astype(np.float64)
             K[:, np.arange(L), np.arange(L)] += lam[:, None]
-            x = np.matmul(GT.astype(np.float64), _solve_spd(K, t)[..., None])[..., 0]
+            x = np.matmul(GT.astype(np.float64), _solve_spd(K, t.astype(np.float64))[..., None])[..., 0]
             A = rhs = None
         elif spec.kind == "explicit":
             A = np.matmul(GT, G).astype(np.float64)
-            rhs = np.matmul(GT, t.astype(np.float32)[..., None])[..., 0].astype(np.float64)
-        elif L < width and not spec.nonnegative and np.all(lam > 0):
-            c = np.where(mask, confidence(t, spec), 0.0)
-            p = preference(t, spec)
-            x = _implicit_few(G, c - spec.w0 * mask, c * p, lam, spec.w0, *eig)
-            A = rhs = None
+            rhs = np.matmul(GT, t[..., None])[..., 0].astype(np.float64)
         else:
-            c = np.where(mask, confidence(t, spec), 0.0)
-            p = preference(t, spec)
-            A = spec.w0 * gram + np.matmul(GT * (c - spec.w0 * mask)[:, None, :].astype(np.float32),
-                                           G).astype(np.float64)
-            rhs = np.matmul(GT, (c * p).astype(np.float32)[..., None])[..., 0].astype(np.float64)
+            c = np.where(mask, confidence(ch.vals, spec), 0.0)
+            p = preference(ch.vals, spec)
+            if L < width and not spec.nonnegative and np.all(lam > 0):
+                x = _implicit_few(G, c - spec.w0 * mask, c * p, lam, spec.w0, *eig)
+                A = rhs = None
+            else:
+                A = spec.w0 * gram + np.matmul(GT * (c - spec.w0 * mask)[:, None, :].astype(np.float32),
+                                               G).astype(np.float64)
+                rhs = np.matmul(GT, (c * p).astype(np.float32)[..., None])[..., 0].astype(np.float64)
         if A is not None:
             A[:, np.arange(width), np.arange(width)] += lam[:, None]
             x = nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)
         X[rows] = x
-        pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0].astype(np.float64)   # (b, L)
-        err = np.where(mask, t - pred, 0.0)
-        sq_err += float(np.sum(err * err))
+        # Padded entries have a zero factor row and t = 0, so their error is 0 without a mask.
+        pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0]                     # (b, L)
+        err = (t - pred).astype(np.float64)
+        sq_err += float(np.vdot(err, err))
         reg_loss += float(np.sum(lam * np.sum(x * x, axis=1)))
         if spec.kind == "explicit":
-            data_loss += float(np.sum(err * err))
+            data_loss += float(np.vdot(err, err))
         else:
             perr = np.where(mask, p - pred, 0.0)
-            data_loss += float(np.sum(c * perr * perr) - spec.w0 * np.sum(np.where(mask, pred * pred, 0.0))
+            data_loss += float(np.sum(c * perr * perr) - spec.w0 * np.vdot(pred, pred.astype(np.float64))
                                + spec.w0 * np.einsum("bi,ij,bj->", x, gram, x))
     bias = X[:, k].astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
