@@ -141,7 +141,7 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
                     plan = plans.get((header["side"], blk.block))
                     if plan is None or plan.n_fixed != fixed.shape[0] or plan.width != width:
                         plan = plans[(header["side"], blk.block)] = layout(blk.indptr, blk.cols, blk.values,
-                                                                           fixed.shape[0], width)
+                                                                           spec, fixed.shape[0], width)
                     sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias,
                                       gram=gram, plan=plan)
                     ids.append(blk.row_ids)

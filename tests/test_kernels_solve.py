@@ -181,7 +181,7 @@ def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng
     fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
     gram = Y.T.astype(np.float64) @ Y
     width = Y.shape[1] + spec.with_bias
-    plan = layout(indptr, cols, vals, Y.shape[0], width, budget=200)
+    plan = layout(indptr, cols, vals, spec, Y.shape[0], width, budget=200)
     fresh = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, budget=200)
     for Yi in (Y, Y * 0.5):     # the same layout serves a later half-step with other factors
         kept = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=Yi.T.astype(np.float64) @ Yi, plan=plan)

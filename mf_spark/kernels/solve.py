@@ -105,21 +105,25 @@ class Chunk:
     vals: np.ndarray    # (b, L) float32 values; 0 at padding
     mask: np.ndarray    # (b, L) bool, True at real entries
     lens: np.ndarray    # (b,) int64 row lengths
+    conf: np.ndarray | None = None   # implicit: (b, L) float32 confidence c_ui, 0 at padding
+    pref: np.ndarray | None = None   # implicit: (b, L) float32 preference p_ui, 0 at padding
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
     """A block's chunks for `width` unknowns per row against `n_fixed` fixed rows. It depends on the
-    block alone, not on the factors, so a task holding a block builds it once for the whole fit."""
+    block and the spec alone, not on the factors, so a task holding a block builds it once per fit."""
+    spec: SolveSpec
     n_fixed: int
     width: int
     chunks: tuple[Chunk, ...]
     max_floats: int     # largest b * L * width: one gather buffer serves every chunk
 
 
-def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_fixed: int, width: int,
-           budget: int = CHUNK_FLOATS) -> Layout:
-    """The padded chunks of a CSR block (see `chunks`) for solves against `n_fixed` fixed rows."""
+def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, spec: SolveSpec, n_fixed: int,
+           width: int, budget: int = CHUNK_FLOATS) -> Layout:
+    """The padded chunks of a CSR block (see `chunks`) for solves against `n_fixed` fixed rows; for
+    weighted ALS with each entry's confidence and preference."""
     out = []
     for rows, L in chunks(np.diff(indptr), width, budget):
         starts = indptr[rows]
@@ -128,9 +132,13 @@ def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_fixed: int,
         pos = np.where(mask, starts[:, None] + np.arange(L, dtype=np.int64)[None, :], 0)
         idx = np.where(mask, cols[pos] if cols.size else 0, n_fixed).astype(np.int32)
         v = np.where(mask, vals[pos] if vals.size else 0, 0).astype(np.float32)
-        out.append(Chunk(rows, idx, v, mask, lens))
+        conf = pref = None
+        if spec.kind == "implicit":
+            conf = np.where(mask, confidence(v, spec), 0.0).astype(np.float32)
+            pref = np.where(mask, preference(v, spec), 0.0).astype(np.float32)
+        out.append(Chunk(rows, idx, v, mask, lens, conf, pref))
     biggest = max((c.idx.size for c in out), default=0) * width
-    return Layout(n_fixed, width, tuple(out), biggest)
+    return Layout(spec, n_fixed, width, tuple(out), biggest)
 
 
 def _solve_spd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -211,10 +219,10 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         raise ValueError(f"implicit solve needs the ({k}, {k}) Gramian of the fixed side")
     width = k + 1 if spec.with_bias else k
     if plan is None:
-        plan = layout(indptr, cols, vals, n_fixed, width, budget)
-    elif plan.n_fixed != n_fixed or plan.width != width:
-        raise ValueError(f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns, "
-                         f"solving against {n_fixed} x {width}")
+        plan = layout(indptr, cols, vals, spec, n_fixed, width, budget)
+    elif plan.n_fixed != n_fixed or plan.width != width or plan.spec != spec:
+        raise ValueError(f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns ({plan.spec}), "
+                         f"solving against {n_fixed} x {width} ({spec})")
     Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)    # last row: padding target
     Yf[:n_fixed, :k] = Y
     if spec.with_bias:
@@ -226,6 +234,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         if spec.with_bias:
             offset[:n_fixed] += fixed_bias
     buf = np.empty(plan.max_floats, dtype=np.float32)
+    wbuf = np.empty(plan.max_floats if spec.kind == "implicit" else 0, dtype=np.float32)
     X = np.zeros((n_rows, width), dtype=np.float64)
     data_loss = reg_loss = sq_err = 0.0
     eig = None
@@ -251,15 +260,16 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             A = np.matmul(GT, G).astype(np.float64)
             rhs = np.matmul(GT, t[..., None])[..., 0].astype(np.float64)
         else:
-            c = np.where(mask, confidence(ch.vals, spec), 0.0)
-            p = preference(ch.vals, spec)
+            c, p = ch.conf, ch.pref
+            weight = c - np.float32(spec.w0) * mask       # c - w0 at observed entries, 0 at padding
             if L < width and not spec.nonnegative and np.all(lam > 0):
-                x = _implicit_few(G, c - spec.w0 * mask, c * p, lam, spec.w0, *eig)
+                x = _implicit_few(G, weight, c * p, lam, spec.w0, *eig)
                 A = rhs = None
             else:
-                A = spec.w0 * gram + np.matmul(GT * (c - spec.w0 * mask)[:, None, :].astype(np.float32),
-                                               G).astype(np.float64)
-                rhs = np.matmul(GT, (c * p).astype(np.float32)[..., None])[..., 0].astype(np.float64)
+                Gw = np.multiply(G, weight[:, :, None], out=wbuf[:G.size].reshape(G.shape))
+                A = np.matmul(GT, Gw).astype(np.float64)
+                A += spec.w0 * gram
+                rhs = np.matmul(GT, (c * p)[..., None])[..., 0].astype(np.float64)
         if A is not None:
             A[:, np.arange(width), np.arange(width)] += lam[:, None]
             x = nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)
@@ -272,9 +282,9 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         if spec.kind == "explicit":
             data_loss += float(np.vdot(err, err))
         else:
-            perr = np.where(mask, p - pred, 0.0)
-            data_loss += float(np.sum(c * perr * perr) - spec.w0 * np.vdot(pred, pred.astype(np.float64))
-                               + spec.w0 * np.einsum("bi,ij,bj->", x, gram, x))
+            perr = (p - pred).astype(np.float64)           # c = 0 at padding
+            data_loss += float(np.vdot(c * perr, perr) - spec.w0 * np.vdot(pred, pred.astype(np.float64))
+                               + spec.w0 * np.sum((x @ gram) * x))
     bias = X[:, k].astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
 
