@@ -160,12 +160,12 @@ def _implicit_few(G: np.ndarray, d: np.ndarray, cp: np.ndarray, lam: np.ndarray,
     """
     Gv = np.matmul(G.astype(np.float64), V)                    # G in the eigenbasis, (b, L, k)
     S = 1.0 / (w0 * evals[None, :] + lam[:, None])             # B^-1 in the eigenbasis, (b, k)
-    yv = S * np.einsum("blk,bl->bk", Gv, cp)
+    yv = S * np.matmul(cp[:, None, :].astype(np.float64), Gv)[:, 0, :]
     K = np.matmul(Gv * S[:, None, :], Gv.transpose(0, 2, 1))    # G B^-1 G', (b, L, L)
     M = d[:, :, None] * K
     M[:, np.arange(M.shape[1]), np.arange(M.shape[1])] += 1.0
-    z = np.linalg.solve(M, (d * np.einsum("blk,bk->bl", Gv, yv))[..., None])[..., 0]
-    return (yv - S * np.einsum("blk,bl->bk", Gv, z)) @ V.T
+    z = np.linalg.solve(M, d[:, :, None] * np.matmul(Gv, yv[:, :, None]))[..., 0]
+    return (yv - S * np.matmul(z[:, None, :], Gv)[:, 0, :]) @ V.T
 
 
 def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
@@ -262,7 +262,10 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         else:
             c, p = ch.conf, ch.pref
             weight = c - np.float32(spec.w0) * mask       # c - w0 at observed entries, 0 at padding
-            if L < width and not spec.nonnegative and np.all(lam > 0):
+            if L * 3 < width * 2 and not spec.nonnegative and np.all(lam > 0):
+                # Woodbury pays O(L k^2 + L^3) per row against O(L k^2 + k^3) for the k x k system,
+                # but at float64 and in smaller products: measured faster up to L ~ 0.6 k (k = 64:
+                # 54 vs 70 ms for 2000 rows of 32 entries, 124 vs 89 ms at 56 entries).
                 x = _implicit_few(G, weight, c * p, lam, spec.w0, *eig)
                 A = rhs = None
             else:
