@@ -258,19 +258,17 @@ class Resident:
         self.conns = []
         self.job_done.wait()
 
-    def _relaunch(self) -> None:
-        """After a lost task: end the old job (Spark aborts a failed barrier job), submit a new one."""
+    def _drop(self) -> None:
+        """After a lost task: end the old job (Spark aborts a failed barrier job) and make a new plan
+        (running a plan whose barrier stage failed fails again at once; after a clean end, `pause`,
+        the same plan runs again and its tasks read the pieces' shuffle files)."""
         for c in self.conns:
             c.sock.close()
         self.conns = []
         if not self.job_done.wait(timeout=60):
             self.sc.cancelJobGroup(self.group)
             self.job_done.wait(timeout=60)
-        # A new plan: running a plan whose barrier stage failed again fails at once. After a clean
-        # end (pause) the same plan is run again and its tasks read the pieces' shuffle files.
         self.job = self._job()
-        self._launch()
-        self._connect()
 
     def _accept(self) -> None:
         while True:
@@ -344,20 +342,23 @@ class Resident:
         if gram is not None:
             arrays.append(gram)
         header = {"op": "solve", "side": side, "bias": fixed_bias is not None, "gram": gram is not None}
-        if not self.conns:          # paused
-            self._launch()
-            self._connect()
         for attempt in range(retries + 1):
             try:
+                if not self.conns:          # paused, or a task was lost: (re)submit the stage
+                    started = time.perf_counter()
+                    self._launch()
+                    self._connect()
+                    if attempt:
+                        log.warning("resident stage: stage %d connected after %.1f s; repeating the %s "
+                                    "half-step", self.stage, time.perf_counter() - started, side)
                 return self._solve_once(header, arrays, n_rows, fixed.shape[1], previous)
-            except (OSError, ConnectionError) as e:
+            except (OSError, ConnectionError, ExchangeError) as e:
+                # A task lost while solving, or while the stage was being submitted again after a
+                # pause (an executor killed during a checkpoint write): a new plan, a new stage.
                 if attempt == retries:
                     raise ExchangeError(f"lost the resident stage {retries + 1} times; last: {e}") from e
                 log.warning("resident stage: lost a task (%s); submitting the stage again", e)
-                started = time.perf_counter()
-                self._relaunch()
-                log.warning("resident stage: stage %d connected after %.1f s; repeating the %s half-step",
-                            self.stage, time.perf_counter() - started, side)
+                self._drop()
         raise AssertionError("unreachable")
 
     def _solve_once(self, header: dict, arrays: list[np.ndarray], n_rows: int, k: int,

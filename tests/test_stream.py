@@ -102,6 +102,30 @@ def test_a_callback_that_runs_spark_jobs_pauses_the_stage(spark):
     assert counts == [10, 10, 10] and len(res.history) == 3
 
 
+def test_a_task_lost_while_the_stage_is_submitted_again_after_a_pause_is_retried(spark, monkeypatch):
+    """E.g. an executor killed during a checkpoint write: the resubmission after the pause fails, the
+    half-step submits a new plan and goes on; the factors are those of an undisturbed fit."""
+    cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=3, exchange="stream")
+    connect, calls = stream.Resident._connect, []
+
+    def flaky_connect(self):
+        connect(self)
+        calls.append(self.stage)
+        if len(calls) == 2:                # the first resubmission after a pause: its tasks drop out
+            for c in self.conns:
+                c.sock.close()
+            self.conns = []
+            raise stream.ExchangeError("simulated: a task was lost while the stage started")
+    monkeypatch.setattr(stream.Resident, "_connect", flaky_connect)
+    pausing = lambda it, f: {}    # noqa: E731 - no spark_free: the stage pauses after every iteration
+    got = _fit(spark, cfg, on_iteration=pausing)
+    monkeypatch.undo()
+    want = _fit(spark, dataclasses.replace(cfg, exchange="jobs"))
+    assert len(calls) >= 4 and calls == sorted(calls)
+    np.testing.assert_allclose(got.factors.X, want.factors.X, atol=1e-6)
+    np.testing.assert_allclose(got.factors.Y, want.factors.Y, atol=1e-6)
+
+
 def test_auto_falls_back_to_jobs_when_the_driver_cannot_listen(spark, monkeypatch):
     cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3)
     want = _fit(spark, dataclasses.replace(cfg, exchange="jobs"))
