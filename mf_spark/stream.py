@@ -138,10 +138,10 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
                 ids, parts, biases, loss = [], [], [], np.zeros(3)
                 width = fixed.shape[1] + (fixed_bias is not None)
                 for blk in by_side[header["side"]]:
-                    plan = plans.get((header["side"], blk.block))
-                    if plan is None or plan.n_fixed != fixed.shape[0] or plan.width != width:
-                        plan = plans[(header["side"], blk.block)] = layout(blk.indptr, blk.cols, blk.values,
-                                                                           spec, fixed.shape[0], width)
+                    key = (header["side"], blk.block)
+                    if key not in plans:     # the fixed side's shape is the same for the whole fit
+                        plans[key] = layout(blk.indptr, blk.cols, blk.values, spec, fixed.shape[0], width)
+                    plan = plans[key]
                     sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias,
                                       gram=gram, plan=plan)
                     ids.append(blk.row_ids)

@@ -265,7 +265,8 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             if L * 3 < width * 2 and not spec.nonnegative and np.all(lam > 0):
                 # Woodbury pays O(L k^2 + L^3) per row against O(L k^2 + k^3) for the k x k system,
                 # but at float64 and in smaller products: measured faster up to L ~ 0.6 k (k = 64:
-                # 54 vs 70 ms for 2000 rows of 32 entries, 124 vs 89 ms at 56 entries).
+                # 54 vs 70 ms for 2000 rows of 32 entries, 124 vs 89 ms at 56 entries; one thread,
+                # with another process busy on the second core).
                 x = _implicit_few(G, weight, c * p, lam, spec.w0, *eig)
                 A = rhs = None
             else:
@@ -280,10 +281,11 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         # Padded entries have a zero factor row and t = 0, so their error is 0 without a mask.
         pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0]                     # (b, L)
         err = (t - pred).astype(np.float64)
-        sq_err += float(np.vdot(err, err))
+        sq = float(np.vdot(err, err))
+        sq_err += sq
         reg_loss += float(np.sum(lam * np.sum(x * x, axis=1)))
         if spec.kind == "explicit":
-            data_loss += float(np.vdot(err, err))
+            data_loss += sq
         else:
             perr = (p - pred).astype(np.float64)           # c = 0 at padding
             data_loss += float(np.vdot(c * perr, perr) - spec.w0 * np.vdot(pred, pred.astype(np.float64))
