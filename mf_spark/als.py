@@ -19,7 +19,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark import stream
+from mf_spark import session, stream
 from mf_spark.blocks import build_all, pieces_frame, row_counts
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
@@ -119,6 +119,14 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
     once per fit and released before returning.
     """
     started = time.perf_counter()
+    with session.row_batched_arrow(train.sparkSession):
+        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats)
+    result.fit_seconds = time.perf_counter() - started
+    return result
+
+
+def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iteration: OnIteration | None,
+         checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None) -> FitResult:
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
@@ -161,7 +169,6 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
         finally:
             for rdd in built.values():
                 rdd.unpersist()
-    result.fit_seconds = time.perf_counter() - started
     return result
 
 
