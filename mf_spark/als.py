@@ -67,7 +67,7 @@ def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
     return SolveSpec(kind=cfg.kind, reg=cfg.reg, count_scaled=cfg.reg_scaling == "count",
                      with_bias=cfg.kind == "explicit" and cfg.biases, mu=mu, alpha=cfg.alpha,
                      confidence=cfg.confidence, epsilon=cfg.epsilon, target=cfg.target,
-                     w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative)
+                     w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative, cg_steps=cfg.cg_steps_for())
 
 
 def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndarray | None) -> float:

@@ -56,6 +56,11 @@ class SplitConfig:
                 "a number strictly between 0 and 1")
 
 
+# Rank from which solver = "auto" uses conjugate gradients: below it forming and solving the k x k
+# systems costs little more than CG's mat-vecs (see README, "How it trains").
+CG_FROM_RANK = 32
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     kind: Literal["explicit", "implicit"] = "explicit"
@@ -77,6 +82,10 @@ class ModelConfig:
     broadcast_budget_mb: int = 2048     # auto uses broadcast while fixed factors fit this
     exchange: Literal["auto", "stream", "jobs"] = "auto"  # resident block tasks | a Spark job per half-step
     checkpoint_interval: int = 5        # checkpoint factors every N iterations; 0 = never
+    # exact: form and factor each row's k x k system; cg: cg_steps conjugate-gradient steps from the
+    # previous factors (no k x k system); auto: cg from rank CG_FROM_RANK on, exact below.
+    solver: Literal["auto", "exact", "cg"] = "auto"
+    cg_steps: int = 3
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
@@ -94,6 +103,12 @@ class ModelConfig:
                 "an integer >= 0")
         require(self.checkpoint_interval >= 0, "model.checkpoint_interval", self.checkpoint_interval,
                 "an integer >= 0 (0 = never)")
+        require(self.cg_steps >= 1, "model.cg_steps", self.cg_steps, "an integer >= 1")
+
+    def cg_steps_for(self) -> int:
+        """Conjugate-gradient steps per row solve, 0 for exact solves (always exact when nonnegative)."""
+        use = self.solver == "cg" or (self.solver == "auto" and self.rank >= CG_FROM_RANK)
+        return self.cg_steps if use and not self.nonnegative else 0
 
     def strategy_for(self, n_users: int, n_items: int) -> str:
         """broadcast while the bigger side's factors (+ bias) fit broadcast_budget_mb, else join (auto)."""

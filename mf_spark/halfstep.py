@@ -17,7 +17,7 @@ import numpy as np
 from pyspark import RDD
 
 from mf_spark.blocks import CsrBlock
-from mf_spark.kernels.solve import SolveSpec, solve_block
+from mf_spark.kernels.solve import SolveSpec, solve_block, start_point
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,9 @@ class HalfStepResult:
 
 def _solver(bc, spec: SolveSpec):
     def solve(blk: CsrBlock):
-        Y, fixed_bias, gram = bc.value
-        sol = solve_block(blk.indptr, blk.cols, blk.values, Y, spec, fixed_bias=fixed_bias, gram=gram)
+        Y, fixed_bias, gram, x0 = bc.value
+        sol = solve_block(blk.indptr, blk.cols, blk.values, Y, spec, fixed_bias=fixed_bias, gram=gram,
+                          x0=None if x0 is None else x0[blk.row_ids])
         return blk.row_ids, sol.factors, sol.bias, sol.data_loss, sol.reg_loss, sol.sq_err
     return solve
 
@@ -41,13 +42,19 @@ def half_step(blocks: RDD, n_rows: int, fixed: np.ndarray, spec: SolveSpec,
               fixed_bias: np.ndarray | None = None, previous: HalfStepResult | None = None) -> HalfStepResult:
     """Solve every row of the cached `blocks` against `fixed` ((n_fixed, k) float32).
 
-    Rows that no block holds keep their `previous` factors (zeros when there are none).
-    Performance note: one broadcast of fixed (+ biases, Gramian), one job, one collect.
+    Rows that no block holds keep their `previous` factors (zeros when there are none); with
+    conjugate-gradient solves (spec.cg_steps) every row starts from its `previous` factors.
+    Performance note: one broadcast of fixed (+ biases, Gramian, and the solved side's current
+    factors for conjugate gradients), one job, one collect.
     """
     fixed = np.ascontiguousarray(fixed, dtype=np.float32)
     k = fixed.shape[1]
     gram = fixed.T.astype(np.float64) @ fixed if spec.kind == "implicit" else None
-    bc = blocks.context.broadcast((fixed, None if fixed_bias is None else fixed_bias.astype(np.float32), gram))
+    x0 = None
+    if spec.cg_steps:       # conjugate gradients start from the rows' current factors
+        x0 = (start_point(previous.factors, previous.bias, spec) if previous is not None
+              else np.zeros((n_rows, k + spec.with_bias), np.float32))
+    bc = blocks.context.broadcast((fixed, None if fixed_bias is None else fixed_bias.astype(np.float32), gram, x0))
     try:
         results = blocks.map(_solver(bc, spec)).collect()
     finally:

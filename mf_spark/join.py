@@ -22,7 +22,7 @@ from pyspark import RDD, SparkContext, StorageLevel
 
 from mf_spark.blocks import CsrBlock
 from mf_spark.halfstep import HalfStepResult
-from mf_spark.kernels.solve import SolveSpec, solve_block
+from mf_spark.kernels.solve import SolveSpec, solve_block, start_point
 
 OTHER = {"user": "item", "item": "user"}
 
@@ -51,7 +51,11 @@ def _send(pair):
 
 def _solver(spec: SolveSpec, gram: np.ndarray | None, k: int):
     def solve(pair):
-        blk, received = pair
+        if spec.cg_steps:       # ((rating block, routed rows), the block's current factors)
+            (blk, received), (_, F0, b0, _) = pair
+            x0 = start_point(F0, b0, spec)
+        else:
+            (blk, received), x0 = pair, None
         if received:
             gids = np.concatenate([r[0] for r in received])
             order = np.argsort(gids, kind="stable")
@@ -63,7 +67,7 @@ def _solver(spec: SolveSpec, gram: np.ndarray | None, k: int):
             if spec.with_bias:
                 fb = np.zeros(0, np.float32)
         local = np.searchsorted(gids, blk.cols).astype(np.int32)
-        sol = solve_block(blk.indptr, local, blk.values, Y, spec, fixed_bias=fb, gram=gram)
+        sol = solve_block(blk.indptr, local, blk.values, Y, spec, fixed_bias=fb, gram=gram, x0=x0)
         return blk.row_ids, sol.factors, sol.bias, (sol.data_loss, sol.reg_loss, sol.sq_err)
     return solve
 
@@ -115,10 +119,19 @@ class Routed:
         gram = fixed.T.astype(np.float64) @ fixed if self.spec.kind == "implicit" else None
         routed = _one_per_partition(self.factors[src].zip(self.routes[src]).flatMap(_send)
                                     .partitionBy(self.n[side], lambda d: d))
-        solved = self.blocks[side].zip(routed).map(_solver(self.spec, gram, k)).persist(StorageLevel.MEMORY_AND_DISK)
+        pairs, age = self.blocks[side].zip(routed), self.age[src]
+        if self.spec.cg_steps:      # conjugate gradients start from the solved side's current factors
+            if self.factors[side] is None or self.age[side] >= self.reseed_every:
+                stale = self.factors[side]
+                self.factors[side] = self._seed(side, previous.factors, previous.bias)
+                self.age[side] = 0
+                if stale is not None:
+                    stale.unpersist()
+            pairs, age = pairs.zip(self.factors[side]), max(age, self.age[side])
+        solved = pairs.map(_solver(self.spec, gram, k)).persist(StorageLevel.MEMORY_AND_DISK)
         results = solved.collect()
         old, self.factors[side] = self.factors[side], solved
-        self.age[side] = self.age[src] + 1
+        self.age[side] = age + 1
         if old is not None:
             old.unpersist()
         X = previous.factors.copy()

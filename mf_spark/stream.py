@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 from mf_spark.blocks import SIDE_CODES, merge_all
 from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult
-from mf_spark.kernels.solve import SolveSpec, layout, solve_block
+from mf_spark.kernels.solve import SolveSpec, layout, solve_block, start_point
 
 log = logging.getLogger("mf_spark")
 
@@ -133,17 +133,23 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
                 header, arrays = recv_frame(sock)
                 if header["op"] == "stop":
                     break
-                fixed, fixed_bias, gram = arrays[0], arrays[1] if header["bias"] else None, \
-                    arrays[-1] if header["gram"] else None
+                arrays = list(arrays)
+                fixed = arrays.pop(0)
+                fixed_bias = arrays.pop(0) if header["bias"] else None
+                gram = arrays.pop(0) if header["gram"] else None
+                x0 = arrays.pop(0) if header.get("x0") else None     # this task's rows, block by block
                 ids, parts, biases, loss = [], [], [], np.zeros(3)
                 width = fixed.shape[1] + (fixed_bias is not None)
+                at = 0
                 for blk in by_side[header["side"]]:
                     key = (header["side"], blk.block)
                     if key not in plans:     # the fixed side's shape is the same for the whole fit
                         plans[key] = layout(blk.indptr, blk.cols, blk.values, spec, fixed.shape[0], width)
                     plan = plans[key]
+                    start = None if x0 is None else x0[at:at + blk.row_ids.size]
+                    at += blk.row_ids.size
                     sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias,
-                                      gram=gram, plan=plan)
+                                      gram=gram, plan=plan, x0=start)
                     ids.append(blk.row_ids)
                     parts.append(sol.factors)
                     if sol.bias is not None:
@@ -363,8 +369,16 @@ class Resident:
 
     def _solve_once(self, header: dict, arrays: list[np.ndarray], n_rows: int, k: int,
                     previous: HalfStepResult) -> HalfStepResult:
+        x0 = None
+        if self.spec.cg_steps:      # conjugate gradients start from the rows' current factors
+            x0 = (start_point(previous.factors, previous.bias, self.spec) if previous.factors is not None
+                  else np.zeros((n_rows, k + self.spec.with_bias), np.float32))
+        at = 0 if header["side"] == "user" else 2
         for c in self.conns:
-            send_frame(c.sock, header, arrays)
+            if x0 is None:
+                send_frame(c.sock, header, arrays)
+            else:           # each task gets its own rows, in the order of the ids it reported
+                send_frame(c.sock, {**header, "x0": True}, arrays + [x0[c.counts[at]]])
         X = previous.factors.copy() if previous.factors is not None else np.zeros((n_rows, k), np.float32)
         bias = None
         if header["bias"] or previous.bias is not None:

@@ -219,11 +219,13 @@ class Setting:
     iterations: int
     reg: float
     alpha: float | None   # None: explicit
+    solver: str = "auto"  # ours: model.solver and model.cg_steps
+    cg_steps: int = 3
 
     def model_config(self, seed: int, **extra) -> ModelConfig:
         kind = {} if self.alpha is None else {"kind": "implicit", "alpha": self.alpha}
         return ModelConfig(rank=self.rank, iterations=self.iterations, reg=self.reg, seed=seed,
-                           **kind, **extra)
+                           solver=self.solver, cg_steps=self.cg_steps, **kind, **extra)
 
 
 def mllib_factors(model, n, side):
@@ -416,9 +418,19 @@ def flop_bound(spark, data: Data, s: Setting, measured: float, size: int) -> dic
     print(f"numpy float32 matmul {size}x{size}, 1 thread: {rate:.1f} GFLOP/s -> bound {one:.4g} s on 1 core, "
           f"{par:.4g} s on {cores} Spark core(s); measured {measured:.4g} s/iteration (loop) = "
           f"{measured / par:.1f} x the {cores}-core bound")
-    return {"flops": count, "gflops_one_thread": rate, "matmul_size": size, "cores": cores,
-            "bound_seconds_one_core": one, "bound_seconds": par, "measured_seconds_per_iteration": measured,
-            "measured_over_bound": measured / par}
+    out = {"flops": count, "gflops_one_thread": rate, "matmul_size": size, "cores": cores,
+           "bound_seconds_one_core": one, "bound_seconds": par, "measured_seconds_per_iteration": measured,
+           "measured_over_bound": measured / par}
+    steps = s.model_config(0).cg_steps_for()
+    if steps:   # the bound above is that of exact solves; this solver does less arithmetic
+        cg = flops.cg_iteration_flops(data.stats.n, data.users.size, data.items.size, s.rank, steps, False,
+                                      s.alpha is not None)
+        cg_par = flops.bound_seconds(cg, rate, cores)
+        print(f"ours solved by {steps} conjugate-gradient steps per row (model.solver): {cg:.3g} flops per "
+              f"iteration, bound {cg_par:.4g} s on {cores} core(s); measured = {measured / cg_par:.1f} x that "
+              f"bound, {measured / par:.2f} x the exact-solve bound above")
+        out.update({"cg_steps": steps, "cg_flops": cg, "cg_bound_seconds": cg_par, "measured_over_cg_bound": measured / cg_par})
+    return out
 
 
 # ---- extras and main ------------------------------------------------------------------------------
@@ -429,8 +441,8 @@ def floats(text):
 def settings(args) -> list[Setting]:
     """Explicit: one setting. Implicit: the --alphas x --regs grid, each defaulting to --alpha / --reg."""
     if args.kind == "explicit":
-        return [Setting(args.rank, args.iterations, args.reg, None)]
-    return [Setting(args.rank, args.iterations, reg, alpha)
+        return [Setting(args.rank, args.iterations, args.reg, None, args.solver, args.cg_steps)]
+    return [Setting(args.rank, args.iterations, reg, alpha, args.solver, args.cg_steps)
             for alpha in floats(args.alphas) or [args.alpha] for reg in floats(args.regs) or [args.reg]]
 
 
@@ -471,6 +483,8 @@ def parse_args(argv):
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--reg", type=float, default=0.1)
     p.add_argument("--alpha", type=float, default=1.0, help="implicit: confidence slope (both models)")
+    p.add_argument("--solver", default="auto", choices=["auto", "exact", "cg"], help="ours: model.solver")
+    p.add_argument("--cg-steps", type=int, default=3, help="ours: model.cg_steps")
     p.add_argument("--repeat", type=int, default=1, help="runs of each model, alternating; medians reported")
     p.add_argument("--vary-seed", action="store_true",
                    help="repeat r fits both models with model seed --seed + r: the quality reported is then "

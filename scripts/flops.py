@@ -11,6 +11,12 @@ For a side with rows r (n_r ratings each) and w = k (k + 1 with biases) unknowns
 
 Right-hand sides, predictions and losses are O(nnz * w) and left out, so the count is a lower bound
 on the work; divided by the best float32 matmul rate it gives a lower bound on the time.
+
+With conjugate-gradient solves (model.solver) no k x k system is formed or factored; a side instead
+costs its right-hand sides and, per step plus the starting residual, two mat-vecs with the rows'
+factors (and for weighted ALS one product with the k x k Gramian per row):
+
+    cg              2 * nnz * w * (1 + 2 * (steps + 1)) + implicit: 2 * n_rows * k^2 * (steps + 1)
 """
 from __future__ import annotations
 
@@ -39,6 +45,15 @@ def iteration_flops(nnz: int, n_users: int, n_items: int, rank: int, biases: boo
     out = {key: items[key] + users[key] for key in items}
     out["total"] = sum(out.values())
     return out
+
+
+def cg_iteration_flops(nnz: int, n_users: int, n_items: int, rank: int, steps: int, biases: bool = False,
+                       implicit: bool = False) -> float:
+    """Flops of one full iteration with `steps` conjugate-gradient steps per row solve."""
+    w = rank + 1 if biases else rank
+    per_side = [2.0 * nnz * w * (1 + 2 * (steps + 1)) + (2.0 * n * rank * rank * (steps + 1) if implicit else 0.0)
+                for n in (n_users, n_items)]
+    return sum(per_side)
 
 
 def matmul_gflops(size: int = 2048, repeat: int = 3) -> float:

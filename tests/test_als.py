@@ -42,30 +42,33 @@ def test_planted_rank5_recovered(spark, planted_split):
     assert len(res.history) == 15
 
 
-@pytest.mark.parametrize("biases,scaling", [(False, "count"), (True, "none")])
-def test_objective_never_increases(spark, planted_split, biases, scaling):
+@pytest.mark.parametrize("biases,scaling,solver", [(False, "count", "exact"), (True, "none", "exact"),
+                                                   (True, "count", "cg"), (False, "none", "cg")])
+def test_objective_never_increases(spark, planted_split, biases, scaling, solver):
     u, i, r, _, _ = planted_split
     cfg = ModelConfig(rank=4, iterations=6, reg=0.05, reg_scaling=scaling, biases=biases, num_user_blocks=2,
-                      num_item_blocks=3)
+                      num_item_blocks=3, solver=solver, cg_steps=2)
     res = als.fit(ratings_df(spark, u, i, r), 80, 50, cfg)
     losses = np.array(res.losses)
     assert losses.size == 12
     assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
 
 
-def test_implicit_objective_never_increases(spark, planted_split):
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_implicit_objective_never_increases(spark, planted_split, solver):
     u, i, r, _, _ = planted_split
     cfg = ModelConfig(kind="implicit", rank=4, iterations=5, reg=0.05, alpha=2.0, unobserved_weight=0.3,
-                      num_user_blocks=2, num_item_blocks=2)
+                      num_user_blocks=2, num_item_blocks=2, solver=solver, cg_steps=2)
     res = als.fit(ratings_df(spark, u, i, np.abs(r)), 80, 50, cfg)
     losses = np.array(res.losses)
     assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
 
 
-def test_same_factors_for_any_block_count(spark, planted_split):
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_same_factors_for_any_block_count(spark, planted_split, solver):
     u, i, r, _, _ = planted_split
     df = ratings_df(spark, u, i, r).cache()
-    base = ModelConfig(rank=6, iterations=5, reg=0.05, biases=True)
+    base = ModelConfig(rank=6, iterations=5, reg=0.05, biases=True, solver=solver)
     fits = [als.fit(df, 80, 50, dataclasses.replace(base, num_user_blocks=b, num_item_blocks=b))
             for b in (1, 4, 7)]
     for other in fits[1:]:

@@ -217,6 +217,7 @@ def error_of(path=None, sets=()):
     (["model.num_item_blocks=-1"], "model.num_item_blocks"),
     (["model.checkpoint_interval=-1"], "model.checkpoint_interval"),
     (["model.broadcast_budget_mb=-1"], "model.broadcast_budget_mb"),
+    (["model.cg_steps=0"], "model.cg_steps"),
     (["split.test_fraction=0"], "split.test_fraction"),
     (["split.test_fraction=1"], "split.test_fraction"),
     (["split.test_fraction=1.5"], "split.test_fraction"),
@@ -277,6 +278,7 @@ def test_wrong_type_in_set_names_the_key(item, key):
     (["model.kind=hybrid"], "model.kind", "hybrid"),
     (["model.kind=Explicit"], "model.kind", "Explicit"),
     (["model.strategy=shuffle"], "model.strategy", "shuffle"),
+    (["model.solver=lu"], "model.solver", "lu"),
     (["model.reg_scaling=sqrt"], "model.reg_scaling", "sqrt"),
     (["model.confidence=exp"], "model.confidence", "exp"),
     (["split.method=kfold"], "split.method", "kfold"),
@@ -341,3 +343,12 @@ def test_config_errors_are_usage_errors_for_the_jobs():
     with pytest.raises(ConfigError) as info:
         config.load(None, ["model.rank=0"])
     assert exit_code(info.value) == 2
+
+
+@pytest.mark.parametrize("extra, steps", [
+    ({"rank": 10}, 0), ({"rank": config.CG_FROM_RANK}, 3), ({"rank": 64, "cg_steps": 5}, 5),
+    ({"rank": 64, "solver": "exact"}, 0), ({"rank": 4, "solver": "cg"}, 3),
+    ({"rank": 64, "solver": "cg", "nonnegative": True}, 0),     # projected solves need the k x k system
+])
+def test_solver_picks_conjugate_gradients_at_high_rank(extra, steps):
+    assert config.ModelConfig(**extra).cg_steps_for() == steps

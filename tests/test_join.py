@@ -25,7 +25,9 @@ def df(spark):
 
 @pytest.mark.parametrize("extra", [{"biases": True}, {"kind": "implicit", "alpha": 2.0, "reg": 0.05},
                                    {"num_user_blocks": 3, "num_item_blocks": 5},
-                                   {"num_user_blocks": 9, "num_item_blocks": 1, "nonnegative": True}])
+                                   {"num_user_blocks": 9, "num_item_blocks": 1, "nonnegative": True},
+                                   {"biases": True, "solver": "cg", "num_user_blocks": 3, "checkpoint_interval": 2},
+                                   {"kind": "implicit", "alpha": 2.0, "reg": 0.05, "solver": "cg"}])
 def test_join_gives_the_broadcast_factors(spark, df, extra):
     base = ModelConfig(**{"rank": 4, "iterations": 4, "reg": 0.1, "seed": 2, "exchange": "jobs", **extra})
     broadcast = als.fit(df, 80, 50, dataclasses.replace(base, strategy="broadcast"))

@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mf_spark.kernels.solve import SolveSpec, chunks, confidence, layout, nnls_stack, preference, solve_block
+import dataclasses
+
+from mf_spark.kernels.solve import (SolveSpec, chunks, confidence, layout, nnls_stack, preference, solve_block,
+                                  start_point)
 
 
 def random_block(rng, n_rows=30, n_fixed=50, k=6, max_len=40, empty_rows=True):
@@ -193,3 +196,84 @@ def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng
     with pytest.raises(ValueError, match="layout for"):
         solve_block(indptr, cols, vals, Y[:-1], spec, fixed_bias=None if fb is None else fb[:-1],
                     gram=gram, plan=plan)
+
+
+CG_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.1, count_scaled=False),
+            SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
+            SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=1.0)]
+
+
+def _solve(block, spec, x0=None, fb=None):
+    indptr, cols, vals, Y = block
+    gram = Y.T.astype(np.float64) @ Y if spec.kind == "implicit" else None
+    return solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, x0=x0)
+
+
+@pytest.mark.parametrize("spec", CG_SPECS)
+def test_conjugate_gradients_reach_the_exact_solve(rng, spec):
+    block = random_block(rng)
+    fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
+    exact = _solve(block, spec, fb=fb)
+    x0 = np.zeros((block[0].size - 1, block[3].shape[1] + spec.with_bias), np.float32)
+    cg = _solve(block, dataclasses.replace(spec, cg_steps=25), x0=x0, fb=fb)     # 25 steps >= 7 unknowns
+    np.testing.assert_allclose(cg.factors, exact.factors, rtol=1e-4, atol=1e-5)
+    if spec.with_bias:
+        np.testing.assert_allclose(cg.bias, exact.bias, rtol=1e-4, atol=1e-5)
+    assert cg.data_loss + cg.reg_loss == pytest.approx(exact.data_loss + exact.reg_loss, rel=1e-5)
+    assert cg.sq_err == pytest.approx(exact.sq_err, rel=1e-4)
+
+
+def dense_objective(block, spec, x, fb=None):
+    """The half-step objective of the rows at x ((n_rows, width) float64), dense, row by row."""
+    indptr, cols, vals, Y = block
+    total = 0.0
+    for r in range(indptr.size - 1):
+        sl = slice(indptr[r], indptr[r + 1])
+        n = sl.stop - sl.start
+        lam = spec.reg * (n if spec.count_scaled else 1.0)
+        if spec.kind == "explicit":
+            Yu = Y[cols[sl]].astype(np.float64)
+            t = vals[sl].astype(np.float64) - spec.mu
+            if spec.with_bias:
+                Yu, t = np.hstack([Yu, np.ones((n, 1))]), t - fb[cols[sl]]
+            total += np.sum((t - Yu @ x[r]) ** 2)
+        else:
+            w, p = np.full(Y.shape[0], spec.w0), np.zeros(Y.shape[0])
+            w[cols[sl]], p[cols[sl]] = confidence(vals[sl], spec), preference(vals[sl], spec)
+            total += np.sum(w * (p - Y.astype(np.float64) @ x[r]) ** 2)
+        total += lam * np.sum(x[r] ** 2)
+    return total
+
+
+@pytest.mark.parametrize("spec", CG_SPECS)
+def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, spec):
+    block = random_block(rng)
+    fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
+    n_rows, k = block[0].size - 1, block[3].shape[1]
+    x0 = start_point(rng.normal(size=(n_rows, k)).astype(np.float32),
+                     rng.normal(size=n_rows).astype(np.float32) if spec.with_bias else None, spec)
+    objective = [dense_objective(block, spec, x0.astype(np.float64), fb)]
+    for steps in (1, 2, 3, 5):
+        sol = _solve(block, dataclasses.replace(spec, cg_steps=steps), x0=x0, fb=fb)
+        objective.append(sol.data_loss + sol.reg_loss)
+        x = sol.factors if sol.bias is None else np.column_stack([sol.factors, sol.bias])
+        assert objective[-1] == pytest.approx(dense_objective(block, spec, x.astype(np.float64), fb), rel=1e-4)
+    exact = _solve(block, spec, fb=fb)
+    objective.append(exact.data_loss + exact.reg_loss)
+    assert np.all(np.diff(objective) <= 1e-6 * np.abs(objective[:-1])), objective
+
+
+def test_conjugate_gradients_need_the_current_factors(rng):
+    block = random_block(rng)
+    with pytest.raises(ValueError, match="x0"):
+        _solve(block, SolveSpec(cg_steps=3))
+    with pytest.raises(ValueError, match="x0"):
+        _solve(block, SolveSpec(cg_steps=3), x0=np.zeros((3, 2), np.float32))
+
+
+def test_conjugate_gradients_from_the_solution_stay_there(rng):
+    block = random_block(rng)
+    spec = SolveSpec(kind="implicit", reg=0.1, alpha=2.0, w0=0.5)
+    exact = _solve(block, spec)
+    again = _solve(block, dataclasses.replace(spec, cg_steps=3), x0=exact.factors)
+    np.testing.assert_allclose(again.factors, exact.factors, rtol=1e-4, atol=1e-5)

@@ -47,7 +47,9 @@ def _fit(spark, cfg, **kwargs):
 
 
 @pytest.mark.parametrize("extra", [{"biases": True}, {"kind": "implicit", "alpha": 2.0},
-                                   {"nonnegative": True, "num_user_blocks": 3, "num_item_blocks": 5}])
+                                   {"nonnegative": True, "num_user_blocks": 3, "num_item_blocks": 5},
+                                   {"biases": True, "solver": "cg", "num_user_blocks": 3},
+                                   {"kind": "implicit", "alpha": 2.0, "solver": "cg", "num_item_blocks": 5}])
 def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
     base = ModelConfig(rank=4, iterations=4, reg=0.1, seed=3, **extra)
     if base.kind == "implicit":
