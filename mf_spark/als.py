@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark import session, stream
-from mf_spark.blocks import build_all, pieces_frame, row_counts
+from mf_spark.blocks import build_all, row_counts
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import InputError
@@ -150,15 +150,8 @@ def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iter
     elif _exchange(cfg, sc) == "stream" and slots == 0:
         log.warning("no executor slots registered yet; using one Spark job per half-step")
     elif _exchange(cfg, sc) == "stream":
-        n_tasks = min(max(num_blocks.values()), slots)
-        placed = stream.placed_for_tasks(pieces_frame(train, num_blocks), n_tasks)
-        try:
-            stage = stream.Resident(placed, n_tasks, spec, stream.driver_host(sc)).start()
-        except stream.ExchangeError as e:
-            if cfg.exchange == "stream":
-                raise
-            log.warning("resident blocks unavailable, falling back to one Spark job per half-step: %s", e)
-        else:
+        stage = _resident(train, min(max(num_blocks.values()), slots), spec, num_blocks, cfg)
+        if stage is not None:
             with stage:
                 result = run(stage.half_step, stage.row_counts, stage.pause)
     if result is None:
@@ -170,6 +163,25 @@ def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iter
             for rdd in built.values():
                 rdd.unpersist()
     return result
+
+
+def _resident(train: DataFrame, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int],
+              cfg: ModelConfig) -> "stream.Resident | None":
+    """The resident stage over the first input it starts on (stream.resident_inputs); None when it
+    starts on none and model.exchange = auto (the caller then runs a job per half-step)."""
+    inputs = stream.resident_inputs(train, n_tasks)
+    for attempt, rows in enumerate(inputs, 1):
+        try:
+            return stream.Resident(rows, spec, stream.driver_host(train.sparkSession.sparkContext),
+                                   num_blocks).start()
+        except stream.ExchangeError as e:
+            if attempt < len(inputs):
+                log.info("resident stage did not start on the ratings as partitioned (%s); shuffling them", e)
+            elif cfg.exchange == "stream":
+                raise
+            else:
+                log.warning("resident blocks unavailable, falling back to one Spark job per half-step: %s", e)
+    return None
 
 
 def _start(cfg: ModelConfig, spec: SolveSpec, stats: TrainStats, n_users: int, n_items: int,

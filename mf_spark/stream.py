@@ -3,8 +3,11 @@
 A Spark job per half-step costs 50-100 ms of scheduling and Python-worker round trips whatever the
 data size, which dwarfs the arithmetic below a few million ratings. Here the rating blocks are built
 inside one barrier stage (all its tasks start together and are retried together) whose tasks stay
-alive for the whole fit. Each task connects back to the driver over TCP; every half-step the driver
-sends the fixed side's factors to every task and gathers the solved rows:
+alive for the whole fit. Each task reads one partition of the ratings (Arrow, the only time they
+cross from the JVM to Python), cuts them per owning task and exchanges the pieces with the other
+tasks directly over TCP (no Spark shuffle), then builds its CSR blocks and connects back to the
+driver. Every half-step the driver sends the fixed side's factors to every task and gathers the
+solved rows:
 
     driver  --(fixed factors, biases, Gramian)-->  task 0: user blocks 0, 2; item blocks 0, 2
             <--(row ids, new factors, losses)----  task 1: user blocks 1, 3; item blocks 1, 3
@@ -12,9 +15,9 @@ sends the fixed side's factors to every task and gathers the solved rows:
 The driver holds the factors after every half-step, so per-iteration metrics and checkpoints work as
 with one job per half-step. Frames are a JSON header plus raw little-endian arrays (no pickle); a
 connection proves itself with a per-fit secret. When a task dies, Spark fails the whole barrier job
-(result stages are not retried); the driver submits it again (the pieces are cut again from the
-training DataFrame, cached by the caller), the new tasks connect, and the driver repeats the half-step it was on from
-factors it still holds, so a recovered fit ends with the same factors as an undisturbed one.
+(result stages are not retried); the driver submits it again (the tasks read the ratings again, from
+the caller's cached DataFrame), the new tasks connect, and the driver repeats the half-step it was on
+from factors it still holds, so a recovered fit ends with the same factors as an undisturbed one.
 
 Needs: executors that can open a TCP connection to the driver (as they do for Spark's own RPC), as
 many free task slots as tasks, and no dynamic allocation (barrier stages refuse it). `als.fit` falls
@@ -37,19 +40,22 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from pyspark import BarrierTaskContext, InheritableThread
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.blocks import SIDE_CODES, merge_all
+from mf_spark.blocks import SIDE_CODES, CsrBlock
 from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block, start_point
+from mf_spark.types import ITEM_IDX, RATING, USER_IDX
 
 log = logging.getLogger("mf_spark")
 
 DTYPES = {"<f4", "<f8", "<i4", "<i8"}
 CONNECT_SECONDS = 60.0
+EXCHANGE_SECONDS = 600.0     # a task waits this long for its peers' rating pieces
 
 
 ACTIVE: "weakref.WeakSet[Resident]"     # stages running in this driver (diagnostics, fault tests)
@@ -102,20 +108,110 @@ def _counts(blocks) -> list[np.ndarray]:
             np.concatenate(counts) if counts else np.zeros(0, np.int64)]
 
 
-def _pieces_of(batches):
-    """((side, block), (rows, cols, values) bytes) of the Arrow batches a task receives; the marker
-    rows `placed_for_tasks` adds (side -1) are skipped."""
-    for batch in batches:
-        for r in batch.to_pylist():
-            if r["side"] >= 0:
-                yield (r["side"], r["block"]), (r["rows"], r["cols"], r["values"])
+def _triples(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, rating) arrays of the Arrow batches a task reads."""
+    parts = [b for b in batches if b.num_rows]
+    if not parts:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    t = pa.Table.from_batches(parts)
+    return (t.column(USER_IDX).to_numpy().astype(np.int32, copy=False),
+            t.column(ITEM_IDX).to_numpy().astype(np.int32, copy=False),
+            t.column(RATING).to_numpy().astype(np.float32, copy=False))
 
 
-def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
+def _split_for_tasks(u: np.ndarray, i: np.ndarray, v: np.ndarray, num_blocks: dict[str, int],
+                     n_tasks: int) -> list[list[np.ndarray]]:
+    """Per task t: [user rows, item cols, values, item rows, user cols, values] of the ratings whose
+    user (item) block b has b % n_tasks == t. One stable sort per side, never a loop over ratings."""
+    out: list[list[np.ndarray]] = [[] for _ in range(n_tasks)]
+    for side in ("user", "item"):
+        rows, cols = (u, i) if side == "user" else (i, u)
+        task = (rows % num_blocks[side]) % n_tasks
+        order = np.argsort(task.astype(np.int16) if n_tasks < 2 ** 15 else task, kind="stable")
+        bounds = np.searchsorted(task[order], np.arange(n_tasks + 1))
+        for t in range(n_tasks):
+            sel = order[bounds[t]:bounds[t + 1]]
+            out[t] += [rows[sel], cols[sel], v[sel]]
+    return out
+
+
+def _listen(n_tasks: int) -> socket.socket | None:
+    """The socket a task receives its peers' rating pieces on (none when it is the only task)."""
+    if n_tasks == 1:
+        return None
+    server = socket.create_server(("", 0), backlog=n_tasks)
+    server.settimeout(EXCHANGE_SECONDS)
+    return server
+
+
+def _exchange(me: int, server: socket.socket | None, peers: list[str], token: str,
+              outgoing: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """All-to-all: send task t its outgoing[t], receive every task's pieces for this one.
+
+    Every task listens on a port of its executor's host (`_listen`); the driver hands out the
+    addresses (a barrier allGather would do too, but it answers on a 1 s poll: 1.0 s against 35 ms
+    for the whole exchange of 4M ratings between two tasks). Each task connects to every other once:
+    a JSON header with the fit's secret plus raw arrays, as with the driver. Returns the received
+    pieces indexed by sender, this task's own included.
+    """
+    n = len(outgoing)
+    got: list[list[np.ndarray] | None] = [None] * n
+    got[me] = outgoing[me]
+    if server is None:
+        return got
+    errors: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            while any(g is None for g in got):
+                conn, _ = server.accept()
+                with conn:
+                    conn.settimeout(EXCHANGE_SECONDS)
+                    header, arrays = recv_frame(conn)
+                    if not hmac.compare_digest(str(header.get("token", "")), token):
+                        continue            # not one of this fit's tasks
+                    got[int(header["from"])] = arrays
+        except BaseException as e:  # noqa: BLE001 - re-raised by the task below
+            errors.append(e)
+    receiver = threading.Thread(target=receive, name="mf_spark-pieces", daemon=True)
+    receiver.start()
+    try:
+        for t in range(1, n):
+            peer = (me + t) % n             # staggered, so the tasks do not all send to task 0 first
+            host, port = peers[peer].rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=EXCHANGE_SECONDS) as sock:
+                send_frame(sock, {"token": token, "from": me}, outgoing[peer])
+        receiver.join(EXCHANGE_SECONDS)
+    finally:
+        server.close()
+    if errors or any(g is None for g in got):
+        raise ExchangeError(f"task {me}: exchanging rating pieces with the other {n - 1} tasks failed: "
+                            f"{errors[0] if errors else 'timed out'}")
+    return got
+
+
+def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> dict[tuple[int, int], CsrBlock]:
+    """(side code, block) -> CsrBlock from the pieces every task sent this one (any order: each block
+    sorts its triples by (row, col), so the result does not depend on who sent what)."""
+    out = {}
+    for s, side in enumerate(("user", "item")):
+        rows, cols, vals = (np.concatenate([r[3 * s + j] for r in received]) for j in range(3))
+        blk = rows % num_blocks[side]
+        order = np.argsort(blk, kind="stable")
+        bounds = np.searchsorted(blk[order], np.arange(num_blocks[side] + 1))
+        for b in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[b]:bounds[b + 1]]
+            out[(SIDE_CODES[side], int(b))] = CsrBlock.from_triples(int(b), rows[sel], cols[sel], vals[sel])
+    return out
+
+
+def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks: dict[str, int]):
     def run(batches):
         ctx = BarrierTaskContext.get()
-        blocks = merge_all(_pieces_of(batches))
-        by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
+        me, n_tasks = ctx.partitionId(), len(ctx.getTaskInfos())
+        pieces = _split_for_tasks(*_triples(batches), num_blocks, n_tasks)
+        server = _listen(n_tasks)
+        peer = f"{ctx.getTaskInfos()[me].address.rsplit(':', 1)[0]}:{server.getsockname()[1] if server else 0}"
         plans = {}          # (side, block) -> its padded layout, built on the first half-step, kept
         try:
             sock = socket.create_connection(address, timeout=CONNECT_SECONDS)
@@ -126,9 +222,13 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with sock:
-            send_frame(sock, {"token": token, "task": ctx.partitionId(), "stage": ctx.stageId(),
-                              "pid": os.getpid()},
-                       _counts(by_side["user"]) + _counts(by_side["item"]))
+            send_frame(sock, {"token": token, "task": me, "tasks": n_tasks, "stage": ctx.stageId(),
+                              "pid": os.getpid(), "peer": peer})
+            header, _ = recv_frame(sock)                    # every task's address, once all have said hello
+            blocks = _blocks_of(_exchange(me, server, header["peers"], token, pieces), num_blocks)
+            del pieces
+            by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
+            send_frame(sock, {"op": "built"}, _counts(by_side["user"]) + _counts(by_side["item"]))
             while True:
                 header, arrays = recv_frame(sock)
                 if header["op"] == "stop":
@@ -169,23 +269,26 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec):
 @dataclass
 class _Conn:
     task: int
+    tasks: int            # tasks in its stage (the partitions of the input it reads)
     stage: int            # Spark stage id: every submission of the resident job gets a new, larger one
     pid: int              # of the Python worker running the task (diagnostics, fault tests)
     sock: socket.socket
-    counts: list[np.ndarray]
+    peer: str             # host:port it takes its peers' rating pieces on
+    counts: list[np.ndarray] | None = None    # row ids and counts of its blocks, once built
 
 
 class Resident:
-    """The resident stage over `placed` pieces (partition t holds task t's pieces; placed_for_tasks).
+    """The resident stage over `ratings` (one task per partition; resident_inputs).
 
-        with Resident(placed, n_tasks, spec, host).start() as stage:   # ExchangeError: cannot start
+        with Resident(resident_inputs(train, n_tasks)[0], spec, host, num_blocks).start() as stage:  # ExchangeError
             counts = stage.row_counts("user", n_users)
             items = stage.half_step("item", n_items, X, user_bias, previous)
     """
 
-    def __init__(self, placed: DataFrame, n_tasks: int, spec: SolveSpec, host: str):
-        self.placed, self.n_tasks, self.spec, self.host = placed, n_tasks, spec, host
-        self.sc = placed.sparkSession.sparkContext
+    def __init__(self, ratings: DataFrame, spec: SolveSpec, host: str, num_blocks: dict[str, int]):
+        self.ratings, self.spec, self.host, self.num_blocks = ratings, spec, host, num_blocks
+        self.n_tasks = ratings.rdd.getNumPartitions()    # the stage's own count wins (_connect)
+        self.sc = ratings.sparkSession.sparkContext
         self.token = secrets.token_hex(16)
         self.hellos: queue.Queue[_Conn] = queue.Queue()
         self.conns: list[_Conn] = []
@@ -233,7 +336,8 @@ class Resident:
             self.hellos.get_nowait().sock.close()
 
     def _job(self) -> DataFrame:
-        return self.placed.mapInArrow(_task_body(self.address, self.token, self.spec), "done int", barrier=True)
+        return self.ratings.mapInArrow(_task_body(self.address, self.token, self.spec, self.num_blocks), "done int",
+                                       barrier=True)
 
     def _launch(self) -> None:
         """Submit the barrier job (again) in a thread; its tasks connect from a new, larger stage id."""
@@ -267,7 +371,7 @@ class Resident:
     def _drop(self) -> None:
         """After a lost task: end the old job (Spark aborts a failed barrier job) and make a new plan
         (running a plan whose barrier stage failed fails again at once; after a clean end, `pause`,
-        the same plan runs again and its tasks read the pieces' shuffle files)."""
+        the same plan runs again)."""
         for c in self.conns:
             c.sock.close()
         self.conns = []
@@ -289,7 +393,8 @@ class Resident:
                 if not hmac.compare_digest(str(header.get("token", "")), self.token):
                     raise ConnectionError("bad token")
                 sock.settimeout(None)
-                self.hellos.put(_Conn(int(header["task"]), int(header["stage"]), int(header["pid"]), sock, arrays))
+                self.hellos.put(_Conn(int(header["task"]), int(header["tasks"]), int(header["stage"]),
+                                      int(header["pid"]), sock, str(header["peer"])))
             except (OSError, ValueError, KeyError, ConnectionError) as e:
                 log.warning("resident stage: refused a connection (%s)", e)
                 sock.close()
@@ -314,15 +419,31 @@ class Resident:
             if c.task in stage:          # a retried task of this stage: the newest connection wins
                 stage[c.task].sock.close()
             stage[c.task] = c
-            if len(stage) == self.n_tasks:
-                self.conns = [stage.pop(t) for t in range(self.n_tasks)]
-                self.stage = c.stage
+            if len(stage) == c.tasks:
+                conns = [stage.pop(t) for t in range(c.tasks)]
                 for old in waiting.values():
                     for other in old.values():
                         other.sock.close()
+                self._build(conns)
+                self.n_tasks, self.conns, self.stage = c.tasks, conns, c.stage
                 if self.counts is None:
                     self.counts = [c.counts for c in self.conns]
                 return
+
+    def _build(self, conns: list[_Conn]) -> None:
+        """Give every task the others' addresses, then wait for each to report its built blocks."""
+        peers = [c.peer for c in conns]
+        try:
+            for c in conns:
+                send_frame(c.sock, {"op": "peers", "peers": peers})
+            for c in conns:
+                header, c.counts = recv_frame(c.sock)
+                if header.get("op") != "built":
+                    raise ConnectionError(f"task {c.task} answered {header.get('op')!r} instead of its blocks")
+        except (OSError, ConnectionError) as e:
+            for c in conns:
+                c.sock.close()
+            raise ExchangeError(f"a resident task failed while building its blocks: {e}") from e
 
     # -- work
     def row_counts(self, side: str, n_rows: int) -> np.ndarray:
@@ -401,13 +522,18 @@ def driver_host(sc) -> str:
     return sc.getConf().get("spark.driver.host", None) or socket.gethostbyname(socket.gethostname())
 
 
-def placed_for_tasks(pieces: DataFrame, n_tasks: int) -> DataFrame:
-    """`blocks.pieces_frame` rows placed so that partition t holds every block b with b % n_tasks == t.
+def resident_inputs(ratings: DataFrame, n_tasks: int) -> list[DataFrame]:
+    """user_idx, item_idx (int), rating (float) of `ratings`, one partition per resident task: the ways to
+    try, cheapest first.
 
-    Plus one marker row (side -1) per partition: a barrier task must run, and connect, even where no
-    rating falls in its blocks. Performance note: one shuffle of the packed pieces, in the JVM.
+    The tasks read these rows once, cut them per destination task and exchange the pieces among
+    themselves (`_exchange`), so the ratings cross from the JVM to Python once. Performance note: when
+    `ratings` already has n_tasks partitions they are read where they are (no shuffle; 5M ratings:
+    stage start 1.0 s against 1.8 s after a shuffle); that fails when the stage's lineage changes the
+    partition count (a union or a coalesce: barrier stages refuse those), hence the second way, one
+    shuffle in the JVM (rows placed by user index).
     """
-    spark = pieces.sparkSession
-    markers = spark.range(n_tasks).select(F.lit(-1).alias("side"), F.col("id").cast("int").alias("block"),
-                                          *(F.lit(b"").alias(c) for c in ("rows", "cols", "values")))
-    return pieces.unionByName(markers).repartitionById(n_tasks, F.col("block") % F.lit(n_tasks))
+    rows = ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
+                          F.col(RATING).cast("float").alias(RATING))
+    placed = rows.repartitionById(n_tasks, F.col(USER_IDX) % F.lit(n_tasks))
+    return [rows, placed] if rows.rdd.getNumPartitions() == n_tasks else [placed]

@@ -136,3 +136,57 @@ def test_auto_falls_back_to_jobs_when_the_driver_cannot_listen(spark, monkeypatc
     np.testing.assert_allclose(got.factors.X, want.factors.X, atol=1e-6)
     with pytest.raises(stream.ExchangeError, match="cannot listen"):
         _fit(spark, dataclasses.replace(cfg, exchange="stream"))
+
+
+def test_pieces_cut_per_task_rebuild_every_block_whoever_sent_them(rng):
+    from mf_spark.blocks import CsrBlock
+    u = rng.integers(0, 50, 400).astype(np.int32)
+    i = rng.integers(0, 30, 400).astype(np.int32)
+    keep = np.unique(u.astype(np.int64) * 100 + i, return_index=True)[1]        # distinct pairs
+    u, i, v = u[keep], i[keep], rng.uniform(1, 5, keep.size).astype(np.float32)
+    num_blocks, n_tasks = {"user": 5, "item": 3}, 3
+    parts = np.array_split(np.arange(u.size), 4)                                 # 4 input partitions
+    sent = [stream._split_for_tasks(u[p], i[p], v[p], num_blocks, n_tasks) for p in parts]
+    for t in range(n_tasks):
+        got = stream._blocks_of([s[t] for s in sent][::-1], num_blocks)         # any arrival order
+        for (code, b), blk in got.items():
+            side = "user" if code == 0 else "item"
+            rows, cols = (u, i) if side == "user" else (i, u)
+            assert b % n_tasks == t
+            sel = rows % num_blocks[side] == b
+            want = CsrBlock.from_triples(b, rows[sel], cols[sel], v[sel])
+            for field in ("row_ids", "indptr", "cols", "values"):
+                np.testing.assert_array_equal(getattr(blk, field), getattr(want, field))
+        expected = {(c, b) for c, side in ((0, "user"), (1, "item")) for b in range(num_blocks[side])
+                    if b % n_tasks == t and np.any((u if c == 0 else i) % num_blocks[side] == b)}
+        assert set(got) == expected
+
+
+def test_ratings_read_where_they_are_even_with_an_empty_partition(spark, caplog):
+    from pyspark.sql import functions as F
+    u, i, r, _ = planted(n_users=40, n_items=30, rank=3, density=0.6, noise=0.05, seed=4)
+    df = ratings_df(spark, u, i, r).repartitionById(2, F.lit(0)).cache()      # partition 1 holds nothing
+    assert [len(p) for p in df.rdd.glom().collect()] == [u.size, 0]
+    base = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1)
+    with caplog.at_level("INFO", logger="mf_spark"):
+        streamed = als.fit(df, 40, 30, dataclasses.replace(base, exchange="stream"))
+    assert not [m for m in caplog.messages if "shuffling" in m or "falling back" in m]
+    jobs = als.fit(df, 40, 30, dataclasses.replace(base, exchange="jobs"))
+    np.testing.assert_allclose(streamed.factors.X, jobs.factors.X, atol=1e-6)
+    np.testing.assert_allclose(streamed.factors.Y, jobs.factors.Y, atol=1e-6)
+
+
+def test_a_lineage_barrier_stages_refuse_is_shuffled_first(spark, caplog):
+    """A coalesce in the ratings' last stage: a barrier stage may not read them as they are, so they
+    are shuffled to the tasks (still the resident stage, not a job per half-step)."""
+    u, i, r, _ = planted(n_users=40, n_items=30, rank=3, density=0.6, noise=0.05, seed=4)
+    many = ratings_df(spark, u, i, r).repartition(6).cache()
+    df = many.coalesce(2)
+    assert many.rdd.getNumPartitions() == 6 and df.rdd.getNumPartitions() == 2
+    base = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1)
+    with caplog.at_level("INFO", logger="mf_spark"):
+        streamed = als.fit(df, 40, 30, dataclasses.replace(base, exchange="stream"))
+    assert [m for m in caplog.messages if "shuffling" in m]
+    assert not [m for m in caplog.messages if "falling back" in m]
+    jobs = als.fit(df, 40, 30, dataclasses.replace(base, exchange="jobs"))
+    np.testing.assert_allclose(streamed.factors.X, jobs.factors.X, atol=1e-6)
