@@ -127,6 +127,15 @@ class FactorModel:
             return recommend_indices_blocked(self.scorer, users, n, self.item_blocks)
         return recommend_indices(self._broadcast(users.sparkSession), users, n)
 
+    def recommend_unseen_idx(self, pairs: DataFrame, n: int) -> DataFrame:
+        """Top-n for every user in `pairs` (user_idx, item_idx: what each user rated, excluded):
+        recommend_indices_grouped, or by item blocks (from seen lists) when `item_blocks` > 0."""
+        if self.item_blocks > 0:
+            seen = pairs.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen"))
+            return recommend_indices_blocked(self.scorer, seen, n, self.item_blocks)
+        parts = max(1, pairs.sparkSession.sparkContext.defaultParallelism)
+        return recommend_indices_grouped(self._broadcast(pairs.sparkSession), pairs, n, parts)
+
     def recommend(self, users: DataFrame | None, n: int = 10, seen: DataFrame | None = None,
                   user_col: str = "user", item_col: str = "item") -> DataFrame:
         """Top-n items for the users in `users` (a column `user_col`; None = every known user).
@@ -185,23 +194,59 @@ def recommend_indices(scorer_bc, users: DataFrame, n: int) -> DataFrame:
     """
     def recommend(batches):
         f = scorer_bc.value.factors
-        offset_u = (f.mu + f.user_bias) if f.user_bias is not None else None
         for b in batches:
             u = b.column(USER_IDX).to_numpy().astype(np.int64)
             seen = b.column("seen")
             lens = pc.list_value_length(seen).fill_null(0).to_numpy(zero_copy_only=False)
             indptr = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
             cols = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int64)
-            counts, items, scores = top_n(f.X[u], f.Y, n, indptr, cols,
-                                          None if offset_u is None else offset_u[u], f.item_bias)
-            starts = np.cumsum(counts) - counts
-            ranks = (np.arange(items.size) - np.repeat(starts, counts) + 1).astype(np.int32)
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(np.repeat(u, counts).astype(np.int32)), pa.array(ranks), pa.array(items),
-                 pa.array(scores)], schema=RECS_ARROW)
+            yield _recs_batch(f, u, n, indptr, cols)
     seen = F.col("seen") if "seen" in users.columns else F.lit(None)
     frame = users.select(USER_IDX, seen.cast("array<int>").alias("seen"))
     return frame.mapInArrow(recommend, "user_idx int, rank int, item_idx int, score float")
+
+
+def _recs_batch(f: Factors, u: np.ndarray, n: int, indptr: np.ndarray, cols: np.ndarray) -> pa.RecordBatch:
+    """user_idx, rank, item_idx, score of the best n unseen items of users `u` (seen CSR indptr, cols)."""
+    offset = (f.mu + f.user_bias[u]) if f.user_bias is not None else None
+    counts, items, scores = top_n(f.X[u], f.Y, n, indptr, cols, offset, f.item_bias)
+    starts = np.cumsum(counts) - counts
+    ranks = (np.arange(items.size) - np.repeat(starts, counts) + 1).astype(np.int32)
+    return pa.RecordBatch.from_arrays([pa.array(np.repeat(u, counts).astype(np.int32)), pa.array(ranks),
+                                       pa.array(items), pa.array(scores)], schema=RECS_ARROW)
+
+
+# Users per output batch of recommend_indices_grouped (10 rows each at top-10, as Spark's 10,000-row
+# Arrow batches).
+GROUPED_BATCH_USERS = 1000
+
+
+def recommend_indices_grouped(scorer_bc, pairs: DataFrame, n: int, n_parts: int) -> DataFrame:
+    """Top-n for every user in `pairs` (user_idx, item_idx: the items each user has, excluded).
+
+    The pairs are placed by user (partition user % n_parts) and each partition groups them into a
+    seen-items CSR with one sort, then scores its users as recommend_indices does. No collect_list:
+    5M ratings, top-10 for 32k users took 4.3 s through per-user seen arrays (1.5 s of them the
+    groupBy), the same lists this way (see README). Performance note: one shuffle of two int columns,
+    in the JVM; `scorer_bc` is a broadcast Scorer.
+    """
+    def recommend(batches):
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
+            return
+        t = pa.Table.from_batches(parts)
+        u = t.column(USER_IDX).to_numpy().astype(np.int64)
+        order = np.argsort(u, kind="stable")
+        u, cols = u[order], t.column(ITEM_IDX).to_numpy().astype(np.int64)[order]
+        starts = np.flatnonzero(np.concatenate([[True], u[1:] != u[:-1]]))
+        users, indptr = u[starts], np.append(starts, u.size).astype(np.int64)
+        f = scorer_bc.value.factors
+        for lo in range(0, users.size, GROUPED_BATCH_USERS):
+            hi = min(users.size, lo + GROUPED_BATCH_USERS)
+            yield _recs_batch(f, users[lo:hi], n, indptr[lo:hi + 1] - indptr[lo], cols[indptr[lo]:indptr[hi]])
+    placed = (pairs.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX))
+              .repartitionById(n_parts, F.col(USER_IDX) % F.lit(n_parts)))
+    return placed.mapInArrow(recommend, "user_idx int, rank int, item_idx int, score float")
 
 
 def item_blocks(config: dict, n_users: int, n_items: int, spark: SparkSession) -> int:

@@ -22,12 +22,12 @@ def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,
           seen: DataFrame | None = None) -> DataFrame:
     """user, rank (1..N), item, score for every user in `train_idx` (user_idx, item_idx).
 
-    Scores are X_batch @ Y^T on the executors with broadcast factors (model.recommend_idx); the
-    items a user rated in train are masked when cfg.exclude_seen. Performance note: one shuffle
-    (groupBy user to list the seen items, unless `seen` is given), one broadcast, two broadcast joins to decode the IDs.
+    Scores are X_batch @ Y^T on the executors with broadcast factors; the items a user rated in
+    train are masked when cfg.exclude_seen (model.recommend_unseen_idx groups `train_idx` by user
+    itself, unless `seen` lists are given). Performance note: one shuffle (the training pairs placed
+    by user, or the users' distinct list), one broadcast, two broadcast joins to decode the IDs.
     """
-    if cfg.exclude_seen:
-        users = seen if seen is not None else seen_lists(train_idx)
-    else:
-        users = train_idx.select(USER_IDX).distinct()
+    if cfg.exclude_seen and seen is None:
+        return model.decode_recs(model.recommend_unseen_idx(train_idx, cfg.top_n))
+    users = seen if cfg.exclude_seen else train_idx.select(USER_IDX).distinct()
     return model.decode_recs(model.recommend_idx(users, cfg.top_n))

@@ -211,58 +211,75 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks
         me, n_tasks = ctx.partitionId(), len(ctx.getTaskInfos())
         pieces = _split_for_tasks(*_triples(batches), num_blocks, n_tasks)
         server = _listen(n_tasks)
-        peer = f"{ctx.getTaskInfos()[me].address.rsplit(':', 1)[0]}:{server.getsockname()[1] if server else 0}"
-        plans = {}          # (side, block) -> its padded layout, built on the first half-step, kept
+        host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")     # an executor's host:port
         try:
-            sock = socket.create_connection(address, timeout=CONNECT_SECONDS)
-        except OSError as e:
-            raise ExchangeError(f"task {ctx.partitionId()} could not connect to the driver at "
-                                f"{address[0]}:{address[1]} ({e}); set model.exchange = \"jobs\" where executors "
-                                f"cannot reach the driver") from e
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with sock:
-            send_frame(sock, {"token": token, "task": me, "tasks": n_tasks, "stage": ctx.stageId(),
-                              "pid": os.getpid(), "peer": peer})
-            header, _ = recv_frame(sock)                    # every task's address, once all have said hello
-            blocks = _blocks_of(_exchange(me, server, header["peers"], token, pieces), num_blocks)
-            del pieces
-            by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
-            send_frame(sock, {"op": "built"}, _counts(by_side["user"]) + _counts(by_side["item"]))
-            while True:
-                header, arrays = recv_frame(sock)
-                if header["op"] == "stop":
-                    break
-                arrays = list(arrays)
-                fixed = arrays.pop(0)
-                fixed_bias = arrays.pop(0) if header["bias"] else None
-                gram = arrays.pop(0) if header["gram"] else None
-                x0 = arrays.pop(0) if header.get("x0") else None     # this task's rows, block by block
-                ids, parts, biases, loss = [], [], [], np.zeros(3)
-                width = fixed.shape[1] + (fixed_bias is not None)
-                at = 0
-                for blk in by_side[header["side"]]:
-                    key = (header["side"], blk.block)
-                    if key not in plans:     # the fixed side's shape is the same for the whole fit
-                        plans[key] = layout(blk.indptr, blk.cols, blk.values, spec, fixed.shape[0], width)
-                    plan = plans[key]
-                    start = None if x0 is None else x0[at:at + blk.row_ids.size]
-                    at += blk.row_ids.size
-                    sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias,
-                                      gram=gram, plan=plan, x0=start)
-                    ids.append(blk.row_ids)
-                    parts.append(sol.factors)
-                    if sol.bias is not None:
-                        biases.append(sol.bias)
-                    loss += (sol.data_loss, sol.reg_loss, sol.sq_err)
-                k = fixed.shape[1]
-                out = [np.concatenate(ids) if ids else np.zeros(0, np.int32),
-                       np.concatenate(parts) if parts else np.zeros((0, k), np.float32)]
-                if header["bias"]:
-                    out.append(np.concatenate(biases) if biases else np.zeros(0, np.float32))
-                send_frame(sock, {"loss": loss.tolist()}, out)
+            with _dial(address, me) as sock:
+                send_frame(sock, {"token": token, "task": me, "tasks": n_tasks, "stage": ctx.stageId(),
+                                  "pid": os.getpid(), "peer": f"{host}:{server.getsockname()[1] if server else 0}"})
+                header, _ = recv_frame(sock)            # every task's address, once all have said hello
+                blocks = _blocks_of(_exchange(me, server, header["peers"], token, pieces), num_blocks)
+                del pieces
+                _serve(sock, blocks, spec)
+        finally:
+            if server is not None:       # _exchange closes it; this is for a task that fails before
+                server.close()
         return iter(())
     return run
+
+
+def _dial(address: tuple[str, int], task: int) -> socket.socket:
+    try:
+        sock = socket.create_connection(address, timeout=CONNECT_SECONDS)
+    except OSError as e:
+        raise ExchangeError(f"task {task} could not connect to the driver at {address[0]}:{address[1]} ({e}); "
+                            f"set model.exchange = \"jobs\" where executors cannot reach the driver") from e
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock], spec: SolveSpec) -> None:
+    """A resident task with its blocks built: report them, then solve whatever half-steps the driver
+    sends until it says stop."""
+    by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
+    plans: dict = {}        # (side, block) -> its padded layout, built on the first half-step, kept
+    send_frame(sock, {"op": "built"}, _counts(by_side["user"]) + _counts(by_side["item"]))
+    while True:
+        header, arrays = recv_frame(sock)
+        if header["op"] == "stop":
+            return
+        send_frame(sock, *_solve_blocks(by_side[header["side"]], header, list(arrays), plans, spec))
+
+
+def _solve_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray], plans: dict,
+                  spec: SolveSpec) -> tuple[dict, list[np.ndarray]]:
+    """The reply to one "solve" frame: new factors (and biases) of `blocks`' rows and the loss pieces.
+    `plans` keeps each block's padded layout from the first half-step on."""
+    fixed = arrays.pop(0)
+    fixed_bias = arrays.pop(0) if header["bias"] else None
+    gram = arrays.pop(0) if header["gram"] else None
+    x0 = arrays.pop(0) if header.get("x0") else None     # this task's rows, block by block
+    ids, parts, biases, loss = [], [], [], np.zeros(3)
+    width = fixed.shape[1] + (fixed_bias is not None)
+    at = 0
+    for blk in blocks:
+        key = (header["side"], blk.block)
+        if key not in plans:     # the fixed side's shape is the same for the whole fit
+            plans[key] = layout(blk.indptr, blk.cols, blk.values, spec, fixed.shape[0], width)
+        start = None if x0 is None else x0[at:at + blk.row_ids.size]
+        at += blk.row_ids.size
+        sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias, gram=gram,
+                          plan=plans[key], x0=start)
+        ids.append(blk.row_ids)
+        parts.append(sol.factors)
+        if sol.bias is not None:
+            biases.append(sol.bias)
+        loss += (sol.data_loss, sol.reg_loss, sol.sq_err)
+    out = [np.concatenate(ids) if ids else np.zeros(0, np.int32),
+           np.concatenate(parts) if parts else np.zeros((0, fixed.shape[1]), np.float32)]
+    if header["bias"]:
+        out.append(np.concatenate(biases) if biases else np.zeros(0, np.float32))
+    return {"loss": loss.tolist()}, out
 
 
 # ---- the driver side ---------------------------------------------------------------------------------

@@ -114,3 +114,24 @@ def test_models_over_the_budget_recommend_by_item_blocks(spark):
     assert item_blocks({"model": {"strategy": "join"}}, 80, 50, spark) == spark.sparkContext.defaultParallelism
     assert item_blocks({"model": {"rank": "bad"}}, 80, 50, spark) == 0     # unreadable: broadcast as before
     assert item_blocks({}, 80, 50, spark) == 0
+
+
+@pytest.mark.parametrize("n_parts", [1, 3, 8])
+def test_top_n_grouped_from_pairs_equals_the_seen_lists_top_n(spark, n_parts):
+    from mf_spark.checkpoint import Factors
+    from mf_spark.model import Scorer, recommend_indices, recommend_indices_grouped
+    g = np.random.default_rng(5)
+    f = Factors(g.normal(size=(30, 4)).astype(np.float32), g.normal(size=(23, 4)).astype(np.float32),
+                g.normal(size=30).astype(np.float32), g.normal(size=23).astype(np.float32), 3.0)
+    bc = spark.sparkContext.broadcast(Scorer("explicit", f, 3.0, None))
+    rated = {u: sorted(set(g.integers(0, 23, size=1 + u % 9).tolist())) for u in range(0, 30, 2)}
+    rated[4] = list(range(23))                       # has seen everything: no recommendation
+    pairs = spark.createDataFrame([(u, i) for u, items in rated.items() for i in items],
+                                  "user_idx int, item_idx int").repartition(4)
+    lists = spark.createDataFrame(list(rated.items()), "user_idx int, seen array<int>")
+    want = recommend_indices(bc, lists, 5).toPandas().sort_values(["user_idx", "rank"]).reset_index(drop=True)
+    got = recommend_indices_grouped(bc, pairs, 5, n_parts).toPandas().sort_values(["user_idx", "rank"])
+    got = got.reset_index(drop=True)
+    assert want[["user_idx", "rank", "item_idx"]].equals(got[["user_idx", "rank", "item_idx"]])
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-6)
+    assert 4 not in set(got.user_idx) and set(got.user_idx) == set(rated) - {4}

@@ -178,3 +178,13 @@ def test_seen_indptr_wrong_shape_raises():
     X, Y = np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match="seen_indptr"):
         top_n(X, Y, 1, np.zeros(3, np.int64), np.zeros(0, np.int32))
+
+
+def test_fast_cut_matches_the_exact_rule_on_rows_with_and_without_ties(rng):
+    from mf_spark.kernels.topk import _best, _best_exact
+    S = rng.normal(size=(200, 60)).astype(np.float32)
+    S[::3] = np.round(S[::3])                     # every third row: many ties, also at the cut-off
+    S[5, :] = -np.inf                             # a user who has seen everything
+    S[7, 10:] = -np.inf                           # fewer unseen items than n
+    for n in (1, 5, 10, 59):
+        np.testing.assert_array_equal(np.sort(_best(S, n), axis=1), np.sort(_best_exact(S, n), axis=1))

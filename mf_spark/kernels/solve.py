@@ -68,7 +68,7 @@ class BlockSolution:
     bias: np.ndarray | None      # (n_rows,) float32 when with_bias, else None
     data_loss: float             # explicit: sum of squared errors; implicit: weighted loss incl. w0 part
     reg_loss: float              # sum_u lambda_u (|x_u|^2 + b_u^2)
-    sq_err: float                # sum over observed entries of (r - prediction)^2
+    sq_err: float                # explicit: sum over observed entries of (r - prediction)^2; implicit: 0
 
 
 def confidence(values: np.ndarray, spec: SolveSpec) -> np.ndarray:
@@ -361,11 +361,11 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         # Padded entries have a zero factor row and t = 0, so their error is 0 without a mask.
         if pred is None:
             pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0]                 # (b, L)
-        err = (t - pred).astype(np.float64)
-        sq = float(np.vdot(err, err))
-        sq_err += sq
         reg_loss += float(np.sum(lam * np.sum(x * x, axis=1)))
         if spec.kind == "explicit":
+            err = (t - pred).astype(np.float64)
+            sq = float(np.vdot(err, err))
+            sq_err += sq
             data_loss += sq
         else:
             perr = (p - pred).astype(np.float64)           # c = 0 at padding

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# 4 Mi scores (16 MiB) per chunk of users: bounded task memory, still a BLAS-sized product.
-SCORE_FLOATS = 1 << 22
+# 1 Mi scores (4 MiB) per chunk of users: bounded task memory, and the passes after the product stay
+# in cache (8000 users x 10,755 items: 0.38 s at 16 MiB, 0.36 s at 4 MiB, 0.33 s at 1 MiB, where
+# 20M-rating shapes would pay for many more chunks).
+SCORE_FLOATS = 1 << 20
 
 
 def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None = None,
@@ -61,11 +63,26 @@ def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None =
 def _best(S: np.ndarray, n: int) -> np.ndarray:
     """(c, n) indices of the n largest scores per row; at the cut-off, ties go to lower indices.
 
-    The n-th largest value t comes from np.partition (linear time); every score > t is kept, and the
-    remaining places go to the first scores == t in index order (a stable sort of a boolean mask).
+    np.argpartition finds n largest in linear time but breaks ties at the cut-off arbitrarily; a row
+    has such a tie only when more than n of its scores reach the n-th largest (one comparison pass
+    tells), and only those rows go through `_best_exact`. (8000 users x 10,755 items: 1.28 s for
+    the exact rule on every row, against 0.4 s.)
     """
-    if n >= S.shape[1]:
-        return np.tile(np.arange(S.shape[1]), (S.shape[0], 1))
+    m = S.shape[1]
+    if n >= m:
+        return np.tile(np.arange(m), (S.shape[0], 1))
+    part = np.argpartition(S, m - n, axis=1)[:, m - n:]
+    t = np.take_along_axis(S, part, axis=1).min(axis=1, keepdims=True)
+    tied = np.count_nonzero(S >= t, axis=1) > n
+    if tied.any():
+        part[tied] = _best_exact(S[tied], n)
+    return part
+
+
+def _best_exact(S: np.ndarray, n: int) -> np.ndarray:
+    """`_best` by the rule itself: the n-th largest value t comes from np.partition (linear time);
+    every score > t is kept, and the remaining places go to the first scores == t in index order (a
+    stable sort of a boolean mask)."""
     t = -np.partition(-S, n - 1, axis=1)[:, n - 1:n]
     above = S > t
     tied = S == t
