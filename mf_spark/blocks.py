@@ -67,13 +67,18 @@ PARTIAL_SCHEMA = "side int, block int, rows binary, cols binary, values binary"
 SIDE_CODES = {"user": 0, "item": 1}
 
 
+def batch_table(batches) -> pa.Table | None:
+    """The non-empty Arrow batches a mapInArrow body receives, as one table; None when there are none."""
+    parts = [b for b in batches if b.num_rows]
+    return pa.Table.from_batches(parts) if parts else None
+
+
 def _partials(num_blocks: dict[str, int]):
     """mapInArrow body: the (row, col, value) triples of one input partition, split per side and block."""
     def split(batches):
-        parts = [b for b in batches if b.num_rows]
-        if not parts:
+        t = batch_table(batches)
+        if t is None:
             return
-        t = pa.Table.from_batches(parts)
         u = t.column(USER_IDX).to_numpy().astype(np.int32)
         i = t.column(ITEM_IDX).to_numpy().astype(np.int32)
         v = t.column(RATING).to_numpy().astype(np.float32)

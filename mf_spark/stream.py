@@ -40,12 +40,11 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 from pyspark import BarrierTaskContext, InheritableThread
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.blocks import SIDE_CODES, CsrBlock
+from mf_spark.blocks import SIDE_CODES, CsrBlock, batch_table
 from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block, start_point
@@ -110,10 +109,9 @@ def _counts(blocks) -> list[np.ndarray]:
 
 def _triples(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user, item, rating) arrays of the Arrow batches a task reads."""
-    parts = [b for b in batches if b.num_rows]
-    if not parts:
+    t = batch_table(batches)
+    if t is None:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    t = pa.Table.from_batches(parts)
     return (t.column(USER_IDX).to_numpy().astype(np.int32, copy=False),
             t.column(ITEM_IDX).to_numpy().astype(np.int32, copy=False),
             t.column(RATING).to_numpy().astype(np.float32, copy=False))
