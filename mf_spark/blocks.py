@@ -73,23 +73,34 @@ def batch_table(batches) -> pa.Table | None:
     return pa.Table.from_batches(parts) if parts else None
 
 
+def triples(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user int32, item int32, rating float32) arrays of the Arrow batches a mapInArrow body receives."""
+    t = batch_table(batches)
+    if t is None:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return (t.column(USER_IDX).to_numpy().astype(np.int32, copy=False),
+            t.column(ITEM_IDX).to_numpy().astype(np.int32, copy=False),
+            t.column(RATING).to_numpy().astype(np.float32, copy=False))
+
+
+def buckets(keys: np.ndarray, n: int) -> list[np.ndarray]:
+    """Positions of each key 0..n-1 in `keys`, in input order: one stable sort, no loop over entries
+    (int16 keys sort by radix: 25 ms against 44 ms for 2.5M int32 keys)."""
+    order = np.argsort(keys.astype(np.int16) if n < 2 ** 15 else keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(n + 1))
+    return [order[bounds[b]:bounds[b + 1]] for b in range(n)]
+
+
 def _partials(num_blocks: dict[str, int]):
     """mapInArrow body: the (row, col, value) triples of one input partition, split per side and block."""
     def split(batches):
-        t = batch_table(batches)
-        if t is None:
+        u, i, v = triples(batches)
+        if not u.size:
             return
-        u = t.column(USER_IDX).to_numpy().astype(np.int32)
-        i = t.column(ITEM_IDX).to_numpy().astype(np.int32)
-        v = t.column(RATING).to_numpy().astype(np.float32)
         for side, nb in num_blocks.items():
             rows, cols = (u, i) if side == "user" else (i, u)
-            blk = rows % nb
-            order = np.argsort(blk, kind="stable")
-            bounds = np.searchsorted(blk[order], np.arange(nb + 1))
             out = []
-            for b in range(nb):            # a loop over blocks (a handful), never over rows
-                sel = order[bounds[b]:bounds[b + 1]]
+            for b, sel in enumerate(buckets(rows % nb, nb)):    # a loop over blocks, never over rows
                 if sel.size:
                     out.append({"side": SIDE_CODES[side], "block": b, "rows": rows[sel].tobytes(),
                                 "cols": cols[sel].tobytes(), "values": v[sel].tobytes()})
@@ -99,6 +110,12 @@ def _partials(num_blocks: dict[str, int]):
 
 _PARTIAL_ARROW = pa.schema([("side", pa.int32()), ("block", pa.int32()), ("rows", pa.binary()),
                             ("cols", pa.binary()), ("values", pa.binary())])
+
+
+def rating_columns(ratings: DataFrame) -> DataFrame:
+    """user_idx, item_idx as int and rating as float: the ratings as blocks store them."""
+    return ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
+                          F.col(RATING).cast("float").alias(RATING))
 
 
 def pieces_frame(ratings: DataFrame, num_blocks: dict[str, int]) -> DataFrame:
@@ -115,9 +132,7 @@ def pieces_frame(ratings: DataFrame, num_blocks: dict[str, int]) -> DataFrame:
     # (A round-robin repartition to balance fewer, uneven partitions cost more than it gained: 1M
     # ratings in one partition, fit 1.24 s with coalesce, 1.62 s with repartition.)
     ratings = ratings.coalesce(max(1, ratings.sparkSession.sparkContext.defaultParallelism))
-    return (ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
-                           F.col(RATING).cast("float").alias(RATING))
-            .mapInArrow(_partials(num_blocks), PARTIAL_SCHEMA))
+    return rating_columns(ratings).mapInArrow(_partials(num_blocks), PARTIAL_SCHEMA)
 
 
 def pieces(ratings: DataFrame, num_blocks: dict[str, int]) -> RDD:

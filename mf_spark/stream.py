@@ -44,11 +44,11 @@ from pyspark import BarrierTaskContext, InheritableThread
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.blocks import SIDE_CODES, CsrBlock, batch_table
+from mf_spark.blocks import SIDE_CODES, CsrBlock, buckets, rating_columns, triples
 from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block, start_point
-from mf_spark.types import ITEM_IDX, RATING, USER_IDX
+from mf_spark.types import USER_IDX
 
 log = logging.getLogger("mf_spark")
 
@@ -107,16 +107,6 @@ def _counts(blocks) -> list[np.ndarray]:
             np.concatenate(counts) if counts else np.zeros(0, np.int64)]
 
 
-def _triples(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user, item, rating) arrays of the Arrow batches a task reads."""
-    t = batch_table(batches)
-    if t is None:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    return (t.column(USER_IDX).to_numpy().astype(np.int32, copy=False),
-            t.column(ITEM_IDX).to_numpy().astype(np.int32, copy=False),
-            t.column(RATING).to_numpy().astype(np.float32, copy=False))
-
-
 def _split_for_tasks(u: np.ndarray, i: np.ndarray, v: np.ndarray, num_blocks: dict[str, int],
                      n_tasks: int) -> list[list[np.ndarray]]:
     """Per task t: [user rows, item cols, values, item rows, user cols, values] of the ratings whose
@@ -124,11 +114,7 @@ def _split_for_tasks(u: np.ndarray, i: np.ndarray, v: np.ndarray, num_blocks: di
     out: list[list[np.ndarray]] = [[] for _ in range(n_tasks)]
     for side in ("user", "item"):
         rows, cols = (u, i) if side == "user" else (i, u)
-        task = (rows % num_blocks[side]) % n_tasks
-        order = np.argsort(task.astype(np.int16) if n_tasks < 2 ** 15 else task, kind="stable")
-        bounds = np.searchsorted(task[order], np.arange(n_tasks + 1))
-        for t in range(n_tasks):
-            sel = order[bounds[t]:bounds[t + 1]]
+        for t, sel in enumerate(buckets((rows % num_blocks[side]) % n_tasks, n_tasks)):
             out[t] += [rows[sel], cols[sel], v[sel]]
     return out
 
@@ -194,12 +180,9 @@ def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> 
     out = {}
     for s, side in enumerate(("user", "item")):
         rows, cols, vals = (np.concatenate([r[3 * s + j] for r in received]) for j in range(3))
-        blk = rows % num_blocks[side]
-        order = np.argsort(blk, kind="stable")
-        bounds = np.searchsorted(blk[order], np.arange(num_blocks[side] + 1))
-        for b in np.flatnonzero(np.diff(bounds)):
-            sel = order[bounds[b]:bounds[b + 1]]
-            out[(SIDE_CODES[side], int(b))] = CsrBlock.from_triples(int(b), rows[sel], cols[sel], vals[sel])
+        for b, sel in enumerate(buckets(rows % num_blocks[side], num_blocks[side])):
+            if sel.size:
+                out[(SIDE_CODES[side], b)] = CsrBlock.from_triples(b, rows[sel], cols[sel], vals[sel])
     return out
 
 
@@ -207,7 +190,7 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks
     def run(batches):
         ctx = BarrierTaskContext.get()
         me, n_tasks = ctx.partitionId(), len(ctx.getTaskInfos())
-        pieces = _split_for_tasks(*_triples(batches), num_blocks, n_tasks)
+        pieces = _split_for_tasks(*triples(batches), num_blocks, n_tasks)
         server = _listen(n_tasks)
         host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")     # an executor's host:port
         try:
@@ -548,7 +531,6 @@ def resident_inputs(ratings: DataFrame, n_tasks: int) -> list[DataFrame]:
     partition count (a union or a coalesce: barrier stages refuse those), hence the second way, one
     shuffle in the JVM (rows placed by user index).
     """
-    rows = ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
-                          F.col(RATING).cast("float").alias(RATING))
+    rows = rating_columns(ratings)
     placed = rows.repartitionById(n_tasks, F.col(USER_IDX) % F.lit(n_tasks))
     return [rows, placed] if rows.rdd.getNumPartitions() == n_tasks else [placed]
