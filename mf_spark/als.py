@@ -119,7 +119,7 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
     once per fit and released before returning.
     """
     started = time.perf_counter()
-    with session.row_batched_arrow(train.sparkSession):
+    with session.row_batched_arrow(train.sparkSession), session.single_threaded_blas():
         result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats)
     result.fit_seconds = time.perf_counter() - started
     return result

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from pyspark.sql import SparkSession
+from threadpoolctl import threadpool_limits
 
 # Spark 4 measures an Arrow batch's byte size after every row it writes to a Python worker unless
 # this is Int.MaxValue (then only maxRecordsPerBatch, 10,000 rows by default, cuts batches). The
@@ -53,3 +54,17 @@ def row_batched_arrow(spark: SparkSession) -> Iterator[None]:
         yield
     finally:
         spark.conf.unset(ARROW_BYTES_KEY)
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Within the block: this process's BLAS (the driver's, during a fit) runs on one thread.
+
+    OpenBLAS's worker threads spin for a while after every call before they sleep. The driver's only
+    BLAS work in a fit is small (the k x k Gramian of weighted ALS, once a half-step), but in local mode
+    the spinning threads took a core from the tasks solving the blocks: 5M ratings, weighted ALS rank 10,
+    2 cores: 0.18 s per iteration with the default threads, 0.11 s with one. Python workers already run
+    one BLAS thread (Spark sets OMP_NUM_THREADS to the task's cores).
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

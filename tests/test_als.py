@@ -54,6 +54,25 @@ def test_objective_never_increases(spark, planted_split, biases, scaling, solver
     assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
 
 
+def test_the_drivers_blas_runs_on_one_thread_during_a_fit_and_after_it_as_before(spark, planted_split):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    u, i, r, _, _ = planted_split
+    before, seen = blas_threads(), []
+
+    def probe(it, factors):
+        seen.append(blas_threads())
+        return {}
+    probe.spark_free = True
+    als.fit(ratings_df(spark, u, i, np.abs(r)), 80, 50, ModelConfig(kind="implicit", rank=4, iterations=2),
+            on_iteration=probe)
+    assert len(seen) == 2 and all(t and set(t) == {1} for t in seen), seen
+    assert blas_threads() == before
+
+
 @pytest.mark.parametrize("solver", ["exact", "cg"])
 def test_implicit_objective_never_increases(spark, planted_split, solver):
     u, i, r, _, _ = planted_split

@@ -6,8 +6,15 @@ import pytest
 
 import dataclasses
 
-from mf_spark.kernels.solve import (SolveSpec, chunks, confidence, layout, nnls_stack, preference, solve_block,
-                                  start_point)
+from mf_spark.kernels import compiled
+from mf_spark.kernels.solve import (COMPILED_MAX_WIDTH, SolveSpec, chunks, confidence, engine_for, layout, nnls_stack,
+                                  preference, solve_block, start_point)
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def engine(request):
+    """Every exact-solve test runs on both engines against the same reference."""
+    return request.param
 
 
 def random_block(rng, n_rows=30, n_fixed=50, k=6, max_len=40, empty_rows=True):
@@ -54,29 +61,29 @@ def implicit_dense_reference(indptr, cols, vals, Y, row, spec):
 
 @pytest.mark.parametrize("count_scaled", [True, False])
 @pytest.mark.parametrize("budget", [64, 1 << 22])
-def test_explicit_matches_per_row(rng, count_scaled, budget):
+def test_explicit_matches_per_row(rng, engine, count_scaled, budget):
     indptr, cols, vals, Y = random_block(rng)
     spec = SolveSpec(reg=0.1, count_scaled=count_scaled, mu=3.0)
-    got = solve_block(indptr, cols, vals, Y, spec, budget=budget)
+    got = solve_block(indptr, cols, vals, Y, spec, budget=budget, engine=engine)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=1e-4, atol=1e-5)
     assert got.bias is None and got.factors.dtype == np.float32
 
 
-def test_explicit_with_bias_matches_per_row(rng):
+def test_explicit_with_bias_matches_per_row(rng, engine):
     indptr, cols, vals, Y = random_block(rng, empty_rows=False)
     fb = rng.normal(size=Y.shape[0]).astype(np.float32)
     spec = SolveSpec(reg=0.05, with_bias=True, mu=3.2)
-    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb)
+    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, engine=engine)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want[:, :-1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got.bias, want[:, -1], rtol=1e-4, atol=1e-5)
 
 
-def test_explicit_loss_pieces(rng):
+def test_explicit_loss_pieces(rng, engine):
     indptr, cols, vals, Y = random_block(rng, empty_rows=False)
     spec = SolveSpec(reg=0.2, count_scaled=True)
-    got = solve_block(indptr, cols, vals, Y, spec)
+    got = solve_block(indptr, cols, vals, Y, spec, engine=engine)
     rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
     pred = np.sum(got.factors[rows].astype(np.float64) * Y[cols], axis=1)
     sse = np.sum((vals - pred) ** 2)
@@ -89,20 +96,20 @@ def test_explicit_loss_pieces(rng):
 @pytest.mark.parametrize("w0", [1.0, 0.1, 0.01])
 @pytest.mark.parametrize("kind,alpha", [("linear", 2.0), ("linear", 40.0), ("log", 5.0)])
 @pytest.mark.parametrize("target", ["preference", "value"])
-def test_implicit_matches_dense_weighted_lsq(rng, w0, kind, alpha, target):
+def test_implicit_matches_dense_weighted_lsq(rng, engine, w0, kind, alpha, target):
     indptr, cols, vals, Y = random_block(rng, n_rows=20, n_fixed=45, k=5, max_len=30)
     spec = SolveSpec(kind="implicit", reg=0.05, alpha=alpha, confidence=kind, epsilon=0.5, target=target,
                      w0=w0)
     gram = Y.T.astype(np.float64) @ Y
-    got = solve_block(indptr, cols, vals, Y, spec, gram=gram)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=gram, engine=engine)
     want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=2e-3, atol=2e-4)
 
 
-def test_implicit_loss_equals_dense_objective(rng):
+def test_implicit_loss_equals_dense_objective(rng, engine):
     indptr, cols, vals, Y = random_block(rng, n_rows=10, n_fixed=30, k=4, max_len=20)
     spec = SolveSpec(kind="implicit", reg=0.1, alpha=3.0, w0=0.5)
-    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, engine=engine)
     dense = 0.0
     for r in range(indptr.size - 1):
         sl = slice(indptr[r], indptr[r + 1])
@@ -158,44 +165,97 @@ def test_shape_errors(rng):
 
 @pytest.mark.parametrize("w0", [1.0, 0.05, 3.0])      # 3.0 > c for some entries: D has negative weights
 @pytest.mark.parametrize("count_scaled", [True, False])
-def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, w0, count_scaled):
+def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, engine, w0, count_scaled):
     """Rows with L < k take the Woodbury path (L x L systems); same answer as the dense solve."""
     indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=16, max_len=12)
     spec = SolveSpec(kind="implicit", reg=0.1, alpha=1.5, w0=w0, count_scaled=count_scaled)
-    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, engine=engine)
     want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=2e-3, atol=2e-4)
 
 
-def test_explicit_rows_with_fewer_ratings_than_factors_match_per_row(rng):
+def test_explicit_rows_with_fewer_ratings_than_factors_match_per_row(rng, engine):
     """Rows with L < k solve the dual L x L system."""
     indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=16, max_len=12)
     spec = SolveSpec(kind="explicit", reg=0.1, mu=3.0, with_bias=True)
     fb = rng.normal(size=60).astype(np.float32)
-    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb)
+    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, engine=engine)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want[:, :16], rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(got.bias, want[:, 16], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("spec", [SolveSpec(reg=0.1, mu=3.0, with_bias=True), SolveSpec(kind="implicit", alpha=2.0)])
-def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng, spec):
+def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng, engine, spec):
     indptr, cols, vals, Y = random_block(rng)
     fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
     gram = Y.T.astype(np.float64) @ Y
     width = Y.shape[1] + spec.with_bias
-    plan = layout(indptr, cols, vals, spec, Y.shape[0], width, budget=200)
-    fresh = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, budget=200)
+    plan = layout(indptr, cols, vals, spec, Y.shape[0], width, budget=200, engine=engine)
+    fresh = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, budget=200, engine=engine)
     for Yi in (Y, Y * 0.5):     # the same layout serves a later half-step with other factors
-        kept = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=Yi.T.astype(np.float64) @ Yi, plan=plan)
-        again = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=Yi.T.astype(np.float64) @ Yi, budget=200)
+        gi = Yi.T.astype(np.float64) @ Yi
+        kept = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=gi, plan=plan)
+        again = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=gi, budget=200, engine=engine)
         np.testing.assert_array_equal(kept.factors, again.factors)
         assert kept.data_loss == again.data_loss
     np.testing.assert_array_equal(solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, plan=plan).factors,
                                   fresh.factors)
+    assert plan.compiled == (engine == "compiled")
     with pytest.raises(ValueError, match="layout for"):
         solve_block(indptr, cols, vals, Y[:-1], spec, fixed_bias=None if fb is None else fb[:-1],
                     gram=gram, plan=plan)
+
+
+EXACT_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.2, count_scaled=False),
+               SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
+               SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=2.0)]
+
+
+@pytest.mark.parametrize("spec", EXACT_SPECS)
+def test_the_compiled_engine_gives_the_numpy_engines_factors_and_losses(rng, spec):
+    indptr, cols, vals, Y = random_block(rng, n_rows=200, n_fixed=300, k=12, max_len=150)
+    fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
+    gram = Y.T.astype(np.float64) @ Y
+    a, b = (solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, engine=e) for e in ("numpy", "compiled"))
+    np.testing.assert_allclose(b.factors, a.factors, rtol=1e-4, atol=1e-5)
+    if spec.with_bias:
+        np.testing.assert_allclose(b.bias, a.bias, rtol=1e-4, atol=1e-5)
+    for field in ("data_loss", "reg_loss", "sq_err"):
+        assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4), field
+
+
+@pytest.mark.parametrize("kind", ["explicit", "implicit"])
+def test_compiled_rows_with_singular_systems_take_the_pseudo_inverse_like_numpy(rng, kind):
+    """reg = 0 (and w0 = 0): rows with fewer entries than factors have singular systems; the compiled
+    engine gives them the minimum-norm least-squares solution and solves the others exactly."""
+    indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=8, max_len=20)
+    spec = SolveSpec(kind=kind, reg=0.0, w0=0.0 if kind == "implicit" else 1.0)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, engine="compiled")
+    lens = np.diff(indptr)
+    assert np.any((lens > 0) & (lens < 8)) and np.any(lens >= 8)
+    loss = 0.0
+    for r in range(lens.size):
+        sl = slice(indptr[r], indptr[r + 1])
+        G = Y[cols[sl]].astype(np.float64)
+        w = confidence(vals[sl], spec) if kind == "implicit" else np.ones(lens[r])
+        t = preference(vals[sl], spec) if kind == "implicit" else vals[sl].astype(np.float64)
+        want = np.linalg.lstsq(np.sqrt(w)[:, None] * G, np.sqrt(w) * t, rcond=None)[0]    # minimum norm
+        np.testing.assert_allclose(got.factors[r], want, rtol=1e-3, atol=1e-4)
+        loss += np.sum(w * (t - G @ want) ** 2)
+    assert got.data_loss == pytest.approx(loss, rel=1e-4, abs=1e-6)
+
+
+def test_engine_for_picks_compiled_only_for_exact_unconstrained_narrow_solves():
+    assert engine_for(SolveSpec(), 10) == ("compiled" if compiled.AVAILABLE else "numpy")
+    assert engine_for(SolveSpec(cg_steps=3), 10) == "numpy"
+    assert engine_for(SolveSpec(nonnegative=True), 10) == "numpy"
+    assert engine_for(SolveSpec(), COMPILED_MAX_WIDTH + 1) == "numpy"
+    assert engine_for(SolveSpec(), 10, "numpy") == "numpy"
+    with pytest.raises(ValueError, match="exact, unconstrained"):
+        engine_for(SolveSpec(cg_steps=3), 10, "compiled")
+    with pytest.raises(ValueError, match="engine must be"):
+        engine_for(SolveSpec(), 10, "fast")
 
 
 CG_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.1, count_scaled=False),

@@ -1,4 +1,4 @@
-"""Batched normal-equation solves for one block of rows (users, or items), numpy only.
+"""Batched normal-equation solves for one block of rows (users, or items).
 
 Explicit ALS row u (biases: y_i augmented with a constant 1, x_u with b_u, target r_ui - mu - b_i):
 
@@ -8,9 +8,12 @@ Weighted ALS row u (unobserved entries weighted w0, never materialized thanks to
 
     (w0 G + Y_u^T (C_u - w0 I) Y_u + lambda_u I) x_u = Y_u^T C_u p_u
 
-Rows are sorted by length and cut into chunks of similar length; each chunk is padded to its longest
-row with a zero factor row, so its Gramians come from one stacked `np.matmul` and its systems from one
-stacked `np.linalg.solve`. The Python loop is over chunks (tens per block), never over rows.
+Exact solves run compiled, row by row with no padding (`kernels.compiled`), where numba is installed
+and the row has at most COMPILED_MAX_WIDTH unknowns. Otherwise (conjugate gradients, nonnegative
+factors, wider rows, or engine "numpy"), rows are sorted by length and cut into chunks of similar
+length; each chunk is padded to its longest row with a zero factor row, so its Gramians come from one
+stacked `np.matmul` and its systems from one stacked `np.linalg.solve`. The Python loop is over chunks
+(tens per block), never over rows.
 
 Worked example (k = 2, one block of three users, fixed item factors Y with 4 rows):
 
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mf_spark.kernels import compiled
+
 # Gathered factors per chunk. A chunk that stays in cache between its products is faster than a
 # bigger one (one 400k-rating block, one core, 16 MiB L3 shared by two): exact solves were fastest
 # at 2 MiB (rank 64: 139 -> 115 ms against 16 MiB; rank 10, 2M ratings: 83 -> 73 ms), conjugate
@@ -34,6 +39,10 @@ CG_CHUNK_FLOATS = 1 << 20
 # A chunk only takes rows up to 1.25x its shortest row (past 8), so padding wastes < 25% of the flops.
 LENGTH_RATIO = 1.25
 MIN_PAD = 8
+# The compiled solve forms width(width+1)/2 dot products per row; past 64 unknowns stacked BLAS is
+# faster (one 400k-rating block, one core: 17 vs 23 ms at rank 16, 49 vs 62 at 32, 181 vs 182 at 64).
+COMPILED_MAX_WIDTH = 64
+ENGINES = ("auto", "compiled", "numpy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,20 +127,49 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """A block's chunks for `width` unknowns per row against `n_fixed` fixed rows. It depends on the
-    block and the spec alone, not on the factors, so a task holding a block builds it once per fit."""
+    """How a block is solved for `width` unknowns per row against `n_fixed` fixed rows: padded chunks
+    (numpy engine), or per-entry weights for the compiled one. It depends on the block and the spec
+    alone, not on the factors, so a task holding a block builds it once per fit."""
     spec: SolveSpec
     n_fixed: int
     width: int
     chunks: tuple[Chunk, ...]
     max_floats: int     # largest b * L * width: one gather buffer serves every chunk
+    compiled: bool = False
+    weight: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c - w0
+    target: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c * p
+    fixed_loss: np.ndarray | None = None  # compiled weighted ALS: (n_rows,) float64 sum of c p^2 per row
+
+
+def engine_for(spec: SolveSpec, width: int, engine: str = "auto") -> str:
+    """"compiled" or "numpy": the engine that solves `spec` with `width` unknowns per row. "auto" takes
+    the compiled one for exact, unconstrained solves of at most COMPILED_MAX_WIDTH unknowns where numba
+    is installed; asking for "compiled" where it cannot serve raises ValueError."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    fits = spec.cg_steps == 0 and not spec.nonnegative
+    if engine == "compiled" and not (fits and compiled.AVAILABLE):
+        raise ValueError("the compiled engine solves exact, unconstrained systems and needs numba"
+                         + ("" if compiled.AVAILABLE else " (not installed)"))
+    if engine == "auto":
+        return "compiled" if fits and compiled.AVAILABLE and width <= COMPILED_MAX_WIDTH else "numpy"
+    return engine
 
 
 def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, spec: SolveSpec, n_fixed: int,
-           width: int, budget: int | None = None) -> Layout:
-    """The padded chunks of a CSR block (see `chunks`) for solves against `n_fixed` fixed rows; for
-    weighted ALS with each entry's confidence and preference. `budget`: floats of gathered factors
-    per chunk (default by solver: CHUNK_FLOATS, or CG_CHUNK_FLOATS for conjugate gradients)."""
+           width: int, budget: int | None = None, engine: str = "auto") -> Layout:
+    """How to solve a CSR block against `n_fixed` fixed rows (`engine_for`). Numpy engine: the padded
+    chunks (see `chunks`), for weighted ALS with each entry's confidence and preference; `budget`:
+    floats of gathered factors per chunk (default by solver: CHUNK_FLOATS, or CG_CHUNK_FLOATS for
+    conjugate gradients). Compiled engine: for weighted ALS, each entry's weight and target."""
+    if engine_for(spec, width, engine) == "compiled":
+        if spec.kind == "explicit":
+            return Layout(spec, n_fixed, width, (), 0, compiled=True)
+        c, p = confidence(vals, spec), preference(vals, spec)
+        per_row = np.add.reduceat(c * p * p, indptr[:-1]) if cols.size else np.zeros(indptr.size - 1)
+        per_row[np.diff(indptr) == 0] = 0.0        # reduceat gives the next row's entry for an empty row
+        return Layout(spec, n_fixed, width, (), 0, compiled=True, weight=(c - spec.w0).astype(np.float32),
+                      target=(c * p).astype(np.float32), fixed_loss=per_row)
     budget = budget or (CG_CHUNK_FLOATS if spec.cg_steps else CHUNK_FLOATS)
     out = []
     for rows, L in chunks(np.diff(indptr), width, budget):
@@ -261,7 +299,7 @@ def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
 def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
                 fixed_bias: np.ndarray | None = None, gram: np.ndarray | None = None,
                 budget: int | None = None, plan: Layout | None = None,
-                x0: np.ndarray | None = None) -> BlockSolution:
+                x0: np.ndarray | None = None, engine: str = "auto") -> BlockSolution:
     """Solve every row of a CSR block against the fixed side's factors.
 
     Parameters
@@ -274,6 +312,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
     gram : (k, k) float64           Y^T Y, required for implicit (computed once per half-step)
     plan : Layout                   this block's `layout`, kept by callers that solve it again
     x0 : (n_rows, width) float32    the rows' current factors (and bias), required when spec.cg_steps
+    engine : str                    auto | compiled | numpy (`engine_for`), when no plan is given
     Returns a BlockSolution. Raises ValueError when shapes disagree.
     """
     n_rows = indptr.size - 1
@@ -290,10 +329,12 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         raise ValueError(f"conjugate-gradient solves need x0 of shape ({n_rows}, {width}), "
                          f"got {None if x0 is None else x0.shape}")
     if plan is None:
-        plan = layout(indptr, cols, vals, spec, n_fixed, width, budget)
+        plan = layout(indptr, cols, vals, spec, n_fixed, width, budget, engine)
     elif plan.n_fixed != n_fixed or plan.width != width or plan.spec != spec:
         raise ValueError(f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns ({plan.spec}), "
                          f"solving against {n_fixed} x {width} ({spec})")
+    if plan.compiled:
+        return _solve_compiled(indptr, cols, vals, Y, spec, fixed_bias, gram, plan)
     Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)    # last row: padding target
     Yf[:n_fixed, :k] = Y
     if spec.with_bias:
@@ -374,3 +415,41 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
     bias = X[:, k].astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
 
+
+
+def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
+                    fixed_bias: np.ndarray | None, gram: np.ndarray | None, plan: Layout) -> BlockSolution:
+    """`solve_block` by `kernels.compiled.solve_rows`. Rows whose system is singular (lambda = 0 and
+    too few entries) get the minimum-norm solution, by a pseudo-inverse, one row at a time."""
+    n_fixed, k = Y.shape
+    width = plan.width
+    lens = np.diff(indptr)
+    lam = spec.reg * (lens.astype(np.float64) if spec.count_scaled else np.ones(lens.size))
+    Yw, weight, offset = Y, plan.weight, None
+    if spec.kind == "explicit":
+        target, shift = vals, np.zeros((width, width))
+        if spec.with_bias:
+            Yw = np.empty((n_fixed, width), np.float32)
+            Yw[:, :k], Yw[:, k] = Y, 1.0
+        if spec.mu or spec.with_bias:
+            offset = np.full(n_fixed, spec.mu, dtype=np.float32)
+            if spec.with_bias:
+                offset += fixed_bias
+    else:
+        target, shift = plan.target, spec.w0 * gram
+    X, bad, sums = compiled.solve_rows(indptr, cols, weight, target, offset, Yw, shift, lam)
+    for r in np.flatnonzero(bad):
+        sl = slice(indptr[r], indptr[r + 1])
+        G = Yw[cols[sl]].astype(np.float64)
+        w = 1.0 if weight is None else weight[sl].astype(np.float64)
+        t = target[sl].astype(np.float64) - (0.0 if offset is None else offset[cols[sl]])
+        A = G.T @ (w * G.T).T + shift + lam[r] * np.eye(width)
+        X[r] = np.linalg.pinv(A, hermitian=True) @ (G.T @ t)
+        p = G @ X[r]
+        sums += (np.sum(w * p * p - 2.0 * t * p), np.sum(t * t), X[r] @ shift @ X[r], lam[r] * (X[r] @ X[r]))
+    if spec.kind == "explicit":
+        data_loss = sq_err = float(sums[0] + sums[1])
+    else:
+        data_loss, sq_err = float(sums[0] + sums[2] + plan.fixed_loss.sum()), 0.0
+    bias = X[:, k].astype(np.float32) if spec.with_bias else None
+    return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, float(sums[3]), sq_err)
