@@ -19,14 +19,13 @@ for the caller to solve otherwise; its loss pieces are left out of the sums.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
-try:                                    # numba is a dependency; a platform without it runs the numpy path
-    import numba
-except ImportError:                     # pragma: no cover - exercised only where numba is missing
-    numba = None
-
-AVAILABLE = numba is not None
+# numba is a dependency; where it is missing the numpy engine serves. It is imported on the first
+# solve, not with the package: a driver that never solves (top-N, scoring) does not pay the 0.3 s.
+AVAILABLE = importlib.util.find_spec("numba") is not None
 # Reassociation lets the dot products use vector lanes; no-NaN/no-inf flags stay off so that a failed
 # pivot is still seen.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -35,7 +34,7 @@ PIVOT_FLOOR = 1e-10
 
 
 def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, X, bad, sums):  # pragma: no cover
-    """Solve every row of a CSR block (see the module docstring). Compiled; runs as Python without numba.
+    """Solve every row of a CSR block (see the module docstring); compiled by `_kernel`.
 
     indptr : (n + 1,) int64; cols : (nnz,) int32 fixed-side rows; weight : (nnz,) float32, or (0,) for
     unit weights; target : (nnz,) float32; offset : (n_fixed,) float32 subtracted from target at each
@@ -153,10 +152,22 @@ def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, X, bad, sum
     sums[3] += pen
 
 
-if AVAILABLE:
-    # Cached on disk (beside this file, or numba's user cache where that is read-only), so a process
-    # compiles once per install instead of once per start.
-    _solve_rows = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")(_solve_rows)
+_compiled = None
+
+
+def _kernel():
+    """`_solve_rows` compiled, on first use. The machine code is cached on disk (beside this file, or
+    in numba's user cache where that is read-only), so a process compiles once per install (~2 s),
+    later ones load it (~0.1 s); where no cache location is writable it compiles in every process."""
+    global _compiled
+    if _compiled is None:
+        import numba
+        options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")
+        try:
+            _compiled = numba.njit(cache=True, **options)(_solve_rows)
+        except RuntimeError:            # "cannot cache function ...: no locator available"
+            _compiled = numba.njit(**options)(_solve_rows)
+    return _compiled
 
 
 def solve_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, target: np.ndarray,
@@ -173,7 +184,7 @@ def solve_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, 
     X = np.empty((n, width), np.float64)
     bad = np.empty(n, np.bool_)
     sums = np.zeros(4, np.float64)
-    _solve_rows(np.ascontiguousarray(indptr, np.int64), np.ascontiguousarray(cols, np.int32),
+    _kernel()(np.ascontiguousarray(indptr, np.int64), np.ascontiguousarray(cols, np.int32),
                 np.zeros(0, f32) if weight is None else np.ascontiguousarray(weight, f32),
                 np.ascontiguousarray(target, f32),
                 np.zeros(0, f32) if offset is None else np.ascontiguousarray(offset, f32),
