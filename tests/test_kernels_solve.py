@@ -246,14 +246,16 @@ def test_compiled_rows_with_singular_systems_take_the_pseudo_inverse_like_numpy(
     assert got.data_loss == pytest.approx(loss, rel=1e-4, abs=1e-6)
 
 
-def test_engine_for_picks_compiled_only_for_exact_unconstrained_narrow_solves():
-    assert engine_for(SolveSpec(), 10) == ("compiled" if compiled.AVAILABLE else "numpy")
-    assert engine_for(SolveSpec(cg_steps=3), 10) == "numpy"
+def test_engine_for_picks_compiled_for_unconstrained_solves_exact_ones_up_to_the_width_limit():
+    auto = "compiled" if compiled.AVAILABLE else "numpy"
+    assert engine_for(SolveSpec(), 10) == auto
+    assert engine_for(SolveSpec(cg_steps=3), 10) == auto
+    assert engine_for(SolveSpec(cg_steps=3), COMPILED_MAX_WIDTH + 1) == auto
     assert engine_for(SolveSpec(nonnegative=True), 10) == "numpy"
     assert engine_for(SolveSpec(), COMPILED_MAX_WIDTH + 1) == "numpy"
     assert engine_for(SolveSpec(), 10, "numpy") == "numpy"
-    with pytest.raises(ValueError, match="exact, unconstrained"):
-        engine_for(SolveSpec(cg_steps=3), 10, "compiled")
+    with pytest.raises(ValueError, match="unconstrained"):
+        engine_for(SolveSpec(nonnegative=True), 10, "compiled")
     with pytest.raises(ValueError, match="engine must be"):
         engine_for(SolveSpec(), 10, "fast")
 
@@ -263,24 +265,38 @@ CG_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), Sol
             SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=1.0)]
 
 
-def _solve(block, spec, x0=None, fb=None):
+def _solve(block, spec, x0=None, fb=None, engine="auto"):
     indptr, cols, vals, Y = block
     gram = Y.T.astype(np.float64) @ Y if spec.kind == "implicit" else None
-    return solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, x0=x0)
+    return solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, x0=x0, engine=engine)
 
 
 @pytest.mark.parametrize("spec", CG_SPECS)
-def test_conjugate_gradients_reach_the_exact_solve(rng, spec):
+def test_conjugate_gradients_reach_the_exact_solve(rng, engine, spec):
     block = random_block(rng)
     fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
     exact = _solve(block, spec, fb=fb)
     x0 = np.zeros((block[0].size - 1, block[3].shape[1] + spec.with_bias), np.float32)
-    cg = _solve(block, dataclasses.replace(spec, cg_steps=25), x0=x0, fb=fb)     # 25 steps >= 7 unknowns
+    cg = _solve(block, dataclasses.replace(spec, cg_steps=25), x0=x0, fb=fb, engine=engine)  # 25 >= 7 unknowns
     np.testing.assert_allclose(cg.factors, exact.factors, rtol=1e-4, atol=1e-5)
     if spec.with_bias:
         np.testing.assert_allclose(cg.bias, exact.bias, rtol=1e-4, atol=1e-5)
     assert cg.data_loss + cg.reg_loss == pytest.approx(exact.data_loss + exact.reg_loss, rel=1e-5)
     assert cg.sq_err == pytest.approx(exact.sq_err, rel=1e-4)
+
+
+@pytest.mark.parametrize("spec", CG_SPECS)
+def test_compiled_conjugate_gradients_take_the_numpy_engines_steps(rng, spec):
+    block = random_block(rng, n_rows=200, n_fixed=300, k=12, max_len=150)
+    n_rows, k = block[0].size - 1, block[3].shape[1]
+    fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
+    x0 = start_point(rng.normal(size=(n_rows, k)).astype(np.float32),
+                     rng.normal(size=n_rows).astype(np.float32) if spec.with_bias else None, spec)
+    spec = dataclasses.replace(spec, cg_steps=3)
+    a, b = (_solve(block, spec, x0=x0, fb=fb, engine=e) for e in ("numpy", "compiled"))
+    np.testing.assert_allclose(b.factors, a.factors, rtol=1e-3, atol=1e-4)
+    for field in ("data_loss", "reg_loss", "sq_err"):
+        assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4), field
 
 
 def dense_objective(block, spec, x, fb=None):
@@ -306,7 +322,7 @@ def dense_objective(block, spec, x, fb=None):
 
 
 @pytest.mark.parametrize("spec", CG_SPECS)
-def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, spec):
+def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, engine, spec):
     block = random_block(rng)
     fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
     n_rows, k = block[0].size - 1, block[3].shape[1]
@@ -314,7 +330,7 @@ def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, s
                      rng.normal(size=n_rows).astype(np.float32) if spec.with_bias else None, spec)
     objective = [dense_objective(block, spec, x0.astype(np.float64), fb)]
     for steps in (1, 2, 3, 5):
-        sol = _solve(block, dataclasses.replace(spec, cg_steps=steps), x0=x0, fb=fb)
+        sol = _solve(block, dataclasses.replace(spec, cg_steps=steps), x0=x0, fb=fb, engine=engine)
         objective.append(sol.data_loss + sol.reg_loss)
         x = sol.factors if sol.bias is None else np.column_stack([sol.factors, sol.bias])
         assert objective[-1] == pytest.approx(dense_objective(block, spec, x.astype(np.float64), fb), rel=1e-4)

@@ -152,42 +152,185 @@ def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, X, bad, sum
     sums[3] += pen
 
 
-_compiled = None
+def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, sums):  # pragma: no cover
+    """`steps` conjugate-gradient steps on every row's system from x0 (kernels.solve.cg_stack, row by
+    row); the system is never formed. Arguments as `_solve_rows`, plus x0 : (n, width) float32 and
+    steps : int; writes X and adds the same four loss pieces to sums.
+
+    The row's factor rows are copied once into an (L, width) buffer, one row per rating; each
+    product A v = G' W G v + S v + lambda v then reads it once (a dot product and an axpy per rating).
+    """
+    n = indptr.size - 1
+    width = Y.shape[1]
+    unit = weight.size == 0
+    has_offset = offset.size > 0
+    has_shift = False
+    for a in range(width):
+        for c in range(width):
+            if shift[a, c] != 0.0:
+                has_shift = True
+    longest = 0
+    for r in range(n):
+        longest = max(longest, indptr[r + 1] - indptr[r])
+    G = np.empty((longest, width), np.float32)
+    T = np.empty(longest, np.float32)
+    W = np.empty(longest, np.float32)
+    P = np.empty(longest, np.float32)       # predictions G x
+    GP = np.empty(longest, np.float32)      # G p of the current direction
+    x = np.empty(width, np.float64)
+    res = np.empty(width, np.float64)
+    d = np.empty(width, np.float64)
+    ad = np.empty(width, np.float64)
+    vf = np.empty(width, np.float32)
+    acc = np.empty(width, np.float32)
+    fit = tsq = quad = pen = 0.0
+    for r in range(n):
+        s0 = indptr[r]
+        L = indptr[r + 1] - s0
+        lr = lam[r]
+        for e in range(L):
+            j = cols[s0 + e]
+            G[e, :] = Y[j]
+            T[e] = target[s0 + e] - offset[j] if has_offset else target[s0 + e]
+            W[e] = 1.0 if unit else weight[s0 + e]
+        for a in range(width):
+            x[a] = x0[r, a]
+        # A x and G x; r = G't - A x
+        for a in range(width):
+            vf[a] = x[a]
+            acc[a] = 0.0
+        for e in range(L):
+            g = np.float32(0.0)
+            for a in range(width):
+                g += G[e, a] * vf[a]
+            P[e] = g
+            wg = W[e] * g - T[e]
+            for a in range(width):
+                acc[a] += wg * G[e, a]
+        rs = 0.0
+        for a in range(width):
+            v = -acc[a] - lr * x[a]
+            if has_shift:
+                for c in range(width):
+                    v -= shift[a, c] * x[c]
+            res[a] = v
+            d[a] = v
+            rs += v * v
+        for _ in range(steps):
+            if not rs > 0.0:
+                break
+            for a in range(width):
+                vf[a] = d[a]
+                acc[a] = 0.0
+            for e in range(L):
+                g = np.float32(0.0)
+                for a in range(width):
+                    g += G[e, a] * vf[a]
+                GP[e] = g
+                wg = W[e] * g
+                for a in range(width):
+                    acc[a] += wg * G[e, a]
+            dad = 0.0
+            for a in range(width):
+                v = acc[a] + lr * d[a]
+                if has_shift:
+                    for c in range(width):
+                        v += shift[a, c] * d[c]
+                ad[a] = v
+                dad += d[a] * v
+            if not dad > 0.0:
+                break
+            alpha = rs / dad
+            new = 0.0
+            for a in range(width):
+                x[a] += alpha * d[a]
+                res[a] -= alpha * ad[a]
+                new += res[a] * res[a]
+            af = np.float32(alpha)
+            for e in range(L):
+                P[e] += af * GP[e]
+            beta = new / rs
+            for a in range(width):
+                d[a] = res[a] + beta * d[a]
+            rs = new
+        norm = 0.0
+        for a in range(width):
+            X[r, a] = x[a]
+            norm += x[a] * x[a]
+            if has_shift:
+                for c in range(width):
+                    quad += x[a] * shift[a, c] * x[c]
+        pen += lr * norm
+        sf = np.float32(0.0)
+        st = np.float32(0.0)
+        for e in range(L):
+            p = P[e]
+            t = T[e]
+            sf += W[e] * p * p - np.float32(2.0) * t * p
+            st += t * t
+        fit += sf
+        tsq += st
+    sums[0] += fit
+    sums[1] += tsq
+    sums[2] += quad
+    sums[3] += pen
 
 
-def _kernel():
-    """`_solve_rows` compiled, on first use. The machine code is cached on disk (beside this file, or
-    in numba's user cache where that is read-only), so a process compiles once per install (~2 s),
-    later ones load it (~0.1 s); where no cache location is writable it compiles in every process."""
-    global _compiled
-    if _compiled is None:
+_compiled: dict = {}
+
+
+def _kernel(fn):
+    """`fn` compiled, on first use. The machine code is cached on disk (beside this file, or in
+    numba's user cache where that is read-only), so a process compiles once per install (~2 s), later
+    ones load it (~0.1 s); where no cache location is writable it compiles in every process."""
+    if fn not in _compiled:
         import numba
         options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")
         try:
-            _compiled = numba.njit(cache=True, **options)(_solve_rows)
+            _compiled[fn] = numba.njit(cache=True, **options)(fn)
         except RuntimeError:            # "cannot cache function ...: no locator available"
-            _compiled = numba.njit(**options)(_solve_rows)
-    return _compiled
+            _compiled[fn] = numba.njit(**options)(fn)
+    return _compiled[fn]
+
+
+def _common(indptr, cols, weight, target, offset, Y, shift, lam) -> tuple:
+    """The arguments both kernels share, checked and cast to their one compiled signature."""
+    n = indptr.size - 1
+    width = Y.shape[1]
+    if shift.shape != (width, width) or lam.shape != (n,) or target.shape != cols.shape:
+        raise ValueError(f"compiled solve: {n} rows, {cols.size} entries, width {width}; got shift "
+                         f"{shift.shape}, lam {lam.shape}, target {target.shape}")
+    f32 = np.float32
+    return (np.ascontiguousarray(indptr, np.int64), np.ascontiguousarray(cols, np.int32),
+            np.zeros(0, f32) if weight is None else np.ascontiguousarray(weight, f32),
+            np.ascontiguousarray(target, f32),
+            np.zeros(0, f32) if offset is None else np.ascontiguousarray(offset, f32),
+            np.ascontiguousarray(Y, f32), np.ascontiguousarray(shift, np.float64),
+            np.ascontiguousarray(lam, np.float64))
 
 
 def solve_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, target: np.ndarray,
                offset: np.ndarray | None, Y: np.ndarray, shift: np.ndarray,
                lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact solves of every row of a CSR block (module docstring); arrays are cast to the one compiled
-    signature. Returns X (n, width) float64, bad (n,) bool and the loss pieces (4,) float64."""
-    n = indptr.size - 1
-    width = Y.shape[1]
-    if shift.shape != (width, width) or lam.shape != (n,) or target.shape != cols.shape:
-        raise ValueError(f"solve_rows: {n} rows, {cols.size} entries, width {width}; got shift "
-                         f"{shift.shape}, lam {lam.shape}, target {target.shape}")
-    f32 = np.float32
-    X = np.empty((n, width), np.float64)
-    bad = np.empty(n, np.bool_)
+    """Exact solves of every row of a CSR block (module docstring). Returns X (n, width) float64,
+    bad (n,) bool and the loss pieces (4,) float64."""
+    args = _common(indptr, cols, weight, target, offset, Y, shift, lam)
+    X = np.empty((indptr.size - 1, Y.shape[1]), np.float64)
+    bad = np.empty(indptr.size - 1, np.bool_)
     sums = np.zeros(4, np.float64)
-    _kernel()(np.ascontiguousarray(indptr, np.int64), np.ascontiguousarray(cols, np.int32),
-                np.zeros(0, f32) if weight is None else np.ascontiguousarray(weight, f32),
-                np.ascontiguousarray(target, f32),
-                np.zeros(0, f32) if offset is None else np.ascontiguousarray(offset, f32),
-                np.ascontiguousarray(Y, f32), np.ascontiguousarray(shift, np.float64),
-                np.ascontiguousarray(lam, np.float64), X, bad, sums)
+    _kernel(_solve_rows)(*args, X, bad, sums)
     return X, bad, sums
+
+
+def cg_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, target: np.ndarray,
+            offset: np.ndarray | None, Y: np.ndarray, shift: np.ndarray, lam: np.ndarray, x0: np.ndarray,
+            steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """`steps` conjugate-gradient steps for every row of a CSR block from x0 ((n, width) float32), as
+    `kernels.solve.cg_stack`. Returns X (n, width) float64 and the loss pieces (4,) float64."""
+    args = _common(indptr, cols, weight, target, offset, Y, shift, lam)
+    if x0.shape != (indptr.size - 1, Y.shape[1]):
+        raise ValueError(f"cg_rows: x0 of shape {x0.shape}, expected {(indptr.size - 1, Y.shape[1])}")
+    X = np.empty((indptr.size - 1, Y.shape[1]), np.float64)
+    sums = np.zeros(4, np.float64)
+    _kernel(_cg_rows)(*args, np.ascontiguousarray(x0, np.float32), int(steps), X, sums)
+    return X, sums

@@ -143,16 +143,17 @@ class Layout:
 
 def engine_for(spec: SolveSpec, width: int, engine: str = "auto") -> str:
     """"compiled" or "numpy": the engine that solves `spec` with `width` unknowns per row. "auto" takes
-    the compiled one for exact, unconstrained solves of at most COMPILED_MAX_WIDTH unknowns where numba
-    is installed; asking for "compiled" where it cannot serve raises ValueError."""
+    the compiled one where numba is installed for unconstrained solves: conjugate gradients at any
+    width, exact solves up to COMPILED_MAX_WIDTH unknowns. Asking for "compiled" where it cannot serve
+    (nonnegative factors, or no numba) raises ValueError."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    fits = spec.cg_steps == 0 and not spec.nonnegative
-    if engine == "compiled" and not (fits and compiled.AVAILABLE):
-        raise ValueError("the compiled engine solves exact, unconstrained systems and needs numba"
+    fits = not spec.nonnegative and compiled.AVAILABLE
+    if engine == "compiled" and not fits:
+        raise ValueError("the compiled engine solves unconstrained systems and needs numba"
                          + ("" if compiled.AVAILABLE else " (not installed)"))
     if engine == "auto":
-        return "compiled" if fits and compiled.AVAILABLE and width <= COMPILED_MAX_WIDTH else "numpy"
+        return "compiled" if fits and (spec.cg_steps > 0 or width <= COMPILED_MAX_WIDTH) else "numpy"
     return engine
 
 
@@ -334,7 +335,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         raise ValueError(f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns ({plan.spec}), "
                          f"solving against {n_fixed} x {width} ({spec})")
     if plan.compiled:
-        return _solve_compiled(indptr, cols, vals, Y, spec, fixed_bias, gram, plan)
+        return _solve_compiled(indptr, cols, vals, Y, spec, fixed_bias, gram, plan, x0 if cg else None)
     Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)    # last row: padding target
     Yf[:n_fixed, :k] = Y
     if spec.with_bias:
@@ -418,9 +419,11 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
 
 
 def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
-                    fixed_bias: np.ndarray | None, gram: np.ndarray | None, plan: Layout) -> BlockSolution:
-    """`solve_block` by `kernels.compiled.solve_rows`. Rows whose system is singular (lambda = 0 and
-    too few entries) get the minimum-norm solution, by a pseudo-inverse, one row at a time."""
+                    fixed_bias: np.ndarray | None, gram: np.ndarray | None, plan: Layout,
+                    x0: np.ndarray | None) -> BlockSolution:
+    """`solve_block` by `kernels.compiled`: conjugate gradients from x0 when given, else exact solves.
+    Rows whose exact system is singular (lambda = 0 and too few entries) get the minimum-norm solution,
+    by a pseudo-inverse, one row at a time."""
     n_fixed, k = Y.shape
     width = plan.width
     lens = np.diff(indptr)
@@ -437,7 +440,11 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
                 offset += fixed_bias
     else:
         target, shift = plan.target, spec.w0 * gram
-    X, bad, sums = compiled.solve_rows(indptr, cols, weight, target, offset, Yw, shift, lam)
+    if x0 is not None:
+        X, sums = compiled.cg_rows(indptr, cols, weight, target, offset, Yw, shift, lam, x0, spec.cg_steps)
+        bad = np.zeros(X.shape[0], np.bool_)
+    else:
+        X, bad, sums = compiled.solve_rows(indptr, cols, weight, target, offset, Yw, shift, lam)
     for r in np.flatnonzero(bad):
         sl = slice(indptr[r], indptr[r + 1])
         G = Yw[cols[sl]].astype(np.float64)
