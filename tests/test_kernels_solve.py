@@ -260,6 +260,14 @@ def test_engine_for_picks_compiled_for_unconstrained_solves_exact_ones_up_to_the
         engine_for(SolveSpec(), 10, "fast")
 
 
+def test_without_numba_every_solve_takes_the_numpy_engine(monkeypatch):
+    monkeypatch.setattr(compiled, "AVAILABLE", False)
+    assert engine_for(SolveSpec(), 10) == "numpy"
+    assert engine_for(SolveSpec(cg_steps=3), 10) == "numpy"
+    with pytest.raises(ValueError, match="not installed"):
+        engine_for(SolveSpec(), 10, "compiled")
+
+
 CG_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.1, count_scaled=False),
             SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
             SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=1.0)]

@@ -165,8 +165,10 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
     unit = weight.size == 0
     has_offset = offset.size > 0
     has_shift = False
+    S32 = np.empty((width, width), np.float32)     # the products S v inside the steps, 8 lanes wide
     for a in range(width):
         for c in range(width):
+            S32[a, c] = shift[a, c]
             if shift[a, c] != 0.0:
                 has_shift = True
     longest = 0
@@ -211,8 +213,10 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
         for a in range(width):
             v = -acc[a] - lr * x[a]
             if has_shift:
+                sv = np.float32(0.0)
                 for c in range(width):
-                    v -= shift[a, c] * x[c]
+                    sv += S32[a, c] * vf[c]
+                v -= sv
             res[a] = v
             d[a] = v
             rs += v * v
@@ -234,8 +238,10 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
             for a in range(width):
                 v = acc[a] + lr * d[a]
                 if has_shift:
+                    sv = np.float32(0.0)
                     for c in range(width):
-                        v += shift[a, c] * d[c]
+                        sv += S32[a, c] * vf[c]
+                    v += sv
                 ad[a] = v
                 dad += d[a] * v
             if not dad > 0.0:
