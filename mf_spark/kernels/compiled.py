@@ -197,32 +197,16 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
             W[e] = 1.0 if unit else weight[s0 + e]
         for a in range(width):
             x[a] = x0[r, a]
-        # A x and G x; r = G't - A x
-        for a in range(width):
-            vf[a] = x[a]
-            acc[a] = 0.0
-        for e in range(L):
-            g = np.float32(0.0)
-            for a in range(width):
-                g += G[e, a] * vf[a]
-            P[e] = g
-            wg = W[e] * g - T[e]
-            for a in range(width):
-                acc[a] += wg * G[e, a]
+            d[a] = x[a]
+        # Product 0 is A x0 (with G x0 into P, and G't subtracted on the way); product i > 0 is A d
+        # for step i (G d into GP).
         rs = 0.0
-        for a in range(width):
-            v = -acc[a] - lr * x[a]
-            if has_shift:
-                sv = np.float32(0.0)
-                for c in range(width):
-                    sv += S32[a, c] * vf[c]
-                v -= sv
-            res[a] = v
-            d[a] = v
-            rs += v * v
-        for _ in range(steps):
-            if not rs > 0.0:
+        for step in range(steps + 1):
+            if step > 0 and not rs > 0.0:
                 break
+            first = step == 0
+            out = P if first else GP
+            ts = np.float32(1.0) if first else np.float32(0.0)
             for a in range(width):
                 vf[a] = d[a]
                 acc[a] = 0.0
@@ -230,8 +214,8 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
                 g = np.float32(0.0)
                 for a in range(width):
                     g += G[e, a] * vf[a]
-                GP[e] = g
-                wg = W[e] * g
+                out[e] = g
+                wg = W[e] * g - ts * T[e]
                 for a in range(width):
                     acc[a] += wg * G[e, a]
             dad = 0.0
@@ -244,6 +228,12 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
                     v += sv
                 ad[a] = v
                 dad += d[a] * v
+            if first:                   # r = G't - A x0, the first direction
+                for a in range(width):
+                    res[a] = -ad[a]
+                    d[a] = res[a]
+                    rs += res[a] * res[a]
+                continue
             if not dad > 0.0:
                 break
             alpha = rs / dad
