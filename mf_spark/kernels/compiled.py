@@ -278,7 +278,7 @@ _compiled: dict = {}
 def _kernel(fn):
     """`fn` compiled, on first use. The machine code is cached on disk (beside this file, or in
     numba's user cache where that is read-only), so a process compiles once per install (~2 s), later
-    ones load it (~0.1 s); where no cache location is writable it compiles in every process."""
+    ones load it (~0.2 s); where no cache location is writable it compiles in every process."""
     if fn not in _compiled:
         import numba
         options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")

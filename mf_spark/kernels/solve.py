@@ -8,10 +8,10 @@ Weighted ALS row u (unobserved entries weighted w0, never materialized thanks to
 
     (w0 G + Y_u^T (C_u - w0 I) Y_u + lambda_u I) x_u = Y_u^T C_u p_u
 
-Exact solves run compiled, row by row with no padding (`kernels.compiled`), where numba is installed
-and the row has at most COMPILED_MAX_WIDTH unknowns. Otherwise (conjugate gradients, nonnegative
-factors, wider rows, or engine "numpy"), rows are sorted by length and cut into chunks of similar
-length; each chunk is padded to its longest row with a zero factor row, so its Gramians come from one
+Where numba is installed, unconstrained solves run compiled, row by row with no padding
+(`kernels.compiled`): conjugate gradients at any width, exact solves up to COMPILED_MAX_WIDTH
+unknowns. Otherwise (nonnegative factors, wider exact solves, or engine "numpy"), rows are sorted by
+length and cut into chunks of similar length; each chunk is padded to its longest row with a zero factor row, so its Gramians come from one
 stacked `np.matmul` and its systems from one stacked `np.linalg.solve`. The Python loop is over chunks
 (tens per block), never over rows.
 
@@ -415,7 +415,6 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
                                + spec.w0 * np.sum((x @ gram) * x))
     bias = X[:, k].astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
-
 
 
 def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
