@@ -15,7 +15,7 @@ Explicit ALS: w = 1, t = r - offset[col] (mu and the fixed side's bias). Weighte
 t = c p, S = w0 Y'Y, and the loss adds sum c p^2, which does not change while the factors do.
 
 numpy's stacked matmul and solve pay a BLAS call per row, which at rank 10 costs more than the
-arithmetic; here one 2M-rating block at rank 10 takes 35-45 ms against 80-115 ms (explicit,
+arithmetic; here one 2M-rating block at rank 10 takes 35-46 ms against 80-115 ms (explicit,
 weighted). A row whose system is not positive definite (lambda = 0 and too few entries) is reported
 in `bad` for the caller to solve otherwise; its loss pieces are left out of the sums.
 """
