@@ -71,7 +71,7 @@ def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
 
 
 def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndarray | None) -> float:
-    lam = spec.reg * (counts.astype(np.float64) if spec.count_scaled else (counts > 0).astype(np.float64))
+    lam = np.where(counts > 0, spec.row_reg(counts), 0.0)      # rows without ratings pay no penalty
     sq = np.sum(F_.astype(np.float64) ** 2, axis=1)
     if bias is not None:
         sq += bias.astype(np.float64) ** 2

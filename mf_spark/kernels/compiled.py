@@ -93,21 +93,21 @@ def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, X, bad, sum
             while c <= width:           # four dot products per pass over ga where four are left
                 if c + 4 <= width + 1:
                     h0, h1, h2, h3 = H[c], H[c + 1], H[c + 2], H[c + 3]
-                    s0 = s1 = s2 = s3 = np.float32(0.0)
+                    u0 = u1 = u2 = u3 = np.float32(0.0)
                     for e in range(L):
                         g = ga[e]
-                        s0 += g * h0[e]
-                        s1 += g * h1[e]
-                        s2 += g * h2[e]
-                        s3 += g * h3[e]
-                    dots[0], dots[1], dots[2], dots[3] = s0, s1, s2, s3
+                        u0 += g * h0[e]
+                        u1 += g * h1[e]
+                        u2 += g * h2[e]
+                        u3 += g * h3[e]
+                    dots[0], dots[1], dots[2], dots[3] = u0, u1, u2, u3
                     m = 4
                 else:
                     hc = H[c]
-                    s0 = np.float32(0.0)
+                    u0 = np.float32(0.0)
                     for e in range(L):
-                        s0 += ga[e] * hc[e]
-                    dots[0] = s0
+                        u0 += ga[e] * hc[e]
+                    dots[0] = u0
                     m = 1
                 for q in range(m):
                     if c + q < width:

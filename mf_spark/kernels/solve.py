@@ -69,6 +69,10 @@ class SolveSpec:
         if self.kind == "implicit" and self.with_bias:
             raise ValueError("biases apply to explicit models only")
 
+    def row_reg(self, counts: np.ndarray) -> np.ndarray:
+        """lambda_u of rows with `counts` ratings: lambda * n_u (ALS-WR) or lambda (float64)."""
+        return self.reg * (counts.astype(np.float64) if self.count_scaled else np.ones(counts.size))
+
 
 @dataclass(frozen=True, slots=True)
 class BlockSolution:
@@ -360,7 +364,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         G = np.take(Yf, ch.idx, axis=0, out=buf[:b * L * width].reshape(b, L, width))   # (b, L, width)
         GT = G.transpose(0, 2, 1)
         t = ch.vals if offset is None else np.where(mask, ch.vals - offset[ch.idx], np.float32(0))
-        lam = spec.reg * (lens.astype(np.float64) if spec.count_scaled else np.ones(rows.size))
+        lam = spec.row_reg(lens)
         pred = None
         # Gramians and right sides in float32 BLAS (the factors are float32), the k x k solves in float64.
         if cg:
@@ -426,7 +430,7 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
     n_fixed, k = Y.shape
     width = plan.width
     lens = np.diff(indptr)
-    lam = spec.reg * (lens.astype(np.float64) if spec.count_scaled else np.ones(lens.size))
+    lam = spec.row_reg(lens)
     Yw, weight, offset = Y, plan.weight, None
     if spec.kind == "explicit":
         target, shift = vals, np.zeros((width, width))
