@@ -1,11 +1,21 @@
-"""top_n against a brute-force reference: full score matrix, seen items at -inf, stable sort (no Spark)."""
+"""top_n against a brute-force reference: full score matrix, seen items at -inf, stable sort (no Spark).
+Every test runs with both ways of picking the best n (compiled, numpy)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mf_spark.kernels import topk
+from mf_spark.kernels import compiled, topk
 from mf_spark.kernels.topk import top_n
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def selection(request, monkeypatch):
+    """engine="auto" (every call below) takes the compiled selection where numba is installed; the
+    numpy run hides it."""
+    if request.param == "numpy":
+        monkeypatch.setattr(compiled, "AVAILABLE", False)
+    return request.param
 
 
 def reference(X, Y, n, seen=None, user_offset=None, item_offset=None):
@@ -188,3 +198,18 @@ def test_fast_cut_matches_the_exact_rule_on_rows_with_and_without_ties(rng):
     S[7, 10:] = -np.inf                           # fewer unseen items than n
     for n in (1, 5, 10, 59):
         np.testing.assert_array_equal(np.sort(_best(S, n), axis=1), np.sort(_best_exact(S, n), axis=1))
+
+
+def test_compiled_selection_keeps_the_n_best_in_order_with_ties_to_lower_indices(rng):
+    S = rng.normal(size=(200, 60)).astype(np.float32)
+    S[::3] = np.round(S[::3])                     # many ties, also at the cut-off
+    S[5, :] = -np.inf                             # nothing left to recommend
+    S[7, 10:] = -np.inf                           # fewer finite scores than n
+    for n in (1, 5, 10, 59, 60, 70):
+        idx, top = compiled.best_rows(S, n)
+        for r in range(S.shape[0]):
+            order = np.lexsort((np.arange(S.shape[1]), -S[r]))[:n]
+            finite = order[np.isfinite(S[r, order])]
+            np.testing.assert_array_equal(idx[r, :finite.size], finite, err_msg=f"row {r}, n {n}")
+            np.testing.assert_array_equal(top[r, :finite.size], S[r, finite])
+            assert np.all(top[r, finite.size:] == -np.inf) and np.all(idx[r, finite.size:] >= S.shape[1])

@@ -312,6 +312,34 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
     sums[3] += pen
 
 
+def _best_rows(S, n, idx, top):  # pragma: no cover
+    """The n largest scores of every row of S (c, m) float32, best first, ties by lower index:
+    writes idx (c, n) int64 and top (c, n) float32. Slots that no finite score fills (fewer than n
+    scores above -inf) keep -inf and the index m + slot.
+
+    One pass per row in index order: a score enters only when it beats the current n-th best
+    (strictly, so an equal score seen later never displaces an earlier one) and is inserted in order.
+    After the first few hundred items almost every score fails the one comparison.
+    """
+    c, m = S.shape
+    for r in range(c):
+        for q in range(n):
+            top[r, q] = -np.inf
+            idx[r, q] = m + q
+        worst = -np.inf
+        for j in range(m):
+            v = S[r, j]
+            if v > worst:
+                q = n - 1
+                while q > 0 and top[r, q - 1] < v:
+                    top[r, q] = top[r, q - 1]
+                    idx[r, q] = idx[r, q - 1]
+                    q -= 1
+                top[r, q] = v
+                idx[r, q] = j
+                worst = top[r, n - 1]
+
+
 _compiled: dict = {}
 
 
@@ -370,3 +398,13 @@ def cg_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, tar
     sums = np.zeros(4, np.float64)
     _kernel(_cg_rows)(*args, np.ascontiguousarray(x0, np.float32), int(steps), X, sums)
     return X, sums
+
+
+def best_rows(S: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(idx (c, n) int64, top (c, n) float32): each row's n largest scores, best first, ties by
+    lower index; slots past the row's finite scores hold -inf (`_best_rows`). n >= 1."""
+    S = np.ascontiguousarray(S, np.float32)
+    idx = np.empty((S.shape[0], n), np.int64)
+    top = np.empty((S.shape[0], n), np.float32)
+    _kernel(_best_rows)(S, int(n), idx, top)
+    return idx, top

@@ -39,8 +39,9 @@ CG_CHUNK_FLOATS = 1 << 20
 # A chunk only takes rows up to 1.25x its shortest row (past 8), so padding wastes < 25% of the flops.
 LENGTH_RATIO = 1.25
 MIN_PAD = 8
-# The compiled solve forms width(width+1)/2 dot products per row; past 64 unknowns stacked BLAS is
-# faster (one 400k-rating block, one core: 17 vs 23 ms at rank 16, 49 vs 62 at 32, 181 vs 182 at 64).
+# The compiled solve forms width(width+1)/2 dot products per row; its lead over stacked BLAS shrinks
+# with the width (one 400k-rating block, one core: 14.9 vs 24.1 ms at rank 16, 41 vs 64 at 32, 144 vs
+# 206 at 64); wider exact solves keep stacked BLAS (not measured past 64).
 COMPILED_MAX_WIDTH = 64
 ENGINES = ("auto", "compiled", "numpy")
 
