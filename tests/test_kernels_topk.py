@@ -184,6 +184,11 @@ def test_rank_mismatch_raises():
         top_n(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), 1)
 
 
+def test_unknown_engine_raises():
+    with pytest.raises(ValueError, match="engine"):
+        top_n(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), 1, engine="gpu")
+
+
 def test_seen_indptr_wrong_shape_raises():
     X, Y = np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match="seen_indptr"):

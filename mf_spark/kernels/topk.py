@@ -36,6 +36,8 @@ def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None =
         raise ValueError(f"rank mismatch: users {X.shape}, items {Y.shape}")
     if seen_indptr is not None and seen_indptr.shape != (b + 1,):
         raise ValueError(f"seen_indptr has shape {seen_indptr.shape}, expected ({b + 1},)")
+    if engine not in ("auto", "compiled", "numpy"):
+        raise ValueError(f"engine must be auto, compiled or numpy, got {engine!r}")
     n = min(n, n_items)
     compiled_select = n > 0 and (engine == "compiled" or (engine == "auto" and compiled.AVAILABLE))
     step = max(1, SCORE_FLOATS // max(n_items, 1))
