@@ -6,8 +6,9 @@ import numpy as np
 from mf_spark.kernels import compiled
 
 # 1 Mi scores (4 MiB) per chunk of users: bounded task memory, and the passes after the product stay
-# in cache (8000 users x 10,755 items: 0.38 s at 16 MiB, 0.36 s at 4 MiB, 0.33 s at 1 MiB, where
-# 20M-rating shapes would pay for many more chunks).
+# in cache. 8000 users, top 10 with the compiled selection, one core: 10,755 items at rank 10 0.155 /
+# 0.143 / 0.150 s with 1/4, 1 and 4 Mi scores per chunk; rank 64 0.228 / 0.208 / 0.203 s; 26,964
+# items at rank 32 0.490 / 0.414 / 0.363 s.
 SCORE_FLOATS = 1 << 20
 
 
