@@ -28,6 +28,8 @@ import numpy as np
 # numba is a dependency; where it is missing the numpy engine serves. It is imported on the first
 # solve, not with the package: a driver that never solves (top-N, scoring) does not pay the 0.3 s.
 AVAILABLE = importlib.util.find_spec("numba") is not None
+# What a caller may ask for: these kernels, the numpy versions, or these where numba is installed.
+ENGINES = ("auto", "compiled", "numpy")
 # Reassociation lets the dot products use vector lanes; no-NaN/no-inf flags stay off so that a failed
 # pivot is still seen.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -338,6 +340,16 @@ def _best_rows(S, n, idx, top):  # pragma: no cover
                 top[r, q] = v
                 idx[r, q] = j
                 worst = top[r, n - 1]
+
+
+def chosen(engine: str) -> bool:
+    """Whether `engine` (one of ENGINES) means these kernels: "compiled", or "auto" where numba is
+    installed. ValueError for any other name, or for "compiled" without numba."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "compiled" and not AVAILABLE:
+        raise ValueError("the compiled engine needs numba (not installed)")
+    return AVAILABLE and engine != "numpy"
 
 
 _compiled: dict = {}

@@ -43,7 +43,6 @@ MIN_PAD = 8
 # with the width (one 400k-rating block, one core: 14.9 vs 24.1 ms at rank 16, 41 vs 64 at 32, 144 vs
 # 206 at 64); wider exact solves keep stacked BLAS (not measured past 64).
 COMPILED_MAX_WIDTH = 64
-ENGINES = ("auto", "compiled", "numpy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +150,12 @@ def engine_for(spec: SolveSpec, width: int, engine: str = "auto") -> str:
     the compiled one where numba is installed for unconstrained solves: conjugate gradients at any
     width, exact solves up to COMPILED_MAX_WIDTH unknowns. Asking for "compiled" where it cannot serve
     (nonnegative factors, or no numba) raises ValueError."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    fits = not spec.nonnegative and compiled.AVAILABLE
-    if engine == "compiled" and not fits:
-        raise ValueError("the compiled engine solves unconstrained systems and needs numba"
-                         + ("" if compiled.AVAILABLE else " (not installed)"))
+    use = compiled.chosen(engine)
+    if engine == "compiled" and spec.nonnegative:
+        raise ValueError("the compiled engine solves unconstrained systems only")
     if engine == "auto":
-        return "compiled" if fits and (spec.cg_steps > 0 or width <= COMPILED_MAX_WIDTH) else "numpy"
+        fits = not spec.nonnegative and (spec.cg_steps > 0 or width <= COMPILED_MAX_WIDTH)
+        return "compiled" if use and fits else "numpy"
     return engine
 
 

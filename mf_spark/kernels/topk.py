@@ -37,10 +37,8 @@ def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None =
         raise ValueError(f"rank mismatch: users {X.shape}, items {Y.shape}")
     if seen_indptr is not None and seen_indptr.shape != (b + 1,):
         raise ValueError(f"seen_indptr has shape {seen_indptr.shape}, expected ({b + 1},)")
-    if engine not in ("auto", "compiled", "numpy"):
-        raise ValueError(f"engine must be auto, compiled or numpy, got {engine!r}")
+    compiled_select = compiled.chosen(engine)
     n = min(n, n_items)
-    compiled_select = n > 0 and (engine == "compiled" or (engine == "auto" and compiled.AVAILABLE))
     step = max(1, SCORE_FLOATS // max(n_items, 1))
     counts = np.zeros(b, dtype=np.int32)
     out_items, out_scores = [], []
@@ -54,7 +52,7 @@ def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None =
             s0, s1 = seen_indptr[lo], seen_indptr[hi]
             rows = np.repeat(np.arange(hi - lo), np.diff(seen_indptr[lo:hi + 1]))
             S[rows, seen_cols[s0:s1]] = -np.inf
-        if compiled_select:
+        if compiled_select and n > 0:
             part, top = compiled.best_rows(S, n)
         else:
             part = _best(S, n)
