@@ -48,19 +48,31 @@ class CsrBlock:
 
     @staticmethod
     def from_triples(block: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> "CsrBlock":
-        """CSR from unsorted (row, col, value) triples of one block (indices >= 0).
+        """CSR from unsorted (row, col, value) triples of one block (indices >= 0); equal (row, col)
+        pairs keep their input order.
 
-        One argsort of the packed int64 key row << 32 | col (measured on 400k triples: 6 ms, against
-        52 ms for np.lexsort on the two columns).
+        One sort of int64 keys row | col | position, packed (the position makes it stable and gives
+        the permutation for the values): 2M triples, 21 ms against 125 ms for np.argsort of row | col
+        and 200+ ms for np.lexsort. Where the three do not fit in 63 bits (a block of 2^31 ratings,
+        or indices near 2^31), one argsort of row << 32 | col, stable.
         """
-        key = (rows.astype(np.int64) << 32) | (cols.astype(np.int64) & 0xFFFFFFFF)
-        order = np.argsort(key)
-        rows, cols, values = rows[order], cols[order], values[order]
-        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]])) if rows.size else \
-            np.zeros(0, np.int64)
-        indptr = np.append(starts, rows.size).astype(np.int64)
+        n = rows.size
+        if n == 0:
+            return CsrBlock(block, np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32),
+                            np.zeros(0, np.float32))
+        rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+        pos_bits, col_bits = int(n - 1).bit_length(), int(cols.max()).bit_length()
+        if int(rows.max()).bit_length() + col_bits + pos_bits <= 63:
+            key = np.sort((rows << (col_bits + pos_bits)) | (cols << pos_bits) | np.arange(n, dtype=np.int64))
+            order = key & ((1 << pos_bits) - 1)
+            rows, cols = key >> (col_bits + pos_bits), (key >> pos_bits) & ((1 << col_bits) - 1)
+        else:
+            order = np.argsort((rows << 32) | cols, kind="stable")
+            rows, cols = rows[order], cols[order]
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        indptr = np.append(starts, n).astype(np.int64)
         return CsrBlock(block, rows[starts].astype(np.int32), indptr, cols.astype(np.int32),
-                        values.astype(np.float32))
+                        values[order].astype(np.float32))
 
 
 PARTIAL_SCHEMA = "side int, block int, rows binary, cols binary, values binary"
@@ -84,11 +96,18 @@ def triples(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def buckets(keys: np.ndarray, n: int) -> list[np.ndarray]:
-    """Positions of each key 0..n-1 in `keys`, in input order: one stable sort, no loop over entries
-    (int16 keys sort by radix: 25 ms against 44 ms for 2.5M int32 keys)."""
+    """Positions of each key 0..n-1 in `keys`, in input order, never a loop over entries: one mask
+    per key for up to MASK_BUCKETS keys (4M keys into 2: 9 ms), else one stable sort (int16 keys sort
+    by radix: 25 ms against 44 ms for 2.5M int32 keys)."""
+    if n <= MASK_BUCKETS:
+        return [np.flatnonzero(keys == b) for b in range(n)]
     order = np.argsort(keys.astype(np.int16) if n < 2 ** 15 else keys, kind="stable")
     bounds = np.searchsorted(keys[order], np.arange(n + 1))
     return [order[bounds[b]:bounds[b + 1]] for b in range(n)]
+
+
+# Up to this many keys a pass per key beats the stable sort (4M keys: 4.5 ms a pass, 42 ms the sort).
+MASK_BUCKETS = 8
 
 
 def _partials(num_blocks: dict[str, int]):

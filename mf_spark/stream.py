@@ -181,7 +181,9 @@ def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> 
     for s, side in enumerate(("user", "item")):
         rows, cols, vals = (np.concatenate([r[3 * s + j] for r in received]) for j in range(3))
         for b, sel in enumerate(buckets(rows % num_blocks[side], num_blocks[side])):
-            if sel.size:
+            if sel.size == rows.size:    # the task's only block of this side: no copy
+                out[(SIDE_CODES[side], b)] = CsrBlock.from_triples(b, rows, cols, vals)
+            elif sel.size:
                 out[(SIDE_CODES[side], b)] = CsrBlock.from_triples(b, rows[sel], cols[sel], vals[sel])
     return out
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import frame
-from mf_spark.blocks import CsrBlock, build_blocks, row_counts
+from mf_spark import blocks as blocks_mod
+from mf_spark.blocks import CsrBlock, build_blocks, buckets, row_counts
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,29 @@ def test_from_triples_sorts_rows_then_columns_and_keeps_values_with_their_pairs(
     np.testing.assert_array_equal(b.counts, np.bincount(rows)[np.unique(rows)])
     np.testing.assert_array_equal(b.cols, cols[order])
     np.testing.assert_array_equal(b.values, vals[order])
+
+
+@pytest.mark.parametrize("top", [1000, 2 ** 31 - 1])     # packed sort; indices too wide to pack
+def test_from_triples_with_either_sort_orders_pairs_and_keeps_equal_pairs_in_input_order(top):
+    rng = np.random.default_rng(5)
+    rows = rng.choice(np.array([0, 3, top - 1, top]), 400).astype(np.int64).clip(max=2 ** 31 - 1).astype(np.int32)
+    cols = rng.choice(np.array([2, 9, top]), 400).astype(np.int32)           # many equal pairs
+    vals = np.arange(400, dtype=np.float32)                                  # the input position
+    b = CsrBlock.from_triples(0, rows, cols, vals)
+    order = np.lexsort((np.arange(400), cols, rows))
+    np.testing.assert_array_equal(b.row_ids, np.unique(rows))
+    np.testing.assert_array_equal(b.cols, cols[order])
+    np.testing.assert_array_equal(b.values, vals[order])
+    np.testing.assert_array_equal(b.indptr, np.append(0, np.cumsum(np.bincount(np.unique(rows, return_inverse=True)[1]))))
+
+
+@pytest.mark.parametrize("n", [1, 3, blocks_mod.MASK_BUCKETS + 1, 40])    # masks, and the sort
+def test_buckets_give_each_keys_positions_in_input_order(n):
+    keys = np.random.default_rng(n).integers(0, n, 1000)
+    got = buckets(keys, n)
+    assert len(got) == n
+    for b, sel in enumerate(got):
+        np.testing.assert_array_equal(sel, np.flatnonzero(keys == b))
 
 
 def test_from_triples_of_nothing_is_an_empty_block():

@@ -1,34 +1,42 @@
-"""Session defaults, and the Arrow batch setting a fit applies to a caller's session."""
+"""Session defaults, and the Arrow batch settings a fit applies to a caller's session."""
 from __future__ import annotations
+
+import pytest
 
 from mf_spark import session
 
-
-def test_row_batched_arrow_sets_and_restores(spark):
-    key = session.ARROW_BYTES_KEY
-    before = spark.conf.get(key, None)      # jobs tested earlier may have started the session with it
-    spark.conf.unset(key)
-    try:
-        with session.row_batched_arrow(spark):
-            assert spark.conf.get(key) == session.ARROW_BYTES_UNBOUNDED
-        assert spark.conf.get(key, None) is None
-    finally:
-        if before is not None:
-            spark.conf.set(key, before)
+FIT_SETTINGS = {session.ARROW_BYTES_KEY: session.ARROW_BYTES_UNBOUNDED,
+                session.ARROW_ROWS_KEY: str(session.FIT_BATCH_ROWS)}
 
 
-def test_row_batched_arrow_keeps_a_value_the_session_chose(spark):
-    key = session.ARROW_BYTES_KEY
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, "1048576")
-    try:
-        with session.row_batched_arrow(spark):
-            assert spark.conf.get(key) == "1048576"
-        assert spark.conf.get(key) == "1048576"
-    finally:
+@pytest.fixture
+def unset(spark):
+    """The session without either setting; whatever it had is put back afterwards."""
+    before = {key: spark.conf.get(key, None) for key in FIT_SETTINGS}
+    for key in FIT_SETTINGS:
         spark.conf.unset(key)
-        if before is not None:
-            spark.conf.set(key, before)
+    yield spark
+    for key, value in before.items():
+        spark.conf.unset(key)
+        if value is not None:
+            spark.conf.set(key, value)
+
+
+def test_row_batched_arrow_sets_and_restores(unset):
+    with session.row_batched_arrow(unset):
+        assert {key: unset.conf.get(key) for key in FIT_SETTINGS} == FIT_SETTINGS
+    assert all(unset.conf.get(key, None) is None for key in FIT_SETTINGS)
+
+
+@pytest.mark.parametrize("key", sorted(FIT_SETTINGS))
+def test_row_batched_arrow_keeps_a_value_the_session_chose(unset, key):
+    unset.conf.set(key, "4096")
+    with session.row_batched_arrow(unset):
+        assert unset.conf.get(key) == "4096"
+        other = next(k for k in FIT_SETTINGS if k != key)
+        assert unset.conf.get(other) == FIT_SETTINGS[other]
+    assert unset.conf.get(key) == "4096"
+    assert unset.conf.get(other, None) is None
 
 
 def test_started_sessions_cut_arrow_batches_by_rows_only():
