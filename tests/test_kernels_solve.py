@@ -225,6 +225,20 @@ def test_the_compiled_engine_gives_the_numpy_engines_factors_and_losses(rng, spe
         assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4), field
 
 
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8])    # with 6, 7, 12, 13 above: widths below, at and past multiples of 4
+@pytest.mark.parametrize("spec", [EXACT_SPECS[1], EXACT_SPECS[3]])
+def test_the_compiled_kernel_of_each_width_gives_the_numpy_engines_factors_and_losses(rng, spec, k):
+    """The exact kernel is compiled per width, its buffer padded to a multiple of four rows: widths
+    below, at and past each multiple, odd ones (the last pair of factors is one factor and the targets)."""
+    indptr, cols, vals, Y = random_block(rng, n_rows=60, n_fixed=80, k=k, max_len=30)
+    fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
+    gram = Y.T.astype(np.float64) @ Y
+    a, b = (solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, engine=e) for e in ("numpy", "compiled"))
+    np.testing.assert_allclose(b.factors, a.factors, rtol=1e-4, atol=1e-5)
+    for field in ("data_loss", "reg_loss", "sq_err"):
+        assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4, abs=1e-8), field
+
+
 @pytest.mark.parametrize("kind", ["explicit", "implicit"])
 def test_compiled_rows_with_singular_systems_take_the_pseudo_inverse_like_numpy(rng, kind):
     """reg = 0 (and w0 = 0): rows with fewer entries than factors have singular systems; the compiled
