@@ -24,8 +24,8 @@ def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,
 
     Scores are X_batch @ Y^T on the executors with broadcast factors; the items a user rated in
     train are masked when cfg.exclude_seen (model.recommend_unseen_idx groups `train_idx` by user
-    itself, unless `seen` lists are given). Performance note: one shuffle (the training pairs placed
-    by user, or the users' distinct list), one broadcast, two broadcast joins to decode the IDs.
+    itself, unless `seen` lists are given). Performance note: one shuffle (the training pairs' packed
+    pieces placed by user, or the users' distinct list), one broadcast, two broadcast joins to decode the IDs.
     """
     if cfg.exclude_seen and seen is None:
         return model.decode_recs(model.recommend_unseen_idx(train_idx, cfg.top_n))

@@ -116,8 +116,8 @@ def test_models_over_the_budget_recommend_by_item_blocks(spark):
     assert item_blocks({}, 80, 50, spark) == 0
 
 
-@pytest.mark.parametrize("n_parts", [1, 3, 8])
-def test_top_n_grouped_from_pairs_equals_the_seen_lists_top_n(spark, n_parts):
+@pytest.mark.parametrize("n_parts,piece_pairs", [(1, 1 << 22), (3, 1 << 22), (8, 1 << 22), (3, 5)])
+def test_top_n_grouped_from_pairs_equals_the_seen_lists_top_n(spark, n_parts, piece_pairs):
     from mf_spark.checkpoint import Factors
     from mf_spark.model import Scorer, recommend_indices, recommend_indices_grouped
     g = np.random.default_rng(5)
@@ -130,7 +130,7 @@ def test_top_n_grouped_from_pairs_equals_the_seen_lists_top_n(spark, n_parts):
                                   "user_idx int, item_idx int").repartition(4)
     lists = spark.createDataFrame(list(rated.items()), "user_idx int, seen array<int>")
     want = recommend_indices(bc, lists, 5).toPandas().sort_values(["user_idx", "rank"]).reset_index(drop=True)
-    got = recommend_indices_grouped(bc, pairs, 5, n_parts).toPandas().sort_values(["user_idx", "rank"])
+    got = recommend_indices_grouped(bc, pairs, 5, n_parts, piece_pairs).toPandas().sort_values(["user_idx", "rank"])
     got = got.reset_index(drop=True)
     assert want[["user_idx", "rank", "item_idx"]].equals(got[["user_idx", "rank", "item_idx"]])
     np.testing.assert_allclose(got["score"], want["score"], rtol=1e-6)
