@@ -4,11 +4,13 @@ Layout (beside the output folder, never inside it, so a failed run leaves the ou
 
     <parent>/.<name>_checkpoint/iter-00005/users/   Parquet: idx int, bias float, factors array<float>
                                           items/
-                                          state.json   written last: a folder without it is ignored
+                                          state.json   written last (renamed into place): a folder
+                                                       without it is ignored
 """
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,8 @@ from pyspark.sql import SparkSession
 
 from mf_spark import fs
 from mf_spark.errors import InputError
+
+log = logging.getLogger("mf_spark")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,12 @@ class CheckpointStore:
         body = dict(state, iteration=iteration, mu=factors.mu, rank=int(factors.X.shape[1]),
                     n_users=int(factors.X.shape[0]), n_items=int(factors.Y.shape[0]),
                     biases=factors.user_bias is not None)
-        fs.write_text(self.spark, posixpath.join(folder, "state.json"), json.dumps(body, indent=1))
+        # Written beside, then renamed (atomic on HDFS and local disks): a run killed while writing
+        # it leaves no state.json, never a partial one, and the checkpoint before stays the latest.
+        partial = posixpath.join(folder, "state.json.partial")
+        fs.write_text(self.spark, partial, json.dumps(body, indent=1))
+        if not fs.rename(self.spark, partial, posixpath.join(folder, "state.json")):
+            raise OSError(f"checkpoint: could not rename {partial} to state.json")
         for name in fs.list_names(self.spark, self.root):
             if name.startswith("iter-") and name < f"iter-{iteration:05d}":
                 fs.delete(self.spark, posixpath.join(self.root, name))
@@ -92,7 +101,11 @@ class CheckpointStore:
             folder = posixpath.join(self.root, name)
             if not name.startswith("iter-") or not fs.exists(self.spark, posixpath.join(folder, "state.json")):
                 continue
-            state = json.loads(fs.read_text(self.spark, posixpath.join(folder, "state.json")))
+            try:
+                state = json.loads(fs.read_text(self.spark, posixpath.join(folder, "state.json")))
+            except ValueError as e:      # not JSON: written by something else; an older one may do
+                log.warning("checkpoint %s: state.json is not readable JSON (%s); skipping it", folder, e)
+                continue
             sides = []
             for side in ("users", "items"):
                 table = self.spark.read.parquet(posixpath.join(folder, side)).toArrow().sort_by("idx")

@@ -522,6 +522,41 @@ def test_checkpoint_folder_without_state_is_ignored(spark, tmp_path, monkeypatch
     assert store.latest()[0]["iteration"] == 2
 
 
+def test_checkpoint_killed_midway_through_state_json_leaves_none(spark, tmp_path, monkeypatch):
+    """state.json appears whole or not at all: a write cut short leaves only the partial file."""
+    store = CheckpointStore(spark, str(tmp_path / "out"))
+    f2 = random_factors(2)
+    store.save(2, f2, {})
+    real = checkpoint.fs.write_text
+
+    def half_written(spark_, path, text):
+        real(spark_, path, text[:len(text) // 2])
+        raise RuntimeError("killed while writing")
+    monkeypatch.setattr(checkpoint.fs, "write_text", half_written)
+    with pytest.raises(RuntimeError, match="killed"):
+        store.save(3, random_factors(3), {})
+    monkeypatch.undo()
+    folder = checkpoint_root(tmp_path) / "iter-00003"
+    assert (folder / "state.json.partial").exists() and not (folder / "state.json").exists()
+    state, got = store.latest()
+    assert state["iteration"] == 2
+    assert_same_factors(f2, got)
+
+
+def test_checkpoint_with_unreadable_state_is_skipped_for_the_one_before(spark, tmp_path, caplog):
+    store = CheckpointStore(spark, str(tmp_path / "out"))
+    f2 = random_factors(2)
+    store.save(2, f2, {})
+    broken = checkpoint_root(tmp_path) / "iter-00003"
+    broken.mkdir()
+    (broken / "state.json").write_text('{"iteration": 3, "ra')
+    with caplog.at_level("WARNING", logger="mf_spark"):
+        state, got = store.latest()
+    assert state["iteration"] == 2
+    assert_same_factors(f2, got)
+    assert "iter-00003" in caplog.text and "not readable JSON" in caplog.text
+
+
 def test_checkpoint_sorts_iterations_numerically(spark, tmp_path):
     store = CheckpointStore(spark, str(tmp_path / "out"))
     store.save(9, random_factors(9), {})
