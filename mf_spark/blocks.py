@@ -52,9 +52,9 @@ class CsrBlock:
         pairs keep their input order.
 
         One sort of int64 keys row | col | position, packed (the position makes it stable and gives
-        the permutation for the values): 2M triples, 21 ms against 125 ms for np.argsort of row | col
-        and 200+ ms for np.lexsort. Where the three do not fit in 63 bits (a block of 2^31 ratings,
-        or indices near 2^31), one argsort of row << 32 | col, stable.
+        the permutation for the values): 2M triples in 71 ms, against 177 ms with an argsort of
+        row << 32 | col (np.sort 21 ms, np.argsort 125 ms of it). Where the three do not fit in 63
+        bits (a block of 2^31 ratings, or indices near 2^31), that stable argsort.
         """
         n = rows.size
         if n == 0:

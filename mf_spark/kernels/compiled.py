@@ -3,9 +3,9 @@
 For row u with L entries the kernel copies the fixed side's factor rows into a (width, L) buffer, one
 column per entry, so that each entry of the upper triangle of G' W G and each entry of the right side
 G' t is one dot product of length L over contiguous memory (these vectorize; eight share each pass,
-two rows of the buffer against four). The kernel is compiled for each width. It adds the constant part S (w0 Y'Y for weighted ALS, 0 for explicit) and
-lambda_u I, factors the system by Cholesky in float64 and solves it. The loss comes from the same
-k x k pieces, not from a pass over the predictions:
+two rows of the buffer against four). It adds the constant part S (w0 Y'Y for weighted ALS, 0 for
+explicit) and lambda_u I, factors the system by Cholesky in float64 and solves it. The loss comes
+from the same k x k pieces, not from a pass over the predictions:
 
     A_u = G_u' W_u G_u + S + lambda_u I,   x_u = A_u^-1 G_u' t_u
     loss pieces: sum_e w_e p_e^2 - 2 t_e p_e = x_u' G_u' W_u G_u x_u - 2 x_u' G_u' t_u,
@@ -15,9 +15,10 @@ Explicit ALS: w = 1, t = r - offset[col] (mu and the fixed side's bias). Weighte
 t = c p, S = w0 Y'Y, and the loss adds sum c p^2, which does not change while the factors do.
 
 numpy's stacked matmul and solve pay a BLAS call per row, which at rank 10 costs more than the
-arithmetic; here one 2M-rating block at rank 10 (width 10, one core) takes 32 ms explicit and 39 ms
-weighted, against 80-115 ms. A row whose system is not positive definite (lambda = 0 and too few entries) is reported
-in `bad` for the caller to solve otherwise; its loss pieces are left out of the sums.
+arithmetic; here one 2M-rating block at rank 10 (one core) takes 31 ms explicit and 38 ms weighted,
+against 80-115 ms. The exact kernel is compiled for each width, the conjugate-gradient one once. A
+row whose system is not positive definite (lambda = 0 and too few entries) is reported in `bad` for
+the caller to solve otherwise; its loss pieces are left out of the sums.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ PIVOT_FLOOR = 1e-5
 def _solve_rows_of(width: int):
     """The exact-solve kernel for `width` unknowns per row, compiled by `_kernel` once per width: a
     constant width lets the compiler unroll the k x k work and keep the dot products' accumulators in
-    registers (one 2M-rating block at rank 10, one core: 42.6 -> 31.6 ms explicit, 42.9 -> 39.0 ms
+    registers (one 2M-rating block at rank 10, one core: ~43 -> 31 ms explicit, ~43 -> 38 ms
     weighted, against one kernel for every width)."""
     K = width
     R = (K + 4) // 4 * 4        # buffer rows: K factors, the targets (row K), zeros up to a multiple of 4
@@ -98,7 +99,7 @@ def _solve_rows_of(width: int):
             for e in range(L):
                 j = cols[s0 + e]
                 t = target[s0 + e] - offset[j] if has_offset else target[s0 + e]
-                H[K, e] = t             # GT[K] is not read for weighted rows (only as a discarded pair)
+                H[K, e] = t             # the targets (H is GT for unit weights)
                 st += t * t
                 if unit:
                     for a in range(K):  # explicit loops: a slice copy (GT[:, e] = Y[j]) is 3x slower
