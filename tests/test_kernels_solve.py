@@ -239,6 +239,30 @@ def test_the_compiled_kernel_of_each_width_gives_the_numpy_engines_factors_and_l
         assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4, abs=1e-8), field
 
 
+@pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed")
+def test_rooted_weights_give_the_two_buffer_solution_and_are_used_only_where_every_weight_is_positive(rng):
+    """Weighted exact solves copy one buffer of sqrt(w)-scaled factors when every w = c - w0 > 0."""
+    indptr, cols, vals, Y = random_block(rng, n_rows=50, n_fixed=70, k=5, max_len=30)
+    spec = SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=1.0)          # w = 2 r > 0
+    plan = layout(indptr, cols, vals, spec, Y.shape[0], 5)
+    assert plan.root_weight is not None
+    np.testing.assert_allclose(plan.root_weight ** 2, plan.weight, rtol=1e-6)
+    gram = Y.T.astype(np.float64) @ Y
+    lam = spec.row_reg(np.diff(indptr))
+    a = compiled.solve_rows(indptr, cols, plan.weight, plan.target, None, Y, spec.w0 * gram, lam)
+    b = compiled.solve_rows(indptr, cols, plan.root_weight, plan.root_target, None, Y, spec.w0 * gram, lam,
+                            rooted=True)
+    np.testing.assert_allclose(b[0], a[0], rtol=1e-4, atol=1e-6)
+    assert not a[1].any() and not b[1].any()
+    for i in (0, 2, 3):     # the pieces the weighted loss uses (sum t^2 is then sum t^2 / w)
+        assert b[2][i] == pytest.approx(a[2][i], rel=1e-4)
+    # some weights <= 0 (w0 above some confidences), or conjugate gradients: the two-buffer weights
+    assert layout(indptr, cols, vals, SolveSpec(kind="implicit", alpha=2.0, w0=4.0), Y.shape[0], 5).root_weight is None
+    assert layout(indptr, cols, vals, SolveSpec(kind="implicit", alpha=2.0, cg_steps=3), Y.shape[0], 5).root_weight is None
+    with pytest.raises(ValueError, match="rooted"):
+        compiled.solve_rows(indptr, cols, None, plan.target, None, Y, spec.w0 * gram, lam, rooted=True)
+
+
 @pytest.mark.parametrize("kind", ["explicit", "implicit"])
 def test_compiled_rows_with_singular_systems_take_the_pseudo_inverse_like_numpy(rng, kind):
     """reg = 0 (and w0 = 0): rows with fewer entries than factors have singular systems; the compiled

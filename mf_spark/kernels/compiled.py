@@ -15,7 +15,7 @@ Explicit ALS: w = 1, t = r - offset[col] (mu and the fixed side's bias). Weighte
 t = c p, S = w0 Y'Y, and the loss adds sum c p^2, which does not change while the factors do.
 
 numpy's stacked matmul and solve pay a BLAS call per row, which at rank 10 costs more than the
-arithmetic; here one 2M-rating block at rank 10 (one core) takes 31 ms explicit and 38 ms weighted,
+arithmetic; here one 2M-rating block at rank 10 (one core) takes 31 ms explicit and 33 ms weighted,
 against 80-115 ms. The exact kernel is compiled for each width, the conjugate-gradient one once. A
 row whose system is not positive definite (lambda = 0 and too few entries) is reported in `bad` for
 the caller to solve otherwise; its loss pieces are left out of the sums.
@@ -48,11 +48,13 @@ def _solve_rows_of(width: int):
     K = width
     R = (K + 4) // 4 * 4        # buffer rows: K factors, the targets (row K), zeros up to a multiple of 4
 
-    def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, X, bad, sums):  # pragma: no cover
+    def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, rooted, X, bad, sums):  # pragma: no cover
         """Solve every row of a CSR block (see the module docstring).
 
         indptr : (n + 1,) int64; cols : (nnz,) int32 fixed-side rows; weight : (nnz,) float32, or (0,)
-        for unit weights; target : (nnz,) float32; offset : (n_fixed,) float32 subtracted from target
+        for unit weights; rooted : bool, weight holds sqrt(w) and target t / sqrt(w) (every w > 0),
+        so that one buffer of scaled factor rows serves both sides of each product, as with unit
+        weights (sum t^2 is then sum t^2 / w); target : (nnz,) float32; offset : (n_fixed,) float32 subtracted from target
         at each entry's col, or (0,); Y : (n_fixed, K) float32; shift : (K, K) float64, S;
         lam : (n,) float64. Writes X : (n, K) float64, bad : (n,) bool, and adds to sums : (4,)
         float64 the loss pieces [sum w p^2 - 2 t p, sum t^2, sum x'Sx, sum lambda |x|^2] of the rows
@@ -73,7 +75,7 @@ def _solve_rows_of(width: int):
         # targets, so that dot(GT[a], H[c]) is entry (c, a) of G'WG for c < K and entry a of G't for
         # c = K. Rows past K stay 0.
         GT = np.zeros((R, longest), np.float32)
-        H = GT if unit else np.zeros((R, longest), np.float32)
+        H = GT if unit or rooted else np.zeros((R, longest), np.float32)
         D = np.empty((K, K), np.float64)        # G'WG, lower triangle
         M = np.empty((K, K), np.float64)        # D + S + lambda I, then its Cholesky factor
         b = np.empty(K, np.float64)             # G't
@@ -99,11 +101,15 @@ def _solve_rows_of(width: int):
             for e in range(L):
                 j = cols[s0 + e]
                 t = target[s0 + e] - offset[j] if has_offset else target[s0 + e]
-                H[K, e] = t             # the targets (H is GT for unit weights)
+                H[K, e] = t             # the targets (H is GT for unit or rooted weights)
                 st += t * t
                 if unit:
                     for a in range(K):  # explicit loops: a slice copy (GT[:, e] = Y[j]) is 3x slower
                         GT[a, e] = Y[j, a]
+                elif rooted:
+                    w = weight[s0 + e]
+                    for a in range(K):
+                        GT[a, e] = w * Y[j, a]
                 else:
                     w = weight[s0 + e]
                     for a in range(K):
@@ -421,14 +427,17 @@ def _common(indptr, cols, weight, target, offset, Y, shift, lam) -> tuple:
 
 def solve_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, target: np.ndarray,
                offset: np.ndarray | None, Y: np.ndarray, shift: np.ndarray,
-               lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact solves of every row of a CSR block (module docstring). Returns X (n, width) float64,
-    bad (n,) bool and the loss pieces (4,) float64."""
+               lam: np.ndarray, rooted: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact solves of every row of a CSR block (module docstring). `rooted`: weight is sqrt(w) and
+    target t / sqrt(w) (`_solve_rows`). Returns X (n, width) float64, bad (n,) bool and the loss
+    pieces (4,) float64."""
     args = _common(indptr, cols, weight, target, offset, Y, shift, lam)
     X = np.empty((indptr.size - 1, Y.shape[1]), np.float64)
     bad = np.empty(indptr.size - 1, np.bool_)
     sums = np.zeros(4, np.float64)
-    _kernel(_solve_rows_of, Y.shape[1])(*args, X, bad, sums)
+    if rooted and weight is None:
+        raise ValueError("solve_rows: rooted weights need the weights")
+    _kernel(_solve_rows_of, Y.shape[1])(*args, bool(rooted), X, bad, sums)
     return X, bad, sums
 
 

@@ -143,6 +143,10 @@ class Layout:
     weight: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c - w0
     target: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c * p
     fixed_loss: np.ndarray | None = None  # compiled weighted ALS: (n_rows,) float64 sum of c p^2 per row
+    # compiled exact weighted ALS where every c - w0 > 0: sqrt(c - w0) and c p / sqrt(c - w0), so the
+    # kernel copies one buffer of scaled factors instead of two (5M block, rank 10: 37.4 -> 32.5 ms)
+    root_weight: np.ndarray | None = None
+    root_target: np.ndarray | None = None
 
 
 def engine_for(spec: SolveSpec, width: int, engine: str = "auto") -> str:
@@ -171,8 +175,13 @@ def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, spec: SolveSp
         c, p = confidence(vals, spec), preference(vals, spec)
         per_row = np.add.reduceat(c * p * p, indptr[:-1]) if cols.size else np.zeros(indptr.size - 1)
         per_row[np.diff(indptr) == 0] = 0.0        # reduceat gives the next row's entry for an empty row
-        return Layout(spec, n_fixed, width, (), 0, compiled=True, weight=(c - spec.w0).astype(np.float32),
-                      target=(c * p).astype(np.float32), fixed_loss=per_row)
+        weight, target = (c - spec.w0).astype(np.float32), (c * p).astype(np.float32)
+        root_weight = root_target = None
+        if spec.cg_steps == 0 and np.all(weight > 0):
+            root_weight = np.sqrt(weight)
+            root_target = target / root_weight
+        return Layout(spec, n_fixed, width, (), 0, compiled=True, weight=weight, target=target,
+                      fixed_loss=per_row, root_weight=root_weight, root_target=root_target)
     budget = budget or (CG_CHUNK_FLOATS if spec.cg_steps else CHUNK_FLOATS)
     out = []
     for rows, L in chunks(np.diff(indptr), width, budget):
@@ -444,6 +453,9 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
     if x0 is not None:
         X, sums = compiled.cg_rows(indptr, cols, weight, target, offset, Yw, shift, lam, x0, spec.cg_steps)
         bad = np.zeros(X.shape[0], np.bool_)
+    elif plan.root_weight is not None:
+        X, bad, sums = compiled.solve_rows(indptr, cols, plan.root_weight, plan.root_target, offset, Yw, shift,
+                                           lam, rooted=True)
     else:
         X, bad, sums = compiled.solve_rows(indptr, cols, weight, target, offset, Yw, shift, lam)
     for r in np.flatnonzero(bad):
