@@ -48,29 +48,22 @@ def _solve_rows_of(width: int):
     K = width
     R = (K + 4) // 4 * 4        # buffer rows: K factors, the targets (row K), zeros up to a multiple of 4
 
-    def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, rooted, X, bad, sums):  # pragma: no cover
+    def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, rooted,
+                    X, bad, sums):  # pragma: no cover
         """Solve every row of a CSR block (see the module docstring).
 
         indptr : (n + 1,) int64; cols : (nnz,) int32 fixed-side rows; weight : (nnz,) float32, or (0,)
-        for unit weights; rooted : bool, weight holds sqrt(w) and target t / sqrt(w) (every w > 0),
-        so that one buffer of scaled factor rows serves both sides of each product, as with unit
-        weights (sum t^2 is then sum t^2 / w); target : (nnz,) float32; offset : (n_fixed,) float32 subtracted from target
+        for unit weights; target : (nnz,) float32; offset : (n_fixed,) float32 subtracted from target
         at each entry's col, or (0,); Y : (n_fixed, K) float32; shift : (K, K) float64, S;
-        lam : (n,) float64. Writes X : (n, K) float64, bad : (n,) bool, and adds to sums : (4,)
-        float64 the loss pieces [sum w p^2 - 2 t p, sum t^2, sum x'Sx, sum lambda |x|^2] of the rows
-        not marked bad.
+        lam : (n,) float64; longest : the most entries of a row; has_shift : S != 0 (`_common`);
+        rooted : weight holds sqrt(w) and target t / sqrt(w) (every w > 0), so that one buffer of
+        scaled factor rows serves both sides of each product, as with unit weights (sum t^2 is then
+        sum t^2 / w). Writes X : (n, K) float64, bad : (n,) bool, and adds to sums : (4,) float64 the
+        loss pieces [sum w p^2 - 2 t p, sum t^2, sum x'Sx, sum lambda |x|^2] of the rows not marked bad.
         """
         n = indptr.size - 1
         unit = weight.size == 0
         has_offset = offset.size > 0
-        has_shift = False
-        for a in range(K):
-            for c in range(K):
-                if shift[a, c] != 0.0:
-                    has_shift = True
-        longest = 0
-        for r in range(n):
-            longest = max(longest, indptr[r + 1] - indptr[r])
         # GT[a] is factor a of the row's entries; H[c] the same times the weights and H[K] the
         # targets, so that dot(GT[a], H[c]) is entry (c, a) of G'WG for c < K and entry a of G't for
         # c = K. Rows past K stay 0.
@@ -209,7 +202,8 @@ def _solve_rows_of(width: int):
     return _solve_rows
 
 
-def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, sums):  # pragma: no cover
+def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, x0, steps, X,
+             sums):  # pragma: no cover
     """`steps` conjugate-gradient steps on every row's system from x0 (kernels.solve.cg_stack, row by
     row); the system is never formed. Arguments as `_solve_rows`, plus x0 : (n, width) float32 and
     steps : int; writes X and adds the same four loss pieces to sums.
@@ -221,16 +215,7 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, x0, steps, X, 
     width = Y.shape[1]
     unit = weight.size == 0
     has_offset = offset.size > 0
-    has_shift = False
-    S32 = np.empty((width, width), np.float32)     # the products S v inside the steps, 8 lanes wide
-    for a in range(width):
-        for c in range(width):
-            S32[a, c] = shift[a, c]
-            if shift[a, c] != 0.0:
-                has_shift = True
-    longest = 0
-    for r in range(n):
-        longest = max(longest, indptr[r + 1] - indptr[r])
+    S32 = shift.astype(np.float32)      # the products S v inside the steps, 8 lanes wide
     G = np.empty((longest, width), np.float32)
     T = np.empty(longest, np.float32)
     W = np.empty(longest, np.float32)
@@ -410,7 +395,8 @@ def _kernel(fn, width: int | None = None):
 
 
 def _common(indptr, cols, weight, target, offset, Y, shift, lam) -> tuple:
-    """The arguments both kernels share, checked and cast to their one compiled signature."""
+    """The arguments both kernels share, checked and cast to their one compiled signature, then the
+    two facts both size their work by: the most entries of a row, and whether S is nonzero."""
     n = indptr.size - 1
     width = Y.shape[1]
     if shift.shape != (width, width) or lam.shape != (n,) or target.shape != cols.shape:
@@ -422,7 +408,8 @@ def _common(indptr, cols, weight, target, offset, Y, shift, lam) -> tuple:
             np.ascontiguousarray(target, f32),
             np.zeros(0, f32) if offset is None else np.ascontiguousarray(offset, f32),
             np.ascontiguousarray(Y, f32), np.ascontiguousarray(shift, np.float64),
-            np.ascontiguousarray(lam, np.float64))
+            np.ascontiguousarray(lam, np.float64),
+            int(np.diff(indptr).max()) if n > 0 else 0, bool(np.any(shift)))
 
 
 def solve_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, target: np.ndarray,
