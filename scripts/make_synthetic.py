@@ -19,11 +19,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+# At most this fraction of all (user, item) pairs is rated. MovieLens is far sparser (ML-1M 4.5%,
+# ML-20M 0.5%, ml-latest-small 1.7%); the cap only matters below ~100k ratings, where the power laws
+# alone give fewer pairs than ratings asked for, and drawing distinct pairs could not finish.
+MAX_DENSITY = 0.25
+
+
 def shape(n_ratings: int) -> tuple[int, int]:
     """(users, items) of a MovieLens-like matrix with n_ratings entries: ML-1M is 6,040 x 3,706 and
-    ML-20M 138,493 x 26,744, so users grow as n^1.045 and items as n^0.663 between (and beyond) them."""
+    ML-20M 138,493 x 26,744, so users grow as n^1.045 and items as n^0.663 between (and beyond) them.
+    Small sizes are widened on both sides by one factor until the density is at most MAX_DENSITY."""
     scale = n_ratings / 1e6
-    return max(20, int(6040 * scale ** 1.045)), max(20, int(3700 * scale ** 0.663))
+    users, items = max(20, int(6040 * scale ** 1.045)), max(20, int(3700 * scale ** 0.663))
+    widen = np.sqrt(n_ratings / (MAX_DENSITY * users * items))
+    if widen > 1.0:
+        users, items = int(np.ceil(users * widen)), int(np.ceil(items * widen))
+    return users, items
 
 
 def power_weights(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
@@ -32,6 +43,8 @@ def power_weights(rng: np.random.Generator, n: int, exponent: float) -> np.ndarr
 
 
 def generate(n_ratings: int, kind: str, rank: int = 10, seed: int = 0) -> pa.Table:
+    if n_ratings < 1:
+        raise ValueError(f"make_synthetic: --ratings must be at least 1, got {n_ratings}")
     rng = np.random.default_rng(seed)
     n_users, n_items = shape(n_ratings)
     activity = power_weights(rng, n_users, 1.2)
@@ -39,7 +52,9 @@ def generate(n_ratings: int, kind: str, rank: int = 10, seed: int = 0) -> pa.Tab
     U = rng.normal(size=(n_users, rank)) / np.sqrt(rank)
     V = rng.normal(size=(n_items, rank))
     keys = np.zeros(0, dtype=np.int64)
-    while keys.size < n_ratings:       # draw pairs, keep them with probability sigmoid(affinity)
+    for _ in range(1000):               # draw pairs, keep them with probability sigmoid(affinity)
+        if keys.size >= n_ratings:
+            break
         m = int((n_ratings - keys.size) * 2.5) + 1000
         u = rng.choice(n_users, size=m, p=activity)
         i = rng.choice(n_items, size=m, p=popularity)
@@ -49,6 +64,9 @@ def generate(n_ratings: int, kind: str, rank: int = 10, seed: int = 0) -> pa.Tab
         keys = np.unique(np.concatenate([keys, new]))
         if keys.size > n_ratings:
             keys = rng.choice(keys, size=n_ratings, replace=False)
+    if keys.size < n_ratings:
+        raise RuntimeError(f"make_synthetic: drew only {keys.size} distinct pairs of the {n_ratings} asked "
+                           f"for in a {n_users} x {n_items} matrix")
     keys.sort()
     u, i = keys // n_items, keys % n_items
     aff = np.einsum("ij,ij->i", U[u], V[i])
