@@ -48,3 +48,35 @@ def test_same_arguments_same_table_and_bad_sizes_refused(synthetic):
     assert not synthetic.generate(3000, "implicit", seed=3).equals(synthetic.generate(3000, "implicit", seed=4))
     with pytest.raises(ValueError, match="at least 1"):
         synthetic.generate(0, "explicit")
+
+
+@pytest.mark.parametrize("kind", ["explicit", "implicit"])
+def test_benchmark_compares_both_models_and_writes_its_report(tmp_path, kind):
+    # The whole script on a small synthetic set: both models fitted on one split, top-N timed, the
+    # flop bound measured, the JSON report written with the ratios the closing figures come from.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    report = tmp_path / "report.json"
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "benchmark.py"), "--synthetic", "3000",
+                           "--kind", kind, "--iterations", "3", "--warmup", "0", "--matmul-size", "256",
+                           "--json", str(report)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(report.read_text())
+    assert out["kind"] == kind and out["rank"] == 10 and out["iterations"] == 3
+    assert out["n_train"] + out["n_test"] == 3000
+    models = {run["model"]: run for run in out["runs"]}
+    assert {"mllib", "ours"} <= set(models)
+    for run in models.values():
+        assert run["fit_seconds"] > 0 and run["topn_seconds"] > 0 and run["memory"]["driver_python_mb"] > 0
+    assert models["ours"]["memory"]["workers_max_mb"] > 0     # MLlib runs in the JVM: no Python workers
+    assert 0 < out["ratio_fit_seconds"] < 100
+    metric = "rmse_difference" if kind == "explicit" else "ndcg_at_k_difference"
+    assert abs(out[metric]) < 1.0
+    bound = out["flop_bound"]
+    assert bound["flops"]["total"] > 0 and bound["bound_seconds"] > 0 and bound["measured_over_bound"] > 0
+    assert "fit s" in proc.stdout and "ours/MLlib" in proc.stdout
