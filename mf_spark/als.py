@@ -172,8 +172,9 @@ def _resident(train: DataFrame, n_tasks: int, spec: SolveSpec, num_blocks: dict[
     inputs = stream.resident_inputs(train, n_tasks)
     for attempt, rows in enumerate(inputs, 1):
         try:
-            return stream.Resident(rows, spec, stream.driver_host(train.sparkSession.sparkContext),
-                                   num_blocks).start()
+            sc = train.sparkSession.sparkContext
+            pin = cfg.pin_tasks == "auto" and sc.master.startswith("local")
+            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):
                 log.info("resident stage did not start on the ratings as partitioned (%s); shuffling them", e)

@@ -279,6 +279,7 @@ def test_wrong_type_in_set_names_the_key(item, key):
     (["model.kind=Explicit"], "model.kind", "Explicit"),
     (["model.strategy=shuffle"], "model.strategy", "shuffle"),
     (["model.solver=lu"], "model.solver", "lu"),
+    (["model.pin_tasks=true"], "model.pin_tasks", "true"),
     (["model.reg_scaling=sqrt"], "model.reg_scaling", "sqrt"),
     (["model.confidence=exp"], "model.confidence", "exp"),
     (["split.method=kfold"], "split.method", "kfold"),

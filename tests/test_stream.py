@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -61,6 +62,55 @@ def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
     np.testing.assert_allclose(streamed.losses, jobs.losses, rtol=1e-9)
     if base.biases:
         np.testing.assert_allclose(streamed.factors.user_bias, jobs.factors.user_bias, atol=1e-6)
+
+
+CAN_PIN = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
+@pytest.mark.skipif(not CAN_PIN, reason="needs sched_setaffinity and two cores")
+def test_pin_to_core_moves_only_the_calling_thread_and_returns_its_cores():
+    cores = sorted(os.sched_getaffinity(0))
+    out = {}
+
+    def body():
+        out["before"] = stream.pin_to_core(1, 2)
+        out["during"] = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, out["before"])
+        out["after"] = os.sched_getaffinity(0)
+        out["too_many_tasks"] = stream.pin_to_core(0, len(cores) + 1)
+        out["untouched"] = os.sched_getaffinity(0)
+    worker = threading.Thread(target=body)
+    worker.start()
+    worker.join()
+    assert out["before"] == set(cores) and out["during"] == {cores[1]} and out["after"] == set(cores)
+    assert out["too_many_tasks"] is None and out["untouched"] == set(cores)
+    assert os.sched_getaffinity(0) == set(cores)
+
+
+@pytest.mark.skipif(not CAN_PIN, reason="needs sched_setaffinity and two cores")
+def test_local_resident_tasks_run_on_a_core_each_and_give_it_back(spark):
+    cores = sorted(os.sched_getaffinity(0))
+    seen, pids = [], set()
+
+    def watch(iteration, factors):          # runs between half-steps, the tasks waiting for the next
+        (stage,) = list(stream.ACTIVE)
+        seen.append({c.task: os.sched_getaffinity(c.pid) for c in stage.conns})
+        pids.update(c.pid for c in stage.conns)
+        return {}
+    watch.spark_free = True
+    cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3, exchange="stream", num_user_blocks=2, num_item_blocks=2)
+    pinned = _fit(spark, cfg, on_iteration=watch)
+    assert seen == [{0: {cores[0]}, 1: {cores[1]}}] * 2
+    for pid in pids:                        # the Python workers stay for later tasks: any core again
+        try:
+            assert os.sched_getaffinity(pid) == set(cores)
+        except ProcessLookupError:
+            pass
+    seen.clear()
+    free = _fit(spark, dataclasses.replace(cfg, pin_tasks="off"), on_iteration=watch)
+    assert seen == [{0: set(cores), 1: set(cores)}] * 2
+    np.testing.assert_array_equal(pinned.factors.X, free.factors.X)
+    np.testing.assert_array_equal(pinned.factors.Y, free.factors.Y)
 
 
 def test_a_task_whose_blocks_hold_no_rating_still_joins_the_stage(spark, caplog):
