@@ -173,7 +173,7 @@ def _resident(train: DataFrame, n_tasks: int, spec: SolveSpec, num_blocks: dict[
     for attempt, rows in enumerate(inputs, 1):
         try:
             sc = train.sparkSession.sparkContext
-            pin = cfg.pin_tasks == "auto" and sc.master.startswith("local")
+            pin = cfg.pin_tasks and sc.master.startswith("local")
             return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):

@@ -82,9 +82,9 @@ class ModelConfig:
     strategy: Literal["auto", "broadcast", "join"] = "auto"
     broadcast_budget_mb: int = 2048     # auto uses broadcast while fixed factors fit this
     exchange: Literal["auto", "stream", "jobs"] = "auto"  # resident block tasks | a Spark job per half-step
-    # auto: under a local master each resident task runs on a core of its own for the fit; off: the
-    # OS places them (it often puts both on one core for a while: stream.pin_to_core)
-    pin_tasks: Literal["auto", "off"] = "auto"
+    # true: under a local master each resident task runs on a core of its own for the fit (faster on
+    # a quiet machine, not on a busy one: stream.pin_to_core); false: the OS places them
+    pin_tasks: bool = False
     checkpoint_interval: int = 5        # checkpoint factors every N iterations; 0 = never
     # exact: form and factor each row's k x k system; cg: cg_steps conjugate-gradient steps from the
     # previous factors (no k x k system); auto: cg from rank CG_FROM_RANK on, exact below.

@@ -198,8 +198,10 @@ def pin_to_core(task: int, n_tasks: int) -> set[int] | None:
     half-step wakes them from a socket read, and the OS tends to wake both on the core that woke
     them and leave them there for a while. ml-latest-small, rank 10, 6,000 iterations, two tasks on
     two cores: item half-step median 6.4 ms (p90 11.7) placed by the OS, 4.1 ms (p90 6.1) pinned;
-    user half-step 2.5 -> 1.6 ms. Not done on a cluster, where an executor cannot know which cores
-    the other executors' tasks on its host took."""
+    user half-step 2.5 -> 1.6 ms. On a busy host the OS does as well (30-iteration fits alternated:
+    7.6-8.8 ms per iteration pinned, one fit at 16.8, against 7.8-9.2 placed by the OS), so it is
+    off by default (model.pin_tasks). Not done on a cluster, where an executor cannot know which
+    cores the other executors' tasks on its host took."""
     if not hasattr(os, "sched_setaffinity"):
         return None
     try:

@@ -267,6 +267,7 @@ def test_wrong_type_in_file_names_the_key(tmp_path, toml, key):
     ("model.reg=abc", "model.reg"),
     ("model.biases=yes", "model.biases"),
     ("model.biases=1", "model.biases"),
+    ("model.pin_tasks=auto", "model.pin_tasks"),
     ("eval.relevant_threshold=high", "eval.relevant_threshold"),
 ])
 def test_wrong_type_in_set_names_the_key(item, key):
@@ -279,7 +280,6 @@ def test_wrong_type_in_set_names_the_key(item, key):
     (["model.kind=Explicit"], "model.kind", "Explicit"),
     (["model.strategy=shuffle"], "model.strategy", "shuffle"),
     (["model.solver=lu"], "model.solver", "lu"),
-    (["model.pin_tasks=true"], "model.pin_tasks", "true"),
     (["model.reg_scaling=sqrt"], "model.reg_scaling", "sqrt"),
     (["model.confidence=exp"], "model.confidence", "exp"),
     (["split.method=kfold"], "split.method", "kfold"),

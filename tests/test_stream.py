@@ -98,7 +98,8 @@ def test_local_resident_tasks_run_on_a_core_each_and_give_it_back(spark):
         pids.update(c.pid for c in stage.conns)
         return {}
     watch.spark_free = True
-    cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3, exchange="stream", num_user_blocks=2, num_item_blocks=2)
+    cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3, exchange="stream", num_user_blocks=2, num_item_blocks=2,
+                      pin_tasks=True)
     pinned = _fit(spark, cfg, on_iteration=watch)
     assert seen == [{0: {cores[0]}, 1: {cores[1]}}] * 2
     for pid in pids:                        # the Python workers stay for later tasks: any core again
@@ -107,7 +108,7 @@ def test_local_resident_tasks_run_on_a_core_each_and_give_it_back(spark):
         except ProcessLookupError:
             pass
     seen.clear()
-    free = _fit(spark, dataclasses.replace(cfg, pin_tasks="off"), on_iteration=watch)
+    free = _fit(spark, dataclasses.replace(cfg, pin_tasks=False), on_iteration=watch)
     assert seen == [{0: set(cores), 1: set(cores)}] * 2
     np.testing.assert_array_equal(pinned.factors.X, free.factors.X)
     np.testing.assert_array_equal(pinned.factors.Y, free.factors.Y)
