@@ -170,10 +170,10 @@ def _resident(train: DataFrame, n_tasks: int, spec: SolveSpec, num_blocks: dict[
     """The resident stage over the first input it starts on (stream.resident_inputs); None when it
     starts on none and model.exchange = auto (the caller then runs a job per half-step)."""
     inputs = stream.resident_inputs(train, n_tasks)
+    sc = train.sparkSession.sparkContext
+    pin = cfg.pin_tasks and sc.master.startswith("local")
     for attempt, rows in enumerate(inputs, 1):
         try:
-            sc = train.sparkSession.sparkContext
-            pin = cfg.pin_tasks and sc.master.startswith("local")
             return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):

@@ -245,11 +245,14 @@ def test_rooted_weights_give_the_two_buffer_solution_and_are_used_only_where_eve
     indptr, cols, vals, Y = random_block(rng, n_rows=50, n_fixed=70, k=5, max_len=30)
     spec = SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=1.0)          # w = 2 r > 0
     plan = layout(indptr, cols, vals, spec, Y.shape[0], 5)
-    assert plan.root_weight is not None
-    np.testing.assert_allclose(plan.root_weight ** 2, plan.weight, rtol=1e-6)
+    c, p = confidence(vals, spec), preference(vals, spec)
+    weight, target = (c - spec.w0).astype(np.float32), (c * p).astype(np.float32)
+    assert plan.root_weight is not None and plan.weight is None and plan.target is None    # kept once
+    np.testing.assert_allclose(plan.root_weight ** 2, weight, rtol=1e-6)
+    np.testing.assert_allclose(plan.root_target * plan.root_weight, target, rtol=1e-6)
     gram = Y.T.astype(np.float64) @ Y
     lam = spec.row_reg(np.diff(indptr))
-    a = compiled.solve_rows(indptr, cols, plan.weight, plan.target, None, Y, spec.w0 * gram, lam)
+    a = compiled.solve_rows(indptr, cols, weight, target, None, Y, spec.w0 * gram, lam)
     b = compiled.solve_rows(indptr, cols, plan.root_weight, plan.root_target, None, Y, spec.w0 * gram, lam,
                             rooted=True)
     np.testing.assert_allclose(b[0], a[0], rtol=1e-4, atol=1e-6)
@@ -260,7 +263,7 @@ def test_rooted_weights_give_the_two_buffer_solution_and_are_used_only_where_eve
     assert layout(indptr, cols, vals, SolveSpec(kind="implicit", alpha=2.0, w0=4.0), Y.shape[0], 5).root_weight is None
     assert layout(indptr, cols, vals, SolveSpec(kind="implicit", alpha=2.0, cg_steps=3), Y.shape[0], 5).root_weight is None
     with pytest.raises(ValueError, match="rooted"):
-        compiled.solve_rows(indptr, cols, None, plan.target, None, Y, spec.w0 * gram, lam, rooted=True)
+        compiled.solve_rows(indptr, cols, None, target, None, Y, spec.w0 * gram, lam, rooted=True)
 
 
 @pytest.mark.parametrize("kind", ["explicit", "implicit"])

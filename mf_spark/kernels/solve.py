@@ -144,7 +144,8 @@ class Layout:
     target: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c * p
     fixed_loss: np.ndarray | None = None  # compiled weighted ALS: (n_rows,) float64 sum of c p^2 per row
     # compiled exact weighted ALS where every c - w0 > 0: sqrt(c - w0) and c p / sqrt(c - w0), so the
-    # kernel copies one buffer of scaled factors instead of two (5M block, rank 10: 37.4 -> 32.5 ms)
+    # kernel copies one buffer of scaled factors instead of two (5M block, rank 10: 37.4 -> 32.5 ms);
+    # weight and target are then None (the rows solved by pseudo-inverse take them from these)
     root_weight: np.ndarray | None = None
     root_target: np.ndarray | None = None
 
@@ -180,6 +181,7 @@ def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, spec: SolveSp
         if spec.cg_steps == 0 and np.all(weight > 0):
             root_weight = np.sqrt(weight)
             root_target = target / root_weight
+            weight = target = None
         return Layout(spec, n_fixed, width, (), 0, compiled=True, weight=weight, target=target,
                       fixed_loss=per_row, root_weight=root_weight, root_target=root_target)
     budget = budget or (CG_CHUNK_FLOATS if spec.cg_steps else CHUNK_FLOATS)
@@ -461,8 +463,12 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
     for r in np.flatnonzero(bad):
         sl = slice(indptr[r], indptr[r + 1])
         G = Yw[cols[sl]].astype(np.float64)
-        w = 1.0 if weight is None else weight[sl].astype(np.float64)
-        t = target[sl].astype(np.float64) - (0.0 if offset is None else offset[cols[sl]])
+        if plan.root_weight is not None:        # w = sqrt(w)^2, t = (t / sqrt(w)) sqrt(w)
+            root = plan.root_weight[sl].astype(np.float64)
+            w, t = root * root, plan.root_target[sl] * root
+        else:
+            w = 1.0 if weight is None else weight[sl].astype(np.float64)
+            t = target[sl].astype(np.float64) - (0.0 if offset is None else offset[cols[sl]])
         A = G.T @ (w * G.T).T + shift + lam[r] * np.eye(width)
         X[r] = np.linalg.pinv(A, hermitian=True) @ (G.T @ t)
         p = G @ X[r]
