@@ -11,19 +11,30 @@ import logging
 import os
 import sys
 
+from pyspark.sql import functions as F
+
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mf_spark import __version__, als, cli, evaluate, index, read, recommend, session, split, validate, write
 from mf_spark.checkpoint import CheckpointStore
+from mf_spark.phases import PhaseClock
+from mf_spark.types import PART
 from mf_spark.model import FactorModel, item_blocks
 
 log = logging.getLogger("mf_spark")
 
 
-def _load(spark, path, fmt, run):
-    raw = read.ratings(spark, path, fmt, run.data)
-    return validate.clean(raw, run.data, run.model.kind)
+def _load(spark, args: cli.TrainArgs, run):
+    """Read and validate the input; a given train/test pair is validated in one pass (types.PART)."""
+    if not args.train:
+        return validate.clean(read.ratings(spark, args.input or read.sample_path(), args.format, run.data),
+                              run.data, run.model.kind)
+    raws = [read.ratings(spark, p, args.format, run.data) for p in (args.train, args.test)]
+    differ = {c for c in raws[0].columns if raws[0].schema[c].dataType != raws[1].schema[c].dataType}
+    raws = [r.select(*[F.col(c).cast("string").alias(c) if c in differ else F.col(c) for c in r.columns])
+            .withColumn(PART, F.lit(part)) for part, r in enumerate(raws)]
+    return validate.clean(raws[0].unionByName(raws[1]), run.data, run.model.kind)
 
 
 def _versions() -> dict:
@@ -34,61 +45,64 @@ def _versions() -> dict:
             "pyarrow": pyarrow.__version__, "python": sys.version.split()[0]}
 
 
-def run(spark, args: cli.TrainArgs) -> dict:
-    """The whole training run; returns metrics.json's content."""
+def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
+    """The whole training run; returns metrics.json's content. `clock` times the phases (one is made
+    here when the caller has none: then the session's start is not in the total)."""
     cfg = args.run
+    clock = (clock or PhaseClock()).attach(spark)
     output = write.check_output(spark, args.output)
     with write.claim(spark, output):
-        return _run(spark, args, cfg, output)
+        return _run(spark, args, cfg, output, clock)
 
 
-def _run(spark, args: cli.TrainArgs, cfg, output: str) -> dict:
-    if args.train:
-        parts = [_load(spark, p, args.format, cfg) for p in (args.train, args.test)]
-        train, test = parts[0].ratings, parts[1].ratings
-        counts = {k: parts[0].counts[k] + parts[1].counts[k] for k in parts[0].counts}
-        rejected = parts[0].rejected.unionByName(parts[1].rejected) if counts["n_rejected"] else None
-        input_path = None
-    else:
-        input_path = args.input or read.sample_path()
-        cleaned = _load(spark, input_path, args.format, cfg)
-        # Cached: train and test both derive from it, and reading + validating runs once, not twice.
-        ratings = cleaned.ratings.cache()
-        train, test = split.split(ratings, cfg.split)
+def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dict:
+    with clock.phase("read_validate"):
+        cleaned = _load(spark, args, cfg)
         counts = dict(cleaned.counts)
         rejected = cleaned.rejected if counts["n_rejected"] else None
-    train = train.cache()
-    enc = index.encode_split(train, test)
-    users, items, train_idx = enc.users, enc.items, enc.train_idx
-    heldout = evaluate.collect_heldout(enc.test_idx)
-    if not args.train:
-        ratings.unpersist()
-    stats = als.train_stats(train_idx)
+        input_path = None if args.train else (args.input or read.sample_path())
+    with clock.phase("split_index"):
+        if args.train:
+            train, test = (cleaned.ratings.where(F.col(PART) == p).drop(PART) for p in (0, 1))
+        else:
+            train, test = split.split(cleaned.ratings, cfg.split)
+            if cfg.split.method != "random":    # a window by user: computed once, not per use
+                train = train.cache()
+        enc = index.encode_split(train)
+        users, items, train_idx = enc.users, enc.items, enc.train_idx
+        heldout = evaluate.collect_heldout(test, users, items)
+        stats = als.train_stats(train_idx)      # materializes train_idx: the cleaned rows can go
+        cleaned.release()
     explicit = cfg.model.kind == "explicit"
     rating_range = (stats.lo, stats.hi) if explicit else None
     log.info("training on %d ratings (%d users x %d items), %d held out (%d cold)", stats.n, users.size,
              items.size, heldout.n, heldout.n_cold)
-    checkpoints = CheckpointStore(spark, output)
-    seen = recommend.seen_lists(train_idx).cache()
-    relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
-    ranking = evaluate.RankingEvaluator(seen, relevant, items.size, cfg.eval.k)
-    tracker = None
-    if cfg.eval.every_iteration:
-        sampled = evaluate.RankingEvaluator(seen, evaluate.sample_users(relevant, cfg.eval.history_users),
-                                            items.size, cfg.eval.k, on_driver=True)
-        tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
-    fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
-                  resume=args.resume, stats=stats)
-    model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict(),
-                        item_blocks=item_blocks(cfg.to_dict(), users.size, items.size, spark))
-    recs = recommend.top_n(model, train_idx, cfg.recommend, seen=seen)
-    metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking(model.scorer), "k": cfg.eval.k,
-               "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
-               **counts, "n_users": users.size, "n_items": items.size,
-               "fit_seconds": fit.fit_seconds, "history": fit.history,
-               "input": input_path,
-               "config": cfg.to_dict(), "versions": _versions()}
-    write.publish(spark, output, model, recs, metrics, rejected, {"versions": metrics["versions"]})
+    with clock.phase("evaluation_setup"):
+        checkpoints = CheckpointStore(spark, output)
+        seen = recommend.seen_lists(train_idx).cache()
+        relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
+        ranking = evaluate.RankingEvaluator(seen, relevant, items.size, cfg.eval.k)
+        tracker = None
+        if cfg.eval.every_iteration:
+            sampled = evaluate.RankingEvaluator(seen, evaluate.sample_users(relevant, cfg.eval.history_users),
+                                                items.size, cfg.eval.k, on_driver=True)
+            tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
+    with clock.phase("fit"):
+        fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
+                      resume=args.resume, stats=stats)
+    with clock.phase("evaluate"):
+        model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict(),
+                            item_blocks=item_blocks(cfg.to_dict(), users.size, items.size, spark))
+        metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking(model.scorer), "k": cfg.eval.k,
+                   "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
+                   **counts, "n_users": users.size, "n_items": items.size,
+                   "fit_seconds": fit.fit_seconds, "history": fit.history,
+                   "input": input_path,
+                   "config": cfg.to_dict(), "versions": _versions()}
+    with clock.phase("recommend_write"):
+        recs = recommend.top_n(model, train_idx, cfg.recommend, seen=seen)
+        write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, rejected,
+                      {"versions": metrics["versions"]})
     checkpoints.clear()
     ranking.close()
     if tracker is not None:
@@ -96,6 +110,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str) -> dict:
     seen.unpersist()
     train_idx.unpersist()
     train.unpersist()
+    metrics.update(clock.report())
     metrics["output"] = output
     return metrics
 
@@ -105,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = cli.parse_train(argv)
-        metrics = run(session.start("mf_spark-train", args.run.spark), args)
+        clock = PhaseClock()
+        with clock.phase("session"):
+            spark = session.start("mf_spark-train", args.run.spark)
+        metrics = run(spark, args, clock)
         print(f"outputs: {metrics['output']}")
         if metrics["rmse"] is not None:
             print(f"held-out RMSE: {metrics['rmse']:.4f}")

@@ -229,7 +229,6 @@ def _iterate(solve: Solver, counts: Callable[[str, int], np.ndarray], pause: Cal
                  " ".join(f"{k}={v:.5g}" for k, v in entry.items() if isinstance(v, float)))
         if checkpoints is not None and cfg.checkpoint_interval and (it + 1) % cfg.checkpoint_interval == 0 \
                 and it + 1 < cfg.iterations:
-            pause()
             checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed,
                                                       "history": result.history})
     return result

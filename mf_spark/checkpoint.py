@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 
 from mf_spark import fs
@@ -76,12 +77,17 @@ class CheckpointStore:
         self.root = posixpath.join(posixpath.dirname(out), "." + posixpath.basename(out) + "_checkpoint")
 
     def save(self, iteration: int, factors: Factors, state: dict[str, Any]) -> None:
-        """Write iteration `iteration` (1-based, completed) then drop older checkpoints."""
+        """Write iteration `iteration` (1-based, completed) then drop older checkpoints.
+
+        The driver writes the Parquet files itself (fs.write_bytes): no Spark job, so a fit whose
+        resident tasks hold every task slot goes on without releasing them."""
         folder = posixpath.join(self.root, f"iter-{iteration:05d}")
         fs.delete(self.spark, folder)
         for side, F, b in (("users", factors.X, factors.user_bias), ("items", factors.Y, factors.item_bias)):
             table = factor_table(pa.array(np.arange(F.shape[0], dtype=np.int32)), F, b, "idx")
-            self.spark.createDataFrame(table).coalesce(1).write.parquet(posixpath.join(folder, side))
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf)
+            fs.write_bytes(self.spark, posixpath.join(folder, side, "part-00000.parquet"), buf.getvalue())
         body = dict(state, iteration=iteration, mu=factors.mu, rank=int(factors.X.shape[1]),
                     n_users=int(factors.X.shape[0]), n_items=int(factors.Y.shape[0]),
                     biases=factors.user_bias is not None)

@@ -1,6 +1,6 @@
 """Held-out evaluation: RMSE / MAE of clipped predictions, ranking metrics at k, and the tracker.
 
-The held-out split is collected once to the driver as index arrays (Arrow, no Python rows): the
+The held-out split is collected once to the driver, its IDs looked up in the ID maps there: the
 driver already holds both factor matrices in the broadcast strategy, so error metrics cost one
 gather and one row-wise dot product, and no Spark job. Ranking metrics need every item scored for
 each evaluated user with its training items excluded: that runs on the executors (one narrow
@@ -21,7 +21,8 @@ from mf_spark.checkpoint import Factors
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.kernels.topk import top_n
 from mf_spark.model import Scorer, recommend_indices
-from mf_spark.types import ITEM_IDX, RATING, USER_IDX
+from mf_spark.index import IdMap
+from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
 
 RANKING_KEYS = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "n_users_evaluated")
 
@@ -42,14 +43,13 @@ class HeldOut:
         return int(np.count_nonzero((self.u < 0) | (self.i < 0)))
 
 
-def collect_heldout(test_idx: DataFrame) -> HeldOut:
-    """Test rows (user_idx, item_idx nullable, rating) to driver arrays. Performance note: one
-    collect of 12 bytes per test row through Arrow."""
-    t = test_idx.select(F.coalesce(F.col(USER_IDX), F.lit(-1)).cast("int").alias("u"),
-                        F.coalesce(F.col(ITEM_IDX), F.lit(-1)).cast("int").alias("i"),
-                        F.col(RATING).cast("double").alias("r")).toArrow()
-    return HeldOut(t.column("u").to_numpy().astype(np.int32), t.column("i").to_numpy().astype(np.int32),
-                   t.column("r").to_numpy().astype(np.float64))
+def collect_heldout(test: DataFrame, users: IdMap, items: IdMap) -> HeldOut:
+    """Test rows (user, item with their original IDs, rating) to driver arrays, the IDs looked up in
+    the training maps there (-1 = cold). Performance note: one collect through Arrow (the IDs and a
+    double per row), no join."""
+    t = test.select(USER, ITEM, F.col(RATING).cast("double").alias(RATING)).toArrow()
+    return HeldOut(users.index_of(t.column(USER)), items.index_of(t.column(ITEM)),
+                   t.column(RATING).to_numpy().astype(np.float64))
 
 
 def rmse_mae(pred: np.ndarray, r: np.ndarray) -> tuple[float | None, float | None]:

@@ -3,7 +3,9 @@ behave alike (the same API Spark itself writes with). Every function takes the a
 """
 from __future__ import annotations
 
+import os
 import time
+from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
@@ -85,6 +87,36 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
         out.write(bytearray(text.encode("utf-8")))
     finally:
         out.close()
+
+
+def write_bytes(spark: SparkSession, path: str, data) -> None:
+    """Create or replace a file with `data` (bytes or a pyarrow Buffer), parent folders included.
+
+    Local paths are written by Python directly; others go through the Hadoop FileSystem in chunks
+    (py4j copies every byte, so this suits files of tens of MB, such as a checkpoint's factors)."""
+    view = memoryview(data)
+    local = _local_path(spark, path)
+    if local is not None:
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, "wb") as fh:
+            fh.write(view)
+        return
+    fs, p = _fs_path(spark, path)
+    out = fs.create(p, True)
+    try:
+        for at in range(0, len(view), _CHUNK):
+            out.write(bytearray(view[at:at + _CHUNK]))
+    finally:
+        out.close()
+
+
+_CHUNK = 8 << 20
+
+
+def _local_path(spark: SparkSession, path: str) -> str | None:
+    """The OS path of a path on the local file system (file: or no scheme), else None."""
+    qualified = urlparse(qualify(spark, path))
+    return unquote(qualified.path) if qualified.scheme == "file" else None
 
 
 def read_text(spark: SparkSession, path: str) -> str:

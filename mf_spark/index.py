@@ -70,16 +70,21 @@ class IdMap:
     def index_of(self, values: pa.Array | pa.ChunkedArray | np.ndarray) -> np.ndarray:
         """(m,) int32 indices of `values` on the driver, -1 for unknown or null IDs.
 
-        Vectorized with `pc.index_in` (a hash of `ids`, O(n + m)). Raises TypeError when the values
-        cannot be cast to the ID type (e.g. strings for an integer map).
+        Vectorized with `pc.index_in` (a hash of `ids`, O(n + m)). As in `encode`, when the values
+        and the map differ in type and either is a string, IDs compare as text ("007" is not 7);
+        other values are cast to the map's type (TypeError when they cannot be).
         """
         arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+        ids = self.ids
+        if arr.type != ids.type and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+                                     or ids.type == pa.string()):
+            arr, ids = arr.cast(pa.string()), ids.cast(pa.string())
         try:
-            arr = arr.cast(self.ids.type)
+            arr = arr.cast(ids.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise TypeError(f"IdMap {self.name!r}: cannot look up {arr.type} values in "
                             f"{self.ids.type} IDs: {exc}") from None
-        found = pc.index_in(arr, value_set=self.ids)
+        found = pc.index_in(arr, value_set=ids)
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
     def _table(self, id_col: str, idx_col: str) -> pa.Table:
@@ -165,19 +170,51 @@ class IdMap:
             raise ModelError(f"ID map {path}: {exc}") from None
 
 
+def _check_id_column(df: DataFrame, col: str) -> None:
+    dtype = df.schema[col].dataType
+    if not isinstance(dtype, (LongType, IntegerType, StringType)):
+        raise TypeError(f"fit: column {col!r} must hold integer or string IDs, "
+                        f"got {dtype.simpleString()}")
+
+
+def _sorted_map(ids: pa.Array | pa.ChunkedArray, name: str) -> IdMap:
+    ids = _normalize(ids)
+    return IdMap(ids=ids.take(pc.sort_indices(ids)), name=name)
+
+
 def fit(df: DataFrame, col: str) -> IdMap:
     """IdMap of the distinct non-null values of df[col] (LongType/IntegerType or StringType).
 
     Performance note: one action, a shuffle for `distinct`, then the distinct IDs are collected to
     the driver as Arrow and sorted there.
     """
-    dtype = df.schema[col].dataType
-    if not isinstance(dtype, (LongType, IntegerType, StringType)):
-        raise TypeError(f"fit: column {col!r} must hold integer or string IDs, "
-                        f"got {dtype.simpleString()}")
-    ids = df.select(col).where(F.col(col).isNotNull()).distinct().toArrow().column(0)
-    ids = _normalize(ids)
-    return IdMap(ids=ids.take(pc.sort_indices(ids)), name=col)
+    _check_id_column(df, col)
+    return _sorted_map(df.select(col).where(F.col(col).isNotNull()).distinct().toArrow().column(0), col)
+
+
+def fit_columns(df: DataFrame, cols: tuple[str, ...]) -> tuple[IdMap, ...]:
+    """`fit` of several columns in one action: the distinct values of every column, as text tagged
+    with the column, are collected together and split on the driver (integer columns go back to
+    int64 there: the text of an integer round-trips exactly).
+
+    Performance note: one action (one distinct over the union of the columns), not one per column.
+    """
+    for col in cols:
+        _check_id_column(df, col)
+    tagged = [df.select(F.lit(n).alias("_col"), F.col(col).cast("string").alias("_id")).where(F.col(col).isNotNull())
+              for n, col in enumerate(cols)]
+    union = tagged[0]
+    for t in tagged[1:]:
+        union = union.unionByName(t)
+    table = union.distinct().toArrow()
+    which = table.column("_col").to_numpy()
+    out = []
+    for n, col in enumerate(cols):
+        ids = table.column("_id").filter(pa.array(which == n))
+        if not isinstance(df.schema[col].dataType, StringType):
+            ids = ids.cast(pa.int64())
+        out.append(_sorted_map(ids, col))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -185,20 +222,19 @@ class EncodedSplit:
     users: IdMap
     items: IdMap
     train_idx: DataFrame   # user_idx, item_idx, rating; cached
-    test_idx: DataFrame    # test rows plus user_idx, item_idx (null for IDs unseen in train); lazy
 
 
-def encode_split(train: DataFrame, test: DataFrame) -> EncodedSplit:
-    """ID maps fitted on `train` (columns user, item, rating) and both splits encoded with them.
+def encode_split(train: DataFrame) -> EncodedSplit:
+    """ID maps fitted on `train` (columns user, item, rating) and `train` encoded with them (held-out
+    rows are looked up on the driver: evaluate.collect_heldout).
 
-    Performance note: two actions (distinct users, distinct items) on `train`, which the caller
-    caches; `train_idx` is cached and materialized by the first action that uses it.
+    Performance note: one action (the distinct users and items, `fit_columns`) on `train` (cache it,
+    or what it filters); `train_idx` is cached and materialized by the first action that uses it.
     """
-    users, items = fit(train, USER), fit(train, ITEM)
+    users, items = fit_columns(train, (USER, ITEM))
     train_idx = (items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
                  .select(USER_IDX, ITEM_IDX, RATING).cache())
-    test_idx = items.encode(users.encode(test, USER, USER_IDX), ITEM, ITEM_IDX)
-    return EncodedSplit(users, items, train_idx, test_idx)
+    return EncodedSplit(users, items, train_idx)
 
 
 def load(spark: SparkSession, path: str, name: str | None = None) -> IdMap:

@@ -6,6 +6,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from pyspark import SparkConf
 from pyspark.sql import SparkSession
 from threadpoolctl import threadpool_limits
 
@@ -32,15 +33,26 @@ DEFAULTS = {
 }
 
 
+SHUFFLE_PARTITIONS_KEY = "spark.sql.shuffle.partitions"
+
+
 def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
     """Get or create the session. Under spark-submit the master and resources come from it; run as
-    `python -m jobs.<name>` the master defaults to local[*]."""
+    `python -m jobs.<name>` the master defaults to local[*].
+
+    DEFAULTS apply only to keys that neither spark-submit (--conf, spark-defaults.conf) nor `conf`
+    set. So does the shuffle partition count: left unset, it becomes twice the cores Spark runs
+    tasks on (at least 8) instead of 200, whose near-empty map outputs and tasks cost a job on a
+    few cores more than its data does (docs/performance.md)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    given = dict(SparkConf().getAll())         # what spark-submit passed (system properties)
     builder = SparkSession.builder.appName(app_name)
-    for key, value in {**DEFAULTS, **(conf or {})}.items():
+    for key, value in {**{k: v for k, v in DEFAULTS.items() if k not in given}, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MF_SPARK_SPARK_LOG_LEVEL", "WARN"))
+    if SHUFFLE_PARTITIONS_KEY not in given and SHUFFLE_PARTITIONS_KEY not in (conf or {}):
+        spark.conf.set(SHUFFLE_PARTITIONS_KEY, str(max(8, 2 * spark.sparkContext.defaultParallelism)))
     return spark
 
 

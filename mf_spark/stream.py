@@ -335,7 +335,7 @@ class Resident:
         self.launches = 0
         self.job_error: BaseException | None = None
         self.job_done = threading.Event()
-        self.group = f"mf_spark-resident-{self.token[:8]}"
+        self.tag = f"mf_spark-resident-{self.token[:8]}"
 
     # -- lifecycle
     def start(self) -> "Resident":
@@ -366,7 +366,7 @@ class Resident:
             for c in self.conns:
                 c.sock.close()
             self.conns = []
-            self.sc.cancelJobGroup(self.group)
+            self.sc.cancelJobsWithTag(self.tag)
             self.job_done.wait(timeout=120)
         self.server.close()
         ACTIVE.discard(self)
@@ -384,7 +384,9 @@ class Resident:
         done = self.job_done
 
         def run_job() -> None:
-            self.sc.setJobGroup(self.group, "mf_spark fit: resident blocks", interruptOnCancel=True)
+            # A tag, not a job group: the job stays in the caller's group (phases.PhaseClock counts it).
+            self.sc.addJobTag(self.tag)
+            self.sc.setInterruptOnCancel(True)
             try:
                 self.job.collect()
             except BaseException as e:   # reported by whichever driver call waits next
@@ -414,7 +416,7 @@ class Resident:
             c.sock.close()
         self.conns = []
         if not self.job_done.wait(timeout=60):
-            self.sc.cancelJobGroup(self.group)
+            self.sc.cancelJobsWithTag(self.tag)
             self.job_done.wait(timeout=60)
         self.job = self._job()
 

@@ -16,6 +16,7 @@ USER, ITEM, RATING, TIMESTAMP = "user", "item", "rating", "timestamp"
 USER_IDX, ITEM_IDX = "user_idx", "item_idx"
 SOURCE, ROW = "_source", "_row"          # input file, and read position for ordering / messages
 REASON = "reason"
+PART = "_part"                            # which given file (0 train, 1 test) a row came from
 
 NPMatrix = npt.NDArray[np.float32]      # (n, k) factors
 NPVector = npt.NDArray[np.float32]      # (n,) biases, ratings

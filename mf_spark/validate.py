@@ -26,7 +26,7 @@ from pyspark.sql.types import (ByteType, IntegerType, LongType, NumericType, Sho
 
 from mf_spark.config import DataConfig
 from mf_spark.errors import ConfigError, InputError
-from mf_spark.types import ITEM, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.types import ITEM, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
 
 KINDS = ("explicit", "implicit")
 SHOWN = 5   # bad rows / duplicated pairs quoted in an error message
@@ -49,6 +49,12 @@ class Cleaned:
     ratings: DataFrame       # user, item, rating double, timestamp long; one row per (user, item)
     rejected: DataFrame      # _source, _row, user, item, rating, timestamp (strings), reason
     counts: dict[str, int]   # n_read, n_rejected, n_dropped, n_duplicates_merged, n_clean
+    _cache: DataFrame | None = None   # the cached pairs `ratings` reads
+
+    def release(self) -> None:
+        """Drop the cache behind `ratings` (after whatever derives from it is cached or written)."""
+        if self._cache is not None:
+            self._cache.unpersist()
 
 
 def _text(raw: DataFrame, name: str) -> Column:
@@ -58,12 +64,13 @@ def _text(raw: DataFrame, name: str) -> Column:
 
 
 def _id_key(raw: DataFrame, name: str) -> tuple[Column, Column]:
-    """(trimmed text of the ID or null when missing, whether that text is a canonical long)."""
+    """(the ID or null when missing, whether it is a canonical long): integer columns as they are,
+    others as their trimmed text."""
     dtype = raw.schema[name].dataType
+    if isinstance(dtype, _INTEGRAL):     # grouped as numbers: cheaper than their text
+        return F.col(name).cast("long"), F.lit(True)
     text = F.trim(_text(raw, name))
     key = F.when(text != "", text)
-    if isinstance(dtype, _INTEGRAL):
-        return key, F.lit(True)
     # "007" -> 7 -> "7" differs: such IDs keep their text, so "007" and "7" stay distinct users.
     return key, F.coalesce(key.try_cast("long").cast("string") == key, F.lit(False))
 
@@ -108,37 +115,58 @@ def _flag(raw: DataFrame, cfg: DataConfig, kind: str) -> DataFrame:
     status = (F.when(reason.isNotNull(), _REJECTED).when(nonpositive, _DROPPED)
               .otherwise(_VALID))
     return raw.select(
-        F.col(SOURCE), F.col(ROW), _text(raw, USER).alias("_user_raw"),
+        F.col(PART), F.col(SOURCE), F.col(ROW), _text(raw, USER).alias("_user_raw"),
         _text(raw, ITEM).alias("_item_raw"), _text(raw, RATING).alias("_rating_raw"),
         _text(raw, TIMESTAMP).alias("_ts_raw"), user.alias("_user"), item.alias("_item"),
         user_int.alias("_user_int"), item_int.alias("_item_int"), rating.alias("_rating"),
         ts.alias("_ts"), reason.alias(REASON), status.alias("_status"))
 
 
-def _count(flagged: DataFrame) -> dict[str, int | bool]:
-    """All counts and the ID types in one Spark action (two shuffles: by (status, user, item), then
-    a global aggregate). Non-valid rows collapse into one group per status."""
+def _rating_agg(policy: str) -> tuple[Column, Column]:
+    """(rating, timestamp) of one valid (user, item) group under a duplicates policy."""
+    if policy == "last":
+        # Latest timestamp wins; rows without one lose to rows with one; then the last row read.
+        best = F.max_by(F.struct(F.col("_rating").alias(RATING), F.col("_ts").alias(TIMESTAMP)),
+                        F.struct("_ts", ROW))
+        return best[RATING], best[TIMESTAMP]
+    agg = F.sum("_rating") if policy == "sum" else F.avg("_rating")   # "error" fails before use
+    return agg, F.max("_ts")
+
+
+def _pairs(flagged: DataFrame, policy: str) -> DataFrame:
+    """One row per valid (part, user, item) with its merged rating and how many rows it merged, and
+    one row per (part, status) for the other rows: everything the counts, the ID types and the
+    clean ratings need, from one shuffle. Cached by the caller."""
     is_valid = F.col("_status") == _VALID
-    pairs = flagged.groupBy(
-        "_status", F.when(is_valid, F.col("_user")).alias("_u"),
+    rating, ts = _rating_agg(policy)
+    return flagged.groupBy(
+        PART, "_status", F.when(is_valid, F.col("_user")).alias("_u"),
         F.when(is_valid, F.col("_item")).alias("_i"),
     ).agg(F.count(F.lit(1)).alias("n"), F.min(F.col("_user_int").cast("int")).alias("ui"),
-          F.min(F.col("_item_int").cast("int")).alias("ii"))
+          F.min(F.col("_item_int").cast("int")).alias("ii"), rating.alias(RATING), ts.alias(TIMESTAMP))
+
+
+def _count(pairs: DataFrame) -> dict[int, dict[str, int | bool]]:
+    """Per part: n_read, n_rejected, n_dropped, n_valid, n_clean and whether every valid user (item)
+    ID is a canonical integer. One small aggregate over the cached pairs."""
+    is_valid = F.col("_status") == _VALID
 
     def total(status: str) -> Column:
         return F.coalesce(F.sum(F.when(F.col("_status") == status, F.col("n"))), F.lit(0))
 
-    row = pairs.agg(
+    rows = pairs.groupBy(PART).agg(
         F.coalesce(F.sum("n"), F.lit(0)).alias("n_read"), total(_REJECTED).alias("n_rejected"),
         total(_DROPPED).alias("n_dropped"), total(_VALID).alias("n_valid"),
         F.count(F.when(is_valid, 1)).alias("n_clean"),
         F.min(F.when(is_valid, F.col("ui"))).alias("user_int"),
         F.min(F.when(is_valid, F.col("ii"))).alias("item_int"),
-    ).collect()[0]
-    out: dict[str, int | bool] = {k: int(row[k]) for k in
-                                  ("n_read", "n_rejected", "n_dropped", "n_valid", "n_clean")}
-    out["user_int"] = row["user_int"] == 1
-    out["item_int"] = row["item_int"] == 1
+    ).collect()
+    out = {}
+    for row in rows:
+        c: dict[str, int | bool] = {k: int(row[k]) for k in
+                                    ("n_read", "n_rejected", "n_dropped", "n_valid", "n_clean")}
+        c["user_int"], c["item_int"] = row["user_int"] == 1, row["item_int"] == 1
+        out[int(row[PART])] = c
     return out
 
 
@@ -164,30 +192,17 @@ def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfi
         + "; ".join(_describe(r) for r in first))
 
 
-def _duplicate_error(valid: DataFrame, n_extra: int) -> InputError:
-    """Performance note: one action (a shuffle by (user, item)), failure path only."""
-    dups = (valid.groupBy(USER, ITEM)
-            .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"),
-                 F.min(SOURCE).alias("src"))
+def _duplicate_error(flagged: DataFrame, n_extra: int) -> InputError:
+    """Performance note: one action (a shuffle by (part, user, item)), failure path only."""
+    dups = (flagged.where(F.col("_status") == _VALID).groupBy(PART, "_user", "_item")
+            .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"), F.min(SOURCE).alias("src"))
             .where(F.col("n") > 1))
     first = dups.orderBy("first").limit(SHOWN).collect()
     where = ", ".join(sorted({_name(r["src"]) for r in first}))
-    shown = ", ".join(f"(user={r[USER]!r}, item={r[ITEM]!r}) x{r['n']}" for r in first)
+    shown = ", ".join(f"(user={r['_user']!r}, item={r['_item']!r}) x{r['n']}" for r in first)
     return InputError(
         f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = "
         f"'error'; first: {shown}; set data.duplicates to last, mean or sum to merge them")
-
-
-def _merge(valid: DataFrame, policy: str) -> DataFrame:
-    """One row per (user, item). Performance note: one shuffle by (user, item), lazy."""
-    if policy == "last":
-        # Latest timestamp wins; rows without one lose to rows with one; then the last row read.
-        best = F.max_by(F.struct(RATING, TIMESTAMP), F.struct(TIMESTAMP, ROW))
-        return (valid.groupBy(USER, ITEM).agg(best.alias("_best"))
-                .select(USER, ITEM, F.col("_best")[RATING].alias(RATING),
-                        F.col("_best")[TIMESTAMP].alias(TIMESTAMP)))
-    agg = F.avg(RATING) if policy == "mean" else F.sum(RATING)
-    return valid.groupBy(USER, ITEM).agg(agg.alias(RATING), F.max(TIMESTAMP).alias(TIMESTAMP))
 
 
 def clean(raw: DataFrame, cfg: DataConfig, kind: str) -> Cleaned:
@@ -199,45 +214,68 @@ def clean(raw: DataFrame, cfg: DataConfig, kind: str) -> Cleaned:
     data a rating <= 0 (rejected, or dropped and counted when cfg.nonpositive = "drop"). Explicit
     ratings may be negative. Repeated (user, item) pairs follow cfg.duplicates_policy(kind).
 
-    Raises InputError when the input has no rows, when n_rejected / n_read > cfg.max_bad_fraction
-    (naming the files, the fraction and the first bad rows), when no valid row is left, or on
-    duplicates with policy "error" (naming the first pairs).
+    `raw` may carry an int column `_part` (types.PART): rows of different parts are never merged,
+    each part is held to max_bad_fraction on its own, and `ratings` keeps the column (a given
+    train/test split validated in one pass). The counts are totals over the parts.
 
-    Performance note: one Spark action (the counts and ID types, two shuffles), plus one or two
-    small actions on the failure paths. `ratings` and `rejected` are lazy: each use re-reads `raw`
-    (cache `raw` or the results when reused), and `ratings` adds one shuffle by (user, item) only
-    when some pair is repeated.
+    Raises InputError when the input (or a part) has no rows, when n_rejected / n_read >
+    cfg.max_bad_fraction (naming the files, the fraction and the first bad rows), when no valid row
+    is left, or on duplicates with policy "error" (naming the first pairs).
+
+    Performance note: one shuffle, by (part, status, user, item), whose result is cached: the counts,
+    the ID types and the merged ratings all come from it, so the input is read and parsed once.
+    `ratings` reads that cache (call `release` when done with it); `rejected` is lazy and re-reads
+    `raw` when used (it is written only when some row was rejected).
     """
     if kind not in KINDS:
         raise ConfigError(f"config key model.kind: got {kind!r}, expected one of {KINDS}")
     missing = [c for c in (USER, ITEM, RATING, TIMESTAMP, SOURCE, ROW) if c not in raw.columns]
     if missing:
         raise ValueError(f"raw ratings lack columns {missing}; got {raw.columns}")
-    flagged = _flag(raw, cfg, kind)
-    c = _count(flagged)
-    rejected = flagged.where(F.col("_status") == _REJECTED).select(
-        F.col(SOURCE).cast("string").alias(SOURCE), F.col(ROW).cast("long").alias(ROW),
-        F.col("_user_raw").alias(USER), F.col("_item_raw").alias(ITEM),
-        F.col("_rating_raw").alias(RATING), F.col("_ts_raw").alias(TIMESTAMP), REASON)
-    if c["n_read"] == 0:
+    parted = PART in raw.columns
+    flagged = _flag(raw if parted else raw.withColumn(PART, F.lit(0)), cfg, kind)
+    policy = cfg.duplicates_policy(kind)
+    pairs = _pairs(flagged, policy).cache()
+    try:
+        return _checked(flagged, pairs, cfg, policy, parted)
+    except BaseException:
+        pairs.unpersist()
+        raise
+
+
+def _checked(flagged: DataFrame, pairs: DataFrame, cfg: DataConfig, policy: str, parted: bool) -> Cleaned:
+    per_part = _count(pairs)
+    rejected_all = flagged.where(F.col("_status") == _REJECTED)
+
+    def rejected_rows(df: DataFrame) -> DataFrame:
+        return df.select(
+            F.col(SOURCE).cast("string").alias(SOURCE), F.col(ROW).cast("long").alias(ROW),
+            F.col("_user_raw").alias(USER), F.col("_item_raw").alias(ITEM),
+            F.col("_rating_raw").alias(RATING), F.col("_ts_raw").alias(TIMESTAMP), REASON)
+    if not per_part:
         raise InputError("the input has no data rows")
-    if c["n_rejected"] / c["n_read"] > cfg.max_bad_fraction:
-        raise _too_dirty(rejected, c["n_rejected"], c["n_read"], cfg)
-    if c["n_valid"] == 0:
+    for part, c in sorted(per_part.items()):
+        if c["n_rejected"] / c["n_read"] > cfg.max_bad_fraction:
+            raise _too_dirty(rejected_rows(rejected_all.where(F.col(PART) == part)), c["n_rejected"],
+                             c["n_read"], cfg)
+    c = {k: sum(p[k] for p in per_part.values()) for k in ("n_read", "n_rejected", "n_dropped", "n_valid", "n_clean")}
+    empty = [part for part, p in per_part.items() if p["n_valid"] == 0]
+    if c["n_valid"] == 0 or empty:
         raise InputError(f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
                          f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')")
-
-    def typed(col: str, as_long: bool) -> Column:
-        return (F.col(col).try_cast("long") if as_long else F.col(col)).alias(col[1:])
-
-    valid = flagged.where(F.col("_status") == _VALID).select(
-        typed("_user", c["user_int"]), typed("_item", c["item_int"]),
-        F.col("_rating").alias(RATING), F.col("_ts").alias(TIMESTAMP), ROW, SOURCE)
+    user_int = all(p["user_int"] for p in per_part.values())
+    item_int = all(p["item_int"] for p in per_part.values())
     n_duplicates = c["n_valid"] - c["n_clean"]
-    policy = cfg.duplicates_policy(kind)
     if n_duplicates and policy == "error":
-        raise _duplicate_error(valid, n_duplicates)
-    ratings = _merge(valid, policy) if n_duplicates else valid.select(USER, ITEM, RATING, TIMESTAMP)
+        raise _duplicate_error(flagged, n_duplicates)
+
+    def typed(col: str, name: str, as_long: bool) -> Column:
+        return (F.col(col).try_cast("long") if as_long else F.col(col)).alias(name)
+
+    ratings = pairs.where(F.col("_status") == _VALID).select(
+        typed("_u", USER, user_int), typed("_i", ITEM, item_int), RATING,
+        F.col(TIMESTAMP).cast("long").alias(TIMESTAMP), *([PART] if parted else []))
     counts = {"n_read": c["n_read"], "n_rejected": c["n_rejected"], "n_dropped": c["n_dropped"],
               "n_duplicates_merged": n_duplicates, "n_clean": c["n_clean"]}
-    return Cleaned(ratings=ratings, rejected=rejected, counts=counts)
+    return Cleaned(ratings=ratings, rejected=rejected_rows(rejected_all),
+                   counts=counts, _cache=pairs)

@@ -52,8 +52,12 @@ def _sibling(output: str, tag: str) -> str:
 
 
 def publish(spark: SparkSession, output: str, model: FactorModel, recommendations: DataFrame,
-            metrics: dict[str, Any], rejected: DataFrame | None, model_extra: dict[str, Any]) -> str:
+            metrics: dict[str, Any] | Callable[[], dict[str, Any]], rejected: DataFrame | None,
+            model_extra: dict[str, Any]) -> str:
     """Write factors, recommendations, metrics.json, model.json, rejected/ (if any), _SUCCESS.
+
+    `metrics` may be a function, called when metrics.json is written (last but _SUCCESS), so that
+    it can hold the time of the writes before it.
 
     Performance note: one Spark write per DataFrame output (recommendations, rejected, two factor
     tables); the rest are small driver-side files. Returns the qualified output path.
@@ -67,7 +71,8 @@ def publish(spark: SparkSession, output: str, model: FactorModel, recommendation
         if rejected is not None:
             rejected.write.parquet(posixpath.join(staging, "rejected"))
         _checkpoint("metrics")
-        fs.write_text(spark, posixpath.join(staging, "metrics.json"), json.dumps(metrics, indent=2))
+        body = metrics() if callable(metrics) else metrics
+        fs.write_text(spark, posixpath.join(staging, "metrics.json"), json.dumps(body, indent=2))
     return publish_with(spark, output, write_all)
 
 

@@ -101,9 +101,9 @@ def prepare(spark, args) -> Data:
     data = DataConfig()
     cleaned = validate.clean(read.ratings(spark, args.input, args.format, data), data, args.kind)
     train, test = split.split(cleaned.ratings, SplitConfig(method=args.split, test_fraction=0.2, seed=args.seed))
-    enc = index.encode_split(train.cache(), test)
+    enc = index.encode_split(train)
     users, items, train_idx = enc.users, enc.items, enc.train_idx
-    heldout = evaluate.collect_heldout(enc.test_idx)
+    heldout = evaluate.collect_heldout(test, users, items)
     ranking = None
     if args.kind == "implicit":
         seen = recommend.seen_lists(train_idx)

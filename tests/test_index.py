@@ -52,13 +52,26 @@ def test_fit_ignores_nulls_and_widens_int(spark):
         index.fit(frame(spark, [(1.0,)], "x double"), "x")
 
 
+def test_fit_columns_equals_fit_of_each_column(spark, ratings, users, items):
+    got_users, got_items = index.fit_columns(ratings, ("user", "item"))
+    assert got_users == users and got_items == items
+    df = frame(spark, [(-5, "b", 1), (None, "a", 2), (2**40, "b", 3)], "u long, i string, j int")
+    u, i, j = index.fit_columns(df, ("u", "i", "j"))
+    assert u.ids.to_pylist() == [-5, 2**40] and u.ids.type == pa.int64()
+    assert i.ids.to_pylist() == ["a", "b"] and j.ids.to_pylist() == [1, 2, 3]
+    with pytest.raises(TypeError, match="double"):
+        index.fit_columns(frame(spark, [(1.0,)], "x double"), ("x",))
+
+
 def test_index_of_numpy_and_arrow(users, items):
     got = users.index_of(np.array(["u2", "zz", "u1"]))
     assert got.dtype == np.int32 and got.tolist() == [2, -1, 0]
     assert users.index_of(pa.array(["ü", None])).tolist() == [3, -1]
     assert items.index_of(np.array([9, 4, 3], dtype=np.int32)).tolist() == [2, -1, 0]
+    # strings against integer IDs compare as text, as encode does: "009" is not 9
+    assert items.index_of(pa.array(["nine", "9", "009"])).tolist() == [-1, 2, -1]
     with pytest.raises(TypeError, match="cannot look up"):
-        items.index_of(pa.array(["nine"]))
+        items.index_of(pa.array([1.5]))
 
 
 def test_to_df_schema(spark, users):

@@ -57,6 +57,24 @@ def test_demo_metrics_account_for_every_row(demo_output):
     assert m["precision_at_k"] is None or 0 <= m["precision_at_k"] <= 1
 
 
+PHASES = ["session", "read_validate", "split_index", "evaluation_setup", "fit", "evaluate", "recommend_write"]
+
+
+def test_demo_metrics_time_every_phase(demo_output):
+    out, proc = demo_output
+    m = json.loads((out / "metrics.json").read_text())
+    timings = m["timings"]
+    assert list(timings) == PHASES + ["other", "total"]
+    assert all(v >= 0 for v in timings.values())
+    phases = sum(timings[p] for p in PHASES)
+    assert phases <= timings["total"] and phases >= 0.9 * timings["total"]
+    jobs = m["spark_jobs"]
+    assert list(jobs) == PHASES and jobs["session"] == 0
+    assert jobs["read_validate"] >= 1 and jobs["fit"] >= 1 and jobs["recommend_write"] >= 1
+    for p in PHASES:            # one log line per phase, with its time and job count
+        assert f"mf_spark: phase {p}: " in proc.stderr
+
+
 def test_demo_outputs_load_and_agree(spark, demo_output):
     out, _ = demo_output
     model = load_model(str(out), spark)

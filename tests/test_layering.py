@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "mf_spark"
-ORDER = ["types", "errors", "config", "cli", "session", "fs", "kernels", "read", "validate", "index", "split",
+ORDER = ["types", "errors", "config", "cli", "session", "phases", "fs", "kernels", "read", "validate", "index", "split",
          "blocks", "halfstep", "stream", "join", "checkpoint", "model", "als", "evaluate", "recommend", "write"]
 
 

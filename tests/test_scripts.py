@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +57,7 @@ def test_same_arguments_same_table_and_bad_sizes_refused(synthetic):
 def test_benchmark_compares_both_models_and_writes_its_report(tmp_path, kind):
     # The whole script on a small synthetic set: both models fitted on one split, top-N timed, the
     # flop bound measured, the JSON report written with the ratios the closing figures come from.
-    import json
     import os
-    import subprocess
-    import sys
 
     report = tmp_path / "report.json"
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
@@ -80,3 +80,26 @@ def test_benchmark_compares_both_models_and_writes_its_report(tmp_path, kind):
     bound = out["flop_bound"]
     assert bound["flops"]["total"] > 0 and bound["bound_seconds"] > 0 and bound["measured_over_bound"] > 0
     assert "fit s" in proc.stdout and "ours/MLlib" in proc.stdout
+
+
+def test_benchmark_job_runs_both_jobs_as_separate_processes(tmp_path):
+    """One pair of cold spark-submit runs on 3000 synthetic ratings: both jobs finish, the report
+    holds their wall times, peak memory, our phases and the ratio."""
+    report = tmp_path / "job.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "benchmark_job.py"), "--synthetic", "3000", "--pairs", "1",
+                           "--iterations", "2", "--rank", "4", "--driver-memory", "1g", "--json", str(report),
+                           "--set", "spark.spark.ui.enabled=false", "--doc", str(tmp_path / "perf.md"),
+                           "--label", "tiny"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(report.read_text())
+    s = r["summary"]
+    assert s["ours"]["wall_seconds"] > 0 and s["mllib"]["wall_seconds"] > 0
+    assert s["ratio_wall"] == round(s["ours"]["wall_seconds"] / s["mllib"]["wall_seconds"], 3)
+    assert s["ours"]["peak_mb"] > 100 and s["mllib"]["peak_mb"] > 100      # a JVM at least
+    assert {"read_validate", "fit", "total"} <= set(s["ours"]["phases"])
+    assert {"session", "fit", "evaluate", "recommend_write", "total"} <= set(s["mllib"]["phases"])
+    assert 0 < s["ours"]["rmse"] < 3 and 0 < s["mllib"]["rmse"] < 3
+    assert "ours/MLlib" in proc.stdout
+    doc = (tmp_path / "perf.md").read_text()
+    assert doc.count("<!-- benchmark_job: tiny -->") == 1 and "| ours / MLlib |" in doc

@@ -1,0 +1,296 @@
+"""Whole training jobs, ours against MLlib's, as users run them: separate cold `spark-submit` processes.
+
+    python scripts/benchmark_job.py (--train T.parquet --test V.parquet | --input ratings.csv | --synthetic N)
+        [--kind explicit|implicit] [--rank 10] [--iterations 10] [--reg 0.1] [--alpha 1.0]
+        [--pairs 3] [--master local[2]] [--driver-memory 8g] [--set section.key=value ...] [--json report.json]
+        [--doc docs/performance.md [--label TITLE]]
+
+Each pair runs `jobs/train.py` and `scripts/mllib_job.py` (the job an MLlib user writes: read Parquet,
+ALS.fit, transform + RegressionEvaluator, recommendForAllUsers(10) with NDCG@10, both factor tables
+and the exploded top-10 written) on the same train/test files, alternating which goes first, so drift
+in the machine's speed hits both. For each run: the whole process's wall time (spark-submit start to
+exit), its peak memory (the largest sum of resident memory over the process tree: launcher, JVM,
+Python driver and workers, sampled every 0.2 s) and the job's own phase times (ours from
+metrics.json's "timings" and "spark_jobs"). Printed: every run, the medians, the phase table and the
+ratio ours/MLlib of the median wall times; --json writes all of it, --doc replaces this run's
+section (by --label) of a markdown file such as docs/performance.md.
+
+--input splits a ratings file (CSV with a header, or Parquet; columns found by name as in
+jobs/train.py) 80/20 at random (seed 42) into temporary Parquet files; --synthetic N does the same
+with scripts/make_synthetic.py's data (deterministic). --set passes config keys to our job only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+SAMPLE_SECONDS = 0.2
+NAMES = {"user": ("user", "userid", "user_id"), "item": ("item", "itemid", "item_id", "movieid"),
+         "rating": ("rating", "score", "count", "value"), "timestamp": ("timestamp", "ts", "time")}
+
+
+# ---- inputs ------------------------------------------------------------------------------------------
+def _standard(table):
+    """user, item, rating[, timestamp] columns of a table whose columns have the usual names."""
+    import pyarrow as pa
+    found = {}
+    for want, names in NAMES.items():
+        hit = next((c for c in table.column_names if c.lower().replace("-", "_") in names), None)
+        if hit is None and want != "timestamp":
+            raise SystemExit(f"benchmark_job: no {want} column among {table.column_names}")
+        if hit is not None:
+            found[want] = table.column(hit)
+    found["rating"] = found["rating"].cast(pa.float64())
+    return pa.table(found)
+
+
+def split_files(table, folder: str, seed: int = 42) -> tuple[str, str]:
+    """80/20 random split of `table` into folder/train.parquet and folder/test.parquet."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    test = np.random.default_rng(seed).random(table.num_rows) < 0.2
+    paths = os.path.join(folder, "train.parquet"), os.path.join(folder, "test.parquet")
+    pq.write_table(table.filter(pa.array(~test)), paths[0])
+    pq.write_table(table.filter(pa.array(test)), paths[1])
+    return paths
+
+
+def inputs(args, folder: str) -> tuple[str, str]:
+    if args.train:
+        return args.train, args.test
+    if args.synthetic:
+        from make_synthetic import generate
+        return split_files(generate(args.synthetic, args.kind), folder)
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+    table = pq.read_table(args.input) if args.input.endswith(".parquet") else pcsv.read_csv(args.input)
+    return split_files(_standard(table), folder)
+
+
+# ---- one process ---------------------------------------------------------------------------------------
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                total += next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total / 1024.0
+
+
+def run_process(cmd: list[str], env: dict) -> dict:
+    """Run `cmd`; wall seconds, peak tree memory (MB), exit code, output."""
+    peak = [0.0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(SAMPLE_SECONDS):
+            peak[0] = max(peak[0], _rss_mb(_tree(proc.pid)))
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    return {"wall_seconds": round(wall, 3), "peak_mb": round(peak[0], 1), "returncode": proc.returncode,
+            "stdout": out, "stderr": err}
+
+
+def submit(args, script: str, job_args: list[str]) -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "spark-submit"), "--master", args.master,
+            "--driver-memory", args.driver_memory, os.path.join(ROOT, script), *job_args]
+
+
+def run_ours(args, train: str, test: str, out: str, env: dict) -> dict:
+    sets = [f"model.kind={args.kind}", f"model.rank={args.rank}", f"model.iterations={args.iterations}",
+            f"model.reg={args.reg}", f"model.seed={args.seed}"]
+    if args.kind == "implicit":
+        sets.append(f"model.alpha={args.alpha}")
+    cmd = submit(args, "jobs/train.py", ["--train", train, "--test", test, "--output", out,
+                                         *[x for s in sets + args.set for x in ("--set", s)]])
+    r = run_process(cmd, env)
+    if r["returncode"] != 0:
+        raise SystemExit(f"our job failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
+    with open(os.path.join(out, "metrics.json")) as fh:
+        m = json.load(fh)
+    return {**_public(r), "timings": m.get("timings", {}), "spark_jobs": m.get("spark_jobs"), "rmse": m["rmse"],
+            "ndcg_at_k": m["ndcg_at_k"], "exchange": m.get("exchange")}
+
+
+def run_mllib(args, train: str, test: str, out: str, env: dict) -> dict:
+    job = ["--train", train, "--test", test, "--output", out, "--kind", args.kind, "--rank", str(args.rank),
+           "--iterations", str(args.iterations), "--reg", str(args.reg), "--alpha", str(args.alpha),
+           "--seed", str(args.seed)]
+    r = run_process(submit(args, "scripts/mllib_job.py", job), env)
+    if r["returncode"] != 0:
+        raise SystemExit(f"the MLlib job failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
+    line = next(ln for ln in reversed(r["stdout"].splitlines()) if ln.startswith("{"))
+    return {**_public(r), **json.loads(line)}
+
+
+def _public(r: dict) -> dict:
+    return {k: r[k] for k in ("wall_seconds", "peak_mb")}
+
+
+# ---- report --------------------------------------------------------------------------------------------
+def median_phases(runs: list[dict]) -> dict:
+    names = list(dict.fromkeys(k for r in runs for k in r["timings"]))
+    return {k: round(statistics.median(r["timings"].get(k, 0.0) for r in runs), 3) for k in names}
+
+
+def summarize(ours: list[dict], mllib: list[dict]) -> dict:
+    med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
+    out = {"ours": {"wall_seconds": med(ours, "wall_seconds"), "peak_mb": max(r["peak_mb"] for r in ours),
+                    "phases": median_phases(ours), "rmse": ours[-1]["rmse"], "ndcg_at_k": ours[-1]["ndcg_at_k"]},
+           "mllib": {"wall_seconds": med(mllib, "wall_seconds"), "peak_mb": max(r["peak_mb"] for r in mllib),
+                     "phases": median_phases(mllib), "rmse": mllib[-1]["rmse"], "ndcg_at_k": mllib[-1]["ndcg_at_k"]}}
+    out["ratio_wall"] = round(out["ours"]["wall_seconds"] / out["mllib"]["wall_seconds"], 3)
+    out["ratio_peak_mb"] = round(out["ours"]["peak_mb"] / max(out["mllib"]["peak_mb"], 1e-9), 3)
+    return out
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def print_report(summary: dict, ours: list[dict], mllib: list[dict]) -> None:
+    for i, (a, b) in enumerate(zip(ours, mllib), 1):
+        print(f"pair {i}: ours {a['wall_seconds']:.1f} s ({a['peak_mb']:.0f} MB)   "
+              f"mllib {b['wall_seconds']:.1f} s ({b['peak_mb']:.0f} MB)   ratio {a['wall_seconds'] / b['wall_seconds']:.2f}")
+    o, m = summary["ours"], summary["mllib"]
+    print(f"\nmedian whole job: ours {o['wall_seconds']:.1f} s, MLlib {m['wall_seconds']:.1f} s, "
+          f"ours/MLlib {summary['ratio_wall']:.2f}; peak memory ours {o['peak_mb']:.0f} MB, MLlib {m['peak_mb']:.0f} MB")
+    print(f"quality: RMSE ours {_fmt(o['rmse'])} MLlib {_fmt(m['rmse'])}; NDCG@10 ours {_fmt(o['ndcg_at_k'])} "
+          f"MLlib {_fmt(m['ndcg_at_k'])} (MLlib's lists include items the user trained on)")
+    jobs = ours[-1].get("spark_jobs") or {}
+    print("\nour phases (median s, Spark jobs of the last run):")
+    for k, v in o["phases"].items():
+        print(f"  {k:18s} {v:8.2f}  {jobs.get(k, '')}")
+    print("MLlib job phases (median s):")
+    for k, v in m["phases"].items():
+        print(f"  {k:18s} {v:8.2f}")
+
+
+def markdown(summary: dict, ours: list[dict], args) -> str:
+    """The report as a markdown section: the whole-job ratio, then the phase table."""
+    o, m = summary["ours"], summary["mllib"]
+    jobs = ours[-1].get("spark_jobs") or {}
+    lines = [f"### {args.label}", "",
+             f"`python scripts/benchmark_job.py {' '.join(args.argv)}` ({len(ours)} alternating pairs, medians; "
+             f"{args.master}, driver memory {args.driver_memory}, rank {args.rank}, {args.iterations} iterations, "
+             f"reg {args.reg}{f', alpha {args.alpha}' if args.kind == 'implicit' else ''})", "",
+             "| | ours | MLlib |", "|---|---|---|",
+             f"| whole job, s | {o['wall_seconds']:.1f} | {m['wall_seconds']:.1f} |",
+             f"| ours / MLlib | **{summary['ratio_wall']:.2f}** | |",
+             f"| peak memory, MB | {o['peak_mb']:.0f} | {m['peak_mb']:.0f} |",
+             f"| RMSE | {_fmt(o['rmse'])} | {_fmt(m['rmse'])} |",
+             f"| NDCG@10 | {_fmt(o['ndcg_at_k'])} | {_fmt(m['ndcg_at_k'])} (seen items not excluded) |", "",
+             "| our phase | s | Spark jobs |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {jobs.get(k, '')} |" for k, v in o["phases"].items()]
+    lines += ["", "| MLlib job phase | s |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in m["phases"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def update_doc(path: str, label: str, section: str) -> None:
+    """Replace the section tagged `label` in the markdown file `path` (appended when new)."""
+    start, end = f"<!-- benchmark_job: {label} -->", f"<!-- /benchmark_job: {label} -->"
+    text = open(path).read() if os.path.exists(path) else "# Performance\n\n"
+    block = f"{start}\n{section}{end}\n"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--train")
+    src.add_argument("--input")
+    src.add_argument("--synthetic", type=int)
+    p.add_argument("--test")
+    p.add_argument("--kind", choices=("explicit", "implicit"), default="explicit")
+    p.add_argument("--rank", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--reg", type=float, default=0.1)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--driver-memory", default="8g")
+    p.add_argument("--set", action="append", default=[], help="config key for our job, repeatable")
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--doc", help="markdown file whose section --label this run replaces (docs/performance.md)")
+    p.add_argument("--label", help="the section's title (default: the input and kind)")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    source = os.path.basename(args.train or args.input or "") or f"synthetic {args.synthetic:,} ratings"
+    args.label = args.label or f"{source}, {args.kind}"
+    if bool(args.train) != bool(args.test):
+        p.error("--train and --test go together")
+    work = tempfile.mkdtemp(prefix="mf_spark-benchjob-")
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    try:
+        train, test = inputs(args, work)
+        ours, mllib = [], []
+        for i in range(args.pairs):
+            order = (("ours", "mllib") if i % 2 == 0 else ("mllib", "ours"))
+            for who in order:
+                out = os.path.join(work, f"{who}-{i}")
+                run = run_ours if who == "ours" else run_mllib
+                result = run(args, train, test, out, env)
+                (ours if who == "ours" else mllib).append(result)
+                print(f"{who} run {i + 1}: {result['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+        summary = summarize(ours, mllib)
+        print_report(summary, ours, mllib)
+        if args.doc:
+            update_doc(args.doc, args.label, markdown(summary, ours, args))
+        if args.json:
+            report = {"settings": {k: v for k, v in vars(args).items() if k != "json"}, "summary": summary,
+                      "ours": ours, "mllib": mllib}
+            with open(args.json, "w") as fh:
+                json.dump(report, fh, indent=2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
