@@ -57,6 +57,7 @@ def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
 
 def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dict:
     with clock.phase("read_validate"):
+        als.warm_up(spark, cfg.model, cfg.recommend.top_n)    # in the background: counted here
         cleaned = _load(spark, args, cfg)
         counts = dict(cleaned.counts)
         rejected = cleaned.rejected if counts["n_rejected"] else None

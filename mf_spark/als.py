@@ -11,11 +11,13 @@ on its own ratings and the fixed side, so the result does not depend on the numb
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from pyspark import InheritableThread
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -61,6 +63,44 @@ def train_stats(train: DataFrame) -> TrainStats:
 
 
 OnIteration = Callable[[int, Factors], dict[str, Any]]
+
+
+def _warm(spec: SolveSpec, rank: int, top: int) -> None:
+    from mf_spark.kernels.solve import warm_up
+    from mf_spark.kernels.topk import top_n
+    warm_up(spec, rank)
+    Y = np.ones((4, rank), np.float32)
+    top_n(Y[:2], Y, min(top, 4), np.array([0, 1, 1], np.int64), np.array([3], np.int32))
+
+
+def warm_up(spark, cfg: ModelConfig, top: int = 10) -> threading.Thread:
+    """Start, in the background, the Python workers a fit will run on, with the compiled kernels of
+    this configuration loaded in them and in the driver (a small job, one task per core).
+
+    A cold process pays for starting its Python workers, importing numpy, pyarrow and numba there
+    and loading the kernels from numba's cache; done before the fit, while the driver plans the
+    steps ahead of it, that cost leaves the fit's first iteration. Returns the started thread (its
+    failure is logged, never raised: the fit loads whatever is still missing itself)."""
+    spec = solve_spec(cfg, 0.0)
+    sc = spark.sparkContext
+    n = max(1, sc.defaultParallelism)
+
+    def body(batches):
+        for _ in batches:
+            pass
+        _warm(spec, cfg.rank, top)
+        return iter(())
+
+    def run() -> None:
+        try:
+            # mapInArrow, as the fit's stage: SQL's Python workers are not the pool an RDD job uses
+            spark.range(n, numPartitions=n).mapInArrow(body, "id long").collect()
+            _warm(spec, cfg.rank, top)
+        except Exception as e:  # noqa: BLE001 - an optimization only
+            log.info("warming the Python workers failed (%s); the fit loads its kernels itself", e)
+    thread = InheritableThread(target=run, name="mf_spark-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:

@@ -479,3 +479,14 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
         data_loss, sq_err = float(sums[0] + sums[2] + plan.fixed_loss.sum()), 0.0
     bias = X[:, k].astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, float(sums[3]), sq_err)
+
+
+def warm_up(spec: SolveSpec, rank: int) -> None:
+    """Solve a three-entry block the way a fit of `spec` at `rank` solves its blocks, so that the
+    compiled kernels it uses are loaded (from numba's disk cache, or compiled) before the fit needs
+    them. Scoring a top-N (kernels.topk) is warmed the same way by the caller."""
+    Y = np.arange(3 * rank, dtype=np.float32).reshape(3, rank) / (3 * rank)
+    gram = Y.T.astype(np.float64) @ Y if spec.kind == "implicit" else None
+    solve_block(np.array([0, 2, 3], np.int64), np.array([0, 1, 2], np.int32), np.ones(3, np.float32), Y, spec,
+                fixed_bias=np.zeros(3, np.float32) if spec.with_bias else None, gram=gram,
+                x0=np.zeros((2, rank + spec.with_bias), np.float32) if spec.cg_steps else None)
