@@ -80,35 +80,44 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
              items.size, heldout.n, heldout.n_cold)
     with clock.phase("evaluation_setup"):
         checkpoints = CheckpointStore(spark, output)
-        seen = recommend.seen_lists(train_idx).cache()
         relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
-        ranking = evaluate.RankingEvaluator(seen, relevant, items.size, cfg.eval.k)
         tracker = None
         if cfg.eval.every_iteration:
-            sampled = evaluate.RankingEvaluator(seen, evaluate.sample_users(relevant, cfg.eval.history_users),
+            sampled = evaluate.RankingEvaluator(train_idx, evaluate.sample_users(relevant, cfg.eval.history_users),
                                                 items.size, cfg.eval.k, on_driver=True)
             tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
     with clock.phase("fit"):
+        # The resident tasks score every user's top lists where the training pairs are: the ranking
+        # metrics and the recommendations then need no grouping of the pairs and no scoring job.
         fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
-                      resume=args.resume, stats=stats)
+                      resume=args.resume, stats=stats, top_n=max(cfg.recommend.top_n, cfg.eval.k))
+    seen = None
     with clock.phase("evaluate"):
         model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict(),
                             item_blocks=item_blocks(cfg.to_dict(), users.size, items.size, spark))
-        metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking(model.scorer), "k": cfg.eval.k,
+        if fit.top is not None:
+            ranking = evaluate.ranking_of_top(fit.top, relevant, items.size, cfg.eval.k)
+        else:
+            seen = recommend.seen_lists(train_idx).cache()
+            evaluator = evaluate.RankingEvaluator(seen, relevant, items.size, cfg.eval.k)
+            ranking = evaluator(model.scorer)
+            evaluator.close()
+        metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking, "k": cfg.eval.k,
                    "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
                    **counts, "n_users": users.size, "n_items": items.size,
                    "fit_seconds": fit.fit_seconds, "history": fit.history,
                    "input": input_path,
                    "config": cfg.to_dict(), "versions": _versions()}
     with clock.phase("recommend_write"):
-        recs = recommend.top_n(model, train_idx, cfg.recommend, seen=seen)
+        if fit.top is not None and cfg.recommend.exclude_seen:
+            recs = recommend.from_top(spark, model, fit.top, cfg.recommend.top_n)
+        else:
+            recs = recommend.top_n(model, train_idx, cfg.recommend, seen=seen)
         write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, rejected,
                       {"versions": metrics["versions"]})
     checkpoints.clear()
-    ranking.close()
-    if tracker is not None:
-        sampled.close()
-    seen.unpersist()
+    if seen is not None:
+        seen.unpersist()
     train_idx.unpersist()
     train.unpersist()
     metrics.update(clock.report())

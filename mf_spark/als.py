@@ -35,6 +35,29 @@ from mf_spark.types import RATING
 log = logging.getLogger("mf_spark")
 
 
+@dataclass(frozen=True)
+class TopLists:
+    """Every user's best items by the final factors, the user's training items excluded."""
+    counts: np.ndarray   # (n_users,) int32: items in each list (fewer than n only when few are unseen)
+    items: np.ndarray    # (n_users, n) int32 item indices, best first (ties to lower items), -1 past counts
+    scores: np.ndarray   # (n_users, n) float32, the scores a Scorer predicts for those pairs
+
+    @classmethod
+    def from_flat(cls, n_users: int, n: int, users: np.ndarray, counts: np.ndarray, items: np.ndarray,
+                  scores: np.ndarray) -> "TopLists":
+        """From kernels.topk.top_n's layout with the users of each list (in any order)."""
+        out_counts = np.zeros(n_users, np.int32)
+        out_counts[users] = counts
+        dense_items = np.full((n_users, n), -1, np.int32)
+        dense_scores = np.full((n_users, n), np.nan, np.float32)
+        starts = np.cumsum(counts) - counts
+        row = np.repeat(users, counts)
+        pos = np.arange(items.size) - np.repeat(starts, counts)
+        dense_items[row, pos] = items
+        dense_scores[row, pos] = scores
+        return cls(out_counts, dense_items, dense_scores)
+
+
 @dataclass
 class FitResult:
     factors: Factors
@@ -43,6 +66,7 @@ class FitResult:
     fit_seconds: float = 0.0
     n_train: int = 0
     rating_range: tuple[float, float] = (0.0, 0.0)
+    top: TopLists | None = None     # with fit(top_n=n), when the fit's tasks could score them
 
 
 @dataclass(frozen=True)
@@ -146,7 +170,7 @@ Solver = Callable[[str, int, np.ndarray, "np.ndarray | None", HalfStepResult], H
 
 def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
         on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
-        resume: bool = False, stats: TrainStats | None = None) -> FitResult:
+        resume: bool = False, stats: TrainStats | None = None, top_n: int = 0) -> FitResult:
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double).
 
     Two ways to run the half-steps, same factors (model.exchange):
@@ -155,18 +179,21 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
       jobs    blocks built and cached as RDDs (one shuffle), then one broadcast and one Spark job per
               half-step (mf_spark.halfstep); chosen by auto under dynamic allocation, or when the
               resident stage cannot start (executors that cannot reach the driver, too few slots).
+    With `top_n` > 0 and the stream exchange, the resident tasks also score every user's best top_n
+    items by the final factors, the user's training items excluded, where the user blocks already
+    are (FitResult.top; None with the other exchanges: score them with model.recommend_unseen_idx).
     Performance note: one aggregate (count, mean, range) unless `stats` is given; blocks are built
     once per fit and released before returning.
     """
     started = time.perf_counter()
     with session.row_batched_arrow(train.sparkSession), session.single_threaded_blas():
-        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats)
+        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n)
     result.fit_seconds = time.perf_counter() - started
     return result
 
 
 def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iteration: OnIteration | None,
-         checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None) -> FitResult:
+         checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None, top_n: int) -> FitResult:
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
@@ -194,6 +221,8 @@ def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iter
         if stage is not None:
             with stage:
                 result = run(stage.half_step, stage.row_counts, stage.pause)
+                if top_n > 0:
+                    result.top = _top_lists(stage, result.factors, n_users, top_n)
     if result is None:
         built = build_all(train, num_blocks)
         try:
@@ -203,6 +232,13 @@ def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iter
             for rdd in built.values():
                 rdd.unpersist()
     return result
+
+
+def _top_lists(stage: "stream.Resident", f: Factors, n_users: int, n: int) -> TopLists | None:
+    """Every user's best n unseen items, scored by the resident tasks (None if they could not)."""
+    n = min(n, f.Y.shape[0])
+    got = stage.top(f.X, (f.mu + f.user_bias) if f.user_bias is not None else None, f.Y, f.item_bias, n)
+    return None if got is None else TopLists.from_flat(n_users, n, *got)
 
 
 def _resident(train: DataFrame, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int],

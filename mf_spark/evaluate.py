@@ -105,7 +105,7 @@ class RankingEvaluator:
     """Ranking metrics at k of any factors, for the users with relevant held-out items.
 
     `seen` (user_idx, seen array<int>) lists each user's training items, which are excluded from the
-    ranking. Performance note: the evaluated users' lists are joined once (broadcast) and cached;
+    ranking; with on_driver it may be the training pairs (user_idx, item_idx) instead. Performance note: the evaluated users' lists are joined once (broadcast) and cached;
     each call is one broadcast, one narrow job and a collect of k indices per user.
     """
 
@@ -116,7 +116,7 @@ class RankingEvaluator:
         self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner")
         if not on_driver:
             self.users = self.users.cache()
-        else:           # a sample: its seen lists are collected once, every call scores on the driver
+        elif "seen" in seen.columns:    # a sample: its seen lists are collected once, every call scores on the driver
             t = self.users.select(USER_IDX, "seen").toArrow()
             order = np.argsort(t.column(USER_IDX).to_numpy(), kind="stable")
             t = t.take(order)
@@ -124,6 +124,13 @@ class RankingEvaluator:
             seen_rows = [np.asarray(lists.get(int(u)) or [], dtype=np.int32) for u in relevant.users]
             self.seen_indptr = np.concatenate([[0], np.cumsum([a.size for a in seen_rows])]).astype(np.int64)
             self.seen_cols = np.concatenate(seen_rows) if seen_rows else np.zeros(0, np.int32)
+        else:           # the training pairs themselves: the sample's pairs, collected (no grouping job)
+            t = self.users.select(USER_IDX, ITEM_IDX).toArrow()
+            u, i = t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy()
+            order = np.lexsort((i, u))
+            row = np.searchsorted(relevant.users, u[order])
+            self.seen_indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=relevant.users.size))]).astype(np.int64)
+            self.seen_cols = i[order].astype(np.int32)
 
     def __call__(self, scorer: Scorer) -> dict[str, Any]:
         m = self.relevant.users.size
@@ -152,6 +159,15 @@ class RankingEvaluator:
     def close(self) -> None:
         if not self.on_driver:
             self.users.unpersist()
+
+
+def ranking_of_top(top, relevant: Relevant, n_items: int, k: int) -> dict[str, Any]:
+    """Ranking metrics at k from every user's top lists (als.TopLists, n >= k, training items
+    already excluded): no scoring, no Spark job."""
+    recs = top.items[relevant.users, :k].astype(np.int64)
+    if recs.shape[1] < k:       # fewer items than k in the whole catalog
+        recs = np.pad(recs, ((0, 0), (0, k - recs.shape[1])), constant_values=-1)
+    return ranking_metrics(recs, relevant.indptr, relevant.items, n_items, k)
 
 
 def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple[float, float] | None,

@@ -1,7 +1,9 @@
 """Top-N recommendations for every user of a fitted model, excluding what each user rated in train."""
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mf_spark.config import RecommendConfig
@@ -16,6 +18,19 @@ def seen_lists(train_idx: DataFrame) -> DataFrame:
     it twice cache it."""
     cores = max(1, train_idx.sparkSession.sparkContext.defaultParallelism)
     return train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen")).coalesce(cores)
+
+
+def from_top(spark: SparkSession, model: FactorModel, top, n: int) -> DataFrame:
+    """user, rank (1..), item, score of the first n of every user's top lists (als.TopLists), with
+    the original IDs. Performance note: built on the driver from n_users x n entries; no job until
+    it is written."""
+    counts = np.minimum(top.counts, n).astype(np.int64)
+    users = np.repeat(np.arange(counts.size), counts)
+    pos = np.arange(users.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    table = pa.table({"user": model.users.ids.take(pa.array(users)), "rank": pa.array((pos + 1).astype(np.int32)),
+                      "item": model.items.ids.take(pa.array(top.items[users, pos])),
+                      "score": pa.array(top.scores[users, pos].astype(np.float32))})
+    return spark.createDataFrame(table)
 
 
 def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,

@@ -48,6 +48,7 @@ from mf_spark.blocks import SIDE_CODES, CsrBlock, buckets, rating_columns, tripl
 from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block, start_point
+from mf_spark.kernels.topk import top_n
 from mf_spark.types import USER_IDX
 
 log = logging.getLogger("mf_spark")
@@ -259,7 +260,7 @@ def _dial(address: tuple[str, int], task: int) -> socket.socket:
 
 def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock], spec: SolveSpec) -> None:
     """A resident task with its blocks built: report them, then solve whatever half-steps the driver
-    sends until it says stop."""
+    sends, and score top-N lists for its users when asked, until it says stop."""
     by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
     plans: dict = {}        # (side, block) -> its padded layout, built on the first half-step, kept
     send_frame(sock, {"op": "built"}, _counts(by_side["user"]) + _counts(by_side["item"]))
@@ -267,7 +268,33 @@ def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock], spec: S
         header, arrays = recv_frame(sock)
         if header["op"] == "stop":
             return
+        if header["op"] == "top":
+            send_frame(sock, {"op": "top"}, _top_blocks(by_side["user"], header, list(arrays)))
+            continue
         send_frame(sock, *_solve_blocks(by_side[header["side"]], header, list(arrays), plans, spec))
+
+
+def _top_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The reply to one "top" frame: the best header["n"] items of every user of `blocks`, the items
+    each rated excluded (a user block's row is that user's training items). `arrays`: the users'
+    factors in the order the task reported them, the item factors, and with header["bias"] the
+    users' offsets (mu + b_u) in the same order and the item biases. Returns [user ids, counts,
+    items, scores] in the layout of kernels.topk.top_n."""
+    X, Y = arrays[0], arrays[1]
+    offset, item_bias = (arrays[2], arrays[3]) if header["bias"] else (None, None)
+    ids, counts, items, scores = [], [], [], []
+    at = 0
+    for blk in blocks:
+        m = blk.row_ids.size
+        c, i, sc = top_n(X[at:at + m], Y, header["n"], blk.indptr, blk.cols,
+                         None if offset is None else offset[at:at + m], item_bias)
+        at += m
+        ids.append(blk.row_ids)
+        counts.append(c)
+        items.append(i)
+        scores.append(sc)
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    return [cat(ids, np.int32), cat(counts, np.int32), cat(items, np.int32), cat(scores, np.float32)]
 
 
 def _solve_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray], plans: dict,
@@ -527,6 +554,29 @@ class Resident:
                 log.warning("resident stage: lost a task (%s); submitting the stage again", e)
                 self._drop()
         raise AssertionError("unreachable")
+
+    def top(self, X: np.ndarray, user_offset: np.ndarray | None, Y: np.ndarray, item_bias: np.ndarray | None,
+            n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every user's best n items, the items the user rated excluded, scored in the tasks that hold
+        the user blocks (so the training pairs never leave them): (user ids, counts, items, scores),
+        flattened per user as kernels.topk.top_n. None when the stage is not running or a task is
+        lost meanwhile (the caller then scores through Spark jobs)."""
+        if not self.conns:
+            return None
+        header = {"op": "top", "n": int(n), "bias": user_offset is not None}
+        try:
+            for c in self.conns:
+                rows = c.counts[0]
+                arrays = [np.ascontiguousarray(X[rows], np.float32), np.ascontiguousarray(Y, np.float32)]
+                if user_offset is not None:
+                    arrays += [np.asarray(user_offset[rows], np.float32), np.asarray(item_bias, np.float32)]
+                send_frame(c.sock, header, arrays)
+            parts = [recv_frame(c.sock)[1] for c in self.conns]
+        except (OSError, ConnectionError) as e:
+            log.warning("resident stage: lost a task while scoring top-%d lists (%s); scoring by Spark jobs", n, e)
+            self._drop()
+            return None
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
     def _solve_once(self, header: dict, arrays: list[np.ndarray], n_rows: int, k: int,
                     previous: HalfStepResult) -> HalfStepResult:

@@ -64,6 +64,31 @@ def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
         np.testing.assert_allclose(streamed.factors.user_bias, jobs.factors.user_bias, atol=1e-6)
 
 
+@pytest.mark.parametrize("extra", [{"biases": True, "num_user_blocks": 3}, {"kind": "implicit", "alpha": 2.0}])
+def test_top_lists_scored_by_the_tasks_equal_the_spark_jobs_lists(spark, extra):
+    """fit(top_n=...) with the stream: every user's lists, training items excluded, are those
+    model.recommend_unseen_idx scores by Spark jobs from the same factors; other exchanges give none."""
+    from mf_spark.index import IdMap
+    from mf_spark.model import FactorModel
+    import pyarrow as pa
+    u, i, r, _ = planted(n_users=80, n_items=50, rank=5, density=0.6, noise=0.05, seed=5)
+    df = ratings_df(spark, u, i, r)
+    cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=3, exchange="stream", **extra)
+    fit = als.fit(df, 80, 50, cfg, top_n=7)
+    assert fit.top is not None and fit.top.items.shape == (80, 7)
+    model = FactorModel(cfg.kind, fit.factors, IdMap(pa.array(np.arange(80)), "user"),
+                        IdMap(pa.array(np.arange(50)), "item"), float(r.mean()), None)
+    want = model.recommend_unseen_idx(df, 7).toPandas().sort_values(["user_idx", "rank"])
+    rated = {(a, b) for a, b in zip(u.tolist(), i.tolist())}
+    for user, rows in want.groupby("user_idx"):
+        n = fit.top.counts[user]
+        assert n == len(rows)
+        assert fit.top.items[user, :n].tolist() == rows["item_idx"].tolist()
+        np.testing.assert_allclose(fit.top.scores[user, :n], rows["score"], rtol=1e-5, atol=1e-6)
+        assert not any((user, it) in rated for it in fit.top.items[user, :n].tolist())
+    assert als.fit(df, 80, 50, dataclasses.replace(cfg, exchange="jobs"), top_n=7).top is None
+
+
 CAN_PIN = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
