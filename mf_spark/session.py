@@ -41,17 +41,19 @@ def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
     `python -m jobs.<name>` the master defaults to local[*].
 
     DEFAULTS apply only to keys that neither spark-submit (--conf, spark-defaults.conf) nor `conf`
-    set. So does the shuffle partition count: left unset, it becomes twice the cores Spark runs
-    tasks on (at least 8) instead of 200, whose near-empty map outputs and tasks cost a job on a
-    few cores more than its data does (docs/performance.md)."""
+    set. A session this creates also gets, when nothing sets it, a shuffle partition count of twice
+    the cores Spark runs tasks on (at least 8) instead of 200: on a few cores, 200 near-empty map
+    outputs and tasks per shuffle cost a job more than its data does. A running session's own
+    settings are left as they are."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    existing = SparkSession.getActiveSession()   # a caller's: its settings are its own
     given = dict(SparkConf().getAll())         # what spark-submit passed (system properties)
     builder = SparkSession.builder.appName(app_name)
     for key, value in {**{k: v for k, v in DEFAULTS.items() if k not in given}, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MF_SPARK_SPARK_LOG_LEVEL", "WARN"))
-    if SHUFFLE_PARTITIONS_KEY not in given and SHUFFLE_PARTITIONS_KEY not in (conf or {}):
+    if existing is None and SHUFFLE_PARTITIONS_KEY not in given and SHUFFLE_PARTITIONS_KEY not in (conf or {}):
         spark.conf.set(SHUFFLE_PARTITIONS_KEY, str(max(8, 2 * spark.sparkContext.defaultParallelism)))
     return spark
 

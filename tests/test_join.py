@@ -66,8 +66,8 @@ def test_routes_name_exactly_the_rows_each_block_rates(spark, df):
             rdd.unpersist()
 
 
-def test_lineage_stays_short_over_fifty_iterations(spark, df):
-    cfg = ModelConfig(rank=3, iterations=50, reg=0.1, seed=2)
+def test_lineage_stays_short_over_twenty_iterations(spark, df):
+    cfg = ModelConfig(rank=3, iterations=20, reg=0.1, seed=2)
     built = build_all(df, {"user": 2, "item": 2})
     routed = Routed(spark.sparkContext, built, als.solve_spec(cfg, 0.0), reseed_every=5)
     X = np.full((80, 3), 0.1, np.float32)
@@ -82,7 +82,7 @@ def test_lineage_stays_short_over_fifty_iterations(spark, df):
         routed.close()
         for rdd in built.values():
             rdd.unpersist()
-    assert max(depth[25:]) <= max(depth[:10])      # re-seeded every 5: no growth
+    assert max(depth[10:]) <= max(depth[:6])       # re-seeded every 5: no growth after the first cycle
     assert np.all(np.isfinite(X)) and np.all(np.isfinite(Y))
 
 

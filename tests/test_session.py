@@ -41,3 +41,9 @@ def test_row_batched_arrow_keeps_a_value_the_session_chose(unset, key):
 
 def test_started_sessions_cut_arrow_batches_by_rows_only():
     assert session.DEFAULTS[session.ARROW_BYTES_KEY] == session.ARROW_BYTES_UNBOUNDED
+
+
+def test_start_leaves_a_running_sessions_shuffle_partitions(spark):
+    before = spark.conf.get(session.SHUFFLE_PARTITIONS_KEY)
+    assert session.start("mf_spark-tests-again") is spark
+    assert spark.conf.get(session.SHUFFLE_PARTITIONS_KEY) == before
