@@ -29,6 +29,7 @@ from mf_spark.checkpoint import Factors, factor_table, read_factor_table
 from mf_spark.config import ModelConfig
 from mf_spark.errors import ConfigError, InputError, ModelError
 from mf_spark.index import IdMap
+from mf_spark.kernels import compiled
 from mf_spark.kernels.topk import top_n
 from mf_spark.types import ITEM_IDX, USER_IDX
 
@@ -51,6 +52,10 @@ class Scorer:
         Known user and item: mu + b_u + b_i + x_u.y_i; otherwise the global mean plus known biases.
         """
         f = self.factors
+        clip = self.rating_range if self.kind == "explicit" else None
+        if compiled.chosen("auto"):
+            return compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, np.asarray(u), np.asarray(i), f.mu,
+                                         self.global_mean, clip)
         u = np.asarray(u, dtype=np.int64)
         i = np.asarray(i, dtype=np.int64)
         ku, ki = u >= 0, i >= 0
@@ -60,8 +65,8 @@ class Scorer:
         pred += np.where(both, np.einsum("ij,ij->i", f.X[uu].astype(np.float64), f.Y[ii]), 0.0)
         if f.user_bias is not None:
             pred += np.where(ku, f.user_bias[uu], 0.0) + np.where(ki, f.item_bias[ii], 0.0)
-        if self.kind == "explicit" and self.rating_range is not None:
-            pred = np.clip(pred, *self.rating_range)
+        if clip is not None:
+            pred = np.clip(pred, *clip)
         return pred
 
 

@@ -575,3 +575,22 @@ def test_checkpoint_clear(spark, tmp_path):
     assert not checkpoint_root(tmp_path).exists()
     assert store.latest() is None
     store.clear()                         # clearing nothing is fine
+
+
+@pytest.mark.parametrize("biases", [False, True])
+@pytest.mark.parametrize("kind,rating_range", [("explicit", (1.0, 5.0)), ("explicit", None), ("implicit", None)])
+def test_compiled_predictions_equal_numpys(monkeypatch, biases, kind, rating_range):
+    from mf_spark.kernels import compiled
+    if not compiled.AVAILABLE:
+        pytest.skip("numba is not installed")
+    g = np.random.default_rng(4)
+    f = Factors(g.normal(size=(30, 6)).astype(np.float32), g.normal(size=(20, 6)).astype(np.float32),
+                g.normal(size=30).astype(np.float32) if biases else None,
+                g.normal(size=20).astype(np.float32) if biases else None, 3.2)
+    scorer = Scorer(kind, f, 3.0, rating_range)
+    u = np.concatenate([g.integers(0, 30, 500), [-1, -1, 4, -1]]).astype(np.int32)
+    i = np.concatenate([g.integers(0, 20, 500), [-1, 7, -1, 3]]).astype(np.int32)
+    fast = scorer.predict_idx(u, i)
+    monkeypatch.setattr(compiled, "chosen", lambda engine: False)
+    np.testing.assert_allclose(fast, scorer.predict_idx(u, i), rtol=1e-12, atol=1e-6)
+    assert fast.dtype == np.float64 and fast.shape == (504,)

@@ -374,6 +374,45 @@ def _best_rows(S, n, idx, top):  # pragma: no cover
                 worst = top[r, n - 1]
 
 
+def _predict_rows(X, Y, user_bias, item_bias, u, i, mu, cold, lo, hi, out):  # pragma: no cover - compiled
+    k = X.shape[1]
+    biased = user_bias.size > 0
+    for r in range(u.size):
+        a, b = u[r], i[r]
+        if a >= 0 and b >= 0:
+            acc = 0.0
+            for j in range(k):
+                acc += np.float64(X[a, j]) * np.float64(Y[b, j])
+            p = mu + acc
+        else:
+            p = cold
+        if biased:
+            if a >= 0:
+                p += user_bias[a]
+            if b >= 0:
+                p += item_bias[b]
+        if lo <= hi:
+            p = min(max(p, lo), hi)
+        out[r] = p
+
+
+def predict_rows(X: np.ndarray, Y: np.ndarray, user_bias: np.ndarray | None, item_bias: np.ndarray | None,
+                 u: np.ndarray, i: np.ndarray, mu: float, cold: float,
+                 clip: tuple[float, float] | None) -> np.ndarray:
+    """(m,) float64 predictions of pairs (u, i) (-1 = unknown): mu + b_u + b_i + x_u.y_i for known
+    pairs, cold plus whatever bias is known otherwise, clipped to `clip`; summed in float64, one
+    pass over the pairs with no (m, k) temporaries (model.Scorer.predict_idx)."""
+    out = np.empty(u.size, np.float64)
+    none = np.zeros(0, np.float32)
+    lo, hi = clip if clip is not None else (1.0, 0.0)
+    _kernel(_predict_rows)(np.ascontiguousarray(X, np.float32), np.ascontiguousarray(Y, np.float32),
+                           none if user_bias is None else np.ascontiguousarray(user_bias, np.float32),
+                           none if item_bias is None else np.ascontiguousarray(item_bias, np.float32),
+                           np.ascontiguousarray(u, np.int64), np.ascontiguousarray(i, np.int64),
+                           float(mu), float(cold), float(lo), float(hi), out)
+    return out
+
+
 def chosen(engine: str) -> bool:
     """Whether `engine` (one of ENGINES) means these kernels: "compiled", or "auto" where numba is
     installed. ValueError for any other name, or for "compiled" without numba."""
