@@ -57,6 +57,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 import flops  # noqa: E402
+from proctree import descendants  # noqa: E402
 from mf_spark import als, evaluate, index, read, recommend, session, split, validate  # noqa: E402
 from mf_spark.checkpoint import Factors  # noqa: E402
 from mf_spark.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
@@ -136,27 +137,15 @@ def _reset_peak(pid) -> bool:
 
 def python_workers(jvm_pid: int) -> list[int]:
     """PIDs of the pyspark.daemon / pyspark.worker processes descending from the JVM (from /proc)."""
-    children: dict[int, list[int]] = {}
-    if not os.path.isdir("/proc"):
-        return []
-    for name in filter(str.isdigit, os.listdir("/proc")):
+    found = []
+    for pid in descendants(jvm_pid):
         try:
-            with open(f"/proc/{name}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
             continue
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [jvm_pid]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            todo.append(pid)
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    cmd = fh.read()
-            except OSError:
-                continue
-            if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
-                found.append(pid)
+        if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
+            found.append(pid)
     return found
 
 

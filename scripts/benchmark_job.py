@@ -36,6 +36,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from proctree import descendants  # noqa: E402
+
 SAMPLE_SECONDS = 0.2
 NAMES = {"user": ("user", "userid", "user_id"), "item": ("item", "itemid", "item_id", "movieid"),
          "rating": ("rating", "score", "count", "value"), "timestamp": ("timestamp", "ts", "time")}
@@ -81,23 +83,6 @@ def inputs(args, folder: str) -> tuple[str, str]:
 
 
 # ---- one process ---------------------------------------------------------------------------------------
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{name}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
 def _rss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -118,7 +103,7 @@ def run_process(cmd: list[str], env: dict) -> dict:
 
     def sample() -> None:
         while not done.wait(SAMPLE_SECONDS):
-            peak[0] = max(peak[0], _rss_mb(_tree(proc.pid)))
+            peak[0] = max(peak[0], _rss_mb([proc.pid, *descendants(proc.pid)]))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, err = proc.communicate()
