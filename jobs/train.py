@@ -18,9 +18,9 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) f
 
 from mf_spark import __version__, als, cli, evaluate, index, read, recommend, session, split, validate, write
 from mf_spark.checkpoint import CheckpointStore
+from mf_spark.model import FactorModel, item_blocks
 from mf_spark.phases import PhaseClock
 from mf_spark.types import PART
-from mf_spark.model import FactorModel, item_blocks
 
 log = logging.getLogger("mf_spark")
 

@@ -104,9 +104,12 @@ def relevant_items(heldout: HeldOut, threshold: float | None) -> Relevant:
 class RankingEvaluator:
     """Ranking metrics at k of any factors, for the users with relevant held-out items.
 
-    `seen` (user_idx, seen array<int>) lists each user's training items, which are excluded from the
-    ranking; with on_driver it may be the training pairs (user_idx, item_idx) instead. Performance note: the evaluated users' lists are joined once (broadcast) and cached;
-    each call is one broadcast, one narrow job and a collect of k indices per user.
+    `seen` lists each user's training items, which are excluded from the ranking: (user_idx, seen
+    array<int>) rows, or with on_driver the training pairs themselves (user_idx, item_idx).
+    Performance note: the evaluated users' lists are joined once (broadcast) and cached; each call
+    is one broadcast, one narrow job and a collect of k indices per user. With on_driver (a sample
+    of users) their pairs are collected once, through a broadcast join, and every call scores on
+    the driver with no Spark job.
     """
 
     def __init__(self, seen: DataFrame, relevant: Relevant, n_items: int, k: int, on_driver: bool = False):
@@ -116,20 +119,13 @@ class RankingEvaluator:
         self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner")
         if not on_driver:
             self.users = self.users.cache()
-        elif "seen" in seen.columns:    # a sample: its seen lists are collected once, every call scores on the driver
-            t = self.users.select(USER_IDX, "seen").toArrow()
-            order = np.argsort(t.column(USER_IDX).to_numpy(), kind="stable")
-            t = t.take(order)
-            lists = dict(zip(t.column(USER_IDX).to_numpy().tolist(), t.column("seen").to_pylist()))
-            seen_rows = [np.asarray(lists.get(int(u)) or [], dtype=np.int32) for u in relevant.users]
-            self.seen_indptr = np.concatenate([[0], np.cumsum([a.size for a in seen_rows])]).astype(np.int64)
-            self.seen_cols = np.concatenate(seen_rows) if seen_rows else np.zeros(0, np.int32)
-        else:           # the training pairs themselves: the sample's pairs, collected (no grouping job)
+        else:           # a sample: its training pairs are collected once, every call scores on the driver
             t = self.users.select(USER_IDX, ITEM_IDX).toArrow()
             u, i = t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy()
             order = np.lexsort((i, u))
             row = np.searchsorted(relevant.users, u[order])
-            self.seen_indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=relevant.users.size))]).astype(np.int64)
+            per_user = np.bincount(row, minlength=relevant.users.size)
+            self.seen_indptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
             self.seen_cols = i[order].astype(np.int32)
 
     def __call__(self, scorer: Scorer) -> dict[str, Any]:

@@ -89,6 +89,9 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
         out.close()
 
 
+_CHUNK = 8 << 20    # bytes per py4j call when writing through Hadoop
+
+
 def write_bytes(spark: SparkSession, path: str, data) -> None:
     """Create or replace a file with `data` (bytes or a pyarrow Buffer), parent folders included.
 
@@ -108,9 +111,6 @@ def write_bytes(spark: SparkSession, path: str, data) -> None:
             out.write(bytearray(view[at:at + _CHUNK]))
     finally:
         out.close()
-
-
-_CHUNK = 8 << 20
 
 
 def _local_path(spark: SparkSession, path: str) -> str | None:

@@ -31,6 +31,38 @@ def test_error_metrics_clip_and_cold_rows():
     assert evaluate.error_metrics(Scorer("implicit", f, 0.0, None), ho) == {"rmse": None, "mae": None}
 
 
+def _ranking_case(spark, rng, n_users=25, n_items=40):
+    X = rng.normal(size=(n_users, 4)).astype(np.float32)
+    Y = rng.normal(size=(n_items, 4)).astype(np.float32)
+    train = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.3]
+    test = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.1 and (u, i) not in set(train)]
+    tu, ti = np.array(train).T
+    train_df = spark.createDataFrame(pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())}))
+    hu, hi = np.array(test).T
+    rel = evaluate.relevant_items(evaluate.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size)), None)
+    S = X @ Y.T
+    S[tu, ti] = -np.inf                               # training items never recommended
+    return X, Y, train_df, rel, S
+
+
+def test_driver_evaluator_of_pairs_and_top_lists_match_brute_force(spark, rng):
+    """The sample evaluator (on_driver, fed the training pairs) and ranking_of_top (top lists with
+    training items excluded) give the brute-force metrics."""
+    from mf_spark.als import TopLists
+    n_items, k = 40, 5
+    X, Y, train_df, rel, S = _ranking_case(spark, rng)
+    want = ranking_metrics(np.argsort(-S, axis=1, kind="stable")[rel.users, :k], rel.indptr, rel.items, n_items, k)
+    got = evaluate.RankingEvaluator(train_df, rel, n_items, k, on_driver=True)(
+        Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None))
+    order = np.argsort(-S, axis=1, kind="stable")[:, :7]
+    top = TopLists(np.full(X.shape[0], 7, np.int32), order.astype(np.int32),
+                   np.take_along_axis(S, order, axis=1).astype(np.float32))
+    from_top = evaluate.ranking_of_top(top, rel, n_items, k)
+    for key in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "n_users_evaluated"):
+        assert got[key] == pytest.approx(want[key]), key
+        assert from_top[key] == pytest.approx(want[key]), key
+
+
 def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
     n_users, n_items, k = 25, 40, 5
     X = rng.normal(size=(n_users, 4)).astype(np.float32)
