@@ -11,30 +11,16 @@ import logging
 import os
 import sys
 
-from pyspark.sql import functions as F
-
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark import __version__, als, cli, evaluate, index, read, recommend, session, split, validate, write
+from mf_spark import __version__, als, cli, evaluate, prepare, read, recommend, session, write
+from mf_spark.blocks import as_df
 from mf_spark.checkpoint import CheckpointStore
 from mf_spark.model import FactorModel, item_blocks
 from mf_spark.phases import PhaseClock
-from mf_spark.types import PART
 
 log = logging.getLogger("mf_spark")
-
-
-def _load(spark, args: cli.TrainArgs, run):
-    """Read and validate the input; a given train/test pair is validated in one pass (types.PART)."""
-    if not args.train:
-        return validate.clean(read.ratings(spark, args.input or read.sample_path(), args.format, run.data),
-                              run.data, run.model.kind)
-    raws = [read.ratings(spark, p, args.format, run.data) for p in (args.train, args.test)]
-    differ = {c for c in raws[0].columns if raws[0].schema[c].dataType != raws[1].schema[c].dataType}
-    raws = [r.select(*[F.col(c).cast("string").alias(c) if c in differ else F.col(c) for c in r.columns])
-            .withColumn(PART, F.lit(part)) for part, r in enumerate(raws)]
-    return validate.clean(raws[0].unionByName(raws[1]), run.data, run.model.kind)
 
 
 def _versions() -> dict:
@@ -57,23 +43,14 @@ def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
 
 def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dict:
     with clock.phase("read_validate"):
-        als.warm_up(spark, cfg.model, cfg.recommend.top_n)    # in the background: counted here
-        cleaned = _load(spark, args, cfg)
-        counts = dict(cleaned.counts)
-        rejected = cleaned.rejected if counts["n_rejected"] else None
         input_path = None if args.train else (args.input or read.sample_path())
+        front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
+        als.warm_up(spark, cfg.model, cfg.recommend.top_n)    # in the background: counted here
+        loaded = front.load()
+        counts, rejected = loaded.counts, loaded.rejected
     with clock.phase("split_index"):
-        if args.train:
-            train, test = (cleaned.ratings.where(F.col(PART) == p).drop(PART) for p in (0, 1))
-        else:
-            train, test = split.split(cleaned.ratings, cfg.split)
-            if cfg.split.method != "random":    # a window by user: computed once, not per use
-                train = train.cache()
-        enc = index.encode_split(train)
-        users, items, train_idx = enc.users, enc.items, enc.train_idx
-        heldout = evaluate.collect_heldout(test, users, items)
-        stats = als.train_stats(train_idx)      # materializes train_idx: the cleaned rows can go
-        cleaned.release()
+        ready = front.split_index()
+        users, items, train, heldout, stats = ready.users, ready.items, ready.train, ready.heldout, ready.stats
     explicit = cfg.model.kind == "explicit"
     rating_range = (stats.lo, stats.hi) if explicit else None
     log.info("training on %d ratings (%d users x %d items), %d held out (%d cold)", stats.n, users.size,
@@ -83,13 +60,13 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
         relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
         tracker = None
         if cfg.eval.every_iteration:
-            sampled = evaluate.RankingEvaluator(train_idx, evaluate.sample_users(relevant, cfg.eval.history_users),
+            sampled = evaluate.RankingEvaluator(train, evaluate.sample_users(relevant, cfg.eval.history_users),
                                                 items.size, cfg.eval.k, on_driver=True)
             tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
     with clock.phase("fit"):
         # The resident tasks score every user's top lists where the training pairs are: the ranking
         # metrics and the recommendations then need no grouping of the pairs and no scoring job.
-        fit = als.fit(train_idx, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
+        fit = als.fit(train, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
                       resume=args.resume, stats=stats, top_n=max(cfg.recommend.top_n, cfg.eval.k))
     seen = None
     with clock.phase("evaluate"):
@@ -98,7 +75,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
         if fit.top is not None:
             ranking = evaluate.ranking_of_top(fit.top, relevant, items.size, cfg.eval.k)
         else:
-            seen = recommend.seen_lists(train_idx).cache()
+            seen = recommend.seen_lists(as_df(train)).cache()
             evaluator = evaluate.RankingEvaluator(seen, relevant, items.size, cfg.eval.k)
             ranking = evaluator(model.scorer)
             evaluator.close()
@@ -106,20 +83,19 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
                    "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
                    **counts, "n_users": users.size, "n_items": items.size,
                    "fit_seconds": fit.fit_seconds, "history": fit.history,
-                   "input": input_path,
+                   "input": input_path, "front_end": ready.front,
                    "config": cfg.to_dict(), "versions": _versions()}
     with clock.phase("recommend_write"):
         if fit.top is not None and cfg.recommend.exclude_seen:
             recs = recommend.from_top(spark, model, fit.top, cfg.recommend.top_n)
         else:
-            recs = recommend.top_n(model, train_idx, cfg.recommend, seen=seen)
+            recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen)
         write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, rejected,
                       {"versions": metrics["versions"]})
     checkpoints.clear()
     if seen is not None:
         seen.unpersist()
-    train_idx.unpersist()
-    train.unpersist()
+    ready.release()
     metrics.update(clock.report())
     metrics["output"] = output
     return metrics

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark import session, stream
-from mf_spark.blocks import build_all, row_counts
+from mf_spark.blocks import Triples, as_df, build_all, row_counts, session_of
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import InputError
@@ -77,8 +77,14 @@ class TrainStats:
     hi: float
 
 
-def train_stats(train: DataFrame) -> TrainStats:
-    """Count, mean and range of the training ratings. Performance note: one aggregate job."""
+def train_stats(train: DataFrame | Triples) -> TrainStats:
+    """Count, mean and range of the training ratings. Performance note: one aggregate job (none for
+    ratings the driver holds)."""
+    if isinstance(train, Triples):
+        if not train.r.size:
+            raise InputError("the training split is empty: nothing to fit")
+        r = train.r
+        return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()))
     row = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"),
                     F.min(RATING).alias("lo"), F.max(RATING).alias("hi")).first()
     if not row["n"]:
@@ -142,8 +148,8 @@ def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndar
     return float(np.sum(lam * sq))
 
 
-def _num_blocks(requested: int, train: DataFrame) -> int:
-    return requested if requested > 0 else max(1, train.sparkSession.sparkContext.defaultParallelism)
+def _num_blocks(requested: int, train: DataFrame | Triples) -> int:
+    return requested if requested > 0 else max(1, session_of(train).sparkContext.defaultParallelism)
 
 
 def _slots(sc) -> int:
@@ -168,10 +174,11 @@ def _exchange(cfg: ModelConfig, sc) -> str:
 Solver = Callable[[str, int, np.ndarray, "np.ndarray | None", HalfStepResult], HalfStepResult]
 
 
-def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
+def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig,
         on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
         resume: bool = False, stats: TrainStats | None = None, top_n: int = 0) -> FitResult:
-    """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double).
+    """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double; or the same held by
+    the driver, blocks.Triples, which the resident stage takes from the driver directly).
 
     Two ways to run the half-steps, same factors (model.exchange):
       stream  one barrier stage builds the blocks and keeps them in its tasks for the whole fit; the
@@ -186,18 +193,18 @@ def fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig,
     once per fit and released before returning.
     """
     started = time.perf_counter()
-    with session.row_batched_arrow(train.sparkSession), session.single_threaded_blas():
+    with session.row_batched_arrow(session_of(train)), session.single_threaded_blas():
         result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n)
     result.fit_seconds = time.perf_counter() - started
     return result
 
 
-def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iteration: OnIteration | None,
+def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig, on_iteration: OnIteration | None,
          checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None, top_n: int) -> FitResult:
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
-    sc = train.sparkSession.sparkContext
+    sc = session_of(train).sparkContext
     num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train), "item": _num_blocks(cfg.num_item_blocks, train)}
     # The checkpoint is read before any half-step: a resident stage would hold the slots its read needs.
     initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume)
@@ -206,7 +213,7 @@ def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iter
     result = None
     slots = _slots(sc)
     if cfg.strategy_for(n_users, n_items) == "join":
-        built = build_all(train, num_blocks)
+        built = build_all(as_df(train), num_blocks)
         routed = Routed(sc, built, spec, reseed_every=cfg.checkpoint_interval or 5)
         try:
             result = run(routed.half_step, lambda side, n: row_counts(built[side], n), lambda: None)
@@ -224,7 +231,7 @@ def _fit(train: DataFrame, n_users: int, n_items: int, cfg: ModelConfig, on_iter
                 if top_n > 0:
                     result.top = _top_lists(stage, result.factors, n_users, top_n)
     if result is None:
-        built = build_all(train, num_blocks)
+        built = build_all(as_df(train), num_blocks)
         try:
             result = run(lambda side, n, fixed, fb, prev: half_step(built[side], n, fixed, spec, fb, prev),
                          lambda side, n: row_counts(built[side], n), lambda: None)
@@ -241,16 +248,17 @@ def _top_lists(stage: "stream.Resident", f: Factors, n_users: int, n: int) -> To
     return None if got is None else TopLists.from_flat(n_users, n, *got)
 
 
-def _resident(train: DataFrame, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int],
+def _resident(train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int],
               cfg: ModelConfig) -> "stream.Resident | None":
-    """The resident stage over the first input it starts on (stream.resident_inputs); None when it
-    starts on none and model.exchange = auto (the caller then runs a job per half-step)."""
-    inputs = stream.resident_inputs(train, n_tasks)
-    sc = train.sparkSession.sparkContext
+    """The resident stage over the first input it starts on (stream.resident_inputs, or the driver's
+    arrays); None when it starts on none and model.exchange = auto (the caller then runs a job per
+    half-step)."""
+    inputs = [train] if isinstance(train, Triples) else stream.resident_inputs(train, n_tasks)
+    sc = session_of(train).sparkContext
     pin = cfg.pin_tasks and sc.master.startswith("local")
     for attempt, rows in enumerate(inputs, 1):
         try:
-            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin).start()
+            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin, n_tasks=n_tasks).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):
                 log.info("resident stage did not start on the ratings as partitioned (%s); shuffling them", e)

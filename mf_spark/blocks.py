@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 from pyspark import RDD, StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mf_spark.types import ITEM_IDX, RATING, USER_IDX
@@ -73,6 +73,37 @@ class CsrBlock:
         indptr = np.append(starts, n).astype(np.int64)
         return CsrBlock(block, rows[starts].astype(np.int32), indptr, cols.astype(np.int32),
                         values[order].astype(np.float32))
+
+
+@dataclass(eq=False)
+class Triples:
+    """Training ratings held by the driver (user_idx, item_idx, rating as arrays), as the driver's
+    front end (mf_spark.local) leaves them: the resident stage takes them from the driver, and
+    `to_df` gives the DataFrame the Spark stages take (made on first use, then cached)."""
+    spark: SparkSession
+    u: np.ndarray         # (n,) int32
+    i: np.ndarray         # (n,) int32
+    r: np.ndarray         # (n,) float64
+    _df: DataFrame | None = None
+
+    def to_df(self) -> DataFrame:
+        if self._df is None:
+            table = pa.table({USER_IDX: pa.array(self.u, pa.int32()), ITEM_IDX: pa.array(self.i, pa.int32()),
+                              RATING: pa.array(self.r, pa.float64())})
+            self._df = self.spark.createDataFrame(table).cache()
+        return self._df
+
+    def unpersist(self) -> None:
+        if self._df is not None:
+            self._df.unpersist()
+
+
+def session_of(ratings: "DataFrame | Triples") -> SparkSession:
+    return ratings.spark if isinstance(ratings, Triples) else ratings.sparkSession
+
+
+def as_df(ratings: "DataFrame | Triples") -> DataFrame:
+    return ratings.to_df() if isinstance(ratings, Triples) else ratings
 
 
 PARTIAL_SCHEMA = "side int, block int, rows binary, cols binary, values binary"

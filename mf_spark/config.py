@@ -36,10 +36,16 @@ class DataConfig:
     duplicates: Literal["", "error", "last", "mean", "sum"] = ""
     # Implicit data: ratings <= 0 are rejected ("reject") or silently dropped but counted ("drop").
     nonpositive: Literal["reject", "drop"] = "reject"
+    # Who reads, validates, splits and indexes the input (mf_spark.prepare): "driver" (Arrow and numpy
+    # in the driver process, no Spark job; the same rows, splits and maps as Spark), "spark", or
+    # "auto": the driver under a local master for local files up to front_end_max_mb, else Spark.
+    front_end: Literal["auto", "driver", "spark"] = "auto"
+    front_end_max_mb: float = 2048.0
 
     def __post_init__(self) -> None:
         require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction,
                 "a number in [0, 1]")
+        require(self.front_end_max_mb >= 0, "data.front_end_max_mb", self.front_end_max_mb, "a number >= 0")
 
     def duplicates_policy(self, kind: str) -> str:
         return self.duplicates or ("sum" if kind == "implicit" else "mean")

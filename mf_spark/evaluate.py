@@ -17,6 +17,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from mf_spark.blocks import Triples, as_df
 from mf_spark.checkpoint import Factors
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.kernels.topk import top_n
@@ -47,9 +48,13 @@ def collect_heldout(test: DataFrame, users: IdMap, items: IdMap) -> HeldOut:
     """Test rows (user, item with their original IDs, rating) to driver arrays, the IDs looked up in
     the training maps there (-1 = cold). Performance note: one collect through Arrow (the IDs and a
     double per row), no join."""
-    t = test.select(USER, ITEM, F.col(RATING).cast("double").alias(RATING)).toArrow()
-    return HeldOut(users.index_of(t.column(USER)), items.index_of(t.column(ITEM)),
-                   t.column(RATING).to_numpy().astype(np.float64))
+    return heldout_of(test.select(USER, ITEM, F.col(RATING).cast("double").alias(RATING)).toArrow(), users, items)
+
+
+def heldout_of(test: pa.Table, users: IdMap, items: IdMap) -> HeldOut:
+    """HeldOut of test rows the driver holds (columns user, item, rating)."""
+    return HeldOut(users.index_of(test.column(USER)), items.index_of(test.column(ITEM)),
+                   test.column(RATING).to_numpy().astype(np.float64))
 
 
 def rmse_mae(pred: np.ndarray, r: np.ndarray) -> tuple[float | None, float | None]:
@@ -112,8 +117,12 @@ class RankingEvaluator:
     the driver with no Spark job.
     """
 
-    def __init__(self, seen: DataFrame, relevant: Relevant, n_items: int, k: int, on_driver: bool = False):
+    def __init__(self, seen: DataFrame | Triples, relevant: Relevant, n_items: int, k: int, on_driver: bool = False):
         self.relevant, self.n_items, self.k, self.on_driver = relevant, n_items, k, on_driver
+        if isinstance(seen, Triples) and on_driver:     # the pairs are on the driver already
+            self._seen_on_driver(seen.u, seen.i)
+            return
+        seen = as_df(seen)
         spark = seen.sparkSession
         wanted = spark.createDataFrame(pa.table({USER_IDX: pa.array(relevant.users, pa.int32())}))
         self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner")
@@ -121,12 +130,18 @@ class RankingEvaluator:
             self.users = self.users.cache()
         else:           # a sample: its training pairs are collected once, every call scores on the driver
             t = self.users.select(USER_IDX, ITEM_IDX).toArrow()
-            u, i = t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy()
-            order = np.lexsort((i, u))
-            row = np.searchsorted(relevant.users, u[order])
-            per_user = np.bincount(row, minlength=relevant.users.size)
-            self.seen_indptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
-            self.seen_cols = i[order].astype(np.int32)
+            self._seen_on_driver(t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy())
+
+    def _seen_on_driver(self, u: np.ndarray, i: np.ndarray) -> None:
+        """The evaluated users' training items as CSR, from training pairs (others are skipped)."""
+        users = self.relevant.users
+        row = np.searchsorted(users, u)
+        mine = (row < users.size) & (users[np.minimum(row, max(users.size - 1, 0))] == u) if users.size else \
+            np.zeros(u.size, bool)
+        order = np.lexsort((i[mine], row[mine]))
+        per_user = np.bincount(row[mine], minlength=users.size)
+        self.seen_indptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
+        self.seen_cols = i[mine][order].astype(np.int32)
 
     def __call__(self, scorer: Scorer) -> dict[str, Any]:
         m = self.relevant.users.size

@@ -177,7 +177,8 @@ def _check_id_column(df: DataFrame, col: str) -> None:
                         f"got {dtype.simpleString()}")
 
 
-def _sorted_map(ids: pa.Array | pa.ChunkedArray, name: str) -> IdMap:
+def sorted_map(ids: pa.Array | pa.ChunkedArray, name: str) -> IdMap:
+    """IdMap of distinct, non-null values in any order (sorted here)."""
     ids = _normalize(ids)
     return IdMap(ids=ids.take(pc.sort_indices(ids)), name=name)
 
@@ -189,7 +190,7 @@ def fit(df: DataFrame, col: str) -> IdMap:
     the driver as Arrow and sorted there.
     """
     _check_id_column(df, col)
-    return _sorted_map(df.select(col).where(F.col(col).isNotNull()).distinct().toArrow().column(0), col)
+    return sorted_map(df.select(col).where(F.col(col).isNotNull()).distinct().toArrow().column(0), col)
 
 
 def fit_columns(df: DataFrame, cols: tuple[str, ...]) -> tuple[IdMap, ...]:
@@ -213,7 +214,7 @@ def fit_columns(df: DataFrame, cols: tuple[str, ...]) -> tuple[IdMap, ...]:
         ids = table.column("_id").filter(pa.array(which == n))
         if not isinstance(df.schema[col].dataType, StringType):
             ids = ids.cast(pa.int64())
-        out.append(_sorted_map(ids, col))
+        out.append(sorted_map(ids, col))
     return tuple(out)
 
 

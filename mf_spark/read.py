@@ -70,23 +70,23 @@ def sample_path() -> str:
 
 
 @dataclass(frozen=True)
-class _Peek:
+class Peek:
     """What detection learned from the start of the input (no Spark involved for local paths)."""
     first_file: str          # the file whose lines were read ("" when unknown)
     lines: tuple[str, ...]   # first non-blank line, then the next one that differs (see _first_two)
     parquet: bool            # every data file is Parquet (extension or PAR1 magic)
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
     scheme = urlparse(path).scheme
     return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")   # C:\ on Windows
 
 
-def _local(path: str) -> str:
+def local_path(path: str) -> str:
     return unquote(urlparse(path).path) if path.startswith("file:") else path
 
 
-def _base_ext(name: str) -> str:
+def base_ext(name: str) -> str:
     low = name.lower()
     for suffix in _COMPRESSED:
         if low.endswith(suffix):
@@ -103,7 +103,7 @@ def _open_text(path: str):
     return open(path, encoding="utf-8-sig", errors="replace")
 
 
-def _data_files(folder: str) -> list[str]:
+def data_files(folder: str) -> list[str]:
     """Files Spark would read in `folder`: hidden (`.x`) and metadata (`_x`) names are skipped."""
     out = []
     for root, dirs, names in os.walk(folder):
@@ -113,7 +113,7 @@ def _data_files(folder: str) -> list[str]:
 
 
 def _is_parquet(path: str) -> bool:
-    ext = _base_ext(path)
+    ext = base_ext(path)
     if ext in (".parquet", ".csv", ".tsv", ".tab", ".dat", ".txt"):
         return ext == ".parquet"
     with open(path, "rb") as fh:
@@ -135,20 +135,20 @@ def _first_two(names: list[str]) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _peek(path: str) -> _Peek:
+def peek_input(path: str) -> Peek:
     """Read the first lines of the input on the driver; raise InputError when there is nothing."""
-    if not _is_local(path):
-        return _Peek("", (), _base_ext(path.rstrip("/")) == ".parquet")
-    local = _local(path)
+    if not is_local(path):
+        return Peek("", (), base_ext(path.rstrip("/")) == ".parquet")
+    local = local_path(path)
     try:
         if not os.path.exists(local):
             raise InputError(f"input {path} does not exist")
-        names = _data_files(local) if os.path.isdir(local) else [local]
+        names = data_files(local) if os.path.isdir(local) else [local]
         if not names or (len(names) == 1 and os.path.getsize(names[0]) == 0):
             raise InputError(f"input {path} is empty: no data rows")
         if all(_is_parquet(n) for n in names):
-            return _Peek(names[0], (), True)
-        return _Peek(names[0], _first_two(names), False)
+            return Peek(names[0], (), True)
+        return Peek(names[0], _first_two(names), False)
     except OSError as exc:
         raise InputError(f"input {path} cannot be read: {exc}") from None
 
@@ -171,13 +171,13 @@ def detect_format(path: str) -> str:
     path does not exist, cannot be read or has no data. Reads at most 2 lines on the driver; no
     Spark job.
     """
-    return _detect(_peek(path), path)
+    return detect(peek_input(path), path)
 
 
-def _detect(peek: _Peek, path: str) -> str:
+def detect(peek: Peek, path: str) -> str:
     if peek.parquet:
         return "parquet"
-    ext = _base_ext(peek.first_file or path.rstrip("/"))
+    ext = base_ext(peek.first_file or path.rstrip("/"))
     by_ext = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
     if ext in by_ext:
         return by_ext[ext]
@@ -197,7 +197,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _looks_like_header(fields: list[str]) -> bool:
+def looks_like_header(fields: list[str]) -> bool:
     # A data row always has a numeric rating, a header row has no number at all.
     return not any(_is_number(f) for f in fields if f.strip())
 
@@ -206,7 +206,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.lower())
 
 
-def _choose(columns: list[str], cfg: DataConfig, header: bool,
+def choose_columns(columns: list[str], cfg: DataConfig, header: bool,
             source: str) -> dict[str, int | None]:
     """Map user/item/rating/timestamp to column positions (None = no timestamp)."""
     if len(columns) == 1:
@@ -281,7 +281,7 @@ def _load(path: str, reader) -> DataFrame:
         raise InputError(f"input {path} cannot be read: {exc}") from None
 
 
-def _first_lines(spark: SparkSession, path: str, peek: _Peek) -> tuple[str, ...]:
+def _first_lines(spark: SparkSession, path: str, peek: Peek) -> tuple[str, ...]:
     if peek.lines or peek.first_file:
         return peek.lines
     # Non-local path: one small Spark job.
@@ -298,11 +298,11 @@ def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataC
         raise InputError(f"{source}: read as csv it has 1 column {first!r}; the fields seem to be "
                          f"separated by {found.group(0)!r}: pass --format tsv (tab) or movielens "
                          f"('::'), or convert the file to comma-separated")
-    header = _looks_like_header(first)
+    header = looks_like_header(first)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
     df = _load(path, lambda p: spark.read.csv(p, header=header, inferSchema=False))
-    pos = _choose(df.columns, cfg, header, source)
+    pos = choose_columns(df.columns, cfg, header, source)
     names = df.columns
     df = _with_meta(df)
     return _project(df, [None if p is None else _quoted(names[p]) for p in pos.values()])
@@ -318,10 +318,10 @@ def _read_delimited(spark: SparkSession, path: str, fmt: str, lines: tuple[str, 
         hint = f" (the line contains {found.group(0)!r})" if found else ""
         raise InputError(f"{source}: read as {fmt} it has 1 column {first!r}{hint}; pass --format "
                          f"csv|tsv|movielens|parquet matching the delimiter")
-    header = _looks_like_header(first)
+    header = looks_like_header(first)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
-    pos = _choose(first, cfg, header, source)
+    pos = choose_columns(first, cfg, header, source)
     raw = _with_meta(_load(path, spark.read.text))
     line = _stripped("value") if kind == "whitespace" else F.regexp_replace("value", "^\ufeff", "")
     raw = raw.where(_stripped("value") != "")
@@ -344,11 +344,11 @@ def _epoch_seconds(df: DataFrame, name: str) -> Column:
 def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> DataFrame:
     # Local files are checked with pyarrow first: Spark reads a damaged footer only in a task, where
     # the failure surfaces as a JVM stack trace instead of a message naming the file.
-    if _is_local(path):
+    if is_local(path):
         import pyarrow.parquet as pq
 
-        local = _local(path)
-        names = _data_files(local) if os.path.isdir(local) else [local]
+        local = local_path(path)
+        names = data_files(local) if os.path.isdir(local) else [local]
         try:
             n_rows = sum(pq.ParquetFile(n).metadata.num_rows for n in names)
         except (OSError, ValueError) as exc:   # pyarrow's ArrowInvalid is a ValueError
@@ -357,7 +357,7 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
             raise InputError(f"{source}: no data rows")
     df = _load(path, spark.read.parquet)
     names = df.columns
-    pos = _choose(names, cfg, True, source)
+    pos = choose_columns(names, cfg, True, source)
     df = _with_meta(df)
     cols = [None if p is None else _quoted(names[p]) for p in pos.values()]
     if pos[TIMESTAMP] is not None:
@@ -380,10 +380,10 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
     """
     if fmt not in (*FORMATS, "auto"):
         raise InputError(f"unknown input format {fmt!r}; expected auto, " + ", ".join(FORMATS))
-    peek = _peek(path)
+    peek = peek_input(path)
     source = peek.first_file or path
-    if fmt == "auto" and (peek.first_file or peek.parquet or _base_ext(path) in (".csv", ".tsv")):
-        fmt = _detect(peek, path)
+    if fmt == "auto" and (peek.first_file or peek.parquet or base_ext(path) in (".csv", ".tsv")):
+        fmt = detect(peek, path)
     if fmt == "parquet":
         return _read_parquet(spark, path, cfg, source)
     if peek.parquet and peek.first_file:

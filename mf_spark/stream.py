@@ -44,7 +44,7 @@ from pyspark import BarrierTaskContext, InheritableThread
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.blocks import SIDE_CODES, CsrBlock, buckets, rating_columns, triples
+from mf_spark.blocks import SIDE_CODES, CsrBlock, Triples, buckets, rating_columns, triples
 from mf_spark.errors import InputError
 from mf_spark.halfstep import HalfStepResult
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block, start_point
@@ -217,22 +217,29 @@ def pin_to_core(task: int, n_tasks: int) -> set[int] | None:
         return None
 
 
-def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks: dict[str, int]):
+def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks: dict[str, int],
+               from_driver: bool):
     def run(batches):
         ctx = BarrierTaskContext.get()
         me, n_tasks = ctx.partitionId(), len(ctx.getTaskInfos())
-        pieces = _split_for_tasks(*triples(batches), num_blocks, n_tasks)
-        server = _listen(n_tasks)
+        if from_driver:     # the driver sends this task its pieces with the peers' addresses
+            for _ in batches:
+                pass
+            pieces = None
+        else:
+            pieces = _split_for_tasks(*triples(batches), num_blocks, n_tasks)
+        server = _listen(n_tasks) if not from_driver else None
         host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")     # an executor's host:port
         pinned = None
         try:
             with _dial(address, me) as sock:
                 send_frame(sock, {"token": token, "task": me, "tasks": n_tasks, "stage": ctx.stageId(),
                                   "pid": os.getpid(), "peer": f"{host}:{server.getsockname()[1] if server else 0}"})
-                header, _ = recv_frame(sock)            # every task's address, once all have said hello
+                header, mine = recv_frame(sock)         # every task's address, once all have said hello
                 if header.get("pin"):
                     pinned = pin_to_core(me, n_tasks)
-                blocks = _blocks_of(_exchange(me, server, header["peers"], token, pieces), num_blocks)
+                received = [mine] if from_driver else _exchange(me, server, header["peers"], token, pieces)
+                blocks = _blocks_of(received, num_blocks)
                 del pieces
                 _serve(sock, blocks, spec)
         finally:
@@ -341,15 +348,19 @@ class _Conn:
 
 
 class Resident:
-    """The resident stage over `ratings` (one task per partition; resident_inputs).
+    """The resident stage over `ratings`: a DataFrame (one task per partition; resident_inputs), or
+    ratings the driver holds (blocks.Triples: n_tasks tasks, each sent its pieces by the driver).
 
         with Resident(resident_inputs(train, n_tasks)[0], spec, host, num_blocks).start() as stage:  # ExchangeError
             counts = stage.row_counts("user", n_users)
             items = stage.half_step("item", n_items, X, user_bias, previous)
     """
 
-    def __init__(self, ratings: DataFrame, spec: SolveSpec, host: str, num_blocks: dict[str, int],
-                 pin: bool = False):
+    def __init__(self, ratings: DataFrame | Triples, spec: SolveSpec, host: str, num_blocks: dict[str, int],
+                 pin: bool = False, n_tasks: int = 0):
+        self.triples = ratings if isinstance(ratings, Triples) else None
+        if self.triples is not None:     # the stage's input is one empty partition per task
+            ratings = self.triples.spark.range(n_tasks, numPartitions=n_tasks)
         self.ratings, self.spec, self.host, self.num_blocks = ratings, spec, host, num_blocks
         self.pin = pin                   # each task on a core of its own (pin_to_core): local masters only
         self.n_tasks = ratings.rdd.getNumPartitions()    # the stage's own count wins (_connect)
@@ -401,8 +412,8 @@ class Resident:
             self.hellos.get_nowait().sock.close()
 
     def _job(self) -> DataFrame:
-        return self.ratings.mapInArrow(_task_body(self.address, self.token, self.spec, self.num_blocks), "done int",
-                                       barrier=True)
+        body = _task_body(self.address, self.token, self.spec, self.num_blocks, self.triples is not None)
+        return self.ratings.mapInArrow(body, "done int", barrier=True)
 
     def _launch(self) -> None:
         """Submit the barrier job (again) in a thread; its tasks connect from a new, larger stage id."""
@@ -500,9 +511,13 @@ class Resident:
     def _build(self, conns: list[_Conn]) -> None:
         """Give every task the others' addresses, then wait for each to report its built blocks."""
         peers = [c.peer for c in conns]
+        t = self.triples
+        pieces = (_split_for_tasks(t.u, t.i, t.r.astype(np.float32), self.num_blocks, len(conns)) if t is not None
+                  else [[] for _ in conns])
         try:
             for c in conns:
-                send_frame(c.sock, {"op": "peers", "peers": peers, "pin": self.pin})
+                send_frame(c.sock, {"op": "peers", "peers": peers, "pin": self.pin}, pieces[c.task])
+                pieces[c.task] = []
             for c in conns:
                 header, c.counts = recv_frame(c.sock)
                 if header.get("op") != "built":

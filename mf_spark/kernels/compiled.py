@@ -413,6 +413,105 @@ def predict_rows(X: np.ndarray, Y: np.ndarray, user_bias: np.ndarray | None, ite
     return out
 
 
+# Spark SQL's xxhash64 (catalyst's XXH64: standard XXH64 over little-endian words; an int seed column
+# is hashed as 4 bytes, a long as 8; each column's hash seeds the next; Spark's own seed is 42).
+SPARK_HASH_SEED = 42
+_P1, _P2, _P3 = np.uint64(0x9E3779B185EBCA87), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
+_P4, _P5 = np.uint64(0x85EBCA77C2B2AE63), np.uint64(0x27D4EB2F165667C5)
+
+
+def _xxhash_pairs(seed, seed_is_int, a_data, a_off, b_data, b_off, out):  # pragma: no cover - compiled
+    u64 = np.uint64
+    h = u64(SPARK_HASH_SEED)
+    if seed_is_int:
+        h = h + _P5 + u64(4)
+        h ^= (seed & u64(0xFFFFFFFF)) * _P1
+        h = ((h << u64(23)) | (h >> u64(41))) * _P2 + _P3
+    else:
+        h = h + _P5 + u64(8)
+        k = seed * _P2
+        h ^= ((k << u64(31)) | (k >> u64(33))) * _P1
+        h = ((h << u64(27)) | (h >> u64(37))) * _P1 + _P4
+    h ^= h >> u64(33)
+    h *= _P2
+    h ^= h >> u64(29)
+    h *= _P3
+    h ^= h >> u64(32)
+    first = h
+    for r in range(out.size):
+        h = first
+        for c in range(2):
+            data = a_data if c == 0 else b_data
+            start = a_off[r] if c == 0 else b_off[r]
+            end = a_off[r + 1] if c == 0 else b_off[r + 1]
+            s = h
+            at = start
+            if end - start >= 32:
+                v1, v2, v3, v4 = s + _P1 + _P2, s + _P2, s, s - _P1
+                while at <= end - 32:
+                    for lane in range(4):
+                        w = u64(0)
+                        for b in range(7, -1, -1):
+                            w = (w << u64(8)) | u64(data[at + 8 * lane + b])
+                        v = (v1, v2, v3, v4)[lane] + w * _P2
+                        v = ((v << u64(31)) | (v >> u64(33))) * _P1
+                        if lane == 0:
+                            v1 = v
+                        elif lane == 1:
+                            v2 = v
+                        elif lane == 2:
+                            v3 = v
+                        else:
+                            v4 = v
+                    at += 32
+                h = (((v1 << u64(1)) | (v1 >> u64(63))) + ((v2 << u64(7)) | (v2 >> u64(57)))
+                     + ((v3 << u64(12)) | (v3 >> u64(52))) + ((v4 << u64(18)) | (v4 >> u64(46))))
+                for v in (v1, v2, v3, v4):
+                    k = v * _P2
+                    h = (h ^ (((k << u64(31)) | (k >> u64(33))) * _P1)) * _P1 + _P4
+            else:
+                h = s + _P5
+            h += u64(end - start)
+            while at <= end - 8:
+                w = u64(0)
+                for b in range(7, -1, -1):
+                    w = (w << u64(8)) | u64(data[at + b])
+                k = w * _P2
+                h ^= ((k << u64(31)) | (k >> u64(33))) * _P1
+                h = ((h << u64(27)) | (h >> u64(37))) * _P1 + _P4
+                at += 8
+            if at + 4 <= end:
+                w = u64(0)
+                for b in range(3, -1, -1):
+                    w = (w << u64(8)) | u64(data[at + b])
+                h ^= w * _P1
+                h = ((h << u64(23)) | (h >> u64(41))) * _P2 + _P3
+                at += 4
+            while at < end:
+                h ^= u64(data[at]) * _P5
+                h = ((h << u64(11)) | (h >> u64(53))) * _P1
+                at += 1
+            h ^= h >> u64(33)
+            h *= _P2
+            h ^= h >> u64(29)
+            h *= _P3
+            h ^= h >> u64(32)
+        out[r] = np.float64(h >> u64(11)) / 9007199254740992.0     # top 53 bits / 2^53: exact
+
+
+def uniform_hash(seed: int, a_data: np.ndarray, a_off: np.ndarray, b_data: np.ndarray,
+                 b_off: np.ndarray) -> np.ndarray:
+    """(n,) float64 in [0, 1): (xxhash64(seed, a_r, b_r) >>> 11) / 2^53 as Spark SQL computes it, for
+    byte strings a_r = a_data[a_off[r]:a_off[r + 1]] (uint8, int64 offsets) and b_r likewise, with
+    `seed` a literal (an int column when it fits 32 bits, as F.lit makes it)."""
+    out = np.empty(a_off.size - 1, np.float64)
+    if out.size:
+        _kernel(_xxhash_pairs)(np.int64(seed).view(np.uint64), -2**31 <= seed < 2**31,
+                               np.ascontiguousarray(a_data, np.uint8), np.ascontiguousarray(a_off, np.int64),
+                               np.ascontiguousarray(b_data, np.uint8), np.ascontiguousarray(b_off, np.int64), out)
+    return out
+
+
 def chosen(engine: str) -> bool:
     """Whether `engine` (one of ENGINES) means these kernels: "compiled", or "auto" where numba is
     installed. ValueError for any other name, or for "compiled" without numba."""
