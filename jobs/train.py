@@ -45,7 +45,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
     with clock.phase("read_validate"):
         input_path = None if args.train else (args.input or read.sample_path())
         front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
-        als.warm_up(spark, cfg.model, cfg.recommend.top_n)    # in the background: counted here
+        als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
         loaded = front.load()
         counts, rejected = loaded.counts, loaded.rejected
     with clock.phase("split_index"):
@@ -82,12 +82,13 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
         metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking, "k": cfg.eval.k,
                    "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
                    **counts, "n_users": users.size, "n_items": items.size,
-                   "fit_seconds": fit.fit_seconds, "history": fit.history,
+                   "fit_seconds": fit.fit_seconds, "fit_startup_seconds": fit.startup_seconds,
+                   "history": fit.history,
                    "input": input_path, "front_end": ready.front,
                    "config": cfg.to_dict(), "versions": _versions()}
     with clock.phase("recommend_write"):
         if fit.top is not None and cfg.recommend.exclude_seen:
-            recs = recommend.from_top(spark, model, fit.top, cfg.recommend.top_n)
+            recs = recommend.from_top(model, fit.top, cfg.recommend.top_n)
         else:
             recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen)
         write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, rejected,

@@ -64,6 +64,8 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)   # objective after every half-step
     fit_seconds: float = 0.0
+    startup_seconds: float = 0.0    # from the call to the first iteration's start (blocks built, stage up)
+
     n_train: int = 0
     rating_range: tuple[float, float] = (0.0, 0.0)
     top: TopLists | None = None     # with fit(top_n=n), when the fit's tasks could score them
@@ -103,9 +105,13 @@ def _warm(spec: SolveSpec, rank: int, top: int) -> None:
     top_n(Y[:2], Y, min(top, 4), np.array([0, 1, 1], np.int64), np.array([3], np.int32))
 
 
-def warm_up(spark, cfg: ModelConfig, top: int = 10) -> threading.Thread:
+def warm_up(spark, cfg: ModelConfig, top: int = 10, rdd: bool = False) -> threading.Thread:
     """Start, in the background, the Python workers a fit will run on, with the compiled kernels of
-    this configuration loaded in them and in the driver (a small job, one task per core).
+    this configuration loaded in them (a small job, one task per core). `rdd`: the fit's stage will
+    be an RDD stage over ratings the driver holds (blocks.Triples); else it is a SQL stage (each has
+    its own pool of Python workers), the driver waits on Spark meanwhile, and loads its own kernels
+    too (with rdd, the driver is busy with the front end: a thread loading kernels would only take
+    the GIL from it, so they load where first used).
 
     A cold process pays for starting its Python workers, importing numpy, pyarrow and numba there
     and loading the kernels from numba's cache; done before the fit, while the driver plans the
@@ -121,13 +127,24 @@ def warm_up(spark, cfg: ModelConfig, top: int = 10) -> threading.Thread:
         _warm(spec, cfg.rank, top)
         return iter(())
 
-    def run() -> None:
+    def job() -> None:
         try:
-            # mapInArrow, as the fit's stage: SQL's Python workers are not the pool an RDD job uses
-            spark.range(n, numPartitions=n).mapInArrow(body, "id long").collect()
-            _warm(spec, cfg.rank, top)
+            if rdd:
+                sc.parallelize(range(n), n).mapPartitions(body).collect()
+            else:
+                spark.range(n, numPartitions=n).mapInArrow(body, "id long").collect()
         except Exception as e:  # noqa: BLE001 - an optimization only
             log.info("warming the Python workers failed (%s); the fit loads its kernels itself", e)
+
+    def run() -> None:
+        workers = InheritableThread(target=job, name="mf_spark-warm-up-workers", daemon=True)
+        workers.start()
+        try:
+            if not rdd:
+                _warm(spec, cfg.rank, top)    # the driver's kernels meanwhile
+        except Exception as e:  # noqa: BLE001 - an optimization only
+            log.info("loading the kernels in the driver failed (%s); the fit loads them itself", e)
+        workers.join()
     thread = InheritableThread(target=run, name="mf_spark-warm-up", daemon=True)
     thread.start()
     return thread
@@ -196,6 +213,7 @@ def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig
     with session.row_batched_arrow(session_of(train)), session.single_threaded_blas():
         result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n)
     result.fit_seconds = time.perf_counter() - started
+    result.startup_seconds = (result.startup_seconds or time.perf_counter()) - started
     return result
 
 
@@ -288,6 +306,7 @@ def _iterate(solve: Solver, counts: Callable[[str, int], np.ndarray], pause: Cal
              result: FitResult, start: int, n_users: int, n_items: int, cfg: ModelConfig, spec: SolveSpec,
              on_iteration: OnIteration | None, checkpoints: CheckpointStore | None) -> FitResult:
     n_u, n_i = counts("user", n_users), counts("item", n_items)
+    result.startup_seconds = time.perf_counter()        # a clock reading here; fit() makes it a duration
     for it in range(start, cfg.iterations):
         t0 = time.perf_counter()
         f = result.factors

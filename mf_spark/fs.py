@@ -113,6 +113,27 @@ def write_bytes(spark: SparkSession, path: str, data) -> None:
         out.close()
 
 
+def write_parquet(spark: SparkSession, folder: str, data) -> None:
+    """Write `data` (a DataFrame, or a pyarrow Table the driver holds) as the Parquet folder `folder`.
+
+    A driver table bound for the local file system is written by pyarrow as one part file (no Spark
+    job: in a fresh application the first SQL write costs seconds of planning and class loading);
+    Spark writes everything else, with its output committers. Either way Spark reads the folder back
+    with the same schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(data, pa.Table):
+        local = _local_path(spark, folder)
+        if local is not None:
+            os.makedirs(local, exist_ok=True)
+            pq.write_table(data, os.path.join(local, "part-00000.parquet"))
+            open(os.path.join(local, "_SUCCESS"), "wb").close()
+            return
+        data = spark.createDataFrame(data)
+    data.write.parquet(folder)
+
+
 def _local_path(spark: SparkSession, path: str) -> str | None:
     """The OS path of a path on the local file system (file: or no scheme), else None."""
     qualified = urlparse(qualify(spark, path))

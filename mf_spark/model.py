@@ -177,8 +177,7 @@ class FactorModel:
         f = self.factors
         for side, ids, fac, b in (("users", self.users.ids, f.X, f.user_bias),
                                  ("items", self.items.ids, f.Y, f.item_bias)):
-            (spark.createDataFrame(factor_table(ids, fac, b)).coalesce(1)
-             .write.mode("overwrite").parquet(posixpath.join(path, "factors", side)))
+            fs.write_parquet(spark, posixpath.join(path, "factors", side), factor_table(ids, fac, b))
         fs.write_text(spark, posixpath.join(path, "model.json"), json.dumps(self.describe(extra), indent=2))
 
     def describe(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:

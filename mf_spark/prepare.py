@@ -41,7 +41,7 @@ log = logging.getLogger("mf_spark")
 @dataclass
 class Loaded:
     counts: dict[str, int]          # validate.Cleaned.counts
-    rejected: DataFrame | None      # the rejected rows with their reasons, when there are any
+    rejected: DataFrame | pa.Table | None   # the rejected rows with their reasons, when there are any
 
 
 @dataclass
@@ -128,10 +128,7 @@ class DriverFront:
                       for part, t in enumerate(tables)]
         raw = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         self.clean = local_validate.clean(raw, cfg.data, cfg.model.kind)
-        rejected = None
-        if self.clean.counts["n_rejected"]:
-            rejected = self.spark.createDataFrame(self.clean.rejected)
-        return Loaded(dict(self.clean.counts), rejected)
+        return Loaded(dict(self.clean.counts), self.clean.rejected if self.clean.counts["n_rejected"] else None)
 
     def split_index(self) -> Ready:
         ratings = self.clean.ratings
@@ -161,6 +158,11 @@ class _Chosen:
     @property
     def name(self) -> str:
         return self.front.name if self.front else "?"
+
+    @property
+    def on_driver(self) -> bool:
+        """Whether the training ratings will most likely stay driver arrays (decided in `load`)."""
+        return self.driver_first if self.front is None else isinstance(self.front, DriverFront)
 
     def load(self) -> Loaded:
         if self.driver_first:

@@ -20,17 +20,17 @@ def seen_lists(train_idx: DataFrame) -> DataFrame:
     return train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen")).coalesce(cores)
 
 
-def from_top(spark: SparkSession, model: FactorModel, top, n: int) -> DataFrame:
+def from_top(model: FactorModel, top, n: int) -> pa.Table:
     """user, rank (1..), item, score of the first n of every user's top lists (als.TopLists), with
-    the original IDs. Performance note: built on the driver from n_users x n entries; no job until
-    it is written."""
+    the original IDs, as a driver table (fs.write_parquet writes it). Performance note: built on the
+    driver from n_users x n entries, no Spark job."""
     counts = np.minimum(top.counts, n).astype(np.int64)
     users = np.repeat(np.arange(counts.size), counts)
     pos = np.arange(users.size) - np.repeat(np.cumsum(counts) - counts, counts)
     table = pa.table({"user": model.users.ids.take(pa.array(users)), "rank": pa.array((pos + 1).astype(np.int32)),
                       "item": model.items.ids.take(pa.array(top.items[users, pos])),
                       "score": pa.array(top.scores[users, pos].astype(np.float32))})
-    return spark.createDataFrame(table)
+    return table
 
 
 def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,

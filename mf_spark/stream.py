@@ -359,12 +359,13 @@ class Resident:
     def __init__(self, ratings: DataFrame | Triples, spec: SolveSpec, host: str, num_blocks: dict[str, int],
                  pin: bool = False, n_tasks: int = 0):
         self.triples = ratings if isinstance(ratings, Triples) else None
-        if self.triples is not None:     # the stage's input is one empty partition per task
-            ratings = self.triples.spark.range(n_tasks, numPartitions=n_tasks)
         self.ratings, self.spec, self.host, self.num_blocks = ratings, spec, host, num_blocks
         self.pin = pin                   # each task on a core of its own (pin_to_core): local masters only
-        self.n_tasks = ratings.rdd.getNumPartitions()    # the stage's own count wins (_connect)
-        self.sc = ratings.sparkSession.sparkContext
+        if self.triples is not None:
+            self.n_tasks, self.sc = n_tasks, self.triples.spark.sparkContext
+        else:
+            self.n_tasks = ratings.rdd.getNumPartitions()    # the stage's own count wins (_connect)
+            self.sc = ratings.sparkSession.sparkContext
         self.token = secrets.token_hex(16)
         self.hellos: queue.Queue[_Conn] = queue.Queue()
         self.conns: list[_Conn] = []
@@ -411,9 +412,13 @@ class Resident:
         while not self.hellos.empty():
             self.hellos.get_nowait().sock.close()
 
-    def _job(self) -> DataFrame:
+    def _job(self):
         body = _task_body(self.address, self.token, self.spec, self.num_blocks, self.triples is not None)
-        return self.ratings.mapInArrow(body, "done int", barrier=True)
+        if self.triples is None:
+            return self.ratings.mapInArrow(body, "done int", barrier=True)
+        # Nothing for the tasks to read: an RDD stage, which a cold application starts seconds sooner
+        # than its first SQL stage (docs/performance.md).
+        return self.sc.parallelize(range(self.n_tasks), self.n_tasks).barrier().mapPartitions(body)
 
     def _launch(self) -> None:
         """Submit the barrier job (again) in a thread; its tasks connect from a new, larger stage id."""

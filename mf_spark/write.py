@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from mf_spark import fs
@@ -51,25 +52,27 @@ def _sibling(output: str, tag: str) -> str:
     return posixpath.join(posixpath.dirname(output), f".{posixpath.basename(output)}_{tag}")
 
 
-def publish(spark: SparkSession, output: str, model: FactorModel, recommendations: DataFrame,
-            metrics: dict[str, Any] | Callable[[], dict[str, Any]], rejected: DataFrame | None,
+def publish(spark: SparkSession, output: str, model: FactorModel, recommendations: DataFrame | pa.Table,
+            metrics: dict[str, Any] | Callable[[], dict[str, Any]], rejected: DataFrame | pa.Table | None,
             model_extra: dict[str, Any]) -> str:
     """Write factors, recommendations, metrics.json, model.json, rejected/ (if any), _SUCCESS.
 
     `metrics` may be a function, called when metrics.json is written (last but _SUCCESS), so that
     it can hold the time of the writes before it.
 
+    `recommendations` and `rejected` may be DataFrames or driver tables (fs.write_parquet).
     Performance note: one Spark write per DataFrame output (recommendations, rejected, two factor
-    tables); the rest are small driver-side files. Returns the qualified output path.
+    tables) unless the output is local and the data on the driver (then pyarrow writes it); the rest
+    are small driver-side files. Returns the qualified output path.
     """
     def write_all(staging: str) -> None:
         _checkpoint("model")
         model.save(staging, spark, extra=model_extra)
         _checkpoint("recommendations")
-        recommendations.write.parquet(posixpath.join(staging, "recommendations"))
+        fs.write_parquet(spark, posixpath.join(staging, "recommendations"), recommendations)
         _checkpoint("rejected")
         if rejected is not None:
-            rejected.write.parquet(posixpath.join(staging, "rejected"))
+            fs.write_parquet(spark, posixpath.join(staging, "rejected"), rejected)
         _checkpoint("metrics")
         body = metrics() if callable(metrics) else metrics
         fs.write_text(spark, posixpath.join(staging, "metrics.json"), json.dumps(body, indent=2))

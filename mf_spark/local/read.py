@@ -77,11 +77,12 @@ def _uri(name: str) -> str:
 
 
 def _with_meta(parts: list[tuple[str, pa.Table]]) -> pa.Table:
-    """The files' rows in order, with _source and _row."""
+    """The files' rows in order, with _source (dictionary-encoded: one string per file) and _row."""
     tables, start = [], 0
     for name, t in parts:
         n = t.num_rows
-        tables.append(t.append_column(SOURCE, pa.array([_uri(name)] * n if n else [], pa.string()))
+        source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([_uri(name)]))
+        tables.append(t.append_column(SOURCE, source)
                       .append_column(ROW, pa.array(np.arange(start, start + n, dtype=np.int64))))
         start += n
     try:

@@ -81,7 +81,7 @@ def _parse_double(col: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
         if pa.types.is_null(col.type):
             return np.ones(len(col), bool), np.full(len(col), np.nan), np.zeros(len(col), bool)
         missing = _np(col.is_null())
-        return missing, _np(col.cast(pa.float64()), 0.0).astype(np.float64), ~missing
+        return missing, _np(col.cast(pa.float64()), 0.0), ~missing
     text = pc.utf8_trim(col.cast(pa.string()), characters=" ")
     missing = _np(pc.or_kleene(text.is_null(), pc.equal(text, "")), True)
     plain = _np(pc.match_substring_regex(text, _NUMBER), False)
@@ -164,7 +164,8 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
         raise ConfigError(f"config key model.kind: got {kind!r}, expected one of {spark_rules.KINDS}")
     n = raw.num_rows
     col = {c: raw.column(c).combine_chunks() for c in (USER, ITEM, RATING, TIMESTAMP)}
-    part = _np(raw.column(PART), 0).astype(np.int64) if PART in raw.column_names else np.zeros(n, np.int64)
+    part = (_np(raw.column(PART), 0).astype(np.int64, copy=False) if PART in raw.column_names
+            else np.zeros(n, np.int64))
     user, user_int = _id_key(col[USER])
     item, item_int = _id_key(col[ITEM])
     r_missing, rating, r_parsed = _parse_double(col[RATING], "rating")
@@ -178,7 +179,7 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
     def rejected_rows(mask: np.ndarray) -> pa.Table:
         at = pa.array(np.flatnonzero(mask))
         order = np.argsort(row[mask], kind="stable")
-        t = pa.table({SOURCE: raw.column(SOURCE).take(at), ROW: raw.column(ROW).take(at),
+        t = pa.table({SOURCE: raw.column(SOURCE).take(at).cast(pa.string()), ROW: raw.column(ROW).take(at),
                       USER: as_text(col[USER].take(at)), ITEM: as_text(col[ITEM].take(at)),
                       RATING: as_text(col[RATING].take(at)),
                       TIMESTAMP: (as_text(col[TIMESTAMP].take(at)) if not pa.types.is_null(col[TIMESTAMP].type)
@@ -202,13 +203,19 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
     if c["n_valid"] == 0 or any(pp["n_valid"] == 0 for pp in per_part.values()):
         raise InputError(f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
                          f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')")
-    keep = pa.array(np.flatnonzero(valid))
-    merged, n_clean, dup_first = _merge(part[valid], user.take(keep), item.take(keep), rating[valid], ts[valid],
-                                        ~t_missing[valid], row[valid], cfg.duplicates_policy(kind))
+    if c["n_valid"] == n:                 # the usual case: every row is valid, nothing to select
+        sources, ids = raw.column(SOURCE), (user, item)
+        picked = lambda a: a  # noqa: E731
+    else:
+        keep = pa.array(np.flatnonzero(valid))
+        sources, ids = raw.column(SOURCE).take(keep), (user.take(keep), item.take(keep))
+        picked = lambda a: a[valid]  # noqa: E731
+    merged, n_clean, dup_first = _merge(picked(part), *ids, picked(rating), picked(ts), ~picked(t_missing),
+                                        picked(row), cfg.duplicates_policy(kind))
     n_duplicates = c["n_valid"] - n_clean
     if n_duplicates and cfg.duplicates_policy(kind) == "error":
-        raise _duplicate_error(dup_first, raw.column(SOURCE).take(keep), n_duplicates)
-    for name, canonical in ((USER, user_int[valid].all()), (ITEM, item_int[valid].all())):
+        raise _duplicate_error(dup_first, sources, n_duplicates)
+    for name, canonical in ((USER, picked(user_int).all()), (ITEM, picked(item_int).all())):
         if canonical and merged.schema.field(name).type == pa.string():
             at = merged.column_names.index(name)
             merged = merged.set_column(at, name, merged.column(name).cast(pa.int64()))
@@ -220,13 +227,20 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
 
 
 def _codes(key: pa.Array) -> np.ndarray:
-    return _np(pc.dictionary_encode(key).indices).astype(np.int64)
+    return _np(pc.dictionary_encode(key).indices).astype(np.int64, copy=False)
 
 
 def _merge(part, user, item, rating, ts, has_ts, row, policy):
     """One row per (part, user, item) under the duplicates policy; (table, rows kept, the repeated
     pairs as (user, item, count, first row index into the valid rows) ordered by first row)."""
     u_all, i_all = _codes(user), _codes(item)
+    n_u, n_i = int(u_all.max(initial=0)) + 1, int(i_all.max(initial=0)) + 1
+    if (int(part.max(initial=0)) + 1) * n_u * n_i < 2**62:    # the usual case: no pair repeats
+        key = np.sort((part * n_u + u_all) * n_i + i_all)
+        if not (key[1:] == key[:-1]).any():
+            return pa.table({USER: user, ITEM: item, RATING: pa.array(rating, pa.float64()),
+                             TIMESTAMP: pa.array(ts, pa.int64(), mask=~has_ts),
+                             PART: pa.array(part, pa.int32())}), int(key.size), []
     order = np.lexsort((row, np.where(has_ts, ts, np.iinfo(np.int64).min), has_ts, i_all, u_all, part))
     u_c, i_c = u_all[order], i_all[order]
     p_s = part[order]
