@@ -12,6 +12,10 @@ solved rows:
     driver  --(fixed factors, biases, Gramian)-->  task 0: user blocks 0, 2; item blocks 0, 2
             <--(row ids, new factors, losses)----  task 1: user blocks 1, 3; item blocks 1, 3
 
+Ratings the driver already holds (blocks.Triples, from the driver front end) skip the reading and the
+exchange: the stage is then an RDD barrier stage over nothing, and the driver sends each task its
+pieces in reply to its hello.
+
 The driver holds the factors after every half-step, so per-iteration metrics and checkpoints work as
 with one job per half-step. Frames are a JSON header plus raw little-endian arrays (no pickle); a
 connection proves itself with a per-fit secret. When a task dies, Spark fails the whole barrier job

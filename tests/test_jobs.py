@@ -70,7 +70,8 @@ def test_demo_metrics_time_every_phase(demo_output):
     assert phases <= timings["total"] and phases >= 0.9 * timings["total"]
     jobs = m["spark_jobs"]
     assert list(jobs) == PHASES and jobs["session"] == 0
-    assert jobs["read_validate"] >= 1 and jobs["fit"] >= 1 and jobs["recommend_write"] >= 1
+    # The fit's stage is a Spark job; the demo's input is read, checked and written by the driver.
+    assert jobs["fit"] >= 1 and m["front_end"] == "driver"
     for p in PHASES:            # one log line per phase, with its time and job count
         assert f"mf_spark: phase {p}: " in proc.stderr
 

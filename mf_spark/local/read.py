@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +74,9 @@ def table(path: str, fmt: str, cfg: DataConfig) -> pa.Table:
 
 
 def _uri(name: str) -> str:
-    return Path(name).absolute().as_uri()
+    """The file's URI as Spark's _metadata.file_path gives it: file:/a/b%20c.csv (non-ASCII kept)."""
+    return "file:" + "".join(c if ord(c) > 127 else quote(c, safe="/:@!$&'()*+,;=-._~")
+                             for c in str(Path(name).absolute()))
 
 
 def _with_meta(parts: list[tuple[str, pa.Table]]) -> pa.Table:
