@@ -46,8 +46,9 @@ def _ranking_case(spark, rng, n_users=25, n_items=40):
 
 
 def test_driver_evaluator_of_pairs_and_top_lists_match_brute_force(spark, rng):
-    """The sample evaluator (on_driver, fed the training pairs) and ranking_of_top (top lists with
-    training items excluded) give the brute-force metrics."""
+    """The sample evaluator (on_driver, fed the training pairs as a DataFrame or as driver arrays) and
+    ranking_of_top (top lists with training items excluded) give the brute-force metrics."""
+    from mf_spark.blocks import Triples
     from mf_spark.als import TopLists
     n_items, k = 40, 5
     X, Y, train_df, rel, S = _ranking_case(spark, rng)
@@ -58,9 +59,14 @@ def test_driver_evaluator_of_pairs_and_top_lists_match_brute_force(spark, rng):
     top = TopLists(np.full(X.shape[0], 7, np.int32), order.astype(np.int32),
                    np.take_along_axis(S, order, axis=1).astype(np.float32))
     from_top = evaluate.ranking_of_top(top, rel, n_items, k)
+    t = train_df.toArrow()                            # the same pairs held by the driver
+    held = Triples(spark, t.column("user_idx").to_numpy(), t.column("item_idx").to_numpy(), np.ones(t.num_rows))
+    of_held = evaluate.RankingEvaluator(held, rel, n_items, k, on_driver=True)(
+        Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None))
     for key in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "n_users_evaluated"):
         assert got[key] == pytest.approx(want[key]), key
         assert from_top[key] == pytest.approx(want[key]), key
+        assert of_held[key] == pytest.approx(want[key]), key
 
 
 def test_ranking_evaluator_matches_driver_brute_force(spark, rng):

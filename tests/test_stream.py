@@ -266,3 +266,33 @@ def test_a_lineage_barrier_stages_refuse_is_shuffled_first(spark, caplog):
     assert not [m for m in caplog.messages if "falling back" in m]
     jobs = als.fit(df, 40, 30, dataclasses.replace(base, exchange="jobs"))
     np.testing.assert_allclose(streamed.factors.X, jobs.factors.X, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["explicit", "implicit"])
+def test_ratings_the_driver_holds_fit_as_the_dataframe_does(spark, kind):
+    """blocks.Triples: an RDD stage fed by the driver gives the DataFrame stage's factors, losses and
+    top lists; a killed task is replaced there too (the driver sends the pieces again)."""
+    from mf_spark.blocks import Triples
+    u, i, r, _ = planted(n_users=70, n_items=45, rank=4, density=0.5, seed=9)
+    if kind == "implicit":
+        r = np.abs(r).astype(np.float32) + 1
+    cfg = ModelConfig(kind=kind, rank=4, iterations=3, reg=0.1, seed=2, exchange="stream", num_user_blocks=3)
+    want = als.fit(ratings_df(spark, u, i, r), 70, 45, cfg, top_n=5)
+    held = Triples(spark, u, i, r.astype(np.float64))
+    killed = []
+
+    def kill_at_2(iteration, factors):
+        if iteration == 2 and kind == "explicit":
+            (stage,) = list(stream.ACTIVE)
+            killed.append(stage.conns[0].pid)
+            os.kill(stage.conns[0].pid, signal.SIGKILL)
+        return {}
+    kill_at_2.spark_free = True
+    got = als.fit(held, 70, 45, cfg, top_n=5, on_iteration=kill_at_2)
+    assert bool(killed) == (kind == "explicit") and not stream.ACTIVE
+    np.testing.assert_allclose(got.factors.X, want.factors.X, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.factors.Y, want.factors.Y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.losses, want.losses, rtol=1e-6)
+    assert np.array_equal(got.top.items, want.top.items)
+    assert 0 < got.startup_seconds < got.fit_seconds
+    assert als.train_stats(held).n == u.size
