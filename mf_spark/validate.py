@@ -181,15 +181,32 @@ def _describe(row) -> str:
     return f"{text}: {row[REASON]}"
 
 
-def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
-    """Performance note: two small actions (first rows by _row, distinct files); failure path."""
-    first = rejected.orderBy(ROW).limit(SHOWN).collect()
-    files = [_name(r[SOURCE]) for r in rejected.select(SOURCE).distinct().limit(4).collect()]
-    where = ", ".join(sorted(files[:3])) + (", ..." if len(files) > 3 else "")
+def too_dirty_error(files: list[str], first: list, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
+    """The error for too many rejected rows: `files` the rejected rows' sources (any 4 of them),
+    `first` the first rejected rows in read order (rows or dicts with the `rejected` columns)."""
+    names = sorted(_name(f) for f in files)
+    where = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return InputError(
         f"{where}: {n_rejected} of {n_read} rows rejected ({n_rejected / n_read:.1%} > "
         f"{cfg.max_bad_fraction:.1%} allowed, data.max_bad_fraction); first: "
-        + "; ".join(_describe(r) for r in first))
+        + "; ".join(_describe(r) for r in first[:SHOWN]))
+
+
+def duplicate_error(files: list[str], pairs: list[tuple], n_extra: int) -> InputError:
+    """The error for repeated pairs under data.duplicates = "error": `pairs` the first repeated
+    (user, item, times) by first occurrence, `files` their sources."""
+    where = ", ".join(sorted({_name(f) for f in files}))
+    shown = ", ".join(f"(user={u!r}, item={i!r}) x{n}" for u, i, n in pairs[:SHOWN])
+    return InputError(
+        f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = "
+        f"'error'; first: {shown}; set data.duplicates to last, mean or sum to merge them")
+
+
+def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
+    """Performance note: two small actions (first rows by _row, distinct files); failure path."""
+    first = rejected.orderBy(ROW).limit(SHOWN).collect()
+    files = [r[SOURCE] for r in rejected.select(SOURCE).distinct().limit(4).collect()]
+    return too_dirty_error(files, first, n_rejected, n_read, cfg)
 
 
 def _duplicate_error(flagged: DataFrame, n_extra: int) -> InputError:
@@ -198,11 +215,7 @@ def _duplicate_error(flagged: DataFrame, n_extra: int) -> InputError:
             .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"), F.min(SOURCE).alias("src"))
             .where(F.col("n") > 1))
     first = dups.orderBy("first").limit(SHOWN).collect()
-    where = ", ".join(sorted({_name(r["src"]) for r in first}))
-    shown = ", ".join(f"(user={r['_user']!r}, item={r['_item']!r}) x{r['n']}" for r in first)
-    return InputError(
-        f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = "
-        f"'error'; first: {shown}; set data.duplicates to last, mean or sum to merge them")
+    return duplicate_error([r["src"] for r in first], [(r["_user"], r["_item"], r["n"]) for r in first], n_extra)
 
 
 def clean(raw: DataFrame, cfg: DataConfig, kind: str) -> Cleaned:

@@ -267,26 +267,10 @@ def _merge(part, user, item, rating, ts, has_ts, row, policy):
     return table, int(starts.size), dup
 
 
-def _describe(row: dict) -> str:
-    text = f"row user={row[USER]!r} item={row[ITEM]!r} rating={row[RATING]!r}"
-    if row[TIMESTAMP] is not None:
-        text += f" timestamp={row[TIMESTAMP]!r}"
-    return f"{text}: {row[REASON]}"
-
-
 def _too_dirty(rejected: pa.Table, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
-    first = rejected.slice(0, spark_rules.SHOWN).to_pylist()
-    files = sorted({spark_rules._name(s) for s in rejected.column(SOURCE).unique().to_pylist()})
-    where = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
-    return InputError(
-        f"{where}: {n_rejected} of {n_read} rows rejected ({n_rejected / n_read:.1%} > "
-        f"{cfg.max_bad_fraction:.1%} allowed, data.max_bad_fraction); first: "
-        + "; ".join(_describe(r) for r in first))
+    files = rejected.column(SOURCE).unique().to_pylist()
+    return spark_rules.too_dirty_error(files, rejected.slice(0, spark_rules.SHOWN).to_pylist(), n_rejected, n_read, cfg)
 
 
 def _duplicate_error(dup: list, sources: pa.ChunkedArray | pa.Array, n_extra: int) -> InputError:
-    where = ", ".join(sorted({spark_rules._name(sources[d[3]].as_py()) for d in dup}))
-    shown = ", ".join(f"(user={u!r}, item={i!r}) x{k}" for u, i, k, _ in dup)
-    return InputError(
-        f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = "
-        f"'error'; first: {shown}; set data.duplicates to last, mean or sum to merge them")
+    return spark_rules.duplicate_error([sources[d[3]].as_py() for d in dup], [d[:3] for d in dup], n_extra)
