@@ -132,12 +132,12 @@ def run_ours(args, train: str, test: str, out: str, env: dict) -> dict:
     with open(os.path.join(out, "metrics.json")) as fh:
         m = json.load(fh)
     timings = m.get("timings", {})
-    # Session started -> first iteration, at most: the phases before the fit plus the fit's time
-    # outside its iterations (the resident stage's start, and its top-N lists at the end).
+    # Session started -> first iteration: the phases before the fit plus the fit's start-up (its
+    # stage started and its blocks built); older metrics lack the latter: the fit outside its loop.
     before_fit = sum(v for k, v in timings.items() if k in ("read_validate", "split_index", "evaluation_setup"))
     loop = sum(h["seconds"] for h in m.get("history", []))
     return {**_public(r), "timings": timings, "spark_jobs": m.get("spark_jobs"), "rmse": m["rmse"],
-            "ndcg_at_k": m["ndcg_at_k"], "exchange": m.get("exchange"),
+            "ndcg_at_k": m["ndcg_at_k"], "exchange": m.get("exchange"), "front_end": m.get("front_end"),
             "to_first_iteration": round(before_fit + m.get("fit_startup_seconds", m["fit_seconds"] - loop), 3)}
 
 
@@ -165,7 +165,8 @@ def median_phases(runs: list[dict]) -> dict:
 def summarize(ours: list[dict], mllib: list[dict]) -> dict:
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
     out = {"ours": {"wall_seconds": med(ours, "wall_seconds"), "peak_mb": max(r["peak_mb"] for r in ours),
-                    "phases": median_phases(ours), "rmse": ours[-1]["rmse"], "ndcg_at_k": ours[-1]["ndcg_at_k"]},
+                    "phases": median_phases(ours), "rmse": ours[-1]["rmse"], "ndcg_at_k": ours[-1]["ndcg_at_k"],
+                    "front_end": ours[-1].get("front_end")},
            "mllib": {"wall_seconds": med(mllib, "wall_seconds"), "peak_mb": max(r["peak_mb"] for r in mllib),
                      "phases": median_phases(mllib), "rmse": mllib[-1]["rmse"], "ndcg_at_k": mllib[-1]["ndcg_at_k"]}}
     if all("to_first_iteration" in r for r in ours):
@@ -213,6 +214,7 @@ def markdown(summary: dict, ours: list[dict], args) -> str:
              f"| peak memory, MB | {o['peak_mb']:.0f} | {m['peak_mb']:.0f} |",
              *([f"| session started -> first iteration, s | {o['to_first_iteration']:.1f} | |"]
                if "to_first_iteration" in o else []),
+             *([f"| front end (data.front_end) | {o['front_end']} | |"] if o.get("front_end") else []),
              f"| RMSE | {_fmt(o['rmse'])} | {_fmt(m['rmse'])} |",
              f"| NDCG@10 | {_fmt(o['ndcg_at_k'])} | {_fmt(m['ndcg_at_k'])} (seen items not excluded) |", "",
              "| our phase | s | Spark jobs |", "|---|---|---|"]
