@@ -31,7 +31,7 @@ from mf_spark.types import ITEM, RATING, ROW, SOURCE, TIMESTAMP, USER
 
 COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
 _ID_TYPES = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string)
-_BLOCK = 64 << 20      # CSV parse block: rows never straddle a block boundary wrongly with quoting off
+_BLOCK = 64 << 20      # bytes of a file pyarrow parses at a time
 
 
 class Unreadable(Exception):
