@@ -83,6 +83,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
                    "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
                    **counts, "n_users": users.size, "n_items": items.size,
                    "fit_seconds": fit.fit_seconds, "fit_startup_seconds": fit.startup_seconds,
+                   "exchange": fit.exchange,
                    "history": fit.history,
                    "input": input_path, "front_end": ready.front,
                    "config": cfg.to_dict(), "versions": _versions()}

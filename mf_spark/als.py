@@ -69,6 +69,7 @@ class FitResult:
     n_train: int = 0
     rating_range: tuple[float, float] = (0.0, 0.0)
     top: TopLists | None = None     # with fit(top_n=n), when the fit's tasks could score them
+    exchange: str = ""              # what ran the half-steps: stream | jobs | join (after any fallback)
 
 
 @dataclass(frozen=True)
@@ -180,10 +181,21 @@ def _slots(sc) -> int:
         return max(1, sc.defaultParallelism // max(1, cpus))
 
 
+SECURED = ("spark.authenticate", "spark.network.crypto.enabled", "spark.ssl.enabled")
+
+
 def _exchange(cfg: ModelConfig, sc) -> str:
+    conf = sc.getConf()
+    on = lambda key: (conf.get(key, "false") or "").strip().lower() == "true"  # noqa: E731
+    secured = [k for k in SECURED if on(k)]
+    if secured:       # the stream's frames are plaintext: Spark's own channels carry the factors
+        if cfg.exchange == "stream":
+            log.warning("model.exchange = stream, but %s is set and the stream is not encrypted: "
+                        "using one Spark job per half-step", ", ".join(secured))
+        return "jobs" if cfg.exchange != "join" else cfg.exchange
     if cfg.exchange != "auto":
         return cfg.exchange
-    if (sc.getConf().get("spark.dynamicAllocation.enabled", "false") or "").lower() == "true":
+    if on("spark.dynamicAllocation.enabled"):
         return "jobs"        # barrier stages refuse dynamic allocation
     return "stream"
 
@@ -226,15 +238,21 @@ def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfi
     num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train), "item": _num_blocks(cfg.num_item_blocks, train)}
     # The checkpoint is read before any half-step: a resident stage would hold the slots its read needs.
     initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume)
-    run = lambda solve, counts, pause: _iterate(solve, counts, pause, initial, start,  # noqa: E731
-                                                n_users, n_items, cfg, spec, on_iteration, checkpoints)
+
+    def run(solve, counts, pause, exchange: str) -> FitResult:
+        """The iterations not done yet (a fallback continues where the stream stopped)."""
+        initial.exchange = exchange
+        done = initial.history[-1]["iteration"] if initial.history else start
+        del initial.losses[2 * (done - start):]     # a half-step of an unfinished iteration
+        return _iterate(solve, counts, pause, initial, done, n_users, n_items, cfg, spec, on_iteration,
+                        checkpoints)
     result = None
     slots = _slots(sc)
     if cfg.strategy_for(n_users, n_items) == "join":
         built = build_all(as_df(train), num_blocks)
         routed = Routed(sc, built, spec, reseed_every=cfg.checkpoint_interval or 5)
         try:
-            result = run(routed.half_step, lambda side, n: row_counts(built[side], n), lambda: None)
+            result = run(routed.half_step, lambda side, n: row_counts(built[side], n), lambda: None, "join")
         finally:
             routed.close()
             for rdd in built.values():
@@ -244,15 +262,22 @@ def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfi
     elif _exchange(cfg, sc) == "stream":
         stage = _resident(train, min(max(num_blocks.values()), slots), spec, num_blocks, cfg)
         if stage is not None:
-            with stage:
-                result = run(stage.half_step, stage.row_counts, stage.pause)
-                if top_n > 0:
-                    result.top = _top_lists(stage, result.factors, n_users, top_n)
+            try:
+                with stage:
+                    result = run(stage.half_step, stage.row_counts, stage.pause, "stream")
+                    if top_n > 0:
+                        result.top = _top_lists(stage, result.factors, n_users, top_n)
+            except stream.ExchangeError as e:
+                if cfg.exchange == "stream":
+                    raise
+                log.warning("the resident stage failed for good (%s); going on with one Spark job per "
+                            "half-step", e)
+                result = None
     if result is None:
         built = build_all(as_df(train), num_blocks)
         try:
             result = run(lambda side, n, fixed, fb, prev: half_step(built[side], n, fixed, spec, fb, prev),
-                         lambda side, n: row_counts(built[side], n), lambda: None)
+                         lambda side, n: row_counts(built[side], n), lambda: None, "jobs")
         finally:
             for rdd in built.values():
                 rdd.unpersist()
@@ -276,7 +301,8 @@ def _resident(train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blo
     pin = cfg.pin_tasks and sc.master.startswith("local")
     for attempt, rows in enumerate(inputs, 1):
         try:
-            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin, n_tasks=n_tasks).start()
+            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin, n_tasks=n_tasks,
+                                   deadline=cfg.exchange_timeout_seconds).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):
                 log.info("resident stage did not start on the ratings as partitioned (%s); shuffling them", e)
@@ -306,7 +332,8 @@ def _iterate(solve: Solver, counts: Callable[[str, int], np.ndarray], pause: Cal
              result: FitResult, start: int, n_users: int, n_items: int, cfg: ModelConfig, spec: SolveSpec,
              on_iteration: OnIteration | None, checkpoints: CheckpointStore | None) -> FitResult:
     n_u, n_i = counts("user", n_users), counts("item", n_items)
-    result.startup_seconds = time.perf_counter()        # a clock reading here; fit() makes it a duration
+    if not result.startup_seconds:      # a clock reading here (once, a fallback goes on); fit() makes it a duration
+        result.startup_seconds = time.perf_counter()
     for it in range(start, cfg.iterations):
         t0 = time.perf_counter()
         f = result.factors

@@ -88,6 +88,9 @@ class ModelConfig:
     strategy: Literal["auto", "broadcast", "join"] = "auto"
     broadcast_budget_mb: int = 2048     # auto uses broadcast while fixed factors fit this
     exchange: Literal["auto", "stream", "jobs"] = "auto"  # resident block tasks | a Spark job per half-step
+    # stream: seconds the driver waits for a half-step's replies (or the blocks' building) before it
+    # drops the stage as frozen and submits it again
+    exchange_timeout_seconds: float = 600.0
     # true: under a local master each resident task runs on a core of its own for the fit (faster on
     # a quiet machine, not on a busy one: stream.pin_to_core); false: the OS places them
     pin_tasks: bool = False
@@ -99,6 +102,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
+        require(0 < self.exchange_timeout_seconds < float("inf"), "model.exchange_timeout_seconds",
+                self.exchange_timeout_seconds, "a number of seconds > 0")
         require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
         require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
         require(self.alpha >= 0.0, "model.alpha", self.alpha, "a number >= 0")

@@ -35,7 +35,7 @@ def test_frames_refuse_object_arrays_and_a_closed_connection():
     with a, b:
         header = b'{"op": "solve", "arrays": [["|O", [1]]]}'
         a.sendall(len(header).to_bytes(4, "little") + header)
-        with pytest.raises(ConnectionError, match="unexpected array type"):
+        with pytest.raises(ConnectionError, match="bad array description"):
             stream.recv_frame(b)
         a.close()
         with pytest.raises(ConnectionError):
