@@ -298,10 +298,9 @@ def _resident(train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blo
     half-step)."""
     inputs = [train] if isinstance(train, Triples) else stream.resident_inputs(train, n_tasks)
     sc = session_of(train).sparkContext
-    pin = cfg.pin_tasks and sc.master.startswith("local")
     for attempt, rows in enumerate(inputs, 1):
         try:
-            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, pin=pin, n_tasks=n_tasks,
+            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, n_tasks=n_tasks,
                                    deadline=cfg.exchange_timeout_seconds).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):

@@ -91,9 +91,6 @@ class ModelConfig:
     # stream: seconds the driver waits for a half-step's replies (or the blocks' building) before it
     # drops the stage as frozen and submits it again
     exchange_timeout_seconds: float = 600.0
-    # true: under a local master each resident task runs on a core of its own for the fit (faster on
-    # a quiet machine, not on a busy one: stream.pin_to_core); false: the OS places them
-    pin_tasks: bool = False
     checkpoint_interval: int = 5        # checkpoint factors every N iterations; 0 = never
     # exact: form and factor each row's k x k system; cg: cg_steps conjugate-gradient steps from the
     # previous factors (no k x k system); auto: cg from rank CG_FROM_RANK on, exact below.

@@ -13,6 +13,8 @@ import pytest
 
 from jobs import train as train_job
 
+pytestmark = pytest.mark.slow
+
 FAST = ["--set", "model.iterations=2", "--set", "model.rank=3", "--set", "eval.every_iteration=false"]
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from mf_spark import load_model
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 # A checkpoint every iteration keeps the run long enough to kill an executor in the middle of it.
 ARGS = ["--set", "model.iterations=8", "--set", "model.rank=4", "--set", "model.checkpoint_interval=1",

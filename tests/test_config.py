@@ -267,7 +267,6 @@ def test_wrong_type_in_file_names_the_key(tmp_path, toml, key):
     ("model.reg=abc", "model.reg"),
     ("model.biases=yes", "model.biases"),
     ("model.biases=1", "model.biases"),
-    ("model.pin_tasks=auto", "model.pin_tasks"),
     ("eval.relevant_threshold=high", "eval.relevant_threshold"),
 ])
 def test_wrong_type_in_set_names_the_key(item, key):

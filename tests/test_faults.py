@@ -1,6 +1,8 @@
 """Faults of whole runs: the driver killed after a checkpoint, then --resume; two runs on one --output."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -12,6 +14,8 @@ import numpy as np
 
 from jobs import train as train_job
 from mf_spark import load_model
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--set", "model.rank=4", "--set", "model.iterations=30", "--set", "model.checkpoint_interval=2",

@@ -13,6 +13,8 @@ import pytest
 from jobs import train as train_job
 from mf_spark import load_model, read
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = {"factors", "recommendations", "metrics.json", "model.json", "_SUCCESS"}
 METRIC_KEYS = {"rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "k", "n_train",

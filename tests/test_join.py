@@ -15,6 +15,8 @@ from mf_spark.halfstep import HalfStepResult
 from mf_spark.join import Routed, _routes
 from test_als import ratings_df
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def df(spark):

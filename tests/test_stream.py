@@ -89,56 +89,6 @@ def test_top_lists_scored_by_the_tasks_equal_the_spark_jobs_lists(spark, extra):
     assert als.fit(df, 80, 50, dataclasses.replace(cfg, exchange="jobs"), top_n=7).top is None
 
 
-CAN_PIN = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
-
-
-@pytest.mark.skipif(not CAN_PIN, reason="needs sched_setaffinity and two cores")
-def test_pin_to_core_moves_only_the_calling_thread_and_returns_its_cores():
-    cores = sorted(os.sched_getaffinity(0))
-    out = {}
-
-    def body():
-        out["before"] = stream.pin_to_core(1, 2)
-        out["during"] = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, out["before"])
-        out["after"] = os.sched_getaffinity(0)
-        out["too_many_tasks"] = stream.pin_to_core(0, len(cores) + 1)
-        out["untouched"] = os.sched_getaffinity(0)
-    worker = threading.Thread(target=body)
-    worker.start()
-    worker.join()
-    assert out["before"] == set(cores) and out["during"] == {cores[1]} and out["after"] == set(cores)
-    assert out["too_many_tasks"] is None and out["untouched"] == set(cores)
-    assert os.sched_getaffinity(0) == set(cores)
-
-
-@pytest.mark.skipif(not CAN_PIN, reason="needs sched_setaffinity and two cores")
-def test_local_resident_tasks_run_on_a_core_each_and_give_it_back(spark):
-    cores = sorted(os.sched_getaffinity(0))
-    seen, pids = [], set()
-
-    def watch(iteration, factors):          # runs between half-steps, the tasks waiting for the next
-        (stage,) = list(stream.ACTIVE)
-        seen.append({c.task: os.sched_getaffinity(c.pid) for c in stage.conns})
-        pids.update(c.pid for c in stage.conns)
-        return {}
-    watch.spark_free = True
-    cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3, exchange="stream", num_user_blocks=2, num_item_blocks=2,
-                      pin_tasks=True)
-    pinned = _fit(spark, cfg, on_iteration=watch)
-    assert seen == [{0: {cores[0]}, 1: {cores[1]}}] * 2
-    for pid in pids:                        # the Python workers stay for later tasks: any core again
-        try:
-            assert os.sched_getaffinity(pid) == set(cores)
-        except ProcessLookupError:
-            pass
-    seen.clear()
-    free = _fit(spark, dataclasses.replace(cfg, pin_tasks=False), on_iteration=watch)
-    assert seen == [{0: set(cores), 1: set(cores)}] * 2
-    np.testing.assert_array_equal(pinned.factors.X, free.factors.X)
-    np.testing.assert_array_equal(pinned.factors.Y, free.factors.Y)
-
-
 def test_a_task_whose_blocks_hold_no_rating_still_joins_the_stage(spark, caplog):
     # Even users and even items only: with 2 blocks a side, every rating is in task 0's blocks.
     u, i, r, _ = planted(n_users=40, n_items=30, rank=3, density=0.7, noise=0.05, seed=2)

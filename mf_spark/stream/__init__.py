@@ -45,8 +45,8 @@ plaintext and the secret travels in Spark's own task messages, so where Spark's 
 channels instead (als._exchange picks the jobs exchange).
 """
 from mf_spark.stream.driver import ACTIVE, Resident, driver_host, resident_inputs
-from mf_spark.stream.task import _blocks_of, _split_for_tasks, pin_to_core
+from mf_spark.stream.task import _blocks_of, _split_for_tasks
 from mf_spark.stream.wire import ExchangeError, FrameError, recv_frame, send_frame
 
-__all__ = ["ACTIVE", "ExchangeError", "FrameError", "Resident", "driver_host", "pin_to_core", "recv_frame",
+__all__ = ["ACTIVE", "ExchangeError", "FrameError", "Resident", "driver_host", "recv_frame",
            "resident_inputs", "send_frame", "_blocks_of", "_split_for_tasks"]

@@ -52,12 +52,11 @@ class Resident:
     """
 
     def __init__(self, ratings: DataFrame | Triples, spec: SolveSpec, host: str, num_blocks: dict[str, int],
-                 pin: bool = False, n_tasks: int = 0, deadline: float = 600.0):
+                 n_tasks: int = 0, deadline: float = 600.0):
         self.deadline = deadline         # seconds a half-step (or the blocks' building) may take
         self.handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self.triples = ratings if isinstance(ratings, Triples) else None
         self.ratings, self.spec, self.host, self.num_blocks = ratings, spec, host, num_blocks
-        self.pin = pin                   # each task on a core of its own (pin_to_core): local masters only
         if self.triples is not None:
             self.n_tasks, self.sc = n_tasks, self.triples.spark.sparkContext
         else:
@@ -241,7 +240,7 @@ class Resident:
                   else [[] for _ in conns])
         try:
             for c in conns:
-                send_frame(c.sock, {"op": "peers", "peers": peers, "pin": self.pin}, pieces[c.task])
+                send_frame(c.sock, {"op": "peers", "peers": peers}, pieces[c.task])
                 pieces[c.task] = []
             for c in conns:
                 header, c.counts = recv_frame(c.sock, wait=self.deadline)

@@ -121,34 +121,6 @@ def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> 
     return out
 
 
-def pin_to_core(task: int, n_tasks: int) -> set[int] | None:
-    """Run the calling thread (and the threads it starts) on core `task` of the cores it may use, when
-    there are at least n_tasks of them; returns the cores it ran on before, for the caller to restore
-    (Python workers are reused), or None where pinning does not apply (fewer cores than tasks, or no
-    sched_setaffinity, as on macOS).
-
-    For the resident tasks under a local master, where all of them share this machine: each
-    half-step wakes them from a socket read, and the OS tends to wake both on the core that woke
-    them and leave them there for a while. ml-latest-small, rank 10, 6,000 iterations, two tasks on
-    two cores: item half-step median 6.4 ms (p90 11.7) placed by the OS, 4.1 ms (p90 6.1) pinned;
-    user half-step 2.5 -> 1.6 ms. On a busy host the OS does as well (30-iteration fits alternated:
-    7.6-8.8 ms per iteration pinned, one fit at 16.8, against 7.8-9.2 placed by the OS), so it is
-    off by default (model.pin_tasks). Not done on a cluster, where an executor cannot know which
-    cores the other executors' tasks on its host took."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    try:
-        before = os.sched_getaffinity(0)
-        cores = sorted(before)
-        if n_tasks > len(cores):
-            return None
-        os.sched_setaffinity(0, {cores[task]})
-        return before
-    except OSError as e:         # a container that forbids it: the OS places the task
-        log.info("resident task %d: could not pin to a core (%s)", task, e)
-        return None
-
-
 def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks: dict[str, int],
                from_driver: bool):
     def run(batches):
@@ -162,24 +134,16 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks
             pieces = _split_for_tasks(*triples(batches), num_blocks, n_tasks)
         host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")     # an executor's host:port
         server = _listen(n_tasks, host) if not from_driver else None
-        pinned = None
         try:
             with _dial(address, me, token) as sock:
                 send_frame(sock, {"task": me, "tasks": n_tasks, "stage": ctx.stageId(),
                                   "pid": os.getpid(), "peer": f"{host}:{server.getsockname()[1] if server else 0}"})
                 header, mine = recv_frame(sock)         # every task's address, once all have said hello
-                if header.get("pin"):
-                    pinned = pin_to_core(me, n_tasks)
                 received = [mine] if from_driver else _exchange(me, server, header["peers"], token, pieces)
                 blocks = _blocks_of(received, num_blocks)
                 del pieces
                 _serve(sock, blocks, spec)
         finally:
-            if pinned is not None:       # the worker may run other tasks next
-                try:
-                    os.sched_setaffinity(0, pinned)
-                except OSError as e:
-                    log.warning("resident task %d: could not restore its cores %s (%s)", me, sorted(pinned), e)
             if server is not None:       # _exchange closes it; this is for a task that fails before
                 server.close()
         return iter(())
