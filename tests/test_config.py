@@ -352,3 +352,23 @@ def test_config_errors_are_usage_errors_for_the_jobs():
 ])
 def test_solver_picks_conjugate_gradients_at_high_rank(extra, steps):
     assert config.ModelConfig(**extra).cg_steps_for() == steps
+
+
+def test_the_readme_table_and_default_toml_name_every_key_and_only_those():
+    """Each hyperparameter is declared once, in the config dataclasses; conf/default.toml and the
+    README's configuration table must follow them (a key added, renamed or removed shows here)."""
+    import re
+    import tomllib
+    root = DEFAULT_TOML.parent.parent
+    defaults = {f"{section}.{key}": v for section, body in config.load(None).to_dict().items() if section != "spark"
+                for key, v in body.items()}
+    declared = set(defaults)
+    text = DEFAULT_TOML.read_text()
+    in_toml = {f"{s}.{k}" for s, body in tomllib.loads(text).items() if s != "spark" for k in body}
+    unset = {k for k, v in defaults.items() if v is None}     # TOML has no null: shown commented out
+    assert in_toml == declared - unset
+    assert all(re.search(rf"^# {k.split('.')[1]} = ", text, re.M) for k in unset)
+    table = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")]
+    documented = {key for line in table for key in re.findall(r"`(\w+\.\w+)`", line.split("|")[1])}
+    assert declared - documented == set(), "config keys missing from the README table"
+    assert documented - declared == set(), "README table rows for keys that do not exist"
