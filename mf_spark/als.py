@@ -22,11 +22,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark import session, stream
-from mf_spark.blocks import Triples, as_df, build_all, row_counts, session_of
+from mf_spark.blocks import Triples, as_df, build_all, session_of
 from mf_spark.checkpoint import CheckpointStore, Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import InputError
-from mf_spark.halfstep import HalfStepResult, half_step
+from mf_spark.halfstep import BroadcastJobs, Engine, HalfStepResult
 from mf_spark.join import Routed
 from mf_spark.kernels.init import init_factors
 from mf_spark.kernels.solve import SolveSpec
@@ -200,8 +200,6 @@ def _exchange(cfg: ModelConfig, sc) -> str:
     return "stream"
 
 
-Solver = Callable[[str, int, np.ndarray, "np.ndarray | None", HalfStepResult], HalfStepResult]
-
 
 def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig,
         on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
@@ -234,60 +232,52 @@ def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfi
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
-    sc = session_of(train).sparkContext
     num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train), "item": _num_blocks(cfg.num_item_blocks, train)}
     # The checkpoint is read before any half-step: a resident stage would hold the slots its read needs.
     initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume)
 
-    def run(solve, counts, pause, exchange: str) -> FitResult:
-        """The iterations not done yet (a fallback continues where the stream stopped)."""
-        initial.exchange = exchange
+    def run(engine: Engine) -> FitResult:
+        """The iterations not done yet (after a fallback, from where the failed engine stopped)."""
+        initial.exchange = engine.name
         done = initial.history[-1]["iteration"] if initial.history else start
         del initial.losses[2 * (done - start):]     # a half-step of an unfinished iteration
-        return _iterate(solve, counts, pause, initial, done, n_users, n_items, cfg, spec, on_iteration,
-                        checkpoints)
-    result = None
-    slots = _slots(sc)
+        with engine:
+            result = _iterate(engine, initial, done, n_users, n_items, cfg, spec, on_iteration, checkpoints)
+            if top_n > 0:
+                result.top = _top_lists(engine, result.factors, n_users, top_n)
+        return result
+
+    engine = _engine(train, cfg, spec, num_blocks, n_users, n_items)
+    try:
+        return run(engine)
+    except stream.ExchangeError as e:
+        if engine.name != "stream" or cfg.exchange == "stream":
+            raise
+        log.warning("the resident stage failed for good (%s); going on with one Spark job per half-step", e)
+    return run(BroadcastJobs(build_all(as_df(train), num_blocks), spec))
+
+
+def _engine(train: DataFrame | Triples, cfg: ModelConfig, spec: SolveSpec, num_blocks: dict[str, int],
+            n_users: int, n_items: int) -> Engine:
+    """The engine for this fit (model.strategy, model.exchange), started."""
+    sc = session_of(train).sparkContext
     if cfg.strategy_for(n_users, n_items) == "join":
-        built = build_all(as_df(train), num_blocks)
-        routed = Routed(sc, built, spec, reseed_every=cfg.checkpoint_interval or 5)
-        try:
-            result = run(routed.half_step, lambda side, n: row_counts(built[side], n), lambda: None, "join")
-        finally:
-            routed.close()
-            for rdd in built.values():
-                rdd.unpersist()
-    elif _exchange(cfg, sc) == "stream" and slots == 0:
-        log.warning("no executor slots registered yet; using one Spark job per half-step")
-    elif _exchange(cfg, sc) == "stream":
-        stage = _resident(train, min(max(num_blocks.values()), slots), spec, num_blocks, cfg)
-        if stage is not None:
-            try:
-                with stage:
-                    result = run(stage.half_step, stage.row_counts, stage.pause, "stream")
-                    if top_n > 0:
-                        result.top = _top_lists(stage, result.factors, n_users, top_n)
-            except stream.ExchangeError as e:
-                if cfg.exchange == "stream":
-                    raise
-                log.warning("the resident stage failed for good (%s); going on with one Spark job per "
-                            "half-step", e)
-                result = None
-    if result is None:
-        built = build_all(as_df(train), num_blocks)
-        try:
-            result = run(lambda side, n, fixed, fb, prev: half_step(built[side], n, fixed, spec, fb, prev),
-                         lambda side, n: row_counts(built[side], n), lambda: None, "jobs")
-        finally:
-            for rdd in built.values():
-                rdd.unpersist()
-    return result
+        return Routed(sc, build_all(as_df(train), num_blocks), spec, reseed_every=cfg.checkpoint_interval or 5)
+    if _exchange(cfg, sc) == "stream":
+        slots = _slots(sc)
+        if slots == 0:
+            log.warning("no executor slots registered yet; using one Spark job per half-step")
+        else:
+            stage = _resident(train, min(max(num_blocks.values()), slots), spec, num_blocks, cfg)
+            if stage is not None:
+                return stage
+    return BroadcastJobs(build_all(as_df(train), num_blocks), spec)
 
 
-def _top_lists(stage: "stream.Resident", f: Factors, n_users: int, n: int) -> TopLists | None:
-    """Every user's best n unseen items, scored by the resident tasks (None if they could not)."""
+def _top_lists(engine: Engine, f: Factors, n_users: int, n: int) -> TopLists | None:
+    """Every user's best n unseen items, scored where the engine's blocks are (None when it cannot)."""
     n = min(n, f.Y.shape[0])
-    got = stage.top(f.X, (f.mu + f.user_bias) if f.user_bias is not None else None, f.Y, f.item_bias, n)
+    got = engine.top(f.X, (f.mu + f.user_bias) if f.user_bias is not None else None, f.Y, f.item_bias, n)
     return None if got is None else TopLists.from_flat(n_users, n, *got)
 
 
@@ -327,10 +317,9 @@ def _start(cfg: ModelConfig, spec: SolveSpec, stats: TrainStats, n_users: int, n
     return result, start
 
 
-def _iterate(solve: Solver, counts: Callable[[str, int], np.ndarray], pause: Callable[[], None],
-             result: FitResult, start: int, n_users: int, n_items: int, cfg: ModelConfig, spec: SolveSpec,
+def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_items: int, cfg: ModelConfig, spec: SolveSpec,
              on_iteration: OnIteration | None, checkpoints: CheckpointStore | None) -> FitResult:
-    n_u, n_i = counts("user", n_users), counts("item", n_items)
+    n_u, n_i = engine.row_counts("user", n_users), engine.row_counts("item", n_items)
     if not result.startup_seconds:      # a clock reading here (once, a fallback goes on); fit() makes it a duration
         result.startup_seconds = time.perf_counter()
     for it in range(start, cfg.iterations):
@@ -339,9 +328,9 @@ def _iterate(solve: Solver, counts: Callable[[str, int], np.ndarray], pause: Cal
         # Items first, from the initial user factors, as MLlib does: on ml-latest-small (rank 10,
         # reg 0.1, 10 iterations) this order ends at a lower objective (96.7k vs 99.2k) and
         # held-out RMSE (0.935 vs 0.945) than users first.
-        items = solve("item", n_items, f.X, f.user_bias, HalfStepResult(f.Y, f.item_bias, 0, 0, 0))
+        items = engine.half_step("item", n_items, f.X, f.user_bias, HalfStepResult(f.Y, f.item_bias, 0, 0, 0))
         result.losses.append(items.data_loss + items.reg_loss + _reg_term(spec, n_u, f.X, f.user_bias))
-        users = solve("user", n_users, items.factors, items.bias, HalfStepResult(f.X, f.user_bias, 0, 0, 0))
+        users = engine.half_step("user", n_users, items.factors, items.bias, HalfStepResult(f.X, f.user_bias, 0, 0, 0))
         loss = users.data_loss + users.reg_loss + _reg_term(spec, n_i, items.factors, items.bias)
         result.losses.append(loss)
         result.factors = Factors(users.factors, items.factors, users.bias, items.bias, spec.mu)
@@ -350,7 +339,7 @@ def _iterate(solve: Solver, counts: Callable[[str, int], np.ndarray], pause: Cal
                  "test_rmse": None}
         if on_iteration is not None:
             if not getattr(on_iteration, "spark_free", False):
-                pause()             # resident tasks hold every slot; the callback may run Spark jobs
+                engine.pause()      # resident tasks hold every slot; the callback may run Spark jobs
             entry.update(on_iteration(it + 1, result.factors))
         entry["seconds"] = time.perf_counter() - t0
         result.history.append(entry)

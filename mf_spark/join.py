@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 from pyspark import RDD, SparkContext, StorageLevel
 
-from mf_spark.blocks import CsrBlock
-from mf_spark.halfstep import HalfStepResult
+from mf_spark.blocks import CsrBlock, row_counts
+from mf_spark.halfstep import Engine, HalfStepResult, assemble, gramian
 from mf_spark.kernels.solve import SolveSpec, solve_block, start_point
 
 OTHER = {"user": "item", "item": "user"}
@@ -77,8 +77,9 @@ def _one_per_partition(rdd: RDD) -> RDD:
     return rdd.mapPartitions(lambda it: [[v for _, v in it]], preservesPartitioning=True)
 
 
-class Routed:
-    """The join strategy over cached rating blocks of both sides (partition b = block b, one record each).
+class Routed(Engine):
+    """The join strategy over cached rating blocks of both sides (partition b = block b, one record
+    each); an Engine (halfstep), closing unpersists the routes, the factor blocks and the rating blocks.
 
         routed = Routed(sc, {"user": user_blocks, "item": item_blocks}, spec, reseed_every=5)
         result = routed.half_step("item", n_items, X, user_bias, previous)   # same contract as half_step
@@ -95,8 +96,14 @@ class Routed:
         self.row_ids: dict[str, list[np.ndarray]] = {}
         self.reseed_every = max(1, reseed_every)
 
+    name = "join"
+
+    def row_counts(self, side: str, n_rows: int) -> np.ndarray:
+        return row_counts(self.blocks[side], n_rows)
+
     def close(self) -> None:
-        for rdd in list(self.routes.values()) + [f for f in self.factors.values() if f is not None]:
+        for rdd in (list(self.routes.values()) + [f for f in self.factors.values() if f is not None]
+                    + list(self.blocks.values())):
             rdd.unpersist()
 
     def _seed(self, side: str, F: np.ndarray, bias: np.ndarray | None) -> RDD:
@@ -116,7 +123,7 @@ class Routed:
             if old is not None:
                 old.unpersist()
         k = fixed.shape[1]
-        gram = fixed.T.astype(np.float64) @ fixed if self.spec.kind == "implicit" else None
+        gram = gramian(fixed, self.spec)
         routed = _one_per_partition(self.factors[src].zip(self.routes[src]).flatMap(_send)
                                     .partitionBy(self.n[side], lambda d: d))
         pairs, age = self.blocks[side].zip(routed), self.age[src]
@@ -134,12 +141,4 @@ class Routed:
         self.age[side] = age + 1
         if old is not None:
             old.unpersist()
-        X = previous.factors.copy()
-        bias = previous.bias.copy() if previous.bias is not None else None
-        loss = np.zeros(3)
-        for ids, F, b, losses in results:
-            X[ids] = F
-            if bias is not None and b is not None:
-                bias[ids] = b
-            loss += losses
-        return HalfStepResult(X, bias, float(loss[0]), float(loss[1]), float(loss[2]))
+        return assemble(n_rows, k, self.spec, previous, results)

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import signal
 import socket
-import threading
 
 import numpy as np
 import pytest

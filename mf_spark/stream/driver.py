@@ -19,8 +19,8 @@ from pyspark.sql import functions as F
 
 from mf_spark.blocks import Triples, rating_columns
 from mf_spark.errors import InputError
-from mf_spark.halfstep import HalfStepResult
-from mf_spark.kernels.solve import SolveSpec, start_point
+from mf_spark.halfstep import Engine, HalfStepResult, assemble, fixed_side
+from mf_spark.kernels.solve import SolveSpec
 from mf_spark.stream.task import _split_for_tasks, _task_body
 from mf_spark.stream.wire import (HANDSHAKE_SECONDS, ExchangeError, FrameError, challenge, keepalive, recv_frame,
                                   send_frame)
@@ -42,7 +42,7 @@ class _Conn:
     counts: list[np.ndarray] | None = None    # row ids and counts of its blocks, once built
 
 
-class Resident:
+class Resident(Engine):
     """The resident stage over `ratings`: a DataFrame (one task per partition; resident_inputs), or
     ratings the driver holds (blocks.Triples: n_tasks tasks, each sent its pieces by the driver).
 
@@ -92,8 +92,13 @@ class Resident:
             raise
         return self
 
+    name = "stream"
+
     def __enter__(self) -> "Resident":
         return self
+
+    def close(self) -> None:
+        self.__exit__(None, None, None)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and self.job_error is None:
@@ -267,14 +272,9 @@ class Resident:
                   previous: HalfStepResult, retries: int = 3) -> HalfStepResult:
         """New factors for every row of `side` against `fixed`; repeated on a new stage attempt when a
         task is lost (Spark retries barrier stages whole)."""
-        fixed = np.ascontiguousarray(fixed, dtype=np.float32)
-        arrays = [fixed]
-        if fixed_bias is not None:
-            arrays.append(np.asarray(fixed_bias, dtype=np.float32))
-        gram = fixed.T.astype(np.float64) @ fixed if self.spec.kind == "implicit" else None
-        if gram is not None:
-            arrays.append(gram)
-        header = {"op": "solve", "side": side, "bias": fixed_bias is not None, "gram": gram is not None}
+        f = fixed_side(n_rows, fixed, fixed_bias, self.spec, previous)
+        arrays = [f.factors] + [a for a in (f.bias, f.gram) if a is not None]
+        header = {"op": "solve", "side": side, "bias": f.bias is not None, "gram": f.gram is not None}
         for attempt in range(retries + 1):
             try:
                 if not self.conns:          # paused, or a task was lost: (re)submit the stage
@@ -284,7 +284,7 @@ class Resident:
                     if attempt:
                         log.warning("resident stage: stage %d connected after %.1f s; repeating the %s "
                                     "half-step", self.stage, time.perf_counter() - started, side)
-                return self._solve_once(header, arrays, n_rows, fixed.shape[1], previous)
+                return self._solve_once(header, arrays, f.x0, n_rows, previous)
             except (OSError, ConnectionError, ExchangeError, ValueError, IndexError, KeyError) as e:
                 # A task lost while solving, or while the stage was being submitted again after a
                 # pause (an executor killed during a checkpoint write): a new plan, a new stage.
@@ -317,30 +317,19 @@ class Resident:
             return None
         return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
-    def _solve_once(self, header: dict, arrays: list[np.ndarray], n_rows: int, k: int,
+    def _solve_once(self, header: dict, arrays: list[np.ndarray], x0: np.ndarray | None, n_rows: int,
                     previous: HalfStepResult) -> HalfStepResult:
-        x0 = None
-        if self.spec.cg_steps:      # conjugate gradients start from the rows' current factors
-            x0 = (start_point(previous.factors, previous.bias, self.spec) if previous.factors is not None
-                  else np.zeros((n_rows, k + self.spec.with_bias), np.float32))
         at = 0 if header["side"] == "user" else 2
         for c in self.conns:
             if x0 is None:
                 send_frame(c.sock, header, arrays)
             else:           # each task gets its own rows, in the order of the ids it reported
                 send_frame(c.sock, {**header, "x0": True}, arrays + [x0[c.counts[at]]])
-        X = previous.factors.copy() if previous.factors is not None else np.zeros((n_rows, k), np.float32)
-        bias = None
-        if header["bias"] or previous.bias is not None:
-            bias = previous.bias.copy() if previous.bias is not None else np.zeros(n_rows, np.float32)
-        loss = np.zeros(3)
+        parts = []
         for c in self.conns:
             reply, got = recv_frame(c.sock, wait=self.deadline)
-            X[got[0]] = got[1]
-            if len(got) > 2:
-                bias[got[0]] = got[2]
-            loss += reply["loss"]
-        return HalfStepResult(X, bias, float(loss[0]), float(loss[1]), float(loss[2]))
+            parts.append((got[0], got[1], got[2] if len(got) > 2 else None, reply["loss"]))
+        return assemble(n_rows, arrays[0].shape[1], self.spec, previous, parts)
 
 
 ACTIVE = weakref.WeakSet()
