@@ -17,7 +17,8 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) f
 from mf_spark import __version__, als, cli, evaluate, prepare, read, recommend, session, write
 from mf_spark.blocks import as_df
 from mf_spark.checkpoint import CheckpointStore
-from mf_spark.model import FactorModel, item_blocks
+from mf_spark.model import FactorModel
+from mf_spark.topn import item_blocks
 from mf_spark.phases import PhaseClock
 
 log = logging.getLogger("mf_spark")

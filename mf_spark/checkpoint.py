@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,25 +21,9 @@ from pyspark.sql import SparkSession
 
 from mf_spark import fs
 from mf_spark.errors import InputError
+from mf_spark.types import Factors
 
 log = logging.getLogger("mf_spark")
-
-
-@dataclass(frozen=True)
-class Factors:
-    """Factors of both sides and the global mean; biases are None without biases."""
-    X: np.ndarray                # (n_users, k) float32
-    Y: np.ndarray                # (n_items, k) float32
-    user_bias: np.ndarray | None # (n_users,) float32
-    item_bias: np.ndarray | None # (n_items,) float32
-    mu: float
-
-    def __post_init__(self) -> None:
-        if self.X.ndim != 2 or self.Y.ndim != 2 or self.X.shape[1] != self.Y.shape[1]:
-            raise ValueError(f"factor shapes disagree: users {self.X.shape}, items {self.Y.shape}")
-        for name, b, n in (("user", self.user_bias, self.X.shape[0]), ("item", self.item_bias, self.Y.shape[0])):
-            if b is not None and b.shape != (n,):
-                raise ValueError(f"{name} biases have shape {b.shape}, expected ({n},)")
 
 
 def factor_table(ids: pa.Array, F: np.ndarray, bias: np.ndarray | None, id_name: str = "id") -> pa.Table:

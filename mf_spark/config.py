@@ -63,8 +63,8 @@ class SplitConfig:
 
 
 # Rank from which solver = "auto" uses conjugate gradients: below it forming and solving the k x k
-# systems costs less than CG's products (one 405k-rating block: rank 10, 8.3 ms exact against 10.4 ms
-# cg; rank 16, 14.9 against 9.4), with the same held-out quality at 16 and 24 (README, "How it trains").
+# systems costs less than CG's products, from it more, with the same held-out quality at 16 and 24
+# (README, "How it trains").
 CG_FROM_RANK = 16
 
 

@@ -4,7 +4,7 @@ The held-out split is collected once to the driver, its IDs looked up in the ID 
 driver already holds both factor matrices in the broadcast strategy, so error metrics cost one
 gather and one row-wise dot product, and no Spark job. Ranking metrics need every item scored for
 each evaluated user with its training items excluded: that runs on the executors (one narrow
-mapInArrow with broadcast factors, model.recommend_indices) and only the k best indices per user
+mapInArrow with broadcast factors, topn.recommend_indices) and only the k best indices per user
 come back to the driver, where kernels.metrics compares them with the held-out relevant items.
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.blocks import Triples, as_df
-from mf_spark.checkpoint import Factors
+from mf_spark.types import Factors
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.kernels.topk import top_n
-from mf_spark.model import Scorer, recommend_indices
+from mf_spark.model import Scorer
+from mf_spark.topn import recommend_indices
 from mf_spark.index import IdMap
 from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
 

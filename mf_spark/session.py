@@ -11,9 +11,8 @@ from pyspark.sql import SparkSession
 from threadpoolctl import threadpool_limits
 
 # Spark 4 measures an Arrow batch's byte size after every row it writes to a Python worker unless
-# this is Int.MaxValue (then only maxRecordsPerBatch, 10,000 rows by default, cuts batches). The
-# per-row check dominates mapInArrow input: 4M cached ratings took 2.2 s with the 64 MiB default,
-# 0.74 s without it (2 tasks).
+# this is Int.MaxValue (then only maxRecordsPerBatch, 10,000 rows by default, cuts batches). With
+# the 64 MiB default the per-row check dominates mapInArrow input.
 ARROW_BYTES_KEY = "spark.sql.execution.arrow.maxBytesPerBatch"
 ARROW_BYTES_UNBOUNDED = str(2 ** 31 - 1)
 ARROW_ROWS_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
@@ -26,8 +25,8 @@ DEFAULTS = {
     "spark.ui.showConsoleProgress": "false",
     # Let adaptive execution coalesce the partitions of cached plans too: the per-user split's window
     # leaves spark.sql.shuffle.partitions (200) partitions in the cached training set, and every later
-    # pass over it (seen lists, evaluation) then ran 200 tasks of a few kB (measured on 800k ratings:
-    # 4.2 s for the seen lists, 0.6 s once coalesced).
+    # pass over it (seen lists, evaluation) then ran 200 tasks of a few kB, several times slower
+    # than over the coalesced partitions.
     "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
     ARROW_BYTES_KEY: ARROW_BYTES_UNBOUNDED,
 }
@@ -63,8 +62,8 @@ def row_batched_arrow(spark: SparkSession) -> Iterator[None]:
     """Within the block (a fit): Arrow batches to Python workers cut by row count only (ARROW_BYTES_KEY,
     for library callers whose session did not come from `start`), FIT_BATCH_ROWS rows each. A value
     the session sets explicitly is kept. The fit's Python tasks read their whole partition at once, so
-    the batch size only sets how many batches it comes in: 5M ratings, 2 tasks, resident stage start
-    1.31-1.55 s with Spark's 10,000 rows, 1.01-1.23 s with 1M (two runs each)."""
+    the batch size only sets how many batches it comes in; fewer, larger ones start the resident
+    stage sooner than Spark's 10,000 rows."""
     changed = []
     for key, value in ((ARROW_BYTES_KEY, ARROW_BYTES_UNBOUNDED), (ARROW_ROWS_KEY, str(FIT_BATCH_ROWS))):
         if spark.conf.get(key, None) is None:
@@ -83,9 +82,8 @@ def single_threaded_blas() -> Iterator[None]:
 
     OpenBLAS's worker threads spin for a while after every call before they sleep. The driver's only
     BLAS work in a fit is small (the k x k Gramian of weighted ALS, once a half-step), but in local mode
-    the spinning threads took a core from the tasks solving the blocks: 5M ratings, weighted ALS rank 10,
-    2 cores: 0.18 s per iteration with the default threads, 0.11 s with one. Python workers already run
-    one BLAS thread (Spark sets OMP_NUM_THREADS to the task's cores).
+    the spinning threads took a core from the tasks solving the blocks and slowed every iteration.
+    Python workers already run one BLAS thread (Spark sets OMP_NUM_THREADS to the task's cores).
     """
     with threadpool_limits(limits=1, user_api="blas"):
         yield

@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 import flops  # noqa: E402
 from proctree import descendants  # noqa: E402
 from mf_spark import als, evaluate, index, read, recommend, session, split, validate  # noqa: E402
-from mf_spark.checkpoint import Factors  # noqa: E402
+from mf_spark.types import Factors  # noqa: E402
 from mf_spark.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
 from mf_spark.model import FactorModel, Scorer  # noqa: E402
 from mf_spark.types import ITEM_IDX, RATING, USER_IDX  # noqa: E402

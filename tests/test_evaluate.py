@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from mf_spark import evaluate
-from mf_spark.checkpoint import Factors
+from mf_spark.types import Factors
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.model import Scorer
 from mf_spark.recommend import seen_lists

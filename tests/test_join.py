@@ -89,8 +89,9 @@ def test_lineage_stays_short_over_twenty_iterations(spark, df):
 
 
 def test_blocked_top_n_equals_the_broadcast_top_n(spark):
-    from mf_spark.checkpoint import Factors
-    from mf_spark.model import Scorer, recommend_indices, recommend_indices_blocked
+    from mf_spark.types import Factors
+    from mf_spark.model import Scorer
+    from mf_spark.topn import recommend_indices, recommend_indices_blocked
     g = np.random.default_rng(4)
     f = Factors(g.normal(size=(30, 4)).astype(np.float32), g.normal(size=(23, 4)).astype(np.float32),
                 g.normal(size=30).astype(np.float32), g.normal(size=23).astype(np.float32), 3.0)
@@ -109,7 +110,7 @@ def test_blocked_top_n_equals_the_broadcast_top_n(spark):
 
 
 def test_models_over_the_budget_recommend_by_item_blocks(spark):
-    from mf_spark.model import item_blocks
+    from mf_spark.topn import item_blocks
     small = {"model": {"rank": 4, "broadcast_budget_mb": 2048}}
     assert item_blocks(small, 80, 50, spark) == 0
     assert item_blocks({"model": {"rank": 4, "broadcast_budget_mb": 0, "num_item_blocks": 3}}, 80, 50, spark) == 3
@@ -120,8 +121,9 @@ def test_models_over_the_budget_recommend_by_item_blocks(spark):
 
 @pytest.mark.parametrize("n_parts,piece_pairs", [(1, 1 << 22), (3, 1 << 22), (8, 1 << 22), (3, 5)])
 def test_top_n_grouped_from_pairs_equals_the_seen_lists_top_n(spark, n_parts, piece_pairs):
-    from mf_spark.checkpoint import Factors
-    from mf_spark.model import Scorer, recommend_indices, recommend_indices_grouped
+    from mf_spark.types import Factors
+    from mf_spark.model import Scorer
+    from mf_spark.topn import recommend_indices, recommend_indices_grouped
     g = np.random.default_rng(5)
     f = Factors(g.normal(size=(30, 4)).astype(np.float32), g.normal(size=(23, 4)).astype(np.float32),
                 g.normal(size=30).astype(np.float32), g.normal(size=23).astype(np.float32), 3.0)

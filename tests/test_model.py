@@ -15,7 +15,8 @@ from chispa.rows_comparer import assert_generic_rows_equality
 from pyspark.sql import Row
 
 from mf_spark import checkpoint
-from mf_spark.checkpoint import CheckpointStore, Factors, factor_table
+from mf_spark.checkpoint import CheckpointStore, factor_table
+from mf_spark.types import Factors
 from mf_spark.errors import InputError, ModelError
 from mf_spark.index import IdMap
 from mf_spark.model import FactorModel, Scorer, load_model

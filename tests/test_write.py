@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 
-from mf_spark.checkpoint import Factors
+from mf_spark.types import Factors
 from mf_spark.errors import InputError
 from mf_spark.index import IdMap
 from mf_spark.model import FactorModel, load_model

@@ -15,10 +15,10 @@ Explicit ALS: w = 1, t = r - offset[col] (mu and the fixed side's bias). Weighte
 t = c p, S = w0 Y'Y, and the loss adds sum c p^2, which does not change while the factors do.
 
 numpy's stacked matmul and solve pay a BLAS call per row, which at rank 10 costs more than the
-arithmetic; here one 2M-rating block at rank 10 (one core) takes 31 ms explicit and 33 ms weighted,
-against 80-115 ms. The exact kernel is compiled for each width, the conjugate-gradient one once. A
-row whose system is not positive definite (lambda = 0 and too few entries) is reported in `bad` for
-the caller to solve otherwise; its loss pieces are left out of the sums.
+arithmetic; one compiled pass over every row is several times faster there, explicit or weighted.
+The exact kernel is compiled for each width, the conjugate-gradient one once. A row whose system is
+not positive definite (lambda = 0 and too few entries) is reported in `bad` for the caller to solve
+otherwise; its loss pieces are left out of the sums.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import importlib.util
 import numpy as np
 
 # numba is a dependency; where it is missing the numpy engine serves. It is imported on the first
-# solve, not with the package: a driver that never solves (top-N, scoring) does not pay the 0.3 s.
+# solve, not with the package: a driver that never solves (top-N, scoring) does not pay for it.
 AVAILABLE = importlib.util.find_spec("numba") is not None
 # What a caller may ask for: these kernels, the numpy versions, or these where numba is installed.
 ENGINES = ("auto", "compiled", "numpy")
@@ -43,8 +43,8 @@ PIVOT_FLOOR = 1e-5
 def _solve_rows_of(width: int):
     """The exact-solve kernel for `width` unknowns per row, compiled by `_kernel` once per width: a
     constant width lets the compiler unroll the k x k work and keep the dot products' accumulators in
-    registers (one 2M-rating block at rank 10, one core: ~43 -> 31 ms explicit, ~43 -> 38 ms
-    weighted, against one kernel for every width)."""
+    registers, which is faster than one kernel for every width (explicit ALS gains more than
+    weighted)."""
     K = width
     R = (K + 4) // 4 * 4        # buffer rows: K factors, the targets (row K), zeros up to a multiple of 4
 
@@ -113,7 +113,7 @@ def _solve_rows_of(width: int):
                         GT[a, e] = ya
                         H[a, e] = w * ya
             # Dot products two factors by four rows at a time: 8 sums per pass over the entries, 6
-            # loads (rank 10: 11 passes; one factor by four, 30 passes, took 16.6 against 9.3 ms).
+            # loads (rank 10: 11 passes; one factor by four, 30 passes, was much slower).
             for a in range(0, K, 2):
                 g0 = GT[a]
                 g1 = GT[a + 1]
@@ -264,8 +264,7 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_s
                 vf[a] = d[a]
                 acc[a] = 0.0
             # Four entries at a time: vf is read once for four dot products and acc is updated once
-            # for four entries (rank 32, one 4M-rating block of the 20M file: 150 -> 134 ms for its
-            # users, 279 -> 237 ms for its items, against one entry at a time).
+            # for four entries, faster than one entry at a time on both sides, the items' most.
             e = 0
             while e + 4 <= L:
                 g0 = g1 = g2 = g3 = np.float32(0.0)
@@ -528,8 +527,8 @@ _compiled: dict = {}
 def _kernel(fn, width: int | None = None):
     """`fn` compiled, on first use; with `width`, fn is a factory and this is its kernel for that
     width. The machine code is cached on disk (beside this file, or in numba's user cache where that
-    is read-only), so a process compiles once per install and width (2-4 s), later ones load it
-    (~0.2 s); where no cache location is writable it compiles in every process."""
+    is read-only), so a process compiles once per install and width and later ones load it, far
+    faster; where no cache location is writable it compiles in every process."""
     key = fn if width is None else (fn, width)
     if key not in _compiled:
         import numba

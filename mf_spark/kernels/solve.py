@@ -31,17 +31,15 @@ import numpy as np
 from mf_spark.kernels import compiled
 
 # Gathered factors per chunk. A chunk that stays in cache between its products is faster than a
-# bigger one (one 400k-rating block, one core, 16 MiB L3 shared by two): exact solves were fastest
-# at 2 MiB (rank 64: 139 -> 115 ms against 16 MiB; rank 10, 2M ratings: 83 -> 73 ms), conjugate
-# gradients, which read the chunk once per step, at 4 MiB (rank 64: 53 -> 43 ms).
+# bigger one: exact solves were fastest at 2 MiB, conjugate gradients, which read the chunk once per
+# step, at 4 MiB.
 CHUNK_FLOATS = 1 << 19
 CG_CHUNK_FLOATS = 1 << 20
 # A chunk only takes rows up to 1.25x its shortest row (past 8), so padding wastes < 25% of the flops.
 LENGTH_RATIO = 1.25
 MIN_PAD = 8
 # The compiled solve forms width(width+1)/2 dot products per row; its lead over stacked BLAS shrinks
-# with the width (one 400k-rating block, one core: 14.9 vs 24.1 ms at rank 16, 41 vs 64 at 32, 144 vs
-# 206 at 64); wider exact solves keep stacked BLAS (not measured past 64).
+# with the width; wider exact solves keep stacked BLAS (not measured past 64).
 COMPILED_MAX_WIDTH = 64
 
 
@@ -144,7 +142,7 @@ class Layout:
     target: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c * p
     fixed_loss: np.ndarray | None = None  # compiled weighted ALS: (n_rows,) float64 sum of c p^2 per row
     # compiled exact weighted ALS where every c - w0 > 0: sqrt(c - w0) and c p / sqrt(c - w0), so the
-    # kernel copies one buffer of scaled factors instead of two (5M block, rank 10: 37.4 -> 32.5 ms);
+    # kernel copies one buffer of scaled factors instead of two, which is faster;
     # weight and target are then None (the rows solved by pseudo-inverse take them from these)
     root_weight: np.ndarray | None = None
     root_target: np.ndarray | None = None
@@ -266,7 +264,7 @@ def cg_stack(G: np.ndarray, weight: np.ndarray | None, target: np.ndarray, lam: 
     x = x0.astype(np.float64)
     ax, pred = apply(x)
     # (One product with a two-column right side would read G once for both, but numpy's stacked
-    # matmul runs it slower than two mat-vecs: 0.33 vs 0.18 ms for 250 x 64 x 64.)
+    # matmul runs it slower than two mat-vecs.)
     r = np.matmul(GT, target[..., None])[..., 0].astype(np.float64) - ax
     p = r.copy()
     rs = np.einsum("bk,bk->b", r, r)
@@ -399,9 +397,8 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             weight = c - np.float32(spec.w0) * mask       # c - w0 at observed entries, 0 at padding
             if L * 3 < width * 2 and not spec.nonnegative and np.all(lam > 0):
                 # Woodbury pays O(L k^2 + L^3) per row against O(L k^2 + k^3) for the k x k system,
-                # but at float64 and in smaller products: measured faster up to L ~ 0.6 k (k = 64:
-                # 54 vs 70 ms for 2000 rows of 32 entries, 124 vs 89 ms at 56 entries; one thread,
-                # with another process busy on the second core).
+                # but at float64 and in smaller products: faster for rows of up to about 2k/3
+                # entries (the test above), slower for longer ones.
                 x = _implicit_few(G, weight, c * p, lam, spec.w0, *eig)
                 A = rhs = None
             else:

@@ -6,9 +6,7 @@ import numpy as np
 from mf_spark.kernels import compiled
 
 # 1 Mi scores (4 MiB) per chunk of users: bounded task memory, and the passes after the product stay
-# in cache. 8000 users, top 10 with the compiled selection, one core: 10,755 items at rank 10 0.155 /
-# 0.143 / 0.150 s with 1/4, 1 and 4 Mi scores per chunk; rank 64 0.228 / 0.208 / 0.203 s; 26,964
-# items at rank 32 0.490 / 0.414 / 0.363 s.
+# in cache. A quarter of that was slower; four times that gained only at high rank or with many items.
 SCORE_FLOATS = 1 << 20
 
 
@@ -76,8 +74,8 @@ def _best(S: np.ndarray, n: int) -> np.ndarray:
 
     np.argpartition finds n largest in linear time but breaks ties at the cut-off arbitrarily; a row
     has such a tie only when more than n of its scores reach the n-th largest (one comparison pass
-    tells), and only those rows go through `_best_exact`. (8000 users x 10,755 items: 1.28 s for
-    the exact rule on every row, against 0.4 s.)
+    tells), and only those rows go through `_best_exact`. (The exact rule on every row is several
+    times slower.)
     """
     m = S.shape[1]
     if n >= m:

@@ -1,13 +1,12 @@
 """Resident blocks: a whole fit in one gang-scheduled Spark stage, factors streamed by the driver.
 
-A Spark job per half-step costs 50-100 ms of scheduling and Python-worker round trips whatever the
-data size, which dwarfs the arithmetic below a few million ratings. Here the rating blocks are built
-inside one barrier stage (all its tasks start together and are retried together) whose tasks stay
-alive for the whole fit. Each task reads one partition of the ratings (Arrow, the only time they
-cross from the JVM to Python), cuts them per owning task and exchanges the pieces with the other
-tasks directly over TCP (no Spark shuffle), then builds its CSR blocks and connects back to the
-driver. Every half-step the driver sends the fixed side's factors to every task and gathers the
-solved rows:
+A Spark job per half-step costs scheduling and Python-worker round trips whatever the data size,
+which dwarfs the arithmetic below a few million ratings. Here the rating blocks are built inside one
+barrier stage (all its tasks start together and are retried together) whose tasks stay alive for
+the whole fit. Each task reads one partition of the ratings (Arrow, the only time they cross from
+the JVM to Python), cuts them per owning task and exchanges the pieces with the other tasks directly
+over TCP (no Spark shuffle), then builds its CSR blocks and connects back to the driver. Every
+half-step the driver sends the fixed side's factors to every task and gathers the solved rows:
 
     driver  --(fixed factors, biases, Gramian)-->  task 0: user blocks 0, 2; item blocks 0, 2
             <--(row ids, new factors, losses)----  task 1: user blocks 1, 3; item blocks 1, 3

@@ -346,10 +346,10 @@ def resident_inputs(ratings: DataFrame, n_tasks: int) -> list[DataFrame]:
 
     The tasks read these rows once, cut them per destination task and exchange the pieces among
     themselves (`_exchange`), so the ratings cross from the JVM to Python once. Performance note: when
-    `ratings` already has n_tasks partitions they are read where they are (no shuffle; 5M ratings:
-    stage start 1.0 s against 1.8 s after a shuffle); that fails when the stage's lineage changes the
-    partition count (a union or a coalesce: barrier stages refuse those), hence the second way, one
-    shuffle in the JVM (rows placed by user index).
+    `ratings` already has n_tasks partitions they are read where they are (no shuffle, so the stage
+    starts sooner); that fails when the stage's lineage changes the partition count (a union or a
+    coalesce: barrier stages refuse those), hence the second way, one shuffle in the JVM (rows placed
+    by user index).
     """
     rows = rating_columns(ratings)
     placed = rows.repartitionById(n_tasks, F.col(USER_IDX) % F.lit(n_tasks))

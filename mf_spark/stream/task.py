@@ -56,10 +56,10 @@ def _exchange(me: int, server: socket.socket | None, peers: list[str], token: st
     """All-to-all: send task t its outgoing[t], receive every task's pieces for this one.
 
     Every task listens on a port of its executor's host (`_listen`); the driver hands out the
-    addresses (a barrier allGather would do too, but it answers on a 1 s poll: 1.0 s against 35 ms
-    for the whole exchange of 4M ratings between two tasks). Each task connects to every other once:
-    it proves the fit's secret (wire.challenge), then sends one frame. Returns the received
-    pieces indexed by sender, this task's own included.
+    addresses (a barrier allGather would do too, but it answers on a poll that alone outlasts the
+    whole exchange). Each task connects to every other once: it proves the fit's secret
+    (wire.challenge), then sends one frame. Returns the received pieces indexed by sender, this
+    task's own included.
     """
     n = len(outgoing)
     got: list[list[np.ndarray] | None] = [None] * n
