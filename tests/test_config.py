@@ -372,3 +372,13 @@ def test_the_readme_table_and_default_toml_name_every_key_and_only_those():
     documented = {key for line in table for key in re.findall(r"`(\w+\.\w+)`", line.split("|")[1])}
     assert declared - documented == set(), "config keys missing from the README table"
     assert documented - declared == set(), "README table rows for keys that do not exist"
+
+
+def test_the_solvers_defaults_are_the_configs():
+    """kernels.solve.SolveSpec cannot import the config (kernels import numpy only); its defaults are
+    those solve_spec derives from ModelConfig's, so a default changed in one place shows here."""
+    from mf_spark.als import solve_spec
+    from mf_spark.config import ModelConfig
+    from mf_spark.kernels.solve import SolveSpec
+    assert SolveSpec() == solve_spec(ModelConfig(), 0.0)
+    assert SolveSpec(kind="implicit") == solve_spec(ModelConfig(kind="implicit"), 0.0)

@@ -217,3 +217,26 @@ class _Context:
 def test_secured_spark_never_carries_factors_in_plaintext(key, asked):
     assert als._exchange(ModelConfig(exchange=asked), _Context({key: "true"})) == "jobs"
     assert als._exchange(ModelConfig(exchange=asked), _Context({})) == "stream"
+
+
+def test_a_stage_that_keeps_failing_hands_the_fit_to_the_jobs_exchange(spark, monkeypatch, caplog):
+    u, i, r, _ = planted(n_users=50, n_items=30, rank=3, density=0.5, seed=6)
+    df = ratings_df(spark, u, i, r)
+    cfg = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1)
+    want = als.fit(df, 50, 30, ModelConfig(rank=3, iterations=3, reg=0.1, seed=1, exchange="jobs"))
+    calls = []
+
+    def broken(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:          # the first iteration's two half-steps go through, then it fails
+            raise ConnectionError("injected")
+        return real(self, *args, **kwargs)
+    real = stream.Resident._solve_once
+    monkeypatch.setattr(stream.Resident, "_solve_once", broken)
+    with caplog.at_level("WARNING", logger="mf_spark"):
+        got = als.fit(df, 50, 30, cfg)
+    assert got.exchange == "jobs" and any("failed for good" in m for m in caplog.messages)
+    assert [h["iteration"] for h in got.history] == [1, 2, 3] and len(got.losses) == 6
+    np.testing.assert_allclose(got.factors.X, want.factors.X, atol=1e-6)
+    with pytest.raises(stream.ExchangeError):
+        als.fit(df, 50, 30, ModelConfig(rank=3, iterations=3, reg=0.1, seed=1, exchange="stream"))
