@@ -122,6 +122,7 @@ def test_hostile_bytes_at_the_driver_during_a_fit_leave_the_factors_alone(spark,
     np.testing.assert_allclose(got.factors.Y, want.factors.Y, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_hostile_bytes_at_a_tasks_piece_listener_leave_its_pieces_alone(monkeypatch):
     """A task's listener takes its peers' pieces whatever else connects to it first."""
     monkeypatch.setattr(wire, "HANDSHAKE_SECONDS", 0.5)
@@ -149,6 +150,7 @@ def test_hostile_bytes_at_a_tasks_piece_listener_leave_its_pieces_alone(monkeypa
     assert [a.tolist() for a in got[1]] == [a.tolist() for a in theirs]
 
 
+@pytest.mark.slow
 def test_a_frozen_task_is_dropped_at_the_deadline_and_the_fit_ends_right(spark):
     u, i, r, _ = planted(n_users=60, n_items=40, rank=4, density=0.5, seed=4)
     cfg = ModelConfig(rank=4, iterations=4, reg=0.1, seed=1, exchange="stream", exchange_timeout_seconds=4)
@@ -219,6 +221,7 @@ def test_secured_spark_never_carries_factors_in_plaintext(key, asked):
     assert als._exchange(ModelConfig(exchange=asked), _Context({})) == "stream"
 
 
+@pytest.mark.slow
 def test_a_stage_that_keeps_failing_hands_the_fit_to_the_jobs_exchange(spark, monkeypatch, caplog):
     u, i, r, _ = planted(n_users=50, n_items=30, rank=3, density=0.5, seed=6)
     df = ratings_df(spark, u, i, r)

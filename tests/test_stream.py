@@ -102,6 +102,7 @@ def test_a_task_whose_blocks_hold_no_rating_still_joins_the_stage(spark, caplog)
     np.testing.assert_allclose(streamed.factors.Y, jobs.factors.Y, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_killed_task_is_replaced_and_the_fit_ends_with_the_same_factors(spark):
     cfg = ModelConfig(rank=4, iterations=5, reg=0.1, seed=3, exchange="stream")
     whole = _fit(spark, cfg)
@@ -129,6 +130,7 @@ def test_a_callback_that_runs_spark_jobs_pauses_the_stage(spark):
     assert counts == [10, 10, 10] and len(res.history) == 3
 
 
+@pytest.mark.slow
 def test_a_task_lost_while_the_stage_is_submitted_again_after_a_pause_is_retried(spark, monkeypatch):
     """E.g. an executor killed during a checkpoint write: the resubmission after the pause fails, the
     half-step submits a new plan and goes on; the factors are those of an undisturbed fit."""
@@ -153,6 +155,7 @@ def test_a_task_lost_while_the_stage_is_submitted_again_after_a_pause_is_retried
     np.testing.assert_allclose(got.factors.Y, want.factors.Y, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_jobs_when_the_driver_cannot_listen(spark, monkeypatch):
     cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3)
     want = _fit(spark, dataclasses.replace(cfg, exchange="jobs"))
