@@ -203,3 +203,12 @@ def test_spark_submit_runs_the_job_file(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "_SUCCESS").exists() and "held-out RMSE" in proc.stdout
+
+
+def test_with_spark_authentication_and_encryption_the_factors_never_use_the_plaintext_stream(tmp_path):
+    out = tmp_path / "out"
+    proc = run_job(["--output", str(out), "--set", "model.iterations=2",
+                    "--set", "spark.spark.authenticate=true", "--set", "spark.spark.authenticate.secret=t0ps3cret",
+                    "--set", "spark.spark.network.crypto.enabled=true", "--set", "spark.spark.ui.enabled=false"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["exchange"] == "jobs"
