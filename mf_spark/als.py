@@ -26,7 +26,7 @@ from mf_spark.blocks import Triples, as_df, build_all, session_of
 from mf_spark.checkpoint import CheckpointStore
 from mf_spark.types import Factors
 from mf_spark.config import ModelConfig
-from mf_spark.errors import InputError
+from mf_spark.errors import FitDiverged, InputError
 from mf_spark.halfstep import BroadcastJobs, Engine, HalfStepResult
 from mf_spark.join import Routed
 from mf_spark.kernels.init import init_factors
@@ -334,6 +334,7 @@ def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_item
         loss = users.data_loss + users.reg_loss + _reg_term(spec, n_i, items.factors, items.bias)
         result.losses.append(loss)
         result.factors = Factors(users.factors, items.factors, users.bias, items.bias, spec.mu)
+        _check_finite(it + 1, result.factors, loss, cfg, spec)
         entry = {"iteration": it + 1, "loss": loss,
                  "train_rmse": float(np.sqrt(users.sq_err / result.n_train)) if cfg.kind == "explicit" else None,
                  "test_rmse": None}
@@ -350,6 +351,24 @@ def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_item
             checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed,
                                                       "history": result.history})
     return result
+
+
+def _check_finite(iteration: int, f: Factors, loss: float, cfg: ModelConfig, spec: SolveSpec) -> None:
+    """FitDiverged when iteration `iteration` left a factor, a bias or the objective NaN or infinite:
+    such a model must never be published."""
+    parts = {"user factors": f.X, "item factors": f.Y, "user biases": f.user_bias, "item biases": f.item_bias}
+    bad = [name for name, a in parts.items() if a is not None and not np.isfinite(a).all()]
+    if not np.isfinite(loss):
+        bad.append("the objective")
+    if not bad:
+        return
+    cause = ("ratings too large for float32 arithmetic (their squares overflow): rescale them"
+             if spec.kind == "explicit" else "confidences 1 + alpha * r too large for float32: lower model.alpha "
+             "or use model.confidence = log")
+    if cfg.reg == 0:
+        cause += "; model.reg = 0 leaves rows with few ratings unregularized"
+    raise FitDiverged(f"the fit diverged at iteration {iteration}: {', '.join(bad)} are not finite numbers; "
+                      f"likely cause: {cause}. Nothing was published.")
 
 
 def _restore(checkpoints: CheckpointStore, result: FitResult, cfg: ModelConfig, n_users: int, n_items: int) -> int:

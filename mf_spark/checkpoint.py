@@ -77,7 +77,7 @@ class CheckpointStore:
         # Written beside, then renamed (atomic on HDFS and local disks): a run killed while writing
         # it leaves no state.json, never a partial one, and the checkpoint before stays the latest.
         partial = posixpath.join(folder, "state.json.partial")
-        fs.write_text(self.spark, partial, json.dumps(body, indent=1))
+        fs.write_json(self.spark, partial, body, indent=1)
         if not fs.rename(self.spark, partial, posixpath.join(folder, "state.json")):
             raise OSError(f"checkpoint: could not rename {partial} to state.json")
         for name in fs.list_names(self.spark, self.root):

@@ -7,6 +7,7 @@ is a ConfigError that names the TOML key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
+        for name in ("reg", "alpha", "epsilon", "unobserved_weight"):
+            _finite(f"model.{name}", getattr(self, name))
         require(0 < self.exchange_timeout_seconds < float("inf"), "model.exchange_timeout_seconds",
                 self.exchange_timeout_seconds, "a number of seconds > 0")
         require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
@@ -170,6 +173,12 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "split": SplitConfig, "model": 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
 
 
+def _finite(key: str, number: float) -> float:
+    """No setting is NaN or infinite: such a value would reach the factors and publish a NaN model."""
+    require(math.isfinite(number), key, number, "a finite number")
+    return number
+
+
 def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
     """Turn a TOML value (or, with from_text, a --set string) into the field's declared type."""
     origin = typing.get_origin(hint)
@@ -201,11 +210,12 @@ def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
     if hint is float:
         if from_text and isinstance(value, str):
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 raise ConfigError(f"config key {key}: got {value!r}, expected a number") from None
+            return _finite(key, number)
         require(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "a number")
-        return float(value)
+        return _finite(key, float(value))
     if hint is str:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)   # a column position written as a bare TOML integer

@@ -21,6 +21,10 @@ class ModelError(InputError):
     """A saved model folder is missing, incomplete, inconsistent or unreadable (exit code 2)."""
 
 
+class FitDiverged(MfSparkError):
+    """The factors stopped being finite numbers during the fit (exit code 1; nothing is published)."""
+
+
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 

@@ -3,6 +3,8 @@ behave alike (the same API Spark itself writes with). Every function takes the a
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 from urllib.parse import unquote, urlparse
@@ -111,6 +113,23 @@ def write_bytes(spark: SparkSession, path: str, data) -> None:
             out.write(bytearray(view[at:at + _CHUNK]))
     finally:
         out.close()
+
+
+def strict_json(obj):
+    """`obj` with every NaN or infinite float replaced by None (JSON has no such numbers: a reader
+    that follows the standard rejects a file holding them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def write_json(spark: SparkSession, path: str, obj, indent: int = 2) -> None:
+    """Write `obj` as strict JSON (NaN and infinities as null)."""
+    write_text(spark, path, json.dumps(strict_json(obj), indent=indent, allow_nan=False))
 
 
 def write_parquet(spark: SparkSession, folder: str, data) -> None:

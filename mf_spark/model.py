@@ -175,7 +175,7 @@ class FactorModel:
         for side, ids, fac, b in (("users", self.users.ids, f.X, f.user_bias),
                                  ("items", self.items.ids, f.Y, f.item_bias)):
             fs.write_parquet(spark, posixpath.join(path, "factors", side), factor_table(ids, fac, b))
-        fs.write_text(spark, posixpath.join(path, "model.json"), json.dumps(self.describe(extra), indent=2))
+        fs.write_json(spark, posixpath.join(path, "model.json"), self.describe(extra))
 
     def describe(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         f = self.factors

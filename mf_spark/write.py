@@ -75,7 +75,7 @@ def publish(spark: SparkSession, output: str, model: FactorModel, recommendation
             fs.write_parquet(spark, posixpath.join(staging, "rejected"), rejected)
         _checkpoint("metrics")
         body = metrics() if callable(metrics) else metrics
-        fs.write_text(spark, posixpath.join(staging, "metrics.json"), json.dumps(body, indent=2))
+        fs.write_json(spark, posixpath.join(staging, "metrics.json"), body)
     return publish_with(spark, output, write_all)
 
 

@@ -191,3 +191,26 @@ def test_a_user_with_only_test_ratings_is_cold(tmp_path):
     write(tmp_path / "test.csv", lines[:5] + ["newcomer,1,4", "newcomer,2,5"])
     code, m = run(tmp_path, "--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"))
     assert code == 0 and m["n_test"] == 7 and m["n_test_cold"] == 2
+
+
+def test_ratings_that_overflow_float32_arithmetic_fail_the_fit_and_publish_nothing(tmp_path, capsys):
+    """Ratings near 1e19 square past float32's range: the fit stops at the first iteration with
+    non-finite factors, exit 1, a message naming the iteration and the cause; no output folder."""
+    path = tmp_path / "huge.csv"
+    path.write_text("user,item,rating\n" + "".join(f"u{u},i{i},{1e19 * (1 + (u + i) % 3)}\n"
+                                                  for u in range(30) for i in range(12) if (u + i) % 4))
+    code, _ = run(tmp_path, "--input", str(path))
+    err = capsys.readouterr().err
+    assert code == 1 and "diverged at iteration 1" in err and "float32" in err, err[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n" + "".join(f"u{u},i{i},{1 + (u * i) % 5}\n" for u in range(25) for i in range(10)))
+    code, _ = run(tmp_path, "--input", str(path))
+    assert code == 0
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    json.loads((tmp_path / "out" / "metrics.json").read_text(), parse_constant=refuse)
+    json.loads((tmp_path / "out" / "model.json").read_text(), parse_constant=refuse)

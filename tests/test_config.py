@@ -382,3 +382,23 @@ def test_the_solvers_defaults_are_the_configs():
     from mf_spark.kernels.solve import SolveSpec
     assert SolveSpec() == solve_spec(ModelConfig(), 0.0)
     assert SolveSpec(kind="implicit") == solve_spec(ModelConfig(kind="implicit"), 0.0)
+
+
+@pytest.mark.parametrize("item", ["model.reg=inf", "model.alpha=nan", "model.unobserved_weight=-inf",
+                                  "model.epsilon=NaN", "split.test_fraction=nan", "data.max_bad_fraction=inf"])
+def test_settings_must_be_finite_numbers(item):
+    with pytest.raises(ConfigError, match="finite"):
+        config.load(None, [item])
+
+
+def test_settings_given_in_python_must_be_finite_too():
+    from mf_spark.config import ModelConfig
+    for key in ("reg", "alpha", "epsilon", "unobserved_weight"):
+        with pytest.raises(ConfigError, match="finite"):
+            ModelConfig(**{key: float("inf")})
+
+
+def test_strict_json_turns_nan_and_infinities_into_null():
+    from mf_spark.fs import strict_json
+    assert strict_json({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x"}) == \
+        {"a": None, "b": [1.0, None, {"c": None}], "d": "x"}
