@@ -71,7 +71,10 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
                       resume=args.resume, stats=stats, top_n=max(cfg.recommend.top_n, cfg.eval.k))
     seen = None
     with clock.phase("evaluate"):
-        model = FactorModel(cfg.model.kind, fit.factors, users, items, stats.mean, rating_range, cfg.to_dict(),
+        # An unknown pair's score: the mean rating for explicit models; for implicit ones, where
+        # scores estimate a preference in [0, 1], no evidence of one (not the mean raw count).
+        cold = stats.mean if explicit else 0.0
+        model = FactorModel(cfg.model.kind, fit.factors, users, items, cold, rating_range, cfg.to_dict(),
                             item_blocks=item_blocks(cfg.to_dict(), users.size, items.size, spark))
         if fit.top is not None:
             ranking = evaluate.ranking_of_top(fit.top, relevant, items.size, cfg.eval.k)

@@ -91,7 +91,9 @@ class FactorModel:
 
     @property
     def scorer(self) -> "Scorer":
-        return Scorer(self.kind, self.factors, self.global_mean, self.rating_range)
+        # Implicit scores estimate a preference: an unknown pair has none, whatever an older model.json says.
+        cold = self.global_mean if self.kind == "explicit" else 0.0
+        return Scorer(self.kind, self.factors, cold, self.rating_range)
 
     def predict_idx(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         return self.scorer.predict_idx(u, i)

@@ -37,6 +37,8 @@ MISSING_RATING = "missing rating"
 RATING_NOT_NUMBER = "rating is not a number"
 RATING_NAN = "rating is NaN"
 RATING_INFINITE = "rating is infinite"
+RATING_TOO_LARGE = "rating is beyond float32's range"
+FLOAT32_MAX = 3.4028234663852886e38     # the factors and the blocks' values are float32
 TIMESTAMP_NOT_NUMBER = "timestamp is not a number"
 NONPOSITIVE = "rating <= 0 in implicit data"
 
@@ -109,6 +111,7 @@ def _flag(raw: DataFrame, cfg: DataConfig, kind: str) -> DataFrame:
               .when(rating.isNull(), RATING_NOT_NUMBER)
               .when(F.isnan(rating), RATING_NAN)
               .when(F.abs(rating) == float("inf"), RATING_INFINITE)
+              .when(F.abs(rating) > FLOAT32_MAX, RATING_TOO_LARGE)
               .when(~t_missing & ts.isNull(), TIMESTAMP_NOT_NUMBER))
     if cfg.nonpositive == "reject":
         reason = reason.when(nonpositive, NONPOSITIVE)

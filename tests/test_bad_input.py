@@ -112,6 +112,7 @@ def test_an_output_path_that_is_a_file_exits_2(tmp_path, capsys):
     ("7,3,four", "rating is not a number"),
     ("7,3,NaN", "rating is NaN"),
     ("7,3,inf", "rating is infinite"),
+    ("7,3,4e38", "rating is beyond float32's range"),
     ("7,3,", "missing rating"),
     (",3,4", "missing user ID"),
     ("7,,4", "missing item ID"),

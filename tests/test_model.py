@@ -595,3 +595,16 @@ def test_compiled_predictions_equal_numpys(monkeypatch, biases, kind, rating_ran
     monkeypatch.setattr(compiled, "chosen", lambda engine: False)
     np.testing.assert_allclose(fast, scorer.predict_idx(u, i), rtol=1e-12, atol=1e-6)
     assert fast.dtype == np.float64 and fast.shape == (504,)
+
+
+def test_an_implicit_models_unknown_pairs_score_no_preference():
+    """Scores of implicit models estimate a preference: an unknown user or item gets 0, below the
+    known pairs' scores, even for a model saved with the mean raw count as its global mean."""
+    rng = np.random.default_rng(3)
+    f = Factors(np.abs(rng.normal(size=(4, 3))).astype(np.float32), np.abs(rng.normal(size=(5, 3))).astype(np.float32),
+                None, None, 0.0)
+    model = FactorModel("implicit", f, IdMap(pa.array(np.arange(4)), "user"), IdMap(pa.array(np.arange(5)), "item"),
+                        37.0, None)
+    got = model.predict_idx(np.array([-1, 0, 2, -1]), np.array([1, -1, 3, -1]))
+    assert got[0] == 0.0 and got[1] == 0.0 and got[3] == 0.0
+    assert got[2] == pytest.approx(float(f.X[2] @ f.Y[3]), rel=1e-6) and got[2] > 0

@@ -41,6 +41,7 @@ BAD = [
     (("u1", "i1", "four"), "rating is not a number"),
     (("u1", "i1", "NaN"), "rating is NaN"),
     (("u1", "i1", "-Infinity"), "rating is infinite"),
+    (("u1", "i1", "-1e39"), "rating is beyond float32's range"),
     (("u1", "i1", "4", "yesterday"), "timestamp is not a number"),
     (("u1", "i1", "4", "NaN"), "timestamp is not a number"),
     (("u1", "i1", "4", "1e30"), "timestamp is not a number"),
@@ -57,7 +58,7 @@ def test_each_reject_reason_keeps_the_raw_values(spark):
         "_source string, _row long, user string, item string, rating string, timestamp string, "
         "reason string")
     assert_df_equality(cleaned.rejected, want, ignore_nullable=True, ignore_row_order=True)
-    assert cleaned.counts == {"n_read": 13, "n_rejected": 12, "n_dropped": 0,
+    assert cleaned.counts == {"n_read": 14, "n_rejected": 13, "n_dropped": 0,
                               "n_duplicates_merged": 0, "n_clean": 1}
 
 

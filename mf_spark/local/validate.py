@@ -144,6 +144,7 @@ def _reasons(user: pa.Array, item: pa.Array, r_missing, r_parsed, rating, t_miss
         (spark_rules.RATING_NOT_NUMBER, ~r_parsed),
         (spark_rules.RATING_NAN, np.isnan(rating)),
         (spark_rules.RATING_INFINITE, np.isinf(rating)),
+        (spark_rules.RATING_TOO_LARGE, np.abs(np.nan_to_num(rating)) > spark_rules.FLOAT32_MAX),
         (spark_rules.TIMESTAMP_NOT_NUMBER, ~t_missing & ~t_parsed),
     ]
     with np.errstate(invalid="ignore"):
