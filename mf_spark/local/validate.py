@@ -75,8 +75,9 @@ def _digits(text: pa.Array) -> np.ndarray:
     return _np(pc.match_substring_regex(text, "[0-9]"), False)
 
 
-def _parse_double(col: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(missing, value or NaN-with-flag): numbers as they are; texts as Spark's try_cast(double)."""
+def _parse_double(col: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(missing, value, parsed) per row: numbers as they are; texts as Spark's try_cast(double) takes
+    them (value NaN where not parsed)."""
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         if pa.types.is_null(col.type):
             return np.ones(len(col), bool), np.full(len(col), np.nan), np.zeros(len(col), bool)
