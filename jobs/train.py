@@ -16,7 +16,7 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) f
 
 from mf_spark import __version__, als, cli, evaluate, prepare, read, recommend, session, write
 from mf_spark.blocks import as_df
-from mf_spark.checkpoint import CheckpointStore
+from mf_spark.checkpoint import CheckpointStore, fingerprint
 from mf_spark.model import FactorModel
 from mf_spark.topn import item_blocks
 from mf_spark.phases import PhaseClock
@@ -38,11 +38,13 @@ def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
     cfg = args.run
     clock = (clock or PhaseClock()).attach(spark)
     output = write.check_output(spark, args.output)
-    with write.claim(spark, output):
-        return _run(spark, args, cfg, output, clock)
+    with write.claim(spark, output) as lease:
+        if not args.resume:     # a later --resume must never pick up this run's predecessors' factors
+            CheckpointStore(spark, output).clear()
+        return _run(spark, args, cfg, output, clock, lease)
 
 
-def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dict:
+def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease: write.Lease) -> dict:
     with clock.phase("read_validate"):
         input_path = None if args.train else (args.input or read.sample_path())
         front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
@@ -57,7 +59,10 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
     log.info("training on %d ratings (%d users x %d items), %d held out (%d cold)", stats.n, users.size,
              items.size, heldout.n, heldout.n_cold)
     with clock.phase("evaluation_setup"):
-        checkpoints = CheckpointStore(spark, output)
+        inputs = {"input": input_path} if input_path else {"train": args.train, "test": args.test}
+        run_id = fingerprint(spark, cfg, inputs, {**counts, "n_train": stats.n, "n_test": heldout.n},
+                             users.ids, items.ids)
+        checkpoints = CheckpointStore(spark, output, run_id, guard=lease.check)
         relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
         tracker = None
         if cfg.eval.every_iteration:
@@ -97,7 +102,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock) -> dic
         else:
             recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen)
         write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, rejected,
-                      {"versions": metrics["versions"]})
+                      {"versions": metrics["versions"]}, lease)
     checkpoints.clear()
     if seen is not None:
         seen.unpersist()

@@ -59,6 +59,21 @@ def list_names(spark: SparkSession, path: str) -> list[str]:
     return sorted(str(st.getPath().getName()) for st in fs.listStatus(p))
 
 
+def data_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
+    """(path, bytes, modification time in ms) of every file Spark would read under `path` (a file
+    or a folder, recursively; names starting with "." or "_" are skipped, as Spark skips them)."""
+    fs, p = _fs_path(spark, path)
+    out = []
+    it = fs.listFiles(p, True)
+    while it.hasNext():
+        st = it.next()
+        rel = str(st.getPath().toUri().getPath())[len(str(p.toUri().getPath())):]
+        if any(part.startswith((".", "_")) and "=" not in part for part in rel.split("/") if part):
+            continue
+        out.append((str(st.getPath().toString()), int(st.getLen()), int(st.getModificationTime())))
+    return sorted(out)
+
+
 def create_new(spark: SparkSession, path: str) -> bool:
     """Create an empty file at `path` only if nothing is there; False when it already exists.
     Atomic on HDFS and local disks, so it serves as a lock."""

@@ -23,6 +23,7 @@ from mf_spark.errors import ModelError
 from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
 
 MAX_IDS = 2**31 - 1          # indices are int32
+MAX_ID_TEXT_BYTES = 2**31 - 1   # string IDs are held as Arrow strings (int32 offsets)
 ID, IDX = "id", "idx"        # columns of the saved map
 NAME_KEY = "mf_spark.id_name"  # Parquet column metadata: the name the map was fitted on
 _SPARK_TYPES = {pa.int64(): LongType(), pa.string(): StringType()}
@@ -31,10 +32,17 @@ _SPARK_TYPES = {pa.int64(): LongType(), pa.string(): StringType()}
 def _normalize(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
     """int8..int64 -> int64, (large_)string -> string, one chunk."""
     if isinstance(ids, pa.ChunkedArray):
+        if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+            ids = ids.cast(pa.large_string())    # combining string chunks past 2 GiB would overflow
         ids = ids.combine_chunks()
     if pa.types.is_integer(ids.type):
         return ids.cast(pa.int64())
     if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        text_bytes = pc.sum(pc.binary_length(ids)).as_py() or 0
+        if text_bytes > MAX_ID_TEXT_BYTES:
+            raise TypeError(f"the IDs' text is {text_bytes} bytes; an ID map holds at most "
+                            f"{MAX_ID_TEXT_BYTES} bytes of ID text (int32 offsets): map the IDs to integers "
+                            f"(e.g. with a hash or a dictionary table) before training")
         return ids.cast(pa.string())
     raise TypeError(f"IDs must be integers (kept as int64) or strings, got Arrow type {ids.type}")
 
