@@ -76,8 +76,8 @@ def fingerprint(spark: SparkSession, cfg: RunConfig, inputs: dict[str, str], cou
     """What identifies a run's factors: the settings they depend on, the input files (`inputs` maps
     input / train / test to its path) with sizes and modification times, the counts and the ID maps."""
     whole = cfg.to_dict()
-    settings = {s: {k: v for k, v in whole[s].items() if k not in EXECUTION_ONLY.get(s, ())}
-                for s in FACTOR_SECTIONS}
+    settings = json.loads(json.dumps({s: {k: v for k, v in whole[s].items() if k not in EXECUTION_ONLY.get(s, ())}
+                                      for s in FACTOR_SECTIONS}))    # as state.json gives it back: lists
     files = {role: [{"path": p, "bytes": n, "modified_ms": t} for p, n, t in fs.data_files(spark, path)]
              for role, path in sorted(inputs.items())}
     return {"settings": settings,

@@ -42,10 +42,18 @@ class DataConfig:
     # "auto": the driver under a local master for local files up to front_end_max_mb, else Spark.
     front_end: Literal["auto", "driver", "spark"] = "auto"
     front_end_max_mb: float = 2048.0
+    # Explicit data: [lo, hi] the ratings must lie in (e.g. [1, 5]); rows outside are rejected with a
+    # reason. None = any finite rating.
+    rating_range: tuple[float, float] | None = None
+    # Texts (after trimming spaces) that mean "no value" in an ID, rating or timestamp field.
+    null_values: tuple[str, ...] = ("", "NULL", "\\N", "null")
 
     def __post_init__(self) -> None:
         require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction,
                 "a number in [0, 1]")
+        if self.rating_range is not None:
+            require(self.rating_range[0] <= self.rating_range[1], "data.rating_range", list(self.rating_range),
+                    "[lo, hi] with lo <= hi")
         require(self.front_end_max_mb >= 0, "data.front_end_max_mb", self.front_end_max_mb, "a number >= 0")
 
     def duplicates_policy(self, kind: str) -> str:
@@ -192,6 +200,19 @@ def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
             return None
         inner = next(a for a in args if a is not type(None))
         return _coerce(key, inner, value, from_text)
+    if origin is tuple:
+        if from_text and isinstance(value, str):     # --set data.rating_range=[1,5]: a TOML array
+            try:
+                value = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"config key {key}: got {value!r}, expected a TOML array such as "
+                                  f"{_example(args)}") from None
+        fixed = Ellipsis not in args
+        value = list(value) if isinstance(value, tuple) else value     # from RunConfig.to_dict()
+        require(isinstance(value, list) and (not fixed or len(value) == len(args)), key, value,
+                f"an array like {_example(args)}")
+        kinds = args if fixed else (args[0],) * len(value)
+        return tuple(_coerce(f"{key}[{n}]", h, v, False) for n, (h, v) in enumerate(zip(kinds, value)))
     if hint is bool:
         if from_text and isinstance(value, str):
             low = value.strip().lower()
@@ -222,6 +243,10 @@ def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
         require(isinstance(value, str), key, value, "a string")
         return value
     raise ConfigError(f"config key {key}: unsupported type {hint!r}")  # pragma: no cover
+
+
+def _example(args: tuple) -> str:
+    return "[1, 5]" if float in args else '["", "NULL"]'
 
 
 def _build(section: str, cls: type, values: dict[str, Any], text_keys: set[str]) -> Any:

@@ -6,6 +6,8 @@ Output columns, whatever the format (see `ratings`):
     _source                         file the row came from (a URI, as Spark reports it)
     _row                            long, `monotonically_increasing_id()` taken before any shuffle:
                                     orders rows as read ("last" duplicates, first bad rows)
+    _malformed                      text formats: why the row's fields cannot be trusted (another
+                                    number of fields than the header / first row has), else null
 
 Only format detection touches the data eagerly, and it reads at most the first lines of the first
 file on the driver (local paths) or runs one `limit(2)` Spark job (other file systems).
@@ -24,11 +26,11 @@ from urllib.parse import unquote, urlparse
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DateType, TimestampNTZType, TimestampType
+from pyspark.sql.types import DateType, StringType, StructField, StructType, TimestampNTZType, TimestampType
 
 from mf_spark.config import DataConfig
 from mf_spark.errors import InputError
-from mf_spark.types import ITEM, RATING, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.types import ITEM, MALFORMED, RATING, ROW, SOURCE, TIMESTAMP, USER
 
 FORMATS = ("csv", "tsv", "movielens", "parquet")
 KEYS = {USER: "user_col", ITEM: "item_col", RATING: "rating_col", TIMESTAMP: "timestamp_col"}
@@ -263,10 +265,32 @@ def _with_meta(df: DataFrame) -> DataFrame:
                      F.monotonically_increasing_id().alias(ROW))
 
 
-def _project(df: DataFrame, cols: list[Column | None]) -> DataFrame:
+def _project(df: DataFrame, cols: list[Column | None], malformed: Column | None = None) -> DataFrame:
     named = [(c if c is not None else F.lit(None).cast("string")).alias(n)
              for c, n in zip(cols, (USER, ITEM, RATING, TIMESTAMP))]
-    return df.select(*named, SOURCE, ROW)
+    bad = malformed if malformed is not None else F.lit(None).cast("string")
+    return df.select(*named, SOURCE, ROW, bad.alias(MALFORMED))
+
+
+def field_count_reason(width: int, header: bool) -> str:
+    """The rejection reason of a row whose number of fields is not `width`."""
+    return f"the row does not have the {width} fields {'the header' if header else 'the first row'} has"
+
+
+def check_same_columns(names: list[str], first_line: str, what: str) -> None:
+    """InputError naming the files of a folder whose first line (the header) is not `first_line`:
+    their columns would be read by the first file's names."""
+    differ = []
+    for name in names:
+        with _open_text(name) as fh:
+            own = next((line.rstrip("\r\n") for line in fh if line.strip()), None)
+        if own is not None and own != first_line:
+            differ.append(f"{os.path.basename(name)} ({own[:80]!r})")
+    if differ:
+        raise InputError(f"{what}: the files' columns disagree: {os.path.basename(names[0])} has the header "
+                         f"{first_line[:80]!r}, but " + ", ".join(differ[:5])
+                         + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+                         + "; give files with one header, or read them separately")
 
 
 def _stripped(col: str | Column) -> Column:
@@ -301,11 +325,16 @@ def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataC
     header = looks_like_header(first)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
-    df = _load(path, lambda p: spark.read.csv(p, header=header, inferSchema=False))
-    pos = choose_columns(df.columns, cfg, header, source)
-    names = df.columns
-    df = _with_meta(df)
-    return _project(df, [None if p is None else _quoted(names[p]) for p in pos.values()])
+    names = _load(path, lambda p: spark.read.csv(p, header=header, inferSchema=False)).columns
+    pos = choose_columns(names, cfg, header, source)
+    # Read again with the corrupt-record column: a row with more or fewer fields than the header is
+    # flagged there instead of being truncated or padded into shifted values.
+    corrupt = "_mf_corrupt_record"
+    schema = StructType([StructField(n, StringType()) for n in names] + [StructField(corrupt, StringType())])
+    df = _with_meta(_load(path, lambda p: spark.read.csv(
+        p, header=header, schema=schema, columnNameOfCorruptRecord=corrupt)))
+    return _project(df, [None if p is None else _quoted(names[p]) for p in pos.values()],
+                    F.when(F.col(corrupt).isNotNull(), F.lit(field_count_reason(len(names), header))))
 
 
 def _read_delimited(spark: SparkSession, path: str, fmt: str, lines: tuple[str, ...],
@@ -328,7 +357,8 @@ def _read_delimited(spark: SparkSession, path: str, fmt: str, lines: tuple[str, 
     if header:   # every file of a folder starts with the same header line
         raw = raw.where(line != (lines[0].strip() if kind == "whitespace" else lines[0]))
     parts = F.split(line, sep)
-    return _project(raw, [None if p is None else F.get(parts, p) for p in pos.values()])
+    return _project(raw, [None if p is None else F.get(parts, p) for p in pos.values()],
+                    F.when(F.size(parts) != len(first), F.lit(field_count_reason(len(first), header))))
 
 
 def _epoch_seconds(df: DataFrame, name: str) -> Column:
@@ -350,11 +380,18 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
         local = local_path(path)
         names = data_files(local) if os.path.isdir(local) else [local]
         try:
-            n_rows = sum(pq.ParquetFile(n).metadata.num_rows for n in names)
+            metas = [pq.ParquetFile(n) for n in names]
         except (OSError, ValueError) as exc:   # pyarrow's ArrowInvalid is a ValueError
             raise InputError(f"{source}: not a readable Parquet file: {exc}") from None
-        if n_rows == 0:
+        if sum(m.metadata.num_rows for m in metas) == 0:
             raise InputError(f"{source}: no data rows")
+        columns = [m.schema_arrow.names for m in metas]
+        differ = [f"{os.path.basename(n)} ({', '.join(c)})" for n, c in zip(names, columns) if c != columns[0]]
+        if differ:
+            raise InputError(f"{path}: the files' columns disagree: {os.path.basename(names[0])} has "
+                             f"{', '.join(columns[0])}, but " + ", ".join(differ[:5])
+                             + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+                             + "; give files with one schema, or read them separately")
     df = _load(path, spark.read.parquet)
     names = df.columns
     pos = choose_columns(names, cfg, True, source)
@@ -393,6 +430,16 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
         raise InputError(f"{source}: no data rows (the input is empty)")
     if fmt == "auto":   # non-local path without a telling extension
         fmt = _format_of_line(lines[0])
+    if peek.first_file and os.path.isdir(local_path(path)) and looks_like_header(_fields_of(lines[0], fmt)):
+        check_same_columns(data_files(local_path(path)), lines[0], path)
     if fmt == "csv":
         return _read_csv(spark, path, lines, cfg, source)
     return _read_delimited(spark, path, fmt, lines, cfg, source)
+
+
+def _fields_of(line: str, fmt: str) -> list[str]:
+    if fmt == "csv":
+        return next(csv.reader([line]))
+    if fmt == "movielens":
+        return line.split("::")
+    return re.split(r"\t" if "\t" in line else r"\s+", line.strip())

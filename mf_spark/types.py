@@ -19,6 +19,7 @@ USER_IDX, ITEM_IDX = "user_idx", "item_idx"
 SOURCE, ROW = "_source", "_row"          # input file, and read position for ordering / messages
 REASON = "reason"
 PART = "_part"                            # which given file (0 train, 1 test) a row came from
+MALFORMED = "_malformed"                  # raw rows: why the row's fields cannot be trusted, else null
 
 NPMatrix = npt.NDArray[np.float32]      # (n, k) factors
 NPVector = npt.NDArray[np.float32]      # (n,) biases, ratings

@@ -26,7 +26,7 @@ from pyspark.sql.types import (ByteType, IntegerType, LongType, NumericType, Sho
 
 from mf_spark.config import DataConfig
 from mf_spark.errors import ConfigError, InputError
-from mf_spark.types import ITEM, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.types import ITEM, MALFORMED, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
 
 KINDS = ("explicit", "implicit")
 SHOWN = 5   # bad rows / duplicated pairs quoted in an error message
@@ -38,6 +38,7 @@ RATING_NOT_NUMBER = "rating is not a number"
 RATING_NAN = "rating is NaN"
 RATING_INFINITE = "rating is infinite"
 RATING_TOO_LARGE = "rating is beyond float32's range"
+RATING_OUT_OF_RANGE = "rating is outside data.rating_range"
 FLOAT32_MAX = 3.4028234663852886e38     # the factors and the blocks' values are float32
 TIMESTAMP_NOT_NUMBER = "timestamp is not a number"
 NONPOSITIVE = "rating <= 0 in implicit data"
@@ -65,30 +66,35 @@ def _text(raw: DataFrame, name: str) -> Column:
     return F.col(name) if isinstance(dtype, StringType) else F.col(name).cast("string")
 
 
-def _id_key(raw: DataFrame, name: str) -> tuple[Column, Column]:
+def _present(text: Column, nulls: tuple[str, ...]) -> Column:
+    """Whether a trimmed text is a value: not null and not one of data.null_values."""
+    return text.isNotNull() & ~text.isin(*nulls) if nulls else text.isNotNull()
+
+
+def _id_key(raw: DataFrame, name: str, nulls: tuple[str, ...]) -> tuple[Column, Column]:
     """(the ID or null when missing, whether it is a canonical long): integer columns as they are,
     others as their trimmed text."""
     dtype = raw.schema[name].dataType
     if isinstance(dtype, _INTEGRAL):     # grouped as numbers: cheaper than their text
         return F.col(name).cast("long"), F.lit(True)
     text = F.trim(_text(raw, name))
-    key = F.when(text != "", text)
+    key = F.when(_present(text, nulls) & (text != ""), text)
     # "007" -> 7 -> "7" differs: such IDs keep their text, so "007" and "7" stay distinct users.
     return key, F.coalesce(key.try_cast("long").cast("string") == key, F.lit(False))
 
 
-def _number(raw: DataFrame, name: str, to: str) -> tuple[Column, Column]:
+def _number(raw: DataFrame, name: str, to: str, nulls: tuple[str, ...]) -> tuple[Column, Column]:
     """(value is missing, parsed value or null when it is not a number)."""
     dtype = raw.schema[name].dataType
     if isinstance(dtype, NumericType):
         return F.col(name).isNull(), F.col(name).try_cast(to)
     text = F.trim(_text(raw, name))
-    return F.coalesce(text == "", F.lit(True)), text.try_cast(to)
+    return ~_present(text, nulls) | (text == ""), text.try_cast(to)
 
 
-def _timestamp(raw: DataFrame) -> tuple[Column, Column]:
+def _timestamp(raw: DataFrame, nulls: tuple[str, ...]) -> tuple[Column, Column]:
     """(timestamp missing, epoch value): integers, decimals (truncated) or ISO date-times."""
-    missing, as_long = _number(raw, TIMESTAMP, "long")
+    missing, as_long = _number(raw, TIMESTAMP, "long", nulls)
     if isinstance(raw.schema[TIMESTAMP].dataType, NumericType):
         return missing, as_long
     text = F.trim(_text(raw, TIMESTAMP))
@@ -100,19 +106,25 @@ def _timestamp(raw: DataFrame) -> tuple[Column, Column]:
 
 def _flag(raw: DataFrame, cfg: DataConfig, kind: str) -> DataFrame:
     """One row per input row: raw texts, parsed values, reason (null if fine) and status."""
-    user, user_int = _id_key(raw, USER)
-    item, item_int = _id_key(raw, ITEM)
-    r_missing, rating = _number(raw, RATING, "double")
-    t_missing, ts = _timestamp(raw)
+    nulls = tuple(cfg.null_values)
+    user, user_int = _id_key(raw, USER, nulls)
+    item, item_int = _id_key(raw, ITEM, nulls)
+    r_missing, rating = _number(raw, RATING, "double", nulls)
+    t_missing, ts = _timestamp(raw, nulls)
     nonpositive = F.lit(kind == "implicit") & (rating <= 0)
-    reason = (F.when(user.isNull(), MISSING_USER)
+    malformed = F.col(MALFORMED) if MALFORMED in raw.columns else F.lit(None).cast("string")
+    reason = (F.when(malformed.isNotNull(), malformed)
+              .when(user.isNull(), MISSING_USER)
               .when(item.isNull(), MISSING_ITEM)
               .when(r_missing, MISSING_RATING)
               .when(rating.isNull(), RATING_NOT_NUMBER)
               .when(F.isnan(rating), RATING_NAN)
               .when(F.abs(rating) == float("inf"), RATING_INFINITE)
-              .when(F.abs(rating) > FLOAT32_MAX, RATING_TOO_LARGE)
-              .when(~t_missing & ts.isNull(), TIMESTAMP_NOT_NUMBER))
+              .when(F.abs(rating) > FLOAT32_MAX, RATING_TOO_LARGE))
+    if kind == "explicit" and cfg.rating_range is not None:
+        lo, hi = cfg.rating_range
+        reason = reason.when((rating < lo) | (rating > hi), f"{RATING_OUT_OF_RANGE} [{lo:g}, {hi:g}]")
+    reason = reason.when(~t_missing & ts.isNull(), TIMESTAMP_NOT_NUMBER)
     if cfg.nonpositive == "reject":
         reason = reason.when(nonpositive, NONPOSITIVE)
     status = (F.when(reason.isNotNull(), _REJECTED).when(nonpositive, _DROPPED)
@@ -224,8 +236,11 @@ def _duplicate_error(flagged: DataFrame, n_extra: int) -> InputError:
 def clean(raw: DataFrame, cfg: DataConfig, kind: str) -> Cleaned:
     """Validate raw ratings of model kind `kind` (explicit | implicit) against `cfg`.
 
-    Reasons a row is rejected (the first that applies): missing user ID, missing item ID, missing
-    rating, rating is not a number, rating is NaN, rating is infinite, timestamp is not a number
+    Reasons a row is rejected (the first that applies): a text row with another number of fields
+    than the header (read._malformed), missing user ID, missing item ID, missing rating (a field
+    whose trimmed text is one of cfg.null_values is missing), rating is not a number, rating is
+    NaN, rating is infinite, beyond float32's range, outside cfg.rating_range (explicit data, when
+    set), timestamp is not a number
     (a non-empty value that is neither an integer, a decimal nor an ISO date-time), and for implicit
     data a rating <= 0 (rejected, or dropped and counted when cfg.nonpositive = "drop"). Explicit
     ratings may be negative. Repeated (user, item) pairs follow cfg.duplicates_policy(kind).

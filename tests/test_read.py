@@ -90,7 +90,7 @@ def test_csv_with_header_auto_columns(spark, tmp_path):
     path = write(tmp_path, "ratings.csv",
                  "movieId,extra,userId,rating,timestamp\n10,x,1,4.5,100\n20,y,2,abc,\n")
     df = read.ratings(spark, path, "auto", DataConfig())
-    assert df.columns == ["user", "item", "rating", "timestamp", "_source", "_row"]
+    assert df.columns == ["user", "item", "rating", "timestamp", "_source", "_row", "_malformed"]
     want = expect(spark, [("1", "10", "4.5", "100"), ("2", "20", "abc", None)])
     assert_df_equality(data_of(df), want, ignore_nullable=True)
     meta = df.select("_source", "_row").collect()

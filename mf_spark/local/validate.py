@@ -62,12 +62,20 @@ def _java_double(v: float) -> str:
     return f"{'-' if v < 0 else ''}{mantissa}E{int(exp)}"
 
 
-def _id_key(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
+def _absent(text: pa.Array, nulls: tuple[str, ...]) -> pa.Array:
+    """Whether each trimmed text means no value: null, empty or one of data.null_values."""
+    hit = pc.or_kleene(text.is_null(), pc.equal(text, ""))
+    if nulls:
+        hit = pc.or_kleene(hit, pc.is_in(text, value_set=pa.array(list(nulls), pa.string())))
+    return hit.fill_null(True)
+
+
+def _id_key(col: pa.Array, nulls: tuple[str, ...]) -> tuple[pa.Array, np.ndarray]:
     """(ID or null when missing, whether each is a canonical long), as validate._id_key."""
     if pa.types.is_integer(col.type):
         return col.cast(pa.int64()), np.ones(len(col), bool)
     text = pc.utf8_trim(col, characters=" ")
-    key = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    key = pc.if_else(_absent(text, nulls), pa.scalar(None, pa.string()), text)
     return key, _np(pc.match_substring_regex(key, _CANONICAL), False)
 
 
@@ -75,7 +83,7 @@ def _digits(text: pa.Array) -> np.ndarray:
     return _np(pc.match_substring_regex(text, "[0-9]"), False)
 
 
-def _parse_double(col: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _parse_double(col: pa.Array, what: str, nulls: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(missing, value, parsed) per row: numbers as they are; texts as Spark's try_cast(double) takes
     them (value NaN where not parsed)."""
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
@@ -84,8 +92,8 @@ def _parse_double(col: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray, np.
         missing = _np(col.is_null())
         return missing, _np(col.cast(pa.float64()), 0.0), ~missing
     text = pc.utf8_trim(col.cast(pa.string()), characters=" ")
-    missing = _np(pc.or_kleene(text.is_null(), pc.equal(text, "")), True)
-    plain = _np(pc.match_substring_regex(text, _NUMBER), False)
+    missing = _np(_absent(text, nulls), True)
+    plain = _np(pc.match_substring_regex(text, _NUMBER), False) & ~missing
     value = np.full(len(col), np.nan)
     if plain.any():
         value[plain] = _np(pc.cast(text.filter(pa.array(plain)), pa.float64()))
@@ -105,7 +113,7 @@ def _parse_double(col: pa.Array, what: str) -> tuple[np.ndarray, np.ndarray, np.
     return missing, value, parsed
 
 
-def _timestamp(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _timestamp(col: pa.Array, nulls: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(missing, epoch value, parsed) as validate._timestamp: integers, or decimals truncated."""
     if pa.types.is_null(col.type):
         n = len(col)
@@ -114,14 +122,14 @@ def _timestamp(col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = _np(col.is_null())
         return missing, _np(col.cast(pa.int64()), 0), ~missing
     text = pc.utf8_trim(col.cast(pa.string()), characters=" ")
-    missing = _np(pc.or_kleene(text.is_null(), pc.equal(text, "")), True)
+    missing = _np(_absent(text, nulls), True)
     value = np.zeros(len(col), np.int64)
     parsed = np.zeros(len(col), bool)
-    integer = _np(pc.match_substring_regex(text, r"^[+-]?[0-9]{1,18}$"), False)
+    integer = _np(pc.match_substring_regex(text, r"^[+-]?[0-9]{1,18}$"), False) & ~missing
     if integer.any():
         value[integer] = _np(pc.cast(pc.utf8_ltrim(text.filter(pa.array(integer)), characters="+"), pa.int64()))
         parsed |= integer
-    number = _np(pc.match_substring_regex(text, _NUMBER), False) & ~integer
+    number = _np(pc.match_substring_regex(text, _NUMBER), False) & ~integer & ~missing
     if number.any():
         v = _np(pc.cast(text.filter(pa.array(number)), pa.float64()))
         ok = np.abs(v) < _INT64
@@ -146,8 +154,12 @@ def _reasons(user: pa.Array, item: pa.Array, r_missing, r_parsed, rating, t_miss
         (spark_rules.RATING_NAN, np.isnan(rating)),
         (spark_rules.RATING_INFINITE, np.isinf(rating)),
         (spark_rules.RATING_TOO_LARGE, np.abs(np.nan_to_num(rating)) > spark_rules.FLOAT32_MAX),
-        (spark_rules.TIMESTAMP_NOT_NUMBER, ~t_missing & ~t_parsed),
     ]
+    if kind == "explicit" and cfg.rating_range is not None:
+        lo, hi = cfg.rating_range
+        with np.errstate(invalid="ignore"):
+            conditions.append((f"{spark_rules.RATING_OUT_OF_RANGE} [{lo:g}, {hi:g}]", (rating < lo) | (rating > hi)))
+    conditions.append((spark_rules.TIMESTAMP_NOT_NUMBER, ~t_missing & ~t_parsed))
     with np.errstate(invalid="ignore"):
         nonpositive = (rating <= 0) & r_parsed if kind == "implicit" else np.zeros(rating.size, bool)
     if cfg.nonpositive == "reject":
@@ -168,11 +180,12 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
     col = {c: raw.column(c).combine_chunks() for c in (USER, ITEM, RATING, TIMESTAMP)}
     part = (_np(raw.column(PART), 0).astype(np.int64, copy=False) if PART in raw.column_names
             else np.zeros(n, np.int64))
-    user, user_int = _id_key(col[USER])
-    item, item_int = _id_key(col[ITEM])
-    r_missing, rating, r_parsed = _parse_double(col[RATING], "rating")
+    nulls = tuple(cfg.null_values)
+    user, user_int = _id_key(col[USER], nulls)
+    item, item_int = _id_key(col[ITEM], nulls)
+    r_missing, rating, r_parsed = _parse_double(col[RATING], "rating", nulls)
     r_parsed &= ~r_missing
-    t_missing, ts, t_parsed = _timestamp(col[TIMESTAMP])
+    t_missing, ts, t_parsed = _timestamp(col[TIMESTAMP], nulls)
     reason, rejected, dropped, texts = _reasons(user, item, r_missing, r_parsed, rating, t_missing, t_parsed,
                                                 kind, cfg)
     valid = ~rejected & ~dropped
