@@ -14,7 +14,7 @@ import sys
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark import __version__, als, cli, evaluate, prepare, read, recommend, session, write
+from mf_spark import __version__, als, cli, errors, evaluate, prepare, read, recommend, session, write
 from mf_spark.blocks import as_df
 from mf_spark.checkpoint import CheckpointStore, fingerprint
 from mf_spark.model import FactorModel
@@ -50,6 +50,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
         front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
         als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
         loaded = front.load()
+        errors.fault_point("read")
         counts, rejected = loaded.counts, loaded.rejected
     with clock.phase("split_index"):
         ready = front.split_index()

@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 
 from mf_spark import fs
 from mf_spark.config import RunConfig
-from mf_spark.errors import InputError
+from mf_spark.errors import InputError, fault_point
 from mf_spark.types import Factors
 
 log = logging.getLogger("mf_spark")
@@ -161,6 +161,7 @@ class CheckpointStore:
         for name in fs.list_names(self.spark, self.root):
             if name.startswith("iter-") and name < f"iter-{iteration:05d}":
                 fs.delete(self.spark, posixpath.join(self.root, name))
+        fault_point("checkpoint")
 
     def latest(self) -> tuple[dict[str, Any], Factors] | None:
         """The newest checkpoint whose state.json exists, or None. InputError when it belongs to a run

@@ -1,4 +1,5 @@
 """Error types. The job maps the first three to exit code 2, everything else to exit code 1."""
+import os
 
 
 class MfSparkError(Exception):
@@ -32,3 +33,22 @@ EXIT_FAILURE = 1
 def exit_code(exc: BaseException) -> int:
     """2 for errors the user can fix by changing arguments, config or data; 1 for the rest."""
     return EXIT_BAD_INPUT if isinstance(exc, (UsageError, ConfigError, InputError)) else EXIT_FAILURE
+
+
+class InjectedFault(MfSparkError):
+    """Raised by the MF_SPARK_FAIL_AT test hook."""
+
+
+# Test hook: MF_SPARK_FAIL_AT=<stage> raises InjectedFault at that stage of a training run (read,
+# checkpoint, model, recommendations, rejected, metrics, swap); MF_SPARK_FAIL_AT=<stage>:kill kills
+# the process there (SIGKILL: nothing runs after it), to prove that the next run recovers.
+FAIL_AT_ENV = "MF_SPARK_FAIL_AT"
+
+
+def fault_point(stage: str) -> None:
+    """The MF_SPARK_FAIL_AT test hook at `stage`."""
+    wanted = os.environ.get(FAIL_AT_ENV, "")
+    if wanted == f"{stage}:kill":
+        os.kill(os.getpid(), 9)
+    if wanted == stage:
+        raise InjectedFault(f"injected failure at stage {stage!r} ({FAIL_AT_ENV})")

@@ -31,24 +31,16 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from mf_spark import fs
-from mf_spark.errors import InputError, MfSparkError
+from mf_spark.errors import InputError, MfSparkError, fault_point
 from mf_spark.model import FactorModel
 
 log = logging.getLogger("mf_spark")
 
-# Test hook: MF_SPARK_FAIL_AT=<stage> raises at that stage (model, recommendations, rejected, metrics,
-# swap), to prove a failed write leaves the previous output intact; MF_SPARK_FAIL_AT=<stage>:kill
-# kills the process there instead (SIGKILL: nothing runs after it), to prove the next run recovers.
-FAIL_AT_ENV = "MF_SPARK_FAIL_AT"
 HEARTBEAT_SECONDS = 20.0
 STALE_SECONDS = 180.0   # a lease not refreshed for this long (nine missed heartbeats) is abandoned
 # Schemes whose rename is a copy and a delete: neither atomic nor exclusive.
 NON_ATOMIC_SCHEMES = {"s3", "s3a", "s3n", "gs", "wasb", "wasbs", "oss", "cos", "cosn", "obs"}
 ABFS_HNS_KEY = "fs.azure.account.hns.enabled"
-
-
-class InjectedFault(MfSparkError):
-    """Raised by the MF_SPARK_FAIL_AT test hook."""
 
 
 class LeaseHeld(MfSparkError):
@@ -59,20 +51,11 @@ class LeaseLost(MfSparkError):
     """The run's lease was taken over (its heartbeat stopped for too long): it must not publish."""
 
 
-def fault_point(stage: str) -> None:
-    """The MF_SPARK_FAIL_AT test hook at `stage`."""
-    wanted = os.environ.get(FAIL_AT_ENV, "")
-    if wanted == f"{stage}:kill":
-        os.kill(os.getpid(), 9)
-    if wanted == stage:
-        raise InjectedFault(f"injected failure while writing outputs (stage {stage!r}, {FAIL_AT_ENV})")
-
-
 def check_output(spark: SparkSession, output: str) -> str:
     """Qualified output path. InputError when it exists and is not a folder, or when it is on a store
     without atomic rename (publishing there could show readers half an output). Call before training."""
-    qualified = fs.qualify(spark, output).rstrip("/")
-    scheme = urlparse(qualified).scheme.lower()
+    # The scheme before qualifying: the store's file system classes may not even be installed.
+    scheme = urlparse(output).scheme.lower() or urlparse(fs.qualify(spark, output)).scheme.lower()
     hns = spark.sparkContext._jsc.hadoopConfiguration().get(ABFS_HNS_KEY)
     if scheme in NON_ATOMIC_SCHEMES or (scheme in ("abfs", "abfss") and str(hns).lower() != "true"):
         hint = (f" (ADLS Gen2 with a hierarchical namespace renames atomically: set "
@@ -80,6 +63,7 @@ def check_output(spark: SparkSession, output: str) -> str:
         raise InputError(f"--output {output}: {scheme}:// has no atomic rename{hint}, so a reader could see "
                          f"half-replaced outputs; write to HDFS or a local path and copy the finished "
                          f"folder (hadoop distcp), or give the output a store with atomic renames")
+    qualified = fs.qualify(spark, output).rstrip("/")
     if fs.exists(spark, qualified) and not fs.is_dir(spark, qualified):
         raise InputError(f"--output {output}: exists and is a file, expected a folder (or a new path)")
     return qualified

@@ -14,7 +14,8 @@ from mf_spark.types import Factors
 from mf_spark.errors import InputError
 from mf_spark.index import IdMap
 from mf_spark.model import FactorModel, load_model
-from mf_spark.write import FAIL_AT_ENV, InjectedFault, check_output, publish
+from mf_spark.errors import FAIL_AT_ENV, InjectedFault
+from mf_spark.write import check_output, publish
 
 STAGES = ["model", "recommendations", "rejected", "metrics", "swap"]
 RECS_DDL = "user string, rank int, item bigint, score float"

@@ -1,0 +1,230 @@
+"""A run's lifecycle: the output's lease, recovery of a killed swap, fingerprinted checkpoints, refused
+stores, and the input edge cases, through the train job where a user meets them."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from jobs import train as train_job
+from mf_spark import checkpoint, config, fs, read, validate, write
+from mf_spark.errors import FAIL_AT_ENV, InputError
+from mf_spark.local import read as local_read, validate as local_validate
+
+TINY = ["--set", "model.rank=3", "--set", "model.iterations=2", "--set", "model.checkpoint_interval=1",
+        "--set", "eval.every_iteration=false"]
+
+
+def _ratings(path, n_users=30, n_items=12, extra: str = ""):
+    lines = ["user,item,rating"] + [f"u{u},i{(u * 7 + j) % n_items},{1 + (u + j) % 5}"
+                                    for u in range(n_users) for j in range(4)]
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+# ---- the lease ------------------------------------------------------------------------------------------
+def _plant_lock(tmp_path, host: str, age_seconds: float, pid: int = 1):
+    lock = tmp_path / ".out_run"
+    lock.write_text(json.dumps({"owner": "someone", "host": host, "pid": pid, "started": "earlier"}))
+    then = time.time() - age_seconds
+    os.utime(lock, (then, then))            # the fake clock: a heartbeat that stopped that long ago
+    return lock
+
+
+def test_a_live_lease_excludes_a_second_run_and_release_frees_it(spark, tmp_path):
+    out = str(tmp_path / "out")
+    with write.claim(spark, out) as lease:
+        assert json.loads((tmp_path / ".out_run").read_text())["owner"] == lease.token
+        with pytest.raises(write.LeaseHeld, match="another run is using"):
+            write.Lease(spark, out).acquire()
+        lease.check()
+    assert not (tmp_path / ".out_run").exists()
+    write.Lease(spark, out).acquire().release()
+
+
+def test_a_lease_from_another_host_is_taken_over_only_once_its_heartbeat_expired(spark, tmp_path):
+    out = str(tmp_path / "out")
+    _plant_lock(tmp_path, "other-host", age_seconds=write.STALE_SECONDS / 2)
+    with pytest.raises(write.LeaseHeld, match="other-host"):
+        write.Lease(spark, out).acquire()
+    _plant_lock(tmp_path, "other-host", age_seconds=write.STALE_SECONDS + 5)
+    lease = write.Lease(spark, out).acquire()
+    assert json.loads((tmp_path / ".out_run").read_text())["owner"] == lease.token
+    lease.release()
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(spark, tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    _plant_lock(tmp_path, socket.gethostname(), age_seconds=0, pid=int(dead))
+    write.Lease(spark, str(tmp_path / "out")).acquire().release()
+
+
+def test_a_run_whose_lease_was_taken_publishes_nothing_and_never_deletes_the_new_owners_lock(spark, tmp_path):
+    out = str(tmp_path / "out")
+    lease = write.Lease(spark, out).acquire()
+    lease._stop.set()                       # its heartbeat stops: a frozen driver
+    _plant_lock(tmp_path, "other-host", age_seconds=0)    # ... whose lease another host took over
+    with pytest.raises(write.LeaseLost, match="other-host"):
+        write.publish_with(spark, out, lambda staging: fs.write_text(spark, staging + "/x", "x"), lease)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out_staging-*"))
+    lease.release()
+    assert json.loads((tmp_path / ".out_run").read_text())["owner"] == "someone"
+
+
+def test_the_heartbeat_refreshes_the_lease(spark, tmp_path, monkeypatch):
+    monkeypatch.setattr(write, "HEARTBEAT_SECONDS", 0.05)
+    with write.claim(spark, str(tmp_path / "out")):
+        first = json.loads((tmp_path / ".out_run").read_text())["beat"]
+        time.sleep(1.0)
+        assert json.loads((tmp_path / ".out_run").read_text())["beat"] > first
+
+
+# ---- publishing ----------------------------------------------------------------------------------------
+def test_the_next_run_restores_an_output_a_killed_swap_left_aside(spark, tmp_path):
+    old = tmp_path / ".out_old-0123456789ab"
+    old.mkdir()
+    (old / "_SUCCESS").write_text("")
+    (old / "metrics.json").write_text("{}")
+    (tmp_path / ".out_staging-ba9876543210").mkdir()
+    with write.claim(spark, str(tmp_path / "out")):
+        pass
+    assert (tmp_path / "out" / "metrics.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("url", ["s3a://bucket/models/als", "gs://bucket/m", "wasbs://c@acct.blob.core.windows.net/m",
+                                 "abfss://c@acct.dfs.core.windows.net/m"])
+def test_outputs_on_stores_without_atomic_rename_are_refused(spark, url):
+    with pytest.raises(InputError, match="no atomic rename"):
+        write.check_output(spark, url)
+
+
+# ---- fingerprinted checkpoints, through the job --------------------------------------------------------
+def test_resume_continues_only_the_same_run(spark, tmp_path, monkeypatch, capsys):
+    data = _ratings(tmp_path / "r.csv")
+    out = tmp_path / "out"
+    args = ["--input", str(data), "--output", str(out), *TINY]
+    monkeypatch.setenv(FAIL_AT_ENV, "model")          # fails after the fit: its checkpoint stays
+    assert train_job.main(args) == 1
+    monkeypatch.delenv(FAIL_AT_ENV)
+    assert list((tmp_path / ".out_checkpoint").glob("iter-*/state.json"))
+
+    assert train_job.main([*args, "--resume", "--set", "model.reg=0.05"]) == 2
+    assert "model.reg was 0.1, now 0.05" in capsys.readouterr().err
+    assert train_job.main([*args, "--resume", "--set", "data.rating_range=[1,5]"]) == 2
+    assert "data.rating_range was None, now [1.0, 5.0]" in capsys.readouterr().err
+    _ratings(data, extra="u99,i1,3\n")                  # the input changed
+    assert train_job.main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "r.csv changed" in err and "Run without --resume" in err
+    _ratings(data)
+    os.utime(data, (time.time() - 7200, time.time() - 7200))   # same bytes, but touched: still refused
+    assert train_job.main([*args, "--resume"]) == 2
+    capsys.readouterr()
+
+
+def test_resume_of_the_same_run_continues_and_a_fresh_run_clears_old_checkpoints(spark, tmp_path, monkeypatch,
+                                                                                    capsys, caplog):
+    data = _ratings(tmp_path / "r.csv")
+    out = tmp_path / "out"
+    args = ["--input", str(data), "--output", str(out), *TINY, "--set", "model.iterations=3"]
+    planted = tmp_path / ".out_checkpoint" / "iter-00099"
+    planted.mkdir(parents=True)
+    (planted / "state.json").write_text("{}")
+    monkeypatch.setenv(FAIL_AT_ENV, "model")
+    assert train_job.main(args) == 1
+    monkeypatch.delenv(FAIL_AT_ENV)
+    assert not planted.exists()                       # the run without --resume deleted it
+    with caplog.at_level("INFO", logger="mf_spark"):
+        assert train_job.main([*args, "--resume", "--set", "model.num_user_blocks=3"]) == 0
+    assert "continuing after iteration 2" in caplog.text
+    assert (out / "_SUCCESS").exists() and not (tmp_path / ".out_checkpoint").exists()
+
+
+def test_fingerprint_differences_are_named(spark, tmp_path):
+    data = _ratings(tmp_path / "r.csv")
+    import pyarrow as pa
+    cfg = config.load(None)
+    a = checkpoint.fingerprint(spark, cfg, {"input": str(data)}, {"n_train": 5}, pa.array([1, 2]), pa.array(["a"]))
+    b = checkpoint.fingerprint(spark, config.load(None, ["model.rank=7", "model.iterations=50"]), {"input": str(data)},
+                               {"n_train": 6}, pa.array([1, 3]), pa.array(["a"]))
+    assert checkpoint.differences(a, a) == []
+    assert checkpoint.differences(a, b) == ["model.rank was 10, now 7", "n_train was 5, now 6",
+                                            "the users ID map differs"]
+    assert checkpoint.differences(None, a) == ["the checkpoint has no run fingerprint (written by an older version)"]
+
+
+# ---- large models ---------------------------------------------------------------------------------------
+def test_factor_tables_use_64_bit_offsets(spark, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    offsets = checkpoint.list_offsets(2**22, 1024)        # 2**32 values: beyond int32 offsets
+    assert offsets.dtype == np.int64 and int(offsets[-1]) == 2**32
+    t = checkpoint.factor_table(pa.array(["a", "b"]), np.ones((2, 3), np.float32), None)
+    assert pa.types.is_large_list(t.schema.field("factors").type)
+    fs.write_parquet(spark, str(tmp_path / "f"), t)
+    back = spark.read.parquet(str(tmp_path / "f"))
+    assert back.schema["factors"].dataType.simpleString() == "array<float>"
+    F, _ = checkpoint.read_factor_table(back.toArrow(), 3, "f")
+    assert F.shape == (2, 3)
+
+
+# ---- input edge cases -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("front", ["driver", "spark"])
+def test_null_tokens_and_rating_range_are_quarantined_alike_by_both_front_ends(spark, tmp_path, front):
+    # The driver leaves CSV files with backslashes to Spark, so it gets \N in a tab-separated file.
+    name, sep = ("r.tsv", "\t") if front == "driver" else ("r.csv", ",")
+    data = _ratings(tmp_path / name, extra="NULL,i1,3\nu1,\\N,3\nu2,i3,null\nu3,i4,7\nu4,i5,-1\n")
+    data.write_text(data.read_text().replace(",", sep))
+    cfg = config.load(None, ["data.rating_range=[1,5]", "data.max_bad_fraction=0.5"]).data
+    if front == "driver":
+        cleaned = local_validate.clean(local_read.table(str(data), "auto", cfg), cfg, "explicit")
+        reasons = cleaned.rejected.column("reason").to_pylist()
+    else:
+        cleaned = validate.clean(read.ratings(spark, str(data), "auto", cfg), cfg, "explicit")
+        reasons = [r.reason for r in cleaned.rejected.orderBy("_row").collect()]
+    assert reasons == [validate.MISSING_USER, validate.MISSING_ITEM, validate.MISSING_RATING,
+                       "rating is outside data.rating_range [1, 5]", "rating is outside data.rating_range [1, 5]"]
+    assert cleaned.counts["n_rejected"] == 5
+
+
+def test_rows_with_another_field_count_are_quarantined_not_shifted(spark, tmp_path):
+    data = _ratings(tmp_path / "r.csv", extra="u1,i1,2,5\nu2,i2\n")
+    cfg = config.load(None, ["data.max_bad_fraction=0.5"]).data
+    with pytest.raises(local_read.Unreadable):              # the driver leaves such files to Spark
+        local_read.table(str(data), "auto", cfg)
+    cleaned = validate.clean(read.ratings(spark, str(data), "auto", cfg), cfg, "explicit")
+    bad = cleaned.rejected.orderBy("_row").collect()
+    assert [r.reason for r in bad] == [read.field_count_reason(3, True)] * 2
+    assert cleaned.counts["n_rejected"] == 2
+
+
+def test_delimited_rows_with_another_field_count_are_quarantined(spark, tmp_path):
+    data = tmp_path / "r.dat"
+    data.write_text("".join(f"{u}::{j}::{1 + j % 5}::100\n" for u in range(20) for j in range(3)) + "1::2::3\n")
+    cfg = config.load(None, ["data.max_bad_fraction=0.5"]).data
+    cleaned = validate.clean(read.ratings(spark, str(data), "auto", cfg), cfg, "explicit")
+    assert [r.reason for r in cleaned.rejected.collect()] == [read.field_count_reason(4, False)]
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_folder_whose_files_disagree_on_their_columns_exits_2_naming_them(spark, tmp_path, kind, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if kind == "csv":
+        _ratings(folder / "a.csv")
+        (folder / "b.csv").write_text("item,user,rating\ni1,u1,3\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.table({"user": [1, 2], "item": [1, 2], "rating": [1.0, 2.0]}), folder / "a.parquet")
+        pq.write_table(pa.table({"user": [1], "movie": [3], "rating": [1.0]}), folder / "b.parquet")
+    assert train_job.main(["--input", str(folder), "--output", str(tmp_path / "out"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "columns disagree" in err and f"b.{kind}" in err
