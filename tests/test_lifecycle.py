@@ -228,3 +228,12 @@ def test_a_folder_whose_files_disagree_on_their_columns_exits_2_naming_them(spar
     assert train_job.main(["--input", str(folder), "--output", str(tmp_path / "out"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "columns disagree" in err and f"b.{kind}" in err
+
+
+def test_id_maps_beyond_their_text_limit_fail_early_with_a_clear_message(monkeypatch):
+    import pyarrow as pa
+    from mf_spark import index
+    monkeypatch.setattr(index, "MAX_ID_TEXT_BYTES", 10)
+    with pytest.raises(ValueError, match="at most 10 bytes of ID text"):
+        index.IdMap(pa.array(["abcdef", "ghijkl"]), "user")
+    index.IdMap(pa.array(["abc", "def"]), "user")
