@@ -25,10 +25,10 @@ def df(spark):
     return ratings_df(spark, u[keep], i[keep], r[keep])
 
 
-@pytest.mark.parametrize("extra", [{"biases": True, "num_user_blocks": 3, "num_item_blocks": 5},
+@pytest.mark.parametrize("extra", [{"biases": True, "solver": "cg", "num_user_blocks": 3, "num_item_blocks": 5,
+                                    "checkpoint_interval": 2},
                                    {"kind": "implicit", "alpha": 2.0, "reg": 0.05, "num_user_blocks": 9,
                                     "num_item_blocks": 1, "nonnegative": True},
-                                   {"biases": True, "solver": "cg", "num_user_blocks": 3, "checkpoint_interval": 2},
                                    {"kind": "implicit", "alpha": 2.0, "reg": 0.05, "solver": "cg"}])
 def test_join_gives_the_broadcast_factors(spark, df, extra):
     base = ModelConfig(**{"rank": 4, "iterations": 3, "reg": 0.1, "seed": 2, "exchange": "jobs", **extra})
