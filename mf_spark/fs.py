@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import uuid
 from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
@@ -74,17 +75,45 @@ def data_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
     return sorted(out)
 
 
-def create_new(spark: SparkSession, path: str) -> bool:
-    """Create an empty file at `path` only if nothing is there; False when it already exists.
-    Atomic on HDFS and local disks, so it serves as a lock."""
+def _private_copy(local: str, text: str) -> str:
+    """Write `text` to a new uniquely named file beside `local` (to be linked or renamed into place)."""
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    private = f"{local}.{uuid.uuid4().hex}.tmp"
+    with open(private, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return private
+
+
+def create_new(spark: SparkSession, path: str, text: str = "") -> bool:
+    """Create `path` holding `text` only if nothing is there; False when it already exists. Serves as
+    a lock: of several callers, exactly one gets True, and the file never appears without its text.
+
+    Hadoop's local file system checks for the file and then creates it, which two processes can both
+    pass; so local paths are written to a private file and hard-linked into place (link(2) fails when
+    the name exists). On HDFS, create without overwrite is decided by the NameNode.
+    """
+    local = _local_path(spark, path)
+    if local is not None:
+        private = _private_copy(local, text)
+        try:
+            os.link(private, local)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(private)
     fs, p = _fs_path(spark, path)
     try:
-        fs.create(p, False).close()
-        return True
+        out = fs.create(p, False)
     except Exception:
         if fs.exists(p):
             return False
         raise
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+    return True
 
 
 def age_seconds(spark: SparkSession, path: str) -> float | None:
@@ -96,7 +125,13 @@ def age_seconds(spark: SparkSession, path: str) -> float | None:
 
 
 def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Create or replace a small text file (no .crc side file on local disks)."""
+    """Create or replace a small text file (no .crc side file on local disks). On local disks the
+    replacement is atomic, so a reader sees the old text or the new, never a truncated file."""
+    local = _local_path(spark, path)
+    if local is not None:
+        private = _private_copy(local, text)
+        os.replace(private, local)
+        return
     fs, p = _fs_path(spark, path)
     fs.setWriteChecksum(False)
     out = fs.create(p, True)

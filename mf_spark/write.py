@@ -126,8 +126,8 @@ class Lease:
     def acquire(self) -> "Lease":
         """Take the lease, or raise LeaseHeld naming the live holder."""
         for _ in range(20):      # each pass either takes the lease or sees a takeover by someone else
-            if fs.create_new(self.spark, self.path):
-                self._write()
+            self._beats = 1
+            if fs.create_new(self.spark, self.path, json.dumps(dict(self._me, beat=self._beats))):
                 self._thread = threading.Thread(target=self._heartbeat, name="mf_spark-lease", daemon=True)
                 self._thread.start()
                 return self

@@ -45,6 +45,27 @@ def test_a_live_lease_excludes_a_second_run_and_release_frees_it(spark, tmp_path
     write.Lease(spark, out).acquire().release()
 
 
+def test_of_racing_lock_creators_exactly_one_wins_and_its_text_is_there_at_once(spark, tmp_path):
+    """Two runs started together both passed Hadoop's local check-then-create; the lock must be one
+    atomic step that also carries its content."""
+    import threading
+    for attempt in range(10):
+        path = str(tmp_path / f"lock{attempt}")
+        gate, won = threading.Barrier(6), []
+
+        def race(i):
+            gate.wait()
+            if fs.create_new(spark, path, f"owner {i}"):
+                won.append(i)
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and (tmp_path / f"lock{attempt}").read_text() == f"owner {won[0]}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"lock{i}" for i in range(10)]
+
+
 def test_a_lease_from_another_host_is_taken_over_only_once_its_heartbeat_expired(spark, tmp_path):
     out = str(tmp_path / "out")
     _plant_lock(tmp_path, "other-host", age_seconds=write.STALE_SECONDS / 2)
