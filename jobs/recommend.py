@@ -98,8 +98,6 @@ def recommend(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="mf_spark: %(message)s", stream=sys.stderr)
-
     def body() -> int:
         out = recommend(parser().parse_args(argv))
         print(f"recommendations: {posixpath.join(out, 'recommendations')}")

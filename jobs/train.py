@@ -114,8 +114,6 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="mf_spark: %(message)s", stream=sys.stderr)
-
     def body() -> int:
         args = cli.parse_train(argv)
         clock = PhaseClock()

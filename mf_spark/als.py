@@ -27,7 +27,7 @@ from mf_spark.checkpoint import CheckpointStore
 from mf_spark.types import Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import FitDiverged, InputError
-from mf_spark.halfstep import BroadcastJobs, Engine, HalfStepResult
+from mf_spark.halfstep import BroadcastJobs, Engine, HalfStepResult, solve_spec
 from mf_spark.join import Routed
 from mf_spark.kernels.init import init_factors
 from mf_spark.kernels.solve import SolveSpec
@@ -150,13 +150,6 @@ def warm_up(spark, cfg: ModelConfig, top: int = 10, rdd: bool = False) -> thread
     thread = InheritableThread(target=run, name="mf_spark-warm-up", daemon=True)
     thread.start()
     return thread
-
-
-def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
-    return SolveSpec(kind=cfg.kind, reg=cfg.reg, count_scaled=cfg.reg_scaling == "count",
-                     with_bias=cfg.kind == "explicit" and cfg.biases, mu=mu, alpha=cfg.alpha,
-                     confidence=cfg.confidence, epsilon=cfg.epsilon, target=cfg.target,
-                     w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative, cg_steps=cfg.cg_steps_for())
 
 
 def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndarray | None) -> float:

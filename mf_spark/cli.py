@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 from dataclasses import dataclass
@@ -59,15 +60,38 @@ def parse_train(argv: list[str] | None) -> TrainArgs:
     return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("mf_spark")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The jobs' log lines on stderr, with a timestamp and level. Only the "mf_spark" logger gets a
+    handler: configuring the root logger would also print py4j's INFO lines, whose "Closing down
+    clientserver connection" at exit would then follow a failing job's error."""
+    if not any(getattr(h, "_mf_spark", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
+        handler._mf_spark = True
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
 def guarded(what: str, body: Callable[[], int]) -> int:
-    """Run a job body and map failures to exit codes: 2 for bad arguments, config or input (one line
-    on stderr naming the problem), 1 for anything else (with the traceback)."""
+    """Run a job body and map failures to exit codes: 2 for bad arguments, config or input (one
+    line naming the problem), 1 for anything else (the traceback, then a line saying what failed).
+    The error is the last line the job prints: nothing of ours is logged after it, and py4j's own
+    log lines are not shown (setup_logging)."""
+    setup_logging()
     try:
         return body()
     except MfSparkError as exc:
-        print(f"mf_spark: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return exit_code(exc)
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
-        print(f"mf_spark: {what} failed (see the error above)", file=sys.stderr)
+        first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+        log.error("%s failed: %s%s", what, type(exc).__name__, f": {first}" if first else "")
         return 1
+    finally:
+        sys.stderr.flush()

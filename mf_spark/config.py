@@ -317,6 +317,14 @@ def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config")
     return RunConfig(**parts, spark=merged.get("spark", {}))
 
 
+def saved_model_config(config: dict[str, Any], kind: str) -> ModelConfig:
+    """The [model] section of a saved model's config (model.json), keys this version does not know
+    left out, its kind forced to the model's (a model built in Python may carry no config)."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    body = {k: v for k, v in (config or {}).get("model", {}).items() if k in known}
+    return _build("model", ModelConfig, {**body, "kind": kind}, set())
+
+
 def load(path: str | Path | None = None, sets: list[str] = ()) -> RunConfig:
     """Read the TOML at `path`; None gives the built-in defaults (the values of conf/default.toml)."""
     doc: dict[str, Any] = {}

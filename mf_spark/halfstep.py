@@ -26,6 +26,7 @@ import numpy as np
 from pyspark import RDD
 
 from mf_spark.blocks import CsrBlock, row_counts
+from mf_spark.config import ModelConfig
 from mf_spark.kernels.solve import SolveSpec, solve_block, start_point
 
 
@@ -47,6 +48,14 @@ class Fixed:
     bias: np.ndarray | None
     gram: np.ndarray | None
     x0: np.ndarray | None
+
+
+def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
+    """What every half-step of a fit with this config solves (mu: the global mean, with biases)."""
+    return SolveSpec(kind=cfg.kind, reg=cfg.reg, count_scaled=cfg.reg_scaling == "count",
+                     with_bias=cfg.kind == "explicit" and cfg.biases, mu=mu, alpha=cfg.alpha,
+                     confidence=cfg.confidence, epsilon=cfg.epsilon, target=cfg.target,
+                     w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative, cg_steps=cfg.cg_steps_for())
 
 
 def gramian(fixed: np.ndarray, spec: SolveSpec) -> np.ndarray | None:

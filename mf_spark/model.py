@@ -11,7 +11,9 @@ nothing but sorted IDs and their factor rows is stored, and loading executes not
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,16 +25,32 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mf_spark import fs
+from mf_spark import fs, index
+from mf_spark.blocks import build_blocks
+from mf_spark.config import saved_model_config
+from mf_spark.halfstep import half_step, solve_spec
 from mf_spark.checkpoint import factor_table, read_factor_table
 from mf_spark.types import Factors
 from mf_spark.errors import InputError, ModelError
 from mf_spark.index import IdMap
 from mf_spark.kernels import compiled
 from mf_spark.topn import item_blocks, recommend_indices, recommend_indices_blocked, recommend_indices_grouped
-from mf_spark.types import ITEM_IDX, USER_IDX
+from mf_spark.types import ITEM_IDX, RATING, USER_IDX
 
 FORMAT_VERSION = 1
+log = logging.getLogger("mf_spark")
+# Item IDs for the candidate filters: a DataFrame with the item column, or IDs in a list or array.
+Ids = DataFrame | list | tuple | np.ndarray | pa.Array | None
+
+
+def _id_array(ids: Ids, col: str, what: str) -> pa.Array:
+    """The IDs of a candidate list as an Arrow array (a DataFrame's `col` collected to the driver)."""
+    if isinstance(ids, DataFrame):
+        if col not in ids.columns:
+            raise InputError(f"{what}: column {col!r} is missing; columns are {ids.columns}")
+        got = ids.select(col).where(F.col(col).isNotNull()).distinct().toArrow().column(0)
+        return got.combine_chunks() if isinstance(got, pa.ChunkedArray) else got
+    return ids if isinstance(ids, pa.Array) else pa.array(list(ids) if not isinstance(ids, np.ndarray) else ids)
 
 
 @dataclass(frozen=True)
@@ -142,12 +160,18 @@ class FactorModel:
         return recommend_indices_grouped(self._broadcast(pairs.sparkSession), pairs, n, parts)
 
     def recommend(self, users: DataFrame | None, n: int = 10, seen: DataFrame | None = None,
-                  user_col: str = "user", item_col: str = "item") -> DataFrame:
+                  user_col: str = "user", item_col: str = "item", include: Ids = None,
+                  exclude: Ids = None) -> DataFrame:
         """Top-n items for the users in `users` (a column `user_col`; None = every known user).
 
-        `seen` (user_col, item_col rows, e.g. the training data) lists items to exclude. Unknown
-        users are skipped. Returns user, rank (1..n), item, score with original IDs.
+        `seen` (user_col, item_col rows, e.g. the training data) lists items to exclude. `include`
+        (only these items may be recommended) and `exclude` (never these) are candidate filters:
+        DataFrames with an `item_col` column, or lists of item IDs; they compose with `seen`.
+        Unknown users are skipped. Returns user, rank (1..n), item, score with original IDs.
         """
+        mask = self.candidate_mask(include, exclude, item_col)
+        if mask is not None:
+            return self.restrict_items(mask).recommend(users, n, seen, user_col, item_col)
         spark = SparkSession.getActiveSession() if users is None else users.sparkSession
         if users is None:
             idx = spark.range(self.users.size).select(F.col("id").cast("int").alias(USER_IDX))
@@ -157,12 +181,114 @@ class FactorModel:
             idx = (self.users.encode(users.select(user_col).distinct(), user_col, USER_IDX)
                    .where(F.col(USER_IDX).isNotNull()).select(USER_IDX))
         if seen is not None:
+            for c in (user_col, item_col):
+                if c not in seen.columns:
+                    raise InputError(f"recommend: seen has no column {c!r}; columns are {seen.columns}")
             pairs = self.items.encode(self.users.encode(seen, user_col, USER_IDX), item_col, ITEM_IDX)
             lists = (pairs.where(F.col(USER_IDX).isNotNull() & F.col(ITEM_IDX).isNotNull())
                      .groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen")))
             idx = idx.join(lists, USER_IDX, "left")
         recs = self.recommend_idx(idx, n)
         return self.decode_recs(recs)
+
+    # ---- candidate filters, the other side's view, fold-in ----------------------------------------
+    def candidate_mask(self, include: Ids, exclude: Ids, item_col: str = "item") -> np.ndarray | None:
+        """(n_items,) bool: the items that may be recommended under `include` / `exclude` (see
+        recommend), or None when neither is given. IDs the model does not know are logged, not errors:
+        a catalog list naturally holds items nobody has rated yet."""
+        if include is None and exclude is None:
+            return None
+        mask = np.ones(self.items.size, bool)
+        for what, ids in (("include", include), ("exclude", exclude)):
+            if ids is None:
+                continue
+            idx = self.items.index_of(_id_array(ids, item_col, what))
+            if (idx < 0).any():
+                log.info("%s: %d of %d item IDs are not in the model", what, int((idx < 0).sum()), idx.size)
+            listed = np.zeros(self.items.size, bool)
+            listed[idx[idx >= 0]] = True
+            mask &= listed if what == "include" else ~listed
+        return mask
+
+    def restrict_items(self, mask: np.ndarray) -> "FactorModel":
+        """The model over the items where `mask` is True only (the same scores; fewer candidates)."""
+        f = self.factors
+        keep = np.flatnonzero(mask)
+        factors = Factors(f.X, f.Y[keep], f.user_bias, None if f.item_bias is None else f.item_bias[keep], f.mu)
+        items = IdMap(self.items.ids.take(pa.array(keep)), self.items.name)
+        return dataclasses.replace(self, factors=factors, items=items, _bc=None)
+
+    def transposed(self) -> "FactorModel":
+        """Items as users and users as items: its recommend gives every item's best users (audiences).
+        Scores are symmetric (mu + b_u + b_i + x_u.y_i), so they equal the model's."""
+        f = self.factors
+        return dataclasses.replace(self, factors=Factors(f.Y, f.X, f.item_bias, f.user_bias, f.mu),
+                                   users=self.items, items=self.users, item_blocks=0, _bc=None)
+
+    def fold_in(self, history: DataFrame, side: str = "users", user_col: str = "user", item_col: str = "item",
+                rating_col: str = "rating") -> "FactorModel":
+        """Factors for the users (side="users") or items (side="items") of `history`, known to the
+        model or not, from one half-step against the model's fixed other side, without retraining.
+
+        `history` holds user_col, item_col and rating_col (optional for implicit models: 1 per row).
+        The solve is the training half-step's (kernels.solve, through halfstep.half_step): biases
+        for explicit models with biases, the Gramian for weighted ALS, the same regularization; exact
+        solves even where training used conjugate gradients. Folding in a trained user's own training
+        rows so gives the factors the fit's last half-step gave them. Repeated pairs are merged as the
+        jobs merge them by default (mean for explicit, sum for implicit). Rows whose other-side ID the
+        model does not know are dropped and counted in the log; so are the rows' owners left with none.
+
+        Returns a FactorModel whose `side` holds only the history's rows and whose other side is
+        this model's, so its recommend/predict work as usual.
+        """
+        if side not in ("users", "items"):
+            raise InputError(f"fold_in: side must be 'users' or 'items', got {side!r}")
+        for c in (user_col, item_col):
+            if c not in history.columns:
+                raise InputError(f"fold_in: history has no column {c!r}; columns are {history.columns}")
+        if rating_col in history.columns:
+            rating = F.col(rating_col).cast("double")
+        elif self.kind == "implicit":
+            rating = F.lit(1.0)
+        else:
+            raise InputError(f"fold_in: history has no column {rating_col!r} (an explicit model needs ratings); "
+                             f"columns are {history.columns}")
+        users_side = side == "users"
+        row_col, fixed_col = (user_col, item_col) if users_side else (item_col, user_col)
+        fixed_map = self.items if users_side else self.users
+        f = self.factors
+        fixed, fixed_bias = (f.Y, f.item_bias) if users_side else (f.X, f.user_bias)
+        rows = history.select(F.col(row_col).alias("_row"), F.col(fixed_col).alias("_fixed"), rating.alias(RATING))
+        rows = fixed_map.encode(rows.where(F.col("_row").isNotNull() & F.col(RATING).isNotNull()), "_fixed", "_f")
+        known = rows.where(F.col("_f").isNotNull()).cache()
+        try:
+            dropped = rows.count() - known.count()
+            if dropped:
+                log.info("fold_in: %d history rows name %s the model does not know; left out", dropped,
+                         "items" if users_side else "users")
+            row_map = index.fit(known, "_row")
+            if not row_map.size:
+                raise InputError("fold_in: no history row names a known " + ("item" if users_side else "user"))
+            cfg = saved_model_config(self.config, self.kind)
+            merge = F.avg(RATING) if self.kind == "explicit" else F.sum(RATING)
+            pairs = (row_map.encode(known, "_row", "_r").groupBy("_r", "_f").agg(merge.alias(RATING))
+                     .select(F.col("_r").alias(USER_IDX if users_side else ITEM_IDX),
+                             F.col("_f").alias(ITEM_IDX if users_side else USER_IDX), RATING))
+            block_side = "user" if users_side else "item"
+            blocks = build_blocks(pairs, block_side, max(1, history.sparkSession.sparkContext.defaultParallelism))
+            spec = dataclasses.replace(solve_spec(cfg, f.mu), cg_steps=0)
+            try:
+                solved = half_step(blocks, row_map.size, fixed, spec, fixed_bias)
+            finally:
+                blocks.unpersist()
+        finally:
+            known.unpersist()
+        new_map = IdMap(row_map.ids, (self.users if users_side else self.items).name)
+        if users_side:
+            factors, maps = Factors(solved.factors, f.Y, solved.bias, f.item_bias, f.mu), {"users": new_map}
+        else:
+            factors, maps = Factors(f.X, solved.factors, f.user_bias, solved.bias, f.mu), {"items": new_map}
+        return dataclasses.replace(self, factors=factors, **maps, _bc=None)
 
     def decode_recs(self, recs: DataFrame) -> DataFrame:
         """user_idx, rank, item_idx, score -> user, rank, item, score (original IDs)."""

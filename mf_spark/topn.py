@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mf_spark.blocks import batch_table, buckets
-from mf_spark.config import ModelConfig
+from mf_spark.config import saved_model_config
 from mf_spark.errors import ConfigError
 from mf_spark.kernels.topk import top_n
 from mf_spark.types import ITEM_IDX, USER_IDX, Factors
@@ -126,9 +126,8 @@ def recommend_indices_grouped(scorer_bc, pairs: DataFrame, n: int, n_parts: int,
 def item_blocks(config: dict, n_users: int, n_items: int, spark: SparkSession) -> int:
     """Item blocks for top-N when the run's config chose the join strategy (0 = broadcast Y)."""
     try:
-        model_cfg = ModelConfig(**{k: v for k, v in config.get("model", {}).items()
-                                   if k in ModelConfig.__dataclass_fields__})
-    except (TypeError, ConfigError):
+        model_cfg = saved_model_config(config, config.get("model", {}).get("kind", "explicit"))
+    except ConfigError:
         return 0
     if model_cfg.strategy_for(n_users, n_items) != "join":
         return 0

@@ -377,7 +377,7 @@ def test_the_readme_table_and_default_toml_name_every_key_and_only_those():
 def test_the_solvers_defaults_are_the_configs():
     """kernels.solve.SolveSpec cannot import the config (kernels import numpy only); its defaults are
     those solve_spec derives from ModelConfig's, so a default changed in one place shows here."""
-    from mf_spark.als import solve_spec
+    from mf_spark.halfstep import solve_spec
     from mf_spark.config import ModelConfig
     from mf_spark.kernels.solve import SolveSpec
     assert SolveSpec() == solve_spec(ModelConfig(), 0.0)

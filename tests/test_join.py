@@ -11,7 +11,7 @@ from conftest import planted
 from mf_spark import als
 from mf_spark.blocks import build_all
 from mf_spark.config import ModelConfig
-from mf_spark.halfstep import HalfStepResult
+from mf_spark.halfstep import HalfStepResult, solve_spec
 from mf_spark.join import Routed, _routes
 from test_als import ratings_df
 
@@ -71,7 +71,7 @@ def test_routes_name_exactly_the_rows_each_block_rates(spark, df):
 def test_lineage_stays_short_over_many_iterations(spark, df):
     cfg = ModelConfig(rank=3, iterations=13, reg=0.1, seed=2)
     built = build_all(df, {"user": 2, "item": 2})
-    routed = Routed(spark.sparkContext, built, als.solve_spec(cfg, 0.0), reseed_every=5)
+    routed = Routed(spark.sparkContext, built, solve_spec(cfg, 0.0), reseed_every=5)
     X = np.full((80, 3), 0.1, np.float32)
     Y = np.full((50, 3), 0.1, np.float32)
     depth = []
