@@ -14,7 +14,8 @@ import sys
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark import __version__, als, cli, errors, evaluate, prepare, read, recommend, session, write
+from mf_spark import __version__, als, cli, errors, evaluate, fs, prepare, read, recommend, session, write
+from mf_spark.model import load_model
 from mf_spark.blocks import as_df
 from mf_spark.checkpoint import CheckpointStore, fingerprint
 from mf_spark.model import FactorModel
@@ -46,6 +47,12 @@ def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
 
 def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease: write.Lease) -> dict:
     with clock.phase("read_validate"):
+        for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
+            if path and not fs.exists(spark, path):     # found out now, not after the fit
+                raise errors.InputError(f"{flag} {path}: does not exist")
+        previous = load_model(args.init_model, spark) if args.init_model else None
+        if previous is not None:        # refused before the input is read
+            als.check_warm_start(previous, cfg.model)
         input_path = None if args.train else (args.input or read.sample_path())
         front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
         als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
@@ -61,6 +68,9 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
              items.size, heldout.n, heldout.n_cold)
     with clock.phase("evaluation_setup"):
         inputs = {"input": input_path} if input_path else {"train": args.train, "test": args.test}
+        if previous is not None:
+            inputs["init_model"] = args.init_model
+        initial = None if previous is None else als.warm_factors(previous, users, items, cfg.model)
         run_id = fingerprint(spark, cfg, inputs, {**counts, "n_train": stats.n, "n_test": heldout.n},
                              users.ids, items.ids)
         checkpoints = CheckpointStore(spark, output, run_id, guard=lease.check)
@@ -74,7 +84,8 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
         # The resident tasks score every user's top lists where the training pairs are: the ranking
         # metrics and the recommendations then need no grouping of the pairs and no scoring job.
         fit = als.fit(train, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
-                      resume=args.resume, stats=stats, top_n=max(cfg.recommend.top_n, cfg.eval.k))
+                      resume=args.resume, stats=stats, top_n=max(cfg.recommend.top_n, cfg.eval.k),
+                      initial=initial)
     seen = None
     with clock.phase("evaluate"):
         # An unknown pair's score: the mean rating for explicit models; for implicit ones, where
@@ -98,10 +109,14 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
                    "input": input_path, "front_end": ready.front,
                    "config": cfg.to_dict(), "versions": _versions()}
     with clock.phase("recommend_write"):
-        if fit.top is not None and cfg.recommend.exclude_seen:
+        candidates = model.candidate_mask(*(read.id_list(spark, path, args.item_col, str(items.ids.type),
+                                                          flag, "item") if path else None
+                                             for flag, path in (("--include", args.include),
+                                                                ("--exclude", args.exclude))))
+        if fit.top is not None and cfg.recommend.exclude_seen and candidates is None:
             recs = recommend.from_top(model, fit.top, cfg.recommend.top_n)
         else:
-            recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen)
+            recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen, candidates=candidates)
         write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, rejected,
                       {"versions": metrics["versions"]}, lease)
     checkpoints.clear()

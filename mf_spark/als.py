@@ -10,6 +10,7 @@ on its own ratings and the fixed side, so the result does not depend on the numb
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +25,8 @@ from pyspark.sql import functions as F
 from mf_spark import session, stream
 from mf_spark.blocks import Triples, as_df, build_all, session_of
 from mf_spark.checkpoint import CheckpointStore
+from mf_spark.index import IdMap
+from mf_spark.model import FactorModel
 from mf_spark.types import Factors
 from mf_spark.config import ModelConfig
 from mf_spark.errors import FitDiverged, InputError
@@ -197,7 +200,8 @@ def _exchange(cfg: ModelConfig, sc) -> str:
 
 def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig,
         on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
-        resume: bool = False, stats: TrainStats | None = None, top_n: int = 0) -> FitResult:
+        resume: bool = False, stats: TrainStats | None = None, top_n: int = 0,
+        initial: Factors | None = None) -> FitResult:
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double; or the same held by
     the driver, blocks.Triples, which the resident stage takes from the driver directly).
 
@@ -210,25 +214,28 @@ def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig
     With `top_n` > 0 and the stream exchange, the resident tasks also score every user's best top_n
     items by the final factors, the user's training items excluded, where the user blocks already
     are (FitResult.top; None with the other exchanges: score them with model.recommend_unseen_idx).
+    `initial`: the factors to start from (a warm start, see `warm_factors`) instead of the seeded
+    ones; a checkpoint found with `resume` still wins.
     Performance note: one aggregate (count, mean, range) unless `stats` is given; blocks are built
     once per fit and released before returning.
     """
     started = time.perf_counter()
     with session.row_batched_arrow(session_of(train)), session.single_threaded_blas():
-        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n)
+        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n, initial)
     result.fit_seconds = time.perf_counter() - started
     result.startup_seconds = (result.startup_seconds or time.perf_counter()) - started
     return result
 
 
 def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig, on_iteration: OnIteration | None,
-         checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None, top_n: int) -> FitResult:
+         checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None, top_n: int,
+         initial_factors: Factors | None) -> FitResult:
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
     num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train), "item": _num_blocks(cfg.num_item_blocks, train)}
     # The checkpoint is read before any half-step: a resident stage would hold the slots its read needs.
-    initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume)
+    initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume, initial_factors)
 
     def run(engine: Engine) -> FitResult:
         """The iterations not done yet (after a fallback, from where the failed engine stopped)."""
@@ -296,14 +303,56 @@ def _resident(train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blo
     return None
 
 
+def seeded_factors(cfg: ModelConfig, n_users: int, n_items: int, mu: float = 0.0) -> Factors:
+    """The factors a fit starts from: from (seed, side, index) alone; zero biases with biases."""
+    with_bias = cfg.kind == "explicit" and cfg.biases
+    return Factors(init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
+                   init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
+                   np.zeros(n_users, np.float32) if with_bias else None,
+                   np.zeros(n_items, np.float32) if with_bias else None, mu)
+
+
+def check_warm_start(previous: FactorModel, cfg: ModelConfig) -> None:
+    """InputError when a saved model's rank or kind differs from `cfg`'s: its factors cannot start this fit."""
+    for what, was, now in (("rank", previous.rank, cfg.rank), ("kind", previous.kind, cfg.kind)):
+        if was != now:
+            raise InputError(f"--init-model: the model's {what} is {was!r}, this run's model.{what} is {now!r}; "
+                             f"a warm start needs the same {what} (train without --init-model to change it)")
+
+
+def warm_factors(previous: FactorModel, users: IdMap, items: IdMap, cfg: ModelConfig) -> Factors:
+    """Starting factors for a fit over `users` x `items` from a saved model (a warm start): the rows
+    of IDs the previous model knows are its factors (and biases), new IDs start as a cold fit's."""
+    check_warm_start(previous, cfg)
+    start = seeded_factors(cfg, users.size, items.size)
+    f = previous.factors
+    out = []
+    for new_ids, old_ids, init, old, init_bias, old_bias in (
+            (users, previous.users, start.X, f.X, start.user_bias, f.user_bias),
+            (items, previous.items, start.Y, f.Y, start.item_bias, f.item_bias)):
+        try:
+            at = old_ids.index_of(new_ids.ids)
+        except TypeError as exc:
+            raise InputError(f"--init-model: {exc}") from None
+        known = at >= 0
+        init[known] = old[at[known]]
+        if init_bias is not None and old_bias is not None:
+            init_bias[known] = old_bias[at[known]]
+        out.append(int(known.sum()))
+    log.info("--init-model: %d of %d users and %d of %d items start from the saved model's factors",
+             out[0], users.size, out[1], items.size)
+    return start
+
+
 def _start(cfg: ModelConfig, spec: SolveSpec, stats: TrainStats, n_users: int, n_items: int,
-           checkpoints: CheckpointStore | None, resume: bool) -> tuple[FitResult, int]:
-    """Initial factors, or the latest checkpoint's with --resume; and the iterations already done."""
-    with_bias = spec.with_bias
-    factors = Factors(init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
-                      init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
-                      np.zeros(n_users, np.float32) if with_bias else None,
-                      np.zeros(n_items, np.float32) if with_bias else None, spec.mu)
+           checkpoints: CheckpointStore | None, resume: bool, initial: Factors | None) -> tuple[FitResult, int]:
+    """Initial factors (the given ones, else seeded), or the latest checkpoint's with --resume; and the
+    iterations already done."""
+    factors = seeded_factors(cfg, n_users, n_items, spec.mu) if initial is None else \
+        dataclasses.replace(initial, mu=spec.mu)
+    if factors.X.shape != (n_users, cfg.rank) or factors.Y.shape != (n_items, cfg.rank):
+        raise ValueError(f"initial factors {factors.X.shape} x {factors.Y.shape}, the fit needs "
+                         f"({n_users}, {cfg.rank}) x ({n_items}, {cfg.rank})")
     result = FitResult(factors, n_train=stats.n, rating_range=(stats.lo, stats.hi))
     start = 0
     if resume and checkpoints is not None:

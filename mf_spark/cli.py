@@ -31,6 +31,10 @@ class TrainArgs:
     resume: bool
     run: RunConfig
     demo: bool               # no input given: train on the sample bundled with pyspark
+    init_model: str | None = None   # warm start from this saved model's factors
+    include: str | None = None      # item-ID lists filtering the recommendations
+    exclude: str | None = None
+    item_col: str = "item"          # their column, when they are CSV or Parquet
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -44,6 +48,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key, repeatable (e.g. --set model.rank=32)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
+    p.add_argument("--init-model", help="warm start: begin from this saved model's factors (same rank and kind)")
+    p.add_argument("--include", help="file of item IDs: only these may be recommended")
+    p.add_argument("--exclude", help="file of item IDs: these are never recommended")
+    p.add_argument("--item-col", default="item", help="item column of a CSV/Parquet --include/--exclude file")
     return p
 
 
@@ -57,21 +65,35 @@ def parse_train(argv: list[str] | None) -> TrainArgs:
     if not demo and not a.output:
         raise UsageError("--output is required (only the demo, run without --input, has a default)")
     run = config.load(a.config, a.set)
-    return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo)
+    return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo,
+                     a.init_model, a.include, a.exclude, a.item_col)
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("mf_spark")
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a line is logged (a caller may have replaced it)."""
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """The jobs' log lines on stderr, with a timestamp and level. Only the "mf_spark" logger gets a
     handler: configuring the root logger would also print py4j's INFO lines, whose "Closing down
     clientserver connection" at exit would then follow a failing job's error."""
-    if not any(getattr(h, "_mf_spark", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
-        handler._mf_spark = True
         log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False

@@ -28,6 +28,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StringType, StructField, StructType, TimestampNTZType, TimestampType
 
+from mf_spark import fs
 from mf_spark.config import DataConfig
 from mf_spark.errors import InputError
 from mf_spark.types import ITEM, MALFORMED, RATING, ROW, SOURCE, TIMESTAMP, USER
@@ -443,3 +444,37 @@ def _fields_of(line: str, fmt: str) -> list[str]:
     if fmt == "movielens":
         return line.split("::")
     return re.split(r"\t" if "\t" in line else r"\s+", line.strip())
+
+
+def id_list(spark: SparkSession, path: str, col: str, id_type: str, flag: str, out: str = USER) -> DataFrame:
+    """DataFrame[`out`] of the IDs listed in `path`, typed like the model's IDs (`id_type` "int64":
+    integers; else strings). `path` is a text file with one ID per line (a first line equal to
+    `col` is a header), a CSV with a header holding `col`, or Parquet with that column. InputError
+    names the flag (e.g. --users) and the file."""
+    if not fs.exists(spark, path):
+        raise InputError(f"{flag} {path}: does not exist")
+    if path.endswith(".parquet") or detect_format(path) == "parquet":
+        df = spark.read.parquet(path)
+        if col not in df.columns:
+            raise InputError(f"{flag} {path}: no column {col!r}; columns are {df.columns}")
+        ids = df.select(F.col(col).cast("string").alias(out))
+    else:
+        lines = spark.read.text(path).select(F.trim(F.col("value")).alias("line"))
+        first = lines.first()
+        header = first is not None and "," in first["line"]
+        if header:
+            names = [c.strip() for c in first["line"].split(",")]
+            if col not in names:
+                raise InputError(f"{flag} {path}: header has no column {col!r}; columns are {names}")
+            df = spark.read.csv(path, header=True)
+            ids = df.select(F.trim(F.col(col)).alias(out))
+        else:
+            ids = lines.where(F.col("line") != col).select(F.col("line").alias(out))
+    ids = ids.where(F.col(out).isNotNull() & (F.col(out) != ""))
+    if id_type == "int64":
+        bad = ids.where(F.col(out).try_cast("long").isNull()).limit(3).collect()
+        if bad:
+            raise InputError(f"{flag} {path}: the model's IDs are integers, got "
+                             + ", ".join(repr(r[out]) for r in bad))
+        ids = ids.select(F.col(out).cast("long").alias(out))
+    return ids

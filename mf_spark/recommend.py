@@ -34,15 +34,34 @@ def from_top(model: FactorModel, top, n: int) -> pa.Table:
 
 
 def top_n(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,
-          seen: DataFrame | None = None) -> DataFrame:
+          seen: DataFrame | None = None, candidates: np.ndarray | None = None) -> DataFrame:
     """user, rank (1..N), item, score for every user in `train_idx` (user_idx, item_idx).
 
     Scores are X_batch @ Y^T on the executors with broadcast factors; the items a user rated in
     train are masked when cfg.exclude_seen (model.recommend_unseen_idx groups `train_idx` by user
     itself, unless `seen` lists are given). Performance note: one shuffle (the training pairs' packed
     pieces placed by user, or the users' distinct list), one broadcast, two broadcast joins to decode the IDs.
+
+    `candidates` ((n_items,) bool, FactorModel.candidate_mask): only those items are recommended.
     """
+    if candidates is not None:
+        return _top_n_of(model, train_idx, cfg, candidates)
     if cfg.exclude_seen and seen is None:
         return model.decode_recs(model.recommend_unseen_idx(train_idx, cfg.top_n))
     users = seen if cfg.exclude_seen else train_idx.select(USER_IDX).distinct()
     return model.decode_recs(model.recommend_idx(users, cfg.top_n))
+
+
+def _top_n_of(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig, candidates: np.ndarray) -> DataFrame:
+    """top_n over the candidate items only: the model restricted to them, the training pairs'
+    items renumbered into it (pairs of other items cannot be recommended anyway and drop out);
+    every user is listed, also one whose training items are all outside the candidates."""
+    spark = train_idx.sparkSession
+    sub = model.restrict_items(candidates)
+    users = spark.range(model.users.size).select(F.col("id").cast("int").alias(USER_IDX))
+    if cfg.exclude_seen:
+        kept = np.flatnonzero(candidates).astype(np.int32)
+        renumber = F.broadcast(spark.createDataFrame(pa.table({ITEM_IDX: kept, "_new": np.arange(kept.size, dtype=np.int32)})))
+        pairs = train_idx.join(renumber, ITEM_IDX).select(USER_IDX, F.col("_new").alias(ITEM_IDX))
+        users = users.join(seen_lists(pairs), USER_IDX, "left")
+    return sub.decode_recs(sub.recommend_idx(users, cfg.top_n))

@@ -212,3 +212,40 @@ def test_with_spark_authentication_and_encryption_the_factors_never_use_the_plai
                     "--set", "spark.spark.network.crypto.enabled=true", "--set", "spark.spark.ui.enabled=false"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["exchange"] == "jobs"
+
+
+def console(name: str) -> str:
+    """The console entry point pyproject.toml declares, as installed next to this interpreter."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed (pip install -e . installs it)")
+    return str(path)
+
+
+LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) mf_spark: "
+
+
+def test_console_entry_points_are_declared():
+    import tomllib
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"mf-spark-train": "jobs.train:main", "mf-spark-recommend": "jobs.recommend:main",
+                       "mf-spark-similar": "jobs.similar:main"}
+
+
+@pytest.mark.parametrize("fail_at,code,needle", [(None, 2, "missing.csv"), ("recommendations", 1, "injected failure")])
+def test_a_failing_jobs_last_line_is_its_error_and_log_lines_carry_time_and_level(tmp_path, fail_at, code, needle):
+    """py4j's own log lines (its "Closing down clientserver connection" at exit) must not follow the error."""
+    import re
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    args = ["--input", str(tmp_path / "missing.csv")] if fail_at is None else ["--set", "model.iterations=1"]
+    if fail_at:
+        env["MF_SPARK_FAIL_AT"] = fail_at
+    proc = subprocess.run([console("mf-spark-train"), *args, "--output", str(tmp_path / "o"),
+                           "--set", "spark.spark.ui.enabled=false"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.match(LOG_LINE.replace("(INFO|WARNING|ERROR)", "ERROR"), last) and needle in last, proc.stderr[-2000:]
+    assert "Closing down clientserver" not in proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if " mf_spark: " in line]
+    assert ours and all(re.match(LOG_LINE, line) for line in ours), ours
