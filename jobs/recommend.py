@@ -58,10 +58,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_users(spark, path: str, user_col: str, id_type: str) -> DataFrame:
-    return read.id_list(spark, path, user_col, id_type, "--users")
-
-
 def ratings_of(spark, path: str, flag: str, args: argparse.Namespace, run: config.RunConfig,
                model: FactorModel) -> DataFrame:
     """user, item, rating of a ratings file, validated as the train job validates its input."""
@@ -100,7 +96,7 @@ def recommend(args: argparse.Namespace) -> str:
                 .select(F.col(USER).alias(ITEM), "rank", F.col(ITEM).alias(USER), "score"))
         _log_unknown(items, model.transposed(), "items")
         return _publish(spark, args.output, "audiences", recs)
-    users = read_users(spark, args.users, args.user_col, str(model.users.ids.type)) if args.users else None
+    users = read.id_list(spark, args.users, args.user_col, str(model.users.ids.type), "--users") if args.users else None
     if args.history:
         history = ratings_of(spark, args.history, "--history", args, run, model).cache()
         model = model.fold_in(history)

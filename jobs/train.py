@@ -1,6 +1,8 @@
 """Train a model: read -> validate -> split -> index -> fit -> evaluate -> recommend -> publish.
 
     spark-submit jobs/train.py --input ratings.csv --output out/ [--config f.toml] [--set k=v ...]
+        [--resume] [--init-model yesterday/] [--include in_stock.txt] [--exclude banned.txt]
+    mf-spark-train ...                         # the console entry point, the same arguments
     python -m jobs.train                       # demo on the MovieLens sample shipped with pyspark
 
 Exit codes: 0 success; 2 bad arguments, config or input (message on stderr); 1 any other failure.
