@@ -80,9 +80,7 @@ def fingerprint(spark: SparkSession, cfg: RunConfig, inputs: dict[str, str], cou
                                       for s in FACTOR_SECTIONS}))    # as state.json gives it back: lists
     files = {role: [{"path": p, "bytes": n, "modified_ms": t} for p, n, t in fs.data_files(spark, path)]
              for role, path in sorted(inputs.items())}
-    return {"settings": settings,
-            "settings_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
-            "inputs": files, "counts": dict(counts),
+    return {"settings": settings, "inputs": files, "counts": dict(counts),
             "ids": {"users": _digest(users), "items": _digest(items)}}
 
 
@@ -182,7 +180,7 @@ class CheckpointStore:
                                  + ". Run without --resume to start over (its checkpoints are then deleted)")
             sides = []
             for side in ("users", "items"):
-                table = self.spark.read.parquet(posixpath.join(folder, side)).toArrow().sort_by("idx")
+                table = fs.read_parquet(self.spark, posixpath.join(folder, side)).sort_by("idx")
                 sides.append(read_factor_table(table, state["rank"], posixpath.join(folder, side)))
             (X, bu), (Y, bi) = sides
             return state, Factors(X, Y, bu, bi, float(state["mu"]))

@@ -203,6 +203,20 @@ def write_parquet(spark: SparkSession, folder: str, data) -> None:
     data.write.parquet(folder)
 
 
+def read_parquet(spark: SparkSession, folder: str):
+    """The Parquet folder `folder` as a pyarrow Table on the driver. Local folders are read by
+    pyarrow (no Spark job, as write_parquet writes them; files whose names start with "_" or "." are
+    not data); others by Spark."""
+    import pyarrow.parquet as pq
+
+    local = _local_path(spark, folder)
+    if local is not None:
+        if not os.path.isdir(local):
+            raise FileNotFoundError(f"{folder} is not a folder")
+        return pq.read_table(local)
+    return spark.read.parquet(folder).toArrow()
+
+
 def _local_path(spark: SparkSession, path: str) -> str | None:
     """The OS path of a path on the local file system (file: or no scheme), else None."""
     qualified = urlparse(qualify(spark, path))

@@ -341,7 +341,7 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     for side, n_key in (("users", "n_users"), ("items", "n_items")):
         where = posixpath.join(path, "factors", side)
         try:
-            table = spark.read.parquet(where).toArrow().sort_by("id")
+            table = fs.read_parquet(spark, where).sort_by("id")
         except Exception as exc:
             raise ModelError(f"{where}: cannot read the factor table ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
