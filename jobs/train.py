@@ -21,7 +21,6 @@ from mf_spark.model import load_model
 from mf_spark.blocks import as_df
 from mf_spark.checkpoint import CheckpointStore, fingerprint
 from mf_spark.model import FactorModel
-from mf_spark.topn import item_blocks
 from mf_spark.phases import PhaseClock
 
 log = logging.getLogger("mf_spark")
@@ -90,11 +89,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
                       initial=initial)
     seen = None
     with clock.phase("evaluate"):
-        # An unknown pair's score: the mean rating for explicit models; for implicit ones, where
-        # scores estimate a preference in [0, 1], no evidence of one (not the mean raw count).
-        cold = stats.mean if explicit else 0.0
-        model = FactorModel(cfg.model.kind, fit.factors, users, items, cold, rating_range, cfg.to_dict(),
-                            item_blocks=item_blocks(cfg.to_dict(), users.size, items.size, spark))
+        model = FactorModel.trained(cfg.model.kind, fit.factors, users, items, stats, cfg.to_dict(), spark)
         if fit.top is not None:
             ranking = evaluate.ranking_of_top(fit.top, relevant, items.size, cfg.eval.k)
         else:

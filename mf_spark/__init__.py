@@ -9,7 +9,10 @@ def __getattr__(name):   # lazy: `import mf_spark` must not start or need Spark
     if name == "fit":
         from mf_spark.als import fit
         return fit
+    if name in ("ALS", "ALSModel"):
+        from mf_spark import ml
+        return getattr(ml, name)
     raise AttributeError(f"module 'mf_spark' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "load_model", "FactorModel", "fit"]
+__all__ = ["__version__", "load_model", "FactorModel", "fit", "ALS", "ALSModel"]

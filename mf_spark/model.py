@@ -103,6 +103,18 @@ class FactorModel:
             raise ValueError(f"{self.users.size} user IDs for {self.factors.X.shape[0]} factor rows, "
                              f"{self.items.size} item IDs for {self.factors.Y.shape[0]}")
 
+    @classmethod
+    def trained(cls, kind: str, factors: Factors, users: IdMap, items: IdMap, stats, config: dict[str, Any],
+                spark: SparkSession) -> "FactorModel":
+        """The model a fit on training ratings with `stats` (als.TrainStats: mean, lo, hi) gives: an
+        unknown pair scores the training mean for explicit models and, for implicit ones, whose scores
+        estimate a preference in [0, 1], no evidence of one (0, not the mean raw count); explicit
+        predictions are clipped to the training range."""
+        explicit = kind == "explicit"
+        return cls(kind, factors, users, items, stats.mean if explicit else 0.0,
+                   (stats.lo, stats.hi) if explicit else None, config,
+                   item_blocks=item_blocks(config, users.size, items.size, spark))
+
     @property
     def rank(self) -> int:
         return int(self.factors.X.shape[1])

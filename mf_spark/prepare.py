@@ -21,19 +21,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from mf_spark import index, read, split, validate
 from mf_spark.als import TrainStats, train_stats
 from mf_spark.blocks import Triples
-from mf_spark.config import RunConfig
+from mf_spark.config import DataConfig, RunConfig
 from mf_spark.evaluate import HeldOut, collect_heldout, heldout_of
 from mf_spark.index import IdMap
 from mf_spark.local import read as local_read
 from mf_spark.local import split as local_split
 from mf_spark.local import validate as local_validate
-from mf_spark.types import ITEM, PART, RATING, USER
+from mf_spark.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
 
 log = logging.getLogger("mf_spark")
 
@@ -73,6 +74,31 @@ class _Source:
         return [self.train, self.test] if self.train else [self.input]
 
 
+# Nothing held out: a training set used whole (a DataFrame given to mf_spark.ml.ALS.fit).
+NO_HELDOUT = HeldOut(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64))
+
+
+def spark_ready(train: DataFrame, test: DataFrame | None, release: list | tuple = ()) -> Ready:
+    """Ready from validated training (and held-out) ratings by Spark: ID maps, the encoded training
+    rows (cached), held-out rows, statistics. Performance note: one action for the ID maps, one
+    aggregate that materializes the cached encoded ratings (Ready.release drops them, and `release`)."""
+    enc = index.encode_split(train)
+    heldout = NO_HELDOUT if test is None else collect_heldout(test, enc.users, enc.items)
+    return Ready(enc.users, enc.items, enc.train_idx, heldout, train_stats(enc.train_idx), SparkFront.name,
+                 [enc.train_idx.unpersist, *release])
+
+
+def driver_ready(spark: SparkSession, train: pa.Table, test: pa.Table | None) -> Ready:
+    """The same from driver tables (local.validate's ratings): ID maps and index arrays in numpy, no
+    Spark job."""
+    users = index.sorted_map(pc.unique(train.column(USER)), USER)
+    items = index.sorted_map(pc.unique(train.column(ITEM)), ITEM)
+    triples = Triples(spark, users.index_of(train.column(USER)), items.index_of(train.column(ITEM)),
+                      train.column(RATING).to_numpy().astype(np.float64))
+    heldout = NO_HELDOUT if test is None else heldout_of(test, users, items)
+    return Ready(users, items, triples, heldout, train_stats(triples), DriverFront.name, [triples.unpersist])
+
+
 class SparkFront:
     """The Spark stages (read.ratings, validate.clean, split.split, index.encode_split)."""
     name = "spark"
@@ -102,12 +128,9 @@ class SparkFront:
             train, test = split.split(ratings, self.cfg.split)
             if self.cfg.split.method != "random":    # a window by user: computed once, not per use
                 train = train.cache()
-        enc = index.encode_split(train)
-        heldout = collect_heldout(test, enc.users, enc.items)
-        stats = train_stats(enc.train_idx)      # materializes train_idx: the cleaned rows can go
+        ready = spark_ready(train, test, [train.unpersist])   # materializes train_idx: the cleaned rows can go
         self.cleaned.release()
-        return Ready(enc.users, enc.items, enc.train_idx, heldout, stats, self.name,
-                     [enc.train_idx.unpersist, train.unpersist])
+        return ready
 
 
 class DriverFront:
@@ -138,14 +161,8 @@ class DriverFront:
             ratings = ratings.drop_columns([PART])
         else:
             is_test = local_split.test_mask(ratings, self.cfg.split)
-        train, test = ratings.filter(pa.array(~is_test)), ratings.filter(pa.array(is_test))
-        users = index.sorted_map(pc.unique(train.column(USER)), USER)
-        items = index.sorted_map(pc.unique(train.column(ITEM)), ITEM)
-        triples = Triples(self.spark, users.index_of(train.column(USER)), items.index_of(train.column(ITEM)),
-                          train.column(RATING).to_numpy().astype(np.float64))
-        heldout = heldout_of(test, users, items)
         self.clean = None
-        return Ready(users, items, triples, heldout, train_stats(triples), self.name, [triples.unpersist])
+        return driver_ready(self.spark, ratings.filter(pa.array(~is_test)), ratings.filter(pa.array(is_test)))
 
 
 class _Chosen:
@@ -195,3 +212,97 @@ def front_end(spark: SparkSession, cfg: RunConfig, input: str | None = None, tra
         except (local_read.Unreadable, OSError):
             driver = False
     return _Chosen(spark, cfg, source, driver)
+
+
+# ---- a DataFrame instead of files (mf_spark.ml.ALS.fit): validate -> index, nothing held out ------------
+FRAME_SOURCE = "the DataFrame given to ALS.fit"   # names the input in validation errors
+
+
+def exact_column(name: str) -> Column:
+    """A top-level column by its exact name (dots and backticks in it are not paths)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str) -> DataFrame:
+    """`df`'s rows in read.ratings' raw layout (user, item, rating, timestamp, _source, _row), so that
+    validate.clean treats it as the train job treats a file; ratingCol "" gives every row 1.0. IDs
+    that are neither integers nor strings (a StringIndexer's doubles) are passed as their text, which
+    is how validate reads them anyway, and which either front end takes."""
+    def ids(col: str) -> Column:
+        own = isinstance(df.schema[col].dataType, (T.IntegralType, T.StringType))
+        return exact_column(col) if own else exact_column(col).cast("string")
+    rating = exact_column(rating_col) if rating_col else F.lit(1.0)
+    return df.select(ids(user_col).alias(USER), ids(item_col).alias(ITEM), rating.alias(RATING),
+                     F.lit(None).cast("long").alias(TIMESTAMP), F.lit(FRAME_SOURCE).alias(SOURCE),
+                     F.monotonically_increasing_id().alias(ROW))
+
+
+# Spark's size for a plan it cannot measure (a Python RDD's) is Long.MaxValue, scaled by projections
+# and unions: no real estimate comes near an exabyte.
+UNKNOWN_SIZE = 2**60
+RAW_ROW_BYTES = 64      # a raw row in Arrow: IDs, rating, timestamp, _row, and the _source text
+
+
+def _size_estimate(df: DataFrame) -> int | None:
+    """Spark's estimate of `df`'s size in bytes (the one it plans broadcast joins with), or None
+    where the API is missing (Spark Connect)."""
+    try:
+        return int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
+    except Exception:  # noqa: BLE001 - an internal API
+        return None
+
+
+def _driver_table(raw: DataFrame, cfg: DataConfig) -> pa.Table | None:
+    """`raw` collected for the driver front end, or None when Spark's front end is to validate it
+    (data.front_end). 'auto' takes the driver under a local master for a frame of at most
+    data.front_end_max_mb, the train job's rule for local files (its tasks run on this machine anyway,
+    and the Spark stages' dozen jobs cost more than such data): by Spark's estimate, or where Spark
+    has none, by collecting at most that many bytes' rows. Ratings of other types than numbers or
+    text are Spark's (local.read hands the driver front end no others).
+
+    Performance note: one collect (a limited one for a frame of unknown size), none for Spark's."""
+    if cfg.front_end == "spark" or not isinstance(raw.schema[RATING].dataType, (T.NumericType, T.StringType)):
+        return None
+    if cfg.front_end == "driver":
+        return raw.toArrow()
+    if not raw.sparkSession.sparkContext.master.startswith("local"):
+        return None
+    budget = int(cfg.front_end_max_mb * 2**20)
+    size = _size_estimate(raw)
+    if size is None or budget < size < UNKNOWN_SIZE:
+        return None
+    if size <= budget:
+        return raw.toArrow()
+    rows = budget // RAW_ROW_BYTES
+    table = raw.limit(rows + 1).toArrow()
+    return table if table.num_rows <= rows else None
+
+
+def frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool = False) -> tuple[Ready, DataFrame | None]:
+    """The training ratings of `raw` (raw_frame's layout) validated, de-duplicated and indexed as the
+    train job does it: by the driver front end when _driver_table collects it (else, or when the driver
+    cannot parse a value as Spark would, by Spark's); and with `keep_pairs` their user, item pairs
+    (original IDs), for excludeSeen. Performance note: driver: one collect; Spark: validate.clean's
+    shuffle and count, then spark_ready's two actions (and one to cache the pairs)."""
+    spark = raw.sparkSession
+    table = _driver_table(raw, run.data)
+    if table is not None:
+        try:
+            clean = local_validate.clean(table, run.data, run.model.kind)
+        except local_read.Unreadable as e:
+            log.info("validating the DataFrame with Spark: the driver cannot read it as Spark would (%s)", e)
+        else:
+            pairs = spark.createDataFrame(clean.ratings.select([USER, ITEM])) if keep_pairs else None
+            return driver_ready(spark, clean.ratings, None), pairs
+    cleaned = validate.clean(raw, run.data, run.model.kind)
+    pairs = None
+    try:
+        if keep_pairs:     # cached before the validation cache they read goes
+            pairs = cleaned.ratings.select(USER, ITEM).cache()
+            pairs.count()
+        ready = spark_ready(cleaned.ratings, None)
+    finally:
+        cleaned.release()
+    return ready, pairs
+
+
