@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite; --fast leaves out the slow tests (subprocess jobs, the cluster, fault injection,
-# benchmark scripts, join fits). Other arguments go to pytest (e.g. -k kernels, -x).
+# benchmark scripts, join fits). Other arguments go to pytest (e.g. -k kernels, -x). Test files run in
+# MF_SPARK_TEST_WORKERS processes (default 2; 0 runs them in this one), each with its own SparkSession.
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+WORKERS="${MF_SPARK_TEST_WORKERS:-2}"
+PARALLEL=()
+if [ "$WORKERS" != "0" ]; then
+    PARALLEL=(-n "$WORKERS" --dist loadfile)
+fi
 if [ "${1:-}" = "--fast" ]; then
     shift
-    exec .venv/bin/python -m pytest -q -m "not slow" "$@"
+    exec .venv/bin/python -m pytest -q "${PARALLEL[@]}" -m "not slow" "$@"
 fi
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q "${PARALLEL[@]}" "$@"
