@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+# Every JVM the tests start (this session's, the jobs' and the cluster's) lives for seconds on tiny data:
+# the C1 compiler alone and the serial collector spend a fraction of the CPU that tiered compilation and
+# G1's threads spend starting it, and the suite is bound by CPU on two cores. Products keep the defaults.
+os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
 @pytest.fixture(scope="session")
