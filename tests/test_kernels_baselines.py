@@ -7,7 +7,7 @@ import pytest
 
 from conftest import planted
 from mf_spark.index import IdMap
-from mf_spark.kernels.baselines import biases, popularity
+from mf_spark.kernels.baselines import biases, popularity, zero_filled_svd
 from mf_spark.model import FactorModel
 from mf_spark.types import Factors
 
@@ -59,3 +59,16 @@ def test_popularity_ranks_by_count_and_rank_zero_models_predict_and_recommend(sp
     np.testing.assert_allclose(bias_model.predict_idx(np.array([0, -1]), np.array([2, 3])),
                                [bias_model.factors.mu + bias_model.factors.user_bias[0] + bias_model.factors.item_bias[2],
                                 3.0 + bias_model.factors.item_bias[3]], rtol=1e-5)
+
+
+def test_zero_filled_svd_is_the_best_low_rank_approximation_of_the_zero_filled_matrix():
+    g = np.random.default_rng(2)
+    dense = (g.random((30, 20)) < 0.4) * g.integers(1, 6, (30, 20))
+    u, i = np.nonzero(dense)
+    got = zero_filled_svd(u, i, dense[u, i].astype(np.float64), 30, 20, rank=4, seed=1, power_iterations=6)
+    U, s, Vt = np.linalg.svd(dense.astype(np.float64))
+    best = (U[:, :4] * s[:4]) @ Vt[:4]
+    np.testing.assert_allclose(got.X.astype(np.float64) @ got.Y.T, best, atol=1e-3 * s[0])
+    assert got.X.shape == (30, 4) and got.user_bias is None
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        zero_filled_svd(u, i, dense[u, i], 30, 20, rank=0)

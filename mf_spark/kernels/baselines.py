@@ -1,11 +1,10 @@
-"""The simple models the field starts from, as rank-0 factors: biases only, and popularity.
+"""The simple models the field starts from, shaped as factors so that every scorer, top-N and
+evaluation path of a factor model serves them unchanged:
 
-Both are Factors-shaped (X and Y with no columns, the model in the biases), so every scorer,
-top-N and evaluation path of a factor model serves them unchanged:
-
-    biases:      r_ui ~ mu + b_u + b_i, with damped means (LensKit's Bias): an item rated twice
-                 moves its bias only a little away from zero
-    popularity:  score_ui = log(1 + n_i), the same for every user (a ranking, not a rating)
+    biases:           r_ui ~ mu + b_u + b_i, with damped means (LensKit's Bias): an item rated twice
+                      moves its bias only a little away from zero (rank-0 factors)
+    popularity:       score_ui = log(1 + n_i), the same for every user (a ranking, not a rating)
+    zero_filled_svd:  the truncated SVD of the matrix with unobserved entries as 0
 """
 from __future__ import annotations
 
@@ -15,13 +14,13 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class RankZero:
-    """Biases-only factors: X (n_users, 0), Y (n_items, 0), the biases and mu (the fields of
-    types.Factors, which kernels do not import: `Factors(**vars(rank_zero))`)."""
+class Baseline:
+    """A baseline's factors and biases (the fields of types.Factors, which kernels do not import:
+    `Factors(**vars(baseline))`); X and Y have no columns for the biases-only models."""
     X: np.ndarray
     Y: np.ndarray
-    user_bias: np.ndarray
-    item_bias: np.ndarray
+    user_bias: np.ndarray | None
+    item_bias: np.ndarray | None
     mu: float
 
 
@@ -40,7 +39,7 @@ def _damped_mean(rows: np.ndarray, values: np.ndarray, n: int, damping: float) -
 
 
 def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
-           user_damping: float = 5.0, item_damping: float = 5.0) -> RankZero:
+           user_damping: float = 5.0, item_damping: float = 5.0) -> Baseline:
     """mu + b_u + b_i by damped means: mu the mean rating, b_i = sum_u (r_ui - mu) / (n_i + item_damping),
     then b_u = sum_i (r_ui - mu - b_i) / (n_u + user_damping). Rows without ratings get 0.
 
@@ -60,13 +59,49 @@ def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: i
     left = r - mu
     bi = _damped_mean(items, left, n_items, item_damping)
     bu = _damped_mean(users, left - bi[items], n_users, user_damping)
-    return RankZero(np.zeros((n_users, 0), np.float32), np.zeros((n_items, 0), np.float32),
+    return Baseline(np.zeros((n_users, 0), np.float32), np.zeros((n_items, 0), np.float32),
                     bu.astype(np.float32), bi.astype(np.float32), mu)
 
 
-def popularity(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> RankZero:
+def popularity(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> Baseline:
     """Every user's scores are log(1 + number of the item's training pairs): the most popular first."""
     _check(users, items, n_users, n_items, None)
     counts = np.bincount(items, minlength=n_items).astype(np.float64)
-    return RankZero(np.zeros((n_users, 0), np.float32), np.zeros((n_items, 0), np.float32),
+    return Baseline(np.zeros((n_users, 0), np.float32), np.zeros((n_items, 0), np.float32),
                     np.zeros(n_users, np.float32), np.log1p(counts).astype(np.float32), 0.0)
+
+
+def _times(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, M: np.ndarray) -> np.ndarray:
+    """(A @ M) for the sparse A with A[rows, cols] = values: one bincount per column of M."""
+    out = np.empty((n_rows, M.shape[1]))
+    for j in range(M.shape[1]):
+        out[:, j] = np.bincount(rows, values * M[cols, j], n_rows)
+    return out
+
+
+def zero_filled_svd(users: np.ndarray, items: np.ndarray, values: np.ndarray, n_users: int, n_items: int,
+                    rank: int, seed: int = 0, power_iterations: int = 4, oversample: int = 10) -> Baseline:
+    """The rank-`rank` truncated SVD of the user x item matrix with every unobserved entry taken as 0,
+    as factors: X = U sqrt(S), Y = V sqrt(S), so X Y^T is the best rank-k approximation of that matrix.
+    The model weighted ALS improves on: zeros count as much as observed values. Randomized (Halko,
+    Martinsson, Tropp 2011: a Gaussian sketch, `power_iterations` rounds of A A^T, then the SVD of the
+    small projected matrix) over the sparse matrix: the dense matrix is never formed."""
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    _check(users, items, n_users, n_items, values)
+    v = values.astype(np.float64)
+    width = min(rank + oversample, n_users, n_items)
+    Q = np.linalg.qr(_times(users, items, v, n_users,
+                            np.random.default_rng(seed).standard_normal((n_items, width))))[0]
+    for _ in range(power_iterations):
+        Z = np.linalg.qr(_times(items, users, v, n_items, Q))[0]          # A^T Q
+        Q = np.linalg.qr(_times(users, items, v, n_users, Z))[0]          # A Z
+    B = _times(items, users, v, n_items, Q).T                             # Q^T A, (width, n_items)
+    Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
+    k = min(rank, s.size)
+    root = np.sqrt(s[:k])
+    X = np.zeros((n_users, rank), np.float32)
+    Y = np.zeros((n_items, rank), np.float32)
+    X[:, :k] = (Q @ Ub[:, :k]) * root
+    Y[:, :k] = Vt[:k].T * root
+    return Baseline(X, Y, None, None, 0.0)
