@@ -37,8 +37,8 @@ class TrainArgs:
     item_col: str = "item"          # their column, when they are CSV or Parquet
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="jobs/train.py", description="Train a matrix factorization model on user-item feedback.")
+def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every job over ratings takes: the input (or a given split), the output, the config."""
     p.add_argument("--input", help="ratings file or folder (CSV with header, TSV, MovieLens ::, Parquet)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: auto)")
     p.add_argument("--train", help="training split, used as it is (with --test, instead of --input)")
@@ -47,6 +47,25 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config (default: conf/default.toml values)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config key, repeatable (e.g. --set model.rank=32)")
+    return p
+
+
+def check_inputs(a: argparse.Namespace) -> bool:
+    """UsageError for a wrong combination of --input / --train / --test / --output; True for the
+    demo (no input: the sample bundled with pyspark)."""
+    if a.input and (a.train or a.test):
+        raise UsageError("give either --input or --train with --test, not both")
+    if bool(a.train) != bool(a.test):
+        raise UsageError("--train and --test go together")
+    demo = not (a.input or a.train)
+    if not demo and not a.output:
+        raise UsageError("--output is required (only the demo, run without --input, has a default)")
+    return demo
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = input_arguments(_Parser(prog="jobs/train.py",
+                                description="Train a matrix factorization model on user-item feedback."))
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
     p.add_argument("--init-model", help="warm start: begin from this saved model's factors (same rank and kind)")
     p.add_argument("--include", help="file of item IDs: only these may be recommended")
@@ -57,13 +76,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 def parse_train(argv: list[str] | None) -> TrainArgs:
     a = train_parser().parse_args(argv)
-    if a.input and (a.train or a.test):
-        raise UsageError("give either --input or --train with --test, not both")
-    if bool(a.train) != bool(a.test):
-        raise UsageError("--train and --test go together")
-    demo = not (a.input or a.train)
-    if not demo and not a.output:
-        raise UsageError("--output is required (only the demo, run without --input, has a default)")
+    demo = check_inputs(a)
     run = config.load(a.config, a.set)
     return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo,
                      a.init_model, a.include, a.exclude, a.item_col)

@@ -229,7 +229,7 @@ def test_console_entry_points_are_declared():
     import tomllib
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"mf-spark-train": "jobs.train:main", "mf-spark-recommend": "jobs.recommend:main",
-                       "mf-spark-similar": "jobs.similar:main"}
+                       "mf-spark-similar": "jobs.similar:main", "mf-spark-compare": "jobs.compare:main"}
 
 
 @pytest.mark.parametrize("fail_at,code,needle", [(None, 2, "missing.csv"), ("recommendations", 1, "injected failure")])
