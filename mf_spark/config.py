@@ -22,6 +22,18 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"config key {key}: got {value!r}, expected {expected}")
 
 
+def require_choices(section: Any, name: str) -> None:
+    """ConfigError for a Literal field of a config section holding another value: a section built in
+    Python (not parsed from TOML, where _coerce checks it) is held to the same choices."""
+    for f in dataclasses.fields(section):
+        hint = typing.get_type_hints(type(section))[f.name]
+        if typing.get_origin(hint) is Literal:
+            value = getattr(section, f.name)
+            choices = typing.get_args(hint)
+            require(value in choices, f"{name}.{f.name}", value,
+                    "one of " + ", ".join(repr(c) for c in choices if c != ""))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # Column names (CSV header / Parquet) or 0-based positions (headerless TSV, MovieLens ::).
@@ -49,6 +61,7 @@ class DataConfig:
     null_values: tuple[str, ...] = ("", "NULL", "\\N", "null")
 
     def __post_init__(self) -> None:
+        require_choices(self, "data")
         require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction,
                 "a number in [0, 1]")
         if self.rating_range is not None:
@@ -67,6 +80,7 @@ class SplitConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        require_choices(self, "split")
         require(0.0 < self.test_fraction < 1.0, "split.test_fraction", self.test_fraction,
                 "a number strictly between 0 and 1")
 
@@ -107,6 +121,7 @@ class ModelConfig:
     cg_steps: int = 3
 
     def __post_init__(self) -> None:
+        require_choices(self, "model")
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
         for name in ("reg", "alpha", "epsilon", "unobserved_weight"):
             _finite(f"model.{name}", getattr(self, name))

@@ -402,3 +402,14 @@ def test_strict_json_turns_nan_and_infinities_into_null():
     from mf_spark.fs import strict_json
     assert strict_json({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x"}) == \
         {"a": None, "b": [1.0, None, {"c": None}], "d": "x"}
+
+
+def test_sections_built_in_python_are_held_to_the_same_choices():
+    from mf_spark.config import DataConfig, ModelConfig, SplitConfig
+    with pytest.raises(ConfigError, match="config key model.solver: got 'newton', expected one of 'auto', 'exact', 'cg'"):
+        ModelConfig(solver="newton")
+    with pytest.raises(ConfigError, match="split.method"):
+        SplitConfig(method="by_week")
+    with pytest.raises(ConfigError, match="data.duplicates"):
+        DataConfig(duplicates="first")
+    assert DataConfig(duplicates="").duplicates == ""
