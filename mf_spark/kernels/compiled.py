@@ -395,6 +395,31 @@ def _predict_rows(X, Y, user_bias, item_bias, u, i, mu, cold, lo, hi, out):  # p
         out[r] = p
 
 
+def _sgd_epoch(u, i, r, order, X, Y, bu, bi, mu, lr, reg, reg_b, biased):  # pragma: no cover - compiled
+    k = X.shape[1]
+    for t in range(order.size):
+        n = order[t]
+        a, b = u[n], i[n]
+        dot = 0.0
+        for f in range(k):
+            dot += X[a, f] * Y[b, f]
+        e = r[n] - mu - dot
+        if biased:
+            e -= bu[a] + bi[b]
+            bu[a] += lr * (e - reg_b * bu[a])
+            bi[b] += lr * (e - reg_b * bi[b])
+        for f in range(k):
+            x, y = X[a, f], Y[b, f]
+            X[a, f] = x + lr * (e * y - reg * x)
+            Y[b, f] = y + lr * (e * x - reg * y)
+
+
+def sgd_epoch(u, i, r, order, X, Y, bu, bi, mu: float, lr: float, reg: float, reg_b: float, biased: bool) -> None:
+    """One SGD step per rating in `order` (kernels.sgd): X, Y (n, k) and bu, bi (n,) float64, updated
+    in place; u, i, order int64, r float64. Sequential by nature: each step reads what the last wrote."""
+    _kernel(_sgd_epoch)(u, i, r, order, X, Y, bu, bi, float(mu), float(lr), float(reg), float(reg_b), bool(biased))
+
+
 def predict_rows(X: np.ndarray, Y: np.ndarray, user_bias: np.ndarray | None, item_bias: np.ndarray | None,
                  u: np.ndarray, i: np.ndarray, mu: float, cold: float,
                  clip: tuple[float, float] | None) -> np.ndarray:

@@ -95,27 +95,8 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(n)
 
 
-def _epoch_loop(u, i, r, order, X, Y, bu, bi, mu, lr, reg, reg_b, biased):  # pragma: no cover - compiled
-    k = X.shape[1]
-    for t in range(order.size):
-        n = order[t]
-        a, b = u[n], i[n]
-        dot = 0.0
-        for f in range(k):
-            dot += X[a, f] * Y[b, f]
-        e = r[n] - mu - dot
-        if biased:
-            e -= bu[a] + bi[b]
-            bu[a] += lr * (e - reg_b * bu[a])
-            bi[b] += lr * (e - reg_b * bi[b])
-        for f in range(k):
-            x, y = X[a, f], Y[b, f]
-            X[a, f] = x + lr * (e * y - reg * x)
-            Y[b, f] = y + lr * (e * x - reg * y)
-
-
 def _epoch_numpy(u, i, r, order, X, Y, bu, bi, mu, lr, reg, reg_b, biased):
-    """`_epoch_loop` with a numpy step per rating: the engine where numba is missing, and its reference."""
+    """compiled.sgd_epoch with a numpy step per rating: the engine where numba is missing, and its reference."""
     for n in order:
         a, b = u[n], i[n]
         x, y = X[a].copy(), Y[b].copy()
@@ -141,7 +122,7 @@ def sgd_epoch(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, order: 
             np.asarray(order, np.int64), X, Y, user_bias, item_bias, float(mu), float(spec.learning_rate),
             float(spec.reg), float(spec.bias_reg), bool(spec.biases))
     if compiled.chosen(engine):
-        compiled._kernel(_epoch_loop)(*args)
+        compiled.sgd_epoch(*args)
     else:
         _epoch_numpy(*args)
 
