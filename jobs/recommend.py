@@ -92,9 +92,10 @@ def recommend(args: argparse.Namespace) -> str:
         items = read.id_list(spark, args.items, args.item_col, str(model.items.ids.type), "--items", USER) \
             if args.items else None
         flipped = None if seen is None else seen.select(F.col(ITEM).alias(USER), F.col(USER).alias(ITEM))
-        recs = (model.transposed().recommend(items, args.n, seen=flipped)
+        by_item = model.transposed()
+        recs = (by_item.recommend(items, args.n, seen=flipped)
                 .select(F.col(USER).alias(ITEM), "rank", F.col(ITEM).alias(USER), "score"))
-        _log_unknown(items, model.transposed(), "items")
+        _log_unknown(items, by_item, "items")
         return _publish(spark, args.output, "audiences", recs)
     users = read.id_list(spark, args.users, args.user_col, str(model.users.ids.type), "--users") if args.users else None
     if args.history:

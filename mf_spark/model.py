@@ -271,13 +271,14 @@ class FactorModel:
         f = self.factors
         fixed, fixed_bias = (f.Y, f.item_bias) if users_side else (f.X, f.user_bias)
         rows = history.select(F.col(row_col).alias("_row"), F.col(fixed_col).alias("_fixed"), rating.alias(RATING))
-        rows = fixed_map.encode(rows.where(F.col("_row").isNotNull() & F.col(RATING).isNotNull()), "_fixed", "_f")
-        known = rows.where(F.col("_f").isNotNull()).cache()
+        rows = fixed_map.encode(rows, "_fixed", "_f").cache()
+        usable = F.col("_row").isNotNull() & F.col(RATING).isNotNull() & F.col("_f").isNotNull()
+        known = rows.where(usable)
         try:
-            dropped = rows.count() - known.count()
-            if dropped:
-                log.info("fold_in: %d history rows name %s the model does not know; left out", dropped,
-                         "items" if users_side else "users")
+            total, kept = rows.agg(F.count(F.lit(1)), F.count(F.when(usable, 1))).first()   # one action
+            if total > kept:
+                log.info("fold_in: %d of %d history rows have no ID or rating, or name %s the model does not "
+                         "know; left out", total - kept, total, "items" if users_side else "users")
             row_map = index.fit(known, "_row")
             if not row_map.size:
                 raise InputError("fold_in: no history row names a known " + ("item" if users_side else "user"))
@@ -294,7 +295,7 @@ class FactorModel:
             finally:
                 blocks.unpersist()
         finally:
-            known.unpersist()
+            rows.unpersist()
         new_map = IdMap(row_map.ids, (self.users if users_side else self.items).name)
         if users_side:
             factors, maps = Factors(solved.factors, f.Y, solved.bias, f.item_bias, f.mu), {"users": new_map}
