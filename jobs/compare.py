@@ -6,8 +6,9 @@
 The input, split and [model] settings are the train job's (same options). Methods (mf_spark.compare):
 explicit data popularity, biases, svd, sgd, als, als_biases, nmf; implicit data popularity, svd, als,
 wals_w0_0.1, wals_w0_0.3, nmf. Writes DIR/comparison.parquet (method, rmse, mae, precision_at_k,
-recall_at_k, ndcg_at_k, map_at_k, coverage, fit_seconds), DIR/comparison.txt (the table as printed)
-and DIR/_SUCCESS atomically. Exit codes as jobs.train: 0, 2 bad arguments, config or input, 1 other.
+recall_at_k, ndcg_at_k, map_at_k, coverage, fit_seconds), DIR/comparison.txt (the table as printed),
+DIR/report.html (the table, its plots and the data) and DIR/_SUCCESS atomically.
+Exit codes as jobs.train: 0, 2 bad arguments, config or input, 1 other.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/compare.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark import cli, compare, config, fs, prepare, read, session, write
+from mf_spark import cli, compare, config, fs, prepare, read, report, session, tracking, write
 from mf_spark.errors import UsageError
 
 
@@ -43,22 +44,32 @@ def run(argv: list[str] | None = None) -> str:
             raise UsageError(f"--methods: unknown for {cfg.model.kind} data: {', '.join(unknown)}; "
                              f"known: {', '.join(known)}")
         chosen = [known[n] for n in names]
+    tracking.check(cfg.tracking)
     spark = session.start("mf_spark-compare", cfg.spark)
     output = write.check_output(spark, a.output or cli.DEMO_OUTPUT)
     front = prepare.front_end(spark, cfg, input=None if a.train else (a.input or read.sample_path()),
                               train=a.train, test=a.test, fmt=a.format)
-    front.load()
+    loaded = front.load()
     ready = front.split_index()
     table = compare.compare(ready, cfg, chosen)
+    profile = report.DataProfile.of(ready.train, ready.users.size, ready.items.size, cfg.model.kind)
+    counts = {**loaded.counts, "n_train": ready.stats.n, "n_test": ready.heldout.n}
     ready.release()
     text = compare.table_text(table, cfg.eval.k)
+    page = report.render(f"mf_spark comparison: {len(chosen)} methods on {cfg.model.kind} data",
+                         [report.comparison_section(table, cfg.eval.k), report.data_section(counts, profile)])
 
     def write_all(staging: str) -> None:
         fs.write_parquet(spark, posixpath.join(staging, "comparison.parquet"), table)
         fs.write_text(spark, posixpath.join(staging, "comparison.txt"), text)
+        fs.write_text(spark, posixpath.join(staging, "report.html"), page)
     out = write.publish_with(spark, output, write_all)
     print(text, end="")
     print(f"comparison: {posixpath.join(out, 'comparison.parquet')}{' (demo data)' if demo else ''}")
+    per_method = {f"{row['method']}.{k}": v for row in table.to_pylist() for k, v in row.items()
+                  if k != "method" and v is not None}
+    tracking.log_run(cfg.tracking, "compare", cfg, {**counts, **per_method}, out,
+                     ("comparison.parquet", "comparison.txt", "report.html"))
     return out
 
 

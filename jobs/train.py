@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import sys
+from dataclasses import dataclass
+from typing import Any, Callable
 
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark import __version__, als, cli, errors, evaluate, fs, prepare, read, recommend, session, write
+from mf_spark import __version__, als, cli, errors, evaluate, fs, prepare, read, recommend, report, session, tracking, write
 from mf_spark.model import load_model
 from mf_spark.blocks import as_df
 from mf_spark.checkpoint import CheckpointStore, fingerprint
@@ -38,33 +41,61 @@ def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
     """The whole training run; returns metrics.json's content. `clock` times the phases (one is made
     here when the caller has none: then the session's start is not in the total)."""
     cfg = args.run
+    tracking.check(cfg.tracking)
     clock = (clock or PhaseClock()).attach(spark)
     output = write.check_output(spark, args.output)
     with write.claim(spark, output) as lease:
         if not args.resume:     # a later --resume must never pick up this run's predecessors' factors
             CheckpointStore(spark, output).clear()
-        return _run(spark, args, cfg, output, clock, lease)
+        metrics = _run(spark, args, cfg, output, clock, lease)
+    tracking.log_run(cfg.tracking, "train", cfg, metrics, output)
+    return metrics
+
+
+@dataclass
+class Loaded:
+    """The input read and validated (the read_validate phase), before it is split."""
+    front: Any                      # prepare.front_end's, for split_index or tuning_split
+    counts: dict[str, int]          # rows read, rejected, dropped, merged, clean
+    rejected: Any                   # the rejected rows, or None
+    input_path: str | None
+    previous: FactorModel | None    # --init-model's model
+
+
+def load(spark, args: cli.TrainArgs, cfg) -> Loaded:
+    """Read and validate the input; check --include/--exclude and --init-model before anything is fitted."""
+    for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
+        if path and not fs.exists(spark, path):     # found out now, not after the fit
+            raise errors.InputError(f"{flag} {path}: does not exist")
+    previous = load_model(args.init_model, spark) if args.init_model else None
+    if previous is not None:        # refused before the input is read
+        als.check_warm_start(previous, cfg.model)
+    input_path = None if args.train else (args.input or read.sample_path())
+    front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
+    als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
+    loaded = front.load()
+    errors.fault_point("read")
+    return Loaded(front, loaded.counts, loaded.rejected, input_path, previous)
 
 
 def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease: write.Lease) -> dict:
     with clock.phase("read_validate"):
-        for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
-            if path and not fs.exists(spark, path):     # found out now, not after the fit
-                raise errors.InputError(f"{flag} {path}: does not exist")
-        previous = load_model(args.init_model, spark) if args.init_model else None
-        if previous is not None:        # refused before the input is read
-            als.check_warm_start(previous, cfg.model)
-        input_path = None if args.train else (args.input or read.sample_path())
-        front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
-        als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
-        loaded = front.load()
-        errors.fault_point("read")
-        counts, rejected = loaded.counts, loaded.rejected
+        loaded = load(spark, args, cfg)
     with clock.phase("split_index"):
-        ready = front.split_index()
-        users, items, train, heldout, stats = ready.users, ready.items, ready.train, ready.heldout, ready.stats
+        ready = loaded.front.split_index()
+    return fit_publish(spark, args, cfg, output, clock, lease, loaded, ready)
+
+
+def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease: write.Lease,
+                loaded: Loaded, ready: prepare.Ready, extra: Callable[[str, dict], list] | None = None,
+                more_metrics: dict | None = None) -> dict:
+    """Fit `ready`, evaluate, recommend and publish the output folder (with its report.html);
+    returns metrics.json's content. `extra(staging, metrics)` writes more outputs into the staging
+    folder and returns more report sections, and `more_metrics` joins metrics.json (the tuning job's)."""
+    users, items, train, heldout, stats = ready.users, ready.items, ready.train, ready.heldout, ready.stats
     explicit = cfg.model.kind == "explicit"
     rating_range = (stats.lo, stats.hi) if explicit else None
+    counts, previous, input_path = loaded.counts, loaded.previous, loaded.input_path
     log.info("training on %d ratings (%d users x %d items), %d held out (%d cold)", stats.n, users.size,
              items.size, heldout.n, heldout.n_cold)
     with clock.phase("evaluation_setup"):
@@ -104,7 +135,7 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
                    "exchange": fit.exchange,
                    "history": fit.history,
                    "input": input_path, "front_end": ready.front,
-                   "config": cfg.to_dict(), "versions": _versions()}
+                   "config": cfg.to_dict(), "versions": _versions(), **(more_metrics or {})}
     with clock.phase("recommend_write"):
         candidates = model.candidate_mask(*(read.id_list(spark, path, args.item_col, str(items.ids.type),
                                                           flag, "item") if path else None
@@ -114,8 +145,15 @@ def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease:
             recs = recommend.from_top(model, fit.top, cfg.recommend.top_n)
         else:
             recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen, candidates=candidates)
-        write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, rejected,
-                      {"versions": metrics["versions"]}, lease)
+        profile = report.DataProfile.of(train, users.size, items.size, cfg.model.kind)
+        recommended = report.recommended_indices(recs, model.items)
+
+        def more(staging: str, body: dict) -> None:
+            sections = extra(staging, body) if extra is not None else []
+            page = report.training_report(body, profile, recommended, cfg.recommend.top_n, sections)
+            fs.write_text(spark, posixpath.join(staging, "report.html"), page)
+        write.publish(spark, output, model, recs, lambda: {**metrics, **clock.report()}, loaded.rejected,
+                      {"versions": metrics["versions"]}, lease, more)
     checkpoints.clear()
     if seen is not None:
         seen.unpersist()

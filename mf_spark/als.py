@@ -10,6 +10,7 @@ on its own ratings and the fixed side, so the result does not depend on the numb
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -99,7 +100,40 @@ def train_stats(train: DataFrame | Triples) -> TrainStats:
     return TrainStats(int(row["n"]), float(row["mean"]), float(row["lo"]), float(row["hi"]))
 
 
+# Called after every iteration with (iteration, factors); returns the history entry's extra keys.
+# An entry with "stop": True ends the fit after that iteration (early stopping; the key is dropped).
 OnIteration = Callable[[int, Factors], dict[str, Any]]
+
+
+class SharedBlocks:
+    """The blocks of one set of ratings, built once for several fits (a tuning search): each fit on
+    them (`fit(blocks=...)`) pays only for its iterations, with its own settings (Engine.spec); the
+    engine is the one a fit of `cfg` would start. `close` (or leaving `with`) releases it."""
+
+    def __init__(self, train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig):
+        self.train, self.cfg, self.n = train, cfg, (n_users, n_items)
+        self.num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train),
+                           "item": _num_blocks(cfg.num_item_blocks, train)}
+        self.engine = _engine(train, cfg, solve_spec(cfg, 0.0), self.num_blocks, n_users, n_items)
+
+    def engine_for(self, spec: SolveSpec) -> Engine:
+        self.engine.spec = spec
+        return self.engine
+
+    def fall_back(self, error: Exception) -> None:
+        """After the resident stage failed for good: one Spark job per half-step from now on."""
+        log.warning("the resident stage failed for good (%s); going on with one Spark job per half-step", error)
+        self.engine.close()
+        self.engine = BroadcastJobs(build_all(as_df(self.train), self.num_blocks), self.engine.spec)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "SharedBlocks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _warm(spec: SolveSpec, rank: int, top: int) -> None:
@@ -201,7 +235,7 @@ def _exchange(cfg: ModelConfig, sc) -> str:
 def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig,
         on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
         resume: bool = False, stats: TrainStats | None = None, top_n: int = 0,
-        initial: Factors | None = None) -> FitResult:
+        initial: Factors | None = None, blocks: SharedBlocks | None = None) -> FitResult:
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double; or the same held by
     the driver, blocks.Triples, which the resident stage takes from the driver directly).
 
@@ -215,13 +249,14 @@ def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig
     items by the final factors, the user's training items excluded, where the user blocks already
     are (FitResult.top; None with the other exchanges: score them with model.recommend_unseen_idx).
     `initial`: the factors to start from (a warm start, see `warm_factors`) instead of the seeded
-    ones; a checkpoint found with `resume` still wins.
+    ones; a checkpoint found with `resume` still wins. `blocks`: the engine of these ratings started
+    before (SharedBlocks), run with this fit's settings and left open.
     Performance note: one aggregate (count, mean, range) unless `stats` is given; blocks are built
     once per fit and released before returning.
     """
     started = time.perf_counter()
     with session.row_batched_arrow(session_of(train)), session.single_threaded_blas():
-        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n, initial)
+        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n, initial, blocks)
     result.fit_seconds = time.perf_counter() - started
     result.startup_seconds = (result.startup_seconds or time.perf_counter()) - started
     return result
@@ -229,7 +264,7 @@ def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig
 
 def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig, on_iteration: OnIteration | None,
          checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None, top_n: int,
-         initial_factors: Factors | None) -> FitResult:
+         initial_factors: Factors | None, blocks: SharedBlocks | None) -> FitResult:
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
@@ -237,17 +272,25 @@ def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfi
     # The checkpoint is read before any half-step: a resident stage would hold the slots its read needs.
     initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume, initial_factors)
 
-    def run(engine: Engine) -> FitResult:
+    def run(engine: Engine, close: bool = True) -> FitResult:
         """The iterations not done yet (after a fallback, from where the failed engine stopped)."""
         initial.exchange = engine.name
         done = initial.history[-1]["iteration"] if initial.history else start
         del initial.losses[2 * (done - start):]     # a half-step of an unfinished iteration
-        with engine:
+        with engine if close else contextlib.nullcontext():
             result = _iterate(engine, initial, done, n_users, n_items, cfg, spec, on_iteration, checkpoints)
             if top_n > 0:
                 result.top = _top_lists(engine, result.factors, n_users, top_n)
         return result
 
+    if blocks is not None:
+        try:
+            return run(blocks.engine_for(spec), close=False)
+        except stream.ExchangeError as e:
+            if blocks.engine.name != "stream" or cfg.exchange == "stream":
+                raise
+            blocks.fall_back(e)
+        return run(blocks.engine_for(spec), close=False)
     engine = _engine(train, cfg, spec, num_blocks, n_users, n_items)
     try:
         return run(engine)
@@ -384,6 +427,7 @@ def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_item
             if not getattr(on_iteration, "spark_free", False):
                 engine.pause()      # resident tasks hold every slot; the callback may run Spark jobs
             entry.update(on_iteration(it + 1, result.factors))
+        stop = entry.pop("stop", False)
         entry["seconds"] = time.perf_counter() - t0
         result.history.append(entry)
         log.info("iteration %d/%d %s", it + 1, cfg.iterations,
@@ -392,6 +436,9 @@ def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_item
                 and it + 1 < cfg.iterations:
             checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed,
                                                       "history": result.history})
+        if stop:
+            log.info("stopping after iteration %d: the iteration callback asked to", it + 1)
+            break
     return result
 
 

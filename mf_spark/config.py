@@ -7,6 +7,7 @@ is a ConfigError that names the TOML key, the value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -96,8 +97,12 @@ class ModelConfig:
     kind: Literal["explicit", "implicit"] = "explicit"
     rank: int = 10                      # latent factors k
     iterations: int = 10                # full ALS iterations (users then items)
-    reg: float = 0.1                    # lambda; multiplied by n_u (n_i) when reg_scaling = "count"
+    reg: float = 0.1                    # lambda; multiplied by n_u^nu (n_i^nu) when reg_scaling = "count"
     reg_scaling: Literal["count", "none"] = "count"   # count = ALS-WR weighted-lambda (MLlib)
+    # nu of the count scaling: 1 = ALS-WR (MLlib), between 0 and 1 the frequency-scaled lambda of
+    # iALS (Rendle et al., "Revisiting the performance of iALS", 2021): rows with many ratings are
+    # shrunk less than in proportion to their count.
+    reg_exponent: float = 1.0
     biases: bool = False                # explicit only: learn mu + b_u + b_i
     alpha: float = 1.0                  # implicit confidence slope
     confidence: Literal["linear", "log"] = "linear"  # 1 + alpha*r  |  1 + alpha*log(1 + r/eps)
@@ -123,12 +128,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require_choices(self, "model")
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
-        for name in ("reg", "alpha", "epsilon", "unobserved_weight"):
+        for name in ("reg", "reg_exponent", "alpha", "epsilon", "unobserved_weight"):
             _finite(f"model.{name}", getattr(self, name))
         require(0 < self.exchange_timeout_seconds < float("inf"), "model.exchange_timeout_seconds",
                 self.exchange_timeout_seconds, "a number of seconds > 0")
         require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
         require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
+        require(0.0 <= self.reg_exponent <= 2.0, "model.reg_exponent", self.reg_exponent, "a number in [0, 2]")
         require(self.alpha >= 0.0, "model.alpha", self.alpha, "a number >= 0")
         require(self.epsilon > 0.0, "model.epsilon", self.epsilon, "a number > 0")
         require(self.unobserved_weight >= 0.0, "model.unobserved_weight", self.unobserved_weight,
@@ -177,6 +183,73 @@ class EvalConfig:
         require(self.history_users >= 1, "eval.history_users", self.history_users, "an integer >= 1")
 
 
+# Model keys the tuning search may vary ([tune.space]); the rest of [model] is how to compute, not what.
+TUNABLE = ("rank", "iterations", "reg", "reg_scaling", "reg_exponent", "biases", "alpha", "confidence",
+           "epsilon", "target", "unobserved_weight", "nonnegative")
+TUNE_METRICS = {"rmse": True, "mae": True, "precision_at_k": False, "recall_at_k": False,
+                "ndcg_at_k": False, "map_at_k": False}      # metric -> lower is better
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """jobs/tune.py's search (mf_spark.tune). `space` maps a model key to a list of values, or for a
+    number to a range {min, max, log}; keys not in it keep [model]'s value. Empty = the default
+    space of the model kind (tune.DEFAULT_SPACES)."""
+    method: Literal["halving", "random", "grid"] = "halving"
+    trials: int = 27                     # settings drawn (random, halving); grid: every combination
+    metric: str = ""                     # validation metric; "" = rmse (explicit), ndcg_at_k (implicit)
+    validation_fraction: float = 0.2     # share of the training ratings held out for validation
+    max_iterations: int = 30             # a trial's iterations at most ([tune.space] iterations: its own)
+    patience: int = 3                    # a trial stops once its metric has not improved for this many
+    eta: int = 3                         # halving: the best 1/eta of each rung go on, eta x the iterations
+    min_iterations: int = 3              # halving: iterations of the first rung
+    validation_users: int = 2000         # users sampled for a ranking metric (every user below this)
+    seed: int = 0                        # draws of the settings and of the sampled users
+    space: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_choices(self, "tune")
+        require(self.metric in ("", *TUNE_METRICS), "tune.metric", self.metric,
+                "one of " + ", ".join(repr(m) for m in TUNE_METRICS) + " (or \"\" for the kind's default)")
+        require(0.0 < self.validation_fraction < 1.0, "tune.validation_fraction", self.validation_fraction,
+                "a number strictly between 0 and 1")
+        for name in ("trials", "max_iterations", "patience", "min_iterations", "validation_users"):
+            require(getattr(self, name) >= 1, f"tune.{name}", getattr(self, name), "an integer >= 1")
+        require(self.eta >= 2, "tune.eta", self.eta, "an integer >= 2")
+        require(isinstance(self.space, dict), "tune.space", self.space, "a table of model keys")
+        hints = typing.get_type_hints(ModelConfig)
+        for name, choice in self.space.items():
+            key = f"tune.space.{name}"
+            require(name in TUNABLE, key, choice, "a tunable model key: " + ", ".join(TUNABLE))
+            hint = hints[name]
+            if isinstance(choice, dict):
+                require(hint in (int, float) and set(choice) <= {"min", "max", "log"} and {"min", "max"} <= set(choice),
+                        key, choice, "a list of values, or for a number a range {min = a, max = b, log = true|false}")
+                lo, hi = (_coerce(f"{key}.{b}", hint, choice[b], False) for b in ("min", "max"))
+                log_scale = _coerce(f"{key}.log", bool, choice.get("log", False), False)
+                require(lo <= hi and (not log_scale or lo > 0), key, choice,
+                        "min <= max (and min > 0 for a log range)")
+                object.__setattr__(self, "space", {**self.space, name: {"min": lo, "max": hi, "log": log_scale}})
+            else:
+                require(isinstance(choice, (list, tuple)) and len(choice) >= 1, key, choice,
+                        "a non-empty list of values, or a range {min, max, log}")
+                values = [_coerce(f"{key}[{n}]", hint, v, False) for n, v in enumerate(choice)]
+                for v in values:     # each value must make a valid [model] section on its own
+                    ModelConfig(**{name: v})
+                object.__setattr__(self, "space", {**self.space, name: values})
+
+    def metric_for(self, kind: str) -> str:
+        return self.metric or ("rmse" if kind == "explicit" else "ndcg_at_k")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    # MLflow tracking URI (file:///path/mlruns, http://host:5000, databricks); "" = no tracking.
+    # Needs the mlflow package (pip install 'mf_spark[mlflow]').
+    mlflow_uri: str = ""
+    experiment: str = "mf_spark"         # MLflow experiment the runs are logged under
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -184,6 +257,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     spark: dict[str, str] = field(default_factory=dict)  # passed to SparkSession.builder.config
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,7 +266,8 @@ class RunConfig:
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "split": SplitConfig, "model": ModelConfig,
-                             "recommend": RecommendConfig, "eval": EvalConfig}
+                             "recommend": RecommendConfig, "eval": EvalConfig, "tune": TuneConfig,
+                             "tracking": TrackingConfig}
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
 
@@ -228,6 +304,14 @@ def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
                 f"an array like {_example(args)}")
         kinds = args if fixed else (args[0],) * len(value)
         return tuple(_coerce(f"{key}[{n}]", h, v, False) for n, (h, v) in enumerate(zip(kinds, value)))
+    if hint is dict:
+        if from_text and isinstance(value, str):     # --set tune.space={rank = [8, 16]}: a TOML inline table
+            try:
+                value = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"config key {key}: got {value!r}, expected a TOML inline table") from None
+        require(isinstance(value, dict), key, value, "a table")
+        return dict(value)
     if hint is bool:
         if from_text and isinstance(value, str):
             low = value.strip().lower()
@@ -325,11 +409,48 @@ def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config")
         if section not in SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown config section {section!r}; known sections: "
                               + ", ".join(sorted([*SECTIONS, "spark"])))
+        head, dot, tail = name.partition(".")
+        if dot and typing.get_type_hints(SECTIONS[section]).get(head) is dict:   # --set tune.space.rank=[8, 16]
+            try:
+                parsed = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"--set {item!r}: expected a TOML value such as [8, 16] or "
+                                  f"{{min = 0.01, max = 1, log = true}}") from None
+            body = merged.setdefault(section, {})
+            body[head] = {**body.get(head, {}), tail.strip(): parsed}
+            continue
         merged.setdefault(section, {})[name] = value
         text_keys.add(f"{section}.{name}")
     parts = {section: _build(section, cls, merged.get(section, {}), text_keys)
              for section, cls in SECTIONS.items()}
     return RunConfig(**parts, spark=merged.get("spark", {}))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)    # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def to_toml(run: RunConfig, header: str = "") -> str:
+    """`run` as a TOML document that `load` reads back to an equal RunConfig (unset optional keys,
+    None, are left out: absent is how TOML says it)."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        for name, value in dataclasses.asdict(getattr(run, section)).items():
+            if value is not None:
+                lines.append(f"{name} = {_toml_value(value)}")
+    lines += ["", "[spark]"] + [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in run.spark.items()]
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def saved_model_config(config: dict[str, Any], kind: str) -> ModelConfig:

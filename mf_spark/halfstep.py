@@ -8,6 +8,8 @@ engine: new factors for every row of one side, the other side held fixed.
         pause()                   # let other Spark jobs run (the resident stage holds every slot)
         top(X, offset, Y, item_bias, n)   # top lists where the blocks are, or None
         close()                   # release what the engine holds (also on leaving `with`)
+        spec                      # the SolveSpec of the next half-steps: may change between fits
+                                  # on the same blocks (a tuning search, als.SharedBlocks)
 
 Broadcast strategy: the driver broadcasts the fixed side's factors (float32), its biases and, for
 weighted ALS, its Gramian G = Y^T Y (computed once here, not once per block). Each cached rating block
@@ -52,7 +54,7 @@ class Fixed:
 
 def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
     """What every half-step of a fit with this config solves (mu: the global mean, with biases)."""
-    return SolveSpec(kind=cfg.kind, reg=cfg.reg, count_scaled=cfg.reg_scaling == "count",
+    return SolveSpec(kind=cfg.kind, reg=cfg.reg, reg_exponent=cfg.reg_exponent if cfg.reg_scaling == "count" else 0.0,
                      with_bias=cfg.kind == "explicit" and cfg.biases, mu=mu, alpha=cfg.alpha,
                      confidence=cfg.confidence, epsilon=cfg.epsilon, target=cfg.target,
                      w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative, cg_steps=cfg.cg_steps_for())

@@ -3,6 +3,7 @@
     front = prepare.front_end(spark, run_config, input=..., train=..., test=..., fmt=...)
     loaded = front.load()            # read and validate (counts, rejected rows); InputError on bad input
     ready = front.split_index()      # split, ID maps, training triples, held-out rows, statistics
+    outer, inner = front.tuning_split(validation)   # the same, and the training part split again
 
 Two front ends give the same `Ready` (tests/test_prepare.py holds them to it):
     driver  mf_spark.local: Arrow and numpy in the driver process, no Spark job; the training ratings
@@ -28,7 +29,7 @@ from pyspark.sql import types as T
 from mf_spark import index, read, split, validate
 from mf_spark.als import TrainStats, train_stats
 from mf_spark.blocks import Triples
-from mf_spark.config import DataConfig, RunConfig
+from mf_spark.config import DataConfig, RunConfig, SplitConfig
 from mf_spark.evaluate import HeldOut, collect_heldout, heldout_of
 from mf_spark.index import IdMap
 from mf_spark.local import read as local_read
@@ -120,17 +121,30 @@ class SparkFront:
         counts = dict(self.cleaned.counts)
         return Loaded(counts, self.cleaned.rejected if counts["n_rejected"] else None)
 
-    def split_index(self) -> Ready:
+    def _halves(self) -> tuple[DataFrame, DataFrame]:
         ratings = self.cleaned.ratings
         if self.source.train:
-            train, test = (ratings.where(F.col(PART) == p).drop(PART) for p in (0, 1))
-        else:
-            train, test = split.split(ratings, self.cfg.split)
-            if self.cfg.split.method != "random":    # a window by user: computed once, not per use
-                train = train.cache()
+            return tuple(ratings.where(F.col(PART) == p).drop(PART) for p in (0, 1))
+        train, test = split.split(ratings, self.cfg.split)
+        if self.cfg.split.method != "random":    # a window by user: computed once, not per use
+            train = train.cache()
+        return train, test
+
+    def split_index(self) -> Ready:
+        train, test = self._halves()
         ready = spark_ready(train, test, [train.unpersist])   # materializes train_idx: the cleaned rows can go
         self.cleaned.release()
         return ready
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        train, test = self._halves()
+        fit, held = split.split(train, validation)
+        if validation.method != "random":
+            fit = fit.cache()
+        inner = spark_ready(fit, held, [fit.unpersist])
+        outer = spark_ready(train, test, [train.unpersist])
+        self.cleaned.release()
+        return outer, inner
 
 
 class DriverFront:
@@ -153,7 +167,7 @@ class DriverFront:
         self.clean = local_validate.clean(raw, cfg.data, cfg.model.kind)
         return Loaded(dict(self.clean.counts), self.clean.rejected if self.clean.counts["n_rejected"] else None)
 
-    def split_index(self) -> Ready:
+    def _halves(self) -> tuple[pa.Table, pa.Table]:
         ratings = self.clean.ratings
         if self.source.train:
             part = ratings.column(PART).to_numpy()
@@ -162,7 +176,16 @@ class DriverFront:
         else:
             is_test = local_split.test_mask(ratings, self.cfg.split)
         self.clean = None
-        return driver_ready(self.spark, ratings.filter(pa.array(~is_test)), ratings.filter(pa.array(is_test)))
+        return ratings.filter(pa.array(~is_test)), ratings.filter(pa.array(is_test))
+
+    def split_index(self) -> Ready:
+        return driver_ready(self.spark, *self._halves())
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        train, test = self._halves()
+        held = pa.array(local_split.test_mask(train, validation))
+        inner = driver_ready(self.spark, train.filter(pc.invert(held)), train.filter(held))
+        return driver_ready(self.spark, train, test), inner
 
 
 class _Chosen:
@@ -195,6 +218,12 @@ class _Chosen:
 
     def split_index(self) -> Ready:
         return self.front.split_index()
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        """(train vs test, as split_index gives it; and the training ratings split again by
+        `validation`: the fit part vs the validation part), for a tuning search that never reads
+        the test set."""
+        return self.front.tuning_split(validation)
 
 
 def front_end(spark: SparkSession, cfg: RunConfig, input: str | None = None, train: str | None = None,

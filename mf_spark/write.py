@@ -217,11 +217,13 @@ def _recover(spark: SparkSession, output: str) -> None:
 # ---- publishing ---------------------------------------------------------------------------------------
 def publish(spark: SparkSession, output: str, model: FactorModel, recommendations: DataFrame | pa.Table,
             metrics: dict[str, Any] | Callable[[], dict[str, Any]], rejected: DataFrame | pa.Table | None,
-            model_extra: dict[str, Any], lease: Lease | None = None) -> str:
+            model_extra: dict[str, Any], lease: Lease | None = None,
+            more: Callable[[str, dict[str, Any]], None] | None = None) -> str:
     """Write factors, recommendations, metrics.json, model.json, rejected/ (if any), _SUCCESS.
 
-    `metrics` may be a function, called when metrics.json is written (last but _SUCCESS), so that
-    it can hold the time of the writes before it.
+    `metrics` may be a function, called when metrics.json is written (last but `more` and
+    _SUCCESS), so that it can hold the time of the writes before it. `more(staging, metrics)`
+    writes further outputs (the report) into the staging folder.
 
     `recommendations` and `rejected` may be DataFrames or driver tables (fs.write_parquet).
     Performance note: one Spark write per DataFrame output (recommendations, rejected, two factor
@@ -239,6 +241,8 @@ def publish(spark: SparkSession, output: str, model: FactorModel, recommendation
         fault_point("metrics")
         body = metrics() if callable(metrics) else metrics
         fs.write_json(spark, posixpath.join(staging, "metrics.json"), body)
+        if more is not None:
+            more(staging, body)
     return publish_with(spark, output, write_all, lease)
 
 

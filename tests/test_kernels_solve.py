@@ -37,7 +37,7 @@ def explicit_reference(indptr, cols, vals, Y, row, spec, fixed_bias=None):
         Yu = np.hstack([Yu, np.ones((Yu.shape[0], 1))])
         t = t - fixed_bias[cols[sl]]
     n = sl.stop - sl.start
-    lam = spec.reg * (n if spec.count_scaled else 1.0)
+    lam = spec.reg * n ** spec.reg_exponent
     A = Yu.T @ Yu + lam * np.eye(Yu.shape[1])
     if n == 0 and lam == 0:
         return np.zeros(Yu.shape[1])
@@ -54,16 +54,16 @@ def implicit_dense_reference(indptr, cols, vals, Y, row, spec):
     p[cols[sl]] = preference(vals[sl], spec)
     Yd = Y.astype(np.float64)
     n = sl.stop - sl.start
-    lam = spec.reg * (n if spec.count_scaled else 1.0)
+    lam = spec.reg * n ** spec.reg_exponent
     A = Yd.T @ (w[:, None] * Yd) + lam * np.eye(k)
     return np.linalg.solve(A, Yd.T @ (w * p))
 
 
-@pytest.mark.parametrize("count_scaled", [True, False])
+@pytest.mark.parametrize("reg_exponent", [1.0, 0.0, 0.5])
 @pytest.mark.parametrize("budget", [64, 1 << 22])
-def test_explicit_matches_per_row(rng, engine, count_scaled, budget):
+def test_explicit_matches_per_row(rng, engine, reg_exponent, budget):
     indptr, cols, vals, Y = random_block(rng)
-    spec = SolveSpec(reg=0.1, count_scaled=count_scaled, mu=3.0)
+    spec = SolveSpec(reg=0.1, reg_exponent=reg_exponent, mu=3.0)
     got = solve_block(indptr, cols, vals, Y, spec, budget=budget, engine=engine)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=1e-4, atol=1e-5)
@@ -82,7 +82,7 @@ def test_explicit_with_bias_matches_per_row(rng, engine):
 
 def test_explicit_loss_pieces(rng, engine):
     indptr, cols, vals, Y = random_block(rng, empty_rows=False)
-    spec = SolveSpec(reg=0.2, count_scaled=True)
+    spec = SolveSpec(reg=0.2, reg_exponent=1.0)
     got = solve_block(indptr, cols, vals, Y, spec, engine=engine)
     rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
     pred = np.sum(got.factors[rows].astype(np.float64) * Y[cols], axis=1)
@@ -164,11 +164,11 @@ def test_shape_errors(rng):
 
 
 @pytest.mark.parametrize("w0", [1.0, 0.05, 3.0])      # 3.0 > c for some entries: D has negative weights
-@pytest.mark.parametrize("count_scaled", [True, False])
-def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, engine, w0, count_scaled):
+@pytest.mark.parametrize("reg_exponent", [1.0, 0.0, 0.5])
+def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, engine, w0, reg_exponent):
     """Rows with L < k take the Woodbury path (L x L systems); same answer as the dense solve."""
     indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=16, max_len=12)
-    spec = SolveSpec(kind="implicit", reg=0.1, alpha=1.5, w0=w0, count_scaled=count_scaled)
+    spec = SolveSpec(kind="implicit", reg=0.1, alpha=1.5, w0=w0, reg_exponent=reg_exponent)
     got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, engine=engine)
     want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=2e-3, atol=2e-4)
@@ -207,7 +207,7 @@ def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng
                     gram=gram, plan=plan)
 
 
-EXACT_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.2, count_scaled=False),
+EXACT_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.2, reg_exponent=0.0),
                SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
                SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=2.0)]
 
@@ -309,7 +309,7 @@ def test_without_numba_every_solve_takes_the_numpy_engine(monkeypatch):
         engine_for(SolveSpec(), 10, "compiled")
 
 
-CG_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.1, count_scaled=False),
+CG_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.1, reg_exponent=0.0),
             SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
             SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=1.0)]
 
@@ -355,7 +355,7 @@ def dense_objective(block, spec, x, fb=None):
     for r in range(indptr.size - 1):
         sl = slice(indptr[r], indptr[r + 1])
         n = sl.stop - sl.start
-        lam = spec.reg * (n if spec.count_scaled else 1.0)
+        lam = spec.reg * n ** spec.reg_exponent
         if spec.kind == "explicit":
             Yu = Y[cols[sl]].astype(np.float64)
             t = vals[sl].astype(np.float64) - spec.mu

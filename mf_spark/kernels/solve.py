@@ -48,7 +48,7 @@ class SolveSpec:
     """What one half-step solves; built once from ModelConfig."""
     kind: str = "explicit"          # explicit | implicit
     reg: float = 0.1                # lambda
-    count_scaled: bool = True       # lambda_u = lambda * n_u (ALS-WR) or lambda
+    reg_exponent: float = 1.0       # nu of lambda_u = lambda * n_u^nu: 1 = ALS-WR, 0 = plain lambda
     with_bias: bool = False         # explicit: solve [x_u, b_u] against [y_i, 1]
     mu: float = 0.0                 # explicit global mean subtracted from every rating
     alpha: float = 1.0              # implicit confidence slope
@@ -68,8 +68,11 @@ class SolveSpec:
             raise ValueError("biases apply to explicit models only")
 
     def row_reg(self, counts: np.ndarray) -> np.ndarray:
-        """lambda_u of rows with `counts` ratings: lambda * n_u (ALS-WR) or lambda (float64)."""
-        return self.reg * (counts.astype(np.float64) if self.count_scaled else np.ones(counts.size))
+        """lambda_u of rows with `counts` ratings: lambda * n_u^nu (float64; nu = 1 is ALS-WR)."""
+        if self.reg_exponent == 0.0:
+            return np.full(counts.size, self.reg)
+        n = counts.astype(np.float64)
+        return self.reg * (n if self.reg_exponent == 1.0 else n ** self.reg_exponent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 half-step's fixed side to them and gather their rows (see mf_spark.stream)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import secrets
@@ -120,7 +121,7 @@ class Resident(Engine):
             self.hellos.get_nowait().sock.close()
 
     def _job(self):
-        body = _task_body(self.address, self.token, self.spec, self.num_blocks, self.triples is not None)
+        body = _task_body(self.address, self.token, self.num_blocks, self.triples is not None)
         if self.triples is None:
             return self.ratings.mapInArrow(body, "done int", barrier=True)
         # Nothing for the tasks to read: an RDD stage, which a cold application starts seconds sooner
@@ -274,7 +275,8 @@ class Resident(Engine):
         task is lost (Spark retries barrier stages whole)."""
         f = fixed_side(n_rows, fixed, fixed_bias, self.spec, previous)
         arrays = [f.factors] + [a for a in (f.bias, f.gram) if a is not None]
-        header = {"op": "solve", "side": side, "bias": f.bias is not None, "gram": f.gram is not None}
+        header = {"op": "solve", "side": side, "bias": f.bias is not None, "gram": f.gram is not None,
+                  "spec": dataclasses.asdict(self.spec)}
         for attempt in range(retries + 1):
             try:
                 if not self.conns:          # paused, or a task was lost: (re)submit the stage

@@ -121,8 +121,7 @@ def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> 
     return out
 
 
-def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks: dict[str, int],
-               from_driver: bool):
+def _task_body(address: tuple[str, int], token: str, num_blocks: dict[str, int], from_driver: bool):
     def run(batches):
         ctx = BarrierTaskContext.get()
         me, n_tasks = ctx.partitionId(), len(ctx.getTaskInfos())
@@ -142,7 +141,7 @@ def _task_body(address: tuple[str, int], token: str, spec: SolveSpec, num_blocks
                 received = [mine] if from_driver else _exchange(me, server, header["peers"], token, pieces)
                 blocks = _blocks_of(received, num_blocks)
                 del pieces
-                _serve(sock, blocks, spec)
+                _serve(sock, blocks)
         finally:
             if server is not None:       # _exchange closes it; this is for a task that fails before
                 server.close()
@@ -161,11 +160,11 @@ def _dial(address: tuple[str, int], task: int, token: str) -> socket.socket:
     return sock
 
 
-def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock], spec: SolveSpec) -> None:
+def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock]) -> None:
     """A resident task with its blocks built: report them, then solve whatever half-steps the driver
     sends, and score top-N lists for its users when asked, until it says stop."""
     by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
-    plans: dict = {}        # (side, block) -> its padded layout, built on the first half-step, kept
+    plans: dict = {}        # (side, block) -> (spec, width, its padded layout), kept while they hold
     send_frame(sock, {"op": "built"}, _counts(by_side["user"]) + _counts(by_side["item"]))
     while True:
         header, arrays = recv_frame(sock)
@@ -174,7 +173,7 @@ def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock], spec: S
         if header["op"] == "top":
             send_frame(sock, {"op": "top"}, _top_blocks(by_side["user"], header, list(arrays)))
             continue
-        send_frame(sock, *_solve_blocks(by_side[header["side"]], header, list(arrays), plans, spec))
+        send_frame(sock, *_solve_blocks(by_side[header["side"]], header, list(arrays), plans))
 
 
 def _top_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -200,10 +199,20 @@ def _top_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray]) 
     return [cat(ids, np.int32), cat(counts, np.int32), cat(items, np.int32), cat(scores, np.float32)]
 
 
-def _solve_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray], plans: dict,
-                  spec: SolveSpec) -> tuple[dict, list[np.ndarray]]:
+def spec_of(header: dict) -> SolveSpec:
+    """The SolveSpec a "solve" frame carries (each does: a tuning search changes it between fits on
+    the same blocks)."""
+    try:
+        return SolveSpec(**header["spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FrameError(f"a solve frame with a bad spec: {e}") from None
+
+
+def _solve_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray],
+                  plans: dict) -> tuple[dict, list[np.ndarray]]:
     """The reply to one "solve" frame: new factors (and biases) of `blocks`' rows and the loss pieces.
-    `plans` keeps each block's padded layout from the first half-step on."""
+    `plans` keeps each block's padded layout while the spec and the fixed side's width stay."""
+    spec = spec_of(header)
     fixed = arrays.pop(0)
     fixed_bias = arrays.pop(0) if header["bias"] else None
     gram = arrays.pop(0) if header["gram"] else None
@@ -213,12 +222,12 @@ def _solve_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray]
     at = 0
     for blk in blocks:
         key = (header["side"], blk.block)
-        if key not in plans:     # the fixed side's shape is the same for the whole fit
-            plans[key] = layout(blk.indptr, blk.cols, blk.values, spec, fixed.shape[0], width)
+        if plans.get(key, (None, None))[:2] != (spec, width):
+            plans[key] = (spec, width, layout(blk.indptr, blk.cols, blk.values, spec, fixed.shape[0], width))
         start = None if x0 is None else x0[at:at + blk.row_ids.size]
         at += blk.row_ids.size
         sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias, gram=gram,
-                          plan=plans[key], x0=start)
+                          plan=plans[key][2], x0=start)
         ids.append(blk.row_ids)
         parts.append(sol.factors)
         if sol.bias is not None:

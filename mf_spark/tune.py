@@ -1,0 +1,303 @@
+"""Hyperparameter search on a validation split carved out of the training ratings, never the test set.
+
+    fit part, validation part = the training ratings split again by the run's split rules
+    blocks of the fit part: built once (als.SharedBlocks); every trial's half-steps run on them
+    each trial: its settings fitted on the fit part, the validation metric after every iteration
+    best = the trial, and the iteration, with the best validation metric
+
+jobs/tune.py then refits the best settings (iterations = the best iteration) on all the training
+ratings and scores the test set.
+
+Searches (tune.method):
+    grid     every combination of the space's value lists
+    random   tune.trials settings drawn from the space (seeded by tune.seed)
+    halving  successive halving: tune.trials drawn settings run tune.min_iterations iterations; the
+             best 1/eta of them go on, from the factors they reached, to eta times as many, and so
+             on up to tune.max_iterations (ALS's state is its factors, so going on is the same fit
+             as running longer in one go)
+Every trial stops once its validation metric has not improved for tune.patience iterations, and a
+trial whose fit diverges is recorded with no metric.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mf_spark import als, evaluate
+from mf_spark.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConfig
+from mf_spark.errors import FitDiverged, InputError
+from mf_spark.model import Scorer
+from mf_spark.prepare import Ready
+from mf_spark.types import Factors
+
+log = logging.getLogger("mf_spark")
+
+# The space searched when [tune.space] is empty: wide enough for data sets of any shape, since the
+# best settings differ by data set (docs/performance.md, "Tuning"). Explicit: lambda on a log scale
+# together with the count exponent nu (the best lambda moves by decades with nu), and biases.
+# Implicit: iALS's ranges (Rendle et al. 2021): w0 well below 1, lambda on a log scale, and the
+# confidence's slope and form.
+DEFAULT_SPACES: dict[str, dict[str, Any]] = {
+    "explicit": {
+        "rank": [8, 16, 32, 64],
+        "reg": {"min": 0.01, "max": 10.0, "log": True},
+        "reg_exponent": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "biases": [True, False],
+    },
+    "implicit": {
+        "rank": [16, 32, 64],
+        "reg": {"min": 0.003, "max": 0.3, "log": True},
+        "reg_exponent": [0.5, 1.0],
+        "alpha": {"min": 0.1, "max": 10.0, "log": True},
+        "confidence": ["linear", "log"],
+        "unobserved_weight": {"min": 0.01, "max": 1.0, "log": True},
+    },
+}
+
+
+def space_of(run: RunConfig) -> dict[str, Any]:
+    """The searched space: [tune.space], else the model kind's default."""
+    return run.tune.space or DEFAULT_SPACES[run.model.kind]
+
+
+def validation_split(run: RunConfig) -> SplitConfig:
+    """How the validation part is carved from the training ratings: the run's split method, with
+    tune.validation_fraction and a seed of its own (another draw than the test split's)."""
+    return dataclasses.replace(run.split, test_fraction=run.tune.validation_fraction, seed=run.split.seed + 1)
+
+
+def _draw(choice: Any, rng: np.random.Generator) -> Any:
+    if isinstance(choice, list):
+        return choice[int(rng.integers(len(choice)))]
+    lo, hi = choice["min"], choice["max"]
+    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if choice["log"] else rng.uniform(lo, hi)
+    return int(round(x)) if isinstance(lo, int) else float(f"{x:.4g}")
+
+
+def settings(run: RunConfig) -> list[dict[str, Any]]:
+    """The trials' settings, in trial order: every combination (grid) or tune.trials draws, the
+    same for the same tune.seed. ConfigError-free: the space was checked with the config."""
+    space, tune = space_of(run), run.tune
+    if tune.method == "grid":
+        ranges = [k for k, v in space.items() if isinstance(v, dict)]
+        if ranges:
+            raise InputError(f"tune.method = 'grid' needs lists of values; tune.space has ranges for "
+                             f"{', '.join(ranges)} (use random or halving, or list the values)")
+        keys = list(space)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+    rng = np.random.default_rng(tune.seed)
+    out: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    for _ in range(tune.trials * 20):       # distinct draws; a small discrete space runs out first
+        draw = {k: _draw(v, rng) for k, v in space.items()}
+        key = tuple(sorted(draw.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(draw)
+        if len(out) == tune.trials:
+            break
+    return out
+
+
+class Validation:
+    """The validation metric of any factors: RMSE or MAE of the validation ratings, or a ranking
+    metric at eval.k over (a sample of) the validation users, their fit-part items excluded. Runs
+    on the driver, no Spark job."""
+
+    def __init__(self, inner: Ready, run: RunConfig):
+        kind = run.model.kind
+        self.metric = run.tune.metric_for(kind)
+        self.lower_is_better = TUNE_METRICS[self.metric]
+        if inner.heldout.n == 0:
+            raise InputError("the validation part of the training ratings is empty: raise "
+                             "tune.validation_fraction or give more training ratings")
+        if self.lower_is_better and kind != "explicit":
+            raise InputError(f"tune.metric = {self.metric!r} scores predicted ratings: implicit models "
+                             f"are scored by ranking (ndcg_at_k, map_at_k, precision_at_k, recall_at_k)")
+        self.kind, self.heldout = kind, inner.heldout
+        self.mean, self.range = inner.stats.mean, (inner.stats.lo, inner.stats.hi) if kind == "explicit" else None
+        self.ranking = None
+        if not self.lower_is_better:
+            relevant = evaluate.relevant_items(inner.heldout, run.eval.relevant_threshold if kind == "explicit" else None)
+            if relevant.users.size == 0:
+                raise InputError("no validation user has a relevant item known in the fit part: a ranking "
+                                 "metric cannot be measured (raise tune.validation_fraction)")
+            sample = evaluate.sample_users(relevant, run.tune.validation_users, run.tune.seed)
+            self.ranking = evaluate.RankingEvaluator(inner.train, sample, inner.items.size, run.eval.k, on_driver=True)
+
+    def __call__(self, factors: Factors) -> float:
+        scorer = Scorer(self.kind, factors, self.mean, self.range)
+        if self.ranking is None:
+            return evaluate.error_metrics(scorer, self.heldout)[self.metric]
+        return self.ranking(scorer)[self.metric]
+
+    def better(self, a: float, b: float) -> bool:
+        return a < b if self.lower_is_better else a > b
+
+    def best_at(self, history: list[float]) -> int:
+        return _best_at(history, self.lower_is_better)
+
+
+@dataclass
+class Trial:
+    number: int
+    settings: dict[str, Any]
+    history: list[float] = field(default_factory=list)     # validation metric after each iteration
+    seconds: float = 0.0
+    factors: Factors | None = None       # where it stopped (kept while the halving may go on)
+    stopped: bool = False                # early stop (patience) or divergence: never goes on
+    failed: str = ""                     # why the fit diverged
+
+    @property
+    def iterations(self) -> int:
+        return len(self.history)
+
+
+@dataclass
+class Search:
+    trials: list[Trial]
+    metric: str
+    lower_is_better: bool
+    params: list[str]                    # the searched keys, in the space's order
+    best: Trial | None
+
+    @property
+    def best_iteration(self) -> int:
+        return _best_at(self.best.history, self.lower_is_better) + 1
+
+    @property
+    def best_value(self) -> float:
+        return self.best.history[self.best_iteration - 1]
+
+
+def _best_at(history: list[float], lower: bool) -> int:
+    """0-based position of the best value (the earliest of equals)."""
+    values = np.asarray(history, np.float64)
+    return int(np.argmin(values) if lower else np.argmax(values))
+
+
+def best_of(trial: Trial, lower_is_better: bool) -> float | None:
+    """The trial's best validation metric; None for a trial that diverged."""
+    return trial.history[_best_at(trial.history, lower_is_better)] if trial.history else None
+
+
+def _model(run: RunConfig, trial: Trial) -> ModelConfig:
+    return dataclasses.replace(run.model, **trial.settings, checkpoint_interval=0)
+
+
+def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation,
+             to: int) -> None:
+    """Run `trial` on from its factors until it has `to` iterations, its metric stops improving for
+    tune.patience iterations, or its fit diverges."""
+    cfg = _model(run, trial)
+    todo = min(to, cfg.iterations) - trial.iterations
+    if trial.stopped or todo <= 0:
+        return
+    patience = run.tune.patience
+
+    def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
+        value = validate(factors)
+        trial.history.append(value)
+        since_best = len(trial.history) - 1 - validate.best_at(trial.history)
+        trial.stopped = since_best >= patience
+        return {"validation": value, "stop": trial.stopped}
+    on_iteration.spark_free = True
+    started = time.perf_counter()
+    try:
+        fit = als.fit(inner.train, inner.users.size, inner.items.size, dataclasses.replace(cfg, iterations=todo),
+                      on_iteration=on_iteration, stats=inner.stats, initial=trial.factors, blocks=blocks)
+        trial.factors = fit.factors
+    except FitDiverged as e:
+        trial.stopped, trial.failed, trial.factors = True, str(e), None
+        del trial.history[:]
+    trial.seconds += time.perf_counter() - started
+    shown = f"{trial.history[-1]:.5g}" if trial.history else "diverged"
+    log.info("trial %d %s: %s %s after %d iterations%s", trial.number, trial.settings, validate.metric, shown,
+             trial.iterations, " (stopped)" if trial.stopped and trial.history else "")
+
+
+def _value(trial: Trial, validate: Validation) -> float:
+    """The trial's best metric so far; the worst possible for a trial with none (diverged)."""
+    value = best_of(trial, validate.lower_is_better)
+    return (math.inf if validate.lower_is_better else -math.inf) if value is None else value
+
+
+def search(inner: Ready, run: RunConfig) -> Search:
+    """Run the search of run.tune over `inner` (the fit part, and the validation part as its held-out
+    rows). Trials are deterministic for a given tune.seed and model.seed."""
+    tune = run.tune
+    validate = Validation(inner, run)
+    chosen = settings(run)
+    trials = [Trial(n, s) for n, s in enumerate(chosen)]
+    for t in trials:            # [tune.space] iterations caps its own trials; max_iterations the others
+        t.settings.setdefault("iterations", tune.max_iterations)
+    ceiling = lambda t: t.settings["iterations"]  # noqa: E731
+    log.info("tuning: %d trials (%s), %s on %d validation ratings", len(trials), tune.method, validate.metric,
+             inner.heldout.n)
+    with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
+        if tune.method == "halving":
+            alive, budget = trials, tune.min_iterations
+            while alive:
+                for t in alive:     # each keeps its factors: it may go on
+                    _advance(t, inner, run, blocks, validate, budget)
+                going = [t for t in alive if not t.stopped and t.iterations < ceiling(t)]
+                if not going or budget >= tune.max_iterations:
+                    break
+                ranked = sorted(going, key=lambda t: _value(t, validate), reverse=not validate.lower_is_better)
+                keep = ranked[:max(1, math.ceil(len(ranked) / tune.eta))]
+                for t in alive:
+                    if t not in keep:
+                        t.factors = None        # out of the search: its factors are not needed
+                alive, budget = keep, min(budget * tune.eta, tune.max_iterations)
+        else:
+            for t in trials:
+                _advance(t, inner, run, blocks, validate, ceiling(t))
+                t.factors = None
+    for t in trials:
+        t.factors = None
+    scored = [t for t in trials if t.history]
+    best = None
+    for t in scored:
+        if best is None or validate.better(_value(t, validate), _value(best, validate)):
+            best = t
+    if validate.ranking is not None:
+        validate.ranking.close()
+    if best is None:
+        raise InputError(f"every one of the {len(trials)} trials diverged; first: {trials[0].failed}")
+    return Search(trials, validate.metric, validate.lower_is_better, list(space_of(run)), best)
+
+
+def best_run(run: RunConfig, found: Search) -> RunConfig:
+    """`run` with the best trial's settings, iterations = its best iteration."""
+    model = dataclasses.replace(run.model, **{**found.best.settings, "iterations": found.best_iteration})
+    return dataclasses.replace(run, model=model)
+
+
+def trials_table(found: Search) -> pa.Table:
+    """tuning/trials.parquet: a row per trial, its settings (a column per searched key), the best
+    validation metric and its iteration, the iterations run, seconds, the metric after every
+    iteration, and why a diverged trial failed."""
+    column = f"validation_{found.metric}"
+    rows = []
+    for t in found.trials:
+        at = _best_at(t.history, found.lower_is_better) if t.history else None
+        rows.append({"trial": t.number, **{k: t.settings.get(k) for k in found.params},
+                     column: None if at is None else t.history[at], "best_iteration": None if at is None else at + 1,
+                     "iterations_run": t.iterations, "seconds": t.seconds, "history": list(t.history),
+                     "failed": t.failed or None})
+    types = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    fields = [("trial", pa.int64())]
+    for k in found.params:
+        kinds = {type(t.settings[k]) for t in found.trials if k in t.settings}
+        fields.append((k, pa.float64() if kinds == {int, float} else types[kinds.pop()] if kinds else pa.string()))
+    fields += [(column, pa.float64()), ("best_iteration", pa.int64()), ("iterations_run", pa.int64()),
+               ("seconds", pa.float64()), ("history", pa.list_(pa.float64())), ("failed", pa.string())]
+    return pa.Table.from_pylist(rows, pa.schema(fields))

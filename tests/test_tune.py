@@ -1,0 +1,256 @@
+"""The tuning search (mf_spark.tune) and jobs/tune.py: spaces, draws, halving, early stopping, the
+refit's outputs, and that the test split never takes part in the choice."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import planted
+from jobs import train as train_job
+from jobs import tune as tune_job
+from mf_spark import als, config, prepare, tune
+from mf_spark.errors import ConfigError, InputError
+
+
+def _run(*sets: str) -> config.RunConfig:
+    return config.load(None, list(sets))
+
+
+# ---- the space and the draws -----------------------------------------------------------------------------
+def test_grid_is_every_combination_in_order():
+    run = _run("tune.method=grid", "tune.space.rank=[2, 4]", "tune.space.biases=[true, false]")
+    assert tune.settings(run) == [{"rank": 2, "biases": True}, {"rank": 2, "biases": False},
+                                  {"rank": 4, "biases": True}, {"rank": 4, "biases": False}]
+
+
+def test_grid_refuses_ranges():
+    run = _run("tune.method=grid", "tune.space.reg={min = 0.01, max = 1.0, log = true}")
+    with pytest.raises(InputError, match="needs lists of values; tune.space has ranges for reg"):
+        tune.settings(run)
+
+
+def test_random_draws_are_seeded_distinct_and_inside_the_space():
+    sets = ["tune.method=random", "tune.trials=30", "tune.space.rank=[4, 8]",
+            "tune.space.reg={min = 0.01, max = 1.0, log = true}", "tune.space.iterations={min = 2, max = 9}"]
+    a, b = tune.settings(_run(*sets)), tune.settings(_run(*sets))
+    assert a == b and len(a) == 30
+    assert len({tuple(sorted(s.items())) for s in a}) == 30
+    assert all(s["rank"] in (4, 8) and 0.01 <= s["reg"] <= 1.0 and 2 <= s["iterations"] <= 9 for s in a)
+    assert all(isinstance(s["iterations"], int) for s in a)
+    assert tune.settings(_run(*sets, "tune.seed=1")) != a
+
+
+def test_a_small_discrete_space_runs_out_of_distinct_draws():
+    assert len(tune.settings(_run("tune.method=random", "tune.trials=50", "tune.space.rank=[2, 3]"))) == 2
+
+
+def test_the_default_space_follows_the_kind():
+    assert tune.space_of(_run()) is tune.DEFAULT_SPACES["explicit"]
+    assert "unobserved_weight" in tune.space_of(_run("model.kind=implicit"))
+    assert tune.space_of(_run("tune.space.rank=[3]")) == {"rank": [3]}
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["tune.space.seed=[1, 2]"], "tune.space.seed"),
+    (["tune.space.rank=[0, 4]"], "model.rank"),
+    (["tune.space.rank=[]"], "non-empty list"),
+    (["tune.space.reg={min = 1, max = 0.1}"], "min <= max"),
+    (["tune.space.reg={min = 0, max = 1, log = true}"], "min > 0 for a log range"),
+    (["tune.space.biases={min = 0, max = 1}"], "a list of values"),
+    (["tune.space.confidence=[\"cubic\"]"], "tune.space.confidence"),
+    (["tune.metric=auc"], "tune.metric"),
+    (["tune.method=bayes"], "tune.method"),
+    (["tune.validation_fraction=1"], "tune.validation_fraction"),
+    (["tune.eta=1"], "tune.eta"),
+    (["tune.space.rank=[4"], "expected a TOML value"),
+])
+def test_bad_tune_settings_name_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        _run(*sets)
+
+
+def test_tune_section_reads_from_toml_and_round_trips(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('[tune]\nmethod = "random"\n[tune.space]\nrank = [4, 8]\nreg = {min = 0.01, max = 1.0, log = true}\n')
+    run = config.load(path)
+    assert run.tune.space == {"rank": [4, 8], "reg": {"min": 0.01, "max": 1.0, "log": True}}
+    again = tmp_path / "again.toml"
+    again.write_text(config.to_toml(run, "a header\nof two lines"))
+    assert config.load(again) == run
+    assert again.read_text().startswith("# a header\n# of two lines\n")
+
+
+# ---- the search ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def explicit_csv(tmp_path_factory):
+    u, i, r, _ = planted(n_users=80, n_items=50, rank=3, density=0.45, noise=0.3, seed=5)
+    r = np.clip(np.round(r * 2) / 2, 0.5, 5)
+    path = tmp_path_factory.mktemp("tune") / "ratings.csv"
+    path.write_text("user,item,rating\n" + "".join(f"u{a},i{b},{c:g}\n" for a, b, c in zip(u, i, r)))
+    return str(path)
+
+
+def _inner(spark, run, path):
+    front = prepare.front_end(spark, run, input=path)
+    front.load()
+    outer, inner = front.tuning_split(tune.validation_split(run))
+    return outer, inner
+
+
+def test_the_validation_part_is_carved_from_train_only(spark, explicit_csv):
+    run = _run()
+    outer, inner = _inner(spark, run, explicit_csv)
+    assert inner.stats.n + inner.heldout.n == outer.stats.n       # the training part, split again
+    assert 0.1 < inner.heldout.n / outer.stats.n < 0.3
+    assert outer.heldout.n > 0
+
+
+def test_search_is_deterministic_and_its_best_is_the_best_trial(spark, explicit_csv):
+    run = _run("tune.method=random", "tune.trials=5", "tune.max_iterations=6", "tune.space.rank=[2, 3, 6]",
+               "tune.space.reg={min = 0.005, max = 0.5, log = true}", "tune.space.biases=[true, false]")
+    tables = []
+    for _ in range(2):
+        _, inner = _inner(spark, run, explicit_csv)
+        found = tune.search(inner, run)
+        tables.append(tune.trials_table(found).drop_columns(["seconds"]))
+        inner.release()
+    assert tables[0].equals(tables[1])
+    values = tables[0].column("validation_rmse").to_pylist()
+    assert found.best_value == min(values) and found.best.number == int(np.argmin(values))
+    best = tune.best_run(run, found)
+    assert best.model.iterations == found.best_iteration and best.model.rank == found.best.settings["rank"]
+    assert tables[0].column_names[:4] == ["trial", "rank", "reg", "biases"]
+    history = tables[0].column("history").to_pylist()
+    assert all(len(h) == n for h, n in zip(history, tables[0].column("iterations_run").to_pylist()))
+
+
+def test_going_on_from_the_factors_is_the_same_fit_as_running_longer(spark, explicit_csv):
+    """Halving continues survivors from where they stopped: ALS's state is its factors."""
+    run = _run("tune.patience=50", "tune.space.rank=[3]")
+    _, inner = _inner(spark, run, explicit_csv)
+    validate = tune.Validation(inner, run)
+    straight, stepped = tune.Trial(0, {"rank": 3, "biases": True, "iterations": 6}), \
+        tune.Trial(1, {"rank": 3, "biases": True, "iterations": 6})
+    with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
+        tune._advance(straight, inner, run, blocks, validate, 6)
+        tune._advance(stepped, inner, run, blocks, validate, 2)
+        tune._advance(stepped, inner, run, blocks, validate, 6)
+    np.testing.assert_allclose(stepped.history, straight.history, rtol=1e-5)
+    np.testing.assert_allclose(stepped.factors.X, straight.factors.X, atol=1e-4)
+    inner.release()
+
+
+def test_halving_gives_the_survivors_more_iterations(spark, explicit_csv):
+    run = _run("tune.method=halving", "tune.trials=9", "tune.eta=3", "tune.min_iterations=1",
+               "tune.max_iterations=9", "tune.patience=20", "tune.space.rank=[2, 3, 4]",
+               "tune.space.reg={min = 0.01, max = 0.5, log = true}")
+    _, inner = _inner(spark, run, explicit_csv)
+    found = tune.search(inner, run)
+    runs = sorted(t.iterations for t in found.trials)
+    assert runs == [1, 1, 1, 1, 1, 1, 3, 3, 9]           # 9 at 1, the best 3 to 3, the best one to 9
+    assert found.best.iterations == 9
+    inner.release()
+
+
+def test_patience_stops_a_trial_that_stopped_improving(spark, explicit_csv):
+    run = _run("tune.method=grid", "tune.patience=2", "tune.max_iterations=30", "tune.space.rank=[6]",
+               "tune.space.reg=[0.0001]")
+    _, inner = _inner(spark, run, explicit_csv)
+    found = tune.search(inner, run)
+    t = found.trials[0]
+    assert t.stopped and t.iterations < 30
+    assert t.iterations - found.best_iteration == 2
+    inner.release()
+
+
+def test_a_diverging_trial_is_recorded_and_the_search_goes_on(spark, explicit_csv, monkeypatch):
+    run = _run("tune.method=grid", "tune.max_iterations=3", "tune.space.rank=[2, 3]")
+    _, inner = _inner(spark, run, explicit_csv)
+    real = als.fit
+
+    def fit(*args, **kw):
+        if args[3].rank == 2:
+            raise als.FitDiverged("the fit diverged at iteration 1: planted")
+        return real(*args, **kw)
+    monkeypatch.setattr(tune.als, "fit", fit)
+    found = tune.search(inner, run)
+    table = tune.trials_table(found).to_pylist()
+    assert table[0]["validation_rmse"] is None and "planted" in table[0]["failed"]
+    assert found.best.number == 1 and table[1]["failed"] is None
+    inner.release()
+
+
+def test_implicit_search_ranks_by_ndcg(spark, tmp_path):
+    u, i, _, _ = planted(n_users=60, n_items=40, rank=3, density=0.3, seed=3)
+    counts = np.random.default_rng(0).integers(1, 20, u.size)
+    path = tmp_path / "plays.csv"
+    path.write_text("user,item,plays\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(u, i, counts)))
+    run = _run("model.kind=implicit", "split.method=per_user", "tune.method=random", "tune.trials=3",
+               "tune.max_iterations=4", "tune.space.rank=[2, 4]", "tune.space.unobserved_weight=[0.1, 1.0]")
+    _, inner = _inner(spark, run, str(path))
+    found = tune.search(inner, run)
+    assert found.metric == "ndcg_at_k" and not found.lower_is_better
+    values = [tune.best_of(t, False) for t in found.trials]
+    assert found.best_value == max(values) and all(0 <= v <= 1 for v in values)
+    inner.release()
+    with pytest.raises(InputError, match="implicit models are scored by ranking"):
+        tune.Validation(inner, dataclasses.replace(run, tune=dataclasses.replace(run.tune, metric="rmse")))
+
+
+# ---- the job ---------------------------------------------------------------------------------------------
+SMALL = ["--set", "tune.method=random", "--set", "tune.trials=3", "--set", "tune.max_iterations=4",
+         "--set", "tune.space.rank=[2, 4]", "--set", "tune.space.reg=[0.02, 0.2]"]
+
+
+@pytest.mark.slow
+def test_tune_job_writes_the_refit_model_the_trials_and_a_loadable_best_config(spark, explicit_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert tune_job.main(["--input", explicit_csv, "--output", str(out), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "best of 3 trials" in printed and "held-out RMSE" in printed
+    for name in ("factors/users", "factors/items", "recommendations", "metrics.json", "model.json", "report.html",
+                 "tuning/trials.parquet", "best.toml", "_SUCCESS"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    t = metrics["tuning"]
+    assert t["trials"] == 3 and t["metric"] == "rmse" and t["validation_ratings"] > 0
+    best = config.load(out / "best.toml")
+    assert best.model.rank == t["best"]["rank"] and best.model.iterations == t["best_iteration"]
+    assert metrics["config"]["model"] == dataclasses.asdict(best.model)       # the refit is the best config
+    trials = pq.read_table(out / "tuning" / "trials.parquet")
+    assert trials.num_rows == 3 and "validation_rmse" in trials.column_names
+    assert "Tuning" in (out / "report.html").read_text()
+    # best.toml trains the same model again with the train job
+    again = tmp_path / "again"
+    assert train_job.main(["--input", explicit_csv, "--output", str(again), "--config", str(out / "best.toml")]) == 0
+    assert json.loads((again / "metrics.json").read_text())["rmse"] == pytest.approx(metrics["rmse"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_the_test_split_takes_no_part_in_the_choice(spark, explicit_csv, tmp_path):
+    """Two runs whose --test files differ wildly choose the same settings from the same trials."""
+    lines = open(explicit_csv).read().splitlines()
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("\n".join(lines[:400]) + "\n")
+    test.write_text(lines[0] + "\n" + "\n".join(lines[400:]) + "\n")
+    other = tmp_path / "other.csv"
+    other.write_text(lines[0] + "\n" + "".join(f"{r.split(',')[0]},{r.split(',')[1]},5\n" for r in lines[400:]))
+    got = []
+    for n, held in enumerate((test, other)):
+        out = tmp_path / f"out{n}"
+        assert tune_job.main(["--train", str(train), "--test", str(held), "--output", str(out), *SMALL]) == 0
+        got.append((pq.read_table(out / "tuning" / "trials.parquet").drop_columns(["seconds"]),
+                    (out / "best.toml").read_text(), json.loads((out / "metrics.json").read_text())["rmse"]))
+    assert got[0][0].equals(got[1][0]) and got[0][1] == got[1][1]
+    assert got[0][2] != got[1][2]           # the test sets differ, and were scored
+
+
+def test_tune_job_refuses_bad_arguments(capsys):
+    assert tune_job.main(["--input", "x.csv"]) == 2
+    assert "--output is required" in capsys.readouterr().err
+    assert tune_job.main(["--input", "x.csv", "--output", "o", "--set", "tune.space.magic=[1]"]) == 2
+    assert "tune.space.magic" in capsys.readouterr().err
