@@ -202,7 +202,7 @@ class TuneConfig:
     max_iterations: int = 30             # a trial's iterations at most ([tune.space] iterations: its own)
     patience: int = 3                    # a trial stops once its metric has not improved for this many
     eta: int = 3                         # halving: the best 1/eta of each rung go on, eta x the iterations
-    min_iterations: int = 3              # halving: iterations of the first rung
+    min_iterations: int = 5              # halving: iterations of the first rung (fewer rank the settings badly)
     validation_users: int = 2000         # users sampled for a ranking metric (every user below this)
     seed: int = 0                        # draws of the settings and of the sampled users
     space: dict = field(default_factory=dict)

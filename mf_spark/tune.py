@@ -10,8 +10,8 @@ ratings and scores the test set.
 
 Searches (tune.method):
     grid     every combination of the space's value lists
-    random   tune.trials settings drawn from the space (seeded by tune.seed)
-    halving  successive halving: tune.trials drawn settings run tune.min_iterations iterations; the
+    random   [model]'s own settings and tune.trials - 1 drawn from the space (seeded by tune.seed)
+    halving  successive halving: those tune.trials settings run tune.min_iterations iterations; the
              best 1/eta of them go on, from the factors they reached, to eta times as many, and so
              on up to tune.max_iterations (ALS's state is its factors, so going on is the same fit
              as running longer in one go)
@@ -49,7 +49,7 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "explicit": {
         "rank": [8, 16, 32, 64],
         "reg": {"min": 0.01, "max": 10.0, "log": True},
-        "reg_exponent": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "reg_exponent": [0.25, 0.5, 0.75, 1.0],
         "biases": [True, False],
     },
     "implicit": {
@@ -83,8 +83,8 @@ def _draw(choice: Any, rng: np.random.Generator) -> Any:
 
 
 def settings(run: RunConfig) -> list[dict[str, Any]]:
-    """The trials' settings, in trial order: every combination (grid) or tune.trials draws, the
-    same for the same tune.seed. ConfigError-free: the space was checked with the config."""
+    """The trials' settings, in trial order: every combination (grid), or [model]'s own settings
+    then draws up to tune.trials (random, halving), the same for the same tune.seed."""
     space, tune = space_of(run), run.tune
     if tune.method == "grid":
         ranges = [k for k, v in space.items() if isinstance(v, dict)]
@@ -94,8 +94,10 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
         keys = list(space)
         return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
     rng = np.random.default_rng(tune.seed)
-    out: list[dict[str, Any]] = []
-    seen: set[tuple] = set()
+    # Trial 0 is the run's own [model] settings: the search starts from them, so its choice is
+    # never worse on the validation split than training with the config as it is.
+    out: list[dict[str, Any]] = [{k: getattr(run.model, k) for k in space}]
+    seen: set[tuple] = {tuple(sorted(out[0].items()))}
     for _ in range(tune.trials * 20):       # distinct draws; a small discrete space runs out first
         draw = {k: _draw(v, rng) for k, v in space.items()}
         key = tuple(sorted(draw.items()))
