@@ -145,7 +145,7 @@ def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock,
             recs = recommend.from_top(model, fit.top, cfg.recommend.top_n)
         else:
             recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen, candidates=candidates)
-        profile = report.DataProfile.of(train, users.size, items.size, cfg.model.kind)
+        profile = report.DataProfile.of(train, users.size, items.size, cfg.model.kind, fit.row_counts)
         recommended = report.recommended_indices(recs, model.items)
 
         def more(staging: str, body: dict) -> None:

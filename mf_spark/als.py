@@ -74,6 +74,7 @@ class FitResult:
     n_train: int = 0
     rating_range: tuple[float, float] = (0.0, 0.0)
     top: TopLists | None = None     # with fit(top_n=n), when the fit's tasks could score them
+    row_counts: tuple[np.ndarray, np.ndarray] | None = None   # ratings per user and per item, int64
     exchange: str = ""              # what ran the half-steps: stream | jobs | join (after any fallback)
 
 
@@ -406,6 +407,7 @@ def _start(cfg: ModelConfig, spec: SolveSpec, stats: TrainStats, n_users: int, n
 def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_items: int, cfg: ModelConfig, spec: SolveSpec,
              on_iteration: OnIteration | None, checkpoints: CheckpointStore | None) -> FitResult:
     n_u, n_i = engine.row_counts("user", n_users), engine.row_counts("item", n_items)
+    result.row_counts = (n_u, n_i)
     if not result.startup_seconds:      # a clock reading here (once, a fallback goes on); fit() makes it a duration
         result.startup_seconds = time.perf_counter()
     for it in range(start, cfg.iterations):

@@ -86,20 +86,23 @@ class DataProfile:
     item_activity: np.ndarray         # (n_items,) int64 ratings per item, indexed by item index (NOT sorted)
 
     @classmethod
-    def of(cls, train: Triples | DataFrame, n_users: int, n_items: int, kind: str) -> "DataProfile":
+    def of(cls, train: Triples | DataFrame, n_users: int, n_items: int, kind: str,
+           activity: tuple[np.ndarray, np.ndarray] | None = None) -> "DataProfile":
         """The profile of training ratings held by the driver (Triples) or by Spark (user_idx,
-        item_idx, rating). Both give the same profile.
+        item_idx, rating). Both give the same profile. `activity`: the ratings per user and per
+        item when already counted (a fit's engine counts them, als.FitResult.row_counts).
 
-        Performance note (DataFrame): three aggregations, each a shuffle of counts (per user, per item,
-        per distinct rating up to MAX_DISTINCT + 1 rows) and, for more distinct ratings, two more (the
-        range, then the count per bin); the n_users + n_items counts are collected, never the ratings.
+        Performance note (DataFrame): without `activity` two aggregations, each a shuffle of counts
+        (per user, per item); then one per distinct rating (up to MAX_DISTINCT + 1 rows) and, for more
+        distinct ratings, two more (the range, then the count per bin); the n_users + n_items counts
+        are collected, never the ratings.
         """
         if isinstance(train, Triples):
-            users = np.bincount(train.u, minlength=n_users)
-            items = np.bincount(train.i, minlength=n_items)
+            users, items = activity or (np.bincount(train.u, minlength=n_users), np.bincount(train.i, minlength=n_items))
             edges, counts = _histogram(np.asarray(train.r, np.float64))
         else:
-            users, items = (_spark_counts(train, col, n) for col, n in ((USER_IDX, n_users), (ITEM_IDX, n_items)))
+            users, items = activity or tuple(_spark_counts(train, col, n)
+                                             for col, n in ((USER_IDX, n_users), (ITEM_IDX, n_items)))
             edges, counts = _spark_histogram(train.select(F.col(RATING).cast("double").alias(RATING)))
         return cls(kind, int(items.sum()), n_users, n_items, edges, counts,
                    np.sort(users.astype(np.int64))[::-1].copy(), items.astype(np.int64))

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from mf_spark import als, evaluate
 from mf_spark.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConfig
-from mf_spark.errors import FitDiverged, InputError
+from mf_spark.errors import ConfigError, FitDiverged, InputError
 from mf_spark.model import Scorer
 from mf_spark.prepare import Ready
 from mf_spark.types import Factors
@@ -89,13 +89,12 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
     if tune.method == "grid":
         ranges = [k for k, v in space.items() if isinstance(v, dict)]
         if ranges:
-            raise InputError(f"tune.method = 'grid' needs lists of values; tune.space has ranges for "
-                             f"{', '.join(ranges)} (use random or halving, or list the values)")
+            raise ConfigError(f"config key tune.method: 'grid' needs lists of values; tune.space has ranges "
+                              f"for {', '.join(ranges)} (use random or halving, or list the values)")
         keys = list(space)
         return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
     rng = np.random.default_rng(tune.seed)
-    # Trial 0 is the run's own [model] settings: the search starts from them, so its choice is
-    # never worse on the validation split than training with the config as it is.
+    # Trial 0 is the run's own [model] settings: the config as it is competes with the draws.
     out: list[dict[str, Any]] = [{k: getattr(run.model, k) for k in space}]
     seen: set[tuple] = {tuple(sorted(out[0].items()))}
     for _ in range(tune.trials * 20):       # distinct draws; a small discrete space runs out first

@@ -16,7 +16,7 @@ from mf_spark import load_model, read
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYOUT = {"factors", "recommendations", "metrics.json", "model.json", "_SUCCESS"}
+LAYOUT = {"factors", "recommendations", "metrics.json", "model.json", "report.html", "_SUCCESS"}
 METRIC_KEYS = {"rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "k", "n_train",
                "n_test", "fit_seconds", "history", "config", "versions"}
 
@@ -229,7 +229,8 @@ def test_console_entry_points_are_declared():
     import tomllib
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"mf-spark-train": "jobs.train:main", "mf-spark-recommend": "jobs.recommend:main",
-                       "mf-spark-similar": "jobs.similar:main", "mf-spark-compare": "jobs.compare:main"}
+                       "mf-spark-similar": "jobs.similar:main", "mf-spark-compare": "jobs.compare:main",
+                       "mf-spark-tune": "jobs.tune:main"}
 
 
 @pytest.mark.parametrize("fail_at,code,needle", [(None, 2, "missing.csv"), ("recommendations", 1, "injected failure")])

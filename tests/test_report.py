@@ -332,6 +332,19 @@ def test_profile_is_the_same_from_triples_and_from_a_frame(spark):
             assert getattr(got, name).dtype == getattr(want, name).dtype, name
 
 
+def test_profile_from_a_fits_row_counts_is_the_counted_one(spark):
+    """The train job hands the profile the ratings per row its fit's engine counted."""
+    from mf_spark import als
+    from mf_spark.config import ModelConfig
+    u, i, stars = fake_ratings(n_users=50, n_items=80, n=3000)
+    triples = Triples(spark, u, i, stars)
+    fit = als.fit(triples, 60, 90, ModelConfig(rank=2, iterations=1))
+    want = report.DataProfile.of(triples, 60, 90, "explicit")
+    got = report.DataProfile.of(triples, 60, 90, "explicit", fit.row_counts)
+    for name in ("user_activity", "item_activity"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
 # ---- a real browser --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_chromium_renders_the_report(tmp_path):

@@ -29,7 +29,7 @@ def test_grid_is_every_combination_in_order():
 
 def test_grid_refuses_ranges():
     run = _run("tune.method=grid", "tune.space.reg={min = 0.01, max = 1.0, log = true}")
-    with pytest.raises(InputError, match="needs lists of values; tune.space has ranges for reg"):
+    with pytest.raises(ConfigError, match="needs lists of values; tune.space has ranges for reg"):
         tune.settings(run)
 
 
