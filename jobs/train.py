@@ -163,18 +163,22 @@ def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock,
     return metrics
 
 
+def print_summary(metrics: dict) -> None:
+    """What a training run prints: where its outputs are and its held-out metric."""
+    print(f"outputs: {metrics['output']}")
+    if metrics["rmse"] is not None:
+        print(f"held-out RMSE: {metrics['rmse']:.4f}")
+    if metrics["ndcg_at_k"] is not None:
+        print(f"held-out NDCG@{metrics['k']}: {metrics['ndcg_at_k']:.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = cli.parse_train(argv)
         clock = PhaseClock()
         with clock.phase("session"):
             spark = session.start("mf_spark-train", args.run.spark)
-        metrics = run(spark, args, clock)
-        print(f"outputs: {metrics['output']}")
-        if metrics["rmse"] is not None:
-            print(f"held-out RMSE: {metrics['rmse']:.4f}")
-        if metrics["ndcg_at_k"] is not None:
-            print(f"held-out NDCG@{metrics['k']}: {metrics['ndcg_at_k']:.4f}")
+        print_summary(run(spark, args, clock))
         return 0
     return cli.guarded("training", body)
 

@@ -33,12 +33,8 @@ from mf_spark.phases import PhaseClock
 
 
 def parser():
-    p = cli.input_arguments(cli._Parser(prog="jobs/tune.py",
-                                        description="Tune, refit and score a matrix factorization model."))
-    p.add_argument("--include", help="file of item IDs: only these may be recommended")
-    p.add_argument("--exclude", help="file of item IDs: these are never recommended")
-    p.add_argument("--item-col", default="item", help="item column of a CSV/Parquet --include/--exclude file")
-    return p
+    return cli.filter_arguments(cli.input_arguments(cli._Parser(
+        prog="jobs/tune.py", description="Tune, refit and score a matrix factorization model.")))
 
 
 def parse(argv: list[str] | None) -> cli.TrainArgs:
@@ -102,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run(spark, args, clock)
         t = metrics["tuning"]
         print(f"best of {t['trials']} trials: {t['best']} (validation {t['metric']} {t['best_validation']:.4f})")
-        print(f"outputs: {metrics['output']}")
-        if metrics["rmse"] is not None:
-            print(f"held-out RMSE: {metrics['rmse']:.4f}")
-        if metrics["ndcg_at_k"] is not None:
-            print(f"held-out NDCG@{metrics['k']}: {metrics['ndcg_at_k']:.4f}")
+        train_job.print_summary(metrics)
         return 0
     return cli.guarded("tuning", body)
 

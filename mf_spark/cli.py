@@ -63,15 +63,20 @@ def check_inputs(a: argparse.Namespace) -> bool:
     return demo
 
 
+def filter_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The item-ID lists that filter the recommendations a training job writes."""
+    p.add_argument("--include", help="file of item IDs: only these may be recommended")
+    p.add_argument("--exclude", help="file of item IDs: these are never recommended")
+    p.add_argument("--item-col", default="item", help="item column of a CSV/Parquet --include/--exclude file")
+    return p
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = input_arguments(_Parser(prog="jobs/train.py",
                                 description="Train a matrix factorization model on user-item feedback."))
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
     p.add_argument("--init-model", help="warm start: begin from this saved model's factors (same rank and kind)")
-    p.add_argument("--include", help="file of item IDs: only these may be recommended")
-    p.add_argument("--exclude", help="file of item IDs: these are never recommended")
-    p.add_argument("--item-col", default="item", help="item column of a CSV/Parquet --include/--exclude file")
-    return p
+    return filter_arguments(p)
 
 
 def parse_train(argv: list[str] | None) -> TrainArgs:

@@ -33,6 +33,8 @@ def test_explicit_comparison_writes_every_method_and_shows_what_the_baselines_mi
     assert table.loc["als_biases", "rmse"] < table.loc["biases", "rmse"] < table.loc["svd", "rmse"]
     assert (table["fit_seconds"] >= 0).all() and table["ndcg_at_k"].between(0, 1).all()
     assert (out / "comparison.txt").read_text() in printed and (out / "_SUCCESS").exists()
+    page = (out / "report.html").read_text()
+    assert ">Method comparison</h2>" in page and ">Data</h2>" in page and "als_biases" in page
 
 
 def test_implicit_comparison_has_the_w0_rows_and_unknown_methods_are_refused(spark, ratings, tmp_path, capsys):
