@@ -2,7 +2,7 @@
 separate cold `spark-submit` processes.
 
     python scripts/benchmark_tuning.py [--movielens ratings.csv] [--synthetic 300000]
-        [--master local[2]] [--driver-memory 8g] [--set section.key=value ...] [--json report.json]
+        [--kind both|explicit|implicit] [--master local[2]] [--driver-memory 8g] [--set section.key=value ...] [--json report.json]
         [--doc docs/performance.md]
 
 Data sets: the MovieLens file as explicit ratings and as implicit feedback, and a synthetic explicit
@@ -49,10 +49,13 @@ def data_sets(args, folder: str) -> list[tuple[str, str, str, str | None]]:
         table = pq.read_table(args.movielens) if args.movielens.endswith(".parquet") else pcsv.read_csv(args.movielens)
         pq.write_table(_standard(table), path)
         name = os.path.basename(os.path.dirname(os.path.abspath(args.movielens))) or "movielens"
-        out += [(f"{name}, explicit", "explicit", path, None),
+        both = [(f"{name}, explicit", "explicit", path, None),
                 (f"{name} as implicit", "implicit", path, os.path.join(ROOT, "conf", "implicit.toml"))]
+        out += [d for d in both if args.kind in ("both", d[1])]
     if args.synthetic:
         for kind, seed in (("explicit", 3), ("implicit", 4)):
+            if args.kind not in ("both", kind):
+                continue
             path = os.path.join(folder, f"synthetic_{kind}.parquet")
             run = run_process([sys.executable, os.path.join(HERE, "make_synthetic.py"), "--ratings", str(args.synthetic),
                                "--kind", kind, "--seed", str(seed), "--output", path], os.environ.copy())
@@ -71,6 +74,8 @@ def _shown(args) -> str:
         parts.append(f"--movielens {os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}")
     if args.synthetic:
         parts.append(f"--synthetic {args.synthetic}")
+    if args.kind != "both":
+        parts.append(f"--kind {args.kind}")
     return " ".join(parts + [f"--set {s}" for s in args.set])
 
 
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--movielens", help="a MovieLens ratings file (CSV with header, or Parquet)")
     p.add_argument("--synthetic", type=int, default=0, help="ratings of each synthetic set (0 = none)")
+    p.add_argument("--kind", choices=("both", "explicit", "implicit"), default="both", help="which data sets")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="8g")
     p.add_argument("--set", action="append", default=[], help="config key for both jobs, repeatable")

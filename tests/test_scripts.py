@@ -134,3 +134,22 @@ def test_benchmark_job_report_medians_ratio_and_doc_section(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Performance\n\nintro\n") and text.count("### a run") == 1
     assert "| ours / MLlib | **0.37** | |" in text and text.rstrip().endswith("<!-- /benchmark_job: another -->")
+
+
+def test_benchmark_tuning_scores_defaults_explicit_toml_and_the_tune_job(tmp_path):
+    """Cold spark-submit runs on 3000 synthetic ratings: the three jobs finish, the table has their
+    test figures and the tune job's pick, and the doc section is written."""
+    report, doc = tmp_path / "tuning.json", tmp_path / "perf.md"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "benchmark_tuning.py"), "--synthetic", "3000",
+                           "--kind", "explicit", "--driver-memory", "1g", "--json", str(report), "--doc", str(doc),
+                           *[x for s in ("model.iterations=2", "tune.trials=2", "tune.min_iterations=1",
+                                         "tune.max_iterations=2", "spark.spark.ui.enabled=false")
+                             for x in ("--set", s)]],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(report.read_text())
+    assert row["data"] == "3k synthetic, explicit" and row["metric"] == "rmse" and row["trials"] == 2
+    assert all(0 < row[k] < 3 for k in ("default", "explicit_toml", "tuned", "validation"))
+    assert set(row["pick"]) >= {"rank", "reg", "iterations"}
+    text = doc.read_text()
+    assert text.count("<!-- benchmark_job: tuning -->") == 1 and "| 3k synthetic, explicit | RMSE |" in text
