@@ -9,10 +9,12 @@ Exit codes: 0 success; 2 bad arguments, config or input (message on stderr); 1 a
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +29,8 @@ from mf_spark.model import FactorModel
 from mf_spark.phases import PhaseClock
 
 log = logging.getLogger("mf_spark")
+
+WARM_UP_WAIT_SECONDS = 60.0
 
 
 def _versions() -> dict:
@@ -60,6 +64,7 @@ class Loaded:
     rejected: Any                   # the rejected rows, or None
     input_path: str | None
     previous: FactorModel | None    # --init-model's model
+    warm: threading.Thread | None = None    # the background warm-up (als.warm_up)
 
 
 def load(spark, args: cli.TrainArgs, cfg) -> Loaded:
@@ -72,18 +77,32 @@ def load(spark, args: cli.TrainArgs, cfg) -> Loaded:
         als.check_warm_start(previous, cfg.model)
     input_path = None if args.train else (args.input or read.sample_path())
     front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
-    als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
-    loaded = front.load()
-    errors.fault_point("read")
-    return Loaded(front, loaded.counts, loaded.rejected, input_path, previous)
+    warm = als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
+    with settled(warm):
+        loaded = front.load()
+        errors.fault_point("read")
+    return Loaded(front, loaded.counts, loaded.rejected, input_path, previous, warm)
+
+
+@contextlib.contextmanager
+def settled(warm: threading.Thread | None):
+    """On a failure, let the background warm-up job end before the error goes up: its Python
+    workers, killed when the process exits, would log Spark errors after the job's own last line."""
+    try:
+        yield
+    except BaseException:
+        if warm is not None:
+            warm.join(timeout=WARM_UP_WAIT_SECONDS)
+        raise
 
 
 def _run(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease: write.Lease) -> dict:
     with clock.phase("read_validate"):
         loaded = load(spark, args, cfg)
-    with clock.phase("split_index"):
-        ready = loaded.front.split_index()
-    return fit_publish(spark, args, cfg, output, clock, lease, loaded, ready)
+    with settled(loaded.warm):
+        with clock.phase("split_index"):
+            ready = loaded.front.split_index()
+        return fit_publish(spark, args, cfg, output, clock, lease, loaded, ready)
 
 
 def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock, lease: write.Lease,

@@ -54,9 +54,9 @@ def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
         CheckpointStore(spark, output).clear()
         with clock.phase("read_validate"):
             loaded = train_job.load(spark, args, cfg)
-        with clock.phase("split_index"):
+        with train_job.settled(loaded.warm), clock.phase("split_index"):
             outer, inner = loaded.front.tuning_split(tune.validation_split(cfg))
-        with clock.phase("tune"):
+        with train_job.settled(loaded.warm), clock.phase("tune"):
             started = time.perf_counter()
             try:
                 found = tune.search(inner, cfg)

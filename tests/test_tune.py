@@ -253,6 +253,15 @@ def test_the_test_split_takes_no_part_in_the_choice(spark, explicit_csv, tmp_pat
     assert got[0][2] != got[1][2]           # the test sets differ, and were scored
 
 
+def test_too_few_ratings_to_validate_on_exit_2_naming_the_fix(spark, tmp_path, capsys):
+    path = tmp_path / "tiny.csv"
+    path.write_text("user,item,rating\n1,1,5\n1,2,3\n2,1,4\n2,3,2\n3,2,1\n")
+    assert tune_job.main(["--input", str(path), "--output", str(tmp_path / "out")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the validation part of the training ratings is empty: raise tune.validation_fraction" in last
+    assert not (tmp_path / "out").exists()
+
+
 def test_tune_job_refuses_bad_arguments(capsys):
     assert tune_job.main(["--input", "x.csv"]) == 2
     assert "--output is required" in capsys.readouterr().err
