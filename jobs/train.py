@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pyarrow as pa
+
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -165,9 +167,12 @@ def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock,
         else:
             recs = recommend.top_n(model, as_df(train), cfg.recommend, seen=seen, candidates=candidates)
         profile = report.DataProfile.of(train, users.size, items.size, cfg.model.kind, fit.row_counts)
-        recommended = report.recommended_indices(recs, model.items)
 
         def more(staging: str, body: dict) -> None:
+            # A DataFrame of recommendations is counted from the Parquet just written: counting the
+            # lazy frame would score every user a second time.
+            written = recs if isinstance(recs, pa.Table) else spark.read.parquet(posixpath.join(staging, "recommendations"))
+            recommended = report.recommended_indices(written, model.items)
             sections = extra(staging, body) if extra is not None else []
             page = report.training_report(body, profile, recommended, cfg.recommend.top_n, sections)
             fs.write_text(spark, posixpath.join(staging, "report.html"), page)

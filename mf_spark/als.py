@@ -112,7 +112,7 @@ class SharedBlocks:
     engine is the one a fit of `cfg` would start. `close` (or leaving `with`) releases it."""
 
     def __init__(self, train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig):
-        self.train, self.cfg, self.n = train, cfg, (n_users, n_items)
+        self.train = train
         self.num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train),
                            "item": _num_blocks(cfg.num_item_blocks, train)}
         self.engine = _engine(train, cfg, solve_spec(cfg, 0.0), self.num_blocks, n_users, n_items)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
+from urllib.parse import urlparse
 
 from mf_spark.config import RunConfig, TrackingConfig
 from mf_spark.errors import ConfigError
@@ -52,9 +53,8 @@ def params_of(run: RunConfig) -> dict[str, str]:
 
 def _local(path: str) -> str | None:
     """A local folder's path, or None for an output on another file system (HDFS, ...)."""
-    if path.startswith("file:"):
-        return path[len("file:"):].replace("///", "/", 1) if path.startswith("file:///") else path[len("file:"):]
-    return None if "://" in path else path
+    parsed = urlparse(path)
+    return parsed.path if parsed.scheme in ("", "file") else None
 
 
 def log_run(cfg: TrackingConfig, run_name: str, run: RunConfig, metrics: dict[str, Any], output: str,

@@ -140,12 +140,6 @@ class Validation:
             return evaluate.error_metrics(scorer, self.heldout)[self.metric]
         return self.ranking(scorer)[self.metric]
 
-    def better(self, a: float, b: float) -> bool:
-        return a < b if self.lower_is_better else a > b
-
-    def best_at(self, history: list[float]) -> int:
-        return _best_at(history, self.lower_is_better)
-
 
 @dataclass
 class Trial:
@@ -168,7 +162,7 @@ class Search:
     metric: str
     lower_is_better: bool
     params: list[str]                    # the searched keys, in the space's order
-    best: Trial | None
+    best: Trial
 
     @property
     def best_iteration(self) -> int:
@@ -207,7 +201,7 @@ def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlock
     def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
         value = validate(factors)
         trial.history.append(value)
-        since_best = len(trial.history) - 1 - validate.best_at(trial.history)
+        since_best = len(trial.history) - 1 - _best_at(trial.history, validate.lower_is_better)
         trial.stopped = since_best >= patience
         return {"validation": value, "stop": trial.stopped}
     on_iteration.spark_free = True
@@ -264,13 +258,8 @@ def search(inner: Ready, run: RunConfig) -> Search:
                 t.factors = None
     for t in trials:
         t.factors = None
-    scored = [t for t in trials if t.history]
-    best = None
-    for t in scored:
-        if best is None or validate.better(_value(t, validate), _value(best, validate)):
-            best = t
-    if validate.ranking is not None:
-        validate.ranking.close()
+    pick = min if validate.lower_is_better else max       # the first of equals, as the trials' order
+    best = pick((t for t in trials if t.history), key=lambda t: _value(t, validate), default=None)
     if best is None:
         raise InputError(f"every one of the {len(trials)} trials diverged; first: {trials[0].failed}")
     return Search(trials, validate.metric, validate.lower_is_better, list(space_of(run)), best)
