@@ -2,11 +2,12 @@
 # The whole test suite; --fast leaves out the slow tests (subprocess jobs, the cluster, fault injection,
 # benchmark scripts, join fits). Other arguments go to pytest (e.g. -k kernels, -x). Test files run in
 # MF_SPARK_TEST_WORKERS processes (default 2; 0 runs them in this one), each with its own SparkSession.
+# Files go to the processes in collection order (tests/conftest.py puts the files with slow tests first).
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 WORKERS="${MF_SPARK_TEST_WORKERS:-2}"
 PARALLEL=()
 if [ "$WORKERS" != "0" ]; then
-    PARALLEL=(-n "$WORKERS" --dist loadfile)
+    PARALLEL=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)
 fi
 if [ "${1:-}" = "--fast" ]; then
     shift

@@ -16,6 +16,14 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Files with slow tests first, the rest in their order. The suite's files are shared out to the
+    test processes in this order (--dist loadfile), and a long file taken last keeps one process busy
+    while the other has nothing left. Every process collects the same order, as xdist requires."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession
