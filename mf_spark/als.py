@@ -194,7 +194,7 @@ def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndar
     lam = np.where(counts > 0, spec.row_reg(counts), 0.0)      # rows without ratings pay no penalty
     sq = np.sum(F_.astype(np.float64) ** 2, axis=1)
     if bias is not None:
-        sq += bias.astype(np.float64) ** 2
+        sq += spec.bias_reg * bias.astype(np.float64) ** 2
     return float(np.sum(lam * sq))
 
 

@@ -104,6 +104,10 @@ class ModelConfig:
     # shrunk less than in proportion to their count.
     reg_exponent: float = 1.0
     biases: bool = False                # explicit only: learn mu + b_u + b_i
+    # biases: their lambda over the factors' (the same n^nu scaling): a bias is one number fitted to
+    # every rating of its row, and shrinks best at another strength than the k factors (LensKit's
+    # separate bias damping)
+    bias_reg: float = 1.0
     alpha: float = 1.0                  # implicit confidence slope
     confidence: Literal["linear", "log"] = "linear"  # 1 + alpha*r  |  1 + alpha*log(1 + r/eps)
     epsilon: float = 1.0                # eps of the log confidence
@@ -128,13 +132,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require_choices(self, "model")
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
-        for name in ("reg", "reg_exponent", "alpha", "epsilon", "unobserved_weight"):
+        for name in ("reg", "reg_exponent", "bias_reg", "alpha", "epsilon", "unobserved_weight"):
             _finite(f"model.{name}", getattr(self, name))
         require(0 < self.exchange_timeout_seconds < float("inf"), "model.exchange_timeout_seconds",
                 self.exchange_timeout_seconds, "a number of seconds > 0")
         require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
         require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
         require(0.0 <= self.reg_exponent <= 2.0, "model.reg_exponent", self.reg_exponent, "a number in [0, 2]")
+        require(self.bias_reg > 0.0, "model.bias_reg", self.bias_reg, "a number > 0")
         require(self.alpha >= 0.0, "model.alpha", self.alpha, "a number >= 0")
         require(self.epsilon > 0.0, "model.epsilon", self.epsilon, "a number > 0")
         require(self.unobserved_weight >= 0.0, "model.unobserved_weight", self.unobserved_weight,
@@ -184,7 +189,7 @@ class EvalConfig:
 
 
 # Model keys the tuning search may vary ([tune.space]); the rest of [model] is how to compute, not what.
-TUNABLE = ("rank", "iterations", "reg", "reg_scaling", "reg_exponent", "biases", "alpha", "confidence",
+TUNABLE = ("rank", "iterations", "reg", "reg_scaling", "reg_exponent", "biases", "bias_reg", "alpha", "confidence",
            "epsilon", "target", "unobserved_weight", "nonnegative")
 TUNE_METRICS = {"rmse": True, "mae": True, "precision_at_k": False, "recall_at_k": False,
                 "ndcg_at_k": False, "map_at_k": False}      # metric -> lower is better
@@ -196,7 +201,7 @@ class TuneConfig:
     number to a range {min, max, log}; keys not in it keep [model]'s value. Empty = the default
     space of the model kind (tune.DEFAULT_SPACES)."""
     method: Literal["halving", "random", "grid"] = "halving"
-    trials: int = 27                     # settings drawn (random, halving); grid: every combination
+    trials: int = 81                     # settings drawn (random, halving); grid: every combination
     metric: str = ""                     # validation metric; "" = rmse (explicit), ndcg_at_k (implicit)
     validation_fraction: float = 0.2     # share of the training ratings held out for validation
     max_iterations: int = 30             # a trial's iterations at most ([tune.space] iterations: its own)

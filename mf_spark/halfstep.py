@@ -55,7 +55,7 @@ class Fixed:
 def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
     """What every half-step of a fit with this config solves (mu: the global mean, with biases)."""
     return SolveSpec(kind=cfg.kind, reg=cfg.reg, reg_exponent=cfg.reg_exponent if cfg.reg_scaling == "count" else 0.0,
-                     with_bias=cfg.kind == "explicit" and cfg.biases, mu=mu, alpha=cfg.alpha,
+                     with_bias=cfg.kind == "explicit" and cfg.biases, bias_reg=cfg.bias_reg, mu=mu, alpha=cfg.alpha,
                      confidence=cfg.confidence, epsilon=cfg.epsilon, target=cfg.target,
                      w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative, cg_steps=cfg.cg_steps_for())
 

@@ -51,6 +51,7 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
         "reg": {"min": 0.01, "max": 10.0, "log": True},
         "reg_exponent": [0.25, 0.5, 0.75, 1.0],
         "biases": [True, False],
+        "bias_reg": {"min": 0.1, "max": 3.0, "log": True},
     },
     "implicit": {
         "rank": [16, 32, 64],

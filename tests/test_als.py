@@ -42,16 +42,30 @@ def test_planted_rank5_recovered(spark, planted_split):
     assert len(res.history) == 15
 
 
-@pytest.mark.parametrize("biases,scaling,solver", [(False, "count", "exact"), (True, "none", "exact"),
-                                                   (True, "count", "cg"), (False, "none", "cg")])
-def test_objective_never_increases(spark, planted_split, biases, scaling, solver):
+@pytest.mark.parametrize("biases,scaling,solver,bias_reg", [
+    (False, "count", "exact", 1.0), (True, "none", "exact", 1.0), (True, "count", "cg", 1.0),
+    (False, "none", "cg", 1.0), (True, "count", "exact", 0.1), (True, "count", "cg", 10.0)])
+def test_objective_never_increases(spark, planted_split, biases, scaling, solver, bias_reg):
+    """The objective includes the biases' own penalty (bias_reg times the factors' lambda)."""
     u, i, r, _, _ = planted_split
     cfg = ModelConfig(rank=4, iterations=6, reg=0.05, reg_scaling=scaling, biases=biases, num_user_blocks=2,
-                      num_item_blocks=3, solver=solver, cg_steps=2)
+                      num_item_blocks=3, solver=solver, cg_steps=2, bias_reg=bias_reg)
     res = als.fit(ratings_df(spark, u, i, r), 80, 50, cfg)
     losses = np.array(res.losses)
     assert losses.size == 12
     assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
+    # the last loss is the objective of the final factors
+    f = res.factors
+    pred = f.mu + np.sum(f.X[u].astype(np.float64) * f.Y[i], axis=1)
+    penalty = 0.0
+    for F, b, n in ((f.X, f.user_bias, np.bincount(u, minlength=80)), (f.Y, f.item_bias, np.bincount(i, minlength=50))):
+        lam = 0.05 * (n if scaling == "count" else (n > 0))
+        penalty += np.sum(lam * np.sum(F.astype(np.float64) ** 2, axis=1))
+        if b is not None:
+            penalty += bias_reg * np.sum(lam * b.astype(np.float64) ** 2)
+    if biases:
+        pred += f.user_bias[u] + f.item_bias[i]
+    assert losses[-1] == pytest.approx(np.sum((r - pred) ** 2) + penalty, rel=1e-4)
 
 
 def test_the_drivers_blas_runs_on_one_thread_during_a_fit_and_after_it_as_before(spark, planted_split):

@@ -38,7 +38,10 @@ def explicit_reference(indptr, cols, vals, Y, row, spec, fixed_bias=None):
         t = t - fixed_bias[cols[sl]]
     n = sl.stop - sl.start
     lam = spec.reg * n ** spec.reg_exponent
-    A = Yu.T @ Yu + lam * np.eye(Yu.shape[1])
+    penalty = np.full(Yu.shape[1], lam)
+    if spec.with_bias:
+        penalty[-1] *= spec.bias_reg
+    A = Yu.T @ Yu + np.diag(penalty)
     if n == 0 and lam == 0:
         return np.zeros(Yu.shape[1])
     return np.linalg.solve(A, Yu.T @ t)
@@ -70,14 +73,27 @@ def test_explicit_matches_per_row(rng, engine, reg_exponent, budget):
     assert got.bias is None and got.factors.dtype == np.float32
 
 
-def test_explicit_with_bias_matches_per_row(rng, engine):
+@pytest.mark.parametrize("bias_reg", [1.0, 0.2, 5.0])
+def test_explicit_with_bias_matches_per_row(rng, engine, bias_reg):
+    """bias_reg: the bias's lambda is bias_reg times the factors' (rows longer and shorter than the
+    unknowns, so the dual solve too)."""
     indptr, cols, vals, Y = random_block(rng, empty_rows=False)
     fb = rng.normal(size=Y.shape[0]).astype(np.float32)
-    spec = SolveSpec(reg=0.05, with_bias=True, mu=3.2)
+    spec = SolveSpec(reg=0.05, with_bias=True, mu=3.2, bias_reg=bias_reg)
     got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, engine=engine)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want[:, :-1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got.bias, want[:, -1], rtol=1e-4, atol=1e-5)
+    lens = np.diff(indptr)
+    penalty = np.sum(spec.row_reg(lens) * (np.sum(want[:, :-1] ** 2, axis=1) + bias_reg * want[:, -1] ** 2))
+    assert got.reg_loss == pytest.approx(penalty, rel=1e-4)
+    # conjugate gradients from any start reach the same solution; their start takes the bias as is
+    x0 = start_point(rng.normal(size=got.factors.shape).astype(np.float32), got.bias, spec)
+    cg = solve_block(indptr, cols, vals, Y, dataclasses.replace(spec, cg_steps=30), fixed_bias=fb, x0=x0,
+                     engine=engine)
+    np.testing.assert_allclose(cg.bias, got.bias, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="bias_reg"):
+        SolveSpec(with_bias=True, bias_reg=0.0)
 
 
 def test_explicit_loss_pieces(rng, engine):

@@ -50,6 +50,7 @@ class SolveSpec:
     reg: float = 0.1                # lambda
     reg_exponent: float = 1.0       # nu of lambda_u = lambda * n_u^nu: 1 = ALS-WR, 0 = plain lambda
     with_bias: bool = False         # explicit: solve [x_u, b_u] against [y_i, 1]
+    bias_reg: float = 1.0           # with_bias: lambda of a bias over lambda_u of the factors
     mu: float = 0.0                 # explicit global mean subtracted from every rating
     alpha: float = 1.0              # implicit confidence slope
     confidence: str = "linear"      # linear: 1 + alpha*r | log: 1 + alpha*log(1 + r/eps)
@@ -66,6 +67,16 @@ class SolveSpec:
             raise ValueError(f"cg_steps must be >= 0, got {self.cg_steps}")
         if self.kind == "implicit" and self.with_bias:
             raise ValueError("biases apply to explicit models only")
+        if not 0.0 < self.bias_reg < float("inf"):
+            raise ValueError(f"bias_reg must be a number > 0, got {self.bias_reg}")
+
+    @property
+    def bias_unit(self) -> float:
+        """What stands for 1 in the fixed side's bias column: 1 / sqrt(bias_reg). The row's unknown
+        is then b_u / bias_unit, so the plain ridge lambda_u on it is lambda_u * bias_reg on b_u,
+        and every solver (exact, dual, cg, compiled or not) serves a separate bias regularization
+        unchanged."""
+        return 1.0 if self.bias_reg == 1.0 else 1.0 / float(np.sqrt(self.bias_reg))
 
     def row_reg(self, counts: np.ndarray) -> np.ndarray:
         """lambda_u of rows with `counts` ratings: lambda * n_u^nu (float64; nu = 1 is ALS-WR)."""
@@ -81,7 +92,7 @@ class BlockSolution:
     factors: np.ndarray          # (n_rows, k) float32
     bias: np.ndarray | None      # (n_rows,) float32 when with_bias, else None
     data_loss: float             # explicit: sum of squared errors; implicit: weighted loss incl. w0 part
-    reg_loss: float              # sum_u lambda_u (|x_u|^2 + b_u^2)
+    reg_loss: float              # sum_u lambda_u (|x_u|^2 + bias_reg b_u^2)
     sq_err: float                # explicit: sum over observed entries of (r - prediction)^2; implicit: 0
 
 
@@ -231,11 +242,12 @@ def _implicit_few(G: np.ndarray, d: np.ndarray, cp: np.ndarray, lam: np.ndarray,
 
 
 def start_point(factors: np.ndarray, bias: np.ndarray | None, spec: SolveSpec) -> np.ndarray:
-    """x0 for `solve_block`: (n, k) factors, with the bias (0 when unknown) as column k when the spec
-    has biases; (n, width) float32."""
+    """x0 for `solve_block`: (n, k) factors, with the bias (0 when unknown) in the solve's units
+    (b / spec.bias_unit) as column k when the spec has biases; (n, width) float32."""
     if not spec.with_bias:
         return np.ascontiguousarray(factors, dtype=np.float32)
-    return np.column_stack([factors, np.zeros(len(factors)) if bias is None else bias]).astype(np.float32)
+    b = np.zeros(len(factors)) if bias is None else np.asarray(bias, np.float64) / spec.bias_unit
+    return np.column_stack([factors, b]).astype(np.float32)
 
 
 def cg_stack(G: np.ndarray, weight: np.ndarray | None, target: np.ndarray, lam: np.ndarray, x0: np.ndarray,
@@ -353,7 +365,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
     Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)    # last row: padding target
     Yf[:n_fixed, :k] = Y
     if spec.with_bias:
-        Yf[:n_fixed, k] = 1.0
+        Yf[:n_fixed, k] = spec.bias_unit
     # What an explicit rating is fitted to: r - mu - b_i (0 at padding, like the padded factor rows).
     offset = None
     if spec.kind == "explicit" and (spec.mu or spec.with_bias):
@@ -426,7 +438,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             perr = (p - pred).astype(np.float64)           # c = 0 at padding
             data_loss += float(np.vdot(c * perr, perr) - spec.w0 * np.vdot(pred, pred.astype(np.float64))
                                + spec.w0 * np.sum((x @ gram) * x))
-    bias = X[:, k].astype(np.float32) if spec.with_bias else None
+    bias = (X[:, k] * spec.bias_unit).astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
 
 
@@ -445,7 +457,7 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
         target, shift = vals, np.zeros((width, width))
         if spec.with_bias:
             Yw = np.empty((n_fixed, width), np.float32)
-            Yw[:, :k], Yw[:, k] = Y, 1.0
+            Yw[:, :k], Yw[:, k] = Y, spec.bias_unit
         if spec.mu or spec.with_bias:
             offset = np.full(n_fixed, spec.mu, dtype=np.float32)
             if spec.with_bias:
@@ -477,7 +489,7 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
         data_loss = sq_err = float(sums[0] + sums[1])
     else:
         data_loss, sq_err = float(sums[0] + sums[2] + plan.fixed_loss.sum()), 0.0
-    bias = X[:, k].astype(np.float32) if spec.with_bias else None
+    bias = (X[:, k] * spec.bias_unit).astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, float(sums[3]), sq_err)
 
 
