@@ -430,6 +430,7 @@ def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_item
                 engine.pause()      # resident tasks hold every slot; the callback may run Spark jobs
             entry.update(on_iteration(it + 1, result.factors))
         stop = entry.pop("stop", False)
+        converged = _converged(result.history, loss, cfg.tolerance)
         entry["seconds"] = time.perf_counter() - t0
         result.history.append(entry)
         log.info("iteration %d/%d %s", it + 1, cfg.iterations,
@@ -441,7 +442,21 @@ def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_item
         if stop:
             log.info("stopping after iteration %d: the iteration callback asked to", it + 1)
             break
+        if converged:
+            log.info("stopping after iteration %d: the objective fell by less than model.tolerance = %g of "
+                     "itself", it + 1, cfg.tolerance)
+            break
     return result
+
+
+def _converged(history: list[dict[str, Any]], loss: float, tolerance: float) -> bool:
+    """Whether an iteration that ends at objective `loss` lowered it by at most `tolerance` of the
+    objective after the iteration before (the last entry of `history`, so that a resumed fit stops
+    where an uninterrupted one does)."""
+    if not tolerance or not history:
+        return False
+    before = history[-1]["loss"]
+    return before - loss <= tolerance * abs(before)
 
 
 def _check_finite(iteration: int, f: Factors, loss: float, cfg: ModelConfig, spec: SolveSpec) -> None:

@@ -97,6 +97,9 @@ class ModelConfig:
     kind: Literal["explicit", "implicit"] = "explicit"
     rank: int = 10                      # latent factors k
     iterations: int = 10                # full ALS iterations (users then items)
+    # > 0: stop before `iterations` once an iteration lowers the objective by at most this fraction
+    # of it (ALS lowers it every iteration; past convergence the factors hardly move)
+    tolerance: float = 0.0
     reg: float = 0.1                    # lambda; multiplied by n_u^nu (n_i^nu) when reg_scaling = "count"
     reg_scaling: Literal["count", "none"] = "count"   # count = ALS-WR weighted-lambda (MLlib)
     # nu of the count scaling: 1 = ALS-WR (MLlib), between 0 and 1 the frequency-scaled lambda of
@@ -132,11 +135,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require_choices(self, "model")
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
-        for name in ("reg", "reg_exponent", "bias_reg", "alpha", "epsilon", "unobserved_weight"):
+        for name in ("reg", "reg_exponent", "bias_reg", "alpha", "epsilon", "unobserved_weight", "tolerance"):
             _finite(f"model.{name}", getattr(self, name))
         require(0 < self.exchange_timeout_seconds < float("inf"), "model.exchange_timeout_seconds",
                 self.exchange_timeout_seconds, "a number of seconds > 0")
         require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
+        require(0.0 <= self.tolerance < 1.0, "model.tolerance", self.tolerance, "a number in [0, 1) (0 = never stop early)")
         require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
         require(0.0 <= self.reg_exponent <= 2.0, "model.reg_exponent", self.reg_exponent, "a number in [0, 2]")
         require(self.bias_reg > 0.0, "model.bias_reg", self.bias_reg, "a number > 0")

@@ -145,3 +145,21 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_factors(spark, planted_s
     assert np.max(np.abs(resumed.factors.item_bias - whole.factors.item_bias)) < 1e-5
     with pytest.raises(Exception, match="does not match"):
         als.fit(df, 80, 50, ModelConfig(rank=3, iterations=5, checkpoint_interval=2), checkpoints=store, resume=True)
+
+
+def test_tolerance_stops_once_an_iteration_barely_lowers_the_objective(spark, planted_split):
+    u, i, r, _, _ = planted_split
+    df = ratings_df(spark, u, i, r).cache()
+    cfg = ModelConfig(rank=5, iterations=60, reg=0.05, biases=True, tolerance=1e-3, num_user_blocks=2,
+                      num_item_blocks=2)
+    res = als.fit(df, 80, 50, cfg)
+    losses = np.array([h["loss"] for h in res.history])
+    n = losses.size
+    assert 2 <= n < 60
+    drops = (losses[:-1] - losses[1:]) / losses[:-1]
+    assert drops[-1] <= 1e-3 and np.all(drops[:-1] > 1e-3), drops
+    # the same fit as asking for those iterations
+    fixed = als.fit(df, 80, 50, dataclasses.replace(cfg, iterations=n, tolerance=0.0))
+    np.testing.assert_array_equal(res.factors.X, fixed.factors.X)
+    with pytest.raises(Exception, match="model.tolerance"):
+        dataclasses.replace(cfg, tolerance=1.0)
