@@ -76,7 +76,7 @@ class SolveSpec:
         is then b_u / bias_unit, so the plain ridge lambda_u on it is lambda_u * bias_reg on b_u,
         and every solver (exact, dual, cg, compiled or not) serves a separate bias regularization
         unchanged."""
-        return 1.0 if self.bias_reg == 1.0 else 1.0 / float(np.sqrt(self.bias_reg))
+        return float(self.bias_reg) ** -0.5
 
     def row_reg(self, counts: np.ndarray) -> np.ndarray:
         """lambda_u of rows with `counts` ratings: lambda * n_u^nu (float64; nu = 1 is ALS-WR)."""
