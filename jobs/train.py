@@ -128,20 +128,23 @@ def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock,
                              users.ids, items.ids)
         checkpoints = CheckpointStore(spark, output, run_id, guard=lease.check)
         relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
-        tracker = None
+        tracker, day_fit = None, evaluate.day_fitter(train, cfg.model)
         if cfg.eval.every_iteration:
             sampled = evaluate.RankingEvaluator(train, evaluate.sample_users(relevant, cfg.eval.history_users),
                                                 items.size, cfg.eval.k, on_driver=True)
-            tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
+            tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled, day_fit,
+                                       cfg.model.day_bias_reg)
     with clock.phase("fit"):
         # The resident tasks score every user's top lists where the training pairs are: the ranking
         # metrics and the recommendations then need no grouping of the pairs and no scoring job.
         fit = als.fit(train, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
                       resume=args.resume, stats=stats, top_n=max(cfg.recommend.top_n, cfg.eval.k),
                       initial=initial)
+        day_biases = day_fit(fit.factors, cfg.model.day_bias_reg) if day_fit is not None else None
     seen = None
     with clock.phase("evaluate"):
-        model = FactorModel.trained(cfg.model.kind, fit.factors, users, items, stats, cfg.to_dict(), spark)
+        model = FactorModel.trained(cfg.model.kind, fit.factors, users, items, stats, cfg.to_dict(), spark,
+                                    day_biases)
         if fit.top is not None:
             ranking = evaluate.ranking_of_top(fit.top, relevant, items.size, cfg.eval.k)
         else:
@@ -152,6 +155,7 @@ def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock,
         metrics = {**evaluate.error_metrics(model.scorer, heldout), **ranking, "k": cfg.eval.k,
                    "n_train": stats.n, "n_test": heldout.n, "n_test_cold": heldout.n_cold,
                    **counts, "n_users": users.size, "n_items": items.size,
+                   "n_user_days": day_biases.size if day_biases is not None else 0,
                    "fit_seconds": fit.fit_seconds, "fit_startup_seconds": fit.startup_seconds,
                    "exchange": fit.exchange,
                    "history": fit.history,

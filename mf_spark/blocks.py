@@ -83,6 +83,7 @@ class Triples:
     u: np.ndarray         # (n,) int32
     i: np.ndarray         # (n,) int32
     r: np.ndarray         # (n,) float64
+    t: np.ndarray | None = None   # (n,) int64 timestamps, types.NO_TIME where none (None: no timestamps)
     _df: DataFrame | None = None
 
     def to_df(self) -> DataFrame:

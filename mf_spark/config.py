@@ -111,6 +111,10 @@ class ModelConfig:
     # every rating of its row, and shrinks best at another strength than the k factors (LensKit's
     # separate bias damping)
     bias_reg: float = 1.0
+    # explicit, with timestamps: > 0 fits after the factors an offset per (user, day), shrunk by this
+    # lambda (mf_spark.days); 0 = none. A day is timestamp // day_length.
+    day_bias_reg: float = 0.0
+    day_length: int = 86400             # in the timestamps' unit: 86400 for seconds
     alpha: float = 1.0                  # implicit confidence slope
     confidence: Literal["linear", "log"] = "linear"  # 1 + alpha*r  |  1 + alpha*log(1 + r/eps)
     epsilon: float = 1.0                # eps of the log confidence
@@ -135,7 +139,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require_choices(self, "model")
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
-        for name in ("reg", "reg_exponent", "bias_reg", "alpha", "epsilon", "unobserved_weight", "tolerance"):
+        for name in ("reg", "reg_exponent", "bias_reg", "day_bias_reg", "alpha", "epsilon", "unobserved_weight", "tolerance"):
             _finite(f"model.{name}", getattr(self, name))
         require(0 < self.exchange_timeout_seconds < float("inf"), "model.exchange_timeout_seconds",
                 self.exchange_timeout_seconds, "a number of seconds > 0")
@@ -144,6 +148,9 @@ class ModelConfig:
         require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
         require(0.0 <= self.reg_exponent <= 2.0, "model.reg_exponent", self.reg_exponent, "a number in [0, 2]")
         require(self.bias_reg > 0.0, "model.bias_reg", self.bias_reg, "a number > 0")
+        require(self.day_bias_reg >= 0.0, "model.day_bias_reg", self.day_bias_reg, "a number >= 0 (0 = no day biases)")
+        require(self.day_length >= 1, "model.day_length", self.day_length,
+                "an integer >= 1 (a day in the timestamps' unit: 86400 for seconds)")
         require(self.alpha >= 0.0, "model.alpha", self.alpha, "a number >= 0")
         require(self.epsilon > 0.0, "model.epsilon", self.epsilon, "a number > 0")
         require(self.unobserved_weight >= 0.0, "model.unobserved_weight", self.unobserved_weight,
@@ -193,8 +200,8 @@ class EvalConfig:
 
 
 # Model keys the tuning search may vary ([tune.space]); the rest of [model] is how to compute, not what.
-TUNABLE = ("rank", "iterations", "reg", "reg_scaling", "reg_exponent", "biases", "bias_reg", "alpha", "confidence",
-           "epsilon", "target", "unobserved_weight", "nonnegative")
+TUNABLE = ("rank", "iterations", "reg", "reg_scaling", "reg_exponent", "biases", "bias_reg", "day_bias_reg", "alpha",
+           "confidence", "epsilon", "target", "unobserved_weight", "nonnegative")
 TUNE_METRICS = {"rmse": True, "mae": True, "precision_at_k": False, "recall_at_k": False,
                 "ndcg_at_k": False, "map_at_k": False}      # metric -> lower is better
 

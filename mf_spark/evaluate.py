@@ -24,7 +24,8 @@ from mf_spark.kernels.topk import top_n
 from mf_spark.model import Scorer
 from mf_spark.topn import recommend_indices
 from mf_spark.index import IdMap
-from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
+from mf_spark.days import DayFitter, timestamps
+from mf_spark.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
 
 RANKING_KEYS = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "n_users_evaluated")
 
@@ -35,6 +36,7 @@ class HeldOut:
     u: np.ndarray   # (m,) int32
     i: np.ndarray   # (m,) int32
     r: np.ndarray   # (m,) float64
+    t: np.ndarray | None = None   # (m,) int64 timestamps, types.NO_TIME where none (for day biases)
 
     @property
     def n(self) -> int:
@@ -49,13 +51,15 @@ def collect_heldout(test: DataFrame, users: IdMap, items: IdMap) -> HeldOut:
     """Test rows (user, item with their original IDs, rating) to driver arrays, the IDs looked up in
     the training maps there (-1 = cold). Performance note: one collect through Arrow (the IDs and a
     double per row), no join."""
-    return heldout_of(test.select(USER, ITEM, F.col(RATING).cast("double").alias(RATING)).toArrow(), users, items)
+    cols = [USER, ITEM, F.col(RATING).cast("double").alias(RATING)] + ([TIMESTAMP] if TIMESTAMP in test.columns else [])
+    return heldout_of(test.select(*cols).toArrow(), users, items)
 
 
 def heldout_of(test: pa.Table, users: IdMap, items: IdMap) -> HeldOut:
-    """HeldOut of test rows the driver holds (columns user, item, rating)."""
+    """HeldOut of test rows the driver holds (columns user, item, rating[, timestamp])."""
+    ts = test.column(TIMESTAMP) if TIMESTAMP in test.column_names else None
     return HeldOut(users.index_of(test.column(USER)), items.index_of(test.column(ITEM)),
-                   test.column(RATING).to_numpy().astype(np.float64))
+                   test.column(RATING).to_numpy().astype(np.float64), timestamps(ts, test.num_rows))
 
 
 def rmse_mae(pred: np.ndarray, r: np.ndarray) -> tuple[float | None, float | None]:
@@ -70,7 +74,7 @@ def error_metrics(scorer: Scorer, heldout: HeldOut) -> dict[str, Any]:
     """rmse and mae on the held-out rows (explicit models; None for implicit ones)."""
     if scorer.kind != "explicit":
         return {"rmse": None, "mae": None}
-    rmse, mae = rmse_mae(scorer.predict_idx(heldout.u, heldout.i), heldout.r)
+    rmse, mae = rmse_mae(scorer.predict_idx(heldout.u, heldout.i, heldout.t), heldout.r)
     return {"rmse": rmse, "mae": mae}
 
 
@@ -182,17 +186,24 @@ def ranking_of_top(top, relevant: Relevant, n_items: int, k: int) -> dict[str, A
     return ranking_metrics(recs, relevant.indptr, relevant.items, n_items, k)
 
 
+def day_fitter(train: DataFrame | Triples, cfg) -> DayFitter | None:
+    """The day biases' fitter of a model config (config.ModelConfig), None when it has none."""
+    return DayFitter(train, cfg.day_length) if cfg.kind == "explicit" and cfg.day_bias_reg > 0 else None
+
+
 def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple[float, float] | None,
-            ranking: RankingEvaluator | None = None) -> Callable[[int, Factors], dict[str, Any]]:
-    """An on_iteration callback for als.fit: held-out RMSE (explicit) and NDCG@k (with `ranking`)."""
+            ranking: RankingEvaluator | None = None, days: DayFitter | None = None,
+            day_bias_reg: float = 0.0) -> Callable[[int, Factors], dict[str, Any]]:
+    """An on_iteration callback for als.fit: held-out RMSE (explicit; with `days`, of the iteration's
+    factors and their day biases) and NDCG@k (with `ranking`)."""
     def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
-        scorer = Scorer(kind, factors, global_mean, rating_range)
         out: dict[str, Any] = {"test_rmse": None}
         if kind == "explicit" and heldout.n:
-            out["test_rmse"] = error_metrics(scorer, heldout)["rmse"]
+            biases = days(factors, day_bias_reg) if days is not None else None
+            out["test_rmse"] = error_metrics(Scorer(kind, factors, global_mean, rating_range, biases), heldout)["rmse"]
         if ranking is not None:
-            out["ndcg_at_k"] = ranking(scorer)["ndcg_at_k"]
+            out["ndcg_at_k"] = ranking(Scorer(kind, factors, global_mean, rating_range))["ndcg_at_k"]
         return out
     # als.fit need not pause its resident tasks for a callback that runs no Spark job
-    on_iteration.spark_free = ranking is None or ranking.on_driver
+    on_iteration.spark_free = (ranking is None or ranking.on_driver) and (days is None or days.spark_free)
     return on_iteration

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType
 
 from mf_spark.errors import ModelError
-from mf_spark.types import ITEM, ITEM_IDX, RATING, USER, USER_IDX
+from mf_spark.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
 
 MAX_IDS = 2**31 - 1          # indices are int32
 MAX_ID_TEXT_BYTES = 2**31 - 1   # string IDs are held as Arrow strings (int32 offsets)
@@ -230,7 +230,7 @@ def fit_columns(df: DataFrame, cols: tuple[str, ...]) -> tuple[IdMap, ...]:
 class EncodedSplit:
     users: IdMap
     items: IdMap
-    train_idx: DataFrame   # user_idx, item_idx, rating; cached
+    train_idx: DataFrame   # user_idx, item_idx, rating[, timestamp]; cached
 
 
 def encode_split(train: DataFrame) -> EncodedSplit:
@@ -241,8 +241,8 @@ def encode_split(train: DataFrame) -> EncodedSplit:
     or what it filters); `train_idx` is cached and materialized by the first action that uses it.
     """
     users, items = fit_columns(train, (USER, ITEM))
-    train_idx = (items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
-                 .select(USER_IDX, ITEM_IDX, RATING).cache())
+    keep = [USER_IDX, ITEM_IDX, RATING] + ([TIMESTAMP] if TIMESTAMP in train.columns else [])   # days.DayFitter's
+    train_idx = items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX).select(*keep).cache()
     return EncodedSplit(users, items, train_idx)
 
 

@@ -5,6 +5,8 @@ A saved model is a folder:
     model.json       kind, rank, mu, global mean, rating range, ID types, config, versions
     factors/users/   Parquet: id (original type), bias float (explicit + biases), factors array<float>
     factors/items/   the same for items
+    factors/user_days/  Parquet: user (original type), day long, bias float: day biases (types.DayBiases),
+                     with model.day_bias_reg > 0 only
 
 The ID maps are the `id` columns: index = position of the ID in sorted order (see index.IdMap), so
 nothing but sorted IDs and their factor rows is stored, and loading executes nothing (no pickle).
@@ -30,7 +32,7 @@ from mf_spark.blocks import build_blocks
 from mf_spark.config import saved_model_config
 from mf_spark.halfstep import half_step, solve_spec
 from mf_spark.checkpoint import factor_table, read_factor_table
-from mf_spark.types import Factors
+from mf_spark.types import NO_TIME, DayBiases, Factors
 from mf_spark.errors import InputError, ModelError
 from mf_spark.index import IdMap
 from mf_spark.kernels import compiled
@@ -60,14 +62,20 @@ class Scorer:
     factors: Factors
     global_mean: float
     rating_range: tuple[float, float] | None
+    days: DayBiases | None = None
 
-    def predict_idx(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    def predict_idx(self, u: np.ndarray, i: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
         """Predictions for index arrays (-1 = unknown ID), float64, clipped for explicit models.
 
         Known user and item: mu + b_u + b_i + x_u.y_i; otherwise the global mean plus known biases.
+        With day biases and the ratings' timestamps `t` (types.NO_TIME where none), plus the user's
+        offset on that day.
         """
         f = self.factors
         clip = self.rating_range if self.kind == "explicit" else None
+        if self.days is not None and t is not None:
+            pred = Scorer(self.kind, f, self.global_mean, None).predict_idx(u, i) + self.days.lookup(u, t)
+            return pred if clip is None else np.clip(pred, *clip)
         if compiled.chosen("auto"):
             return compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, np.asarray(u), np.asarray(i), f.mu,
                                          self.global_mean, clip)
@@ -95,6 +103,7 @@ class FactorModel:
     global_mean: float                        # cold-start prediction
     rating_range: tuple[float, float] | None  # explicit predictions are clipped to it
     config: dict[str, Any] = field(default_factory=dict)
+    days: DayBiases | None = None             # explicit models with model.day_bias_reg > 0
     item_blocks: int = field(default=0, compare=False)   # > 0: top-N by item blocks, no broadcast of Y
     _bc: Any = field(default=None, repr=False, compare=False)
 
@@ -105,14 +114,14 @@ class FactorModel:
 
     @classmethod
     def trained(cls, kind: str, factors: Factors, users: IdMap, items: IdMap, stats, config: dict[str, Any],
-                spark: SparkSession) -> "FactorModel":
+                spark: SparkSession, days: DayBiases | None = None) -> "FactorModel":
         """The model a fit on training ratings with `stats` (als.TrainStats: mean, lo, hi) gives: an
         unknown pair scores the training mean for explicit models and, for implicit ones, whose scores
         estimate a preference in [0, 1], no evidence of one (0, not the mean raw count); explicit
         predictions are clipped to the training range."""
         explicit = kind == "explicit"
         return cls(kind, factors, users, items, stats.mean if explicit else 0.0,
-                   (stats.lo, stats.hi) if explicit else None, config,
+                   (stats.lo, stats.hi) if explicit else None, config, days,
                    item_blocks=item_blocks(config, users.size, items.size, spark))
 
     @property
@@ -123,7 +132,7 @@ class FactorModel:
     def scorer(self) -> "Scorer":
         # Implicit scores estimate a preference: an unknown pair has none, whatever an older model.json says.
         cold = self.global_mean if self.kind == "explicit" else 0.0
-        return Scorer(self.kind, self.factors, cold, self.rating_range)
+        return Scorer(self.kind, self.factors, cold, self.rating_range, self.days)
 
     def predict_idx(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         return self.scorer.predict_idx(u, i)
@@ -135,15 +144,19 @@ class FactorModel:
         return self._bc
 
     def predict(self, df: DataFrame, user_col: str = "user", item_col: str = "item",
-                output_col: str = "prediction") -> DataFrame:
+                output_col: str = "prediction", timestamp_col: str | None = None) -> DataFrame:
         """`df` with a `prediction` column (double) for every row; unknown IDs get cold predictions.
+        With `timestamp_col` (seconds, or the training data's unit; a timestamp type counts in
+        seconds), a model with day biases adds the user's offset on the row's day.
 
         Performance note: two broadcast joins with the ID maps and one broadcast of the factors.
         """
-        for c in (user_col, item_col):
+        for c in (user_col, item_col) + ((timestamp_col,) if timestamp_col else ()):
             if c not in df.columns:
                 raise InputError(f"predict: column {c!r} is missing; columns are {df.columns}")
         enc = self.items.encode(self.users.encode(df, user_col, "__u"), item_col, "__i")
+        if timestamp_col:
+            enc = enc.withColumn("__t", F.col(timestamp_col).cast("long"))
         bc = self._broadcast(df.sparkSession)
 
         def score(batches):
@@ -151,9 +164,10 @@ class FactorModel:
             for b in batches:
                 u = b.column("__u").fill_null(-1).to_numpy()
                 i = b.column("__i").fill_null(-1).to_numpy()
-                yield b.append_column(output_col, pa.array(scorer.predict_idx(u, i), pa.float64()))
+                t = b.column("__t").fill_null(NO_TIME).to_numpy() if timestamp_col else None
+                yield b.append_column(output_col, pa.array(scorer.predict_idx(u, i, t), pa.float64()))
         out_schema = T.StructType(enc.schema.fields + [T.StructField(output_col, T.DoubleType())])
-        return enc.mapInArrow(score, out_schema).drop("__u", "__i")
+        return enc.mapInArrow(score, out_schema).drop("__u", "__i", "__t")
 
     def recommend_idx(self, users: DataFrame, n: int) -> DataFrame:
         """Top-n per row of `users` (user_idx int, seen array<int> or null): recommend_indices, or
@@ -235,7 +249,7 @@ class FactorModel:
         Scores are symmetric (mu + b_u + b_i + x_u.y_i), so they equal the model's."""
         f = self.factors
         return dataclasses.replace(self, factors=Factors(f.Y, f.X, f.item_bias, f.user_bias, f.mu),
-                                   users=self.items, items=self.users, item_blocks=0, _bc=None)
+                                   users=self.items, items=self.users, days=None, item_blocks=0, _bc=None)
 
     def fold_in(self, history: DataFrame, side: str = "users", user_col: str = "user", item_col: str = "item",
                 rating_col: str = "rating") -> "FactorModel":
@@ -297,8 +311,8 @@ class FactorModel:
         finally:
             rows.unpersist()
         new_map = IdMap(row_map.ids, (self.users if users_side else self.items).name)
-        if users_side:
-            factors, maps = Factors(solved.factors, f.Y, solved.bias, f.item_bias, f.mu), {"users": new_map}
+        if users_side:      # folded-in users: new rows, and no day of theirs was fitted
+            factors, maps = Factors(solved.factors, f.Y, solved.bias, f.item_bias, f.mu), {"users": new_map, "days": None}
         else:
             factors, maps = Factors(f.X, solved.factors, f.user_bias, solved.bias, f.mu), {"items": new_map}
         return dataclasses.replace(self, factors=factors, **maps, _bc=None)
@@ -316,6 +330,11 @@ class FactorModel:
         for side, ids, fac, b in (("users", self.users.ids, f.X, f.user_bias),
                                  ("items", self.items.ids, f.Y, f.item_bias)):
             fs.write_parquet(spark, posixpath.join(path, "factors", side), factor_table(ids, fac, b))
+        if self.days is not None:
+            d = self.days
+            fs.write_parquet(spark, posixpath.join(path, "factors", "user_days"),
+                             pa.table({"user": self.users.ids.take(pa.array(d.users)), "day": pa.array(d.days, pa.int64()),
+                                       "bias": pa.array(d.bias, pa.float32())}))
         fs.write_json(spark, posixpath.join(path, "model.json"), self.describe(extra))
 
     def describe(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -324,6 +343,7 @@ class FactorModel:
                 "global_mean": self.global_mean, "biases": f.user_bias is not None,
                 "rating_range": list(self.rating_range) if self.rating_range else None,
                 "n_users": self.users.size, "n_items": self.items.size,
+                **({"day_length": self.days.day_length, "n_user_days": self.days.size} if self.days else {}),
                 "user_id_type": str(self.users.ids.type), "item_id_type": str(self.items.ids.type),
                 "config": self.config, **(extra or {})}
 
@@ -372,6 +392,29 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
         sides.append((IdMap(ids, side), fac, bias if meta.get("biases") else None))
     (users, X, bu), (items, Y, bi) = sides
     rr = meta.get("rating_range")
+    days = _load_days(spark, path, meta, users) if "day_length" in meta else None
     return FactorModel(meta["kind"], Factors(X, Y, bu, bi, float(meta["mu"])), users, items,
-                       float(meta["global_mean"]), tuple(rr) if rr else None, meta.get("config", {}),
+                       float(meta["global_mean"]), tuple(rr) if rr else None, meta.get("config", {}), days,
                        item_blocks=item_blocks(meta.get("config", {}), X.shape[0], Y.shape[0], spark))
+
+
+def _load_days(spark: SparkSession, path: str, meta: dict[str, Any], users: IdMap) -> DayBiases:
+    """factors/user_days/ as DayBiases over `users`; ModelError for a table that does not match."""
+    where = posixpath.join(path, "factors", "user_days")
+    try:
+        table = fs.read_parquet(spark, where)
+        at = users.index_of(table.column("user"))
+        day = table.column("day").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        bias = table.column("bias").cast(pa.float32()).to_numpy(zero_copy_only=False)
+    except Exception as exc:
+        raise ModelError(f"{where}: cannot read the day biases ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+    if table.num_rows != int(meta.get("n_user_days", -1)):
+        raise ModelError(f"{where}: {table.num_rows} rows, model.json says {meta.get('n_user_days')}")
+    if (at < 0).any() or not np.isfinite(bias).all():
+        raise ModelError(f"{where}: every user must be one of factors/users and every bias a finite number")
+    order = np.lexsort((day, at))
+    try:
+        return DayBiases(int(meta["day_length"]), at[order].astype(np.int32), day[order], bias[order])
+    except ValueError as exc:
+        raise ModelError(f"{where}: {exc}") from None

@@ -26,7 +26,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mf_spark import index, read, split, validate
+from mf_spark import days, index, read, split, validate
 from mf_spark.als import TrainStats, train_stats
 from mf_spark.blocks import Triples
 from mf_spark.config import DataConfig, RunConfig, SplitConfig
@@ -95,7 +95,9 @@ def driver_ready(spark: SparkSession, train: pa.Table, test: pa.Table | None) ->
     users = index.sorted_map(pc.unique(train.column(USER)), USER)
     items = index.sorted_map(pc.unique(train.column(ITEM)), ITEM)
     triples = Triples(spark, users.index_of(train.column(USER)), items.index_of(train.column(ITEM)),
-                      train.column(RATING).to_numpy().astype(np.float64))
+                      train.column(RATING).to_numpy().astype(np.float64),
+                      days.timestamps(train.column(TIMESTAMP) if TIMESTAMP in train.column_names else None,
+                                      train.num_rows))
     heldout = NO_HELDOUT if test is None else heldout_of(test, users, items)
     return Ready(users, items, triples, heldout, train_stats(triples), DriverFront.name, [triples.unpersist])
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 from mf_spark import als, evaluate
 from mf_spark.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConfig
 from mf_spark.errors import ConfigError, FitDiverged, InputError
+from mf_spark.days import DayFitter
 from mf_spark.model import Scorer
 from mf_spark.prepare import Ready
 from mf_spark.types import Factors
@@ -52,6 +53,7 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
         "reg_exponent": [0.25, 0.5, 0.75, 1.0],
         "biases": [True, False],
         "bias_reg": {"min": 0.1, "max": 3.0, "log": True},
+        "day_bias_reg": [0.0, 3.0, 10.0, 30.0],
     },
     "implicit": {
         "rank": [16, 32, 64],
@@ -134,9 +136,16 @@ class Validation:
                                  "metric cannot be measured (raise tune.validation_fraction)")
             sample = evaluate.sample_users(relevant, run.tune.validation_users, run.tune.seed)
             self.ranking = evaluate.RankingEvaluator(inner.train, sample, inner.items.size, run.eval.k, on_driver=True)
+        # Day biases move predicted ratings only: a ranking metric is the same with or without them.
+        space = space_of(run).get("day_bias_reg", [run.model.day_bias_reg])
+        wanted = isinstance(space, dict) or any(v > 0 for v in space)
+        self.days = DayFitter(inner.train, run.model.day_length) \
+            if kind == "explicit" and self.ranking is None and wanted else None
+        self.spark_free = self.days is None or self.days.spark_free
 
-    def __call__(self, factors: Factors) -> float:
-        scorer = Scorer(self.kind, factors, self.mean, self.range)
+    def __call__(self, factors: Factors, day_bias_reg: float = 0.0) -> float:
+        days = self.days(factors, day_bias_reg) if self.days is not None else None
+        scorer = Scorer(self.kind, factors, self.mean, self.range, days)
         if self.ranking is None:
             return evaluate.error_metrics(scorer, self.heldout)[self.metric]
         return self.ranking(scorer)[self.metric]
@@ -200,12 +209,12 @@ def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlock
     patience = run.tune.patience
 
     def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
-        value = validate(factors)
+        value = validate(factors, cfg.day_bias_reg)
         trial.history.append(value)
         since_best = len(trial.history) - 1 - _best_at(trial.history, validate.lower_is_better)
         trial.stopped = since_best >= patience
         return {"validation": value, "stop": trial.stopped}
-    on_iteration.spark_free = True
+    on_iteration.spark_free = validate.spark_free
     started = time.perf_counter()
     try:
         fit = als.fit(inner.train, inner.users.size, inner.items.size, dataclasses.replace(cfg, iterations=todo),

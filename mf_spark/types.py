@@ -24,6 +24,7 @@ MALFORMED = "_malformed"                  # raw rows: why the row's fields canno
 NPMatrix = npt.NDArray[np.float32]      # (n, k) factors
 NPVector = npt.NDArray[np.float32]      # (n,) biases, ratings
 NPIndex = npt.NDArray[np.int32]         # (n,) indices
+NO_TIME = np.iinfo(np.int64).min        # a rating's timestamp in driver arrays when it has none
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,52 @@ class Factors:
         for name, b, n in (("user", self.user_bias, self.X.shape[0]), ("item", self.item_bias, self.Y.shape[0])):
             if b is not None and b.shape != (n,):
                 raise ValueError(f"{name} biases have shape {b.shape}, expected ({n},)")
+
+
+@dataclass(frozen=True)
+class DayBiases:
+    """Offsets of a user's ratings on one day (explicit models): the day-specific user bias of
+    Koren's timeSVD. A user rates a day's items in one mood, against one reference; an offset per
+    (user, day), fitted to the residuals of the user's ratings that day, lifts or lowers every
+    prediction for that user on that day, and for a day it has not seen, none. A day is
+    timestamp // day_length (timestamps in seconds: day_length 86400)."""
+    day_length: int
+    users: np.ndarray    # (m,) int32 user indices, ascending by (user, day)
+    days: np.ndarray     # (m,) int64
+    bias: np.ndarray     # (m,) float32
+
+    def __post_init__(self) -> None:
+        if not (self.users.shape == self.days.shape == self.bias.shape) or self.users.ndim != 1:
+            raise ValueError(f"day biases: users {self.users.shape}, days {self.days.shape}, bias {self.bias.shape}")
+        if self.day_length < 1:
+            raise ValueError(f"day biases: day_length {self.day_length}, expected an integer >= 1")
+        # (user, day) as one sortable key: the user times the number of distinct days plus the day's
+        # position among them
+        values = np.unique(self.days)
+        keys = self.users.astype(np.int64) * max(values.size, 1) + np.searchsorted(values, self.days)
+        if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
+            raise ValueError("day biases: (user, day) pairs must be unique and sorted")
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_keys", keys)
+
+    @property
+    def size(self) -> int:
+        return int(self.bias.size)
+
+    def lookup(self, u: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
+        """The offset of each (user index, timestamp) pair, float64: 0 for an unknown user (-1), a
+        missing timestamp (NO_TIME) or a day the user did not rate on in training."""
+        u = np.asarray(u, np.int64)
+        out = np.zeros(u.size, np.float64)
+        if timestamps is None or not self.size:
+            return out
+        ts = np.asarray(timestamps, np.int64)
+        day = ts // self.day_length
+        values, keys = self._values, self._keys
+        pos = np.minimum(np.searchsorted(values, day), values.size - 1)
+        ok = (u >= 0) & (ts != NO_TIME) & (values[pos] == day)
+        key = u * values.size + pos
+        at = np.minimum(np.searchsorted(keys, key), keys.size - 1)
+        ok &= keys[at] == key
+        out[ok] = self.bias[at[ok]]
+        return out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "mf_spark"
 ORDER = ["types", "errors", "config", "cli", "session", "phases", "fs", "kernels", "read", "validate", "index", "split", "local",
-         "blocks", "halfstep", "stream", "join", "checkpoint", "topn", "model", "als", "evaluate", "prepare", "compare", "tune", "recommend", "similar",
+         "blocks", "halfstep", "stream", "join", "checkpoint", "topn", "model", "days", "als", "evaluate", "prepare", "compare", "tune", "recommend", "similar",
          "report", "write", "tracking"]
 
 

@@ -1,0 +1,105 @@
+"""Day biases: after a fit, one offset per (user, day) from the residuals of the user's ratings that day.
+
+    b_ud = sum of (r - mu - b_u - b_i - x_u.y_i) over the user's training ratings on day d
+           / (their count + model.day_bias_reg)
+
+the ridge solution of one coordinate per (user, day) with the factors held fixed (types.DayBiases
+scores them). It is one step after the alternating fit, not a part of it: fitted alongside the
+factors, the offsets take over some of what the user biases and factors would learn and the
+held-out error comes out higher. An offset is the same for every item, so it moves a user's
+predictions on that day but never the order of the user's recommendations.
+
+`DayFitter(train, day_length)` groups the training ratings by (user, day) once; each call with
+factors and a day_bias_reg is one pass over the ratings (tune calls it every iteration of every
+trial). Ratings without a timestamp take no part.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from mf_spark.blocks import Triples
+from mf_spark.kernels import compiled
+from mf_spark.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
+
+_DAY, _RESIDUAL = "_day", "_residual"
+
+
+def residuals(f: Factors, u: np.ndarray, i: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """r - (mu + b_u + b_i + x_u.y_i), unclipped, for known (u, i) pairs (float64)."""
+    return r - compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, u, i, f.mu, f.mu, None)
+
+
+def timestamps(column: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
+    """A timestamp column as int64 with NO_TIME for nulls (all NO_TIME without a column)."""
+    if column is None or pa.types.is_null(column.type):
+        return np.full(n, NO_TIME, np.int64)
+    return np.asarray(column.cast(pa.int64()).fill_null(NO_TIME).to_numpy(zero_copy_only=False), np.int64)
+
+
+def _biases(day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+            reg: float) -> DayBiases:
+    order = np.lexsort((days, users))
+    return DayBiases(day_length, users[order].astype(np.int32), days[order].astype(np.int64),
+                     (sums[order] / (counts[order] + reg)).astype(np.float32))
+
+
+class DayFitter:
+    """Fits DayBiases to training ratings for any factors: on the driver for ratings it holds
+    (blocks.Triples), else one Spark job per call (`spark_free` says which)."""
+
+    def __init__(self, train: DataFrame | Triples, day_length: int):
+        self.day_length = int(day_length)
+        self.spark_free = isinstance(train, Triples)
+        if not self.spark_free:
+            self.train = train.where(F.col(TIMESTAMP).isNotNull()) if TIMESTAMP in train.columns else None
+            return
+        ts = train.t if train.t is not None else np.full(train.r.size, NO_TIME, np.int64)
+        keep = np.flatnonzero(ts != NO_TIME)
+        self.u, self.i, self.r = train.u[keep], train.i[keep], train.r[keep]
+        day = ts[keep] // self.day_length
+        pairs = np.stack([self.u.astype(np.int64), day])
+        groups, self.group = np.unique(pairs, axis=1, return_inverse=True) if keep.size else \
+            (np.zeros((2, 0), np.int64), np.zeros(0, np.int64))
+        self.group = self.group.ravel()
+        self.group_users, self.group_days = groups[0], groups[1]
+        self.counts = np.bincount(self.group, minlength=groups.shape[1]).astype(np.float64)
+
+    def __call__(self, factors: Factors, reg: float) -> DayBiases | None:
+        """The day biases of `factors` with lambda `reg`; None for reg 0 (day biases off)."""
+        if reg <= 0:
+            return None
+        if self.spark_free:
+            sums = np.bincount(self.group, residuals(factors, self.u, self.i, self.r), minlength=self.counts.size)
+            return _biases(self.day_length, self.group_users, self.group_days, sums, self.counts, reg)
+        return self._on_spark(factors, reg)
+
+    def _on_spark(self, factors: Factors, reg: float) -> DayBiases:
+        """Performance note: one broadcast of the factors, one narrow pass over the ratings and an
+        aggregate by (user, day), whose rows (one per user and day) come to the driver."""
+        if self.train is None:
+            return _biases(self.day_length, *(np.zeros(0, t) for t in (np.int32, np.int64, np.float64, np.float64)), reg)
+        sc = self.train.sparkSession.sparkContext
+        bc = sc.broadcast(factors)
+        length = self.day_length
+
+        def body(batches):
+            f = bc.value
+            for b in batches:
+                t = pa.Table.from_batches([b])
+                res = residuals(f, t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy(),
+                                t.column(RATING).to_numpy().astype(np.float64))
+                day = t.column(TIMESTAMP).to_numpy() // length
+                yield pa.record_batch([t.column(USER_IDX).combine_chunks(), pa.array(day, pa.int64()),
+                                       pa.array(res, pa.float64())], [USER_IDX, _DAY, _RESIDUAL])
+        try:
+            rows = (self.train.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
+                    .mapInArrow(body, f"{USER_IDX} int, {_DAY} long, {_RESIDUAL} double")
+                    .groupBy(USER_IDX, _DAY).agg(F.sum(_RESIDUAL).alias("s"), F.count(F.lit(1)).alias("n"))
+                    .toArrow())
+        finally:
+            bc.unpersist(blocking=False)
+        col = lambda name: rows.column(name).to_numpy()  # noqa: E731
+        return _biases(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64), reg)

@@ -1,0 +1,183 @@
+"""Day biases (mf_spark.days, types.DayBiases): the per-(user, day) offsets fitted after the factors,
+how they score, save and load, and that the train and tune jobs use them where the data has days."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import planted
+from jobs import train as train_job
+from mf_spark import config, days, prepare, tune
+from mf_spark.blocks import Triples
+from mf_spark.errors import ConfigError, ModelError
+from mf_spark.model import FactorModel, Scorer, load_model
+from mf_spark.types import NO_TIME, DayBiases, Factors
+
+DAY = 86400
+
+
+def _factors(n_users=4, n_items=3, seed=0) -> Factors:
+    g = np.random.default_rng(seed)
+    return Factors(g.normal(size=(n_users, 2)).astype(np.float32), g.normal(size=(n_items, 2)).astype(np.float32),
+                   g.normal(size=n_users).astype(np.float32), g.normal(size=n_items).astype(np.float32), 3.0)
+
+
+# ---- the offsets and their lookup ------------------------------------------------------------------------
+def test_lookup_finds_the_users_day_and_nothing_else():
+    d = DayBiases(DAY, np.array([0, 0, 2], np.int32), np.array([5, 9, 5], np.int64), np.array([0.5, -1, 2], np.float32))
+    u = np.array([0, 0, 0, 2, 2, 1, -1, 0])
+    t = np.array([5 * DAY, 9 * DAY + 86399, 7 * DAY, 5 * DAY + 1, 9 * DAY, 5 * DAY, 5 * DAY, NO_TIME])
+    assert d.lookup(u, t).tolist() == [0.5, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert d.lookup(u, None).tolist() == [0.0] * 8
+    assert DayBiases(DAY, *(np.zeros(0, t) for t in (np.int32, np.int64, np.float32))).lookup(u, t).tolist() == [0.0] * 8
+
+
+def test_days_before_1970_floor_to_their_own_day():
+    d = DayBiases(DAY, np.array([0], np.int32), np.array([-1], np.int64), np.array([1.5], np.float32))
+    assert d.lookup(np.array([0, 0]), np.array([-1, 0])).tolist() == [1.5, 0.0]
+
+
+def test_unsorted_or_repeated_pairs_are_refused():
+    with pytest.raises(ValueError, match="unique and sorted"):
+        DayBiases(DAY, np.array([1, 0], np.int32), np.array([0, 0], np.int64), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="unique and sorted"):
+        DayBiases(DAY, np.array([0, 0], np.int32), np.array([3, 3], np.int64), np.zeros(2, np.float32))
+
+
+# ---- fitting them ----------------------------------------------------------------------------------------
+def _ratings(seed=1, n=300, n_users=4, n_items=3):
+    g = np.random.default_rng(seed)
+    u = g.integers(0, n_users, n).astype(np.int32)
+    i = g.integers(0, n_items, n).astype(np.int32)
+    r = g.uniform(1, 5, n)
+    t = (g.integers(0, 4, n) * DAY + g.integers(0, DAY, n)).astype(np.int64)
+    t[::7] = NO_TIME                          # ratings without a timestamp take no part
+    return u, i, r, t
+
+
+def test_each_offset_is_the_ridge_solution_of_its_users_day():
+    u, i, r, t = _ratings()
+    f = _factors()
+    got = days.DayFitter(Triples(None, u, i, r, t), DAY)(f, 2.5)
+    res = r - (f.mu + f.user_bias[u] + f.item_bias[i] + np.einsum("ij,ij->i", f.X[u], f.Y[i]))
+    want = {}
+    for a in range(4):
+        for d in range(4):
+            mine = (u == a) & (t != NO_TIME) & (t // DAY == d)
+            if mine.any():
+                want[(a, d)] = res[mine].sum() / (mine.sum() + 2.5)
+    assert list(zip(got.users.tolist(), got.days.tolist())) == sorted(want)
+    np.testing.assert_allclose(got.bias, [want[k] for k in sorted(want)], rtol=1e-5, atol=1e-6)
+
+
+def test_day_bias_reg_0_means_none_and_no_timestamps_means_no_offsets():
+    u, i, r, t = _ratings()
+    f = _factors()
+    assert days.DayFitter(Triples(None, u, i, r, t), DAY)(f, 0.0) is None
+    assert days.DayFitter(Triples(None, u, i, r), DAY)(f, 1.0).size == 0
+
+
+def test_spark_fits_the_same_offsets_as_the_driver(spark):
+    u, i, r, t = _ratings(seed=3)
+    f = _factors(seed=3)
+    want = days.DayFitter(Triples(None, u, i, r, t), 3600)(f, 1.0)
+    df = spark.createDataFrame(pa.table({"user_idx": pa.array(u, pa.int32()), "item_idx": pa.array(i, pa.int32()),
+                                         "rating": r, "timestamp": pa.array(t, pa.int64(), mask=t == NO_TIME)}))
+    fitter = days.DayFitter(df.repartition(3), 3600)
+    assert not fitter.spark_free
+    got = fitter(f, 1.0)
+    assert np.array_equal(got.users, want.users) and np.array_equal(got.days, want.days)
+    np.testing.assert_allclose(got.bias, want.bias, rtol=1e-5, atol=1e-6)
+    no_time = days.DayFitter(df.drop("timestamp"), 3600)(f, 1.0)
+    assert no_time.size == 0
+
+
+def test_the_scorer_adds_the_days_offset_before_clipping():
+    f = _factors()
+    d = DayBiases(DAY, np.array([1], np.int32), np.array([2], np.int64), np.array([0.25], np.float32))
+    plain = Scorer("explicit", f, 3.0, None)
+    with_days = Scorer("explicit", f, 3.0, None, d)
+    u, i = np.array([1, 1, 0, -1]), np.array([0, 0, 0, 0])
+    t = np.array([2 * DAY + 5, 3 * DAY, 2 * DAY, 2 * DAY])
+    np.testing.assert_allclose(with_days.predict_idx(u, i, t) - plain.predict_idx(u, i), [0.25, 0, 0, 0], atol=1e-12)
+    np.testing.assert_array_equal(with_days.predict_idx(u, i), plain.predict_idx(u, i))   # no times: none
+    clipped = Scorer("explicit", f, 3.0, (1.0, 5.0), DayBiases(DAY, np.array([1], np.int32), np.array([2], np.int64),
+                                                               np.array([50.0], np.float32)))
+    assert clipped.predict_idx(u[:1], i[:1], t[:1])[0] == 5.0
+
+
+# ---- the jobs: planted day effects ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def day_csv(tmp_path_factory):
+    """A planted rank-3 matrix rated over 4 days per user, each (user, day) with its own offset."""
+    u, i, r, _ = planted(n_users=80, n_items=60, rank=3, density=0.5, noise=0.2, seed=11)
+    g = np.random.default_rng(11)
+    day = g.integers(0, 4, u.size)
+    offset = g.normal(scale=0.6, size=(80, 4))
+    r = r + offset[u, day]
+    ts = (17_361 + day) * DAY + g.integers(0, DAY, u.size)     # 4 calendar days from 2017-07-14
+    path = tmp_path_factory.mktemp("days") / "ratings.csv"
+    path.write_text("user,item,rating,timestamp\n" + "".join(
+        f"u{a},i{b},{c:.3f},{d}\n" for a, b, c, d in zip(u, i, r, ts)))
+    return str(path)
+
+
+SETTINGS = ["--set", "model.rank=3", "--set", "model.biases=true", "--set", "model.reg=0.05",
+            "--set", "model.iterations=8"]
+
+
+def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path):
+    got = {}
+    for reg in (0, 2):
+        out = tmp_path / f"out{reg}"
+        assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS,
+                               "--set", f"model.day_bias_reg={reg}"]) == 0
+        got[reg] = json.loads((out / "metrics.json").read_text())
+    assert got[0]["n_user_days"] == 0 and not (tmp_path / "out0" / "factors" / "user_days").exists()
+    assert got[2]["n_user_days"] == 80 * 4
+    assert got[2]["rmse"] < 0.8 * got[0]["rmse"]          # the planted offsets are most of the error
+    assert got[2]["history"][-1]["test_rmse"] == pytest.approx(got[2]["rmse"])
+    # the saved model scores the held-out rows as the job did, and a row's day decides its offset
+    model = load_model(str(tmp_path / "out2"), spark)
+    assert model.days.size == 80 * 4 and model.days.day_length == DAY
+    rows = spark.read.csv(day_csv, header=True, inferSchema=True).limit(50)
+    with_days = model.predict(rows, timestamp_col="timestamp").toPandas()
+    without = model.predict(rows).toPandas()
+    assert (with_days["prediction"] - without["prediction"]).abs().max() > 0.05
+    shifted = model.predict(rows.withColumn("timestamp", rows["timestamp"] + 30 * DAY), timestamp_col="timestamp")
+    assert np.allclose(shifted.toPandas()["prediction"], without["prediction"])     # an unseen day: no offset
+
+
+def test_a_damaged_day_table_names_the_file(spark, day_csv, tmp_path):
+    out = tmp_path / "out"
+    assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS, "--set", "model.day_bias_reg=2"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    meta["n_user_days"] += 1
+    (out / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"user_days: 320 rows, model.json says 321"):
+        load_model(str(out), spark)
+
+
+def test_tune_chooses_day_biases_on_validation_where_days_matter(spark, day_csv):
+    run = config.load(None, ["tune.method=grid", "tune.space.day_bias_reg=[0.0, 2.0]", "tune.max_iterations=8",
+                             "model.rank=3", "model.biases=true", "model.reg=0.05"])
+    front = prepare.front_end(spark, run, input=day_csv)
+    front.load()
+    outer, inner = front.tuning_split(tune.validation_split(run))
+    found = tune.search(inner, run)
+    values = [min(t.history) for t in found.trials]
+    assert found.best.settings["day_bias_reg"] == 2.0 and values[1] < 0.9 * values[0]
+    inner.release()
+    outer.release()
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["model.day_bias_reg=-1"], "model.day_bias_reg"),
+    (["model.day_length=0"], "model.day_length"),
+])
+def test_bad_day_settings_name_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(None, sets)
