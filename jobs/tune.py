@@ -70,7 +70,7 @@ def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
                    "best_trial": found.best.number, "best_validation": found.best_value,
                    "best_iteration": found.best_iteration, "validation_ratings": inner.heldout.n,
                    "fit_ratings": inner.stats.n, "seconds": seconds,
-                   "best": {**found.best.settings, "iterations": found.best_iteration}}
+                   "best": found.best_settings}
         header = (f"Chosen by jobs/tune.py: trial {found.best.number} of {len(found.trials)} ({cfg.tune.method}), "
                   f"validation {found.metric} {found.best_value:.5g} after {found.best_iteration} iterations,\n"
                   f"on {inner.heldout.n} validation ratings carved from the training data (never the test set).\n"

@@ -39,11 +39,13 @@ def timestamps(column: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
     return np.asarray(column.cast(pa.int64()).fill_null(NO_TIME).to_numpy(zero_copy_only=False), np.int64)
 
 
-def _biases(day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-            reg: float) -> DayBiases:
+def _pairs(day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarray,
+           counts: np.ndarray) -> tuple[DayBiases, np.ndarray, np.ndarray]:
+    """(user, day) pairs in any order as DayBiases (zero offsets), with their sums and counts in its order."""
     order = np.lexsort((days, users))
-    return DayBiases(day_length, users[order].astype(np.int32), days[order].astype(np.int64),
-                     (sums[order] / (counts[order] + reg)).astype(np.float32))
+    pairs = DayBiases(day_length, users[order].astype(np.int32), days[order].astype(np.int64),
+                      np.zeros(order.size, np.float32))
+    return pairs, sums[order], counts[order]
 
 
 class DayFitter:
@@ -62,25 +64,32 @@ class DayFitter:
         day = ts[keep] // self.day_length
         pairs = np.stack([self.u.astype(np.int64), day])
         groups, self.group = np.unique(pairs, axis=1, return_inverse=True) if keep.size else \
-            (np.zeros((2, 0), np.int64), np.zeros(0, np.int64))
+            (np.zeros((2, 0), np.int64), np.zeros(0, np.int64))      # groups sorted by (user, day)
         self.group = self.group.ravel()
-        self.group_users, self.group_days = groups[0], groups[1]
         self.counts = np.bincount(self.group, minlength=groups.shape[1]).astype(np.float64)
+        self.pairs = DayBiases(self.day_length, groups[0].astype(np.int32), groups[1],
+                               np.zeros(groups.shape[1], np.float32))
 
     def __call__(self, factors: Factors, reg: float) -> DayBiases | None:
         """The day biases of `factors` with lambda `reg`; None for reg 0 (day biases off)."""
-        if reg <= 0:
-            return None
+        return self.fit(factors, [reg])[0]
+
+    def fit(self, factors: Factors, regs: list[float]) -> list[DayBiases | None]:
+        """The day biases of `factors` for each lambda of `regs` (None for 0), from one pass."""
+        if all(reg <= 0 for reg in regs):
+            return [None] * len(regs)
         if self.spark_free:
             sums = np.bincount(self.group, residuals(factors, self.u, self.i, self.r), minlength=self.counts.size)
-            return _biases(self.day_length, self.group_users, self.group_days, sums, self.counts, reg)
-        return self._on_spark(factors, reg)
+            return [self.pairs.with_bias(sums / (self.counts + reg)) if reg > 0 else None for reg in regs]
+        pairs, sums, counts = self._on_spark(factors)
+        return [pairs.with_bias(sums / (counts + reg)) if reg > 0 else None for reg in regs]
 
-    def _on_spark(self, factors: Factors, reg: float) -> DayBiases:
-        """Performance note: one broadcast of the factors, one narrow pass over the ratings and an
-        aggregate by (user, day), whose rows (one per user and day) come to the driver."""
+    def _on_spark(self, factors: Factors) -> tuple[DayBiases, np.ndarray, np.ndarray]:
+        """The (user, day) pairs, their residuals' sums and counts. Performance note: one broadcast
+        of the factors, one narrow pass over the ratings and an aggregate by (user, day), whose rows
+        (one per user and day) come to the driver."""
         if self.train is None:
-            return _biases(self.day_length, *(np.zeros(0, t) for t in (np.int32, np.int64, np.float64, np.float64)), reg)
+            return _pairs(self.day_length, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
         sc = self.train.sparkSession.sparkContext
         bc = sc.broadcast(factors)
         length = self.day_length
@@ -102,4 +111,4 @@ class DayFitter:
         finally:
             bc.unpersist(blocking=False)
         col = lambda name: rows.column(name).to_numpy()  # noqa: E731
-        return _biases(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64), reg)
+        return _pairs(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64))

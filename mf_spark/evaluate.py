@@ -70,11 +70,12 @@ def rmse_mae(pred: np.ndarray, r: np.ndarray) -> tuple[float | None, float | Non
     return float(np.sqrt(np.mean(err * err))), float(np.mean(np.abs(err)))
 
 
-def error_metrics(scorer: Scorer, heldout: HeldOut) -> dict[str, Any]:
-    """rmse and mae on the held-out rows (explicit models; None for implicit ones)."""
+def error_metrics(scorer: Scorer, heldout: HeldOut, day_at: np.ndarray | None = None) -> dict[str, Any]:
+    """rmse and mae on the held-out rows (explicit models; None for implicit ones); `day_at`: the
+    rows' positions in the scorer's day biases, where the caller keeps them (Scorer.predict_idx)."""
     if scorer.kind != "explicit":
         return {"rmse": None, "mae": None}
-    rmse, mae = rmse_mae(scorer.predict_idx(heldout.u, heldout.i, heldout.t), heldout.r)
+    rmse, mae = rmse_mae(scorer.predict_idx(heldout.u, heldout.i, heldout.t, day_at), heldout.r)
     return {"rmse": rmse, "mae": mae}
 
 

@@ -45,7 +45,7 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mf_spark import als, config, fs, index, prepare
+from mf_spark import als, config, evaluate, fs, index, prepare
 from mf_spark.blocks import session_of
 from mf_spark.checkpoint import CheckpointStore, factor_table
 from mf_spark.config import DataConfig, ModelConfig, RunConfig
@@ -202,6 +202,10 @@ SHARED_SPECS = [
     _Spec("itemCol", "item", TypeConverters.toString, "column of item IDs: integers, longs or strings"),
     _Spec("ratingCol", "rating", TypeConverters.toString,
           "column of ratings ('' = 1.0 for every row); also the rating column of foldInUsers/foldInItems"),
+    _Spec("timestampCol", "", TypeConverters.toString,
+          "column of the ratings' timestamps (numbers in the unit of dayLength, or a timestamp type: seconds; "
+          "'' = none): with dayBiasReg > 0 the fit learns an offset per user and day, and transform adds it "
+          "to the rows of a day the user rated in training"),
     _Spec("predictionCol", "prediction", TypeConverters.toString, "prediction column name (double)"),
     _Spec("coldStartStrategy", "nan", TypeConverters.toString,
           "prediction for a user or item the model has not seen: 'nan' (NaN), 'drop' (the row is dropped) or "
@@ -314,8 +318,9 @@ def _require_columns(df: DataFrame, where: str, cols: dict[str, str]) -> None:
 def fit_factor_model(ready: prepare.Ready, run: RunConfig, checkpoints: CheckpointStore | None = None) -> FactorModel:
     """A FactorModel fitted on every row of `ready.train`, as the train job fits its training split."""
     fit = als.fit(ready.train, ready.users.size, ready.items.size, run.model, checkpoints=checkpoints, stats=ready.stats)
+    day_fit = evaluate.day_fitter(ready.train, run.model)
     return FactorModel.trained(run.model.kind, fit.factors, ready.users, ready.items, ready.stats, run.to_dict(),
-                               session_of(ready.train))
+                               session_of(ready.train), day_fit(fit.factors, run.model.day_bias_reg) if day_fit else None)
 
 
 def _checkpoint_store(spark: SparkSession, cfg: ModelConfig) -> CheckpointStore | None:
@@ -352,9 +357,10 @@ class ALS(Estimator, _ALSParams, DefaultParamsReadable, MLWritable):
     def _fit(self, dataset: DataFrame) -> "ALSModel":
         self._check()
         run = self.run_config()
-        user, item, rating = self.getUserCol(), self.getItemCol(), self.getRatingCol()
-        _require_columns(dataset, "ALS.fit", {"userCol": user, "itemCol": item, **({"ratingCol": rating} if rating else {})})
-        ready, pairs = prepare.frame_ready(prepare.raw_frame(dataset, user, item, rating), run, self.getExcludeSeen())
+        user, item, rating, ts = self.getUserCol(), self.getItemCol(), self.getRatingCol(), self.getTimestampCol()
+        _require_columns(dataset, "ALS.fit", {"userCol": user, "itemCol": item, **({"ratingCol": rating} if rating else {}),
+                                              **({"timestampCol": ts} if ts else {})})
+        ready, pairs = prepare.frame_ready(prepare.raw_frame(dataset, user, item, rating, ts), run, self.getExcludeSeen())
         store = _checkpoint_store(dataset.sparkSession, run.model)
         try:
             model = fit_factor_model(ready, run, store)
@@ -456,14 +462,15 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         user, item, out = self.getUserCol(), self.getItemCol(), self.getPredictionCol()
         _require_columns(dataset, "ALSModel.transform", {"userCol": user, "itemCol": item})
         m, strategy = self.factorModel, self.getColdStartStrategy()
+        ts = self.getTimestampCol() if m.days is not None and self.getTimestampCol() in dataset.columns else None
         if strategy == "mean":
-            return m.predict(dataset, user, item, out)
+            return m.predict(dataset, user, item, out, ts)
         flags = ("_mf_known_user", "_mf_known_item")
         looked_up = m.items.encode(m.users.encode(dataset, user, flags[0]), item, flags[1])
         known = F.col(flags[0]).isNotNull() & F.col(flags[1]).isNotNull()
         if strategy == "drop":
-            return m.predict(looked_up.where(known), user, item, out).drop(*flags)
-        pred = m.predict(looked_up, user, item, out)
+            return m.predict(looked_up.where(known), user, item, out, ts).drop(*flags)
+        pred = m.predict(looked_up, user, item, out, ts)
         return pred.withColumn(out, F.when(known, _col(out)).otherwise(F.lit(float("nan")))).drop(*flags)
 
     def recommendForAllUsers(self, numItems: int, include: Ids = None, exclude: Ids = None) -> DataFrame:

@@ -64,17 +64,19 @@ class Scorer:
     rating_range: tuple[float, float] | None
     days: DayBiases | None = None
 
-    def predict_idx(self, u: np.ndarray, i: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    def predict_idx(self, u: np.ndarray, i: np.ndarray, t: np.ndarray | None = None,
+                    day_at: np.ndarray | None = None) -> np.ndarray:
         """Predictions for index arrays (-1 = unknown ID), float64, clipped for explicit models.
 
         Known user and item: mu + b_u + b_i + x_u.y_i; otherwise the global mean plus known biases.
         With day biases and the ratings' timestamps `t` (types.NO_TIME where none), plus the user's
-        offset on that day.
+        offset on that day; `day_at`: the rows' DayBiases.positions instead of `t`, found before.
         """
         f = self.factors
         clip = self.rating_range if self.kind == "explicit" else None
-        if self.days is not None and t is not None:
-            pred = Scorer(self.kind, f, self.global_mean, None).predict_idx(u, i) + self.days.lookup(u, t)
+        if self.days is not None and (t is not None or day_at is not None):
+            at = day_at if day_at is not None else self.days.positions(u, t)
+            pred = Scorer(self.kind, f, self.global_mean, None).predict_idx(u, i) + self.days.offsets(at)
             return pred if clip is None else np.clip(pred, *clip)
         if compiled.chosen("auto"):
             return compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, np.asarray(u), np.asarray(i), f.mu,

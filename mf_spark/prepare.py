@@ -254,17 +254,24 @@ def exact_column(name: str) -> Column:
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str) -> DataFrame:
+def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, timestamp_col: str = "") -> DataFrame:
     """`df`'s rows in read.ratings' raw layout (user, item, rating, timestamp, _source, _row), so that
-    validate.clean treats it as the train job treats a file; ratingCol "" gives every row 1.0. IDs
+    validate.clean treats it as the train job treats a file; ratingCol "" gives every row 1.0, and
+    timestamp_col "" none a timestamp (a timestamp type counts in seconds). IDs
     that are neither integers nor strings (a StringIndexer's doubles) are passed as their text, which
     is how validate reads them anyway, and which either front end takes."""
     def ids(col: str) -> Column:
         own = isinstance(df.schema[col].dataType, (T.IntegralType, T.StringType))
         return exact_column(col) if own else exact_column(col).cast("string")
     rating = exact_column(rating_col) if rating_col else F.lit(1.0)
+    if not timestamp_col:
+        ts = F.lit(None).cast("long")
+    elif isinstance(df.schema[timestamp_col].dataType, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+        ts = exact_column(timestamp_col).cast("timestamp").cast("long")
+    else:
+        ts = exact_column(timestamp_col)
     return df.select(ids(user_col).alias(USER), ids(item_col).alias(ITEM), rating.alias(RATING),
-                     F.lit(None).cast("long").alias(TIMESTAMP), F.lit(FRAME_SOURCE).alias(SOURCE),
+                     ts.alias(TIMESTAMP), F.lit(FRAME_SOURCE).alias(SOURCE),
                      F.monotonically_increasing_id().alias(ROW))
 
 

@@ -85,10 +85,28 @@ def _draw(choice: Any, rng: np.random.Generator) -> Any:
     return int(round(x)) if isinstance(lo, int) else float(f"{x:.4g}")
 
 
+# Settings applied after a fit, to its factors: a trial scores each of their listed values on its
+# own factors after every iteration and keeps the best (a draw of them would cost whole fits).
+POST_FIT = ("day_bias_reg",)
+
+
+def post_fit_values(run: RunConfig) -> dict[str, list[Any]]:
+    """The values of each post-fit setting every trial scores: the space's list, else [model]'s value."""
+    space, out = space_of(run), {}
+    for key in POST_FIT:
+        values = space.get(key, [getattr(run.model, key)])
+        if not isinstance(values, list):
+            raise ConfigError(f"config key tune.space.{key}: a list of values (each is scored on every trial's "
+                              f"factors after every iteration), got a range")
+        out[key] = values
+    return out
+
+
 def settings(run: RunConfig) -> list[dict[str, Any]]:
-    """The trials' settings, in trial order: every combination (grid), or [model]'s own settings
-    then draws up to tune.trials (random, halving), the same for the same tune.seed."""
-    space, tune = space_of(run), run.tune
+    """The trials' settings (post-fit ones aside), in trial order: every combination (grid), or
+    [model]'s own settings then draws up to tune.trials (random, halving), the same for the same
+    tune.seed."""
+    space, tune = {k: v for k, v in space_of(run).items() if k not in POST_FIT}, run.tune
     if tune.method == "grid":
         ranges = [k for k, v in space.items() if isinstance(v, dict)]
         if ranges:
@@ -136,19 +154,28 @@ class Validation:
                                  "metric cannot be measured (raise tune.validation_fraction)")
             sample = evaluate.sample_users(relevant, run.tune.validation_users, run.tune.seed)
             self.ranking = evaluate.RankingEvaluator(inner.train, sample, inner.items.size, run.eval.k, on_driver=True)
-        # Day biases move predicted ratings only: a ranking metric is the same with or without them.
-        space = space_of(run).get("day_bias_reg", [run.model.day_bias_reg])
-        wanted = isinstance(space, dict) or any(v > 0 for v in space)
-        self.days = DayFitter(inner.train, run.model.day_length) \
-            if kind == "explicit" and self.ranking is None and wanted else None
+        # Day biases move predicted ratings only: a ranking metric is the same with or without them,
+        # so it is measured once and the first listed value kept.
+        self.day_regs = post_fit_values(run)["day_bias_reg"]
+        if kind != "explicit" or self.ranking is not None:
+            self.day_regs = self.day_regs[:1]
+        self.days = DayFitter(inner.train, run.model.day_length) if any(v > 0 for v in self.day_regs) else None
         self.spark_free = self.days is None or self.days.spark_free
+        self.day_at = None          # the validation rows' (user, day) positions: the same every call
 
-    def __call__(self, factors: Factors, day_bias_reg: float = 0.0) -> float:
-        days = self.days(factors, day_bias_reg) if self.days is not None else None
-        scorer = Scorer(self.kind, factors, self.mean, self.range, days)
-        if self.ranking is None:
-            return evaluate.error_metrics(scorer, self.heldout)[self.metric]
-        return self.ranking(scorer)[self.metric]
+    def __call__(self, factors: Factors) -> tuple[float, dict[str, Any]]:
+        """The metric of `factors` with the best of the post-fit values, and those values."""
+        best: tuple[float, dict[str, Any]] | None = None
+        fitted = self.days.fit(factors, self.day_regs) if self.days is not None else [None] * len(self.day_regs)
+        for reg, days in zip(self.day_regs, fitted):
+            if days is not None and (self.day_at is None or not self.days.spark_free):   # with_bias's pairs stay
+                self.day_at = days.positions(self.heldout.u, self.heldout.t)
+            scorer = Scorer(self.kind, factors, self.mean, self.range, days)
+            value = evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric] if self.ranking is None \
+                else self.ranking(scorer)[self.metric]
+            if best is None or (value < best[0] if self.lower_is_better else value > best[0]):
+                best = value, {"day_bias_reg": reg}
+        return best
 
 
 @dataclass
@@ -156,6 +183,7 @@ class Trial:
     number: int
     settings: dict[str, Any]
     history: list[float] = field(default_factory=list)     # validation metric after each iteration
+    post: list[dict[str, Any]] = field(default_factory=list)   # POST_FIT values chosen, per iteration
     seconds: float = 0.0
     factors: Factors | None = None       # where it stopped (kept while the halving may go on)
     stopped: bool = False                # early stop (patience) or divergence: never goes on
@@ -164,6 +192,10 @@ class Trial:
     @property
     def iterations(self) -> int:
         return len(self.history)
+
+    def chosen(self, lower_is_better: bool) -> dict[str, Any]:
+        """Its settings with the post-fit values of its best iteration."""
+        return {**self.settings, **(self.post[_best_at(self.history, lower_is_better)] if self.history else {})}
 
 
 @dataclass
@@ -181,6 +213,11 @@ class Search:
     @property
     def best_value(self) -> float:
         return self.best.history[self.best_iteration - 1]
+
+    @property
+    def best_settings(self) -> dict[str, Any]:
+        """The best trial's settings, post-fit values and iterations: what the refit uses."""
+        return {**self.best.chosen(self.lower_is_better), "iterations": self.best_iteration}
 
 
 def _best_at(history: list[float], lower: bool) -> int:
@@ -209,8 +246,9 @@ def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlock
     patience = run.tune.patience
 
     def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
-        value = validate(factors, cfg.day_bias_reg)
+        value, post = validate(factors)
         trial.history.append(value)
+        trial.post.append(post)
         since_best = len(trial.history) - 1 - _best_at(trial.history, validate.lower_is_better)
         trial.stopped = since_best >= patience
         return {"validation": value, "stop": trial.stopped}
@@ -222,7 +260,7 @@ def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlock
         trial.factors = fit.factors
     except FitDiverged as e:
         trial.stopped, trial.failed, trial.factors = True, str(e), None
-        del trial.history[:]
+        del trial.history[:], trial.post[:]
     trial.seconds += time.perf_counter() - started
     shown = f"{trial.history[-1]:.5g}" if trial.history else "diverged"
     log.info("trial %d %s: %s %s after %d iterations%s", trial.number, trial.settings, validate.metric, shown,
@@ -277,7 +315,7 @@ def search(inner: Ready, run: RunConfig) -> Search:
 
 def best_run(run: RunConfig, found: Search) -> RunConfig:
     """`run` with the best trial's settings, iterations = its best iteration."""
-    model = dataclasses.replace(run.model, **{**found.best.settings, "iterations": found.best_iteration})
+    model = dataclasses.replace(run.model, **found.best_settings)
     return dataclasses.replace(run, model=model)
 
 
@@ -289,14 +327,15 @@ def trials_table(found: Search) -> pa.Table:
     rows = []
     for t in found.trials:
         at = _best_at(t.history, found.lower_is_better) if t.history else None
-        rows.append({"trial": t.number, **{k: t.settings.get(k) for k in found.params},
+        chosen = t.chosen(found.lower_is_better)
+        rows.append({"trial": t.number, **{k: chosen.get(k) for k in found.params},
                      column: None if at is None else t.history[at], "best_iteration": None if at is None else at + 1,
                      "iterations_run": t.iterations, "seconds": t.seconds, "history": list(t.history),
                      "failed": t.failed or None})
     types = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
     fields = [("trial", pa.int64())]
     for k in found.params:
-        kinds = {type(t.settings[k]) for t in found.trials if k in t.settings}
+        kinds = {type(c[k]) for c in (t.chosen(found.lower_is_better) for t in found.trials) if k in c}
         fields.append((k, pa.float64() if kinds == {int, float} else types[kinds.pop()] if kinds else pa.string()))
     fields += [(column, pa.float64()), ("best_iteration", pa.int64()), ("iterations_run", pa.int64()),
                ("seconds", pa.float64()), ("history", pa.list_(pa.float64())), ("failed", pa.string())]

@@ -9,6 +9,7 @@ After indexing:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,11 +75,20 @@ class DayBiases:
     def size(self) -> int:
         return int(self.bias.size)
 
-    def lookup(self, u: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
-        """The offset of each (user index, timestamp) pair, float64: 0 for an unknown user (-1), a
-        missing timestamp (NO_TIME) or a day the user did not rate on in training."""
+    def with_bias(self, bias: np.ndarray) -> "DayBiases":
+        """The same (user, day) pairs with other offsets, their keys reused (a refit of the offsets)."""
+        if bias.shape != self.bias.shape:
+            raise ValueError(f"day biases: {bias.shape} offsets for {self.bias.shape} (user, day) pairs")
+        out = copy.copy(self)
+        object.__setattr__(out, "bias", np.asarray(bias, np.float32))
+        return out
+
+    def positions(self, u: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
+        """Where each (user index, timestamp) pair's (user, day) is, int64: -1 for an unknown user
+        (-1), a missing timestamp (NO_TIME) or a day the user did not rate on in training. The same
+        for every `with_bias` of these offsets, so a caller scoring the same rows often keeps them."""
         u = np.asarray(u, np.int64)
-        out = np.zeros(u.size, np.float64)
+        out = np.full(u.size, -1, np.int64)
         if timestamps is None or not self.size:
             return out
         ts = np.asarray(timestamps, np.int64)
@@ -89,5 +99,14 @@ class DayBiases:
         key = u * values.size + pos
         at = np.minimum(np.searchsorted(keys, key), keys.size - 1)
         ok &= keys[at] == key
-        out[ok] = self.bias[at[ok]]
+        out[ok] = at[ok]
         return out
+
+    def offsets(self, positions: np.ndarray) -> np.ndarray:
+        """The offsets at `positions` (from `positions`), float64; 0 where -1."""
+        found = positions >= 0
+        return np.where(found, self.bias[np.where(found, positions, 0)] if self.size else 0.0, 0.0)
+
+    def lookup(self, u: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
+        """The offset of each (user index, timestamp) pair, float64 (0 where `positions` is -1)."""
+        return self.offsets(self.positions(u, timestamps))

@@ -31,6 +31,9 @@ def test_lookup_finds_the_users_day_and_nothing_else():
     u = np.array([0, 0, 0, 2, 2, 1, -1, 0])
     t = np.array([5 * DAY, 9 * DAY + 86399, 7 * DAY, 5 * DAY + 1, 9 * DAY, 5 * DAY, 5 * DAY, NO_TIME])
     assert d.lookup(u, t).tolist() == [0.5, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
+    assert d.positions(u, t).tolist() == [0, 1, -1, 2, -1, -1, -1, -1]
+    other = d.with_bias(np.array([1.0, 2.0, 3.0]))        # the same pairs: the same positions
+    assert other.offsets(d.positions(u, t)).tolist() == [1.0, 2.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0]
     assert d.lookup(u, None).tolist() == [0.0] * 8
     assert DayBiases(DAY, *(np.zeros(0, t) for t in (np.int32, np.int64, np.float32))).lookup(u, t).tolist() == [0.0] * 8
 
@@ -161,17 +164,35 @@ def test_a_damaged_day_table_names_the_file(spark, day_csv, tmp_path):
         load_model(str(out), spark)
 
 
-def test_tune_chooses_day_biases_on_validation_where_days_matter(spark, day_csv):
-    run = config.load(None, ["tune.method=grid", "tune.space.day_bias_reg=[0.0, 2.0]", "tune.max_iterations=8",
-                             "model.rank=3", "model.biases=true", "model.reg=0.05"])
-    front = prepare.front_end(spark, run, input=day_csv)
-    front.load()
-    outer, inner = front.tuning_split(tune.validation_split(run))
-    found = tune.search(inner, run)
-    values = [min(t.history) for t in found.trials]
-    assert found.best.settings["day_bias_reg"] == 2.0 and values[1] < 0.9 * values[0]
-    inner.release()
-    outer.release()
+def test_tune_scores_each_day_bias_reg_on_every_trials_factors(spark, day_csv):
+    """day_bias_reg is applied after a fit: every trial scores each listed value on its own factors
+    (no fit per value), keeps the best, and the refit takes it."""
+    found = {}
+    for values in ("[0.0]", "[0.0, 2.0]"):
+        run = config.load(None, ["tune.method=grid", "tune.space.rank=[2, 3]", f"tune.space.day_bias_reg={values}",
+                                 "tune.max_iterations=8", "model.biases=true", "model.reg=0.05"])
+        front = prepare.front_end(spark, run, input=day_csv)
+        front.load()
+        outer, inner = front.tuning_split(tune.validation_split(run))
+        assert tune.settings(run) == [{"rank": 2}, {"rank": 3}]        # no trials of their own
+        found[values] = tune.search(inner, run)
+        inner.release()
+        outer.release()
+    without, with_days = found["[0.0]"], found["[0.0, 2.0]"]
+    assert with_days.best_settings["day_bias_reg"] == 2.0 and without.best_settings["day_bias_reg"] == 0.0
+    assert with_days.best_value < 0.9 * without.best_value
+    # at every iteration the better of the two: never worse than without day biases
+    for a, b in zip(without.trials, with_days.trials):
+        assert all(y <= x + 1e-12 for x, y in zip(a.history, b.history))
+    table = tune.trials_table(with_days)
+    assert table.column("day_bias_reg").to_pylist() == [2.0, 2.0]
+    assert tune.best_run(run, with_days).model.day_bias_reg == 2.0
+
+
+def test_a_range_of_day_bias_reg_is_refused():
+    run = config.load(None, ["tune.space.day_bias_reg={min = 1.0, max = 10.0}"])
+    with pytest.raises(ConfigError, match="tune.space.day_bias_reg: a list of values"):
+        tune.post_fit_values(run)
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -181,3 +202,21 @@ def test_tune_chooses_day_biases_on_validation_where_days_matter(spark, day_csv)
 def test_bad_day_settings_name_the_key(sets, message):
     with pytest.raises(ConfigError, match=message):
         config.load(None, sets)
+
+
+@pytest.mark.parametrize("front_end", ["driver", "spark"])
+def test_the_estimator_fits_day_biases_from_timestampCol_and_transform_adds_them(spark, day_csv, tmp_path, front_end):
+    from mf_spark.ml import ALS, ALSModel
+    df = spark.read.csv(day_csv, header=True, inferSchema=True)
+    als = ALS(rank=3, maxIter=6, regParam=0.05, biases=True, dayBiasReg=2.0, timestampCol="timestamp",
+              frontEnd=front_end, coldStartStrategy="drop")
+    model = als.fit(df)
+    assert model.factorModel.days.size == 80 * 4
+    err = lambda m, d: m.transform(d).selectExpr("avg(pow(prediction - rating, 2))").first()[0]  # noqa: E731
+    plain = ALS(rank=3, maxIter=6, regParam=0.05, biases=True, frontEnd=front_end).fit(df)
+    assert plain.factorModel.days is None
+    assert err(model, df) < 0.6 * err(plain, df)
+    assert err(model, df.drop("timestamp")) == pytest.approx(err(plain, df), rel=0.2)   # no day: no offset
+    model.save(str(tmp_path / "m"))
+    again = ALSModel.load(str(tmp_path / "m"))
+    assert again.factorModel.days.size == 80 * 4 and err(again, df) == pytest.approx(err(model, df))
