@@ -16,7 +16,9 @@ Searches (tune.method):
              on up to tune.max_iterations (ALS's state is its factors, so going on is the same fit
              as running longer in one go)
 Every trial stops once its validation metric has not improved for tune.patience iterations, and a
-trial whose fit diverges is recorded with no metric.
+trial whose fit diverges is recorded with no metric. Settings applied after a fit (POST_FIT: the day
+biases' lambda) are not drawn: every trial scores each listed value on its own factors after every
+iteration and keeps the best.
 """
 from __future__ import annotations
 
@@ -91,10 +93,10 @@ POST_FIT = ("day_bias_reg",)
 
 
 def post_fit_values(run: RunConfig) -> dict[str, list[Any]]:
-    """The values of each post-fit setting every trial scores: the space's list, else [model]'s value."""
+    """The values of each post-fit setting in the space that every trial scores."""
     space, out = space_of(run), {}
-    for key in POST_FIT:
-        values = space.get(key, [getattr(run.model, key)])
+    for key in (k for k in POST_FIT if k in space):
+        values = space[key]
         if not isinstance(values, list):
             raise ConfigError(f"config key tune.space.{key}: a list of values (each is scored on every trial's "
                               f"factors after every iteration), got a range")
@@ -156,7 +158,9 @@ class Validation:
             self.ranking = evaluate.RankingEvaluator(inner.train, sample, inner.items.size, run.eval.k, on_driver=True)
         # Day biases move predicted ratings only: a ranking metric is the same with or without them,
         # so it is measured once and the first listed value kept.
-        self.day_regs = post_fit_values(run)["day_bias_reg"]
+        post = post_fit_values(run)
+        self.searched = "day_bias_reg" in post
+        self.day_regs = post.get("day_bias_reg", [run.model.day_bias_reg])
         if kind != "explicit" or self.ranking is not None:
             self.day_regs = self.day_regs[:1]
         self.days = DayFitter(inner.train, run.model.day_length) if any(v > 0 for v in self.day_regs) else None
@@ -174,7 +178,7 @@ class Validation:
             value = evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric] if self.ranking is None \
                 else self.ranking(scorer)[self.metric]
             if best is None or (value < best[0] if self.lower_is_better else value > best[0]):
-                best = value, {"day_bias_reg": reg}
+                best = value, {"day_bias_reg": reg} if self.searched else {}
         return best
 
 
