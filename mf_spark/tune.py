@@ -10,7 +10,8 @@ ratings and scores the test set.
 
 Searches (tune.method):
     grid     every combination of the space's value lists
-    random   [model]'s own settings and tune.trials - 1 drawn from the space (seeded by tune.seed)
+    random   [model]'s own settings and tune.trials - 1 drawn from the space (seeded by tune.seed;
+             tune.trials 0: config.DEFAULT_TRIALS of the model kind)
     halving  successive halving: those tune.trials settings run tune.min_iterations iterations; the
              best 1/eta of them go on, from the factors they reached, to eta times as many, and so
              on up to tune.max_iterations (ALS's state is its factors, so going on is the same fit
@@ -109,6 +110,7 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
     [model]'s own settings then draws up to tune.trials (random, halving), the same for the same
     tune.seed."""
     space, tune = {k: v for k, v in space_of(run).items() if k not in POST_FIT}, run.tune
+    trials = tune.trials_for(run.model.kind)
     if tune.method == "grid":
         ranges = [k for k, v in space.items() if isinstance(v, dict)]
         if ranges:
@@ -120,13 +122,13 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
     # Trial 0 is the run's own [model] settings: the config as it is competes with the draws.
     out: list[dict[str, Any]] = [{k: getattr(run.model, k) for k in space}]
     seen: set[tuple] = {tuple(sorted(out[0].items()))}
-    for _ in range(tune.trials * 20):       # distinct draws; a small discrete space runs out first
+    for _ in range(trials * 20):            # distinct draws; a small discrete space runs out first
         draw = {k: _draw(v, rng) for k, v in space.items()}
         key = tuple(sorted(draw.items()))
         if key not in seen:
             seen.add(key)
             out.append(draw)
-        if len(out) == tune.trials:
+        if len(out) == trials:
             break
     return out
 

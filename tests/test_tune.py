@@ -50,6 +50,14 @@ def test_a_small_discrete_space_runs_out_of_distinct_draws():
     assert got == [{"rank": 10}, {"rank": 3}, {"rank": 2}] or got == [{"rank": 10}, {"rank": 2}, {"rank": 3}]
 
 
+def test_the_default_trial_count_follows_the_kind():
+    assert len(tune.settings(_run())) == config.DEFAULT_TRIALS["explicit"] == 81
+    assert len(tune.settings(_run("model.kind=implicit"))) == config.DEFAULT_TRIALS["implicit"] == 27
+    assert len(tune.settings(_run("model.kind=implicit", "tune.trials=40"))) == 40
+    # the first draws are the same whatever the count: fewer trials are a prefix of more
+    assert tune.settings(_run("tune.trials=27")) == tune.settings(_run())[:27]
+
+
 def test_the_default_space_follows_the_kind():
     assert tune.space_of(_run()) is tune.DEFAULT_SPACES["explicit"]
     assert "unobserved_weight" in tune.space_of(_run("model.kind=implicit"))
@@ -68,6 +76,7 @@ def test_the_default_space_follows_the_kind():
     (["tune.method=bayes"], "tune.method"),
     (["tune.validation_fraction=1"], "tune.validation_fraction"),
     (["tune.eta=1"], "tune.eta"),
+    (["tune.trials=-1"], "tune.trials"),
     (["tune.space.rank=[4"], "expected a TOML value"),
 ])
 def test_bad_tune_settings_name_the_key(sets, message):
