@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mf_spark import fs, index
+from mf_spark import fs, index, validate
 from mf_spark.blocks import build_blocks
 from mf_spark.config import saved_model_config
 from mf_spark.halfstep import half_step, solve_spec
@@ -148,8 +148,9 @@ class FactorModel:
     def predict(self, df: DataFrame, user_col: str = "user", item_col: str = "item",
                 output_col: str = "prediction", timestamp_col: str | None = None) -> DataFrame:
         """`df` with a `prediction` column (double) for every row; unknown IDs get cold predictions.
-        With `timestamp_col` (seconds, or the training data's unit; a timestamp type counts in
-        seconds), a model with day biases adds the user's offset on the row's day.
+        With `timestamp_col` (read as the train job reads timestamps: numbers in the training data's
+        unit, or date-times and timestamp types as seconds), a model with day biases adds the user's
+        offset on the row's day (none where the value is not a time).
 
         Performance note: two broadcast joins with the ID maps and one broadcast of the factors.
         """
@@ -158,7 +159,7 @@ class FactorModel:
                 raise InputError(f"predict: column {c!r} is missing; columns are {df.columns}")
         enc = self.items.encode(self.users.encode(df, user_col, "__u"), item_col, "__i")
         if timestamp_col:
-            enc = enc.withColumn("__t", F.col(timestamp_col).cast("long"))
+            enc = enc.withColumn("__t", validate.epoch_value(enc, timestamp_col))
         bc = self._broadcast(df.sparkSession)
 
         def score(batches):

@@ -92,16 +92,22 @@ def _number(raw: DataFrame, name: str, to: str, nulls: tuple[str, ...]) -> tuple
     return ~_present(text, nulls) | (text == ""), text.try_cast(to)
 
 
-def _timestamp(raw: DataFrame, nulls: tuple[str, ...]) -> tuple[Column, Column]:
+def _timestamp(raw: DataFrame, nulls: tuple[str, ...], name: str = TIMESTAMP) -> tuple[Column, Column]:
     """(timestamp missing, epoch value): integers, decimals (truncated) or ISO date-times."""
-    missing, as_long = _number(raw, TIMESTAMP, "long", nulls)
-    if isinstance(raw.schema[TIMESTAMP].dataType, NumericType):
+    missing, as_long = _number(raw, name, "long", nulls)
+    if isinstance(raw.schema[name].dataType, NumericType):
         return missing, as_long
-    text = F.trim(_text(raw, TIMESTAMP))
+    text = F.trim(_text(raw, name))
     # try_cast, not floor: floor(NaN) is 0 and floor(1e30) raises under ANSI; these give null.
     decimal = text.try_cast("double").try_cast("long")
     iso = F.unix_seconds(F.try_to_timestamp(text))                # "2015-02-19 21:11:52"
     return missing, F.coalesce(as_long, decimal, iso)
+
+
+def epoch_value(df: DataFrame, name: str) -> Column:
+    """Column `name` of `df` read as validation reads timestamps (integers, decimals truncated, ISO
+    date-times and timestamp types as unix seconds); null where it is none of these."""
+    return _timestamp(df, (), name)[1]
 
 
 def _flag(raw: DataFrame, cfg: DataConfig, kind: str) -> DataFrame:

@@ -152,6 +152,13 @@ def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path
     assert (with_days["prediction"] - without["prediction"]).abs().max() > 0.05
     shifted = model.predict(rows.withColumn("timestamp", rows["timestamp"] + 30 * DAY), timestamp_col="timestamp")
     assert np.allclose(shifted.toPandas()["prediction"], without["prediction"])     # an unseen day: no offset
+    # date-time texts and timestamp types are read as the train job reads them: as seconds
+    from pyspark.sql import functions as F
+    for as_time in (F.from_unixtime("timestamp"), F.timestamp_seconds("timestamp")):
+        other = model.predict(rows.withColumn("when", as_time), timestamp_col="when").toPandas()
+        assert np.allclose(other["prediction"], with_days["prediction"])
+    garbled = model.predict(rows.withColumn("when", F.lit("soon")), timestamp_col="when").toPandas()
+    assert np.allclose(garbled["prediction"], without["prediction"])          # not a time: no offset
 
 
 def test_a_damaged_day_table_names_the_file(spark, day_csv, tmp_path):
