@@ -161,6 +161,22 @@ def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path
     assert np.allclose(garbled["prediction"], without["prediction"])          # not a time: no offset
 
 
+@pytest.mark.slow
+def test_spark_front_end_gives_the_job_the_same_day_biases(spark, day_csv, tmp_path):
+    """Timestamps through Spark's stages (index.encode_split, collect_heldout) and a Spark job per
+    iteration for the history's day biases (the resident stage pauses for it)."""
+    got = []
+    for front in ("driver", "spark"):
+        out = tmp_path / front
+        assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS, "--set", "model.day_bias_reg=2",
+                               "--set", f"data.front_end={front}"]) == 0
+        got.append(json.loads((out / "metrics.json").read_text()))
+    assert got[1]["front_end"] == "spark" and got[0]["n_user_days"] == got[1]["n_user_days"] == 320
+    assert got[1]["rmse"] == pytest.approx(got[0]["rmse"], rel=1e-4)
+    assert [h["test_rmse"] for h in got[1]["history"]] == pytest.approx([h["test_rmse"] for h in got[0]["history"]],
+                                                                         rel=1e-4)
+
+
 def test_a_damaged_day_table_names_the_file(spark, day_csv, tmp_path):
     out = tmp_path / "out"
     assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS, "--set", "model.day_bias_reg=2"]) == 0
