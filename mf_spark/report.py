@@ -60,7 +60,7 @@ QUALITY = {"rmse": "root mean squared error of the held-out ratings (clipped pre
 RUN_FACTS = (("n_train", "training ratings"), ("n_test", "held-out ratings"), ("n_test_cold", "held out, cold"),
              ("n_users", "users"), ("n_items", "items"), ("k", "k"), ("n_users_evaluated", "users evaluated"),
              ("fit_seconds", "fit seconds"), ("fit_startup_seconds", "fit startup seconds"),
-             ("exchange", "exchange"), ("front_end", "front end"))
+             ("n_user_days", "day biases (user, day pairs)"), ("exchange", "exchange"), ("front_end", "front end"))
 SERIES_COLOURS = {"loss": BLUE, "train_rmse": BLUE, "test_rmse": ORANGE, "train_mae": GREEN, "test_mae": RED,
                   "ndcg_at_k": GREEN, "precision_at_k": PURPLE, "recall_at_k": TEAL, "map_at_k": RED}
 

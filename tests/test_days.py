@@ -139,7 +139,8 @@ def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path
         assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS,
                                "--set", f"model.day_bias_reg={reg}"]) == 0
         got[reg] = json.loads((out / "metrics.json").read_text())
-    assert got[0]["n_user_days"] == 0 and not (tmp_path / "out0" / "factors" / "user_days").exists()
+    assert got[0]["n_user_days"] is None and not (tmp_path / "out0" / "factors" / "user_days").exists()
+    assert "day biases (user, day pairs)" in (tmp_path / "out2" / "report.html").read_text()
     assert got[2]["n_user_days"] == 80 * 4
     assert got[2]["rmse"] < 0.8 * got[0]["rmse"]          # the planted offsets are most of the error
     assert got[2]["history"][-1]["test_rmse"] == pytest.approx(got[2]["rmse"])
