@@ -15,6 +15,8 @@ trial). Ratings without a timestamp take no part.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -24,6 +26,7 @@ from mf_spark.blocks import Triples
 from mf_spark.kernels import compiled
 from mf_spark.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
 
+log = logging.getLogger("mf_spark")
 _DAY, _RESIDUAL = "_day", "_residual"
 
 
@@ -55,6 +58,7 @@ class DayFitter:
     def __init__(self, train: DataFrame | Triples, day_length: int):
         self.day_length = int(day_length)
         self.spark_free = isinstance(train, Triples)
+        self.warned = False
         if not self.spark_free:
             self.train = train.where(F.col(TIMESTAMP).isNotNull()) if TIMESTAMP in train.columns else None
             return
@@ -80,8 +84,13 @@ class DayFitter:
             return [None] * len(regs)
         if self.spark_free:
             sums = np.bincount(self.group, residuals(factors, self.u, self.i, self.r), minlength=self.counts.size)
-            return [self.pairs.with_bias(sums / (self.counts + reg)) if reg > 0 else None for reg in regs]
-        pairs, sums, counts = self._on_spark(factors)
+            pairs, counts = self.pairs, self.counts
+        else:
+            pairs, sums, counts = self._on_spark(factors)
+        if not pairs.size and not self.warned:
+            self.warned = True
+            log.warning("model.day_bias_reg > 0, but no training rating has a timestamp (data.timestamp_col): "
+                        "there are no day biases to fit")
         return [pairs.with_bias(sums / (counts + reg)) if reg > 0 else None for reg in regs]
 
     def _on_spark(self, factors: Factors) -> tuple[DayBiases, np.ndarray, np.ndarray]:

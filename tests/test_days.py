@@ -76,11 +76,14 @@ def test_each_offset_is_the_ridge_solution_of_its_users_day():
     np.testing.assert_allclose(got.bias, [want[k] for k in sorted(want)], rtol=1e-5, atol=1e-6)
 
 
-def test_day_bias_reg_0_means_none_and_no_timestamps_means_no_offsets():
+def test_day_bias_reg_0_means_none_and_no_timestamps_means_no_offsets(caplog):
     u, i, r, t = _ratings()
     f = _factors()
     assert days.DayFitter(Triples(None, u, i, r, t), DAY)(f, 0.0) is None
-    assert days.DayFitter(Triples(None, u, i, r), DAY)(f, 1.0).size == 0
+    untimed = days.DayFitter(Triples(None, u, i, r), DAY)
+    assert untimed(f, 1.0).size == 0 and untimed(f, 3.0).size == 0
+    said = [rec.getMessage() for rec in caplog.records if "no training rating has a timestamp" in rec.getMessage()]
+    assert len(said) == 1           # said once, not every iteration
 
 
 def test_spark_fits_the_same_offsets_as_the_driver(spark):
