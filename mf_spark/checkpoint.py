@@ -34,8 +34,11 @@ log = logging.getLogger("mf_spark")
 
 
 # Settings a run's factors do not depend on: they may change between a run and its --resume.
+# Settings the factors do not depend on: how the fit runs, and the day biases (fitted after it, from
+# the factors).
 EXECUTION_ONLY = {"model": {"iterations", "checkpoint_interval", "exchange", "exchange_timeout_seconds",
-                            "strategy", "broadcast_budget_mb", "num_user_blocks", "num_item_blocks"}}
+                            "strategy", "broadcast_budget_mb", "num_user_blocks", "num_item_blocks",
+                            "day_bias_reg", "day_length"}}
 FACTOR_SECTIONS = ("data", "split", "model")
 
 

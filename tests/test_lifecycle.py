@@ -173,7 +173,8 @@ def test_fingerprint_differences_are_named(spark, tmp_path):
     import pyarrow as pa
     cfg = config.load(None)
     a = checkpoint.fingerprint(spark, cfg, {"input": str(data)}, {"n_train": 5}, pa.array([1, 2]), pa.array(["a"]))
-    b = checkpoint.fingerprint(spark, config.load(None, ["model.rank=7", "model.iterations=50"]), {"input": str(data)},
+    b = checkpoint.fingerprint(spark, config.load(None, ["model.rank=7", "model.iterations=50", "model.day_bias_reg=3"]),
+                               {"input": str(data)},
                                {"n_train": 6}, pa.array([1, 3]), pa.array(["a"]))
     assert checkpoint.differences(a, a) == []
     assert checkpoint.differences(a, b) == ["model.rank was 10, now 7", "n_train was 5, now 6",
