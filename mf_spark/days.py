@@ -9,9 +9,9 @@ factors, the offsets take over some of what the user biases and factors would le
 held-out error comes out higher. An offset is the same for every item, so it moves a user's
 predictions on that day but never the order of the user's recommendations.
 
-`DayFitter(train, day_length)` groups the training ratings by (user, day) once; each call with
-factors and a day_bias_reg is one pass over the ratings (tune calls it every iteration of every
-trial). Ratings without a timestamp take no part.
+`DayFitter(train, day_length)` groups the training ratings by (user, day) once; each `fit` of
+factors, for one or several day_bias_reg values, is one pass over the ratings (tune fits every
+trial's factors after every iteration). Ratings without a timestamp take no part.
 """
 from __future__ import annotations
 
