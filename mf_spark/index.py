@@ -114,14 +114,15 @@ class IdMap:
         if idx_col in df.columns:
             raise ValueError(f"encode: {idx_col!r} is already a column of {df.columns}")
         dtype = df.schema[col].dataType
-        left, right = F.col(f"_l.`{col}`"), F.col("_r._id")
+        side = lambda c: F.col("_l.`" + c.replace("`", "``") + "`")  # noqa: E731 - dots and backticks are names
+        left, right = side(col), F.col("_r._id")
         if isinstance(dtype, StringType) or self.ids.type == pa.string():
             left, right = left.cast("string"), right.cast("string")
         elif dtype != _SPARK_TYPES[self.ids.type]:
             right = right.try_cast(dtype)
         m = F.broadcast(df.sparkSession.createDataFrame(self._table("_id", "_idx")))
         joined = df.alias("_l").join(m.alias("_r"), left == right, "left")
-        return joined.select(*[F.col(f"_l.`{c}`") for c in df.columns],
+        return joined.select(*[side(c) for c in df.columns],
                              F.col("_r._idx").alias(idx_col))
 
     def decode(self, df: DataFrame, idx_col: str, col: str) -> DataFrame:

@@ -160,6 +160,9 @@ class FactorModel:
         enc = self.items.encode(self.users.encode(df, user_col, "__u"), item_col, "__i")
         if timestamp_col:
             enc = enc.withColumn("__t", validate.epoch_value(enc, timestamp_col))
+        # mapInArrow cannot take a field name with a dot in its schema: plain names through it
+        names = enc.columns
+        enc = enc.toDF(*[c if c.startswith("__") else f"_c{n}" for n, c in enumerate(names)])
         bc = self._broadcast(df.sparkSession)
 
         def score(batches):
@@ -170,7 +173,8 @@ class FactorModel:
                 t = b.column("__t").fill_null(NO_TIME).to_numpy() if timestamp_col else None
                 yield b.append_column(output_col, pa.array(scorer.predict_idx(u, i, t), pa.float64()))
         out_schema = T.StructType(enc.schema.fields + [T.StructField(output_col, T.DoubleType())])
-        return enc.mapInArrow(score, out_schema).drop("__u", "__i", "__t")
+        scored = enc.mapInArrow(score, out_schema).toDF(*names, output_col)
+        return scored.select(*[validate.exact_column(c) for c in df.columns], validate.exact_column(output_col))
 
     def recommend_idx(self, users: DataFrame, n: int) -> DataFrame:
         """Top-n per row of `users` (user_idx int, seen array<int> or null): recommend_indices, or

@@ -35,6 +35,7 @@ from mf_spark.index import IdMap
 from mf_spark.local import read as local_read
 from mf_spark.local import split as local_split
 from mf_spark.local import validate as local_validate
+from mf_spark.validate import exact_column
 from mf_spark.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
 
 log = logging.getLogger("mf_spark")
@@ -247,11 +248,6 @@ def front_end(spark: SparkSession, cfg: RunConfig, input: str | None = None, tra
 
 # ---- a DataFrame instead of files (mf_spark.ml.ALS.fit): validate -> index, nothing held out ------------
 FRAME_SOURCE = "the DataFrame given to ALS.fit"   # names the input in validation errors
-
-
-def exact_column(name: str) -> Column:
-    """A top-level column by its exact name (dots and backticks in it are not paths)."""
-    return F.col("`" + name.replace("`", "``") + "`")
 
 
 def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, timestamp_col: str = "") -> DataFrame:

@@ -60,10 +60,15 @@ class Cleaned:
             self._cache.unpersist()
 
 
+def exact_column(name: str) -> Column:
+    """A top-level column by its exact name (dots and backticks in it are not paths)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def _text(raw: DataFrame, name: str) -> Column:
     """The raw value as a string, as it is kept in `rejected`."""
     dtype = raw.schema[name].dataType
-    return F.col(name) if isinstance(dtype, StringType) else F.col(name).cast("string")
+    return exact_column(name) if isinstance(dtype, StringType) else exact_column(name).cast("string")
 
 
 def _present(text: Column, nulls: tuple[str, ...]) -> Column:
@@ -87,7 +92,7 @@ def _number(raw: DataFrame, name: str, to: str, nulls: tuple[str, ...]) -> tuple
     """(value is missing, parsed value or null when it is not a number)."""
     dtype = raw.schema[name].dataType
     if isinstance(dtype, NumericType):
-        return F.col(name).isNull(), F.col(name).try_cast(to)
+        return exact_column(name).isNull(), exact_column(name).try_cast(to)
     text = F.trim(_text(raw, name))
     return ~_present(text, nulls) | (text == ""), text.try_cast(to)
 

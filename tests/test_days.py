@@ -163,6 +163,11 @@ def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path
         assert np.allclose(other["prediction"], with_days["prediction"])
     garbled = model.predict(rows.withColumn("when", F.lit("soon")), timestamp_col="when").toPandas()
     assert np.allclose(garbled["prediction"], without["prediction"])          # not a time: no offset
+    # column names are names, not paths: dots and backticks in them
+    odd = rows.toDF("user.id", "item `x`", "rating", "ts.0")
+    got = model.predict(odd, "user.id", "item `x`", "pred.x", timestamp_col="ts.0").toPandas()
+    assert list(got.columns) == ["user.id", "item `x`", "rating", "ts.0", "pred.x"]
+    assert np.allclose(got["pred.x"], with_days["prediction"])
 
 
 @pytest.mark.slow
