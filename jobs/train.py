@@ -128,18 +128,18 @@ def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock,
                              users.ids, items.ids)
         checkpoints = CheckpointStore(spark, output, run_id, guard=lease.check)
         relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
-        tracker, day_fit = None, evaluate.day_fitter(train, cfg.model)
+        tracker = None
         if cfg.eval.every_iteration:
             sampled = evaluate.RankingEvaluator(train, evaluate.sample_users(relevant, cfg.eval.history_users),
                                                 items.size, cfg.eval.k, on_driver=True)
-            tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled, day_fit,
-                                       cfg.model.day_bias_reg)
+            tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, rating_range, sampled)
     with clock.phase("fit"):
         # The resident tasks score every user's top lists where the training pairs are: the ranking
         # metrics and the recommendations then need no grouping of the pairs and no scoring job.
         fit = als.fit(train, users.size, items.size, cfg.model, on_iteration=tracker, checkpoints=checkpoints,
                       resume=args.resume, stats=stats, top_n=max(cfg.recommend.top_n, cfg.eval.k),
                       initial=initial)
+        day_fit = evaluate.day_fitter(train, cfg.model)
         day_biases = day_fit(fit.factors, cfg.model.day_bias_reg) if day_fit is not None else None
     seen = None
     with clock.phase("evaluate"):

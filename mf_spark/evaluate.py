@@ -193,18 +193,17 @@ def day_fitter(train: DataFrame | Triples, cfg) -> DayFitter | None:
 
 
 def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple[float, float] | None,
-            ranking: RankingEvaluator | None = None, days: DayFitter | None = None,
-            day_bias_reg: float = 0.0) -> Callable[[int, Factors], dict[str, Any]]:
-    """An on_iteration callback for als.fit: held-out RMSE (explicit; with `days`, of the iteration's
-    factors and their day biases) and NDCG@k (with `ranking`)."""
+            ranking: RankingEvaluator | None = None) -> Callable[[int, Factors], dict[str, Any]]:
+    """An on_iteration callback for als.fit: held-out RMSE (explicit) and NDCG@k (with `ranking`) of
+    each iteration's factors (day biases come after the fit: the final metrics have them)."""
     def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
+        scorer = Scorer(kind, factors, global_mean, rating_range)
         out: dict[str, Any] = {"test_rmse": None}
         if kind == "explicit" and heldout.n:
-            biases = days(factors, day_bias_reg) if days is not None else None
-            out["test_rmse"] = error_metrics(Scorer(kind, factors, global_mean, rating_range, biases), heldout)["rmse"]
+            out["test_rmse"] = error_metrics(scorer, heldout)["rmse"]
         if ranking is not None:
-            out["ndcg_at_k"] = ranking(Scorer(kind, factors, global_mean, rating_range))["ndcg_at_k"]
+            out["ndcg_at_k"] = ranking(scorer)["ndcg_at_k"]
         return out
     # als.fit need not pause its resident tasks for a callback that runs no Spark job
-    on_iteration.spark_free = (ranking is None or ranking.on_driver) and (days is None or days.spark_free)
+    on_iteration.spark_free = ranking is None or ranking.on_driver
     return on_iteration

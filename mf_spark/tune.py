@@ -134,9 +134,10 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
 
 
 class Validation:
-    """The validation metric of any factors: RMSE or MAE of the validation ratings, or a ranking
-    metric at eval.k over (a sample of) the validation users, their fit-part items excluded. Runs
-    on the driver, no Spark job."""
+    """The validation metric of any factors: RMSE or MAE of the validation ratings (with the best of
+    the listed day biases), or a ranking metric at eval.k over (a sample of) the validation users,
+    their fit-part items excluded. Runs on the driver, no Spark job, except the day biases of
+    ratings Spark holds (days.DayFitter: a job per call)."""
 
     def __init__(self, inner: Ready, run: RunConfig):
         kind = run.model.kind
