@@ -89,8 +89,8 @@ class DayFitter:
             pairs, sums, counts = self._on_spark(factors)
         if not pairs.size and not self.warned:
             self.warned = True
-            log.warning("model.day_bias_reg > 0, but no training rating has a timestamp (data.timestamp_col): "
-                        "there are no day biases to fit")
+            log.warning("day biases asked for (model.day_bias_reg > 0, or listed in tune.space), but no training "
+                        "rating has a timestamp (data.timestamp_col): there are none to fit")
         return [pairs.with_bias(sums / (counts + reg)) if reg > 0 else None for reg in regs]
 
     def _on_spark(self, factors: Factors) -> tuple[DayBiases, np.ndarray, np.ndarray]:
