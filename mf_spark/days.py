@@ -51,6 +51,24 @@ def _pairs(day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarra
     return pairs, sums[order], counts[order]
 
 
+ROW_BYTES = 24        # a timestamped rating in driver arrays: user, item (int32), rating, timestamp (64-bit)
+
+
+def on_driver(train: DataFrame | Triples, max_bytes: float) -> DataFrame | Triples:
+    """`train`'s timestamped ratings as driver arrays when Spark holds them and they take at most
+    `max_bytes` there (for a fitter called many times: each call is then no Spark job), else
+    `train` as it is. Performance note: one count and at most one collect."""
+    if isinstance(train, Triples) or TIMESTAMP not in train.columns:
+        return train
+    timed = train.where(F.col(TIMESTAMP).isNotNull()).select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
+    if timed.count() * ROW_BYTES > max_bytes:
+        return train
+    t = timed.toArrow()
+    return Triples(train.sparkSession, t.column(USER_IDX).to_numpy().astype(np.int32),
+                   t.column(ITEM_IDX).to_numpy().astype(np.int32), t.column(RATING).to_numpy().astype(np.float64),
+                   t.column(TIMESTAMP).to_numpy().astype(np.int64))
+
+
 class DayFitter:
     """Fits DayBiases to training ratings for any factors: on the driver for ratings it holds
     (blocks.Triples), else one Spark job per call (`spark_free` says which)."""

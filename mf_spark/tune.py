@@ -34,10 +34,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mf_spark import als, evaluate
+from mf_spark import als, days, evaluate
 from mf_spark.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConfig
 from mf_spark.errors import ConfigError, FitDiverged, InputError
-from mf_spark.days import DayFitter
 from mf_spark.model import Scorer
 from mf_spark.prepare import Ready
 from mf_spark.types import Factors
@@ -136,8 +135,8 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
 class Validation:
     """The validation metric of any factors: RMSE or MAE of the validation ratings (with the best of
     the listed day biases), or a ranking metric at eval.k over (a sample of) the validation users,
-    their fit-part items excluded. Runs on the driver, no Spark job, except the day biases of
-    ratings Spark holds (days.DayFitter: a job per call)."""
+    their fit-part items excluded. Runs on the driver, no Spark job (the day biases of ratings Spark
+    holds too, when they fit data.front_end_max_mb; else a job per call)."""
 
     def __init__(self, inner: Ready, run: RunConfig):
         kind = run.model.kind
@@ -166,7 +165,10 @@ class Validation:
         self.day_regs = post.get("day_bias_reg", [run.model.day_bias_reg])
         if kind != "explicit" or self.ranking is not None:
             self.day_regs = self.day_regs[:1]
-        self.days = DayFitter(inner.train, run.model.day_length) if any(v > 0 for v in self.day_regs) else None
+        self.days = None
+        if any(v > 0 for v in self.day_regs):      # fitted after every iteration: on the driver where it fits
+            train = days.on_driver(inner.train, run.data.front_end_max_mb * 2**20)
+            self.days = days.DayFitter(train, run.model.day_length)
         self.spark_free = self.days is None or self.days.spark_free
         self.day_at = None          # the validation rows' (user, day) positions: the same every call
 
@@ -174,10 +176,10 @@ class Validation:
         """The metric of `factors` with the best of the post-fit values, and those values."""
         best: tuple[float, dict[str, Any]] | None = None
         fitted = self.days.fit(factors, self.day_regs) if self.days is not None else [None] * len(self.day_regs)
-        for reg, days in zip(self.day_regs, fitted):
-            if days is not None and (self.day_at is None or not self.days.spark_free):   # with_bias's pairs stay
-                self.day_at = days.positions(self.heldout.u, self.heldout.t)
-            scorer = Scorer(self.kind, factors, self.mean, self.range, days)
+        for reg, biases in zip(self.day_regs, fitted):
+            if biases is not None and (self.day_at is None or not self.days.spark_free):   # with_bias's pairs stay
+                self.day_at = biases.positions(self.heldout.u, self.heldout.t)
+            scorer = Scorer(self.kind, factors, self.mean, self.range, biases)
             value = evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric] if self.ranking is None \
                 else self.ranking(scorer)[self.metric]
             if best is None or (value < best[0] if self.lower_is_better else value > best[0]):

@@ -220,6 +220,27 @@ def test_tune_scores_each_day_bias_reg_on_every_trials_factors(spark, day_csv):
     assert tune.best_run(run, with_days).model.day_bias_reg == 2.0
 
 
+def test_tune_fits_the_day_biases_of_ratings_spark_holds_on_the_driver(spark, day_csv):
+    """Fitted after every iteration of every trial: a Spark job each would cost more than the search."""
+    run = config.load(None, ["data.front_end=spark", "tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true"])
+    front = prepare.front_end(spark, run, input=day_csv)
+    front.load()
+    outer, inner = front.tuning_split(tune.validation_split(run))
+    assert not isinstance(inner.train, Triples)
+    assert tune.Validation(inner, run).days.spark_free
+    tiny = config.load(None, ["data.front_end=spark", "data.front_end_max_mb=0.001",
+                              "tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true"])
+    assert not tune.Validation(inner, tiny).days.spark_free          # too many for the driver: Spark's
+    f = days.DayFitter(inner.train, DAY)
+    fitted = (f, days.DayFitter(days.on_driver(inner.train, 2**30), DAY))
+    factors = _factors(inner.users.size, inner.items.size)
+    a, b = (x(factors, 2.0) for x in fitted)
+    assert np.array_equal(a.users, b.users) and np.array_equal(a.days, b.days)
+    np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-6)
+    inner.release()
+    outer.release()
+
+
 def test_a_range_of_day_bias_reg_is_refused():
     run = config.load(None, ["tune.space.day_bias_reg={min = 1.0, max = 10.0}"])
     with pytest.raises(ConfigError, match="tune.space.day_bias_reg: a list of values"):
