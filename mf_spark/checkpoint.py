@@ -33,9 +33,8 @@ from mf_spark.types import Factors
 log = logging.getLogger("mf_spark")
 
 
-# Settings a run's factors do not depend on: they may change between a run and its --resume.
-# Settings the factors do not depend on: how the fit runs, and the day biases (fitted after it, from
-# the factors).
+# Settings a run's factors do not depend on, so they may change between a run and its --resume: how
+# the fit runs, and the day biases (fitted after it, from the factors).
 EXECUTION_ONLY = {"model": {"iterations", "checkpoint_interval", "exchange", "exchange_timeout_seconds",
                             "strategy", "broadcast_budget_mb", "num_user_blocks", "num_item_blocks",
                             "day_bias_reg", "day_length"}}

@@ -54,15 +54,13 @@ def _pairs(day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarra
 ROW_BYTES = 24        # a timestamped rating in driver arrays: user, item (int32), rating, timestamp (64-bit)
 
 
-def on_driver(train: DataFrame | Triples, max_bytes: float) -> DataFrame | Triples:
-    """`train`'s timestamped ratings as driver arrays when Spark holds them and they take at most
-    `max_bytes` there (for a fitter called many times: each call is then no Spark job), else
-    `train` as it is. Performance note: one count and at most one collect."""
-    if isinstance(train, Triples) or TIMESTAMP not in train.columns:
+def on_driver(train: DataFrame | Triples, n_rows: int, max_bytes: float) -> DataFrame | Triples:
+    """`train`'s (`n_rows` ratings) timestamped ones as driver arrays when Spark holds them and they
+    take at most `max_bytes` there (for a fitter called many times: each call is then no Spark job),
+    else `train` as it is. Performance note: at most one collect."""
+    if isinstance(train, Triples) or TIMESTAMP not in train.columns or n_rows * ROW_BYTES > max_bytes:
         return train
     timed = train.where(F.col(TIMESTAMP).isNotNull()).select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
-    if timed.count() * ROW_BYTES > max_bytes:
-        return train
     t = timed.toArrow()
     return Triples(train.sparkSession, t.column(USER_IDX).to_numpy().astype(np.int32),
                    t.column(ITEM_IDX).to_numpy().astype(np.int32), t.column(RATING).to_numpy().astype(np.float64),

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType
 
 from mf_spark.errors import ModelError
+from mf_spark.validate import quoted
 from mf_spark.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
 
 MAX_IDS = 2**31 - 1          # indices are int32
@@ -114,7 +115,7 @@ class IdMap:
         if idx_col in df.columns:
             raise ValueError(f"encode: {idx_col!r} is already a column of {df.columns}")
         dtype = df.schema[col].dataType
-        side = lambda c: F.col("_l.`" + c.replace("`", "``") + "`")  # noqa: E731 - dots and backticks are names
+        side = lambda c: F.col("_l." + quoted(c))  # noqa: E731
         left, right = side(col), F.col("_r._id")
         if isinstance(dtype, StringType) or self.ids.type == pa.string():
             left, right = left.cast("string"), right.cast("string")

@@ -161,8 +161,8 @@ class FactorModel:
         if timestamp_col:
             enc = enc.withColumn("__t", validate.epoch_value(enc, timestamp_col))
         # mapInArrow cannot take a field name with a dot in its schema: plain names through it
-        names = enc.columns
-        enc = enc.toDF(*[c if c.startswith("__") else f"_c{n}" for n, c in enumerate(names)])
+        names, own = enc.columns, ("__u", "__i", "__t")
+        enc = enc.toDF(*[c if c in own else f"_c{n}" for n, c in enumerate(names)])
         bc = self._broadcast(df.sparkSession)
 
         def score(batches):

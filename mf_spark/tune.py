@@ -167,7 +167,7 @@ class Validation:
             self.day_regs = self.day_regs[:1]
         self.days = None
         if any(v > 0 for v in self.day_regs):      # fitted after every iteration: on the driver where it fits
-            train = days.on_driver(inner.train, run.data.front_end_max_mb * 2**20)
+            train = days.on_driver(inner.train, inner.stats.n, run.data.front_end_max_mb * 2**20)
             self.days = days.DayFitter(train, run.model.day_length)
         self.spark_free = self.days is None or self.days.spark_free
         self.day_at = None          # the validation rows' (user, day) positions: the same every call

@@ -60,9 +60,14 @@ class Cleaned:
             self._cache.unpersist()
 
 
+def quoted(name: str) -> str:
+    """A column name as an exact reference in Spark's syntax: dots and backticks in it are not paths."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 def exact_column(name: str) -> Column:
-    """A top-level column by its exact name (dots and backticks in it are not paths)."""
-    return F.col("`" + name.replace("`", "``") + "`")
+    """A top-level column by its exact name (see `quoted`)."""
+    return F.col(quoted(name))
 
 
 def _text(raw: DataFrame, name: str) -> Column:

@@ -232,7 +232,7 @@ def test_tune_fits_the_day_biases_of_ratings_spark_holds_on_the_driver(spark, da
                               "tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true"])
     assert not tune.Validation(inner, tiny).days.spark_free          # too many for the driver: Spark's
     f = days.DayFitter(inner.train, DAY)
-    fitted = (f, days.DayFitter(days.on_driver(inner.train, 2**30), DAY))
+    fitted = (f, days.DayFitter(days.on_driver(inner.train, inner.stats.n, 2**30), DAY))
     factors = _factors(inner.users.size, inner.items.size)
     a, b = (x(factors, 2.0) for x in fitted)
     assert np.array_equal(a.users, b.users) and np.array_equal(a.days, b.days)
