@@ -3,7 +3,7 @@
     python -m jobs.compare --input ratings.csv --output cmp/ [--config f.toml] [--set k=v ...]
         [--methods popularity,biases,als_biases]
 
-The input, split and [model] settings are the train job's (same options). Methods (mf_spark.compare):
+The input, split and [model] settings are the train job's (same options). Methods (mf_spark.run.compare):
 explicit data popularity, biases, svd, sgd, als, als_biases, nmf; implicit data popularity, svd, als,
 wals_w0_0.1, wals_w0_0.3, nmf. Writes DIR/comparison.parquet (method, rmse, mae, precision_at_k,
 recall_at_k, ndcg_at_k, map_at_k, coverage, fit_seconds), DIR/comparison.txt (the table as printed),
@@ -19,8 +19,17 @@ import sys
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/compare.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark import cli, compare, config, fs, prepare, read, report, session, tracking, write
-from mf_spark.errors import UsageError
+from mf_spark.run import cli
+from mf_spark.run import compare
+from mf_spark.core import config
+from mf_spark.core import fs
+from mf_spark.data import prepare
+from mf_spark.data import read
+from mf_spark.run import report
+from mf_spark.core import session
+from mf_spark.run import tracking
+from mf_spark.run import write
+from mf_spark.core.errors import UsageError
 
 
 def parser():

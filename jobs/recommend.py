@@ -28,11 +28,15 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/recommend.p
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark import config, read, session, validate, write
-from mf_spark.cli import FORMATS, _Parser, guarded
-from mf_spark.errors import InputError, UsageError
-from mf_spark.model import FactorModel, load_model
-from mf_spark.types import ITEM, RATING, USER
+from mf_spark.core import config
+from mf_spark.data import read
+from mf_spark.core import session
+from mf_spark.data import validate
+from mf_spark.run import write
+from mf_spark.run.cli import FORMATS, _Parser, guarded
+from mf_spark.core.errors import InputError, UsageError
+from mf_spark.model.factors import FactorModel, load_model
+from mf_spark.core.types import ITEM, RATING, USER
 
 log = logging.getLogger("mf_spark")
 

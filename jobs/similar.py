@@ -5,7 +5,7 @@
 With neither --items nor --users, every item's similar items go to OUT/similar_items (item, rank,
 similar_item, score); --items FILE lists only those items. --users alone lists every user's similar
 users in OUT/similar_users (user, rank, similar_user, score); --users FILE only those users. FILE is
-an ID list as jobs.recommend reads them (mf_spark.read.id_list): a text file with one ID per line (a
+an ID list as jobs.recommend reads them (mf_spark.data.read.id_list): a text file with one ID per line (a
 first line equal to --item-col/--user-col is a header), a CSV with a header holding that column, or
 Parquet. OUT/_SUCCESS is written last and the folder replaced atomically. Exit codes: 0, 2 bad
 arguments or input, 1 other.
@@ -22,12 +22,15 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/similar.py)
 
 from pyspark.sql import DataFrame, SparkSession
 
-from mf_spark import config, read, session, write
-from mf_spark.cli import _Parser, guarded
-from mf_spark.errors import InputError
-from mf_spark.model import FactorModel, load_model
-from mf_spark.similar import similar_items, similar_users
-from mf_spark.types import ITEM, USER
+from mf_spark.core import config
+from mf_spark.data import read
+from mf_spark.core import session
+from mf_spark.run import write
+from mf_spark.run.cli import _Parser, guarded
+from mf_spark.core.errors import InputError
+from mf_spark.model.factors import FactorModel, load_model
+from mf_spark.model.similar import similar_items, similar_users
+from mf_spark.core.types import ITEM, USER
 
 EVERY = ""   # --users given without a file: every user
 

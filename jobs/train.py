@@ -23,12 +23,24 @@ import pyarrow as pa
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark import __version__, als, cli, errors, evaluate, fs, prepare, read, recommend, report, session, tracking, write
-from mf_spark.model import load_model
-from mf_spark.blocks import as_df
-from mf_spark.checkpoint import CheckpointStore, fingerprint
-from mf_spark.model import FactorModel
-from mf_spark.phases import PhaseClock
+from mf_spark import __version__, evaluate
+from mf_spark.als import loop as als
+from mf_spark.run import cli
+from mf_spark.core import errors
+from mf_spark.core import fs
+from mf_spark.data import prepare
+from mf_spark.data import read
+from mf_spark.model import recommend
+from mf_spark.model.warm import check_warm_start, warm_factors
+from mf_spark.run import report
+from mf_spark.core import session
+from mf_spark.run import tracking
+from mf_spark.run import write
+from mf_spark.model.factors import load_model
+from mf_spark.data.ready import as_df
+from mf_spark.als.checkpoint import CheckpointStore, fingerprint
+from mf_spark.model.factors import FactorModel
+from mf_spark.run.phases import PhaseClock
 
 log = logging.getLogger("mf_spark")
 
@@ -76,7 +88,7 @@ def load(spark, args: cli.TrainArgs, cfg) -> Loaded:
             raise errors.InputError(f"{flag} {path}: does not exist")
     previous = load_model(args.init_model, spark) if args.init_model else None
     if previous is not None:        # refused before the input is read
-        als.check_warm_start(previous, cfg.model)
+        check_warm_start(previous, cfg.model)
     input_path = None if args.train else (args.input or read.sample_path())
     front = prepare.front_end(spark, cfg, input=input_path, train=args.train, test=args.test, fmt=args.format)
     warm = als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)  # in the background: counted here
@@ -123,7 +135,7 @@ def fit_publish(spark, args: cli.TrainArgs, cfg, output: str, clock: PhaseClock,
         inputs = {"input": input_path} if input_path else {"train": args.train, "test": args.test}
         if previous is not None:
             inputs["init_model"] = args.init_model
-        initial = None if previous is None else als.warm_factors(previous, users, items, cfg.model)
+        initial = None if previous is None else warm_factors(previous, users, items, cfg.model)
         run_id = fingerprint(spark, cfg, inputs, {**counts, "n_train": stats.n, "n_test": heldout.n},
                              users.ids, items.ids)
         checkpoints = CheckpointStore(spark, output, run_id, guard=lease.check)

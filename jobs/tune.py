@@ -4,7 +4,7 @@
     mf-spark-tune ...                          # the console entry point, the same arguments
 
 The input, split, [model] and [eval] settings are the train job's (same options); [tune] says how to
-search (mf_spark.tune). The test split (or --test) is read and held out but never looked at until the
+search (mf_spark.run.tune). The test split (or --test) is read and held out but never looked at until the
 best settings are chosen: they are chosen on a validation split of the training ratings (the run's
 split rules, tune.validation_fraction). Writes the refit model's usual output folder (the train job's
 layout, metrics.json on the test set, report.html with the search) plus
@@ -27,9 +27,16 @@ if __package__ in (None, ""):   # run as a script (spark-submit jobs/tune.py) fr
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jobs import train as train_job
-from mf_spark import cli, config, fs, report, session, tracking, tune, write
-from mf_spark.checkpoint import CheckpointStore
-from mf_spark.phases import PhaseClock
+from mf_spark.run import cli
+from mf_spark.core import config
+from mf_spark.core import fs
+from mf_spark.run import report
+from mf_spark.core import session
+from mf_spark.run import tracking
+from mf_spark.run import tune
+from mf_spark.run import write
+from mf_spark.als.checkpoint import CheckpointStore
+from mf_spark.run.phases import PhaseClock
 
 
 def parser():

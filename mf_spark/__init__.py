@@ -4,10 +4,10 @@ __version__ = "0.1.0"
 
 def __getattr__(name):   # lazy: `import mf_spark` must not start or need Spark
     if name in ("load_model", "FactorModel"):
-        from mf_spark import model
+        from mf_spark.model import factors as model
         return getattr(model, name)
     if name == "fit":
-        from mf_spark.als import fit
+        from mf_spark.als.loop import fit
         return fit
     if name in ("ALS", "ALSModel"):
         from mf_spark import ml

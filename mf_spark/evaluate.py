@@ -17,49 +17,18 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.blocks import Triples, as_df
-from mf_spark.types import Factors
+from mf_spark.data.ready import HeldOut, Triples, as_df
+from mf_spark.core.types import Factors
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.kernels.topk import top_n
-from mf_spark.model import Scorer
-from mf_spark.topn import recommend_indices
-from mf_spark.index import IdMap
-from mf_spark.days import DayFitter, timestamps
-from mf_spark.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
+from mf_spark.model.factors import Scorer
+from mf_spark.model.topn import recommend_indices
+from mf_spark.data.index import IdMap
+from mf_spark.als.days import DayFitter
+from mf_spark.data.ready import timestamps
+from mf_spark.core.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
 
 RANKING_KEYS = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "n_users_evaluated")
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """The test split as driver arrays; -1 marks a user or item never seen in train (cold)."""
-    u: np.ndarray   # (m,) int32
-    i: np.ndarray   # (m,) int32
-    r: np.ndarray   # (m,) float64
-    t: np.ndarray | None = None   # (m,) int64 timestamps, types.NO_TIME where none (for day biases)
-
-    @property
-    def n(self) -> int:
-        return int(self.r.size)
-
-    @property
-    def n_cold(self) -> int:
-        return int(np.count_nonzero((self.u < 0) | (self.i < 0)))
-
-
-def collect_heldout(test: DataFrame, users: IdMap, items: IdMap) -> HeldOut:
-    """Test rows (user, item with their original IDs, rating) to driver arrays, the IDs looked up in
-    the training maps there (-1 = cold). Performance note: one collect through Arrow (the IDs and a
-    double per row), no join."""
-    cols = [USER, ITEM, F.col(RATING).cast("double").alias(RATING)] + ([TIMESTAMP] if TIMESTAMP in test.columns else [])
-    return heldout_of(test.select(*cols).toArrow(), users, items)
-
-
-def heldout_of(test: pa.Table, users: IdMap, items: IdMap) -> HeldOut:
-    """HeldOut of test rows the driver holds (columns user, item, rating[, timestamp])."""
-    ts = test.column(TIMESTAMP) if TIMESTAMP in test.column_names else None
-    return HeldOut(users.index_of(test.column(USER)), items.index_of(test.column(ITEM)),
-                   test.column(RATING).to_numpy().astype(np.float64), timestamps(ts, test.num_rows))
 
 
 def rmse_mae(pred: np.ndarray, r: np.ndarray) -> tuple[float | None, float | None]:

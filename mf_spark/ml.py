@@ -45,13 +45,18 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mf_spark import als, config, evaluate, fs, index, prepare
-from mf_spark.blocks import session_of
-from mf_spark.checkpoint import CheckpointStore, factor_table
-from mf_spark.config import DataConfig, ModelConfig, RunConfig
-from mf_spark.errors import ConfigError, InputError, ModelError
-from mf_spark.model import FactorModel, Ids, load_model
-from mf_spark.types import ITEM, USER
+from mf_spark import evaluate
+from mf_spark.als import loop as als
+from mf_spark.core import config
+from mf_spark.core import fs
+from mf_spark.data import index
+from mf_spark.data import prepare
+from mf_spark.data.ready import session_of
+from mf_spark.als.checkpoint import CheckpointStore, factor_table
+from mf_spark.core.config import DataConfig, ModelConfig, RunConfig
+from mf_spark.core.errors import ConfigError, InputError, ModelError
+from mf_spark.model.factors import FactorModel, Ids, load_model
+from mf_spark.core.types import ITEM, USER
 
 __all__ = ["ALS", "ALSModel"]
 log = logging.getLogger("mf_spark")

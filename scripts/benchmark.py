@@ -58,11 +58,16 @@ import numpy as np  # noqa: E402
 
 import flops  # noqa: E402
 from proctree import descendants  # noqa: E402
-from mf_spark import als, evaluate, index, read, recommend, session, split, validate  # noqa: E402
-from mf_spark.types import Factors  # noqa: E402
-from mf_spark.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
-from mf_spark.model import FactorModel, Scorer  # noqa: E402
-from mf_spark.types import ITEM_IDX, RATING, USER_IDX  # noqa: E402
+from mf_spark import evaluate  # noqa: E402
+from mf_spark.als import loop as als  # noqa: E402
+from mf_spark.core import session  # noqa: E402
+from mf_spark.data import index, read, split, validate  # noqa: E402
+from mf_spark.model import recommend  # noqa: E402
+from mf_spark.core.types import Factors  # noqa: E402
+from mf_spark.core.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
+from mf_spark.model.factors import FactorModel, Scorer  # noqa: E402
+from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX  # noqa: E402
+from mf_spark.data import ready  # noqa: E402
 
 TOP_N = 10
 SAMPLE_SECONDS = 0.2
@@ -89,10 +94,10 @@ def synthetic_input(n_ratings: int, kind: str) -> str:
 class Data:
     """The training split (indexed, cached), the held-out rows and what scoring needs."""
     train_idx: object
-    heldout: evaluate.HeldOut
+    heldout: ready.HeldOut
     users: index.IdMap
     items: index.IdMap
-    stats: als.TrainStats
+    stats: ready.TrainStats
     ranking: evaluate.RankingEvaluator | None   # implicit only
 
 
@@ -104,12 +109,12 @@ def prepare(spark, args) -> Data:
     train, test = split.split(cleaned.ratings, SplitConfig(method=args.split, test_fraction=0.2, seed=args.seed))
     enc = index.encode_split(train)
     users, items, train_idx = enc.users, enc.items, enc.train_idx
-    heldout = evaluate.collect_heldout(test, users, items)
+    heldout = ready.collect_heldout(test, users, items)
     ranking = None
     if args.kind == "implicit":
         seen = recommend.seen_lists(train_idx)
         ranking = evaluate.RankingEvaluator(seen, evaluate.relevant_items(heldout, None), items.size, TOP_N)
-    return Data(train_idx, heldout, users, items, als.train_stats(train_idx), ranking)
+    return Data(train_idx, heldout, users, items, ready.train_stats(train_idx), ranking)
 
 
 # ---- memory -----------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import planted
-from mf_spark import als
-from mf_spark.config import ModelConfig
+from mf_spark.als import loop as als
+from mf_spark.core.config import ModelConfig
 
 
 def ratings_df(spark, u, i, r):
@@ -122,7 +122,7 @@ def test_nonnegative_factors(spark, planted_split, kind):
 
 
 def test_resume_from_checkpoint_gives_the_uninterrupted_factors(spark, planted_split, tmp_path):
-    from mf_spark.checkpoint import CheckpointStore
+    from mf_spark.als.checkpoint import CheckpointStore
     u, i, r, _, _ = planted_split
     df = ratings_df(spark, u, i, r)
     cfg = ModelConfig(rank=4, iterations=5, reg=0.05, biases=True, checkpoint_interval=2, num_user_blocks=2,

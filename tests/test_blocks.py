@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import frame
-from mf_spark import blocks as blocks_mod
-from mf_spark.blocks import CsrBlock, build_blocks, buckets, row_counts
+from mf_spark.als import blocks as blocks_mod
+from mf_spark.als.blocks import CsrBlock, build_blocks, buckets, row_counts
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import planted
 from jobs import compare as compare_job
-from mf_spark.compare import COLUMNS
+from mf_spark.run.compare import COLUMNS
 
 pytestmark = pytest.mark.slow
 

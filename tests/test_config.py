@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mf_spark import config
-from mf_spark.config import (DataConfig, EvalConfig, ModelConfig, RecommendConfig, RunConfig,
+from mf_spark.core import config
+from mf_spark.core.config import (DataConfig, EvalConfig, ModelConfig, RecommendConfig, RunConfig,
                              SplitConfig)
-from mf_spark.errors import ConfigError
+from mf_spark.core.errors import ConfigError
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
 
@@ -339,7 +339,7 @@ def test_a_directory_is_not_a_config_file(tmp_path):
 
 
 def test_config_errors_are_usage_errors_for_the_jobs():
-    from mf_spark.errors import exit_code
+    from mf_spark.core.errors import exit_code
     with pytest.raises(ConfigError) as info:
         config.load(None, ["model.rank=0"])
     assert exit_code(info.value) == 2
@@ -377,8 +377,8 @@ def test_the_readme_table_and_default_toml_name_every_key_and_only_those():
 def test_the_solvers_defaults_are_the_configs():
     """kernels.solve.SolveSpec cannot import the config (kernels import numpy only); its defaults are
     those solve_spec derives from ModelConfig's, so a default changed in one place shows here."""
-    from mf_spark.halfstep import solve_spec
-    from mf_spark.config import ModelConfig
+    from mf_spark.als.halfstep import solve_spec
+    from mf_spark.core.config import ModelConfig
     from mf_spark.kernels.solve import SolveSpec
     assert SolveSpec() == solve_spec(ModelConfig(), 0.0)
     assert SolveSpec(kind="implicit") == solve_spec(ModelConfig(kind="implicit"), 0.0)
@@ -392,20 +392,20 @@ def test_settings_must_be_finite_numbers(item):
 
 
 def test_settings_given_in_python_must_be_finite_too():
-    from mf_spark.config import ModelConfig
+    from mf_spark.core.config import ModelConfig
     for key in ("reg", "alpha", "epsilon", "unobserved_weight"):
         with pytest.raises(ConfigError, match="finite"):
             ModelConfig(**{key: float("inf")})
 
 
 def test_strict_json_turns_nan_and_infinities_into_null():
-    from mf_spark.fs import strict_json
+    from mf_spark.core.fs import strict_json
     assert strict_json({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x"}) == \
         {"a": None, "b": [1.0, None, {"c": None}], "d": "x"}
 
 
 def test_sections_built_in_python_are_held_to_the_same_choices():
-    from mf_spark.config import DataConfig, ModelConfig, SplitConfig
+    from mf_spark.core.config import DataConfig, ModelConfig, SplitConfig
     with pytest.raises(ConfigError, match="config key model.solver: got 'newton', expected one of 'auto', 'exact', 'cg'"):
         ModelConfig(solver="newton")
     with pytest.raises(ConfigError, match="split.method"):

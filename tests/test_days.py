@@ -1,4 +1,4 @@
-"""Day biases (mf_spark.days, types.DayBiases): the per-(user, day) offsets fitted after the factors,
+"""Day biases (mf_spark.als.days, types.DayBiases): the per-(user, day) offsets fitted after the factors,
 how they score, save and load, and that the train and tune jobs use them where the data has days."""
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import pytest
 
 from conftest import planted
 from jobs import train as train_job
-from mf_spark import config, days, prepare, tune
-from mf_spark.blocks import Triples
-from mf_spark.errors import ConfigError, ModelError
-from mf_spark.model import FactorModel, Scorer, load_model
-from mf_spark.types import NO_TIME, DayBiases, Factors
+from mf_spark.core import config
+from mf_spark.als import days
+from mf_spark.data import prepare
+from mf_spark.run import tune
+from mf_spark.data.ready import Triples
+from mf_spark.core.errors import ConfigError, ModelError
+from mf_spark.model.factors import FactorModel, Scorer, load_model
+from mf_spark.core.types import NO_TIME, DayBiases, Factors
 
 DAY = 86400
 

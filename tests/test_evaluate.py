@@ -6,14 +6,15 @@ import pyarrow as pa
 import pytest
 
 from mf_spark import evaluate
-from mf_spark.types import Factors
+from mf_spark.core.types import Factors
 from mf_spark.kernels.metrics import ranking_metrics
-from mf_spark.model import Scorer
-from mf_spark.recommend import seen_lists
+from mf_spark.model.factors import Scorer
+from mf_spark.model.recommend import seen_lists
+from mf_spark.data import ready
 
 
 def test_relevant_items_drop_cold_and_apply_threshold():
-    ho = evaluate.HeldOut(np.array([2, 0, 0, -1, 1], np.int32), np.array([1, 3, 2, 0, -1], np.int32),
+    ho = ready.HeldOut(np.array([2, 0, 0, -1, 1], np.int32), np.array([1, 3, 2, 0, -1], np.int32),
                           np.array([5.0, 2.0, 4.0, 5.0, 5.0]))
     rel = evaluate.relevant_items(ho, None)
     assert rel.users.tolist() == [0, 2] and rel.indptr.tolist() == [0, 2, 3] and rel.items.tolist() == [2, 3, 1]
@@ -25,7 +26,7 @@ def test_relevant_items_drop_cold_and_apply_threshold():
 def test_error_metrics_clip_and_cold_rows():
     f = Factors(np.array([[1.0], [2.0]], np.float32), np.array([[3.0]], np.float32), None, None, 0.0)
     scorer = Scorer("explicit", f, 2.5, (1.0, 5.0))
-    ho = evaluate.HeldOut(np.array([0, 1, -1], np.int32), np.array([0, 0, 0], np.int32), np.array([3.0, 5.0, 2.5]))
+    ho = ready.HeldOut(np.array([0, 1, -1], np.int32), np.array([0, 0, 0], np.int32), np.array([3.0, 5.0, 2.5]))
     got = evaluate.error_metrics(scorer, ho)      # predictions 3, 6 -> 5 (clipped), 2.5 (cold)
     assert got["rmse"] == pytest.approx(0.0) and got["mae"] == pytest.approx(0.0)
     assert evaluate.error_metrics(Scorer("implicit", f, 0.0, None), ho) == {"rmse": None, "mae": None}
@@ -39,7 +40,7 @@ def _ranking_case(spark, rng, n_users=25, n_items=40):
     tu, ti = np.array(train).T
     train_df = spark.createDataFrame(pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())}))
     hu, hi = np.array(test).T
-    rel = evaluate.relevant_items(evaluate.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size)), None)
+    rel = evaluate.relevant_items(ready.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size)), None)
     S = X @ Y.T
     S[tu, ti] = -np.inf                               # training items never recommended
     return X, Y, train_df, rel, S
@@ -48,8 +49,8 @@ def _ranking_case(spark, rng, n_users=25, n_items=40):
 def test_driver_evaluator_of_pairs_and_top_lists_match_brute_force(spark, rng):
     """The sample evaluator (on_driver, fed the training pairs as a DataFrame or as driver arrays) and
     ranking_of_top (top lists with training items excluded) give the brute-force metrics."""
-    from mf_spark.blocks import Triples
-    from mf_spark.als import TopLists
+    from mf_spark.data.ready import Triples
+    from mf_spark.als.loop import TopLists
     n_items, k = 40, 5
     X, Y, train_df, rel, S = _ranking_case(spark, rng)
     want = ranking_metrics(np.argsort(-S, axis=1, kind="stable")[rel.users, :k], rel.indptr, rel.items, n_items, k)
@@ -78,7 +79,7 @@ def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
     tu, ti = np.array(train).T
     train_df = spark.createDataFrame(pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())}))
     hu, hi = np.array(test).T
-    ho = evaluate.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size))
+    ho = ready.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size))
     rel = evaluate.relevant_items(ho, None)
     ev = evaluate.RankingEvaluator(seen_lists(train_df), rel, n_items, k)
     scorer = Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None)
@@ -94,7 +95,7 @@ def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
 
 
 def test_sample_users_keeps_their_items():
-    ho = evaluate.HeldOut(np.repeat(np.arange(50, dtype=np.int32), 3), np.tile(np.array([1, 4, 7], np.int32), 50),
+    ho = ready.HeldOut(np.repeat(np.arange(50, dtype=np.int32), 3), np.tile(np.array([1, 4, 7], np.int32), 50),
                           np.ones(150))
     rel = evaluate.relevant_items(ho, None)
     sub = evaluate.sample_users(rel, 10, seed=1)

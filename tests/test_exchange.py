@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from mf_spark import als, stream
-from mf_spark.config import ModelConfig
-from mf_spark.stream import task as task_side
-from mf_spark.stream import wire
+from mf_spark.als import loop as als
+from mf_spark.als.engines import stream
+from mf_spark.core.config import ModelConfig
+from mf_spark.als.engines.stream import task as task_side
+from mf_spark.als.engines.stream import wire
 from conftest import planted
 from test_als import ratings_df
 

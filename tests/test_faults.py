@@ -13,7 +13,7 @@ import numpy as np
 
 from jobs import train as train_job
 from mf_spark import load_model
-from mf_spark.errors import FAIL_AT_ENV
+from mf_spark.core.errors import FAIL_AT_ENV
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,12 @@ import pytest
 from chispa import assert_df_equality
 
 from conftest import frame, planted
-from mf_spark import als
-from mf_spark.config import ModelConfig
-from mf_spark.errors import InputError
-from mf_spark.index import IdMap
-from mf_spark.model import FactorModel
-from mf_spark.types import Factors
+from mf_spark.als import loop as als
+from mf_spark.core.config import ModelConfig
+from mf_spark.core.errors import InputError
+from mf_spark.data.index import IdMap
+from mf_spark.model.factors import FactorModel
+from mf_spark.core.types import Factors
 
 N_USERS, N_ITEMS = 30, 20
 CONFIGS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from mf_spark import fs
+from mf_spark.core import fs
 
 
 @pytest.mark.parametrize("through_hadoop", [False, True])

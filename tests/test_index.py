@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
-from mf_spark import index
-from mf_spark.errors import ModelError
-from mf_spark.index import IdMap
+from mf_spark.data import index
+from mf_spark.core.errors import ModelError
+from mf_spark.data.index import IdMap
 
 from conftest import frame  # noqa: E402
 

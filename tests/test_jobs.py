@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jobs import train as train_job
-from mf_spark import load_model, read
+from mf_spark import load_model
+from mf_spark.data import read
 
 pytestmark = pytest.mark.slow
 

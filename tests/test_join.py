@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import planted
-from mf_spark import als
-from mf_spark.blocks import build_all
-from mf_spark.config import ModelConfig
-from mf_spark.halfstep import HalfStepResult, solve_spec
-from mf_spark.join import Routed, _routes
+from mf_spark.als import loop as als
+from mf_spark.als.blocks import build_all
+from mf_spark.core.config import ModelConfig
+from mf_spark.als.halfstep import HalfStepResult, solve_spec
+from mf_spark.als.engines.join import Routed, _routes
 from test_als import ratings_df
 
 pytestmark = pytest.mark.slow
@@ -89,9 +89,9 @@ def test_lineage_stays_short_over_many_iterations(spark, df):
 
 
 def test_blocked_top_n_equals_the_broadcast_top_n(spark):
-    from mf_spark.types import Factors
-    from mf_spark.model import Scorer
-    from mf_spark.topn import recommend_indices, recommend_indices_blocked
+    from mf_spark.core.types import Factors
+    from mf_spark.model.factors import Scorer
+    from mf_spark.model.topn import recommend_indices, recommend_indices_blocked
     g = np.random.default_rng(4)
     f = Factors(g.normal(size=(30, 4)).astype(np.float32), g.normal(size=(23, 4)).astype(np.float32),
                 g.normal(size=30).astype(np.float32), g.normal(size=23).astype(np.float32), 3.0)
@@ -110,7 +110,7 @@ def test_blocked_top_n_equals_the_broadcast_top_n(spark):
 
 
 def test_models_over_the_budget_recommend_by_item_blocks(spark):
-    from mf_spark.topn import item_blocks
+    from mf_spark.model.topn import item_blocks
     small = {"model": {"rank": 4, "broadcast_budget_mb": 2048}}
     assert item_blocks(small, 80, 50, spark) == 0
     assert item_blocks({"model": {"rank": 4, "broadcast_budget_mb": 0, "num_item_blocks": 3}}, 80, 50, spark) == 3
@@ -121,9 +121,9 @@ def test_models_over_the_budget_recommend_by_item_blocks(spark):
 
 @pytest.mark.parametrize("n_parts,piece_pairs", [(1, 1 << 22), (3, 1 << 22), (8, 1 << 22), (3, 5)])
 def test_top_n_grouped_from_pairs_equals_the_seen_lists_top_n(spark, n_parts, piece_pairs):
-    from mf_spark.types import Factors
-    from mf_spark.model import Scorer
-    from mf_spark.topn import recommend_indices, recommend_indices_grouped
+    from mf_spark.core.types import Factors
+    from mf_spark.model.factors import Scorer
+    from mf_spark.model.topn import recommend_indices, recommend_indices_grouped
     g = np.random.default_rng(5)
     f = Factors(g.normal(size=(30, 4)).astype(np.float32), g.normal(size=(23, 4)).astype(np.float32),
                 g.normal(size=30).astype(np.float32), g.normal(size=23).astype(np.float32), 3.0)

@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 
 from conftest import planted
-from mf_spark.index import IdMap
+from mf_spark.data.index import IdMap
 from mf_spark.kernels.baselines import biases, popularity, zero_filled_svd
-from mf_spark.model import FactorModel
-from mf_spark.types import Factors
+from mf_spark.model.factors import FactorModel
+from mf_spark.core.types import Factors
 
 
 def test_damped_means_by_hand():

@@ -10,9 +10,14 @@ import time
 import pytest
 
 from jobs import train as train_job
-from mf_spark import checkpoint, config, fs, read, validate, write
-from mf_spark.errors import FAIL_AT_ENV, InputError
-from mf_spark.local import read as local_read, validate as local_validate
+from mf_spark.als import checkpoint
+from mf_spark.core import config
+from mf_spark.core import fs
+from mf_spark.data import read
+from mf_spark.data import validate
+from mf_spark.run import write
+from mf_spark.core.errors import FAIL_AT_ENV, InputError
+from mf_spark.data.local import read as local_read, validate as local_validate
 
 TINY = ["--set", "model.rank=3", "--set", "model.iterations=2", "--set", "model.checkpoint_interval=1",
         "--set", "eval.every_iteration=false"]
@@ -254,7 +259,7 @@ def test_a_folder_whose_files_disagree_on_their_columns_exits_2_naming_them(spar
 
 def test_id_maps_beyond_their_text_limit_fail_early_with_a_clear_message(monkeypatch):
     import pyarrow as pa
-    from mf_spark import index
+    from mf_spark.data import index
     monkeypatch.setattr(index, "MAX_ID_TEXT_BYTES", 10)
     with pytest.raises(ValueError, match="at most 10 bytes of ID text"):
         index.IdMap(pa.array(["abcdef", "ghijkl"]), "user")

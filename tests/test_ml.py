@@ -16,10 +16,10 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationS
 from pyspark.sql import functions as F
 
 from conftest import frame, planted
-from mf_spark import checkpoint
-from mf_spark.errors import ConfigError, InputError, ModelError
+from mf_spark.als import checkpoint
+from mf_spark.core.errors import ConfigError, InputError, ModelError
 from mf_spark.ml import ALS, ALSModel
-from mf_spark.read import sample_path
+from mf_spark.data.read import sample_path
 
 
 def tiny(spark, ddl="userId int, movieId int, rating double", n_users=24, n_items=16, density=0.45, map_ids=None):
@@ -237,8 +237,8 @@ def test_transform_and_subset_name_a_missing_column(guide):
 def test_the_driver_validates_small_frames_only(spark):
     """frontEnd 'auto' (a local master here): the driver for a frame Spark sizes within frontEndMaxMb,
     or, where Spark cannot size it (a Python RDD's), one whose rows fit; Spark otherwise."""
-    from mf_spark.config import DataConfig
-    from mf_spark.prepare import _driver_table, raw_frame as raw_ratings
+    from mf_spark.core.config import DataConfig
+    from mf_spark.data.prepare import _driver_table, raw_frame as raw_ratings
 
     df = tiny(spark)
     n = len(planted(n_users=24, n_items=16, rank=3, density=0.45)[0])
@@ -308,7 +308,7 @@ def test_cold_start_strategies(spark, guide):
 
 def test_fit_equals_the_train_jobs_factors(spark, planted_fit, tmp_path):
     from jobs import train as train_job
-    from mf_spark import cli
+    from mf_spark.run import cli
 
     df, model = planted_fit      # rank 3, 3 iterations, reg 0.05, biases; MLlib's 10 blocks, the job's auto
     table = df.toArrow()
@@ -333,7 +333,7 @@ def test_fit_equals_the_train_jobs_factors(spark, planted_fit, tmp_path):
 
 
 def test_checkpoints_go_under_the_checkpoint_dir_only_and_are_removed(spark, tmp_path, monkeypatch):
-    from mf_spark.config import ModelConfig
+    from mf_spark.core.config import ModelConfig
     from mf_spark.ml import _checkpoint_store
 
     assert _checkpoint_store(spark, ModelConfig(checkpoint_interval=1)) is None   # no dir: ignored, as in MLlib

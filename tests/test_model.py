@@ -14,12 +14,12 @@ from chispa.row_comparer import are_rows_approx_equal
 from chispa.rows_comparer import assert_generic_rows_equality
 from pyspark.sql import Row
 
-from mf_spark import checkpoint
-from mf_spark.checkpoint import CheckpointStore, factor_table
-from mf_spark.types import Factors
-from mf_spark.errors import InputError, ModelError
-from mf_spark.index import IdMap
-from mf_spark.model import FactorModel, Scorer, load_model
+from mf_spark.als import checkpoint
+from mf_spark.als.checkpoint import CheckpointStore, factor_table
+from mf_spark.core.types import Factors
+from mf_spark.core.errors import InputError, ModelError
+from mf_spark.data.index import IdMap
+from mf_spark.model.factors import FactorModel, Scorer, load_model
 
 USERS_STR = ["alice", "bob", "carol", "dave", "erin"]       # sorted: index = position
 ITEMS_INT = [3, 10, 11, 250, 1000, 4096, 2**40]

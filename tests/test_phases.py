@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from mf_spark.phases import PhaseClock
+from mf_spark.run.phases import PhaseClock
 
 
 def test_phases_in_order_add_up_to_the_total():

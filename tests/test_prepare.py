@@ -1,4 +1,4 @@
-"""The driver front end (mf_spark.local) gives what the Spark stages give: the same validation (rows,
+"""The driver front end (mf_spark.data.local) gives what the Spark stages give: the same validation (rows,
 reasons, counts, merged ratings, ID types, errors), the same split and hash, the same ID maps and
 training triples, and it hands to Spark whatever it cannot read exactly as Spark would."""
 from __future__ import annotations
@@ -9,13 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from mf_spark import prepare, split, validate
-from mf_spark.config import DataConfig, SplitConfig, from_dict
-from mf_spark.errors import InputError
-from mf_spark.local import read as local_read
-from mf_spark.local import split as local_split
-from mf_spark.local import validate as local_validate
-from mf_spark.types import ITEM, RATING, TIMESTAMP, USER
+from mf_spark.data import prepare
+from mf_spark.data import split
+from mf_spark.data import validate
+from mf_spark.core.config import DataConfig, SplitConfig, from_dict
+from mf_spark.core.errors import InputError
+from mf_spark.data.local import read as local_read
+from mf_spark.data.local import split as local_split
+from mf_spark.data.local import validate as local_validate
+from mf_spark.core.types import ITEM, RATING, TIMESTAMP, USER
 
 from conftest import frame  # noqa: E402
 

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
-from mf_spark import read
-from mf_spark.config import DataConfig
-from mf_spark.errors import InputError
+from mf_spark.data import read
+from mf_spark.core.config import DataConfig
+from mf_spark.core.errors import InputError
 
 RAW = "user string, item string, rating string, timestamp string"
 from conftest import frame  # noqa: E402

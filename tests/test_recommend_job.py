@@ -8,9 +8,9 @@ from chispa import assert_df_equality
 
 from conftest import frame
 from jobs import recommend as recommend_job
-from mf_spark.index import IdMap
-from mf_spark.model import FactorModel, load_model
-from mf_spark.types import Factors
+from mf_spark.data.index import IdMap
+from mf_spark.model.factors import FactorModel, load_model
+from mf_spark.core.types import Factors
 
 USERS = ["ann", "bob", "cyd", "dee"]
 ITEMS = [10, 20, 30, 40, 50, 60, 70]

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mf_spark import report
-from mf_spark.blocks import Triples
-from mf_spark.types import ITEM_IDX, RATING, USER_IDX
+from mf_spark.run import report
+from mf_spark.data.ready import Triples
+from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
 
 SVG = "{http://www.w3.org/2000/svg}svg"
 XHTML = "{http://www.w3.org/1999/xhtml}"
@@ -334,8 +334,8 @@ def test_profile_is_the_same_from_triples_and_from_a_frame(spark):
 
 def test_profile_from_a_fits_row_counts_is_the_counted_one(spark):
     """The train job hands the profile the ratings per row its fit's engine counted."""
-    from mf_spark import als
-    from mf_spark.config import ModelConfig
+    from mf_spark.als import loop as als
+    from mf_spark.core.config import ModelConfig
     u, i, stars = fake_ratings(n_users=50, n_items=80, n=3000)
     triples = Triples(spark, u, i, stars)
     fit = als.fit(triples, 60, 90, ModelConfig(rank=2, iterations=1))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mf_spark import session
+from mf_spark.core import session
 
 FIT_SETTINGS = {session.ARROW_BYTES_KEY: session.ARROW_BYTES_UNBOUNDED,
                 session.ARROW_ROWS_KEY: str(session.FIT_BATCH_ROWS)}

@@ -13,12 +13,12 @@ from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql.types import FloatType, IntegerType, LongType, StringType, StructField, StructType
 
 from jobs import similar as similar_job
-from mf_spark import similar
-from mf_spark.errors import InputError
-from mf_spark.index import IdMap
-from mf_spark.model import FactorModel
-from mf_spark.similar import normalize_rows, similar_items, similar_users
-from mf_spark.types import Factors
+from mf_spark.model import similar
+from mf_spark.core.errors import InputError
+from mf_spark.data.index import IdMap
+from mf_spark.model.factors import FactorModel
+from mf_spark.model.similar import normalize_rows, similar_items, similar_users
+from mf_spark.core.types import Factors
 
 from conftest import frame
 

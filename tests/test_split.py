@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 
-from mf_spark import split
-from mf_spark.config import SplitConfig
-from mf_spark.errors import InputError
+from mf_spark.data import split
+from mf_spark.core.config import SplitConfig
+from mf_spark.core.errors import InputError
 
 SCHEMA = "user long, item string, rating double, timestamp long"
 from conftest import frame  # noqa: E402

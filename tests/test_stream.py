@@ -10,8 +10,10 @@ import socket
 import numpy as np
 import pytest
 
-from mf_spark import als, stream
-from mf_spark.config import ModelConfig
+from mf_spark.als import loop as als
+from mf_spark.als.engines import stream
+from mf_spark.core.config import ModelConfig
+from mf_spark.data import ready
 from conftest import planted
 from test_als import ratings_df
 
@@ -67,8 +69,8 @@ def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
 def test_top_lists_scored_by_the_tasks_equal_the_spark_jobs_lists(spark, extra):
     """fit(top_n=...) with the stream: every user's lists, training items excluded, are those
     model.recommend_unseen_idx scores by Spark jobs from the same factors; other exchanges give none."""
-    from mf_spark.index import IdMap
-    from mf_spark.model import FactorModel
+    from mf_spark.data.index import IdMap
+    from mf_spark.model.factors import FactorModel
     import pyarrow as pa
     u, i, r, _ = planted(n_users=80, n_items=50, rank=5, density=0.6, noise=0.05, seed=5)
     df = ratings_df(spark, u, i, r)
@@ -167,7 +169,7 @@ def test_auto_falls_back_to_jobs_when_the_driver_cannot_listen(spark, monkeypatc
 
 
 def test_pieces_cut_per_task_rebuild_every_block_whoever_sent_them(rng):
-    from mf_spark.blocks import CsrBlock
+    from mf_spark.als.blocks import CsrBlock
     u = rng.integers(0, 50, 400).astype(np.int32)
     i = rng.integers(0, 30, 400).astype(np.int32)
     keep = np.unique(u.astype(np.int64) * 100 + i, return_index=True)[1]        # distinct pairs
@@ -222,9 +224,9 @@ def test_a_lineage_barrier_stages_refuse_is_shuffled_first(spark, caplog):
 
 @pytest.mark.parametrize("kind", ["explicit", "implicit"])
 def test_ratings_the_driver_holds_fit_as_the_dataframe_does(spark, kind):
-    """blocks.Triples: an RDD stage fed by the driver gives the DataFrame stage's factors, losses and
+    """ready.Triples: an RDD stage fed by the driver gives the DataFrame stage's factors, losses and
     top lists; a killed task is replaced there too (the driver sends the pieces again)."""
-    from mf_spark.blocks import Triples
+    from mf_spark.data.ready import Triples
     u, i, r, _ = planted(n_users=70, n_items=45, rank=4, density=0.5, seed=9)
     if kind == "implicit":
         r = np.abs(r).astype(np.float32) + 1
@@ -247,4 +249,4 @@ def test_ratings_the_driver_holds_fit_as_the_dataframe_does(spark, kind):
     np.testing.assert_allclose(got.losses, want.losses, rtol=1e-6)
     assert np.array_equal(got.top.items, want.top.items)
     assert 0 < got.startup_seconds < got.fit_seconds
-    assert als.train_stats(held).n == u.size
+    assert ready.train_stats(held).n == u.size

@@ -1,4 +1,4 @@
-"""MLflow tracking (mf_spark.tracking): a train run logged to a local file store, a missing mlflow
+"""MLflow tracking (mf_spark.run.tracking): a train run logged to a local file store, a missing mlflow
 refused before anything runs, and a tracking server that fails leaves the published run alone."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 
 from conftest import planted
 from jobs import train as train_job
-from mf_spark import config, tracking
-from mf_spark.errors import ConfigError
+from mf_spark.core import config
+from mf_spark.run import tracking
+from mf_spark.core.errors import ConfigError
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is in the test extras; not installed here")
 

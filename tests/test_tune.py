@@ -1,4 +1,4 @@
-"""The tuning search (mf_spark.tune) and jobs/tune.py: spaces, draws, halving, early stopping, the
+"""The tuning search (mf_spark.run.tune) and jobs/tune.py: spaces, draws, halving, early stopping, the
 refit's outputs, and that the test split never takes part in the choice."""
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import pytest
 from conftest import planted
 from jobs import train as train_job
 from jobs import tune as tune_job
-from mf_spark import als, config, prepare, tune
-from mf_spark.errors import ConfigError, InputError
+from mf_spark.als import loop as als
+from mf_spark.core import config
+from mf_spark.data import prepare
+from mf_spark.run import tune
+from mf_spark.core.errors import ConfigError, InputError
 
 
 def _run(*sets: str) -> config.RunConfig:

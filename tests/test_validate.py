@@ -6,9 +6,10 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from mf_spark import read, validate
-from mf_spark.config import DataConfig
-from mf_spark.errors import ConfigError, InputError
+from mf_spark.data import read
+from mf_spark.data import validate
+from mf_spark.core.config import DataConfig
+from mf_spark.core.errors import ConfigError, InputError
 
 LENIENT = DataConfig(max_bad_fraction=1.0)
 CLEAN = "user {u}, item {i}, rating double, timestamp long"

@@ -9,10 +9,12 @@ import pytest
 
 from conftest import planted
 from jobs import train as train_job
-from mf_spark import als, load_model
-from mf_spark.config import ModelConfig
-from mf_spark.errors import InputError
-from mf_spark.index import IdMap
+from mf_spark import load_model
+from mf_spark.als import loop as als
+from mf_spark.model import warm
+from mf_spark.core.config import ModelConfig
+from mf_spark.core.errors import InputError
+from mf_spark.data.index import IdMap
 
 pytestmark = pytest.mark.slow
 
@@ -53,20 +55,20 @@ def test_a_warm_start_begins_where_the_saved_model_ended(days):
 def test_warm_factors_match_ids_and_seed_new_ones():
     cfg = ModelConfig(rank=2, seed=3, biases=True)
     old = als.seeded_factors(cfg, 3, 2)
-    from mf_spark.model import FactorModel
-    from mf_spark.types import Factors
+    from mf_spark.model.factors import FactorModel
+    from mf_spark.core.types import Factors
     prev = FactorModel("explicit", Factors(old.X + 5, old.Y + 7, np.array([1, 2, 3], np.float32),
                                            np.array([4, 5], np.float32), 3.0),
                        IdMap(pa.array(["a", "b", "c"]), "users"), IdMap(pa.array([10, 20], pa.int64()), "items"), 3.0, None)
     users, items = IdMap(pa.array(["b", "c", "new"]), "users"), IdMap(pa.array([5, 20], pa.int64()), "items")
-    start = als.warm_factors(prev, users, items, cfg)
+    start = warm.warm_factors(prev, users, items, cfg)
     seeded = als.seeded_factors(cfg, 3, 2)
     np.testing.assert_array_equal(start.X, np.stack([old.X[1] + 5, old.X[2] + 5, seeded.X[2]]))
     np.testing.assert_array_equal(start.Y, np.stack([seeded.Y[0], old.Y[1] + 7]))
     np.testing.assert_array_equal(start.user_bias, [2, 3, 0])
     np.testing.assert_array_equal(start.item_bias, [0, 5])
     with pytest.raises(InputError, match="the model's rank is 2, this run's model.rank is 3"):
-        als.warm_factors(prev, users, items, ModelConfig(rank=3))
+        warm.warm_factors(prev, users, items, ModelConfig(rank=3))
 
 
 def test_a_changed_rank_is_refused_before_the_input_is_read(days, tmp_path, capsys):

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 
-from mf_spark.types import Factors
-from mf_spark.errors import InputError
-from mf_spark.index import IdMap
-from mf_spark.model import FactorModel, load_model
-from mf_spark.errors import FAIL_AT_ENV, InjectedFault
-from mf_spark.write import check_output, publish
+from mf_spark.core.types import Factors
+from mf_spark.core.errors import InputError
+from mf_spark.data.index import IdMap
+from mf_spark.model.factors import FactorModel, load_model
+from mf_spark.core.errors import FAIL_AT_ENV, InjectedFault
+from mf_spark.run.write import check_output, publish
 
 STAGES = ["model", "recommendations", "rejected", "metrics", "swap"]
 RECS_DDL = "user string, rank int, item bigint, score float"

@@ -1,0 +1,132 @@
+"""Day biases: after a fit, one offset per (user, day) from the residuals of the user's ratings that day.
+
+    b_ud = sum of (r - mu - b_u - b_i - x_u.y_i) over the user's training ratings on day d
+           / (their count + model.day_bias_reg)
+
+the ridge solution of one coordinate per (user, day) with the factors held fixed (types.DayBiases
+scores them). It is one step after the alternating fit, not a part of it: fitted alongside the
+factors, the offsets take over some of what the user biases and factors would learn and the
+held-out error comes out higher. An offset is the same for every item, so it moves a user's
+predictions on that day but never the order of the user's recommendations.
+
+`DayFitter(train, day_length)` groups the training ratings by (user, day) once; each `fit` of
+factors, for one or several day_bias_reg values, is one pass over the ratings (tune fits every
+trial's factors after every iteration). Ratings without a timestamp take no part.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from mf_spark.data.ready import Triples
+from mf_spark.kernels import compiled
+from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
+
+log = logging.getLogger("mf_spark")
+_DAY, _RESIDUAL = "_day", "_residual"
+
+
+def residuals(f: Factors, u: np.ndarray, i: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """r - (mu + b_u + b_i + x_u.y_i), unclipped, for known (u, i) pairs (float64)."""
+    return r - compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, u, i, f.mu, f.mu, None)
+
+
+def _pairs(day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarray,
+           counts: np.ndarray) -> tuple[DayBiases, np.ndarray, np.ndarray]:
+    """(user, day) pairs in any order as DayBiases (zero offsets), with their sums and counts in its order."""
+    order = np.lexsort((days, users))
+    pairs = DayBiases(day_length, users[order].astype(np.int32), days[order].astype(np.int64),
+                      np.zeros(order.size, np.float32))
+    return pairs, sums[order], counts[order]
+
+
+ROW_BYTES = 24        # a timestamped rating in driver arrays: user, item (int32), rating, timestamp (64-bit)
+
+
+def on_driver(train: DataFrame | Triples, n_rows: int, max_bytes: float) -> DataFrame | Triples:
+    """`train`'s (`n_rows` ratings) timestamped ones as driver arrays when Spark holds them and they
+    take at most `max_bytes` there (for a fitter called many times: each call is then no Spark job),
+    else `train` as it is. Performance note: at most one collect."""
+    if isinstance(train, Triples) or TIMESTAMP not in train.columns or n_rows * ROW_BYTES > max_bytes:
+        return train
+    timed = train.where(F.col(TIMESTAMP).isNotNull()).select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
+    t = timed.toArrow()
+    return Triples(train.sparkSession, t.column(USER_IDX).to_numpy().astype(np.int32),
+                   t.column(ITEM_IDX).to_numpy().astype(np.int32), t.column(RATING).to_numpy().astype(np.float64),
+                   t.column(TIMESTAMP).to_numpy().astype(np.int64))
+
+
+class DayFitter:
+    """Fits DayBiases to training ratings for any factors: on the driver for ratings it holds
+    (ready.Triples), else one Spark job per call (`spark_free` says which)."""
+
+    def __init__(self, train: DataFrame | Triples, day_length: int):
+        self.day_length = int(day_length)
+        self.spark_free = isinstance(train, Triples)
+        self.warned = False
+        if not self.spark_free:
+            self.train = train.where(F.col(TIMESTAMP).isNotNull()) if TIMESTAMP in train.columns else None
+            return
+        ts = train.t if train.t is not None else np.full(train.r.size, NO_TIME, np.int64)
+        keep = np.flatnonzero(ts != NO_TIME)
+        self.u, self.i, self.r = train.u[keep], train.i[keep], train.r[keep]
+        day = ts[keep] // self.day_length
+        pairs = np.stack([self.u.astype(np.int64), day])
+        groups, self.group = np.unique(pairs, axis=1, return_inverse=True) if keep.size else \
+            (np.zeros((2, 0), np.int64), np.zeros(0, np.int64))      # groups sorted by (user, day)
+        self.group = self.group.ravel()
+        self.counts = np.bincount(self.group, minlength=groups.shape[1]).astype(np.float64)
+        self.pairs = DayBiases(self.day_length, groups[0].astype(np.int32), groups[1],
+                               np.zeros(groups.shape[1], np.float32))
+
+    def __call__(self, factors: Factors, reg: float) -> DayBiases | None:
+        """The day biases of `factors` with lambda `reg`; None for reg 0 (day biases off)."""
+        return self.fit(factors, [reg])[0]
+
+    def fit(self, factors: Factors, regs: list[float]) -> list[DayBiases | None]:
+        """The day biases of `factors` for each lambda of `regs` (None for 0), from one pass."""
+        if all(reg <= 0 for reg in regs):
+            return [None] * len(regs)
+        if self.spark_free:
+            sums = np.bincount(self.group, residuals(factors, self.u, self.i, self.r), minlength=self.counts.size)
+            pairs, counts = self.pairs, self.counts
+        else:
+            pairs, sums, counts = self._on_spark(factors)
+        if not pairs.size and not self.warned:
+            self.warned = True
+            log.warning("day biases asked for (model.day_bias_reg > 0, or listed in tune.space), but no training "
+                        "rating has a timestamp (data.timestamp_col): there are none to fit")
+        return [pairs.with_bias(sums / (counts + reg)) if reg > 0 else None for reg in regs]
+
+    def _on_spark(self, factors: Factors) -> tuple[DayBiases, np.ndarray, np.ndarray]:
+        """The (user, day) pairs, their residuals' sums and counts. Performance note: one broadcast
+        of the factors, one narrow pass over the ratings and an aggregate by (user, day), whose rows
+        (one per user and day) come to the driver."""
+        if self.train is None:
+            return _pairs(self.day_length, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+        sc = self.train.sparkSession.sparkContext
+        bc = sc.broadcast(factors)
+        length = self.day_length
+
+        def body(batches):
+            f = bc.value
+            for b in batches:
+                t = pa.Table.from_batches([b])
+                res = residuals(f, t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy(),
+                                t.column(RATING).to_numpy().astype(np.float64))
+                day = t.column(TIMESTAMP).to_numpy() // length
+                yield pa.record_batch([t.column(USER_IDX).combine_chunks(), pa.array(day, pa.int64()),
+                                       pa.array(res, pa.float64())], [USER_IDX, _DAY, _RESIDUAL])
+        try:
+            rows = (self.train.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
+                    .mapInArrow(body, f"{USER_IDX} int, {_DAY} long, {_RESIDUAL} double")
+                    .groupBy(USER_IDX, _DAY).agg(F.sum(_RESIDUAL).alias("s"), F.count(F.lit(1)).alias("n"))
+                    .toArrow())
+        finally:
+            bc.unpersist(blocking=False)
+        col = lambda name: rows.column(name).to_numpy()  # noqa: E731
+        return _pairs(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64))

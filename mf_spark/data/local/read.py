@@ -1,0 +1,221 @@
+"""The input files straight into one Arrow table on the driver, exactly as `read.ratings` reads them.
+
+Output columns, as `read.ratings` (the raw rows validation takes):
+    user, item, rating, timestamp   text formats: strings, as Spark's readers give them (null where
+                                    Spark's CSV reader gives null); Parquet: native types, timestamps
+                                    as epoch seconds
+    _source                         the file's URI;  _row  int64, the row's position in read order
+
+Strict: whatever this reader could read differently from Spark's (a row with another number of fields,
+quotes or escapes in a value, invalid UTF-8, a whitespace-separated file, partition folders, files
+whose schemas differ, a column type validation would treat as text) raises `Unreadable`, and the
+caller reads the input with Spark instead, which reports every such row as Spark always has. So the
+rows, and every row's values, are those `read.ratings` gives.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from mf_spark.data import read
+from mf_spark.core.config import DataConfig
+from mf_spark.core.types import ITEM, RATING, ROW, SOURCE, TIMESTAMP, USER
+
+COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
+_ID_TYPES = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string)
+_BLOCK = 64 << 20      # bytes of a file pyarrow parses at a time
+
+
+class Unreadable(Exception):
+    """Why the driver cannot read this input exactly as Spark would (Spark reads it then)."""
+
+
+def files_of(path: str) -> list[str]:
+    """The data files of a local path (a file, or a folder as Spark lists it); Unreadable when the
+    path is not on the local file system."""
+    if not read.is_local(path):
+        raise Unreadable(f"{path} is not on the driver's file system")
+    local = read.local_path(path)
+    names = read.data_files(local) if os.path.isdir(local) else [local]
+    if any("=" in part for n in names for part in Path(os.path.relpath(n, local)).parts[:-1]):
+        raise Unreadable("partition folders (key=value) add columns only Spark's reader knows")
+    return names
+
+
+def input_bytes(path: str) -> int:
+    return sum(os.path.getsize(n) for n in files_of(path))
+
+
+def table(path: str, fmt: str, cfg: DataConfig) -> pa.Table:
+    """Raw ratings of `path` (see the module docstring). `fmt` as for `read.ratings`.
+
+    Raises Unreadable (with the reason) for anything Spark's reader should read instead, including
+    every input `read.ratings` would reject: its InputError then comes from there, word for word.
+    """
+    names = files_of(path)
+    try:
+        peek = read.peek_input(path)
+        fmt = read.detect(peek, path) if fmt == "auto" else fmt
+    except Exception as e:  # noqa: BLE001 - read.ratings raises the same error, with Spark's reading
+        raise Unreadable(str(e)) from None
+    if fmt == "parquet" and peek.parquet:
+        return _parquet(names, cfg, peek.first_file)
+    if fmt in ("csv", "tsv", "movielens") and not peek.parquet and len(peek.lines) == 2:
+        return _text(names, fmt, peek.lines, cfg, peek.first_file)
+    raise Unreadable(f"format {fmt} of {path} is read by Spark")
+
+
+def _uri(name: str) -> str:
+    """The file's URI as Spark's _metadata.file_path gives it: file:/a/b%20c.csv (non-ASCII kept)."""
+    return "file:" + "".join(c if ord(c) > 127 else quote(c, safe="/:@!$&'()*+,;=-._~")
+                             for c in str(Path(name).absolute()))
+
+
+def _with_meta(parts: list[tuple[str, pa.Table]]) -> pa.Table:
+    """The files' rows in order, with _source (dictionary-encoded: one string per file) and _row."""
+    tables, start = [], 0
+    for name, t in parts:
+        n = t.num_rows
+        source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([_uri(name)]))
+        tables.append(t.append_column(SOURCE, source)
+                      .append_column(ROW, pa.array(np.arange(start, start + n, dtype=np.int64))))
+        start += n
+    try:
+        return pa.concat_tables(tables)
+    except pa.ArrowInvalid as e:
+        raise Unreadable(f"the files' columns differ: {e}") from None
+
+
+# ---- Parquet -----------------------------------------------------------------------------------------
+def _parquet_column(t: pa.Table, key: str, name: str | None, source: str) -> pa.Array:
+    if name is None:
+        return pa.nulls(t.num_rows, pa.int64())
+    col = t.column(name).combine_chunks()
+    kind = col.type
+    if key in (USER, ITEM):
+        if not any(f(kind) for f in _ID_TYPES) or pa.types.is_uint64(kind):
+            raise Unreadable(f"{source}: {key} column {name!r} of type {kind}")
+        return col.cast(pa.int64()) if pa.types.is_integer(kind) else col.cast(pa.string())
+    if key == RATING:
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)) \
+                or pa.types.is_uint64(kind):
+            raise Unreadable(f"{source}: rating column {name!r} of type {kind}")
+        return col
+    if pa.types.is_integer(kind) and not pa.types.is_uint64(kind):
+        return col.cast(pa.int64())
+    if pa.types.is_timestamp(kind) and kind.tz is not None:      # Spark's TimestampType: unix_seconds
+        micros = col.cast(pa.timestamp("us", tz=kind.tz)).cast(pa.int64())
+        seconds = np.floor_divide(micros.to_numpy(zero_copy_only=False), 1_000_000)
+        return pa.array(seconds, pa.int64(), mask=micros.is_null().to_numpy(zero_copy_only=False))
+    raise Unreadable(f"{source}: timestamp column {name!r} of type {kind}")
+
+
+def _parquet(names: list[str], cfg: DataConfig, source: str) -> pa.Table:
+    parts = []
+    schema = None
+    for name in names:
+        try:
+            f = pq.ParquetFile(name)
+        except (OSError, ValueError) as e:
+            raise Unreadable(f"{name}: {e}") from None
+        if schema is None:
+            schema = f.schema_arrow
+            cols = [f.name for f in schema]
+            if len(set(c.lower() for c in cols)) != len(cols):
+                raise Unreadable(f"{source}: column names that differ only in case")
+            try:
+                pos = read.choose_columns(cols, cfg, True, source)
+            except Exception as e:  # noqa: BLE001 - Spark's reader raises it
+                raise Unreadable(str(e)) from None
+            chosen = [None if p is None else cols[p] for p in pos.values()]
+        elif not f.schema_arrow.equals(schema):
+            raise Unreadable(f"{name}: its schema differs from {names[0]}'s")
+        t = f.read(columns=sorted({c for c in chosen if c is not None}))
+        parts.append((name, pa.table({key: _parquet_column(t, key, c, name)
+                                      for key, c in zip(COLUMNS, chosen)})))
+    return _with_meta(parts)
+
+
+# ---- CSV, TSV, MovieLens ::  -------------------------------------------------------------------------
+def _text(names: list[str], fmt: str, lines: tuple[str, ...], cfg: DataConfig, source: str) -> pa.Table:
+    first_line = lines[0]
+    if fmt == "csv":
+        fields = next(csv.reader([first_line]))
+        sep, quoted = ",", True
+    elif fmt == "movielens":
+        fields, sep, quoted = first_line.split("::"), ":", False
+    elif "\t" in first_line:
+        fields, sep, quoted = first_line.split("\t"), "\t", False
+    else:
+        raise Unreadable("whitespace-separated fields are split by Spark")
+    if len(fields) < 2:
+        raise Unreadable(f"{source}: one field per line")
+    header = read.looks_like_header(fields)
+    try:
+        pos = read.choose_columns(fields, cfg, header, source)
+    except Exception as e:  # noqa: BLE001 - Spark's reader raises it
+        raise Unreadable(str(e)) from None
+    width = len(fields) * 2 - 1 if fmt == "movielens" else len(fields)
+    parts = []
+    for name in names:
+        t = _read_text(name, sep, quoted, width, header, first_line)
+        if fmt == "movielens":    # "a::b" read with ":" is a, "", b: the odd fields must be empty
+            odd = [t.column(j) for j in range(1, width, 2)]
+            if any(c.null_count != len(c) and pc.any(pc.not_equal(c, "")).as_py() for c in odd):
+                raise Unreadable(f"{name}: a value holds ':'")
+            t = t.select(list(range(0, width, 2)))
+        at = pos[RATING]
+        if header and not quoted and pc.any(pc.equal(t.column(at), fields[at])).as_py():
+            raise Unreadable(f"{name}: the header repeats inside the file (Spark's text reader drops it)")
+        parts.append((name, pa.table({key: _text_column(t, p, fmt, name) for key, p in zip(COLUMNS, pos.values())})))
+    return _with_meta(parts)
+
+
+def _read_text(name: str, sep: str, quoted: bool, width: int, header: bool, first_line: str) -> pa.Table:
+    with open(name, "rb") as fh:
+        if fh.read(3) == b"\xef\xbb\xbf" and not header and sep == ",":
+            raise Unreadable(f"{name}: a byte order mark before the first row")
+    if header:
+        with read._open_text(name) as fh:
+            own = next((line.rstrip("\r\n") for line in fh if line.strip()), None)
+        if own != first_line:      # Spark drops each file's header: a file without one differs
+            raise Unreadable(f"{name}: its first line is not the header {first_line!r}")
+    try:
+        t = pcsv.read_csv(
+            name,
+            read_options=pcsv.ReadOptions(skip_rows=1 if header else 0, autogenerate_column_names=True,
+                                          block_size=_BLOCK),
+            parse_options=pcsv.ParseOptions(delimiter=sep, quote_char='"' if quoted else False,
+                                            double_quote=quoted, escape_char=False, newlines_in_values=False),
+            convert_options=pcsv.ConvertOptions(column_types={f"f{j}": pa.string() for j in range(width)},
+                                                strings_can_be_null=quoted, quoted_strings_can_be_null=quoted,
+                                                null_values=[""]))
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        raise Unreadable(f"{name}: {e}") from None
+    if t.num_columns != width:
+        raise Unreadable(f"{name}: {t.num_columns} fields per row, expected {width}")
+    if quoted:    # Spark's CSV reader escapes with a backslash: any quote or backslash left differs
+        for j in range(width):
+            col = t.column(j)
+            if pc.any(pc.match_substring_regex(col, r'["\\]')).as_py():
+                raise Unreadable(f"{name}: quotes or backslashes in values")
+    return t
+
+
+def _text_column(t: pa.Table, p: int | None, fmt: str, name: str) -> pa.Array:
+    if p is None:
+        return pa.nulls(t.num_rows, pa.string())
+    col = t.column(p).combine_chunks()
+    if fmt == "csv" and pc.any(pc.starts_with(col, "\ufeff")).as_py():
+        raise Unreadable(f"{name}: a byte order mark inside the file")
+    if fmt != "csv" and p == 0:  # Spark's text path strips a byte order mark off each line
+        col = pc.replace_substring_regex(col, "^\ufeff", "")
+    return col

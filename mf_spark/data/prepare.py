@@ -1,0 +1,345 @@
+"""Read -> validate -> split -> index: what a fit and its evaluation start from, by either front end.
+
+    front = prepare.front_end(spark, run_config, input=..., train=..., test=..., fmt=...)
+    loaded = front.load()            # read and validate (counts, rejected rows); InputError on bad input
+    ready = front.split_index()      # split, ID maps, training triples, held-out rows, statistics
+    outer, inner = front.tuning_split(validation)   # the same, and the training part split again
+
+Two front ends give the same `Ready` (tests/test_prepare.py holds them to it):
+    driver  mf_spark.data.local: Arrow and numpy in the driver process, no Spark job; the training ratings
+            stay driver arrays (ready.Triples) that the resident stage takes directly
+    spark   mf_spark.data.read / validate / split / index: Spark jobs, the training ratings a cached DataFrame
+data.front_end = "auto" takes the driver under a local master (its tasks run on this machine anyway)
+for local inputs up to data.front_end_max_mb, and Spark otherwise: on a cluster the executors read,
+and the driver may have little memory. An input the driver cannot read exactly as Spark would
+(local.read.Unreadable: odd quoting, values only Spark's parser can judge, ...) goes to Spark, logged.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from mf_spark.data import index
+from mf_spark.data import read
+from mf_spark.data import split
+from mf_spark.data import validate
+from mf_spark.data.ready import TrainStats, train_stats
+from mf_spark.data.ready import Triples
+from mf_spark.core.config import DataConfig, RunConfig, SplitConfig
+from mf_spark.data.ready import HeldOut, collect_heldout, heldout_of, timestamps
+from mf_spark.data.index import IdMap
+from mf_spark.data.local import read as local_read
+from mf_spark.data.local import split as local_split
+from mf_spark.data.local import validate as local_validate
+from mf_spark.data.validate import exact_column
+from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
+
+log = logging.getLogger("mf_spark")
+
+
+@dataclass
+class Loaded:
+    counts: dict[str, int]          # validate.Cleaned.counts
+    rejected: DataFrame | pa.Table | None   # the rejected rows with their reasons, when there are any
+
+
+@dataclass
+class Ready:
+    users: IdMap
+    items: IdMap
+    train: DataFrame | Triples      # user_idx, item_idx, rating
+    heldout: HeldOut
+    stats: TrainStats
+    front: str                      # "driver" | "spark"
+    _release: list = field(default_factory=list)
+
+    def release(self) -> None:
+        """Drop what the front end cached (after the fit and the outputs that read `train`)."""
+        for drop in self._release:
+            drop()
+        self._release.clear()
+
+
+@dataclass
+class _Source:
+    input: str | None
+    train: str | None
+    test: str | None
+    fmt: str
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.train, self.test] if self.train else [self.input]
+
+
+# Nothing held out: a training set used whole (a DataFrame given to mf_spark.ml.ALS.fit).
+NO_HELDOUT = HeldOut(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64))
+
+
+def spark_ready(train: DataFrame, test: DataFrame | None, release: list | tuple = ()) -> Ready:
+    """Ready from validated training (and held-out) ratings by Spark: ID maps, the encoded training
+    rows (cached), held-out rows, statistics. Performance note: one action for the ID maps, one
+    aggregate that materializes the cached encoded ratings (Ready.release drops them, and `release`)."""
+    enc = index.encode_split(train)
+    heldout = NO_HELDOUT if test is None else collect_heldout(test, enc.users, enc.items)
+    return Ready(enc.users, enc.items, enc.train_idx, heldout, train_stats(enc.train_idx), SparkFront.name,
+                 [enc.train_idx.unpersist, *release])
+
+
+def driver_ready(spark: SparkSession, train: pa.Table, test: pa.Table | None) -> Ready:
+    """The same from driver tables (local.validate's ratings): ID maps and index arrays in numpy, no
+    Spark job."""
+    users = index.sorted_map(pc.unique(train.column(USER)), USER)
+    items = index.sorted_map(pc.unique(train.column(ITEM)), ITEM)
+    triples = Triples(spark, users.index_of(train.column(USER)), items.index_of(train.column(ITEM)),
+                      train.column(RATING).to_numpy().astype(np.float64),
+                      timestamps(train.column(TIMESTAMP) if TIMESTAMP in train.column_names else None,
+                                      train.num_rows))
+    heldout = NO_HELDOUT if test is None else heldout_of(test, users, items)
+    return Ready(users, items, triples, heldout, train_stats(triples), DriverFront.name, [triples.unpersist])
+
+
+class SparkFront:
+    """The Spark stages (read.ratings, validate.clean, split.split, index.encode_split)."""
+    name = "spark"
+
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
+        self.spark, self.cfg, self.source = spark, cfg, source
+
+    def load(self) -> Loaded:
+        cfg, src = self.cfg, self.source
+        if not src.train:
+            raw = read.ratings(self.spark, src.input, src.fmt, cfg.data)
+        else:      # a given train/test pair is validated in one pass (types.PART)
+            raws = [read.ratings(self.spark, p, src.fmt, cfg.data) for p in src.paths]
+            differ = {c for c in raws[0].columns if raws[0].schema[c].dataType != raws[1].schema[c].dataType}
+            raws = [r.select(*[F.col(c).cast("string").alias(c) if c in differ else F.col(c) for c in r.columns])
+                    .withColumn(PART, F.lit(part)) for part, r in enumerate(raws)]
+            raw = raws[0].unionByName(raws[1])
+        self.cleaned = validate.clean(raw, cfg.data, cfg.model.kind)
+        counts = dict(self.cleaned.counts)
+        return Loaded(counts, self.cleaned.rejected if counts["n_rejected"] else None)
+
+    def _halves(self) -> tuple[DataFrame, DataFrame]:
+        ratings = self.cleaned.ratings
+        if self.source.train:
+            return tuple(ratings.where(F.col(PART) == p).drop(PART) for p in (0, 1))
+        train, test = split.split(ratings, self.cfg.split)
+        if self.cfg.split.method != "random":    # a window by user: computed once, not per use
+            train = train.cache()
+        return train, test
+
+    def split_index(self) -> Ready:
+        train, test = self._halves()
+        ready = spark_ready(train, test, [train.unpersist])   # materializes train_idx: the cleaned rows can go
+        self.cleaned.release()
+        return ready
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        train, test = self._halves()
+        fit, held = split.split(train, validation)
+        if validation.method != "random":
+            fit = fit.cache()
+        inner = spark_ready(fit, held, [fit.unpersist])
+        outer = spark_ready(train, test, [train.unpersist])
+        self.cleaned.release()
+        return outer, inner
+
+
+class DriverFront:
+    """The same stages in the driver process (mf_spark.data.local); `load` raises local.read.Unreadable
+    when the input is one for Spark."""
+    name = "driver"
+
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
+        self.spark, self.cfg, self.source = spark, cfg, source
+
+    def load(self) -> Loaded:
+        cfg, src = self.cfg, self.source
+        tables = [local_read.table(p, src.fmt, cfg.data) for p in src.paths]
+        if src.train:
+            differ = {c for c in tables[0].column_names if tables[0].schema.field(c).type != tables[1].schema.field(c).type}
+            tables = [pa.table({c: local_validate.as_text(t.column(c)) if c in differ else t.column(c)
+                                for c in t.column_names}).append_column(PART, pa.array(np.full(t.num_rows, part, np.int32)))
+                      for part, t in enumerate(tables)]
+        raw = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        self.clean = local_validate.clean(raw, cfg.data, cfg.model.kind)
+        return Loaded(dict(self.clean.counts), self.clean.rejected if self.clean.counts["n_rejected"] else None)
+
+    def _halves(self) -> tuple[pa.Table, pa.Table]:
+        ratings = self.clean.ratings
+        if self.source.train:
+            part = ratings.column(PART).to_numpy()
+            is_test = part == 1
+            ratings = ratings.drop_columns([PART])
+        else:
+            is_test = local_split.test_mask(ratings, self.cfg.split)
+        self.clean = None
+        return ratings.filter(pa.array(~is_test)), ratings.filter(pa.array(is_test))
+
+    def split_index(self) -> Ready:
+        return driver_ready(self.spark, *self._halves())
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        train, test = self._halves()
+        held = pa.array(local_split.test_mask(train, validation))
+        inner = driver_ready(self.spark, train.filter(pc.invert(held)), train.filter(held))
+        return driver_ready(self.spark, train, test), inner
+
+
+class _Chosen:
+    """The driver front end when it can read the input, else Spark's (decided in `load`)."""
+
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source, driver_first: bool):
+        self.spark, self.cfg, self.source, self.driver_first = spark, cfg, source, driver_first
+        self.front: DriverFront | SparkFront | None = None
+
+    @property
+    def name(self) -> str:
+        return self.front.name if self.front else "?"
+
+    @property
+    def on_driver(self) -> bool:
+        """Whether the training ratings will most likely stay driver arrays (decided in `load`)."""
+        return self.driver_first if self.front is None else isinstance(self.front, DriverFront)
+
+    def load(self) -> Loaded:
+        if self.driver_first:
+            front = DriverFront(self.spark, self.cfg, self.source)
+            try:
+                loaded = front.load()
+                self.front = front
+                return loaded
+            except local_read.Unreadable as e:
+                log.info("reading the input with Spark: the driver cannot read it as Spark would (%s)", e)
+        self.front = SparkFront(self.spark, self.cfg, self.source)
+        return self.front.load()
+
+    def split_index(self) -> Ready:
+        return self.front.split_index()
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        """(train vs test, as split_index gives it; and the training ratings split again by
+        `validation`: the fit part vs the validation part), for a tuning search that never reads
+        the test set."""
+        return self.front.tuning_split(validation)
+
+
+def front_end(spark: SparkSession, cfg: RunConfig, input: str | None = None, train: str | None = None,
+              test: str | None = None, fmt: str = "auto") -> _Chosen:
+    """The front end for this input under data.front_end (see the module docstring)."""
+    source = _Source(input, train, test, fmt)
+    want = cfg.data.front_end
+    driver = want == "driver"
+    if want == "auto" and spark.sparkContext.master.startswith("local"):
+        try:
+            size = sum(local_read.input_bytes(p) for p in source.paths)
+            driver = size <= cfg.data.front_end_max_mb * 2**20
+            if not driver:
+                log.info("reading the input with Spark: %.0f MB > data.front_end_max_mb", size / 2**20)
+        except (local_read.Unreadable, OSError):
+            driver = False
+    return _Chosen(spark, cfg, source, driver)
+
+
+# ---- a DataFrame instead of files (mf_spark.ml.ALS.fit): validate -> index, nothing held out ------------
+FRAME_SOURCE = "the DataFrame given to ALS.fit"   # names the input in validation errors
+
+
+def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, timestamp_col: str = "") -> DataFrame:
+    """`df`'s rows in read.ratings' raw layout (user, item, rating, timestamp, _source, _row), so that
+    validate.clean treats it as the train job treats a file; ratingCol "" gives every row 1.0, and
+    timestamp_col "" none a timestamp (a timestamp type counts in seconds). IDs
+    that are neither integers nor strings (a StringIndexer's doubles) are passed as their text, which
+    is how validate reads them anyway, and which either front end takes."""
+    def ids(col: str) -> Column:
+        own = isinstance(df.schema[col].dataType, (T.IntegralType, T.StringType))
+        return exact_column(col) if own else exact_column(col).cast("string")
+    rating = exact_column(rating_col) if rating_col else F.lit(1.0)
+    if not timestamp_col:
+        ts = F.lit(None).cast("long")
+    elif isinstance(df.schema[timestamp_col].dataType, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+        ts = exact_column(timestamp_col).cast("timestamp").cast("long")
+    else:
+        ts = exact_column(timestamp_col)
+    return df.select(ids(user_col).alias(USER), ids(item_col).alias(ITEM), rating.alias(RATING),
+                     ts.alias(TIMESTAMP), F.lit(FRAME_SOURCE).alias(SOURCE),
+                     F.monotonically_increasing_id().alias(ROW))
+
+
+# Spark's size for a plan it cannot measure (a Python RDD's) is Long.MaxValue, scaled by projections
+# and unions: no real estimate comes near an exabyte.
+UNKNOWN_SIZE = 2**60
+RAW_ROW_BYTES = 64      # a raw row in Arrow: IDs, rating, timestamp, _row, and the _source text
+
+
+def _size_estimate(df: DataFrame) -> int | None:
+    """Spark's estimate of `df`'s size in bytes (the one it plans broadcast joins with), or None
+    where the API is missing (Spark Connect)."""
+    try:
+        return int(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
+    except Exception:  # noqa: BLE001 - an internal API
+        return None
+
+
+def _driver_table(raw: DataFrame, cfg: DataConfig) -> pa.Table | None:
+    """`raw` collected for the driver front end, or None when Spark's front end is to validate it
+    (data.front_end). 'auto' takes the driver under a local master for a frame of at most
+    data.front_end_max_mb, the train job's rule for local files (its tasks run on this machine anyway,
+    and the Spark stages' dozen jobs cost more than such data): by Spark's estimate, or where Spark
+    has none, by collecting at most that many bytes' rows. Ratings of other types than numbers or
+    text are Spark's (local.read hands the driver front end no others).
+
+    Performance note: one collect (a limited one for a frame of unknown size), none for Spark's."""
+    if cfg.front_end == "spark" or not isinstance(raw.schema[RATING].dataType, (T.NumericType, T.StringType)):
+        return None
+    if cfg.front_end == "driver":
+        return raw.toArrow()
+    if not raw.sparkSession.sparkContext.master.startswith("local"):
+        return None
+    budget = int(cfg.front_end_max_mb * 2**20)
+    size = _size_estimate(raw)
+    if size is None or budget < size < UNKNOWN_SIZE:
+        return None
+    if size <= budget:
+        return raw.toArrow()
+    rows = budget // RAW_ROW_BYTES
+    table = raw.limit(rows + 1).toArrow()
+    return table if table.num_rows <= rows else None
+
+
+def frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool = False) -> tuple[Ready, DataFrame | None]:
+    """The training ratings of `raw` (raw_frame's layout) validated, de-duplicated and indexed as the
+    train job does it: by the driver front end when _driver_table collects it (else, or when the driver
+    cannot parse a value as Spark would, by Spark's); and with `keep_pairs` their user, item pairs
+    (original IDs), for excludeSeen. Performance note: driver: one collect; Spark: validate.clean's
+    shuffle and count, then spark_ready's two actions (and one to cache the pairs)."""
+    spark = raw.sparkSession
+    table = _driver_table(raw, run.data)
+    if table is not None:
+        try:
+            clean = local_validate.clean(table, run.data, run.model.kind)
+        except local_read.Unreadable as e:
+            log.info("validating the DataFrame with Spark: the driver cannot read it as Spark would (%s)", e)
+        else:
+            pairs = spark.createDataFrame(clean.ratings.select([USER, ITEM])) if keep_pairs else None
+            return driver_ready(spark, clean.ratings, None), pairs
+    cleaned = validate.clean(raw, run.data, run.model.kind)
+    pairs = None
+    try:
+        if keep_pairs:     # cached before the validation cache they read goes
+            pairs = cleaned.ratings.select(USER, ITEM).cache()
+            pairs.count()
+        ready = spark_ready(cleaned.ratings, None)
+    finally:
+        cleaned.release()
+    return ready, pairs
+
+

@@ -1,0 +1,110 @@
+"""What the data stage hands on: training ratings the driver holds (Triples), their statistics
+(TrainStats) and the held-out split as driver arrays (HeldOut). Both front ends (prepare) make them;
+the fit, the evaluation and the reports read them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from mf_spark.core.errors import InputError
+from mf_spark.core.types import ITEM, ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER, USER_IDX
+from mf_spark.data.index import IdMap
+
+
+def timestamps(column: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
+    """A timestamp column as int64 with NO_TIME for nulls (all NO_TIME without a column)."""
+    if column is None or pa.types.is_null(column.type):
+        return np.full(n, NO_TIME, np.int64)
+    return np.asarray(column.cast(pa.int64()).fill_null(NO_TIME).to_numpy(zero_copy_only=False), np.int64)
+
+
+@dataclass(eq=False)
+class Triples:
+    """Training ratings held by the driver (user_idx, item_idx, rating as arrays), as the driver's
+    front end (mf_spark.data.local) leaves them: the resident stage takes them from the driver, and
+    `to_df` gives the DataFrame the Spark stages take (made on first use, then cached)."""
+    spark: SparkSession
+    u: np.ndarray         # (n,) int32
+    i: np.ndarray         # (n,) int32
+    r: np.ndarray         # (n,) float64
+    t: np.ndarray | None = None   # (n,) int64 timestamps, types.NO_TIME where none (None: no timestamps)
+    _df: DataFrame | None = None
+
+    def to_df(self) -> DataFrame:
+        if self._df is None:
+            table = pa.table({USER_IDX: pa.array(self.u, pa.int32()), ITEM_IDX: pa.array(self.i, pa.int32()),
+                              RATING: pa.array(self.r, pa.float64())})
+            self._df = self.spark.createDataFrame(table).cache()
+        return self._df
+
+    def unpersist(self) -> None:
+        if self._df is not None:
+            self._df.unpersist()
+
+
+def session_of(ratings: "DataFrame | Triples") -> SparkSession:
+    return ratings.spark if isinstance(ratings, Triples) else ratings.sparkSession
+
+
+def as_df(ratings: "DataFrame | Triples") -> DataFrame:
+    return ratings.to_df() if isinstance(ratings, Triples) else ratings
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """Count, mean and range of the training ratings."""
+    n: int
+    mean: float
+    lo: float
+    hi: float
+
+
+def train_stats(train: DataFrame | Triples) -> TrainStats:
+    """Count, mean and range of the training ratings. Performance note: one aggregate job (none for
+    ratings the driver holds)."""
+    if isinstance(train, Triples):
+        if not train.r.size:
+            raise InputError("the training split is empty: nothing to fit")
+        r = train.r
+        return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()))
+    row = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"),
+                    F.min(RATING).alias("lo"), F.max(RATING).alias("hi")).first()
+    if not row["n"]:
+        raise InputError("the training split is empty: nothing to fit")
+    return TrainStats(int(row["n"]), float(row["mean"]), float(row["lo"]), float(row["hi"]))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The test split as driver arrays; -1 marks a user or item never seen in train (cold)."""
+    u: np.ndarray   # (m,) int32
+    i: np.ndarray   # (m,) int32
+    r: np.ndarray   # (m,) float64
+    t: np.ndarray | None = None   # (m,) int64 timestamps, types.NO_TIME where none (for day biases)
+
+    @property
+    def n(self) -> int:
+        return int(self.r.size)
+
+    @property
+    def n_cold(self) -> int:
+        return int(np.count_nonzero((self.u < 0) | (self.i < 0)))
+
+
+def collect_heldout(test: DataFrame, users: IdMap, items: IdMap) -> HeldOut:
+    """Test rows (user, item with their original IDs, rating) to driver arrays, the IDs looked up in
+    the training maps there (-1 = cold). Performance note: one collect through Arrow (the IDs and a
+    double per row), no join."""
+    cols = [USER, ITEM, F.col(RATING).cast("double").alias(RATING)] + ([TIMESTAMP] if TIMESTAMP in test.columns else [])
+    return heldout_of(test.select(*cols).toArrow(), users, items)
+
+
+def heldout_of(test: pa.Table, users: IdMap, items: IdMap) -> HeldOut:
+    """HeldOut of test rows the driver holds (columns user, item, rating[, timestamp])."""
+    ts = test.column(TIMESTAMP) if TIMESTAMP in test.column_names else None
+    return HeldOut(users.index_of(test.column(USER)), items.index_of(test.column(ITEM)),
+                   test.column(RATING).to_numpy().astype(np.float64), timestamps(ts, test.num_rows))

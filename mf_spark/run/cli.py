@@ -1,0 +1,137 @@
+"""Command-line parsing shared by the jobs. Errors raise UsageError/ConfigError (exit code 2)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from mf_spark.core import config
+from mf_spark.core.config import RunConfig
+from mf_spark.core.errors import MfSparkError, UsageError, exit_code
+
+FORMATS = ("auto", "csv", "tsv", "movielens", "parquet")
+DEMO_OUTPUT = "output"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # argparse would print usage and sys.exit(2) itself
+        raise UsageError(f"{message}\n{self.format_usage().strip()}")
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    input: str | None        # ratings to split (None with train/test, or for the demo)
+    format: str
+    train: str | None
+    test: str | None
+    output: str
+    resume: bool
+    run: RunConfig
+    demo: bool               # no input given: train on the sample bundled with pyspark
+    init_model: str | None = None   # warm start from this saved model's factors
+    include: str | None = None      # item-ID lists filtering the recommendations
+    exclude: str | None = None
+    item_col: str = "item"          # their column, when they are CSV or Parquet
+
+
+def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every job over ratings takes: the input (or a given split), the output, the config."""
+    p.add_argument("--input", help="ratings file or folder (CSV with header, TSV, MovieLens ::, Parquet)")
+    p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: auto)")
+    p.add_argument("--train", help="training split, used as it is (with --test, instead of --input)")
+    p.add_argument("--test", help="held-out split, used as it is (with --train)")
+    p.add_argument("--output", help="output folder (default for the demo: ./output)")
+    p.add_argument("--config", help="TOML config (default: conf/default.toml values)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, repeatable (e.g. --set model.rank=32)")
+    return p
+
+
+def check_inputs(a: argparse.Namespace) -> bool:
+    """UsageError for a wrong combination of --input / --train / --test / --output; True for the
+    demo (no input: the sample bundled with pyspark)."""
+    if a.input and (a.train or a.test):
+        raise UsageError("give either --input or --train with --test, not both")
+    if bool(a.train) != bool(a.test):
+        raise UsageError("--train and --test go together")
+    demo = not (a.input or a.train)
+    if not demo and not a.output:
+        raise UsageError("--output is required (only the demo, run without --input, has a default)")
+    return demo
+
+
+def filter_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The item-ID lists that filter the recommendations a training job writes."""
+    p.add_argument("--include", help="file of item IDs: only these may be recommended")
+    p.add_argument("--exclude", help="file of item IDs: these are never recommended")
+    p.add_argument("--item-col", default="item", help="item column of a CSV/Parquet --include/--exclude file")
+    return p
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = input_arguments(_Parser(prog="jobs/train.py",
+                                description="Train a matrix factorization model on user-item feedback."))
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
+    p.add_argument("--init-model", help="warm start: begin from this saved model's factors (same rank and kind)")
+    return filter_arguments(p)
+
+
+def parse_train(argv: list[str] | None) -> TrainArgs:
+    a = train_parser().parse_args(argv)
+    demo = check_inputs(a)
+    run = config.load(a.config, a.set)
+    return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo,
+                     a.init_model, a.include, a.exclude, a.item_col)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("mf_spark")
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a line is logged (a caller may have replaced it)."""
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The jobs' log lines on stderr, with a timestamp and level. Only the "mf_spark" logger gets a
+    handler: configuring the root logger would also print py4j's INFO lines, whose "Closing down
+    clientserver connection" at exit would then follow a failing job's error."""
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def guarded(what: str, body: Callable[[], int]) -> int:
+    """Run a job body and map failures to exit codes: 2 for bad arguments, config or input (one
+    line naming the problem), 1 for anything else (the traceback, then a line saying what failed).
+    The error is the last line the job prints: nothing of ours is logged after it, and py4j's own
+    log lines are not shown (setup_logging)."""
+    setup_logging()
+    try:
+        return body()
+    except MfSparkError as exc:
+        log.error("%s", exc)
+        return exit_code(exc)
+    except Exception as exc:
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+        log.error("%s failed: %s%s", what, type(exc).__name__, f": {first}" if first else "")
+        return 1
+    finally:
+        sys.stderr.flush()

@@ -1,0 +1,353 @@
+"""Hyperparameter search on a validation split carved out of the training ratings, never the test set.
+
+    fit part, validation part = the training ratings split again by the run's split rules
+    blocks of the fit part: built once (als.SharedBlocks); every trial's half-steps run on them
+    each trial: its settings fitted on the fit part, the validation metric after every iteration
+    best = the trial, and the iteration, with the best validation metric
+
+jobs/tune.py then refits the best settings (iterations = the best iteration) on all the training
+ratings and scores the test set.
+
+Searches (tune.method):
+    grid     every combination of the space's value lists
+    random   [model]'s own settings and tune.trials - 1 drawn from the space (seeded by tune.seed;
+             tune.trials 0: config.DEFAULT_TRIALS of the model kind)
+    halving  successive halving: those tune.trials settings run tune.min_iterations iterations; the
+             best 1/eta of them go on, from the factors they reached, to eta times as many, and so
+             on up to tune.max_iterations (ALS's state is its factors, so going on is the same fit
+             as running longer in one go)
+Every trial stops once its validation metric has not improved for tune.patience iterations, and a
+trial whose fit diverges is recorded with no metric. Settings applied after a fit (POST_FIT: the day
+biases' lambda) are not drawn: every trial scores each listed value on its own factors after every
+iteration and keeps the best.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mf_spark import evaluate
+from mf_spark.als import loop as als
+from mf_spark.als import days
+from mf_spark.core.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConfig
+from mf_spark.core.errors import ConfigError, FitDiverged, InputError
+from mf_spark.model.factors import Scorer
+from mf_spark.data.prepare import Ready
+from mf_spark.core.types import Factors
+
+log = logging.getLogger("mf_spark")
+
+# The space searched when [tune.space] is empty: wide enough for data sets of any shape, since the
+# best settings differ by data set (docs/performance.md, "Tuning"). Explicit: lambda on a log scale
+# together with the count exponent nu (the best lambda moves by decades with nu), and biases.
+# Implicit: iALS's ranges (Rendle et al. 2021): w0 well below 1, lambda on a log scale, and the
+# confidence's slope and form.
+DEFAULT_SPACES: dict[str, dict[str, Any]] = {
+    "explicit": {
+        "rank": [8, 16, 32, 64],
+        "reg": {"min": 0.01, "max": 10.0, "log": True},
+        "reg_exponent": [0.25, 0.5, 0.75, 1.0],
+        "biases": [True, False],
+        "bias_reg": {"min": 0.1, "max": 3.0, "log": True},
+        "day_bias_reg": [0.0, 3.0, 10.0, 30.0],
+    },
+    "implicit": {
+        "rank": [16, 32, 64],
+        "reg": {"min": 0.003, "max": 0.3, "log": True},
+        "reg_exponent": [0.5, 1.0],
+        "alpha": {"min": 0.1, "max": 10.0, "log": True},
+        "confidence": ["linear", "log"],
+        "unobserved_weight": {"min": 0.01, "max": 1.0, "log": True},
+    },
+}
+
+
+def space_of(run: RunConfig) -> dict[str, Any]:
+    """The searched space: [tune.space], else the model kind's default."""
+    return run.tune.space or DEFAULT_SPACES[run.model.kind]
+
+
+def validation_split(run: RunConfig) -> SplitConfig:
+    """How the validation part is carved from the training ratings: the run's split method, with
+    tune.validation_fraction and a seed of its own (another draw than the test split's)."""
+    return dataclasses.replace(run.split, test_fraction=run.tune.validation_fraction, seed=run.split.seed + 1)
+
+
+def _draw(choice: Any, rng: np.random.Generator) -> Any:
+    if isinstance(choice, list):
+        return choice[int(rng.integers(len(choice)))]
+    lo, hi = choice["min"], choice["max"]
+    x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if choice["log"] else rng.uniform(lo, hi)
+    return int(round(x)) if isinstance(lo, int) else float(f"{x:.4g}")
+
+
+# Settings applied after a fit, to its factors: a trial scores each of their listed values on its
+# own factors after every iteration and keeps the best (a draw of them would cost whole fits).
+POST_FIT = ("day_bias_reg",)
+
+
+def post_fit_values(run: RunConfig) -> dict[str, list[Any]]:
+    """The values of each post-fit setting in the space that every trial scores."""
+    space, out = space_of(run), {}
+    for key in (k for k in POST_FIT if k in space):
+        values = space[key]
+        if not isinstance(values, list):
+            raise ConfigError(f"config key tune.space.{key}: a list of values (each is scored on every trial's "
+                              f"factors after every iteration), got a range")
+        out[key] = values
+    return out
+
+
+def settings(run: RunConfig) -> list[dict[str, Any]]:
+    """The trials' settings (post-fit ones aside), in trial order: every combination (grid), or
+    [model]'s own settings then draws up to tune.trials (random, halving), the same for the same
+    tune.seed."""
+    space, tune = {k: v for k, v in space_of(run).items() if k not in POST_FIT}, run.tune
+    trials = tune.trials_for(run.model.kind)
+    if tune.method == "grid":
+        ranges = [k for k, v in space.items() if isinstance(v, dict)]
+        if ranges:
+            raise ConfigError(f"config key tune.method: 'grid' needs lists of values; tune.space has ranges "
+                              f"for {', '.join(ranges)} (use random or halving, or list the values)")
+        keys = list(space)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+    rng = np.random.default_rng(tune.seed)
+    # Trial 0 is the run's own [model] settings: the config as it is competes with the draws.
+    out: list[dict[str, Any]] = [{k: getattr(run.model, k) for k in space}]
+    seen: set[tuple] = {tuple(sorted(out[0].items()))}
+    for _ in range(trials * 20):            # distinct draws; a small discrete space runs out first
+        draw = {k: _draw(v, rng) for k, v in space.items()}
+        key = tuple(sorted(draw.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(draw)
+        if len(out) == trials:
+            break
+    return out
+
+
+class Validation:
+    """The validation metric of any factors: RMSE or MAE of the validation ratings (with the best of
+    the listed day biases), or a ranking metric at eval.k over (a sample of) the validation users,
+    their fit-part items excluded. Runs on the driver, no Spark job (the day biases of ratings Spark
+    holds too, when they fit data.front_end_max_mb; else a job per call)."""
+
+    def __init__(self, inner: Ready, run: RunConfig):
+        kind = run.model.kind
+        self.metric = run.tune.metric_for(kind)
+        self.lower_is_better = TUNE_METRICS[self.metric]
+        if inner.heldout.n == 0:
+            raise InputError("the validation part of the training ratings is empty: raise "
+                             "tune.validation_fraction or give more training ratings")
+        if self.lower_is_better and kind != "explicit":
+            raise InputError(f"tune.metric = {self.metric!r} scores predicted ratings: implicit models "
+                             f"are scored by ranking (ndcg_at_k, map_at_k, precision_at_k, recall_at_k)")
+        self.kind, self.heldout = kind, inner.heldout
+        self.mean, self.range = inner.stats.mean, (inner.stats.lo, inner.stats.hi) if kind == "explicit" else None
+        self.ranking = None
+        if not self.lower_is_better:
+            relevant = evaluate.relevant_items(inner.heldout, run.eval.relevant_threshold if kind == "explicit" else None)
+            if relevant.users.size == 0:
+                raise InputError("no validation user has a relevant item known in the fit part: a ranking "
+                                 "metric cannot be measured (raise tune.validation_fraction)")
+            sample = evaluate.sample_users(relevant, run.tune.validation_users, run.tune.seed)
+            self.ranking = evaluate.RankingEvaluator(inner.train, sample, inner.items.size, run.eval.k, on_driver=True)
+        # Day biases move predicted ratings only: a ranking metric is the same with or without them,
+        # so it is measured once and the first listed value kept.
+        post = post_fit_values(run)
+        self.searched = "day_bias_reg" in post
+        self.day_regs = post.get("day_bias_reg", [run.model.day_bias_reg])
+        if kind != "explicit" or self.ranking is not None:
+            self.day_regs = self.day_regs[:1]
+        self.days = None
+        if any(v > 0 for v in self.day_regs):      # fitted after every iteration: on the driver where it fits
+            train = days.on_driver(inner.train, inner.stats.n, run.data.front_end_max_mb * 2**20)
+            self.days = days.DayFitter(train, run.model.day_length)
+        self.spark_free = self.days is None or self.days.spark_free
+        self.day_at = None          # the validation rows' (user, day) positions: the same every call
+
+    def __call__(self, factors: Factors) -> tuple[float, dict[str, Any]]:
+        """The metric of `factors` with the best of the post-fit values, and those values."""
+        best: tuple[float, dict[str, Any]] | None = None
+        fitted = self.days.fit(factors, self.day_regs) if self.days is not None else [None] * len(self.day_regs)
+        for reg, biases in zip(self.day_regs, fitted):
+            if biases is not None and (self.day_at is None or not self.days.spark_free):   # with_bias's pairs stay
+                self.day_at = biases.positions(self.heldout.u, self.heldout.t)
+            scorer = Scorer(self.kind, factors, self.mean, self.range, biases)
+            value = evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric] if self.ranking is None \
+                else self.ranking(scorer)[self.metric]
+            if best is None or (value < best[0] if self.lower_is_better else value > best[0]):
+                best = value, {"day_bias_reg": reg} if self.searched else {}
+        return best
+
+
+@dataclass
+class Trial:
+    number: int
+    settings: dict[str, Any]
+    history: list[float] = field(default_factory=list)     # validation metric after each iteration
+    post: list[dict[str, Any]] = field(default_factory=list)   # POST_FIT values chosen, per iteration
+    seconds: float = 0.0
+    factors: Factors | None = None       # where it stopped (kept while the halving may go on)
+    stopped: bool = False                # early stop (patience) or divergence: never goes on
+    failed: str = ""                     # why the fit diverged
+
+    @property
+    def iterations(self) -> int:
+        return len(self.history)
+
+    def chosen(self, lower_is_better: bool) -> dict[str, Any]:
+        """Its settings with the post-fit values of its best iteration."""
+        return {**self.settings, **(self.post[_best_at(self.history, lower_is_better)] if self.history else {})}
+
+
+@dataclass
+class Search:
+    trials: list[Trial]
+    metric: str
+    lower_is_better: bool
+    params: list[str]                    # the searched keys, in the space's order
+    best: Trial
+
+    @property
+    def best_iteration(self) -> int:
+        return _best_at(self.best.history, self.lower_is_better) + 1
+
+    @property
+    def best_value(self) -> float:
+        return self.best.history[self.best_iteration - 1]
+
+    @property
+    def best_settings(self) -> dict[str, Any]:
+        """The best trial's settings, post-fit values and iterations: what the refit uses."""
+        return {**self.best.chosen(self.lower_is_better), "iterations": self.best_iteration}
+
+
+def _best_at(history: list[float], lower: bool) -> int:
+    """0-based position of the best value (the earliest of equals)."""
+    values = np.asarray(history, np.float64)
+    return int(np.argmin(values) if lower else np.argmax(values))
+
+
+def best_of(trial: Trial, lower_is_better: bool) -> float | None:
+    """The trial's best validation metric; None for a trial that diverged."""
+    return trial.history[_best_at(trial.history, lower_is_better)] if trial.history else None
+
+
+def _model(run: RunConfig, trial: Trial) -> ModelConfig:
+    return dataclasses.replace(run.model, **trial.settings, checkpoint_interval=0)
+
+
+def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation,
+             to: int) -> None:
+    """Run `trial` on from its factors until it has `to` iterations, its metric stops improving for
+    tune.patience iterations, or its fit diverges."""
+    cfg = _model(run, trial)
+    todo = min(to, cfg.iterations) - trial.iterations
+    if trial.stopped or todo <= 0:
+        return
+    patience = run.tune.patience
+
+    def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
+        value, post = validate(factors)
+        trial.history.append(value)
+        trial.post.append(post)
+        since_best = len(trial.history) - 1 - _best_at(trial.history, validate.lower_is_better)
+        trial.stopped = since_best >= patience
+        return {"validation": value, "stop": trial.stopped}
+    on_iteration.spark_free = validate.spark_free
+    started = time.perf_counter()
+    try:
+        fit = als.fit(inner.train, inner.users.size, inner.items.size, dataclasses.replace(cfg, iterations=todo),
+                      on_iteration=on_iteration, stats=inner.stats, initial=trial.factors, blocks=blocks)
+        trial.factors = fit.factors
+    except FitDiverged as e:
+        trial.stopped, trial.failed, trial.factors = True, str(e), None
+        del trial.history[:], trial.post[:]
+    trial.seconds += time.perf_counter() - started
+    shown = f"{trial.history[-1]:.5g}" if trial.history else "diverged"
+    log.info("trial %d %s: %s %s after %d iterations%s", trial.number, trial.settings, validate.metric, shown,
+             trial.iterations, " (stopped)" if trial.stopped and trial.history else "")
+
+
+def _value(trial: Trial, validate: Validation) -> float:
+    """The trial's best metric so far; the worst possible for a trial with none (diverged)."""
+    value = best_of(trial, validate.lower_is_better)
+    return (math.inf if validate.lower_is_better else -math.inf) if value is None else value
+
+
+def search(inner: Ready, run: RunConfig) -> Search:
+    """Run the search of run.tune over `inner` (the fit part, and the validation part as its held-out
+    rows). Trials are deterministic for a given tune.seed and model.seed."""
+    tune = run.tune
+    validate = Validation(inner, run)
+    chosen = settings(run)
+    trials = [Trial(n, s) for n, s in enumerate(chosen)]
+    for t in trials:            # [tune.space] iterations caps its own trials; max_iterations the others
+        t.settings.setdefault("iterations", tune.max_iterations)
+    ceiling = lambda t: t.settings["iterations"]  # noqa: E731
+    log.info("tuning: %d trials (%s), %s on %d validation ratings", len(trials), tune.method, validate.metric,
+             inner.heldout.n)
+    with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
+        if tune.method == "halving":
+            alive, budget = trials, tune.min_iterations
+            while alive:
+                for t in alive:     # each keeps its factors: it may go on
+                    _advance(t, inner, run, blocks, validate, budget)
+                going = [t for t in alive if not t.stopped and t.iterations < ceiling(t)]
+                if not going or budget >= tune.max_iterations:
+                    break
+                ranked = sorted(going, key=lambda t: _value(t, validate), reverse=not validate.lower_is_better)
+                keep = ranked[:max(1, math.ceil(len(ranked) / tune.eta))]
+                for t in alive:
+                    if t not in keep:
+                        t.factors = None        # out of the search: its factors are not needed
+                alive, budget = keep, min(budget * tune.eta, tune.max_iterations)
+        else:
+            for t in trials:
+                _advance(t, inner, run, blocks, validate, ceiling(t))
+                t.factors = None
+    for t in trials:
+        t.factors = None
+    pick = min if validate.lower_is_better else max       # the first of equals, as the trials' order
+    best = pick((t for t in trials if t.history), key=lambda t: _value(t, validate), default=None)
+    if best is None:
+        raise InputError(f"every one of the {len(trials)} trials diverged; first: {trials[0].failed}")
+    return Search(trials, validate.metric, validate.lower_is_better, list(space_of(run)), best)
+
+
+def best_run(run: RunConfig, found: Search) -> RunConfig:
+    """`run` with the best trial's settings, iterations = its best iteration."""
+    model = dataclasses.replace(run.model, **found.best_settings)
+    return dataclasses.replace(run, model=model)
+
+
+def trials_table(found: Search) -> pa.Table:
+    """tuning/trials.parquet: a row per trial, its settings (a column per searched key), the best
+    validation metric and its iteration, the iterations run, seconds, the metric after every
+    iteration, and why a diverged trial failed."""
+    column = f"validation_{found.metric}"
+    rows = []
+    for t in found.trials:
+        at = _best_at(t.history, found.lower_is_better) if t.history else None
+        chosen = t.chosen(found.lower_is_better)
+        rows.append({"trial": t.number, **{k: chosen.get(k) for k in found.params},
+                     column: None if at is None else t.history[at], "best_iteration": None if at is None else at + 1,
+                     "iterations_run": t.iterations, "seconds": t.seconds, "history": list(t.history),
+                     "failed": t.failed or None})
+    types = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    fields = [("trial", pa.int64())]
+    for k in found.params:
+        kinds = {type(c[k]) for c in (t.chosen(found.lower_is_better) for t in found.trials) if k in c}
+        fields.append((k, pa.float64() if kinds == {int, float} else types[kinds.pop()] if kinds else pa.string()))
+    fields += [(column, pa.float64()), ("best_iteration", pa.int64()), ("iterations_run", pa.int64()),
+               ("seconds", pa.float64()), ("history", pa.list_(pa.float64())), ("failed", pa.string())]
+    return pa.Table.from_pylist(rows, pa.schema(fields))
