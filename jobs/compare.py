@@ -19,17 +19,10 @@ import sys
 if __package__ in (None, ""):   # run as a script (spark-submit jobs/compare.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark.run import cli
-from mf_spark.run import compare
-from mf_spark.core import config
-from mf_spark.core import fs
-from mf_spark.data import prepare
-from mf_spark.data import read
-from mf_spark.run import report
-from mf_spark.core import session
-from mf_spark.run import tracking
-from mf_spark.run import write
+from mf_spark.core import config, session
 from mf_spark.core.errors import UsageError
+from mf_spark.run import cli, compare, tracking
+from mf_spark.run.pipeline import Pipeline
 
 
 def parser():
@@ -39,47 +32,32 @@ def parser():
     return p
 
 
+def chosen_methods(names: str | None, kind: str) -> list:
+    """The methods --methods names (all of the kind's without it); UsageError naming unknown ones."""
+    every = compare.methods(kind)
+    if not names:
+        return every
+    wanted = [m.strip() for m in names.split(",") if m.strip()]
+    known = {m.name: m for m in every}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise UsageError(f"--methods: unknown for {kind} data: {', '.join(unknown)}; known: {', '.join(known)}")
+    return [known[n] for n in wanted]
+
+
 def run(argv: list[str] | None = None) -> str:
     a = parser().parse_args(argv)
     demo = cli.check_inputs(a)
     cfg = config.load(a.config, a.set)
-    every = compare.methods(cfg.model.kind)
-    chosen = every
-    if a.methods:
-        names = [m.strip() for m in a.methods.split(",") if m.strip()]
-        known = {m.name: m for m in every}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise UsageError(f"--methods: unknown for {cfg.model.kind} data: {', '.join(unknown)}; "
-                             f"known: {', '.join(known)}")
-        chosen = [known[n] for n in names]
+    chosen = chosen_methods(a.methods, cfg.model.kind)
     tracking.check(cfg.tracking)
     spark = session.start("mf_spark-compare", cfg.spark)
-    output = write.check_output(spark, a.output or cli.DEMO_OUTPUT)
-    front = prepare.front_end(spark, cfg, input=None if a.train else (a.input or read.sample_path()),
-                              train=a.train, test=a.test, fmt=a.format)
-    loaded = front.load()
-    ready = front.split_index()
-    table = compare.compare(ready, cfg, chosen)
-    profile = report.DataProfile.of(ready.train, ready.users.size, ready.items.size, cfg.model.kind)
-    counts = {**loaded.counts, "n_train": ready.stats.n, "n_test": ready.heldout.n}
-    ready.release()
-    text = compare.table_text(table, cfg.eval.k)
-    page = report.render(f"mf_spark comparison: {len(chosen)} methods on {cfg.model.kind} data",
-                         [report.comparison_section(table, cfg.eval.k), report.data_section(counts, profile)])
-
-    def write_all(staging: str) -> None:
-        fs.write_parquet(spark, posixpath.join(staging, "comparison.parquet"), table)
-        fs.write_text(spark, posixpath.join(staging, "comparison.txt"), text)
-        fs.write_text(spark, posixpath.join(staging, "report.html"), page)
-    out = write.publish_with(spark, output, write_all)
-    print(text, end="")
-    print(f"comparison: {posixpath.join(out, 'comparison.parquet')}{' (demo data)' if demo else ''}")
-    per_method = {f"{row['method']}.{k}": v for row in table.to_pylist() for k, v in row.items()
-                  if k != "method" and v is not None}
-    tracking.log_run(cfg.tracking, "compare", cfg, {**counts, **per_method}, out,
-                     ("comparison.parquet", "comparison.txt", "report.html"))
-    return out
+    pipeline = Pipeline(spark, cli.TrainArgs(a.input, a.format, a.train, a.test, a.output or cli.DEMO_OUTPUT,
+                                             False, cfg, demo))
+    table = pipeline.compare(chosen)
+    print(compare.table_text(table, cfg.eval.k), end="")
+    print(f"comparison: {posixpath.join(pipeline.output, 'comparison.parquet')}{' (demo data)' if demo else ''}")
+    return pipeline.output
 
 
 def main(argv: list[str] | None = None) -> int:

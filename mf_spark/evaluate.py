@@ -23,10 +23,7 @@ from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.kernels.topk import top_n
 from mf_spark.model.factors import Scorer
 from mf_spark.model.topn import recommend_indices
-from mf_spark.data.index import IdMap
-from mf_spark.als.days import DayFitter
-from mf_spark.data.ready import timestamps
-from mf_spark.core.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
+from mf_spark.core.types import ITEM_IDX, USER_IDX
 
 RANKING_KEYS = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "n_users_evaluated")
 
@@ -154,11 +151,6 @@ def ranking_of_top(top, relevant: Relevant, n_items: int, k: int) -> dict[str, A
     if recs.shape[1] < k:       # fewer items than k in the whole catalog
         recs = np.pad(recs, ((0, 0), (0, k - recs.shape[1])), constant_values=-1)
     return ranking_metrics(recs, relevant.indptr, relevant.items, n_items, k)
-
-
-def day_fitter(train: DataFrame | Triples, cfg) -> DayFitter | None:
-    """The day biases' fitter of a model config (config.ModelConfig), None when it has none."""
-    return DayFitter(train, cfg.day_length) if cfg.kind == "explicit" and cfg.day_bias_reg > 0 else None
 
 
 def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple[float, float] | None,

@@ -45,18 +45,16 @@ from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, Default
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mf_spark import evaluate
-from mf_spark.als import loop as als
 from mf_spark.core import config
 from mf_spark.core import fs
 from mf_spark.data import index
 from mf_spark.data import prepare
-from mf_spark.data.ready import session_of
 from mf_spark.als.checkpoint import CheckpointStore, factor_table
 from mf_spark.core.config import DataConfig, ModelConfig, RunConfig
 from mf_spark.core.errors import ConfigError, InputError, ModelError
 from mf_spark.model.factors import FactorModel, Ids, load_model
 from mf_spark.core.types import ITEM, USER
+from mf_spark.run.pipeline import fit_model
 
 __all__ = ["ALS", "ALSModel"]
 log = logging.getLogger("mf_spark")
@@ -320,14 +318,6 @@ def _require_columns(df: DataFrame, where: str, cols: dict[str, str]) -> None:
             raise InputError(f"{where}: column {col!r} ({param}) is missing; columns are {df.columns}")
 
 
-def fit_factor_model(ready: prepare.Ready, run: RunConfig, checkpoints: CheckpointStore | None = None) -> FactorModel:
-    """A FactorModel fitted on every row of `ready.train`, as the train job fits its training split."""
-    fit = als.fit(ready.train, ready.users.size, ready.items.size, run.model, checkpoints=checkpoints, stats=ready.stats)
-    day_fit = evaluate.day_fitter(ready.train, run.model)
-    return FactorModel.trained(run.model.kind, fit.factors, ready.users, ready.items, ready.stats, run.to_dict(),
-                               session_of(ready.train), day_fit(fit.factors, run.model.day_bias_reg) if day_fit else None)
-
-
 def _checkpoint_store(spark: SparkSession, cfg: ModelConfig) -> CheckpointStore | None:
     """MLlib's rule: checkpoints only under SparkContext's checkpoint directory, when one is set (a
     fresh folder per fit, removed after it); None otherwise. Our factors live in the driver, so there
@@ -368,7 +358,7 @@ class ALS(Estimator, _ALSParams, DefaultParamsReadable, MLWritable):
         ready, pairs = prepare.frame_ready(prepare.raw_frame(dataset, user, item, rating, ts), run, self.getExcludeSeen())
         store = _checkpoint_store(dataset.sparkSession, run.model)
         try:
-            model = fit_factor_model(ready, run, store)
+            model = fit_model(ready, run, checkpoints=store)[1]
         finally:
             ready.release()
             if store is not None:

@@ -16,7 +16,7 @@ from mf_spark.data import prepare
 from mf_spark.run import tune
 from mf_spark.data.ready import Triples
 from mf_spark.core.errors import ConfigError, ModelError
-from mf_spark.model.factors import FactorModel, Scorer, load_model
+from mf_spark.model.factors import Scorer, load_model
 from mf_spark.core.types import NO_TIME, DayBiases, Factors
 
 DAY = 86400

@@ -15,7 +15,7 @@ FLOW = [
     "als.loop",
     "model.topn", "model.factors", "model.recommend", "model.similar", "model.warm", "model",
     "evaluate",
-    "run.phases", "run.cli", "run.tracking", "run.write", "run.report", "run.compare", "run.tune",
+    "run.phases", "run.cli", "run.tracking", "run.write", "run.report", "run.compare", "run.tune", "run.pipeline",
     "ml",
 ]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 

@@ -1,7 +1,6 @@
 """Reject reasons, the bad-row budget, duplicate policies, the counts identity and ID typing."""
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F

@@ -130,3 +130,8 @@ class DayFitter:
             bc.unpersist(blocking=False)
         col = lambda name: rows.column(name).to_numpy()  # noqa: E731
         return _pairs(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64))
+
+
+def fitter(train: DataFrame | Triples, cfg) -> DayFitter | None:
+    """The day biases' fitter of a model config (config.ModelConfig), None when it has none."""
+    return DayFitter(train, cfg.day_length) if cfg.kind == "explicit" and cfg.day_bias_reg > 0 else None

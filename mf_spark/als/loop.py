@@ -21,7 +21,6 @@ from typing import Any, Callable
 import numpy as np
 from pyspark import InheritableThread
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from mf_spark.core import session
 from mf_spark.als.engines import stream
@@ -35,7 +34,6 @@ from mf_spark.als.halfstep import BroadcastJobs, Engine, HalfStepResult, solve_s
 from mf_spark.als.engines.join import Routed
 from mf_spark.kernels.init import init_factors
 from mf_spark.kernels.solve import SolveSpec
-from mf_spark.core.types import RATING
 
 log = logging.getLogger("mf_spark")
 
