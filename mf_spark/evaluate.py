@@ -17,6 +17,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from mf_spark.als.loop import TopLists
 from mf_spark.data.ready import HeldOut, Triples, as_df
 from mf_spark.core.types import Factors
 from mf_spark.kernels.metrics import ranking_metrics
@@ -123,11 +124,9 @@ class RankingEvaluator:
         if self.on_driver:
             f, u = scorer.factors, self.relevant.users
             offset_u = (f.mu + f.user_bias[u]) if f.user_bias is not None else None
-            counts, items, _ = top_n(f.X[u], f.Y, self.k, self.seen_indptr, self.seen_cols, offset_u, f.item_bias)
-            recs = np.full((m, self.k), -1, dtype=np.int64)
-            starts = np.cumsum(counts) - counts
-            for_row = np.repeat(np.arange(m), counts)
-            recs[for_row, np.arange(items.size) - np.repeat(starts, counts)] = items
+            counts, items, scores = top_n(f.X[u], f.Y, self.k, self.seen_indptr, self.seen_cols, offset_u,
+                                          f.item_bias)
+            recs = TopLists.from_flat(m, self.k, np.arange(m), counts, items, scores).items.astype(np.int64)
             return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
         bc = self.users.sparkSession.sparkContext.broadcast(scorer)
         try:

@@ -23,7 +23,7 @@ Measured for each model, per setting (median over repeats for times, maximum for
   s/iter       fit s / iterations; for ours also the median time of one loop iteration (history)
   top-10 s     top 10 items for every user, forced by a "noop" write: MLlib
                model.recommendForAllUsers(10) (seen items NOT excluded), ours
-               recommend.top_n(FactorModel, train, RecommendConfig(top_n=10, exclude_seen=True))
+               topn.recommendations(FactorModel, train, RecommendConfig(top_n=10, exclude_seen=True))
   quality      held-out RMSE (explicit; mf_spark.evaluate for both, clipped, cold = mean) or
                NDCG@10 (implicit; one evaluate.RankingEvaluator for both, training items excluded)
   memory       peak RSS during the fit, MB: driver Python (getrusage), Spark JVM (VmHWM) and the
@@ -62,7 +62,7 @@ from mf_spark import evaluate  # noqa: E402
 from mf_spark.als import loop as als  # noqa: E402
 from mf_spark.core import session  # noqa: E402
 from mf_spark.data import index, read, split, validate  # noqa: E402
-from mf_spark.model import recommend  # noqa: E402
+from mf_spark.model import topn  # noqa: E402
 from mf_spark.core.types import Factors  # noqa: E402
 from mf_spark.core.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
 from mf_spark.model.factors import FactorModel, Scorer  # noqa: E402
@@ -112,7 +112,7 @@ def prepare(spark, args) -> Data:
     heldout = ready.collect_heldout(test, users, items)
     ranking = None
     if args.kind == "implicit":
-        seen = recommend.seen_lists(train_idx)
+        seen = topn.seen_lists(train_idx)
         ranking = evaluate.RankingEvaluator(seen, evaluate.relevant_items(heldout, None), items.size, TOP_N)
     return Data(train_idx, heldout, users, items, ready.train_stats(train_idx), ranking)
 
@@ -301,7 +301,7 @@ def run_ours(spark, data: Data, cfg: ModelConfig, with_topn: bool = True) -> dic
            "loop_seconds_per_iteration": statistics.median(h["seconds"] for h in res.history)}
     if with_topn:
         model = factor_model(data, cfg.kind, res.factors)
-        out["topn_seconds"] = timed_write(recommend.top_n(model, data.train_idx, RecommendConfig(TOP_N, True)))
+        out["topn_seconds"] = timed_write(topn.recommendations(model, data.train_idx, RecommendConfig(TOP_N, True)))
         if getattr(model, "_bc", None) is not None:
             model._bc.unpersist(blocking=False)
     return {**out, **quality(data, cfg.kind, res.factors), "memory": mem.peaks}

@@ -9,7 +9,7 @@ from mf_spark import evaluate
 from mf_spark.core.types import Factors
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.model.factors import Scorer
-from mf_spark.model.recommend import seen_lists
+from mf_spark.model.topn import seen_lists
 from mf_spark.data import ready
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mf_spark.kernels import compiled, topk
-from mf_spark.kernels.topk import top_n
+from mf_spark.kernels.topk import top_n, positions
 
 
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
@@ -218,3 +218,11 @@ def test_compiled_selection_keeps_the_n_best_in_order_with_ties_to_lower_indices
             np.testing.assert_array_equal(idx[r, :finite.size], finite, err_msg=f"row {r}, n {n}")
             np.testing.assert_array_equal(top[r, :finite.size], S[r, finite])
             assert np.all(top[r, finite.size:] == -np.inf) and np.all(idx[r, finite.size:] >= S.shape[1])
+
+
+def test_positions_number_each_list_from_zero():
+    assert positions(np.array([2, 0, 3, 1])).tolist() == [0, 1, 0, 1, 2, 0]
+    assert positions(np.zeros(3, np.int32)).size == 0
+    counts = np.random.default_rng(3).integers(0, 5, 50)
+    want = np.concatenate([np.arange(c) for c in counts])
+    np.testing.assert_array_equal(positions(counts), want)

@@ -13,7 +13,7 @@ FLOW = [
     "data.read", "data.validate", "data.index", "data.split", "data.local", "data.ready", "data.prepare",
     "als.blocks", "als.halfstep", "als.engines.join", "als.engines.stream", "als.checkpoint", "als.days",
     "als.loop",
-    "model.topn", "model.factors", "model.recommend", "model.similar", "model.warm", "model",
+    "model.topn", "model.factors", "model.similar", "model.warm", "model",
     "evaluate",
     "run.phases", "run.cli", "run.tracking", "run.write", "run.report", "run.compare", "run.tune", "run.pipeline",
     "ml",

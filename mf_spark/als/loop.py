@@ -34,6 +34,7 @@ from mf_spark.als.halfstep import BroadcastJobs, Engine, HalfStepResult, solve_s
 from mf_spark.als.engines.join import Routed
 from mf_spark.kernels.init import init_factors
 from mf_spark.kernels.solve import SolveSpec
+from mf_spark.kernels.topk import positions
 
 log = logging.getLogger("mf_spark")
 
@@ -53,9 +54,8 @@ class TopLists:
         out_counts[users] = counts
         dense_items = np.full((n_users, n), -1, np.int32)
         dense_scores = np.full((n_users, n), np.nan, np.float32)
-        starts = np.cumsum(counts) - counts
         row = np.repeat(users, counts)
-        pos = np.arange(items.size) - np.repeat(starts, counts)
+        pos = positions(counts)
         dense_items[row, pos] = items
         dense_scores[row, pos] = scores
         return cls(out_counts, dense_items, dense_scores)

@@ -98,3 +98,10 @@ def _best_exact(S: np.ndarray, n: int) -> np.ndarray:
     room = n - above.sum(axis=1, keepdims=True)
     keep = above | (tied & (np.cumsum(tied, axis=1) <= room))
     return np.argsort(~keep, axis=1, kind="stable")[:, :n]
+
+
+def positions(counts: np.ndarray) -> np.ndarray:
+    """The 0-based place of every entry in its list, for lists laid end to end (top_n's flat layout)
+    with counts[j] entries in list j: counts [2, 0, 3] -> [0, 1, 0, 1, 2]. Rank = place + 1."""
+    counts = np.asarray(counts, np.int64)
+    return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)

@@ -1,5 +1,9 @@
-"""Top-N lists through Spark: for rows of users, the n best items by a model's scores, seen items
-excluded, scored per Arrow batch on the executors (kernels.topk), never a cross join.
+"""Top-N lists: for rows of users, the n best items by a model's scores, seen items excluded, scored
+per Arrow batch on the executors (kernels.topk), never a cross join; and a model's recommendations
+for every user of its training pairs (the train job's recommendations/ table).
+
+    recommendations            a FactorModel's top-N for every training user, original IDs
+    from_top                   the same from the lists the fit's resident tasks scored (als.TopLists)
 
     recommend_indices          users (user_idx, seen lists) -> top-n rows; factors broadcast
     recommend_indices_grouped  training pairs -> every user's top-n, the pairs grouped by user in
@@ -9,6 +13,8 @@ Rows out: user_idx int, rank int (1..n), item_idx int, score float.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,10 +22,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mf_spark.als.blocks import batch_table, buckets
-from mf_spark.core.config import saved_model_config
+from mf_spark.core.config import RecommendConfig, saved_model_config
 from mf_spark.core.errors import ConfigError
-from mf_spark.kernels.topk import top_n
+from mf_spark.kernels.topk import positions, top_n
 from mf_spark.core.types import ITEM_IDX, USER_IDX, Factors
+
+if TYPE_CHECKING:     # the model calls this module's Spark stages; these functions take one
+    from mf_spark.model.factors import FactorModel
 
 RECS_ARROW = pa.schema([(USER_IDX, pa.int32()), ("rank", pa.int32()), (ITEM_IDX, pa.int32()),
                         ("score", pa.float32())])
@@ -50,8 +59,7 @@ def _recs_batch(f: Factors, u: np.ndarray, n: int, indptr: np.ndarray, cols: np.
     """user_idx, rank, item_idx, score of the best n unseen items of users `u` (seen CSR indptr, cols)."""
     offset = (f.mu + f.user_bias[u]) if f.user_bias is not None else None
     counts, items, scores = top_n(f.X[u], f.Y, n, indptr, cols, offset, f.item_bias)
-    starts = np.cumsum(counts) - counts
-    ranks = (np.arange(items.size) - np.repeat(starts, counts) + 1).astype(np.int32)
+    ranks = (positions(counts) + 1).astype(np.int32)
     return pa.RecordBatch.from_arrays([pa.array(np.repeat(u, counts).astype(np.int32)), pa.array(ranks),
                                        pa.array(items), pa.array(scores)], schema=RECS_ARROW)
 
@@ -206,10 +214,65 @@ def recommend_indices_blocked(scorer, users: DataFrame, n: int, n_blocks: int) -
                 u = np.frombuffer(r["users"], np.int32)
                 counts = np.frombuffer(r["counts"], np.int64)
                 items = np.frombuffer(r["items"], np.int32)
-                starts = np.cumsum(counts) - counts
-                ranks = (np.arange(items.size) - np.repeat(starts, counts) + 1).astype(np.int32)
+                ranks = (positions(counts) + 1).astype(np.int32)
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(np.repeat(u, counts)), pa.array(ranks), pa.array(items),
                      pa.array(np.frombuffer(r["scores"], np.float32))], schema=RECS_ARROW)
     return (spark.createDataFrame(packed, CHUNK_SCHEMA)
             .mapInArrow(unpack, "user_idx int, rank int, item_idx int, score float"))
+
+
+def seen_lists(train_idx: DataFrame) -> DataFrame:
+    """user_idx, seen array<int>: each user's training items, in as many partitions as Spark has
+    cores (not spark.sql.shuffle.partitions: every partition of the later top-N is a Python task,
+    and 200 near-empty ones cost seconds). Performance note: one shuffle (lazy); callers that use
+    it twice cache it."""
+    cores = max(1, train_idx.sparkSession.sparkContext.defaultParallelism)
+    return train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen")).coalesce(cores)
+
+
+def from_top(model: FactorModel, top, n: int) -> pa.Table:
+    """user, rank (1..), item, score of the first n of every user's top lists (als.TopLists), with
+    the original IDs, as a driver table (fs.write_parquet writes it). Performance note: built on the
+    driver from n_users x n entries, no Spark job."""
+    counts = np.minimum(top.counts, n).astype(np.int64)
+    users = np.repeat(np.arange(counts.size), counts)
+    pos = positions(counts)
+    table = pa.table({"user": model.users.ids.take(pa.array(users)), "rank": pa.array((pos + 1).astype(np.int32)),
+                      "item": model.items.ids.take(pa.array(top.items[users, pos])),
+                      "score": pa.array(top.scores[users, pos].astype(np.float32))})
+    return table
+
+
+def recommendations(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,
+          seen: DataFrame | None = None, candidates: np.ndarray | None = None) -> DataFrame:
+    """user, rank (1..N), item, score for every user in `train_idx` (user_idx, item_idx).
+
+    Scores are X_batch @ Y^T on the executors with broadcast factors; the items a user rated in
+    train are masked when cfg.exclude_seen (model.recommend_unseen_idx groups `train_idx` by user
+    itself, unless `seen` lists are given). Performance note: one shuffle (the training pairs' packed
+    pieces placed by user, or the users' distinct list), one broadcast, two broadcast joins to decode the IDs.
+
+    `candidates` ((n_items,) bool, FactorModel.candidate_mask): only those items are recommended.
+    """
+    if candidates is not None:
+        return _recommendations_of(model, train_idx, cfg, candidates)
+    if cfg.exclude_seen and seen is None:
+        return model.decode_recs(model.recommend_unseen_idx(train_idx, cfg.top_n))
+    users = seen if cfg.exclude_seen else train_idx.select(USER_IDX).distinct()
+    return model.decode_recs(model.recommend_idx(users, cfg.top_n))
+
+
+def _recommendations_of(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig, candidates: np.ndarray) -> DataFrame:
+    """recommendations over the candidate items only: the model restricted to them, the training pairs'
+    items renumbered into it (pairs of other items cannot be recommended anyway and drop out);
+    every user is listed, also one whose training items are all outside the candidates."""
+    spark = train_idx.sparkSession
+    sub = model.restrict_items(candidates)
+    users = spark.range(model.users.size).select(F.col("id").cast("int").alias(USER_IDX))
+    if cfg.exclude_seen:
+        kept = np.flatnonzero(candidates).astype(np.int32)
+        renumber = F.broadcast(spark.createDataFrame(pa.table({ITEM_IDX: kept, "_new": np.arange(kept.size, dtype=np.int32)})))
+        pairs = train_idx.join(renumber, ITEM_IDX).select(USER_IDX, F.col("_new").alias(ITEM_IDX))
+        users = users.join(seen_lists(pairs), USER_IDX, "left")
+    return sub.decode_recs(sub.recommend_idx(users, cfg.top_n))

@@ -32,7 +32,7 @@ from mf_spark.core import config, errors, fs
 from mf_spark.core.config import RunConfig
 from mf_spark.data import prepare, read
 from mf_spark.data.ready import as_df, session_of
-from mf_spark.model import recommend
+from mf_spark.model import topn
 from mf_spark.model.factors import FactorModel, load_model
 from mf_spark.model.warm import check_warm_start, warm_factors
 from mf_spark.run import cli, compare, report, tracking, tune, write
@@ -279,7 +279,7 @@ class Pipeline:
         if fit.top is not None:
             ranking = evaluate.ranking_of_top(fit.top, fitted.relevant, ready.items.size, cfg.eval.k)
         else:
-            seen = recommend.seen_lists(as_df(ready.train)).cache()
+            seen = topn.seen_lists(as_df(ready.train)).cache()
             evaluator = evaluate.RankingEvaluator(seen, fitted.relevant, ready.items.size, cfg.eval.k)
             ranking = evaluator(model.scorer)
             evaluator.close()
@@ -303,9 +303,9 @@ class Pipeline:
                                             for flag, path in (("--include", args.include),
                                                                ("--exclude", args.exclude))))
         if fit.top is not None and cfg.recommend.exclude_seen and candidates is None:
-            recs = recommend.from_top(model, fit.top, cfg.recommend.top_n)
+            recs = topn.from_top(model, fit.top, cfg.recommend.top_n)
         else:
-            recs = recommend.top_n(model, as_df(ready.train), cfg.recommend, seen=seen, candidates=candidates)
+            recs = topn.recommendations(model, as_df(ready.train), cfg.recommend, seen=seen, candidates=candidates)
         profile = report.DataProfile.of(ready.train, ready.users.size, ready.items.size, cfg.model.kind,
                                         fit.row_counts)
 
