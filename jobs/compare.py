@@ -10,13 +10,14 @@ recall_at_k, ndcg_at_k, map_at_k, coverage, fit_seconds), DIR/comparison.txt (th
 DIR/report.html (the table, its plots and the data) and DIR/_SUCCESS atomically.
 Exit codes as jobs.train: 0, 2 bad arguments, config or input, 1 other.
 """
+
 from __future__ import annotations
 
 import os
 import posixpath
 import sys
 
-if __package__ in (None, ""):   # run as a script (spark-submit jobs/compare.py) from a source checkout
+if __package__ in (None, ""):  # run as a script (spark-submit jobs/compare.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mf_spark.core import config, session
@@ -26,8 +27,9 @@ from mf_spark.run.pipeline import Pipeline
 
 
 def parser():
-    p = cli.input_arguments(cli._Parser(prog="jobs/compare.py",
-                                        description="Compare recommender methods on one split of your data."))
+    p = cli.input_arguments(
+        cli._Parser(prog="jobs/compare.py", description="Compare recommender methods on one split of your data.")
+    )
     p.add_argument("--methods", help="comma-separated methods to fit (default: all for the model kind)")
     return p
 
@@ -52,8 +54,9 @@ def run(argv: list[str] | None = None) -> str:
     chosen = chosen_methods(a.methods, cfg.model.kind)
     tracking.check(cfg.tracking)
     spark = session.start("mf_spark-compare", cfg.spark)
-    pipeline = Pipeline(spark, cli.TrainArgs(a.input, a.format, a.train, a.test, a.output or cli.DEMO_OUTPUT,
-                                             False, cfg, demo))
+    pipeline = Pipeline(
+        spark, cli.TrainArgs(a.input, a.format, a.train, a.test, a.output or cli.DEMO_OUTPUT, False, cfg, demo)
+    )
     table = pipeline.compare(chosen)
     print(compare.table_text(table, cfg.eval.k), end="")
     print(f"comparison: {posixpath.join(pipeline.output, 'comparison.parquet')}{' (demo data)' if demo else ''}")

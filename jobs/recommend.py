@@ -14,6 +14,7 @@ to them. Writes DIR/recommendations (user, rank, item, score), or with --audienc
 (item, rank, user, score), and DIR/_SUCCESS atomically. Exit codes as jobs.train: 0, 2 bad
 input, 1 other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,19 @@ import os
 import posixpath
 import sys
 
-if __package__ in (None, ""):   # run as a script (spark-submit jobs/recommend.py) from a source checkout
+if __package__ in (None, ""):  # run as a script (spark-submit jobs/recommend.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.core import config
-from mf_spark.data import read
-from mf_spark.core import session
-from mf_spark.data import validate
+from mf_spark.core import config, session
+from mf_spark.core.errors import InputError, UsageError
+from mf_spark.core.types import ITEM, RATING, USER
+from mf_spark.data import read, validate
+from mf_spark.model.factors import FactorModel, load_model
 from mf_spark.run import write
 from mf_spark.run.cli import FORMATS, _Parser, guarded
-from mf_spark.core.errors import InputError, UsageError
-from mf_spark.model.factors import FactorModel, load_model
-from mf_spark.core.types import ITEM, RATING, USER
 
 log = logging.getLogger("mf_spark")
 
@@ -57,13 +56,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include", help="file of item IDs: only these may be recommended")
     p.add_argument("--exclude", help="file of item IDs: these are never recommended")
     p.add_argument("--format", default="auto", choices=FORMATS, help="format of --seen and --history")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="config overrides for reading --seen / --history (data.*) and [spark]")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config overrides for reading --seen / --history (data.*) and [spark]",
+    )
     return p
 
 
-def ratings_of(spark, path: str, flag: str, args: argparse.Namespace, run: config.RunConfig,
-               model: FactorModel) -> DataFrame:
+def ratings_of(
+    spark, path: str, flag: str, args: argparse.Namespace, run: config.RunConfig, model: FactorModel
+) -> DataFrame:
     """user, item, rating of a ratings file, validated as the train job validates its input."""
     try:
         raw = read.ratings(spark, path, args.format, run.data)
@@ -75,8 +80,11 @@ def ratings_of(spark, path: str, flag: str, args: argparse.Namespace, run: confi
 def candidates(spark, args: argparse.Namespace, model: FactorModel) -> dict[str, DataFrame]:
     """--include / --exclude as item-ID DataFrames for FactorModel.recommend."""
     kind = str(model.items.ids.type)
-    return {flag: read.id_list(spark, path, args.item_col, kind, f"--{flag}", ITEM)
-            for flag, path in (("include", args.include), ("exclude", args.exclude)) if path}
+    return {
+        flag: read.id_list(spark, path, args.item_col, kind, f"--{flag}", ITEM)
+        for flag, path in (("include", args.include), ("exclude", args.exclude))
+        if path
+    }
 
 
 def recommend(args: argparse.Namespace) -> str:
@@ -93,12 +101,16 @@ def recommend(args: argparse.Namespace) -> str:
     model = load_model(args.model, spark)
     seen = ratings_of(spark, args.seen, "--seen", args, run, model).select(USER, ITEM) if args.seen else None
     if args.audiences:
-        items = read.id_list(spark, args.items, args.item_col, str(model.items.ids.type), "--items", USER) \
-            if args.items else None
+        items = (
+            read.id_list(spark, args.items, args.item_col, str(model.items.ids.type), "--items", USER)
+            if args.items
+            else None
+        )
         flipped = None if seen is None else seen.select(F.col(ITEM).alias(USER), F.col(USER).alias(ITEM))
         by_item = model.transposed()
-        recs = (by_item.recommend(items, args.n, seen=flipped)
-                .select(F.col(USER).alias(ITEM), "rank", F.col(ITEM).alias(USER), "score"))
+        recs = by_item.recommend(items, args.n, seen=flipped).select(
+            F.col(USER).alias(ITEM), "rank", F.col(ITEM).alias(USER), "score"
+        )
         _log_unknown(items, by_item, "items")
         return _publish(spark, args.output, "audiences", recs)
     users = read.id_list(spark, args.users, args.user_col, str(model.users.ids.type), "--users") if args.users else None
@@ -130,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = parser().parse_args(argv)
         out = recommend(args)
-        print(f"{'audiences' if args.audiences else 'recommendations'}: "
-              f"{posixpath.join(out, 'audiences' if args.audiences else 'recommendations')}")
+        print(
+            f"{'audiences' if args.audiences else 'recommendations'}: "
+            f"{posixpath.join(out, 'audiences' if args.audiences else 'recommendations')}"
+        )
         return 0
+
     return guarded("recommend", body)
 
 

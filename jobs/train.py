@@ -7,12 +7,13 @@
 
 Exit codes: 0 success; 2 bad arguments, config or input (message on stderr); 1 any other failure.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 
-if __package__ in (None, ""):   # run as a script (spark-submit jobs/train.py) from a source checkout
+if __package__ in (None, ""):  # run as a script (spark-submit jobs/train.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mf_spark.core import session
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             spark = session.start("mf_spark-train", args.run.spark)
         print_summary(run(spark, args, clock))
         return 0
+
     return cli.guarded("training", body)
 
 

@@ -15,12 +15,13 @@ layout, metrics.json on the test set, report.html with the search) plus
 
 Exit codes as jobs.train: 0, 2 bad arguments, config or input, 1 other.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 
-if __package__ in (None, ""):   # run as a script (spark-submit jobs/tune.py) from a source checkout
+if __package__ in (None, ""):  # run as a script (spark-submit jobs/tune.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mf_spark.core import config, session
@@ -30,15 +31,30 @@ from mf_spark.run.pipeline import Pipeline, print_summary
 
 
 def parser():
-    return cli.filter_arguments(cli.input_arguments(cli._Parser(
-        prog="jobs/tune.py", description="Tune, refit and score a matrix factorization model.")))
+    return cli.filter_arguments(
+        cli.input_arguments(
+            cli._Parser(prog="jobs/tune.py", description="Tune, refit and score a matrix factorization model.")
+        )
+    )
 
 
 def parse(argv: list[str] | None) -> cli.TrainArgs:
     a = parser().parse_args(argv)
     demo = cli.check_inputs(a)
-    return cli.TrainArgs(a.input, a.format, a.train, a.test, a.output or cli.DEMO_OUTPUT, False,
-                         config.load(a.config, a.set), demo, None, a.include, a.exclude, a.item_col)
+    return cli.TrainArgs(
+        a.input,
+        a.format,
+        a.train,
+        a.test,
+        a.output or cli.DEMO_OUTPUT,
+        False,
+        config.load(a.config, a.set),
+        demo,
+        None,
+        a.include,
+        a.exclude,
+        a.item_col,
+    )
 
 
 def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:
@@ -57,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best of {t['trials']} trials: {t['best']} (validation {t['metric']} {t['best_validation']:.4f})")
         print_summary(metrics)
         return 0
+
     return cli.guarded("tuning", body)
 
 

@@ -7,6 +7,7 @@ each evaluated user with its training items excluded: that runs on the executors
 mapInArrow with broadcast factors, topn.recommend_indices) and only the k best indices per user
 come back to the driver, where kernels.metrics compares them with the held-out relevant items.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,13 +19,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.als.loop import TopLists
+from mf_spark.core.types import ITEM_IDX, USER_IDX, Factors
 from mf_spark.data.ready import HeldOut, Triples, as_df
-from mf_spark.core.types import Factors
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.kernels.topk import top_n
 from mf_spark.model.factors import Scorer
 from mf_spark.model.topn import recommend_indices
-from mf_spark.core.types import ITEM_IDX, USER_IDX
 
 RANKING_KEYS = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "n_users_evaluated")
 
@@ -49,9 +49,10 @@ def error_metrics(scorer: Scorer, heldout: HeldOut, day_at: np.ndarray | None = 
 @dataclass(frozen=True)
 class Relevant:
     """Relevant held-out items of each evaluated user, as CSR over `users` (ascending)."""
-    users: np.ndarray    # (m,) int32 user indices known in train with >= 1 relevant known item
-    indptr: np.ndarray   # (m + 1,) int64
-    items: np.ndarray    # (r,) int32
+
+    users: np.ndarray  # (m,) int32 user indices known in train with >= 1 relevant known item
+    indptr: np.ndarray  # (m + 1,) int64
+    items: np.ndarray  # (r,) int32
 
 
 def sample_users(relevant: Relevant, limit: int, seed: int = 0) -> Relevant:
@@ -92,7 +93,7 @@ class RankingEvaluator:
 
     def __init__(self, seen: DataFrame | Triples, relevant: Relevant, n_items: int, k: int, on_driver: bool = False):
         self.relevant, self.n_items, self.k, self.on_driver = relevant, n_items, k, on_driver
-        if isinstance(seen, Triples) and on_driver:     # the pairs are on the driver already
+        if isinstance(seen, Triples) and on_driver:  # the pairs are on the driver already
             self._seen_on_driver(seen.u, seen.i)
             return
         seen = as_df(seen)
@@ -101,7 +102,7 @@ class RankingEvaluator:
         self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner")
         if not on_driver:
             self.users = self.users.cache()
-        else:           # a sample: its training pairs are collected once, every call scores on the driver
+        else:  # a sample: its training pairs are collected once, every call scores on the driver
             t = self.users.select(USER_IDX, ITEM_IDX).toArrow()
             self._seen_on_driver(t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy())
 
@@ -109,8 +110,11 @@ class RankingEvaluator:
         """The evaluated users' training items as CSR, from training pairs (others are skipped)."""
         users = self.relevant.users
         row = np.searchsorted(users, u)
-        mine = (row < users.size) & (users[np.minimum(row, max(users.size - 1, 0))] == u) if users.size else \
-            np.zeros(u.size, bool)
+        mine = (
+            (row < users.size) & (users[np.minimum(row, max(users.size - 1, 0))] == u)
+            if users.size
+            else np.zeros(u.size, bool)
+        )
         order = np.lexsort((i[mine], row[mine]))
         per_user = np.bincount(row[mine], minlength=users.size)
         self.seen_indptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
@@ -119,13 +123,13 @@ class RankingEvaluator:
     def __call__(self, scorer: Scorer) -> dict[str, Any]:
         m = self.relevant.users.size
         if m == 0:
-            return ranking_metrics(np.zeros((0, self.k), np.int64), np.zeros(1, np.int64),
-                                   np.zeros(0, np.int64), self.n_items, self.k)
+            return ranking_metrics(
+                np.zeros((0, self.k), np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), self.n_items, self.k
+            )
         if self.on_driver:
             f, u = scorer.factors, self.relevant.users
             offset_u = (f.mu + f.user_bias[u]) if f.user_bias is not None else None
-            counts, items, scores = top_n(f.X[u], f.Y, self.k, self.seen_indptr, self.seen_cols, offset_u,
-                                          f.item_bias)
+            counts, items, scores = top_n(f.X[u], f.Y, self.k, self.seen_indptr, self.seen_cols, offset_u, f.item_bias)
             recs = TopLists.from_flat(m, self.k, np.arange(m), counts, items, scores).items.astype(np.int64)
             return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
         bc = self.users.sparkSession.sparkContext.broadcast(scorer)
@@ -147,15 +151,21 @@ def ranking_of_top(top, relevant: Relevant, n_items: int, k: int) -> dict[str, A
     """Ranking metrics at k from every user's top lists (als.TopLists, n >= k, training items
     already excluded): no scoring, no Spark job."""
     recs = top.items[relevant.users, :k].astype(np.int64)
-    if recs.shape[1] < k:       # fewer items than k in the whole catalog
+    if recs.shape[1] < k:  # fewer items than k in the whole catalog
         recs = np.pad(recs, ((0, 0), (0, k - recs.shape[1])), constant_values=-1)
     return ranking_metrics(recs, relevant.indptr, relevant.items, n_items, k)
 
 
-def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple[float, float] | None,
-            ranking: RankingEvaluator | None = None) -> Callable[[int, Factors], dict[str, Any]]:
+def tracker(
+    heldout: HeldOut,
+    kind: str,
+    global_mean: float,
+    rating_range: tuple[float, float] | None,
+    ranking: RankingEvaluator | None = None,
+) -> Callable[[int, Factors], dict[str, Any]]:
     """An on_iteration callback for als.fit: held-out RMSE (explicit) and NDCG@k (with `ranking`) of
     each iteration's factors (day biases come after the fit: the final metrics have them)."""
+
     def on_iteration(iteration: int, factors: Factors) -> dict[str, Any]:
         scorer = Scorer(kind, factors, global_mean, rating_range)
         out: dict[str, Any] = {"test_rmse": None}
@@ -164,6 +174,7 @@ def tracker(heldout: HeldOut, kind: str, global_mean: float, rating_range: tuple
         if ranking is not None:
             out["ndcg_at_k"] = ranking(scorer)["ndcg_at_k"]
         return out
+
     # als.fit need not pause its resident tasks for a callback that runs no Spark job
     on_iteration.spark_free = ranking is None or ranking.on_driver
     return on_iteration

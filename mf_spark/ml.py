@@ -22,6 +22,7 @@ A saved ALSModel folder is also a FactorModel folder (load_model and jobs/recomm
     seen/        Parquet user, item: the training pairs (only when fitted with excludeSeen)
     metadata/    pyspark.ml's DefaultParamsWriter JSON: class, uid, params, ID column types
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,20 +41,25 @@ import numpy as np
 import pyarrow as pa
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import (DefaultParamsReadable, DefaultParamsReader, DefaultParamsWriter, MLReadable,
-                             MLReader, MLWritable, MLWriter)
+from pyspark.ml.util import (
+    DefaultParamsReadable,
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from mf_spark.core import config
-from mf_spark.core import fs
-from mf_spark.data import index
-from mf_spark.data import prepare
 from mf_spark.als.checkpoint import CheckpointStore, factor_table
+from mf_spark.core import config, fs
 from mf_spark.core.config import DataConfig, ModelConfig, RunConfig
 from mf_spark.core.errors import ConfigError, InputError, ModelError
-from mf_spark.model.factors import FactorModel, Ids, load_model
 from mf_spark.core.types import ITEM, USER
+from mf_spark.data import index, prepare
+from mf_spark.model.factors import FactorModel, Ids, load_model
 from mf_spark.run.pipeline import fit_model
 
 __all__ = ["ALS", "ALSModel"]
@@ -71,6 +77,7 @@ def _same(value: Any) -> Any:
 class _Spec:
     """One pyspark.ml Param: its name, default, type converter and doc; `section`.`field` is the
     config field it sets (None for MLlib's own column and compatibility params), through `to_field`."""
+
     name: str
     default: Any
     converter: Callable[[Any], Any]
@@ -86,38 +93,60 @@ _FIELD_DEFAULT = object()
 @dataclass(frozen=True)
 class _Alias:
     """MLlib's name for a config field it calls differently; `default` where MLlib's wins over ours."""
+
     field: str
     doc: str
     default: Any = _FIELD_DEFAULT
     to_field: Callable[[Any], Any] = _same
-    converter: Callable[[Any], Any] | None = None    # None: from the field's type hint
+    converter: Callable[[Any], Any] | None = None  # None: from the field's type hint
 
 
 ALIASES: dict[str, _Alias] = {
     "maxIter": _Alias("iterations", "maximum number of iterations (>= 1)"),
-    "regParam": _Alias("reg", "regularization parameter lambda (>= 0); multiplied by each row's rating "
-                              "count when regScaling = 'count' (ALS-WR, as MLlib)"),
-    "implicitPrefs": _Alias("kind", "whether to use implicit preference (weighted ALS)", default=False,
-                            to_field=lambda v: "implicit" if v else "explicit", converter=TypeConverters.toBoolean),
+    "regParam": _Alias(
+        "reg",
+        "regularization parameter lambda (>= 0); multiplied by each row's rating "
+        "count when regScaling = 'count' (ALS-WR, as MLlib)",
+    ),
+    "implicitPrefs": _Alias(
+        "kind",
+        "whether to use implicit preference (weighted ALS)",
+        default=False,
+        to_field=lambda v: "implicit" if v else "explicit",
+        converter=TypeConverters.toBoolean,
+    ),
     # MLlib's 10 wins over our 0 (= Spark's default parallelism) so that code written for MLlib reads
     # back what it expects; the factors do not depend on the block count, so any value >= 0 is accepted.
-    "numUserBlocks": _Alias("num_user_blocks", "number of user blocks (0 = Spark's default parallelism); "
-                                               "the factors do not depend on it", default=10),
-    "numItemBlocks": _Alias("num_item_blocks", "number of item blocks (0 = Spark's default parallelism); "
-                                               "the factors do not depend on it", default=10),
+    "numUserBlocks": _Alias(
+        "num_user_blocks",
+        "number of user blocks (0 = Spark's default parallelism); the factors do not depend on it",
+        default=10,
+    ),
+    "numItemBlocks": _Alias(
+        "num_item_blocks",
+        "number of item blocks (0 = Spark's default parallelism); the factors do not depend on it",
+        default=10,
+    ),
     # MLlib's 10 wins over our 5: it only applies when a checkpoint directory is set, as in MLlib, and
     # ported code may rely on it. MLlib's -1 (never) is our 0.
-    "checkpointInterval": _Alias("checkpoint_interval", "checkpoint the factors every N iterations (-1 or 0 = "
-                                 "never); used only when SparkContext.setCheckpointDir was called, ignored "
-                                 "otherwise", default=10, to_field=lambda v: 0 if v == -1 else v),
+    "checkpointInterval": _Alias(
+        "checkpoint_interval",
+        "checkpoint the factors every N iterations (-1 or 0 = "
+        "never); used only when SparkContext.setCheckpointDir was called, ignored "
+        "otherwise",
+        default=10,
+        to_field=lambda v: 0 if v == -1 else v,
+    ),
 }
 # Fields of the [data] section that make sense for a DataFrame (the rest name files and columns), with a
 # doc where config.py's comment speaks of files (None: the comment).
 DATA_FIELDS: dict[str, str | None] = {
-    "max_bad_fraction": None, "duplicates": None, "nonpositive": None,
+    "max_bad_fraction": None,
+    "duplicates": None,
+    "nonpositive": None,
     "front_end": "who validates and indexes the DataFrame: 'driver' (collected through Arrow, then numpy: one "
-                 "Spark job), 'spark' (Spark jobs), or 'auto': the driver under a local master when Spark's size "
-                 "estimate of the frame is at most frontEndMaxMb (a Python RDD's size is unknown: Spark), else Spark",
+    "Spark job), 'spark' (Spark jobs), or 'auto': the driver under a local master when Spark's size "
+    "estimate of the frame is at most frontEndMaxMb (a Python RDD's size is unknown: Spark), else Spark",
     "front_end_max_mb": "largest size estimate of the DataFrame, in MB, that frontEnd 'auto' validates on the driver",
 }
 
@@ -185,8 +214,9 @@ def _config_specs(cls: type, section: str, only: dict[str, str | None] | None = 
         if f.name in aliases:
             name, a = aliases[f.name]
             default = f.default if a.default is _FIELD_DEFAULT else a.default
-            specs.append(_Spec(name, default, a.converter or _converter(hint), f"{a.doc} ({key})", section,
-                               f.name, a.to_field))
+            specs.append(
+                _Spec(name, default, a.converter or _converter(hint), f"{a.doc} ({key})", section, f.name, a.to_field)
+            )
             continue
         choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
         shown = f"one of {', '.join(repr(c) for c in choices)}; " if choices else ""
@@ -203,38 +233,68 @@ MODEL_SPECS = _config_specs(ModelConfig, "model") + _config_specs(DataConfig, "d
 SHARED_SPECS = [
     _Spec("userCol", "user", TypeConverters.toString, "column of user IDs: integers, longs or strings"),
     _Spec("itemCol", "item", TypeConverters.toString, "column of item IDs: integers, longs or strings"),
-    _Spec("ratingCol", "rating", TypeConverters.toString,
-          "column of ratings ('' = 1.0 for every row); also the rating column of foldInUsers/foldInItems"),
-    _Spec("timestampCol", "", TypeConverters.toString,
-          "column of the ratings' timestamps (numbers in the unit of dayLength, or a timestamp type: seconds; "
-          "'' = none): with dayBiasReg > 0 the fit learns an offset per user and day, and transform adds it "
-          "to the rows of a day the user rated in training"),
+    _Spec(
+        "ratingCol",
+        "rating",
+        TypeConverters.toString,
+        "column of ratings ('' = 1.0 for every row); also the rating column of foldInUsers/foldInItems",
+    ),
+    _Spec(
+        "timestampCol",
+        "",
+        TypeConverters.toString,
+        "column of the ratings' timestamps (numbers in the unit of dayLength, or a timestamp type: seconds; "
+        "'' = none): with dayBiasReg > 0 the fit learns an offset per user and day, and transform adds it "
+        "to the rows of a day the user rated in training",
+    ),
     _Spec("predictionCol", "prediction", TypeConverters.toString, "prediction column name (double)"),
-    _Spec("coldStartStrategy", "nan", TypeConverters.toString,
-          "prediction for a user or item the model has not seen: 'nan' (NaN), 'drop' (the row is dropped) or "
-          "'mean' (the training mean plus the known side's bias; 0 for implicit models)"),
-    _Spec("blockSize", 4096, TypeConverters.toInt,
-          "accepted for MLlib compatibility; no effect (top-N scores users in chunks of its own)"),
-    _Spec("excludeSeen", False, TypeConverters.toBoolean,
-          "recommendations leave out what each user rated in training (the model then keeps the training "
-          "pairs, and saves them)"),
+    _Spec(
+        "coldStartStrategy",
+        "nan",
+        TypeConverters.toString,
+        "prediction for a user or item the model has not seen: 'nan' (NaN), 'drop' (the row is dropped) or "
+        "'mean' (the training mean plus the known side's bias; 0 for implicit models)",
+    ),
+    _Spec(
+        "blockSize",
+        4096,
+        TypeConverters.toInt,
+        "accepted for MLlib compatibility; no effect (top-N scores users in chunks of its own)",
+    ),
+    _Spec(
+        "excludeSeen",
+        False,
+        TypeConverters.toBoolean,
+        "recommendations leave out what each user rated in training (the model then keeps the training "
+        "pairs, and saves them)",
+    ),
 ]
 ALS_ONLY_SPECS = [
-    _Spec("intermediateStorageLevel", "MEMORY_AND_DISK", TypeConverters.toString,
-          "accepted for MLlib compatibility; no effect (the factors live in the driver)"),
-    _Spec("finalStorageLevel", "MEMORY_AND_DISK", TypeConverters.toString,
-          "accepted for MLlib compatibility; no effect (the factors live in the driver)"),
+    _Spec(
+        "intermediateStorageLevel",
+        "MEMORY_AND_DISK",
+        TypeConverters.toString,
+        "accepted for MLlib compatibility; no effect (the factors live in the driver)",
+    ),
+    _Spec(
+        "finalStorageLevel",
+        "MEMORY_AND_DISK",
+        TypeConverters.toString,
+        "accepted for MLlib compatibility; no effect (the factors live in the driver)",
+    ),
 ]
 
 
 def _declare(*specs: _Spec):
     """Class decorator: a Param, a getX and a setX (returning self) for every spec, and the defaults."""
+
     def accessors(name: str):
         def get(self):
             return self.getOrDefault(name)
 
         def put(self, value):
             return self._set(**{name: value})
+
         cap = name[0].upper() + name[1:]
         get.__name__, put.__name__ = f"get{cap}", f"set{cap}"
         get.__doc__, put.__doc__ = f"Gets the value of {name} or its default.", f"Sets the value of {name}."
@@ -248,12 +308,14 @@ def _declare(*specs: _Spec):
             setattr(cls, put.__name__, put)
         cls._specs = tuple(getattr(cls, "_specs", ())) + specs
         return cls
+
     return decorate
 
 
 @_declare(*SHARED_SPECS)
 class _SharedParams(Params):
     """Params of ALS and ALSModel: column names, cold-start strategy, excludeSeen."""
+
     _specs: tuple[_Spec, ...]
 
     def __init__(self) -> None:
@@ -265,13 +327,14 @@ class _SharedParams(Params):
         known = {s.name for s in self._specs}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise TypeError(f"{type(self).__name__}: unknown param(s) {', '.join(unknown)}; params are "
-                            + ", ".join(sorted(known)))
+            raise TypeError(
+                f"{type(self).__name__}: unknown param(s) {', '.join(unknown)}; params are " + ", ".join(sorted(known))
+            )
         return self._set(**kwargs)
 
     def _set(self, **kwargs: Any):
         super()._set(**kwargs)
-        if all(self.isDefined(s.name) for s in self._specs):   # not midway through copy()'s copying
+        if all(self.isDefined(s.name) for s in self._specs):  # not midway through copy()'s copying
             self._check()
         return self
 
@@ -280,8 +343,9 @@ class _SharedParams(Params):
         which pyspark's loaders use, skips _set)."""
         strategy = self.getOrDefault("coldStartStrategy")
         if strategy not in COLD_START:
-            raise ConfigError(f"param coldStartStrategy: got {strategy!r}, expected one of "
-                              + ", ".join(repr(s) for s in COLD_START))
+            raise ConfigError(
+                f"param coldStartStrategy: got {strategy!r}, expected one of " + ", ".join(repr(s) for s in COLD_START)
+            )
 
 
 @_declare(*ALS_ONLY_SPECS, *MODEL_SPECS)
@@ -353,9 +417,19 @@ class ALS(Estimator, _ALSParams, DefaultParamsReadable, MLWritable):
         self._check()
         run = self.run_config()
         user, item, rating, ts = self.getUserCol(), self.getItemCol(), self.getRatingCol(), self.getTimestampCol()
-        _require_columns(dataset, "ALS.fit", {"userCol": user, "itemCol": item, **({"ratingCol": rating} if rating else {}),
-                                              **({"timestampCol": ts} if ts else {})})
-        ready, pairs = prepare.frame_ready(prepare.raw_frame(dataset, user, item, rating, ts), run, self.getExcludeSeen())
+        _require_columns(
+            dataset,
+            "ALS.fit",
+            {
+                "userCol": user,
+                "itemCol": item,
+                **({"ratingCol": rating} if rating else {}),
+                **({"timestampCol": ts} if ts else {}),
+            },
+        )
+        ready, pairs = prepare.frame_ready(
+            prepare.raw_frame(dataset, user, item, rating, ts), run, self.getExcludeSeen()
+        )
         store = _checkpoint_store(dataset.sparkSession, run.model)
         try:
             model = fit_model(ready, run, checkpoints=store)[1]
@@ -377,9 +451,14 @@ def _grouped(recs: DataFrame, key_col: str, other_col: str, key_type: str, other
 
     Performance note: one shuffle (the group by key).
     """
-    entry = F.struct(F.col("rank").alias("_rank"), F.col(ITEM).cast(other_type).alias("_other"),
-                     F.col("score").cast("float").alias("rating"))
-    lists = recs.groupBy(F.col(USER).cast(key_type).alias(key_col)).agg(F.array_sort(F.collect_list(entry)).alias("_recs"))
+    entry = F.struct(
+        F.col("rank").alias("_rank"),
+        F.col(ITEM).cast(other_type).alias("_other"),
+        F.col("score").cast("float").alias("rating"),
+    )
+    lists = recs.groupBy(F.col(USER).cast(key_type).alias(key_col)).agg(
+        F.array_sort(F.collect_list(entry)).alias("_recs")
+    )
     best = F.transform("_recs", lambda e: F.struct(e["_other"].alias(other_col), e["rating"].alias("rating")))
     return lists.select(_col(key_col), best.alias("recommendations"))
 
@@ -401,13 +480,15 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
     fitted on. `ALSModel.fromFactorModel(load_model("out/"))` wraps a train job's output.
     """
 
-    def __init__(self, model: FactorModel | None = None, seen: DataFrame | None = None,
-                 id_types: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model: FactorModel | None = None, seen: DataFrame | None = None, id_types: dict[str, str] | None = None
+    ) -> None:
         super().__init__()
         self._model = model
-        self._seen = seen                 # user, item: the training pairs (excludeSeen)
-        self._id_types = id_types or ({} if model is None else
-                                      {USER: _map_type(model.users), ITEM: _map_type(model.items)})
+        self._seen = seen  # user, item: the training pairs (excludeSeen)
+        self._id_types = id_types or (
+            {} if model is None else {USER: _map_type(model.users), ITEM: _map_type(model.items)}
+        )
 
     @classmethod
     def fromFactorModel(cls, model: FactorModel, seen: DataFrame | None = None, **params: Any) -> "ALSModel":
@@ -442,8 +523,11 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
     def _factors(ids: pa.Array, factors: np.ndarray, bias: np.ndarray | None, id_type: str) -> DataFrame:
         """A factor table (made on the driver, no Spark job) in MLlib's column names."""
         df = SparkSession.active().createDataFrame(factor_table(ids, factors, bias))
-        return df.select(F.col("id").cast(id_type).alias("id"), F.col("factors").alias("features"),
-                         *([F.col("bias")] if bias is not None else []))
+        return df.select(
+            F.col("id").cast(id_type).alias("id"),
+            F.col("factors").alias("features"),
+            *([F.col("bias")] if bias is not None else []),
+        )
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """`dataset` plus predictionCol (double; RegressionEvaluator takes it as it is) from
@@ -479,18 +563,21 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         best users; `include` / `exclude` list users (userCol)."""
         return self._recommend("item", numUsers, None, include, exclude, "recommendForAllItems")
 
-    def recommendForUserSubset(self, dataset: DataFrame, numItems: int, include: Ids = None,
-                               exclude: Ids = None) -> DataFrame:
+    def recommendForUserSubset(
+        self, dataset: DataFrame, numItems: int, include: Ids = None, exclude: Ids = None
+    ) -> DataFrame:
         """recommendForAllUsers for the users in dataset[userCol] only (unknown users are left out)."""
         return self._recommend("user", numItems, dataset, include, exclude, "recommendForUserSubset")
 
-    def recommendForItemSubset(self, dataset: DataFrame, numUsers: int, include: Ids = None,
-                               exclude: Ids = None) -> DataFrame:
+    def recommendForItemSubset(
+        self, dataset: DataFrame, numUsers: int, include: Ids = None, exclude: Ids = None
+    ) -> DataFrame:
         """recommendForAllItems for the items in dataset[itemCol] only (unknown items are left out)."""
         return self._recommend("item", numUsers, dataset, include, exclude, "recommendForItemSubset")
 
-    def _recommend(self, side: str, n: int, subset: DataFrame | None, include: Ids, exclude: Ids,
-                   name: str) -> DataFrame:
+    def _recommend(
+        self, side: str, n: int, subset: DataFrame | None, include: Ids, exclude: Ids, name: str
+    ) -> DataFrame:
         """Top-n of the other side for `side`'s IDs (FactorModel.recommend; for items, on its
         transposed model, where items are the users), grouped as MLlib groups them."""
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
@@ -504,17 +591,25 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         seen = self._seen_pairs(where)
         if seen is not None and not by_user:
             seen = seen.select(F.col(ITEM).alias(USER), F.col(USER).alias(ITEM))
-        recs = m.recommend(rows, int(n), seen, USER, ITEM,
-                           include=_candidates(include, cols[other][1], ITEM, f"{where} include", cols[other][0]),
-                           exclude=_candidates(exclude, cols[other][1], ITEM, f"{where} exclude", cols[other][0]))
+        recs = m.recommend(
+            rows,
+            int(n),
+            seen,
+            USER,
+            ITEM,
+            include=_candidates(include, cols[other][1], ITEM, f"{where} include", cols[other][0]),
+            exclude=_candidates(exclude, cols[other][1], ITEM, f"{where} exclude", cols[other][0]),
+        )
         return _grouped(recs, cols[key][1], cols[other][1], self._id_types[key], self._id_types[other])
 
     def _seen_pairs(self, where: str) -> DataFrame | None:
         if not self.getExcludeSeen():
             return None
         if self._seen is None:
-            raise ConfigError(f"{where}: excludeSeen is set, but this model kept no training pairs "
-                              f"(fit it with ALS(excludeSeen=True))")
+            raise ConfigError(
+                f"{where}: excludeSeen is set, but this model kept no training pairs "
+                f"(fit it with ALS(excludeSeen=True))"
+            )
         return self._seen
 
     # ---- fold-in -------------------------------------------------------------------------------
@@ -552,8 +647,9 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         if model._seen is not None:
             fs.write_parquet(spark, posixpath.join(path, "seen"), model._seen)
         # The metadata last: a folder a failed save left behind has none, and loading it fails clearly.
-        DefaultParamsWriter.saveMetadata(model, path, spark,
-                                         extraMetadata={"idTypes": model._id_types, "seen": model._seen is not None})
+        DefaultParamsWriter.saveMetadata(
+            model, path, spark, extraMetadata={"idTypes": model._id_types, "seen": model._seen is not None}
+        )
 
     @classmethod
     def read(cls) -> "MLReader[ALSModel]":
@@ -590,7 +686,7 @@ class _ModelReader(MLReader):
         if meta.get("class") != expected:
             raise ModelError(f"{path} holds a {meta.get('class')}, not an {expected}")
         seen = None
-        if meta.get("seen"):     # copied out of the folder: saving the model over it must not lose them
+        if meta.get("seen"):  # copied out of the folder: saving the model over it must not lose them
             seen = spark.read.parquet(posixpath.join(path, "seen")).localCheckpoint(eager=True)
         model = ALSModel(load_model(path, spark), seen, meta.get("idTypes"))
         model._resetUid(meta["uid"])

@@ -35,6 +35,7 @@ Then the ratios ours/MLlib and the quality difference, and a floating-point boun
 of ours (scripts/flops.py): its flop count over this machine's one-thread float32 matmul rate, on
 one core and on the Spark cores the blocks run on, against the measured loop s/iter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,20 +55,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import numpy as np  # noqa: E402
-
 import flops  # noqa: E402
+import numpy as np  # noqa: E402
 from proctree import descendants  # noqa: E402
+
 from mf_spark import evaluate  # noqa: E402
 from mf_spark.als import loop as als  # noqa: E402
 from mf_spark.core import session  # noqa: E402
-from mf_spark.data import index, read, split, validate  # noqa: E402
-from mf_spark.model import topn  # noqa: E402
-from mf_spark.core.types import Factors  # noqa: E402
 from mf_spark.core.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
+from mf_spark.core.types import (  # noqa: E402
+    ITEM_IDX,
+    RATING,
+    USER_IDX,
+    Factors,  # noqa: E402
+)
+from mf_spark.data import (  # noqa: E402
+    index,
+    read,
+    ready,  # noqa: E402
+    split,
+    validate,
+)
+from mf_spark.model import topn  # noqa: E402
 from mf_spark.model.factors import FactorModel, Scorer  # noqa: E402
-from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX  # noqa: E402
-from mf_spark.data import ready  # noqa: E402
 
 TOP_N = 10
 SAMPLE_SECONDS = 0.2
@@ -85,6 +95,7 @@ def synthetic_input(n_ratings: int, kind: str) -> str:
     """make_synthetic.generate(n_ratings, kind) written to a temporary Parquet file; returns its path."""
     import pyarrow.parquet as pq
     from make_synthetic import generate
+
     path = os.path.join(temp_dir("mf_spark-bench-data-"), f"synthetic_{kind}_{n_ratings}.parquet")
     pq.write_table(generate(n_ratings, kind), path)
     return path
@@ -93,12 +104,13 @@ def synthetic_input(n_ratings: int, kind: str) -> str:
 @dataclass
 class Data:
     """The training split (indexed, cached), the held-out rows and what scoring needs."""
+
     train_idx: object
     heldout: ready.HeldOut
     users: index.IdMap
     items: index.IdMap
     stats: ready.TrainStats
-    ranking: evaluate.RankingEvaluator | None   # implicit only
+    ranking: evaluate.RankingEvaluator | None  # implicit only
 
 
 def prepare(spark, args) -> Data:
@@ -184,8 +196,10 @@ class PeakMemory:
     def __enter__(self) -> "PeakMemory":
         pids = ["self", self.jvm, *python_workers(self.jvm)]
         self.reset = all([_reset_peak(pid) for pid in pids])
-        self.start = {"driver_python_start_mb": _status_kb("self", "VmRSS"),
-                      "driver_jvm_start_mb": _status_kb(self.jvm, "VmRSS")}
+        self.start = {
+            "driver_python_start_mb": _status_kb("self", "VmRSS"),
+            "driver_jvm_start_mb": _status_kb(self.jvm, "VmRSS"),
+        }
         self._sample()
         self._thread.start()
         return self
@@ -194,16 +208,19 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
-        mb = lambda kb: None if kb is None else round(kb / 1024.0, 1)   # noqa: E731
+        mb = lambda kb: None if kb is None else round(kb / 1024.0, 1)
         jvm = _status_kb(self.jvm, "VmHWM")
         start = self.start["driver_jvm_start_mb"]
-        self.peaks = {"driver_python_mb": mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
-                      "driver_jvm_mb": mb(jvm),
-                      "driver_jvm_growth_mb": None if jvm is None or start is None else mb(jvm - start),
-                      "workers_sum_mb": mb(sum(self.workers.values())),
-                      "workers_max_mb": mb(max(self.workers.values(), default=0)),
-                      "n_workers": len(self.workers), "reset": self.reset,
-                      **{k: mb(v) for k, v in self.start.items()}}
+        self.peaks = {
+            "driver_python_mb": mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+            "driver_jvm_mb": mb(jvm),
+            "driver_jvm_growth_mb": None if jvm is None or start is None else mb(jvm - start),
+            "workers_sum_mb": mb(sum(self.workers.values())),
+            "workers_max_mb": mb(max(self.workers.values(), default=0)),
+            "n_workers": len(self.workers),
+            "reset": self.reset,
+            **{k: mb(v) for k, v in self.start.items()},
+        }
 
 
 # ---- the two models ------------------------------------------------------------------------------
@@ -212,14 +229,22 @@ class Setting:
     rank: int
     iterations: int
     reg: float
-    alpha: float | None   # None: explicit
+    alpha: float | None  # None: explicit
     solver: str = "auto"  # ours: model.solver and model.cg_steps
     cg_steps: int = 3
 
     def model_config(self, seed: int, **extra) -> ModelConfig:
         kind = {} if self.alpha is None else {"kind": "implicit", "alpha": self.alpha}
-        return ModelConfig(rank=self.rank, iterations=self.iterations, reg=self.reg, seed=seed,
-                           solver=self.solver, cg_steps=self.cg_steps, **kind, **extra)
+        return ModelConfig(
+            rank=self.rank,
+            iterations=self.iterations,
+            reg=self.reg,
+            seed=seed,
+            solver=self.solver,
+            cg_steps=self.cg_steps,
+            **kind,
+            **extra,
+        )
 
 
 def mllib_factors(model, n, side):
@@ -234,10 +259,20 @@ def fit_mllib(data: Data, s: Setting, seed: int):
     """pyspark.ml ALS (implicitPrefs with alpha when s.alpha is set) -> (seconds, Factors, model);
     the time includes collecting the factors to the driver."""
     from pyspark.ml.recommendation import ALS
+
     t0 = time.perf_counter()
     extra = {} if s.alpha is None else {"implicitPrefs": True, "alpha": s.alpha}
-    model = ALS(rank=s.rank, maxIter=s.iterations, regParam=s.reg, userCol=USER_IDX, itemCol=ITEM_IDX,
-                ratingCol=RATING, seed=seed, coldStartStrategy="nan", **extra).fit(data.train_idx)
+    model = ALS(
+        rank=s.rank,
+        maxIter=s.iterations,
+        regParam=s.reg,
+        userCol=USER_IDX,
+        itemCol=ITEM_IDX,
+        ratingCol=RATING,
+        seed=seed,
+        coldStartStrategy="nan",
+        **extra,
+    ).fit(data.train_idx)
     X = mllib_factors(model, data.users.size, "user")
     Y = mllib_factors(model, data.items.size, "item")
     return time.perf_counter() - t0, Factors(X, Y, None, None, 0.0), model
@@ -276,6 +311,7 @@ def settle(spark) -> None:
     collecting the other's garbage (measured: after an MLlib fit, our next 1M fit took 1.66 s
     against 1.09 s without MLlib in the process; the JVM's concurrent GC shares the two cores)."""
     import gc
+
     gc.collect()
     spark.sparkContext._jvm.java.lang.System.gc()
     time.sleep(0.5)
@@ -288,8 +324,13 @@ def run_mllib(spark, data: Data, s: Setting, seed: int) -> dict:
         seconds, factors, model = fit_mllib(data, s, seed)
     top = timed_write(model.recommendForAllUsers(TOP_N))
     release_mllib(spark)
-    return {"fit_seconds": seconds, "seconds_per_iteration": seconds / s.iterations, "topn_seconds": top,
-            **quality(data, "explicit" if s.alpha is None else "implicit", factors), "memory": mem.peaks}
+    return {
+        "fit_seconds": seconds,
+        "seconds_per_iteration": seconds / s.iterations,
+        "topn_seconds": top,
+        **quality(data, "explicit" if s.alpha is None else "implicit", factors),
+        "memory": mem.peaks,
+    }
 
 
 def run_ours(spark, data: Data, cfg: ModelConfig, with_topn: bool = True) -> dict:
@@ -297,8 +338,11 @@ def run_ours(spark, data: Data, cfg: ModelConfig, with_topn: bool = True) -> dic
     settle(spark)
     with PeakMemory(spark) as mem:
         res = als.fit(data.train_idx, data.users.size, data.items.size, cfg, stats=data.stats)
-    out = {"fit_seconds": res.fit_seconds, "seconds_per_iteration": res.fit_seconds / cfg.iterations,
-           "loop_seconds_per_iteration": statistics.median(h["seconds"] for h in res.history)}
+    out = {
+        "fit_seconds": res.fit_seconds,
+        "seconds_per_iteration": res.fit_seconds / cfg.iterations,
+        "loop_seconds_per_iteration": statistics.median(h["seconds"] for h in res.history),
+    }
     if with_topn:
         model = factor_model(data, cfg.kind, res.factors)
         out["topn_seconds"] = timed_write(topn.recommendations(model, data.train_idx, RecommendConfig(TOP_N, True)))
@@ -336,23 +380,34 @@ def run_seeds(args) -> list[int]:
 def compare(spark, data: Data, s: Setting, args) -> dict:
     """MLlib and ours at setting `s`, alternating over args.repeat; summaries, ratios, difference."""
     runs = {"mllib": [], "ours": []}
-    for _ in range(args.warmup):     # untimed: JIT, Python worker start-up and imports, first shuffles
+    for _ in range(args.warmup):  # untimed: JIT, Python worker start-up and imports, first shuffles
         if not args.skip_mllib:
             run_mllib(spark, data, s, args.seed)
         run_ours(spark, data, s.model_config(args.seed), with_topn=not args.skip_topn)
     for seed in run_seeds(args):
         if not args.skip_mllib:
             runs["mllib"].append({**run_mllib(spark, data, s, seed), "seed": seed})
-        runs["ours"].append({**run_ours(spark, data, s.model_config(seed), with_topn=not args.skip_topn),
-                             "seed": seed})
+        runs["ours"].append({**run_ours(spark, data, s.model_config(seed), with_topn=not args.skip_topn), "seed": seed})
     o = summarize(runs["ours"])
     m = summarize(runs["mllib"]) if runs["mllib"] else None
     metric = "rmse" if s.alpha is None else "ndcg_at_k"
-    ratios = {} if m is None else {k: o[k] / m[k] for k in ("fit_seconds", "seconds_per_iteration", "topn_seconds")
-                                   if m.get(k) and o.get(k)}
+    ratios = (
+        {}
+        if m is None
+        else {k: o[k] / m[k] for k in ("fit_seconds", "seconds_per_iteration", "topn_seconds") if m.get(k) and o.get(k)}
+    )
     diff = None if m is None or o[metric] is None or m[metric] is None else o[metric] - m[metric]
-    return {"rank": s.rank, "iterations": s.iterations, "reg": s.reg, "alpha": s.alpha, "mllib": m,
-            "ours": o, "ratios": ratios, "metric": metric, "metric_difference": diff}
+    return {
+        "rank": s.rank,
+        "iterations": s.iterations,
+        "reg": s.reg,
+        "alpha": s.alpha,
+        "mllib": m,
+        "ours": o,
+        "ratios": ratios,
+        "metric": metric,
+        "metric_difference": diff,
+    }
 
 
 # ---- printing -------------------------------------------------------------------------------------
@@ -363,26 +418,38 @@ def fmt(v, spec: str) -> str:
 def print_comparison(c: dict, repeat: int) -> None:
     label = "RMSE" if c["metric"] == "rmse" else "NDCG@10"
     alpha = "" if c["alpha"] is None else f", alpha {c['alpha']}"
-    print(f"\nrank {c['rank']}, {c['iterations']} iterations, reg {c['reg']}{alpha}; median of {repeat} "
-          f"run(s); memory: peak RSS during the fit, MB (+JVM: growth over its RSS at the start of the fit)")
-    print(f"{'model':<7}{'fit s':>8}{'s/iter':>8}{'loop s/it':>10}{'top-10 s':>9}{label:>9}"
-          f"{'drv py':>8}{'drv JVM':>8}{'(+JVM)':>8}{'wrk sum':>8}{'wrk max':>8}")
+    print(
+        f"\nrank {c['rank']}, {c['iterations']} iterations, reg {c['reg']}{alpha}; median of {repeat} "
+        f"run(s); memory: peak RSS during the fit, MB (+JVM: growth over its RSS at the start of the fit)"
+    )
+    print(
+        f"{'model':<7}{'fit s':>8}{'s/iter':>8}{'loop s/it':>10}{'top-10 s':>9}{label:>9}"
+        f"{'drv py':>8}{'drv JVM':>8}{'(+JVM)':>8}{'wrk sum':>8}{'wrk max':>8}"
+    )
     for name in [n for n in ("mllib", "ours") if c[n] is not None]:
         r, mem = c[name], c[name]["memory"]
-        print(f"{name:<7}{r['fit_seconds']:>8.2f}{r['seconds_per_iteration']:>8.3f}"
-              f"{fmt(r.get('loop_seconds_per_iteration'), '.3f'):>10}{fmt(r.get('topn_seconds'), '.2f'):>9}"
-              f"{fmt(r[c['metric']], '.4f'):>9}{fmt(mem['driver_python_mb'], '.0f'):>8}"
-              f"{fmt(mem['driver_jvm_mb'], '.0f'):>8}{fmt(mem['driver_jvm_growth_mb'], '+.0f'):>8}"
-              f"{fmt(mem['workers_sum_mb'], '.0f'):>8}"
-              f"{fmt(mem['workers_max_mb'], '.0f'):>8}")
+        print(
+            f"{name:<7}{r['fit_seconds']:>8.2f}{r['seconds_per_iteration']:>8.3f}"
+            f"{fmt(r.get('loop_seconds_per_iteration'), '.3f'):>10}{fmt(r.get('topn_seconds'), '.2f'):>9}"
+            f"{fmt(r[c['metric']], '.4f'):>9}{fmt(mem['driver_python_mb'], '.0f'):>8}"
+            f"{fmt(mem['driver_jvm_mb'], '.0f'):>8}{fmt(mem['driver_jvm_growth_mb'], '+.0f'):>8}"
+            f"{fmt(mem['workers_sum_mb'], '.0f'):>8}"
+            f"{fmt(mem['workers_max_mb'], '.0f'):>8}"
+        )
     if len(set(c["ours"]["all_seeds"])) > 1:
         for name in [n for n in ("mllib", "ours") if c[n] is not None]:
-            print(f"{name} {label} by seed: " + ", ".join(
-                f"{seed}: {fmt(v, '.4f')}" for seed, v in zip(c[name]["all_seeds"], c[name][f"all_{c['metric']}"])))
+            print(
+                f"{name} {label} by seed: "
+                + ", ".join(
+                    f"{seed}: {fmt(v, '.4f')}" for seed, v in zip(c[name]["all_seeds"], c[name][f"all_{c['metric']}"])
+                )
+            )
     q = c["ratios"]
-    print(f"ours/MLlib: fit {fmt(q.get('fit_seconds'), '.3f')}, s/iter {fmt(q.get('seconds_per_iteration'), '.3f')}, "
-          f"top-10 {fmt(q.get('topn_seconds'), '.3f')} (MLlib keeps seen items, ours excludes them); "
-          f"{label} ours - MLlib: {fmt(c['metric_difference'], '+.4f')}")
+    print(
+        f"ours/MLlib: fit {fmt(q.get('fit_seconds'), '.3f')}, s/iter {fmt(q.get('seconds_per_iteration'), '.3f')}, "
+        f"top-10 {fmt(q.get('topn_seconds'), '.3f')} (MLlib keeps seen items, ours excludes them); "
+        f"{label} ours - MLlib: {fmt(c['metric_difference'], '+.4f')}"
+    )
 
 
 def print_extra(runs: list[dict], metric: str) -> None:
@@ -398,32 +465,47 @@ def flop_bound(spark, data: Data, s: Setting, measured: float, size: int) -> dic
     """Flops of one iteration of ours (scripts/flops.py) over the one-thread numpy float32 matmul
     rate of this machine: the bound on one core and on the cores the blocks run on (Spark's default
     parallelism, which is also the default number of blocks), and measured / bound."""
-    count = flops.iteration_flops(data.stats.n, data.users.size, data.items.size, s.rank, False,
-                                  s.alpha is not None)
+    count = flops.iteration_flops(data.stats.n, data.users.size, data.items.size, s.rank, False, s.alpha is not None)
     cores = spark.sparkContext.defaultParallelism
     try:
         rate = flops.measure_gflops(size, threads=1)
-    except Exception as exc:   # report the count without the rate
+    except Exception as exc:  # report the count without the rate
         print(f"\nfloating-point bound: measuring the matmul rate failed ({type(exc).__name__}: {exc})")
         return {"flops": count, "cores": cores}
     one, par = flops.bound_seconds(count["total"], rate), flops.bound_seconds(count["total"], rate, cores)
-    print(f"\nfloating-point bound, one iteration of ours: Gramians {count['gramians']:.3g} + solves "
-          f"{count['solves']:.3g} + fixed Gramians {count['fixed_gramian']:.3g} = {count['total']:.3g} flops")
-    print(f"numpy float32 matmul {size}x{size}, 1 thread: {rate:.1f} GFLOP/s -> bound {one:.4g} s on 1 core, "
-          f"{par:.4g} s on {cores} Spark core(s); measured {measured:.4g} s/iteration (loop) = "
-          f"{measured / par:.1f} x the {cores}-core bound")
-    out = {"flops": count, "gflops_one_thread": rate, "matmul_size": size, "cores": cores,
-           "bound_seconds_one_core": one, "bound_seconds": par, "measured_seconds_per_iteration": measured,
-           "measured_over_bound": measured / par}
+    print(
+        f"\nfloating-point bound, one iteration of ours: Gramians {count['gramians']:.3g} + solves "
+        f"{count['solves']:.3g} + fixed Gramians {count['fixed_gramian']:.3g} = {count['total']:.3g} flops"
+    )
+    print(
+        f"numpy float32 matmul {size}x{size}, 1 thread: {rate:.1f} GFLOP/s -> bound {one:.4g} s on 1 core, "
+        f"{par:.4g} s on {cores} Spark core(s); measured {measured:.4g} s/iteration (loop) = "
+        f"{measured / par:.1f} x the {cores}-core bound"
+    )
+    out = {
+        "flops": count,
+        "gflops_one_thread": rate,
+        "matmul_size": size,
+        "cores": cores,
+        "bound_seconds_one_core": one,
+        "bound_seconds": par,
+        "measured_seconds_per_iteration": measured,
+        "measured_over_bound": measured / par,
+    }
     steps = s.model_config(0).cg_steps_for()
-    if steps:   # the bound above is that of exact solves; this solver does less arithmetic
-        cg = flops.cg_iteration_flops(data.stats.n, data.users.size, data.items.size, s.rank, steps, False,
-                                      s.alpha is not None)
+    if steps:  # the bound above is that of exact solves; this solver does less arithmetic
+        cg = flops.cg_iteration_flops(
+            data.stats.n, data.users.size, data.items.size, s.rank, steps, False, s.alpha is not None
+        )
         cg_par = flops.bound_seconds(cg, rate, cores)
-        print(f"ours solved by {steps} conjugate-gradient steps per row (model.solver): {cg:.3g} flops per "
-              f"iteration, bound {cg_par:.4g} s on {cores} core(s); measured = {measured / cg_par:.1f} x that "
-              f"bound, {measured / par:.2f} x the exact-solve bound above")
-        out.update({"cg_steps": steps, "cg_flops": cg, "cg_bound_seconds": cg_par, "measured_over_cg_bound": measured / cg_par})
+        print(
+            f"ours solved by {steps} conjugate-gradient steps per row (model.solver): {cg:.3g} flops per "
+            f"iteration, bound {cg_par:.4g} s on {cores} core(s); measured = {measured / cg_par:.1f} x that "
+            f"bound, {measured / par:.2f} x the exact-solve bound above"
+        )
+        out.update(
+            {"cg_steps": steps, "cg_flops": cg, "cg_bound_seconds": cg_par, "measured_over_cg_bound": measured / cg_par}
+        )
     return out
 
 
@@ -436,8 +518,11 @@ def settings(args) -> list[Setting]:
     """Explicit: one setting. Implicit: the --alphas x --regs grid, each defaulting to --alpha / --reg."""
     if args.kind == "explicit":
         return [Setting(args.rank, args.iterations, args.reg, None, args.solver, args.cg_steps)]
-    return [Setting(args.rank, args.iterations, reg, alpha, args.solver, args.cg_steps)
-            for alpha in floats(args.alphas) or [args.alpha] for reg in floats(args.regs) or [args.reg]]
+    return [
+        Setting(args.rank, args.iterations, reg, alpha, args.solver, args.cg_steps)
+        for alpha in floats(args.alphas) or [args.alpha]
+        for reg in floats(args.regs) or [args.reg]
+    ]
 
 
 def extra_configs(args, best: dict) -> list[tuple[dict, ModelConfig]]:
@@ -447,19 +532,32 @@ def extra_configs(args, best: dict) -> list[tuple[dict, ModelConfig]]:
     base = {"iterations": args.iterations, "seed": args.seed}
     if args.kind == "explicit":
         grid = [(args.rank, args.reg)] if args.biases else []
-        grid += [(int(r), reg) for r in (args.sweep_rank.split(",") if args.sweep_rank else [args.rank])
-                 if r for reg in floats(args.sweep_reg)]
+        grid += [
+            (int(r), reg)
+            for r in (args.sweep_rank.split(",") if args.sweep_rank else [args.rank])
+            if r
+            for reg in floats(args.sweep_reg)
+        ]
         for rank, reg in grid:
-            out.append(({"rank": rank, "reg": reg, "biases": True},
-                        ModelConfig(rank=rank, reg=reg, biases=True, **base)))
+            out.append(
+                ({"rank": rank, "reg": reg, "biases": True}, ModelConfig(rank=rank, reg=reg, biases=True, **base))
+            )
         return out
     imp = {"kind": "implicit", "rank": args.rank, "reg": best["reg"], **base}
     for w0 in floats(args.w0s):
-        out.append(({"rank": args.rank, "reg": best["reg"], "alpha": best["alpha"], "w0": w0, "confidence": "linear"},
-                    ModelConfig(alpha=best["alpha"], unobserved_weight=w0, **imp)))
+        out.append(
+            (
+                {"rank": args.rank, "reg": best["reg"], "alpha": best["alpha"], "w0": w0, "confidence": "linear"},
+                ModelConfig(alpha=best["alpha"], unobserved_weight=w0, **imp),
+            )
+        )
     for alpha in floats(args.log_alphas):
-        out.append(({"rank": args.rank, "reg": best["reg"], "alpha": alpha, "w0": 1.0, "confidence": "log"},
-                    ModelConfig(alpha=alpha, confidence="log", **imp)))
+        out.append(
+            (
+                {"rank": args.rank, "reg": best["reg"], "alpha": alpha, "w0": 1.0, "confidence": "log"},
+                ModelConfig(alpha=alpha, confidence="log", **imp),
+            )
+        )
     return out
 
 
@@ -467,8 +565,13 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", default=None, help="ratings (default: the sample shipped with pyspark)")
-    src.add_argument("--synthetic", type=int, default=None, metavar="N_RATINGS",
-                     help="generate N ratings with scripts/make_synthetic.py (deterministic)")
+    src.add_argument(
+        "--synthetic",
+        type=int,
+        default=None,
+        metavar="N_RATINGS",
+        help="generate N ratings with scripts/make_synthetic.py (deterministic)",
+    )
     p.add_argument("--format", default="auto", help="input format: auto, csv, tsv, movielens, parquet")
     p.add_argument("--kind", default="explicit", choices=["explicit", "implicit"])
     p.add_argument("--split", default="random", choices=["random", "per_user", "temporal"])
@@ -480,9 +583,12 @@ def parse_args(argv):
     p.add_argument("--solver", default="auto", choices=["auto", "exact", "cg"], help="ours: model.solver")
     p.add_argument("--cg-steps", type=int, default=3, help="ours: model.cg_steps")
     p.add_argument("--repeat", type=int, default=1, help="runs of each model, alternating; medians reported")
-    p.add_argument("--vary-seed", action="store_true",
-                   help="repeat r fits both models with model seed --seed + r: the quality reported is then "
-                        "the median over starts, not one random start's")
+    p.add_argument(
+        "--vary-seed",
+        action="store_true",
+        help="repeat r fits both models with model seed --seed + r: the quality reported is then "
+        "the median over starts, not one random start's",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each model first (0 = time cold runs)")
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--skip-mllib", action="store_true", help="fit ours only (sizes where MLlib is not the point)")
@@ -509,9 +615,11 @@ def best_settings(comparisons: list[dict]) -> tuple[dict, dict]:
     best = max(comparisons, key=lambda c: sign * (c["ours"][metric] or 0.0))
     best_mllib = max(comparisons, key=lambda c: sign * ((c["mllib"] or {}).get(metric) or 0.0))
     if len(comparisons) > 1 and best_mllib["mllib"] is not None:
-        print(f"\nbest MLlib: alpha={best_mllib['alpha']} reg={best_mllib['reg']} {metric}="
-              f"{fmt(best_mllib['mllib'][metric], '.4f')}; best ours: alpha={best['alpha']} reg={best['reg']} "
-              f"{metric}={fmt(best['ours'][metric], '.4f')}")
+        print(
+            f"\nbest MLlib: alpha={best_mllib['alpha']} reg={best_mllib['reg']} {metric}="
+            f"{fmt(best_mllib['mllib'][metric], '.4f')}; best ours: alpha={best['alpha']} reg={best['reg']} "
+            f"{metric}={fmt(best['ours'][metric], '.4f')}"
+        )
     return best, best_mllib
 
 
@@ -519,14 +627,30 @@ def report(args, data: Data, comparisons: list[dict], extra: list[dict], bound: 
     """The JSON report: inputs, every comparison (summaries per model), extra runs, the flop bound,
     a flat list of runs and the headline ratio and metric difference (first setting)."""
     metric = comparisons[0]["metric"]
-    runs = [{"model": name, "rank": c["rank"], "reg": c["reg"], "alpha": c["alpha"], **c[name]}
-            for c in comparisons for name in ("mllib", "ours") if c[name] is not None]
-    return {"input": args.input, "kind": args.kind, "n_train": data.stats.n, "n_test": data.heldout.n,
-            "n_users": data.users.size, "n_items": data.items.size, "rank": args.rank,
-            "iterations": args.iterations, "repeat": args.repeat, "warmup": args.warmup, "comparisons": comparisons,
-            "extra_runs": extra, "flop_bound": bound, "runs": runs + [{"model": "ours", **r} for r in extra],
-            "ratio_fit_seconds": comparisons[0]["ratios"].get("fit_seconds"),
-            f"{metric}_difference": comparisons[0]["metric_difference"]}
+    runs = [
+        {"model": name, "rank": c["rank"], "reg": c["reg"], "alpha": c["alpha"], **c[name]}
+        for c in comparisons
+        for name in ("mllib", "ours")
+        if c[name] is not None
+    ]
+    return {
+        "input": args.input,
+        "kind": args.kind,
+        "n_train": data.stats.n,
+        "n_test": data.heldout.n,
+        "n_users": data.users.size,
+        "n_items": data.items.size,
+        "rank": args.rank,
+        "iterations": args.iterations,
+        "repeat": args.repeat,
+        "warmup": args.warmup,
+        "comparisons": comparisons,
+        "extra_runs": extra,
+        "flop_bound": bound,
+        "runs": runs + [{"model": "ours", **r} for r in extra],
+        "ratio_fit_seconds": comparisons[0]["ratios"].get("fit_seconds"),
+        f"{metric}_difference": comparisons[0]["metric_difference"],
+    }
 
 
 def start(args):
@@ -546,9 +670,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     spark = start(args)
     data = prepare(spark, args)
-    print(f"data: {args.input}: {data.stats.n} train / {data.heldout.n} test ratings, "
-          f"{data.users.size} users x {data.items.size} items; {args.kind}; "
-          f"Spark cores {spark.sparkContext.defaultParallelism}")
+    print(
+        f"data: {args.input}: {data.stats.n} train / {data.heldout.n} test ratings, "
+        f"{data.users.size} users x {data.items.size} items; {args.kind}; "
+        f"Spark cores {spark.sparkContext.defaultParallelism}"
+    )
     comparisons = []
     for s in settings(args):
         comparisons.append(compare(spark, data, s, args))

@@ -19,6 +19,7 @@ section (by --label) of a markdown file such as docs/performance.md.
 jobs/train.py) 80/20 at random (seed 42) into temporary Parquet files; --synthetic N does the same
 with scripts/make_synthetic.py's data (deterministic). --set passes config keys to our job only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,19 @@ sys.path.insert(0, HERE)
 from proctree import descendants  # noqa: E402
 
 SAMPLE_SECONDS = 0.2
-NAMES = {"user": ("user", "userid", "user_id"), "item": ("item", "itemid", "item_id", "movieid"),
-         "rating": ("rating", "score", "count", "value"), "timestamp": ("timestamp", "ts", "time")}
+NAMES = {
+    "user": ("user", "userid", "user_id"),
+    "item": ("item", "itemid", "item_id", "movieid"),
+    "rating": ("rating", "score", "count", "value"),
+    "timestamp": ("timestamp", "ts", "time"),
+}
 
 
 # ---- inputs ------------------------------------------------------------------------------------------
 def _standard(table):
     """user, item, rating[, timestamp] columns of a table whose columns have the usual names."""
     import pyarrow as pa
+
     found = {}
     for want, names in NAMES.items():
         hit = next((c for c in table.column_names if c.lower().replace("-", "_") in names), None)
@@ -63,6 +69,7 @@ def split_files(table, folder: str, seed: int = 42) -> tuple[str, str]:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     test = np.random.default_rng(seed).random(table.num_rows) < 0.2
     paths = os.path.join(folder, "train.parquet"), os.path.join(folder, "test.parquet")
     pq.write_table(table.filter(pa.array(~test)), paths[0])
@@ -75,9 +82,11 @@ def inputs(args, folder: str) -> tuple[str, str]:
         return args.train, args.test
     if args.synthetic:
         from make_synthetic import generate
+
         return split_files(generate(args.synthetic, args.kind), folder)
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
+
     table = pq.read_table(args.input) if args.input.endswith(".parquet") else pcsv.read_csv(args.input)
     return split_files(_standard(table), folder)
 
@@ -104,28 +113,49 @@ def run_process(cmd: list[str], env: dict) -> dict:
     def sample() -> None:
         while not done.wait(SAMPLE_SECONDS):
             peak[0] = max(peak[0], _rss_mb([proc.pid, *descendants(proc.pid)]))
+
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     done.set()
     sampler.join()
-    return {"wall_seconds": round(wall, 3), "peak_mb": round(peak[0], 1), "returncode": proc.returncode,
-            "stdout": out, "stderr": err}
+    return {
+        "wall_seconds": round(wall, 3),
+        "peak_mb": round(peak[0], 1),
+        "returncode": proc.returncode,
+        "stdout": out,
+        "stderr": err,
+    }
 
 
 def submit(args, script: str, job_args: list[str]) -> list[str]:
-    return [os.path.join(os.path.dirname(sys.executable), "spark-submit"), "--master", args.master,
-            "--driver-memory", args.driver_memory, os.path.join(ROOT, script), *job_args]
+    return [
+        os.path.join(os.path.dirname(sys.executable), "spark-submit"),
+        "--master",
+        args.master,
+        "--driver-memory",
+        args.driver_memory,
+        os.path.join(ROOT, script),
+        *job_args,
+    ]
 
 
 def run_ours(args, train: str, test: str, out: str, env: dict) -> dict:
-    sets = [f"model.kind={args.kind}", f"model.rank={args.rank}", f"model.iterations={args.iterations}",
-            f"model.reg={args.reg}", f"model.seed={args.seed}"]
+    sets = [
+        f"model.kind={args.kind}",
+        f"model.rank={args.rank}",
+        f"model.iterations={args.iterations}",
+        f"model.reg={args.reg}",
+        f"model.seed={args.seed}",
+    ]
     if args.kind == "implicit":
         sets.append(f"model.alpha={args.alpha}")
-    cmd = submit(args, "jobs/train.py", ["--train", train, "--test", test, "--output", out,
-                                         *[x for s in sets + args.set for x in ("--set", s)]])
+    cmd = submit(
+        args,
+        "jobs/train.py",
+        ["--train", train, "--test", test, "--output", out, *[x for s in sets + args.set for x in ("--set", s)]],
+    )
     r = run_process(cmd, env)
     if r["returncode"] != 0:
         raise SystemExit(f"our job failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
@@ -136,15 +166,39 @@ def run_ours(args, train: str, test: str, out: str, env: dict) -> dict:
     # stage started and its blocks built); older metrics lack the latter: the fit outside its loop.
     before_fit = sum(v for k, v in timings.items() if k in ("read_validate", "split_index", "evaluation_setup"))
     loop = sum(h["seconds"] for h in m.get("history", []))
-    return {**_public(r), "timings": timings, "spark_jobs": m.get("spark_jobs"), "rmse": m["rmse"],
-            "ndcg_at_k": m["ndcg_at_k"], "exchange": m.get("exchange"), "front_end": m.get("front_end"),
-            "to_first_iteration": round(before_fit + m.get("fit_startup_seconds", m["fit_seconds"] - loop), 3)}
+    return {
+        **_public(r),
+        "timings": timings,
+        "spark_jobs": m.get("spark_jobs"),
+        "rmse": m["rmse"],
+        "ndcg_at_k": m["ndcg_at_k"],
+        "exchange": m.get("exchange"),
+        "front_end": m.get("front_end"),
+        "to_first_iteration": round(before_fit + m.get("fit_startup_seconds", m["fit_seconds"] - loop), 3),
+    }
 
 
 def run_mllib(args, train: str, test: str, out: str, env: dict) -> dict:
-    job = ["--train", train, "--test", test, "--output", out, "--kind", args.kind, "--rank", str(args.rank),
-           "--iterations", str(args.iterations), "--reg", str(args.reg), "--alpha", str(args.alpha),
-           "--seed", str(args.seed)]
+    job = [
+        "--train",
+        train,
+        "--test",
+        test,
+        "--output",
+        out,
+        "--kind",
+        args.kind,
+        "--rank",
+        str(args.rank),
+        "--iterations",
+        str(args.iterations),
+        "--reg",
+        str(args.reg),
+        "--alpha",
+        str(args.alpha),
+        "--seed",
+        str(args.seed),
+    ]
     r = run_process(submit(args, "scripts/mllib_job.py", job), env)
     if r["returncode"] != 0:
         raise SystemExit(f"the MLlib job failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
@@ -163,12 +217,24 @@ def median_phases(runs: list[dict]) -> dict:
 
 
 def summarize(ours: list[dict], mllib: list[dict]) -> dict:
-    med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
-    out = {"ours": {"wall_seconds": med(ours, "wall_seconds"), "peak_mb": max(r["peak_mb"] for r in ours),
-                    "phases": median_phases(ours), "rmse": ours[-1]["rmse"], "ndcg_at_k": ours[-1]["ndcg_at_k"],
-                    "front_end": ours[-1].get("front_end")},
-           "mllib": {"wall_seconds": med(mllib, "wall_seconds"), "peak_mb": max(r["peak_mb"] for r in mllib),
-                     "phases": median_phases(mllib), "rmse": mllib[-1]["rmse"], "ndcg_at_k": mllib[-1]["ndcg_at_k"]}}
+    med = lambda runs, key: statistics.median(r[key] for r in runs)
+    out = {
+        "ours": {
+            "wall_seconds": med(ours, "wall_seconds"),
+            "peak_mb": max(r["peak_mb"] for r in ours),
+            "phases": median_phases(ours),
+            "rmse": ours[-1]["rmse"],
+            "ndcg_at_k": ours[-1]["ndcg_at_k"],
+            "front_end": ours[-1].get("front_end"),
+        },
+        "mllib": {
+            "wall_seconds": med(mllib, "wall_seconds"),
+            "peak_mb": max(r["peak_mb"] for r in mllib),
+            "phases": median_phases(mllib),
+            "rmse": mllib[-1]["rmse"],
+            "ndcg_at_k": mllib[-1]["ndcg_at_k"],
+        },
+    }
     if all("to_first_iteration" in r for r in ours):
         out["ours"]["to_first_iteration"] = med(ours, "to_first_iteration")
     out["ratio_wall"] = round(out["ours"]["wall_seconds"] / out["mllib"]["wall_seconds"], 3)
@@ -182,13 +248,20 @@ def _fmt(x) -> str:
 
 def print_report(summary: dict, ours: list[dict], mllib: list[dict]) -> None:
     for i, (a, b) in enumerate(zip(ours, mllib), 1):
-        print(f"pair {i}: ours {a['wall_seconds']:.1f} s ({a['peak_mb']:.0f} MB)   "
-              f"mllib {b['wall_seconds']:.1f} s ({b['peak_mb']:.0f} MB)   ratio {a['wall_seconds'] / b['wall_seconds']:.2f}")
+        print(
+            f"pair {i}: ours {a['wall_seconds']:.1f} s ({a['peak_mb']:.0f} MB)   "
+            f"mllib {b['wall_seconds']:.1f} s ({b['peak_mb']:.0f} MB)   "
+            f"ratio {a['wall_seconds'] / b['wall_seconds']:.2f}"
+        )
     o, m = summary["ours"], summary["mllib"]
-    print(f"\nmedian whole job: ours {o['wall_seconds']:.1f} s, MLlib {m['wall_seconds']:.1f} s, "
-          f"ours/MLlib {summary['ratio_wall']:.2f}; peak memory ours {o['peak_mb']:.0f} MB, MLlib {m['peak_mb']:.0f} MB")
-    print(f"quality: RMSE ours {_fmt(o['rmse'])} MLlib {_fmt(m['rmse'])}; NDCG@10 ours {_fmt(o['ndcg_at_k'])} "
-          f"MLlib {_fmt(m['ndcg_at_k'])} (MLlib's lists include items the user trained on)")
+    print(
+        f"\nmedian whole job: ours {o['wall_seconds']:.1f} s, MLlib {m['wall_seconds']:.1f} s, "
+        f"ours/MLlib {summary['ratio_wall']:.2f}; peak memory ours {o['peak_mb']:.0f} MB, MLlib {m['peak_mb']:.0f} MB"
+    )
+    print(
+        f"quality: RMSE ours {_fmt(o['rmse'])} MLlib {_fmt(m['rmse'])}; NDCG@10 ours {_fmt(o['ndcg_at_k'])} "
+        f"MLlib {_fmt(m['ndcg_at_k'])} (MLlib's lists include items the user trained on)"
+    )
     if "to_first_iteration" in o:
         print(f"ours, session started -> first iteration: {o['to_first_iteration']:.1f} s")
     jobs = ours[-1].get("spark_jobs") or {}
@@ -204,20 +277,30 @@ def markdown(summary: dict, ours: list[dict], args) -> str:
     """The report as a markdown section: the whole-job ratio, then the phase table."""
     o, m = summary["ours"], summary["mllib"]
     jobs = ours[-1].get("spark_jobs") or {}
-    lines = [f"### {args.label}", "",
-             f"`python scripts/benchmark_job.py {' '.join(args.argv)}` ({len(ours)} alternating pairs, medians; "
-             f"{args.master}, driver memory {args.driver_memory}, rank {args.rank}, {args.iterations} iterations, "
-             f"reg {args.reg}{f', alpha {args.alpha}' if args.kind == 'implicit' else ''})", "",
-             "| | ours | MLlib |", "|---|---|---|",
-             f"| whole job, s | {o['wall_seconds']:.1f} | {m['wall_seconds']:.1f} |",
-             f"| ours / MLlib | **{summary['ratio_wall']:.2f}** | |",
-             f"| peak memory, MB | {o['peak_mb']:.0f} | {m['peak_mb']:.0f} |",
-             *([f"| session started -> first iteration, s | {o['to_first_iteration']:.1f} | |"]
-               if "to_first_iteration" in o else []),
-             *([f"| front end (data.front_end) | {o['front_end']} | |"] if o.get("front_end") else []),
-             f"| RMSE | {_fmt(o['rmse'])} | {_fmt(m['rmse'])} |",
-             f"| NDCG@10 | {_fmt(o['ndcg_at_k'])} | {_fmt(m['ndcg_at_k'])} (seen items not excluded) |", "",
-             "| our phase | s | Spark jobs |", "|---|---|---|"]
+    lines = [
+        f"### {args.label}",
+        "",
+        f"`python scripts/benchmark_job.py {' '.join(args.argv)}` ({len(ours)} alternating pairs, medians; "
+        f"{args.master}, driver memory {args.driver_memory}, rank {args.rank}, {args.iterations} iterations, "
+        f"reg {args.reg}{f', alpha {args.alpha}' if args.kind == 'implicit' else ''})",
+        "",
+        "| | ours | MLlib |",
+        "|---|---|---|",
+        f"| whole job, s | {o['wall_seconds']:.1f} | {m['wall_seconds']:.1f} |",
+        f"| ours / MLlib | **{summary['ratio_wall']:.2f}** | |",
+        f"| peak memory, MB | {o['peak_mb']:.0f} | {m['peak_mb']:.0f} |",
+        *(
+            [f"| session started -> first iteration, s | {o['to_first_iteration']:.1f} | |"]
+            if "to_first_iteration" in o
+            else []
+        ),
+        *([f"| front end (data.front_end) | {o['front_end']} | |"] if o.get("front_end") else []),
+        f"| RMSE | {_fmt(o['rmse'])} | {_fmt(m['rmse'])} |",
+        f"| NDCG@10 | {_fmt(o['ndcg_at_k'])} | {_fmt(m['ndcg_at_k'])} (seen items not excluded) |",
+        "",
+        "| our phase | s | Spark jobs |",
+        "|---|---|---|",
+    ]
     lines += [f"| {k} | {v:.2f} | {jobs.get(k, '')} |" for k, v in o["phases"].items()]
     lines += ["", "| MLlib job phase | s |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in m["phases"].items()]
@@ -230,7 +313,7 @@ def update_doc(path: str, label: str, section: str) -> None:
     text = open(path).read() if os.path.exists(path) else "# Performance\n\n"
     block = f"{start}\n{section}{end}\n"
     if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end) + 1:]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) + 1 :]
     else:
         text = text.rstrip("\n") + "\n\n" + block
     with open(path, "w") as fh:
@@ -269,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         train, test = inputs(args, work)
         ours, mllib = [], []
         for i in range(args.pairs):
-            order = (("ours", "mllib") if i % 2 == 0 else ("mllib", "ours"))
+            order = ("ours", "mllib") if i % 2 == 0 else ("mllib", "ours")
             for who in order:
                 out = os.path.join(work, f"{who}-{i}")
                 run = run_ours if who == "ours" else run_mllib
@@ -282,8 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.doc:
             update_doc(args.doc, args.label, markdown(summary, ours, args))
         if args.json:
-            report = {"settings": {k: v for k, v in vars(args).items() if k != "json"}, "summary": summary,
-                      "ours": ours, "mllib": mllib}
+            report = {
+                "settings": {k: v for k, v in vars(args).items() if k != "json"},
+                "summary": summary,
+                "ours": ours,
+                "mllib": mllib,
+            }
             with open(args.json, "w") as fh:
                 json.dump(report, fh, indent=2)
     finally:

@@ -2,7 +2,8 @@
 separate cold `spark-submit` processes.
 
     python scripts/benchmark_tuning.py [--movielens ratings.csv] [--synthetic 300000]
-        [--kind both|explicit|implicit] [--master local[2]] [--driver-memory 8g] [--set section.key=value ...] [--json report.json]
+        [--kind both|explicit|implicit] [--master local[2]] [--driver-memory 8g] [--set section.key=value ...]
+        [--json report.json]
         [--doc docs/performance.md]
 
 Data sets: the MovieLens file as explicit ratings and as implicit feedback, and a synthetic explicit
@@ -15,6 +16,7 @@ The tune job chooses on a validation split of the training file and reads the te
 score its refit, so both test figures are honest. Printed per data set: the test metric (RMSE for
 explicit, NDCG@10 for implicit) of each, the tune job's pick and validation metric, and wall seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +33,14 @@ from benchmark_job import ROOT, _standard, run_process, split_files, submit, upd
 
 def _job(args, script: str, train: str, test: str, out: str, config: str | None, env: dict) -> dict:
     extra = ["--config", config] if config else []
-    r = run_process(submit(args, script, ["--train", train, "--test", test, "--output", out, *extra,
-                                          *[x for s in args.set for x in ("--set", s)]]), env)
+    r = run_process(
+        submit(
+            args,
+            script,
+            ["--train", train, "--test", test, "--output", out, *extra, *[x for s in args.set for x in ("--set", s)]],
+        ),
+        env,
+    )
     if r["returncode"] != 0:
         raise SystemExit(f"{script} failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
     with open(os.path.join(out, "metrics.json")) as fh:
@@ -43,22 +51,38 @@ def data_sets(args, folder: str) -> list[tuple[str, str, str, str | None]]:
     """(name, kind, ratings Parquet, config) of every data set to run."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
+
     out = []
     if args.movielens:
         path = os.path.join(folder, "movielens.parquet")
         table = pq.read_table(args.movielens) if args.movielens.endswith(".parquet") else pcsv.read_csv(args.movielens)
         pq.write_table(_standard(table), path)
         name = os.path.basename(os.path.dirname(os.path.abspath(args.movielens))) or "movielens"
-        both = [(f"{name}, explicit", "explicit", path, None),
-                (f"{name} as implicit", "implicit", path, os.path.join(ROOT, "conf", "implicit.toml"))]
+        both = [
+            (f"{name}, explicit", "explicit", path, None),
+            (f"{name} as implicit", "implicit", path, os.path.join(ROOT, "conf", "implicit.toml")),
+        ]
         out += [d for d in both if args.kind in ("both", d[1])]
     if args.synthetic:
         for kind, seed in (("explicit", 3), ("implicit", 4)):
             if args.kind not in ("both", kind):
                 continue
             path = os.path.join(folder, f"synthetic_{kind}.parquet")
-            run = run_process([sys.executable, os.path.join(HERE, "make_synthetic.py"), "--ratings", str(args.synthetic),
-                               "--kind", kind, "--seed", str(seed), "--output", path], os.environ.copy())
+            run = run_process(
+                [
+                    sys.executable,
+                    os.path.join(HERE, "make_synthetic.py"),
+                    "--ratings",
+                    str(args.synthetic),
+                    "--kind",
+                    kind,
+                    "--seed",
+                    str(seed),
+                    "--output",
+                    path,
+                ],
+                os.environ.copy(),
+            )
             if run["returncode"] != 0:
                 raise SystemExit(f"make_synthetic.py failed:\n{run['stderr'][-2000:]}")
             config = os.path.join(ROOT, "conf", "implicit.toml") if kind == "implicit" else None
@@ -97,43 +121,74 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mf_spark-tuning-") as folder:
         for name, kind, path, config in data_sets(args, folder):
             import pyarrow.parquet as pq
+
             where = os.path.join(folder, name.replace(" ", "_").replace(",", ""))
             os.makedirs(where)
             train, test = split_files(pq.read_table(path), where)
             metric = "rmse" if kind == "explicit" else "ndcg_at_k"
             default = _job(args, "jobs/train.py", train, test, os.path.join(where, "default"), config, env)
             shipped = None
-            if kind == "explicit":     # conf/explicit.toml: the settings that won on every explicit set
-                shipped = _job(args, "jobs/train.py", train, test, os.path.join(where, "explicit_toml"),
-                               os.path.join(ROOT, "conf", "explicit.toml"), env)[metric]
+            if kind == "explicit":  # conf/explicit.toml: the settings that won on every explicit set
+                shipped = _job(
+                    args,
+                    "jobs/train.py",
+                    train,
+                    test,
+                    os.path.join(where, "explicit_toml"),
+                    os.path.join(ROOT, "conf", "explicit.toml"),
+                    env,
+                )[metric]
             tuned = _job(args, "jobs/tune.py", train, test, os.path.join(where, "tuned"), config, env)
             t = tuned["tuning"]
-            rows.append({"data": name, "kind": kind, "metric": metric, "default": default[metric],
-                         "explicit_toml": shipped,
-                         "tuned": tuned[metric], "validation": t["best_validation"], "pick": t["best"],
-                         "trials": t["trials"], "search_seconds": t["seconds"],
-                         "default_wall_seconds": default["wall_seconds"], "tune_wall_seconds": tuned["wall_seconds"]})
-            print(f"{name}: test {metric} default {default[metric]:.4f}, "
-                  f"{'' if shipped is None else f'conf/explicit.toml {shipped:.4f}, '}tuned {tuned[metric]:.4f} "
-                  f"(validation {t['best_validation']:.4f}); {t['trials']} trials in {t['seconds']:.1f} s; "
-                  f"wall {default['wall_seconds']:.1f} s / {tuned['wall_seconds']:.1f} s; pick {t['best']}", flush=True)
-    table = ("| data | test metric | defaults | conf/explicit.toml | tuned | validation (tuned) | trials | "
-             "search s | job wall s (train / tune) | chosen |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            rows.append(
+                {
+                    "data": name,
+                    "kind": kind,
+                    "metric": metric,
+                    "default": default[metric],
+                    "explicit_toml": shipped,
+                    "tuned": tuned[metric],
+                    "validation": t["best_validation"],
+                    "pick": t["best"],
+                    "trials": t["trials"],
+                    "search_seconds": t["seconds"],
+                    "default_wall_seconds": default["wall_seconds"],
+                    "tune_wall_seconds": tuned["wall_seconds"],
+                }
+            )
+            print(
+                f"{name}: test {metric} default {default[metric]:.4f}, "
+                f"{'' if shipped is None else f'conf/explicit.toml {shipped:.4f}, '}tuned {tuned[metric]:.4f} "
+                f"(validation {t['best_validation']:.4f}); {t['trials']} trials in {t['seconds']:.1f} s; "
+                f"wall {default['wall_seconds']:.1f} s / {tuned['wall_seconds']:.1f} s; pick {t['best']}",
+                flush=True,
+            )
+    table = (
+        "| data | test metric | defaults | conf/explicit.toml | tuned | validation (tuned) | trials | "
+        "search s | job wall s (train / tune) | chosen |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     for r in rows:
         pick = ", ".join(f"{k} {v}" for k, v in r["pick"].items())
         shipped = "-" if r["explicit_toml"] is None else f"{r['explicit_toml']:.4f}"
-        table += (f"| {r['data']} | {'RMSE' if r['metric'] == 'rmse' else 'NDCG@10'} | {r['default']:.4f} | "
-                  f"{shipped} | {r['tuned']:.4f} | {r['validation']:.4f} | {r['trials']} | {r['search_seconds']:.1f} | "
-                  f"{r['default_wall_seconds']:.1f} / {r['tune_wall_seconds']:.1f} | {pick} |\n")
+        table += (
+            f"| {r['data']} | {'RMSE' if r['metric'] == 'rmse' else 'NDCG@10'} | {r['default']:.4f} | "
+            f"{shipped} | {r['tuned']:.4f} | {r['validation']:.4f} | {r['trials']} | {r['search_seconds']:.1f} | "
+            f"{r['default_wall_seconds']:.1f} / {r['tune_wall_seconds']:.1f} | {pick} |\n"
+        )
     print(table, end="")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
     if args.doc:
-        update_doc(args.doc, "tuning", "## Tuning: the tune job's choice against the defaults\n\n"
-                   f"`python scripts/benchmark_tuning.py {_shown(args)}` (cold `spark-submit` processes on this host, one 80/20 split per data set; the tune "
-                   "job chooses on a validation split of the training file, the test file only scores the "
-                   "refit).\n\n" + table)
+        update_doc(
+            args.doc,
+            "tuning",
+            "## Tuning: the tune job's choice against the defaults\n\n"
+            f"`python scripts/benchmark_tuning.py {_shown(args)}` (cold `spark-submit` processes on this host, "
+            "one 80/20 split per data set; the tune "
+            "job chooses on a validation split of the training file, the test file only scores the "
+            "refit).\n\n" + table,
+        )
     return 0
 
 

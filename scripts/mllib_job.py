@@ -10,6 +10,7 @@ against each user's held-out items with `RankingEvaluator` (MLlib does not exclu
 trained on), both factor tables written, the top-k exploded to (user, rank, item, score) and written
 as Parquet. Prints one JSON line: seconds per phase (session start to the last write), RMSE, NDCG@k.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,25 +52,36 @@ def main(argv: list[str] | None = None) -> int:
     train = spark.read.parquet(a.train).select("user", "item", F.col("rating").cast("float"))
     test = spark.read.parquet(a.test).select("user", "item", F.col("rating").cast("float"))
     extra = {"implicitPrefs": True, "alpha": a.alpha} if a.kind == "implicit" else {}
-    als = ALS(rank=a.rank, maxIter=a.iterations, regParam=a.reg, userCol="user", itemCol="item",
-              ratingCol="rating", coldStartStrategy="drop", seed=a.seed, **extra)
+    als = ALS(
+        rank=a.rank,
+        maxIter=a.iterations,
+        regParam=a.reg,
+        userCol="user",
+        itemCol="item",
+        ratingCol="rating",
+        coldStartStrategy="drop",
+        seed=a.seed,
+        **extra,
+    )
     model = als.fit(train)
     t = lap("fit", t)
     rmse = None
     if a.kind == "explicit":
-        rmse = RegressionEvaluator(metricName="rmse", labelCol="rating",
-                                   predictionCol="prediction").evaluate(model.transform(test))
+        rmse = RegressionEvaluator(metricName="rmse", labelCol="rating", predictionCol="prediction").evaluate(
+            model.transform(test)
+        )
     recs = model.recommendForAllUsers(a.k).cache()
     relevant = test.groupBy("user").agg(F.collect_list(F.col("item").cast("double")).alias("label"))
     predicted = recs.select("user", F.col("recommendations.item").cast("array<double>").alias("prediction"))
-    ndcg = RankingEvaluator(metricName="ndcgAtK", k=a.k, labelCol="label", predictionCol="prediction") \
-        .evaluate(predicted.join(relevant, "user"))
+    ndcg = RankingEvaluator(metricName="ndcgAtK", k=a.k, labelCol="label", predictionCol="prediction").evaluate(
+        predicted.join(relevant, "user")
+    )
     t = lap("evaluate", t)
     model.userFactors.write.mode("overwrite").parquet(f"{a.output}/factors/users")
     model.itemFactors.write.mode("overwrite").parquet(f"{a.output}/factors/items")
     exploded = recs.select("user", F.posexplode("recommendations").alias("pos", "rec")).select(
-        "user", (F.col("pos") + 1).alias("rank"), F.col("rec.item").alias("item"),
-        F.col("rec.rating").alias("score"))
+        "user", (F.col("pos") + 1).alias("rank"), F.col("rec.item").alias("item"), F.col("rec.rating").alias("score")
+    )
     exploded.write.mode("overwrite").parquet(f"{a.output}/recommendations")
     lap("recommend_write", t)
     timings["total"] = round(time.perf_counter() - started, 4)

@@ -1,4 +1,5 @@
 """Processes below a PID, from /proc (Linux): the benchmarks' memory sampling."""
+
 from __future__ import annotations
 
 import os

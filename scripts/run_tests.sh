@@ -9,6 +9,9 @@ PARALLEL=()
 if [ "$WORKERS" != "0" ]; then
     PARALLEL=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)
 fi
+# The linter and the formatter's check first: a few seconds, and a style slip fails before the suite.
+.venv/bin/python -m ruff check --quiet .
+.venv/bin/python -m ruff format --check --quiet .
 if [ "${1:-}" = "--fast" ]; then
     shift
     exec .venv/bin/python -m pytest -q "${PARALLEL[@]}" -m "not slow" "$@"

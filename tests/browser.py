@@ -7,6 +7,7 @@ running (.ci/run starts one in the background, before the tests), else installs 
 works. `run()` gives every call a fresh profile and the flags that keep Chromium off the network: the
 machine's network is closed, and without them Chromium waits on connections that never come.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -25,10 +26,21 @@ import pytest
 INSTALL_TIMEOUT = 300.0
 RUN_TIMEOUT = 120.0
 LOCK = Path(tempfile.gettempdir()) / "mf_spark-chromium-install.lock"
-PACKAGE_TOOLS = {"apt", "apt-get", "dpkg", "unattended-upgr"}     # /proc/<pid>/comm is 15 chars at most
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--disable-extensions", "--no-default-browser-check", "--hide-scrollbars")
+PACKAGE_TOOLS = {"apt", "apt-get", "dpkg", "unattended-upgr"}  # /proc/<pid>/comm is 15 chars at most
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--disable-extensions",
+    "--no-default-browser-check",
+    "--hide-scrollbars",
+)
 
 
 def _found() -> str | None:
@@ -41,7 +53,7 @@ def _installing() -> bool:
         try:
             if comm.read_text().strip() in PACKAGE_TOOLS:
                 return True
-        except OSError:         # the process ended while we looked
+        except OSError:  # the process ended while we looked
             continue
     return False
 
@@ -53,9 +65,13 @@ def _wait_for_install(deadline: float) -> None:
 
 def _apt(args: list[str], deadline: float) -> subprocess.CompletedProcess | None:
     try:
-        return subprocess.run(["apt-get", *args], capture_output=True, text=True,
-                              timeout=max(1.0, deadline - time.monotonic()),
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        return subprocess.run(
+            ["apt-get", *args],
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, deadline - time.monotonic()),
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     except subprocess.TimeoutExpired:
         return None
 
@@ -84,7 +100,7 @@ def chromium() -> str:
     if shutil.which("apt-get") is None:
         pytest.skip("Chromium is not installed and cannot be: no apt-get")
     with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)            # another worker installing: wait for it, then look again
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker installing: wait for it, then look again
         _wait_for_install(deadline)
         why = "" if _found() else _install(deadline)
     if (path := _found()) is None:
@@ -95,9 +111,13 @@ def chromium() -> str:
 def run(url: str, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
     """Chromium on `url` with a fresh profile, offline, and a timeout; raises on a non-zero exit."""
     with tempfile.TemporaryDirectory(prefix="mf_spark-chromium-") as profile:
-        got = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", *args, url],
-                             capture_output=True, text=True, timeout=timeout,
-                             env={**os.environ, "HOME": profile})
+        got = subprocess.run(
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", *args, url],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "HOME": profile},
+        )
     if got.returncode != 0:
         raise AssertionError(f"chromium exited {got.returncode}: {got.stderr[-2000:]}")
     return got
@@ -120,8 +140,8 @@ def decode_png(data: bytes) -> np.ndarray:
         raise ValueError("not a PNG")
     pos, idat, header = 8, [], None
     while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
+        n, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + n]
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":

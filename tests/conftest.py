@@ -1,4 +1,5 @@
 """One local SparkSession for the whole suite, a seeded rng, and tiny planted data."""
+
 from __future__ import annotations
 
 import os
@@ -28,14 +29,17 @@ def pytest_collection_modifyitems(session, config, items):
 def spark():
     from pyspark.sql import SparkSession
 
-    s = (SparkSession.builder.master("local[2]").appName("mf_spark-tests")
-         .config("spark.sql.shuffle.partitions", "4")
-         .config("spark.default.parallelism", "4")
-         .config("spark.ui.enabled", "false")
-         .config("spark.sql.session.timeZone", "UTC")
-         .config("spark.driver.memory", "2g")
-         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-         .getOrCreate())
+    s = (
+        SparkSession.builder.master("local[2]")
+        .appName("mf_spark-tests")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.default.parallelism", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", "2g")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
     s.sparkContext.setLogLevel("ERROR")
     yield s
     s.stop()
@@ -63,8 +67,8 @@ def planted(n_users=60, n_items=40, rank=5, density=0.5, noise=0.05, seed=7):
     Y = g.normal(size=(n_items, rank))
     full = 3.0 + X @ Y.T
     mask = g.random((n_users, n_items)) < density
-    mask[np.arange(n_users), g.integers(0, n_items, n_users)] = True   # every user rated something
-    mask[g.integers(0, n_users, n_items), np.arange(n_items)] = True   # every item was rated
+    mask[np.arange(n_users), g.integers(0, n_items, n_users)] = True  # every user rated something
+    mask[g.integers(0, n_users, n_items), np.arange(n_items)] = True  # every item was rated
     u, i = np.nonzero(mask)
     r = full[u, i] + g.normal(scale=noise, size=u.size)
     return u.astype(np.int32), i.astype(np.int32), r.astype(np.float32), full

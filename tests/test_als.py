@@ -1,20 +1,29 @@
 """Block-parallel ALS on Spark: planted recovery, monotone objective, block-count independence."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 import pytest
-
 from conftest import planted
+
 from mf_spark.als import loop as als
 from mf_spark.core.config import ModelConfig
 
 
 def ratings_df(spark, u, i, r):
     import pyarrow as pa
-    return spark.createDataFrame(pa.table({"user_idx": pa.array(u, pa.int32()), "item_idx": pa.array(i, pa.int32()),
-                                           "rating": pa.array(r.astype(np.float64))}))
+
+    return spark.createDataFrame(
+        pa.table(
+            {
+                "user_idx": pa.array(u, pa.int32()),
+                "item_idx": pa.array(i, pa.int32()),
+                "rating": pa.array(r.astype(np.float64)),
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +46,37 @@ def test_planted_rank5_recovered(spark, planted_split):
     u, i, r, test, _ = planted_split
     cfg = ModelConfig(rank=5, iterations=15, reg=0.002, num_user_blocks=3, num_item_blocks=2, biases=True)
     res = als.fit(ratings_df(spark, u[~test], i[~test], r[~test]), 80, 50, cfg)
-    assert heldout_rmse(res, u[test], i[test], r[test]) < 0.12     # noise is 0.05
+    assert heldout_rmse(res, u[test], i[test], r[test]) < 0.12  # noise is 0.05
     assert res.history[-1]["train_rmse"] < 0.06
     assert len(res.history) == 15
 
 
-@pytest.mark.parametrize("biases,scaling,solver,bias_reg", [
-    (False, "count", "exact", 1.0), (True, "none", "exact", 1.0), (True, "count", "cg", 1.0),
-    (False, "none", "cg", 1.0), (True, "count", "exact", 0.1), (True, "count", "cg", 10.0)])
+@pytest.mark.parametrize(
+    "biases,scaling,solver,bias_reg",
+    [
+        (False, "count", "exact", 1.0),
+        (True, "none", "exact", 1.0),
+        (True, "count", "cg", 1.0),
+        (False, "none", "cg", 1.0),
+        (True, "count", "exact", 0.1),
+        (True, "count", "cg", 10.0),
+    ],
+)
 def test_objective_never_increases(spark, planted_split, biases, scaling, solver, bias_reg):
     """The objective includes the biases' own penalty (bias_reg times the factors' lambda)."""
     u, i, r, _, _ = planted_split
-    cfg = ModelConfig(rank=4, iterations=6, reg=0.05, reg_scaling=scaling, biases=biases, num_user_blocks=2,
-                      num_item_blocks=3, solver=solver, cg_steps=2, bias_reg=bias_reg)
+    cfg = ModelConfig(
+        rank=4,
+        iterations=6,
+        reg=0.05,
+        reg_scaling=scaling,
+        biases=biases,
+        num_user_blocks=2,
+        num_item_blocks=3,
+        solver=solver,
+        cg_steps=2,
+        bias_reg=bias_reg,
+    )
     res = als.fit(ratings_df(spark, u, i, r), 80, 50, cfg)
     losses = np.array(res.losses)
     assert losses.size == 12
@@ -80,9 +107,15 @@ def test_the_drivers_blas_runs_on_one_thread_during_a_fit_and_after_it_as_before
     def probe(it, factors):
         seen.append(blas_threads())
         return {}
+
     probe.spark_free = True
-    als.fit(ratings_df(spark, u, i, np.abs(r)), 80, 50, ModelConfig(kind="implicit", rank=4, iterations=2),
-            on_iteration=probe)
+    als.fit(
+        ratings_df(spark, u, i, np.abs(r)),
+        80,
+        50,
+        ModelConfig(kind="implicit", rank=4, iterations=2),
+        on_iteration=probe,
+    )
     assert len(seen) == 2 and all(t and set(t) == {1} for t in seen), seen
     assert blas_threads() == before
 
@@ -90,8 +123,18 @@ def test_the_drivers_blas_runs_on_one_thread_during_a_fit_and_after_it_as_before
 @pytest.mark.parametrize("solver", ["exact", "cg"])
 def test_implicit_objective_never_increases(spark, planted_split, solver):
     u, i, r, _, _ = planted_split
-    cfg = ModelConfig(kind="implicit", rank=4, iterations=5, reg=0.05, alpha=2.0, unobserved_weight=0.3,
-                      num_user_blocks=2, num_item_blocks=2, solver=solver, cg_steps=2)
+    cfg = ModelConfig(
+        kind="implicit",
+        rank=4,
+        iterations=5,
+        reg=0.05,
+        alpha=2.0,
+        unobserved_weight=0.3,
+        num_user_blocks=2,
+        num_item_blocks=2,
+        solver=solver,
+        cg_steps=2,
+    )
     res = als.fit(ratings_df(spark, u, i, np.abs(r)), 80, 50, cfg)
     losses = np.array(res.losses)
     assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
@@ -102,8 +145,7 @@ def test_same_factors_for_any_block_count(spark, planted_split, solver):
     u, i, r, _, _ = planted_split
     df = ratings_df(spark, u, i, r).cache()
     base = ModelConfig(rank=6, iterations=5, reg=0.05, biases=True, solver=solver)
-    fits = [als.fit(df, 80, 50, dataclasses.replace(base, num_user_blocks=b, num_item_blocks=b))
-            for b in (1, 4, 7)]
+    fits = [als.fit(df, 80, 50, dataclasses.replace(base, num_user_blocks=b, num_item_blocks=b)) for b in (1, 4, 7)]
     for other in fits[1:]:
         assert np.max(np.abs(other.factors.X - fits[0].factors.X)) < 1e-4
         assert np.max(np.abs(other.factors.Y - fits[0].factors.Y)) < 1e-4
@@ -113,8 +155,16 @@ def test_same_factors_for_any_block_count(spark, planted_split, solver):
 @pytest.mark.parametrize("kind", ["explicit", "implicit"])
 def test_nonnegative_factors(spark, planted_split, kind):
     u, i, r, _, _ = planted_split
-    cfg = ModelConfig(kind=kind, rank=4, iterations=4, reg=0.05, nonnegative=True, biases=kind == "explicit",
-                      num_user_blocks=2, num_item_blocks=2)
+    cfg = ModelConfig(
+        kind=kind,
+        rank=4,
+        iterations=4,
+        reg=0.05,
+        nonnegative=True,
+        biases=kind == "explicit",
+        num_user_blocks=2,
+        num_item_blocks=2,
+    )
     res = als.fit(ratings_df(spark, u, i, np.abs(r)), 80, 50, cfg)
     assert np.all(res.factors.X >= 0) and np.all(res.factors.Y >= 0)
     losses = np.array(res.losses)
@@ -123,10 +173,12 @@ def test_nonnegative_factors(spark, planted_split, kind):
 
 def test_resume_from_checkpoint_gives_the_uninterrupted_factors(spark, planted_split, tmp_path):
     from mf_spark.als.checkpoint import CheckpointStore
+
     u, i, r, _, _ = planted_split
     df = ratings_df(spark, u, i, r)
-    cfg = ModelConfig(rank=4, iterations=5, reg=0.05, biases=True, checkpoint_interval=2, num_user_blocks=2,
-                      num_item_blocks=2)
+    cfg = ModelConfig(
+        rank=4, iterations=5, reg=0.05, biases=True, checkpoint_interval=2, num_user_blocks=2, num_item_blocks=2
+    )
     whole = als.fit(df, 80, 50, cfg)
     store = CheckpointStore(spark, str(tmp_path / "out"))
 
@@ -134,6 +186,7 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_factors(spark, planted_s
         if iteration == 3:
             raise RuntimeError("killed")
         return {}
+
     with pytest.raises(RuntimeError, match="killed"):
         als.fit(df, 80, 50, cfg, on_iteration=die_at_3, checkpoints=store)
     state, _ = store.latest()
@@ -150,8 +203,9 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_factors(spark, planted_s
 def test_tolerance_stops_once_an_iteration_barely_lowers_the_objective(spark, planted_split):
     u, i, r, _, _ = planted_split
     df = ratings_df(spark, u, i, r).cache()
-    cfg = ModelConfig(rank=5, iterations=60, reg=0.05, biases=True, tolerance=1e-3, num_user_blocks=2,
-                      num_item_blocks=2)
+    cfg = ModelConfig(
+        rank=5, iterations=60, reg=0.05, biases=True, tolerance=1e-3, num_user_blocks=2, num_item_blocks=2
+    )
     res = als.fit(df, 80, 50, cfg)
     losses = np.array([h["loss"] for h in res.history])
     n = losses.size

@@ -1,6 +1,7 @@
 """Bad input through the train job, one row of the table each: exit 2 with a message naming the file,
 row or key and the problem, or the rows quarantined in rejected/ with a reason and counted in
 metrics.json. Never a silent wrong model."""
+
 from __future__ import annotations
 
 import json
@@ -41,13 +42,21 @@ def rejected_reasons(spark, tmp_path) -> dict[str, int]:
 
 
 # ---- exit 2, the message names the problem ---------------------------------------------------------
-@pytest.mark.parametrize("name,content,extra,needles", [
-    ("empty file", "", [], ["empty.csv", "empty"]),
-    ("header only", "user,item,rating\n", [], ["header only", "no data rows"]),
-    ("wrong delimiter", "user;item;rating\n1;2;3\n4;5;1\n", [], ["1 column", "separated by ';'"]),
-    ("missing rating column", "user,item\n1,2\n3,4\n", [], ["rating"]),
-    ("named column absent", "user,item,rating\n1,2,3\n", ["--set", "data.rating_col=stars"], ["stars", "not found"]),
-])
+@pytest.mark.parametrize(
+    "name,content,extra,needles",
+    [
+        ("empty file", "", [], ["empty.csv", "empty"]),
+        ("header only", "user,item,rating\n", [], ["header only", "no data rows"]),
+        ("wrong delimiter", "user;item;rating\n1;2;3\n4;5;1\n", [], ["1 column", "separated by ';'"]),
+        ("missing rating column", "user,item\n1,2\n3,4\n", [], ["rating"]),
+        (
+            "named column absent",
+            "user,item,rating\n1,2,3\n",
+            ["--set", "data.rating_col=stars"],
+            ["stars", "not found"],
+        ),
+    ],
+)
 def test_unusable_files_exit_2(tmp_path, capsys, name, content, extra, needles):
     path = tmp_path / ("empty.csv" if name == "empty file" else "ratings.csv")
     path.write_text(content)
@@ -88,11 +97,19 @@ def test_duplicates_under_the_error_policy_exit_2_naming_a_pair(tmp_path, capsys
     assert code == 2 and "duplicate" in err and user in err and item in err, err[-2000:]
 
 
-@pytest.mark.parametrize("setting,key", [
-    ("model.rank=0", "model.rank"), ("model.reg=-0.1", "model.reg"), ("model.iterations=0", "model.iterations"),
-    ("split.test_fraction=0", "split.test_fraction"), ("split.test_fraction=1", "split.test_fraction"),
-    ("model.rank=ten", "model.rank"), ("model.nope=1", "model.nope"), ("data.delimiter=1", "data.delimiter"),
-])
+@pytest.mark.parametrize(
+    "setting,key",
+    [
+        ("model.rank=0", "model.rank"),
+        ("model.reg=-0.1", "model.reg"),
+        ("model.iterations=0", "model.iterations"),
+        ("split.test_fraction=0", "split.test_fraction"),
+        ("split.test_fraction=1", "split.test_fraction"),
+        ("model.rank=ten", "model.rank"),
+        ("model.nope=1", "model.nope"),
+        ("data.delimiter=1", "data.delimiter"),
+    ],
+)
 def test_bad_config_values_exit_2_naming_the_key(tmp_path, capsys, setting, key):
     path = write(tmp_path / "r.csv", good_lines())
     code, _ = run(tmp_path, "--input", str(path), "--set", setting)
@@ -108,15 +125,18 @@ def test_an_output_path_that_is_a_file_exits_2(tmp_path, capsys):
 
 
 # ---- quarantined in rejected/, counted in metrics.json ---------------------------------------------
-@pytest.mark.parametrize("bad,reason", [
-    ("7,3,four", "rating is not a number"),
-    ("7,3,NaN", "rating is NaN"),
-    ("7,3,inf", "rating is infinite"),
-    ("7,3,4e38", "rating is beyond float32's range"),
-    ("7,3,", "missing rating"),
-    (",3,4", "missing user ID"),
-    ("7,,4", "missing item ID"),
-])
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        ("7,3,four", "rating is not a number"),
+        ("7,3,NaN", "rating is NaN"),
+        ("7,3,inf", "rating is infinite"),
+        ("7,3,4e38", "rating is beyond float32's range"),
+        ("7,3,", "missing rating"),
+        (",3,4", "missing user ID"),
+        ("7,,4", "missing item ID"),
+    ],
+)
 def test_bad_rows_are_quarantined_with_a_reason(spark, tmp_path, bad, reason):
     lines = good_lines()
     path = write(tmp_path / "r.csv", lines + [bad])
@@ -139,7 +159,7 @@ def test_implicit_nonpositive_counts_are_quarantined(spark, tmp_path):
     lines = [line.rsplit(",", 1)[0] + ",3" for line in good_lines()]
     path = write(tmp_path / "r.csv", lines + ["1,2,0", "2,3,-4"])
     code, _ = run(tmp_path, "--input", str(path), "--set", "model.kind=implicit")
-    assert code == 2                     # 2 of ~130 rows is over data.max_bad_fraction = 1%
+    assert code == 2  # 2 of ~130 rows is over data.max_bad_fraction = 1%
     code, m = run(tmp_path, "--input", str(path), "--set", "model.kind=implicit", "--set", "data.max_bad_fraction=0.05")
     assert code == 0 and m["n_rejected"] == 2
     assert sum(rejected_reasons(spark, tmp_path).values()) == 2
@@ -171,19 +191,25 @@ def test_ids_beyond_int32_and_mixed_id_types_keep_their_values(spark, tmp_path):
 @pytest.mark.parametrize("policy,merged", [("last", 1), ("mean", 1), ("sum", 1)])
 def test_duplicates_are_merged_and_counted(tmp_path, policy, merged):
     lines = good_lines()
-    code, m = run(tmp_path, "--input", str(write(tmp_path / "r.csv", lines + [lines[0]])),
-                  "--set", f"data.duplicates={policy}")
+    code, m = run(
+        tmp_path, "--input", str(write(tmp_path / "r.csv", lines + [lines[0]])), "--set", f"data.duplicates={policy}"
+    )
     assert code == 0 and m["n_duplicates_merged"] == merged and m["n_read"] == len(lines) + 1
 
 
-@pytest.mark.parametrize("lines", [[f"1,{i},{(i % 5) + 1}" for i in range(30)],      # one user
-                                   [f"{u},1,{(u % 5) + 1}" for u in range(30)],      # one item
-                                   [f"{u},{i},4" for u in range(10) for i in range(6)]])   # all identical
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [f"1,{i},{(i % 5) + 1}" for i in range(30)],  # one user
+        [f"{u},1,{(u % 5) + 1}" for u in range(30)],  # one item
+        [f"{u},{i},4" for u in range(10) for i in range(6)],
+    ],
+)  # all identical
 def test_degenerate_matrices_train(tmp_path, lines):
     code, m = run(tmp_path, "--input", str(write(tmp_path / "r.csv", lines)))
     assert code == 0 and np.isfinite(m["rmse"] if m["rmse"] is not None else 0.0)
     if len({line.rsplit(",", 1)[1] for line in lines}) == 1:
-        assert m["rmse"] < 1e-3          # every rating 4: the model predicts 4
+        assert m["rmse"] < 1e-3  # every rating 4: the model predicts 4
 
 
 def test_a_user_with_only_test_ratings_is_cold(tmp_path):
@@ -198,8 +224,10 @@ def test_ratings_that_overflow_float32_arithmetic_fail_the_fit_and_publish_nothi
     """Ratings near 1e19 square past float32's range: the fit stops at the first iteration with
     non-finite factors, exit 1, a message naming the iteration and the cause; no output folder."""
     path = tmp_path / "huge.csv"
-    path.write_text("user,item,rating\n" + "".join(f"u{u},i{i},{1e19 * (1 + (u + i) % 3)}\n"
-                                                  for u in range(30) for i in range(12) if (u + i) % 4))
+    path.write_text(
+        "user,item,rating\n"
+        + "".join(f"u{u},i{i},{1e19 * (1 + (u + i) % 3)}\n" for u in range(30) for i in range(12) if (u + i) % 4)
+    )
     code, _ = run(tmp_path, "--input", str(path))
     err = capsys.readouterr().err
     assert code == 1 and "diverged at iteration 1" in err and "float32" in err, err[-2000:]
@@ -208,10 +236,14 @@ def test_ratings_that_overflow_float32_arithmetic_fail_the_fit_and_publish_nothi
 
 def test_metrics_json_is_strict_json(tmp_path):
     path = tmp_path / "r.csv"
-    path.write_text("user,item,rating\n" + "".join(f"u{u},i{i},{1 + (u * i) % 5}\n" for u in range(25) for i in range(10)))
+    path.write_text(
+        "user,item,rating\n" + "".join(f"u{u},i{i},{1 + (u * i) % 5}\n" for u in range(25) for i in range(10))
+    )
     code, _ = run(tmp_path, "--input", str(path))
     assert code == 0
+
     def refuse(name):
         raise ValueError(f"non-standard JSON constant {name}")
+
     json.loads((tmp_path / "out" / "metrics.json").read_text(), parse_constant=refuse)
     json.loads((tmp_path / "out" / "model.json").read_text(), parse_constant=refuse)

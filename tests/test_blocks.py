@@ -1,12 +1,13 @@
 """CSR rating blocks: the docstring's worked example, invariants, and placement."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import frame
+
 from mf_spark.als import blocks as blocks_mod
-from mf_spark.als.blocks import CsrBlock, build_blocks, buckets, row_counts
+from mf_spark.als.blocks import CsrBlock, buckets, build_blocks, row_counts
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_item_side_swaps_roles(ratings):
     by_item = {}
     for b in blocks.collect():
         for r, row in enumerate(b.row_ids):
-            by_item[int(row)] = b.cols[b.indptr[r]:b.indptr[r + 1]].tolist()
+            by_item[int(row)] = b.cols[b.indptr[r] : b.indptr[r + 1]].tolist()
             assert row % 3 == b.block
     assert by_item == {0: [1, 2], 1: [0], 2: [2], 3: [0]}
     with pytest.raises(ValueError, match="outside"):
@@ -44,7 +45,9 @@ def test_item_side_swaps_roles(ratings):
 
 def test_block_invariants_are_checked():
     with pytest.raises(ValueError, match="bad block"):
-        CsrBlock(0, np.array([0], np.int32), np.array([0, 2, 3], np.int64), np.zeros(3, np.int32), np.zeros(3, np.float32))
+        CsrBlock(
+            0, np.array([0], np.int32), np.array([0, 2, 3], np.int64), np.zeros(3, np.int32), np.zeros(3, np.float32)
+        )
     with pytest.raises(ValueError, match="bad block"):
         CsrBlock(0, np.array([0], np.int32), np.array([0, 2], np.int64), np.zeros(3, np.int32), np.zeros(3, np.float32))
     blk = CsrBlock.from_triples(4, np.array([5, 1, 5]), np.array([2, 7, 0]), np.array([1.0, 2.0, 3.0]))
@@ -54,7 +57,7 @@ def test_block_invariants_are_checked():
 def test_from_triples_sorts_rows_then_columns_and_keeps_values_with_their_pairs():
     rng = np.random.default_rng(4)
     rows = rng.integers(0, 50, 500).astype(np.int32)
-    cols = rng.permutation(100_000)[:500].astype(np.int32)     # distinct pairs, large column indices
+    cols = rng.permutation(100_000)[:500].astype(np.int32)  # distinct pairs, large column indices
     vals = rng.standard_normal(500).astype(np.float32)
     b = CsrBlock.from_triples(7, rows, cols, vals)
     order = np.lexsort((cols, rows))
@@ -65,21 +68,23 @@ def test_from_triples_sorts_rows_then_columns_and_keeps_values_with_their_pairs(
     np.testing.assert_array_equal(b.values, vals[order])
 
 
-@pytest.mark.parametrize("top", [1000, 2 ** 31 - 1])     # packed sort; indices too wide to pack
+@pytest.mark.parametrize("top", [1000, 2**31 - 1])  # packed sort; indices too wide to pack
 def test_from_triples_with_either_sort_orders_pairs_and_keeps_equal_pairs_in_input_order(top):
     rng = np.random.default_rng(5)
-    rows = rng.choice(np.array([0, 3, top - 1, top]), 400).astype(np.int64).clip(max=2 ** 31 - 1).astype(np.int32)
-    cols = rng.choice(np.array([2, 9, top]), 400).astype(np.int32)           # many equal pairs
-    vals = np.arange(400, dtype=np.float32)                                  # the input position
+    rows = rng.choice(np.array([0, 3, top - 1, top]), 400).astype(np.int64).clip(max=2**31 - 1).astype(np.int32)
+    cols = rng.choice(np.array([2, 9, top]), 400).astype(np.int32)  # many equal pairs
+    vals = np.arange(400, dtype=np.float32)  # the input position
     b = CsrBlock.from_triples(0, rows, cols, vals)
     order = np.lexsort((np.arange(400), cols, rows))
     np.testing.assert_array_equal(b.row_ids, np.unique(rows))
     np.testing.assert_array_equal(b.cols, cols[order])
     np.testing.assert_array_equal(b.values, vals[order])
-    np.testing.assert_array_equal(b.indptr, np.append(0, np.cumsum(np.bincount(np.unique(rows, return_inverse=True)[1]))))
+    np.testing.assert_array_equal(
+        b.indptr, np.append(0, np.cumsum(np.bincount(np.unique(rows, return_inverse=True)[1])))
+    )
 
 
-@pytest.mark.parametrize("n", [1, 3, blocks_mod.MASK_BUCKETS + 1, 40])    # masks, and the sort
+@pytest.mark.parametrize("n", [1, 3, blocks_mod.MASK_BUCKETS + 1, 40])  # masks, and the sort
 def test_buckets_give_each_keys_positions_in_input_order(n):
     keys = np.random.default_rng(n).integers(0, n, 1000)
     got = buckets(keys, n)

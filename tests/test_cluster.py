@@ -1,6 +1,7 @@
 """A real standalone cluster on 127.0.0.1 (a master and two one-core workers from the pyspark package):
 spark-submit of jobs/train.py with the packaged zip gives the factors and recommendations of a
 local run with the same seed, even with an executor killed in the middle of the fit."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,21 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 # A checkpoint every iteration keeps the run long enough to kill an executor in the middle of it.
-ARGS = ["--set", "model.iterations=8", "--set", "model.rank=4", "--set", "model.checkpoint_interval=1",
-        "--set", "spark.spark.ui.enabled=false"]
+ARGS = [
+    "--set",
+    "model.iterations=8",
+    "--set",
+    "model.rank=4",
+    "--set",
+    "model.checkpoint_interval=1",
+    "--set",
+    "spark.spark.ui.enabled=false",
+]
 
 
 def _spark_bin(name: str) -> Path:
     import pyspark
+
     return Path(pyspark.__file__).parent / "bin" / name
 
 
@@ -58,25 +68,62 @@ def _alive_workers(ui_port: int) -> int:
 def cluster(tmp_path_factory):
     """spark://127.0.0.1:PORT with two workers (1 core, 1 GB each); every process stopped by PID."""
     tmp = tmp_path_factory.mktemp("cluster")
-    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
-               SPARK_LOG_DIR=str(tmp / "logs"), SPARK_WORKER_DIR=str(tmp / "work"))
+    env = dict(
+        os.environ,
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYSPARK_PYTHON=sys.executable,
+        SPARK_LOG_DIR=str(tmp / "logs"),
+        SPARK_WORKER_DIR=str(tmp / "work"),
+    )
     port, ui = _free_port(), _free_port()
     procs: list[subprocess.Popen] = []
 
     def start(args, log):
-        procs.append(subprocess.Popen([str(_spark_bin("spark-class")), *args], env=env, cwd=tmp,
-                                      stdout=open(tmp / log, "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [str(_spark_bin("spark-class")), *args],
+                env=env,
+                cwd=tmp,
+                stdout=open(tmp / log, "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
     try:
-        start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-               "--webui-port", str(ui)], "master.log")
+        start(
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            "master.log",
+        )
         _wait(lambda: _alive_workers(ui) == 0 and _port_open(port), 60, "master")
         for w in range(2):
-            start(["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-                   "--webui-port", str(_free_port()), f"spark://127.0.0.1:{port}"], f"worker{w}.log")
+            start(
+                [
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    "1",
+                    "--memory",
+                    "1g",
+                    "--webui-port",
+                    str(_free_port()),
+                    f"spark://127.0.0.1:{port}",
+                ],
+                f"worker{w}.log",
+            )
         _wait(lambda: _alive_workers(ui) == 2, 90, "two workers")
         yield f"spark://127.0.0.1:{port}", procs
     finally:
-        for p in procs:             # the JVMs started by spark-class run in the process group we created
+        for p in procs:  # the JVMs started by spark-class run in the process group we created
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -97,21 +144,47 @@ def _executors() -> list[int]:
 def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_path, spark):
     """Also kills one executor JVM after iteration 2: the run still succeeds with the same factors."""
     master, procs = cluster
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               SPARK_LOCAL_IP="127.0.0.1")
-    pkg = subprocess.run(["bash", str(ROOT / "scripts" / "package.sh")], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(env, PYTHON=sys.executable), timeout=300)
+    env = dict(
+        os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1"
+    )
+    pkg = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "package.sh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(env, PYTHON=sys.executable),
+        timeout=300,
+    )
     assert pkg.returncode == 0, pkg.stderr[-2000:]
     started = time.monotonic()
     run = subprocess.Popen(
-        [str(_spark_bin("spark-submit")), "--master", master, "--py-files", str(ROOT / "dist" / "mf_spark.zip"),
-         "--conf", "spark.executor.memory=512m", "--conf", "spark.executor.cores=1",
-         "--conf", f"spark.pyspark.python={sys.executable}",
-         str(ROOT / "jobs" / "train.py"), "--output", str(tmp_path / "cluster"), *ARGS],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            str(_spark_bin("spark-submit")),
+            "--master",
+            master,
+            "--py-files",
+            str(ROOT / "dist" / "mf_spark.zip"),
+            "--conf",
+            "spark.executor.memory=512m",
+            "--conf",
+            "spark.executor.cores=1",
+            "--conf",
+            f"spark.pyspark.python={sys.executable}",
+            str(ROOT / "jobs" / "train.py"),
+            "--output",
+            str(tmp_path / "cluster"),
+            *ARGS,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     err, killed = [], []
     try:
-        for line in run.stdout:             # spark-submit merges the driver's stderr (one log line per iteration)
+        for line in run.stdout:  # spark-submit merges the driver's stderr (one log line per iteration)
             err.append(line)
             if not killed and "iteration 2/" in line:
                 executors = _executors()
@@ -124,18 +197,25 @@ def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_pa
             os.killpg(run.pid, signal.SIGKILL)
     stderr = "".join(err)
     assert code == 0, stderr[-4000:]
-    assert killed, "the run ended before iteration 2 was logged: " + "".join(
-        line for line in err if "WARN" not in line and "INFO" not in line)[-3000:]
-    print(f"cluster run: {time.monotonic() - started:.1f} s; executor {killed[0][0]} killed after iteration 2, "
-          f"run ended {time.monotonic() - killed[0][1]:.1f} s later; stream fallback: {'falling back' in stderr}")
+    assert killed, (
+        "the run ended before iteration 2 was logged: "
+        + "".join(line for line in err if "WARN" not in line and "INFO" not in line)[-3000:]
+    )
+    print(
+        f"cluster run: {time.monotonic() - started:.1f} s; executor {killed[0][0]} killed after iteration 2, "
+        f"run ended {time.monotonic() - killed[0][1]:.1f} s later; stream fallback: {'falling back' in stderr}"
+    )
     print("".join(line for line in err if "resident stage" in line or "falling back" in line)[-2000:])
     assert all(p.poll() is None for p in procs), "a master or worker died during the run"
-    from jobs import train as train_job      # the local run in this process: the suite's session
+    from jobs import train as train_job  # the local run in this process: the suite's session
+
     assert train_job.main(["--output", str(tmp_path / "local"), *ARGS]) == 0
     a, b = load_model(str(tmp_path / "cluster"), spark), load_model(str(tmp_path / "local"), spark)
     assert a.users.ids.equals(b.users.ids) and a.items.ids.equals(b.items.ids)
     assert np.max(np.abs(a.factors.X - b.factors.X)) < 1e-4
     assert np.max(np.abs(a.factors.Y - b.factors.Y)) < 1e-4
-    recs = [spark.read.parquet(str(tmp_path / run / "recommendations")).orderBy("user", "rank").toPandas()
-            for run in ("cluster", "local")]
+    recs = [
+        spark.read.parquet(str(tmp_path / run / "recommendations")).orderBy("user", "rank").toPandas()
+        for run in ("cluster", "local")
+    ]
     assert recs[0][["user", "rank", "item"]].equals(recs[1][["user", "rank", "item"]])

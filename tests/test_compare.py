@@ -1,10 +1,11 @@
 """jobs/compare.py: every method on one split, the table's contract, and what the baselines show."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import planted
+
 from jobs import compare as compare_job
 from mf_spark.run.compare import COLUMNS
 
@@ -23,8 +24,23 @@ def ratings(tmp_path_factory):
 
 def test_explicit_comparison_writes_every_method_and_shows_what_the_baselines_miss(spark, ratings, tmp_path, capsys):
     out = tmp_path / "out"
-    assert compare_job.main(["--input", ratings, "--output", str(out), "--set", "model.iterations=5",
-                             "--set", "model.rank=3", "--set", "model.reg=0.05"]) == 0
+    assert (
+        compare_job.main(
+            [
+                "--input",
+                ratings,
+                "--output",
+                str(out),
+                "--set",
+                "model.iterations=5",
+                "--set",
+                "model.rank=3",
+                "--set",
+                "model.reg=0.05",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     table = spark.read.parquet(str(out / "comparison.parquet")).toPandas().set_index("method")
     assert list(table.columns) == list(COLUMNS[1:])
@@ -39,9 +55,25 @@ def test_explicit_comparison_writes_every_method_and_shows_what_the_baselines_mi
 
 def test_implicit_comparison_has_the_w0_rows_and_unknown_methods_are_refused(spark, ratings, tmp_path, capsys):
     out = tmp_path / "out"
-    assert compare_job.main(["--input", ratings, "--output", str(out), "--set", "model.kind=implicit",
-                             "--set", "model.iterations=3", "--set", "model.rank=3",
-                             "--methods", "popularity,svd,als,wals_w0_0.1"]) == 0
+    assert (
+        compare_job.main(
+            [
+                "--input",
+                ratings,
+                "--output",
+                str(out),
+                "--set",
+                "model.kind=implicit",
+                "--set",
+                "model.iterations=3",
+                "--set",
+                "model.rank=3",
+                "--methods",
+                "popularity,svd,als,wals_w0_0.1",
+            ]
+        )
+        == 0
+    )
     table = spark.read.parquet(str(out / "comparison.parquet")).toPandas()
     assert list(table["method"]) == ["popularity", "svd", "als", "wals_w0_0.1"] and table["rmse"].isna().all()
     capsys.readouterr()

@@ -1,4 +1,5 @@
 """Config: defaults, TOML files, --set overrides typed by the field, errors that name the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from mf_spark.core import config
-from mf_spark.core.config import (DataConfig, EvalConfig, ModelConfig, RecommendConfig, RunConfig,
-                             SplitConfig)
+from mf_spark.core.config import DataConfig, EvalConfig, ModelConfig, RecommendConfig, RunConfig, SplitConfig
 from mf_spark.core.errors import ConfigError
 
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
@@ -21,6 +21,7 @@ def write(tmp_path, text, name="run.toml"):
 
 
 # ---- defaults -----------------------------------------------------------------------------------
+
 
 def test_builtin_defaults():
     cfg = config.load(None)
@@ -75,8 +76,11 @@ def test_default_toml_equals_builtin_defaults():
 
 # ---- TOML files ---------------------------------------------------------------------------------
 
+
 def test_load_toml_file(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 [model]
 kind = "implicit"
 rank = 32
@@ -99,7 +103,8 @@ exclude_seen = false
 [eval]
 k = 5
 relevant_threshold = 4
-""")
+""",
+    )
     cfg = config.load(p)
     assert cfg.model == ModelConfig(kind="implicit", rank=32, reg=1.0, biases=True, confidence="log")
     assert isinstance(cfg.model.reg, float)
@@ -121,24 +126,31 @@ def test_empty_file_gives_defaults(tmp_path):
 
 
 def test_spark_section_is_passed_through_as_strings(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
 [spark]
 "spark.sql.shuffle.partitions" = 16
 "spark.executor.memory" = "4g"
 "spark.sql.adaptive.enabled" = false
 "spark.memory.fraction" = 0.5
-""")
+""",
+    )
     cfg = config.load(p, ["spark.spark.executor.memory=8g", "spark.spark.driver.cores=2"])
-    assert cfg.spark == {"spark.sql.shuffle.partitions": "16", "spark.executor.memory": "8g",
-                         "spark.sql.adaptive.enabled": "false", "spark.memory.fraction": "0.5",
-                         "spark.driver.cores": "2"}
+    assert cfg.spark == {
+        "spark.sql.shuffle.partitions": "16",
+        "spark.executor.memory": "8g",
+        "spark.sql.adaptive.enabled": "false",
+        "spark.memory.fraction": "0.5",
+        "spark.driver.cores": "2",
+    }
 
 
 def test_spark_section_with_dotted_keys(tmp_path):
     p = write(tmp_path, '[spark]\nspark.executor.memory = "4g"\nspark.sql.shuffle.partitions = 8\n')
     try:
         cfg = config.load(p)
-    except ConfigError as exc:           # refusing nested tables is an acceptable answer too
+    except ConfigError as exc:  # refusing nested tables is an acceptable answer too
         assert "spark" in str(exc)
         return
     assert cfg.spark == {"spark.executor.memory": "4g", "spark.sql.shuffle.partitions": "8"}
@@ -151,10 +163,23 @@ def test_spark_section_must_be_a_table(tmp_path):
 
 # ---- --set --------------------------------------------------------------------------------------
 
+
 def test_set_parses_into_the_declared_types():
-    cfg = config.load(None, ["model.rank=32", "model.reg=0.05", "model.biases=true", "model.kind=implicit",
-                             "split.test_fraction=0.1", "recommend.exclude_seen=False", "data.user_col=userId",
-                             "model.seed=-3", "eval.relevant_threshold=3.5", "data.duplicates=last"])
+    cfg = config.load(
+        None,
+        [
+            "model.rank=32",
+            "model.reg=0.05",
+            "model.biases=true",
+            "model.kind=implicit",
+            "split.test_fraction=0.1",
+            "recommend.exclude_seen=False",
+            "data.user_col=userId",
+            "model.seed=-3",
+            "eval.relevant_threshold=3.5",
+            "data.duplicates=last",
+        ],
+    )
     assert cfg.model.rank == 32 and type(cfg.model.rank) is int
     assert cfg.model.reg == 0.05 and type(cfg.model.reg) is float
     assert cfg.model.biases is True and cfg.recommend.exclude_seen is False
@@ -198,92 +223,108 @@ def test_parse_set():
 
 # ---- errors -------------------------------------------------------------------------------------
 
+
 def error_of(path=None, sets=()):
     with pytest.raises(ConfigError) as info:
         config.load(path, list(sets))
     return str(info.value)
 
 
-@pytest.mark.parametrize("sets, key", [
-    (["model.rank=0"], "model.rank"),
-    (["model.rank=-2"], "model.rank"),
-    (["model.reg=-0.1"], "model.reg"),
-    (["model.reg=nan"], "model.reg"),
-    (["model.iterations=0"], "model.iterations"),
-    (["model.alpha=-1"], "model.alpha"),
-    (["model.epsilon=0"], "model.epsilon"),
-    (["model.unobserved_weight=-1"], "model.unobserved_weight"),
-    (["model.num_user_blocks=-1"], "model.num_user_blocks"),
-    (["model.num_item_blocks=-1"], "model.num_item_blocks"),
-    (["model.checkpoint_interval=-1"], "model.checkpoint_interval"),
-    (["model.broadcast_budget_mb=-1"], "model.broadcast_budget_mb"),
-    (["model.cg_steps=0"], "model.cg_steps"),
-    (["split.test_fraction=0"], "split.test_fraction"),
-    (["split.test_fraction=1"], "split.test_fraction"),
-    (["split.test_fraction=1.5"], "split.test_fraction"),
-    (["eval.k=0"], "eval.k"),
-    (["recommend.top_n=0"], "recommend.top_n"),
-    (["data.max_bad_fraction=1.01"], "data.max_bad_fraction"),
-    (["data.max_bad_fraction=-0.1"], "data.max_bad_fraction"),
-])
+@pytest.mark.parametrize(
+    "sets, key",
+    [
+        (["model.rank=0"], "model.rank"),
+        (["model.rank=-2"], "model.rank"),
+        (["model.reg=-0.1"], "model.reg"),
+        (["model.reg=nan"], "model.reg"),
+        (["model.iterations=0"], "model.iterations"),
+        (["model.alpha=-1"], "model.alpha"),
+        (["model.epsilon=0"], "model.epsilon"),
+        (["model.unobserved_weight=-1"], "model.unobserved_weight"),
+        (["model.num_user_blocks=-1"], "model.num_user_blocks"),
+        (["model.num_item_blocks=-1"], "model.num_item_blocks"),
+        (["model.checkpoint_interval=-1"], "model.checkpoint_interval"),
+        (["model.broadcast_budget_mb=-1"], "model.broadcast_budget_mb"),
+        (["model.cg_steps=0"], "model.cg_steps"),
+        (["split.test_fraction=0"], "split.test_fraction"),
+        (["split.test_fraction=1"], "split.test_fraction"),
+        (["split.test_fraction=1.5"], "split.test_fraction"),
+        (["eval.k=0"], "eval.k"),
+        (["recommend.top_n=0"], "recommend.top_n"),
+        (["data.max_bad_fraction=1.01"], "data.max_bad_fraction"),
+        (["data.max_bad_fraction=-0.1"], "data.max_bad_fraction"),
+    ],
+)
 def test_out_of_range_names_the_key(sets, key):
     msg = error_of(sets=sets)
     assert key in msg and sets[0].split("=")[1] in msg
 
 
-@pytest.mark.parametrize("toml, key", [
-    ("[model]\nrank = 0\n", "model.rank"),
-    ("[model]\nreg = -1.0\n", "model.reg"),
-    ("[model]\niterations = 0\n", "model.iterations"),
-    ("[split]\ntest_fraction = 0.0\n", "split.test_fraction"),
-    ("[split]\ntest_fraction = 1.0\n", "split.test_fraction"),
-    ("[eval]\nk = 0\n", "eval.k"),
-])
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ("[model]\nrank = 0\n", "model.rank"),
+        ("[model]\nreg = -1.0\n", "model.reg"),
+        ("[model]\niterations = 0\n", "model.iterations"),
+        ("[split]\ntest_fraction = 0.0\n", "split.test_fraction"),
+        ("[split]\ntest_fraction = 1.0\n", "split.test_fraction"),
+        ("[eval]\nk = 0\n", "eval.k"),
+    ],
+)
 def test_out_of_range_in_file_names_the_key(tmp_path, toml, key):
     assert key in error_of(write(tmp_path, toml))
 
 
-@pytest.mark.parametrize("toml, key", [
-    ('[model]\nrank = "ten"\n', "model.rank"),
-    ("[model]\nrank = 10.0\n", "model.rank"),
-    ("[model]\nrank = true\n", "model.rank"),
-    ('[model]\nreg = "0.1"\n', "model.reg"),
-    ("[model]\nreg = true\n", "model.reg"),
-    ('[model]\nbiases = "yes"\n', "model.biases"),
-    ("[model]\nbiases = 1\n", "model.biases"),
-    ("[data]\nuser_col = 1.5\n", "data.user_col"),
-    ("[data]\nuser_col = [1]\n", "data.user_col"),
-    ('[eval]\nrelevant_threshold = "high"\n', "eval.relevant_threshold"),
-])
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ('[model]\nrank = "ten"\n', "model.rank"),
+        ("[model]\nrank = 10.0\n", "model.rank"),
+        ("[model]\nrank = true\n", "model.rank"),
+        ('[model]\nreg = "0.1"\n', "model.reg"),
+        ("[model]\nreg = true\n", "model.reg"),
+        ('[model]\nbiases = "yes"\n', "model.biases"),
+        ("[model]\nbiases = 1\n", "model.biases"),
+        ("[data]\nuser_col = 1.5\n", "data.user_col"),
+        ("[data]\nuser_col = [1]\n", "data.user_col"),
+        ('[eval]\nrelevant_threshold = "high"\n', "eval.relevant_threshold"),
+    ],
+)
 def test_wrong_type_in_file_names_the_key(tmp_path, toml, key):
     msg = error_of(write(tmp_path, toml))
     assert key in msg
 
 
-@pytest.mark.parametrize("item, key", [
-    ("model.rank=ten", "model.rank"),
-    ("model.rank=3.5", "model.rank"),
-    ("model.rank=", "model.rank"),
-    ("model.reg=abc", "model.reg"),
-    ("model.biases=yes", "model.biases"),
-    ("model.biases=1", "model.biases"),
-    ("eval.relevant_threshold=high", "eval.relevant_threshold"),
-])
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("model.rank=ten", "model.rank"),
+        ("model.rank=3.5", "model.rank"),
+        ("model.rank=", "model.rank"),
+        ("model.reg=abc", "model.reg"),
+        ("model.biases=yes", "model.biases"),
+        ("model.biases=1", "model.biases"),
+        ("eval.relevant_threshold=high", "eval.relevant_threshold"),
+    ],
+)
 def test_wrong_type_in_set_names_the_key(item, key):
     msg = error_of(sets=[item])
     assert key in msg and repr(item.split("=")[1]) in msg
 
 
-@pytest.mark.parametrize("sets, key, value", [
-    (["model.kind=hybrid"], "model.kind", "hybrid"),
-    (["model.kind=Explicit"], "model.kind", "Explicit"),
-    (["model.strategy=shuffle"], "model.strategy", "shuffle"),
-    (["model.solver=lu"], "model.solver", "lu"),
-    (["model.reg_scaling=sqrt"], "model.reg_scaling", "sqrt"),
-    (["model.confidence=exp"], "model.confidence", "exp"),
-    (["split.method=kfold"], "split.method", "kfold"),
-    (["data.duplicates=first"], "data.duplicates", "first"),
-])
+@pytest.mark.parametrize(
+    "sets, key, value",
+    [
+        (["model.kind=hybrid"], "model.kind", "hybrid"),
+        (["model.kind=Explicit"], "model.kind", "Explicit"),
+        (["model.strategy=shuffle"], "model.strategy", "shuffle"),
+        (["model.solver=lu"], "model.solver", "lu"),
+        (["model.reg_scaling=sqrt"], "model.reg_scaling", "sqrt"),
+        (["model.confidence=exp"], "model.confidence", "exp"),
+        (["split.method=kfold"], "split.method", "kfold"),
+        (["data.duplicates=first"], "data.duplicates", "first"),
+    ],
+)
 def test_bad_literal_names_the_key_and_choices(sets, key, value):
     msg = error_of(sets=sets)
     assert key in msg and value in msg
@@ -296,7 +337,7 @@ def test_bad_literal_in_file_lists_the_choices(tmp_path):
 
 def test_unknown_key_names_the_key(tmp_path):
     msg = error_of(write(tmp_path, "[model]\nrnak = 3\n"))
-    assert "model.rnak" in msg and "rank" in msg            # lists the known keys
+    assert "model.rnak" in msg and "rank" in msg  # lists the known keys
     assert "model.rnak" in error_of(sets=["model.rnak=3"])
 
 
@@ -340,16 +381,23 @@ def test_a_directory_is_not_a_config_file(tmp_path):
 
 def test_config_errors_are_usage_errors_for_the_jobs():
     from mf_spark.core.errors import exit_code
+
     with pytest.raises(ConfigError) as info:
         config.load(None, ["model.rank=0"])
     assert exit_code(info.value) == 2
 
 
-@pytest.mark.parametrize("extra, steps", [
-    ({"rank": 10}, 0), ({"rank": config.CG_FROM_RANK}, 3), ({"rank": 64, "cg_steps": 5}, 5),
-    ({"rank": 64, "solver": "exact"}, 0), ({"rank": 4, "solver": "cg"}, 3),
-    ({"rank": 64, "solver": "cg", "nonnegative": True}, 0),     # projected solves need the k x k system
-])
+@pytest.mark.parametrize(
+    "extra, steps",
+    [
+        ({"rank": 10}, 0),
+        ({"rank": config.CG_FROM_RANK}, 3),
+        ({"rank": 64, "cg_steps": 5}, 5),
+        ({"rank": 64, "solver": "exact"}, 0),
+        ({"rank": 4, "solver": "cg"}, 3),
+        ({"rank": 64, "solver": "cg", "nonnegative": True}, 0),  # projected solves need the k x k system
+    ],
+)
 def test_solver_picks_conjugate_gradients_at_high_rank(extra, steps):
     assert config.ModelConfig(**extra).cg_steps_for() == steps
 
@@ -359,13 +407,18 @@ def test_the_readme_table_and_default_toml_name_every_key_and_only_those():
     README's configuration table must follow them (a key added, renamed or removed shows here)."""
     import re
     import tomllib
+
     root = DEFAULT_TOML.parent.parent
-    defaults = {f"{section}.{key}": v for section, body in config.load(None).to_dict().items() if section != "spark"
-                for key, v in body.items()}
+    defaults = {
+        f"{section}.{key}": v
+        for section, body in config.load(None).to_dict().items()
+        if section != "spark"
+        for key, v in body.items()
+    }
     declared = set(defaults)
     text = DEFAULT_TOML.read_text()
     in_toml = {f"{s}.{k}" for s, body in tomllib.loads(text).items() if s != "spark" for k in body}
-    unset = {k for k, v in defaults.items() if v is None}     # TOML has no null: shown commented out
+    unset = {k for k, v in defaults.items() if v is None}  # TOML has no null: shown commented out
     assert in_toml == declared - unset
     assert all(re.search(rf"^# {k.split('.')[1]} = ", text, re.M) for k in unset)
     table = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")]
@@ -380,12 +433,22 @@ def test_the_solvers_defaults_are_the_configs():
     from mf_spark.als.halfstep import solve_spec
     from mf_spark.core.config import ModelConfig
     from mf_spark.kernels.solve import SolveSpec
+
     assert SolveSpec() == solve_spec(ModelConfig(), 0.0)
     assert SolveSpec(kind="implicit") == solve_spec(ModelConfig(kind="implicit"), 0.0)
 
 
-@pytest.mark.parametrize("item", ["model.reg=inf", "model.alpha=nan", "model.unobserved_weight=-inf",
-                                  "model.epsilon=NaN", "split.test_fraction=nan", "data.max_bad_fraction=inf"])
+@pytest.mark.parametrize(
+    "item",
+    [
+        "model.reg=inf",
+        "model.alpha=nan",
+        "model.unobserved_weight=-inf",
+        "model.epsilon=NaN",
+        "split.test_fraction=nan",
+        "data.max_bad_fraction=inf",
+    ],
+)
 def test_settings_must_be_finite_numbers(item):
     with pytest.raises(ConfigError, match="finite"):
         config.load(None, [item])
@@ -393,6 +456,7 @@ def test_settings_must_be_finite_numbers(item):
 
 def test_settings_given_in_python_must_be_finite_too():
     from mf_spark.core.config import ModelConfig
+
     for key in ("reg", "alpha", "epsilon", "unobserved_weight"):
         with pytest.raises(ConfigError, match="finite"):
             ModelConfig(**{key: float("inf")})
@@ -400,13 +464,20 @@ def test_settings_given_in_python_must_be_finite_too():
 
 def test_strict_json_turns_nan_and_infinities_into_null():
     from mf_spark.core.fs import strict_json
-    assert strict_json({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x"}) == \
-        {"a": None, "b": [1.0, None, {"c": None}], "d": "x"}
+
+    assert strict_json({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x"}) == {
+        "a": None,
+        "b": [1.0, None, {"c": None}],
+        "d": "x",
+    }
 
 
 def test_sections_built_in_python_are_held_to_the_same_choices():
     from mf_spark.core.config import DataConfig, ModelConfig, SplitConfig
-    with pytest.raises(ConfigError, match="config key model.solver: got 'newton', expected one of 'auto', 'exact', 'cg'"):
+
+    with pytest.raises(
+        ConfigError, match="config key model.solver: got 'newton', expected one of 'auto', 'exact', 'cg'"
+    ):
         ModelConfig(solver="newton")
     with pytest.raises(ConfigError, match="split.method"):
         SplitConfig(method="by_week")

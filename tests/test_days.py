@@ -1,5 +1,6 @@
 """Day biases (mf_spark.als.days, types.DayBiases): the per-(user, day) offsets fitted after the factors,
 how they score, save and load, and that the train and tune jobs use them where the data has days."""
+
 from __future__ import annotations
 
 import json
@@ -7,25 +8,30 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import planted
+
 from jobs import train as train_job
-from mf_spark.core import config
 from mf_spark.als import days
-from mf_spark.data import prepare
-from mf_spark.run import tune
-from mf_spark.data.ready import Triples
+from mf_spark.core import config
 from mf_spark.core.errors import ConfigError, ModelError
-from mf_spark.model.factors import Scorer, load_model
 from mf_spark.core.types import NO_TIME, DayBiases, Factors
+from mf_spark.data import prepare
+from mf_spark.data.ready import Triples
+from mf_spark.model.factors import Scorer, load_model
+from mf_spark.run import tune
 
 DAY = 86400
 
 
 def _factors(n_users=4, n_items=3, seed=0) -> Factors:
     g = np.random.default_rng(seed)
-    return Factors(g.normal(size=(n_users, 2)).astype(np.float32), g.normal(size=(n_items, 2)).astype(np.float32),
-                   g.normal(size=n_users).astype(np.float32), g.normal(size=n_items).astype(np.float32), 3.0)
+    return Factors(
+        g.normal(size=(n_users, 2)).astype(np.float32),
+        g.normal(size=(n_items, 2)).astype(np.float32),
+        g.normal(size=n_users).astype(np.float32),
+        g.normal(size=n_items).astype(np.float32),
+        3.0,
+    )
 
 
 # ---- the offsets and their lookup ------------------------------------------------------------------------
@@ -35,10 +41,12 @@ def test_lookup_finds_the_users_day_and_nothing_else():
     t = np.array([5 * DAY, 9 * DAY + 86399, 7 * DAY, 5 * DAY + 1, 9 * DAY, 5 * DAY, 5 * DAY, NO_TIME])
     assert d.lookup(u, t).tolist() == [0.5, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]
     assert d.positions(u, t).tolist() == [0, 1, -1, 2, -1, -1, -1, -1]
-    other = d.with_bias(np.array([1.0, 2.0, 3.0]))        # the same pairs: the same positions
+    other = d.with_bias(np.array([1.0, 2.0, 3.0]))  # the same pairs: the same positions
     assert other.offsets(d.positions(u, t)).tolist() == [1.0, 2.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0]
     assert d.lookup(u, None).tolist() == [0.0] * 8
-    assert DayBiases(DAY, *(np.zeros(0, t) for t in (np.int32, np.int64, np.float32))).lookup(u, t).tolist() == [0.0] * 8
+    assert (
+        DayBiases(DAY, *(np.zeros(0, t) for t in (np.int32, np.int64, np.float32))).lookup(u, t).tolist() == [0.0] * 8
+    )
 
 
 def test_days_before_1970_floor_to_their_own_day():
@@ -60,7 +68,7 @@ def _ratings(seed=1, n=300, n_users=4, n_items=3):
     i = g.integers(0, n_items, n).astype(np.int32)
     r = g.uniform(1, 5, n)
     t = (g.integers(0, 4, n) * DAY + g.integers(0, DAY, n)).astype(np.int64)
-    t[::7] = NO_TIME                          # ratings without a timestamp take no part
+    t[::7] = NO_TIME  # ratings without a timestamp take no part
     return u, i, r, t
 
 
@@ -86,15 +94,23 @@ def test_day_bias_reg_0_means_none_and_no_timestamps_means_no_offsets(caplog):
     untimed = days.DayFitter(Triples(None, u, i, r), DAY)
     assert untimed(f, 1.0).size == 0 and untimed(f, 3.0).size == 0
     said = [rec.getMessage() for rec in caplog.records if "no training rating has a timestamp" in rec.getMessage()]
-    assert len(said) == 1           # said once, not every iteration
+    assert len(said) == 1  # said once, not every iteration
 
 
 def test_spark_fits_the_same_offsets_as_the_driver(spark):
     u, i, r, t = _ratings(seed=3)
     f = _factors(seed=3)
     want = days.DayFitter(Triples(None, u, i, r, t), 3600)(f, 1.0)
-    df = spark.createDataFrame(pa.table({"user_idx": pa.array(u, pa.int32()), "item_idx": pa.array(i, pa.int32()),
-                                         "rating": r, "timestamp": pa.array(t, pa.int64(), mask=t == NO_TIME)}))
+    df = spark.createDataFrame(
+        pa.table(
+            {
+                "user_idx": pa.array(u, pa.int32()),
+                "item_idx": pa.array(i, pa.int32()),
+                "rating": r,
+                "timestamp": pa.array(t, pa.int64(), mask=t == NO_TIME),
+            }
+        )
+    )
     fitter = days.DayFitter(df.repartition(3), 3600)
     assert not fitter.spark_free
     got = fitter(f, 1.0)
@@ -112,9 +128,14 @@ def test_the_scorer_adds_the_days_offset_before_clipping():
     u, i = np.array([1, 1, 0, -1]), np.array([0, 0, 0, 0])
     t = np.array([2 * DAY + 5, 3 * DAY, 2 * DAY, 2 * DAY])
     np.testing.assert_allclose(with_days.predict_idx(u, i, t) - plain.predict_idx(u, i), [0.25, 0, 0, 0], atol=1e-12)
-    np.testing.assert_array_equal(with_days.predict_idx(u, i), plain.predict_idx(u, i))   # no times: none
-    clipped = Scorer("explicit", f, 3.0, (1.0, 5.0), DayBiases(DAY, np.array([1], np.int32), np.array([2], np.int64),
-                                                               np.array([50.0], np.float32)))
+    np.testing.assert_array_equal(with_days.predict_idx(u, i), plain.predict_idx(u, i))  # no times: none
+    clipped = Scorer(
+        "explicit",
+        f,
+        3.0,
+        (1.0, 5.0),
+        DayBiases(DAY, np.array([1], np.int32), np.array([2], np.int64), np.array([50.0], np.float32)),
+    )
     assert clipped.predict_idx(u[:1], i[:1], t[:1])[0] == 5.0
 
 
@@ -127,28 +148,39 @@ def day_csv(tmp_path_factory):
     day = g.integers(0, 4, u.size)
     offset = g.normal(scale=0.6, size=(80, 4))
     r = r + offset[u, day]
-    ts = (17_361 + day) * DAY + g.integers(0, DAY, u.size)     # 4 calendar days from 2017-07-14
+    ts = (17_361 + day) * DAY + g.integers(0, DAY, u.size)  # 4 calendar days from 2017-07-14
     path = tmp_path_factory.mktemp("days") / "ratings.csv"
-    path.write_text("user,item,rating,timestamp\n" + "".join(
-        f"u{a},i{b},{c:.3f},{d}\n" for a, b, c, d in zip(u, i, r, ts)))
+    path.write_text(
+        "user,item,rating,timestamp\n" + "".join(f"u{a},i{b},{c:.3f},{d}\n" for a, b, c, d in zip(u, i, r, ts))
+    )
     return str(path)
 
 
-SETTINGS = ["--set", "model.rank=3", "--set", "model.biases=true", "--set", "model.reg=0.05",
-            "--set", "model.iterations=8"]
+SETTINGS = [
+    "--set",
+    "model.rank=3",
+    "--set",
+    "model.biases=true",
+    "--set",
+    "model.reg=0.05",
+    "--set",
+    "model.iterations=8",
+]
 
 
 def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path):
     got = {}
     for reg in (0, 2):
         out = tmp_path / f"out{reg}"
-        assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS,
-                               "--set", f"model.day_bias_reg={reg}"]) == 0
+        assert (
+            train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS, "--set", f"model.day_bias_reg={reg}"])
+            == 0
+        )
         got[reg] = json.loads((out / "metrics.json").read_text())
     assert got[0]["n_user_days"] is None and not (tmp_path / "out0" / "factors" / "user_days").exists()
     assert "day biases (user, day pairs)" in (tmp_path / "out2" / "report.html").read_text()
     assert got[2]["n_user_days"] == 80 * 4
-    assert got[2]["rmse"] < 0.8 * got[0]["rmse"]          # the planted offsets are most of the error
+    assert got[2]["rmse"] < 0.8 * got[0]["rmse"]  # the planted offsets are most of the error
     # the history is the alternating fit's, the same factors with or without day biases after it
     assert [h["test_rmse"] for h in got[2]["history"]] == [h["test_rmse"] for h in got[0]["history"]]
     # the saved model scores the held-out rows as the job did, and a row's day decides its offset
@@ -159,14 +191,15 @@ def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path
     without = model.predict(rows).toPandas()
     assert (with_days["prediction"] - without["prediction"]).abs().max() > 0.05
     shifted = model.predict(rows.withColumn("timestamp", rows["timestamp"] + 30 * DAY), timestamp_col="timestamp")
-    assert np.allclose(shifted.toPandas()["prediction"], without["prediction"])     # an unseen day: no offset
+    assert np.allclose(shifted.toPandas()["prediction"], without["prediction"])  # an unseen day: no offset
     # date-time texts and timestamp types are read as the train job reads them: as seconds
     from pyspark.sql import functions as F
+
     for as_time in (F.from_unixtime("timestamp"), F.timestamp_seconds("timestamp")):
         other = model.predict(rows.withColumn("when", as_time), timestamp_col="when").toPandas()
         assert np.allclose(other["prediction"], with_days["prediction"])
     garbled = model.predict(rows.withColumn("when", F.lit("soon")), timestamp_col="when").toPandas()
-    assert np.allclose(garbled["prediction"], without["prediction"])          # not a time: no offset
+    assert np.allclose(garbled["prediction"], without["prediction"])  # not a time: no offset
     # column names are names, not paths: dots and backticks in them
     odd = rows.toDF("user.id", "item `x`", "rating", "ts.0")
     got = model.predict(odd, "user.id", "item `x`", "pred.x", timestamp_col="ts.0").toPandas()
@@ -181,8 +214,22 @@ def test_spark_front_end_gives_the_job_the_same_day_biases(spark, day_csv, tmp_p
     got = []
     for front in ("driver", "spark"):
         out = tmp_path / front
-        assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS, "--set", "model.day_bias_reg=2",
-                               "--set", f"data.front_end={front}"]) == 0
+        assert (
+            train_job.main(
+                [
+                    "--input",
+                    day_csv,
+                    "--output",
+                    str(out),
+                    *SETTINGS,
+                    "--set",
+                    "model.day_bias_reg=2",
+                    "--set",
+                    f"data.front_end={front}",
+                ]
+            )
+            == 0
+        )
         got.append(json.loads((out / "metrics.json").read_text()))
     assert got[1]["front_end"] == "spark" and got[0]["n_user_days"] == got[1]["n_user_days"] == 320
     assert got[1]["rmse"] == pytest.approx(got[0]["rmse"], rel=1e-4)
@@ -203,12 +250,21 @@ def test_tune_scores_each_day_bias_reg_on_every_trials_factors(spark, day_csv):
     (no fit per value), keeps the best, and the refit takes it."""
     found = {}
     for values in ("[0.0]", "[0.0, 2.0]"):
-        run = config.load(None, ["tune.method=grid", "tune.space.rank=[2, 3]", f"tune.space.day_bias_reg={values}",
-                                 "tune.max_iterations=8", "model.biases=true", "model.reg=0.05"])
+        run = config.load(
+            None,
+            [
+                "tune.method=grid",
+                "tune.space.rank=[2, 3]",
+                f"tune.space.day_bias_reg={values}",
+                "tune.max_iterations=8",
+                "model.biases=true",
+                "model.reg=0.05",
+            ],
+        )
         front = prepare.front_end(spark, run, input=day_csv)
         front.load()
         outer, inner = front.tuning_split(tune.validation_split(run))
-        assert tune.settings(run) == [{"rank": 2}, {"rank": 3}]        # no trials of their own
+        assert tune.settings(run) == [{"rank": 2}, {"rank": 3}]  # no trials of their own
         found[values] = tune.search(inner, run)
         inner.release()
         outer.release()
@@ -231,9 +287,16 @@ def test_tune_fits_the_day_biases_of_ratings_spark_holds_on_the_driver(spark, da
     outer, inner = front.tuning_split(tune.validation_split(run))
     assert not isinstance(inner.train, Triples)
     assert tune.Validation(inner, run).days.spark_free
-    tiny = config.load(None, ["data.front_end=spark", "data.front_end_max_mb=0.001",
-                              "tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true"])
-    assert not tune.Validation(inner, tiny).days.spark_free          # too many for the driver: Spark's
+    tiny = config.load(
+        None,
+        [
+            "data.front_end=spark",
+            "data.front_end_max_mb=0.001",
+            "tune.space.day_bias_reg=[0.0, 2.0]",
+            "model.biases=true",
+        ],
+    )
+    assert not tune.Validation(inner, tiny).days.spark_free  # too many for the driver: Spark's
     f = days.DayFitter(inner.train, DAY)
     fitted = (f, days.DayFitter(days.on_driver(inner.train, inner.stats.n, 2**30), DAY))
     factors = _factors(inner.users.size, inner.items.size)
@@ -250,10 +313,13 @@ def test_a_range_of_day_bias_reg_is_refused():
         tune.post_fit_values(run)
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["model.day_bias_reg=-1"], "model.day_bias_reg"),
-    (["model.day_length=0"], "model.day_length"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["model.day_bias_reg=-1"], "model.day_bias_reg"),
+        (["model.day_length=0"], "model.day_length"),
+    ],
+)
 def test_bad_day_settings_name_the_key(sets, message):
     with pytest.raises(ConfigError, match=message):
         config.load(None, sets)
@@ -262,16 +328,25 @@ def test_bad_day_settings_name_the_key(sets, message):
 @pytest.mark.parametrize("front_end", ["driver", "spark"])
 def test_the_estimator_fits_day_biases_from_timestampCol_and_transform_adds_them(spark, day_csv, tmp_path, front_end):
     from mf_spark.ml import ALS, ALSModel
+
     df = spark.read.csv(day_csv, header=True, inferSchema=True)
-    als = ALS(rank=3, maxIter=6, regParam=0.05, biases=True, dayBiasReg=2.0, timestampCol="timestamp",
-              frontEnd=front_end, coldStartStrategy="drop")
+    als = ALS(
+        rank=3,
+        maxIter=6,
+        regParam=0.05,
+        biases=True,
+        dayBiasReg=2.0,
+        timestampCol="timestamp",
+        frontEnd=front_end,
+        coldStartStrategy="drop",
+    )
     model = als.fit(df)
     assert model.factorModel.days.size == 80 * 4
-    err = lambda m, d: m.transform(d).selectExpr("avg(pow(prediction - rating, 2))").first()[0]  # noqa: E731
+    err = lambda m, d: m.transform(d).selectExpr("avg(pow(prediction - rating, 2))").first()[0]
     plain = ALS(rank=3, maxIter=6, regParam=0.05, biases=True, frontEnd=front_end).fit(df)
     assert plain.factorModel.days is None
     assert err(model, df) < 0.6 * err(plain, df)
-    assert err(model, df.drop("timestamp")) == pytest.approx(err(plain, df), rel=0.2)   # no day: no offset
+    assert err(model, df.drop("timestamp")) == pytest.approx(err(plain, df), rel=0.2)  # no day: no offset
     model.save(str(tmp_path / "m"))
     again = ALSModel.load(str(tmp_path / "m"))
     assert again.factorModel.days.size == 80 * 4 and err(again, df) == pytest.approx(err(model, df))

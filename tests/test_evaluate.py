@@ -1,4 +1,5 @@
 """Held-out evaluation on Spark: error metrics, relevant sets, ranking metrics with seen items excluded."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,15 +8,16 @@ import pytest
 
 from mf_spark import evaluate
 from mf_spark.core.types import Factors
+from mf_spark.data import ready
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.model.factors import Scorer
 from mf_spark.model.topn import seen_lists
-from mf_spark.data import ready
 
 
 def test_relevant_items_drop_cold_and_apply_threshold():
-    ho = ready.HeldOut(np.array([2, 0, 0, -1, 1], np.int32), np.array([1, 3, 2, 0, -1], np.int32),
-                          np.array([5.0, 2.0, 4.0, 5.0, 5.0]))
+    ho = ready.HeldOut(
+        np.array([2, 0, 0, -1, 1], np.int32), np.array([1, 3, 2, 0, -1], np.int32), np.array([5.0, 2.0, 4.0, 5.0, 5.0])
+    )
     rel = evaluate.relevant_items(ho, None)
     assert rel.users.tolist() == [0, 2] and rel.indptr.tolist() == [0, 2, 3] and rel.items.tolist() == [2, 3, 1]
     rel = evaluate.relevant_items(ho, 4.0)
@@ -27,7 +29,7 @@ def test_error_metrics_clip_and_cold_rows():
     f = Factors(np.array([[1.0], [2.0]], np.float32), np.array([[3.0]], np.float32), None, None, 0.0)
     scorer = Scorer("explicit", f, 2.5, (1.0, 5.0))
     ho = ready.HeldOut(np.array([0, 1, -1], np.int32), np.array([0, 0, 0], np.int32), np.array([3.0, 5.0, 2.5]))
-    got = evaluate.error_metrics(scorer, ho)      # predictions 3, 6 -> 5 (clipped), 2.5 (cold)
+    got = evaluate.error_metrics(scorer, ho)  # predictions 3, 6 -> 5 (clipped), 2.5 (cold)
     assert got["rmse"] == pytest.approx(0.0) and got["mae"] == pytest.approx(0.0)
     assert evaluate.error_metrics(Scorer("implicit", f, 0.0, None), ho) == {"rmse": None, "mae": None}
 
@@ -38,32 +40,40 @@ def _ranking_case(spark, rng, n_users=25, n_items=40):
     train = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.3]
     test = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.1 and (u, i) not in set(train)]
     tu, ti = np.array(train).T
-    train_df = spark.createDataFrame(pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())}))
+    train_df = spark.createDataFrame(
+        pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())})
+    )
     hu, hi = np.array(test).T
     rel = evaluate.relevant_items(ready.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size)), None)
     S = X @ Y.T
-    S[tu, ti] = -np.inf                               # training items never recommended
+    S[tu, ti] = -np.inf  # training items never recommended
     return X, Y, train_df, rel, S
 
 
 def test_driver_evaluator_of_pairs_and_top_lists_match_brute_force(spark, rng):
     """The sample evaluator (on_driver, fed the training pairs as a DataFrame or as driver arrays) and
     ranking_of_top (top lists with training items excluded) give the brute-force metrics."""
-    from mf_spark.data.ready import Triples
     from mf_spark.als.loop import TopLists
+    from mf_spark.data.ready import Triples
+
     n_items, k = 40, 5
     X, Y, train_df, rel, S = _ranking_case(spark, rng)
     want = ranking_metrics(np.argsort(-S, axis=1, kind="stable")[rel.users, :k], rel.indptr, rel.items, n_items, k)
     got = evaluate.RankingEvaluator(train_df, rel, n_items, k, on_driver=True)(
-        Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None))
+        Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None)
+    )
     order = np.argsort(-S, axis=1, kind="stable")[:, :7]
-    top = TopLists(np.full(X.shape[0], 7, np.int32), order.astype(np.int32),
-                   np.take_along_axis(S, order, axis=1).astype(np.float32))
+    top = TopLists(
+        np.full(X.shape[0], 7, np.int32),
+        order.astype(np.int32),
+        np.take_along_axis(S, order, axis=1).astype(np.float32),
+    )
     from_top = evaluate.ranking_of_top(top, rel, n_items, k)
-    t = train_df.toArrow()                            # the same pairs held by the driver
+    t = train_df.toArrow()  # the same pairs held by the driver
     held = Triples(spark, t.column("user_idx").to_numpy(), t.column("item_idx").to_numpy(), np.ones(t.num_rows))
     of_held = evaluate.RankingEvaluator(held, rel, n_items, k, on_driver=True)(
-        Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None))
+        Scorer("implicit", Factors(X, Y, None, None, 0.0), 0.0, None)
+    )
     for key in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "n_users_evaluated"):
         assert got[key] == pytest.approx(want[key]), key
         assert from_top[key] == pytest.approx(want[key]), key
@@ -77,7 +87,9 @@ def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
     train = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.3]
     test = [(u, i) for u in range(n_users) for i in range(n_items) if rng.random() < 0.1 and (u, i) not in set(train)]
     tu, ti = np.array(train).T
-    train_df = spark.createDataFrame(pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())}))
+    train_df = spark.createDataFrame(
+        pa.table({"user_idx": pa.array(tu, pa.int32()), "item_idx": pa.array(ti, pa.int32())})
+    )
     hu, hi = np.array(test).T
     ho = ready.HeldOut(hu.astype(np.int32), hi.astype(np.int32), np.ones(hu.size))
     rel = evaluate.relevant_items(ho, None)
@@ -86,7 +98,7 @@ def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
     got = ev(scorer)
     ev.close()
     S = X @ Y.T
-    S[tu, ti] = -np.inf                               # training items never recommended
+    S[tu, ti] = -np.inf  # training items never recommended
     recs = np.argsort(-S, axis=1, kind="stable")[rel.users, :k]
     want = ranking_metrics(recs, rel.indptr, rel.items, n_items, k)
     for key in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "n_users_evaluated"):
@@ -95,8 +107,9 @@ def test_ranking_evaluator_matches_driver_brute_force(spark, rng):
 
 
 def test_sample_users_keeps_their_items():
-    ho = ready.HeldOut(np.repeat(np.arange(50, dtype=np.int32), 3), np.tile(np.array([1, 4, 7], np.int32), 50),
-                          np.ones(150))
+    ho = ready.HeldOut(
+        np.repeat(np.arange(50, dtype=np.int32), 3), np.tile(np.array([1, 4, 7], np.int32), 50), np.ones(150)
+    )
     rel = evaluate.relevant_items(ho, None)
     sub = evaluate.sample_users(rel, 10, seed=1)
     assert sub.users.size == 10 and np.all(np.diff(sub.users) > 0)

@@ -1,5 +1,6 @@
 """The resident exchange against hostile peers: frames checked before allocation, proofs of the
 secret, deadlines, stray bytes during a fit, a frozen task, leftovers after fits, secured Spark."""
+
 from __future__ import annotations
 
 import os
@@ -11,14 +12,14 @@ import time
 
 import numpy as np
 import pytest
+from conftest import planted
+from test_als import ratings_df
 
 from mf_spark.als import loop as als
 from mf_spark.als.engines import stream
-from mf_spark.core.config import ModelConfig
 from mf_spark.als.engines.stream import task as task_side
 from mf_spark.als.engines.stream import wire
-from conftest import planted
-from test_als import ratings_df
+from mf_spark.core.config import ModelConfig
 
 
 def _frame(header: bytes) -> bytes:
@@ -26,19 +27,19 @@ def _frame(header: bytes) -> bytes:
 
 
 HOSTILE_FRAMES = [
-    b"\xff\xff\xff\xff",                                        # a 4 GiB header
-    _frame(b"[1, 2, 3]"),                                       # not an object
-    _frame(b"\xff\xfe\x00garbage"),                              # not UTF-8
-    _frame("{\"op\": \"\u00e9\u00e8\"".encode()),                # cut JSON
+    b"\xff\xff\xff\xff",  # a 4 GiB header
+    _frame(b"[1, 2, 3]"),  # not an object
+    _frame(b"\xff\xfe\x00garbage"),  # not UTF-8
+    _frame('{"op": "\u00e9\u00e8"'.encode()),  # cut JSON
     _frame(b'{"arrays": 1}'),
-    _frame(b'{"arrays": [["<f4", ["x"]]]}'),                     # a string in a shape
+    _frame(b'{"arrays": [["<f4", ["x"]]]}'),  # a string in a shape
     _frame(b'{"arrays": [["<f4", [-1]]]}'),
-    _frame(b'{"arrays": [["<f4", [1, 1, 1, 1]]]}'),               # too many dimensions
-    _frame(b'{"arrays": [["|O", [1]]]}'),                        # objects
-    _frame(b'{"arrays": [["<f4", [100000000000]]]}'),            # 400 GB announced
+    _frame(b'{"arrays": [["<f4", [1, 1, 1, 1]]]}'),  # too many dimensions
+    _frame(b'{"arrays": [["|O", [1]]]}'),  # objects
+    _frame(b'{"arrays": [["<f4", [100000000000]]]}'),  # 400 GB announced
     _frame(b'{"arrays": [["<f4", [1.5]]]}'),
-    _frame(b'{"arrays": ' + str([["<i4", [1]]] * 65).replace("'", '"').encode() + b"}"),   # too many arrays
-    _frame(b'{"arrays": [["<f8", [1000, 1000, 1000]]]}'),        # 8 GB
+    _frame(b'{"arrays": ' + str([["<i4", [1]]] * 65).replace("'", '"').encode() + b"}"),  # too many arrays
+    _frame(b'{"arrays": [["<f8", [1000, 1000, 1000]]]}'),  # 8 GB
 ]
 
 
@@ -66,12 +67,14 @@ def test_only_a_holder_of_the_secret_gets_past_the_challenge(monkeypatch):
     for answer, ok in ((None, True), (b"\x00" * 32, False), (b"", False)):
         a, b = socket.socketpair()
         with a, b:
-            def client():
+
+            def client(a=a, answer=answer):
                 if answer is None:
                     wire.prove(a, "s3cret", "task")
                 else:
                     a.recv(16)
                     a.sendall(answer)
+
             t = threading.Thread(target=client)
             t.start()
             if ok:
@@ -84,20 +87,29 @@ def test_only_a_holder_of_the_secret_gets_past_the_challenge(monkeypatch):
 
 def _hostile_connections(address: tuple[str, int]) -> int:
     """Open 24 connections to `address`, each misbehaving in its own way; returns how many."""
-    payloads = [b"", b"\x00", os.urandom(16), os.urandom(32), os.urandom(64), b"\x00" * 32, b"GET / HTTP/1.1\r\n\r\n",
-                *HOSTILE_FRAMES, os.urandom(1 << 16)]
+    payloads = [
+        b"",
+        b"\x00",
+        os.urandom(16),
+        os.urandom(32),
+        os.urandom(64),
+        b"\x00" * 32,
+        b"GET / HTTP/1.1\r\n\r\n",
+        *HOSTILE_FRAMES,
+        os.urandom(1 << 16),
+    ]
     socks = []
     for p in payloads:
         s = socket.create_connection(address, timeout=5)
         try:
-            s.recv(16)                  # the nonce
+            s.recv(16)  # the nonce
             s.sendall(p)
         except OSError:
             pass
         socks.append(s)
-    socks.append(socket.create_connection(address, timeout=5))       # connects and says nothing
+    socks.append(socket.create_connection(address, timeout=5))  # connects and says nothing
     s = socket.create_connection(address, timeout=5)
-    s.sendall(b"\x01")                                                # one byte, then nothing
+    s.sendall(b"\x01")  # one byte, then nothing
     socks.append(s)
     time.sleep(0.2)
     for s in socks:
@@ -116,6 +128,7 @@ def test_hostile_bytes_at_the_driver_during_a_fit_leave_the_factors_alone(spark,
         (stage,) = list(stream.ACTIVE)
         sent.append(_hostile_connections(stage.address))
         return {}
+
     attack.spark_free = True
     got = als.fit(ratings_df(spark, u, i, r), 60, 40, cfg, on_iteration=attack)
     assert sum(sent) >= 4 * 20 and got.exchange == "stream"
@@ -131,7 +144,7 @@ def test_hostile_bytes_at_a_tasks_piece_listener_leave_its_pieces_alone(monkeypa
     server = task_side._listen(2, "127.0.0.1")
     mine = [np.arange(3, dtype=np.int32)] * 6
     theirs = [np.arange(5, dtype=np.int32) + 7] * 6
-    peer = socket.create_server(("127.0.0.1", 0))            # task 1's listener: takes task 0's pieces
+    peer = socket.create_server(("127.0.0.1", 0))  # task 1's listener: takes task 0's pieces
 
     def task_1():
         conn, _ = peer.accept()
@@ -143,6 +156,7 @@ def test_hostile_bytes_at_a_tasks_piece_listener_leave_its_pieces_alone(monkeypa
         with socket.create_connection(server.getsockname()[:2]) as s:
             wire.prove(s, "tok", "peer")
             wire.send_frame(s, {"from": 1}, theirs)
+
     t = threading.Thread(target=task_1)
     t.start()
     got = task_side._exchange(0, server, ["127.0.0.1:0", f"127.0.0.1:{peer.getsockname()[1]}"], "tok", [mine, mine])
@@ -164,6 +178,7 @@ def test_a_frozen_task_is_dropped_at_the_deadline_and_the_fit_ends_right(spark):
             frozen.append(stage.conns[0].pid)
             os.kill(frozen[0], signal.SIGSTOP)
         return {}
+
     freeze.spark_free = True
     started = time.monotonic()
     try:
@@ -187,7 +202,7 @@ def test_fits_leave_no_threads_or_sockets_behind(spark):
     u, i, r, _ = planted(n_users=40, n_items=30, rank=3, density=0.5, seed=5)
     cfg = ModelConfig(rank=3, iterations=2, reg=0.1, seed=1, exchange="stream")
     df = ratings_df(spark, u, i, r).cache()
-    als.fit(df, 40, 30, cfg)            # the first fit may start Spark's and py4j's own threads
+    als.fit(df, 40, 30, cfg)  # the first fit may start Spark's and py4j's own threads
     time.sleep(0.5)
     threads, fds = threading.active_count(), _open_fds()
     for _ in range(3):
@@ -232,9 +247,10 @@ def test_a_stage_that_keeps_failing_hands_the_fit_to_the_jobs_exchange(spark, mo
 
     def broken(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) > 2:          # the first iteration's two half-steps go through, then it fails
+        if len(calls) > 2:  # the first iteration's two half-steps go through, then it fails
             raise ConnectionError("injected")
         return real(self, *args, **kwargs)
+
     real = stream.Resident._solve_once
     monkeypatch.setattr(stream.Resident, "_solve_once", broken)
     with caplog.at_level("WARNING", logger="mf_spark"):

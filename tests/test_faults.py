@@ -1,7 +1,6 @@
 """Faults of whole runs: the driver killed at a stage, then --resume; two runs on one --output."""
-from __future__ import annotations
 
-import pytest
+from __future__ import annotations
 
 import os
 import signal
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jobs import train as train_job
 from mf_spark import load_model
@@ -18,15 +18,31 @@ from mf_spark.core.errors import FAIL_AT_ENV
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = ["--set", "model.rank=4", "--set", "model.iterations=8", "--set", "model.checkpoint_interval=2",
-        "--set", "eval.every_iteration=false", "--set", "spark.spark.ui.enabled=false"]
+ARGS = [
+    "--set",
+    "model.rank=4",
+    "--set",
+    "model.iterations=8",
+    "--set",
+    "model.checkpoint_interval=2",
+    "--set",
+    "eval.every_iteration=false",
+    "--set",
+    "spark.spark.ui.enabled=false",
+]
 
 
 def _job(output: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "jobs.train", "--output", str(output), *ARGS, *extra], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", "--output", str(output), *ARGS, *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +60,12 @@ def test_driver_killed_at_a_stage_then_resumed_ends_with_the_uninterrupted_model
     """kill -9 right after a checkpoint, and between the swap's renames (over a previous output); the
     next run with --resume publishes the model an uninterrupted run gives."""
     out = tmp_path / "out"
-    if stage == "swap":      # the previous output, written in this process
+    if stage == "swap":  # the previous output, written in this process
         assert train_job.main(["--output", str(out), *ARGS, "--set", "model.iterations=2"]) == 0
     env = {FAIL_AT_ENV: f"{stage}:kill"}
     killed = _job(out, env=env)
     assert killed.wait(timeout=600) == -signal.SIGKILL, killed.stderr.read()[-3000:]
-    if stage == "swap":      # the previous output is only in the aside folder now
+    if stage == "swap":  # the previous output is only in the aside folder now
         assert not out.exists() and list(tmp_path.glob(".out_old-*"))
     resumed = _job(out, "--resume")
     err = resumed.stderr.read()
@@ -66,12 +82,16 @@ def test_two_runs_on_one_output_leave_one_complete_output(spark, tmp_path):
     runs = [_job(out, "--set", "model.iterations=3", "--set", f"model.seed={seed}") for seed in (1, 2)]
     codes = [p.wait(timeout=600) for p in runs]
     errors = [p.stderr.read() for p in runs]
-    print("concurrent runs exit codes:", codes, [[x[:300] for x in e.splitlines() if " mf_spark: " in x][-2:] for e in errors])
+    print(
+        "concurrent runs exit codes:",
+        codes,
+        [[x[:300] for x in e.splitlines() if " mf_spark: " in x][-2:] for e in errors],
+    )
     for code, err in zip(codes, errors):
         assert code == 0 or "another run is using" in err, err[-3000:]
     assert 0 in codes
     assert (out / "_SUCCESS").exists()
-    model = load_model(str(out), spark)            # whole: model, factors and recommendations of one run
+    model = load_model(str(out), spark)  # whole: model, factors and recommendations of one run
     assert model.describe()["config"]["model"]["seed"] in (1, 2)
     assert not list(tmp_path.glob(".out_staging-*"))
     assert not (tmp_path / ".out_run").exists()

@@ -1,4 +1,5 @@
 """IdMap: deterministic sorted maps, driver lookups, encode/decode round trips, save/load checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
-
-from mf_spark.data import index
-from mf_spark.core.errors import ModelError
-from mf_spark.data.index import IdMap
-
 from conftest import frame  # noqa: E402
+
+from mf_spark.core.errors import ModelError
+from mf_spark.data import index
+from mf_spark.data.index import IdMap
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +83,20 @@ def test_to_df_schema(spark, users):
 def test_encode_then_decode_round_trip(ratings, users):
     encoded = users.encode(ratings, "user", "user_idx")
     assert encoded.columns == ["user", "item", "rating", "user_idx"]
-    assert sorted((r.user, r.user_idx) for r in encoded.collect()) == \
-        [("u1", 0), ("u10", 1), ("u2", 2), ("u2", 2), ("ü", 3)]
+    assert sorted((r.user, r.user_idx) for r in encoded.collect()) == [
+        ("u1", 0),
+        ("u10", 1),
+        ("u2", 2),
+        ("u2", 2),
+        ("ü", 3),
+    ]
     decoded = users.decode(encoded.drop("user"), "user_idx", "user")
     assert decoded.columns == ["item", "rating", "user"]
-    assert_df_equality(decoded.select("user", "item", "rating"), ratings, ignore_row_order=True,
-                       ignore_nullable=True)
+    assert_df_equality(decoded.select("user", "item", "rating"), ratings, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_unknown_ids_get_null_index(spark, items):
-    new = frame(spark, [(9,), (42,), (None,)], "item int")   # int column, long map
+    new = frame(spark, [(9,), (42,), (None,)], "item int")  # int column, long map
     got = items.encode(new, "item", "item_idx")
     want = frame(spark, [(9, 2), (42, None), (None, None)], "item int, item_idx int")
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
@@ -101,10 +105,10 @@ def test_unknown_ids_get_null_index(spark, items):
 
 
 def test_encode_across_id_types(spark, items):
-    new = frame(spark, [("9",), ("abc",), ("09",)], "item string")     # string column, long map
+    new = frame(spark, [("9",), ("abc",), ("09",)], "item string")  # string column, long map
     got = {r.item: r.item_idx for r in items.encode(new, "item", "item_idx").collect()}
     assert got == {"9": 2, "abc": None, "09": None}
-    texts = IdMap(pa.array(["007", "7"]), "user")                       # long column, string map
+    texts = IdMap(pa.array(["007", "7"]), "user")  # long column, string map
     longs = frame(spark, [(7,), (8,)], "user long")
     assert sorted(texts.encode(longs, "user", "u").collect()) == [(7, 1), (8, None)]
 

@@ -1,4 +1,5 @@
 """The train job end to end: contracted layout, metrics accounting, exit codes 0/1/2."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,28 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = {"factors", "recommendations", "metrics.json", "model.json", "report.html", "_SUCCESS"}
-METRIC_KEYS = {"rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "k", "n_train",
-               "n_test", "fit_seconds", "history", "config", "versions"}
+METRIC_KEYS = {
+    "rmse",
+    "mae",
+    "precision_at_k",
+    "recall_at_k",
+    "ndcg_at_k",
+    "map_at_k",
+    "k",
+    "n_train",
+    "n_test",
+    "fit_seconds",
+    "history",
+    "config",
+    "versions",
+}
 
 
 def run_job(args, **env):
     e = dict(os.environ, PYSPARK_PYTHON=sys.executable, **env)
-    return subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=ROOT, env=e, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.train", *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +90,7 @@ def test_demo_metrics_time_every_phase(demo_output):
     assert list(jobs) == PHASES and jobs["session"] == 0
     # The fit's stage is a Spark job; the demo's input is read, checked and written by the driver.
     assert jobs["fit"] >= 1 and m["front_end"] == "driver"
-    for p in PHASES:            # one log line per phase, with its time and job count
+    for p in PHASES:  # one log line per phase, with its time and job count
         assert f"mf_spark: phase {p}: " in proc.stderr
 
 
@@ -87,7 +102,7 @@ def test_demo_outputs_load_and_agree(spark, demo_output):
     assert recs.groupby("user")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
     assert recs["user"].nunique() == model.users.size
     users = spark.read.parquet(str(out / "factors" / "users"))
-    assert users.columns == ["id", "factors"]                  # no bias column without biases
+    assert users.columns == ["id", "factors"]  # no bias column without biases
     # a recommendation's score is the model's prediction for that pair
     sample = recs.head(20)
     pred = model.predict(spark.createDataFrame(sample[["user", "item"]])).toPandas()
@@ -97,13 +112,26 @@ def test_demo_outputs_load_and_agree(spark, demo_output):
 
 def test_train_test_flags_and_string_ids(spark, tmp_path):
     rng = np.random.default_rng(0)
-    lines = ["user,item,rating"] + [f"u{u},i{i},{rng.integers(1, 6)}" for u in range(25) for i in range(12)
-                                    if rng.random() < 0.6]
+    lines = ["user,item,rating"] + [
+        f"u{u},i{i},{rng.integers(1, 6)}" for u in range(25) for i in range(12) if rng.random() < 0.6
+    ]
     (tmp_path / "train.csv").write_text("\n".join(lines[:-20]) + "\n")
     (tmp_path / "test.csv").write_text("\n".join([lines[0], *lines[-20:], "u_new,i1,3"]) + "\n")
     out = tmp_path / "out"
-    code = train_job.main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-                           "--output", str(out), "--set", "model.iterations=2", "--set", "model.biases=true"])
+    code = train_job.main(
+        [
+            "--train",
+            str(tmp_path / "train.csv"),
+            "--test",
+            str(tmp_path / "test.csv"),
+            "--output",
+            str(out),
+            "--set",
+            "model.iterations=2",
+            "--set",
+            "model.biases=true",
+        ]
+    )
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_test"] == 21 and m["n_test_cold"] >= 1
@@ -112,15 +140,18 @@ def test_train_test_flags_and_string_ids(spark, tmp_path):
     assert users.schema["id"].dataType.typeName() == "string"
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--input", "x.csv"], "--output is required"),
-    (["--input", "x", "--train", "a", "--test", "b", "--output", "o"], "either --input"),
-    (["--train", "a", "--output", "o"], "go together"),
-    (["--bogus"], "unrecognized"),
-    (["--output", "o", "--set", "model.rank=0"], "model.rank"),
-    (["--output", "o", "--set", "model.nope=1"], "model.nope"),
-    (["--output", "o", "--config", "/nonexistent.toml"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--input", "x.csv"], "--output is required"),
+        (["--input", "x", "--train", "a", "--test", "b", "--output", "o"], "either --input"),
+        (["--train", "a", "--output", "o"], "go together"),
+        (["--bogus"], "unrecognized"),
+        (["--output", "o", "--set", "model.rank=0"], "model.rank"),
+        (["--output", "o", "--set", "model.nope=1"], "model.nope"),
+        (["--output", "o", "--config", "/nonexistent.toml"], "does not exist"),
+    ],
+)
 def test_bad_arguments_and_config_exit_2(argv, needle, capsys):
     assert train_job.main(argv) == 2
     assert needle in capsys.readouterr().err
@@ -157,24 +188,51 @@ def write_counts(path, rng, n_users=40, n_items=30):
 
 def test_implicit_run_and_recommend_job(spark, tmp_path, capsys):
     from jobs import recommend as recommend_job
+
     rng = np.random.default_rng(3)
     data = tmp_path / "plays.csv"
     write_counts(data, rng)
     out = tmp_path / "out"
-    code = train_job.main(["--input", str(data), "--output", str(out), "--config", str(ROOT / "conf" / "implicit.toml"),
-                           "--set", "model.iterations=4", "--set", "model.rank=4"])
+    code = train_job.main(
+        [
+            "--input",
+            str(data),
+            "--output",
+            str(out),
+            "--config",
+            str(ROOT / "conf" / "implicit.toml"),
+            "--set",
+            "model.iterations=4",
+            "--set",
+            "model.rank=4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     assert m["rmse"] is None and m["mae"] is None
-    assert m["ndcg_at_k"] > 0.3              # the planted groups are easy to find
+    assert m["ndcg_at_k"] > 0.3  # the planted groups are easy to find
     assert all(h["ndcg_at_k"] is not None and h["train_rmse"] is None for h in m["history"])
     assert json.loads((out / "model.json").read_text())["kind"] == "implicit"
     # recommend for a listed subset, one unknown user, excluding what they played
     users = tmp_path / "users.txt"
     users.write_text("user_id\nuser1\nuser2\nnobody\n")
     recs_out = tmp_path / "recs"
-    code = recommend_job.main(["--model", str(out), "--output", str(recs_out), "--users", str(users),
-                               "--user-col", "user_id", "--n", "3", "--seen", str(data)])
+    code = recommend_job.main(
+        [
+            "--model",
+            str(out),
+            "--output",
+            str(recs_out),
+            "--users",
+            str(users),
+            "--user-col",
+            "user_id",
+            "--n",
+            "3",
+            "--seen",
+            str(data),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     recs = spark.read.parquet(str(recs_out / "recommendations")).toPandas()
     assert sorted(recs["user"].unique()) == ["user1", "user2"]
@@ -186,6 +244,7 @@ def test_implicit_run_and_recommend_job(spark, tmp_path, capsys):
 
 def test_recommend_job_errors(tmp_path, capsys):
     from jobs import recommend as recommend_job
+
     assert recommend_job.main(["--model", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert "model.json" in capsys.readouterr().err
     assert recommend_job.main(["--output", "o"]) == 2
@@ -196,21 +255,51 @@ def test_spark_submit_runs_the_job_file(tmp_path):
     submit = Path(sys.executable).parent / "spark-submit"
     if not submit.exists():
         import pyspark
+
         submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     out = tmp_path / "out"
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    proc = subprocess.run([str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-                           str(ROOT / "jobs" / "train.py"), "--output", str(out), "--set", "model.iterations=1"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            str(submit),
+            "--master",
+            "local[2]",
+            "--conf",
+            "spark.ui.enabled=false",
+            str(ROOT / "jobs" / "train.py"),
+            "--output",
+            str(out),
+            "--set",
+            "model.iterations=1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "_SUCCESS").exists() and "held-out RMSE" in proc.stdout
 
 
 def test_with_spark_authentication_and_encryption_the_factors_never_use_the_plaintext_stream(tmp_path):
     out = tmp_path / "out"
-    proc = run_job(["--output", str(out), "--set", "model.iterations=2",
-                    "--set", "spark.spark.authenticate=true", "--set", "spark.spark.authenticate.secret=t0ps3cret",
-                    "--set", "spark.spark.network.crypto.enabled=true", "--set", "spark.spark.ui.enabled=false"])
+    proc = run_job(
+        [
+            "--output",
+            str(out),
+            "--set",
+            "model.iterations=2",
+            "--set",
+            "spark.spark.authenticate=true",
+            "--set",
+            "spark.spark.authenticate.secret=t0ps3cret",
+            "--set",
+            "spark.spark.network.crypto.enabled=true",
+            "--set",
+            "spark.spark.ui.enabled=false",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["exchange"] == "jobs"
 
@@ -228,23 +317,34 @@ LOG_LINE = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) mf_spark: "
 
 def test_console_entry_points_are_declared():
     import tomllib
+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"mf-spark-train": "jobs.train:main", "mf-spark-recommend": "jobs.recommend:main",
-                       "mf-spark-similar": "jobs.similar:main", "mf-spark-compare": "jobs.compare:main",
-                       "mf-spark-tune": "jobs.tune:main"}
+    assert scripts == {
+        "mf-spark-train": "jobs.train:main",
+        "mf-spark-recommend": "jobs.recommend:main",
+        "mf-spark-similar": "jobs.similar:main",
+        "mf-spark-compare": "jobs.compare:main",
+        "mf-spark-tune": "jobs.tune:main",
+    }
 
 
 @pytest.mark.parametrize("fail_at,code,needle", [(None, 2, "missing.csv"), ("recommendations", 1, "injected failure")])
 def test_a_failing_jobs_last_line_is_its_error_and_log_lines_carry_time_and_level(tmp_path, fail_at, code, needle):
     """py4j's own log lines (its "Closing down clientserver connection" at exit) must not follow the error."""
     import re
+
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     args = ["--input", str(tmp_path / "missing.csv")] if fail_at is None else ["--set", "model.iterations=1"]
     if fail_at:
         env["MF_SPARK_FAIL_AT"] = fail_at
-    proc = subprocess.run([console("mf-spark-train"), *args, "--output", str(tmp_path / "o"),
-                           "--set", "spark.spark.ui.enabled=false"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [console("mf-spark-train"), *args, "--output", str(tmp_path / "o"), "--set", "spark.spark.ui.enabled=false"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == code, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert re.match(LOG_LINE.replace("(INFO|WARNING|ERROR)", "ERROR"), last) and needle in last, proc.stderr[-2000:]

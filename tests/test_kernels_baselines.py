@@ -1,15 +1,16 @@
 """Biases-only and popularity baselines: damped means, and rank-0 factors every model path serves."""
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import planted
+
+from mf_spark.core.types import Factors
 from mf_spark.data.index import IdMap
 from mf_spark.kernels.baselines import biases, popularity, zero_filled_svd
 from mf_spark.model.factors import FactorModel
-from mf_spark.core.types import Factors
 
 
 def test_damped_means_by_hand():
@@ -50,15 +51,32 @@ def test_popularity_ranks_by_count_and_rank_zero_models_predict_and_recommend(sp
     u, i = np.array([0, 1, 2, 2, 1]), np.array([2, 2, 2, 0, 0])
     pop = popularity(u, i, 3, 4)
     np.testing.assert_allclose(pop.item_bias, np.log1p([2, 0, 3, 0]), rtol=1e-6)
-    model = FactorModel("implicit", Factors(**vars(pop)), IdMap(pa.array([7, 8, 9], pa.int64()), "user"),
-                        IdMap(pa.array(["a", "b", "c", "d"]), "item"), 0.0, None)
+    model = FactorModel(
+        "implicit",
+        Factors(**vars(pop)),
+        IdMap(pa.array([7, 8, 9], pa.int64()), "user"),
+        IdMap(pa.array(["a", "b", "c", "d"]), "item"),
+        0.0,
+        None,
+    )
     recs = model.recommend(None, 2).orderBy("user", "rank").collect()
     assert [(r["user"], r["item"]) for r in recs] == [(u_, it) for u_ in (7, 8, 9) for it in ("c", "a")]
-    bias_model = FactorModel("explicit", Factors(**vars(biases(u, i, np.array([1.0, 2, 3, 4, 5]), 3, 4))),
-                             model.users, model.items, 3.0, (1.0, 5.0))
-    np.testing.assert_allclose(bias_model.predict_idx(np.array([0, -1]), np.array([2, 3])),
-                               [bias_model.factors.mu + bias_model.factors.user_bias[0] + bias_model.factors.item_bias[2],
-                                3.0 + bias_model.factors.item_bias[3]], rtol=1e-5)
+    bias_model = FactorModel(
+        "explicit",
+        Factors(**vars(biases(u, i, np.array([1.0, 2, 3, 4, 5]), 3, 4))),
+        model.users,
+        model.items,
+        3.0,
+        (1.0, 5.0),
+    )
+    np.testing.assert_allclose(
+        bias_model.predict_idx(np.array([0, -1]), np.array([2, 3])),
+        [
+            bias_model.factors.mu + bias_model.factors.user_bias[0] + bias_model.factors.item_bias[2],
+            3.0 + bias_model.factors.item_bias[3],
+        ],
+        rtol=1e-5,
+    )
 
 
 def test_zero_filled_svd_is_the_best_low_rank_approximation_of_the_zero_filled_matrix():

@@ -1,4 +1,5 @@
 """init_factors: rows are a pure function of (seed, side, global index) (no Spark)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,7 +71,7 @@ def test_rows_within_a_matrix_differ():
     F = init_factors(5, "user", np.arange(300), 3).astype(np.float64)
     G = F @ F.T
     np.fill_diagonal(G, 0.0)
-    assert np.max(np.abs(G)) < 1.0 - 1e-6      # no two rows identical (or opposite)
+    assert np.max(np.abs(G)) < 1.0 - 1e-6  # no two rows identical (or opposite)
 
 
 def test_looks_like_normalized_gaussian_draws():

@@ -1,4 +1,5 @@
 """Ranking metrics against hand-computed values and a per-user reference."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,10 @@ def reference(recs, relevant, k):
             if h:
                 found += 1
                 ap += found / (j + 1)
-        out["p"].append(sum(hit) / k); out["r"].append(sum(hit) / len(rel))
-        out["n"].append(dcg / idcg); out["m"].append(ap / min(k, len(rel)))
+        out["p"].append(sum(hit) / k)
+        out["r"].append(sum(hit) / len(rel))
+        out["n"].append(dcg / idcg)
+        out["m"].append(ap / min(k, len(rel)))
     return {key: float(np.mean(v)) for key, v in out.items()}
 
 

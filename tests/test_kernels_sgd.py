@@ -1,4 +1,5 @@
 """SGD matrix factorization against hand-computed steps and a plain-Python reference (no Spark)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,7 @@ import pytest
 from conftest import planted
 
 from mf_spark.kernels import compiled
-from mf_spark.kernels.sgd import (SgdFit, SgdSpec, epoch_order, fit_sgd, init_factors, objective, predict,
-                                  sgd_epoch)
+from mf_spark.kernels.sgd import SgdFit, SgdSpec, epoch_order, fit_sgd, init_factors, objective, predict, sgd_epoch
 
 ENGINES = ["numpy", "compiled"] if compiled.AVAILABLE else ["numpy"]
 
@@ -41,8 +41,7 @@ def reference_fit(u, i, r, n_users, n_items, spec):
         J = 0.0
         for a, b, v in zip(u, i, r):
             e = float(v) - mu - bu[a] - bi[b] - sum(X[a][f] * Y[b][f] for f in range(k))
-            J += e * e + reg * (sum(x * x for x in X[a]) + sum(y * y for y in Y[b])) + \
-                rb * (bu[a] ** 2 + bi[b] ** 2)
+            J += e * e + reg * (sum(x * x for x in X[a]) + sum(y * y for y in Y[b])) + rb * (bu[a] ** 2 + bi[b] ** 2)
         losses.append(J)
     return np.array(X), np.array(Y), np.array(bu), np.array(bi), mu, losses
 
@@ -70,8 +69,16 @@ def biases_only_rmse(train, test, n_users, n_items, lam=1.0, passes=30):
 
 def test_defaults_are_surprise_svd_but_rank():
     s = SgdSpec()
-    assert (s.rank, s.epochs, s.learning_rate, s.reg, s.reg_bias, s.init_std, s.seed, s.biases) == \
-        (10, 20, 0.005, 0.02, None, 0.1, 0, True)
+    assert (s.rank, s.epochs, s.learning_rate, s.reg, s.reg_bias, s.init_std, s.seed, s.biases) == (
+        10,
+        20,
+        0.005,
+        0.02,
+        None,
+        0.1,
+        0,
+        True,
+    )
     assert s.bias_reg == 0.02 and SgdSpec(reg_bias=0.5).bias_reg == 0.5
 
 
@@ -85,7 +92,7 @@ def test_two_steps_match_hand_computation(engine):
     bu, bi = np.array([0.2]), np.array([0.1, -0.3])
     sgd_epoch(u, i, r, np.array([1, 0]), X, Y, bu, bi, 3.0, spec, engine)
     # step 1, rating (0, 1): e = 2 - (3 + 0.2 - 0.3 + 0.5*2 + (-1)*0) = -1.9
-    b0, b1 = 0.2 + 0.1 * (-1.9 - 0.5 * 0.2), -0.3 + 0.1 * (-1.9 - 0.5 * -0.3)        # 0.0, -0.475
+    b0, b1 = 0.2 + 0.1 * (-1.9 - 0.5 * 0.2), -0.3 + 0.1 * (-1.9 - 0.5 * -0.3)  # 0.0, -0.475
     x = [0.5 + 0.1 * (-1.9 * 2.0 - 0.2 * 0.5), -1.0 + 0.1 * (-1.9 * 0.0 - 0.2 * -1.0)]  # 0.11, -0.98
     y1 = [2.0 + 0.1 * (-1.9 * 0.5 - 0.2 * 2.0), 0.0 + 0.1 * (-1.9 * -1.0 - 0.2 * 0.0)]  # 1.865, 0.19
     # step 2, rating (0, 0): e = 4 - (3 + b0 + 0.1 + x . (1, 2))
@@ -180,28 +187,43 @@ def test_shapes_dtypes_and_snapshots():
     assert len(fit.losses) == 2 and all(isinstance(v, float) for v in fit.losses)
     assert [len(s.losses) for s in seen] == [1, 2]
     np.testing.assert_array_equal(seen[-1].X, fit.X)
-    np.testing.assert_array_equal(fit.X[60:], seen[0].X[60:])   # users 60..69 rated nothing: never stepped
+    np.testing.assert_array_equal(fit.X[60:], seen[0].X[60:])  # users 60..69 rated nothing: never stepped
     p = predict(fit, u[:5], i[:5])
     assert p.shape == (5,) and p.dtype == np.float64
-    assert objective(u, i, r.astype(np.float64), fit.X, fit.Y, fit.user_bias, fit.item_bias, fit.mu,
-                     SgdSpec(rank=3)) == pytest.approx(fit.losses[-1], rel=1e-5)
+    assert objective(
+        u, i, r.astype(np.float64), fit.X, fit.Y, fit.user_bias, fit.item_bias, fit.mu, SgdSpec(rank=3)
+    ) == pytest.approx(fit.losses[-1], rel=1e-5)
 
 
 def test_predict_unknowns_get_mu_plus_known_bias():
-    fit = SgdFit(np.array([[1.0, 2.0]], np.float32), np.array([[3.0, -1.0], [0.5, 0.5]], np.float32),
-                 np.array([0.25], np.float32), np.array([-0.5, 1.0], np.float32), 3.0)
+    fit = SgdFit(
+        np.array([[1.0, 2.0]], np.float32),
+        np.array([[3.0, -1.0], [0.5, 0.5]], np.float32),
+        np.array([0.25], np.float32),
+        np.array([-0.5, 1.0], np.float32),
+        3.0,
+    )
     got = predict(fit, np.array([0, 0, -1, 0, -1]), np.array([0, 1, 1, -1, -1]))
     np.testing.assert_allclose(got, [3 + 0.25 - 0.5 + 1.0, 3 + 0.25 + 1.0 + 1.5, 3 + 1.0, 3 + 0.25, 3.0])
     empty = predict(fit, np.array([], np.int32), np.array([], np.int32))
     assert empty.shape == (0,)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(rank=-1), "rank"), (dict(rank=0), "rank"), (dict(rank=2.5), "rank"), (dict(epochs=0), "epochs"),
-    (dict(learning_rate=0.0), "learning_rate"), (dict(learning_rate=float("nan")), "learning_rate"),
-    (dict(reg=-0.1), "reg"), (dict(reg_bias=-1.0), "reg_bias"), (dict(init_std=-1.0), "init_std"),
-    (dict(seed=-3), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(rank=-1), "rank"),
+        (dict(rank=0), "rank"),
+        (dict(rank=2.5), "rank"),
+        (dict(epochs=0), "epochs"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
+        (dict(reg=-0.1), "reg"),
+        (dict(reg_bias=-1.0), "reg_bias"),
+        (dict(init_std=-1.0), "init_std"),
+        (dict(seed=-3), "seed"),
+    ],
+)
 def test_bad_spec_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
         SgdSpec(**kwargs)

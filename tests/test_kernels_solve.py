@@ -1,14 +1,25 @@
 """Stacked solver against slow, obvious references (no Spark)."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
-import dataclasses
-
 from mf_spark.kernels import compiled
-from mf_spark.kernels.solve import (COMPILED_MAX_WIDTH, SolveSpec, chunks, confidence, engine_for, layout, nnls_stack,
-                                  preference, solve_block, start_point)
+from mf_spark.kernels.solve import (
+    COMPILED_MAX_WIDTH,
+    SolveSpec,
+    chunks,
+    confidence,
+    engine_for,
+    layout,
+    nnls_stack,
+    preference,
+    solve_block,
+    start_point,
+)
 
 
 @pytest.fixture(params=["numpy", "compiled"])
@@ -19,7 +30,7 @@ def engine(request):
 
 def random_block(rng, n_rows=30, n_fixed=50, k=6, max_len=40, empty_rows=True):
     lens = rng.integers(0 if empty_rows else 1, max_len, n_rows)
-    lens[0] = max_len + 20        # longer than k, longer than the others
+    lens[0] = max_len + 20  # longer than k, longer than the others
     lens = np.minimum(lens, n_fixed)
     cols = np.concatenate([np.sort(rng.choice(n_fixed, size=n, replace=False)) for n in lens]).astype(np.int32)
     indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
@@ -37,7 +48,7 @@ def explicit_reference(indptr, cols, vals, Y, row, spec, fixed_bias=None):
         Yu = np.hstack([Yu, np.ones((Yu.shape[0], 1))])
         t = t - fixed_bias[cols[sl]]
     n = sl.stop - sl.start
-    lam = spec.reg * n ** spec.reg_exponent
+    lam = spec.reg * n**spec.reg_exponent
     penalty = np.full(Yu.shape[1], lam)
     if spec.with_bias:
         penalty[-1] *= spec.bias_reg
@@ -57,7 +68,7 @@ def implicit_dense_reference(indptr, cols, vals, Y, row, spec):
     p[cols[sl]] = preference(vals[sl], spec)
     Yd = Y.astype(np.float64)
     n = sl.stop - sl.start
-    lam = spec.reg * n ** spec.reg_exponent
+    lam = spec.reg * n**spec.reg_exponent
     A = Yd.T @ (w[:, None] * Yd) + lam * np.eye(k)
     return np.linalg.solve(A, Yd.T @ (w * p))
 
@@ -89,8 +100,7 @@ def test_explicit_with_bias_matches_per_row(rng, engine, bias_reg):
     assert got.reg_loss == pytest.approx(penalty, rel=1e-4)
     # conjugate gradients from any start reach the same solution; their start takes the bias as is
     x0 = start_point(rng.normal(size=got.factors.shape).astype(np.float32), got.bias, spec)
-    cg = solve_block(indptr, cols, vals, Y, dataclasses.replace(spec, cg_steps=30), fixed_bias=fb, x0=x0,
-                     engine=engine)
+    cg = solve_block(indptr, cols, vals, Y, dataclasses.replace(spec, cg_steps=30), fixed_bias=fb, x0=x0, engine=engine)
     np.testing.assert_allclose(cg.bias, got.bias, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="bias_reg"):
         SolveSpec(with_bias=True, bias_reg=0.0)
@@ -114,8 +124,7 @@ def test_explicit_loss_pieces(rng, engine):
 @pytest.mark.parametrize("target", ["preference", "value"])
 def test_implicit_matches_dense_weighted_lsq(rng, engine, w0, kind, alpha, target):
     indptr, cols, vals, Y = random_block(rng, n_rows=20, n_fixed=45, k=5, max_len=30)
-    spec = SolveSpec(kind="implicit", reg=0.05, alpha=alpha, confidence=kind, epsilon=0.5, target=target,
-                     w0=w0)
+    spec = SolveSpec(kind="implicit", reg=0.05, alpha=alpha, confidence=kind, epsilon=0.5, target=target, w0=w0)
     gram = Y.T.astype(np.float64) @ Y
     got = solve_block(indptr, cols, vals, Y, spec, gram=gram, engine=engine)
     want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
@@ -129,8 +138,10 @@ def test_implicit_loss_equals_dense_objective(rng, engine):
     dense = 0.0
     for r in range(indptr.size - 1):
         sl = slice(indptr[r], indptr[r + 1])
-        w = np.full(Y.shape[0], 0.5); p = np.zeros(Y.shape[0])
-        w[cols[sl]] = confidence(vals[sl], spec); p[cols[sl]] = 1.0
+        w = np.full(Y.shape[0], 0.5)
+        p = np.zeros(Y.shape[0])
+        w[cols[sl]] = confidence(vals[sl], spec)
+        p[cols[sl]] = 1.0
         s = Y.astype(np.float64) @ got.factors[r].astype(np.float64)
         dense += np.sum(w * (p - s) ** 2)
     assert got.data_loss == pytest.approx(dense, rel=1e-4)
@@ -143,7 +154,7 @@ def test_nnls_matches_brute_force(rng):
     b = rng.normal(size=(40, k))
     got = nnls_stack(A, b)
     assert np.all(got >= 0)
-    for a, bb, x in zip(A, b, got):   # enumerate every active set: the true constrained minimum
+    for a, bb, x in zip(A, b, got):  # enumerate every active set: the true constrained minimum
         best = np.inf
         for mask in range(1 << k):
             S = [j for j in range(k) if mask >> j & 1]
@@ -179,7 +190,7 @@ def test_shape_errors(rng):
         solve_block(indptr, cols, vals, Y, SolveSpec(with_bias=True))
 
 
-@pytest.mark.parametrize("w0", [1.0, 0.05, 3.0])      # 3.0 > c for some entries: D has negative weights
+@pytest.mark.parametrize("w0", [1.0, 0.05, 3.0])  # 3.0 > c for some entries: D has negative weights
 @pytest.mark.parametrize("reg_exponent", [1.0, 0.0, 0.5])
 def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, engine, w0, reg_exponent):
     """Rows with L < k take the Woodbury path (L x L systems); same answer as the dense solve."""
@@ -209,23 +220,27 @@ def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng
     width = Y.shape[1] + spec.with_bias
     plan = layout(indptr, cols, vals, spec, Y.shape[0], width, budget=200, engine=engine)
     fresh = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, budget=200, engine=engine)
-    for Yi in (Y, Y * 0.5):     # the same layout serves a later half-step with other factors
+    for Yi in (Y, Y * 0.5):  # the same layout serves a later half-step with other factors
         gi = Yi.T.astype(np.float64) @ Yi
         kept = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=gi, plan=plan)
         again = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=gi, budget=200, engine=engine)
         np.testing.assert_array_equal(kept.factors, again.factors)
         assert kept.data_loss == again.data_loss
-    np.testing.assert_array_equal(solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, plan=plan).factors,
-                                  fresh.factors)
+    np.testing.assert_array_equal(
+        solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, plan=plan).factors, fresh.factors
+    )
     assert plan.compiled == (engine == "compiled")
     with pytest.raises(ValueError, match="layout for"):
-        solve_block(indptr, cols, vals, Y[:-1], spec, fixed_bias=None if fb is None else fb[:-1],
-                    gram=gram, plan=plan)
+        solve_block(indptr, cols, vals, Y[:-1], spec, fixed_bias=None if fb is None else fb[:-1], gram=gram, plan=plan)
 
 
-EXACT_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.2, reg_exponent=0.0),
-               SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
-               SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=2.0)]
+EXACT_SPECS = [
+    SolveSpec(reg=0.1),
+    SolveSpec(reg=0.05, with_bias=True, mu=3.0),
+    SolveSpec(reg=0.2, reg_exponent=0.0),
+    SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
+    SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=2.0),
+]
 
 
 @pytest.mark.parametrize("spec", EXACT_SPECS)
@@ -241,7 +256,7 @@ def test_the_compiled_engine_gives_the_numpy_engines_factors_and_losses(rng, spe
         assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4), field
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8])    # with 6, 7, 12, 13 above: widths below, at and past multiples of 4
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8])  # with 6, 7, 12, 13 above: widths below, at and past multiples of 4
 @pytest.mark.parametrize("spec", [EXACT_SPECS[1], EXACT_SPECS[3]])
 def test_the_compiled_kernel_of_each_width_gives_the_numpy_engines_factors_and_losses(rng, spec, k):
     """The exact kernel is compiled per width, its buffer padded to a multiple of four rows: widths
@@ -259,25 +274,26 @@ def test_the_compiled_kernel_of_each_width_gives_the_numpy_engines_factors_and_l
 def test_rooted_weights_give_the_two_buffer_solution_and_are_used_only_where_every_weight_is_positive(rng):
     """Weighted exact solves copy one buffer of sqrt(w)-scaled factors when every w = c - w0 > 0."""
     indptr, cols, vals, Y = random_block(rng, n_rows=50, n_fixed=70, k=5, max_len=30)
-    spec = SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=1.0)          # w = 2 r > 0
+    spec = SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=1.0)  # w = 2 r > 0
     plan = layout(indptr, cols, vals, spec, Y.shape[0], 5)
     c, p = confidence(vals, spec), preference(vals, spec)
     weight, target = (c - spec.w0).astype(np.float32), (c * p).astype(np.float32)
-    assert plan.root_weight is not None and plan.weight is None and plan.target is None    # kept once
-    np.testing.assert_allclose(plan.root_weight ** 2, weight, rtol=1e-6)
+    assert plan.root_weight is not None and plan.weight is None and plan.target is None  # kept once
+    np.testing.assert_allclose(plan.root_weight**2, weight, rtol=1e-6)
     np.testing.assert_allclose(plan.root_target * plan.root_weight, target, rtol=1e-6)
     gram = Y.T.astype(np.float64) @ Y
     lam = spec.row_reg(np.diff(indptr))
     a = compiled.solve_rows(indptr, cols, weight, target, None, Y, spec.w0 * gram, lam)
-    b = compiled.solve_rows(indptr, cols, plan.root_weight, plan.root_target, None, Y, spec.w0 * gram, lam,
-                            rooted=True)
+    b = compiled.solve_rows(indptr, cols, plan.root_weight, plan.root_target, None, Y, spec.w0 * gram, lam, rooted=True)
     np.testing.assert_allclose(b[0], a[0], rtol=1e-4, atol=1e-6)
     assert not a[1].any() and not b[1].any()
-    for i in (0, 2, 3):     # the pieces the weighted loss uses (sum t^2 is then sum t^2 / w)
+    for i in (0, 2, 3):  # the pieces the weighted loss uses (sum t^2 is then sum t^2 / w)
         assert b[2][i] == pytest.approx(a[2][i], rel=1e-4)
     # some weights <= 0 (w0 above some confidences), or conjugate gradients: the two-buffer weights
     assert layout(indptr, cols, vals, SolveSpec(kind="implicit", alpha=2.0, w0=4.0), Y.shape[0], 5).root_weight is None
-    assert layout(indptr, cols, vals, SolveSpec(kind="implicit", alpha=2.0, cg_steps=3), Y.shape[0], 5).root_weight is None
+    assert (
+        layout(indptr, cols, vals, SolveSpec(kind="implicit", alpha=2.0, cg_steps=3), Y.shape[0], 5).root_weight is None
+    )
     with pytest.raises(ValueError, match="rooted"):
         compiled.solve_rows(indptr, cols, None, target, None, Y, spec.w0 * gram, lam, rooted=True)
 
@@ -297,7 +313,7 @@ def test_compiled_rows_with_singular_systems_take_the_pseudo_inverse_like_numpy(
         G = Y[cols[sl]].astype(np.float64)
         w = confidence(vals[sl], spec) if kind == "implicit" else np.ones(lens[r])
         t = preference(vals[sl], spec) if kind == "implicit" else vals[sl].astype(np.float64)
-        want = np.linalg.lstsq(np.sqrt(w)[:, None] * G, np.sqrt(w) * t, rcond=None)[0]    # minimum norm
+        want = np.linalg.lstsq(np.sqrt(w)[:, None] * G, np.sqrt(w) * t, rcond=None)[0]  # minimum norm
         np.testing.assert_allclose(got.factors[r], want, rtol=1e-3, atol=1e-4)
         loss += np.sum(w * (t - G @ want) ** 2)
     assert got.data_loss == pytest.approx(loss, rel=1e-4, abs=1e-6)
@@ -325,9 +341,13 @@ def test_without_numba_every_solve_takes_the_numpy_engine(monkeypatch):
         engine_for(SolveSpec(), 10, "compiled")
 
 
-CG_SPECS = [SolveSpec(reg=0.1), SolveSpec(reg=0.05, with_bias=True, mu=3.0), SolveSpec(reg=0.1, reg_exponent=0.0),
-            SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
-            SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=1.0)]
+CG_SPECS = [
+    SolveSpec(reg=0.1),
+    SolveSpec(reg=0.05, with_bias=True, mu=3.0),
+    SolveSpec(reg=0.1, reg_exponent=0.0),
+    SolveSpec(kind="implicit", reg=0.05, alpha=2.0, w0=0.3),
+    SolveSpec(kind="implicit", reg=0.1, alpha=5.0, confidence="log", target="value", w0=1.0),
+]
 
 
 def _solve(block, spec, x0=None, fb=None, engine="auto"):
@@ -355,8 +375,11 @@ def test_compiled_conjugate_gradients_take_the_numpy_engines_steps(rng, spec):
     block = random_block(rng, n_rows=200, n_fixed=300, k=12, max_len=150)
     n_rows, k = block[0].size - 1, block[3].shape[1]
     fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
-    x0 = start_point(rng.normal(size=(n_rows, k)).astype(np.float32),
-                     rng.normal(size=n_rows).astype(np.float32) if spec.with_bias else None, spec)
+    x0 = start_point(
+        rng.normal(size=(n_rows, k)).astype(np.float32),
+        rng.normal(size=n_rows).astype(np.float32) if spec.with_bias else None,
+        spec,
+    )
     spec = dataclasses.replace(spec, cg_steps=3)
     a, b = (_solve(block, spec, x0=x0, fb=fb, engine=e) for e in ("numpy", "compiled"))
     np.testing.assert_allclose(b.factors, a.factors, rtol=1e-3, atol=1e-4)
@@ -371,7 +394,7 @@ def dense_objective(block, spec, x, fb=None):
     for r in range(indptr.size - 1):
         sl = slice(indptr[r], indptr[r + 1])
         n = sl.stop - sl.start
-        lam = spec.reg * n ** spec.reg_exponent
+        lam = spec.reg * n**spec.reg_exponent
         if spec.kind == "explicit":
             Yu = Y[cols[sl]].astype(np.float64)
             t = vals[sl].astype(np.float64) - spec.mu
@@ -391,8 +414,11 @@ def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, e
     block = random_block(rng)
     fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
     n_rows, k = block[0].size - 1, block[3].shape[1]
-    x0 = start_point(rng.normal(size=(n_rows, k)).astype(np.float32),
-                     rng.normal(size=n_rows).astype(np.float32) if spec.with_bias else None, spec)
+    x0 = start_point(
+        rng.normal(size=(n_rows, k)).astype(np.float32),
+        rng.normal(size=n_rows).astype(np.float32) if spec.with_bias else None,
+        spec,
+    )
     objective = [dense_objective(block, spec, x0.astype(np.float64), fb)]
     for steps in (1, 2, 3, 5):
         sol = _solve(block, dataclasses.replace(spec, cg_steps=steps), x0=x0, fb=fb, engine=engine)

@@ -1,12 +1,13 @@
 """top_n against a brute-force reference: full score matrix, seen items at -inf, stable sort (no Spark).
 Every test runs with both ways of picking the best n (compiled, numpy)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from mf_spark.kernels import compiled, topk
-from mf_spark.kernels.topk import top_n, positions
+from mf_spark.kernels.topk import positions, top_n
 
 
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
@@ -30,7 +31,7 @@ def reference(X, Y, n, seen=None, user_offset=None, item_offset=None):
         s = S[u].copy()
         if seen is not None:
             s[list(seen[u])] = -np.inf
-        order = np.lexsort((np.arange(s.size), -s))        # last key first: -score, then item
+        order = np.lexsort((np.arange(s.size), -s))  # last key first: -score, then item
         order = order[np.isfinite(s[order])][:n]
         out.append((order, s[order]))
     return out
@@ -39,8 +40,7 @@ def reference(X, Y, n, seen=None, user_offset=None, item_offset=None):
 def to_csr(seen):
     lens = [len(s) for s in seen]
     indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    cols = np.concatenate([np.asarray(sorted(s), dtype=np.int32) for s in seen]) if sum(lens) \
-        else np.zeros(0, np.int32)
+    cols = np.concatenate([np.asarray(sorted(s), dtype=np.int32) for s in seen]) if sum(lens) else np.zeros(0, np.int32)
     return indptr, cols
 
 
@@ -64,8 +64,7 @@ def random_factors(rng, b=12, n_items=30, k=4):
 
 
 def random_seen(rng, b, n_items, max_seen=10):
-    return [set(rng.choice(n_items, size=int(rng.integers(0, max_seen)), replace=False).tolist())
-            for _ in range(b)]
+    return [set(rng.choice(n_items, size=int(rng.integers(0, max_seen)), replace=False).tolist()) for _ in range(b)]
 
 
 @pytest.mark.parametrize("n", [1, 5, 29, 30])
@@ -158,15 +157,15 @@ def test_chunking_with_seen_pointer_not_starting_at_zero(rng, monkeypatch):
     seen = random_seen(rng, 5, 10, max_seen=6)
     indptr, cols = to_csr(seen)
     cols = np.concatenate([np.array([0, 1, 2], np.int32), cols])
-    monkeypatch.setattr(topk, "SCORE_FLOATS", 20)   # 2 users per chunk
+    monkeypatch.setattr(topk, "SCORE_FLOATS", 20)  # 2 users per chunk
     check(top_n(X, Y, 4, indptr + 3, cols), reference(X, Y, 4, seen))
 
 
 def test_ties_are_broken_by_lower_item_index_without_partition():
     X = np.ones((2, 2), np.float32)
     Y = np.ones((6, 2), np.float32)
-    Y[[1, 4]] = 2.0                      # items 1, 4 score 4; the rest tie at 2
-    counts, items, _ = top_n(X, Y, 6)    # n == n_items: no argpartition
+    Y[[1, 4]] = 2.0  # items 1, 4 score 4; the rest tie at 2
+    counts, items, _ = top_n(X, Y, 6)  # n == n_items: no argpartition
     assert counts.tolist() == [6, 6]
     assert items.tolist() == [1, 4, 0, 2, 3, 5] * 2
 
@@ -174,7 +173,7 @@ def test_ties_are_broken_by_lower_item_index_without_partition():
 def test_ties_at_the_cut_off_keep_lower_item_indices():
     X = np.ones((1, 2), np.float32)
     Y = np.ones((50, 2), np.float32)
-    Y[::7] = 2.0                         # items 0, 7, ..., 49 score 4; the other 42 tie at 2
+    Y[::7] = 2.0  # items 0, 7, ..., 49 score 4; the other 42 tie at 2
     counts, items, _ = top_n(X, Y, 10)
     assert items.tolist() == [0, 7, 14, 21, 28, 35, 42, 49, 1, 2]
 
@@ -197,27 +196,28 @@ def test_seen_indptr_wrong_shape_raises():
 
 def test_fast_cut_matches_the_exact_rule_on_rows_with_and_without_ties(rng):
     from mf_spark.kernels.topk import _best, _best_exact
+
     S = rng.normal(size=(200, 60)).astype(np.float32)
-    S[::3] = np.round(S[::3])                     # every third row: many ties, also at the cut-off
-    S[5, :] = -np.inf                             # a user who has seen everything
-    S[7, 10:] = -np.inf                           # fewer unseen items than n
+    S[::3] = np.round(S[::3])  # every third row: many ties, also at the cut-off
+    S[5, :] = -np.inf  # a user who has seen everything
+    S[7, 10:] = -np.inf  # fewer unseen items than n
     for n in (1, 5, 10, 59):
         np.testing.assert_array_equal(np.sort(_best(S, n), axis=1), np.sort(_best_exact(S, n), axis=1))
 
 
 def test_compiled_selection_keeps_the_n_best_in_order_with_ties_to_lower_indices(rng):
     S = rng.normal(size=(200, 60)).astype(np.float32)
-    S[::3] = np.round(S[::3])                     # many ties, also at the cut-off
-    S[5, :] = -np.inf                             # nothing left to recommend
-    S[7, 10:] = -np.inf                           # fewer finite scores than n
+    S[::3] = np.round(S[::3])  # many ties, also at the cut-off
+    S[5, :] = -np.inf  # nothing left to recommend
+    S[7, 10:] = -np.inf  # fewer finite scores than n
     for n in (1, 5, 10, 59, 60, 70):
         idx, top = compiled.best_rows(S, n)
         for r in range(S.shape[0]):
             order = np.lexsort((np.arange(S.shape[1]), -S[r]))[:n]
             finite = order[np.isfinite(S[r, order])]
-            np.testing.assert_array_equal(idx[r, :finite.size], finite, err_msg=f"row {r}, n {n}")
-            np.testing.assert_array_equal(top[r, :finite.size], S[r, finite])
-            assert np.all(top[r, finite.size:] == -np.inf) and np.all(idx[r, finite.size:] >= S.shape[1])
+            np.testing.assert_array_equal(idx[r, : finite.size], finite, err_msg=f"row {r}, n {n}")
+            np.testing.assert_array_equal(top[r, : finite.size], S[r, finite])
+            assert np.all(top[r, finite.size :] == -np.inf) and np.all(idx[r, finite.size :] >= S.shape[1])
 
 
 def test_positions_number_each_list_from_zero():

@@ -1,5 +1,6 @@
 """The data flows one way through the packages: a module imports only what lies before it in FLOW
 (packages first, then the modules inside a package); kernels import numpy and nothing else."""
+
 from __future__ import annotations
 
 import ast
@@ -8,14 +9,40 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "mf_spark"
 # Each entry imports only entries above it (and its own package's __init__ exports nothing it needs).
 FLOW = [
-    "core.types", "core.errors", "core.config", "core.fs", "core.session",
+    "core.types",
+    "core.errors",
+    "core.config",
+    "core.fs",
+    "core.session",
     "kernels",
-    "data.read", "data.validate", "data.index", "data.split", "data.local", "data.ready", "data.prepare",
-    "als.blocks", "als.halfstep", "als.engines.join", "als.engines.stream", "als.checkpoint", "als.days",
+    "data.read",
+    "data.validate",
+    "data.index",
+    "data.split",
+    "data.local",
+    "data.ready",
+    "data.prepare",
+    "als.blocks",
+    "als.halfstep",
+    "als.engines.join",
+    "als.engines.stream",
+    "als.checkpoint",
+    "als.days",
     "als.loop",
-    "model.topn", "model.factors", "model.similar", "model.warm", "model",
+    "model.topn",
+    "model.factors",
+    "model.similar",
+    "model.warm",
+    "model",
     "evaluate",
-    "run.phases", "run.cli", "run.tracking", "run.write", "run.report", "run.compare", "run.tune", "run.pipeline",
+    "run.phases",
+    "run.cli",
+    "run.tracking",
+    "run.write",
+    "run.report",
+    "run.compare",
+    "run.tune",
+    "run.pipeline",
     "ml",
 ]
 
@@ -27,7 +54,7 @@ def _place(dotted: str) -> int | None:
         if dotted == entry or dotted.startswith(entry + "."):
             if best is None or len(entry) > len(FLOW[best]):
                 best = n
-    if best is None:   # a package's own __init__: after everything in it
+    if best is None:  # a package's own __init__: after everything in it
         inside = [n for n, entry in enumerate(FLOW) if entry.startswith(dotted + ".")]
         best = max(inside) if inside else None
     return best
@@ -55,8 +82,10 @@ def _imports(tree: ast.AST) -> set[str]:
         stack.extend(ast.iter_child_nodes(node))
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mf_spark"):
             base = node.module.split(".", 1)[1] if "." in node.module else ""
-            found.update(f"{base}.{a.name}".strip(".") if _place(f"{base}.{a.name}".strip(".")) is not None
-                         else base for a in node.names)
+            found.update(
+                f"{base}.{a.name}".strip(".") if _place(f"{base}.{a.name}".strip(".")) is not None else base
+                for a in node.names
+            )
         elif isinstance(node, ast.Import):
             found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("mf_spark."))
     return {f for f in found if f}
@@ -87,10 +116,17 @@ def test_kernels_import_only_numpy():
     """And numba, in the one compiled kernel module; never Spark."""
     for path in (PKG / "kernels").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             for name in names:
-                allowed = ("numpy", "__future__", "dataclasses", "typing", "math") + \
-                    (("numba", "importlib") if path.name == "compiled.py" else ())
-                assert name.split(".")[0] in allowed or name.startswith("mf_spark.kernels"), \
+                allowed = ("numpy", "__future__", "dataclasses", "typing", "math") + (
+                    ("numba", "importlib") if path.name == "compiled.py" else ()
+                )
+                assert name.split(".")[0] in allowed or name.startswith("mf_spark.kernels"), (
                     f"{path.name} imports {name}"
+                )

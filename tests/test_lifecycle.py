@@ -1,5 +1,6 @@
 """A run's lifecycle: the output's lease, recovery of a killed swap, fingerprinted checkpoints, refused
 stores, and the input edge cases, through the train job where a user meets them."""
+
 from __future__ import annotations
 
 import json
@@ -11,21 +12,29 @@ import pytest
 
 from jobs import train as train_job
 from mf_spark.als import checkpoint
-from mf_spark.core import config
-from mf_spark.core import fs
-from mf_spark.data import read
-from mf_spark.data import validate
-from mf_spark.run import write
+from mf_spark.core import config, fs
 from mf_spark.core.errors import FAIL_AT_ENV, InputError
-from mf_spark.data.local import read as local_read, validate as local_validate
+from mf_spark.data import read, validate
+from mf_spark.data.local import read as local_read
+from mf_spark.data.local import validate as local_validate
+from mf_spark.run import write
 
-TINY = ["--set", "model.rank=3", "--set", "model.iterations=2", "--set", "model.checkpoint_interval=1",
-        "--set", "eval.every_iteration=false"]
+TINY = [
+    "--set",
+    "model.rank=3",
+    "--set",
+    "model.iterations=2",
+    "--set",
+    "model.checkpoint_interval=1",
+    "--set",
+    "eval.every_iteration=false",
+]
 
 
 def _ratings(path, n_users=30, n_items=12, extra: str = ""):
-    lines = ["user,item,rating"] + [f"u{u},i{(u * 7 + j) % n_items},{1 + (u + j) % 5}"
-                                    for u in range(n_users) for j in range(4)]
+    lines = ["user,item,rating"] + [
+        f"u{u},i{(u * 7 + j) % n_items},{1 + (u + j) % 5}" for u in range(n_users) for j in range(4)
+    ]
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
@@ -35,7 +44,7 @@ def _plant_lock(tmp_path, host: str, age_seconds: float, pid: int = 1):
     lock = tmp_path / ".out_run"
     lock.write_text(json.dumps({"owner": "someone", "host": host, "pid": pid, "started": "earlier"}))
     then = time.time() - age_seconds
-    os.utime(lock, (then, then))            # the fake clock: a heartbeat that stopped that long ago
+    os.utime(lock, (then, then))  # the fake clock: a heartbeat that stopped that long ago
     return lock
 
 
@@ -54,14 +63,16 @@ def test_of_racing_lock_creators_exactly_one_wins_and_its_text_is_there_at_once(
     """Two runs started together both passed Hadoop's local check-then-create; the lock must be one
     atomic step that also carries its content."""
     import threading
+
     for attempt in range(10):
         path = str(tmp_path / f"lock{attempt}")
         gate, won = threading.Barrier(6), []
 
-        def race(i):
+        def race(i, gate=gate, path=path, won=won):
             gate.wait()
             if fs.create_new(spark, path, f"owner {i}"):
                 won.append(i)
+
         threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
         for t in threads:
             t.start()
@@ -85,8 +96,10 @@ def test_a_lease_from_another_host_is_taken_over_only_once_its_heartbeat_expired
 def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(spark, tmp_path):
     import subprocess
     import sys
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     _plant_lock(tmp_path, socket.gethostname(), age_seconds=0, pid=int(dead))
     write.Lease(spark, str(tmp_path / "out")).acquire().release()
 
@@ -94,8 +107,8 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(spark, tmp
 def test_a_run_whose_lease_was_taken_publishes_nothing_and_never_deletes_the_new_owners_lock(spark, tmp_path):
     out = str(tmp_path / "out")
     lease = write.Lease(spark, out).acquire()
-    lease._stop.set()                       # its heartbeat stops: a frozen driver
-    _plant_lock(tmp_path, "other-host", age_seconds=0)    # ... whose lease another host took over
+    lease._stop.set()  # its heartbeat stops: a frozen driver
+    _plant_lock(tmp_path, "other-host", age_seconds=0)  # ... whose lease another host took over
     with pytest.raises(write.LeaseLost, match="other-host"):
         write.publish_with(spark, out, lambda staging: fs.write_text(spark, staging + "/x", "x"), lease)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out_staging-*"))
@@ -124,8 +137,15 @@ def test_the_next_run_restores_an_output_a_killed_swap_left_aside(spark, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-@pytest.mark.parametrize("url", ["s3a://bucket/models/als", "gs://bucket/m", "wasbs://c@acct.blob.core.windows.net/m",
-                                 "abfss://c@acct.dfs.core.windows.net/m"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3a://bucket/models/als",
+        "gs://bucket/m",
+        "wasbs://c@acct.blob.core.windows.net/m",
+        "abfss://c@acct.dfs.core.windows.net/m",
+    ],
+)
 def test_outputs_on_stores_without_atomic_rename_are_refused(spark, url):
     with pytest.raises(InputError, match="no atomic rename"):
         write.check_output(spark, url)
@@ -136,7 +156,7 @@ def test_resume_continues_only_the_same_run(spark, tmp_path, monkeypatch, capsys
     data = _ratings(tmp_path / "r.csv")
     out = tmp_path / "out"
     args = ["--input", str(data), "--output", str(out), *TINY]
-    monkeypatch.setenv(FAIL_AT_ENV, "model")          # fails after the fit: its checkpoint stays
+    monkeypatch.setenv(FAIL_AT_ENV, "model")  # fails after the fit: its checkpoint stays
     assert train_job.main(args) == 1
     monkeypatch.delenv(FAIL_AT_ENV)
     assert list((tmp_path / ".out_checkpoint").glob("iter-*/state.json"))
@@ -145,18 +165,19 @@ def test_resume_continues_only_the_same_run(spark, tmp_path, monkeypatch, capsys
     assert "model.reg was 0.1, now 0.05" in capsys.readouterr().err
     assert train_job.main([*args, "--resume", "--set", "data.rating_range=[1,5]"]) == 2
     assert "data.rating_range was None, now [1.0, 5.0]" in capsys.readouterr().err
-    _ratings(data, extra="u99,i1,3\n")                  # the input changed
+    _ratings(data, extra="u99,i1,3\n")  # the input changed
     assert train_job.main([*args, "--resume"]) == 2
     err = capsys.readouterr().err
     assert "r.csv changed" in err and "Run without --resume" in err
     _ratings(data)
-    os.utime(data, (time.time() - 7200, time.time() - 7200))   # same bytes, but touched: still refused
+    os.utime(data, (time.time() - 7200, time.time() - 7200))  # same bytes, but touched: still refused
     assert train_job.main([*args, "--resume"]) == 2
     capsys.readouterr()
 
 
-def test_resume_of_the_same_run_continues_and_a_fresh_run_clears_old_checkpoints(spark, tmp_path, monkeypatch,
-                                                                                    capsys, caplog):
+def test_resume_of_the_same_run_continues_and_a_fresh_run_clears_old_checkpoints(
+    spark, tmp_path, monkeypatch, capsys, caplog
+):
     data = _ratings(tmp_path / "r.csv")
     out = tmp_path / "out"
     args = ["--input", str(data), "--output", str(out), *TINY, "--set", "model.iterations=3"]
@@ -166,7 +187,7 @@ def test_resume_of_the_same_run_continues_and_a_fresh_run_clears_old_checkpoints
     monkeypatch.setenv(FAIL_AT_ENV, "model")
     assert train_job.main(args) == 1
     monkeypatch.delenv(FAIL_AT_ENV)
-    assert not planted.exists()                       # the run without --resume deleted it
+    assert not planted.exists()  # the run without --resume deleted it
     with caplog.at_level("INFO", logger="mf_spark"):
         assert train_job.main([*args, "--resume", "--set", "model.num_user_blocks=3"]) == 0
     assert "continuing after iteration 2" in caplog.text
@@ -176,14 +197,23 @@ def test_resume_of_the_same_run_continues_and_a_fresh_run_clears_old_checkpoints
 def test_fingerprint_differences_are_named(spark, tmp_path):
     data = _ratings(tmp_path / "r.csv")
     import pyarrow as pa
+
     cfg = config.load(None)
     a = checkpoint.fingerprint(spark, cfg, {"input": str(data)}, {"n_train": 5}, pa.array([1, 2]), pa.array(["a"]))
-    b = checkpoint.fingerprint(spark, config.load(None, ["model.rank=7", "model.iterations=50", "model.day_bias_reg=3"]),
-                               {"input": str(data)},
-                               {"n_train": 6}, pa.array([1, 3]), pa.array(["a"]))
+    b = checkpoint.fingerprint(
+        spark,
+        config.load(None, ["model.rank=7", "model.iterations=50", "model.day_bias_reg=3"]),
+        {"input": str(data)},
+        {"n_train": 6},
+        pa.array([1, 3]),
+        pa.array(["a"]),
+    )
     assert checkpoint.differences(a, a) == []
-    assert checkpoint.differences(a, b) == ["model.rank was 10, now 7", "n_train was 5, now 6",
-                                            "the users ID map differs"]
+    assert checkpoint.differences(a, b) == [
+        "model.rank was 10, now 7",
+        "n_train was 5, now 6",
+        "the users ID map differs",
+    ]
     assert checkpoint.differences(None, a) == ["the checkpoint has no run fingerprint (written by an older version)"]
 
 
@@ -191,7 +221,8 @@ def test_fingerprint_differences_are_named(spark, tmp_path):
 def test_factor_tables_use_64_bit_offsets(spark, tmp_path):
     import numpy as np
     import pyarrow as pa
-    offsets = checkpoint.list_offsets(2**22, 1024)        # 2**32 values: beyond int32 offsets
+
+    offsets = checkpoint.list_offsets(2**22, 1024)  # 2**32 values: beyond int32 offsets
     assert offsets.dtype == np.int64 and int(offsets[-1]) == 2**32
     t = checkpoint.factor_table(pa.array(["a", "b"]), np.ones((2, 3), np.float32), None)
     assert pa.types.is_large_list(t.schema.field("factors").type)
@@ -216,15 +247,20 @@ def test_null_tokens_and_rating_range_are_quarantined_alike_by_both_front_ends(s
     else:
         cleaned = validate.clean(read.ratings(spark, str(data), "auto", cfg), cfg, "explicit")
         reasons = [r.reason for r in cleaned.rejected.orderBy("_row").collect()]
-    assert reasons == [validate.MISSING_USER, validate.MISSING_ITEM, validate.MISSING_RATING,
-                       "rating is outside data.rating_range [1, 5]", "rating is outside data.rating_range [1, 5]"]
+    assert reasons == [
+        validate.MISSING_USER,
+        validate.MISSING_ITEM,
+        validate.MISSING_RATING,
+        "rating is outside data.rating_range [1, 5]",
+        "rating is outside data.rating_range [1, 5]",
+    ]
     assert cleaned.counts["n_rejected"] == 5
 
 
 def test_rows_with_another_field_count_are_quarantined_not_shifted(spark, tmp_path):
     data = _ratings(tmp_path / "r.csv", extra="u1,i1,2,5\nu2,i2\n")
     cfg = config.load(None, ["data.max_bad_fraction=0.5"]).data
-    with pytest.raises(local_read.Unreadable):              # the driver leaves such files to Spark
+    with pytest.raises(local_read.Unreadable):  # the driver leaves such files to Spark
         local_read.table(str(data), "auto", cfg)
     cleaned = validate.clean(read.ratings(spark, str(data), "auto", cfg), cfg, "explicit")
     bad = cleaned.rejected.orderBy("_row").collect()
@@ -250,6 +286,7 @@ def test_a_folder_whose_files_disagree_on_their_columns_exits_2_naming_them(spar
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         pq.write_table(pa.table({"user": [1, 2], "item": [1, 2], "rating": [1.0, 2.0]}), folder / "a.parquet")
         pq.write_table(pa.table({"user": [1], "movie": [3], "rating": [1.0]}), folder / "b.parquet")
     assert train_job.main(["--input", str(folder), "--output", str(tmp_path / "out"), *TINY]) == 2
@@ -259,7 +296,9 @@ def test_a_folder_whose_files_disagree_on_their_columns_exits_2_naming_them(spar
 
 def test_id_maps_beyond_their_text_limit_fail_early_with_a_clear_message(monkeypatch):
     import pyarrow as pa
+
     from mf_spark.data import index
+
     monkeypatch.setattr(index, "MAX_ID_TEXT_BYTES", 10)
     with pytest.raises(ValueError, match="at most 10 bytes of ID text"):
         index.IdMap(pa.array(["abcdef", "ghijkl"]), "user")

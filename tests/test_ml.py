@@ -1,5 +1,6 @@
 """mf_spark.ml: a drop-in for pyspark.ml.recommendation.ALS (params, fit, transform, top-N, persistence,
 pipelines and tuning). Data is tiny and iterations few: this file's fits are its cost."""
+
 from __future__ import annotations
 
 import math
@@ -9,17 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 from chispa.schema_comparer import assert_schema_equality
+from conftest import frame, planted
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.ml.feature import StringIndexer
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationSplit
 from pyspark.sql import functions as F
 
-from conftest import frame, planted
 from mf_spark.als import checkpoint
 from mf_spark.core.errors import ConfigError, InputError, ModelError
-from mf_spark.ml import ALS, ALSModel
 from mf_spark.data.read import sample_path
+from mf_spark.ml import ALS, ALSModel
 
 
 def tiny(spark, ddl="userId int, movieId int, rating double", n_users=24, n_items=16, density=0.45, map_ids=None):
@@ -51,11 +52,12 @@ def implicit_fit(spark):
     """(counts with long IDs past the int range, an implicit model that keeps its training pairs)."""
     big = 2**40
     df = tiny(spark, "user long, item long, rating double", map_ids=lambda a, b: (big + int(a), big * 2 + int(b)))
-    df = df.withColumn("rating", F.abs("rating") + 1.0).cache()     # implicit counts are > 0
+    df = df.withColumn("rating", F.abs("rating") + 1.0).cache()  # implicit counts are > 0
     return df, ALS(rank=3, maxIter=2, implicitPrefs=True, alpha=2.0, excludeSeen=True).fit(df)
 
 
 # ---- the MLlib guide example, unchanged but for the import ----------------------------------------
+
 
 @pytest.fixture(scope="module")
 def guide(spark):
@@ -64,13 +66,13 @@ def guide(spark):
 
     lines = spark.read.text(sample_path()).rdd
     parts = lines.map(lambda row: row.value.split("::"))
-    ratingsRDD = parts.map(lambda p: Row(userId=int(p[0]), movieId=int(p[1]),
-                                         rating=float(p[2]), timestamp=int(p[3])))
+    ratingsRDD = parts.map(lambda p: Row(userId=int(p[0]), movieId=int(p[1]), rating=float(p[2]), timestamp=int(p[3])))
     ratings = spark.createDataFrame(ratingsRDD)
     (training, test) = ratings.randomSplit([0.8, 0.2])
 
-    als = ALS(maxIter=5, regParam=0.01, userCol="userId", itemCol="movieId", ratingCol="rating",
-              coldStartStrategy="drop")
+    als = ALS(
+        maxIter=5, regParam=0.01, userCol="userId", itemCol="movieId", ratingCol="rating", coldStartStrategy="drop"
+    )
     model = als.fit(training)
 
     predictions = model.transform(test)
@@ -83,13 +85,24 @@ def guide(spark):
     userSubsetRecs = model.recommendForUserSubset(users, 10)
     movies = ratings.select(als.getItemCol()).distinct().limit(3)
     movieSubSetRecs = model.recommendForItemSubset(movies, 10)
-    return dict(ratings=ratings, training=training, test=test, als=als, model=model, rmse=rmse,
-                userRecs=userRecs, movieRecs=movieRecs, users=users, userSubsetRecs=userSubsetRecs,
-                movies=movies, movieSubSetRecs=movieSubSetRecs)
+    return dict(
+        ratings=ratings,
+        training=training,
+        test=test,
+        als=als,
+        model=model,
+        rmse=rmse,
+        userRecs=userRecs,
+        movieRecs=movieRecs,
+        users=users,
+        userSubsetRecs=userSubsetRecs,
+        movies=movies,
+        movieSubSetRecs=movieSubSetRecs,
+    )
 
 
 def test_guide_example_runs_and_gives_mllib_shaped_results(guide):
-    assert 0.5 < guide["rmse"] < 2.0          # MLlib's own example lands near 1.0-1.1
+    assert 0.5 < guide["rmse"] < 2.0  # MLlib's own example lands near 1.0-1.1
     user_recs = rec_lists(guide["userRecs"], "userId", "movieId")
     n_users = guide["training"].select("userId").distinct().count()
     n_items = guide["training"].select("movieId").distinct().count()
@@ -115,7 +128,7 @@ def test_recommendations_score_as_transform_predicts(guide):
 
 def test_subset_recommendations_equal_the_all_users_lists(guide):
     every = rec_lists(guide["userRecs"], "userId", "movieId")
-    subset = rec_lists(guide["userSubsetRecs"], "userId", "movieId")    # 3 users (which: limit's choice)
+    subset = rec_lists(guide["userSubsetRecs"], "userId", "movieId")  # 3 users (which: limit's choice)
     assert len(subset) == 3
     for user, recs in subset.items():
         assert [m for m, _ in recs] == [m for m, _ in every[user]]
@@ -127,23 +140,42 @@ def test_recommend_schemas_equal_mllibs(planted_fit):
 
     df, ours = planted_fit
     theirs = MLlibALS(rank=3, maxIter=1, userCol="userId", itemCol="movieId", seed=1).fit(df)
-    for make in (lambda m: m.recommendForAllUsers(3), lambda m: m.recommendForAllItems(3),
-                 lambda m: m.recommendForUserSubset(df.limit(2), 3), lambda m: m.recommendForItemSubset(df.limit(2), 3),
-                 lambda m: m.userFactors.select("id", "features"), lambda m: m.itemFactors.select("id", "features")):
+    for make in (
+        lambda m: m.recommendForAllUsers(3),
+        lambda m: m.recommendForAllItems(3),
+        lambda m: m.recommendForUserSubset(df.limit(2), 3),
+        lambda m: m.recommendForItemSubset(df.limit(2), 3),
+        lambda m: m.userFactors.select("id", "features"),
+        lambda m: m.itemFactors.select("id", "features"),
+    ):
         assert_schema_equality(make(ours).schema, make(theirs).schema, ignore_nullable=True)
-    assert ours.userFactors.columns == ["id", "features", "bias"]          # ours carries the biases
+    assert ours.userFactors.columns == ["id", "features", "bias"]  # ours carries the biases
     assert ours.transform(df).columns == theirs.transform(df).columns
-    assert ours.transform(df).schema["prediction"].dataType.simpleString() == "double"   # MLlib: float
+    assert ours.transform(df).schema["prediction"].dataType.simpleString() == "double"  # MLlib: float
     assert ours.rank == theirs.rank == 3
 
 
 # ---- params --------------------------------------------------------------------------------------
 
-MLLIB_DEFAULTS = {"rank": 10, "maxIter": 10, "regParam": 0.1, "alpha": 1.0, "implicitPrefs": False,
-                  "nonnegative": False, "coldStartStrategy": "nan", "userCol": "user", "itemCol": "item",
-                  "ratingCol": "rating", "predictionCol": "prediction", "checkpointInterval": 10,
-                  "blockSize": 4096, "numUserBlocks": 10, "numItemBlocks": 10,
-                  "intermediateStorageLevel": "MEMORY_AND_DISK", "finalStorageLevel": "MEMORY_AND_DISK"}
+MLLIB_DEFAULTS = {
+    "rank": 10,
+    "maxIter": 10,
+    "regParam": 0.1,
+    "alpha": 1.0,
+    "implicitPrefs": False,
+    "nonnegative": False,
+    "coldStartStrategy": "nan",
+    "userCol": "user",
+    "itemCol": "item",
+    "ratingCol": "rating",
+    "predictionCol": "prediction",
+    "checkpointInterval": 10,
+    "blockSize": 4096,
+    "numUserBlocks": 10,
+    "numItemBlocks": 10,
+    "intermediateStorageLevel": "MEMORY_AND_DISK",
+    "finalStorageLevel": "MEMORY_AND_DISK",
+}
 
 
 def test_mllib_param_names_and_defaults_hold(spark):
@@ -153,24 +185,40 @@ def test_mllib_param_names_and_defaults_hold(spark):
     assert {p.name for p in theirs.params} <= {p.name for p in ours.params}
     for name, value in MLLIB_DEFAULTS.items():
         assert ours.getOrDefault(name) == theirs.getOrDefault(name) == value, name
-    assert ours.getSeed() == 0       # ours: reproducible (MLlib's is a salted hash of the class name)
+    assert ours.getSeed() == 0  # ours: reproducible (MLlib's is a salted hash of the class name)
 
 
 def test_our_params_come_from_the_config_with_its_defaults():
     als = ALS()
-    for name, value in {"biases": False, "unobservedWeight": 1.0, "confidence": "linear", "epsilon": 1.0,
-                        "regScaling": "count", "solver": "auto", "excludeSeen": False, "target": "preference",
-                        "cgSteps": 3, "strategy": "auto", "exchange": "auto", "maxBadFraction": 0.01}.items():
+    for name, value in {
+        "biases": False,
+        "unobservedWeight": 1.0,
+        "confidence": "linear",
+        "epsilon": 1.0,
+        "regScaling": "count",
+        "solver": "auto",
+        "excludeSeen": False,
+        "target": "preference",
+        "cgSteps": 3,
+        "strategy": "auto",
+        "exchange": "auto",
+        "maxBadFraction": 0.01,
+    }.items():
         assert als.getOrDefault(name) == value, name
     assert "config key model.unobserved_weight" in als.explainParam("unobservedWeight")
-    assert "Hu-Koren-Volinsky" in als.explainParam("unobservedWeight")     # the field's comment
+    assert "Hu-Koren-Volinsky" in als.explainParam("unobservedWeight")  # the field's comment
     assert "one of 'auto', 'exact', 'cg'" in als.explainParam(als.solver)
 
 
 def test_params_by_kwargs_setters_getters_copy_and_grid():
     als = ALS(maxIter=5, rank=4, userCol="u", biases=True, unobservedWeight=0.5)
-    assert (als.getMaxIter(), als.getRank(), als.getUserCol(), als.getBiases(), als.getUnobservedWeight()) == \
-        (5, 4, "u", True, 0.5)
+    assert (als.getMaxIter(), als.getRank(), als.getUserCol(), als.getBiases(), als.getUnobservedWeight()) == (
+        5,
+        4,
+        "u",
+        True,
+        0.5,
+    )
     assert als.setRegParam(0.2) is als and als.getRegParam() == 0.2
     assert als.setNumBlocks(3).getNumUserBlocks() == als.getNumItemBlocks() == 3
     other = als.copy({als.rank: 7})
@@ -183,21 +231,24 @@ def test_params_by_kwargs_setters_getters_copy_and_grid():
     assert "maxIter: maximum number of iterations" in als.explainParams()
 
 
-@pytest.mark.parametrize("kwargs, names", [
-    ({"rank": 0}, ["param rank", "model.rank"]),
-    ({"maxIter": 0}, ["param maxIter", "model.iterations"]),
-    ({"regParam": -1.0}, ["param regParam", "model.reg"]),
-    ({"alpha": float("nan")}, ["param alpha", "finite"]),
-    ({"solver": "newton"}, ["param solver", "model.solver", "'cg'"]),
-    ({"coldStartStrategy": "zero"}, ["coldStartStrategy", "'nan', 'drop', 'mean'"]),
-    ({"maxBadFraction": 2.0}, ["param maxBadFraction", "data.max_bad_fraction"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        ({"rank": 0}, ["param rank", "model.rank"]),
+        ({"maxIter": 0}, ["param maxIter", "model.iterations"]),
+        ({"regParam": -1.0}, ["param regParam", "model.reg"]),
+        ({"alpha": float("nan")}, ["param alpha", "finite"]),
+        ({"solver": "newton"}, ["param solver", "model.solver", "'cg'"]),
+        ({"coldStartStrategy": "zero"}, ["coldStartStrategy", "'nan', 'drop', 'mean'"]),
+        ({"maxBadFraction": 2.0}, ["param maxBadFraction", "data.max_bad_fraction"]),
+    ],
+)
 def test_bad_param_values_raise_the_config_error_naming_the_param(kwargs, names):
     with pytest.raises(ConfigError) as err:
         ALS(**kwargs)
     assert all(n in str(err.value) for n in names), str(err.value)
-    (name, value), = kwargs.items()
-    with pytest.raises(ConfigError):       # the setter checks too
+    ((name, value),) = kwargs.items()
+    with pytest.raises(ConfigError):  # the setter checks too
         getattr(ALS(), "set" + name[0].upper() + name[1:])(value)
 
 
@@ -210,8 +261,10 @@ def test_unknown_param_and_wrong_type_raise():
 
 # ---- fit: input checks, ID types, kinds -----------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, missing", [({"userCol": "uid"}, "uid"), ({"itemCol": "iid"}, "iid"),
-                                             ({"ratingCol": "stars"}, "stars")])
+
+@pytest.mark.parametrize(
+    "kwargs, missing", [({"userCol": "uid"}, "uid"), ({"itemCol": "iid"}, "iid"), ({"ratingCol": "stars"}, "stars")]
+)
 def test_fit_names_a_missing_column(spark, kwargs, missing):
     df = frame(spark, [(1, 2, 3.0)], "user int, item int, rating double")
     with pytest.raises(InputError, match=f"'{missing}'.*missing.*columns are"):
@@ -238,7 +291,8 @@ def test_the_driver_validates_small_frames_only(spark):
     """frontEnd 'auto' (a local master here): the driver for a frame Spark sizes within frontEndMaxMb,
     or, where Spark cannot size it (a Python RDD's), one whose rows fit; Spark otherwise."""
     from mf_spark.core.config import DataConfig
-    from mf_spark.data.prepare import _driver_table, raw_frame as raw_ratings
+    from mf_spark.data.prepare import _driver_table
+    from mf_spark.data.prepare import raw_frame as raw_ratings
 
     df = tiny(spark)
     n = len(planted(n_users=24, n_items=16, rank=3, density=0.45)[0])
@@ -246,7 +300,7 @@ def test_the_driver_validates_small_frames_only(spark):
     unknown = raw_ratings(spark.createDataFrame(df.rdd, df.schema), "userId", "movieId", "rating")
     assert _driver_table(known, DataConfig()).num_rows == n
     assert _driver_table(unknown, DataConfig()).num_rows == n
-    tight = DataConfig(front_end_max_mb=0.001)       # 1 kB: fewer rows than the frame has
+    tight = DataConfig(front_end_max_mb=0.001)  # 1 kB: fewer rows than the frame has
     assert _driver_table(known, tight) is None and _driver_table(unknown, tight) is None
     assert _driver_table(known, DataConfig(front_end="spark")) is None
     assert _driver_table(unknown, DataConfig(front_end="driver", front_end_max_mb=0.001)).num_rows == n
@@ -261,7 +315,7 @@ def test_string_ids_with_biases(spark):
     assert sorted(factors_of(users)) == sorted({r["user"] for r in df.select("user").distinct().collect()})
     recs = rec_lists(model.recommendForAllUsers(3), "user", "item")
     assert all(isinstance(i, str) and i.startswith("i") for v in recs.values() for i, _ in v)
-    assert RegressionEvaluator(labelCol="rating").evaluate(model.transform(df)) < 0.5   # planted rank 3, low noise
+    assert RegressionEvaluator(labelCol="rating").evaluate(model.transform(df)) < 0.5  # planted rank 3, low noise
 
 
 def test_long_ids_implicit_excluding_seen(implicit_fit):
@@ -274,7 +328,7 @@ def test_long_ids_implicit_excluding_seen(implicit_fit):
     audiences = rec_lists(model.recommendForAllItems(3), "item", "user")
     assert audiences and all((u, i) not in seen for i, v in audiences.items() for u, _ in v)
     pred = [r["prediction"] for r in model.transform(df).collect()]
-    assert all(math.isfinite(p) for p in pred) and np.mean(pred) > 0.5   # observed pairs: preference ~1
+    assert all(math.isfinite(p) for p in pred) and np.mean(pred) > 0.5  # observed pairs: preference ~1
 
 
 def test_implicit_without_a_rating_column(spark):
@@ -283,7 +337,7 @@ def test_implicit_without_a_rating_column(spark):
     model = ALS(rank=2, maxIter=2, implicitPrefs=True, ratingCol="", userCol="userId", itemCol="movieId").fit(df)
     assert model.factorModel.kind == "implicit" and model.factorModel.users.size == 12
     observed = [r["prediction"] for r in model.transform(df).collect()]
-    assert np.mean(observed) > 0.3         # the preference of an observed pair is 1
+    assert np.mean(observed) > 0.3  # the preference of an observed pair is 1
 
 
 def test_cold_start_strategies(spark, guide):
@@ -295,10 +349,11 @@ def test_cold_start_strategies(spark, guide):
     def predicted(strategy):
         out = model.setColdStartStrategy(strategy).transform(df).collect()
         return {(r["userId"], r["movieId"]): r["prediction"] for r in out}
+
     nan, dropped, mean = predicted("nan"), predicted("drop"), predicted("mean")
     assert len(nan) == 5 and math.isnan(nan[(9999, i)]) and math.isnan(nan[(u, 9999)])
     assert set(dropped) == set(known)
-    assert mean[(9999, i)] == pytest.approx(model.factorModel.global_mean)     # no biases: the mean
+    assert mean[(9999, i)] == pytest.approx(model.factorModel.global_mean)  # no biases: the mean
     assert all(nan[k] == dropped[k] == pytest.approx(mean[k]) for k in known)
     with pytest.raises(ConfigError, match="coldStartStrategy"):
         model.setColdStartStrategy("zero")
@@ -306,25 +361,49 @@ def test_cold_start_strategies(spark, guide):
 
 # ---- equal to the train job ----------------------------------------------------------------------
 
+
 def test_fit_equals_the_train_jobs_factors(spark, planted_fit, tmp_path):
     from jobs import train as train_job
     from mf_spark.run import cli
 
-    df, model = planted_fit      # rank 3, 3 iterations, reg 0.05, biases; MLlib's 10 blocks, the job's auto
+    df, model = planted_fit  # rank 3, 3 iterations, reg 0.05, biases; MLlib's 10 blocks, the job's auto
     table = df.toArrow()
     pq.write_table(table, tmp_path / "train.parquet")
     pq.write_table(table.slice(0, 10), tmp_path / "test.parquet")
     out = tmp_path / "out"
-    args = cli.parse_train(["--train", str(tmp_path / "train.parquet"), "--test", str(tmp_path / "test.parquet"),
-                            "--output", str(out), "--set", "model.rank=3", "--set", "model.iterations=3",
-                            "--set", "model.reg=0.05", "--set", "model.biases=true",
-                            "--set", "eval.every_iteration=false"])
+    args = cli.parse_train(
+        [
+            "--train",
+            str(tmp_path / "train.parquet"),
+            "--test",
+            str(tmp_path / "test.parquet"),
+            "--output",
+            str(out),
+            "--set",
+            "model.rank=3",
+            "--set",
+            "model.iterations=3",
+            "--set",
+            "model.reg=0.05",
+            "--set",
+            "model.biases=true",
+            "--set",
+            "eval.every_iteration=false",
+        ]
+    )
     train_job.run(spark, args)
-    by_spark = ALS(rank=3, maxIter=3, regParam=0.05, biases=True, userCol="userId", itemCol="movieId",
-                   frontEnd="spark").fit(df)       # planted_fit's frame is small: the driver validated it
-    for side, ours in (("users", model.userFactors), ("items", model.itemFactors),
-                       ("users", by_spark.userFactors), ("items", by_spark.itemFactors)):
-        want = {r["id"]: (np.asarray(r["factors"]), r["bias"]) for r in pq.read_table(out / "factors" / side).to_pylist()}
+    by_spark = ALS(
+        rank=3, maxIter=3, regParam=0.05, biases=True, userCol="userId", itemCol="movieId", frontEnd="spark"
+    ).fit(df)  # planted_fit's frame is small: the driver validated it
+    for side, ours in (
+        ("users", model.userFactors),
+        ("items", model.itemFactors),
+        ("users", by_spark.userFactors),
+        ("items", by_spark.itemFactors),
+    ):
+        want = {
+            r["id"]: (np.asarray(r["factors"]), r["bias"]) for r in pq.read_table(out / "factors" / side).to_pylist()
+        }
         got = {r["id"]: (np.asarray(r["features"]), r["bias"]) for r in ours.collect()}
         assert set(got) == set(want)
         for key, (vec, bias) in want.items():
@@ -336,22 +415,24 @@ def test_checkpoints_go_under_the_checkpoint_dir_only_and_are_removed(spark, tmp
     from mf_spark.core.config import ModelConfig
     from mf_spark.ml import _checkpoint_store
 
-    assert _checkpoint_store(spark, ModelConfig(checkpoint_interval=1)) is None   # no dir: ignored, as in MLlib
+    assert _checkpoint_store(spark, ModelConfig(checkpoint_interval=1)) is None  # no dir: ignored, as in MLlib
     saved = []
     real_save = checkpoint.CheckpointStore.save
 
     def spy(self, iteration, factors, state):
         saved.append((self.root, iteration))
         real_save(self, iteration, factors, state)
+
     monkeypatch.setattr(checkpoint.CheckpointStore, "save", spy)
     monkeypatch.setattr(type(spark.sparkContext), "getCheckpointDir", lambda sc: str(tmp_path / "ckpt"))
     assert _checkpoint_store(spark, ModelConfig(checkpoint_interval=0)) is None
     ALS(rank=2, maxIter=3, checkpointInterval=1).fit(tiny(spark, "user int, item int, rating double", 10, 8, 0.6))
     assert [it for _, it in saved] == [1, 2] and all(root.startswith(f"file:{tmp_path}/ckpt/") for root, _ in saved)
-    assert not any((tmp_path / "ckpt").iterdir())     # removed after the fit
+    assert not any((tmp_path / "ckpt").iterdir())  # removed after the fit
 
 
 # ---- persistence ---------------------------------------------------------------------------------
+
 
 def test_model_save_load_round_trip(guide, tmp_path):
     model = guide["model"].copy().setColdStartStrategy("nan")
@@ -387,8 +468,8 @@ def test_excluded_pairs_are_saved_and_a_saved_model_is_a_factor_model_folder(imp
     seen = {(r["user"], r["item"]) for r in df.collect()}
     recs = rec_lists(loaded.recommendForAllUsers(3), "user", "item")
     assert len(recs) == len({u for u, _ in seen}) and all((u, i) not in seen for u, v in recs.items() for i, _ in v)
-    assert load_model(path).rank == 3          # jobs/recommend.py --model reads it too
-    loaded.setColdStartStrategy("mean").write().overwrite().save(path)      # over its own folder
+    assert load_model(path).rank == 3  # jobs/recommend.py --model reads it too
+    loaded.setColdStartStrategy("mean").write().overwrite().save(path)  # over its own folder
     assert ALSModel.load(path)._seen.count() == len(seen)
     everything = model.copy().setExcludeSeen(False).recommendForAllUsers(16)
     assert everything.count() == df.select("user").distinct().count()
@@ -401,8 +482,9 @@ def test_estimator_save_load_keeps_params(tmp_path):
     path = str(tmp_path / "als")
     als.save(path)
     loaded = ALS.load(path)
-    assert loaded.uid == als.uid and loaded.extractParamMap() == {loaded.getParam(p.name): v
-                                                                  for p, v in als.extractParamMap().items()}
+    assert loaded.uid == als.uid and loaded.extractParamMap() == {
+        loaded.getParam(p.name): v for p, v in als.extractParamMap().items()
+    }
     with pytest.raises(FileExistsError):
         als.save(path)
     als.setRank(4).write().overwrite().save(path)
@@ -410,6 +492,7 @@ def test_estimator_save_load_keeps_params(tmp_path):
 
 
 # ---- extras: candidates, fold-in -----------------------------------------------------------------
+
 
 def test_include_and_exclude_candidates(spark, guide):
     model = guide["model"]
@@ -440,15 +523,20 @@ def test_fold_in_users_and_items(guide):
 
 # ---- pipelines and tuning ------------------------------------------------------------------------
 
+
 def test_pipeline_with_a_string_indexer_and_its_persistence(spark, tmp_path):
     df = tiny(spark, "name string, movieId int, rating double", map_ids=lambda a, b: (f"user-{a}", int(b)))
-    pipeline = Pipeline(stages=[StringIndexer(inputCol="name", outputCol="userId"),
-                                ALS(rank=3, maxIter=3, regParam=0.05, userCol="userId", itemCol="movieId")])
+    pipeline = Pipeline(
+        stages=[
+            StringIndexer(inputCol="name", outputCol="userId"),
+            ALS(rank=3, maxIter=3, regParam=0.05, userCol="userId", itemCol="movieId"),
+        ]
+    )
     fitted = pipeline.fit(df)
     pred = fitted.transform(df)
     assert pred.schema["prediction"].dataType.simpleString() == "double"
     assert RegressionEvaluator(labelCol="rating").evaluate(pred) < 1.0
-    assert fitted.stages[-1].userFactors.schema["id"].dataType.simpleString() == "double"   # StringIndexer's
+    assert fitted.stages[-1].userFactors.schema["id"].dataType.simpleString() == "double"  # StringIndexer's
     path = str(tmp_path / "pipeline")
     fitted.write().overwrite().save(path)
     loaded = PipelineModel.load(path).stages[-1]
@@ -465,7 +553,8 @@ def test_cross_validator_and_train_validation_split(planted_fit):
     assert len(cv.avgMetrics) == 2 and all(math.isfinite(m) for m in cv.avgMetrics)
     assert isinstance(cv.bestModel, ALSModel) and cv.bestModel.rank in (1, 3)
     grid = ParamGridBuilder().addGrid(als.regParam, [0.05, 5.0]).build()
-    tvs = TrainValidationSplit(estimator=als, estimatorParamMaps=grid, evaluator=evaluator, trainRatio=0.75,
-                               seed=3).fit(df)
-    assert tvs.validationMetrics[0] < tvs.validationMetrics[1]     # heavy regularization underfits
-    assert isinstance(tvs.bestModel, ALSModel) and tvs.bestModel.getColdStartStrategy() == "drop"   # params copied
+    tvs = TrainValidationSplit(
+        estimator=als, estimatorParamMaps=grid, evaluator=evaluator, trainRatio=0.75, seed=3
+    ).fit(df)
+    assert tvs.validationMetrics[0] < tvs.validationMetrics[1]  # heavy regularization underfits
+    assert isinstance(tvs.bestModel, ALSModel) and tvs.bestModel.getColdStartStrategy() == "drop"  # params copied

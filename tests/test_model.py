@@ -1,4 +1,5 @@
 """FactorModel, Scorer and load_model against numpy formulas; checkpoints of the factors."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,12 @@ from pyspark.sql import Row
 
 from mf_spark.als import checkpoint
 from mf_spark.als.checkpoint import CheckpointStore, factor_table
-from mf_spark.core.types import Factors
 from mf_spark.core.errors import InputError, ModelError
+from mf_spark.core.types import Factors
 from mf_spark.data.index import IdMap
 from mf_spark.model.factors import FactorModel, Scorer, load_model
 
-USERS_STR = ["alice", "bob", "carol", "dave", "erin"]       # sorted: index = position
+USERS_STR = ["alice", "bob", "carol", "dave", "erin"]  # sorted: index = position
 ITEMS_INT = [3, 10, 11, 250, 1000, 4096, 2**40]
 USERS_INT = [-7, 0, 5, 12]
 ITEMS_STR = ["i01", "i02", "i1", "i10", "i2", "x"]
@@ -34,10 +35,15 @@ def explicit_model(rank=3, seed=0) -> FactorModel:
     Y = (1.5 * g.normal(size=(len(ITEMS_INT), rank))).astype(np.float32)
     bu = g.normal(scale=0.5, size=len(USERS_STR)).astype(np.float32)
     bi = g.normal(scale=0.5, size=len(ITEMS_INT)).astype(np.float32)
-    return FactorModel("explicit", Factors(X, Y, bu, bi, 3.5),
-                       IdMap(pa.array(USERS_STR, pa.string()), "user"),
-                       IdMap(pa.array(ITEMS_INT, pa.int64()), "item"),
-                       3.25, (1.0, 5.0), {"model": {"rank": rank, "biases": True}})
+    return FactorModel(
+        "explicit",
+        Factors(X, Y, bu, bi, 3.5),
+        IdMap(pa.array(USERS_STR, pa.string()), "user"),
+        IdMap(pa.array(ITEMS_INT, pa.int64()), "item"),
+        3.25,
+        (1.0, 5.0),
+        {"model": {"rank": rank, "biases": True}},
+    )
 
 
 def implicit_model(rank=2, seed=1) -> FactorModel:
@@ -45,9 +51,14 @@ def implicit_model(rank=2, seed=1) -> FactorModel:
     g = np.random.default_rng(seed)
     X = g.normal(size=(len(USERS_INT), rank)).astype(np.float32)
     Y = g.normal(size=(len(ITEMS_STR), rank)).astype(np.float32)
-    return FactorModel("implicit", Factors(X, Y, None, None, 0.0),
-                       IdMap(pa.array(USERS_INT, pa.int64()), "user"),
-                       IdMap(pa.array(ITEMS_STR, pa.string()), "item"), 0.0, None)
+    return FactorModel(
+        "implicit",
+        Factors(X, Y, None, None, 0.0),
+        IdMap(pa.array(USERS_INT, pa.int64()), "user"),
+        IdMap(pa.array(ITEMS_STR, pa.string()), "item"),
+        0.0,
+        None,
+    )
 
 
 MODELS = {"explicit": explicit_model, "implicit": implicit_model}
@@ -93,6 +104,7 @@ def reference_recs(m: FactorModel, user_ids, n, seen_pairs=()):
 
 # ---- construction -------------------------------------------------------------------------------
 
+
 def test_factors_check_shapes():
     X, Y = np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match="shapes"):
@@ -112,11 +124,12 @@ def test_model_checks_ids_against_factor_rows():
 
 # ---- predict_idx --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", MODELS)
 def test_predict_idx_matches_formula_incl_cold_rows(kind):
     m = MODELS[kind]()
     nu, ni = m.users.size, m.items.size
-    uu, ii = np.meshgrid(np.arange(-1, nu), np.arange(-1, ni), indexing="ij")   # every pair + cold
+    uu, ii = np.meshgrid(np.arange(-1, nu), np.arange(-1, ni), indexing="ij")  # every pair + cold
     u, i = uu.ravel(), ii.ravel()
     got = m.predict_idx(u, i)
     assert got.dtype == np.float64 and got.shape == u.shape
@@ -128,13 +141,11 @@ def test_predict_idx_matches_formula_incl_cold_rows(kind):
         assert np.any(got == 1.0) and np.any(got == 5.0)
         # cold rows use the global mean (3.25), not mu (3.5), plus the known side's bias
         cold_user = (u < 0) & (i >= 0)
-        np.testing.assert_allclose(got[cold_user],
-                                   np.clip(3.25 + m.factors.item_bias[i[cold_user]], 1, 5), rtol=1e-6)
+        np.testing.assert_allclose(got[cold_user], np.clip(3.25 + m.factors.item_bias[i[cold_user]], 1, 5), rtol=1e-6)
         cold_item = (u >= 0) & (i < 0)
-        np.testing.assert_allclose(got[cold_item],
-                                   np.clip(3.25 + m.factors.user_bias[u[cold_item]], 1, 5), rtol=1e-6)
+        np.testing.assert_allclose(got[cold_item], np.clip(3.25 + m.factors.user_bias[u[cold_item]], 1, 5), rtol=1e-6)
     else:
-        assert np.any(got < 0)             # implicit scores are never clipped
+        assert np.any(got < 0)  # implicit scores are never clipped
 
 
 def test_predict_idx_no_clip_without_range():
@@ -160,6 +171,7 @@ def test_predict_idx_empty():
 
 # ---- predict on Spark ---------------------------------------------------------------------------
 
+
 def sort_key(row):
     return tuple((v is None, v if v is not None else 0) for v in row)
 
@@ -179,27 +191,38 @@ def assert_rows(df, want_rows, columns, dtypes=None, precision=1e-6):
 
 def test_predict_keeps_every_row_and_column_string_users(spark):
     m = explicit_model()
-    rows = [("alice", 3, "a"), ("bob", 2**40, "b"), ("erin", 1000, "c"), ("zed", 10, "unknown user"),
-            ("carol", 99, "unknown item"), ("nobody", 7, "both unknown"), (None, 11, "null user"),
-            ("dave", None, "null item"), ("alice", 3, "a duplicate row")]
+    rows = [
+        ("alice", 3, "a"),
+        ("bob", 2**40, "b"),
+        ("erin", 1000, "c"),
+        ("zed", 10, "unknown user"),
+        ("carol", 99, "unknown item"),
+        ("nobody", 7, "both unknown"),
+        (None, 11, "null user"),
+        ("dave", None, "null item"),
+        ("alice", 3, "a duplicate row"),
+    ]
     rows += [(u, i, "grid") for u in USERS_STR for i in ITEMS_INT]
     df = spark.createDataFrame(rows, "user string, item long, note string")
     u = m.users.index_of(pa.array([r[0] for r in rows], pa.string()))
     i = m.items.index_of(pa.array([r[1] for r in rows], pa.int64()))
     want = [(*r, float(p)) for r, p in zip(rows, reference_predict(m, u, i))]
-    assert_rows(m.predict(df), want, ["user", "item", "note", "prediction"],
-                ["string", "bigint", "string", "double"])
+    assert_rows(m.predict(df), want, ["user", "item", "note", "prediction"], ["string", "bigint", "string", "double"])
 
 
 def test_predict_int_users_other_column_names(spark):
     m = implicit_model()
     rows = [(0, "i1", 1.0), (12, "x", 2.0), (-7, "i02", 3.0), (99, "i1", 4.0), (5, "zz", 5.0)]
-    df = spark.createDataFrame(rows, "uid int, sku string, weight double")   # int32 column, int64 map
+    df = spark.createDataFrame(rows, "uid int, sku string, weight double")  # int32 column, int64 map
     u = m.users.index_of(np.array([r[0] for r in rows]))
     i = m.items.index_of(pa.array([r[1] for r in rows]))
     want = [(*r, float(p)) for r, p in zip(rows, reference_predict(m, u, i))]
-    assert_rows(m.predict(df, user_col="uid", item_col="sku", output_col="score"), want,
-                ["uid", "sku", "weight", "score"], ["int", "string", "double", "double"])
+    assert_rows(
+        m.predict(df, user_col="uid", item_col="sku", output_col="score"),
+        want,
+        ["uid", "sku", "weight", "score"],
+        ["int", "string", "double", "double"],
+    )
 
 
 def test_predict_missing_column_raises(spark):
@@ -209,9 +232,14 @@ def test_predict_missing_column_raises(spark):
 
 
 def test_predict_long_column_against_string_ids_keeps_rows(spark):
-    m = FactorModel("implicit", Factors(np.ones((2, 2), np.float32), np.ones((1, 2), np.float32), None,
-                                        None, 0.0),
-                    IdMap(pa.array(["01", "1"]), "user"), IdMap(pa.array(["a"]), "item"), 0.0, None)
+    m = FactorModel(
+        "implicit",
+        Factors(np.ones((2, 2), np.float32), np.ones((1, 2), np.float32), None, None, 0.0),
+        IdMap(pa.array(["01", "1"]), "user"),
+        IdMap(pa.array(["a"]), "item"),
+        0.0,
+        None,
+    )
     df = spark.createDataFrame([(1, "a")], "user long, item string")
     assert m.predict(df).count() == 1
 
@@ -237,7 +265,7 @@ def check_recs(df, want_rows, kind, n, seen=()):
 
 def test_recommend_for_listed_users_matches_brute_force(spark):
     m = explicit_model()
-    asked = ["alice", "bob", "erin", "bob", "ghost"]            # a repeat and an unknown user
+    asked = ["alice", "bob", "erin", "bob", "ghost"]  # a repeat and an unknown user
     users = spark.createDataFrame([(a,) for a in asked], "user string")
     want = reference_recs(m, ["alice", "bob", "erin"], 4)
     assert len(want) == 12
@@ -246,12 +274,23 @@ def test_recommend_for_listed_users_matches_brute_force(spark):
 
 def test_recommend_all_users_excluding_seen(spark):
     m = explicit_model()
-    pairs = [("alice", 3), ("alice", 2**40), ("bob", 11), ("carol", 3), ("carol", 10), ("carol", 11),
-             ("carol", 250), ("carol", 1000), ("carol", 4096), ("ghost", 3), ("dave", 77)]
+    pairs = [
+        ("alice", 3),
+        ("alice", 2**40),
+        ("bob", 11),
+        ("carol", 3),
+        ("carol", 10),
+        ("carol", 11),
+        ("carol", 250),
+        ("carol", 1000),
+        ("carol", 4096),
+        ("ghost", 3),
+        ("dave", 77),
+    ]
     seen = spark.createDataFrame(pairs, "user string, item long")
     want = reference_recs(m, USERS_STR, 5, pairs)
     counts = {u: sum(1 for r in want if r[0] == u) for u in USERS_STR}
-    assert counts == {"alice": 5, "bob": 5, "carol": 1, "dave": 5, "erin": 5}   # carol: 1 unseen item
+    assert counts == {"alice": 5, "bob": 5, "carol": 1, "dave": 5, "erin": 5}  # carol: 1 unseen item
     check_recs(m.recommend(None, 5, seen=seen), want, "explicit", 5, pairs)
 
 
@@ -261,7 +300,7 @@ def test_recommend_implicit_seen_everything_and_n_beyond_catalogue(spark):
     seen = spark.createDataFrame(pairs, "user bigint, item string")
     users = spark.createDataFrame([(5,), (0,), (-7,), (404,)], "user bigint")
     want = reference_recs(m, [5, 0, -7], 50, pairs)
-    assert {r[0] for r in want} == {0, -7} and len(want) == 4 + 6   # 5 has seen every item
+    assert {r[0] for r in want} == {0, -7} and len(want) == 4 + 6  # 5 has seen every item
     check_recs(m.recommend(users, 50, seen=seen), want, "implicit", 50, pairs)
 
 
@@ -271,6 +310,7 @@ def test_recommend_missing_column_raises(spark):
 
 
 # ---- save / load --------------------------------------------------------------------------------
+
 
 def assert_same_model(a: FactorModel, b: FactorModel):
     assert (b.kind, b.rank, b.global_mean, b.rating_range) == (a.kind, a.rank, a.global_mean, a.rating_range)
@@ -321,14 +361,16 @@ def test_save_load_round_trip(spark, saved_models, kind):
 def test_saved_factor_tables_have_the_documented_schema(spark, saved_models):
     def dtypes(kind, side):
         return spark.read.parquet(posixpath.join(saved_models[kind], "factors", side)).dtypes
+
     assert dtypes("explicit", "users") == [("id", "string"), ("bias", "float"), ("factors", "array<float>")]
     assert dtypes("explicit", "items") == [("id", "bigint"), ("bias", "float"), ("factors", "array<float>")]
     assert dtypes("implicit", "users") == [("id", "bigint"), ("factors", "array<float>")]
 
 
 def part_files(folder):
-    return sorted(os.path.join(folder, p) for p in os.listdir(folder)
-                  if p.startswith("part-") and p.endswith(".parquet"))
+    return sorted(
+        os.path.join(folder, p) for p in os.listdir(folder) if p.startswith("part-") and p.endswith(".parquet")
+    )
 
 
 def drop_crc(folder):
@@ -337,15 +379,16 @@ def drop_crc(folder):
             os.remove(os.path.join(folder, p))
 
 
-@pytest.mark.parametrize("side, damage", [("users", "garbage"), ("items", "truncated"),
-                                          ("items", "truncated_with_crc")])
+@pytest.mark.parametrize(
+    "side, damage", [("users", "garbage"), ("items", "truncated"), ("items", "truncated_with_crc")]
+)
 def test_corrupted_factor_file_raises_model_error(spark, saved_models, tmp_path, side, damage):
     path = saved(saved_models, tmp_path)
     folder = os.path.join(path, "factors", side)
     (part,) = part_files(folder)
     data = open(part, "rb").read()
     if damage != "truncated_with_crc":
-        drop_crc(folder)       # let the Parquet reader itself meet the damage
+        drop_crc(folder)  # let the Parquet reader itself meet the damage
     with open(part, "wb") as fh:
         fh.write(b"this is not parquet at all" * 20 if damage == "garbage" else data[: len(data) // 2])
     with pytest.raises(ModelError) as info:
@@ -422,8 +465,9 @@ def test_wrong_length_factors_raise_model_error(spark, saved_models, tmp_path):
     m = explicit_model()
     folder = os.path.join(path, "factors", "items")
     table = factor_table(m.items.ids, m.factors.Y, m.factors.item_bias)
-    short = pa.ListArray.from_arrays(pa.array([0, 3, 6, 9, 11, 14, 17, 20], pa.int32()),
-                                     pa.array(np.zeros(20, np.float32)))    # row 3 holds 2 numbers
+    short = pa.ListArray.from_arrays(
+        pa.array([0, 3, 6, 9, 11, 14, 17, 20], pa.int32()), pa.array(np.zeros(20, np.float32))
+    )  # row 3 holds 2 numbers
     replace_table(folder, table.set_column(2, "factors", short))
     with pytest.raises(ModelError) as info:
         load_model(path, spark)
@@ -465,11 +509,16 @@ def test_biases_promised_but_missing_raise_model_error(spark, saved_models, tmp_
 
 # ---- checkpoints --------------------------------------------------------------------------------
 
+
 def random_factors(seed, biases=True, n_users=6, n_items=4, k=3):
     g = np.random.default_rng(seed)
-    return Factors(g.normal(size=(n_users, k)).astype(np.float32), g.normal(size=(n_items, k)).astype(np.float32),
-                   g.normal(size=n_users).astype(np.float32) if biases else None,
-                   g.normal(size=n_items).astype(np.float32) if biases else None, float(g.normal()))
+    return Factors(
+        g.normal(size=(n_users, k)).astype(np.float32),
+        g.normal(size=(n_items, k)).astype(np.float32),
+        g.normal(size=n_users).astype(np.float32) if biases else None,
+        g.normal(size=n_items).astype(np.float32) if biases else None,
+        float(g.normal()),
+    )
 
 
 def assert_same_factors(a: Factors, b: Factors):
@@ -509,6 +558,7 @@ def test_checkpoint_folder_without_state_is_ignored(spark, tmp_path, monkeypatch
 
     def killed(*args, **kwargs):
         raise RuntimeError("killed while writing state.json")
+
     monkeypatch.setattr(checkpoint.fs, "write_text", killed)
     with pytest.raises(RuntimeError, match="killed"):
         store.save(3, random_factors(3), {})
@@ -531,8 +581,9 @@ def test_checkpoint_killed_midway_through_state_json_leaves_none(spark, tmp_path
     real = checkpoint.fs.write_text
 
     def half_written(spark_, path, text):
-        real(spark_, path, text[:len(text) // 2])
+        real(spark_, path, text[: len(text) // 2])
         raise RuntimeError("killed while writing")
+
     monkeypatch.setattr(checkpoint.fs, "write_text", half_written)
     with pytest.raises(RuntimeError, match="killed"):
         store.save(3, random_factors(3), {})
@@ -575,19 +626,24 @@ def test_checkpoint_clear(spark, tmp_path):
     store.clear()
     assert not checkpoint_root(tmp_path).exists()
     assert store.latest() is None
-    store.clear()                         # clearing nothing is fine
+    store.clear()  # clearing nothing is fine
 
 
 @pytest.mark.parametrize("biases", [False, True])
 @pytest.mark.parametrize("kind,rating_range", [("explicit", (1.0, 5.0)), ("explicit", None), ("implicit", None)])
 def test_compiled_predictions_equal_numpys(monkeypatch, biases, kind, rating_range):
     from mf_spark.kernels import compiled
+
     if not compiled.AVAILABLE:
         pytest.skip("numba is not installed")
     g = np.random.default_rng(4)
-    f = Factors(g.normal(size=(30, 6)).astype(np.float32), g.normal(size=(20, 6)).astype(np.float32),
-                g.normal(size=30).astype(np.float32) if biases else None,
-                g.normal(size=20).astype(np.float32) if biases else None, 3.2)
+    f = Factors(
+        g.normal(size=(30, 6)).astype(np.float32),
+        g.normal(size=(20, 6)).astype(np.float32),
+        g.normal(size=30).astype(np.float32) if biases else None,
+        g.normal(size=20).astype(np.float32) if biases else None,
+        3.2,
+    )
     scorer = Scorer(kind, f, 3.0, rating_range)
     u = np.concatenate([g.integers(0, 30, 500), [-1, -1, 4, -1]]).astype(np.int32)
     i = np.concatenate([g.integers(0, 20, 500), [-1, 7, -1, 3]]).astype(np.int32)
@@ -601,10 +657,16 @@ def test_an_implicit_models_unknown_pairs_score_no_preference():
     """Scores of implicit models estimate a preference: an unknown user or item gets 0, below the
     known pairs' scores, even for a model saved with the mean raw count as its global mean."""
     rng = np.random.default_rng(3)
-    f = Factors(np.abs(rng.normal(size=(4, 3))).astype(np.float32), np.abs(rng.normal(size=(5, 3))).astype(np.float32),
-                None, None, 0.0)
-    model = FactorModel("implicit", f, IdMap(pa.array(np.arange(4)), "user"), IdMap(pa.array(np.arange(5)), "item"),
-                        37.0, None)
+    f = Factors(
+        np.abs(rng.normal(size=(4, 3))).astype(np.float32),
+        np.abs(rng.normal(size=(5, 3))).astype(np.float32),
+        None,
+        None,
+        0.0,
+    )
+    model = FactorModel(
+        "implicit", f, IdMap(pa.array(np.arange(4)), "user"), IdMap(pa.array(np.arange(5)), "item"), 37.0, None
+    )
     got = model.predict_idx(np.array([-1, 0, 2, -1]), np.array([1, -1, 3, -1]))
     assert got[0] == 0.0 and got[1] == 0.0 and got[3] == 0.0
     assert got[2] == pytest.approx(float(f.X[2] @ f.Y[3]), rel=1e-6) and got[2] > 0

@@ -1,4 +1,5 @@
 """PhaseClock: seconds and Spark jobs per phase, in order, adding up to the total."""
+
 from __future__ import annotations
 
 import time
@@ -10,16 +11,16 @@ def test_phases_in_order_add_up_to_the_total():
     clock = PhaseClock()
     with clock.phase("b"):
         time.sleep(0.05)
-    time.sleep(0.02)                     # outside any phase: "other"
+    time.sleep(0.02)  # outside any phase: "other"
     with clock.phase("a"):
         time.sleep(0.01)
-    with clock.phase("b"):               # a repeated name adds up
+    with clock.phase("b"):  # a repeated name adds up
         time.sleep(0.01)
     r = clock.report()
     assert list(r["timings"]) == ["b", "a", "other", "total"]
     assert r["timings"]["b"] >= 0.06 and r["timings"]["other"] >= 0.02
     assert abs(sum(v for k, v in r["timings"].items() if k != "total") - r["timings"]["total"]) < 1e-3
-    assert r["spark_jobs"] == {"b": 0, "a": 0}      # no session attached: nothing counted
+    assert r["spark_jobs"] == {"b": 0, "a": 0}  # no session attached: nothing counted
 
 
 def test_a_running_phase_is_reported_up_to_now():

@@ -1,4 +1,5 @@
 """Readers, format detection, column selection and the errors that name what went wrong."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
-from mf_spark.data import read
 from mf_spark.core.config import DataConfig
 from mf_spark.core.errors import InputError
+from mf_spark.data import read
 
 RAW = "user string, item string, rating string, timestamp string"
 from conftest import frame  # noqa: E402
@@ -32,20 +33,24 @@ def expect(spark, rows, schema=RAW):
     return frame(spark, rows, schema)
 
 
-@pytest.mark.parametrize("name, text, fmt", [
-    ("r.csv", "a;b;c\n", "csv"),                 # the extension wins over the content
-    ("r.tsv", "1,2,3\n", "tsv"),
-    ("r.csv.gz", None, "csv"),
-    ("r.dat", "1::2::5::9\n", "movielens"),
-    ("r.txt", "1::2::5\n", "movielens"),
-    ("u.data", "1\t2\t5\n", "tsv"),
-    ("r.txt", "1 2  5\n", "tsv"),
-    ("ratings", "u1,i1,5\n", "csv"),
-])
+@pytest.mark.parametrize(
+    "name, text, fmt",
+    [
+        ("r.csv", "a;b;c\n", "csv"),  # the extension wins over the content
+        ("r.tsv", "1,2,3\n", "tsv"),
+        ("r.csv.gz", None, "csv"),
+        ("r.dat", "1::2::5::9\n", "movielens"),
+        ("r.txt", "1::2::5\n", "movielens"),
+        ("u.data", "1\t2\t5\n", "tsv"),
+        ("r.txt", "1 2  5\n", "tsv"),
+        ("ratings", "u1,i1,5\n", "csv"),
+    ],
+)
 def test_detect_format_by_name_then_first_line(tmp_path, name, text, fmt):
     path = tmp_path / name
     if text is None:
         import gzip
+
         with gzip.open(path, "wt") as fh:
             fh.write("user,item,rating\n1,2,3\n")
     else:
@@ -57,7 +62,7 @@ def test_detect_format_parquet_file_folder_and_magic(tmp_path):
     table = pa.table({"user": [1, 2], "item": [3, 4], "rating": [1.0, 2.0]})
     pq.write_table(table, tmp_path / "r.parquet")
     (tmp_path / "dir").mkdir()
-    pq.write_table(table, tmp_path / "dir" / "part-0")            # no extension: PAR1 magic
+    pq.write_table(table, tmp_path / "dir" / "part-0")  # no extension: PAR1 magic
     (tmp_path / "dir" / "_SUCCESS").write_text("")
     assert read.detect_format(str(tmp_path / "r.parquet")) == "parquet"
     assert read.detect_format(str(tmp_path / "dir")) == "parquet"
@@ -87,8 +92,7 @@ def test_detect_format_errors_name_the_path(tmp_path):
 
 
 def test_csv_with_header_auto_columns(spark, tmp_path):
-    path = write(tmp_path, "ratings.csv",
-                 "movieId,extra,userId,rating,timestamp\n10,x,1,4.5,100\n20,y,2,abc,\n")
+    path = write(tmp_path, "ratings.csv", "movieId,extra,userId,rating,timestamp\n10,x,1,4.5,100\n20,y,2,abc,\n")
     df = read.ratings(spark, path, "auto", DataConfig())
     assert df.columns == ["user", "item", "rating", "timestamp", "_source", "_row", "_malformed"]
     want = expect(spark, [("1", "10", "4.5", "100"), ("2", "20", "abc", None)])
@@ -102,10 +106,16 @@ def test_csv_columns_from_config_names_and_positions(spark, tmp_path):
     path = write(tmp_path, "r.csv", "Who,What,Stars,When\nu1,i1,3,7\n")
     by_name = DataConfig(user_col="who", item_col="What", rating_col="Stars", timestamp_col="When")
     by_pos = DataConfig(user_col="1", item_col="0", rating_col="2")
-    assert_df_equality(data_of(read.ratings(spark, path, "csv", by_name)),
-                       expect(spark, [("u1", "i1", "3", "7")]), ignore_nullable=True)
-    assert_df_equality(data_of(read.ratings(spark, path, "csv", by_pos)),
-                       expect(spark, [("i1", "u1", "3", None)]), ignore_nullable=True)
+    assert_df_equality(
+        data_of(read.ratings(spark, path, "csv", by_name)),
+        expect(spark, [("u1", "i1", "3", "7")]),
+        ignore_nullable=True,
+    )
+    assert_df_equality(
+        data_of(read.ratings(spark, path, "csv", by_pos)),
+        expect(spark, [("i1", "u1", "3", None)]),
+        ignore_nullable=True,
+    )
 
 
 def test_tsv_without_header_positions_and_short_rows(spark, tmp_path):
@@ -124,10 +134,11 @@ def test_tsv_with_header_line(spark, tmp_path):
 
 
 def test_whitespace_separated(spark, tmp_path):
-    path = write(tmp_path, "r.txt", "\ufeff  1   10 4\n\n2 20\t5  \n")   # with a byte order mark
+    path = write(tmp_path, "r.txt", "\ufeff  1   10 4\n\n2 20\t5  \n")  # with a byte order mark
     df = read.ratings(spark, path, "auto", DataConfig())
-    assert_df_equality(data_of(df), expect(spark, [("1", "10", "4", None), ("2", "20", "5", None)]),
-                       ignore_nullable=True)
+    assert_df_equality(
+        data_of(df), expect(spark, [("1", "10", "4", None), ("2", "20", "5", None)]), ignore_nullable=True
+    )
 
 
 def test_movielens_double_colon(spark, tmp_path):
@@ -149,25 +160,31 @@ def test_folder_of_csv_files_with_headers(spark, tmp_path):
 
 def test_parquet_keeps_native_types_and_converts_timestamps(spark, tmp_path):
     when = [dt.datetime(2020, 1, d, tzinfo=dt.timezone.utc) for d in (1, 2)]
-    table = pa.table({"user_id": pa.array([1, 3_000_000_000], pa.int64()), "item": ["a", "b"],
-                      "rating": pa.array([4.0, 1.5]),
-                      "ts": pa.array(when, pa.timestamp("us", "UTC"))})
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 3_000_000_000], pa.int64()),
+            "item": ["a", "b"],
+            "rating": pa.array([4.0, 1.5]),
+            "ts": pa.array(when, pa.timestamp("us", "UTC")),
+        }
+    )
     path = str(tmp_path / "r.parquet")
     pq.write_table(table, path)
     df = read.ratings(spark, path, "auto", DataConfig())
-    want = expect(spark, [(1, "a", 4.0, 1577836800), (3_000_000_000, "b", 1.5, 1577923200)],
-                  "user long, item string, rating double, timestamp long")
+    want = expect(
+        spark,
+        [(1, "a", 4.0, 1577836800), (3_000_000_000, "b", 1.5, 1577923200)],
+        "user long, item string, rating double, timestamp long",
+    )
     assert_df_equality(data_of(df), want, ignore_nullable=True)
 
 
 def test_parquet_string_ids_without_timestamp(spark, tmp_path):
-    table = pa.table({"customer_id": ["c1"], "product_id": ["p9"],
-                      "count": pa.array([3], pa.int32())})
+    table = pa.table({"customer_id": ["c1"], "product_id": ["p9"], "count": pa.array([3], pa.int32())})
     path = str(tmp_path / "r.parquet")
     pq.write_table(table, path)
     df = read.ratings(spark, path, "parquet", DataConfig())
-    want = expect(spark, [("c1", "p9", 3, None)],
-                  "user string, item string, rating int, timestamp string")
+    want = expect(spark, [("c1", "p9", 3, None)], "user string, item string, rating int, timestamp string")
     assert_df_equality(data_of(df), want, ignore_nullable=True)
 
 
@@ -206,8 +223,9 @@ def test_empty_and_header_only(spark, tmp_path):
         read.ratings(spark, write(tmp_path, "h.csv", "user,item,rating\n\n"), "auto", DataConfig())
     with pytest.raises(InputError, match="no data rows"):
         read.ratings(spark, write(tmp_path, "h.tsv", "user\titem\trating\n"), "tsv", DataConfig())
-    empty = pa.table({"user": pa.array([], pa.int64()), "item": pa.array([], pa.int64()),
-                      "rating": pa.array([], pa.float64())})
+    empty = pa.table(
+        {"user": pa.array([], pa.int64()), "item": pa.array([], pa.int64()), "rating": pa.array([], pa.float64())}
+    )
     pq.write_table(empty, tmp_path / "e.parquet")
     with pytest.raises(InputError, match="no data rows"):
         read.ratings(spark, str(tmp_path / "e.parquet"), "auto", DataConfig())

@@ -1,16 +1,17 @@
 """jobs/recommend.py: --history fold-in, --include / --exclude candidate lists, --audiences."""
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
-
 from conftest import frame
+
 from jobs import recommend as recommend_job
+from mf_spark.core.types import Factors
 from mf_spark.data.index import IdMap
 from mf_spark.model.factors import FactorModel, load_model
-from mf_spark.core.types import Factors
 
 USERS = ["ann", "bob", "cyd", "dee"]
 ITEMS = [10, 20, 30, 40, 50, 60, 70]
@@ -19,10 +20,22 @@ ITEMS = [10, 20, 30, 40, 50, 60, 70]
 @pytest.fixture(scope="module")
 def model_dir(spark, tmp_path_factory):
     g = np.random.default_rng(5)
-    f = Factors(g.normal(size=(4, 3)).astype(np.float32), g.normal(size=(7, 3)).astype(np.float32),
-                g.normal(scale=0.3, size=4).astype(np.float32), g.normal(scale=0.3, size=7).astype(np.float32), 3.0)
-    model = FactorModel("explicit", f, IdMap(pa.array(USERS), "users"), IdMap(pa.array(ITEMS, pa.int64()), "items"),
-                        3.0, (1.0, 5.0), {"model": {"rank": 3, "biases": True, "reg": 0.1}})
+    f = Factors(
+        g.normal(size=(4, 3)).astype(np.float32),
+        g.normal(size=(7, 3)).astype(np.float32),
+        g.normal(scale=0.3, size=4).astype(np.float32),
+        g.normal(scale=0.3, size=7).astype(np.float32),
+        3.0,
+    )
+    model = FactorModel(
+        "explicit",
+        f,
+        IdMap(pa.array(USERS), "users"),
+        IdMap(pa.array(ITEMS, pa.int64()), "items"),
+        3.0,
+        (1.0, 5.0),
+        {"model": {"rank": 3, "biases": True, "reg": 0.1}},
+    )
     path = tmp_path_factory.mktemp("recjob") / "model"
     model.save(str(path), spark)
     return path
@@ -48,11 +61,15 @@ def test_history_users_are_folded_in_and_their_items_excluded(spark, model_dir, 
     run(["--model", model_dir, "--output", out, "--history", history, "--n", 3])
     got = spark.read.parquet(str(out / "recommendations"))
     model = load_model(str(model_dir), spark)
-    hist = frame(spark, [("ann", 10, 5.0), ("ann", 20, 1.0), ("zed", 30, 4.0), ("zed", 40, 5.0)],
-                 "user string, item long, rating double")
+    hist = frame(
+        spark,
+        [("ann", 10, 5.0), ("ann", 20, 1.0), ("zed", 30, 4.0), ("zed", 40, 5.0)],
+        "user string, item long, rating double",
+    )
     want = model.fold_in(hist).recommend(None, 3, seen=hist)
-    assert_df_equality(got.orderBy("user", "rank"), want.orderBy("user", "rank"), ignore_nullable=True,
-                       allow_nan_equality=True)
+    assert_df_equality(
+        got.orderBy("user", "rank"), want.orderBy("user", "rank"), ignore_nullable=True, allow_nan_equality=True
+    )
     assert {r["user"] for r in got.collect()} == {"ann", "zed"}
     assert not {(r["user"], r["item"]) for r in got.collect()} & {("ann", 10), ("ann", 20), ("zed", 30), ("zed", 40)}
 
@@ -67,8 +84,7 @@ def test_include_and_exclude_files_restrict_the_candidates(spark, model_dir, tmp
     run(["--model", model_dir, "--output", out, "--n", 5, "--include", include, "--exclude", exclude, "--seen", seen])
     got = spark.read.parquet(str(out / "recommendations"))
     model = load_model(str(model_dir), spark)
-    want = model.recommend(None, 5, seen=frame(spark, [("bob", 10)], "user string, item long"),
-                           include=[10, 30, 40])
+    want = model.recommend(None, 5, seen=frame(spark, [("bob", 10)], "user string, item long"), include=[10, 30, 40])
     assert rows(got, ["user", "rank", "item"]) == rows(want, ["user", "rank", "item"])
     assert {r["item"] for r in got.collect()} <= {10, 30, 40}
     assert ("bob", 10) not in {(r["user"], r["item"]) for r in got.collect()}

@@ -1,4 +1,5 @@
 """scripts/make_synthetic.py: any size finishes, with exactly the pairs asked for, the same every time."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -55,7 +56,7 @@ def test_same_arguments_same_table_and_bad_sizes_refused(synthetic):
         synthetic.generate(0, "explicit")
 
 
-@pytest.mark.parametrize("kind", ["implicit"])    # explicit ALS both ways: the benchmark_job test below
+@pytest.mark.parametrize("kind", ["implicit"])  # explicit ALS both ways: the benchmark_job test below
 def test_benchmark_compares_both_models_and_writes_its_report(tmp_path, kind):
     # The whole script on a small synthetic set: both models fitted on one split, top-N timed, the
     # flop bound measured, the JSON report written with the ratios the closing figures come from.
@@ -63,10 +64,29 @@ def test_benchmark_compares_both_models_and_writes_its_report(tmp_path, kind):
 
     report = tmp_path / "report.json"
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "benchmark.py"), "--synthetic", "3000",
-                           "--kind", kind, "--iterations", "3", "--warmup", "0", "--matmul-size", "256",
-                           "--json", str(report)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT.parent / "benchmark.py"),
+            "--synthetic",
+            "3000",
+            "--kind",
+            kind,
+            "--iterations",
+            "3",
+            "--warmup",
+            "0",
+            "--matmul-size",
+            "256",
+            "--json",
+            str(report),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(report.read_text())
     assert out["kind"] == kind and out["rank"] == 10 and out["iterations"] == 3
@@ -75,7 +95,7 @@ def test_benchmark_compares_both_models_and_writes_its_report(tmp_path, kind):
     assert {"mllib", "ours"} <= set(models)
     for run in models.values():
         assert run["fit_seconds"] > 0 and run["topn_seconds"] > 0 and run["memory"]["driver_python_mb"] > 0
-    assert models["ours"]["memory"]["workers_max_mb"] > 0     # MLlib runs in the JVM: no Python workers
+    assert models["ours"]["memory"]["workers_max_mb"] > 0  # MLlib runs in the JVM: no Python workers
     assert 0 < out["ratio_fit_seconds"] < 100
     metric = "rmse_difference" if kind == "explicit" else "ndcg_at_k_difference"
     assert abs(out[metric]) < 1.0
@@ -88,17 +108,39 @@ def test_benchmark_job_runs_both_jobs_as_separate_processes(tmp_path):
     """One pair of cold spark-submit runs on 3000 synthetic ratings: both jobs finish, the report
     holds their wall times, peak memory, our phases and the ratio."""
     report = tmp_path / "job.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "benchmark_job.py"), "--synthetic", "3000", "--pairs", "1",
-                           "--iterations", "2", "--rank", "4", "--driver-memory", "1g", "--json", str(report),
-                           "--set", "spark.spark.ui.enabled=false", "--doc", str(tmp_path / "perf.md"),
-                           "--label", "tiny"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT.parent / "benchmark_job.py"),
+            "--synthetic",
+            "3000",
+            "--pairs",
+            "1",
+            "--iterations",
+            "2",
+            "--rank",
+            "4",
+            "--driver-memory",
+            "1g",
+            "--json",
+            str(report),
+            "--set",
+            "spark.spark.ui.enabled=false",
+            "--doc",
+            str(tmp_path / "perf.md"),
+            "--label",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(report.read_text())
     s = r["summary"]
     assert s["ours"]["wall_seconds"] > 0 and s["mllib"]["wall_seconds"] > 0
     assert s["ratio_wall"] == round(s["ours"]["wall_seconds"] / s["mllib"]["wall_seconds"], 3)
-    assert s["ours"]["peak_mb"] > 100 and s["mllib"]["peak_mb"] > 100      # a JVM at least
+    assert s["ours"]["peak_mb"] > 100 and s["mllib"]["peak_mb"] > 100  # a JVM at least
     assert {"read_validate", "fit", "total"} <= set(s["ours"]["phases"])
     assert {"session", "fit", "evaluate", "recommend_write", "total"} <= set(s["mllib"]["phases"])
     assert 0 < s["ours"]["rmse"] < 3 and 0 < s["mllib"]["rmse"] < 3
@@ -113,8 +155,16 @@ def test_benchmark_job_report_medians_ratio_and_doc_section(tmp_path):
     spec.loader.exec_module(bj)
 
     def run(wall, fit, mb):
-        return {"wall_seconds": wall, "peak_mb": mb, "timings": {"session": 1.0, "fit": fit, "total": wall - 1},
-                "spark_jobs": {"session": 0, "fit": 1}, "rmse": 0.8, "ndcg_at_k": 0.1, "to_first_iteration": 2.0}
+        return {
+            "wall_seconds": wall,
+            "peak_mb": mb,
+            "timings": {"session": 1.0, "fit": fit, "total": wall - 1},
+            "spark_jobs": {"session": 0, "fit": 1},
+            "rmse": 0.8,
+            "ndcg_at_k": 0.1,
+            "to_first_iteration": 2.0,
+        }
+
     ours = [run(10, 2, 900), run(12, 3, 1000), run(11, 9, 950)]
     mllib = [run(30, 20, 800), run(20, 10, 700), run(40, 30, 750)]
     s = bj.summarize(ours, mllib)
@@ -124,11 +174,21 @@ def test_benchmark_job_report_medians_ratio_and_doc_section(tmp_path):
     assert s["ours"]["to_first_iteration"] == 2.0
 
     class Args:
-        label, argv, master, driver_memory, rank, iterations, reg, kind, alpha = \
-            "a run", ["--synthetic", "10"], "local[2]", "8g", 10, 10, 0.1, "explicit", 1.0
+        label, argv, master, driver_memory, rank, iterations, reg, kind, alpha = (
+            "a run",
+            ["--synthetic", "10"],
+            "local[2]",
+            "8g",
+            10,
+            10,
+            0.1,
+            "explicit",
+            1.0,
+        )
+
     doc = tmp_path / "perf.md"
     doc.write_text("# Performance\n\nintro\n")
-    for _ in range(2):                       # the same label twice: replaced, not appended
+    for _ in range(2):  # the same label twice: replaced, not appended
         bj.update_doc(str(doc), "a run", bj.markdown(s, ours, Args))
     bj.update_doc(str(doc), "another", "x\n")
     text = doc.read_text()
@@ -140,12 +200,36 @@ def test_benchmark_tuning_scores_defaults_explicit_toml_and_the_tune_job(tmp_pat
     """Cold spark-submit runs on 3000 synthetic ratings: the three jobs finish, the table has their
     test figures and the tune job's pick, and the doc section is written."""
     report, doc = tmp_path / "tuning.json", tmp_path / "perf.md"
-    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "benchmark_tuning.py"), "--synthetic", "3000",
-                           "--kind", "explicit", "--driver-memory", "1g", "--json", str(report), "--doc", str(doc),
-                           *[x for s in ("model.iterations=2", "tune.trials=2", "tune.min_iterations=1",
-                                         "tune.max_iterations=2", "spark.spark.ui.enabled=false")
-                             for x in ("--set", s)]],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT.parent / "benchmark_tuning.py"),
+            "--synthetic",
+            "3000",
+            "--kind",
+            "explicit",
+            "--driver-memory",
+            "1g",
+            "--json",
+            str(report),
+            "--doc",
+            str(doc),
+            *[
+                x
+                for s in (
+                    "model.iterations=2",
+                    "tune.trials=2",
+                    "tune.min_iterations=1",
+                    "tune.max_iterations=2",
+                    "spark.spark.ui.enabled=false",
+                )
+                for x in ("--set", s)
+            ],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(report.read_text())
     assert row["data"] == "3k synthetic, explicit" and row["metric"] == "rmse" and row["trials"] == 2

@@ -1,12 +1,15 @@
 """Session defaults, and the Arrow batch settings a fit applies to a caller's session."""
+
 from __future__ import annotations
 
 import pytest
 
 from mf_spark.core import session
 
-FIT_SETTINGS = {session.ARROW_BYTES_KEY: session.ARROW_BYTES_UNBOUNDED,
-                session.ARROW_ROWS_KEY: str(session.FIT_BATCH_ROWS)}
+FIT_SETTINGS = {
+    session.ARROW_BYTES_KEY: session.ARROW_BYTES_UNBOUNDED,
+    session.ARROW_ROWS_KEY: str(session.FIT_BATCH_ROWS),
+}
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Splits: sizes, disjoint and complete halves, per-user guarantees, and partition independence."""
+
 from __future__ import annotations
 
 import collections
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 from chispa import assert_df_equality
 
-from mf_spark.data import split
 from mf_spark.core.config import SplitConfig
 from mf_spark.core.errors import InputError
+from mf_spark.data import split
 
 SCHEMA = "user long, item string, rating double, timestamp long"
 from conftest import frame  # noqa: E402
@@ -69,20 +70,24 @@ def test_per_user_counts_and_train_guarantee(ratings):
     n_train, n_test = per_user(train), per_user(test)
     for u in set(n_train) | set(n_test):
         n = n_train[u] + n_test[u]
-        assert n_test[u] == min(int(np.floor(n * f + 0.5)), n - 1)   # Spark's round is half-up
+        assert n_test[u] == min(int(np.floor(n * f + 0.5)), n - 1)  # Spark's round is half-up
         assert n_train[u] >= 1
-    assert all(n_test[u] == 0 for u in range(5))                     # single-rating users
+    assert all(n_test[u] == 0 for u in range(5))  # single-rating users
 
 
 def test_temporal_puts_the_latest_in_test(ratings):
     f = 0.2
     train_df, test_df = split.split(ratings, SplitConfig(method="temporal", test_fraction=f))
-    last_train = {r.user: r.t for r in train_df.groupBy("user").agg({"timestamp": "max"})
-                  .withColumnRenamed("max(timestamp)", "t").collect()}
-    first_test = {r.user: r.t for r in test_df.groupBy("user").agg({"timestamp": "min"})
-                  .withColumnRenamed("min(timestamp)", "t").collect()}
+    last_train = {
+        r.user: r.t
+        for r in train_df.groupBy("user").agg({"timestamp": "max"}).withColumnRenamed("max(timestamp)", "t").collect()
+    }
+    first_test = {
+        r.user: r.t
+        for r in test_df.groupBy("user").agg({"timestamp": "min"}).withColumnRenamed("min(timestamp)", "t").collect()
+    }
     assert first_test and all(first_test[u] > last_train[u] for u in first_test)
-    assert set(last_train) == set(range(80))                        # every user keeps a train row
+    assert set(last_train) == set(range(80))  # every user keeps a train row
     n_test = per_user(keys(test_df))
     n_all = per_user(keys(ratings))
     assert all(n_test[u] == min(int(np.floor(n * f + 0.5)), n - 1) for u, n in n_all.items())
@@ -90,8 +95,10 @@ def test_temporal_puts_the_latest_in_test(ratings):
 
 def test_temporal_without_timestamps(spark, ratings):
     with pytest.raises(InputError, match="every timestamp is null"):
-        split.split(ratings.selectExpr("user", "item", "rating", "cast(null as long) as timestamp"),
-                    SplitConfig(method="temporal"))
+        split.split(
+            ratings.selectExpr("user", "item", "rating", "cast(null as long) as timestamp"),
+            SplitConfig(method="temporal"),
+        )
     with pytest.raises(InputError, match="needs a timestamp column"):
         split.split(ratings.drop("timestamp"), SplitConfig(method="temporal"))
 
@@ -100,7 +107,7 @@ def test_temporal_without_timestamps(spark, ratings):
 def test_same_split_for_1_and_8_partitions(ratings, method):
     cfg = SplitConfig(method=method, test_fraction=0.3, seed=11)
 
-    def flags(df):   # split() is two filters of flag(): one collect checks both halves
+    def flags(df):  # split() is two filters of flag(): one collect checks both halves
         return sorted((r.user, r.item, r._split_test) for r in split.flag(df, cfg).collect())
 
     one, eight = flags(ratings.repartition(1)), flags(ratings.repartition(8, "item"))

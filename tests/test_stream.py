@@ -1,5 +1,6 @@
 """Resident blocks (model.exchange = "stream"): frames, same factors as one job per half-step, recovery
 from a killed task, fallback when the stage cannot start."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,20 +10,24 @@ import socket
 
 import numpy as np
 import pytest
+from conftest import planted
+from test_als import ratings_df
 
 from mf_spark.als import loop as als
 from mf_spark.als.engines import stream
 from mf_spark.core.config import ModelConfig
 from mf_spark.data import ready
-from conftest import planted
-from test_als import ratings_df
 
 
 def test_frames_round_trip_arrays_of_every_wire_type():
     a, b = socket.socketpair()
     with a, b:
-        arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(0, np.int32),
-                  np.array([1.5, -2.0]), np.array([7, 9], dtype=np.int64)]
+        arrays = [
+            np.arange(6, dtype=np.float32).reshape(2, 3),
+            np.zeros(0, np.int32),
+            np.array([1.5, -2.0]),
+            np.array([7, 9], dtype=np.int64),
+        ]
         stream.send_frame(a, {"op": "solve", "side": "user"}, arrays)
         header, got = stream.recv_frame(b)
     assert header == {"op": "solve", "side": "user"}
@@ -48,10 +53,16 @@ def _fit(spark, cfg, **kwargs):
     return als.fit(ratings_df(spark, u, i, r), 80, 50, cfg, **kwargs)
 
 
-@pytest.mark.parametrize("extra", [{"biases": True}, {"kind": "implicit", "alpha": 2.0},
-                                   {"nonnegative": True, "num_user_blocks": 3, "num_item_blocks": 5},
-                                   {"biases": True, "solver": "cg", "num_user_blocks": 3},
-                                   {"kind": "implicit", "alpha": 2.0, "solver": "cg", "num_item_blocks": 5}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"biases": True},
+        {"kind": "implicit", "alpha": 2.0},
+        {"nonnegative": True, "num_user_blocks": 3, "num_item_blocks": 5},
+        {"biases": True, "solver": "cg", "num_user_blocks": 3},
+        {"kind": "implicit", "alpha": 2.0, "solver": "cg", "num_item_blocks": 5},
+    ],
+)
 def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
     base = ModelConfig(rank=4, iterations=4, reg=0.1, seed=3, **extra)
     if base.kind == "implicit":
@@ -69,16 +80,24 @@ def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
 def test_top_lists_scored_by_the_tasks_equal_the_spark_jobs_lists(spark, extra):
     """fit(top_n=...) with the stream: every user's lists, training items excluded, are those
     model.recommend_unseen_idx scores by Spark jobs from the same factors; other exchanges give none."""
+    import pyarrow as pa
+
     from mf_spark.data.index import IdMap
     from mf_spark.model.factors import FactorModel
-    import pyarrow as pa
+
     u, i, r, _ = planted(n_users=80, n_items=50, rank=5, density=0.6, noise=0.05, seed=5)
     df = ratings_df(spark, u, i, r)
     cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=3, exchange="stream", **extra)
     fit = als.fit(df, 80, 50, cfg, top_n=7)
     assert fit.top is not None and fit.top.items.shape == (80, 7)
-    model = FactorModel(cfg.kind, fit.factors, IdMap(pa.array(np.arange(80)), "user"),
-                        IdMap(pa.array(np.arange(50)), "item"), float(r.mean()), None)
+    model = FactorModel(
+        cfg.kind,
+        fit.factors,
+        IdMap(pa.array(np.arange(80)), "user"),
+        IdMap(pa.array(np.arange(50)), "item"),
+        float(r.mean()),
+        None,
+    )
     want = model.recommend_unseen_idx(df, 7).toPandas().sort_values(["user_idx", "rank"])
     rated = {(a, b) for a, b in zip(u.tolist(), i.tolist())}
     for user, rows in want.groupby("user_idx"):
@@ -116,6 +135,7 @@ def test_a_killed_task_is_replaced_and_the_fit_ends_with_the_same_factors(spark)
             killed.append(stage.conns[0].pid)
             os.kill(stage.conns[0].pid, signal.SIGKILL)
         return {}
+
     kill_at_2.spark_free = True
     recovered = _fit(spark, cfg, on_iteration=kill_at_2)
     assert killed
@@ -142,13 +162,14 @@ def test_a_task_lost_while_the_stage_is_submitted_again_after_a_pause_is_retried
     def flaky_connect(self):
         connect(self)
         calls.append(self.stage)
-        if len(calls) == 2:                # the first resubmission after a pause: its tasks drop out
+        if len(calls) == 2:  # the first resubmission after a pause: its tasks drop out
             for c in self.conns:
                 c.sock.close()
             self.conns = []
             raise stream.ExchangeError("simulated: a task was lost while the stage started")
+
     monkeypatch.setattr(stream.Resident, "_connect", flaky_connect)
-    pausing = lambda it, f: {}    # noqa: E731 - no spark_free: the stage pauses after every iteration
+    pausing = lambda it, f: {}  # noqa: E731 - no spark_free: the stage pauses after every iteration
     got = _fit(spark, cfg, on_iteration=pausing)
     monkeypatch.undo()
     want = _fit(spark, dataclasses.replace(cfg, exchange="jobs"))
@@ -161,7 +182,7 @@ def test_a_task_lost_while_the_stage_is_submitted_again_after_a_pause_is_retried
 def test_auto_falls_back_to_jobs_when_the_driver_cannot_listen(spark, monkeypatch):
     cfg = ModelConfig(rank=4, iterations=2, reg=0.1, seed=3)
     want = _fit(spark, dataclasses.replace(cfg, exchange="jobs"))
-    monkeypatch.setattr(stream, "driver_host", lambda sc: "192.0.2.1")   # TEST-NET-1: not ours
+    monkeypatch.setattr(stream, "driver_host", lambda sc: "192.0.2.1")  # TEST-NET-1: not ours
     got = _fit(spark, cfg)
     np.testing.assert_allclose(got.factors.X, want.factors.X, atol=1e-6)
     with pytest.raises(stream.ExchangeError, match="cannot listen"):
@@ -170,15 +191,16 @@ def test_auto_falls_back_to_jobs_when_the_driver_cannot_listen(spark, monkeypatc
 
 def test_pieces_cut_per_task_rebuild_every_block_whoever_sent_them(rng):
     from mf_spark.als.blocks import CsrBlock
+
     u = rng.integers(0, 50, 400).astype(np.int32)
     i = rng.integers(0, 30, 400).astype(np.int32)
-    keep = np.unique(u.astype(np.int64) * 100 + i, return_index=True)[1]        # distinct pairs
+    keep = np.unique(u.astype(np.int64) * 100 + i, return_index=True)[1]  # distinct pairs
     u, i, v = u[keep], i[keep], rng.uniform(1, 5, keep.size).astype(np.float32)
     num_blocks, n_tasks = {"user": 5, "item": 3}, 3
-    parts = np.array_split(np.arange(u.size), 4)                                 # 4 input partitions
+    parts = np.array_split(np.arange(u.size), 4)  # 4 input partitions
     sent = [stream._split_for_tasks(u[p], i[p], v[p], num_blocks, n_tasks) for p in parts]
     for t in range(n_tasks):
-        got = stream._blocks_of([s[t] for s in sent][::-1], num_blocks)         # any arrival order
+        got = stream._blocks_of([s[t] for s in sent][::-1], num_blocks)  # any arrival order
         for (code, b), blk in got.items():
             side = "user" if code == 0 else "item"
             rows, cols = (u, i) if side == "user" else (i, u)
@@ -187,15 +209,20 @@ def test_pieces_cut_per_task_rebuild_every_block_whoever_sent_them(rng):
             want = CsrBlock.from_triples(b, rows[sel], cols[sel], v[sel])
             for field in ("row_ids", "indptr", "cols", "values"):
                 np.testing.assert_array_equal(getattr(blk, field), getattr(want, field))
-        expected = {(c, b) for c, side in ((0, "user"), (1, "item")) for b in range(num_blocks[side])
-                    if b % n_tasks == t and np.any((u if c == 0 else i) % num_blocks[side] == b)}
+        expected = {
+            (c, b)
+            for c, side in ((0, "user"), (1, "item"))
+            for b in range(num_blocks[side])
+            if b % n_tasks == t and np.any((u if c == 0 else i) % num_blocks[side] == b)
+        }
         assert set(got) == expected
 
 
 def test_ratings_read_where_they_are_even_with_an_empty_partition(spark, caplog):
     from pyspark.sql import functions as F
+
     u, i, r, _ = planted(n_users=40, n_items=30, rank=3, density=0.6, noise=0.05, seed=4)
-    df = ratings_df(spark, u, i, r).repartitionById(2, F.lit(0)).cache()      # partition 1 holds nothing
+    df = ratings_df(spark, u, i, r).repartitionById(2, F.lit(0)).cache()  # partition 1 holds nothing
     assert [len(p) for p in df.rdd.glom().collect()] == [u.size, 0]
     base = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1)
     with caplog.at_level("INFO", logger="mf_spark"):
@@ -227,6 +254,7 @@ def test_ratings_the_driver_holds_fit_as_the_dataframe_does(spark, kind):
     """ready.Triples: an RDD stage fed by the driver gives the DataFrame stage's factors, losses and
     top lists; a killed task is replaced there too (the driver sends the pieces again)."""
     from mf_spark.data.ready import Triples
+
     u, i, r, _ = planted(n_users=70, n_items=45, rank=4, density=0.5, seed=9)
     if kind == "implicit":
         r = np.abs(r).astype(np.float32) + 1
@@ -241,6 +269,7 @@ def test_ratings_the_driver_holds_fit_as_the_dataframe_does(spark, kind):
             killed.append(stage.conns[0].pid)
             os.kill(stage.conns[0].pid, signal.SIGKILL)
         return {}
+
     kill_at_2.spark_free = True
     got = als.fit(held, 70, 45, cfg, top_n=5, on_iteration=kill_at_2)
     assert bool(killed) == (kind == "explicit") and not stream.ACTIVE

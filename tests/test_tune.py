@@ -1,5 +1,6 @@
 """The tuning search (mf_spark.run.tune) and jobs/tune.py: spaces, draws, halving, early stopping, the
 refit's outputs, and that the test split never takes part in the choice."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +9,15 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import planted
+
 from jobs import train as train_job
 from jobs import tune as tune_job
 from mf_spark.als import loop as als
 from mf_spark.core import config
+from mf_spark.core.errors import ConfigError, InputError
 from mf_spark.data import prepare
 from mf_spark.run import tune
-from mf_spark.core.errors import ConfigError, InputError
 
 
 def _run(*sets: str) -> config.RunConfig:
@@ -26,8 +27,12 @@ def _run(*sets: str) -> config.RunConfig:
 # ---- the space and the draws -----------------------------------------------------------------------------
 def test_grid_is_every_combination_in_order():
     run = _run("tune.method=grid", "tune.space.rank=[2, 4]", "tune.space.biases=[true, false]")
-    assert tune.settings(run) == [{"rank": 2, "biases": True}, {"rank": 2, "biases": False},
-                                  {"rank": 4, "biases": True}, {"rank": 4, "biases": False}]
+    assert tune.settings(run) == [
+        {"rank": 2, "biases": True},
+        {"rank": 2, "biases": False},
+        {"rank": 4, "biases": True},
+        {"rank": 4, "biases": False},
+    ]
 
 
 def test_grid_refuses_ranges():
@@ -37,11 +42,16 @@ def test_grid_refuses_ranges():
 
 
 def test_random_draws_are_seeded_distinct_and_inside_the_space():
-    sets = ["tune.method=random", "tune.trials=30", "tune.space.rank=[4, 8]",
-            "tune.space.reg={min = 0.01, max = 1.0, log = true}", "tune.space.iterations={min = 2, max = 9}"]
+    sets = [
+        "tune.method=random",
+        "tune.trials=30",
+        "tune.space.rank=[4, 8]",
+        "tune.space.reg={min = 0.01, max = 1.0, log = true}",
+        "tune.space.iterations={min = 2, max = 9}",
+    ]
     a, b = tune.settings(_run(*sets)), tune.settings(_run(*sets))
     assert a == b and len(a) == 30
-    assert a[0] == {"rank": 10, "reg": 0.1, "iterations": 10}         # [model] as it is comes first
+    assert a[0] == {"rank": 10, "reg": 0.1, "iterations": 10}  # [model] as it is comes first
     assert len({tuple(sorted(s.items())) for s in a}) == 30
     assert all(s["rank"] in (4, 8) and 0.01 <= s["reg"] <= 1.0 and 2 <= s["iterations"] <= 9 for s in a[1:])
     assert all(isinstance(s["iterations"], int) for s in a)
@@ -67,21 +77,24 @@ def test_the_default_space_follows_the_kind():
     assert tune.space_of(_run("tune.space.rank=[3]")) == {"rank": [3]}
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["tune.space.seed=[1, 2]"], "tune.space.seed"),
-    (["tune.space.rank=[0, 4]"], "model.rank"),
-    (["tune.space.rank=[]"], "non-empty list"),
-    (["tune.space.reg={min = 1, max = 0.1}"], "min <= max"),
-    (["tune.space.reg={min = 0, max = 1, log = true}"], "min > 0 for a log range"),
-    (["tune.space.biases={min = 0, max = 1}"], "a list of values"),
-    (["tune.space.confidence=[\"cubic\"]"], "tune.space.confidence"),
-    (["tune.metric=auc"], "tune.metric"),
-    (["tune.method=bayes"], "tune.method"),
-    (["tune.validation_fraction=1"], "tune.validation_fraction"),
-    (["tune.eta=1"], "tune.eta"),
-    (["tune.trials=-1"], "tune.trials"),
-    (["tune.space.rank=[4"], "expected a TOML value"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["tune.space.seed=[1, 2]"], "tune.space.seed"),
+        (["tune.space.rank=[0, 4]"], "model.rank"),
+        (["tune.space.rank=[]"], "non-empty list"),
+        (["tune.space.reg={min = 1, max = 0.1}"], "min <= max"),
+        (["tune.space.reg={min = 0, max = 1, log = true}"], "min > 0 for a log range"),
+        (["tune.space.biases={min = 0, max = 1}"], "a list of values"),
+        (['tune.space.confidence=["cubic"]'], "tune.space.confidence"),
+        (["tune.metric=auc"], "tune.metric"),
+        (["tune.method=bayes"], "tune.method"),
+        (["tune.validation_fraction=1"], "tune.validation_fraction"),
+        (["tune.eta=1"], "tune.eta"),
+        (["tune.trials=-1"], "tune.trials"),
+        (["tune.space.rank=[4"], "expected a TOML value"),
+    ],
+)
 def test_bad_tune_settings_name_the_key(sets, message):
     with pytest.raises(ConfigError, match=message):
         _run(*sets)
@@ -89,7 +102,9 @@ def test_bad_tune_settings_name_the_key(sets, message):
 
 def test_tune_section_reads_from_toml_and_round_trips(tmp_path):
     path = tmp_path / "t.toml"
-    path.write_text('[tune]\nmethod = "random"\n[tune.space]\nrank = [4, 8]\nreg = {min = 0.01, max = 1.0, log = true}\n')
+    path.write_text(
+        '[tune]\nmethod = "random"\n[tune.space]\nrank = [4, 8]\nreg = {min = 0.01, max = 1.0, log = true}\n'
+    )
     run = config.load(path)
     assert run.tune.space == {"rank": [4, 8], "reg": {"min": 0.01, "max": 1.0, "log": True}}
     again = tmp_path / "again.toml"
@@ -118,14 +133,20 @@ def _inner(spark, run, path):
 def test_the_validation_part_is_carved_from_train_only(spark, explicit_csv):
     run = _run()
     outer, inner = _inner(spark, run, explicit_csv)
-    assert inner.stats.n + inner.heldout.n == outer.stats.n       # the training part, split again
+    assert inner.stats.n + inner.heldout.n == outer.stats.n  # the training part, split again
     assert 0.1 < inner.heldout.n / outer.stats.n < 0.3
     assert outer.heldout.n > 0
 
 
 def test_search_is_deterministic_and_its_best_is_the_best_trial(spark, explicit_csv):
-    run = _run("tune.method=random", "tune.trials=5", "tune.max_iterations=6", "tune.space.rank=[2, 3, 6]",
-               "tune.space.reg={min = 0.005, max = 0.5, log = true}", "tune.space.biases=[true, false]")
+    run = _run(
+        "tune.method=random",
+        "tune.trials=5",
+        "tune.max_iterations=6",
+        "tune.space.rank=[2, 3, 6]",
+        "tune.space.reg={min = 0.005, max = 0.5, log = true}",
+        "tune.space.biases=[true, false]",
+    )
     tables = []
     for _ in range(2):
         _, inner = _inner(spark, run, explicit_csv)
@@ -147,8 +168,10 @@ def test_going_on_from_the_factors_is_the_same_fit_as_running_longer(spark, expl
     run = _run("tune.patience=50", "tune.space.rank=[3]")
     _, inner = _inner(spark, run, explicit_csv)
     validate = tune.Validation(inner, run)
-    straight, stepped = tune.Trial(0, {"rank": 3, "biases": True, "iterations": 6}), \
-        tune.Trial(1, {"rank": 3, "biases": True, "iterations": 6})
+    straight, stepped = (
+        tune.Trial(0, {"rank": 3, "biases": True, "iterations": 6}),
+        tune.Trial(1, {"rank": 3, "biases": True, "iterations": 6}),
+    )
     with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
         tune._advance(straight, inner, run, blocks, validate, 6)
         tune._advance(stepped, inner, run, blocks, validate, 2)
@@ -159,20 +182,32 @@ def test_going_on_from_the_factors_is_the_same_fit_as_running_longer(spark, expl
 
 
 def test_halving_gives_the_survivors_more_iterations(spark, explicit_csv):
-    run = _run("tune.method=halving", "tune.trials=9", "tune.eta=3", "tune.min_iterations=1",
-               "tune.max_iterations=9", "tune.patience=20", "tune.space.rank=[2, 3, 4]",
-               "tune.space.reg={min = 0.01, max = 0.5, log = true}")
+    run = _run(
+        "tune.method=halving",
+        "tune.trials=9",
+        "tune.eta=3",
+        "tune.min_iterations=1",
+        "tune.max_iterations=9",
+        "tune.patience=20",
+        "tune.space.rank=[2, 3, 4]",
+        "tune.space.reg={min = 0.01, max = 0.5, log = true}",
+    )
     _, inner = _inner(spark, run, explicit_csv)
     found = tune.search(inner, run)
     runs = sorted(t.iterations for t in found.trials)
-    assert runs == [1, 1, 1, 1, 1, 1, 3, 3, 9]           # 9 at 1, the best 3 to 3, the best one to 9
+    assert runs == [1, 1, 1, 1, 1, 1, 3, 3, 9]  # 9 at 1, the best 3 to 3, the best one to 9
     assert found.best.iterations == 9
     inner.release()
 
 
 def test_patience_stops_a_trial_that_stopped_improving(spark, explicit_csv):
-    run = _run("tune.method=grid", "tune.patience=2", "tune.max_iterations=30", "tune.space.rank=[6]",
-               "tune.space.reg=[0.0001]")
+    run = _run(
+        "tune.method=grid",
+        "tune.patience=2",
+        "tune.max_iterations=30",
+        "tune.space.rank=[6]",
+        "tune.space.reg=[0.0001]",
+    )
     _, inner = _inner(spark, run, explicit_csv)
     found = tune.search(inner, run)
     t = found.trials[0]
@@ -190,6 +225,7 @@ def test_a_diverging_trial_is_recorded_and_the_search_goes_on(spark, explicit_cs
         if args[3].rank == 2:
             raise als.FitDiverged("the fit diverged at iteration 1: planted")
         return real(*args, **kw)
+
     monkeypatch.setattr(tune.als, "fit", fit)
     found = tune.search(inner, run)
     table = tune.trials_table(found).to_pylist()
@@ -203,8 +239,15 @@ def test_implicit_search_ranks_by_ndcg(spark, tmp_path):
     counts = np.random.default_rng(0).integers(1, 20, u.size)
     path = tmp_path / "plays.csv"
     path.write_text("user,item,plays\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(u, i, counts)))
-    run = _run("model.kind=implicit", "split.method=per_user", "tune.method=random", "tune.trials=3",
-               "tune.max_iterations=4", "tune.space.rank=[2, 4]", "tune.space.unobserved_weight=[0.1, 1.0]")
+    run = _run(
+        "model.kind=implicit",
+        "split.method=per_user",
+        "tune.method=random",
+        "tune.trials=3",
+        "tune.max_iterations=4",
+        "tune.space.rank=[2, 4]",
+        "tune.space.unobserved_weight=[0.1, 1.0]",
+    )
     _, inner = _inner(spark, run, str(path))
     found = tune.search(inner, run)
     assert found.metric == "ndcg_at_k" and not found.lower_is_better
@@ -216,8 +259,18 @@ def test_implicit_search_ranks_by_ndcg(spark, tmp_path):
 
 
 # ---- the job ---------------------------------------------------------------------------------------------
-SMALL = ["--set", "tune.method=random", "--set", "tune.trials=3", "--set", "tune.max_iterations=4",
-         "--set", "tune.space.rank=[2, 4]", "--set", "tune.space.reg=[0.02, 0.2]"]
+SMALL = [
+    "--set",
+    "tune.method=random",
+    "--set",
+    "tune.trials=3",
+    "--set",
+    "tune.max_iterations=4",
+    "--set",
+    "tune.space.rank=[2, 4]",
+    "--set",
+    "tune.space.reg=[0.02, 0.2]",
+]
 
 
 @pytest.mark.slow
@@ -226,18 +279,28 @@ def test_tune_job_writes_the_refit_model_the_trials_and_a_loadable_best_config(s
     assert tune_job.main(["--input", explicit_csv, "--output", str(out), *SMALL]) == 0
     printed = capsys.readouterr().out
     assert "best of 3 trials" in printed and "held-out RMSE" in printed
-    for name in ("factors/users", "factors/items", "recommendations", "metrics.json", "model.json", "report.html",
-                 "tuning/trials.parquet", "best.toml", "_SUCCESS"):
+    for name in (
+        "factors/users",
+        "factors/items",
+        "recommendations",
+        "metrics.json",
+        "model.json",
+        "report.html",
+        "tuning/trials.parquet",
+        "best.toml",
+        "_SUCCESS",
+    ):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
     t = metrics["tuning"]
     assert t["trials"] == 3 and t["metric"] == "rmse" and t["validation_ratings"] > 0
     best = config.load(out / "best.toml")
     assert best.model.rank == t["best"]["rank"] and best.model.iterations == t["best_iteration"]
-    assert metrics["config"]["model"] == dataclasses.asdict(best.model)       # the refit is the best config
+    assert metrics["config"]["model"] == dataclasses.asdict(best.model)  # the refit is the best config
     trials = pq.read_table(out / "tuning" / "trials.parquet")
     assert trials.num_rows == 3 and "validation_rmse" in trials.column_names
-    import browser          # the report as a browser builds it: the search's charts are in it
+    import browser  # the report as a browser builds it: the search's charts are in it
+
     dom = browser.dump_dom(out / "report.html")
     assert ">Tuning</h2>" in dom and ">Training history</h2>" in dom and dom.count("<svg") >= 10
     # best.toml trains the same model again with the train job
@@ -259,10 +322,15 @@ def test_the_test_split_takes_no_part_in_the_choice(spark, explicit_csv, tmp_pat
     for n, held in enumerate((test, other)):
         out = tmp_path / f"out{n}"
         assert tune_job.main(["--train", str(train), "--test", str(held), "--output", str(out), *SMALL]) == 0
-        got.append((pq.read_table(out / "tuning" / "trials.parquet").drop_columns(["seconds"]),
-                    (out / "best.toml").read_text(), json.loads((out / "metrics.json").read_text())["rmse"]))
+        got.append(
+            (
+                pq.read_table(out / "tuning" / "trials.parquet").drop_columns(["seconds"]),
+                (out / "best.toml").read_text(),
+                json.loads((out / "metrics.json").read_text())["rmse"],
+            )
+        )
     assert got[0][0].equals(got[1][0]) and got[0][1] == got[1][1]
-    assert got[0][2] != got[1][2]           # the test sets differ, and were scored
+    assert got[0][2] != got[1][2]  # the test sets differ, and were scored
 
 
 def test_too_few_ratings_to_validate_on_exit_2_naming_the_fix(spark, tmp_path, capsys):

@@ -1,4 +1,5 @@
 """Warm starts (--init-model) and candidate lists (--include / --exclude) in the train job."""
+
 from __future__ import annotations
 
 import json
@@ -6,15 +7,15 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import planted
+
 from jobs import train as train_job
 from mf_spark import load_model
 from mf_spark.als import loop as als
-from mf_spark.model import warm
 from mf_spark.core.config import ModelConfig
 from mf_spark.core.errors import InputError
 from mf_spark.data.index import IdMap
+from mf_spark.model import warm
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +34,23 @@ def days(tmp_path_factory):
     day1 = write_ratings(root / "day1.csv", u[~later], i[~later], r[~later])
     day2 = write_ratings(root / "day2.csv", u, i, r)
     model = root / "day1_model"
-    assert train_job.main(["--input", day1, "--output", str(model), "--set", "model.rank=4",
-                           "--set", "model.iterations=8", "--set", "model.reg=0.02"]) == 0
+    assert (
+        train_job.main(
+            [
+                "--input",
+                day1,
+                "--output",
+                str(model),
+                "--set",
+                "model.rank=4",
+                "--set",
+                "model.iterations=8",
+                "--set",
+                "model.reg=0.02",
+            ]
+        )
+        == 0
+    )
     return root, day2, model
 
 
@@ -49,17 +65,23 @@ def test_a_warm_start_begins_where_the_saved_model_ended(days):
     assert train_job.main([*common, "--output", str(root / "warm"), "--init-model", str(model)]) == 0
     cold, warm = history(root / "cold"), history(root / "warm")
     assert warm[0] < cold[0], (warm, cold)
-    assert load_model(str(root / "warm")).users.size == 70    # new users have factors too
+    assert load_model(str(root / "warm")).users.size == 70  # new users have factors too
 
 
 def test_warm_factors_match_ids_and_seed_new_ones():
     cfg = ModelConfig(rank=2, seed=3, biases=True)
     old = als.seeded_factors(cfg, 3, 2)
-    from mf_spark.model.factors import FactorModel
     from mf_spark.core.types import Factors
-    prev = FactorModel("explicit", Factors(old.X + 5, old.Y + 7, np.array([1, 2, 3], np.float32),
-                                           np.array([4, 5], np.float32), 3.0),
-                       IdMap(pa.array(["a", "b", "c"]), "users"), IdMap(pa.array([10, 20], pa.int64()), "items"), 3.0, None)
+    from mf_spark.model.factors import FactorModel
+
+    prev = FactorModel(
+        "explicit",
+        Factors(old.X + 5, old.Y + 7, np.array([1, 2, 3], np.float32), np.array([4, 5], np.float32), 3.0),
+        IdMap(pa.array(["a", "b", "c"]), "users"),
+        IdMap(pa.array([10, 20], pa.int64()), "items"),
+        3.0,
+        None,
+    )
     users, items = IdMap(pa.array(["b", "c", "new"]), "users"), IdMap(pa.array([5, 20], pa.int64()), "items")
     start = warm.warm_factors(prev, users, items, cfg)
     seeded = als.seeded_factors(cfg, 3, 2)
@@ -73,8 +95,18 @@ def test_warm_factors_match_ids_and_seed_new_ones():
 
 def test_a_changed_rank_is_refused_before_the_input_is_read(days, tmp_path, capsys):
     _, _, model = days
-    code = train_job.main(["--input", str(tmp_path / "not-there.csv"), "--output", str(tmp_path / "o"),
-                           "--init-model", str(model), "--set", "model.rank=6"])
+    code = train_job.main(
+        [
+            "--input",
+            str(tmp_path / "not-there.csv"),
+            "--output",
+            str(tmp_path / "o"),
+            "--init-model",
+            str(model),
+            "--set",
+            "model.rank=6",
+        ]
+    )
     assert code == 2
     assert "a warm start needs the same rank" in capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -88,9 +120,27 @@ def test_include_and_exclude_lists_filter_the_train_jobs_recommendations(days, t
     (tmp_path / "in.txt").write_text("\n".join(f"i{n}" for n in range(0, 45, 2)) + "\n")
     (tmp_path / "out.csv").write_text("item,reason\ni0,recall\ni2,recall\n")
     out = tmp_path / "run"
-    assert train_job.main(["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
-                           "--output", str(out), "--set", "model.rank=4", "--set", "model.iterations=2",
-                           "--include", str(tmp_path / "in.txt"), "--exclude", str(tmp_path / "out.csv")]) == 0
+    assert (
+        train_job.main(
+            [
+                "--train",
+                str(tmp_path / "train.csv"),
+                "--test",
+                str(tmp_path / "test.csv"),
+                "--output",
+                str(out),
+                "--set",
+                "model.rank=4",
+                "--set",
+                "model.iterations=2",
+                "--include",
+                str(tmp_path / "in.txt"),
+                "--exclude",
+                str(tmp_path / "out.csv"),
+            ]
+        )
+        == 0
+    )
     recs = spark.read.parquet(str(out / "recommendations")).toPandas()
     assert set(recs["item"]) <= {f"i{n}" for n in range(4, 45, 2)} and recs["user"].nunique() == 70
     trained = {tuple(line.split(",")[:2]) for line in rows[::3] + rows[1::3]}

@@ -1,4 +1,5 @@
 """publish: the output layout, whole replacement, and a failure at any stage leaving DIR as it was."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,10 @@ import pyarrow as pa
 import pytest
 from chispa import assert_df_equality
 
+from mf_spark.core.errors import FAIL_AT_ENV, InjectedFault, InputError
 from mf_spark.core.types import Factors
-from mf_spark.core.errors import InputError
 from mf_spark.data.index import IdMap
 from mf_spark.model.factors import FactorModel, load_model
-from mf_spark.core.errors import FAIL_AT_ENV, InjectedFault
 from mf_spark.run.write import check_output, publish
 
 STAGES = ["model", "recommendations", "rejected", "metrics", "swap"]
@@ -24,10 +24,15 @@ RECS_DDL = "user string, rank int, item bigint, score float"
 def make_model(seed: int) -> FactorModel:
     g = np.random.default_rng(seed)
     X, Y = g.normal(size=(3, 2)).astype(np.float32), g.normal(size=(4, 2)).astype(np.float32)
-    return FactorModel("explicit", Factors(X, Y, g.normal(size=3).astype(np.float32),
-                                           g.normal(size=4).astype(np.float32), 3.0 + seed),
-                       IdMap(pa.array(["u1", "u2", "u3"]), "user"), IdMap(pa.array([1, 2, 3, 4], pa.int64()), "item"),
-                       3.0 + seed, (1.0, 5.0), {"model": {"seed": seed}})
+    return FactorModel(
+        "explicit",
+        Factors(X, Y, g.normal(size=3).astype(np.float32), g.normal(size=4).astype(np.float32), 3.0 + seed),
+        IdMap(pa.array(["u1", "u2", "u3"]), "user"),
+        IdMap(pa.array([1, 2, 3, 4], pa.int64()), "item"),
+        3.0 + seed,
+        (1.0, 5.0),
+        {"model": {"seed": seed}},
+    )
 
 
 def recs_rows(seed: int):
@@ -39,8 +44,9 @@ def metrics(seed: int):
 
 
 def rejected_df(spark):
-    return spark.createDataFrame([("u9", "x", "abc", "rating 'abc' is not a number")],
-                                 "user string, item string, rating string, reason string")
+    return spark.createDataFrame(
+        [("u9", "x", "abc", "rating 'abc' is not a number")], "user string, item string, rating string, reason string"
+    )
 
 
 def visible(folder):
@@ -68,8 +74,15 @@ def assert_model_equal(a: FactorModel, b: FactorModel):
 
 
 def do_publish(spark, out, seed, with_rejected):
-    return publish(spark, str(out), make_model(seed), spark.createDataFrame(recs_rows(seed), RECS_DDL),
-                   metrics(seed), rejected_df(spark) if with_rejected else None, {"run": seed})
+    return publish(
+        spark,
+        str(out),
+        make_model(seed),
+        spark.createDataFrame(recs_rows(seed), RECS_DDL),
+        metrics(seed),
+        rejected_df(spark) if with_rejected else None,
+        {"run": seed},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +103,18 @@ def test_publish_into_a_new_folder(spark, tmp_path, previous):
     meta = json.loads((out / "model.json").read_text())
     assert meta["run"] == 1 and meta["kind"] == "explicit" and meta["rank"] == 2
     assert_model_equal(make_model(1), load_model(str(out), spark))
-    assert_df_equality(spark.read.parquet(str(out / "recommendations")),
-                       spark.createDataFrame(recs_rows(1), RECS_DDL), ignore_row_order=True,
-                       ignore_nullable=True)
-    assert sorted(os.listdir(tmp_path)) == ["out"]          # no staging, lock or old folder left
+    assert_df_equality(
+        spark.read.parquet(str(out / "recommendations")),
+        spark.createDataFrame(recs_rows(1), RECS_DDL),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging, lock or old folder left
 
 
 def test_rejected_rows_are_published_when_given(spark, previous):
-    assert visible(previous) == ["_SUCCESS", "factors", "metrics.json", "model.json", "recommendations",
-                                 "rejected"]
-    assert_df_equality(spark.read.parquet(str(previous / "rejected")), rejected_df(spark),
-                       ignore_nullable=True)
+    assert visible(previous) == ["_SUCCESS", "factors", "metrics.json", "model.json", "recommendations", "rejected"]
+    assert_df_equality(spark.read.parquet(str(previous / "rejected")), rejected_df(spark), ignore_nullable=True)
 
 
 def test_publish_again_replaces_the_old_content_whole(spark, tmp_path, previous):
@@ -111,8 +125,9 @@ def test_publish_again_replaces_the_old_content_whole(spark, tmp_path, previous)
     assert visible(out) == ["_SUCCESS", "factors", "metrics.json", "model.json", "recommendations"]
     assert json.loads((out / "metrics.json").read_text()) == metrics(2)
     assert_model_equal(make_model(2), load_model(str(out), spark))
-    assert sorted(r.score for r in spark.read.parquet(str(out / "recommendations")).collect()) == \
-        sorted(r[3] for r in recs_rows(2))
+    assert sorted(r.score for r in spark.read.parquet(str(out / "recommendations")).collect()) == sorted(
+        r[3] for r in recs_rows(2)
+    )
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
@@ -126,7 +141,7 @@ def test_failure_at_any_stage_leaves_the_previous_output(spark, tmp_path, monkey
         do_publish(spark, out, 3, with_rejected=True)
     monkeypatch.delenv(FAIL_AT_ENV)
     assert snapshot(out) == before
-    assert sorted(os.listdir(tmp_path)) == ["out"]           # staging and lock cleaned up
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # staging and lock cleaned up
     assert_model_equal(make_model(0), load_model(str(out), spark))
     assert json.loads((out / "metrics.json").read_text()) == metrics(0)
 

@@ -12,9 +12,11 @@ over Arrow batches (no per-rating Python objects), then kept as cached RDDs of C
 block per partition, so each half-step is one plain RDD job: no SQL planning and no Arrow round trip
 per iteration, markedly faster than mapInArrow over a cached DataFrame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 from pyspark import RDD, StorageLevel
@@ -27,19 +29,24 @@ from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
 @dataclass(frozen=True, slots=True)
 class CsrBlock:
     """Ratings of one block, one row per local user (or item)."""
+
     block: int
-    row_ids: np.ndarray   # (n_rows,) int32, global indices, ascending
-    indptr: np.ndarray    # (n_rows + 1,) int64
-    cols: np.ndarray      # (nnz,) int32, global indices on the other side, ascending within a row
-    values: np.ndarray    # (nnz,) float32
+    row_ids: np.ndarray  # (n_rows,) int32, global indices, ascending
+    indptr: np.ndarray  # (n_rows + 1,) int64
+    cols: np.ndarray  # (nnz,) int32, global indices on the other side, ascending within a row
+    values: np.ndarray  # (nnz,) float32
 
     def __post_init__(self) -> None:
         if self.indptr.shape != (self.row_ids.size + 1,) or self.cols.shape != self.values.shape:
-            raise ValueError(f"bad block {self.block}: {self.row_ids.size} rows, indptr "
-                             f"{self.indptr.shape}, cols {self.cols.shape}, values {self.values.shape}")
+            raise ValueError(
+                f"bad block {self.block}: {self.row_ids.size} rows, indptr "
+                f"{self.indptr.shape}, cols {self.cols.shape}, values {self.values.shape}"
+            )
         if self.indptr.size and (self.indptr[0] != 0 or self.indptr[-1] != self.cols.size):
-            raise ValueError(f"bad block {self.block}: indptr spans {self.indptr[0]}..{self.indptr[-1]}"
-                             f" but there are {self.cols.size} entries")
+            raise ValueError(
+                f"bad block {self.block}: indptr spans {self.indptr[0]}..{self.indptr[-1]}"
+                f" but there are {self.cols.size} entries"
+            )
 
     @property
     def counts(self) -> np.ndarray:
@@ -57,8 +64,9 @@ class CsrBlock:
         """
         n = rows.size
         if n == 0:
-            return CsrBlock(block, np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32))
+            return CsrBlock(
+                block, np.zeros(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+            )
         rows, cols = rows.astype(np.int64), cols.astype(np.int64)
         pos_bits, col_bits = int(n - 1).bit_length(), int(cols.max()).bit_length()
         if int(rows.max()).bit_length() + col_bits + pos_bits <= 63:
@@ -70,8 +78,9 @@ class CsrBlock:
             rows, cols = rows[order], cols[order]
         starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
         indptr = np.append(starts, n).astype(np.int64)
-        return CsrBlock(block, rows[starts].astype(np.int32), indptr, cols.astype(np.int32),
-                        values[order].astype(np.float32))
+        return CsrBlock(
+            block, rows[starts].astype(np.int32), indptr, cols.astype(np.int32), values[order].astype(np.float32)
+        )
 
 
 PARTIAL_SCHEMA = "side int, block int, rows binary, cols binary, values binary"
@@ -89,9 +98,11 @@ def triples(batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = batch_table(batches)
     if t is None:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    return (t.column(USER_IDX).to_numpy().astype(np.int32, copy=False),
-            t.column(ITEM_IDX).to_numpy().astype(np.int32, copy=False),
-            t.column(RATING).to_numpy().astype(np.float32, copy=False))
+    return (
+        t.column(USER_IDX).to_numpy().astype(np.int32, copy=False),
+        t.column(ITEM_IDX).to_numpy().astype(np.int32, copy=False),
+        t.column(RATING).to_numpy().astype(np.float32, copy=False),
+    )
 
 
 def buckets(keys: np.ndarray, n: int) -> list[np.ndarray]:
@@ -100,9 +111,9 @@ def buckets(keys: np.ndarray, n: int) -> list[np.ndarray]:
     sorts those by radix, faster than int32 ones)."""
     if n <= MASK_BUCKETS:
         return [np.flatnonzero(keys == b) for b in range(n)]
-    order = np.argsort(keys.astype(np.int16) if n < 2 ** 15 else keys, kind="stable")
+    order = np.argsort(keys.astype(np.int16) if n < 2**15 else keys, kind="stable")
     bounds = np.searchsorted(keys[order], np.arange(n + 1))
-    return [order[bounds[b]:bounds[b + 1]] for b in range(n)]
+    return [order[bounds[b] : bounds[b + 1]] for b in range(n)]
 
 
 # Up to this many keys a pass per key beats the stable sort.
@@ -111,6 +122,7 @@ MASK_BUCKETS = 8
 
 def _partials(num_blocks: dict[str, int]):
     """mapInArrow body: the (row, col, value) triples of one input partition, split per side and block."""
+
     def split(batches):
         u, i, v = triples(batches)
         if not u.size:
@@ -118,22 +130,34 @@ def _partials(num_blocks: dict[str, int]):
         for side, nb in num_blocks.items():
             rows, cols = (u, i) if side == "user" else (i, u)
             out = []
-            for b, sel in enumerate(buckets(rows % nb, nb)):    # a loop over blocks, never over rows
+            for b, sel in enumerate(buckets(rows % nb, nb)):  # a loop over blocks, never over rows
                 if sel.size:
-                    out.append({"side": SIDE_CODES[side], "block": b, "rows": rows[sel].tobytes(),
-                                "cols": cols[sel].tobytes(), "values": v[sel].tobytes()})
+                    out.append(
+                        {
+                            "side": SIDE_CODES[side],
+                            "block": b,
+                            "rows": rows[sel].tobytes(),
+                            "cols": cols[sel].tobytes(),
+                            "values": v[sel].tobytes(),
+                        }
+                    )
             yield pa.RecordBatch.from_pylist(out, schema=_PARTIAL_ARROW)
+
     return split
 
 
-_PARTIAL_ARROW = pa.schema([("side", pa.int32()), ("block", pa.int32()), ("rows", pa.binary()),
-                            ("cols", pa.binary()), ("values", pa.binary())])
+_PARTIAL_ARROW = pa.schema(
+    [("side", pa.int32()), ("block", pa.int32()), ("rows", pa.binary()), ("cols", pa.binary()), ("values", pa.binary())]
+)
 
 
 def rating_columns(ratings: DataFrame) -> DataFrame:
     """user_idx, item_idx as int and rating as float: the ratings as blocks store them."""
-    return ratings.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
-                          F.col(RATING).cast("float").alias(RATING))
+    return ratings.select(
+        F.col(USER_IDX).cast("int").alias(USER_IDX),
+        F.col(ITEM_IDX).cast("int").alias(ITEM_IDX),
+        F.col(RATING).cast("float").alias(RATING),
+    )
 
 
 def pieces_frame(ratings: DataFrame, num_blocks: dict[str, int]) -> DataFrame:
@@ -155,7 +179,8 @@ def pieces_frame(ratings: DataFrame, num_blocks: dict[str, int]) -> DataFrame:
 def pieces(ratings: DataFrame, num_blocks: dict[str, int]) -> RDD:
     """((side code, block), (rows, cols, values) packed bytes): `pieces_frame` as a pair RDD."""
     return pieces_frame(ratings, num_blocks).rdd.map(
-        lambda r: ((r["side"], r["block"]), (bytes(r["rows"]), bytes(r["cols"]), bytes(r["values"]))))
+        lambda r: ((r["side"], r["block"]), (bytes(r["rows"]), bytes(r["cols"]), bytes(r["values"])))
+    )
 
 
 def merge(key: tuple[int, int], parts) -> CsrBlock:
@@ -188,21 +213,25 @@ def build_all(ratings: DataFrame, num_blocks: dict[str, int]) -> dict[str, RDD]:
     """CSR blocks of each side in `num_blocks` ({"user": nu, "item": ni}, either may be omitted).
 
     `ratings` has user_idx, item_idx (int) and rating. Returns, per side, an RDD of CsrBlock with
-    block b in partition b, exactly one record per partition (row r in block r % n). Performance note: one Arrow pass (see `pieces`),
-    persisted while each side is placed by one shuffle of the packed pieces (partitionBy block) and
-    merged in place; each side is persisted (memory, spilling to disk) and materialized by one count.
-    Every iteration reuses it.
+    block b in partition b, exactly one record per partition (row r in block r % n). Performance note:
+    one Arrow pass (see `pieces`), persisted while each side is placed by one shuffle of the packed
+    pieces (partitionBy block) and merged in place; each side is persisted (memory, spilling to disk)
+    and materialized by one count. Every iteration reuses it.
     """
     packed = pieces(ratings, num_blocks).persist(StorageLevel.MEMORY_AND_DISK)
     out = {}
     try:
         for side, nb in num_blocks.items():
             code = SIDE_CODES[side]
-            out[side] = (packed.filter(lambda kv, c=code: kv[0][0] == c)
-                         .map(lambda kv: (kv[0][1], kv)).partitionBy(nb, lambda b: b)
-                         .mapPartitionsWithIndex(lambda b, it: [_only_block(b, merge_all(kv for _, kv in it))],
-                                                 preservesPartitioning=True)
-                         .persist(StorageLevel.MEMORY_AND_DISK))
+            out[side] = (
+                packed.filter(lambda kv, c=code: kv[0][0] == c)
+                .map(lambda kv: (kv[0][1], kv))
+                .partitionBy(nb, lambda b: b)
+                .mapPartitionsWithIndex(
+                    lambda b, it: [_only_block(b, merge_all(kv for _, kv in it))], preservesPartitioning=True
+                )
+                .persist(StorageLevel.MEMORY_AND_DISK)
+            )
         for rdd in out.values():
             rdd.count()
     finally:

@@ -12,6 +12,7 @@ input files with their sizes and modification times, the counts and a digest of 
 checkpoint is continued only by a run with the same fingerprint; any other gets an InputError naming
 what differs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,9 +36,20 @@ log = logging.getLogger("mf_spark")
 
 # Settings a run's factors do not depend on, so they may change between a run and its --resume: how
 # the fit runs, and the day biases (fitted after it, from the factors).
-EXECUTION_ONLY = {"model": {"iterations", "checkpoint_interval", "exchange", "exchange_timeout_seconds",
-                            "strategy", "broadcast_budget_mb", "num_user_blocks", "num_item_blocks",
-                            "day_bias_reg", "day_length"}}
+EXECUTION_ONLY = {
+    "model": {
+        "iterations",
+        "checkpoint_interval",
+        "exchange",
+        "exchange_timeout_seconds",
+        "strategy",
+        "broadcast_budget_mb",
+        "num_user_blocks",
+        "num_item_blocks",
+        "day_bias_reg",
+        "day_length",
+    }
+}
 FACTOR_SECTIONS = ("data", "split", "model")
 
 
@@ -66,24 +78,39 @@ def _digest(ids: pa.Array) -> str:
         h.update(np.ascontiguousarray(ids.to_numpy(zero_copy_only=False), np.int64).tobytes())
     else:
         text = ids.cast(pa.large_string())
-        offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset:text.offset + len(text) + 1]
+        offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + len(text) + 1]
         h.update((offsets - offsets[0]).tobytes())
         if text.buffers()[2] is not None:
-            h.update(memoryview(text.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+            h.update(memoryview(text.buffers()[2])[int(offsets[0]) : int(offsets[-1])])
     return h.hexdigest()[:32]
 
 
-def fingerprint(spark: SparkSession, cfg: RunConfig, inputs: dict[str, str], counts: dict[str, int],
-                users: pa.Array, items: pa.Array) -> dict[str, Any]:
+def fingerprint(
+    spark: SparkSession,
+    cfg: RunConfig,
+    inputs: dict[str, str],
+    counts: dict[str, int],
+    users: pa.Array,
+    items: pa.Array,
+) -> dict[str, Any]:
     """What identifies a run's factors: the settings they depend on, the input files (`inputs` maps
     input / train / test to its path) with sizes and modification times, the counts and the ID maps."""
     whole = cfg.to_dict()
-    settings = json.loads(json.dumps({s: {k: v for k, v in whole[s].items() if k not in EXECUTION_ONLY.get(s, ())}
-                                      for s in FACTOR_SECTIONS}))    # as state.json gives it back: lists
-    files = {role: [{"path": p, "bytes": n, "modified_ms": t} for p, n, t in fs.data_files(spark, path)]
-             for role, path in sorted(inputs.items())}
-    return {"settings": settings, "inputs": files, "counts": dict(counts),
-            "ids": {"users": _digest(users), "items": _digest(items)}}
+    settings = json.loads(
+        json.dumps(
+            {s: {k: v for k, v in whole[s].items() if k not in EXECUTION_ONLY.get(s, ())} for s in FACTOR_SECTIONS}
+        )
+    )  # as state.json gives it back: lists
+    files = {
+        role: [{"path": p, "bytes": n, "modified_ms": t} for p, n, t in fs.data_files(spark, path)]
+        for role, path in sorted(inputs.items())
+    }
+    return {
+        "settings": settings,
+        "inputs": files,
+        "counts": dict(counts),
+        "ids": {"users": _digest(users), "items": _digest(items)},
+    }
 
 
 def differences(was: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
@@ -99,8 +126,12 @@ def differences(was: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
         b = {f["path"]: f for f in now["inputs"].get(role, [])}
         out += [f"{role} file {p} is new" for p in sorted(set(b) - set(a))]
         out += [f"{role} file {p} is gone" for p in sorted(set(a) - set(b))]
-        out += [f"{role} file {p} changed ({a[p]['bytes']} bytes modified at {a[p]['modified_ms']} ms, now "
-                f"{b[p]['bytes']} at {b[p]['modified_ms']})" for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+        out += [
+            f"{role} file {p} changed ({a[p]['bytes']} bytes modified at {a[p]['modified_ms']} ms, now "
+            f"{b[p]['bytes']} at {b[p]['modified_ms']})"
+            for p in sorted(set(a) & set(b))
+            if a[p] != b[p]
+        ]
     old_counts = was.get("counts", {})
     out += [f"{k} was {old_counts.get(k)}, now {v}" for k, v in now["counts"].items() if old_counts.get(k) != v]
     out += [f"the {side} ID map differs" for side, d in now["ids"].items() if was.get("ids", {}).get(side) != d]
@@ -110,7 +141,7 @@ def differences(was: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
 def read_factor_table(table: pa.Table, rank: int, where: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(factors (n, rank) float32, bias or None) from a table already in index order."""
     parts = []
-    for col in table.column("factors").chunks:     # chunk by chunk: their total may pass int32 offsets
+    for col in table.column("factors").chunks:  # chunk by chunk: their total may pass int32 offsets
         lengths = col.value_lengths().to_numpy(zero_copy_only=False)
         if col.null_count or np.any(lengths != rank):
             raise InputError(f"{where}: every factors row must hold {rank} numbers")
@@ -125,8 +156,13 @@ def read_factor_table(table: pa.Table, rank: int, where: str) -> tuple[np.ndarra
 class CheckpointStore:
     """Saves and finds the latest complete checkpoint for one output folder."""
 
-    def __init__(self, spark: SparkSession, output: str, fingerprint: dict[str, Any] | None = None,
-                 guard: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        spark: SparkSession,
+        output: str,
+        fingerprint: dict[str, Any] | None = None,
+        guard: Callable[[], None] | None = None,
+    ):
         """`fingerprint` (see `fingerprint`) is stored with every checkpoint and required of the one
         `latest` returns; `guard` is called before each save (the run's lease check)."""
         out = fs.qualify(spark, output).rstrip("/")
@@ -149,9 +185,16 @@ class CheckpointStore:
             buf = pa.BufferOutputStream()
             pq.write_table(table, buf)
             fs.write_bytes(self.spark, posixpath.join(folder, side, "part-00000.parquet"), buf.getvalue())
-        body = dict(state, iteration=iteration, mu=factors.mu, rank=int(factors.X.shape[1]),
-                    n_users=int(factors.X.shape[0]), n_items=int(factors.Y.shape[0]),
-                    biases=factors.user_bias is not None, fingerprint=self.fingerprint)
+        body = dict(
+            state,
+            iteration=iteration,
+            mu=factors.mu,
+            rank=int(factors.X.shape[1]),
+            n_users=int(factors.X.shape[0]),
+            n_items=int(factors.Y.shape[0]),
+            biases=factors.user_bias is not None,
+            fingerprint=self.fingerprint,
+        )
         # Written beside, then renamed (atomic on HDFS and local disks): a run killed while writing
         # it leaves no state.json, never a partial one, and the checkpoint before stays the latest.
         partial = posixpath.join(folder, "state.json.partial")
@@ -172,14 +215,17 @@ class CheckpointStore:
                 continue
             try:
                 state = json.loads(fs.read_text(self.spark, posixpath.join(folder, "state.json")))
-            except ValueError as e:      # not JSON: written by something else; an older one may do
+            except ValueError as e:  # not JSON: written by something else; an older one may do
                 log.warning("checkpoint %s: state.json is not readable JSON (%s); skipping it", folder, e)
                 continue
             if self.fingerprint is not None and state.get("fingerprint") != self.fingerprint:
                 diff = differences(state.get("fingerprint"), self.fingerprint) or ["the run fingerprint"]
-                raise InputError(f"--resume: the checkpoint {folder} is another run's: " + "; ".join(diff[:8])
-                                 + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
-                                 + ". Run without --resume to start over (its checkpoints are then deleted)")
+                raise InputError(
+                    f"--resume: the checkpoint {folder} is another run's: "
+                    + "; ".join(diff[:8])
+                    + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+                    + ". Run without --resume to start over (its checkpoints are then deleted)"
+                )
             sides = []
             for side in ("users", "items"):
                 table = fs.read_parquet(self.spark, posixpath.join(folder, side)).sort_by("idx")

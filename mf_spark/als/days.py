@@ -13,6 +13,7 @@ predictions on that day but never the order of the user's recommendations.
 factors, for one or several day_bias_reg values, is one pass over the ratings (tune fits every
 trial's factors after every iteration). Ratings without a timestamp take no part.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,9 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
 from mf_spark.data.ready import Triples
 from mf_spark.kernels import compiled
-from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
 
 log = logging.getLogger("mf_spark")
 _DAY, _RESIDUAL = "_day", "_residual"
@@ -35,16 +36,18 @@ def residuals(f: Factors, u: np.ndarray, i: np.ndarray, r: np.ndarray) -> np.nda
     return r - compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, u, i, f.mu, f.mu, None)
 
 
-def _pairs(day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarray,
-           counts: np.ndarray) -> tuple[DayBiases, np.ndarray, np.ndarray]:
+def _pairs(
+    day_length: int, users: np.ndarray, days: np.ndarray, sums: np.ndarray, counts: np.ndarray
+) -> tuple[DayBiases, np.ndarray, np.ndarray]:
     """(user, day) pairs in any order as DayBiases (zero offsets), with their sums and counts in its order."""
     order = np.lexsort((days, users))
-    pairs = DayBiases(day_length, users[order].astype(np.int32), days[order].astype(np.int64),
-                      np.zeros(order.size, np.float32))
+    pairs = DayBiases(
+        day_length, users[order].astype(np.int32), days[order].astype(np.int64), np.zeros(order.size, np.float32)
+    )
     return pairs, sums[order], counts[order]
 
 
-ROW_BYTES = 24        # a timestamped rating in driver arrays: user, item (int32), rating, timestamp (64-bit)
+ROW_BYTES = 24  # a timestamped rating in driver arrays: user, item (int32), rating, timestamp (64-bit)
 
 
 def on_driver(train: DataFrame | Triples, n_rows: int, max_bytes: float) -> DataFrame | Triples:
@@ -55,9 +58,13 @@ def on_driver(train: DataFrame | Triples, n_rows: int, max_bytes: float) -> Data
         return train
     timed = train.where(F.col(TIMESTAMP).isNotNull()).select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
     t = timed.toArrow()
-    return Triples(train.sparkSession, t.column(USER_IDX).to_numpy().astype(np.int32),
-                   t.column(ITEM_IDX).to_numpy().astype(np.int32), t.column(RATING).to_numpy().astype(np.float64),
-                   t.column(TIMESTAMP).to_numpy().astype(np.int64))
+    return Triples(
+        train.sparkSession,
+        t.column(USER_IDX).to_numpy().astype(np.int32),
+        t.column(ITEM_IDX).to_numpy().astype(np.int32),
+        t.column(RATING).to_numpy().astype(np.float64),
+        t.column(TIMESTAMP).to_numpy().astype(np.int64),
+    )
 
 
 class DayFitter:
@@ -76,12 +83,16 @@ class DayFitter:
         self.u, self.i, self.r = train.u[keep], train.i[keep], train.r[keep]
         day = ts[keep] // self.day_length
         pairs = np.stack([self.u.astype(np.int64), day])
-        groups, self.group = np.unique(pairs, axis=1, return_inverse=True) if keep.size else \
-            (np.zeros((2, 0), np.int64), np.zeros(0, np.int64))      # groups sorted by (user, day)
+        groups, self.group = (
+            np.unique(pairs, axis=1, return_inverse=True)
+            if keep.size
+            else (np.zeros((2, 0), np.int64), np.zeros(0, np.int64))
+        )  # groups sorted by (user, day)
         self.group = self.group.ravel()
         self.counts = np.bincount(self.group, minlength=groups.shape[1]).astype(np.float64)
-        self.pairs = DayBiases(self.day_length, groups[0].astype(np.int32), groups[1],
-                               np.zeros(groups.shape[1], np.float32))
+        self.pairs = DayBiases(
+            self.day_length, groups[0].astype(np.int32), groups[1], np.zeros(groups.shape[1], np.float32)
+        )
 
     def __call__(self, factors: Factors, reg: float) -> DayBiases | None:
         """The day biases of `factors` with lambda `reg`; None for reg 0 (day biases off)."""
@@ -98,8 +109,10 @@ class DayFitter:
             pairs, sums, counts = self._on_spark(factors)
         if not pairs.size and not self.warned:
             self.warned = True
-            log.warning("day biases asked for (model.day_bias_reg > 0, or listed in tune.space), but no training "
-                        "rating has a timestamp (data.timestamp_col): there are none to fit")
+            log.warning(
+                "day biases asked for (model.day_bias_reg > 0, or listed in tune.space), but no training "
+                "rating has a timestamp (data.timestamp_col): there are none to fit"
+            )
         return [pairs.with_bias(sums / (counts + reg)) if reg > 0 else None for reg in regs]
 
     def _on_spark(self, factors: Factors) -> tuple[DayBiases, np.ndarray, np.ndarray]:
@@ -116,19 +129,29 @@ class DayFitter:
             f = bc.value
             for b in batches:
                 t = pa.Table.from_batches([b])
-                res = residuals(f, t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy(),
-                                t.column(RATING).to_numpy().astype(np.float64))
+                res = residuals(
+                    f,
+                    t.column(USER_IDX).to_numpy(),
+                    t.column(ITEM_IDX).to_numpy(),
+                    t.column(RATING).to_numpy().astype(np.float64),
+                )
                 day = t.column(TIMESTAMP).to_numpy() // length
-                yield pa.record_batch([t.column(USER_IDX).combine_chunks(), pa.array(day, pa.int64()),
-                                       pa.array(res, pa.float64())], [USER_IDX, _DAY, _RESIDUAL])
+                yield pa.record_batch(
+                    [t.column(USER_IDX).combine_chunks(), pa.array(day, pa.int64()), pa.array(res, pa.float64())],
+                    [USER_IDX, _DAY, _RESIDUAL],
+                )
+
         try:
-            rows = (self.train.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
-                    .mapInArrow(body, f"{USER_IDX} int, {_DAY} long, {_RESIDUAL} double")
-                    .groupBy(USER_IDX, _DAY).agg(F.sum(_RESIDUAL).alias("s"), F.count(F.lit(1)).alias("n"))
-                    .toArrow())
+            rows = (
+                self.train.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
+                .mapInArrow(body, f"{USER_IDX} int, {_DAY} long, {_RESIDUAL} double")
+                .groupBy(USER_IDX, _DAY)
+                .agg(F.sum(_RESIDUAL).alias("s"), F.count(F.lit(1)).alias("n"))
+                .toArrow()
+            )
         finally:
             bc.unpersist(blocking=False)
-        col = lambda name: rows.column(name).to_numpy()  # noqa: E731
+        col = lambda name: rows.column(name).to_numpy()
         return _pairs(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64))
 
 

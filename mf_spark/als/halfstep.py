@@ -20,6 +20,7 @@ solves its rows locally with `kernels.solve.solve_block`; the driver collects an
 
 Performance note: one broadcast and one Spark job (a collect of n_rows x k floats) per half-step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ from mf_spark.kernels.solve import SolveSpec, solve_block, start_point
 
 @dataclass(frozen=True)
 class HalfStepResult:
-    factors: np.ndarray          # (n_rows, k) float32
-    bias: np.ndarray | None      # (n_rows,) float32 when the spec has biases
+    factors: np.ndarray  # (n_rows, k) float32
+    bias: np.ndarray | None  # (n_rows,) float32 when the spec has biases
     data_loss: float
     reg_loss: float
     sq_err: float
@@ -46,6 +47,7 @@ class Fixed:
     """What a half-step sends its blocks: the fixed side (float32), its biases, for weighted ALS its
     Gramian Y^T Y (computed once per half-step, not once per block), and for conjugate gradients the
     solved side's current factors (x0, the rows' starting points)."""
+
     factors: np.ndarray
     bias: np.ndarray | None
     gram: np.ndarray | None
@@ -54,10 +56,21 @@ class Fixed:
 
 def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
     """What every half-step of a fit with this config solves (mu: the global mean, with biases)."""
-    return SolveSpec(kind=cfg.kind, reg=cfg.reg, reg_exponent=cfg.reg_exponent if cfg.reg_scaling == "count" else 0.0,
-                     with_bias=cfg.kind == "explicit" and cfg.biases, bias_reg=cfg.bias_reg, mu=mu, alpha=cfg.alpha,
-                     confidence=cfg.confidence, epsilon=cfg.epsilon, target=cfg.target,
-                     w0=cfg.unobserved_weight, nonnegative=cfg.nonnegative, cg_steps=cfg.cg_steps_for())
+    return SolveSpec(
+        kind=cfg.kind,
+        reg=cfg.reg,
+        reg_exponent=cfg.reg_exponent if cfg.reg_scaling == "count" else 0.0,
+        with_bias=cfg.kind == "explicit" and cfg.biases,
+        bias_reg=cfg.bias_reg,
+        mu=mu,
+        alpha=cfg.alpha,
+        confidence=cfg.confidence,
+        epsilon=cfg.epsilon,
+        target=cfg.target,
+        w0=cfg.unobserved_weight,
+        nonnegative=cfg.nonnegative,
+        cg_steps=cfg.cg_steps_for(),
+    )
 
 
 def gramian(fixed: np.ndarray, spec: SolveSpec) -> np.ndarray | None:
@@ -65,26 +78,36 @@ def gramian(fixed: np.ndarray, spec: SolveSpec) -> np.ndarray | None:
     return fixed.T.astype(np.float64) @ fixed if spec.kind == "implicit" else None
 
 
-def fixed_side(n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None, spec: SolveSpec,
-               previous: HalfStepResult | None) -> Fixed:
+def fixed_side(
+    n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None, spec: SolveSpec, previous: HalfStepResult | None
+) -> Fixed:
     fixed = np.ascontiguousarray(fixed, dtype=np.float32)
     gram = gramian(fixed, spec)
     x0 = None
-    if spec.cg_steps:       # conjugate gradients start from the rows' current factors
-        x0 = (start_point(previous.factors, previous.bias, spec) if previous is not None and previous.factors is not None
-              else np.zeros((n_rows, fixed.shape[1] + spec.with_bias), np.float32))
+    if spec.cg_steps:  # conjugate gradients start from the rows' current factors
+        x0 = (
+            start_point(previous.factors, previous.bias, spec)
+            if previous is not None and previous.factors is not None
+            else np.zeros((n_rows, fixed.shape[1] + spec.with_bias), np.float32)
+        )
     return Fixed(fixed, None if fixed_bias is None else np.asarray(fixed_bias, np.float32), gram, x0)
 
 
 def assemble(n_rows: int, k: int, spec: SolveSpec, previous: HalfStepResult | None, parts) -> HalfStepResult:
     """The half-step's result from its blocks' parts (row ids, factors, biases or None, (data loss,
     reg loss, squared error)); rows no block holds keep their `previous` factors (zeros if none)."""
-    X = (previous.factors.copy() if previous is not None and previous.factors is not None
-         else np.zeros((n_rows, k), dtype=np.float32))
+    X = (
+        previous.factors.copy()
+        if previous is not None and previous.factors is not None
+        else np.zeros((n_rows, k), dtype=np.float32)
+    )
     bias = None
     if spec.with_bias or (previous is not None and previous.bias is not None):
-        bias = (previous.bias.copy() if previous is not None and previous.bias is not None
-                else np.zeros(n_rows, dtype=np.float32))
+        bias = (
+            previous.bias.copy()
+            if previous is not None and previous.bias is not None
+            else np.zeros(n_rows, dtype=np.float32)
+        )
     loss = np.zeros(3)
     for ids, factors, row_bias, losses in parts:
         X[ids] = factors
@@ -96,13 +119,15 @@ def assemble(n_rows: int, k: int, spec: SolveSpec, previous: HalfStepResult | No
 
 class Engine:
     """The half-step interface (see the module docstring); a context manager that closes itself."""
+
     name = "?"
 
     def row_counts(self, side: str, n_rows: int) -> np.ndarray:
         raise NotImplementedError
 
-    def half_step(self, side: str, n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None,
-                  previous: HalfStepResult) -> HalfStepResult:
+    def half_step(
+        self, side: str, n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None, previous: HalfStepResult
+    ) -> HalfStepResult:
         raise NotImplementedError
 
     def pause(self) -> None:
@@ -124,6 +149,7 @@ class Engine:
 class BroadcastJobs(Engine):
     """Cached rating blocks of both sides ({"user": RDD, "item": RDD}), one broadcast and one Spark job
     per half-step (`half_step`); closing unpersists the blocks."""
+
     name = "jobs"
 
     def __init__(self, blocks: dict[str, RDD], spec: SolveSpec):
@@ -143,14 +169,29 @@ class BroadcastJobs(Engine):
 def _solver(bc, spec: SolveSpec):
     def solve(blk: CsrBlock):
         f = bc.value
-        sol = solve_block(blk.indptr, blk.cols, blk.values, f.factors, spec, fixed_bias=f.bias, gram=f.gram,
-                          x0=None if f.x0 is None else f.x0[blk.row_ids])
+        sol = solve_block(
+            blk.indptr,
+            blk.cols,
+            blk.values,
+            f.factors,
+            spec,
+            fixed_bias=f.bias,
+            gram=f.gram,
+            x0=None if f.x0 is None else f.x0[blk.row_ids],
+        )
         return blk.row_ids, sol.factors, sol.bias, (sol.data_loss, sol.reg_loss, sol.sq_err)
+
     return solve
 
 
-def half_step(blocks: RDD, n_rows: int, fixed: np.ndarray, spec: SolveSpec,
-              fixed_bias: np.ndarray | None = None, previous: HalfStepResult | None = None) -> HalfStepResult:
+def half_step(
+    blocks: RDD,
+    n_rows: int,
+    fixed: np.ndarray,
+    spec: SolveSpec,
+    fixed_bias: np.ndarray | None = None,
+    previous: HalfStepResult | None = None,
+) -> HalfStepResult:
     """Solve every row of the cached `blocks` against `fixed` ((n_fixed, k) float32).
 
     Rows that no block holds keep their `previous` factors (zeros when there are none); with

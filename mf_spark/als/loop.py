@@ -8,6 +8,7 @@
 Factors start from (seed, side, global index) alone (kernels.init), and each row's solve depends only
 on its own ratings and the fixed side, so the result does not depend on the number of blocks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,16 +23,16 @@ import numpy as np
 from pyspark import InheritableThread
 from pyspark.sql import DataFrame
 
-from mf_spark.core import session
-from mf_spark.als.engines import stream
 from mf_spark.als.blocks import build_all
-from mf_spark.data.ready import Triples, TrainStats, as_df, session_of, train_stats
 from mf_spark.als.checkpoint import CheckpointStore
-from mf_spark.core.types import Factors
+from mf_spark.als.engines import stream
+from mf_spark.als.engines.join import Routed
+from mf_spark.als.halfstep import BroadcastJobs, Engine, HalfStepResult, solve_spec
+from mf_spark.core import session
 from mf_spark.core.config import ModelConfig
 from mf_spark.core.errors import FitDiverged, InputError
-from mf_spark.als.halfstep import BroadcastJobs, Engine, HalfStepResult, solve_spec
-from mf_spark.als.engines.join import Routed
+from mf_spark.core.types import Factors
+from mf_spark.data.ready import TrainStats, Triples, as_df, session_of, train_stats
 from mf_spark.kernels.init import init_factors
 from mf_spark.kernels.solve import SolveSpec
 from mf_spark.kernels.topk import positions
@@ -42,13 +43,15 @@ log = logging.getLogger("mf_spark")
 @dataclass(frozen=True)
 class TopLists:
     """Every user's best items by the final factors, the user's training items excluded."""
-    counts: np.ndarray   # (n_users,) int32: items in each list (fewer than n only when few are unseen)
-    items: np.ndarray    # (n_users, n) int32 item indices, best first (ties to lower items), -1 past counts
-    scores: np.ndarray   # (n_users, n) float32, the scores a Scorer predicts for those pairs
+
+    counts: np.ndarray  # (n_users,) int32: items in each list (fewer than n only when few are unseen)
+    items: np.ndarray  # (n_users, n) int32 item indices, best first (ties to lower items), -1 past counts
+    scores: np.ndarray  # (n_users, n) float32, the scores a Scorer predicts for those pairs
 
     @classmethod
-    def from_flat(cls, n_users: int, n: int, users: np.ndarray, counts: np.ndarray, items: np.ndarray,
-                  scores: np.ndarray) -> "TopLists":
+    def from_flat(
+        cls, n_users: int, n: int, users: np.ndarray, counts: np.ndarray, items: np.ndarray, scores: np.ndarray
+    ) -> "TopLists":
         """From kernels.topk.top_n's layout with the users of each list (in any order)."""
         out_counts = np.zeros(n_users, np.int32)
         out_counts[users] = counts
@@ -65,15 +68,15 @@ class TopLists:
 class FitResult:
     factors: Factors
     history: list[dict[str, Any]] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)   # objective after every half-step
+    losses: list[float] = field(default_factory=list)  # objective after every half-step
     fit_seconds: float = 0.0
-    startup_seconds: float = 0.0    # from the call to the first iteration's start (blocks built, stage up)
+    startup_seconds: float = 0.0  # from the call to the first iteration's start (blocks built, stage up)
 
     n_train: int = 0
     rating_range: tuple[float, float] = (0.0, 0.0)
-    top: TopLists | None = None     # with fit(top_n=n), when the fit's tasks could score them
-    row_counts: tuple[np.ndarray, np.ndarray] | None = None   # ratings per user and per item, int64
-    exchange: str = ""              # what ran the half-steps: stream | jobs | join (after any fallback)
+    top: TopLists | None = None  # with fit(top_n=n), when the fit's tasks could score them
+    row_counts: tuple[np.ndarray, np.ndarray] | None = None  # ratings per user and per item, int64
+    exchange: str = ""  # what ran the half-steps: stream | jobs | join (after any fallback)
 
 
 # Called after every iteration with (iteration, factors); returns the history entry's extra keys.
@@ -88,8 +91,10 @@ class SharedBlocks:
 
     def __init__(self, train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig):
         self.train = train
-        self.num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train),
-                           "item": _num_blocks(cfg.num_item_blocks, train)}
+        self.num_blocks = {
+            "user": _num_blocks(cfg.num_user_blocks, train),
+            "item": _num_blocks(cfg.num_item_blocks, train),
+        }
         self.engine = _engine(train, cfg, solve_spec(cfg, 0.0), self.num_blocks, n_users, n_items)
 
     def engine_for(self, spec: SolveSpec) -> Engine:
@@ -115,6 +120,7 @@ class SharedBlocks:
 def _warm(spec: SolveSpec, rank: int, top: int) -> None:
     from mf_spark.kernels.solve import warm_up
     from mf_spark.kernels.topk import top_n
+
     warm_up(spec, rank)
     Y = np.ones((4, rank), np.float32)
     top_n(Y[:2], Y, min(top, 4), np.array([0, 1, 1], np.int64), np.array([3], np.int32))
@@ -156,17 +162,18 @@ def warm_up(spark, cfg: ModelConfig, top: int = 10, rdd: bool = False) -> thread
         workers.start()
         try:
             if not rdd:
-                _warm(spec, cfg.rank, top)    # the driver's kernels meanwhile
+                _warm(spec, cfg.rank, top)  # the driver's kernels meanwhile
         except Exception as e:  # noqa: BLE001 - an optimization only
             log.info("loading the kernels in the driver failed (%s); the fit loads them itself", e)
         workers.join()
+
     thread = InheritableThread(target=run, name="mf_spark-warm-up", daemon=True)
     thread.start()
     return thread
 
 
 def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndarray | None) -> float:
-    lam = np.where(counts > 0, spec.row_reg(counts), 0.0)      # rows without ratings pay no penalty
+    lam = np.where(counts > 0, spec.row_reg(counts), 0.0)  # rows without ratings pay no penalty
     sq = np.sum(F_.astype(np.float64) ** 2, axis=1)
     if bias is not None:
         sq += spec.bias_reg * bias.astype(np.float64) ** 2
@@ -193,25 +200,36 @@ SECURED = ("spark.authenticate", "spark.network.crypto.enabled", "spark.ssl.enab
 
 def _exchange(cfg: ModelConfig, sc) -> str:
     conf = sc.getConf()
-    on = lambda key: (conf.get(key, "false") or "").strip().lower() == "true"  # noqa: E731
+    on = lambda key: (conf.get(key, "false") or "").strip().lower() == "true"
     secured = [k for k in SECURED if on(k)]
-    if secured:       # the stream's frames are plaintext: Spark's own channels carry the factors
+    if secured:  # the stream's frames are plaintext: Spark's own channels carry the factors
         if cfg.exchange == "stream":
-            log.warning("model.exchange = stream, but %s is set and the stream is not encrypted: "
-                        "using one Spark job per half-step", ", ".join(secured))
+            log.warning(
+                "model.exchange = stream, but %s is set and the stream is not encrypted: "
+                "using one Spark job per half-step",
+                ", ".join(secured),
+            )
         return "jobs" if cfg.exchange != "join" else cfg.exchange
     if cfg.exchange != "auto":
         return cfg.exchange
     if on("spark.dynamicAllocation.enabled"):
-        return "jobs"        # barrier stages refuse dynamic allocation
+        return "jobs"  # barrier stages refuse dynamic allocation
     return "stream"
 
 
-
-def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig,
-        on_iteration: OnIteration | None = None, checkpoints: CheckpointStore | None = None,
-        resume: bool = False, stats: TrainStats | None = None, top_n: int = 0,
-        initial: Factors | None = None, blocks: SharedBlocks | None = None) -> FitResult:
+def fit(
+    train: DataFrame | Triples,
+    n_users: int,
+    n_items: int,
+    cfg: ModelConfig,
+    on_iteration: OnIteration | None = None,
+    checkpoints: CheckpointStore | None = None,
+    resume: bool = False,
+    stats: TrainStats | None = None,
+    top_n: int = 0,
+    initial: Factors | None = None,
+    blocks: SharedBlocks | None = None,
+) -> FitResult:
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double; or the same held by
     the driver, ready.Triples, which the resident stage takes from the driver directly).
 
@@ -238,9 +256,19 @@ def fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig
     return result
 
 
-def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig, on_iteration: OnIteration | None,
-         checkpoints: CheckpointStore | None, resume: bool, stats: TrainStats | None, top_n: int,
-         initial_factors: Factors | None, blocks: SharedBlocks | None) -> FitResult:
+def _fit(
+    train: DataFrame | Triples,
+    n_users: int,
+    n_items: int,
+    cfg: ModelConfig,
+    on_iteration: OnIteration | None,
+    checkpoints: CheckpointStore | None,
+    resume: bool,
+    stats: TrainStats | None,
+    top_n: int,
+    initial_factors: Factors | None,
+    blocks: SharedBlocks | None,
+) -> FitResult:
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
@@ -252,7 +280,7 @@ def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfi
         """The iterations not done yet (after a fallback, from where the failed engine stopped)."""
         initial.exchange = engine.name
         done = initial.history[-1]["iteration"] if initial.history else start
-        del initial.losses[2 * (done - start):]     # a half-step of an unfinished iteration
+        del initial.losses[2 * (done - start) :]  # a half-step of an unfinished iteration
         with engine if close else contextlib.nullcontext():
             result = _iterate(engine, initial, done, n_users, n_items, cfg, spec, on_iteration, checkpoints)
             if top_n > 0:
@@ -277,8 +305,14 @@ def _fit(train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfi
     return run(BroadcastJobs(build_all(as_df(train), num_blocks), spec))
 
 
-def _engine(train: DataFrame | Triples, cfg: ModelConfig, spec: SolveSpec, num_blocks: dict[str, int],
-            n_users: int, n_items: int) -> Engine:
+def _engine(
+    train: DataFrame | Triples,
+    cfg: ModelConfig,
+    spec: SolveSpec,
+    num_blocks: dict[str, int],
+    n_users: int,
+    n_items: int,
+) -> Engine:
     """The engine for this fit (model.strategy, model.exchange), started."""
     sc = session_of(train).sparkContext
     if cfg.strategy_for(n_users, n_items) == "join":
@@ -301,8 +335,9 @@ def _top_lists(engine: Engine, f: Factors, n_users: int, n: int) -> TopLists | N
     return None if got is None else TopLists.from_flat(n_users, n, *got)
 
 
-def _resident(train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int],
-              cfg: ModelConfig) -> "stream.Resident | None":
+def _resident(
+    train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int], cfg: ModelConfig
+) -> "stream.Resident | None":
     """The resident stage over the first input it starts on (stream.resident_inputs, or the driver's
     arrays); None when it starts on none and model.exchange = auto (the caller then runs a job per
     half-step)."""
@@ -310,8 +345,9 @@ def _resident(train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blo
     sc = session_of(train).sparkContext
     for attempt, rows in enumerate(inputs, 1):
         try:
-            return stream.Resident(rows, spec, stream.driver_host(sc), num_blocks, n_tasks=n_tasks,
-                                   deadline=cfg.exchange_timeout_seconds).start()
+            return stream.Resident(
+                rows, spec, stream.driver_host(sc), num_blocks, n_tasks=n_tasks, deadline=cfg.exchange_timeout_seconds
+            ).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):
                 log.info("resident stage did not start on the ratings as partitioned (%s); shuffling them", e)
@@ -325,21 +361,35 @@ def _resident(train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blo
 def seeded_factors(cfg: ModelConfig, n_users: int, n_items: int, mu: float = 0.0) -> Factors:
     """The factors a fit starts from: from (seed, side, index) alone; zero biases with biases."""
     with_bias = cfg.kind == "explicit" and cfg.biases
-    return Factors(init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
-                   init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
-                   np.zeros(n_users, np.float32) if with_bias else None,
-                   np.zeros(n_items, np.float32) if with_bias else None, mu)
+    return Factors(
+        init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
+        init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
+        np.zeros(n_users, np.float32) if with_bias else None,
+        np.zeros(n_items, np.float32) if with_bias else None,
+        mu,
+    )
 
 
-def _start(cfg: ModelConfig, spec: SolveSpec, stats: TrainStats, n_users: int, n_items: int,
-           checkpoints: CheckpointStore | None, resume: bool, initial: Factors | None) -> tuple[FitResult, int]:
+def _start(
+    cfg: ModelConfig,
+    spec: SolveSpec,
+    stats: TrainStats,
+    n_users: int,
+    n_items: int,
+    checkpoints: CheckpointStore | None,
+    resume: bool,
+    initial: Factors | None,
+) -> tuple[FitResult, int]:
     """Initial factors (the given ones, else seeded), or the latest checkpoint's with --resume; and the
     iterations already done."""
-    factors = seeded_factors(cfg, n_users, n_items, spec.mu) if initial is None else \
-        dataclasses.replace(initial, mu=spec.mu)
+    factors = (
+        seeded_factors(cfg, n_users, n_items, spec.mu) if initial is None else dataclasses.replace(initial, mu=spec.mu)
+    )
     if factors.X.shape != (n_users, cfg.rank) or factors.Y.shape != (n_items, cfg.rank):
-        raise ValueError(f"initial factors {factors.X.shape} x {factors.Y.shape}, the fit needs "
-                         f"({n_users}, {cfg.rank}) x ({n_items}, {cfg.rank})")
+        raise ValueError(
+            f"initial factors {factors.X.shape} x {factors.Y.shape}, the fit needs "
+            f"({n_users}, {cfg.rank}) x ({n_items}, {cfg.rank})"
+        )
     result = FitResult(factors, n_train=stats.n, rating_range=(stats.lo, stats.hi))
     start = 0
     if resume and checkpoints is not None:
@@ -347,11 +397,20 @@ def _start(cfg: ModelConfig, spec: SolveSpec, stats: TrainStats, n_users: int, n
     return result, start
 
 
-def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_items: int, cfg: ModelConfig, spec: SolveSpec,
-             on_iteration: OnIteration | None, checkpoints: CheckpointStore | None) -> FitResult:
+def _iterate(
+    engine: Engine,
+    result: FitResult,
+    start: int,
+    n_users: int,
+    n_items: int,
+    cfg: ModelConfig,
+    spec: SolveSpec,
+    on_iteration: OnIteration | None,
+    checkpoints: CheckpointStore | None,
+) -> FitResult:
     n_u, n_i = engine.row_counts("user", n_users), engine.row_counts("item", n_items)
     result.row_counts = (n_u, n_i)
-    if not result.startup_seconds:      # a clock reading here (once, a fallback goes on); fit() makes it a duration
+    if not result.startup_seconds:  # a clock reading here (once, a fallback goes on); fit() makes it a duration
         result.startup_seconds = time.perf_counter()
     for it in range(start, cfg.iterations):
         t0 = time.perf_counter()
@@ -365,29 +424,42 @@ def _iterate(engine: Engine, result: FitResult, start: int, n_users: int, n_item
         result.losses.append(loss)
         result.factors = Factors(users.factors, items.factors, users.bias, items.bias, spec.mu)
         _check_finite(it + 1, result.factors, loss, cfg, spec)
-        entry = {"iteration": it + 1, "loss": loss,
-                 "train_rmse": float(np.sqrt(users.sq_err / result.n_train)) if cfg.kind == "explicit" else None,
-                 "test_rmse": None}
+        entry = {
+            "iteration": it + 1,
+            "loss": loss,
+            "train_rmse": float(np.sqrt(users.sq_err / result.n_train)) if cfg.kind == "explicit" else None,
+            "test_rmse": None,
+        }
         if on_iteration is not None:
             if not getattr(on_iteration, "spark_free", False):
-                engine.pause()      # resident tasks hold every slot; the callback may run Spark jobs
+                engine.pause()  # resident tasks hold every slot; the callback may run Spark jobs
             entry.update(on_iteration(it + 1, result.factors))
         stop = entry.pop("stop", False)
         converged = _converged(result.history, loss, cfg.tolerance)
         entry["seconds"] = time.perf_counter() - t0
         result.history.append(entry)
-        log.info("iteration %d/%d %s", it + 1, cfg.iterations,
-                 " ".join(f"{k}={v:.5g}" for k, v in entry.items() if isinstance(v, float)))
-        if checkpoints is not None and cfg.checkpoint_interval and (it + 1) % cfg.checkpoint_interval == 0 \
-                and it + 1 < cfg.iterations:
-            checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed,
-                                                      "history": result.history})
+        log.info(
+            "iteration %d/%d %s",
+            it + 1,
+            cfg.iterations,
+            " ".join(f"{k}={v:.5g}" for k, v in entry.items() if isinstance(v, float)),
+        )
+        if (
+            checkpoints is not None
+            and cfg.checkpoint_interval
+            and (it + 1) % cfg.checkpoint_interval == 0
+            and it + 1 < cfg.iterations
+        ):
+            checkpoints.save(it + 1, result.factors, {"kind": cfg.kind, "seed": cfg.seed, "history": result.history})
         if stop:
             log.info("stopping after iteration %d: the iteration callback asked to", it + 1)
             break
         if converged:
-            log.info("stopping after iteration %d: the objective fell by less than model.tolerance = %g of "
-                     "itself", it + 1, cfg.tolerance)
+            log.info(
+                "stopping after iteration %d: the objective fell by less than model.tolerance = %g of itself",
+                it + 1,
+                cfg.tolerance,
+            )
             break
     return result
 
@@ -411,13 +483,17 @@ def _check_finite(iteration: int, f: Factors, loss: float, cfg: ModelConfig, spe
         bad.append("the objective")
     if not bad:
         return
-    cause = ("ratings too large for float32 arithmetic (their squares overflow): rescale them"
-             if spec.kind == "explicit" else "confidences 1 + alpha * r too large for float32: lower model.alpha "
-             "or use model.confidence = log")
+    cause = (
+        "ratings too large for float32 arithmetic (their squares overflow): rescale them"
+        if spec.kind == "explicit"
+        else "confidences 1 + alpha * r too large for float32: lower model.alpha or use model.confidence = log"
+    )
     if cfg.reg == 0:
         cause += "; model.reg = 0 leaves rows with few ratings unregularized"
-    raise FitDiverged(f"the fit diverged at iteration {iteration}: {', '.join(bad)} are not finite numbers; "
-                      f"likely cause: {cause}. Nothing was published.")
+    raise FitDiverged(
+        f"the fit diverged at iteration {iteration}: {', '.join(bad)} are not finite numbers; "
+        f"likely cause: {cause}. Nothing was published."
+    )
 
 
 def _restore(checkpoints: CheckpointStore, result: FitResult, cfg: ModelConfig, n_users: int, n_items: int) -> int:
@@ -427,12 +503,20 @@ def _restore(checkpoints: CheckpointStore, result: FitResult, cfg: ModelConfig, 
         log.info("--resume: no checkpoint under %s, starting from iteration 1", checkpoints.root)
         return 0
     state, factors = found
-    want = {"rank": cfg.rank, "n_users": n_users, "n_items": n_items, "kind": cfg.kind, "seed": cfg.seed,
-            "biases": result.factors.user_bias is not None}
+    want = {
+        "rank": cfg.rank,
+        "n_users": n_users,
+        "n_items": n_items,
+        "kind": cfg.kind,
+        "seed": cfg.seed,
+        "biases": result.factors.user_bias is not None,
+    }
     diff = {k: (state.get(k), v) for k, v in want.items() if state.get(k) != v}
     if diff:
-        raise InputError(f"--resume: checkpoint {checkpoints.root} does not match this run: "
-                         + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        raise InputError(
+            f"--resume: checkpoint {checkpoints.root} does not match this run: "
+            + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        )
     result.factors = factors
     result.history = list(state.get("history", []))
     log.info("--resume: continuing after iteration %d from %s", state["iteration"], checkpoints.root)

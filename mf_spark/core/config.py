@@ -4,6 +4,7 @@
 `--set section.key=value` overrides (parsed into the field's declared type), and validates. Every error
 is a ConfigError that names the TOML key, the value and what was expected.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,9 @@ def require_choices(section: Any, name: str) -> None:
         if typing.get_origin(hint) is Literal:
             value = getattr(section, f.name)
             choices = typing.get_args(hint)
-            require(value in choices, f"{name}.{f.name}", value,
-                    "one of " + ", ".join(repr(c) for c in choices if c != ""))
+            require(
+                value in choices, f"{name}.{f.name}", value, "one of " + ", ".join(repr(c) for c in choices if c != "")
+            )
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,16 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require_choices(self, "data")
-        require(0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction,
-                "a number in [0, 1]")
+        require(
+            0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction, "a number in [0, 1]"
+        )
         if self.rating_range is not None:
-            require(self.rating_range[0] <= self.rating_range[1], "data.rating_range", list(self.rating_range),
-                    "[lo, hi] with lo <= hi")
+            require(
+                self.rating_range[0] <= self.rating_range[1],
+                "data.rating_range",
+                list(self.rating_range),
+                "[lo, hi] with lo <= hi",
+            )
         require(self.front_end_max_mb >= 0, "data.front_end_max_mb", self.front_end_max_mb, "a number >= 0")
 
     def duplicates_policy(self, kind: str) -> str:
@@ -82,8 +89,12 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         require_choices(self, "split")
-        require(0.0 < self.test_fraction < 1.0, "split.test_fraction", self.test_fraction,
-                "a number strictly between 0 and 1")
+        require(
+            0.0 < self.test_fraction < 1.0,
+            "split.test_fraction",
+            self.test_fraction,
+            "a number strictly between 0 and 1",
+        )
 
 
 # Rank from which solver = "auto" uses conjugate gradients: below it forming and solving the k x k
@@ -95,18 +106,18 @@ CG_FROM_RANK = 16
 @dataclass(frozen=True)
 class ModelConfig:
     kind: Literal["explicit", "implicit"] = "explicit"
-    rank: int = 10                      # latent factors k
-    iterations: int = 10                # full ALS iterations (users then items)
+    rank: int = 10  # latent factors k
+    iterations: int = 10  # full ALS iterations (users then items)
     # > 0: stop before `iterations` once an iteration lowers the objective by at most this fraction
     # of it (ALS lowers it every iteration; past convergence the factors hardly move)
     tolerance: float = 0.0
-    reg: float = 0.1                    # lambda; multiplied by n_u^nu (n_i^nu) when reg_scaling = "count"
-    reg_scaling: Literal["count", "none"] = "count"   # count = ALS-WR weighted-lambda (MLlib)
+    reg: float = 0.1  # lambda; multiplied by n_u^nu (n_i^nu) when reg_scaling = "count"
+    reg_scaling: Literal["count", "none"] = "count"  # count = ALS-WR weighted-lambda (MLlib)
     # nu of the count scaling: 1 = ALS-WR (MLlib), between 0 and 1 the frequency-scaled lambda of
     # iALS (Rendle et al., "Revisiting the performance of iALS", 2021): rows with many ratings are
     # shrunk less than in proportion to their count.
     reg_exponent: float = 1.0
-    biases: bool = False                # explicit only: learn mu + b_u + b_i
+    biases: bool = False  # explicit only: learn mu + b_u + b_i
     # biases: their lambda over the factors' (the same n^nu scaling): a bias is one number fitted to
     # every rating of its row, and shrinks best at another strength than the k factors (LensKit's
     # separate bias damping)
@@ -114,23 +125,23 @@ class ModelConfig:
     # explicit, with timestamps: > 0 fits after the factors an offset per (user, day), shrunk by this
     # lambda (mf_spark.als.days); 0 = none. A day is timestamp // day_length.
     day_bias_reg: float = 0.0
-    day_length: int = 86400             # in the timestamps' unit: 86400 for seconds
-    alpha: float = 1.0                  # implicit confidence slope
+    day_length: int = 86400  # in the timestamps' unit: 86400 for seconds
+    alpha: float = 1.0  # implicit confidence slope
     confidence: Literal["linear", "log"] = "linear"  # 1 + alpha*r  |  1 + alpha*log(1 + r/eps)
-    epsilon: float = 1.0                # eps of the log confidence
+    epsilon: float = 1.0  # eps of the log confidence
     target: Literal["preference", "value"] = "preference"  # implicit p_ui: 1, or the observed value
-    unobserved_weight: float = 1.0      # w0 (implicit only); 1 = Hu-Koren-Volinsky
-    nonnegative: bool = False           # projected non-negative solves
-    seed: int = 0                       # factor initialization
-    num_user_blocks: int = 0            # 0 = Spark default parallelism
+    unobserved_weight: float = 1.0  # w0 (implicit only); 1 = Hu-Koren-Volinsky
+    nonnegative: bool = False  # projected non-negative solves
+    seed: int = 0  # factor initialization
+    num_user_blocks: int = 0  # 0 = Spark default parallelism
     num_item_blocks: int = 0
     strategy: Literal["auto", "broadcast", "join"] = "auto"
-    broadcast_budget_mb: int = 2048     # auto uses broadcast while fixed factors fit this
+    broadcast_budget_mb: int = 2048  # auto uses broadcast while fixed factors fit this
     exchange: Literal["auto", "stream", "jobs"] = "auto"  # resident block tasks | a Spark job per half-step
     # stream: seconds the driver waits for a half-step's replies (or the blocks' building) before it
     # drops the stage as frozen and submits it again
     exchange_timeout_seconds: float = 600.0
-    checkpoint_interval: int = 5        # checkpoint factors every N iterations; 0 = never
+    checkpoint_interval: int = 5  # checkpoint factors every N iterations; 0 = never
     # exact: form and factor each row's k x k system; cg: cg_steps conjugate-gradient steps from the
     # previous factors (no k x k system); auto: cg from rank CG_FROM_RANK on, exact below.
     solver: Literal["auto", "exact", "cg"] = "auto"
@@ -139,30 +150,49 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require_choices(self, "model")
         require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
-        for name in ("reg", "reg_exponent", "bias_reg", "day_bias_reg", "alpha", "epsilon", "unobserved_weight", "tolerance"):
+        for name in (
+            "reg",
+            "reg_exponent",
+            "bias_reg",
+            "day_bias_reg",
+            "alpha",
+            "epsilon",
+            "unobserved_weight",
+            "tolerance",
+        ):
             _finite(f"model.{name}", getattr(self, name))
-        require(0 < self.exchange_timeout_seconds < float("inf"), "model.exchange_timeout_seconds",
-                self.exchange_timeout_seconds, "a number of seconds > 0")
+        require(
+            0 < self.exchange_timeout_seconds < float("inf"),
+            "model.exchange_timeout_seconds",
+            self.exchange_timeout_seconds,
+            "a number of seconds > 0",
+        )
         require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
-        require(0.0 <= self.tolerance < 1.0, "model.tolerance", self.tolerance, "a number in [0, 1) (0 = never stop early)")
+        require(
+            0.0 <= self.tolerance < 1.0, "model.tolerance", self.tolerance, "a number in [0, 1) (0 = never stop early)"
+        )
         require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
         require(0.0 <= self.reg_exponent <= 2.0, "model.reg_exponent", self.reg_exponent, "a number in [0, 2]")
         require(self.bias_reg > 0.0, "model.bias_reg", self.bias_reg, "a number > 0")
         require(self.day_bias_reg >= 0.0, "model.day_bias_reg", self.day_bias_reg, "a number >= 0 (0 = no day biases)")
-        require(self.day_length >= 1, "model.day_length", self.day_length,
-                "an integer >= 1 (a day in the timestamps' unit: 86400 for seconds)")
+        require(
+            self.day_length >= 1,
+            "model.day_length",
+            self.day_length,
+            "an integer >= 1 (a day in the timestamps' unit: 86400 for seconds)",
+        )
         require(self.alpha >= 0.0, "model.alpha", self.alpha, "a number >= 0")
         require(self.epsilon > 0.0, "model.epsilon", self.epsilon, "a number > 0")
-        require(self.unobserved_weight >= 0.0, "model.unobserved_weight", self.unobserved_weight,
-                "a number >= 0")
-        require(self.num_user_blocks >= 0, "model.num_user_blocks", self.num_user_blocks,
-                "an integer >= 0 (0 = auto)")
-        require(self.num_item_blocks >= 0, "model.num_item_blocks", self.num_item_blocks,
-                "an integer >= 0 (0 = auto)")
-        require(self.broadcast_budget_mb >= 0, "model.broadcast_budget_mb", self.broadcast_budget_mb,
-                "an integer >= 0")
-        require(self.checkpoint_interval >= 0, "model.checkpoint_interval", self.checkpoint_interval,
-                "an integer >= 0 (0 = never)")
+        require(self.unobserved_weight >= 0.0, "model.unobserved_weight", self.unobserved_weight, "a number >= 0")
+        require(self.num_user_blocks >= 0, "model.num_user_blocks", self.num_user_blocks, "an integer >= 0 (0 = auto)")
+        require(self.num_item_blocks >= 0, "model.num_item_blocks", self.num_item_blocks, "an integer >= 0 (0 = auto)")
+        require(self.broadcast_budget_mb >= 0, "model.broadcast_budget_mb", self.broadcast_budget_mb, "an integer >= 0")
+        require(
+            self.checkpoint_interval >= 0,
+            "model.checkpoint_interval",
+            self.checkpoint_interval,
+            "an integer >= 0 (0 = never)",
+        )
         require(self.cg_steps >= 1, "model.cg_steps", self.cg_steps, "an integer >= 1")
 
     def cg_steps_for(self) -> int:
@@ -189,10 +219,10 @@ class RecommendConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    k: int = 10                          # cut-off of the ranking metrics
+    k: int = 10  # cut-off of the ranking metrics
     relevant_threshold: float | None = None  # explicit: held-out rating >= this is relevant
-    every_iteration: bool = True         # held-out RMSE and NDCG@k in the per-iteration history
-    history_users: int = 1000            # users sampled for the per-iteration NDCG@k (final: all)
+    every_iteration: bool = True  # held-out RMSE and NDCG@k in the per-iteration history
+    history_users: int = 1000  # users sampled for the per-iteration NDCG@k (final: all)
 
     def __post_init__(self) -> None:
         require(self.k >= 1, "eval.k", self.k, "an integer >= 1")
@@ -200,14 +230,34 @@ class EvalConfig:
 
 
 # Model keys the tuning search may vary ([tune.space]); the rest of [model] is how to compute, not what.
-TUNABLE = ("rank", "iterations", "reg", "reg_scaling", "reg_exponent", "biases", "bias_reg", "day_bias_reg", "alpha",
-           "confidence", "epsilon", "target", "unobserved_weight", "nonnegative")
+TUNABLE = (
+    "rank",
+    "iterations",
+    "reg",
+    "reg_scaling",
+    "reg_exponent",
+    "biases",
+    "bias_reg",
+    "day_bias_reg",
+    "alpha",
+    "confidence",
+    "epsilon",
+    "target",
+    "unobserved_weight",
+    "nonnegative",
+)
 # Trials of a search by model kind when tune.trials is 0. The explicit space has more dimensions
 # (biases and their own lambda): fewer trials chose worse models there, while the implicit searches
 # chose the same with 27 as with 81 on every data set measured (the commit that set these says which).
 DEFAULT_TRIALS = {"explicit": 81, "implicit": 27}
-TUNE_METRICS = {"rmse": True, "mae": True, "precision_at_k": False, "recall_at_k": False,
-                "ndcg_at_k": False, "map_at_k": False}      # metric -> lower is better
+TUNE_METRICS = {
+    "rmse": True,
+    "mae": True,
+    "precision_at_k": False,
+    "recall_at_k": False,
+    "ndcg_at_k": False,
+    "map_at_k": False,
+}  # metric -> lower is better
 
 
 @dataclass(frozen=True)
@@ -215,24 +265,33 @@ class TuneConfig:
     """jobs/tune.py's search (mf_spark.run.tune). `space` maps a model key to a list of values, or for a
     number to a range {min, max, log}; keys not in it keep [model]'s value. Empty = the default
     space of the model kind (tune.DEFAULT_SPACES)."""
+
     method: Literal["halving", "random", "grid"] = "halving"
-    trials: int = 0                      # settings drawn (random, halving), 0 = the kind's (DEFAULT_TRIALS)
-    metric: str = ""                     # validation metric; "" = rmse (explicit), ndcg_at_k (implicit)
-    validation_fraction: float = 0.2     # share of the training ratings held out for validation
-    max_iterations: int = 30             # a trial's iterations at most ([tune.space] iterations: its own)
-    patience: int = 3                    # a trial stops once its metric has not improved for this many
-    eta: int = 3                         # halving: the best 1/eta of each rung go on, eta x the iterations
-    min_iterations: int = 5              # halving: iterations of the first rung (fewer rank the settings badly)
-    validation_users: int = 2000         # users sampled for a ranking metric (every user below this)
-    seed: int = 0                        # draws of the settings and of the sampled users
+    trials: int = 0  # settings drawn (random, halving), 0 = the kind's (DEFAULT_TRIALS)
+    metric: str = ""  # validation metric; "" = rmse (explicit), ndcg_at_k (implicit)
+    validation_fraction: float = 0.2  # share of the training ratings held out for validation
+    max_iterations: int = 30  # a trial's iterations at most ([tune.space] iterations: its own)
+    patience: int = 3  # a trial stops once its metric has not improved for this many
+    eta: int = 3  # halving: the best 1/eta of each rung go on, eta x the iterations
+    min_iterations: int = 5  # halving: iterations of the first rung (fewer rank the settings badly)
+    validation_users: int = 2000  # users sampled for a ranking metric (every user below this)
+    seed: int = 0  # draws of the settings and of the sampled users
     space: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require_choices(self, "tune")
-        require(self.metric in ("", *TUNE_METRICS), "tune.metric", self.metric,
-                "one of " + ", ".join(repr(m) for m in TUNE_METRICS) + " (or \"\" for the kind's default)")
-        require(0.0 < self.validation_fraction < 1.0, "tune.validation_fraction", self.validation_fraction,
-                "a number strictly between 0 and 1")
+        require(
+            self.metric in ("", *TUNE_METRICS),
+            "tune.metric",
+            self.metric,
+            "one of " + ", ".join(repr(m) for m in TUNE_METRICS) + ' (or "" for the kind\'s default)',
+        )
+        require(
+            0.0 < self.validation_fraction < 1.0,
+            "tune.validation_fraction",
+            self.validation_fraction,
+            "a number strictly between 0 and 1",
+        )
         require(self.trials >= 0, "tune.trials", self.trials, "an integer >= 0 (0 = the model kind's default)")
         for name in ("max_iterations", "patience", "min_iterations", "validation_users"):
             require(getattr(self, name) >= 1, f"tune.{name}", getattr(self, name), "an integer >= 1")
@@ -244,18 +303,25 @@ class TuneConfig:
             require(name in TUNABLE, key, choice, "a tunable model key: " + ", ".join(TUNABLE))
             hint = hints[name]
             if isinstance(choice, dict):
-                require(hint in (int, float) and set(choice) <= {"min", "max", "log"} and {"min", "max"} <= set(choice),
-                        key, choice, "a list of values, or for a number a range {min = a, max = b, log = true|false}")
+                require(
+                    hint in (int, float) and set(choice) <= {"min", "max", "log"} and {"min", "max"} <= set(choice),
+                    key,
+                    choice,
+                    "a list of values, or for a number a range {min = a, max = b, log = true|false}",
+                )
                 lo, hi = (_coerce(f"{key}.{b}", hint, choice[b], False) for b in ("min", "max"))
                 log_scale = _coerce(f"{key}.log", bool, choice.get("log", False), False)
-                require(lo <= hi and (not log_scale or lo > 0), key, choice,
-                        "min <= max (and min > 0 for a log range)")
+                require(lo <= hi and (not log_scale or lo > 0), key, choice, "min <= max (and min > 0 for a log range)")
                 object.__setattr__(self, "space", {**self.space, name: {"min": lo, "max": hi, "log": log_scale}})
             else:
-                require(isinstance(choice, (list, tuple)) and len(choice) >= 1, key, choice,
-                        "a non-empty list of values, or a range {min, max, log}")
+                require(
+                    isinstance(choice, (list, tuple)) and len(choice) >= 1,
+                    key,
+                    choice,
+                    "a non-empty list of values, or a range {min, max, log}",
+                )
                 values = [_coerce(f"{key}[{n}]", hint, v, False) for n, v in enumerate(choice)]
-                for v in values:     # each value must make a valid [model] section on its own
+                for v in values:  # each value must make a valid [model] section on its own
                     ModelConfig(**{name: v})
                 object.__setattr__(self, "space", {**self.space, name: values})
 
@@ -271,7 +337,7 @@ class TrackingConfig:
     # MLflow tracking URI (file:///path/mlruns, http://host:5000, databricks); "" = no tracking.
     # Needs the mlflow package (pip install 'mf_spark[mlflow]').
     mlflow_uri: str = ""
-    experiment: str = "mf_spark"         # MLflow experiment the runs are logged under
+    experiment: str = "mf_spark"  # MLflow experiment the runs are logged under
 
 
 @dataclass(frozen=True)
@@ -289,9 +355,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "split": SplitConfig, "model": ModelConfig,
-                             "recommend": RecommendConfig, "eval": EvalConfig, "tune": TuneConfig,
-                             "tracking": TrackingConfig}
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "split": SplitConfig,
+    "model": ModelConfig,
+    "recommend": RecommendConfig,
+    "eval": EvalConfig,
+    "tune": TuneConfig,
+    "tracking": TrackingConfig,
+}
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
 
@@ -316,20 +388,25 @@ def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
         inner = next(a for a in args if a is not type(None))
         return _coerce(key, inner, value, from_text)
     if origin is tuple:
-        if from_text and isinstance(value, str):     # --set data.rating_range=[1,5]: a TOML array
+        if from_text and isinstance(value, str):  # --set data.rating_range=[1,5]: a TOML array
             try:
                 value = tomllib.loads(f"v = {value}")["v"]
             except tomllib.TOMLDecodeError:
-                raise ConfigError(f"config key {key}: got {value!r}, expected a TOML array such as "
-                                  f"{_example(args)}") from None
+                raise ConfigError(
+                    f"config key {key}: got {value!r}, expected a TOML array such as {_example(args)}"
+                ) from None
         fixed = Ellipsis not in args
-        value = list(value) if isinstance(value, tuple) else value     # from RunConfig.to_dict()
-        require(isinstance(value, list) and (not fixed or len(value) == len(args)), key, value,
-                f"an array like {_example(args)}")
+        value = list(value) if isinstance(value, tuple) else value  # from RunConfig.to_dict()
+        require(
+            isinstance(value, list) and (not fixed or len(value) == len(args)),
+            key,
+            value,
+            f"an array like {_example(args)}",
+        )
         kinds = args if fixed else (args[0],) * len(value)
         return tuple(_coerce(f"{key}[{n}]", h, v, False) for n, (h, v) in enumerate(zip(kinds, value)))
     if hint is dict:
-        if from_text and isinstance(value, str):     # --set tune.space={rank = [8, 16]}: a TOML inline table
+        if from_text and isinstance(value, str):  # --set tune.space={rank = [8, 16]}: a TOML inline table
             try:
                 value = tomllib.loads(f"v = {value}")["v"]
             except tomllib.TOMLDecodeError:
@@ -362,7 +439,7 @@ def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
         return _finite(key, float(value))
     if hint is str:
         if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)   # a column position written as a bare TOML integer
+            return str(value)  # a column position written as a bare TOML integer
         require(isinstance(value, str), key, value, "a string")
         return value
     raise ConfigError(f"config key {key}: unsupported type {hint!r}")  # pragma: no cover
@@ -379,8 +456,7 @@ def _build(section: str, cls: type, values: dict[str, Any], text_keys: set[str])
     for name, value in values.items():
         key = f"{section}.{name}"
         if name not in names:
-            raise ConfigError(f"unknown config key {key}; known keys in [{section}]: "
-                              + ", ".join(sorted(names)))
+            raise ConfigError(f"unknown config key {key}; known keys in [{section}]: " + ", ".join(sorted(names)))
         kwargs[name] = _coerce(key, hints[name], value, key in text_keys)
     return cls(**kwargs)
 
@@ -419,8 +495,10 @@ def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config")
             merged["spark"] = _flatten_spark(body)
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown config section [{section}]; known sections: "
-                              + ", ".join(sorted([*SECTIONS, "spark"])))
+            raise ConfigError(
+                f"{source}: unknown config section [{section}]; known sections: "
+                + ", ".join(sorted([*SECTIONS, "spark"]))
+            )
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
         merged[section] = dict(body)
@@ -431,22 +509,24 @@ def from_dict(doc: dict[str, Any], sets: list[str] = (), source: str = "config")
             merged.setdefault("spark", {})[name] = value
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"--set {item!r}: unknown config section {section!r}; known sections: "
-                              + ", ".join(sorted([*SECTIONS, "spark"])))
+            raise ConfigError(
+                f"--set {item!r}: unknown config section {section!r}; known sections: "
+                + ", ".join(sorted([*SECTIONS, "spark"]))
+            )
         head, dot, tail = name.partition(".")
-        if dot and typing.get_type_hints(SECTIONS[section]).get(head) is dict:   # --set tune.space.rank=[8, 16]
+        if dot and typing.get_type_hints(SECTIONS[section]).get(head) is dict:  # --set tune.space.rank=[8, 16]
             try:
                 parsed = tomllib.loads(f"v = {value}")["v"]
             except tomllib.TOMLDecodeError:
-                raise ConfigError(f"--set {item!r}: expected a TOML value such as [8, 16] or "
-                                  f"{{min = 0.01, max = 1, log = true}}") from None
+                raise ConfigError(
+                    f"--set {item!r}: expected a TOML value such as [8, 16] or {{min = 0.01, max = 1, log = true}}"
+                ) from None
             body = merged.setdefault(section, {})
             body[head] = {**body.get(head, {}), tail.strip(): parsed}
             continue
         merged.setdefault(section, {})[name] = value
         text_keys.add(f"{section}.{name}")
-    parts = {section: _build(section, cls, merged.get(section, {}), text_keys)
-             for section, cls in SECTIONS.items()}
+    parts = {section: _build(section, cls, merged.get(section, {}), text_keys) for section, cls in SECTIONS.items()}
     return RunConfig(**parts, spark=merged.get("spark", {}))
 
 
@@ -456,7 +536,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)    # a TOML basic string: JSON's escapes are TOML's
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -1,4 +1,5 @@
 """Error types. The job maps the first three to exit code 2, everything else to exit code 1."""
+
 import os
 
 

@@ -1,6 +1,7 @@
 """File-system operations through Hadoop's FileSystem API, so local paths, HDFS and object stores
 behave alike (the same API Spark itself writes with). Every function takes the active SparkSession.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,7 @@ def data_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
     it = fs.listFiles(p, True)
     while it.hasNext():
         st = it.next()
-        rel = str(st.getPath().toUri().getPath())[len(str(p.toUri().getPath())):]
+        rel = str(st.getPath().toUri().getPath())[len(str(p.toUri().getPath())) :]
         if any(part.startswith((".", "_")) and "=" not in part for part in rel.split("/") if part):
             continue
         out.append((str(st.getPath().toString()), int(st.getLen()), int(st.getModificationTime())))
@@ -141,7 +142,7 @@ def write_text(spark: SparkSession, path: str, text: str) -> None:
         out.close()
 
 
-_CHUNK = 8 << 20    # bytes per py4j call when writing through Hadoop
+_CHUNK = 8 << 20  # bytes per py4j call when writing through Hadoop
 
 
 def write_bytes(spark: SparkSession, path: str, data) -> None:
@@ -160,7 +161,7 @@ def write_bytes(spark: SparkSession, path: str, data) -> None:
     out = fs.create(p, True)
     try:
         for at in range(0, len(view), _CHUNK):
-            out.write(bytearray(view[at:at + _CHUNK]))
+            out.write(bytearray(view[at : at + _CHUNK]))
     finally:
         out.close()
 

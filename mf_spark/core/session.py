@@ -1,4 +1,5 @@
 """The SparkSession a job runs in, from the [spark] section of the config."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ from threadpoolctl import threadpool_limits
 # this is Int.MaxValue (then only maxRecordsPerBatch, 10,000 rows by default, cuts batches). With
 # the 64 MiB default the per-row check dominates mapInArrow input.
 ARROW_BYTES_KEY = "spark.sql.execution.arrow.maxBytesPerBatch"
-ARROW_BYTES_UNBOUNDED = str(2 ** 31 - 1)
+ARROW_BYTES_UNBOUNDED = str(2**31 - 1)
 ARROW_ROWS_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
-FIT_BATCH_ROWS = 1_000_000      # 12 MB of (user, item, rating) per batch
+FIT_BATCH_ROWS = 1_000_000  # 12 MB of (user, item, rating) per batch
 
 # Defaults a local run needs; any [spark] key or spark-submit --conf overrides them.
 DEFAULTS = {
@@ -45,8 +46,8 @@ def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
     outputs and tasks per shuffle cost a job more than its data does. A running session's own
     settings are left as they are."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    existing = SparkSession.getActiveSession()   # a caller's: its settings are its own
-    given = dict(SparkConf().getAll())         # what spark-submit passed (system properties)
+    existing = SparkSession.getActiveSession()  # a caller's: its settings are its own
+    given = dict(SparkConf().getAll())  # what spark-submit passed (system properties)
     builder = SparkSession.builder.appName(app_name)
     for key, value in {**{k: v for k, v in DEFAULTS.items() if k not in given}, **(conf or {})}.items():
         builder = builder.config(key, value)

@@ -7,6 +7,7 @@ Internal DataFrame columns after validation (original ID types kept):
 After indexing:
     user_idx, item_idx  IntegerType dense indices, 0..n-1 (null for IDs unseen in train)
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,24 +18,25 @@ import numpy.typing as npt
 
 USER, ITEM, RATING, TIMESTAMP = "user", "item", "rating", "timestamp"
 USER_IDX, ITEM_IDX = "user_idx", "item_idx"
-SOURCE, ROW = "_source", "_row"          # input file, and read position for ordering / messages
+SOURCE, ROW = "_source", "_row"  # input file, and read position for ordering / messages
 REASON = "reason"
-PART = "_part"                            # which given file (0 train, 1 test) a row came from
-MALFORMED = "_malformed"                  # raw rows: why the row's fields cannot be trusted, else null
+PART = "_part"  # which given file (0 train, 1 test) a row came from
+MALFORMED = "_malformed"  # raw rows: why the row's fields cannot be trusted, else null
 
-NPMatrix = npt.NDArray[np.float32]      # (n, k) factors
-NPVector = npt.NDArray[np.float32]      # (n,) biases, ratings
-NPIndex = npt.NDArray[np.int32]         # (n,) indices
-NO_TIME = np.iinfo(np.int64).min        # a rating's timestamp in driver arrays when it has none
+NPMatrix = npt.NDArray[np.float32]  # (n, k) factors
+NPVector = npt.NDArray[np.float32]  # (n,) biases, ratings
+NPIndex = npt.NDArray[np.int32]  # (n,) indices
+NO_TIME = np.iinfo(np.int64).min  # a rating's timestamp in driver arrays when it has none
 
 
 @dataclass(frozen=True)
 class Factors:
     """Factors of both sides and the global mean; biases are None without biases."""
-    X: np.ndarray                # (n_users, k) float32
-    Y: np.ndarray                # (n_items, k) float32
-    user_bias: np.ndarray | None # (n_users,) float32
-    item_bias: np.ndarray | None # (n_items,) float32
+
+    X: np.ndarray  # (n_users, k) float32
+    Y: np.ndarray  # (n_items, k) float32
+    user_bias: np.ndarray | None  # (n_users,) float32
+    item_bias: np.ndarray | None  # (n_items,) float32
     mu: float
 
     def __post_init__(self) -> None:
@@ -52,10 +54,11 @@ class DayBiases:
     (user, day), fitted to the residuals of the user's ratings that day, lifts or lowers every
     prediction for that user on that day, and for a day it has not seen, none. A day is
     timestamp // day_length (timestamps in seconds: day_length 86400)."""
+
     day_length: int
-    users: np.ndarray    # (m,) int32 user indices, ascending by (user, day)
-    days: np.ndarray     # (m,) int64
-    bias: np.ndarray     # (m,) float32
+    users: np.ndarray  # (m,) int32 user indices, ascending by (user, day)
+    days: np.ndarray  # (m,) int64
+    bias: np.ndarray  # (m,) float32
 
     def __post_init__(self) -> None:
         if not (self.users.shape == self.days.shape == self.bias.shape) or self.users.ndim != 1:

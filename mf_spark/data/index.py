@@ -7,6 +7,7 @@ Strings sort by their UTF-8 bytes ("u10" < "u2"), integers numerically; either w
 only on the set of IDs, never on partitioning or read order. The driver holds the whole map
 (8 bytes per integer ID, ~ID length + 4 bytes per string ID), which also lets `encode` broadcast it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType
 
 from mf_spark.core.errors import ModelError
-from mf_spark.data.validate import quoted
 from mf_spark.core.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
+from mf_spark.data.validate import quoted
 
-MAX_IDS = 2**31 - 1          # indices are int32
-MAX_ID_TEXT_BYTES = 2**31 - 1   # string IDs are held as Arrow strings (int32 offsets)
-ID, IDX = "id", "idx"        # columns of the saved map
+MAX_IDS = 2**31 - 1  # indices are int32
+MAX_ID_TEXT_BYTES = 2**31 - 1  # string IDs are held as Arrow strings (int32 offsets)
+ID, IDX = "id", "idx"  # columns of the saved map
 NAME_KEY = "mf_spark.id_name"  # Parquet column metadata: the name the map was fitted on
 _SPARK_TYPES = {pa.int64(): LongType(), pa.string(): StringType()}
 
@@ -34,16 +35,18 @@ def _normalize(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
     """int8..int64 -> int64, (large_)string -> string, one chunk."""
     if isinstance(ids, pa.ChunkedArray):
         if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
-            ids = ids.cast(pa.large_string())    # combining string chunks past 2 GiB would overflow
+            ids = ids.cast(pa.large_string())  # combining string chunks past 2 GiB would overflow
         ids = ids.combine_chunks()
     if pa.types.is_integer(ids.type):
         return ids.cast(pa.int64())
     if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
         text_bytes = pc.sum(pc.binary_length(ids)).as_py() or 0
         if text_bytes > MAX_ID_TEXT_BYTES:
-            raise TypeError(f"the IDs' text is {text_bytes} bytes; an ID map holds at most "
-                            f"{MAX_ID_TEXT_BYTES} bytes of ID text (int32 offsets): map the IDs to integers "
-                            f"(e.g. with a hash or a dictionary table) before training")
+            raise TypeError(
+                f"the IDs' text is {text_bytes} bytes; an ID map holds at most "
+                f"{MAX_ID_TEXT_BYTES} bytes of ID text (int32 offsets): map the IDs to integers "
+                f"(e.g. with a hash or a dictionary table) before training"
+            )
         return ids.cast(pa.string())
     raise TypeError(f"IDs must be integers (kept as int64) or strings, got Arrow type {ids.type}")
 
@@ -51,11 +54,12 @@ def _normalize(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
 @dataclass(frozen=True)
 class IdMap:
     """Sorted distinct IDs of one column; the index of an ID is its position."""
-    ids: pa.Array   # (n,) int64 or string, strictly ascending, no nulls
-    name: str       # column the map was fitted on ("user", "item", ...)
+
+    ids: pa.Array  # (n,) int64 or string, strictly ascending, no nulls
+    name: str  # column the map was fitted on ("user", "item", ...)
 
     def __post_init__(self) -> None:
-        try:   # other integer widths, large_string and chunked arrays are accepted and normalized
+        try:  # other integer widths, large_string and chunked arrays are accepted and normalized
             object.__setattr__(self, "ids", _normalize(self.ids))
         except TypeError as exc:
             raise ValueError(f"IdMap {self.name!r}: {exc}") from None
@@ -85,14 +89,16 @@ class IdMap:
         """
         arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
         ids = self.ids
-        if arr.type != ids.type and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
-                                     or ids.type == pa.string()):
+        if arr.type != ids.type and (
+            pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or ids.type == pa.string()
+        ):
             arr, ids = arr.cast(pa.string()), ids.cast(pa.string())
         try:
             arr = arr.cast(ids.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise TypeError(f"IdMap {self.name!r}: cannot look up {arr.type} values in "
-                            f"{self.ids.type} IDs: {exc}") from None
+            raise TypeError(
+                f"IdMap {self.name!r}: cannot look up {arr.type} values in {self.ids.type} IDs: {exc}"
+            ) from None
         found = pc.index_in(arr, value_set=ids)
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
@@ -115,7 +121,7 @@ class IdMap:
         if idx_col in df.columns:
             raise ValueError(f"encode: {idx_col!r} is already a column of {df.columns}")
         dtype = df.schema[col].dataType
-        side = lambda c: F.col("_l." + quoted(c))  # noqa: E731
+        side = lambda c: F.col("_l." + quoted(c))
         left, right = side(col), F.col("_r._id")
         if isinstance(dtype, StringType) or self.ids.type == pa.string():
             left, right = left.cast("string"), right.cast("string")
@@ -123,8 +129,7 @@ class IdMap:
             right = right.try_cast(dtype)
         m = F.broadcast(df.sparkSession.createDataFrame(self._table("_id", "_idx")))
         joined = df.alias("_l").join(m.alias("_r"), left == right, "left")
-        return joined.select(*[side(c) for c in df.columns],
-                             F.col("_r._idx").alias(idx_col))
+        return joined.select(*[side(c) for c in df.columns], F.col("_r._idx").alias(idx_col))
 
     def decode(self, df: DataFrame, idx_col: str, col: str) -> DataFrame:
         """df with `idx_col` replaced, in place, by the original ID `col` (null if unknown).
@@ -134,8 +139,7 @@ class IdMap:
         if col in df.columns:
             raise ValueError(f"decode: {col!r} is already a column of {df.columns}")
         m = F.broadcast(df.sparkSession.createDataFrame(self._table(col, "_idx")))
-        joined = df.alias("_l").join(m.alias("_r"), F.col(f"_l.`{idx_col}`") == F.col("_r._idx"),
-                                     "left")
+        joined = df.alias("_l").join(m.alias("_r"), F.col(f"_l.`{idx_col}`") == F.col("_r._idx"), "left")
         cols = [F.col(f"_r.`{col}`") if c == idx_col else F.col(f"_l.`{c}`") for c in df.columns]
         return joined.select(*cols)
 
@@ -166,14 +170,16 @@ class IdMap:
         table = df.select(ID, IDX).toArrow()
         idx = table.column(IDX)
         if idx.null_count or not pa.types.is_integer(idx.type):
-            raise ModelError(f"ID map {path}: idx must be non-null integers, got {idx.type} "
-                             f"with {idx.null_count} nulls")
+            raise ModelError(
+                f"ID map {path}: idx must be non-null integers, got {idx.type} with {idx.null_count} nulls"
+            )
         table = table.sort_by(IDX)
         got = table.column(IDX).to_numpy()
         if not np.array_equal(got, np.arange(len(got))):
             bad = int(np.flatnonzero(got != np.arange(len(got)))[0])
-            raise ModelError(f"ID map {path}: idx must be exactly 0..{len(got) - 1}; "
-                             f"position {bad} holds {int(got[bad])}")
+            raise ModelError(
+                f"ID map {path}: idx must be exactly 0..{len(got) - 1}; position {bad} holds {int(got[bad])}"
+            )
         try:
             return cls(ids=_normalize(table.column(ID)), name=name or saved)
         except (TypeError, ValueError) as exc:
@@ -183,8 +189,7 @@ class IdMap:
 def _check_id_column(df: DataFrame, col: str) -> None:
     dtype = df.schema[col].dataType
     if not isinstance(dtype, (LongType, IntegerType, StringType)):
-        raise TypeError(f"fit: column {col!r} must hold integer or string IDs, "
-                        f"got {dtype.simpleString()}")
+        raise TypeError(f"fit: column {col!r} must hold integer or string IDs, got {dtype.simpleString()}")
 
 
 def sorted_map(ids: pa.Array | pa.ChunkedArray, name: str) -> IdMap:
@@ -212,8 +217,10 @@ def fit_columns(df: DataFrame, cols: tuple[str, ...]) -> tuple[IdMap, ...]:
     """
     for col in cols:
         _check_id_column(df, col)
-    tagged = [df.select(F.lit(n).alias("_col"), F.col(col).cast("string").alias("_id")).where(F.col(col).isNotNull())
-              for n, col in enumerate(cols)]
+    tagged = [
+        df.select(F.lit(n).alias("_col"), F.col(col).cast("string").alias("_id")).where(F.col(col).isNotNull())
+        for n, col in enumerate(cols)
+    ]
     union = tagged[0]
     for t in tagged[1:]:
         union = union.unionByName(t)
@@ -232,7 +239,7 @@ def fit_columns(df: DataFrame, cols: tuple[str, ...]) -> tuple[IdMap, ...]:
 class EncodedSplit:
     users: IdMap
     items: IdMap
-    train_idx: DataFrame   # user_idx, item_idx, rating[, timestamp]; cached
+    train_idx: DataFrame  # user_idx, item_idx, rating[, timestamp]; cached
 
 
 def encode_split(train: DataFrame) -> EncodedSplit:
@@ -243,7 +250,7 @@ def encode_split(train: DataFrame) -> EncodedSplit:
     or what it filters); `train_idx` is cached and materialized by the first action that uses it.
     """
     users, items = fit_columns(train, (USER, ITEM))
-    keep = [USER_IDX, ITEM_IDX, RATING] + ([TIMESTAMP] if TIMESTAMP in train.columns else [])   # days.DayFitter's
+    keep = [USER_IDX, ITEM_IDX, RATING] + ([TIMESTAMP] if TIMESTAMP in train.columns else [])  # days.DayFitter's
     train_idx = items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX).select(*keep).cache()
     return EncodedSplit(users, items, train_idx)
 

@@ -14,6 +14,7 @@ for local inputs up to data.front_end_max_mb, and Spark otherwise: on a cluster 
 and the driver may have little memory. An input the driver cannot read exactly as Spark would
 (local.read.Unreadable: odd quoting, values only Spark's parser can judge, ...) goes to Spark, logged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,38 +27,33 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mf_spark.data import index
-from mf_spark.data import read
-from mf_spark.data import split
-from mf_spark.data import validate
-from mf_spark.data.ready import TrainStats, train_stats
-from mf_spark.data.ready import Triples
 from mf_spark.core.config import DataConfig, RunConfig, SplitConfig
-from mf_spark.data.ready import HeldOut, collect_heldout, heldout_of, timestamps
+from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.data import index, read, split, validate
 from mf_spark.data.index import IdMap
 from mf_spark.data.local import read as local_read
 from mf_spark.data.local import split as local_split
 from mf_spark.data.local import validate as local_validate
+from mf_spark.data.ready import HeldOut, TrainStats, Triples, collect_heldout, heldout_of, timestamps, train_stats
 from mf_spark.data.validate import exact_column
-from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
 
 log = logging.getLogger("mf_spark")
 
 
 @dataclass
 class Loaded:
-    counts: dict[str, int]          # validate.Cleaned.counts
-    rejected: DataFrame | pa.Table | None   # the rejected rows with their reasons, when there are any
+    counts: dict[str, int]  # validate.Cleaned.counts
+    rejected: DataFrame | pa.Table | None  # the rejected rows with their reasons, when there are any
 
 
 @dataclass
 class Ready:
     users: IdMap
     items: IdMap
-    train: DataFrame | Triples      # user_idx, item_idx, rating
+    train: DataFrame | Triples  # user_idx, item_idx, rating
     heldout: HeldOut
     stats: TrainStats
-    front: str                      # "driver" | "spark"
+    front: str  # "driver" | "spark"
     _release: list = field(default_factory=list)
 
     def release(self) -> None:
@@ -89,8 +85,15 @@ def spark_ready(train: DataFrame, test: DataFrame | None, release: list | tuple 
     aggregate that materializes the cached encoded ratings (Ready.release drops them, and `release`)."""
     enc = index.encode_split(train)
     heldout = NO_HELDOUT if test is None else collect_heldout(test, enc.users, enc.items)
-    return Ready(enc.users, enc.items, enc.train_idx, heldout, train_stats(enc.train_idx), SparkFront.name,
-                 [enc.train_idx.unpersist, *release])
+    return Ready(
+        enc.users,
+        enc.items,
+        enc.train_idx,
+        heldout,
+        train_stats(enc.train_idx),
+        SparkFront.name,
+        [enc.train_idx.unpersist, *release],
+    )
 
 
 def driver_ready(spark: SparkSession, train: pa.Table, test: pa.Table | None) -> Ready:
@@ -98,16 +101,20 @@ def driver_ready(spark: SparkSession, train: pa.Table, test: pa.Table | None) ->
     Spark job."""
     users = index.sorted_map(pc.unique(train.column(USER)), USER)
     items = index.sorted_map(pc.unique(train.column(ITEM)), ITEM)
-    triples = Triples(spark, users.index_of(train.column(USER)), items.index_of(train.column(ITEM)),
-                      train.column(RATING).to_numpy().astype(np.float64),
-                      timestamps(train.column(TIMESTAMP) if TIMESTAMP in train.column_names else None,
-                                      train.num_rows))
+    triples = Triples(
+        spark,
+        users.index_of(train.column(USER)),
+        items.index_of(train.column(ITEM)),
+        train.column(RATING).to_numpy().astype(np.float64),
+        timestamps(train.column(TIMESTAMP) if TIMESTAMP in train.column_names else None, train.num_rows),
+    )
     heldout = NO_HELDOUT if test is None else heldout_of(test, users, items)
     return Ready(users, items, triples, heldout, train_stats(triples), DriverFront.name, [triples.unpersist])
 
 
 class SparkFront:
     """The Spark stages (read.ratings, validate.clean, split.split, index.encode_split)."""
+
     name = "spark"
 
     def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
@@ -117,11 +124,15 @@ class SparkFront:
         cfg, src = self.cfg, self.source
         if not src.train:
             raw = read.ratings(self.spark, src.input, src.fmt, cfg.data)
-        else:      # a given train/test pair is validated in one pass (types.PART)
+        else:  # a given train/test pair is validated in one pass (types.PART)
             raws = [read.ratings(self.spark, p, src.fmt, cfg.data) for p in src.paths]
             differ = {c for c in raws[0].columns if raws[0].schema[c].dataType != raws[1].schema[c].dataType}
-            raws = [r.select(*[F.col(c).cast("string").alias(c) if c in differ else F.col(c) for c in r.columns])
-                    .withColumn(PART, F.lit(part)) for part, r in enumerate(raws)]
+            raws = [
+                r.select(
+                    *[F.col(c).cast("string").alias(c) if c in differ else F.col(c) for c in r.columns]
+                ).withColumn(PART, F.lit(part))
+                for part, r in enumerate(raws)
+            ]
             raw = raws[0].unionByName(raws[1])
         self.cleaned = validate.clean(raw, cfg.data, cfg.model.kind)
         counts = dict(self.cleaned.counts)
@@ -132,13 +143,13 @@ class SparkFront:
         if self.source.train:
             return tuple(ratings.where(F.col(PART) == p).drop(PART) for p in (0, 1))
         train, test = split.split(ratings, self.cfg.split)
-        if self.cfg.split.method != "random":    # a window by user: computed once, not per use
+        if self.cfg.split.method != "random":  # a window by user: computed once, not per use
             train = train.cache()
         return train, test
 
     def split_index(self) -> Ready:
         train, test = self._halves()
-        ready = spark_ready(train, test, [train.unpersist])   # materializes train_idx: the cleaned rows can go
+        ready = spark_ready(train, test, [train.unpersist])  # materializes train_idx: the cleaned rows can go
         self.cleaned.release()
         return ready
 
@@ -156,6 +167,7 @@ class SparkFront:
 class DriverFront:
     """The same stages in the driver process (mf_spark.data.local); `load` raises local.read.Unreadable
     when the input is one for Spark."""
+
     name = "driver"
 
     def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
@@ -165,10 +177,15 @@ class DriverFront:
         cfg, src = self.cfg, self.source
         tables = [local_read.table(p, src.fmt, cfg.data) for p in src.paths]
         if src.train:
-            differ = {c for c in tables[0].column_names if tables[0].schema.field(c).type != tables[1].schema.field(c).type}
-            tables = [pa.table({c: local_validate.as_text(t.column(c)) if c in differ else t.column(c)
-                                for c in t.column_names}).append_column(PART, pa.array(np.full(t.num_rows, part, np.int32)))
-                      for part, t in enumerate(tables)]
+            differ = {
+                c for c in tables[0].column_names if tables[0].schema.field(c).type != tables[1].schema.field(c).type
+            }
+            tables = [
+                pa.table(
+                    {c: local_validate.as_text(t.column(c)) if c in differ else t.column(c) for c in t.column_names}
+                ).append_column(PART, pa.array(np.full(t.num_rows, part, np.int32)))
+                for part, t in enumerate(tables)
+            ]
         raw = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         self.clean = local_validate.clean(raw, cfg.data, cfg.model.kind)
         return Loaded(dict(self.clean.counts), self.clean.rejected if self.clean.counts["n_rejected"] else None)
@@ -232,8 +249,14 @@ class _Chosen:
         return self.front.tuning_split(validation)
 
 
-def front_end(spark: SparkSession, cfg: RunConfig, input: str | None = None, train: str | None = None,
-              test: str | None = None, fmt: str = "auto") -> _Chosen:
+def front_end(
+    spark: SparkSession,
+    cfg: RunConfig,
+    input: str | None = None,
+    train: str | None = None,
+    test: str | None = None,
+    fmt: str = "auto",
+) -> _Chosen:
     """The front end for this input under data.front_end (see the module docstring)."""
     source = _Source(input, train, test, fmt)
     want = cfg.data.front_end
@@ -250,7 +273,7 @@ def front_end(spark: SparkSession, cfg: RunConfig, input: str | None = None, tra
 
 
 # ---- a DataFrame instead of files (mf_spark.ml.ALS.fit): validate -> index, nothing held out ------------
-FRAME_SOURCE = "the DataFrame given to ALS.fit"   # names the input in validation errors
+FRAME_SOURCE = "the DataFrame given to ALS.fit"  # names the input in validation errors
 
 
 def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, timestamp_col: str = "") -> DataFrame:
@@ -259,9 +282,11 @@ def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, time
     timestamp_col "" none a timestamp (a timestamp type counts in seconds). IDs
     that are neither integers nor strings (a StringIndexer's doubles) are passed as their text, which
     is how validate reads them anyway, and which either front end takes."""
+
     def ids(col: str) -> Column:
         own = isinstance(df.schema[col].dataType, (T.IntegralType, T.StringType))
         return exact_column(col) if own else exact_column(col).cast("string")
+
     rating = exact_column(rating_col) if rating_col else F.lit(1.0)
     if not timestamp_col:
         ts = F.lit(None).cast("long")
@@ -269,15 +294,20 @@ def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, time
         ts = exact_column(timestamp_col).cast("timestamp").cast("long")
     else:
         ts = exact_column(timestamp_col)
-    return df.select(ids(user_col).alias(USER), ids(item_col).alias(ITEM), rating.alias(RATING),
-                     ts.alias(TIMESTAMP), F.lit(FRAME_SOURCE).alias(SOURCE),
-                     F.monotonically_increasing_id().alias(ROW))
+    return df.select(
+        ids(user_col).alias(USER),
+        ids(item_col).alias(ITEM),
+        rating.alias(RATING),
+        ts.alias(TIMESTAMP),
+        F.lit(FRAME_SOURCE).alias(SOURCE),
+        F.monotonically_increasing_id().alias(ROW),
+    )
 
 
 # Spark's size for a plan it cannot measure (a Python RDD's) is Long.MaxValue, scaled by projections
 # and unions: no real estimate comes near an exabyte.
 UNKNOWN_SIZE = 2**60
-RAW_ROW_BYTES = 64      # a raw row in Arrow: IDs, rating, timestamp, _row, and the _source text
+RAW_ROW_BYTES = 64  # a raw row in Arrow: IDs, rating, timestamp, _row, and the _source text
 
 
 def _size_estimate(df: DataFrame) -> int | None:
@@ -334,12 +364,10 @@ def frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool = False) -> tup
     cleaned = validate.clean(raw, run.data, run.model.kind)
     pairs = None
     try:
-        if keep_pairs:     # cached before the validation cache they read goes
+        if keep_pairs:  # cached before the validation cache they read goes
             pairs = cleaned.ratings.select(USER, ITEM).cache()
             pairs.count()
         ready = spark_ready(cleaned.ratings, None)
     finally:
         cleaned.release()
     return ready, pairs
-
-

@@ -12,6 +12,7 @@ Output columns, whatever the format (see `ratings`):
 Only format detection touches the data eagerly, and it reads at most the first lines of the first
 file on the driver (local paths) or runs one `limit(2)` Spark job (other file systems).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -37,15 +38,68 @@ FORMATS = ("csv", "tsv", "movielens", "parquet")
 KEYS = {USER: "user_col", ITEM: "item_col", RATING: "rating_col", TIMESTAMP: "timestamp_col"}
 # Header names tried in this order, compared lower-case with "_", "-", " " removed.
 COMMON_NAMES = {
-    USER: ("userid", "user", "uid", "users", "customerid", "customer", "visitorid", "memberid",
-           "accountid", "reviewerid", "clientid", "listenerid"),
-    ITEM: ("itemid", "item", "movieid", "iid", "productid", "product", "trackid", "track", "songid",
-           "artistid", "bookid", "isbn", "asin", "articleid", "contentid", "movie", "song",
-           "artist", "items"),
-    RATING: ("rating", "score", "value", "count", "plays", "playcount", "weight", "stars", "clicks",
-             "quantity", "listens", "views", "preference"),
-    TIMESTAMP: ("timestamp", "ts", "time", "date", "datetime", "eventtime", "createdat", "unixtime",
-                "unixreviewtime", "epoch"),
+    USER: (
+        "userid",
+        "user",
+        "uid",
+        "users",
+        "customerid",
+        "customer",
+        "visitorid",
+        "memberid",
+        "accountid",
+        "reviewerid",
+        "clientid",
+        "listenerid",
+    ),
+    ITEM: (
+        "itemid",
+        "item",
+        "movieid",
+        "iid",
+        "productid",
+        "product",
+        "trackid",
+        "track",
+        "songid",
+        "artistid",
+        "bookid",
+        "isbn",
+        "asin",
+        "articleid",
+        "contentid",
+        "movie",
+        "song",
+        "artist",
+        "items",
+    ),
+    RATING: (
+        "rating",
+        "score",
+        "value",
+        "count",
+        "plays",
+        "playcount",
+        "weight",
+        "stars",
+        "clicks",
+        "quantity",
+        "listens",
+        "views",
+        "preference",
+    ),
+    TIMESTAMP: (
+        "timestamp",
+        "ts",
+        "time",
+        "date",
+        "datetime",
+        "eventtime",
+        "createdat",
+        "unixtime",
+        "unixreviewtime",
+        "epoch",
+    ),
 }
 _TEXT_SPLIT = {"movielens": "::", "tab": "\t", "whitespace": r"\s+"}
 _COMPRESSED = (".gz", ".bz2")
@@ -68,21 +122,25 @@ def sample_path() -> str:
     for path in candidates:
         if os.path.isfile(path):
             return path
-    raise InputError("the MovieLens sample shipped with pyspark was not found (looked in "
-                     + ", ".join(candidates) + "); give --input")
+    raise InputError(
+        "the MovieLens sample shipped with pyspark was not found (looked in "
+        + ", ".join(candidates)
+        + "); give --input"
+    )
 
 
 @dataclass(frozen=True)
 class Peek:
     """What detection learned from the start of the input (no Spark involved for local paths)."""
-    first_file: str          # the file whose lines were read ("" when unknown)
-    lines: tuple[str, ...]   # first non-blank line, then the next one that differs (see _first_two)
-    parquet: bool            # every data file is Parquet (extension or PAR1 magic)
+
+    first_file: str  # the file whose lines were read ("" when unknown)
+    lines: tuple[str, ...]  # first non-blank line, then the next one that differs (see _first_two)
+    parquet: bool  # every data file is Parquet (extension or PAR1 magic)
 
 
 def is_local(path: str) -> bool:
     scheme = urlparse(path).scheme
-    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")   # C:\ on Windows
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")  # C:\ on Windows
 
 
 def local_path(path: str) -> str:
@@ -163,7 +221,7 @@ def _format_of_line(line: str) -> str:
         return "tsv"
     if "," in line:
         return "csv"
-    return "tsv"   # whitespace-separated (or one field: the reader then reports the delimiter)
+    return "tsv"  # whitespace-separated (or one field: the reader then reports the delimiter)
 
 
 def detect_format(path: str) -> str:
@@ -187,8 +245,10 @@ def detect(peek: Peek, path: str) -> str:
     if not peek.lines:
         if peek.first_file:
             raise InputError(f"input {path} is empty: no data rows")
-        raise InputError(f"input {path}: cannot detect the format of a non-local path without a "
-                         f"known extension; pass --format csv|tsv|movielens|parquet")
+        raise InputError(
+            f"input {path}: cannot detect the format of a non-local path without a "
+            f"known extension; pass --format csv|tsv|movielens|parquet"
+        )
     return _format_of_line(peek.lines[0])
 
 
@@ -209,13 +269,14 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.lower())
 
 
-def choose_columns(columns: list[str], cfg: DataConfig, header: bool,
-            source: str) -> dict[str, int | None]:
+def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: str) -> dict[str, int | None]:
     """Map user/item/rating/timestamp to column positions (None = no timestamp)."""
     if len(columns) == 1:
-        raise InputError(f"{source}: found 1 column {columns!r}: the delimiter is probably not the "
-                         f"one of this format; pass --format csv|tsv|movielens|parquet, or convert "
-                         f"the file to comma-, tab- or '::'-separated fields")
+        raise InputError(
+            f"{source}: found 1 column {columns!r}: the delimiter is probably not the "
+            f"one of this format; pass --format csv|tsv|movielens|parquet, or convert "
+            f"the file to comma-, tab- or '::'-separated fields"
+        )
     if header:
         shown = "columns " + ", ".join(repr(c) for c in columns)
     else:
@@ -230,28 +291,33 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool,
             chosen[key] = pos
         elif want:
             if not header:
-                raise InputError(f"{source}: data.{attr} = {want!r} names a column, but this file "
-                                 f"has no header ({shown}); give a 0-based position instead")
-            hits = [i for i, c in enumerate(columns) if c == want] or \
-                [i for i, c in enumerate(columns) if c.lower() == want.lower()]
+                raise InputError(
+                    f"{source}: data.{attr} = {want!r} names a column, but this file "
+                    f"has no header ({shown}); give a 0-based position instead"
+                )
+            hits = [i for i, c in enumerate(columns) if c == want] or [
+                i for i, c in enumerate(columns) if c.lower() == want.lower()
+            ]
             if not hits:
                 raise InputError(f"{source}: column {want!r} (data.{attr}) not found; {shown}")
             chosen[key] = hits[0]
         elif header:
             used = {p for p in chosen.values() if p is not None}
             normed = [_norm(c) for c in columns]
-            hit = next((normed.index(n) for n in COMMON_NAMES[key]
-                        if n in normed and normed.index(n) not in used), None)
+            hit = next(
+                (normed.index(n) for n in COMMON_NAMES[key] if n in normed and normed.index(n) not in used), None
+            )
             if hit is None and key != TIMESTAMP:
                 tried = ", ".join(COMMON_NAMES[key][:6])
-                raise InputError(f"{source}: no {key} column found (data.{attr} is auto; tried "
-                                 f"{tried}, ...); {shown}; set data.{attr}")
+                raise InputError(
+                    f"{source}: no {key} column found (data.{attr} is auto; tried "
+                    f"{tried}, ...); {shown}; set data.{attr}"
+                )
             chosen[key] = hit
         else:
             default = {USER: 0, ITEM: 1, RATING: 2, TIMESTAMP: 3}[key]
             if default >= len(columns) and key != TIMESTAMP:
-                raise InputError(f"{source}: no {key} column (data.{attr} is auto = position "
-                                 f"{default}); {shown}")
+                raise InputError(f"{source}: no {key} column (data.{attr} is auto = position {default}); {shown}")
             chosen[key] = default if default < len(columns) else None
     return chosen
 
@@ -262,13 +328,14 @@ def _quoted(name: str) -> Column:
 
 def _with_meta(df: DataFrame) -> DataFrame:
     """Attach _source and _row straight after the read, while the file metadata is still there."""
-    return df.select("*", F.col("_metadata.file_path").alias(SOURCE),
-                     F.monotonically_increasing_id().alias(ROW))
+    return df.select("*", F.col("_metadata.file_path").alias(SOURCE), F.monotonically_increasing_id().alias(ROW))
 
 
 def _project(df: DataFrame, cols: list[Column | None], malformed: Column | None = None) -> DataFrame:
-    named = [(c if c is not None else F.lit(None).cast("string")).alias(n)
-             for c, n in zip(cols, (USER, ITEM, RATING, TIMESTAMP))]
+    named = [
+        (c if c is not None else F.lit(None).cast("string")).alias(n)
+        for c, n in zip(cols, (USER, ITEM, RATING, TIMESTAMP))
+    ]
     bad = malformed if malformed is not None else F.lit(None).cast("string")
     return df.select(*named, SOURCE, ROW, bad.alias(MALFORMED))
 
@@ -288,10 +355,13 @@ def check_same_columns(names: list[str], first_line: str, what: str) -> None:
         if own is not None and own != first_line:
             differ.append(f"{os.path.basename(name)} ({own[:80]!r})")
     if differ:
-        raise InputError(f"{what}: the files' columns disagree: {os.path.basename(names[0])} has the header "
-                         f"{first_line[:80]!r}, but " + ", ".join(differ[:5])
-                         + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-                         + "; give files with one header, or read them separately")
+        raise InputError(
+            f"{what}: the files' columns disagree: {os.path.basename(names[0])} has the header "
+            f"{first_line[:80]!r}, but "
+            + ", ".join(differ[:5])
+            + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+            + "; give files with one header, or read them separately"
+        )
 
 
 def _stripped(col: str | Column) -> Column:
@@ -315,14 +385,15 @@ def _first_lines(spark: SparkSession, path: str, peek: Peek) -> tuple[str, ...]:
     return tuple(r.value.lstrip("\ufeff") for r in rows)
 
 
-def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataConfig,
-              source: str) -> DataFrame:
+def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataConfig, source: str) -> DataFrame:
     first = next(csv.reader([lines[0]]))
     found = re.search(r"::|[;|\t]", lines[0])
     if len(first) == 1 and found:
-        raise InputError(f"{source}: read as csv it has 1 column {first!r}; the fields seem to be "
-                         f"separated by {found.group(0)!r}: pass --format tsv (tab) or movielens "
-                         f"('::'), or convert the file to comma-separated")
+        raise InputError(
+            f"{source}: read as csv it has 1 column {first!r}; the fields seem to be "
+            f"separated by {found.group(0)!r}: pass --format tsv (tab) or movielens "
+            f"('::'), or convert the file to comma-separated"
+        )
     header = looks_like_header(first)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
@@ -332,22 +403,29 @@ def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataC
     # flagged there instead of being truncated or padded into shifted values.
     corrupt = "_mf_corrupt_record"
     schema = StructType([StructField(n, StringType()) for n in names] + [StructField(corrupt, StringType())])
-    df = _with_meta(_load(path, lambda p: spark.read.csv(
-        p, header=header, schema=schema, columnNameOfCorruptRecord=corrupt)))
-    return _project(df, [None if p is None else _quoted(names[p]) for p in pos.values()],
-                    F.when(F.col(corrupt).isNotNull(), F.lit(field_count_reason(len(names), header))))
+    df = _with_meta(
+        _load(path, lambda p: spark.read.csv(p, header=header, schema=schema, columnNameOfCorruptRecord=corrupt))
+    )
+    return _project(
+        df,
+        [None if p is None else _quoted(names[p]) for p in pos.values()],
+        F.when(F.col(corrupt).isNotNull(), F.lit(field_count_reason(len(names), header))),
+    )
 
 
-def _read_delimited(spark: SparkSession, path: str, fmt: str, lines: tuple[str, ...],
-                    cfg: DataConfig, source: str) -> DataFrame:
+def _read_delimited(
+    spark: SparkSession, path: str, fmt: str, lines: tuple[str, ...], cfg: DataConfig, source: str
+) -> DataFrame:
     kind = "movielens" if fmt == "movielens" else ("tab" if "\t" in lines[0] else "whitespace")
     sep = _TEXT_SPLIT[kind]
     first = re.split(sep, lines[0].strip() if kind == "whitespace" else lines[0])
     if len(first) == 1 and kind != "movielens":
         found = re.search(r"::|[;,|]", lines[0])
         hint = f" (the line contains {found.group(0)!r})" if found else ""
-        raise InputError(f"{source}: read as {fmt} it has 1 column {first!r}{hint}; pass --format "
-                         f"csv|tsv|movielens|parquet matching the delimiter")
+        raise InputError(
+            f"{source}: read as {fmt} it has 1 column {first!r}{hint}; pass --format "
+            f"csv|tsv|movielens|parquet matching the delimiter"
+        )
     header = looks_like_header(first)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
@@ -355,11 +433,14 @@ def _read_delimited(spark: SparkSession, path: str, fmt: str, lines: tuple[str, 
     raw = _with_meta(_load(path, spark.read.text))
     line = _stripped("value") if kind == "whitespace" else F.regexp_replace("value", "^\ufeff", "")
     raw = raw.where(_stripped("value") != "")
-    if header:   # every file of a folder starts with the same header line
+    if header:  # every file of a folder starts with the same header line
         raw = raw.where(line != (lines[0].strip() if kind == "whitespace" else lines[0]))
     parts = F.split(line, sep)
-    return _project(raw, [None if p is None else F.get(parts, p) for p in pos.values()],
-                    F.when(F.size(parts) != len(first), F.lit(field_count_reason(len(first), header))))
+    return _project(
+        raw,
+        [None if p is None else F.get(parts, p) for p in pos.values()],
+        F.when(F.size(parts) != len(first), F.lit(field_count_reason(len(first), header))),
+    )
 
 
 def _epoch_seconds(df: DataFrame, name: str) -> Column:
@@ -382,17 +463,20 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
         names = data_files(local) if os.path.isdir(local) else [local]
         try:
             metas = [pq.ParquetFile(n) for n in names]
-        except (OSError, ValueError) as exc:   # pyarrow's ArrowInvalid is a ValueError
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise InputError(f"{source}: not a readable Parquet file: {exc}") from None
         if sum(m.metadata.num_rows for m in metas) == 0:
             raise InputError(f"{source}: no data rows")
         columns = [m.schema_arrow.names for m in metas]
         differ = [f"{os.path.basename(n)} ({', '.join(c)})" for n, c in zip(names, columns) if c != columns[0]]
         if differ:
-            raise InputError(f"{path}: the files' columns disagree: {os.path.basename(names[0])} has "
-                             f"{', '.join(columns[0])}, but " + ", ".join(differ[:5])
-                             + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-                             + "; give files with one schema, or read them separately")
+            raise InputError(
+                f"{path}: the files' columns disagree: {os.path.basename(names[0])} has "
+                f"{', '.join(columns[0])}, but "
+                + ", ".join(differ[:5])
+                + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+                + "; give files with one schema, or read them separately"
+            )
     df = _load(path, spark.read.parquet)
     names = df.columns
     pos = choose_columns(names, cfg, True, source)
@@ -429,7 +513,7 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
     lines = _first_lines(spark, path, peek)
     if not lines:
         raise InputError(f"{source}: no data rows (the input is empty)")
-    if fmt == "auto":   # non-local path without a telling extension
+    if fmt == "auto":  # non-local path without a telling extension
         fmt = _format_of_line(lines[0])
     if peek.first_file and os.path.isdir(local_path(path)) and looks_like_header(_fields_of(lines[0], fmt)):
         check_same_columns(data_files(local_path(path)), lines[0], path)
@@ -474,7 +558,8 @@ def id_list(spark: SparkSession, path: str, col: str, id_type: str, flag: str, o
     if id_type == "int64":
         bad = ids.where(F.col(out).try_cast("long").isNull()).limit(3).collect()
         if bad:
-            raise InputError(f"{flag} {path}: the model's IDs are integers, got "
-                             + ", ".join(repr(r[out]) for r in bad))
+            raise InputError(
+                f"{flag} {path}: the model's IDs are integers, got " + ", ".join(repr(r[out]) for r in bad)
+            )
         ids = ids.select(F.col(out).cast("long").alias(out))
     return ids

@@ -1,6 +1,7 @@
 """What the data stage hands on: training ratings the driver holds (Triples), their statistics
 (TrainStats) and the held-out split as driver arrays (HeldOut). Both front ends (prepare) make them;
 the fit, the evaluation and the reports read them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,17 +28,23 @@ class Triples:
     """Training ratings held by the driver (user_idx, item_idx, rating as arrays), as the driver's
     front end (mf_spark.data.local) leaves them: the resident stage takes them from the driver, and
     `to_df` gives the DataFrame the Spark stages take (made on first use, then cached)."""
+
     spark: SparkSession
-    u: np.ndarray         # (n,) int32
-    i: np.ndarray         # (n,) int32
-    r: np.ndarray         # (n,) float64
-    t: np.ndarray | None = None   # (n,) int64 timestamps, types.NO_TIME where none (None: no timestamps)
+    u: np.ndarray  # (n,) int32
+    i: np.ndarray  # (n,) int32
+    r: np.ndarray  # (n,) float64
+    t: np.ndarray | None = None  # (n,) int64 timestamps, types.NO_TIME where none (None: no timestamps)
     _df: DataFrame | None = None
 
     def to_df(self) -> DataFrame:
         if self._df is None:
-            table = pa.table({USER_IDX: pa.array(self.u, pa.int32()), ITEM_IDX: pa.array(self.i, pa.int32()),
-                              RATING: pa.array(self.r, pa.float64())})
+            table = pa.table(
+                {
+                    USER_IDX: pa.array(self.u, pa.int32()),
+                    ITEM_IDX: pa.array(self.i, pa.int32()),
+                    RATING: pa.array(self.r, pa.float64()),
+                }
+            )
             self._df = self.spark.createDataFrame(table).cache()
         return self._df
 
@@ -57,6 +64,7 @@ def as_df(ratings: "DataFrame | Triples") -> DataFrame:
 @dataclass(frozen=True)
 class TrainStats:
     """Count, mean and range of the training ratings."""
+
     n: int
     mean: float
     lo: float
@@ -71,8 +79,9 @@ def train_stats(train: DataFrame | Triples) -> TrainStats:
             raise InputError("the training split is empty: nothing to fit")
         r = train.r
         return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()))
-    row = train.agg(F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"),
-                    F.min(RATING).alias("lo"), F.max(RATING).alias("hi")).first()
+    row = train.agg(
+        F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"), F.min(RATING).alias("lo"), F.max(RATING).alias("hi")
+    ).first()
     if not row["n"]:
         raise InputError("the training split is empty: nothing to fit")
     return TrainStats(int(row["n"]), float(row["mean"]), float(row["lo"]), float(row["hi"]))
@@ -81,10 +90,11 @@ def train_stats(train: DataFrame | Triples) -> TrainStats:
 @dataclass(frozen=True)
 class HeldOut:
     """The test split as driver arrays; -1 marks a user or item never seen in train (cold)."""
-    u: np.ndarray   # (m,) int32
-    i: np.ndarray   # (m,) int32
-    r: np.ndarray   # (m,) float64
-    t: np.ndarray | None = None   # (m,) int64 timestamps, types.NO_TIME where none (for day biases)
+
+    u: np.ndarray  # (m,) int32
+    i: np.ndarray  # (m,) int32
+    r: np.ndarray  # (m,) float64
+    t: np.ndarray | None = None  # (m,) int64 timestamps, types.NO_TIME where none (for day biases)
 
     @property
     def n(self) -> int:
@@ -106,5 +116,9 @@ def collect_heldout(test: DataFrame, users: IdMap, items: IdMap) -> HeldOut:
 def heldout_of(test: pa.Table, users: IdMap, items: IdMap) -> HeldOut:
     """HeldOut of test rows the driver holds (columns user, item, rating[, timestamp])."""
     ts = test.column(TIMESTAMP) if TIMESTAMP in test.column_names else None
-    return HeldOut(users.index_of(test.column(USER)), items.index_of(test.column(ITEM)),
-                   test.column(RATING).to_numpy().astype(np.float64), timestamps(ts, test.num_rows))
+    return HeldOut(
+        users.index_of(test.column(USER)),
+        items.index_of(test.column(ITEM)),
+        test.column(RATING).to_numpy().astype(np.float64),
+        timestamps(ts, test.num_rows),
+    )

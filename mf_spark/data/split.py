@@ -13,6 +13,7 @@ For per_user and temporal, a user with n_u >= 2 ratings keeps >= 1 in train and 
 rating stays in train. Example, f = 0.25, user u1 with 6 ratings: round(1.5) = 2 rows go to test
 (Spark's round is half-up); user u2 with 1 rating: min(round(0.25), 0) = 0.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame, Window
@@ -30,7 +31,7 @@ def uniform_hash(seed: int, user: Column, item: Column) -> Column:
     """Uniform double in [0, 1) from xxhash64(seed, user, item); IDs hashed as text, so user 7 and
     user "7" land in the same place whether or not validation typed the column as long."""
     h = F.xxhash64(F.lit(int(seed)), user.cast("string"), item.cast("string"))
-    return F.shiftrightunsigned(h, 11) / float(2**53)   # top 53 bits: exact in a double
+    return F.shiftrightunsigned(h, 11) / float(2**53)  # top 53 bits: exact in a double
 
 
 def _ranked(df: DataFrame, order: list[Column]) -> DataFrame:
@@ -39,8 +40,9 @@ def _ranked(df: DataFrame, order: list[Column]) -> DataFrame:
     Performance note: one shuffle (a window partitioned by user), lazy.
     """
     by_user = Window.partitionBy(USER)
-    return df.withColumn(_N, F.count(F.lit(1)).over(by_user)) \
-             .withColumn(_RANK, F.row_number().over(by_user.orderBy(*order)))
+    return df.withColumn(_N, F.count(F.lit(1)).over(by_user)).withColumn(
+        _RANK, F.row_number().over(by_user.orderBy(*order))
+    )
 
 
 def _n_test(f: float) -> Column:
@@ -51,11 +53,15 @@ def _n_test(f: float) -> Column:
 def _check_timestamps(df: DataFrame) -> None:
     """Performance note: one action (stops at the first non-null timestamp; scans all if none)."""
     if TIMESTAMP not in df.columns:
-        raise InputError(f"split.method = 'temporal' needs a timestamp column; the ratings have "
-                         f"{df.columns}; set data.timestamp_col or use split.method = per_user")
+        raise InputError(
+            f"split.method = 'temporal' needs a timestamp column; the ratings have "
+            f"{df.columns}; set data.timestamp_col or use split.method = per_user"
+        )
     if df.where(F.col(TIMESTAMP).isNotNull()).isEmpty():
-        raise InputError("split.method = 'temporal' needs timestamps, but every timestamp is null; "
-                         "set data.timestamp_col or use split.method = per_user")
+        raise InputError(
+            "split.method = 'temporal' needs timestamps, but every timestamp is null; "
+            "set data.timestamp_col or use split.method = per_user"
+        )
 
 
 def flag(df: DataFrame, cfg: SplitConfig) -> DataFrame:

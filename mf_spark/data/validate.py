@@ -14,6 +14,7 @@ Example (explicit, duplicates = "mean"):
     rejected  u2,,5 "missing item ID" | u3,i2,x "rating is not a number"
     counts    n_read 4, n_rejected 2, n_dropped 0, n_duplicates_merged 1, n_clean 1
 """
+
 from __future__ import annotations
 
 import os
@@ -22,14 +23,14 @@ from urllib.parse import unquote, urlparse
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import (ByteType, IntegerType, LongType, NumericType, ShortType, StringType)
+from pyspark.sql.types import ByteType, IntegerType, LongType, NumericType, ShortType, StringType
 
 from mf_spark.core.config import DataConfig
 from mf_spark.core.errors import ConfigError, InputError
 from mf_spark.core.types import ITEM, MALFORMED, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
 
 KINDS = ("explicit", "implicit")
-SHOWN = 5   # bad rows / duplicated pairs quoted in an error message
+SHOWN = 5  # bad rows / duplicated pairs quoted in an error message
 
 MISSING_USER = "missing user ID"
 MISSING_ITEM = "missing item ID"
@@ -39,7 +40,7 @@ RATING_NAN = "rating is NaN"
 RATING_INFINITE = "rating is infinite"
 RATING_TOO_LARGE = "rating is beyond float32's range"
 RATING_OUT_OF_RANGE = "rating is outside data.rating_range"
-FLOAT32_MAX = 3.4028234663852886e38     # the factors and the blocks' values are float32
+FLOAT32_MAX = 3.4028234663852886e38  # the factors and the blocks' values are float32
 TIMESTAMP_NOT_NUMBER = "timestamp is not a number"
 NONPOSITIVE = "rating <= 0 in implicit data"
 
@@ -49,10 +50,10 @@ _INTEGRAL = (ByteType, ShortType, IntegerType, LongType)
 
 @dataclass
 class Cleaned:
-    ratings: DataFrame       # user, item, rating double, timestamp long; one row per (user, item)
-    rejected: DataFrame      # _source, _row, user, item, rating, timestamp (strings), reason
-    counts: dict[str, int]   # n_read, n_rejected, n_dropped, n_duplicates_merged, n_clean
-    _cache: DataFrame | None = None   # the cached pairs `ratings` reads
+    ratings: DataFrame  # user, item, rating double, timestamp long; one row per (user, item)
+    rejected: DataFrame  # _source, _row, user, item, rating, timestamp (strings), reason
+    counts: dict[str, int]  # n_read, n_rejected, n_dropped, n_duplicates_merged, n_clean
+    _cache: DataFrame | None = None  # the cached pairs `ratings` reads
 
     def release(self) -> None:
         """Drop the cache behind `ratings` (after whatever derives from it is cached or written)."""
@@ -85,7 +86,7 @@ def _id_key(raw: DataFrame, name: str, nulls: tuple[str, ...]) -> tuple[Column, 
     """(the ID or null when missing, whether it is a canonical long): integer columns as they are,
     others as their trimmed text."""
     dtype = raw.schema[name].dataType
-    if isinstance(dtype, _INTEGRAL):     # grouped as numbers: cheaper than their text
+    if isinstance(dtype, _INTEGRAL):  # grouped as numbers: cheaper than their text
         return F.col(name).cast("long"), F.lit(True)
     text = F.trim(_text(raw, name))
     key = F.when(_present(text, nulls) & (text != ""), text)
@@ -110,7 +111,7 @@ def _timestamp(raw: DataFrame, nulls: tuple[str, ...], name: str = TIMESTAMP) ->
     text = F.trim(_text(raw, name))
     # try_cast, not floor: floor(NaN) is 0 and floor(1e30) raises under ANSI; these give null.
     decimal = text.try_cast("double").try_cast("long")
-    iso = F.unix_seconds(F.try_to_timestamp(text))                # "2015-02-19 21:11:52"
+    iso = F.unix_seconds(F.try_to_timestamp(text))  # "2015-02-19 21:11:52"
     return missing, F.coalesce(as_long, decimal, iso)
 
 
@@ -129,38 +130,49 @@ def _flag(raw: DataFrame, cfg: DataConfig, kind: str) -> DataFrame:
     t_missing, ts = _timestamp(raw, nulls)
     nonpositive = F.lit(kind == "implicit") & (rating <= 0)
     malformed = F.col(MALFORMED) if MALFORMED in raw.columns else F.lit(None).cast("string")
-    reason = (F.when(malformed.isNotNull(), malformed)
-              .when(user.isNull(), MISSING_USER)
-              .when(item.isNull(), MISSING_ITEM)
-              .when(r_missing, MISSING_RATING)
-              .when(rating.isNull(), RATING_NOT_NUMBER)
-              .when(F.isnan(rating), RATING_NAN)
-              .when(F.abs(rating) == float("inf"), RATING_INFINITE)
-              .when(F.abs(rating) > FLOAT32_MAX, RATING_TOO_LARGE))
+    reason = (
+        F.when(malformed.isNotNull(), malformed)
+        .when(user.isNull(), MISSING_USER)
+        .when(item.isNull(), MISSING_ITEM)
+        .when(r_missing, MISSING_RATING)
+        .when(rating.isNull(), RATING_NOT_NUMBER)
+        .when(F.isnan(rating), RATING_NAN)
+        .when(F.abs(rating) == float("inf"), RATING_INFINITE)
+        .when(F.abs(rating) > FLOAT32_MAX, RATING_TOO_LARGE)
+    )
     if kind == "explicit" and cfg.rating_range is not None:
         lo, hi = cfg.rating_range
         reason = reason.when((rating < lo) | (rating > hi), f"{RATING_OUT_OF_RANGE} [{lo:g}, {hi:g}]")
     reason = reason.when(~t_missing & ts.isNull(), TIMESTAMP_NOT_NUMBER)
     if cfg.nonpositive == "reject":
         reason = reason.when(nonpositive, NONPOSITIVE)
-    status = (F.when(reason.isNotNull(), _REJECTED).when(nonpositive, _DROPPED)
-              .otherwise(_VALID))
+    status = F.when(reason.isNotNull(), _REJECTED).when(nonpositive, _DROPPED).otherwise(_VALID)
     return raw.select(
-        F.col(PART), F.col(SOURCE), F.col(ROW), _text(raw, USER).alias("_user_raw"),
-        _text(raw, ITEM).alias("_item_raw"), _text(raw, RATING).alias("_rating_raw"),
-        _text(raw, TIMESTAMP).alias("_ts_raw"), user.alias("_user"), item.alias("_item"),
-        user_int.alias("_user_int"), item_int.alias("_item_int"), rating.alias("_rating"),
-        ts.alias("_ts"), reason.alias(REASON), status.alias("_status"))
+        F.col(PART),
+        F.col(SOURCE),
+        F.col(ROW),
+        _text(raw, USER).alias("_user_raw"),
+        _text(raw, ITEM).alias("_item_raw"),
+        _text(raw, RATING).alias("_rating_raw"),
+        _text(raw, TIMESTAMP).alias("_ts_raw"),
+        user.alias("_user"),
+        item.alias("_item"),
+        user_int.alias("_user_int"),
+        item_int.alias("_item_int"),
+        rating.alias("_rating"),
+        ts.alias("_ts"),
+        reason.alias(REASON),
+        status.alias("_status"),
+    )
 
 
 def _rating_agg(policy: str) -> tuple[Column, Column]:
     """(rating, timestamp) of one valid (user, item) group under a duplicates policy."""
     if policy == "last":
         # Latest timestamp wins; rows without one lose to rows with one; then the last row read.
-        best = F.max_by(F.struct(F.col("_rating").alias(RATING), F.col("_ts").alias(TIMESTAMP)),
-                        F.struct("_ts", ROW))
+        best = F.max_by(F.struct(F.col("_rating").alias(RATING), F.col("_ts").alias(TIMESTAMP)), F.struct("_ts", ROW))
         return best[RATING], best[TIMESTAMP]
-    agg = F.sum("_rating") if policy == "sum" else F.avg("_rating")   # "error" fails before use
+    agg = F.sum("_rating") if policy == "sum" else F.avg("_rating")  # "error" fails before use
     return agg, F.max("_ts")
 
 
@@ -171,10 +183,17 @@ def _pairs(flagged: DataFrame, policy: str) -> DataFrame:
     is_valid = F.col("_status") == _VALID
     rating, ts = _rating_agg(policy)
     return flagged.groupBy(
-        PART, "_status", F.when(is_valid, F.col("_user")).alias("_u"),
+        PART,
+        "_status",
+        F.when(is_valid, F.col("_user")).alias("_u"),
         F.when(is_valid, F.col("_item")).alias("_i"),
-    ).agg(F.count(F.lit(1)).alias("n"), F.min(F.col("_user_int").cast("int")).alias("ui"),
-          F.min(F.col("_item_int").cast("int")).alias("ii"), rating.alias(RATING), ts.alias(TIMESTAMP))
+    ).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.min(F.col("_user_int").cast("int")).alias("ui"),
+        F.min(F.col("_item_int").cast("int")).alias("ii"),
+        rating.alias(RATING),
+        ts.alias(TIMESTAMP),
+    )
 
 
 def _count(pairs: DataFrame) -> dict[int, dict[str, int | bool]]:
@@ -185,17 +204,22 @@ def _count(pairs: DataFrame) -> dict[int, dict[str, int | bool]]:
     def total(status: str) -> Column:
         return F.coalesce(F.sum(F.when(F.col("_status") == status, F.col("n"))), F.lit(0))
 
-    rows = pairs.groupBy(PART).agg(
-        F.coalesce(F.sum("n"), F.lit(0)).alias("n_read"), total(_REJECTED).alias("n_rejected"),
-        total(_DROPPED).alias("n_dropped"), total(_VALID).alias("n_valid"),
-        F.count(F.when(is_valid, 1)).alias("n_clean"),
-        F.min(F.when(is_valid, F.col("ui"))).alias("user_int"),
-        F.min(F.when(is_valid, F.col("ii"))).alias("item_int"),
-    ).collect()
+    rows = (
+        pairs.groupBy(PART)
+        .agg(
+            F.coalesce(F.sum("n"), F.lit(0)).alias("n_read"),
+            total(_REJECTED).alias("n_rejected"),
+            total(_DROPPED).alias("n_dropped"),
+            total(_VALID).alias("n_valid"),
+            F.count(F.when(is_valid, 1)).alias("n_clean"),
+            F.min(F.when(is_valid, F.col("ui"))).alias("user_int"),
+            F.min(F.when(is_valid, F.col("ii"))).alias("item_int"),
+        )
+        .collect()
+    )
     out = {}
     for row in rows:
-        c: dict[str, int | bool] = {k: int(row[k]) for k in
-                                    ("n_read", "n_rejected", "n_dropped", "n_valid", "n_clean")}
+        c: dict[str, int | bool] = {k: int(row[k]) for k in ("n_read", "n_rejected", "n_dropped", "n_valid", "n_clean")}
         c["user_int"], c["item_int"] = row["user_int"] == 1, row["item_int"] == 1
         out[int(row[PART])] = c
     return out
@@ -220,7 +244,8 @@ def too_dirty_error(files: list[str], first: list, n_rejected: int, n_read: int,
     return InputError(
         f"{where}: {n_rejected} of {n_read} rows rejected ({n_rejected / n_read:.1%} > "
         f"{cfg.max_bad_fraction:.1%} allowed, data.max_bad_fraction); first: "
-        + "; ".join(_describe(r) for r in first[:SHOWN]))
+        + "; ".join(_describe(r) for r in first[:SHOWN])
+    )
 
 
 def duplicate_error(files: list[str], pairs: list[tuple], n_extra: int) -> InputError:
@@ -230,7 +255,8 @@ def duplicate_error(files: list[str], pairs: list[tuple], n_extra: int) -> Input
     shown = ", ".join(f"(user={u!r}, item={i!r}) x{n}" for u, i, n in pairs[:SHOWN])
     return InputError(
         f"{where}: {n_extra} rows repeat an earlier (user, item) pair and data.duplicates = "
-        f"'error'; first: {shown}; set data.duplicates to last, mean or sum to merge them")
+        f"'error'; first: {shown}; set data.duplicates to last, mean or sum to merge them"
+    )
 
 
 def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
@@ -242,9 +268,12 @@ def _too_dirty(rejected: DataFrame, n_rejected: int, n_read: int, cfg: DataConfi
 
 def _duplicate_error(flagged: DataFrame, n_extra: int) -> InputError:
     """Performance note: one action (a shuffle by (part, user, item)), failure path only."""
-    dups = (flagged.where(F.col("_status") == _VALID).groupBy(PART, "_user", "_item")
-            .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"), F.min(SOURCE).alias("src"))
-            .where(F.col("n") > 1))
+    dups = (
+        flagged.where(F.col("_status") == _VALID)
+        .groupBy(PART, "_user", "_item")
+        .agg(F.count(F.lit(1)).alias("n"), F.min(ROW).alias("first"), F.min(SOURCE).alias("src"))
+        .where(F.col("n") > 1)
+    )
     first = dups.orderBy("first").limit(SHOWN).collect()
     return duplicate_error([r["src"] for r in first], [(r["_user"], r["_item"], r["n"]) for r in first], n_extra)
 
@@ -296,20 +325,27 @@ def _checked(flagged: DataFrame, pairs: DataFrame, cfg: DataConfig, policy: str,
 
     def rejected_rows(df: DataFrame) -> DataFrame:
         return df.select(
-            F.col(SOURCE).cast("string").alias(SOURCE), F.col(ROW).cast("long").alias(ROW),
-            F.col("_user_raw").alias(USER), F.col("_item_raw").alias(ITEM),
-            F.col("_rating_raw").alias(RATING), F.col("_ts_raw").alias(TIMESTAMP), REASON)
+            F.col(SOURCE).cast("string").alias(SOURCE),
+            F.col(ROW).cast("long").alias(ROW),
+            F.col("_user_raw").alias(USER),
+            F.col("_item_raw").alias(ITEM),
+            F.col("_rating_raw").alias(RATING),
+            F.col("_ts_raw").alias(TIMESTAMP),
+            REASON,
+        )
+
     if not per_part:
         raise InputError("the input has no data rows")
     for part, c in sorted(per_part.items()):
         if c["n_rejected"] / c["n_read"] > cfg.max_bad_fraction:
-            raise _too_dirty(rejected_rows(rejected_all.where(F.col(PART) == part)), c["n_rejected"],
-                             c["n_read"], cfg)
+            raise _too_dirty(rejected_rows(rejected_all.where(F.col(PART) == part)), c["n_rejected"], c["n_read"], cfg)
     c = {k: sum(p[k] for p in per_part.values()) for k in ("n_read", "n_rejected", "n_dropped", "n_valid", "n_clean")}
     empty = [part for part, p in per_part.items() if p["n_valid"] == 0]
     if c["n_valid"] == 0 or empty:
-        raise InputError(f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
-                         f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')")
+        raise InputError(
+            f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
+            f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')"
+        )
     user_int = all(p["user_int"] for p in per_part.values())
     item_int = all(p["item_int"] for p in per_part.values())
     n_duplicates = c["n_valid"] - c["n_clean"]
@@ -320,9 +356,17 @@ def _checked(flagged: DataFrame, pairs: DataFrame, cfg: DataConfig, policy: str,
         return (F.col(col).try_cast("long") if as_long else F.col(col)).alias(name)
 
     ratings = pairs.where(F.col("_status") == _VALID).select(
-        typed("_u", USER, user_int), typed("_i", ITEM, item_int), RATING,
-        F.col(TIMESTAMP).cast("long").alias(TIMESTAMP), *([PART] if parted else []))
-    counts = {"n_read": c["n_read"], "n_rejected": c["n_rejected"], "n_dropped": c["n_dropped"],
-              "n_duplicates_merged": n_duplicates, "n_clean": c["n_clean"]}
-    return Cleaned(ratings=ratings, rejected=rejected_rows(rejected_all),
-                   counts=counts, _cache=pairs)
+        typed("_u", USER, user_int),
+        typed("_i", ITEM, item_int),
+        RATING,
+        F.col(TIMESTAMP).cast("long").alias(TIMESTAMP),
+        *([PART] if parted else []),
+    )
+    counts = {
+        "n_read": c["n_read"],
+        "n_rejected": c["n_rejected"],
+        "n_dropped": c["n_dropped"],
+        "n_duplicates_merged": n_duplicates,
+        "n_clean": c["n_clean"],
+    }
+    return Cleaned(ratings=ratings, rejected=rejected_rows(rejected_all), counts=counts, _cache=pairs)

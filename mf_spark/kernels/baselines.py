@@ -6,6 +6,7 @@ evaluation path of a factor model serves them unchanged:
     popularity:       score_ui = log(1 + n_i), the same for every user (a ranking, not a rating)
     zero_filled_svd:  the truncated SVD of the matrix with unobserved entries as 0
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 class Baseline:
     """A baseline's factors and biases (the fields of types.Factors, which kernels do not import:
     `Factors(**vars(baseline))`); X and Y have no columns for the biases-only models."""
+
     X: np.ndarray
     Y: np.ndarray
     user_bias: np.ndarray | None
@@ -38,8 +40,15 @@ def _damped_mean(rows: np.ndarray, values: np.ndarray, n: int, damping: float) -
     return np.divide(total, count, out=np.zeros(n), where=count > 0)
 
 
-def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
-           user_damping: float = 5.0, item_damping: float = 5.0) -> Baseline:
+def biases(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    n_users: int,
+    n_items: int,
+    user_damping: float = 5.0,
+    item_damping: float = 5.0,
+) -> Baseline:
     """mu + b_u + b_i by damped means: mu the mean rating, b_i = sum_u (r_ui - mu) / (n_i + item_damping),
     then b_u = sum_i (r_ui - mu - b_i) / (n_u + user_damping). Rows without ratings get 0.
 
@@ -59,16 +68,26 @@ def biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: i
     left = r - mu
     bi = _damped_mean(items, left, n_items, item_damping)
     bu = _damped_mean(users, left - bi[items], n_users, user_damping)
-    return Baseline(np.zeros((n_users, 0), np.float32), np.zeros((n_items, 0), np.float32),
-                    bu.astype(np.float32), bi.astype(np.float32), mu)
+    return Baseline(
+        np.zeros((n_users, 0), np.float32),
+        np.zeros((n_items, 0), np.float32),
+        bu.astype(np.float32),
+        bi.astype(np.float32),
+        mu,
+    )
 
 
 def popularity(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> Baseline:
     """Every user's scores are log(1 + number of the item's training pairs): the most popular first."""
     _check(users, items, n_users, n_items, None)
     counts = np.bincount(items, minlength=n_items).astype(np.float64)
-    return Baseline(np.zeros((n_users, 0), np.float32), np.zeros((n_items, 0), np.float32),
-                    np.zeros(n_users, np.float32), np.log1p(counts).astype(np.float32), 0.0)
+    return Baseline(
+        np.zeros((n_users, 0), np.float32),
+        np.zeros((n_items, 0), np.float32),
+        np.zeros(n_users, np.float32),
+        np.log1p(counts).astype(np.float32),
+        0.0,
+    )
 
 
 def _times(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, M: np.ndarray) -> np.ndarray:
@@ -79,8 +98,17 @@ def _times(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_rows: int, 
     return out
 
 
-def zero_filled_svd(users: np.ndarray, items: np.ndarray, values: np.ndarray, n_users: int, n_items: int,
-                    rank: int, seed: int = 0, power_iterations: int = 4, oversample: int = 10) -> Baseline:
+def zero_filled_svd(
+    users: np.ndarray,
+    items: np.ndarray,
+    values: np.ndarray,
+    n_users: int,
+    n_items: int,
+    rank: int,
+    seed: int = 0,
+    power_iterations: int = 4,
+    oversample: int = 10,
+) -> Baseline:
     """The rank-`rank` truncated SVD of the user x item matrix with every unobserved entry taken as 0,
     as factors: X = U sqrt(S), Y = V sqrt(S), so X Y^T is the best rank-k approximation of that matrix.
     The model weighted ALS improves on: zeros count as much as observed values. Randomized (Halko,
@@ -91,12 +119,11 @@ def zero_filled_svd(users: np.ndarray, items: np.ndarray, values: np.ndarray, n_
     _check(users, items, n_users, n_items, values)
     v = values.astype(np.float64)
     width = min(rank + oversample, n_users, n_items)
-    Q = np.linalg.qr(_times(users, items, v, n_users,
-                            np.random.default_rng(seed).standard_normal((n_items, width))))[0]
+    Q = np.linalg.qr(_times(users, items, v, n_users, np.random.default_rng(seed).standard_normal((n_items, width))))[0]
     for _ in range(power_iterations):
-        Z = np.linalg.qr(_times(items, users, v, n_items, Q))[0]          # A^T Q
-        Q = np.linalg.qr(_times(users, items, v, n_users, Z))[0]          # A Z
-    B = _times(items, users, v, n_items, Q).T                             # Q^T A, (width, n_items)
+        Z = np.linalg.qr(_times(items, users, v, n_items, Q))[0]  # A^T Q
+        Q = np.linalg.qr(_times(users, items, v, n_users, Z))[0]  # A Z
+    B = _times(items, users, v, n_items, Q).T  # Q^T A, (width, n_items)
     Ub, s, Vt = np.linalg.svd(B, full_matrices=False)
     k = min(rank, s.size)
     root = np.sqrt(s[:k])

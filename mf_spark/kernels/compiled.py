@@ -20,6 +20,7 @@ The exact kernel is compiled for each width, the conjugate-gradient one once. A 
 not positive definite (lambda = 0 and too few entries) is reported in `bad` for the caller to solve
 otherwise; its loss pieces are left out of the sums.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,10 +47,11 @@ def _solve_rows_of(width: int):
     registers, which is faster than one kernel for every width (explicit ALS gains more than
     weighted)."""
     K = width
-    R = (K + 4) // 4 * 4        # buffer rows: K factors, the targets (row K), zeros up to a multiple of 4
+    R = (K + 4) // 4 * 4  # buffer rows: K factors, the targets (row K), zeros up to a multiple of 4
 
-    def _solve_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, rooted,
-                    X, bad, sums):  # pragma: no cover
+    def _solve_rows(
+        indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, rooted, X, bad, sums
+    ):  # pragma: no cover
         """Solve every row of a CSR block (see the module docstring).
 
         indptr : (n + 1,) int64; cols : (nnz,) int32 fixed-side rows; weight : (nnz,) float32, or (0,)
@@ -69,12 +71,12 @@ def _solve_rows_of(width: int):
         # c = K. Rows past K stay 0.
         GT = np.zeros((R, longest), np.float32)
         H = GT if unit or rooted else np.zeros((R, longest), np.float32)
-        D = np.empty((K, K), np.float64)        # G'WG, lower triangle
-        M = np.empty((K, K), np.float64)        # D + S + lambda I, then L below its diagonal
-        piv = np.empty(K, np.float64)           # diag(d) of M = L diag(d) L'
-        dinv = np.empty(K, np.float64)          # 1 / d
-        v = np.empty(K, np.float64)             # row j of L times d, while column j is formed
-        b = np.empty(K, np.float64)             # G't
+        D = np.empty((K, K), np.float64)  # G'WG, lower triangle
+        M = np.empty((K, K), np.float64)  # D + S + lambda I, then L below its diagonal
+        piv = np.empty(K, np.float64)  # diag(d) of M = L diag(d) L'
+        dinv = np.empty(K, np.float64)  # 1 / d
+        v = np.empty(K, np.float64)  # row j of L times d, while column j is formed
+        b = np.empty(K, np.float64)  # G't
         z = np.empty(K, np.float64)
         x = np.empty(K, np.float64)
         fit = tsq = quad = pen = 0.0
@@ -82,7 +84,7 @@ def _solve_rows_of(width: int):
             s0 = indptr[r]
             L = indptr[r + 1] - s0
             bad[r] = False
-            if L == 0:                  # no data: the right side is 0, and so is the solution
+            if L == 0:  # no data: the right side is 0, and so is the solution
                 for a in range(K):
                     X[r, a] = 0.0
                 continue
@@ -97,7 +99,7 @@ def _solve_rows_of(width: int):
             for e in range(L):
                 j = cols[s0 + e]
                 t = target[s0 + e] - offset[j] if has_offset else target[s0 + e]
-                H[K, e] = t             # the targets (H is GT for unit or rooted weights)
+                H[K, e] = t  # the targets (H is GT for unit or rooted weights)
                 st += t * t
                 if unit:
                     for a in range(K):  # explicit loops: a slice copy (GT[:, e] = Y[j]) is 3x slower
@@ -177,7 +179,7 @@ def _solve_rows_of(width: int):
                 for a in range(K):
                     X[r, a] = 0.0
                 continue
-            for i in range(K):          # L z = b, then L' x = z / d
+            for i in range(K):  # L z = b, then L' x = z / d
                 s = b[i]
                 for p in range(i):
                     s -= M[i, p] * z[p]
@@ -209,11 +211,13 @@ def _solve_rows_of(width: int):
         sums[1] += tsq
         sums[2] += quad
         sums[3] += pen
+
     return _solve_rows
 
 
-def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, x0, steps, X,
-             sums):  # pragma: no cover
+def _cg_rows(
+    indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, x0, steps, X, sums
+):  # pragma: no cover
     """`steps` conjugate-gradient steps on every row's system from x0 (kernels.solve.cg_stack, row by
     row); the system is never formed. Arguments as `_solve_rows`, plus x0 : (n, width) float32 and
     steps : int; writes X and adds the same four loss pieces to sums.
@@ -225,12 +229,12 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_s
     width = Y.shape[1]
     unit = weight.size == 0
     has_offset = offset.size > 0
-    S32 = shift.astype(np.float32)      # the products S v inside the steps, 8 lanes wide
+    S32 = shift.astype(np.float32)  # the products S v inside the steps, 8 lanes wide
     G = np.empty((longest, width), np.float32)
     T = np.empty(longest, np.float32)
     W = np.empty(longest, np.float32)
-    P = np.empty(longest, np.float32)       # predictions G x
-    GP = np.empty(longest, np.float32)      # G p of the current direction
+    P = np.empty(longest, np.float32)  # predictions G x
+    GP = np.empty(longest, np.float32)  # G p of the current direction
     x = np.empty(width, np.float64)
     res = np.empty(width, np.float64)
     d = np.empty(width, np.float64)
@@ -244,7 +248,7 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_s
         lr = lam[r]
         for e in range(L):
             j = cols[s0 + e]
-            for a in range(width):      # an explicit loop: 3x faster than the slice copy G[e, :] = Y[j]
+            for a in range(width):  # an explicit loop: 3x faster than the slice copy G[e, :] = Y[j]
                 G[e, a] = Y[j, a]
             T[e] = target[s0 + e] - offset[j] if has_offset else target[s0 + e]
             W[e] = 1.0 if unit else weight[s0 + e]
@@ -301,7 +305,7 @@ def _cg_rows(indptr, cols, weight, target, offset, Y, shift, lam, longest, has_s
                     v += sv
                 ad[a] = v
                 dad += d[a] * v
-            if first:                   # r = G't - A x0, the first direction
+            if first:  # r = G't - A x0, the first direction
                 for a in range(width):
                     res[a] = -ad[a]
                     d[a] = res[a]
@@ -420,20 +424,36 @@ def sgd_epoch(u, i, r, order, X, Y, bu, bi, mu: float, lr: float, reg: float, re
     _kernel(_sgd_epoch)(u, i, r, order, X, Y, bu, bi, float(mu), float(lr), float(reg), float(reg_b), bool(biased))
 
 
-def predict_rows(X: np.ndarray, Y: np.ndarray, user_bias: np.ndarray | None, item_bias: np.ndarray | None,
-                 u: np.ndarray, i: np.ndarray, mu: float, cold: float,
-                 clip: tuple[float, float] | None) -> np.ndarray:
+def predict_rows(
+    X: np.ndarray,
+    Y: np.ndarray,
+    user_bias: np.ndarray | None,
+    item_bias: np.ndarray | None,
+    u: np.ndarray,
+    i: np.ndarray,
+    mu: float,
+    cold: float,
+    clip: tuple[float, float] | None,
+) -> np.ndarray:
     """(m,) float64 predictions of pairs (u, i) (-1 = unknown): mu + b_u + b_i + x_u.y_i for known
     pairs, cold plus whatever bias is known otherwise, clipped to `clip`; summed in float64, one
     pass over the pairs with no (m, k) temporaries (model.Scorer.predict_idx)."""
     out = np.empty(u.size, np.float64)
     none = np.zeros(0, np.float32)
     lo, hi = clip if clip is not None else (1.0, 0.0)
-    _kernel(_predict_rows)(np.ascontiguousarray(X, np.float32), np.ascontiguousarray(Y, np.float32),
-                           none if user_bias is None else np.ascontiguousarray(user_bias, np.float32),
-                           none if item_bias is None else np.ascontiguousarray(item_bias, np.float32),
-                           np.ascontiguousarray(u, np.int64), np.ascontiguousarray(i, np.int64),
-                           float(mu), float(cold), float(lo), float(hi), out)
+    _kernel(_predict_rows)(
+        np.ascontiguousarray(X, np.float32),
+        np.ascontiguousarray(Y, np.float32),
+        none if user_bias is None else np.ascontiguousarray(user_bias, np.float32),
+        none if item_bias is None else np.ascontiguousarray(item_bias, np.float32),
+        np.ascontiguousarray(u, np.int64),
+        np.ascontiguousarray(i, np.int64),
+        float(mu),
+        float(cold),
+        float(lo),
+        float(hi),
+        out,
+    )
     return out
 
 
@@ -488,8 +508,12 @@ def _xxhash_pairs(seed, seed_is_int, a_data, a_off, b_data, b_off, out):  # prag
                         else:
                             v4 = v
                     at += 32
-                h = (((v1 << u64(1)) | (v1 >> u64(63))) + ((v2 << u64(7)) | (v2 >> u64(57)))
-                     + ((v3 << u64(12)) | (v3 >> u64(52))) + ((v4 << u64(18)) | (v4 >> u64(46))))
+                h = (
+                    ((v1 << u64(1)) | (v1 >> u64(63)))
+                    + ((v2 << u64(7)) | (v2 >> u64(57)))
+                    + ((v3 << u64(12)) | (v3 >> u64(52)))
+                    + ((v4 << u64(18)) | (v4 >> u64(46)))
+                )
                 for v in (v1, v2, v3, v4):
                     k = v * _P2
                     h = (h ^ (((k << u64(31)) | (k >> u64(33))) * _P1)) * _P1 + _P4
@@ -520,19 +544,24 @@ def _xxhash_pairs(seed, seed_is_int, a_data, a_off, b_data, b_off, out):  # prag
             h ^= h >> u64(29)
             h *= _P3
             h ^= h >> u64(32)
-        out[r] = np.float64(h >> u64(11)) / 9007199254740992.0     # top 53 bits / 2^53: exact
+        out[r] = np.float64(h >> u64(11)) / 9007199254740992.0  # top 53 bits / 2^53: exact
 
 
-def uniform_hash(seed: int, a_data: np.ndarray, a_off: np.ndarray, b_data: np.ndarray,
-                 b_off: np.ndarray) -> np.ndarray:
+def uniform_hash(seed: int, a_data: np.ndarray, a_off: np.ndarray, b_data: np.ndarray, b_off: np.ndarray) -> np.ndarray:
     """(n,) float64 in [0, 1): (xxhash64(seed, a_r, b_r) >>> 11) / 2^53 as Spark SQL computes it, for
     byte strings a_r = a_data[a_off[r]:a_off[r + 1]] (uint8, int64 offsets) and b_r likewise, with
     `seed` a literal (an int column when it fits 32 bits, as F.lit makes it)."""
     out = np.empty(a_off.size - 1, np.float64)
     if out.size:
-        _kernel(_xxhash_pairs)(np.int64(seed).view(np.uint64), -2**31 <= seed < 2**31,
-                               np.ascontiguousarray(a_data, np.uint8), np.ascontiguousarray(a_off, np.int64),
-                               np.ascontiguousarray(b_data, np.uint8), np.ascontiguousarray(b_off, np.int64), out)
+        _kernel(_xxhash_pairs)(
+            np.int64(seed).view(np.uint64),
+            -(2**31) <= seed < 2**31,
+            np.ascontiguousarray(a_data, np.uint8),
+            np.ascontiguousarray(a_off, np.int64),
+            np.ascontiguousarray(b_data, np.uint8),
+            np.ascontiguousarray(b_off, np.int64),
+            out,
+        )
     return out
 
 
@@ -557,11 +586,12 @@ def _kernel(fn, width: int | None = None):
     key = fn if width is None else (fn, width)
     if key not in _compiled:
         import numba
+
         options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")
         py = fn if width is None else fn(width)
         try:
             _compiled[key] = numba.njit(cache=True, **options)(py)
-        except RuntimeError:            # "cannot cache function ...: no locator available"
+        except RuntimeError:  # "cannot cache function ...: no locator available"
             _compiled[key] = numba.njit(**options)(py)
     return _compiled[key]
 
@@ -572,21 +602,36 @@ def _common(indptr, cols, weight, target, offset, Y, shift, lam) -> tuple:
     n = indptr.size - 1
     width = Y.shape[1]
     if shift.shape != (width, width) or lam.shape != (n,) or target.shape != cols.shape:
-        raise ValueError(f"compiled solve: {n} rows, {cols.size} entries, width {width}; got shift "
-                         f"{shift.shape}, lam {lam.shape}, target {target.shape}")
+        raise ValueError(
+            f"compiled solve: {n} rows, {cols.size} entries, width {width}; got shift "
+            f"{shift.shape}, lam {lam.shape}, target {target.shape}"
+        )
     f32 = np.float32
-    return (np.ascontiguousarray(indptr, np.int64), np.ascontiguousarray(cols, np.int32),
-            np.zeros(0, f32) if weight is None else np.ascontiguousarray(weight, f32),
-            np.ascontiguousarray(target, f32),
-            np.zeros(0, f32) if offset is None else np.ascontiguousarray(offset, f32),
-            np.ascontiguousarray(Y, f32), np.ascontiguousarray(shift, np.float64),
-            np.ascontiguousarray(lam, np.float64),
-            int(np.diff(indptr).max()) if n > 0 else 0, bool(np.any(shift)))
+    return (
+        np.ascontiguousarray(indptr, np.int64),
+        np.ascontiguousarray(cols, np.int32),
+        np.zeros(0, f32) if weight is None else np.ascontiguousarray(weight, f32),
+        np.ascontiguousarray(target, f32),
+        np.zeros(0, f32) if offset is None else np.ascontiguousarray(offset, f32),
+        np.ascontiguousarray(Y, f32),
+        np.ascontiguousarray(shift, np.float64),
+        np.ascontiguousarray(lam, np.float64),
+        int(np.diff(indptr).max()) if n > 0 else 0,
+        bool(np.any(shift)),
+    )
 
 
-def solve_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, target: np.ndarray,
-               offset: np.ndarray | None, Y: np.ndarray, shift: np.ndarray,
-               lam: np.ndarray, rooted: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def solve_rows(
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    weight: np.ndarray | None,
+    target: np.ndarray,
+    offset: np.ndarray | None,
+    Y: np.ndarray,
+    shift: np.ndarray,
+    lam: np.ndarray,
+    rooted: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact solves of every row of a CSR block (module docstring). `rooted`: weight is sqrt(w) and
     target t / sqrt(w) (`_solve_rows`). Returns X (n, width) float64, bad (n,) bool and the loss
     pieces (4,) float64."""
@@ -600,9 +645,18 @@ def solve_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, 
     return X, bad, sums
 
 
-def cg_rows(indptr: np.ndarray, cols: np.ndarray, weight: np.ndarray | None, target: np.ndarray,
-            offset: np.ndarray | None, Y: np.ndarray, shift: np.ndarray, lam: np.ndarray, x0: np.ndarray,
-            steps: int) -> tuple[np.ndarray, np.ndarray]:
+def cg_rows(
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    weight: np.ndarray | None,
+    target: np.ndarray,
+    offset: np.ndarray | None,
+    Y: np.ndarray,
+    shift: np.ndarray,
+    lam: np.ndarray,
+    x0: np.ndarray,
+    steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """`steps` conjugate-gradient steps for every row of a CSR block from x0 ((n, width) float32), as
     `kernels.solve.cg_stack`. Returns X (n, width) float64 and the loss pieces (4,) float64."""
     args = _common(indptr, cols, weight, target, offset, Y, shift, lam)

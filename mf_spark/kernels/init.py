@@ -4,6 +4,7 @@ A counter-based generator (splitmix64 finalizer over the counter `(seed, side, i
 gives the same row for an index whatever the number of blocks, partitions or executors, without a
 Python loop or a per-row RandomState.
 """
+
 from __future__ import annotations
 
 import numpy as np

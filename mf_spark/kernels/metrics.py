@@ -9,6 +9,7 @@ For a user u with relevant held-out items R_u (|R_u| > 0) and a ranked list L_u 
 each averaged over the users with at least one relevant item; catalog coverage is the share of all
 items that appear in some list.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,9 @@ def hits(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_item
     return np.isin(rec_keys, rel_keys) & (recs >= 0)
 
 
-def ranking_metrics(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_items: int,
-                    k: int) -> dict[str, float | int | None]:
+def ranking_metrics(
+    recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_items: int, k: int
+) -> dict[str, float | int | None]:
     """precision/recall/ndcg/map at k, catalog coverage and the number of users evaluated.
 
     Parameters
@@ -41,8 +43,14 @@ def ranking_metrics(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndar
     listed = recs[recs >= 0]
     coverage = float(np.unique(listed).size / n_items) if n_items else None
     if n_users == 0:
-        return {"precision_at_k": None, "recall_at_k": None, "ndcg_at_k": None, "map_at_k": None,
-                "coverage": coverage, "n_users_evaluated": 0}
+        return {
+            "precision_at_k": None,
+            "recall_at_k": None,
+            "ndcg_at_k": None,
+            "map_at_k": None,
+            "coverage": coverage,
+            "n_users_evaluated": 0,
+        }
     h = hits(recs, rel_indptr, rel_items, n_items)[users].astype(np.float64)
     n_rel = n_rel[users].astype(np.float64)
     width = h.shape[1]
@@ -53,6 +61,11 @@ def ranking_metrics(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndar
     n_hit = h.sum(axis=1)
     prec_at_j = np.cumsum(h, axis=1) / np.arange(1, width + 1)
     ap = (prec_at_j * h).sum(axis=1) / np.minimum(n_rel, k)
-    return {"precision_at_k": float(np.mean(n_hit / k)), "recall_at_k": float(np.mean(n_hit / n_rel)),
-            "ndcg_at_k": float(np.mean(dcg / idcg)), "map_at_k": float(np.mean(ap)),
-            "coverage": coverage, "n_users_evaluated": n_users}
+    return {
+        "precision_at_k": float(np.mean(n_hit / k)),
+        "recall_at_k": float(np.mean(n_hit / n_rel)),
+        "ndcg_at_k": float(np.mean(dcg / idcg)),
+        "map_at_k": float(np.mean(ap)),
+        "coverage": coverage,
+        "n_users_evaluated": n_users,
+    }

@@ -16,6 +16,7 @@ which descends, one term at a time, the objective reported after each epoch:
 The step loop is sequential by nature (each step reads what the last one wrote), so it is one
 compiled pass over the ratings where numba is installed, and a per-rating numpy loop otherwise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,23 +38,32 @@ class SgdSpec:
     reg_all=0.02, init_std_dev=0.1, biased=True) except the rank: Surprise uses 100 factors, we use
     ALS's default of 10 so the two baselines compare at one rank. Unlike Surprise, which visits the
     ratings in the same order every epoch, each epoch here takes a fresh order from (seed, epoch)."""
-    rank: int = 10                   # latent factors, >= 1
-    epochs: int = 20                 # passes over the ratings, >= 1
-    learning_rate: float = 0.005     # lr, > 0
-    reg: float = 0.02                # reg of the factors, >= 0
-    reg_bias: float | None = None    # reg_b of the biases, >= 0; None: reg
-    init_std: float = 0.1            # factors start N(0, init_std^2); 0 gives a biases-only fit
-    seed: int = 0                    # >= 0
-    biases: bool = True              # fit mu, b_u, b_i
+
+    rank: int = 10  # latent factors, >= 1
+    epochs: int = 20  # passes over the ratings, >= 1
+    learning_rate: float = 0.005  # lr, > 0
+    reg: float = 0.02  # reg of the factors, >= 0
+    reg_bias: float | None = None  # reg_b of the biases, >= 0; None: reg
+    init_std: float = 0.1  # factors start N(0, init_std^2); 0 gives a biases-only fit
+    seed: int = 0  # >= 0
+    biases: bool = True  # fit mu, b_u, b_i
 
     def __post_init__(self) -> None:
         _require(_is_int(self.rank) and self.rank >= 1, "rank", self.rank, "an integer >= 1")
         _require(_is_int(self.epochs) and self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _require(np.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
-                 self.learning_rate, "a number > 0")
+        _require(
+            np.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a number > 0",
+        )
         _require(np.isfinite(self.reg) and self.reg >= 0, "reg", self.reg, "a number >= 0")
-        _require(self.reg_bias is None or (np.isfinite(self.reg_bias) and self.reg_bias >= 0), "reg_bias",
-                 self.reg_bias, "None or a number >= 0")
+        _require(
+            self.reg_bias is None or (np.isfinite(self.reg_bias) and self.reg_bias >= 0),
+            "reg_bias",
+            self.reg_bias,
+            "None or a number >= 0",
+        )
         _require(np.isfinite(self.init_std) and self.init_std >= 0, "init_std", self.init_std, "a number >= 0")
         _require(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
@@ -66,12 +76,13 @@ class SgdSpec:
 @dataclass(frozen=True)
 class SgdFit:
     """Factors, biases and history of one SGD fit."""
-    X: np.ndarray                    # (n_users, k) float32
-    Y: np.ndarray                    # (n_items, k) float32
-    user_bias: np.ndarray | None     # (n_users,) float32, None when spec.biases is False
-    item_bias: np.ndarray | None     # (n_items,) float32, None when spec.biases is False
-    mu: float                        # mean training rating; 0 without biases
-    losses: list[float] = field(default_factory=list)   # objective J after each epoch so far
+
+    X: np.ndarray  # (n_users, k) float32
+    Y: np.ndarray  # (n_items, k) float32
+    user_bias: np.ndarray | None  # (n_users,) float32, None when spec.biases is False
+    item_bias: np.ndarray | None  # (n_items,) float32, None when spec.biases is False
+    mu: float  # mean training rating; 0 without biases
+    losses: list[float] = field(default_factory=list)  # objective J after each epoch so far
 
 
 def _is_int(v) -> bool:
@@ -109,18 +120,40 @@ def _epoch_numpy(u, i, r, order, X, Y, bu, bi, mu, lr, reg, reg_b, biased):
         Y[b] = y + lr * (e * x - reg * y)
 
 
-def sgd_epoch(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, order: np.ndarray, X: np.ndarray,
-              Y: np.ndarray, user_bias: np.ndarray, item_bias: np.ndarray, mu: float, spec: SgdSpec,
-              engine: str = "auto") -> None:
+def sgd_epoch(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    order: np.ndarray,
+    X: np.ndarray,
+    Y: np.ndarray,
+    user_bias: np.ndarray,
+    item_bias: np.ndarray,
+    mu: float,
+    spec: SgdSpec,
+    engine: str = "auto",
+) -> None:
     """One step per rating, in `order`, updating X, Y (float64, (n, k)) and the biases (float64, (n,))
     in place. Without spec.biases the biases are neither read nor written. `engine`: one of
     compiled.ENGINES (the compiled loop, or the per-rating numpy loop)."""
     for name, a in (("X", X), ("Y", Y), ("user_bias", user_bias), ("item_bias", item_bias)):
         if a.dtype != np.float64 or not a.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous float64 array (updated in place), got {a.dtype}")
-    args = (np.asarray(users, np.int64), np.asarray(items, np.int64), np.asarray(ratings, np.float64),
-            np.asarray(order, np.int64), X, Y, user_bias, item_bias, float(mu), float(spec.learning_rate),
-            float(spec.reg), float(spec.bias_reg), bool(spec.biases))
+    args = (
+        np.asarray(users, np.int64),
+        np.asarray(items, np.int64),
+        np.asarray(ratings, np.float64),
+        np.asarray(order, np.int64),
+        X,
+        Y,
+        user_bias,
+        item_bias,
+        float(mu),
+        float(spec.learning_rate),
+        float(spec.reg),
+        float(spec.bias_reg),
+        bool(spec.biases),
+    )
     if compiled.chosen(engine):
         compiled.sgd_epoch(*args)
     else:
@@ -138,29 +171,45 @@ def _check_ids(ids: np.ndarray, n: int, name: str, n_name: str, allow_unknown: b
     return ids.astype(np.int64)
 
 
-def objective(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, X: np.ndarray, Y: np.ndarray,
-              user_bias: np.ndarray | None, item_bias: np.ndarray | None, mu: float, spec: SgdSpec) -> float:
+def objective(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    X: np.ndarray,
+    Y: np.ndarray,
+    user_bias: np.ndarray | None,
+    item_bias: np.ndarray | None,
+    mu: float,
+    spec: SgdSpec,
+) -> float:
     """J (module docstring) in float64: squared errors plus each rating's share of the penalties."""
     sq = 0.0
     for s in range(0, users.size, _LOSS_CHUNK):
-        u, i = users[s:s + _LOSS_CHUNK], items[s:s + _LOSS_CHUNK]
+        u, i = users[s : s + _LOSS_CHUNK], items[s : s + _LOSS_CHUNK]
         p = mu + np.einsum("ij,ij->i", X[u].astype(np.float64), Y[i].astype(np.float64))
         if user_bias is not None:
             p += user_bias[u].astype(np.float64) + item_bias[i].astype(np.float64)
-        sq += float(np.sum((ratings[s:s + _LOSS_CHUNK] - p) ** 2))
+        sq += float(np.sum((ratings[s : s + _LOSS_CHUNK] - p) ** 2))
     n_u = np.bincount(users, minlength=X.shape[0]).astype(np.float64)
     n_i = np.bincount(items, minlength=Y.shape[0]).astype(np.float64)
-    pen = spec.reg * (n_u @ np.sum(np.square(X, dtype=np.float64), 1) +
-                      n_i @ np.sum(np.square(Y, dtype=np.float64), 1))
+    pen = spec.reg * (n_u @ np.sum(np.square(X, dtype=np.float64), 1) + n_i @ np.sum(np.square(Y, dtype=np.float64), 1))
     if user_bias is not None:
-        pen += spec.bias_reg * (n_u @ np.square(user_bias, dtype=np.float64) +
-                                n_i @ np.square(item_bias, dtype=np.float64))
+        pen += spec.bias_reg * (
+            n_u @ np.square(user_bias, dtype=np.float64) + n_i @ np.square(item_bias, dtype=np.float64)
+        )
     return sq + float(pen)
 
 
-def fit_sgd(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int,
-            spec: SgdSpec = SgdSpec(), on_epoch: Callable[[int, SgdFit], None] | None = None,
-            engine: str = "auto") -> SgdFit:
+def fit_sgd(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    n_users: int,
+    n_items: int,
+    spec: SgdSpec = SgdSpec(),
+    on_epoch: Callable[[int, SgdFit], None] | None = None,
+    engine: str = "auto",
+) -> SgdFit:
     """Fit biased MF by SGD (module docstring) to ratings r[n] of (users[n], items[n]).
 
     Parameters
@@ -182,7 +231,7 @@ def fit_sgd(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: 
         raise ValueError(f"ratings: users {u.shape}, items {i.shape} and ratings {r.shape} must have one shape")
     if not np.all(np.isfinite(r)):
         raise ValueError("ratings must be finite")
-    compiled.chosen(engine)              # a bad engine name fails before any work
+    compiled.chosen(engine)  # a bad engine name fails before any work
     X, Y = init_factors(spec, n_users, n_items)
     bu, bi = np.zeros(n_users), np.zeros(n_items)
     mu = float(r.mean()) if spec.biases and r.size else 0.0
@@ -194,8 +243,7 @@ def fit_sgd(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: 
 
     for epoch in range(spec.epochs):
         sgd_epoch(u, i, r, epoch_order(spec.seed, epoch, r.size), X, Y, bu, bi, mu, spec, engine)
-        losses.append(objective(u, i, r, X, Y, bu if spec.biases else None, bi if spec.biases else None,
-                                mu, spec))
+        losses.append(objective(u, i, r, X, Y, bu if spec.biases else None, bi if spec.biases else None, mu, spec))
         if on_epoch is not None:
             on_epoch(epoch, snapshot())
     return snapshot()
@@ -212,7 +260,7 @@ def predict(fit: SgdFit, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     known_u, known_i = u >= 0, i >= 0
     both = known_u & known_i
     for s in range(0, u.size, _LOSS_CHUNK):
-        sl = np.flatnonzero(both[s:s + _LOSS_CHUNK]) + s
+        sl = np.flatnonzero(both[s : s + _LOSS_CHUNK]) + s
         out[sl] += np.einsum("ij,ij->i", fit.X[u[sl]].astype(np.float64), fit.Y[i[sl]].astype(np.float64))
     if fit.user_bias is not None:
         out[known_u] += fit.user_bias[u[known_u]]

@@ -11,9 +11,9 @@ Weighted ALS row u (unobserved entries weighted w0, never materialized thanks to
 Where numba is installed, unconstrained solves run compiled, row by row with no padding
 (`kernels.compiled`): conjugate gradients at any width, exact solves up to COMPILED_MAX_WIDTH
 unknowns. Otherwise (nonnegative factors, wider exact solves, or engine "numpy"), rows are sorted by
-length and cut into chunks of similar length; each chunk is padded to its longest row with a zero factor row, so its Gramians come from one
-stacked `np.matmul` and its systems from one stacked `np.linalg.solve`. The Python loop is over chunks
-(tens per block), never over rows.
+length and cut into chunks of similar length; each chunk is padded to its longest row with a zero
+factor row, so its Gramians come from one stacked `np.matmul` and its systems from one stacked
+`np.linalg.solve`. The Python loop is over chunks (tens per block), never over rows.
 
 Worked example (k = 2, one block of three users, fixed item factors Y with 4 rows):
 
@@ -22,6 +22,7 @@ Worked example (k = 2, one block of three users, fixed item factors Y with 4 row
     sorted by length -> chunk [user 1 (L=1)], [user 0 (L=2), user 2 (L=3)] padded to L=3:
     idx    = [[1, 3, Z], [0, 2, 3]]   Z = index of the appended zero row of Y
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,19 +47,20 @@ COMPILED_MAX_WIDTH = 64
 @dataclass(frozen=True, slots=True)
 class SolveSpec:
     """What one half-step solves; built once from ModelConfig."""
-    kind: str = "explicit"          # explicit | implicit
-    reg: float = 0.1                # lambda
-    reg_exponent: float = 1.0       # nu of lambda_u = lambda * n_u^nu: 1 = ALS-WR, 0 = plain lambda
-    with_bias: bool = False         # explicit: solve [x_u, b_u] against [y_i, 1]
-    bias_reg: float = 1.0           # with_bias: lambda of a bias over lambda_u of the factors
-    mu: float = 0.0                 # explicit global mean subtracted from every rating
-    alpha: float = 1.0              # implicit confidence slope
-    confidence: str = "linear"      # linear: 1 + alpha*r | log: 1 + alpha*log(1 + r/eps)
+
+    kind: str = "explicit"  # explicit | implicit
+    reg: float = 0.1  # lambda
+    reg_exponent: float = 1.0  # nu of lambda_u = lambda * n_u^nu: 1 = ALS-WR, 0 = plain lambda
+    with_bias: bool = False  # explicit: solve [x_u, b_u] against [y_i, 1]
+    bias_reg: float = 1.0  # with_bias: lambda of a bias over lambda_u of the factors
+    mu: float = 0.0  # explicit global mean subtracted from every rating
+    alpha: float = 1.0  # implicit confidence slope
+    confidence: str = "linear"  # linear: 1 + alpha*r | log: 1 + alpha*log(1 + r/eps)
     epsilon: float = 1.0
-    target: str = "preference"      # implicit p_ui: 1, or the observed value
-    w0: float = 1.0                 # weight of unobserved entries
-    nonnegative: bool = False       # projected (NNLS) solve
-    cg_steps: int = 0               # > 0: that many conjugate-gradient steps from the previous factors
+    target: str = "preference"  # implicit p_ui: 1, or the observed value
+    w0: float = 1.0  # weight of unobserved entries
+    nonnegative: bool = False  # projected (NNLS) solve
+    cg_steps: int = 0  # > 0: that many conjugate-gradient steps from the previous factors
 
     def __post_init__(self) -> None:
         if self.kind not in ("explicit", "implicit"):
@@ -83,17 +85,18 @@ class SolveSpec:
         if self.reg_exponent == 0.0:
             return np.full(counts.size, self.reg)
         n = counts.astype(np.float64)
-        return self.reg * (n if self.reg_exponent == 1.0 else n ** self.reg_exponent)
+        return self.reg * (n if self.reg_exponent == 1.0 else n**self.reg_exponent)
 
 
 @dataclass(frozen=True, slots=True)
 class BlockSolution:
     """New factors for the rows of one block and the pieces of the objective they give."""
-    factors: np.ndarray          # (n_rows, k) float32
-    bias: np.ndarray | None      # (n_rows,) float32 when with_bias, else None
-    data_loss: float             # explicit: sum of squared errors; implicit: weighted loss incl. w0 part
-    reg_loss: float              # sum_u lambda_u (|x_u|^2 + bias_reg b_u^2)
-    sq_err: float                # explicit: sum over observed entries of (r - prediction)^2; implicit: 0
+
+    factors: np.ndarray  # (n_rows, k) float32
+    bias: np.ndarray | None  # (n_rows,) float32 when with_bias, else None
+    data_loss: float  # explicit: sum of squared errors; implicit: weighted loss incl. w0 part
+    reg_loss: float  # sum_u lambda_u (|x_u|^2 + bias_reg b_u^2)
+    sq_err: float  # explicit: sum over observed entries of (r - prediction)^2; implicit: 0
 
 
 def confidence(values: np.ndarray, spec: SolveSpec) -> np.ndarray:
@@ -132,13 +135,14 @@ def chunks(lengths: np.ndarray, rank: int, budget: int = CHUNK_FLOATS) -> list[t
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """Rows of one block with similar lengths, padded to the longest (b rows, padded length L)."""
-    rows: np.ndarray    # (b,) int64 positions of the rows in the block
-    idx: np.ndarray     # (b, L) int32 fixed-side indices; n_fixed (a zero factor row) at padding
-    vals: np.ndarray    # (b, L) float32 values; 0 at padding
-    mask: np.ndarray    # (b, L) bool, True at real entries
-    lens: np.ndarray    # (b,) int64 row lengths
-    conf: np.ndarray | None = None   # implicit: (b, L) float32 confidence c_ui, 0 at padding
-    pref: np.ndarray | None = None   # implicit: (b, L) float32 preference p_ui, 0 at padding
+
+    rows: np.ndarray  # (b,) int64 positions of the rows in the block
+    idx: np.ndarray  # (b, L) int32 fixed-side indices; n_fixed (a zero factor row) at padding
+    vals: np.ndarray  # (b, L) float32 values; 0 at padding
+    mask: np.ndarray  # (b, L) bool, True at real entries
+    lens: np.ndarray  # (b,) int64 row lengths
+    conf: np.ndarray | None = None  # implicit: (b, L) float32 confidence c_ui, 0 at padding
+    pref: np.ndarray | None = None  # implicit: (b, L) float32 preference p_ui, 0 at padding
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +150,15 @@ class Layout:
     """How a block is solved for `width` unknowns per row against `n_fixed` fixed rows: padded chunks
     (numpy engine), or per-entry weights for the compiled one. It depends on the block and the spec
     alone, not on the factors, so a task holding a block builds it once per fit."""
+
     spec: SolveSpec
     n_fixed: int
     width: int
     chunks: tuple[Chunk, ...]
-    max_floats: int     # largest b * L * width: one gather buffer serves every chunk
+    max_floats: int  # largest b * L * width: one gather buffer serves every chunk
     compiled: bool = False
-    weight: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c - w0
-    target: np.ndarray | None = None    # compiled weighted ALS: (nnz,) float32 c * p
+    weight: np.ndarray | None = None  # compiled weighted ALS: (nnz,) float32 c - w0
+    target: np.ndarray | None = None  # compiled weighted ALS: (nnz,) float32 c * p
     fixed_loss: np.ndarray | None = None  # compiled weighted ALS: (n_rows,) float64 sum of c p^2 per row
     # compiled exact weighted ALS where every c - w0 > 0: sqrt(c - w0) and c p / sqrt(c - w0), so the
     # kernel copies one buffer of scaled factors instead of two, which is faster;
@@ -163,7 +168,7 @@ class Layout:
 
 
 def engine_for(spec: SolveSpec, width: int, engine: str = "auto") -> str:
-    """"compiled" or "numpy": the engine that solves `spec` with `width` unknowns per row. "auto" takes
+    """ "compiled" or "numpy": the engine that solves `spec` with `width` unknowns per row. "auto" takes
     the compiled one where numba is installed for unconstrained solves: conjugate gradients at any
     width, exact solves up to COMPILED_MAX_WIDTH unknowns. Asking for "compiled" where it cannot serve
     (nonnegative factors, or no numba) raises ValueError."""
@@ -176,8 +181,16 @@ def engine_for(spec: SolveSpec, width: int, engine: str = "auto") -> str:
     return engine
 
 
-def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, spec: SolveSpec, n_fixed: int,
-           width: int, budget: int | None = None, engine: str = "auto") -> Layout:
+def layout(
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    spec: SolveSpec,
+    n_fixed: int,
+    width: int,
+    budget: int | None = None,
+    engine: str = "auto",
+) -> Layout:
     """How to solve a CSR block against `n_fixed` fixed rows (`engine_for`). Numpy engine: the padded
     chunks (see `chunks`), for weighted ALS with each entry's confidence and preference; `budget`:
     floats of gathered factors per chunk (default by solver: CHUNK_FLOATS, or CG_CHUNK_FLOATS for
@@ -187,15 +200,26 @@ def layout(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, spec: SolveSp
             return Layout(spec, n_fixed, width, (), 0, compiled=True)
         c, p = confidence(vals, spec), preference(vals, spec)
         per_row = np.add.reduceat(c * p * p, indptr[:-1]) if cols.size else np.zeros(indptr.size - 1)
-        per_row[np.diff(indptr) == 0] = 0.0        # reduceat gives the next row's entry for an empty row
+        per_row[np.diff(indptr) == 0] = 0.0  # reduceat gives the next row's entry for an empty row
         weight, target = (c - spec.w0).astype(np.float32), (c * p).astype(np.float32)
         root_weight = root_target = None
         if spec.cg_steps == 0 and np.all(weight > 0):
             root_weight = np.sqrt(weight)
             root_target = target / root_weight
             weight = target = None
-        return Layout(spec, n_fixed, width, (), 0, compiled=True, weight=weight, target=target,
-                      fixed_loss=per_row, root_weight=root_weight, root_target=root_target)
+        return Layout(
+            spec,
+            n_fixed,
+            width,
+            (),
+            0,
+            compiled=True,
+            weight=weight,
+            target=target,
+            fixed_loss=per_row,
+            root_weight=root_weight,
+            root_target=root_target,
+        )
     budget = budget or (CG_CHUNK_FLOATS if spec.cg_steps else CHUNK_FLOATS)
     out = []
     for rows, L in chunks(np.diff(indptr), width, budget):
@@ -222,8 +246,9 @@ def _solve_spd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (np.linalg.pinv(A, hermitian=True) @ b[..., None])[..., 0]
 
 
-def _implicit_few(G: np.ndarray, d: np.ndarray, cp: np.ndarray, lam: np.ndarray, w0: float,
-                  evals: np.ndarray, V: np.ndarray) -> np.ndarray:
+def _implicit_few(
+    G: np.ndarray, d: np.ndarray, cp: np.ndarray, lam: np.ndarray, w0: float, evals: np.ndarray, V: np.ndarray
+) -> np.ndarray:
     """Weighted-ALS solves for rows with fewer observed entries L than factors k, in O(L k^2 + L^3).
 
     A = B + G' D G with B = w0 Y'Y + lam I = V diag(w0 evals + lam) V' (one eigendecomposition of the
@@ -231,10 +256,10 @@ def _implicit_few(G: np.ndarray, d: np.ndarray, cp: np.ndarray, lam: np.ndarray,
     b = G' (c p): an L x L system per row instead of k x k. Padded entries have d = 0 and cp = 0.
     G : (b, L, k) float32, d : (b, L) = c - w0 (0 at padding), cp : (b, L), lam : (b,) > 0.
     """
-    Gv = np.matmul(G.astype(np.float64), V)                    # G in the eigenbasis, (b, L, k)
-    S = 1.0 / (w0 * evals[None, :] + lam[:, None])             # B^-1 in the eigenbasis, (b, k)
+    Gv = np.matmul(G.astype(np.float64), V)  # G in the eigenbasis, (b, L, k)
+    S = 1.0 / (w0 * evals[None, :] + lam[:, None])  # B^-1 in the eigenbasis, (b, k)
     yv = S * np.matmul(cp[:, None, :].astype(np.float64), Gv)[:, 0, :]
-    K = np.matmul(Gv * S[:, None, :], Gv.transpose(0, 2, 1))    # G B^-1 G', (b, L, L)
+    K = np.matmul(Gv * S[:, None, :], Gv.transpose(0, 2, 1))  # G B^-1 G', (b, L, L)
     M = d[:, :, None] * K
     M[:, np.arange(M.shape[1]), np.arange(M.shape[1])] += 1.0
     z = np.linalg.solve(M, d[:, :, None] * np.matmul(Gv, yv[:, :, None]))[..., 0]
@@ -250,8 +275,16 @@ def start_point(factors: np.ndarray, bias: np.ndarray | None, spec: SolveSpec) -
     return np.column_stack([factors, b]).astype(np.float32)
 
 
-def cg_stack(G: np.ndarray, weight: np.ndarray | None, target: np.ndarray, lam: np.ndarray, x0: np.ndarray,
-             steps: int, w0: float = 0.0, gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cg_stack(
+    G: np.ndarray,
+    weight: np.ndarray | None,
+    target: np.ndarray,
+    lam: np.ndarray,
+    x0: np.ndarray,
+    steps: int,
+    w0: float = 0.0,
+    gram: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Conjugate-gradient steps on A x = G' target, A = G' diag(weight) G + w0 gram + diag(lam), from x0.
 
     A is never formed: each step costs two batched mat-vecs with G, O(L k) per row against O(L k^2 +
@@ -265,7 +298,7 @@ def cg_stack(G: np.ndarray, weight: np.ndarray | None, target: np.ndarray, lam: 
     """
     GT = G.transpose(0, 2, 1)
 
-    def finish(v, gtw):          # A v from G' diag(weight) G v
+    def finish(v, gtw):  # A v from G' diag(weight) G v
         out = gtw.astype(np.float64)
         out += lam[:, None] * v
         if w0:
@@ -273,7 +306,7 @@ def cg_stack(G: np.ndarray, weight: np.ndarray | None, target: np.ndarray, lam: 
         return out
 
     def apply(v):
-        gv = np.matmul(G, v.astype(np.float32)[..., None])[..., 0]                  # (b, L)
+        gv = np.matmul(G, v.astype(np.float32)[..., None])[..., 0]  # (b, L)
         return finish(v, np.matmul(GT, (gv if weight is None else gv * weight)[..., None])[..., 0]), gv
 
     x = x0.astype(np.float64)
@@ -298,8 +331,7 @@ def cg_stack(G: np.ndarray, weight: np.ndarray | None, target: np.ndarray, lam: 
     return x, pred
 
 
-def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
-               tol: float = 1e-9) -> np.ndarray:
+def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100, tol: float = 1e-9) -> np.ndarray:
     """min x^T A x / 2 - b^T x subject to x >= 0, for a stack of SPD systems.
 
     Projected coordinate descent: each sweep minimizes exactly along every coordinate in turn
@@ -308,7 +340,7 @@ def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
     """
     n, k = b.shape
     lower = np.zeros(k)
-    lower[k - free:] = -np.inf
+    lower[k - free :] = -np.inf
     diag = np.maximum(np.einsum("bii->bi", A), 1e-300)
     x = np.maximum(_solve_spd(A, b), lower)
     for _ in range(sweeps):
@@ -323,10 +355,19 @@ def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100,
     return x
 
 
-def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
-                fixed_bias: np.ndarray | None = None, gram: np.ndarray | None = None,
-                budget: int | None = None, plan: Layout | None = None,
-                x0: np.ndarray | None = None, engine: str = "auto") -> BlockSolution:
+def solve_block(
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    Y: np.ndarray,
+    spec: SolveSpec,
+    fixed_bias: np.ndarray | None = None,
+    gram: np.ndarray | None = None,
+    budget: int | None = None,
+    plan: Layout | None = None,
+    x0: np.ndarray | None = None,
+    engine: str = "auto",
+) -> BlockSolution:
     """Solve every row of a CSR block against the fixed side's factors.
 
     Parameters
@@ -353,16 +394,19 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
     width = k + 1 if spec.with_bias else k
     cg = spec.cg_steps > 0 and not spec.nonnegative
     if cg and (x0 is None or x0.shape != (n_rows, width)):
-        raise ValueError(f"conjugate-gradient solves need x0 of shape ({n_rows}, {width}), "
-                         f"got {None if x0 is None else x0.shape}")
+        raise ValueError(
+            f"conjugate-gradient solves need x0 of shape ({n_rows}, {width}), got {None if x0 is None else x0.shape}"
+        )
     if plan is None:
         plan = layout(indptr, cols, vals, spec, n_fixed, width, budget, engine)
     elif plan.n_fixed != n_fixed or plan.width != width or plan.spec != spec:
-        raise ValueError(f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns ({plan.spec}), "
-                         f"solving against {n_fixed} x {width} ({spec})")
+        raise ValueError(
+            f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns ({plan.spec}), "
+            f"solving against {n_fixed} x {width} ({spec})"
+        )
     if plan.compiled:
         return _solve_compiled(indptr, cols, vals, Y, spec, fixed_bias, gram, plan, x0 if cg else None)
-    Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)    # last row: padding target
+    Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)  # last row: padding target
     Yf[:n_fixed, :k] = Y
     if spec.with_bias:
         Yf[:n_fixed, k] = spec.bias_unit
@@ -383,7 +427,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
     for ch in plan.chunks:
         rows, mask, lens = ch.rows, ch.mask, ch.lens
         b, L = ch.idx.shape
-        G = np.take(Yf, ch.idx, axis=0, out=buf[:b * L * width].reshape(b, L, width))   # (b, L, width)
+        G = np.take(Yf, ch.idx, axis=0, out=buf[: b * L * width].reshape(b, L, width))  # (b, L, width)
         GT = G.transpose(0, 2, 1)
         t = ch.vals if offset is None else np.where(mask, ch.vals - offset[ch.idx], np.float32(0))
         lam = spec.row_reg(lens)
@@ -409,7 +453,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             rhs = np.matmul(GT, t[..., None])[..., 0].astype(np.float64)
         else:
             c, p = ch.conf, ch.pref
-            weight = c - np.float32(spec.w0) * mask       # c - w0 at observed entries, 0 at padding
+            weight = c - np.float32(spec.w0) * mask  # c - w0 at observed entries, 0 at padding
             if L * 3 < width * 2 and not spec.nonnegative and np.all(lam > 0):
                 # Woodbury pays O(L k^2 + L^3) per row against O(L k^2 + k^3) for the k x k system,
                 # but at float64 and in smaller products: faster for rows of up to about 2k/3
@@ -417,7 +461,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
                 x = _implicit_few(G, weight, c * p, lam, spec.w0, *eig)
                 A = rhs = None
             else:
-                Gw = np.multiply(G, weight[:, :, None], out=wbuf[:G.size].reshape(G.shape))
+                Gw = np.multiply(G, weight[:, :, None], out=wbuf[: G.size].reshape(G.shape))
                 A = np.matmul(GT, Gw).astype(np.float64)
                 A += spec.w0 * gram
                 rhs = np.matmul(GT, (c * p)[..., None])[..., 0].astype(np.float64)
@@ -427,7 +471,7 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
         X[rows] = x
         # Padded entries have a zero factor row and t = 0, so their error is 0 without a mask.
         if pred is None:
-            pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0]                 # (b, L)
+            pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0]  # (b, L)
         reg_loss += float(np.sum(lam * np.sum(x * x, axis=1)))
         if spec.kind == "explicit":
             err = (t - pred).astype(np.float64)
@@ -435,16 +479,27 @@ def solve_block(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.nd
             sq_err += sq
             data_loss += sq
         else:
-            perr = (p - pred).astype(np.float64)           # c = 0 at padding
-            data_loss += float(np.vdot(c * perr, perr) - spec.w0 * np.vdot(pred, pred.astype(np.float64))
-                               + spec.w0 * np.sum((x @ gram) * x))
+            perr = (p - pred).astype(np.float64)  # c = 0 at padding
+            data_loss += float(
+                np.vdot(c * perr, perr)
+                - spec.w0 * np.vdot(pred, pred.astype(np.float64))
+                + spec.w0 * np.sum((x @ gram) * x)
+            )
     bias = (X[:, k] * spec.bias_unit).astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
 
 
-def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: np.ndarray, spec: SolveSpec,
-                    fixed_bias: np.ndarray | None, gram: np.ndarray | None, plan: Layout,
-                    x0: np.ndarray | None) -> BlockSolution:
+def _solve_compiled(
+    indptr: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    Y: np.ndarray,
+    spec: SolveSpec,
+    fixed_bias: np.ndarray | None,
+    gram: np.ndarray | None,
+    plan: Layout,
+    x0: np.ndarray | None,
+) -> BlockSolution:
     """`solve_block` by `kernels.compiled`: conjugate gradients from x0 when given, else exact solves.
     Rows whose exact system is singular (lambda = 0 and too few entries) get the minimum-norm solution,
     by a pseudo-inverse, one row at a time."""
@@ -468,14 +523,15 @@ def _solve_compiled(indptr: np.ndarray, cols: np.ndarray, vals: np.ndarray, Y: n
         X, sums = compiled.cg_rows(indptr, cols, weight, target, offset, Yw, shift, lam, x0, spec.cg_steps)
         bad = np.zeros(X.shape[0], np.bool_)
     elif plan.root_weight is not None:
-        X, bad, sums = compiled.solve_rows(indptr, cols, plan.root_weight, plan.root_target, offset, Yw, shift,
-                                           lam, rooted=True)
+        X, bad, sums = compiled.solve_rows(
+            indptr, cols, plan.root_weight, plan.root_target, offset, Yw, shift, lam, rooted=True
+        )
     else:
         X, bad, sums = compiled.solve_rows(indptr, cols, weight, target, offset, Yw, shift, lam)
     for r in np.flatnonzero(bad):
         sl = slice(indptr[r], indptr[r + 1])
         G = Yw[cols[sl]].astype(np.float64)
-        if plan.root_weight is not None:        # w = sqrt(w)^2, t = (t / sqrt(w)) sqrt(w)
+        if plan.root_weight is not None:  # w = sqrt(w)^2, t = (t / sqrt(w)) sqrt(w)
             root = plan.root_weight[sl].astype(np.float64)
             w, t = root * root, plan.root_target[sl] * root
         else:
@@ -499,6 +555,13 @@ def warm_up(spec: SolveSpec, rank: int) -> None:
     them. Scoring a top-N (kernels.topk) is warmed the same way by the caller."""
     Y = np.arange(3 * rank, dtype=np.float32).reshape(3, rank) / (3 * rank)
     gram = Y.T.astype(np.float64) @ Y if spec.kind == "implicit" else None
-    solve_block(np.array([0, 2, 3], np.int64), np.array([0, 1, 2], np.int32), np.ones(3, np.float32), Y, spec,
-                fixed_bias=np.zeros(3, np.float32) if spec.with_bias else None, gram=gram,
-                x0=np.zeros((2, rank + spec.with_bias), np.float32) if spec.cg_steps else None)
+    solve_block(
+        np.array([0, 2, 3], np.int64),
+        np.array([0, 1, 2], np.int32),
+        np.ones(3, np.float32),
+        Y,
+        spec,
+        fixed_bias=np.zeros(3, np.float32) if spec.with_bias else None,
+        gram=gram,
+        x0=np.zeros((2, rank + spec.with_bias), np.float32) if spec.cg_steps else None,
+    )

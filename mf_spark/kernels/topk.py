@@ -1,4 +1,5 @@
 """Top-N items per user: chunked X_chunk @ Y^T, seen items masked, the best n per user picked and sorted."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,10 +11,16 @@ from mf_spark.kernels import compiled
 SCORE_FLOATS = 1 << 20
 
 
-def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None = None,
-          seen_cols: np.ndarray | None = None, user_offset: np.ndarray | None = None,
-          item_offset: np.ndarray | None = None,
-          engine: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_n(
+    X: np.ndarray,
+    Y: np.ndarray,
+    n: int,
+    seen_indptr: np.ndarray | None = None,
+    seen_cols: np.ndarray | None = None,
+    user_offset: np.ndarray | None = None,
+    item_offset: np.ndarray | None = None,
+    engine: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The n best items for each row of X.
 
     Parameters
@@ -43,19 +50,19 @@ def top_n(X: np.ndarray, Y: np.ndarray, n: int, seen_indptr: np.ndarray | None =
     YT = np.ascontiguousarray(Y.T, dtype=np.float32)
     for lo in range(0, b, step):
         hi = min(b, lo + step)
-        S = X[lo:hi] @ YT                                           # (c, n_items)
+        S = X[lo:hi] @ YT  # (c, n_items)
         if item_offset is not None:
             S += item_offset[None, :]
         if seen_indptr is not None:
             s0, s1 = seen_indptr[lo], seen_indptr[hi]
-            rows = np.repeat(np.arange(hi - lo), np.diff(seen_indptr[lo:hi + 1]))
+            rows = np.repeat(np.arange(hi - lo), np.diff(seen_indptr[lo : hi + 1]))
             S[rows, seen_cols[s0:s1]] = -np.inf
         if compiled_select and n > 0:
             part, top = compiled.best_rows(S, n)
         else:
             part = _best(S, n)
             top = np.take_along_axis(S, part, axis=1)
-            order = np.lexsort((part, -top), axis=1)      # by score, ties by lower item index
+            order = np.lexsort((part, -top), axis=1)  # by score, ties by lower item index
             part = np.take_along_axis(part, order, axis=1)
             top = np.take_along_axis(top, order, axis=1)
         if user_offset is not None:
@@ -80,7 +87,7 @@ def _best(S: np.ndarray, n: int) -> np.ndarray:
     m = S.shape[1]
     if n >= m:
         return np.tile(np.arange(m), (S.shape[0], 1))
-    part = np.argpartition(S, m - n, axis=1)[:, m - n:]
+    part = np.argpartition(S, m - n, axis=1)[:, m - n :]
     t = np.take_along_axis(S, part, axis=1).min(axis=1, keepdims=True)
     tied = np.count_nonzero(S >= t, axis=1) > n
     if tied.any():
@@ -92,7 +99,7 @@ def _best_exact(S: np.ndarray, n: int) -> np.ndarray:
     """`_best` by the rule itself: the n-th largest value t comes from np.partition (linear time);
     every score > t is kept, and the remaining places go to the first scores == t in index order (a
     stable sort of a boolean mask)."""
-    t = -np.partition(-S, n - 1, axis=1)[:, n - 1:n]
+    t = -np.partition(-S, n - 1, axis=1)[:, n - 1 : n]
     above = S > t
     tied = S == t
     room = n - above.sum(axis=1, keepdims=True)

@@ -11,6 +11,7 @@ A saved model is a folder:
 The ID maps are the `id` columns: index = position of the ID in sorted order (see index.IdMap), so
 nothing but sorted IDs and their factor rows is stored, and loading executes nothing (no pickle).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,19 +28,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mf_spark.core import fs
-from mf_spark.data import index
-from mf_spark.data import validate
 from mf_spark.als.blocks import build_blocks
-from mf_spark.core.config import saved_model_config
-from mf_spark.als.halfstep import half_step, solve_spec
 from mf_spark.als.checkpoint import factor_table, read_factor_table
-from mf_spark.core.types import NO_TIME, DayBiases, Factors
+from mf_spark.als.halfstep import half_step, solve_spec
+from mf_spark.core import fs
+from mf_spark.core.config import saved_model_config
 from mf_spark.core.errors import InputError, ModelError
+from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, USER_IDX, DayBiases, Factors
+from mf_spark.data import index, validate
 from mf_spark.data.index import IdMap
 from mf_spark.kernels import compiled
 from mf_spark.model.topn import item_blocks, recommend_indices, recommend_indices_blocked, recommend_indices_grouped
-from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
 
 FORMAT_VERSION = 1
 log = logging.getLogger("mf_spark")
@@ -60,14 +59,16 @@ def _id_array(ids: Ids, col: str, what: str) -> pa.Array:
 @dataclass(frozen=True)
 class Scorer:
     """What executors need to score: factors, cold-start mean and the clipping range."""
+
     kind: str
     factors: Factors
     global_mean: float
     rating_range: tuple[float, float] | None
     days: DayBiases | None = None
 
-    def predict_idx(self, u: np.ndarray, i: np.ndarray, t: np.ndarray | None = None,
-                    day_at: np.ndarray | None = None) -> np.ndarray:
+    def predict_idx(
+        self, u: np.ndarray, i: np.ndarray, t: np.ndarray | None = None, day_at: np.ndarray | None = None
+    ) -> np.ndarray:
         """Predictions for index arrays (-1 = unknown ID), float64, clipped for explicit models.
 
         Known user and item: mu + b_u + b_i + x_u.y_i; otherwise the global mean plus known biases.
@@ -81,8 +82,9 @@ class Scorer:
             pred = Scorer(self.kind, f, self.global_mean, None).predict_idx(u, i) + self.days.offsets(at)
             return pred if clip is None else np.clip(pred, *clip)
         if compiled.chosen("auto"):
-            return compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, np.asarray(u), np.asarray(i), f.mu,
-                                         self.global_mean, clip)
+            return compiled.predict_rows(
+                f.X, f.Y, f.user_bias, f.item_bias, np.asarray(u), np.asarray(i), f.mu, self.global_mean, clip
+            )
         u = np.asarray(u, dtype=np.int64)
         i = np.asarray(i, dtype=np.int64)
         ku, ki = u >= 0, i >= 0
@@ -100,33 +102,53 @@ class Scorer:
 @dataclass
 class FactorModel:
     """A fitted model. `users`/`items` map original IDs to the rows of the factor matrices."""
+
     kind: str
     factors: Factors
     users: IdMap
     items: IdMap
-    global_mean: float                        # cold-start prediction
+    global_mean: float  # cold-start prediction
     rating_range: tuple[float, float] | None  # explicit predictions are clipped to it
     config: dict[str, Any] = field(default_factory=dict)
-    days: DayBiases | None = None             # explicit models with model.day_bias_reg > 0
-    item_blocks: int = field(default=0, compare=False)   # > 0: top-N by item blocks, no broadcast of Y
+    days: DayBiases | None = None  # explicit models with model.day_bias_reg > 0
+    item_blocks: int = field(default=0, compare=False)  # > 0: top-N by item blocks, no broadcast of Y
     _bc: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.users.size != self.factors.X.shape[0] or self.items.size != self.factors.Y.shape[0]:
-            raise ValueError(f"{self.users.size} user IDs for {self.factors.X.shape[0]} factor rows, "
-                             f"{self.items.size} item IDs for {self.factors.Y.shape[0]}")
+            raise ValueError(
+                f"{self.users.size} user IDs for {self.factors.X.shape[0]} factor rows, "
+                f"{self.items.size} item IDs for {self.factors.Y.shape[0]}"
+            )
 
     @classmethod
-    def trained(cls, kind: str, factors: Factors, users: IdMap, items: IdMap, stats, config: dict[str, Any],
-                spark: SparkSession, days: DayBiases | None = None) -> "FactorModel":
+    def trained(
+        cls,
+        kind: str,
+        factors: Factors,
+        users: IdMap,
+        items: IdMap,
+        stats,
+        config: dict[str, Any],
+        spark: SparkSession,
+        days: DayBiases | None = None,
+    ) -> "FactorModel":
         """The model a fit on training ratings with `stats` (ready.TrainStats: mean, lo, hi) gives: an
         unknown pair scores the training mean for explicit models and, for implicit ones, whose scores
         estimate a preference in [0, 1], no evidence of one (0, not the mean raw count); explicit
         predictions are clipped to the training range."""
         explicit = kind == "explicit"
-        return cls(kind, factors, users, items, stats.mean if explicit else 0.0,
-                   (stats.lo, stats.hi) if explicit else None, config, days,
-                   item_blocks=item_blocks(config, users.size, items.size, spark))
+        return cls(
+            kind,
+            factors,
+            users,
+            items,
+            stats.mean if explicit else 0.0,
+            (stats.lo, stats.hi) if explicit else None,
+            config,
+            days,
+            item_blocks=item_blocks(config, users.size, items.size, spark),
+        )
 
     @property
     def rank(self) -> int:
@@ -147,8 +169,14 @@ class FactorModel:
             self._bc = spark.sparkContext.broadcast(self.scorer)
         return self._bc
 
-    def predict(self, df: DataFrame, user_col: str = "user", item_col: str = "item",
-                output_col: str = "prediction", timestamp_col: str | None = None) -> DataFrame:
+    def predict(
+        self,
+        df: DataFrame,
+        user_col: str = "user",
+        item_col: str = "item",
+        output_col: str = "prediction",
+        timestamp_col: str | None = None,
+    ) -> DataFrame:
         """`df` with a `prediction` column (double) for every row; unknown IDs get cold predictions.
         With `timestamp_col` (read as the train job reads timestamps: numbers in the training data's
         unit, or date-times and timestamp types as seconds), a model with day biases adds the user's
@@ -174,6 +202,7 @@ class FactorModel:
                 i = b.column("__i").fill_null(-1).to_numpy()
                 t = b.column("__t").fill_null(NO_TIME).to_numpy() if timestamp_col else None
                 yield b.append_column(output_col, pa.array(scorer.predict_idx(u, i, t), pa.float64()))
+
         out_schema = T.StructType(enc.schema.fields + [T.StructField(output_col, T.DoubleType())])
         scored = enc.mapInArrow(score, out_schema).toDF(*names, output_col)
         return scored.select(*[validate.exact_column(c) for c in df.columns], validate.exact_column(output_col))
@@ -194,9 +223,16 @@ class FactorModel:
         parts = max(1, pairs.sparkSession.sparkContext.defaultParallelism)
         return recommend_indices_grouped(self._broadcast(pairs.sparkSession), pairs, n, parts)
 
-    def recommend(self, users: DataFrame | None, n: int = 10, seen: DataFrame | None = None,
-                  user_col: str = "user", item_col: str = "item", include: Ids = None,
-                  exclude: Ids = None) -> DataFrame:
+    def recommend(
+        self,
+        users: DataFrame | None,
+        n: int = 10,
+        seen: DataFrame | None = None,
+        user_col: str = "user",
+        item_col: str = "item",
+        include: Ids = None,
+        exclude: Ids = None,
+    ) -> DataFrame:
         """Top-n items for the users in `users` (a column `user_col`; None = every known user).
 
         `seen` (user_col, item_col rows, e.g. the training data) lists items to exclude. `include`
@@ -213,15 +249,21 @@ class FactorModel:
         else:
             if user_col not in users.columns:
                 raise InputError(f"recommend: column {user_col!r} is missing; columns are {users.columns}")
-            idx = (self.users.encode(users.select(user_col).distinct(), user_col, USER_IDX)
-                   .where(F.col(USER_IDX).isNotNull()).select(USER_IDX))
+            idx = (
+                self.users.encode(users.select(user_col).distinct(), user_col, USER_IDX)
+                .where(F.col(USER_IDX).isNotNull())
+                .select(USER_IDX)
+            )
         if seen is not None:
             for c in (user_col, item_col):
                 if c not in seen.columns:
                     raise InputError(f"recommend: seen has no column {c!r}; columns are {seen.columns}")
             pairs = self.items.encode(self.users.encode(seen, user_col, USER_IDX), item_col, ITEM_IDX)
-            lists = (pairs.where(F.col(USER_IDX).isNotNull() & F.col(ITEM_IDX).isNotNull())
-                     .groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen")))
+            lists = (
+                pairs.where(F.col(USER_IDX).isNotNull() & F.col(ITEM_IDX).isNotNull())
+                .groupBy(USER_IDX)
+                .agg(F.collect_list(ITEM_IDX).alias("seen"))
+            )
             idx = idx.join(lists, USER_IDX, "left")
         recs = self.recommend_idx(idx, n)
         return self.decode_recs(recs)
@@ -257,11 +299,24 @@ class FactorModel:
         """Items as users and users as items: its recommend gives every item's best users (audiences).
         Scores are symmetric (mu + b_u + b_i + x_u.y_i), so they equal the model's."""
         f = self.factors
-        return dataclasses.replace(self, factors=Factors(f.Y, f.X, f.item_bias, f.user_bias, f.mu),
-                                   users=self.items, items=self.users, days=None, item_blocks=0, _bc=None)
+        return dataclasses.replace(
+            self,
+            factors=Factors(f.Y, f.X, f.item_bias, f.user_bias, f.mu),
+            users=self.items,
+            items=self.users,
+            days=None,
+            item_blocks=0,
+            _bc=None,
+        )
 
-    def fold_in(self, history: DataFrame, side: str = "users", user_col: str = "user", item_col: str = "item",
-                rating_col: str = "rating") -> "FactorModel":
+    def fold_in(
+        self,
+        history: DataFrame,
+        side: str = "users",
+        user_col: str = "user",
+        item_col: str = "item",
+        rating_col: str = "rating",
+    ) -> "FactorModel":
         """Factors for the users (side="users") or items (side="items") of `history`, known to the
         model or not, from one half-step against the model's fixed other side, without retraining.
 
@@ -286,8 +341,10 @@ class FactorModel:
         elif self.kind == "implicit":
             rating = F.lit(1.0)
         else:
-            raise InputError(f"fold_in: history has no column {rating_col!r} (an explicit model needs ratings); "
-                             f"columns are {history.columns}")
+            raise InputError(
+                f"fold_in: history has no column {rating_col!r} (an explicit model needs ratings); "
+                f"columns are {history.columns}"
+            )
         users_side = side == "users"
         row_col, fixed_col = (user_col, item_col) if users_side else (item_col, user_col)
         fixed_map = self.items if users_side else self.users
@@ -298,18 +355,29 @@ class FactorModel:
         usable = F.col("_row").isNotNull() & F.col(RATING).isNotNull() & F.col("_f").isNotNull()
         known = rows.where(usable)
         try:
-            total, kept = rows.agg(F.count(F.lit(1)), F.count(F.when(usable, 1))).first()   # one action
+            total, kept = rows.agg(F.count(F.lit(1)), F.count(F.when(usable, 1))).first()  # one action
             if total > kept:
-                log.info("fold_in: %d of %d history rows have no ID or rating, or name %s the model does not "
-                         "know; left out", total - kept, total, "items" if users_side else "users")
+                log.info(
+                    "fold_in: %d of %d history rows have no ID or rating, or name %s the model does not know; left out",
+                    total - kept,
+                    total,
+                    "items" if users_side else "users",
+                )
             row_map = index.fit(known, "_row")
             if not row_map.size:
                 raise InputError("fold_in: no history row names a known " + ("item" if users_side else "user"))
             cfg = saved_model_config(self.config, self.kind)
             merge = F.avg(RATING) if self.kind == "explicit" else F.sum(RATING)
-            pairs = (row_map.encode(known, "_row", "_r").groupBy("_r", "_f").agg(merge.alias(RATING))
-                     .select(F.col("_r").alias(USER_IDX if users_side else ITEM_IDX),
-                             F.col("_f").alias(ITEM_IDX if users_side else USER_IDX), RATING))
+            pairs = (
+                row_map.encode(known, "_row", "_r")
+                .groupBy("_r", "_f")
+                .agg(merge.alias(RATING))
+                .select(
+                    F.col("_r").alias(USER_IDX if users_side else ITEM_IDX),
+                    F.col("_f").alias(ITEM_IDX if users_side else USER_IDX),
+                    RATING,
+                )
+            )
             block_side = "user" if users_side else "item"
             blocks = build_blocks(pairs, block_side, max(1, history.sparkSession.sparkContext.defaultParallelism))
             spec = dataclasses.replace(solve_spec(cfg, f.mu), cg_steps=0)
@@ -320,8 +388,11 @@ class FactorModel:
         finally:
             rows.unpersist()
         new_map = IdMap(row_map.ids, (self.users if users_side else self.items).name)
-        if users_side:      # folded-in users: new rows, and no day of theirs was fitted
-            factors, maps = Factors(solved.factors, f.Y, solved.bias, f.item_bias, f.mu), {"users": new_map, "days": None}
+        if users_side:  # folded-in users: new rows, and no day of theirs was fitted
+            factors, maps = (
+                Factors(solved.factors, f.Y, solved.bias, f.item_bias, f.mu),
+                {"users": new_map, "days": None},
+            )
         else:
             factors, maps = Factors(f.X, solved.factors, f.user_bias, solved.bias, f.mu), {"items": new_map}
         return dataclasses.replace(self, factors=factors, **maps, _bc=None)
@@ -336,25 +407,44 @@ class FactorModel:
         """Write model.json and factors/{users,items} under `path` (which must not hold a model yet)."""
         spark = spark or SparkSession.getActiveSession()
         f = self.factors
-        for side, ids, fac, b in (("users", self.users.ids, f.X, f.user_bias),
-                                 ("items", self.items.ids, f.Y, f.item_bias)):
+        for side, ids, fac, b in (
+            ("users", self.users.ids, f.X, f.user_bias),
+            ("items", self.items.ids, f.Y, f.item_bias),
+        ):
             fs.write_parquet(spark, posixpath.join(path, "factors", side), factor_table(ids, fac, b))
         if self.days is not None:
             d = self.days
-            fs.write_parquet(spark, posixpath.join(path, "factors", "user_days"),
-                             pa.table({"user": self.users.ids.take(pa.array(d.users)), "day": pa.array(d.days, pa.int64()),
-                                       "bias": pa.array(d.bias, pa.float32())}))
+            fs.write_parquet(
+                spark,
+                posixpath.join(path, "factors", "user_days"),
+                pa.table(
+                    {
+                        "user": self.users.ids.take(pa.array(d.users)),
+                        "day": pa.array(d.days, pa.int64()),
+                        "bias": pa.array(d.bias, pa.float32()),
+                    }
+                ),
+            )
         fs.write_json(spark, posixpath.join(path, "model.json"), self.describe(extra))
 
     def describe(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         f = self.factors
-        return {"format_version": FORMAT_VERSION, "kind": self.kind, "rank": self.rank, "mu": f.mu,
-                "global_mean": self.global_mean, "biases": f.user_bias is not None,
-                "rating_range": list(self.rating_range) if self.rating_range else None,
-                "n_users": self.users.size, "n_items": self.items.size,
-                **({"day_length": self.days.day_length, "n_user_days": self.days.size} if self.days else {}),
-                "user_id_type": str(self.users.ids.type), "item_id_type": str(self.items.ids.type),
-                "config": self.config, **(extra or {})}
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "rank": self.rank,
+            "mu": f.mu,
+            "global_mean": self.global_mean,
+            "biases": f.user_bias is not None,
+            "rating_range": list(self.rating_range) if self.rating_range else None,
+            "n_users": self.users.size,
+            "n_items": self.items.size,
+            **({"day_length": self.days.day_length, "n_user_days": self.days.size} if self.days else {}),
+            "user_id_type": str(self.users.ids.type),
+            "item_id_type": str(self.items.ids.type),
+            "config": self.config,
+            **(extra or {}),
+        }
 
 
 def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
@@ -370,14 +460,15 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     try:
         meta = json.loads(fs.read_text(spark, meta_path))
     except Exception as exc:  # missing file, unreadable, not JSON
-        raise ModelError(f"{meta_path}: cannot read the model description ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise ModelError(
+            f"{meta_path}: cannot read the model description ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     for key in ("format_version", "kind", "rank", "mu", "global_mean", "n_users", "n_items"):
         if key not in meta:
             raise ModelError(f"{meta_path}: key {key!r} is missing")
     if meta["format_version"] != FORMAT_VERSION:
-        raise ModelError(f"{meta_path}: format_version {meta['format_version']}, this version reads "
-                         f"{FORMAT_VERSION}")
+        raise ModelError(f"{meta_path}: format_version {meta['format_version']}, this version reads {FORMAT_VERSION}")
     rank = int(meta["rank"])
     sides = []
     for side, n_key in (("users", "n_users"), ("items", "n_items")):
@@ -385,8 +476,10 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
         try:
             table = fs.read_parquet(spark, where).sort_by("id")
         except Exception as exc:
-            raise ModelError(f"{where}: cannot read the factor table ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+            raise ModelError(
+                f"{where}: cannot read the factor table ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''})"
+            ) from None
         if table.num_rows != int(meta[n_key]):
             raise ModelError(f"{where}: {table.num_rows} rows, model.json says {meta[n_key]}")
         ids = table.column("id").combine_chunks()
@@ -402,9 +495,17 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     (users, X, bu), (items, Y, bi) = sides
     rr = meta.get("rating_range")
     days = _load_days(spark, path, meta, users) if "day_length" in meta else None
-    return FactorModel(meta["kind"], Factors(X, Y, bu, bi, float(meta["mu"])), users, items,
-                       float(meta["global_mean"]), tuple(rr) if rr else None, meta.get("config", {}), days,
-                       item_blocks=item_blocks(meta.get("config", {}), X.shape[0], Y.shape[0], spark))
+    return FactorModel(
+        meta["kind"],
+        Factors(X, Y, bu, bi, float(meta["mu"])),
+        users,
+        items,
+        float(meta["global_mean"]),
+        tuple(rr) if rr else None,
+        meta.get("config", {}),
+        days,
+        item_blocks=item_blocks(meta.get("config", {}), X.shape[0], Y.shape[0], spark),
+    )
 
 
 def _load_days(spark: SparkSession, path: str, meta: dict[str, Any], users: IdMap) -> DayBiases:
@@ -416,8 +517,10 @@ def _load_days(spark: SparkSession, path: str, meta: dict[str, Any], users: IdMa
         day = table.column("day").cast(pa.int64()).to_numpy(zero_copy_only=False)
         bias = table.column("bias").cast(pa.float32()).to_numpy(zero_copy_only=False)
     except Exception as exc:
-        raise ModelError(f"{where}: cannot read the day biases ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
+        raise ModelError(
+            f"{where}: cannot read the day biases ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else ''})"
+        ) from None
     if table.num_rows != int(meta.get("n_user_days", -1)):
         raise ModelError(f"{where}: {table.num_rows} rows, model.json says {meta.get('n_user_days')}")
     if (at < 0).any() or not np.isfinite(bias).all():

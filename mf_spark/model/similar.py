@@ -11,6 +11,7 @@ Biases play no part: they shift a prediction by a per-item constant, which says 
 is, not what it is like. A row whose factor vector is all zeros (cosine undefined) gets no list and
 appears in no one's list.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,17 +22,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mf_spark.core.errors import InputError
+from mf_spark.core.types import ITEM, ITEM_IDX, USER, USER_IDX, Factors
 from mf_spark.data.index import IdMap
 from mf_spark.model.factors import FactorModel, Scorer
 from mf_spark.model.topn import recommend_indices
-from mf_spark.core.types import ITEM, ITEM_IDX, USER, USER_IDX, Factors
 
 log = logging.getLogger("mf_spark")
 
 # 64 Ki rows of float64 per step (rank 64: 32 MiB): normalizing a large factor matrix never holds a
 # float64 copy of all of it.
 NORMALIZE_ROWS = 1 << 16
-QUERY = "_query"    # index column of the rows whose lists are asked for
+QUERY = "_query"  # index column of the rows whose lists are asked for
 # Scores per query task (16 Mi: 1,600 query rows against 10,000 items): a task's fixed cost (its
 # scheduling, the broadcast reaching its worker) then stays small beside its product, and a small side
 # runs in one task rather than in `defaultParallelism` near-empty ones.
@@ -53,11 +54,11 @@ def normalize_rows(factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Fn = np.empty(factors.shape, dtype=np.float32)
     nonzero = np.empty(factors.shape[0], dtype=bool)
     for lo in range(0, factors.shape[0], NORMALIZE_ROWS):
-        C = factors[lo:lo + NORMALIZE_ROWS].astype(np.float64)
+        C = factors[lo : lo + NORMALIZE_ROWS].astype(np.float64)
         norms = np.sqrt(np.einsum("ij,ij->i", C, C))
-        nonzero[lo:lo + C.shape[0]] = norms > 0
+        nonzero[lo : lo + C.shape[0]] = norms > 0
         scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        Fn[lo:lo + C.shape[0]] = C * scale[:, None]
+        Fn[lo : lo + C.shape[0]] = C * scale[:, None]
     return Fn, nonzero
 
 
@@ -71,8 +72,7 @@ def cosine_scorer(Fn: np.ndarray, nonzero: np.ndarray) -> Scorer:
     return Scorer("cosine", Factors(Fn, Fn, None, offset, 0.0), 0.0, None)
 
 
-def similar_indices(spark: SparkSession, Fn: np.ndarray, nonzero: np.ndarray, queries: DataFrame,
-                    n: int) -> DataFrame:
+def similar_indices(spark: SparkSession, Fn: np.ndarray, nonzero: np.ndarray, queries: DataFrame, n: int) -> DataFrame:
     """The n rows most like each row of `queries` (QUERY int) -> user_idx, rank, item_idx, score.
 
     user_idx is the query row, item_idx a similar row of the same side, score the cosine (float,
@@ -93,8 +93,9 @@ def query_partitions(spark: SparkSession, n_queries: int, n_rows: int) -> int:
     return max(1, min(spark.sparkContext.defaultParallelism, wanted))
 
 
-def query_indices(spark: SparkSession, ids: IdMap, wanted: DataFrame | None, col: str,
-                  nonzero: np.ndarray, what: str) -> DataFrame:
+def query_indices(
+    spark: SparkSession, ids: IdMap, wanted: DataFrame | None, col: str, nonzero: np.ndarray, what: str
+) -> DataFrame:
     """DataFrame[QUERY int]: every row of `ids`, or the distinct known IDs in wanted[col]; rows
     with all-zero factors are dropped. Unknown IDs are skipped; their count, and that of all-zero
     rows, is logged (`what`: "item" or "user").
@@ -112,8 +113,11 @@ def query_indices(spark: SparkSession, ids: IdMap, wanted: DataFrame | None, col
     counts = dict(enc.groupBy(F.col(QUERY).isNull()).count().collect())
     if counts.get(True):
         log.info("%d requested %ss are not in the model and get no similar %ss", counts[True], what, what)
-    q = enc.where(F.col(QUERY).isNotNull()).select(QUERY).coalesce(
-        query_partitions(spark, counts.get(False, 0), ids.size))
+    q = (
+        enc.where(F.col(QUERY).isNotNull())
+        .select(QUERY)
+        .coalesce(query_partitions(spark, counts.get(False, 0), ids.size))
+    )
     return _drop_zero_rows(spark, q, nonzero, what)
 
 
@@ -121,14 +125,12 @@ def _drop_zero_rows(spark: SparkSession, q: DataFrame, nonzero: np.ndarray, what
     """`q` without the rows whose factors are all zero (a broadcast anti join); logs their count."""
     zero = np.flatnonzero(~nonzero).astype(np.int32)
     if zero.size:
-        log.info("%d %ss have all-zero factors: they get no similar %ss and are in no list", zero.size,
-                 what, what)
+        log.info("%d %ss have all-zero factors: they get no similar %ss and are in no list", zero.size, what, what)
         q = q.join(F.broadcast(spark.createDataFrame(pa.table({QUERY: zero}))), QUERY, "left_anti")
     return q
 
 
-def _similar(ids: IdMap, factors: np.ndarray, n: int, wanted: DataFrame | None, col: str,
-             name: str) -> DataFrame:
+def _similar(ids: IdMap, factors: np.ndarray, n: int, wanted: DataFrame | None, col: str, name: str) -> DataFrame:
     """name, rank, similar_<name>, score for one side (the shared body of similar_items/users)."""
     if n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n}")
@@ -140,8 +142,7 @@ def _similar(ids: IdMap, factors: np.ndarray, n: int, wanted: DataFrame | None, 
     return out.select(name, "rank", other, "score")
 
 
-def similar_items(model: FactorModel, n: int = 10, items: DataFrame | None = None,
-                  item_col: str = ITEM) -> DataFrame:
+def similar_items(model: FactorModel, n: int = 10, items: DataFrame | None = None, item_col: str = ITEM) -> DataFrame:
     """The n items most like each item, by cosine of the item factors.
 
     `items` (a column `item_col` of item IDs; None = every item) chooses whose lists are made;
@@ -153,8 +154,7 @@ def similar_items(model: FactorModel, n: int = 10, items: DataFrame | None = Non
     return _similar(model.items, model.factors.Y, n, items, item_col, ITEM)
 
 
-def similar_users(model: FactorModel, n: int = 10, users: DataFrame | None = None,
-                  user_col: str = USER) -> DataFrame:
+def similar_users(model: FactorModel, n: int = 10, users: DataFrame | None = None, user_col: str = USER) -> DataFrame:
     """The n users most like each user, by cosine of the user factors: user, rank, similar_user,
     score, with the same rules as `similar_items`."""
     return _similar(model.users, model.factors.X, n, users, user_col, USER)

@@ -11,6 +11,7 @@ for every user of its training pairs (the train job's recommendations/ table).
     recommend_indices_blocked  item factors too large to broadcast: users x item blocks, merged
 Rows out: user_idx int, rank int (1..n), item_idx int, score float.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,14 +25,13 @@ from pyspark.sql import functions as F
 from mf_spark.als.blocks import batch_table, buckets
 from mf_spark.core.config import RecommendConfig, saved_model_config
 from mf_spark.core.errors import ConfigError
-from mf_spark.kernels.topk import positions, top_n
 from mf_spark.core.types import ITEM_IDX, USER_IDX, Factors
+from mf_spark.kernels.topk import positions, top_n
 
-if TYPE_CHECKING:     # the model calls this module's Spark stages; these functions take one
+if TYPE_CHECKING:  # the model calls this module's Spark stages; these functions take one
     from mf_spark.model.factors import FactorModel
 
-RECS_ARROW = pa.schema([(USER_IDX, pa.int32()), ("rank", pa.int32()), (ITEM_IDX, pa.int32()),
-                        ("score", pa.float32())])
+RECS_ARROW = pa.schema([(USER_IDX, pa.int32()), ("rank", pa.int32()), (ITEM_IDX, pa.int32()), ("score", pa.float32())])
 
 
 def recommend_indices(scorer_bc, users: DataFrame, n: int) -> DataFrame:
@@ -41,6 +41,7 @@ def recommend_indices(scorer_bc, users: DataFrame, n: int) -> DataFrame:
     the seen items masked (kernels.topk); never a cross join. Performance note: a narrow mapInArrow
     over `users`, no shuffle.
     """
+
     def recommend(batches):
         f = scorer_bc.value.factors
         for b in batches:
@@ -50,6 +51,7 @@ def recommend_indices(scorer_bc, users: DataFrame, n: int) -> DataFrame:
             indptr = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
             cols = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int64)
             yield _recs_batch(f, u, n, indptr, cols)
+
     seen = F.col("seen") if "seen" in users.columns else F.lit(None)
     frame = users.select(USER_IDX, seen.cast("array<int>").alias("seen"))
     return frame.mapInArrow(recommend, "user_idx int, rank int, item_idx int, score float")
@@ -60,8 +62,10 @@ def _recs_batch(f: Factors, u: np.ndarray, n: int, indptr: np.ndarray, cols: np.
     offset = (f.mu + f.user_bias[u]) if f.user_bias is not None else None
     counts, items, scores = top_n(f.X[u], f.Y, n, indptr, cols, offset, f.item_bias)
     ranks = (positions(counts) + 1).astype(np.int32)
-    return pa.RecordBatch.from_arrays([pa.array(np.repeat(u, counts).astype(np.int32)), pa.array(ranks),
-                                       pa.array(items), pa.array(scores)], schema=RECS_ARROW)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.repeat(u, counts).astype(np.int32)), pa.array(ranks), pa.array(items), pa.array(scores)],
+        schema=RECS_ARROW,
+    )
 
 
 # Users per output batch of recommend_indices_grouped (10 rows each at top-10, as Spark's 10,000-row
@@ -75,11 +79,17 @@ _PIECE_ARROW = pa.schema([("part", pa.int32()), ("users", pa.binary()), ("items"
 def _pair_pieces(n_parts: int, piece_pairs: int):
     """mapInArrow body: the (user_idx, item_idx) pairs of a partition as packed int32 pieces, one row
     per destination partition (user % n_parts) per `piece_pairs` pairs read."""
+
     def flush(users: list[np.ndarray], items: list[np.ndarray]) -> pa.RecordBatch:
         u, i = np.concatenate(users), np.concatenate(items)
         return pa.RecordBatch.from_pylist(
-            [{"part": p, "users": u[sel].tobytes(), "items": i[sel].tobytes()}
-             for p, sel in enumerate(buckets(u % n_parts, n_parts)) if sel.size], schema=_PIECE_ARROW)
+            [
+                {"part": p, "users": u[sel].tobytes(), "items": i[sel].tobytes()}
+                for p, sel in enumerate(buckets(u % n_parts, n_parts))
+                if sel.size
+            ],
+            schema=_PIECE_ARROW,
+        )
 
     def cut(batches):
         users, items, held = [], [], 0
@@ -94,11 +104,13 @@ def _pair_pieces(n_parts: int, piece_pairs: int):
                 users, items, held = [], [], 0
         if held:
             yield flush(users, items)
+
     return cut
 
 
-def recommend_indices_grouped(scorer_bc, pairs: DataFrame, n: int, n_parts: int,
-                              piece_pairs: int = PIECE_PAIRS) -> DataFrame:
+def recommend_indices_grouped(
+    scorer_bc, pairs: DataFrame, n: int, n_parts: int, piece_pairs: int = PIECE_PAIRS
+) -> DataFrame:
     """Top-n for every user in `pairs` (user_idx, item_idx: the items each user has, excluded).
 
     Each input partition cuts its pairs into one packed piece per destination (user % n_parts); the
@@ -109,6 +121,7 @@ def recommend_indices_grouped(scorer_bc, pairs: DataFrame, n: int, n_parts: int,
     are no collect_list arrays (their groupBy alone was a third of a top-10 for every user);
     `scorer_bc` is a broadcast Scorer.
     """
+
     def recommend(batches):
         t = batch_table(batches)
         if t is None:
@@ -122,13 +135,17 @@ def recommend_indices_grouped(scorer_bc, pairs: DataFrame, n: int, n_parts: int,
         f = scorer_bc.value.factors
         for lo in range(0, users.size, GROUPED_BATCH_USERS):
             hi = min(users.size, lo + GROUPED_BATCH_USERS)
-            yield _recs_batch(f, users[lo:hi], n, indptr[lo:hi + 1] - indptr[lo], cols[indptr[lo]:indptr[hi]])
+            yield _recs_batch(f, users[lo:hi], n, indptr[lo : hi + 1] - indptr[lo], cols[indptr[lo] : indptr[hi]])
+
     cores = max(1, pairs.sparkSession.sparkContext.defaultParallelism)
-    pieces = (pairs.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX))
-              .coalesce(cores)      # one Python task per core to cut them, whatever the partitioning
-              .mapInArrow(_pair_pieces(n_parts, piece_pairs), "part int, users binary, items binary"))
+    pieces = (
+        pairs.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX))
+        .coalesce(cores)  # one Python task per core to cut them, whatever the partitioning
+        .mapInArrow(_pair_pieces(n_parts, piece_pairs), "part int, users binary, items binary")
+    )
     return pieces.repartitionById(n_parts, F.col("part")).mapInArrow(
-        recommend, "user_idx int, rank int, item_idx int, score float")
+        recommend, "user_idx int, rank int, item_idx int, score float"
+    )
 
 
 def item_blocks(config: dict, n_users: int, n_items: int, spark: SparkSession) -> int:
@@ -153,10 +170,17 @@ def _user_chunks(batches):
         seen = b.column("seen")
         lens = pc.list_value_length(seen).fill_null(0).to_numpy(zero_copy_only=False)
         cols = pc.list_flatten(seen).to_numpy(zero_copy_only=False).astype(np.int32)
-        yield pa.RecordBatch.from_pylist([{
-            "users": b.column(USER_IDX).to_numpy().astype(np.int32).tobytes(),
-            "counts": lens.astype(np.int64).tobytes(), "items": cols.tobytes(), "scores": b""}],
-            schema=pa.schema([(c, pa.binary()) for c in ("users", "counts", "items", "scores")]))
+        yield pa.RecordBatch.from_pylist(
+            [
+                {
+                    "users": b.column(USER_IDX).to_numpy().astype(np.int32).tobytes(),
+                    "counts": lens.astype(np.int64).tobytes(),
+                    "items": cols.tobytes(),
+                    "scores": b"",
+                }
+            ],
+            schema=pa.schema([(c, pa.binary()) for c in ("users", "counts", "items", "scores")]),
+        )
 
 
 def _merge_top(a, b, n: int):
@@ -164,7 +188,7 @@ def _merge_top(a, b, n: int):
     users = a[0]
     rows = np.concatenate([np.repeat(np.arange(users.size), a[1]), np.repeat(np.arange(users.size), b[1])])
     items, scores = np.concatenate([a[2], b[2]]), np.concatenate([a[3], b[3]])
-    order = np.lexsort((items, -scores, rows))          # per user: best score first, ties by lower item
+    order = np.lexsort((items, -scores, rows))  # per user: best score first, ties by lower item
     rows, items, scores = rows[order], items[order], scores[order]
     starts = np.searchsorted(rows, np.arange(users.size))
     keep = (np.arange(rows.size) - starts[rows]) < n
@@ -186,13 +210,26 @@ def recommend_indices_blocked(scorer, users: DataFrame, n: int, n_blocks: int) -
     n_items = f.Y.shape[0]
     n_blocks = max(1, min(n_blocks, n_items))
     user_side = sc.broadcast((f.X, (f.mu + f.user_bias) if f.user_bias is not None else None))
-    item_blocks = sc.parallelize([(b, f.Y[b::n_blocks], None if f.item_bias is None else f.item_bias[b::n_blocks])
-                                  for b in range(n_blocks)], n_blocks)
+    item_blocks = sc.parallelize(
+        [(b, f.Y[b::n_blocks], None if f.item_bias is None else f.item_bias[b::n_blocks]) for b in range(n_blocks)],
+        n_blocks,
+    )
     seen = F.col("seen") if "seen" in users.columns else F.lit(None)
-    chunks = (users.select(USER_IDX, seen.cast("array<int>").alias("seen")).mapInArrow(_user_chunks, CHUNK_SCHEMA)
-              .rdd.zipWithUniqueId()
-              .map(lambda rk: (rk[1], (np.frombuffer(rk[0]["users"], np.int32), np.frombuffer(rk[0]["counts"], np.int64),
-                                       np.frombuffer(rk[0]["items"], np.int32)))))
+    chunks = (
+        users.select(USER_IDX, seen.cast("array<int>").alias("seen"))
+        .mapInArrow(_user_chunks, CHUNK_SCHEMA)
+        .rdd.zipWithUniqueId()
+        .map(
+            lambda rk: (
+                rk[1],
+                (
+                    np.frombuffer(rk[0]["users"], np.int32),
+                    np.frombuffer(rk[0]["counts"], np.int64),
+                    np.frombuffer(rk[0]["items"], np.int32),
+                ),
+            )
+        )
+    )
 
     def local_top(pair):
         (key, (u, lens, cols)), (b, Yb, bias_b) = pair
@@ -200,13 +237,26 @@ def recommend_indices_blocked(scorer, users: DataFrame, n: int, n_blocks: int) -
         rows = np.repeat(np.arange(u.size), lens)
         mine = cols % n_blocks == b
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[mine], minlength=u.size))]).astype(np.int64)
-        counts, items, scores = top_n(X[u], Yb, n, indptr, (cols[mine] // n_blocks).astype(np.int32),
-                                      None if offset is None else offset[u], bias_b)
+        counts, items, scores = top_n(
+            X[u],
+            Yb,
+            n,
+            indptr,
+            (cols[mine] // n_blocks).astype(np.int32),
+            None if offset is None else offset[u],
+            bias_b,
+        )
         return key, (u, counts, (items.astype(np.int64) * n_blocks + b).astype(np.int32), scores)
 
     merged = chunks.cartesian(item_blocks).map(local_top).reduceByKey(lambda a, b: _merge_top(a, b, n))
-    packed = merged.map(lambda kv: (kv[1][0].tobytes(), kv[1][1].astype(np.int64).tobytes(), kv[1][2].tobytes(),
-                                    kv[1][3].astype(np.float32).tobytes()))
+    packed = merged.map(
+        lambda kv: (
+            kv[1][0].tobytes(),
+            kv[1][1].astype(np.int64).tobytes(),
+            kv[1][2].tobytes(),
+            kv[1][3].astype(np.float32).tobytes(),
+        )
+    )
 
     def unpack(batches):
         for b in batches:
@@ -216,10 +266,18 @@ def recommend_indices_blocked(scorer, users: DataFrame, n: int, n_blocks: int) -
                 items = np.frombuffer(r["items"], np.int32)
                 ranks = (positions(counts) + 1).astype(np.int32)
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(np.repeat(u, counts)), pa.array(ranks), pa.array(items),
-                     pa.array(np.frombuffer(r["scores"], np.float32))], schema=RECS_ARROW)
-    return (spark.createDataFrame(packed, CHUNK_SCHEMA)
-            .mapInArrow(unpack, "user_idx int, rank int, item_idx int, score float"))
+                    [
+                        pa.array(np.repeat(u, counts)),
+                        pa.array(ranks),
+                        pa.array(items),
+                        pa.array(np.frombuffer(r["scores"], np.float32)),
+                    ],
+                    schema=RECS_ARROW,
+                )
+
+    return spark.createDataFrame(packed, CHUNK_SCHEMA).mapInArrow(
+        unpack, "user_idx int, rank int, item_idx int, score float"
+    )
 
 
 def seen_lists(train_idx: DataFrame) -> DataFrame:
@@ -238,14 +296,24 @@ def from_top(model: FactorModel, top, n: int) -> pa.Table:
     counts = np.minimum(top.counts, n).astype(np.int64)
     users = np.repeat(np.arange(counts.size), counts)
     pos = positions(counts)
-    table = pa.table({"user": model.users.ids.take(pa.array(users)), "rank": pa.array((pos + 1).astype(np.int32)),
-                      "item": model.items.ids.take(pa.array(top.items[users, pos])),
-                      "score": pa.array(top.scores[users, pos].astype(np.float32))})
+    table = pa.table(
+        {
+            "user": model.users.ids.take(pa.array(users)),
+            "rank": pa.array((pos + 1).astype(np.int32)),
+            "item": model.items.ids.take(pa.array(top.items[users, pos])),
+            "score": pa.array(top.scores[users, pos].astype(np.float32)),
+        }
+    )
     return table
 
 
-def recommendations(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig,
-          seen: DataFrame | None = None, candidates: np.ndarray | None = None) -> DataFrame:
+def recommendations(
+    model: FactorModel,
+    train_idx: DataFrame,
+    cfg: RecommendConfig,
+    seen: DataFrame | None = None,
+    candidates: np.ndarray | None = None,
+) -> DataFrame:
     """user, rank (1..N), item, score for every user in `train_idx` (user_idx, item_idx).
 
     Scores are X_batch @ Y^T on the executors with broadcast factors; the items a user rated in
@@ -263,7 +331,9 @@ def recommendations(model: FactorModel, train_idx: DataFrame, cfg: RecommendConf
     return model.decode_recs(model.recommend_idx(users, cfg.top_n))
 
 
-def _recommendations_of(model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig, candidates: np.ndarray) -> DataFrame:
+def _recommendations_of(
+    model: FactorModel, train_idx: DataFrame, cfg: RecommendConfig, candidates: np.ndarray
+) -> DataFrame:
     """recommendations over the candidate items only: the model restricted to them, the training pairs'
     items renumbered into it (pairs of other items cannot be recommended anyway and drop out);
     every user is listed, also one whose training items are all outside the candidates."""
@@ -272,7 +342,9 @@ def _recommendations_of(model: FactorModel, train_idx: DataFrame, cfg: Recommend
     users = spark.range(model.users.size).select(F.col("id").cast("int").alias(USER_IDX))
     if cfg.exclude_seen:
         kept = np.flatnonzero(candidates).astype(np.int32)
-        renumber = F.broadcast(spark.createDataFrame(pa.table({ITEM_IDX: kept, "_new": np.arange(kept.size, dtype=np.int32)})))
+        renumber = F.broadcast(
+            spark.createDataFrame(pa.table({ITEM_IDX: kept, "_new": np.arange(kept.size, dtype=np.int32)}))
+        )
         pairs = train_idx.join(renumber, ITEM_IDX).select(USER_IDX, F.col("_new").alias(ITEM_IDX))
         users = users.join(seen_lists(pairs), USER_IDX, "left")
     return sub.decode_recs(sub.recommend_idx(users, cfg.top_n))

@@ -1,4 +1,5 @@
 """Command-line parsing shared by the jobs. Errors raise UsageError/ConfigError (exit code 2)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,24 +18,24 @@ DEMO_OUTPUT = "output"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):   # argparse would print usage and sys.exit(2) itself
+    def error(self, message: str):  # argparse would print usage and sys.exit(2) itself
         raise UsageError(f"{message}\n{self.format_usage().strip()}")
 
 
 @dataclass(frozen=True)
 class TrainArgs:
-    input: str | None        # ratings to split (None with train/test, or for the demo)
+    input: str | None  # ratings to split (None with train/test, or for the demo)
     format: str
     train: str | None
     test: str | None
     output: str
     resume: bool
     run: RunConfig
-    demo: bool               # no input given: train on the sample bundled with pyspark
-    init_model: str | None = None   # warm start from this saved model's factors
-    include: str | None = None      # item-ID lists filtering the recommendations
+    demo: bool  # no input given: train on the sample bundled with pyspark
+    init_model: str | None = None  # warm start from this saved model's factors
+    include: str | None = None  # item-ID lists filtering the recommendations
     exclude: str | None = None
-    item_col: str = "item"          # their column, when they are CSV or Parquet
+    item_col: str = "item"  # their column, when they are CSV or Parquet
 
 
 def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -45,8 +46,13 @@ def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--test", help="held-out split, used as it is (with --train)")
     p.add_argument("--output", help="output folder (default for the demo: ./output)")
     p.add_argument("--config", help="TOML config (default: conf/default.toml values)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config key, repeatable (e.g. --set model.rank=32)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key, repeatable (e.g. --set model.rank=32)",
+    )
     return p
 
 
@@ -72,8 +78,9 @@ def filter_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = input_arguments(_Parser(prog="jobs/train.py",
-                                description="Train a matrix factorization model on user-item feedback."))
+    p = input_arguments(
+        _Parser(prog="jobs/train.py", description="Train a matrix factorization model on user-item feedback.")
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
     p.add_argument("--init-model", help="warm start: begin from this saved model's factors (same rank and kind)")
     return filter_arguments(p)
@@ -83,8 +90,20 @@ def parse_train(argv: list[str] | None) -> TrainArgs:
     a = train_parser().parse_args(argv)
     demo = check_inputs(a)
     run = config.load(a.config, a.set)
-    return TrainArgs(a.input, a.format, a.train, a.test, a.output or DEMO_OUTPUT, a.resume, run, demo,
-                     a.init_model, a.include, a.exclude, a.item_col)
+    return TrainArgs(
+        a.input,
+        a.format,
+        a.train,
+        a.test,
+        a.output or DEMO_OUTPUT,
+        a.resume,
+        run,
+        demo,
+        a.init_model,
+        a.include,
+        a.exclude,
+        a.item_col,
+    )
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -93,6 +112,7 @@ log = logging.getLogger("mf_spark")
 
 class _Stderr(logging.StreamHandler):
     """A handler on whatever sys.stderr is when a line is logged (a caller may have replaced it)."""
+
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 

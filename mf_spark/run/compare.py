@@ -10,6 +10,7 @@ popularity, which ranks), precision, recall, NDCG, MAP at eval.k and catalog cov
 user's training items excluded, and the fit's seconds. The ALS methods are the run's [model]
 settings with the one change their name says.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,25 +24,24 @@ import pyarrow as pa
 
 from mf_spark import evaluate
 from mf_spark.als import loop as als
-from mf_spark.data.ready import Triples, session_of
 from mf_spark.core.config import RunConfig
+from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX, Factors
+from mf_spark.data.prepare import Ready
+from mf_spark.data.ready import Triples, session_of
 from mf_spark.kernels import baselines, sgd
 from mf_spark.model.factors import FactorModel
-from mf_spark.data.prepare import Ready
-from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX, Factors
 
 log = logging.getLogger("mf_spark")
 
-COLUMNS = ("method", "rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage",
-           "fit_seconds")
-W0S = (0.1, 0.3)      # the unobserved weights of the wals rows (implicit data)
+COLUMNS = ("method", "rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "fit_seconds")
+W0S = (0.1, 0.3)  # the unobserved weights of the wals rows (implicit data)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     fit: Callable[[Ready, RunConfig], Factors]
-    predicts_ratings: bool = True       # False: a ranking only (popularity): no RMSE
+    predicts_ratings: bool = True  # False: a ranking only (popularity): no RMSE
 
 
 def _arrays(ready: Ready) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,24 +50,25 @@ def _arrays(ready: Ready) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(t, Triples):
         return t.u, t.i, t.r
     table = t.select(USER_IDX, ITEM_IDX, RATING).toArrow()
-    return (table.column(USER_IDX).to_numpy(), table.column(ITEM_IDX).to_numpy(),
-            table.column(RATING).to_numpy())
+    return (table.column(USER_IDX).to_numpy(), table.column(ITEM_IDX).to_numpy(), table.column(RATING).to_numpy())
 
 
 def _baseline(make: Callable[..., baselines.Baseline]) -> Callable[[Ready, RunConfig], Factors]:
     def fit(ready: Ready, run: RunConfig) -> Factors:
         return Factors(**vars(make(ready, run, *_arrays(ready))))
+
     return fit
 
 
 def _svd(ready: Ready, run: RunConfig, u, i, r) -> baselines.Baseline:
-    values = r if run.model.kind == "explicit" else np.ones_like(r)     # implicit: the 0/1 matrix
+    values = r if run.model.kind == "explicit" else np.ones_like(r)  # implicit: the 0/1 matrix
     return baselines.zero_filled_svd(u, i, values, ready.users.size, ready.items.size, run.model.rank, run.model.seed)
 
 
 def _sgd(ready: Ready, run: RunConfig) -> Factors:
-    got = sgd.fit_sgd(*_arrays(ready), ready.users.size, ready.items.size,
-                      sgd.SgdSpec(rank=run.model.rank, seed=run.model.seed))
+    got = sgd.fit_sgd(
+        *_arrays(ready), ready.users.size, ready.items.size, sgd.SgdSpec(rank=run.model.rank, seed=run.model.seed)
+    )
     return Factors(got.X, got.Y, got.user_bias, got.item_bias, got.mu)
 
 
@@ -75,22 +76,40 @@ def _als(**changes: Any) -> Callable[[Ready, RunConfig], Factors]:
     def fit(ready: Ready, run: RunConfig) -> Factors:
         cfg = dataclasses.replace(run.model, **changes)
         return als.fit(ready.train, ready.users.size, ready.items.size, cfg, stats=ready.stats).factors
+
     return fit
 
 
 def methods(kind: str, w0s: tuple[float, ...] = W0S) -> list[Method]:
     """The methods compared on data of this kind, in the order of the table."""
-    common = [Method("popularity", _baseline(lambda ready, run, u, i, r: baselines.popularity(
-        u, i, ready.users.size, ready.items.size)), predicts_ratings=False)]
+    common = [
+        Method(
+            "popularity",
+            _baseline(lambda ready, run, u, i, r: baselines.popularity(u, i, ready.users.size, ready.items.size)),
+            predicts_ratings=False,
+        )
+    ]
     svd = Method("svd", _baseline(_svd))
     if kind == "explicit":
-        return [*common, Method("biases", _baseline(lambda ready, run, u, i, r: baselines.biases(
-            u, i, r, ready.users.size, ready.items.size))), svd, Method("sgd", _sgd),
-            Method("als", _als(biases=False)), Method("als_biases", _als(biases=True)),
-            Method("nmf", _als(nonnegative=True, biases=False))]
-    return [*common, svd, Method("als", _als(unobserved_weight=1.0)),
-            *[Method(f"wals_w0_{w0:g}", _als(unobserved_weight=w0)) for w0 in w0s],
-            Method("nmf", _als(nonnegative=True))]
+        return [
+            *common,
+            Method(
+                "biases",
+                _baseline(lambda ready, run, u, i, r: baselines.biases(u, i, r, ready.users.size, ready.items.size)),
+            ),
+            svd,
+            Method("sgd", _sgd),
+            Method("als", _als(biases=False)),
+            Method("als_biases", _als(biases=True)),
+            Method("nmf", _als(nonnegative=True, biases=False)),
+        ]
+    return [
+        *common,
+        svd,
+        Method("als", _als(unobserved_weight=1.0)),
+        *[Method(f"wals_w0_{w0:g}", _als(unobserved_weight=w0)) for w0 in w0s],
+        Method("nmf", _als(nonnegative=True)),
+    ]
 
 
 def compare(ready: Ready, run: RunConfig, chosen: list[Method]) -> pa.Table:
@@ -105,11 +124,16 @@ def compare(ready: Ready, run: RunConfig, chosen: list[Method]) -> pa.Table:
         factors = method.fit(ready, run)
         seconds = time.perf_counter() - started
         model = FactorModel.trained(kind, factors, ready.users, ready.items, ready.stats, run.to_dict(), spark)
-        errors = evaluate.error_metrics(model.scorer, ready.heldout) if method.predicts_ratings else \
-            {"rmse": None, "mae": None}
+        errors = (
+            evaluate.error_metrics(model.scorer, ready.heldout)
+            if method.predicts_ratings
+            else {"rmse": None, "mae": None}
+        )
         scores = ranking(model.scorer)
         row = {"method": method.name, **errors, **{k: scores[k] for k in COLUMNS[3:8]}, "fit_seconds": seconds}
-        log.info("compare: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        log.info(
+            "compare: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
         rows.append(row)
     schema = pa.schema([("method", pa.string())] + [(c, pa.float64()) for c in COLUMNS[1:]])
     return pa.Table.from_pylist(rows, schema)
@@ -118,9 +142,13 @@ def compare(ready: Ready, run: RunConfig, chosen: list[Method]) -> pa.Table:
 def table_text(table: pa.Table, k: int) -> str:
     """The comparison as an aligned text table (what the job prints and writes as comparison.txt)."""
     heads = ["method", "RMSE", "MAE", f"P@{k}", f"R@{k}", f"NDCG@{k}", f"MAP@{k}", "coverage", "fit s"]
-    cells = [[r["method"]] + ["-" if r[c] is None else f"{r[c]:.4f}" if c != "fit_seconds" else f"{r[c]:.2f}"
-                               for c in COLUMNS[1:]] for r in table.to_pylist()]
+    cells = [
+        [r["method"]]
+        + ["-" if r[c] is None else f"{r[c]:.4f}" if c != "fit_seconds" else f"{r[c]:.2f}" for c in COLUMNS[1:]]
+        for r in table.to_pylist()
+    ]
     widths = [max(len(h), *(len(row[n]) for row in cells)) for n, h in enumerate(heads)]
-    line = lambda values: "  ".join(v.ljust(w) if n == 0 else v.rjust(w)  # noqa: E731
-                                   for n, (v, w) in enumerate(zip(values, widths)))
+    line = lambda values: "  ".join(
+        v.ljust(w) if n == 0 else v.rjust(w) for n, (v, w) in enumerate(zip(values, widths))
+    )
     return "\n".join([line(heads), *(line(row) for row in cells)]) + "\n"

@@ -10,6 +10,7 @@ put back after). Threads that start Spark jobs for a phase inherit its group whe
 `pyspark.InheritableThread`s, so they must not set a group of their own (use job tags instead).
 Time outside every phase is reported as "other", so the phases always add up to the total.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ class PhaseClock:
         self.seconds: dict[str, float] = {}
         self.jobs: dict[str, int] = {}
         self._run = uuid.uuid4().hex[:8]
-        self._open: dict[str, tuple[float, str]] = {}   # phases running now -> (start, job group)
+        self._open: dict[str, tuple[float, str]] = {}  # phases running now -> (start, job group)
         self._seq = 0
         self.sc = None
 

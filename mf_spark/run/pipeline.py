@@ -9,6 +9,7 @@ validation split of the training data, then goes on exactly as `train()` does wi
 estimator's as the jobs'. Stages hand their results down (Loaded, prepare.Ready, Fitted); nothing
 here is imported by the modules it calls.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,14 @@ WARM_UP_WAIT_SECONDS = 60.0
 def versions() -> dict:
     import numpy
     import pyspark
-    return {"mf_spark": __version__, "pyspark": pyspark.__version__, "numpy": numpy.__version__,
-            "pyarrow": pa.__version__, "python": sys.version.split()[0]}
+
+    return {
+        "mf_spark": __version__,
+        "pyspark": pyspark.__version__,
+        "numpy": numpy.__version__,
+        "pyarrow": pa.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def fit_model(ready: prepare.Ready, cfg: RunConfig, **fit_args: Any) -> tuple[als.FitResult, FactorModel]:
@@ -56,20 +63,29 @@ def fit_model(ready: prepare.Ready, cfg: RunConfig, **fit_args: Any) -> tuple[al
     fit = als.fit(ready.train, ready.users.size, ready.items.size, cfg.model, stats=ready.stats, **fit_args)
     day_fit = days.fitter(ready.train, cfg.model)
     day_biases = day_fit(fit.factors, cfg.model.day_bias_reg) if day_fit is not None else None
-    model = FactorModel.trained(cfg.model.kind, fit.factors, ready.users, ready.items, ready.stats, cfg.to_dict(),
-                                session_of(ready.train), day_biases)
+    model = FactorModel.trained(
+        cfg.model.kind,
+        fit.factors,
+        ready.users,
+        ready.items,
+        ready.stats,
+        cfg.to_dict(),
+        session_of(ready.train),
+        day_biases,
+    )
     return fit, model
 
 
 @dataclass
 class Loaded:
     """The input read and validated (the read_validate phase), before it is split."""
-    front: Any                      # prepare.front_end's, for split_index or tuning_split
-    counts: dict[str, int]          # rows read, rejected, dropped, merged, clean
-    rejected: Any                   # the rejected rows, or None
+
+    front: Any  # prepare.front_end's, for split_index or tuning_split
+    counts: dict[str, int]  # rows read, rejected, dropped, merged, clean
+    rejected: Any  # the rejected rows, or None
     input_path: str | None
-    previous: FactorModel | None    # --init-model's model
-    warm: threading.Thread | None = None    # the background warm-up (als.warm_up)
+    previous: FactorModel | None  # --init-model's model
+    warm: threading.Thread | None = None  # the background warm-up (als.warm_up)
 
 
 @contextlib.contextmanager
@@ -87,6 +103,7 @@ def settled(warm: threading.Thread | None):
 @dataclass
 class Fitted:
     """A fit and what its evaluation needs (the evaluation_setup and fit phases)."""
+
     fit: als.FitResult
     model: FactorModel
     relevant: evaluate.Relevant
@@ -104,6 +121,7 @@ class Pipeline:
 
     def train(self) -> dict:
         """The train job: every stage, the output published atomically."""
+
         def stages(output: str, lease: write.Lease) -> dict:
             with self.clock.phase("read_validate"):
                 loaded = self.load()
@@ -111,6 +129,7 @@ class Pipeline:
                 with self.clock.phase("split_index"):
                     ready = loaded.front.split_index()
                 return self.fit_publish(self.cfg, output, lease, loaded, ready)
+
         return self._claimed("train", stages, keep_checkpoints=self.args.resume)
 
     def tune(self) -> dict:
@@ -135,34 +154,53 @@ class Pipeline:
             search = found[0]
             best = tune.best_run(cfg, search)
             trials = tune.trials_table(search)
-            summary = {"method": cfg.tune.method, "metric": search.metric, "trials": len(search.trials),
-                       "best_trial": search.best.number, "best_validation": search.best_value,
-                       "best_iteration": search.best_iteration, "validation_ratings": inner.heldout.n,
-                       "fit_ratings": inner.stats.n, "seconds": seconds, "best": search.best_settings}
-            header = (f"Chosen by jobs/tune.py: trial {search.best.number} of {len(search.trials)} "
-                      f"({cfg.tune.method}), validation {search.metric} {search.best_value:.5g} after "
-                      f"{search.best_iteration} iterations,\non {inner.heldout.n} validation ratings carved from "
-                      f"the training data (never the test set).\n"
-                      f"Train it again: jobs/train.py --input ... --config best.toml")
+            summary = {
+                "method": cfg.tune.method,
+                "metric": search.metric,
+                "trials": len(search.trials),
+                "best_trial": search.best.number,
+                "best_validation": search.best_value,
+                "best_iteration": search.best_iteration,
+                "validation_ratings": inner.heldout.n,
+                "fit_ratings": inner.stats.n,
+                "seconds": seconds,
+                "best": search.best_settings,
+            }
+            header = (
+                f"Chosen by jobs/tune.py: trial {search.best.number} of {len(search.trials)} "
+                f"({cfg.tune.method}), validation {search.metric} {search.best_value:.5g} after "
+                f"{search.best_iteration} iterations,\non {inner.heldout.n} validation ratings carved from "
+                f"the training data (never the test set).\n"
+                f"Train it again: jobs/train.py --input ... --config best.toml"
+            )
 
             def extra(staging: str, body: dict) -> list:
                 fs.write_parquet(self.spark, posixpath.join(staging, "tuning", "trials.parquet"), trials)
                 fs.write_text(self.spark, posixpath.join(staging, "best.toml"), config.to_toml(best, header))
-                return [report.tuning_section(trials, f"validation_{search.metric}", search.lower_is_better,
-                                              search.params)]
+                return [
+                    report.tuning_section(trials, f"validation_{search.metric}", search.lower_is_better, search.params)
+                ]
+
             self.args = dataclasses.replace(self.args, run=best)
             return self.fit_publish(best, output, lease, loaded, outer, extra, {"tuning": summary})
 
         metrics = self._claimed("tune", stages, keep_checkpoints=False, track=False)
         search = found[0]
         by_trial = [(t.number, tune.best_of(t, search.lower_is_better)) for t in search.trials]
-        tracking.log_run(cfg.tracking, "tune", self.args.run, metrics, metrics["output"],
-                         ("metrics.json", "report.html", "model.json", "factors", "best.toml", "tuning"),
-                         {f"validation_{search.metric}_by_trial": by_trial})
+        tracking.log_run(
+            cfg.tracking,
+            "tune",
+            self.args.run,
+            metrics,
+            metrics["output"],
+            ("metrics.json", "report.html", "model.json", "factors", "best.toml", "tuning"),
+            {f"validation_{search.metric}_by_trial": by_trial},
+        )
         return metrics
 
-    def _claimed(self, job: str, stages: Callable[[str, write.Lease], dict], keep_checkpoints: bool,
-                 track: bool = True) -> dict:
+    def _claimed(
+        self, job: str, stages: Callable[[str, write.Lease], dict], keep_checkpoints: bool, track: bool = True
+    ) -> dict:
         """`stages(output, lease)` with the output folder claimed; a run that does not resume starts
         without the checkpoints of the runs before it."""
         tracking.check(self.cfg.tracking)
@@ -189,35 +227,49 @@ class Pipeline:
         counts = {**loaded.counts, "n_train": ready.stats.n, "n_test": ready.heldout.n}
         ready.release()
         text = compare.table_text(table, cfg.eval.k)
-        page = report.render(f"mf_spark comparison: {len(methods)} methods on {cfg.model.kind} data",
-                             [report.comparison_section(table, cfg.eval.k), report.data_section(counts, profile)])
+        page = report.render(
+            f"mf_spark comparison: {len(methods)} methods on {cfg.model.kind} data",
+            [report.comparison_section(table, cfg.eval.k), report.data_section(counts, profile)],
+        )
 
         def write_all(staging: str) -> None:
             fs.write_parquet(spark, posixpath.join(staging, "comparison.parquet"), table)
             fs.write_text(spark, posixpath.join(staging, "comparison.txt"), text)
             fs.write_text(spark, posixpath.join(staging, "report.html"), page)
+
         self.output = write.publish_with(spark, output, write_all)
-        per_method = {f"{row['method']}.{k}": v for row in table.to_pylist() for k, v in row.items()
-                      if k != "method" and v is not None}
-        tracking.log_run(cfg.tracking, "compare", cfg, {**counts, **per_method}, self.output,
-                         ("comparison.parquet", "comparison.txt", "report.html"))
+        per_method = {
+            f"{row['method']}.{k}": v
+            for row in table.to_pylist()
+            for k, v in row.items()
+            if k != "method" and v is not None
+        }
+        tracking.log_run(
+            cfg.tracking,
+            "compare",
+            cfg,
+            {**counts, **per_method},
+            self.output,
+            ("comparison.parquet", "comparison.txt", "report.html"),
+        )
         return table
 
     def front(self) -> tuple[str | None, Any]:
         """The input path (None for a given split) and the front end that reads it (prepare.front_end)."""
         args = self.args
         input_path = None if args.train else (args.input or read.sample_path())
-        return input_path, prepare.front_end(self.spark, self.cfg, input=input_path, train=args.train,
-                                             test=args.test, fmt=args.format)
+        return input_path, prepare.front_end(
+            self.spark, self.cfg, input=input_path, train=args.train, test=args.test, fmt=args.format
+        )
 
     def load(self) -> Loaded:
         """Read and validate the input; check --include/--exclude and --init-model before anything is fitted."""
         spark, args, cfg = self.spark, self.args, self.cfg
         for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
-            if path and not fs.exists(spark, path):     # found out now, not after the fit
+            if path and not fs.exists(spark, path):  # found out now, not after the fit
                 raise errors.InputError(f"{flag} {path}: does not exist")
         previous = load_model(args.init_model, spark) if args.init_model else None
-        if previous is not None:        # refused before the input is read
+        if previous is not None:  # refused before the input is read
             check_warm_start(previous, cfg.model)
         input_path, front = self.front()
         # In the background, counted here.
@@ -227,13 +279,27 @@ class Pipeline:
             errors.fault_point("read")
         return Loaded(front, loaded.counts, loaded.rejected, input_path, previous, warm)
 
-    def fit_publish(self, cfg: RunConfig, output: str, lease: write.Lease, loaded: Loaded, ready: prepare.Ready,
-                    extra: Callable[[str, dict], list] | None = None, more_metrics: dict | None = None) -> dict:
+    def fit_publish(
+        self,
+        cfg: RunConfig,
+        output: str,
+        lease: write.Lease,
+        loaded: Loaded,
+        ready: prepare.Ready,
+        extra: Callable[[str, dict], list] | None = None,
+        more_metrics: dict | None = None,
+    ) -> dict:
         """Fit `ready`, evaluate, recommend and publish the output folder (with its report.html);
         returns metrics.json's content. `extra(staging, metrics)` writes more outputs into the staging
         folder and returns more report sections, and `more_metrics` joins metrics.json (the tuning job's)."""
-        log.info("training on %d ratings (%d users x %d items), %d held out (%d cold)", ready.stats.n,
-                 ready.users.size, ready.items.size, ready.heldout.n, ready.heldout.n_cold)
+        log.info(
+            "training on %d ratings (%d users x %d items), %d held out (%d cold)",
+            ready.stats.n,
+            ready.users.size,
+            ready.items.size,
+            ready.heldout.n,
+            ready.heldout.n_cold,
+        )
         fitted = self._fit(cfg, output, lease, loaded, ready)
         with self.clock.phase("evaluate"):
             metrics, seen = self._evaluate(cfg, loaded, ready, fitted)
@@ -256,21 +322,40 @@ class Pipeline:
             if loaded.previous is not None:
                 inputs["init_model"] = args.init_model
             initial = None if loaded.previous is None else warm_factors(loaded.previous, users, items, cfg.model)
-            run_id = fingerprint(self.spark, cfg, inputs, {**loaded.counts, "n_train": stats.n, "n_test": heldout.n},
-                                 users.ids, items.ids)
+            run_id = fingerprint(
+                self.spark,
+                cfg,
+                inputs,
+                {**loaded.counts, "n_train": stats.n, "n_test": heldout.n},
+                users.ids,
+                items.ids,
+            )
             checkpoints = CheckpointStore(self.spark, output, run_id, guard=lease.check)
             relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
             tracker = None
             if cfg.eval.every_iteration:
-                sampled = evaluate.RankingEvaluator(ready.train, evaluate.sample_users(relevant, cfg.eval.history_users),
-                                                    items.size, cfg.eval.k, on_driver=True)
-                tracker = evaluate.tracker(heldout, cfg.model.kind, stats.mean, (stats.lo, stats.hi) if explicit
-                                           else None, sampled)
+                sampled = evaluate.RankingEvaluator(
+                    ready.train,
+                    evaluate.sample_users(relevant, cfg.eval.history_users),
+                    items.size,
+                    cfg.eval.k,
+                    on_driver=True,
+                )
+                tracker = evaluate.tracker(
+                    heldout, cfg.model.kind, stats.mean, (stats.lo, stats.hi) if explicit else None, sampled
+                )
         with self.clock.phase("fit"):
             # The resident tasks score every user's top lists where the training pairs are: the ranking
             # metrics and the recommendations then need no grouping of the pairs and no scoring job.
-            fit, model = fit_model(ready, cfg, on_iteration=tracker, checkpoints=checkpoints, resume=args.resume,
-                                   top_n=max(cfg.recommend.top_n, cfg.eval.k), initial=initial)
+            fit, model = fit_model(
+                ready,
+                cfg,
+                on_iteration=tracker,
+                checkpoints=checkpoints,
+                resume=args.resume,
+                top_n=max(cfg.recommend.top_n, cfg.eval.k),
+                initial=initial,
+            )
         return Fitted(fit, model, relevant, checkpoints)
 
     def _evaluate(self, cfg: RunConfig, loaded: Loaded, ready: prepare.Ready, fitted: Fitted) -> tuple[dict, Any]:
@@ -284,42 +369,75 @@ class Pipeline:
             ranking = evaluator(model.scorer)
             evaluator.close()
         day_biases = model.days
-        metrics = {**evaluate.error_metrics(model.scorer, ready.heldout), **ranking, "k": cfg.eval.k,
-                   "n_train": ready.stats.n, "n_test": ready.heldout.n, "n_test_cold": ready.heldout.n_cold,
-                   **loaded.counts, "n_users": ready.users.size, "n_items": ready.items.size,
-                   "n_user_days": day_biases.size if day_biases is not None else None,
-                   "fit_seconds": fit.fit_seconds, "fit_startup_seconds": fit.startup_seconds,
-                   "exchange": fit.exchange, "history": fit.history,
-                   "input": loaded.input_path, "front_end": ready.front,
-                   "config": cfg.to_dict(), "versions": versions()}
+        metrics = {
+            **evaluate.error_metrics(model.scorer, ready.heldout),
+            **ranking,
+            "k": cfg.eval.k,
+            "n_train": ready.stats.n,
+            "n_test": ready.heldout.n,
+            "n_test_cold": ready.heldout.n_cold,
+            **loaded.counts,
+            "n_users": ready.users.size,
+            "n_items": ready.items.size,
+            "n_user_days": day_biases.size if day_biases is not None else None,
+            "fit_seconds": fit.fit_seconds,
+            "fit_startup_seconds": fit.startup_seconds,
+            "exchange": fit.exchange,
+            "history": fit.history,
+            "input": loaded.input_path,
+            "front_end": ready.front,
+            "config": cfg.to_dict(),
+            "versions": versions(),
+        }
         return metrics, seen
 
-    def _recommend_write(self, cfg: RunConfig, output: str, lease: write.Lease, loaded: Loaded,
-                         ready: prepare.Ready, fitted: Fitted, metrics: dict, seen: Any,
-                         extra: Callable[[str, dict], list] | None) -> None:
+    def _recommend_write(
+        self,
+        cfg: RunConfig,
+        output: str,
+        lease: write.Lease,
+        loaded: Loaded,
+        ready: prepare.Ready,
+        fitted: Fitted,
+        metrics: dict,
+        seen: Any,
+        extra: Callable[[str, dict], list] | None,
+    ) -> None:
         spark, args, model, fit = self.spark, self.args, fitted.model, fitted.fit
-        candidates = model.candidate_mask(*(read.id_list(spark, path, args.item_col, str(ready.items.ids.type),
-                                                         flag, "item") if path else None
-                                            for flag, path in (("--include", args.include),
-                                                               ("--exclude", args.exclude))))
+        candidates = model.candidate_mask(
+            *(
+                read.id_list(spark, path, args.item_col, str(ready.items.ids.type), flag, "item") if path else None
+                for flag, path in (("--include", args.include), ("--exclude", args.exclude))
+            )
+        )
         if fit.top is not None and cfg.recommend.exclude_seen and candidates is None:
             recs = topn.from_top(model, fit.top, cfg.recommend.top_n)
         else:
             recs = topn.recommendations(model, as_df(ready.train), cfg.recommend, seen=seen, candidates=candidates)
-        profile = report.DataProfile.of(ready.train, ready.users.size, ready.items.size, cfg.model.kind,
-                                        fit.row_counts)
+        profile = report.DataProfile.of(ready.train, ready.users.size, ready.items.size, cfg.model.kind, fit.row_counts)
 
         def more(staging: str, body: dict) -> None:
             # A DataFrame of recommendations is counted from the Parquet just written: counting the
             # lazy frame would score every user a second time.
-            written = recs if isinstance(recs, pa.Table) else \
-                spark.read.parquet(posixpath.join(staging, "recommendations"))
+            written = (
+                recs if isinstance(recs, pa.Table) else spark.read.parquet(posixpath.join(staging, "recommendations"))
+            )
             recommended = report.recommended_indices(written, model.items)
             sections = extra(staging, body) if extra is not None else []
             page = report.training_report(body, profile, recommended, cfg.recommend.top_n, sections)
             fs.write_text(spark, posixpath.join(staging, "report.html"), page)
-        write.publish(spark, output, model, recs, lambda: {**metrics, **self.clock.report()}, loaded.rejected,
-                      {"versions": metrics["versions"]}, lease, more)
+
+        write.publish(
+            spark,
+            output,
+            model,
+            recs,
+            lambda: {**metrics, **self.clock.report()},
+            loaded.rejected,
+            {"versions": metrics["versions"]},
+            lease,
+            more,
+        )
 
 
 def print_summary(metrics: dict) -> None:

@@ -17,6 +17,7 @@ reads "n/a", a chart without data becomes a one-line note. Charts come from thre
 (lines and points), `_bars` (bars, grouped bars, histograms) and `_stack` (one stacked bar), over one
 axis helper (nice linear ticks, decade ticks on log axes, categories).
 """
+
 from __future__ import annotations
 
 import html
@@ -30,64 +31,101 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.data.ready import Triples
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
+from mf_spark.data.ready import Triples
 
 # Tableau 10: distinct in print and for the common colour-vision deficiencies.
-PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f",
-           "#ff9da7", "#bab0ac")
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7", "#bab0ac")
 BLUE, ORANGE, GREEN, RED, TEAL, PURPLE = PALETTE[:6]
 GREY = PALETTE[9]
-BEST = ORANGE               # the best trial, method or value, wherever it is marked
-MAX_DISTINCT = 20           # up to this many distinct rating values: one histogram bin per value
+BEST = ORANGE  # the best trial, method or value, wherever it is marked
+MAX_DISTINCT = 20  # up to this many distinct rating values: one histogram bin per value
 N_BINS = 30
-LOG_SPAN = 100.0            # positive ratings with max / min above this: log-spaced bins
-MAX_POINTS = 400            # points of a long-tail curve: the shape survives, the page stays small
-W, H = 640, 260             # a full-width chart
-SMALL = (312, 220)          # one of a row of small multiples
+LOG_SPAN = 100.0  # positive ratings with max / min above this: log-spaced bins
+MAX_POINTS = 400  # points of a long-tail curve: the shape survives, the page stays small
+W, H = 640, 260  # a full-width chart
+SMALL = (312, 220)  # one of a row of small multiples
 
-LABELS = {"rmse": "RMSE", "mae": "MAE", "precision_at_k": "precision@{k}", "recall_at_k": "recall@{k}",
-          "ndcg_at_k": "NDCG@{k}", "map_at_k": "MAP@{k}", "coverage": "coverage", "loss": "objective",
-          "train_rmse": "train RMSE", "test_rmse": "held-out RMSE", "fit_seconds": "fit seconds"}
+LABELS = {
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "precision_at_k": "precision@{k}",
+    "recall_at_k": "recall@{k}",
+    "ndcg_at_k": "NDCG@{k}",
+    "map_at_k": "MAP@{k}",
+    "coverage": "coverage",
+    "loss": "objective",
+    "train_rmse": "train RMSE",
+    "test_rmse": "held-out RMSE",
+    "fit_seconds": "fit seconds",
+}
 LOWER_IS_BETTER = {"rmse", "mae", "loss", "fit_seconds", "train_rmse", "test_rmse"}
-QUALITY = {"rmse": "root mean squared error of the held-out ratings (clipped predictions)",
-           "mae": "mean absolute error of the held-out ratings",
-           "precision_at_k": "share of each top-k list that is a relevant held-out item",
-           "recall_at_k": "share of each user's relevant held-out items found in the top-k",
-           "ndcg_at_k": "rank-discounted gain of the top-k; 1 = the relevant items ranked first",
-           "map_at_k": "mean average precision of the top-k",
-           "coverage": "share of the catalog in some evaluated user's top-k"}
-RUN_FACTS = (("n_train", "training ratings"), ("n_test", "held-out ratings"), ("n_test_cold", "held out, cold"),
-             ("n_users", "users"), ("n_items", "items"), ("k", "k"), ("n_users_evaluated", "users evaluated"),
-             ("fit_seconds", "fit seconds"), ("fit_startup_seconds", "fit startup seconds"),
-             ("n_user_days", "day biases (user, day pairs)"), ("exchange", "exchange"), ("front_end", "front end"))
-SERIES_COLOURS = {"loss": BLUE, "train_rmse": BLUE, "test_rmse": ORANGE, "train_mae": GREEN, "test_mae": RED,
-                  "ndcg_at_k": GREEN, "precision_at_k": PURPLE, "recall_at_k": TEAL, "map_at_k": RED}
+QUALITY = {
+    "rmse": "root mean squared error of the held-out ratings (clipped predictions)",
+    "mae": "mean absolute error of the held-out ratings",
+    "precision_at_k": "share of each top-k list that is a relevant held-out item",
+    "recall_at_k": "share of each user's relevant held-out items found in the top-k",
+    "ndcg_at_k": "rank-discounted gain of the top-k; 1 = the relevant items ranked first",
+    "map_at_k": "mean average precision of the top-k",
+    "coverage": "share of the catalog in some evaluated user's top-k",
+}
+RUN_FACTS = (
+    ("n_train", "training ratings"),
+    ("n_test", "held-out ratings"),
+    ("n_test_cold", "held out, cold"),
+    ("n_users", "users"),
+    ("n_items", "items"),
+    ("k", "k"),
+    ("n_users_evaluated", "users evaluated"),
+    ("fit_seconds", "fit seconds"),
+    ("fit_startup_seconds", "fit startup seconds"),
+    ("n_user_days", "day biases (user, day pairs)"),
+    ("exchange", "exchange"),
+    ("front_end", "front end"),
+)
+SERIES_COLOURS = {
+    "loss": BLUE,
+    "train_rmse": BLUE,
+    "test_rmse": ORANGE,
+    "train_mae": GREEN,
+    "test_mae": RED,
+    "ndcg_at_k": GREEN,
+    "precision_at_k": PURPLE,
+    "recall_at_k": TEAL,
+    "map_at_k": RED,
+}
 
 
 @dataclass(frozen=True)
 class Section:
     heading: str
-    html: str                         # body HTML, built by the section builders below
+    html: str  # body HTML, built by the section builders below
 
 
 @dataclass(frozen=True)
 class DataProfile:
     """What the training ratings look like: for the report's data section."""
-    kind: str                         # "explicit" | "implicit"
+
+    kind: str  # "explicit" | "implicit"
     n_ratings: int
     n_users: int
     n_items: int
     # (b+1,) float64 histogram bin edges of the rating values. Up to MAX_DISTINCT distinct values:
     # one bin per value v_j, [v_j, v_j+1), the last closed and as wide as the one before it.
     rating_edges: np.ndarray
-    rating_counts: np.ndarray         # (b,) int64
-    user_activity: np.ndarray         # (n_users,) int64 ratings per user, sorted descending
-    item_activity: np.ndarray         # (n_items,) int64 ratings per item, indexed by item index (NOT sorted)
+    rating_counts: np.ndarray  # (b,) int64
+    user_activity: np.ndarray  # (n_users,) int64 ratings per user, sorted descending
+    item_activity: np.ndarray  # (n_items,) int64 ratings per item, indexed by item index (NOT sorted)
 
     @classmethod
-    def of(cls, train: Triples | DataFrame, n_users: int, n_items: int, kind: str,
-           activity: tuple[np.ndarray, np.ndarray] | None = None) -> "DataProfile":
+    def of(
+        cls,
+        train: Triples | DataFrame,
+        n_users: int,
+        n_items: int,
+        kind: str,
+        activity: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> "DataProfile":
         """The profile of training ratings held by the driver (Triples) or by Spark (user_idx,
         item_idx, rating). Both give the same profile. `activity`: the ratings per user and per
         item when already counted (a fit's engine counts them, als.FitResult.row_counts).
@@ -98,14 +136,26 @@ class DataProfile:
         are collected, never the ratings.
         """
         if isinstance(train, Triples):
-            users, items = activity or (np.bincount(train.u, minlength=n_users), np.bincount(train.i, minlength=n_items))
+            users, items = activity or (
+                np.bincount(train.u, minlength=n_users),
+                np.bincount(train.i, minlength=n_items),
+            )
             edges, counts = _histogram(np.asarray(train.r, np.float64))
         else:
-            users, items = activity or tuple(_spark_counts(train, col, n)
-                                             for col, n in ((USER_IDX, n_users), (ITEM_IDX, n_items)))
+            users, items = activity or tuple(
+                _spark_counts(train, col, n) for col, n in ((USER_IDX, n_users), (ITEM_IDX, n_items))
+            )
             edges, counts = _spark_histogram(train.select(F.col(RATING).cast("double").alias(RATING)))
-        return cls(kind, int(items.sum()), n_users, n_items, edges, counts,
-                   np.sort(users.astype(np.int64))[::-1].copy(), items.astype(np.int64))
+        return cls(
+            kind,
+            int(items.sum()),
+            n_users,
+            n_items,
+            edges,
+            counts,
+            np.sort(users.astype(np.int64))[::-1].copy(),
+            items.astype(np.int64),
+        )
 
 
 def _distinct_edges(values: np.ndarray) -> np.ndarray:
@@ -141,10 +191,10 @@ def _histogram(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     MAX_DISTINCT values settles that there are many without sorting every rating."""
     if r.size == 0:
         return np.array([0.0, 1.0]), np.zeros(1, np.int64)
-    values = np.unique(r[::max(1, r.size // 100_000)])
+    values = np.unique(r[:: max(1, r.size // 100_000)])
     if values.size <= MAX_DISTINCT:
         pos = np.minimum(np.searchsorted(values, r), values.size - 1)
-        if not np.array_equal(values[pos], r):          # values the sample missed
+        if not np.array_equal(values[pos], r):  # values the sample missed
             values = np.unique(r)
             pos = np.searchsorted(values, r)
         if values.size <= MAX_DISTINCT:
@@ -244,9 +294,11 @@ class _Text(str):
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], best: set[tuple[int, int]] = frozenset()) -> str:
     """An HTML table; columns of (mostly) numbers are right-aligned, `best` (row, column) cells marked."""
-    def numeric_column(col: Sequence[Any]) -> bool:     # mostly numbers (formatted cells count as such)
+
+    def numeric_column(col: Sequence[Any]) -> bool:  # mostly numbers (formatted cells count as such)
         kinds = [isinstance(v, _Text) or not math.isnan(_num(v)) for v in col if v is not None]
         return bool(kinds) and 2 * sum(kinds) >= len(kinds)
+
     numeric = [numeric_column(col) for col in zip(*rows)] if rows else [False] * len(head)
     out = ["<table><thead><tr>"]
     out += [f'<th class="num">{_e(h)}</th>' if numeric[j] else f"<th>{_e(h)}</th>" for j, h in enumerate(head)]
@@ -263,8 +315,9 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], best: set[tuple[i
 
 def _kv(pairs: dict[str, Any]) -> str:
     """Settings as a compact grid of key = value."""
-    cells = "".join(f"<dt>{_e(str(k))}</dt><dd>{_e(_fmt(v) if v is not None else 'none')}</dd>"
-                    for k, v in pairs.items())
+    cells = "".join(
+        f"<dt>{_e(str(k))}</dt><dd>{_e(_fmt(v) if v is not None else 'none')}</dd>" for k, v in pairs.items()
+    )
     return f'<dl class="kv">{cells}</dl>'
 
 
@@ -272,11 +325,12 @@ def _kv(pairs: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class _Axis:
     """One chart axis: the data range it spans, its ticks, and how they read."""
+
     lo: float
     hi: float
     ticks: tuple[float, ...]
     log: bool = False
-    cats: tuple[str, ...] = ()            # categorical: category j sits at j
+    cats: tuple[str, ...] = ()  # categorical: category j sits at j
     fmt: Callable[[float], str] = _short
 
     def to(self, v: Any, a: float, b: float) -> np.ndarray:
@@ -296,8 +350,14 @@ def _nice(x: float) -> float:
     return next(m * e for m in (1, 2, 2.5, 5, 10) if m * e >= x * (1 - 1e-9))
 
 
-def _axis(values: Any, log: bool = False, zero: bool = False, integer: bool = False,
-          fmt: Callable[[float], str] = _short, pad: float = 0.0) -> _Axis:
+def _axis(
+    values: Any,
+    log: bool = False,
+    zero: bool = False,
+    integer: bool = False,
+    fmt: Callable[[float], str] = _short,
+    pad: float = 0.0,
+) -> _Axis:
     """An axis over the finite (log: positive) values, ending on ticks: decades on a log axis (with
     2 and 5 between when it spans two or fewer), else about five 1-2-2.5-5 steps."""
     v = np.asarray(values, np.float64).ravel()
@@ -306,16 +366,16 @@ def _axis(values: Any, log: bool = False, zero: bool = False, integer: bool = Fa
         lo_e, hi_e = (math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))) if v.size else (0, 1)
         step = max(1, math.ceil((hi_e - lo_e) / 6))
         hi_e = lo_e + step * max(1, math.ceil((hi_e - lo_e) / step))
-        ticks = [10.0 ** e for e in range(lo_e, hi_e + 1, step)]
+        ticks = [10.0**e for e in range(lo_e, hi_e + 1, step)]
         if hi_e - lo_e <= 2:
-            ticks = [m * 10.0 ** e for e in range(lo_e, hi_e) for m in (1, 2, 5)] + [10.0 ** hi_e]
-        return _Axis(10.0 ** lo_e, 10.0 ** hi_e, tuple(ticks), log=True, fmt=fmt)
+            ticks = [m * 10.0**e for e in range(lo_e, hi_e) for m in (1, 2, 5)] + [10.0**hi_e]
+        return _Axis(10.0**lo_e, 10.0**hi_e, tuple(ticks), log=True, fmt=fmt)
     lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
     if zero:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
     # `pad` keeps points clear of the frame, never taking a non-negative axis below 0
     lo, hi = (max(0.0, lo - pad * (hi - lo)) if lo >= 0 else lo - pad * (hi - lo)), hi + pad * (hi - lo)
-    if hi - lo <= 1e-12 * max(abs(lo), abs(hi)):           # one value: a range around it
+    if hi - lo <= 1e-12 * max(abs(lo), abs(hi)):  # one value: a range around it
         pad = abs(lo) * 0.1 or 1.0
         lo, hi = (lo, lo + pad) if zero and lo == 0 else (lo - pad, hi + pad)
     step = _nice((hi - lo) / 5)
@@ -334,30 +394,38 @@ def _legend(entries: Sequence[tuple[str, str, bool]], right: float, y: float) ->
     """Legend swatches (a line or a dot) with labels, laid out leftwards from `right`."""
     out, x = [], right
     for label, colour, dot in reversed(entries):
-        x -= 7.0 * len(label) + 28            # ~7 px a character at 11 px (DejaVu Sans, the widest)
-        mark = (f'<circle cx="{x + 7:.1f}" cy="{y - 4:.1f}" r="4" fill="{colour}"/>' if dot else
-                f'<line x1="{x:.1f}" y1="{y - 4:.1f}" x2="{x + 14:.1f}" y2="{y - 4:.1f}" stroke="{colour}" '
-                f'stroke-width="2.5"/>')
+        x -= 7.0 * len(label) + 28  # ~7 px a character at 11 px (DejaVu Sans, the widest)
+        mark = (
+            f'<circle cx="{x + 7:.1f}" cy="{y - 4:.1f}" r="4" fill="{colour}"/>'
+            if dot
+            else f'<line x1="{x:.1f}" y1="{y - 4:.1f}" x2="{x + 14:.1f}" y2="{y - 4:.1f}" stroke="{colour}" '
+            f'stroke-width="2.5"/>'
+        )
         out.append(f'{mark}<text x="{x + 19:.1f}" y="{y:.1f}">{_e(label)}</text>')
     return "".join(out)
 
 
 def _svg(w: int, h: int, title: str, body: Sequence[str]) -> str:
-    return (f'<div class="chart"><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-            f'viewBox="0 0 {w} {h}" role="img" aria-label="{_e(title)}">'
-            f'<text class="title" x="2" y="15">{_e(title)}</text>{"".join(body)}</svg></div>')
+    return (
+        f'<div class="chart"><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        f'viewBox="0 0 {w} {h}" role="img" aria-label="{_e(title)}">'
+        f'<text class="title" x="2" y="15">{_e(title)}</text>{"".join(body)}</svg></div>'
+    )
 
 
-def _frame(x: _Axis, y: _Axis, box: tuple[float, float, float, float], xlabel: str, ylabel: str,
-           xgrid: bool = False) -> list[str]:
+def _frame(
+    x: _Axis, y: _Axis, box: tuple[float, float, float, float], xlabel: str, ylabel: str, xgrid: bool = False
+) -> list[str]:
     """Grid lines, ticks, tick labels, axis lines and axis labels of the plot area box (l, t, r, b)."""
     l, t, r, b = box
     out = []
     for v in y.ticks:
         py = float(y.to(v, b, t))
-        out.append(f'<line class="grid" x1="{l}" y1="{py:.1f}" x2="{r}" y2="{py:.1f}"/>'
-                   f'<text x="{l - 6}" y="{py + 3.5:.1f}" text-anchor="end">{_e(y.text(v))}</text>')
-    every = max(1, math.ceil(len(x.ticks) * 44 / max(r - l, 1)))     # labels at least ~44 px apart
+        out.append(
+            f'<line class="grid" x1="{l}" y1="{py:.1f}" x2="{r}" y2="{py:.1f}"/>'
+            f'<text x="{l - 6}" y="{py + 3.5:.1f}" text-anchor="end">{_e(y.text(v))}</text>'
+        )
+    every = max(1, math.ceil(len(x.ticks) * 44 / max(r - l, 1)))  # labels at least ~44 px apart
     for j, v in enumerate(x.ticks):
         px = float(x.to(v, l, r))
         if xgrid:
@@ -369,33 +437,47 @@ def _frame(x: _Axis, y: _Axis, box: tuple[float, float, float, float], xlabel: s
     if xlabel:
         out.append(f'<text class="label" x="{(l + r) / 2:.1f}" y="{b + 32}" text-anchor="middle">{_e(xlabel)}</text>')
     if ylabel:
-        out.append(f'<text class="label" transform="translate(12,{(t + b) / 2:.1f}) rotate(-90)" '
-                   f'text-anchor="middle">{_e(ylabel)}</text>')
+        out.append(
+            f'<text class="label" transform="translate(12,{(t + b) / 2:.1f}) rotate(-90)" '
+            f'text-anchor="middle">{_e(ylabel)}</text>'
+        )
     return out
 
 
 @dataclass(frozen=True)
 class _Series:
     """One line and/or set of points of a plot; a label of None keeps it out of the legend."""
+
     label: str | None
     x: Any
     y: Any
     colour: str
-    width: float = 2.0                # line width; 0: no line
-    radius: float = 0.0               # point radius; 0: no points
+    width: float = 2.0  # line width; 0: no line
+    radius: float = 0.0  # point radius; 0: no points
     opacity: float = 1.0
-    tips: Sequence[str] = ()          # hover text per point (an SVG <title>: no script needed)
+    tips: Sequence[str] = ()  # hover text per point (an SVG <title>: no script needed)
 
 
-def _plot(series: Sequence[_Series], title: str, xlabel: str = "", ylabel: str = "", xlog: bool = False,
-          ylog: bool = False, xcats: Sequence[str] = (), xint: bool = False, yfmt: Callable = _short,
-          size: tuple[int, int] = (W, H)) -> str:
+def _plot(
+    series: Sequence[_Series],
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    xlog: bool = False,
+    ylog: bool = False,
+    xcats: Sequence[str] = (),
+    xint: bool = False,
+    yfmt: Callable = _short,
+    size: tuple[int, int] = (W, H),
+) -> str:
     """Lines and points on shared axes. Non-finite points (and non-positive ones on a log axis) are
     left out, and a line breaks there. A note instead when no series has a point."""
+
     def keep(s: _Series) -> np.ndarray:
         x, y = np.asarray(s.x, np.float64), np.asarray(s.y, np.float64)
         ok = np.isfinite(x) & np.isfinite(y)
         return ok & (x > 0 if xlog else True) & (y > 0 if ylog else True)
+
     masks = [keep(s) for s in series]
     if not any(m.any() for m in masks):
         return _note(f"{title}: no values to plot.")
@@ -414,21 +496,36 @@ def _plot(series: Sequence[_Series], title: str, xlabel: str = "", ylabel: str =
             runs = np.split(np.arange(m.size), np.flatnonzero(np.diff(m.astype(np.int8))) + 1)
             for run in (r for r in runs if r.size and m[r[0]]):
                 pts = " ".join(f"{px[j]:.1f},{py[j]:.1f}" for j in run)
-                out.append(f'<polyline points="{pts}" fill="none" stroke="{s.colour}" stroke-width="{s.width}" '
-                           f'stroke-linejoin="round"{attrs}/>')
+                out.append(
+                    f'<polyline points="{pts}" fill="none" stroke="{s.colour}" stroke-width="{s.width}" '
+                    f'stroke-linejoin="round"{attrs}/>'
+                )
         if s.radius:
             for j in np.flatnonzero(m):
                 tip = f"<title>{_e(s.tips[j])}</title>" if j < len(s.tips) else ""
-                out.append(f'<circle cx="{px[j]:.1f}" cy="{py[j]:.1f}" r="{s.radius}" fill="{s.colour}" '
-                           f'stroke="#fff" stroke-width="0.8"{attrs}>{tip}</circle>')
-    out.append(_legend([(s.label, s.colour, not s.width) for s, m in zip(series, masks) if s.label and m.any()],
-                       w - 8, 15))
+                out.append(
+                    f'<circle cx="{px[j]:.1f}" cy="{py[j]:.1f}" r="{s.radius}" fill="{s.colour}" '
+                    f'stroke="#fff" stroke-width="0.8"{attrs}>{tip}</circle>'
+                )
+    out.append(
+        _legend([(s.label, s.colour, not s.width) for s, m in zip(series, masks) if s.label and m.any()], w - 8, 15)
+    )
     return _svg(w, h, title, out)
 
 
-def _bars(labels: Sequence[str], series: Sequence[tuple[str | None, Any, str | Sequence[str]]], title: str,
-          xlabel: str = "", ylabel: str = "", horizontal: bool = False, edges: Any = None, xlog: bool = False,
-          fmt: Callable[[float], str] = _short, values: bool = True, size: tuple[int, int] = (W, H)) -> str:
+def _bars(
+    labels: Sequence[str],
+    series: Sequence[tuple[str | None, Any, str | Sequence[str]]],
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    horizontal: bool = False,
+    edges: Any = None,
+    xlog: bool = False,
+    fmt: Callable[[float], str] = _short,
+    values: bool = True,
+    size: tuple[int, int] = (W, H),
+) -> str:
     """Bars per category, one per series (label, values, colour or a colour per bar), grouped; or, with
     `edges` (vertical only, one series), a histogram's bars over a numeric axis. Horizontal bars
     name their categories on the left, and the chart grows with them. Missing values draw no bar."""
@@ -452,15 +549,17 @@ def _bars(labels: Sequence[str], series: Sequence[tuple[str | None, Any, str | S
         cat_axis = _axis(edges, log=xlog) if edges is not None else _cats(labels)
         box = (56.0, 30.0, w - 20.0, h - (44.0 if xlabel else 28.0))
         out = _frame(cat_axis, value_axis, box, xlabel, ylabel)
-    for s, ((label, _, colour), v) in enumerate(zip(series, vals)):
+    for s, ((_label, _, colour), v) in enumerate(zip(series, vals)):
         colours = [colour] * n if isinstance(colour, str) else list(colour)
         for j in np.flatnonzero(np.isfinite(v)):
             tip = f"<title>{_e(f'{labels[j]}: ' if len(labels) > j else '')}{_e(fmt(v[j]))}</title>"
             if horizontal:
                 y0 = box[1] + j * row + 4 + 16.0 * s
                 x0, x1 = sorted(float(p) for p in value_axis.to([0.0, v[j]], box[0], box[2]))
-                out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{max(x1 - x0, 1):.1f}" height="14" '
-                           f'fill="{colours[j]}">{tip}</rect>')
+                out.append(
+                    f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{max(x1 - x0, 1):.1f}" height="14" '
+                    f'fill="{colours[j]}">{tip}</rect>'
+                )
                 if values:
                     out.append(f'<text x="{x1 + 4:.1f}" y="{y0 + 11:.1f}">{_e(fmt(v[j]))}</text>')
                 continue
@@ -472,8 +571,10 @@ def _bars(labels: Sequence[str], series: Sequence[tuple[str | None, Any, str | S
                 a = box[0] + slot * (j + 0.1 + 0.8 * s / ns)
                 b = a + slot * 0.8 / ns
             y0, y1 = sorted(float(p) for p in value_axis.to([0.0, v[j]], box[3], box[1]))
-            out.append(f'<rect x="{a:.1f}" y="{y0:.1f}" width="{b - a:.1f}" height="{max(y1 - y0, 0.5):.1f}" '
-                       f'fill="{colours[j]}">{tip}</rect>')
+            out.append(
+                f'<rect x="{a:.1f}" y="{y0:.1f}" width="{b - a:.1f}" height="{max(y1 - y0, 0.5):.1f}" '
+                f'fill="{colours[j]}">{tip}</rect>'
+            )
             if values and edges is None and n * ns <= 12:
                 out.append(f'<text x="{(a + b) / 2:.1f}" y="{y0 - 3:.1f}" text-anchor="middle">{_e(fmt(v[j]))}</text>')
     if ns > 1:
@@ -490,16 +591,20 @@ def _stack(parts: Sequence[tuple[str, float]], title: str, width: int = W) -> st
     for j, (label, v) in enumerate(parts):
         dx = (r - l) * v / total
         if dx > 0:
-            out.append(f'<rect x="{x:.1f}" y="24" width="{dx:.1f}" height="24" fill="{PALETTE[j]}">'
-                       f'<title>{_e(label)}: {_e(_fmt(v))} ({_e(_pct(v / total))})</title></rect>')
+            out.append(
+                f'<rect x="{x:.1f}" y="24" width="{dx:.1f}" height="24" fill="{PALETTE[j]}">'
+                f"<title>{_e(label)}: {_e(_fmt(v))} ({_e(_pct(v / total))})</title></rect>"
+            )
         x += dx
     lx, ly = l, 68
     for j, (label, v) in enumerate(parts):
         text = f"{label}: {_fmt(v)} ({_pct(v / total)})"
-        if lx > l and lx + 7 * len(text) + 15 > r:         # the legend wraps
+        if lx > l and lx + 7 * len(text) + 15 > r:  # the legend wraps
             lx, ly = l, ly + 18
-        out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="10" height="10" fill="{PALETTE[j]}"/>'
-                   f'<text x="{lx + 15:.1f}" y="{ly}">{_e(text)}</text>')
+        out.append(
+            f'<rect x="{lx:.1f}" y="{ly - 9}" width="10" height="10" fill="{PALETTE[j]}"/>'
+            f'<text x="{lx + 15:.1f}" y="{ly}">{_e(text)}</text>'
+        )
         lx += 7 * len(text) + 36
     return _svg(width, ly + 10, title, out)
 
@@ -508,8 +613,11 @@ def _sample_ranks(n: int) -> np.ndarray:
     """At most MAX_POINTS ranks of n, dense at the head, where a long tail falls fastest."""
     if n <= MAX_POINTS:
         return np.arange(n)
-    return np.unique(np.concatenate([np.linspace(0, n - 1, MAX_POINTS // 2),
-                                     np.geomspace(1, n, MAX_POINTS // 2) - 1]).astype(np.int64))
+    return np.unique(
+        np.concatenate([np.linspace(0, n - 1, MAX_POINTS // 2), np.geomspace(1, n, MAX_POINTS // 2) - 1]).astype(
+            np.int64
+        )
+    )
 
 
 def _best_index(v: np.ndarray, lower_is_better: bool) -> int | None:
@@ -526,17 +634,29 @@ def metrics_section(metrics: dict) -> Section:
     k = m.get("k")
     quality = [(_label(key, k), m[key], what) for key, what in QUALITY.items() if m.get(key) is not None]
     facts = [(label, m[key]) for key, label in RUN_FACTS if m.get(key) is not None]
-    parts = ['<div class="cols"><div>',
-             _table(["metric", "value", "what it measures"], quality) if quality else
-             _note("No held-out metrics: there were no test rows, or none applies to this model."),
-             "</div><div>", _table(["run", ""], facts) if facts else "", "</div></div>"]
+    parts = [
+        '<div class="cols"><div>',
+        _table(["metric", "value", "what it measures"], quality)
+        if quality
+        else _note("No held-out metrics: there were no test rows, or none applies to this model."),
+        "</div><div>",
+        _table(["run", ""], facts) if facts else "",
+        "</div></div>",
+    ]
     timings = m.get("timings") or {}
     phases = [(str(p), _num(s)) for p, s in timings.items() if p != "total" and _num(s) == _num(s)]
     if phases:
         total = timings.get("total", sum(s for _, s in phases))
-        parts.append(_bars([p.replace("_", " ") for p, _ in phases], [(None, [s for _, s in phases], BLUE)],
-                           f"Time per phase (total {_secs(total)})", xlabel="seconds", horizontal=True,
-                           fmt=lambda v: _fmt(float(v))))
+        parts.append(
+            _bars(
+                [p.replace("_", " ") for p, _ in phases],
+                [(None, [s for _, s in phases], BLUE)],
+                f"Time per phase (total {_secs(total)})",
+                xlabel="seconds",
+                horizontal=True,
+                fmt=lambda v: _fmt(float(v)),
+            )
+        )
     model = (m.get("config") or {}).get("model") if isinstance(m.get("config"), dict) else None
     if isinstance(model, dict) and model:
         parts += ["<h3>Model settings [model]</h3>", _kv(model)]
@@ -553,19 +673,32 @@ def history_section(history: list[dict], kind: str) -> Section:
     if not rows:
         return Section("Training history", _note("No iterations were recorded."))
     it = np.array([_num(h.get("iteration", n + 1)) for n, h in enumerate(rows)])
-    keys = list(dict.fromkeys(key for h in rows for key, v in h.items()
-                              if key not in ("iteration", "seconds") and not math.isnan(_num(v))))
+    keys = list(
+        dict.fromkeys(
+            key for h in rows for key, v in h.items() if key not in ("iteration", "seconds") and not math.isnan(_num(v))
+        )
+    )
     col = {key: np.array([_num(h.get(key)) for h in rows]) for key in keys}
     radius = 3.0 if len(rows) <= 40 else 0.0
-    series = lambda ks: [_Series(_label(key), it, col[key], SERIES_COLOURS.get(key, PALETTE[n % 10]),  # noqa: E731
-                                 radius=radius) for n, key in enumerate(ks)]
+    series = lambda ks: [
+        _Series(
+            _label(key),
+            it,
+            col[key],
+            SERIES_COLOURS.get(key, PALETTE[n % 10]),
+            radius=radius,
+        )
+        for n, key in enumerate(ks)
+    ]
     errors = [key for key in keys if "rmse" in key or "mae" in key]
     ranking = [key for key in keys if key != "loss" and key not in errors]
     seconds = np.array([_num(h.get("seconds")) for h in rows])
     parts = []
     if np.isfinite(seconds).any():
-        parts.append(f'<p class="lead">{len(rows)} iteration{"s" if len(rows) != 1 else ""}, '
-                     f'{_secs(float(np.nanmean(seconds)))} each on average.</p>')
+        parts.append(
+            f'<p class="lead">{len(rows)} iteration{"s" if len(rows) != 1 else ""}, '
+            f"{_secs(float(np.nanmean(seconds)))} each on average.</p>"
+        )
     finals = []
     for key in keys:
         best = _best_index(col[key], key in LOWER_IS_BETTER or "rmse" in key or "mae" in key)
@@ -573,8 +706,11 @@ def history_section(history: list[dict], kind: str) -> Section:
         finals.append((_label(key), float(last), float(col[key][best]), _Text(_fmt(it[best]))))
     if finals:
         parts.append(_table(["metric", "final", "best", "at iteration"], finals))
-    parts.append(_plot(series(["loss"]), "Objective per iteration", "iteration", "objective", xint=True)
-                 if "loss" in col else _note("The objective was not recorded."))
+    parts.append(
+        _plot(series(["loss"]), "Objective per iteration", "iteration", "objective", xint=True)
+        if "loss" in col
+        else _note("The objective was not recorded.")
+    )
     if errors:
         parts.append(_plot(series(errors), "RMSE per iteration", "iteration", "RMSE", xint=True))
     elif kind == "explicit":
@@ -599,23 +735,38 @@ def _tail(desc: np.ndarray, who: str, title: str) -> str:
         return _note(f"No {who}s.")
     n, share = _top_share(desc, 0.1)
     single = int(np.count_nonzero(desc == 1))
-    text = (f"The top 10% of {who}s ({_fmt(n)}) hold {_pct(share)} of the ratings; the median {who} has "
-            f"{_fmt(float(np.median(desc)))} ratings, and {_fmt(single)} ({_pct(single / desc.size)}) have a single one.")
+    text = (
+        f"The top 10% of {who}s ({_fmt(n)}) hold {_pct(share)} of the ratings; the median {who} has "
+        f"{_fmt(float(np.median(desc)))} ratings, and {_fmt(single)} ({_pct(single / desc.size)}) have a single one."
+    )
     ranks = _sample_ranks(desc.size)
-    return (f'<p class="lead">{_e(text)}</p>' +
-            _plot([_Series(None, ranks + 1, desc[ranks], BLUE)], title, f"{who} rank (1 = most ratings)",
-                  "ratings (log)", ylog=True))
+    return f'<p class="lead">{_e(text)}</p>' + _plot(
+        [_Series(None, ranks + 1, desc[ranks], BLUE)],
+        title,
+        f"{who} rank (1 = most ratings)",
+        "ratings (log)",
+        ylog=True,
+    )
 
 
 def data_section(counts: dict, profile: DataProfile | None) -> Section:
     """What was read and what was kept, and with a profile, what the training ratings look like."""
     c = counts or {}
     n_read = c.get("n_read")
-    rows = [("rows read", "n_read"), ("used (clean)", "n_clean"), ("rejected (see rejected/)", "n_rejected"),
-            ("dropped (rating <= 0)", "n_dropped"), ("duplicates merged", "n_duplicates_merged"),
-            ("training ratings", "n_train"), ("held-out ratings", "n_test")]
-    table = [(label, c.get(key), _Text(_pct(c[key] / n_read) if n_read and c.get(key) is not None else ""))
-             for label, key in rows if key in c]
+    rows = [
+        ("rows read", "n_read"),
+        ("used (clean)", "n_clean"),
+        ("rejected (see rejected/)", "n_rejected"),
+        ("dropped (rating <= 0)", "n_dropped"),
+        ("duplicates merged", "n_duplicates_merged"),
+        ("training ratings", "n_train"),
+        ("held-out ratings", "n_test"),
+    ]
+    table = [
+        (label, c.get(key), _Text(_pct(c[key] / n_read) if n_read and c.get(key) is not None else ""))
+        for label, key in rows
+        if key in c
+    ]
     parts = [_table(["rows", "count", "of rows read"], table) if table else _note("The row counts are not known.")]
     kept = [(label, c[key]) for label, key in rows[1:5] if _num(c.get(key)) == _num(c.get(key))]
     if kept and sum(v for _, v in kept) > 0:
@@ -629,33 +780,50 @@ def data_section(counts: dict, profile: DataProfile | None) -> Section:
 
 def _profile(p: DataProfile) -> str:
     cells = p.n_users * p.n_items
-    lead = (f"{_fmt(p.n_ratings)} {p.kind} ratings by {_fmt(p.n_users)} users of {_fmt(p.n_items)} items: "
-            f"{_pct(p.n_ratings / cells) if cells else 'n/a'} of the user x item matrix is observed.")
+    lead = (
+        f"{_fmt(p.n_ratings)} {p.kind} ratings by {_fmt(p.n_users)} users of {_fmt(p.n_items)} items: "
+        f"{_pct(p.n_ratings / cells) if cells else 'n/a'} of the user x item matrix is observed."
+    )
     edges, counts = np.asarray(p.rating_edges, np.float64), np.asarray(p.rating_counts, np.float64)
     log = bool(edges[0] > 0 and edges[-1] / edges[0] > LOG_SPAN)
-    if counts.size <= MAX_DISTINCT and not log:        # one bar a rating value, named by it
-        hist = _bars([_short(e) for e in edges[:-1]], [(None, counts, BLUE)], "Rating distribution",
-                     "rating", "ratings", fmt=_short)
+    if counts.size <= MAX_DISTINCT and not log:  # one bar a rating value, named by it
+        hist = _bars(
+            [_short(e) for e in edges[:-1]],
+            [(None, counts, BLUE)],
+            "Rating distribution",
+            "rating",
+            "ratings",
+            fmt=_short,
+        )
     else:
-        hist = _bars([f"{_short(a)}-{_short(b)}" for a, b in zip(edges[:-1], edges[1:])], [(None, counts, BLUE)],
-                     "Rating distribution", "rating" + (" (log-spaced bins)" if log else ""), "ratings",
-                     edges=edges, xlog=log)
+        hist = _bars(
+            [f"{_short(a)}-{_short(b)}" for a, b in zip(edges[:-1], edges[1:])],
+            [(None, counts, BLUE)],
+            "Rating distribution",
+            "rating" + (" (log-spaced bins)" if log else ""),
+            "ratings",
+            edges=edges,
+            xlog=log,
+        )
     items = np.sort(np.asarray(p.item_activity))[::-1]
-    return (f'<h3>Training ratings</h3><p class="lead">{_e(lead)}</p>{hist}' +
-            _tail(np.asarray(p.user_activity), "user", "Ratings per user") +
-            _tail(items, "item", "Ratings per item"))
+    return (
+        f'<h3>Training ratings</h3><p class="lead">{_e(lead)}</p>{hist}'
+        + _tail(np.asarray(p.user_activity), "user", "Ratings per user")
+        + _tail(items, "item", "Ratings per item")
+    )
 
 
 @dataclass(frozen=True)
 class RecommendationStats:
     """Where recommendations go, by the items' training popularity (rank 0 = most rated; ties by index)."""
-    n_recommended: int                # recommendations made (entries >= 0)
-    n_distinct: int                   # distinct items recommended
-    coverage: float | None            # n_distinct / n_items
-    decile_share: np.ndarray          # (10,) share of recommendations per popularity decile, 0 = top 10%
-    train_decile_share: np.ndarray    # (10,) share of training ratings per decile, for reference
-    top1: float | None                # share going to the ceil(1%) most popular items
-    top10: float | None               # ... to the ceil(10%) most popular (= decile_share[0])
+
+    n_recommended: int  # recommendations made (entries >= 0)
+    n_distinct: int  # distinct items recommended
+    coverage: float | None  # n_distinct / n_items
+    decile_share: np.ndarray  # (10,) share of recommendations per popularity decile, 0 = top 10%
+    train_decile_share: np.ndarray  # (10,) share of training ratings per decile, for reference
+    top1: float | None  # share going to the ceil(1%) most popular items
+    top10: float | None  # ... to the ceil(10%) most popular (= decile_share[0])
     train_top1: float | None
     train_top10: float | None
 
@@ -670,39 +838,57 @@ def recommendation_stats(recommended_items: np.ndarray, item_activity: np.ndarra
     rank = np.empty(n, np.int64)
     rank[np.argsort(-pop, kind="stable")] = np.arange(n)
     decile = rank * 10 // max(n, 1)
-    share = lambda weights, total: (np.bincount(decile, weights, 10)[:10] / total if total else  # noqa: E731
-                                    np.full(10, np.nan))
+    share = lambda weights, total: np.bincount(decile, weights, 10)[:10] / total if total else np.full(10, np.nan)
     rec_per_item = np.bincount(rec, minlength=n).astype(np.float64)
     top1 = rank * 100 < n
-    frac = lambda weights, total: float(weights[top1].sum() / total) if total else None  # noqa: E731
+    frac = lambda weights, total: float(weights[top1].sum() / total) if total else None
     dec, train = share(rec_per_item, rec.size), share(pop.astype(np.float64), pop.sum())
-    return RecommendationStats(int(rec.size), int(np.unique(rec).size), np.unique(rec).size / n if n else None,
-                               dec, train, frac(rec_per_item, rec.size), float(dec[0]) if rec.size else None,
-                               frac(pop, pop.sum()), float(train[0]) if pop.sum() else None)
+    return RecommendationStats(
+        int(rec.size),
+        int(np.unique(rec).size),
+        np.unique(rec).size / n if n else None,
+        dec,
+        train,
+        frac(rec_per_item, rec.size),
+        float(dec[0]) if rec.size else None,
+        frac(pop, pop.sum()),
+        float(train[0]) if pop.sum() else None,
+    )
 
 
 def recommendations_section(recommended_items: np.ndarray, profile: DataProfile, top_n: int) -> Section:
     """Catalog coverage of the top-N lists and the share of them going to each popularity decile."""
     if profile is None:
         return Section("Recommendations", _note("No data profile: coverage and popularity are not known."))
-    s = recommendation_stats(np.asarray(recommended_items if recommended_items is not None else []),
-                             profile.item_activity)
+    s = recommendation_stats(
+        np.asarray(recommended_items if recommended_items is not None else []), profile.item_activity
+    )
     if s.n_recommended == 0:
         return Section("Recommendations", _note("No recommendations were made."))
-    rows = [(f"recommendations (top-{top_n} lists)", s.n_recommended, _Text("")),
-            ("distinct items recommended", s.n_distinct, _Text("")),
-            ("catalog coverage", _Text(_pct(s.coverage)), _Text("")),
-            ("to the top 1% most rated items", _Text(_pct(s.top1)), _Text(_pct(s.train_top1))),
-            ("to the top 10% most rated items", _Text(_pct(s.top10)), _Text(_pct(s.train_top10)))]
-    lead = (f"{_pct(s.coverage)} of the {_fmt(profile.n_items)} items appear in some top-{top_n} list; the 10% "
-            f"most rated items get {_pct(s.top10)} of the recommendations (they hold {_pct(s.train_top10)} "
-            f"of the training ratings).")
-    chart = _bars([str(d + 1) for d in range(10)],
-                  [("recommendations", s.decile_share, BLUE), ("training ratings", s.train_decile_share, GREY)],
-                  "Recommendations by item popularity decile", "popularity decile (1 = the 10% most rated items)",
-                  "share", fmt=lambda v: f"{v:.0%}")
-    return Section("Recommendations", f'<p class="lead">{_e(lead)}</p>' +
-                   _table(["", "recommendations", "training ratings"], rows) + chart)
+    rows = [
+        (f"recommendations (top-{top_n} lists)", s.n_recommended, _Text("")),
+        ("distinct items recommended", s.n_distinct, _Text("")),
+        ("catalog coverage", _Text(_pct(s.coverage)), _Text("")),
+        ("to the top 1% most rated items", _Text(_pct(s.top1)), _Text(_pct(s.train_top1))),
+        ("to the top 10% most rated items", _Text(_pct(s.top10)), _Text(_pct(s.train_top10))),
+    ]
+    lead = (
+        f"{_pct(s.coverage)} of the {_fmt(profile.n_items)} items appear in some top-{top_n} list; the 10% "
+        f"most rated items get {_pct(s.top10)} of the recommendations (they hold {_pct(s.train_top10)} "
+        f"of the training ratings)."
+    )
+    chart = _bars(
+        [str(d + 1) for d in range(10)],
+        [("recommendations", s.decile_share, BLUE), ("training ratings", s.train_decile_share, GREY)],
+        "Recommendations by item popularity decile",
+        "popularity decile (1 = the 10% most rated items)",
+        "share",
+        fmt=lambda v: f"{v:.0%}",
+    )
+    return Section(
+        "Recommendations",
+        f'<p class="lead">{_e(lead)}</p>' + _table(["", "recommendations", "training ratings"], rows) + chart,
+    )
 
 
 COMPARE = ("rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "fit_seconds")
@@ -729,9 +915,16 @@ def comparison_section(table: pa.Table, k: int) -> Section:
             parts.append(_note(f"No method has a {_label(c, k)}."))
             continue
         b = _best_index(v, c in LOWER_IS_BETTER)
-        parts.append(_bars([methods[i] for i in have], [(None, v[have], [BEST if v[i] == v[b] else BLUE for i in have])],
-                           f"{_label(c, k)} by method ({'lower' if c in LOWER_IS_BETTER else 'higher'} is better)",
-                           xlabel=_label(c, k), horizontal=True, fmt=_short))
+        parts.append(
+            _bars(
+                [methods[i] for i in have],
+                [(None, v[have], [BEST if v[i] == v[b] else BLUE for i in have])],
+                f"{_label(c, k)} by method ({'lower' if c in LOWER_IS_BETTER else 'higher'} is better)",
+                xlabel=_label(c, k),
+                horizontal=True,
+                fmt=_short,
+            )
+        )
     return Section("Method comparison", "".join(parts))
 
 
@@ -765,38 +958,89 @@ def tuning_section(trials: pa.Table, metric: str, lower_is_better: bool, params:
     if b is None:
         return Section("Tuning", _note(f"{len(rows)} trials, and none gave a {name}."))
     settings = ", ".join(f"{p} = {_fmt(rows[b].get(p))}" for p in params)
-    lead = (f"{len(rows)} trials ({n_failed} without a result); best: trial {_fmt(rows[b].get('trial', b))}, "
-            f"{name} {_fmt(v[b])} ({'lower' if lower_is_better else 'higher'} is better)"
-            f"{' at iteration ' + _fmt(rows[b]['best_iteration']) if rows[b].get('best_iteration') is not None else ''}"
-            f"{', with ' + settings if settings else ''}.")
-    tips = [f"trial {_fmt(r.get('trial', n))}: {name} {_fmt(r.get(metric))}" +
-            "".join(f", {p} {_fmt(r.get(p))}" for p in params) for n, r in enumerate(rows)]
+    lead = (
+        f"{len(rows)} trials ({n_failed} without a result); best: trial {_fmt(rows[b].get('trial', b))}, "
+        f"{name} {_fmt(v[b])} ({'lower' if lower_is_better else 'higher'} is better)"
+        f"{' at iteration ' + _fmt(rows[b]['best_iteration']) if rows[b].get('best_iteration') is not None else ''}"
+        f"{', with ' + settings if settings else ''}."
+    )
+    tips = [
+        f"trial {_fmt(r.get('trial', n))}: {name} {_fmt(r.get(metric))}"
+        + "".join(f", {p} {_fmt(r.get(p))}" for p in params)
+        for n, r in enumerate(rows)
+    ]
     running = (np.fmin.accumulate if lower_is_better else np.fmax.accumulate)(v[np.argsort(trial, kind="stable")])
-    best_mark = lambda x: _Series(f"best (trial {_fmt(rows[b].get('trial', b))})", [x[b]], [v[b]], BEST,  # noqa: E731
-                                  width=0, radius=6, tips=[tips[b]])
-    parts = [f'<p class="lead">{_e(lead)}</p>',
-             _plot([_Series("best so far", np.sort(trial), running, GREEN, width=1.5),
-                    _Series("trial", trial, v, BLUE, width=0, radius=3.5, tips=tips), best_mark(trial)],
-                   f"{name} by trial", "trial", name, xint=True)]
+    best_mark = lambda x: _Series(
+        f"best (trial {_fmt(rows[b].get('trial', b))})",
+        [x[b]],
+        [v[b]],
+        BEST,
+        width=0,
+        radius=6,
+        tips=[tips[b]],
+    )
+    parts = [
+        f'<p class="lead">{_e(lead)}</p>',
+        _plot(
+            [
+                _Series("best so far", np.sort(trial), running, GREEN, width=1.5),
+                _Series("trial", trial, v, BLUE, width=0, radius=3.5, tips=tips),
+                best_mark(trial),
+            ],
+            f"{name} by trial",
+            "trial",
+            name,
+            xint=True,
+        ),
+    ]
     small = []
     for p in params:
         x, cats, log = _param_axis([r.get(p) for r in rows])
-        small.append(_plot([_Series(None, x, v, BLUE, width=0, radius=3.5, tips=tips),
-                            _Series(None, [x[b]], [v[b]], BEST, width=0, radius=6)],
-                           f"{name} vs {p}", p + (" (log)" if log else ""), name, xlog=log, xcats=cats, size=SMALL))
+        small.append(
+            _plot(
+                [
+                    _Series(None, x, v, BLUE, width=0, radius=3.5, tips=tips),
+                    _Series(None, [x[b]], [v[b]], BEST, width=0, radius=6),
+                ],
+                f"{name} vs {p}",
+                p + (" (log)" if log else ""),
+                name,
+                xlog=log,
+                xcats=cats,
+                size=SMALL,
+            )
+        )
     if small:
         parts.append('<div class="charts">' + "".join(small) + "</div>")
     curves = [(n, np.array([_num(h) for h in (r.get("history") or [])])) for n, r in enumerate(rows)]
-    lines = [_Series("trials" if n == 0 else None, np.arange(1, h.size + 1), h, BLUE, width=1, opacity=0.45)
-             for n, (_, h) in enumerate(c for c in curves if c[0] != b)]
-    lines.append(_Series(f"best (trial {_fmt(rows[b].get('trial', b))})", np.arange(1, curves[b][1].size + 1),
-                         curves[b][1], BEST, width=2.5))
+    lines = [
+        _Series("trials" if n == 0 else None, np.arange(1, h.size + 1), h, BLUE, width=1, opacity=0.45)
+        for n, (_, h) in enumerate(c for c in curves if c[0] != b)
+    ]
+    lines.append(
+        _Series(
+            f"best (trial {_fmt(rows[b].get('trial', b))})",
+            np.arange(1, curves[b][1].size + 1),
+            curves[b][1],
+            BEST,
+            width=2.5,
+        )
+    )
     parts.append(_plot(lines, f"Validation {name} per iteration", "iteration", name, xint=True))
     order = sorted(range(len(rows)), key=lambda n: (not math.isfinite(v[n]), v[n] if lower_is_better else -v[n]))[:10]
     head = ["", "trial", *params, name, "best iteration", "iterations run", "seconds"]
-    cells = [[_Text(str(j + 1)), rows[n].get("trial"), *(rows[n].get(p) for p in params), rows[n].get(metric),
-              rows[n].get("best_iteration"), rows[n].get("iterations_run"), rows[n].get("seconds")]
-             for j, n in enumerate(order)]
+    cells = [
+        [
+            _Text(str(j + 1)),
+            rows[n].get("trial"),
+            *(rows[n].get(p) for p in params),
+            rows[n].get(metric),
+            rows[n].get("best_iteration"),
+            rows[n].get("iterations_run"),
+            rows[n].get("seconds"),
+        ]
+        for j, n in enumerate(order)
+    ]
     parts += ["<h3>Top trials</h3>", _table(head, cells, {(0, len(params) + 2)})]
     return Section("Tuning", "".join(parts))
 
@@ -811,18 +1055,30 @@ def recommended_indices(recommendations: pa.Table | DataFrame, items) -> np.ndar
     return np.repeat(items.index_of(counts.column("item")), counts.column("count").to_numpy())
 
 
-def training_report(metrics: dict, profile: DataProfile, recommended: np.ndarray, top_n: int,
-                    more: Sequence[Section] = ()) -> str:
+def training_report(
+    metrics: dict, profile: DataProfile, recommended: np.ndarray, top_n: int, more: Sequence[Section] = ()
+) -> str:
     """report.html of a training (or tuning) run: metrics, history, data, recommendations, then `more`."""
     cfg = metrics.get("config") or {}
     model = cfg.get("model") or {}
     source = metrics.get("input") or "a given train / test split"
     title = f"mf_spark: {model.get('kind', '')} model, rank {model.get('rank', '?')}"
-    counts = {k: metrics.get(k) for k in ("n_read", "n_rejected", "n_dropped", "n_duplicates_merged", "n_clean",
-                                          "n_train", "n_test") if metrics.get(k) is not None}
-    return render(title, [metrics_section(metrics), history_section(metrics.get("history") or [], model.get("kind", "")),
-                          data_section(counts, profile), recommendations_section(recommended, profile, top_n), *more],
-                  subtitle=str(source))
+    counts = {
+        k: metrics.get(k)
+        for k in ("n_read", "n_rejected", "n_dropped", "n_duplicates_merged", "n_clean", "n_train", "n_test")
+        if metrics.get(k) is not None
+    }
+    return render(
+        title,
+        [
+            metrics_section(metrics),
+            history_section(metrics.get("history") or [], model.get("kind", "")),
+            data_section(counts, profile),
+            recommendations_section(recommended, profile, top_n),
+            *more,
+        ],
+        subtitle=str(source),
+    )
 
 
 # ---- the page -------------------------------------------------------------------------------------
@@ -873,11 +1129,16 @@ def render(title: str, sections: list[Section], subtitle: str = "") -> str:
     nav = "".join(f'<a href="#s{n}">{_e(s.heading)}</a>' for n, s in enumerate(sections))
     body = "".join(f'<section id="s{n}"><h2>{_e(s.heading)}</h2>{s.html}</section>' for n, s in enumerate(sections))
     sub = f"{_e(subtitle)} &#183; " if subtitle else ""
-    return (f'<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><meta charset="utf-8"/>'
+    return (
+        (
+            f'<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><meta charset="utf-8"/>'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}"/>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"/><title>{_e(title)}</title>'
             f'<style>{CSS}</style></head><body><header><div class="wrap"><h1>{_e(title)}</h1>'
-            f'<p>{sub}generated {when} by mf_spark</p><nav>{nav}</nav></div></header>'
+            f"<p>{sub}generated {when} by mf_spark</p><nav>{nav}</nav></div></header>"
             f'<main class="wrap">{body}</main><footer class="wrap">mf_spark report: a static page, '
-            f'no scripts and no external resources.</footer></body></html>\n'
-            ).encode("ascii", "xmlcharrefreplace").decode("ascii")     # any file encoding reads it
+            f"no scripts and no external resources.</footer></body></html>\n"
+        )
+        .encode("ascii", "xmlcharrefreplace")
+        .decode("ascii")
+    )  # any file encoding reads it

@@ -12,6 +12,7 @@ the model (model.json and factors/) and any other output files the job names. Th
 after the outputs are published: tracking that fails is reported as an error in the log and never
 takes back an output (the job still exits 0).
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,10 @@ def check(cfg: TrackingConfig) -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        raise ConfigError(f"config key tracking.mlflow_uri is {cfg.mlflow_uri!r}, but the mlflow package is not "
-                          f"installed: pip install 'mf_spark[mlflow]' (or leave tracking.mlflow_uri empty)") from None
+        raise ConfigError(
+            f"config key tracking.mlflow_uri is {cfg.mlflow_uri!r}, but the mlflow package is not "
+            f"installed: pip install 'mf_spark[mlflow]' (or leave tracking.mlflow_uri empty)"
+        ) from None
 
 
 def params_of(run: RunConfig) -> dict[str, str]:
@@ -57,9 +60,15 @@ def _local(path: str) -> str | None:
     return parsed.path if parsed.scheme in ("", "file") else None
 
 
-def log_run(cfg: TrackingConfig, run_name: str, run: RunConfig, metrics: dict[str, Any], output: str,
-            artifacts: tuple[str, ...] = ("metrics.json", "report.html", "model.json", "factors"),
-            steps: dict[str, list[tuple[int, float]]] | None = None) -> str | None:
+def log_run(
+    cfg: TrackingConfig,
+    run_name: str,
+    run: RunConfig,
+    metrics: dict[str, Any],
+    output: str,
+    artifacts: tuple[str, ...] = ("metrics.json", "report.html", "model.json", "factors"),
+    steps: dict[str, list[tuple[int, float]]] | None = None,
+) -> str | None:
     """Log one finished run (see the module docstring); returns the MLflow run id, None when tracking
     is off or failed. `metrics`: metrics.json's content (its "history" becomes step metrics);
     `steps`: more step metrics, name -> [(step, value)]; `artifacts`: files and folders of the
@@ -68,6 +77,7 @@ def log_run(cfg: TrackingConfig, run_name: str, run: RunConfig, metrics: dict[st
         return None
     try:
         import mlflow
+
         if cfg.mlflow_uri.startswith("file:") or "://" not in cfg.mlflow_uri:
             # A file store was asked for by name: MLflow 3 refuses it unless this is set.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -75,8 +85,11 @@ def log_run(cfg: TrackingConfig, run_name: str, run: RunConfig, metrics: dict[st
         mlflow.set_experiment(cfg.experiment)
         with mlflow.start_run(run_name=run_name) as active:
             mlflow.log_params(params_of(run))
-            final = {k: float(v) for k, v in metrics.items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "k"}
+            final = {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "k"
+            }
             mlflow.log_metrics(final)
             for entry in metrics.get("history") or []:
                 values = {k: float(entry[k]) for k in STEP_KEYS if isinstance(entry.get(k), (int, float))}
@@ -89,8 +102,11 @@ def log_run(cfg: TrackingConfig, run_name: str, run: RunConfig, metrics: dict[st
             folder = _local(output)
             if folder is None:
                 mlflow.set_tag("mf_spark.output", output)
-                log.info("MLflow: %s is not a local folder; its path is logged as the tag mf_spark.output, "
-                         "its files are not attached", output)
+                log.info(
+                    "MLflow: %s is not a local folder; its path is logged as the tag mf_spark.output, "
+                    "its files are not attached",
+                    output,
+                )
             else:
                 for name in artifacts:
                     path = os.path.join(folder, name)
@@ -102,6 +118,10 @@ def log_run(cfg: TrackingConfig, run_name: str, run: RunConfig, metrics: dict[st
         log.info("MLflow: logged run %s in experiment %r at %s", run_id, cfg.experiment, cfg.mlflow_uri)
         return run_id
     except Exception as e:  # noqa: BLE001 - the outputs are published; tracking must not take them back
-        log.error("MLflow tracking at %s failed, the outputs are published all the same: %s: %s",
-                  cfg.mlflow_uri, type(e).__name__, e)
+        log.error(
+            "MLflow tracking at %s failed, the outputs are published all the same: %s: %s",
+            cfg.mlflow_uri,
+            type(e).__name__,
+            e,
+        )
         return None

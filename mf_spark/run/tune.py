@@ -21,6 +21,7 @@ trial whose fit diverges is recorded with no metric. Settings applied after a fi
 biases' lambda) are not drawn: every trial scores each listed value on its own factors after every
 iteration and keeps the best.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,13 +36,13 @@ import numpy as np
 import pyarrow as pa
 
 from mf_spark import evaluate
-from mf_spark.als import loop as als
 from mf_spark.als import days
+from mf_spark.als import loop as als
 from mf_spark.core.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConfig
 from mf_spark.core.errors import ConfigError, FitDiverged, InputError
-from mf_spark.model.factors import Scorer
-from mf_spark.data.prepare import Ready
 from mf_spark.core.types import Factors
+from mf_spark.data.prepare import Ready
+from mf_spark.model.factors import Scorer
 
 log = logging.getLogger("mf_spark")
 
@@ -100,8 +101,10 @@ def post_fit_values(run: RunConfig) -> dict[str, list[Any]]:
     for key in (k for k in POST_FIT if k in space):
         values = space[key]
         if not isinstance(values, list):
-            raise ConfigError(f"config key tune.space.{key}: a list of values (each is scored on every trial's "
-                              f"factors after every iteration), got a range")
+            raise ConfigError(
+                f"config key tune.space.{key}: a list of values (each is scored on every trial's "
+                f"factors after every iteration), got a range"
+            )
         out[key] = values
     return out
 
@@ -115,15 +118,17 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
     if tune.method == "grid":
         ranges = [k for k, v in space.items() if isinstance(v, dict)]
         if ranges:
-            raise ConfigError(f"config key tune.method: 'grid' needs lists of values; tune.space has ranges "
-                              f"for {', '.join(ranges)} (use random or halving, or list the values)")
+            raise ConfigError(
+                f"config key tune.method: 'grid' needs lists of values; tune.space has ranges "
+                f"for {', '.join(ranges)} (use random or halving, or list the values)"
+            )
         keys = list(space)
         return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
     rng = np.random.default_rng(tune.seed)
     # Trial 0 is the run's own [model] settings: the config as it is competes with the draws.
     out: list[dict[str, Any]] = [{k: getattr(run.model, k) for k in space}]
     seen: set[tuple] = {tuple(sorted(out[0].items()))}
-    for _ in range(trials * 20):            # distinct draws; a small discrete space runs out first
+    for _ in range(trials * 20):  # distinct draws; a small discrete space runs out first
         draw = {k: _draw(v, rng) for k, v in space.items()}
         key = tuple(sorted(draw.items()))
         if key not in seen:
@@ -145,19 +150,27 @@ class Validation:
         self.metric = run.tune.metric_for(kind)
         self.lower_is_better = TUNE_METRICS[self.metric]
         if inner.heldout.n == 0:
-            raise InputError("the validation part of the training ratings is empty: raise "
-                             "tune.validation_fraction or give more training ratings")
+            raise InputError(
+                "the validation part of the training ratings is empty: raise "
+                "tune.validation_fraction or give more training ratings"
+            )
         if self.lower_is_better and kind != "explicit":
-            raise InputError(f"tune.metric = {self.metric!r} scores predicted ratings: implicit models "
-                             f"are scored by ranking (ndcg_at_k, map_at_k, precision_at_k, recall_at_k)")
+            raise InputError(
+                f"tune.metric = {self.metric!r} scores predicted ratings: implicit models "
+                f"are scored by ranking (ndcg_at_k, map_at_k, precision_at_k, recall_at_k)"
+            )
         self.kind, self.heldout = kind, inner.heldout
         self.mean, self.range = inner.stats.mean, (inner.stats.lo, inner.stats.hi) if kind == "explicit" else None
         self.ranking = None
         if not self.lower_is_better:
-            relevant = evaluate.relevant_items(inner.heldout, run.eval.relevant_threshold if kind == "explicit" else None)
+            relevant = evaluate.relevant_items(
+                inner.heldout, run.eval.relevant_threshold if kind == "explicit" else None
+            )
             if relevant.users.size == 0:
-                raise InputError("no validation user has a relevant item known in the fit part: a ranking "
-                                 "metric cannot be measured (raise tune.validation_fraction)")
+                raise InputError(
+                    "no validation user has a relevant item known in the fit part: a ranking "
+                    "metric cannot be measured (raise tune.validation_fraction)"
+                )
             sample = evaluate.sample_users(relevant, run.tune.validation_users, run.tune.seed)
             self.ranking = evaluate.RankingEvaluator(inner.train, sample, inner.items.size, run.eval.k, on_driver=True)
         # Day biases move predicted ratings only: a ranking metric is the same with or without them,
@@ -168,22 +181,25 @@ class Validation:
         if kind != "explicit" or self.ranking is not None:
             self.day_regs = self.day_regs[:1]
         self.days = None
-        if any(v > 0 for v in self.day_regs):      # fitted after every iteration: on the driver where it fits
+        if any(v > 0 for v in self.day_regs):  # fitted after every iteration: on the driver where it fits
             train = days.on_driver(inner.train, inner.stats.n, run.data.front_end_max_mb * 2**20)
             self.days = days.DayFitter(train, run.model.day_length)
         self.spark_free = self.days is None or self.days.spark_free
-        self.day_at = None          # the validation rows' (user, day) positions: the same every call
+        self.day_at = None  # the validation rows' (user, day) positions: the same every call
 
     def __call__(self, factors: Factors) -> tuple[float, dict[str, Any]]:
         """The metric of `factors` with the best of the post-fit values, and those values."""
         best: tuple[float, dict[str, Any]] | None = None
         fitted = self.days.fit(factors, self.day_regs) if self.days is not None else [None] * len(self.day_regs)
         for reg, biases in zip(self.day_regs, fitted):
-            if biases is not None and (self.day_at is None or not self.days.spark_free):   # with_bias's pairs stay
+            if biases is not None and (self.day_at is None or not self.days.spark_free):  # with_bias's pairs stay
                 self.day_at = biases.positions(self.heldout.u, self.heldout.t)
             scorer = Scorer(self.kind, factors, self.mean, self.range, biases)
-            value = evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric] if self.ranking is None \
+            value = (
+                evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric]
+                if self.ranking is None
                 else self.ranking(scorer)[self.metric]
+            )
             if best is None or (value < best[0] if self.lower_is_better else value > best[0]):
                 best = value, {"day_bias_reg": reg} if self.searched else {}
         return best
@@ -193,12 +209,12 @@ class Validation:
 class Trial:
     number: int
     settings: dict[str, Any]
-    history: list[float] = field(default_factory=list)     # validation metric after each iteration
-    post: list[dict[str, Any]] = field(default_factory=list)   # POST_FIT values chosen, per iteration
+    history: list[float] = field(default_factory=list)  # validation metric after each iteration
+    post: list[dict[str, Any]] = field(default_factory=list)  # POST_FIT values chosen, per iteration
     seconds: float = 0.0
-    factors: Factors | None = None       # where it stopped (kept while the halving may go on)
-    stopped: bool = False                # early stop (patience) or divergence: never goes on
-    failed: str = ""                     # why the fit diverged
+    factors: Factors | None = None  # where it stopped (kept while the halving may go on)
+    stopped: bool = False  # early stop (patience) or divergence: never goes on
+    failed: str = ""  # why the fit diverged
 
     @property
     def iterations(self) -> int:
@@ -214,7 +230,7 @@ class Search:
     trials: list[Trial]
     metric: str
     lower_is_better: bool
-    params: list[str]                    # the searched keys, in the space's order
+    params: list[str]  # the searched keys, in the space's order
     best: Trial
 
     @property
@@ -246,8 +262,9 @@ def _model(run: RunConfig, trial: Trial) -> ModelConfig:
     return dataclasses.replace(run.model, **trial.settings, checkpoint_interval=0)
 
 
-def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation,
-             to: int) -> None:
+def _advance(
+    trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation, to: int
+) -> None:
     """Run `trial` on from its factors until it has `to` iterations, its metric stops improving for
     tune.patience iterations, or its fit diverges."""
     cfg = _model(run, trial)
@@ -263,19 +280,35 @@ def _advance(trial: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlock
         since_best = len(trial.history) - 1 - _best_at(trial.history, validate.lower_is_better)
         trial.stopped = since_best >= patience
         return {"validation": value, "stop": trial.stopped}
+
     on_iteration.spark_free = validate.spark_free
     started = time.perf_counter()
     try:
-        fit = als.fit(inner.train, inner.users.size, inner.items.size, dataclasses.replace(cfg, iterations=todo),
-                      on_iteration=on_iteration, stats=inner.stats, initial=trial.factors, blocks=blocks)
+        fit = als.fit(
+            inner.train,
+            inner.users.size,
+            inner.items.size,
+            dataclasses.replace(cfg, iterations=todo),
+            on_iteration=on_iteration,
+            stats=inner.stats,
+            initial=trial.factors,
+            blocks=blocks,
+        )
         trial.factors = fit.factors
     except FitDiverged as e:
         trial.stopped, trial.failed, trial.factors = True, str(e), None
         del trial.history[:], trial.post[:]
     trial.seconds += time.perf_counter() - started
     shown = f"{trial.history[-1]:.5g}" if trial.history else "diverged"
-    log.info("trial %d %s: %s %s after %d iterations%s", trial.number, trial.settings, validate.metric, shown,
-             trial.iterations, " (stopped)" if trial.stopped and trial.history else "")
+    log.info(
+        "trial %d %s: %s %s after %d iterations%s",
+        trial.number,
+        trial.settings,
+        validate.metric,
+        shown,
+        trial.iterations,
+        " (stopped)" if trial.stopped and trial.history else "",
+    )
 
 
 def _value(trial: Trial, validate: Validation) -> float:
@@ -291,25 +324,30 @@ def search(inner: Ready, run: RunConfig) -> Search:
     validate = Validation(inner, run)
     chosen = settings(run)
     trials = [Trial(n, s) for n, s in enumerate(chosen)]
-    for t in trials:            # [tune.space] iterations caps its own trials; max_iterations the others
+    for t in trials:  # [tune.space] iterations caps its own trials; max_iterations the others
         t.settings.setdefault("iterations", tune.max_iterations)
-    ceiling = lambda t: t.settings["iterations"]  # noqa: E731
-    log.info("tuning: %d trials (%s), %s on %d validation ratings", len(trials), tune.method, validate.metric,
-             inner.heldout.n)
+    ceiling = lambda t: t.settings["iterations"]
+    log.info(
+        "tuning: %d trials (%s), %s on %d validation ratings",
+        len(trials),
+        tune.method,
+        validate.metric,
+        inner.heldout.n,
+    )
     with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
         if tune.method == "halving":
             alive, budget = trials, tune.min_iterations
             while alive:
-                for t in alive:     # each keeps its factors: it may go on
+                for t in alive:  # each keeps its factors: it may go on
                     _advance(t, inner, run, blocks, validate, budget)
                 going = [t for t in alive if not t.stopped and t.iterations < ceiling(t)]
                 if not going or budget >= tune.max_iterations:
                     break
                 ranked = sorted(going, key=lambda t: _value(t, validate), reverse=not validate.lower_is_better)
-                keep = ranked[:max(1, math.ceil(len(ranked) / tune.eta))]
+                keep = ranked[: max(1, math.ceil(len(ranked) / tune.eta))]
                 for t in alive:
                     if t not in keep:
-                        t.factors = None        # out of the search: its factors are not needed
+                        t.factors = None  # out of the search: its factors are not needed
                 alive, budget = keep, min(budget * tune.eta, tune.max_iterations)
         else:
             for t in trials:
@@ -317,7 +355,7 @@ def search(inner: Ready, run: RunConfig) -> Search:
                 t.factors = None
     for t in trials:
         t.factors = None
-    pick = min if validate.lower_is_better else max       # the first of equals, as the trials' order
+    pick = min if validate.lower_is_better else max  # the first of equals, as the trials' order
     best = pick((t for t in trials if t.history), key=lambda t: _value(t, validate), default=None)
     if best is None:
         raise InputError(f"every one of the {len(trials)} trials diverged; first: {trials[0].failed}")
@@ -339,15 +377,29 @@ def trials_table(found: Search) -> pa.Table:
     for t in found.trials:
         at = _best_at(t.history, found.lower_is_better) if t.history else None
         chosen = t.chosen(found.lower_is_better)
-        rows.append({"trial": t.number, **{k: chosen.get(k) for k in found.params},
-                     column: None if at is None else t.history[at], "best_iteration": None if at is None else at + 1,
-                     "iterations_run": t.iterations, "seconds": t.seconds, "history": list(t.history),
-                     "failed": t.failed or None})
+        rows.append(
+            {
+                "trial": t.number,
+                **{k: chosen.get(k) for k in found.params},
+                column: None if at is None else t.history[at],
+                "best_iteration": None if at is None else at + 1,
+                "iterations_run": t.iterations,
+                "seconds": t.seconds,
+                "history": list(t.history),
+                "failed": t.failed or None,
+            }
+        )
     types = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
     fields = [("trial", pa.int64())]
     for k in found.params:
         kinds = {type(c[k]) for c in (t.chosen(found.lower_is_better) for t in found.trials) if k in c}
         fields.append((k, pa.float64() if kinds == {int, float} else types[kinds.pop()] if kinds else pa.string()))
-    fields += [(column, pa.float64()), ("best_iteration", pa.int64()), ("iterations_run", pa.int64()),
-               ("seconds", pa.float64()), ("history", pa.list_(pa.float64())), ("failed", pa.string())]
+    fields += [
+        (column, pa.float64()),
+        ("best_iteration", pa.int64()),
+        ("iterations_run", pa.int64()),
+        ("seconds", pa.float64()),
+        ("history", pa.list_(pa.float64())),
+        ("failed", pa.string()),
+    ]
     return pa.Table.from_pylist(rows, pa.schema(fields))

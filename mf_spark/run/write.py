@@ -13,6 +13,7 @@ place and the old one deleted. A run that fails before the swap leaves `DIR` as 
 sees `_SUCCESS` sees complete outputs. That needs an atomic rename, so stores without one (S3, GCS,
 Azure Blob, ADLS without hierarchical namespace) are refused as outputs (`check_output`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,7 @@ from mf_spark.model.factors import FactorModel
 log = logging.getLogger("mf_spark")
 
 HEARTBEAT_SECONDS = 20.0
-STALE_SECONDS = 180.0   # a lease not refreshed for this long (nine missed heartbeats) is abandoned
+STALE_SECONDS = 180.0  # a lease not refreshed for this long (nine missed heartbeats) is abandoned
 # Schemes whose rename is a copy and a delete: neither atomic nor exclusive.
 NON_ATOMIC_SCHEMES = {"s3", "s3a", "s3n", "gs", "wasb", "wasbs", "oss", "cos", "cosn", "obs"}
 ABFS_HNS_KEY = "fs.azure.account.hns.enabled"
@@ -58,11 +59,16 @@ def check_output(spark: SparkSession, output: str) -> str:
     scheme = urlparse(output).scheme.lower() or urlparse(fs.qualify(spark, output)).scheme.lower()
     hns = spark.sparkContext._jsc.hadoopConfiguration().get(ABFS_HNS_KEY)
     if scheme in NON_ATOMIC_SCHEMES or (scheme in ("abfs", "abfss") and str(hns).lower() != "true"):
-        hint = (f" (ADLS Gen2 with a hierarchical namespace renames atomically: set "
-                f"spark.hadoop.{ABFS_HNS_KEY}=true)" if scheme.startswith("abfs") else "")
-        raise InputError(f"--output {output}: {scheme}:// has no atomic rename{hint}, so a reader could see "
-                         f"half-replaced outputs; write to HDFS or a local path and copy the finished "
-                         f"folder (hadoop distcp), or give the output a store with atomic renames")
+        hint = (
+            f" (ADLS Gen2 with a hierarchical namespace renames atomically: set spark.hadoop.{ABFS_HNS_KEY}=true)"
+            if scheme.startswith("abfs")
+            else ""
+        )
+        raise InputError(
+            f"--output {output}: {scheme}:// has no atomic rename{hint}, so a reader could see "
+            f"half-replaced outputs; write to HDFS or a local path and copy the finished "
+            f"folder (hadoop distcp), or give the output a store with atomic renames"
+        )
     qualified = fs.qualify(spark, output).rstrip("/")
     if fs.exists(spark, qualified) and not fs.is_dir(spark, qualified):
         raise InputError(f"--output {output}: exists and is a file, expected a folder (or a new path)")
@@ -96,8 +102,12 @@ class Lease:
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._me = {"owner": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self._me = {
+            "owner": self.token,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
 
     def _holder(self) -> dict[str, Any] | None:
         """The lock file's content; {} while it is being written or unreadable, None when absent."""
@@ -116,8 +126,9 @@ class Lease:
         if age is not None and age > STALE_SECONDS:
             return True
         pid = holder.get("pid")
-        return holder.get("host") == self._me["host"] and isinstance(pid, int) and pid != os.getpid() \
-            and not _alive(pid)
+        return (
+            holder.get("host") == self._me["host"] and isinstance(pid, int) and pid != os.getpid() and not _alive(pid)
+        )
 
     def _write(self) -> None:
         self._beats += 1
@@ -125,7 +136,7 @@ class Lease:
 
     def acquire(self) -> "Lease":
         """Take the lease, or raise LeaseHeld naming the live holder."""
-        for _ in range(20):      # each pass either takes the lease or sees a takeover by someone else
+        for _ in range(20):  # each pass either takes the lease or sees a takeover by someone else
             self._beats = 1
             if fs.create_new(self.spark, self.path, json.dumps(dict(self._me, beat=self._beats))):
                 self._thread = threading.Thread(target=self._heartbeat, name="mf_spark-lease", daemon=True)
@@ -133,18 +144,24 @@ class Lease:
                 return self
             holder = self._holder()
             if holder is None:
-                continue                       # released meanwhile
+                continue  # released meanwhile
             if not self._stale(holder):
                 raise LeaseHeld(
                     f"another run is using {self.output}: pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')}, started {holder.get('started', '?')} (lease {self.path}, "
                     f"refreshed every {HEARTBEAT_SECONDS:.0f}s; taken over once not refreshed for "
-                    f"{STALE_SECONDS:.0f}s)")
+                    f"{STALE_SECONDS:.0f}s)"
+                )
             # Renaming is atomic: of several runs taking over one stale lease, one wins.
             grave = f"{self.path}.stale-{self.token}"
             if fs.rename(self.spark, self.path, grave):
-                log.warning("took over the lease of a dead run on %s (pid %s on %s, started %s)", self.output,
-                            holder.get("pid", "?"), holder.get("host", "?"), holder.get("started", "?"))
+                log.warning(
+                    "took over the lease of a dead run on %s (pid %s on %s, started %s)",
+                    self.output,
+                    holder.get("pid", "?"),
+                    holder.get("host", "?"),
+                    holder.get("started", "?"),
+                )
                 fs.delete(self.spark, grave)
         raise LeaseHeld(f"could not take the lease {self.path}: other runs keep taking it")
 
@@ -164,14 +181,16 @@ class Lease:
             holder = self._holder()
             if holder is not None and holder.get("owner") == self.token:
                 return
-            if holder == {}:          # being rewritten by our own heartbeat, or unreadable: look again
+            if holder == {}:  # being rewritten by our own heartbeat, or unreadable: look again
                 time.sleep(0.05)
                 holder = self._holder()
                 if holder is not None and holder.get("owner") == self.token:
                     return
             who = "nobody" if not holder else f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-            self._lost = (f"this run lost its lease on {self.output} (now held by {who}): it was not "
-                          f"refreshed for over {STALE_SECONDS:.0f}s; nothing was published")
+            self._lost = (
+                f"this run lost its lease on {self.output} (now held by {who}): it was not "
+                f"refreshed for over {STALE_SECONDS:.0f}s; nothing was published"
+            )
         raise LeaseLost(self._lost)
 
     def release(self) -> None:
@@ -215,10 +234,17 @@ def _recover(spark: SparkSession, output: str) -> None:
 
 
 # ---- publishing ---------------------------------------------------------------------------------------
-def publish(spark: SparkSession, output: str, model: FactorModel, recommendations: DataFrame | pa.Table,
-            metrics: dict[str, Any] | Callable[[], dict[str, Any]], rejected: DataFrame | pa.Table | None,
-            model_extra: dict[str, Any], lease: Lease | None = None,
-            more: Callable[[str, dict[str, Any]], None] | None = None) -> str:
+def publish(
+    spark: SparkSession,
+    output: str,
+    model: FactorModel,
+    recommendations: DataFrame | pa.Table,
+    metrics: dict[str, Any] | Callable[[], dict[str, Any]],
+    rejected: DataFrame | pa.Table | None,
+    model_extra: dict[str, Any],
+    lease: Lease | None = None,
+    more: Callable[[str, dict[str, Any]], None] | None = None,
+) -> str:
     """Write factors, recommendations, metrics.json, model.json, rejected/ (if any), _SUCCESS.
 
     `metrics` may be a function, called when metrics.json is written (last but `more` and
@@ -230,6 +256,7 @@ def publish(spark: SparkSession, output: str, model: FactorModel, recommendation
     tables) unless the output is local and the data on the driver (then pyarrow writes it); the rest
     are small driver-side files. Returns the qualified output path.
     """
+
     def write_all(staging: str) -> None:
         fault_point("model")
         model.save(staging, spark, extra=model_extra)
@@ -243,11 +270,11 @@ def publish(spark: SparkSession, output: str, model: FactorModel, recommendation
         fs.write_json(spark, posixpath.join(staging, "metrics.json"), body)
         if more is not None:
             more(staging, body)
+
     return publish_with(spark, output, write_all, lease)
 
 
-def publish_with(spark: SparkSession, output: str, write_all: Callable[[str], None],
-                 lease: Lease | None = None) -> str:
+def publish_with(spark: SparkSession, output: str, write_all: Callable[[str], None], lease: Lease | None = None) -> str:
     """Run `write_all(staging_folder)`, add _SUCCESS, then swap the staging folder into `output`.
 
     Takes the output's lease for the swap unless the caller holds it (`lease`). On any failure the

@@ -15,6 +15,7 @@ rows are collected to the driver (as with broadcast), which keeps the model, the
 metrics and the checkpoints; executors hold only their blocks and routed rows. Factor RDDs are
 re-seeded from the driver's copy every `reseed_every` iterations so that lineage stays short.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,12 +30,17 @@ OTHER = {"user": "item", "item": "user"}
 
 def _routes(dst_blocks: RDD, n_src: int) -> RDD:
     """Per source block s (partition s, exactly one record): [(d, rows of s that block d rates)]."""
+
     def needs(blk: CsrBlock):
         cols = np.unique(blk.cols)
         owner = cols % n_src
         return [(int(s), (blk.block, cols[owner == s])) for s in np.unique(owner)]
-    return (dst_blocks.flatMap(needs).partitionBy(n_src, lambda s: s)
-            .mapPartitions(lambda it: [sorted((v for _, v in it), key=lambda dv: dv[0])], preservesPartitioning=True))
+
+    return (
+        dst_blocks.flatMap(needs)
+        .partitionBy(n_src, lambda s: s)
+        .mapPartitions(lambda it: [sorted((v for _, v in it), key=lambda dv: dv[0])], preservesPartitioning=True)
+    )
 
 
 def _send(pair):
@@ -43,15 +49,16 @@ def _send(pair):
     for d, rows in routes:
         pos = np.searchsorted(ids, rows)
         if rows.size and (pos.max() >= ids.size or np.any(ids[pos] != rows)):
-            raise RuntimeError(f"factor block lacks {int(np.sum(ids[np.minimum(pos, ids.size - 1)] != rows))} "
-                               f"routed rows")
+            raise RuntimeError(
+                f"factor block lacks {int(np.sum(ids[np.minimum(pos, ids.size - 1)] != rows))} routed rows"
+            )
         out.append((d, (rows, F[pos], None if bias is None else bias[pos])))
     return out
 
 
 def _solver(spec: SolveSpec, gram: np.ndarray | None, k: int):
     def solve(pair):
-        if spec.cg_steps:       # ((rating block, routed rows), the block's current factors)
+        if spec.cg_steps:  # ((rating block, routed rows), the block's current factors)
             (blk, received), (_, F0, b0, _) = pair
             x0 = start_point(F0, b0, spec)
         else:
@@ -69,6 +76,7 @@ def _solver(spec: SolveSpec, gram: np.ndarray | None, k: int):
         local = np.searchsorted(gids, blk.cols).astype(np.int32)
         sol = solve_block(blk.indptr, local, blk.values, Y, spec, fixed_bias=fb, gram=gram, x0=x0)
         return blk.row_ids, sol.factors, sol.bias, (sol.data_loss, sol.reg_loss, sol.sq_err)
+
     return solve
 
 
@@ -89,8 +97,9 @@ class Routed(Engine):
         self.sc, self.blocks, self.spec = sc, blocks, spec
         self.n = {side: rdd.getNumPartitions() for side, rdd in blocks.items()}
         # routes[s] serves the half-step that solves OTHER[s] from side s's factors
-        self.routes = {side: _routes(blocks[OTHER[side]], self.n[side]).persist(StorageLevel.MEMORY_AND_DISK)
-                       for side in blocks}
+        self.routes = {
+            side: _routes(blocks[OTHER[side]], self.n[side]).persist(StorageLevel.MEMORY_AND_DISK) for side in blocks
+        }
         self.factors: dict[str, RDD | None] = {"user": None, "item": None}
         self.age = {"user": 0, "item": 0}
         self.row_ids: dict[str, list[np.ndarray]] = {}
@@ -102,19 +111,23 @@ class Routed(Engine):
         return row_counts(self.blocks[side], n_rows)
 
     def close(self) -> None:
-        for rdd in (list(self.routes.values()) + [f for f in self.factors.values() if f is not None]
-                    + list(self.blocks.values())):
+        for rdd in (
+            list(self.routes.values())
+            + [f for f in self.factors.values() if f is not None]
+            + list(self.blocks.values())
+        ):
             rdd.unpersist()
 
     def _seed(self, side: str, F: np.ndarray, bias: np.ndarray | None) -> RDD:
         """Factor blocks of `side` from the driver's arrays: partition b holds the rows of rating block b."""
-        if side not in self.row_ids:    # one small collect per side per fit, reused by every re-seed
+        if side not in self.row_ids:  # one small collect per side per fit, reused by every re-seed
             self.row_ids[side] = self.blocks[side].map(lambda blk: blk.row_ids).collect()
         slices = [(ids, F[ids], None if bias is None else bias[ids], None) for ids in self.row_ids[side]]
         return self.sc.parallelize(slices, self.n[side]).persist(StorageLevel.MEMORY_AND_DISK)
 
-    def half_step(self, side: str, n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None,
-                  previous: HalfStepResult) -> HalfStepResult:
+    def half_step(
+        self, side: str, n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None, previous: HalfStepResult
+    ) -> HalfStepResult:
         src = OTHER[side]
         if self.factors[src] is None or self.age[src] >= self.reseed_every:
             old = self.factors[src]
@@ -124,10 +137,11 @@ class Routed(Engine):
                 old.unpersist()
         k = fixed.shape[1]
         gram = gramian(fixed, self.spec)
-        routed = _one_per_partition(self.factors[src].zip(self.routes[src]).flatMap(_send)
-                                    .partitionBy(self.n[side], lambda d: d))
+        routed = _one_per_partition(
+            self.factors[src].zip(self.routes[src]).flatMap(_send).partitionBy(self.n[side], lambda d: d)
+        )
         pairs, age = self.blocks[side].zip(routed), self.age[src]
-        if self.spec.cg_steps:      # conjugate gradients start from the solved side's current factors
+        if self.spec.cg_steps:  # conjugate gradients start from the solved side's current factors
             if self.factors[side] is None or self.age[side] >= self.reseed_every:
                 stale = self.factors[side]
                 self.factors[side] = self._seed(side, previous.factors, previous.bias)

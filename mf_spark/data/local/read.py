@@ -12,6 +12,7 @@ whose schemas differ, a column type validation would treat as text) raises `Unre
 caller reads the input with Spark instead, which reports every such row as Spark always has. So the
 rows, and every row's values, are those `read.ratings` gives.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,13 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from mf_spark.data import read
 from mf_spark.core.config import DataConfig
 from mf_spark.core.types import ITEM, RATING, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.data import read
 
 COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
 _ID_TYPES = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string)
-_BLOCK = 64 << 20      # bytes of a file pyarrow parses at a time
+_BLOCK = 64 << 20  # bytes of a file pyarrow parses at a time
 
 
 class Unreadable(Exception):
@@ -75,8 +76,9 @@ def table(path: str, fmt: str, cfg: DataConfig) -> pa.Table:
 
 def _uri(name: str) -> str:
     """The file's URI as Spark's _metadata.file_path gives it: file:/a/b%20c.csv (non-ASCII kept)."""
-    return "file:" + "".join(c if ord(c) > 127 else quote(c, safe="/:@!$&'()*+,;=-._~")
-                             for c in str(Path(name).absolute()))
+    return "file:" + "".join(
+        c if ord(c) > 127 else quote(c, safe="/:@!$&'()*+,;=-._~") for c in str(Path(name).absolute())
+    )
 
 
 def _with_meta(parts: list[tuple[str, pa.Table]]) -> pa.Table:
@@ -85,8 +87,9 @@ def _with_meta(parts: list[tuple[str, pa.Table]]) -> pa.Table:
     for name, t in parts:
         n = t.num_rows
         source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([_uri(name)]))
-        tables.append(t.append_column(SOURCE, source)
-                      .append_column(ROW, pa.array(np.arange(start, start + n, dtype=np.int64))))
+        tables.append(
+            t.append_column(SOURCE, source).append_column(ROW, pa.array(np.arange(start, start + n, dtype=np.int64)))
+        )
         start += n
     try:
         return pa.concat_tables(tables)
@@ -105,13 +108,14 @@ def _parquet_column(t: pa.Table, key: str, name: str | None, source: str) -> pa.
             raise Unreadable(f"{source}: {key} column {name!r} of type {kind}")
         return col.cast(pa.int64()) if pa.types.is_integer(kind) else col.cast(pa.string())
     if key == RATING:
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)) \
-                or pa.types.is_uint64(kind):
+        if not (
+            pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+        ) or pa.types.is_uint64(kind):
             raise Unreadable(f"{source}: rating column {name!r} of type {kind}")
         return col
     if pa.types.is_integer(kind) and not pa.types.is_uint64(kind):
         return col.cast(pa.int64())
-    if pa.types.is_timestamp(kind) and kind.tz is not None:      # Spark's TimestampType: unix_seconds
+    if pa.types.is_timestamp(kind) and kind.tz is not None:  # Spark's TimestampType: unix_seconds
         micros = col.cast(pa.timestamp("us", tz=kind.tz)).cast(pa.int64())
         seconds = np.floor_divide(micros.to_numpy(zero_copy_only=False), 1_000_000)
         return pa.array(seconds, pa.int64(), mask=micros.is_null().to_numpy(zero_copy_only=False))
@@ -139,8 +143,7 @@ def _parquet(names: list[str], cfg: DataConfig, source: str) -> pa.Table:
         elif not f.schema_arrow.equals(schema):
             raise Unreadable(f"{name}: its schema differs from {names[0]}'s")
         t = f.read(columns=sorted({c for c in chosen if c is not None}))
-        parts.append((name, pa.table({key: _parquet_column(t, key, c, name)
-                                      for key, c in zip(COLUMNS, chosen)})))
+        parts.append((name, pa.table({key: _parquet_column(t, key, c, name) for key, c in zip(COLUMNS, chosen)})))
     return _with_meta(parts)
 
 
@@ -167,7 +170,7 @@ def _text(names: list[str], fmt: str, lines: tuple[str, ...], cfg: DataConfig, s
     parts = []
     for name in names:
         t = _read_text(name, sep, quoted, width, header, first_line)
-        if fmt == "movielens":    # "a::b" read with ":" is a, "", b: the odd fields must be empty
+        if fmt == "movielens":  # "a::b" read with ":" is a, "", b: the odd fields must be empty
             odd = [t.column(j) for j in range(1, width, 2)]
             if any(c.null_count != len(c) and pc.any(pc.not_equal(c, "")).as_py() for c in odd):
                 raise Unreadable(f"{name}: a value holds ':'")
@@ -186,23 +189,33 @@ def _read_text(name: str, sep: str, quoted: bool, width: int, header: bool, firs
     if header:
         with read._open_text(name) as fh:
             own = next((line.rstrip("\r\n") for line in fh if line.strip()), None)
-        if own != first_line:      # Spark drops each file's header: a file without one differs
+        if own != first_line:  # Spark drops each file's header: a file without one differs
             raise Unreadable(f"{name}: its first line is not the header {first_line!r}")
     try:
         t = pcsv.read_csv(
             name,
-            read_options=pcsv.ReadOptions(skip_rows=1 if header else 0, autogenerate_column_names=True,
-                                          block_size=_BLOCK),
-            parse_options=pcsv.ParseOptions(delimiter=sep, quote_char='"' if quoted else False,
-                                            double_quote=quoted, escape_char=False, newlines_in_values=False),
-            convert_options=pcsv.ConvertOptions(column_types={f"f{j}": pa.string() for j in range(width)},
-                                                strings_can_be_null=quoted, quoted_strings_can_be_null=quoted,
-                                                null_values=[""]))
+            read_options=pcsv.ReadOptions(
+                skip_rows=1 if header else 0, autogenerate_column_names=True, block_size=_BLOCK
+            ),
+            parse_options=pcsv.ParseOptions(
+                delimiter=sep,
+                quote_char='"' if quoted else False,
+                double_quote=quoted,
+                escape_char=False,
+                newlines_in_values=False,
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types={f"f{j}": pa.string() for j in range(width)},
+                strings_can_be_null=quoted,
+                quoted_strings_can_be_null=quoted,
+                null_values=[""],
+            ),
+        )
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
         raise Unreadable(f"{name}: {e}") from None
     if t.num_columns != width:
         raise Unreadable(f"{name}: {t.num_columns} fields per row, expected {width}")
-    if quoted:    # Spark's CSV reader escapes with a backslash: any quote or backslash left differs
+    if quoted:  # Spark's CSV reader escapes with a backslash: any quote or backslash left differs
         for j in range(width):
             col = t.column(j)
             if pc.any(pc.match_substring_regex(col, r'["\\]')).as_py():

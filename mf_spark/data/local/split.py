@@ -1,16 +1,17 @@
 """`split.flag` on the driver: the same rows go to test, by the same hash (kernels.hashing) and the
 same per-user ranks, so a run gives the same split whichever front end read its input."""
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mf_spark.data import split as spark_split
 from mf_spark.core.config import SplitConfig
 from mf_spark.core.errors import ConfigError, InputError
-from mf_spark.kernels import compiled
 from mf_spark.core.types import ITEM, RATING, TIMESTAMP, USER
+from mf_spark.data import split as spark_split
+from mf_spark.kernels import compiled
 
 
 def _utf8(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -18,7 +19,7 @@ def _utf8(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     text = (values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values).cast(pa.large_string())
     if text.null_count:
         raise ValueError("uniform_hash: null IDs cannot be hashed")
-    offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset:text.offset + len(text) + 1]
+    offsets = np.frombuffer(text.buffers()[1], np.int64)[text.offset : text.offset + len(text) + 1]
     data = text.buffers()[2]
     return (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)), offsets
 
@@ -51,14 +52,16 @@ def test_mask(ratings: pa.Table, cfg: SplitConfig) -> np.ndarray:
     if cfg.method == "random":
         return h < f
     user = pc.dictionary_encode(users.combine_chunks()).indices.to_numpy().astype(np.int64)
-    tail = (ratings.column(RATING).to_numpy(), _text_rank(items.combine_chunks()))   # lexsort: last key first
+    tail = (ratings.column(RATING).to_numpy(), _text_rank(items.combine_chunks()))  # lexsort: last key first
     if cfg.method == "per_user":
         order = np.lexsort((*tail, h, user))
     else:
         ts = ratings.column(TIMESTAMP)
         if ts.null_count == len(ts):
-            raise InputError("split.method = 'temporal' needs timestamps, but every timestamp is null; "
-                             "set data.timestamp_col or use split.method = per_user")
+            raise InputError(
+                "split.method = 'temporal' needs timestamps, but every timestamp is null; "
+                "set data.timestamp_col or use split.method = per_user"
+            )
         has = ts.is_valid().to_numpy(zero_copy_only=False)
         stamp = ts.fill_null(0).to_numpy().astype(np.int64)
         # Latest first, rows without a timestamp after the user's timestamped rows; ties by h, latest first.

@@ -6,6 +6,7 @@ The one thing it cannot decide alone is whether some texts are numbers to Spark 
 [e[+-]digits], or inf / infinity / nan in Spark's spellings) but has a digit raises `Unreadable`, and
 the caller validates with Spark instead. A value with no digit is not a number to either.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,25 +15,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mf_spark.data import validate as spark_rules
 from mf_spark.core.config import DataConfig
 from mf_spark.core.errors import ConfigError, InputError
-from mf_spark.data.local.read import Unreadable
 from mf_spark.core.types import ITEM, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.data import validate as spark_rules
+from mf_spark.data.local.read import Unreadable
 
 _NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _INTEGER = r"^[+-]?[0-9]+$"
 _CANONICAL = r"^(0|-?[1-9][0-9]{0,18})$"
-_SPECIAL = {"inf": np.inf, "+inf": np.inf, "infinity": np.inf, "+infinity": np.inf,
-            "-inf": -np.inf, "-infinity": -np.inf, "nan": np.nan}
-_INT64 = 2.0 ** 63
+_SPECIAL = {
+    "inf": np.inf,
+    "+inf": np.inf,
+    "infinity": np.inf,
+    "+infinity": np.inf,
+    "-inf": -np.inf,
+    "-infinity": -np.inf,
+    "nan": np.nan,
+}
+_INT64 = 2.0**63
 
 
 @dataclass
 class Clean:
-    ratings: pa.Table        # user, item (int64 or string), rating float64, timestamp int64 [, _part]
-    rejected: pa.Table       # _source, _row, user, item, rating, timestamp (raw texts), reason
-    counts: dict[str, int]   # as validate.Cleaned.counts
+    ratings: pa.Table  # user, item (int64 or string), rating float64, timestamp int64 [, _part]
+    rejected: pa.Table  # _source, _row, user, item, rating, timestamp (raw texts), reason
+    counts: dict[str, int]  # as validate.Cleaned.counts
 
 
 def _np(a: pa.Array | pa.ChunkedArray, fill=None) -> np.ndarray:
@@ -106,10 +114,12 @@ def _parse_double(col: pa.Array, what: str, nulls: tuple[str, ...]) -> tuple[np.
         value[where[special]] = [_SPECIAL[w] for w in lower[special]]
         parsed[where[special]] = True
         rest = where[~special]
-        if rest.size and (_digits(text.take(pa.array(rest))).any()
-                          or any(("nan" in w or "inf" in w) for w in lower[~special])):
-            raise Unreadable(f"{what} values only Spark can tell are numbers or not, e.g. "
-                             f"{text[int(rest[0])].as_py()!r}")
+        if rest.size and (
+            _digits(text.take(pa.array(rest))).any() or any(("nan" in w or "inf" in w) for w in lower[~special])
+        ):
+            raise Unreadable(
+                f"{what} values only Spark can tell are numbers or not, e.g. {text[int(rest[0])].as_py()!r}"
+            )
     return missing, value, parsed
 
 
@@ -142,8 +152,9 @@ def _timestamp(col: pa.Array, nulls: tuple[str, ...]) -> tuple[np.ndarray, np.nd
     return missing, value, parsed
 
 
-def _reasons(user: pa.Array, item: pa.Array, r_missing, r_parsed, rating, t_missing, t_parsed,
-             kind: str, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def _reasons(
+    user: pa.Array, item: pa.Array, r_missing, r_parsed, rating, t_missing, t_parsed, kind: str, cfg: DataConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(reason index or -1, rejected, dropped) per row: the first reason that applies, in
     validate._flag's order; and the reasons' texts."""
     conditions = [
@@ -178,29 +189,37 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
         raise ConfigError(f"config key model.kind: got {kind!r}, expected one of {spark_rules.KINDS}")
     n = raw.num_rows
     col = {c: raw.column(c).combine_chunks() for c in (USER, ITEM, RATING, TIMESTAMP)}
-    part = (_np(raw.column(PART), 0).astype(np.int64, copy=False) if PART in raw.column_names
-            else np.zeros(n, np.int64))
+    part = _np(raw.column(PART), 0).astype(np.int64, copy=False) if PART in raw.column_names else np.zeros(n, np.int64)
     nulls = tuple(cfg.null_values)
     user, user_int = _id_key(col[USER], nulls)
     item, item_int = _id_key(col[ITEM], nulls)
     r_missing, rating, r_parsed = _parse_double(col[RATING], "rating", nulls)
     r_parsed &= ~r_missing
     t_missing, ts, t_parsed = _timestamp(col[TIMESTAMP], nulls)
-    reason, rejected, dropped, texts = _reasons(user, item, r_missing, r_parsed, rating, t_missing, t_parsed,
-                                                kind, cfg)
+    reason, rejected, dropped, texts = _reasons(user, item, r_missing, r_parsed, rating, t_missing, t_parsed, kind, cfg)
     valid = ~rejected & ~dropped
     row = _np(raw.column(ROW))
 
     def rejected_rows(mask: np.ndarray) -> pa.Table:
         at = pa.array(np.flatnonzero(mask))
         order = np.argsort(row[mask], kind="stable")
-        t = pa.table({SOURCE: raw.column(SOURCE).take(at).cast(pa.string()), ROW: raw.column(ROW).take(at),
-                      USER: as_text(col[USER].take(at)), ITEM: as_text(col[ITEM].take(at)),
-                      RATING: as_text(col[RATING].take(at)),
-                      TIMESTAMP: (as_text(col[TIMESTAMP].take(at)) if not pa.types.is_null(col[TIMESTAMP].type)
-                                  else pa.nulls(int(mask.sum()), pa.string())),
-                      REASON: pa.array(np.array(texts, dtype=object)[reason[mask]].tolist() if mask.any() else [],
-                                       pa.string())})
+        t = pa.table(
+            {
+                SOURCE: raw.column(SOURCE).take(at).cast(pa.string()),
+                ROW: raw.column(ROW).take(at),
+                USER: as_text(col[USER].take(at)),
+                ITEM: as_text(col[ITEM].take(at)),
+                RATING: as_text(col[RATING].take(at)),
+                TIMESTAMP: (
+                    as_text(col[TIMESTAMP].take(at))
+                    if not pa.types.is_null(col[TIMESTAMP].type)
+                    else pa.nulls(int(mask.sum()), pa.string())
+                ),
+                REASON: pa.array(
+                    np.array(texts, dtype=object)[reason[mask]].tolist() if mask.any() else [], pa.string()
+                ),
+            }
+        )
         return t.take(pa.array(order))
 
     parts = np.unique(part)
@@ -209,24 +228,31 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
     per_part = {}
     for p in parts:
         in_p = part == p
-        per_part[int(p)] = {"n_read": int(in_p.sum()), "n_rejected": int((rejected & in_p).sum()),
-                            "n_dropped": int((dropped & in_p).sum()), "n_valid": int((valid & in_p).sum())}
+        per_part[int(p)] = {
+            "n_read": int(in_p.sum()),
+            "n_rejected": int((rejected & in_p).sum()),
+            "n_dropped": int((dropped & in_p).sum()),
+            "n_valid": int((valid & in_p).sum()),
+        }
     for p, c in sorted(per_part.items()):
         if c["n_rejected"] / c["n_read"] > cfg.max_bad_fraction:
             raise _too_dirty(rejected_rows(rejected & (part == p)), c["n_rejected"], c["n_read"], cfg)
     c = {k: sum(pp[k] for pp in per_part.values()) for k in ("n_read", "n_rejected", "n_dropped", "n_valid")}
     if c["n_valid"] == 0 or any(pp["n_valid"] == 0 for pp in per_part.values()):
-        raise InputError(f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
-                         f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')")
-    if c["n_valid"] == n:                 # the usual case: every row is valid, nothing to select
+        raise InputError(
+            f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
+            f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')"
+        )
+    if c["n_valid"] == n:  # the usual case: every row is valid, nothing to select
         sources, ids = raw.column(SOURCE), (user, item)
-        picked = lambda a: a  # noqa: E731
+        picked = lambda a: a
     else:
         keep = pa.array(np.flatnonzero(valid))
         sources, ids = raw.column(SOURCE).take(keep), (user.take(keep), item.take(keep))
-        picked = lambda a: a[valid]  # noqa: E731
-    merged, n_clean, dup_first = _merge(picked(part), *ids, picked(rating), picked(ts), ~picked(t_missing),
-                                        picked(row), cfg.duplicates_policy(kind))
+        picked = lambda a: a[valid]
+    merged, n_clean, dup_first = _merge(
+        picked(part), *ids, picked(rating), picked(ts), ~picked(t_missing), picked(row), cfg.duplicates_policy(kind)
+    )
     n_duplicates = c["n_valid"] - n_clean
     if n_duplicates and cfg.duplicates_policy(kind) == "error":
         raise _duplicate_error(dup_first, sources, n_duplicates)
@@ -236,8 +262,13 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
             merged = merged.set_column(at, name, merged.column(name).cast(pa.int64()))
     if PART not in raw.column_names:
         merged = merged.drop_columns([PART])
-    counts = {"n_read": c["n_read"], "n_rejected": c["n_rejected"], "n_dropped": c["n_dropped"],
-              "n_duplicates_merged": n_duplicates, "n_clean": n_clean}
+    counts = {
+        "n_read": c["n_read"],
+        "n_rejected": c["n_rejected"],
+        "n_dropped": c["n_dropped"],
+        "n_duplicates_merged": n_duplicates,
+        "n_clean": n_clean,
+    }
     return Clean(merged, rejected_rows(rejected), counts)
 
 
@@ -250,21 +281,32 @@ def _merge(part, user, item, rating, ts, has_ts, row, policy):
     pairs as (user, item, count, first row index into the valid rows) ordered by first row)."""
     u_all, i_all = _codes(user), _codes(item)
     n_u, n_i = int(u_all.max(initial=0)) + 1, int(i_all.max(initial=0)) + 1
-    if (int(part.max(initial=0)) + 1) * n_u * n_i < 2**62:    # the usual case: no pair repeats
+    if (int(part.max(initial=0)) + 1) * n_u * n_i < 2**62:  # the usual case: no pair repeats
         key = np.sort((part * n_u + u_all) * n_i + i_all)
         if not (key[1:] == key[:-1]).any():
-            return pa.table({USER: user, ITEM: item, RATING: pa.array(rating, pa.float64()),
-                             TIMESTAMP: pa.array(ts, pa.int64(), mask=~has_ts),
-                             PART: pa.array(part, pa.int32())}), int(key.size), []
+            return (
+                pa.table(
+                    {
+                        USER: user,
+                        ITEM: item,
+                        RATING: pa.array(rating, pa.float64()),
+                        TIMESTAMP: pa.array(ts, pa.int64(), mask=~has_ts),
+                        PART: pa.array(part, pa.int32()),
+                    }
+                ),
+                int(key.size),
+                [],
+            )
     order = np.lexsort((row, np.where(has_ts, ts, np.iinfo(np.int64).min), has_ts, i_all, u_all, part))
     u_c, i_c = u_all[order], i_all[order]
     p_s = part[order]
-    starts = np.flatnonzero(np.concatenate([[True], (p_s[1:] != p_s[:-1]) | (u_c[1:] != u_c[:-1])
-                                            | (i_c[1:] != i_c[:-1])]))
+    starts = np.flatnonzero(
+        np.concatenate([[True], (p_s[1:] != p_s[:-1]) | (u_c[1:] != u_c[:-1]) | (i_c[1:] != i_c[:-1])])
+    )
     sizes = np.diff(np.append(starts, order.size))
     last = starts + sizes - 1
     r_s, t_s, h_s = rating[order], ts[order], has_ts[order]
-    if policy == "last":            # sorted by (timestamp, nulls first; row): each group's last wins
+    if policy == "last":  # sorted by (timestamp, nulls first; row): each group's last wins
         value, stamp, stamped = r_s[last], t_s[last], h_s[last]
     else:
         sums = np.add.reduceat(r_s, starts)
@@ -272,13 +314,22 @@ def _merge(part, user, item, rating, ts, has_ts, row, policy):
         stamped = np.logical_or.reduceat(h_s, starts)
         stamp = np.maximum.reduceat(np.where(h_s, t_s, np.iinfo(np.int64).min), starts)
     firsts = pa.array(order[starts])
-    table = pa.table({USER: user.take(firsts), ITEM: item.take(firsts), RATING: pa.array(value, pa.float64()),
-                      TIMESTAMP: pa.array(stamp, pa.int64(), mask=~stamped), PART: pa.array(p_s[starts], pa.int32())})
+    table = pa.table(
+        {
+            USER: user.take(firsts),
+            ITEM: item.take(firsts),
+            RATING: pa.array(value, pa.float64()),
+            TIMESTAMP: pa.array(stamp, pa.int64(), mask=~stamped),
+            PART: pa.array(p_s[starts], pa.int32()),
+        }
+    )
     repeated = np.flatnonzero(sizes > 1)
     first_row = np.minimum.reduceat(row[order], starts)[repeated] if repeated.size else np.zeros(0, np.int64)
-    by_first = repeated[np.argsort(first_row, kind="stable")][:spark_rules.SHOWN]
-    dup = [(user[int(order[starts[g]])].as_py(), item[int(order[starts[g]])].as_py(), int(sizes[g]),
-            int(order[starts[g]])) for g in by_first]
+    by_first = repeated[np.argsort(first_row, kind="stable")][: spark_rules.SHOWN]
+    dup = [
+        (user[int(order[starts[g]])].as_py(), item[int(order[starts[g]])].as_py(), int(sizes[g]), int(order[starts[g]]))
+        for g in by_first
+    ]
     return table, int(starts.size), dup
 
 

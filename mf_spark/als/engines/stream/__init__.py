@@ -43,9 +43,20 @@ plaintext and the secret travels in Spark's own task messages, so where Spark's 
 (spark.authenticate, spark.network.crypto.enabled, spark.ssl.enabled) the fit uses Spark's own
 channels instead (als._exchange picks the jobs exchange).
 """
+
 from mf_spark.als.engines.stream.driver import ACTIVE, Resident, driver_host, resident_inputs
 from mf_spark.als.engines.stream.task import _blocks_of, _split_for_tasks
 from mf_spark.als.engines.stream.wire import ExchangeError, FrameError, recv_frame, send_frame
 
-__all__ = ["ACTIVE", "ExchangeError", "FrameError", "Resident", "driver_host", "recv_frame",
-           "resident_inputs", "send_frame", "_blocks_of", "_split_for_tasks"]
+__all__ = [
+    "ACTIVE",
+    "ExchangeError",
+    "FrameError",
+    "Resident",
+    "driver_host",
+    "recv_frame",
+    "resident_inputs",
+    "send_frame",
+    "_blocks_of",
+    "_split_for_tasks",
+]

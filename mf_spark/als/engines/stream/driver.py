@@ -1,5 +1,6 @@
 """The resident stage's driver side: submit the barrier stage, accept its tasks, stream every
 half-step's fixed side to them and gather their rows (see mf_spark.als.engines.stream)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,29 +20,36 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.als.blocks import rating_columns
-from mf_spark.data.ready import Triples
-from mf_spark.core.errors import InputError
-from mf_spark.als.halfstep import Engine, HalfStepResult, assemble, fixed_side
-from mf_spark.kernels.solve import SolveSpec
 from mf_spark.als.engines.stream.task import _split_for_tasks, _task_body
-from mf_spark.als.engines.stream.wire import (HANDSHAKE_SECONDS, ExchangeError, FrameError, challenge, keepalive, recv_frame,
-                                  send_frame)
+from mf_spark.als.engines.stream.wire import (
+    HANDSHAKE_SECONDS,
+    ExchangeError,
+    FrameError,
+    challenge,
+    keepalive,
+    recv_frame,
+    send_frame,
+)
+from mf_spark.als.halfstep import Engine, HalfStepResult, assemble, fixed_side
+from mf_spark.core.errors import InputError
 from mf_spark.core.types import USER_IDX
+from mf_spark.data.ready import Triples
+from mf_spark.kernels.solve import SolveSpec
 
 log = logging.getLogger("mf_spark")
 
-MAX_HANDSHAKES = 64          # connections proving themselves at once; more are closed at once
+MAX_HANDSHAKES = 64  # connections proving themselves at once; more are closed at once
 
 
 @dataclass
 class _Conn:
     task: int
-    tasks: int            # tasks in its stage (the partitions of the input it reads)
-    stage: int            # Spark stage id: every submission of the resident job gets a new, larger one
-    pid: int              # of the Python worker running the task (diagnostics, fault tests)
+    tasks: int  # tasks in its stage (the partitions of the input it reads)
+    stage: int  # Spark stage id: every submission of the resident job gets a new, larger one
+    pid: int  # of the Python worker running the task (diagnostics, fault tests)
     sock: socket.socket
-    peer: str             # host:port it takes its peers' rating pieces on
-    counts: list[np.ndarray] | None = None    # row ids and counts of its blocks, once built
+    peer: str  # host:port it takes its peers' rating pieces on
+    counts: list[np.ndarray] | None = None  # row ids and counts of its blocks, once built
 
 
 class Resident(Engine):
@@ -53,22 +61,29 @@ class Resident(Engine):
             items = stage.half_step("item", n_items, X, user_bias, previous)
     """
 
-    def __init__(self, ratings: DataFrame | Triples, spec: SolveSpec, host: str, num_blocks: dict[str, int],
-                 n_tasks: int = 0, deadline: float = 600.0):
-        self.deadline = deadline         # seconds a half-step (or the blocks' building) may take
+    def __init__(
+        self,
+        ratings: DataFrame | Triples,
+        spec: SolveSpec,
+        host: str,
+        num_blocks: dict[str, int],
+        n_tasks: int = 0,
+        deadline: float = 600.0,
+    ):
+        self.deadline = deadline  # seconds a half-step (or the blocks' building) may take
         self.handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self.triples = ratings if isinstance(ratings, Triples) else None
         self.ratings, self.spec, self.host, self.num_blocks = ratings, spec, host, num_blocks
         if self.triples is not None:
             self.n_tasks, self.sc = n_tasks, self.triples.spark.sparkContext
         else:
-            self.n_tasks = ratings.rdd.getNumPartitions()    # the stage's own count wins (_connect)
+            self.n_tasks = ratings.rdd.getNumPartitions()  # the stage's own count wins (_connect)
             self.sc = ratings.sparkSession.sparkContext
         self.token = secrets.token_hex(16)
         self.hellos: queue.Queue[_Conn] = queue.Queue()
         self.conns: list[_Conn] = []
         self.counts: list[np.ndarray] | None = None
-        self.stage = -1                  # stage id of the tasks connected last; older ones are stale
+        self.stage = -1  # stage id of the tasks connected last; older ones are stale
         self.launches = 0
         self.job_error: BaseException | None = None
         self.job_done = threading.Event()
@@ -104,7 +119,7 @@ class Resident(Engine):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and self.job_error is None:
-            self.pause()                 # the tasks stop, the job ends
+            self.pause()  # the tasks stop, the job ends
         else:
             for c in self.conns:
                 c.sock.close()
@@ -112,7 +127,7 @@ class Resident(Engine):
             self.sc.cancelJobsWithTag(self.tag)
             self.job_done.wait(timeout=120)
         try:
-            self.server.shutdown(socket.SHUT_RDWR)      # wakes the accept thread (close alone does not)
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept thread (close alone does not)
         except OSError:
             pass
         self.server.close()
@@ -141,10 +156,11 @@ class Resident(Engine):
             self.sc.setInterruptOnCancel(True)
             try:
                 self.job.collect()
-            except BaseException as e:   # reported by whichever driver call waits next
+            except BaseException as e:  # reported by whichever driver call waits next
                 self.job_error = e
             finally:
                 done.set()
+
         InheritableThread(target=run_job, name=f"mf_spark-resident-{self.launches}", daemon=True).start()
 
     def pause(self) -> None:
@@ -158,7 +174,7 @@ class Resident(Engine):
         for c in self.conns:
             c.sock.close()
         self.conns = []
-        if not self.job_done.wait(timeout=self.deadline):     # a frozen task: end the job for it
+        if not self.job_done.wait(timeout=self.deadline):  # a frozen task: end the job for it
             log.warning("resident stage: the stage did not end %.0f s after stop; cancelling it", self.deadline)
             self.sc.cancelJobsWithTag(self.tag)
             self.job_done.wait(timeout=60)
@@ -170,7 +186,7 @@ class Resident(Engine):
         for c in self.conns:
             c.sock.close()
         self.conns = []
-        if not self.job_done.wait(timeout=5):      # a task that froze, not one that died: cancel
+        if not self.job_done.wait(timeout=5):  # a task that froze, not one that died: cancel
             self.sc.cancelJobsWithTag(self.tag)
             self.job_done.wait(timeout=60)
         self.job = self._job()
@@ -197,11 +213,16 @@ class Resident(Engine):
             challenge(sock, self.token, "task")
             header, _ = recv_frame(sock, wait=HANDSHAKE_SECONDS, limit=0)
             fields = {k: header.get(k) for k in ("task", "tasks", "stage", "pid")}
-            if any(type(v) is not int or v < 0 for v in fields.values()) or not isinstance(header.get("peer"), str) \
-                    or fields["task"] >= fields["tasks"]:
+            if (
+                any(type(v) is not int or v < 0 for v in fields.values())
+                or not isinstance(header.get("peer"), str)
+                or fields["task"] >= fields["tasks"]
+            ):
                 raise FrameError(f"a hello with bad fields {str(header)[:120]}")
             sock.settimeout(None)
-            self.hellos.put(_Conn(fields["task"], fields["tasks"], fields["stage"], fields["pid"], sock, header["peer"]))
+            self.hellos.put(
+                _Conn(fields["task"], fields["tasks"], fields["stage"], fields["pid"], sock, header["peer"])
+            )
         except Exception as e:  # noqa: BLE001 - a stray or hostile peer must not harm the listener
             log.warning("resident stage: refused a connection from %s (%s)", addr, e)
             sock.close()
@@ -218,14 +239,16 @@ class Resident(Engine):
                 c = self.hellos.get(timeout=0.1)
             except queue.Empty:
                 if self.job_done.is_set():
-                    raise ExchangeError(f"the resident stage ended before its {self.n_tasks} tasks connected: "
-                                        f"{self.job_error or 'no error reported'}") from self.job_error
+                    raise ExchangeError(
+                        f"the resident stage ended before its {self.n_tasks} tasks connected: "
+                        f"{self.job_error or 'no error reported'}"
+                    ) from self.job_error
                 continue
             if c.stage <= self.stage:
                 c.sock.close()
                 continue
             stage = waiting.setdefault(c.stage, {})
-            if c.task in stage:          # a retried task of this stage: the newest connection wins
+            if c.task in stage:  # a retried task of this stage: the newest connection wins
                 stage[c.task].sock.close()
             stage[c.task] = c
             if len(stage) == c.tasks:
@@ -243,8 +266,11 @@ class Resident(Engine):
         """Give every task the others' addresses, then wait for each to report its built blocks."""
         peers = [c.peer for c in conns]
         t = self.triples
-        pieces = (_split_for_tasks(t.u, t.i, t.r.astype(np.float32), self.num_blocks, len(conns)) if t is not None
-                  else [[] for _ in conns])
+        pieces = (
+            _split_for_tasks(t.u, t.i, t.r.astype(np.float32), self.num_blocks, len(conns))
+            if t is not None
+            else [[] for _ in conns]
+        )
         try:
             for c in conns:
                 send_frame(c.sock, {"op": "peers", "peers": peers}, pieces[c.task])
@@ -270,23 +296,39 @@ class Resident(Engine):
             counts[ids] = n
         return counts
 
-    def half_step(self, side: str, n_rows: int, fixed: np.ndarray, fixed_bias: np.ndarray | None,
-                  previous: HalfStepResult, retries: int = 3) -> HalfStepResult:
+    def half_step(
+        self,
+        side: str,
+        n_rows: int,
+        fixed: np.ndarray,
+        fixed_bias: np.ndarray | None,
+        previous: HalfStepResult,
+        retries: int = 3,
+    ) -> HalfStepResult:
         """New factors for every row of `side` against `fixed`; repeated on a new stage attempt when a
         task is lost (Spark retries barrier stages whole)."""
         f = fixed_side(n_rows, fixed, fixed_bias, self.spec, previous)
         arrays = [f.factors] + [a for a in (f.bias, f.gram) if a is not None]
-        header = {"op": "solve", "side": side, "bias": f.bias is not None, "gram": f.gram is not None,
-                  "spec": dataclasses.asdict(self.spec)}
+        header = {
+            "op": "solve",
+            "side": side,
+            "bias": f.bias is not None,
+            "gram": f.gram is not None,
+            "spec": dataclasses.asdict(self.spec),
+        }
         for attempt in range(retries + 1):
             try:
-                if not self.conns:          # paused, or a task was lost: (re)submit the stage
+                if not self.conns:  # paused, or a task was lost: (re)submit the stage
                     started = time.perf_counter()
                     self._launch()
                     self._connect()
                     if attempt:
-                        log.warning("resident stage: stage %d connected after %.1f s; repeating the %s "
-                                    "half-step", self.stage, time.perf_counter() - started, side)
+                        log.warning(
+                            "resident stage: stage %d connected after %.1f s; repeating the %s half-step",
+                            self.stage,
+                            time.perf_counter() - started,
+                            side,
+                        )
                 return self._solve_once(header, arrays, f.x0, n_rows, previous)
             except (OSError, ConnectionError, ExchangeError, ValueError, IndexError, KeyError) as e:
                 # A task lost while solving, or while the stage was being submitted again after a
@@ -297,8 +339,9 @@ class Resident(Engine):
                 self._drop()
         raise AssertionError("unreachable")
 
-    def top(self, X: np.ndarray, user_offset: np.ndarray | None, Y: np.ndarray, item_bias: np.ndarray | None,
-            n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    def top(
+        self, X: np.ndarray, user_offset: np.ndarray | None, Y: np.ndarray, item_bias: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """Every user's best n items, the items the user rated excluded, scored in the tasks that hold
         the user blocks (so the training pairs never leave them): (user ids, counts, items, scores),
         flattened per user as kernels.topk.top_n. None when the stage is not running or a task is
@@ -320,13 +363,14 @@ class Resident(Engine):
             return None
         return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
-    def _solve_once(self, header: dict, arrays: list[np.ndarray], x0: np.ndarray | None, n_rows: int,
-                    previous: HalfStepResult) -> HalfStepResult:
+    def _solve_once(
+        self, header: dict, arrays: list[np.ndarray], x0: np.ndarray | None, n_rows: int, previous: HalfStepResult
+    ) -> HalfStepResult:
         at = 0 if header["side"] == "user" else 2
         for c in self.conns:
             if x0 is None:
                 send_frame(c.sock, header, arrays)
-            else:           # each task gets its own rows, in the order of the ids it reported
+            else:  # each task gets its own rows, in the order of the ids it reported
                 send_frame(c.sock, {**header, "x0": True}, arrays + [x0[c.counts[at]]])
         parts = []
         for c in self.conns:

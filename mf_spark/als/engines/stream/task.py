@@ -1,5 +1,6 @@
 """The resident stage's tasks (they run on executors): read or receive their ratings, build their
 blocks, then serve the driver's half-steps until it says stop (see mf_spark.als.engines.stream)."""
+
 from __future__ import annotations
 
 import logging
@@ -11,26 +12,37 @@ import numpy as np
 from pyspark import BarrierTaskContext
 
 from mf_spark.als.blocks import SIDE_CODES, CsrBlock, buckets, triples
+from mf_spark.als.engines.stream.wire import (
+    HANDSHAKE_SECONDS,
+    ExchangeError,
+    FrameError,
+    challenge,
+    keepalive,
+    prove,
+    recv_frame,
+    send_frame,
+)
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block
 from mf_spark.kernels.topk import top_n
-from mf_spark.als.engines.stream.wire import (HANDSHAKE_SECONDS, ExchangeError, FrameError, challenge, keepalive, prove,
-                                  recv_frame, send_frame)
 
 log = logging.getLogger("mf_spark")
 
 CONNECT_SECONDS = 60.0
-EXCHANGE_SECONDS = 600.0     # a task waits this long for its peers' rating pieces
+EXCHANGE_SECONDS = 600.0  # a task waits this long for its peers' rating pieces
 
 
 def _counts(blocks) -> list[np.ndarray]:
     ids = [b.row_ids for b in blocks]
     counts = [b.counts for b in blocks]
-    return [np.concatenate(ids) if ids else np.zeros(0, np.int32),
-            np.concatenate(counts) if counts else np.zeros(0, np.int64)]
+    return [
+        np.concatenate(ids) if ids else np.zeros(0, np.int32),
+        np.concatenate(counts) if counts else np.zeros(0, np.int64),
+    ]
 
 
-def _split_for_tasks(u: np.ndarray, i: np.ndarray, v: np.ndarray, num_blocks: dict[str, int],
-                     n_tasks: int) -> list[list[np.ndarray]]:
+def _split_for_tasks(
+    u: np.ndarray, i: np.ndarray, v: np.ndarray, num_blocks: dict[str, int], n_tasks: int
+) -> list[list[np.ndarray]]:
     """Per task t: [user rows, item cols, values, item rows, user cols, values] of the ratings whose
     user (item) block b has b % n_tasks == t. One stable sort per side, never a loop over ratings."""
     out: list[list[np.ndarray]] = [[] for _ in range(n_tasks)]
@@ -51,8 +63,9 @@ def _listen(n_tasks: int, host: str) -> socket.socket | None:
     return server
 
 
-def _exchange(me: int, server: socket.socket | None, peers: list[str], token: str,
-              outgoing: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+def _exchange(
+    me: int, server: socket.socket | None, peers: list[str], token: str, outgoing: list[list[np.ndarray]]
+) -> list[list[np.ndarray]]:
     """All-to-all: send task t its outgoing[t], receive every task's pieces for this one.
 
     Every task listens on a port of its executor's host (`_listen`); the driver hands out the
@@ -89,11 +102,12 @@ def _exchange(me: int, server: socket.socket | None, peers: list[str], token: st
                 take(conn)
         except BaseException as e:  # noqa: BLE001 - re-raised by the task below
             errors.append(e)
+
     receiver = threading.Thread(target=receive, name="mf_spark-pieces", daemon=True)
     receiver.start()
     try:
         for t in range(1, n):
-            peer = (me + t) % n             # staggered, so the tasks do not all send to task 0 first
+            peer = (me + t) % n  # staggered, so the tasks do not all send to task 0 first
             host, port = peers[peer].rsplit(":", 1)
             with keepalive(socket.create_connection((host, int(port)), timeout=EXCHANGE_SECONDS)) as sock:
                 prove(sock, token, "peer")
@@ -102,8 +116,10 @@ def _exchange(me: int, server: socket.socket | None, peers: list[str], token: st
     finally:
         server.close()
     if errors or any(g is None for g in got):
-        raise ExchangeError(f"task {me}: exchanging rating pieces with the other {n - 1} tasks failed: "
-                            f"{errors[0] if errors else 'timed out'}")
+        raise ExchangeError(
+            f"task {me}: exchanging rating pieces with the other {n - 1} tasks failed: "
+            f"{errors[0] if errors else 'timed out'}"
+        )
     return got
 
 
@@ -114,7 +130,7 @@ def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> 
     for s, side in enumerate(("user", "item")):
         rows, cols, vals = (np.concatenate([r[3 * s + j] for r in received]) for j in range(3))
         for b, sel in enumerate(buckets(rows % num_blocks[side], num_blocks[side])):
-            if sel.size == rows.size:    # the task's only block of this side: no copy
+            if sel.size == rows.size:  # the task's only block of this side: no copy
                 out[(SIDE_CODES[side], b)] = CsrBlock.from_triples(b, rows, cols, vals)
             elif sel.size:
                 out[(SIDE_CODES[side], b)] = CsrBlock.from_triples(b, rows[sel], cols[sel], vals[sel])
@@ -125,27 +141,36 @@ def _task_body(address: tuple[str, int], token: str, num_blocks: dict[str, int],
     def run(batches):
         ctx = BarrierTaskContext.get()
         me, n_tasks = ctx.partitionId(), len(ctx.getTaskInfos())
-        if from_driver:     # the driver sends this task its pieces with the peers' addresses
+        if from_driver:  # the driver sends this task its pieces with the peers' addresses
             for _ in batches:
                 pass
             pieces = None
         else:
             pieces = _split_for_tasks(*triples(batches), num_blocks, n_tasks)
-        host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")     # an executor's host:port
+        host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")  # an executor's host:port
         server = _listen(n_tasks, host) if not from_driver else None
         try:
             with _dial(address, me, token) as sock:
-                send_frame(sock, {"task": me, "tasks": n_tasks, "stage": ctx.stageId(),
-                                  "pid": os.getpid(), "peer": f"{host}:{server.getsockname()[1] if server else 0}"})
-                header, mine = recv_frame(sock)         # every task's address, once all have said hello
+                send_frame(
+                    sock,
+                    {
+                        "task": me,
+                        "tasks": n_tasks,
+                        "stage": ctx.stageId(),
+                        "pid": os.getpid(),
+                        "peer": f"{host}:{server.getsockname()[1] if server else 0}",
+                    },
+                )
+                header, mine = recv_frame(sock)  # every task's address, once all have said hello
                 received = [mine] if from_driver else _exchange(me, server, header["peers"], token, pieces)
                 blocks = _blocks_of(received, num_blocks)
                 del pieces
                 _serve(sock, blocks)
         finally:
-            if server is not None:       # _exchange closes it; this is for a task that fails before
+            if server is not None:  # _exchange closes it; this is for a task that fails before
                 server.close()
         return iter(())
+
     return run
 
 
@@ -154,8 +179,10 @@ def _dial(address: tuple[str, int], task: int, token: str) -> socket.socket:
         sock = keepalive(socket.create_connection(address, timeout=CONNECT_SECONDS))
         prove(sock, token, "task")
     except (OSError, FrameError) as e:
-        raise ExchangeError(f"task {task} could not connect to the driver at {address[0]}:{address[1]} ({e}); "
-                            f"set model.exchange = \"jobs\" where executors cannot reach the driver") from e
+        raise ExchangeError(
+            f"task {task} could not connect to the driver at {address[0]}:{address[1]} ({e}); "
+            f'set model.exchange = "jobs" where executors cannot reach the driver'
+        ) from e
     sock.settimeout(None)
     return sock
 
@@ -164,7 +191,7 @@ def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock]) -> None
     """A resident task with its blocks built: report them, then solve whatever half-steps the driver
     sends, and score top-N lists for its users when asked, until it says stop."""
     by_side = {side: [b for (c, _), b in blocks.items() if c == code] for side, code in SIDE_CODES.items()}
-    plans: dict = {}        # (side, block) -> (spec, width, its padded layout), kept while they hold
+    plans: dict = {}  # (side, block) -> (spec, width, its padded layout), kept while they hold
     send_frame(sock, {"op": "built"}, _counts(by_side["user"]) + _counts(by_side["item"]))
     while True:
         header, arrays = recv_frame(sock)
@@ -188,14 +215,21 @@ def _top_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray]) 
     at = 0
     for blk in blocks:
         m = blk.row_ids.size
-        c, i, sc = top_n(X[at:at + m], Y, header["n"], blk.indptr, blk.cols,
-                         None if offset is None else offset[at:at + m], item_bias)
+        c, i, sc = top_n(
+            X[at : at + m],
+            Y,
+            header["n"],
+            blk.indptr,
+            blk.cols,
+            None if offset is None else offset[at : at + m],
+            item_bias,
+        )
         at += m
         ids.append(blk.row_ids)
         counts.append(c)
         items.append(i)
         scores.append(sc)
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
     return [cat(ids, np.int32), cat(counts, np.int32), cat(items, np.int32), cat(scores, np.float32)]
 
 
@@ -208,15 +242,16 @@ def spec_of(header: dict) -> SolveSpec:
         raise FrameError(f"a solve frame with a bad spec: {e}") from None
 
 
-def _solve_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray],
-                  plans: dict) -> tuple[dict, list[np.ndarray]]:
+def _solve_blocks(
+    blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray], plans: dict
+) -> tuple[dict, list[np.ndarray]]:
     """The reply to one "solve" frame: new factors (and biases) of `blocks`' rows and the loss pieces.
     `plans` keeps each block's padded layout while the spec and the fixed side's width stay."""
     spec = spec_of(header)
     fixed = arrays.pop(0)
     fixed_bias = arrays.pop(0) if header["bias"] else None
     gram = arrays.pop(0) if header["gram"] else None
-    x0 = arrays.pop(0) if header.get("x0") else None     # this task's rows, block by block
+    x0 = arrays.pop(0) if header.get("x0") else None  # this task's rows, block by block
     ids, parts, biases, loss = [], [], [], np.zeros(3)
     width = fixed.shape[1] + (fixed_bias is not None)
     at = 0
@@ -224,19 +259,28 @@ def _solve_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray]
         key = (header["side"], blk.block)
         if plans.get(key, (None, None))[:2] != (spec, width):
             plans[key] = (spec, width, layout(blk.indptr, blk.cols, blk.values, spec, fixed.shape[0], width))
-        start = None if x0 is None else x0[at:at + blk.row_ids.size]
+        start = None if x0 is None else x0[at : at + blk.row_ids.size]
         at += blk.row_ids.size
-        sol = solve_block(blk.indptr, blk.cols, blk.values, fixed, spec, fixed_bias=fixed_bias, gram=gram,
-                          plan=plans[key][2], x0=start)
+        sol = solve_block(
+            blk.indptr,
+            blk.cols,
+            blk.values,
+            fixed,
+            spec,
+            fixed_bias=fixed_bias,
+            gram=gram,
+            plan=plans[key][2],
+            x0=start,
+        )
         ids.append(blk.row_ids)
         parts.append(sol.factors)
         if sol.bias is not None:
             biases.append(sol.bias)
         loss += (sol.data_loss, sol.reg_loss, sol.sq_err)
-    out = [np.concatenate(ids) if ids else np.zeros(0, np.int32),
-           np.concatenate(parts) if parts else np.zeros((0, fixed.shape[1]), np.float32)]
+    out = [
+        np.concatenate(ids) if ids else np.zeros(0, np.int32),
+        np.concatenate(parts) if parts else np.zeros((0, fixed.shape[1]), np.float32),
+    ]
     if header["bias"]:
         out.append(np.concatenate(biases) if biases else np.zeros(0, np.float32))
     return {"loss": loss.tolist()}, out
-
-

@@ -9,6 +9,7 @@ arrays, every length checked before anything is allocated, every read under a de
                 MAX_DIMS non-negative integer dimensions), then each array's bytes; the arrays
                 together hold at most the reader's `limit` bytes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,10 +26,10 @@ DTYPES = {"<f4", "<f8", "<i4", "<i8"}
 MAX_HEADER = 1 << 20
 MAX_ARRAYS = 64
 MAX_DIMS = 3
-FRAME_LIMIT = 1 << 36         # bytes of arrays in one frame by default: 64 GiB, any real block piece
+FRAME_LIMIT = 1 << 36  # bytes of arrays in one frame by default: 64 GiB, any real block piece
 NONCE, DIGEST = 16, 32
-HANDSHAKE_SECONDS = 10.0      # for a peer to prove itself
-FRAME_SECONDS = 600.0         # for a frame, once its first byte is in, to arrive whole
+HANDSHAKE_SECONDS = 10.0  # for a peer to prove itself
+FRAME_SECONDS = 600.0  # for a frame, once its first byte is in, to arrive whole
 
 
 class ExchangeError(RuntimeError):
@@ -110,9 +111,14 @@ def _layout(header, limit: int) -> list[tuple[str, tuple[int, ...], int]]:
         raise FrameError(f"{len(specs)} arrays in one frame (at most {MAX_ARRAYS})")
     out, total = [], 0
     for spec in specs:
-        if not (isinstance(spec, list) and len(spec) == 2 and spec[0] in DTYPES and isinstance(spec[1], list)
-                and len(spec[1]) <= MAX_DIMS
-                and all(type(d) is int and 0 <= d <= limit for d in spec[1])):
+        if not (
+            isinstance(spec, list)
+            and len(spec) == 2
+            and spec[0] in DTYPES
+            and isinstance(spec[1], list)
+            and len(spec[1]) <= MAX_DIMS
+            and all(type(d) is int and 0 <= d <= limit for d in spec[1])
+        ):
             raise FrameError(f"bad array description {str(spec)[:80]!r}")
         shape = tuple(spec[1])
         size = int(np.prod(shape, dtype=object)) * np.dtype(spec[0]).itemsize
@@ -123,8 +129,9 @@ def _layout(header, limit: int) -> list[tuple[str, tuple[int, ...], int]]:
     return out
 
 
-def recv_frame(sock: socket.socket, wait: float | None = None, limit: int = FRAME_LIMIT,
-               seconds: float = FRAME_SECONDS) -> tuple[dict, list[np.ndarray]]:
+def recv_frame(
+    sock: socket.socket, wait: float | None = None, limit: int = FRAME_LIMIT, seconds: float = FRAME_SECONDS
+) -> tuple[dict, list[np.ndarray]]:
     """The next frame: (header, arrays). Waits up to `wait` seconds for it to start (None: as long as
     the connection lives), then up to `seconds` for the rest; FrameError for anything that is not a
     frame within the limits (nothing larger than a header of MAX_HEADER bytes is allocated first)."""
