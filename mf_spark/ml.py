@@ -8,7 +8,7 @@
 
 Every model hyperparameter is declared once, as a field of config.ModelConfig (or DataConfig): the
 Params are generated from the fields (snake_case -> camelCase, default from the dataclass, type
-converter from the type hint, doc from the field's comment), and values are validated as the jobs
+converter from the type hint, doc from the field's declared doc), and values are validated as the jobs
 validate a TOML file (config.from_dict), so a bad value raises the jobs' ConfigError. Only the MLlib
 names that differ from ours are listed by hand (ALIASES), with MLlib's default where it wins.
 
@@ -26,12 +26,9 @@ A saved ALSModel folder is also a FactorModel folder (load_model and jobs/recomm
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import io
 import logging
 import posixpath
 import re
-import tokenize
 import typing
 import uuid
 from dataclasses import dataclass
@@ -139,7 +136,7 @@ ALIASES: dict[str, _Alias] = {
     ),
 }
 # Fields of the [data] section that make sense for a DataFrame (the rest name files and columns), with a
-# doc where config.py's comment speaks of files (None: the comment).
+# doc where the declared one speaks of files (None: the declared doc).
 DATA_FIELDS: dict[str, str | None] = {
     "max_bad_fraction": None,
     "duplicates": None,
@@ -169,42 +166,14 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
     raise TypeError(f"no pyspark.ml converter for config type {hint!r}")
 
 
-def _comment_of(line: str) -> list[str]:
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(line.strip()).readline))
-    except (tokenize.TokenError, SyntaxError):
-        return []
-    return [t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT]
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """Each field's comment in the dataclass source (the lines above it and its trailing comment):
-    the one place the fields are documented, so the Params' docs come from there too. Empty when
-    the source is not available (a frozen build)."""
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):
-        return {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    docs: dict[str, str] = {}
-    above: list[str] = []
-    for line in lines:
-        text = line.strip()
-        if text.startswith("#"):
-            above.append(text.lstrip("#").strip())
-            continue
-        m = re.match(r"(\w+)\s*:", text)
-        if m and m.group(1) in names:
-            docs[m.group(1)] = " ".join(above + _comment_of(line))
-        above = []
-    return docs
-
-
 def _config_specs(cls: type, section: str, only: dict[str, str | None] | None = None) -> list[_Spec]:
     """The Params of a config dataclass's fields (ALIASES give MLlib's names where they differ); `only`:
-    the fields to take, with a doc replacing the field's comment where one is given."""
+    the fields to take, with a doc replacing the declared one where one is given."""
     hints = typing.get_type_hints(cls)
-    docs = {**_field_docs(cls), **{k: v for k, v in (only or {}).items() if v}}
+    docs = {
+        **{f.name: f.metadata["doc"] for f in dataclasses.fields(cls)},
+        **{k: v for k, v in (only or {}).items() if v},
+    }
     aliases = {a.field: (name, a) for name, a in ALIASES.items()} if cls is ModelConfig else {}
     specs = []
     for f in dataclasses.fields(cls):

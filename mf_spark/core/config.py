@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from mf_spark.core.errors import ConfigError
 
@@ -37,37 +38,108 @@ def require_choices(section: Any, name: str) -> None:
             )
 
 
+def _finite(key: str, number: float) -> float:
+    """No setting is NaN or infinite: such a value would reach the factors and publish a NaN model."""
+    require(math.isfinite(number), key, number, "a finite number")
+    return number
+
+
+@dataclass(frozen=True)
+class Check:
+    """The range rule of a setting: `ok(value)` holds for a valid value; `expected` says which are."""
+
+    ok: Callable[[Any], bool]
+    expected: str
+
+
+def at_least(lo: float, what: str = "an integer", note: str = "") -> Check:
+    return Check(lambda v: v >= lo, f"{what} >= {lo:g}{note}")
+
+
+def setting(default: Any, doc: str, check: Check | None = None, finite: bool = False, tunable: bool = False) -> Any:
+    """A config key, declared once: its default, its doc (the README's configuration table and the
+    estimator's Param docs are made from it) and its rule (`check`; `finite`: no NaN or infinity),
+    held on construction whether the section was parsed from TOML or built in Python. `tunable`: a
+    model key the tune job may search ([tune.space]): what to fit, not how to compute it."""
+    meta = {"doc": doc, "check": check, "finite": finite, "tunable": tunable}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def doc_of(section: type, name: str) -> str:
+    """The declared doc of a config key."""
+    return next(f.metadata["doc"] for f in dataclasses.fields(section) if f.name == name)
+
+
+def check_settings(section: Any, name: str) -> None:
+    """ConfigError naming the first key of `section` (a config dataclass, `name` its TOML section)
+    whose value breaks its declared choices, finiteness or range."""
+    require_choices(section, name)
+    fields = dataclasses.fields(section)
+    for f in fields:
+        if f.metadata.get("finite"):
+            _finite(f"{name}.{f.name}", getattr(section, f.name))
+    for f in fields:
+        check, value = f.metadata.get("check"), getattr(section, f.name)
+        if check is not None and value is not None:
+            require(check.ok(value), f"{name}.{f.name}", value, check.expected)
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    # Column names (CSV header / Parquet) or 0-based positions (headerless TSV, MovieLens ::).
-    # "" = auto: common names (userId, user_id, user, ...) or positions 0, 1, 2, 3.
-    user_col: str = ""
-    item_col: str = ""
-    rating_col: str = ""
-    timestamp_col: str = ""
-    # Largest fraction of input rows that may be rejected before the run fails (exit 2).
-    max_bad_fraction: float = 0.01
-    # Repeated (user, item) pairs: error | last (latest timestamp, else last read) | mean | sum.
-    # "" = by model kind: mean for explicit, sum for implicit.
-    duplicates: Literal["", "error", "last", "mean", "sum"] = ""
-    # Implicit data: ratings <= 0 are rejected ("reject") or silently dropped but counted ("drop").
-    nonpositive: Literal["reject", "drop"] = "reject"
-    # Who reads, validates, splits and indexes the input (mf_spark.data.prepare): "driver" (Arrow and numpy
-    # in the driver process, no Spark job; the same rows, splits and maps as Spark), "spark", or
-    # "auto": the driver under a local master for local files up to front_end_max_mb, else Spark.
-    front_end: Literal["auto", "driver", "spark"] = "auto"
-    front_end_max_mb: float = 2048.0
-    # Explicit data: [lo, hi] the ratings must lie in (e.g. [1, 5]); rows outside are rejected with a
-    # reason. None = any finite rating.
-    rating_range: tuple[float, float] | None = None
-    # Texts (after trimming spaces) that mean "no value" in an ID, rating or timestamp field.
-    null_values: tuple[str, ...] = ("", "NULL", "\\N", "null")
+    user_col: str = setting(
+        "",
+        'column of user IDs: a name or a 0-based position; "" = auto (common names such as `userId`, `user_id`, '
+        "`user`, else position 0)",
+    )
+    item_col: str = setting(
+        "",
+        'column of item IDs: a name or a 0-based position; "" = auto (`movieId`, `item_id`, `item`, ..., else '
+        "position 1)",
+    )
+    rating_col: str = setting(
+        "", 'column of ratings: a name or a 0-based position; "" = auto (`rating`, ..., else position 2)'
+    )
+    timestamp_col: str = setting(
+        "",
+        'column of timestamps: a name or a 0-based position; "" = auto (`timestamp`, ..., else position 3 when there '
+        "is one)",
+    )
+    max_bad_fraction: float = setting(
+        0.01,
+        "largest share of rejected rows before the run fails (exit 2)",
+        Check(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
+    )
+    duplicates: Literal["", "error", "last", "mean", "sum"] = setting(
+        "",
+        'repeated (user, item): `error`, `last` (latest timestamp, else last read), `mean`, `sum`; "" = `mean` for '
+        "explicit, `sum` for implicit",
+    )
+    nonpositive: Literal["reject", "drop"] = setting(
+        "reject", "implicit data: ratings <= 0 are rejected, or `drop`ped (counted)"
+    )
+    front_end: Literal["auto", "driver", "spark"] = setting(
+        "auto",
+        "who reads, validates, splits and indexes the input: `driver` (Arrow and numpy in the driver process, no "
+        "Spark job; the same rows, splits and maps as Spark), `spark` (Spark jobs), `auto` (the driver under a local "
+        "master for local inputs up to `front_end_max_mb`, else Spark)",
+    )
+    front_end_max_mb: float = setting(
+        2048.0, "`auto`: the largest input (MB on disk) the driver reads itself", at_least(0, "a number")
+    )
+    rating_range: tuple[float, float] | None = setting(
+        None,
+        "explicit data: `[lo, hi]` the ratings must lie in (e.g. `--set data.rating_range=[1,5]`); ratings outside it "
+        "are rejected with a reason; unset = any finite rating",
+    )
+    null_values: tuple[str, ...] = setting(
+        ("", "NULL", "\\N", "null"),
+        'field texts (after trimming spaces) that mean "no value" in an ID, rating or timestamp',
+    )
 
     def __post_init__(self) -> None:
-        require_choices(self, "data")
-        require(
-            0.0 <= self.max_bad_fraction <= 1.0, "data.max_bad_fraction", self.max_bad_fraction, "a number in [0, 1]"
-        )
+        check_settings(self, "data")
         if self.rating_range is not None:
             require(
                 self.rating_range[0] <= self.rating_range[1],
@@ -75,7 +147,6 @@ class DataConfig:
                 list(self.rating_range),
                 "[lo, hi] with lo <= hi",
             )
-        require(self.front_end_max_mb >= 0, "data.front_end_max_mb", self.front_end_max_mb, "a number >= 0")
 
     def duplicates_policy(self, kind: str) -> str:
         return self.duplicates or ("sum" if kind == "implicit" else "mean")
@@ -83,18 +154,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    method: Literal["random", "per_user", "temporal"] = "random"
-    test_fraction: float = 0.2
-    seed: int = 42
+    method: Literal["random", "per_user", "temporal"] = setting(
+        "random",
+        "`random`; `per_user` (each user with >= 2 ratings keeps >= 1 in train); `temporal` (each user's latest "
+        "ratings held out)",
+    )
+    test_fraction: float = setting(
+        0.2, "share held out, in (0, 1)", Check(lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+    )
+    seed: int = setting(42, "the split depends only on (seed, user, item), never on partitioning")
 
     def __post_init__(self) -> None:
-        require_choices(self, "split")
-        require(
-            0.0 < self.test_fraction < 1.0,
-            "split.test_fraction",
-            self.test_fraction,
-            "a number strictly between 0 and 1",
-        )
+        check_settings(self, "split")
 
 
 # Rank from which solver = "auto" uses conjugate gradients: below it forming and solving the k x k
@@ -105,95 +176,128 @@ CG_FROM_RANK = 16
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: Literal["explicit", "implicit"] = "explicit"
-    rank: int = 10  # latent factors k
-    iterations: int = 10  # full ALS iterations (users then items)
-    # > 0: stop before `iterations` once an iteration lowers the objective by at most this fraction
-    # of it (ALS lowers it every iteration; past convergence the factors hardly move)
-    tolerance: float = 0.0
-    reg: float = 0.1  # lambda; multiplied by n_u^nu (n_i^nu) when reg_scaling = "count"
-    reg_scaling: Literal["count", "none"] = "count"  # count = ALS-WR weighted-lambda (MLlib)
-    # nu of the count scaling: 1 = ALS-WR (MLlib), between 0 and 1 the frequency-scaled lambda of
-    # iALS (Rendle et al., "Revisiting the performance of iALS", 2021): rows with many ratings are
-    # shrunk less than in proportion to their count.
-    reg_exponent: float = 1.0
-    biases: bool = False  # explicit only: learn mu + b_u + b_i
-    # biases: their lambda over the factors' (the same n^nu scaling): a bias is one number fitted to
-    # every rating of its row, and shrinks best at another strength than the k factors (LensKit's
-    # separate bias damping)
-    bias_reg: float = 1.0
-    # explicit, with timestamps: > 0 fits after the factors an offset per (user, day), shrunk by this
-    # lambda (mf_spark.als.days); 0 = none. A day is timestamp // day_length.
-    day_bias_reg: float = 0.0
-    day_length: int = 86400  # in the timestamps' unit: 86400 for seconds
-    alpha: float = 1.0  # implicit confidence slope
-    confidence: Literal["linear", "log"] = "linear"  # 1 + alpha*r  |  1 + alpha*log(1 + r/eps)
-    epsilon: float = 1.0  # eps of the log confidence
-    target: Literal["preference", "value"] = "preference"  # implicit p_ui: 1, or the observed value
-    unobserved_weight: float = 1.0  # w0 (implicit only); 1 = Hu-Koren-Volinsky
-    nonnegative: bool = False  # projected non-negative solves
-    seed: int = 0  # factor initialization
-    num_user_blocks: int = 0  # 0 = Spark default parallelism
-    num_item_blocks: int = 0
-    strategy: Literal["auto", "broadcast", "join"] = "auto"
-    broadcast_budget_mb: int = 2048  # auto uses broadcast while fixed factors fit this
-    exchange: Literal["auto", "stream", "jobs"] = "auto"  # resident block tasks | a Spark job per half-step
-    # stream: seconds the driver waits for a half-step's replies (or the blocks' building) before it
-    # drops the stage as frozen and submits it again
-    exchange_timeout_seconds: float = 600.0
-    checkpoint_interval: int = 5  # checkpoint factors every N iterations; 0 = never
-    # exact: form and factor each row's k x k system; cg: cg_steps conjugate-gradient steps from the
-    # previous factors (no k x k system); auto: cg from rank CG_FROM_RANK on, exact below.
-    solver: Literal["auto", "exact", "cg"] = "auto"
-    cg_steps: int = 3
+    kind: Literal["explicit", "implicit"] = setting("explicit", "`explicit` ALS; `implicit` weighted ALS")
+    rank: int = setting(10, "latent factors k", at_least(1), tunable=True)
+    iterations: int = setting(10, "full iterations (users, then items)", at_least(1), tunable=True)
+    tolerance: float = setting(
+        0.0,
+        "`> 0`: stop before `model.iterations` once an iteration lowers the objective by at most this fraction of it "
+        "(convergence); 0 runs every iteration",
+        Check(lambda v: 0.0 <= v < 1.0, "a number in [0, 1) (0 = never stop early)"),
+        finite=True,
+    )
+    reg: float = setting(
+        0.1,
+        "lambda; multiplied by n_u^reg_exponent (n_i^reg_exponent) when `reg_scaling` = `count`",
+        at_least(0, "a number"),
+        finite=True,
+        tunable=True,
+    )
+    reg_scaling: Literal["count", "none"] = setting(
+        "count",
+        "`count`: lambda x (ratings of the row)^`reg_exponent` (ALS-WR, as MLlib); `none`: plain lambda",
+        tunable=True,
+    )
+    reg_exponent: float = setting(
+        1.0,
+        "nu of the count scaling, in [0, 2]: 1 is ALS-WR; below 1, rows with many ratings are shrunk less than in "
+        "proportion (the frequency-scaled lambda of iALS, Rendle et al. 2021)",
+        Check(lambda v: 0.0 <= v <= 2.0, "a number in [0, 2]"),
+        finite=True,
+        tunable=True,
+    )
+    biases: bool = setting(False, "explicit: learn a global mean and user and item biases", tunable=True)
+    bias_reg: float = setting(
+        1.0,
+        "biases: their lambda over the factors' (`reg * n^reg_exponent * bias_reg`); 1 = the same; below 1 fits "
+        "rarely rated items' biases more fully: lower RMSE, worse top-N lists (LensKit's separate bias damping)",
+        Check(lambda v: v > 0.0, "a number > 0"),
+        finite=True,
+        tunable=True,
+    )
+    day_bias_reg: float = setting(
+        0.0,
+        "explicit, with timestamps: `> 0` fits, after the factors, an offset per (user, day): the mean residual of "
+        "the user's ratings that day, shrunk by this lambda (`sum / (count + day_bias_reg)`); 0 = none",
+        at_least(0, "a number", " (0 = no day biases)"),
+        finite=True,
+        tunable=True,
+    )
+    day_length: int = setting(
+        86400,
+        "a day for `day_bias_reg`, in the timestamps' unit (86400 for seconds, 86400000 for milliseconds)",
+        at_least(1, note=" (a day in the timestamps' unit: 86400 for seconds)"),
+    )
+    alpha: float = setting(
+        1.0,
+        "implicit: the confidence slope, `1 + alpha*r` (linear) or `1 + alpha*log(1 + r/epsilon)` (log)",
+        at_least(0, "a number"),
+        finite=True,
+        tunable=True,
+    )
+    confidence: Literal["linear", "log"] = setting(
+        "linear",
+        "implicit: `linear` confidence `1 + alpha*r`, or `log` `1 + alpha*log(1 + r/epsilon)` for heavy-tailed counts",
+        tunable=True,
+    )
+    epsilon: float = setting(
+        1.0,
+        "implicit, `log` confidence: the count at which the log starts to bend",
+        Check(lambda v: v > 0.0, "a number > 0"),
+        finite=True,
+        tunable=True,
+    )
+    target: Literal["preference", "value"] = setting(
+        "preference",
+        "implicit: the target p_ui of an observed pair, 1 (`preference`) or the observed value (`value`, the WALS "
+        "form)",
+        tunable=True,
+    )
+    unobserved_weight: float = setting(
+        1.0,
+        "implicit: w0, the weight of every unobserved pair; 1 = Hu-Koren-Volinsky (MLlib's implicitPrefs)",
+        at_least(0, "a number"),
+        finite=True,
+        tunable=True,
+    )
+    nonnegative: bool = setting(False, "non-negative factors (projected solves)", tunable=True)
+    seed: int = setting(
+        0, "initialization; factors depend on (seed, index) only, so any block count gives the same model"
+    )
+    num_user_blocks: int = setting(0, "user blocks; 0 = Spark's default parallelism", at_least(0, note=" (0 = auto)"))
+    num_item_blocks: int = setting(0, "item blocks; 0 = Spark's default parallelism", at_least(0, note=" (0 = auto)"))
+    strategy: Literal["auto", "broadcast", "join"] = setting(
+        "auto",
+        "`broadcast`: every block gets the whole fixed side; `join`: each block gets only the factor rows it rates "
+        "(routing tables); `auto`: broadcast while the bigger side's factors fit `broadcast_budget_mb`",
+    )
+    broadcast_budget_mb: int = setting(
+        2048, "factor size (MB) up to which `auto` broadcasts; above it, training and top-N go by blocks", at_least(0)
+    )
+    exchange: Literal["auto", "stream", "jobs"] = setting(
+        "auto",
+        "broadcast strategy only. `stream`: one barrier stage keeps the blocks in its tasks for the whole fit and the "
+        "driver streams factors to them over TCP; `jobs`: one Spark job and broadcast per half-step; `auto`: stream "
+        "unless dynamic allocation is on",
+    )
+    exchange_timeout_seconds: float = setting(
+        600.0,
+        "stream: how long the driver waits for a half-step's replies (or for the blocks to be built) before it takes "
+        "the stage for frozen, drops it and submits it again",
+        Check(lambda v: 0 < v < float("inf"), "a number of seconds > 0"),
+    )
+    checkpoint_interval: int = setting(
+        5, "checkpoint factors every N iterations (for `--resume`); 0 = never", at_least(0, note=" (0 = never)")
+    )
+    solver: Literal["auto", "exact", "cg"] = setting(
+        "auto",
+        f"`exact`: form and solve each row's `k x k` system; `cg`: `model.cg_steps` conjugate-gradient steps from the "
+        f"current factors; `auto`: `cg` from rank {CG_FROM_RANK} (never with `nonnegative`)",
+    )
+    cg_steps: int = setting(3, "conjugate-gradient steps per row and half-step", at_least(1))
 
     def __post_init__(self) -> None:
-        require_choices(self, "model")
-        require(self.rank >= 1, "model.rank", self.rank, "an integer >= 1")
-        for name in (
-            "reg",
-            "reg_exponent",
-            "bias_reg",
-            "day_bias_reg",
-            "alpha",
-            "epsilon",
-            "unobserved_weight",
-            "tolerance",
-        ):
-            _finite(f"model.{name}", getattr(self, name))
-        require(
-            0 < self.exchange_timeout_seconds < float("inf"),
-            "model.exchange_timeout_seconds",
-            self.exchange_timeout_seconds,
-            "a number of seconds > 0",
-        )
-        require(self.iterations >= 1, "model.iterations", self.iterations, "an integer >= 1")
-        require(
-            0.0 <= self.tolerance < 1.0, "model.tolerance", self.tolerance, "a number in [0, 1) (0 = never stop early)"
-        )
-        require(self.reg >= 0.0, "model.reg", self.reg, "a number >= 0")
-        require(0.0 <= self.reg_exponent <= 2.0, "model.reg_exponent", self.reg_exponent, "a number in [0, 2]")
-        require(self.bias_reg > 0.0, "model.bias_reg", self.bias_reg, "a number > 0")
-        require(self.day_bias_reg >= 0.0, "model.day_bias_reg", self.day_bias_reg, "a number >= 0 (0 = no day biases)")
-        require(
-            self.day_length >= 1,
-            "model.day_length",
-            self.day_length,
-            "an integer >= 1 (a day in the timestamps' unit: 86400 for seconds)",
-        )
-        require(self.alpha >= 0.0, "model.alpha", self.alpha, "a number >= 0")
-        require(self.epsilon > 0.0, "model.epsilon", self.epsilon, "a number > 0")
-        require(self.unobserved_weight >= 0.0, "model.unobserved_weight", self.unobserved_weight, "a number >= 0")
-        require(self.num_user_blocks >= 0, "model.num_user_blocks", self.num_user_blocks, "an integer >= 0 (0 = auto)")
-        require(self.num_item_blocks >= 0, "model.num_item_blocks", self.num_item_blocks, "an integer >= 0 (0 = auto)")
-        require(self.broadcast_budget_mb >= 0, "model.broadcast_budget_mb", self.broadcast_budget_mb, "an integer >= 0")
-        require(
-            self.checkpoint_interval >= 0,
-            "model.checkpoint_interval",
-            self.checkpoint_interval,
-            "an integer >= 0 (0 = never)",
-        )
-        require(self.cg_steps >= 1, "model.cg_steps", self.cg_steps, "an integer >= 1")
+        check_settings(self, "model")
 
     def cg_steps_for(self) -> int:
         """Conjugate-gradient steps per row solve, 0 for exact solves (always exact when nonnegative)."""
@@ -210,42 +314,31 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RecommendConfig:
-    top_n: int = 10
-    exclude_seen: bool = True
+    top_n: int = setting(10, "recommendations per user", at_least(1))
+    exclude_seen: bool = setting(True, "never recommend items the user rated in train")
 
     def __post_init__(self) -> None:
-        require(self.top_n >= 1, "recommend.top_n", self.top_n, "an integer >= 1")
+        check_settings(self, "recommend")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    k: int = 10  # cut-off of the ranking metrics
-    relevant_threshold: float | None = None  # explicit: held-out rating >= this is relevant
-    every_iteration: bool = True  # held-out RMSE and NDCG@k in the per-iteration history
-    history_users: int = 1000  # users sampled for the per-iteration NDCG@k (final: all)
+    k: int = setting(10, "cut-off of the ranking metrics", at_least(1))
+    relevant_threshold: float | None = setting(
+        None, "explicit: held-out ratings >= this count as relevant; unset = every held-out item"
+    )
+    every_iteration: bool = setting(True, "held-out RMSE and NDCG@k after every iteration in the history")
+    history_users: int = setting(
+        1000, "users sampled for the per-iteration NDCG@k (the final metrics use every user)", at_least(1)
+    )
 
     def __post_init__(self) -> None:
-        require(self.k >= 1, "eval.k", self.k, "an integer >= 1")
-        require(self.history_users >= 1, "eval.history_users", self.history_users, "an integer >= 1")
+        check_settings(self, "eval")
 
 
-# Model keys the tuning search may vary ([tune.space]); the rest of [model] is how to compute, not what.
-TUNABLE = (
-    "rank",
-    "iterations",
-    "reg",
-    "reg_scaling",
-    "reg_exponent",
-    "biases",
-    "bias_reg",
-    "day_bias_reg",
-    "alpha",
-    "confidence",
-    "epsilon",
-    "target",
-    "unobserved_weight",
-    "nonnegative",
-)
+# Model keys the tuning search may vary ([tune.space]), in their declared order.
+TUNABLE = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata["tunable"])
+
 # Trials of a search by model kind when tune.trials is 0. The explicit space has more dimensions
 # (biases and their own lambda): fewer trials chose worse models there, while the implicit searches
 # chose the same with 27 as with 81 on every data set measured (the commit that set these says which).
@@ -262,40 +355,52 @@ TUNE_METRICS = {
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """jobs/tune.py's search (mf_spark.run.tune). `space` maps a model key to a list of values, or for a
-    number to a range {min, max, log}; keys not in it keep [model]'s value. Empty = the default
-    space of the model kind (tune.DEFAULT_SPACES)."""
+    """jobs/tune.py's search (mf_spark.run.tune)."""
 
-    method: Literal["halving", "random", "grid"] = "halving"
-    trials: int = 0  # settings drawn (random, halving), 0 = the kind's (DEFAULT_TRIALS)
-    metric: str = ""  # validation metric; "" = rmse (explicit), ndcg_at_k (implicit)
-    validation_fraction: float = 0.2  # share of the training ratings held out for validation
-    max_iterations: int = 30  # a trial's iterations at most ([tune.space] iterations: its own)
-    patience: int = 3  # a trial stops once its metric has not improved for this many
-    eta: int = 3  # halving: the best 1/eta of each rung go on, eta x the iterations
-    min_iterations: int = 5  # halving: iterations of the first rung (fewer rank the settings badly)
-    validation_users: int = 2000  # users sampled for a ranking metric (every user below this)
-    seed: int = 0  # draws of the settings and of the sampled users
-    space: dict = field(default_factory=dict)
+    method: Literal["halving", "random", "grid"] = setting(
+        "halving",
+        "`halving` (successive halving: all trials a few iterations, the best third three times as many, ...), "
+        "`random`, or `grid` (every combination of the lists)",
+    )
+    trials: int = setting(
+        0,
+        "settings drawn (random, halving); 0 = the model kind's: 81 explicit, 27 implicit",
+        at_least(0, note=" (0 = the model kind's default)"),
+    )
+    metric: str = setting(
+        "",
+        'validation metric: `rmse`, `mae`, `ndcg_at_k`, `map_at_k`, `precision_at_k`, `recall_at_k`; "" = rmse '
+        "(explicit), ndcg_at_k (implicit)",
+        Check(
+            lambda v: v in ("", *TUNE_METRICS),
+            "one of " + ", ".join(repr(m) for m in TUNE_METRICS) + ' (or "" for the kind\'s default)',
+        ),
+    )
+    validation_fraction: float = setting(
+        0.2,
+        "share of the training ratings held out for validation, by `split.method`'s rules",
+        Check(lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1"),
+    )
+    max_iterations: int = setting(
+        30, "a trial's iterations at most (the chosen `model.iterations` is its best iteration)", at_least(1)
+    )
+    patience: int = setting(
+        3, "a trial stops once its validation metric has not improved for this many iterations", at_least(1)
+    )
+    eta: int = setting(3, "halving: the best 1/eta of each rung go on with eta times the iterations", at_least(2))
+    min_iterations: int = setting(
+        5, "halving: iterations of the first rung (fewer rank the settings badly)", at_least(1)
+    )
+    validation_users: int = setting(2000, "users sampled for a ranking metric (every user below this)", at_least(1))
+    seed: int = setting(0, "draws of the settings and of the sampled users")
+    space: dict = setting(
+        {},
+        "model key -> list of values, or for a number `{min, max, log}`; keys not in it keep `[model]`'s value; empty "
+        '= the kind\'s default space (see "Tuning")',
+    )
 
     def __post_init__(self) -> None:
-        require_choices(self, "tune")
-        require(
-            self.metric in ("", *TUNE_METRICS),
-            "tune.metric",
-            self.metric,
-            "one of " + ", ".join(repr(m) for m in TUNE_METRICS) + ' (or "" for the kind\'s default)',
-        )
-        require(
-            0.0 < self.validation_fraction < 1.0,
-            "tune.validation_fraction",
-            self.validation_fraction,
-            "a number strictly between 0 and 1",
-        )
-        require(self.trials >= 0, "tune.trials", self.trials, "an integer >= 0 (0 = the model kind's default)")
-        for name in ("max_iterations", "patience", "min_iterations", "validation_users"):
-            require(getattr(self, name) >= 1, f"tune.{name}", getattr(self, name), "an integer >= 1")
-        require(self.eta >= 2, "tune.eta", self.eta, "an integer >= 2")
+        check_settings(self, "tune")
         require(isinstance(self.space, dict), "tune.space", self.space, "a table of model keys")
         hints = typing.get_type_hints(ModelConfig)
         for name, choice in self.space.items():
@@ -334,10 +439,12 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    # MLflow tracking URI (file:///path/mlruns, http://host:5000, databricks); "" = no tracking.
-    # Needs the mlflow package (pip install 'mf_spark[mlflow]').
-    mlflow_uri: str = ""
-    experiment: str = "mf_spark"  # MLflow experiment the runs are logged under
+    mlflow_uri: str = setting(
+        "",
+        "MLflow tracking URI (`file:///path/mlruns`, `http://host:5000`, `databricks`); set, each run logs its "
+        "config, history, metrics, report and model (needs `pip install 'mf_spark[mlflow]'`); \"\" = no tracking",
+    )
+    experiment: str = setting("mf_spark", "the MLflow experiment the runs are logged under")
 
 
 @dataclass(frozen=True)
@@ -366,12 +473,6 @@ SECTIONS: dict[str, type] = {
 }
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
-
-
-def _finite(key: str, number: float) -> float:
-    """No setting is NaN or infinite: such a value would reach the factors and publish a NaN model."""
-    require(math.isfinite(number), key, number, "a finite number")
-    return number
 
 
 def _coerce(key: str, hint: Any, value: Any, from_text: bool) -> Any:
@@ -555,6 +656,50 @@ def to_toml(run: RunConfig, header: str = "") -> str:
                 lines.append(f"{name} = {_toml_value(value)}")
     lines += ["", "[spark]"] + [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in run.spark.items()]
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+# The [spark] section is Spark's own keys, declared by Spark: the one row of the table no field makes.
+SPARK_ROW = (
+    "| `[spark]` | — | any Spark conf key, passed to the session; keys spark-submit sets win over the job's defaults, "
+    "and `spark.sql.shuffle.partitions` left unset becomes twice the task slots (at least 8) |"
+)
+
+
+def _shown(value: Any) -> str:
+    """A default as the README's table shows it."""
+    return "unset" if value is None else f"`{_toml_value(value)}`"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, a row per key, made from the declarations."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = {} if f.default is dataclasses.MISSING else f.default
+            rows.append(f"| `{section}.{f.name}` | {_shown(default)} | {f.metadata['doc']} |")
+    return "\n".join(rows + [SPARK_ROW]) + "\n"
+
+
+def defaults_toml() -> str:
+    """conf/default.toml, made from the declarations: every key at its default, its doc above it (an
+    unset key commented out: TOML has no null)."""
+    lines = [
+        "# mf_spark defaults, made from the declarations in mf_spark/core/config.py by scripts/config_docs.py.",
+        "# Every key is optional; --set section.key=value overrides any of them. Parsed (tomllib), never executed.",
+    ]
+    for section, cls in SECTIONS.items():
+        lines += ["", f"[{section}]"]
+        for f in dataclasses.fields(cls):
+            lines += ["# " + line for line in textwrap.wrap(f.metadata["doc"], 98)]
+            default = {} if f.default is dataclasses.MISSING else f.default
+            lines.append(f"# {f.name} = (unset)" if default is None else f"{f.name} = {_toml_value(default)}")
+    lines += [
+        "",
+        "[spark]",
+        "# Any Spark conf key, passed to the session, e.g.:",
+        '# "spark.sql.shuffle.partitions" = "16"',
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def saved_model_config(config: dict[str, Any], kind: str) -> ModelConfig:
