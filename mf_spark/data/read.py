@@ -108,6 +108,16 @@ _COMPRESSED = (".gz", ".bz2")
 SAMPLE = ("data", "mllib", "als", "sample_movielens_ratings.txt")
 
 
+def columns_disagree(where: str, first: str, differ: list[str], kind: str) -> InputError:
+    """The error of a folder whose files disagree on their columns: `first` says what the first file
+    has, `differ` names the others (five at most are listed)."""
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return InputError(
+        f"{where}: the files' columns disagree: {first}, but {', '.join(differ[:5])}{more}; "
+        f"give files with one {kind}, or read them separately"
+    )
+
+
 def sample_path() -> str:
     """The MovieLens sample (`user::item::rating::timestamp`, 1501 rows) shipped with pyspark.
 
@@ -355,12 +365,8 @@ def check_same_columns(names: list[str], first_line: str, what: str) -> None:
         if own is not None and own != first_line:
             differ.append(f"{os.path.basename(name)} ({own[:80]!r})")
     if differ:
-        raise InputError(
-            f"{what}: the files' columns disagree: {os.path.basename(names[0])} has the header "
-            f"{first_line[:80]!r}, but "
-            + ", ".join(differ[:5])
-            + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-            + "; give files with one header, or read them separately"
+        raise columns_disagree(
+            what, f"{os.path.basename(names[0])} has the header {first_line[:80]!r}", differ, "header"
         )
 
 
@@ -470,13 +476,7 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
         columns = [m.schema_arrow.names for m in metas]
         differ = [f"{os.path.basename(n)} ({', '.join(c)})" for n, c in zip(names, columns) if c != columns[0]]
         if differ:
-            raise InputError(
-                f"{path}: the files' columns disagree: {os.path.basename(names[0])} has "
-                f"{', '.join(columns[0])}, but "
-                + ", ".join(differ[:5])
-                + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-                + "; give files with one schema, or read them separately"
-            )
+            raise columns_disagree(path, f"{os.path.basename(names[0])} has {', '.join(columns[0])}", differ, "schema")
     df = _load(path, spark.read.parquet)
     names = df.columns
     pos = choose_columns(names, cfg, True, source)

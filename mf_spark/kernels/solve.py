@@ -383,20 +383,10 @@ def solve_block(
     engine : str                    auto | compiled | numpy (`engine_for`), when no plan is given
     Returns a BlockSolution. Raises ValueError when shapes disagree.
     """
-    n_rows = indptr.size - 1
-    n_fixed, k = Y.shape
-    if indptr[-1] != cols.size or cols.size != vals.size:
-        raise ValueError(f"bad CSR: indptr ends at {indptr[-1]}, {cols.size} cols, {vals.size} values")
-    if spec.with_bias and (fixed_bias is None or fixed_bias.shape != (n_fixed,)):
-        raise ValueError("with_bias needs fixed_bias of shape (n_fixed,)")
-    if spec.kind == "implicit" and (gram is None or gram.shape != (k, k)):
-        raise ValueError(f"implicit solve needs the ({k}, {k}) Gramian of the fixed side")
+    n_rows, (n_fixed, k) = indptr.size - 1, Y.shape
     width = k + 1 if spec.with_bias else k
     cg = spec.cg_steps > 0 and not spec.nonnegative
-    if cg and (x0 is None or x0.shape != (n_rows, width)):
-        raise ValueError(
-            f"conjugate-gradient solves need x0 of shape ({n_rows}, {width}), got {None if x0 is None else x0.shape}"
-        )
+    _check_block(indptr, cols, vals, n_fixed, k, width, spec, fixed_bias, gram, x0 if cg else None, cg)
     if plan is None:
         plan = layout(indptr, cols, vals, spec, n_fixed, width, budget, engine)
     elif plan.n_fixed != n_fixed or plan.width != width or plan.spec != spec:
@@ -406,16 +396,7 @@ def solve_block(
         )
     if plan.compiled:
         return _solve_compiled(indptr, cols, vals, Y, spec, fixed_bias, gram, plan, x0 if cg else None)
-    Yf = np.zeros((n_fixed + 1, width), dtype=np.float32)  # last row: padding target
-    Yf[:n_fixed, :k] = Y
-    if spec.with_bias:
-        Yf[:n_fixed, k] = spec.bias_unit
-    # What an explicit rating is fitted to: r - mu - b_i (0 at padding, like the padded factor rows).
-    offset = None
-    if spec.kind == "explicit" and (spec.mu or spec.with_bias):
-        offset = np.full(n_fixed + 1, spec.mu, dtype=np.float32)
-        if spec.with_bias:
-            offset[:n_fixed] += fixed_bias
+    Yf, offset = _padded_fixed(Y, spec, fixed_bias)
     buf = np.empty(plan.max_floats, dtype=np.float32)
     wbuf = np.empty(plan.max_floats if spec.kind == "implicit" else 0, dtype=np.float32)
     X = np.zeros((n_rows, width), dtype=np.float64)
@@ -425,50 +406,13 @@ def solve_block(
         evals, V = np.linalg.eigh(gram)
         eig = (np.maximum(evals, 0.0), V)
     for ch in plan.chunks:
-        rows, mask, lens = ch.rows, ch.mask, ch.lens
         b, L = ch.idx.shape
         G = np.take(Yf, ch.idx, axis=0, out=buf[: b * L * width].reshape(b, L, width))  # (b, L, width)
-        GT = G.transpose(0, 2, 1)
-        t = ch.vals if offset is None else np.where(mask, ch.vals - offset[ch.idx], np.float32(0))
-        lam = spec.row_reg(lens)
-        pred = None
-        # Gramians and right sides in float32 BLAS (the factors are float32), the k x k solves in float64.
-        if cg:
-            A = None
-            if spec.kind == "explicit":
-                x, pred = cg_stack(G, None, t, lam, x0[rows], spec.cg_steps)
-            else:
-                c, p = ch.conf, ch.pref
-                weight = c - np.float32(spec.w0) * mask
-                x, pred = cg_stack(G, weight, c * p, lam, x0[rows], spec.cg_steps, spec.w0, gram)
-        elif spec.kind == "explicit" and L < width and not spec.nonnegative and np.all(lam > 0):
-            # Fewer ratings than unknowns: the L x L dual system gives the same x (push-through
-            # identity: (G'G + lam I)^-1 G't = G'(GG' + lam I)^-1 t); padded entries have t = 0.
-            K = np.matmul(G, GT).astype(np.float64)
-            K[:, np.arange(L), np.arange(L)] += lam[:, None]
-            x = np.matmul(GT.astype(np.float64), _solve_spd(K, t.astype(np.float64))[..., None])[..., 0]
-            A = rhs = None
-        elif spec.kind == "explicit":
-            A = np.matmul(GT, G).astype(np.float64)
-            rhs = np.matmul(GT, t[..., None])[..., 0].astype(np.float64)
-        else:
-            c, p = ch.conf, ch.pref
-            weight = c - np.float32(spec.w0) * mask  # c - w0 at observed entries, 0 at padding
-            if L * 3 < width * 2 and not spec.nonnegative and np.all(lam > 0):
-                # Woodbury pays O(L k^2 + L^3) per row against O(L k^2 + k^3) for the k x k system,
-                # but at float64 and in smaller products: faster for rows of up to about 2k/3
-                # entries (the test above), slower for longer ones.
-                x = _implicit_few(G, weight, c * p, lam, spec.w0, *eig)
-                A = rhs = None
-            else:
-                Gw = np.multiply(G, weight[:, :, None], out=wbuf[: G.size].reshape(G.shape))
-                A = np.matmul(GT, Gw).astype(np.float64)
-                A += spec.w0 * gram
-                rhs = np.matmul(GT, (c * p)[..., None])[..., 0].astype(np.float64)
-        if A is not None:
-            A[:, np.arange(width), np.arange(width)] += lam[:, None]
-            x = nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)
-        X[rows] = x
+        t = ch.vals if offset is None else np.where(ch.mask, ch.vals - offset[ch.idx], np.float32(0))
+        lam = spec.row_reg(ch.lens)
+        x0_rows = x0[ch.rows] if cg else None
+        x, pred = _solve_chunk(ch, G, t, lam, spec, gram, eig, wbuf, x0_rows, k)
+        X[ch.rows] = x
         # Padded entries have a zero factor row and t = 0, so their error is 0 without a mask.
         if pred is None:
             pred = np.matmul(G, x.astype(np.float32)[..., None])[..., 0]  # (b, L)
@@ -479,14 +423,84 @@ def solve_block(
             sq_err += sq
             data_loss += sq
         else:
-            perr = (p - pred).astype(np.float64)  # c = 0 at padding
+            perr = (ch.pref - pred).astype(np.float64)  # c = 0 at padding
             data_loss += float(
-                np.vdot(c * perr, perr)
+                np.vdot(ch.conf * perr, perr)
                 - spec.w0 * np.vdot(pred, pred.astype(np.float64))
                 + spec.w0 * np.sum((x @ gram) * x)
             )
     bias = (X[:, k] * spec.bias_unit).astype(np.float32) if spec.with_bias else None
     return BlockSolution(X[:, :k].astype(np.float32), bias, data_loss, reg_loss, sq_err)
+
+
+def _check_block(indptr, cols, vals, n_fixed: int, k: int, width: int, spec: SolveSpec, fixed_bias, gram, x0, cg):
+    """ValueError naming what solve_block's inputs disagree on."""
+    if indptr[-1] != cols.size or cols.size != vals.size:
+        raise ValueError(f"bad CSR: indptr ends at {indptr[-1]}, {cols.size} cols, {vals.size} values")
+    if spec.with_bias and (fixed_bias is None or fixed_bias.shape != (n_fixed,)):
+        raise ValueError("with_bias needs fixed_bias of shape (n_fixed,)")
+    if spec.kind == "implicit" and (gram is None or gram.shape != (k, k)):
+        raise ValueError(f"implicit solve needs the ({k}, {k}) Gramian of the fixed side")
+    n_rows = indptr.size - 1
+    if cg and (x0 is None or x0.shape != (n_rows, width)):
+        raise ValueError(
+            f"conjugate-gradient solves need x0 of shape ({n_rows}, {width}), got {None if x0 is None else x0.shape}"
+        )
+
+
+def _padded_fixed(Y: np.ndarray, spec: SolveSpec, fixed_bias: np.ndarray | None):
+    """The fixed factors with the bias column and a last all-zero row that padded entries point at
+    ((n_fixed + 1, width) float32), and what an explicit rating is fitted to beyond the factors,
+    mu + b_i per fixed row (0 at padding, like the padded factor rows), or None."""
+    n_fixed, k = Y.shape
+    Yf = np.zeros((n_fixed + 1, k + 1 if spec.with_bias else k), dtype=np.float32)
+    Yf[:n_fixed, :k] = Y
+    if spec.with_bias:
+        Yf[:n_fixed, k] = spec.bias_unit
+    offset = None
+    if spec.kind == "explicit" and (spec.mu or spec.with_bias):
+        offset = np.full(n_fixed + 1, spec.mu, dtype=np.float32)
+        if spec.with_bias:
+            offset[:n_fixed] += fixed_bias
+    return Yf, offset
+
+
+def _solve_chunk(ch, G, t, lam, spec: SolveSpec, gram, eig, wbuf, x0_rows, k: int):
+    """The new factors of one chunk's rows ((b, width) float64), and their predictions at the rows'
+    entries when the solve made them (conjugate gradients), else None. G (b, L, width) holds the
+    fixed factors of each row's entries, t (b, L) the targets, lam (b,) the rows' lambdas."""
+    width, L = G.shape[2], G.shape[1]
+    GT = G.transpose(0, 2, 1)
+    mask = ch.mask
+    # Gramians and right sides in float32 BLAS (the factors are float32), the k x k solves in float64.
+    if x0_rows is not None:
+        if spec.kind == "explicit":
+            return cg_stack(G, None, t, lam, x0_rows, spec.cg_steps)
+        weight = ch.conf - np.float32(spec.w0) * mask
+        return cg_stack(G, weight, ch.conf * ch.pref, lam, x0_rows, spec.cg_steps, spec.w0, gram)
+    if spec.kind == "explicit" and L < width and not spec.nonnegative and np.all(lam > 0):
+        # Fewer ratings than unknowns: the L x L dual system gives the same x (push-through
+        # identity: (G'G + lam I)^-1 G't = G'(GG' + lam I)^-1 t); padded entries have t = 0.
+        K = np.matmul(G, GT).astype(np.float64)
+        K[:, np.arange(L), np.arange(L)] += lam[:, None]
+        return np.matmul(GT.astype(np.float64), _solve_spd(K, t.astype(np.float64))[..., None])[..., 0], None
+    if spec.kind == "explicit":
+        A = np.matmul(GT, G).astype(np.float64)
+        rhs = np.matmul(GT, t[..., None])[..., 0].astype(np.float64)
+    else:
+        c, p = ch.conf, ch.pref
+        weight = c - np.float32(spec.w0) * mask  # c - w0 at observed entries, 0 at padding
+        if L * 3 < width * 2 and not spec.nonnegative and np.all(lam > 0):
+            # Woodbury pays O(L k^2 + L^3) per row against O(L k^2 + k^3) for the k x k system,
+            # but at float64 and in smaller products: faster for rows of up to about 2k/3
+            # entries (the test above), slower for longer ones.
+            return _implicit_few(G, weight, c * p, lam, spec.w0, *eig), None
+        Gw = np.multiply(G, weight[:, :, None], out=wbuf[: G.size].reshape(G.shape))
+        A = np.matmul(GT, Gw).astype(np.float64)
+        A += spec.w0 * gram
+        rhs = np.matmul(GT, (c * p)[..., None])[..., 0].astype(np.float64)
+    A[:, np.arange(width), np.arange(width)] += lam[:, None]
+    return (nnls_stack(A, rhs, free=width - k) if spec.nonnegative else _solve_spd(A, rhs)), None
 
 
 def _solve_compiled(

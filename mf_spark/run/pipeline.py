@@ -101,6 +101,18 @@ def settled(warm: threading.Thread | None):
 
 
 @dataclass
+class Prepared:
+    """What the stages after the split work on: the run's settings, its claimed output folder and the
+    input, loaded (Loaded) and split and indexed (prepare.Ready)."""
+
+    cfg: RunConfig
+    output: str
+    lease: write.Lease
+    loaded: Loaded
+    ready: prepare.Ready
+
+
+@dataclass
 class Fitted:
     """A fit and what its evaluation needs (the evaluation_setup and fit phases)."""
 
@@ -128,7 +140,7 @@ class Pipeline:
             with settled(loaded.warm):
                 with self.clock.phase("split_index"):
                     ready = loaded.front.split_index()
-                return self.fit_publish(self.cfg, output, lease, loaded, ready)
+                return self.fit_publish(Prepared(self.cfg, output, lease, loaded, ready))
 
         return self._claimed("train", stages, keep_checkpoints=self.args.resume)
 
@@ -154,25 +166,8 @@ class Pipeline:
             search = found[0]
             best = tune.best_run(cfg, search)
             trials = tune.trials_table(search)
-            summary = {
-                "method": cfg.tune.method,
-                "metric": search.metric,
-                "trials": len(search.trials),
-                "best_trial": search.best.number,
-                "best_validation": search.best_value,
-                "best_iteration": search.best_iteration,
-                "validation_ratings": inner.heldout.n,
-                "fit_ratings": inner.stats.n,
-                "seconds": seconds,
-                "best": search.best_settings,
-            }
-            header = (
-                f"Chosen by jobs/tune.py: trial {search.best.number} of {len(search.trials)} "
-                f"({cfg.tune.method}), validation {search.metric} {search.best_value:.5g} after "
-                f"{search.best_iteration} iterations,\non {inner.heldout.n} validation ratings carved from "
-                f"the training data (never the test set).\n"
-                f"Train it again: jobs/train.py --input ... --config best.toml"
-            )
+            summary = tune.summary(cfg, search, inner, seconds)
+            header = tune.chosen_header(cfg, search, inner)
 
             def extra(staging: str, body: dict) -> list:
                 fs.write_parquet(self.spark, posixpath.join(staging, "tuning", "trials.parquet"), trials)
@@ -182,7 +177,7 @@ class Pipeline:
                 ]
 
             self.args = dataclasses.replace(self.args, run=best)
-            return self.fit_publish(best, output, lease, loaded, outer, extra, {"tuning": summary})
+            return self.fit_publish(Prepared(best, output, lease, loaded, outer), extra, {"tuning": summary})
 
         metrics = self._claimed("tune", stages, keep_checkpoints=False, track=False)
         search = found[0]
@@ -280,18 +275,12 @@ class Pipeline:
         return Loaded(front, loaded.counts, loaded.rejected, input_path, previous, warm)
 
     def fit_publish(
-        self,
-        cfg: RunConfig,
-        output: str,
-        lease: write.Lease,
-        loaded: Loaded,
-        ready: prepare.Ready,
-        extra: Callable[[str, dict], list] | None = None,
-        more_metrics: dict | None = None,
+        self, run: Prepared, extra: Callable[[str, dict], list] | None = None, more_metrics: dict | None = None
     ) -> dict:
-        """Fit `ready`, evaluate, recommend and publish the output folder (with its report.html);
+        """Fit `run.ready`, evaluate, recommend and publish the output folder (with its report.html);
         returns metrics.json's content. `extra(staging, metrics)` writes more outputs into the staging
         folder and returns more report sections, and `more_metrics` joins metrics.json (the tuning job's)."""
+        ready = run.ready
         log.info(
             "training on %d ratings (%d users x %d items), %d held out (%d cold)",
             ready.stats.n,
@@ -300,21 +289,22 @@ class Pipeline:
             ready.heldout.n,
             ready.heldout.n_cold,
         )
-        fitted = self._fit(cfg, output, lease, loaded, ready)
+        fitted = self._fit(run)
         with self.clock.phase("evaluate"):
-            metrics, seen = self._evaluate(cfg, loaded, ready, fitted)
+            metrics, seen = self._evaluate(run, fitted)
             metrics.update(more_metrics or {})
         with self.clock.phase("recommend_write"):
-            self._recommend_write(cfg, output, lease, loaded, ready, fitted, metrics, seen, extra)
+            self._recommend_write(run, fitted, metrics, seen, extra)
         fitted.checkpoints.clear()
         if seen is not None:
             seen.unpersist()
         ready.release()
         metrics.update(self.clock.report())
-        metrics["output"] = output
+        metrics["output"] = run.output
         return metrics
 
-    def _fit(self, cfg: RunConfig, output: str, lease: write.Lease, loaded: Loaded, ready: prepare.Ready) -> Fitted:
+    def _fit(self, run: Prepared) -> Fitted:
+        cfg, loaded, ready = run.cfg, run.loaded, run.ready
         args, explicit = self.args, cfg.model.kind == "explicit"
         users, items, stats, heldout = ready.users, ready.items, ready.stats, ready.heldout
         with self.clock.phase("evaluation_setup"):
@@ -330,7 +320,7 @@ class Pipeline:
                 users.ids,
                 items.ids,
             )
-            checkpoints = CheckpointStore(self.spark, output, run_id, guard=lease.check)
+            checkpoints = CheckpointStore(self.spark, run.output, run_id, guard=run.lease.check)
             relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
             tracker = None
             if cfg.eval.every_iteration:
@@ -358,8 +348,9 @@ class Pipeline:
             )
         return Fitted(fit, model, relevant, checkpoints)
 
-    def _evaluate(self, cfg: RunConfig, loaded: Loaded, ready: prepare.Ready, fitted: Fitted) -> tuple[dict, Any]:
+    def _evaluate(self, run: Prepared, fitted: Fitted) -> tuple[dict, Any]:
         """metrics.json's content but for the phases; and the users' seen lists when they were built."""
+        cfg, loaded, ready = run.cfg, run.loaded, run.ready
         fit, model, seen = fitted.fit, fitted.model, None
         if fit.top is not None:
             ranking = evaluate.ranking_of_top(fit.top, fitted.relevant, ready.items.size, cfg.eval.k)
@@ -392,17 +383,9 @@ class Pipeline:
         return metrics, seen
 
     def _recommend_write(
-        self,
-        cfg: RunConfig,
-        output: str,
-        lease: write.Lease,
-        loaded: Loaded,
-        ready: prepare.Ready,
-        fitted: Fitted,
-        metrics: dict,
-        seen: Any,
-        extra: Callable[[str, dict], list] | None,
+        self, run: Prepared, fitted: Fitted, metrics: dict, seen: Any, extra: Callable[[str, dict], list] | None
     ) -> None:
+        cfg, ready = run.cfg, run.ready
         spark, args, model, fit = self.spark, self.args, fitted.model, fitted.fit
         candidates = model.candidate_mask(
             *(
@@ -429,13 +412,13 @@ class Pipeline:
 
         write.publish(
             spark,
-            output,
+            run.output,
             model,
             recs,
             lambda: {**metrics, **self.clock.report()},
-            loaded.rejected,
+            run.loaded.rejected,
             {"versions": metrics["versions"]},
-            lease,
+            run.lease,
             more,
         )
 

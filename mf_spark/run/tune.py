@@ -403,3 +403,31 @@ def trials_table(found: Search) -> pa.Table:
         ("failed", pa.string()),
     ]
     return pa.Table.from_pylist(rows, pa.schema(fields))
+
+
+def summary(run: RunConfig, search, inner, seconds: float) -> dict[str, Any]:
+    """metrics.json's "tuning" entry: how the search went (`search` from `search`, on the prepared
+    fit part `inner`), and what it chose."""
+    return {
+        "method": run.tune.method,
+        "metric": search.metric,
+        "trials": len(search.trials),
+        "best_trial": search.best.number,
+        "best_validation": search.best_value,
+        "best_iteration": search.best_iteration,
+        "validation_ratings": inner.heldout.n,
+        "fit_ratings": inner.stats.n,
+        "seconds": seconds,
+        "best": search.best_settings,
+    }
+
+
+def chosen_header(run: RunConfig, search, inner) -> str:
+    """best.toml's opening comment: which trial was chosen, on what, and how to train it again."""
+    return (
+        f"Chosen by jobs/tune.py: trial {search.best.number} of {len(search.trials)} "
+        f"({run.tune.method}), validation {search.metric} {search.best_value:.5g} after "
+        f"{search.best_iteration} iterations,\non {inner.heldout.n} validation ratings carved from "
+        f"the training data (never the test set).\n"
+        f"Train it again: jobs/train.py --input ... --config best.toml"
+    )
