@@ -1,6 +1,6 @@
 """Write conf/default.toml and the README's configuration table from the config declarations
 (mf_spark/core/config.py): each key's default, doc and rule are declared there once, and
-tests/test_config.py fails when either file differs from what this script writes.
+tests/core/test_config.py fails when either file differs from what this script writes.
 
     python scripts/config_docs.py
 """

@@ -5,7 +5,7 @@
     ready = front.split_index()      # split, ID maps, training triples, held-out rows, statistics
     outer, inner = front.tuning_split(validation)   # the same, and the training part split again
 
-Two front ends give the same `Ready` (tests/test_prepare.py holds them to it):
+Two front ends give the same `Ready` (tests/data/test_prepare.py holds them to it):
     driver  mf_spark.data.local: Arrow and numpy in the driver process, no Spark job; the training ratings
             stay driver arrays (ready.Triples) that the resident stage takes directly
     spark   mf_spark.data.read / validate / split / index: Spark jobs, the training ratings a cached DataFrame

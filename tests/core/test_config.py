@@ -11,7 +11,7 @@ from mf_spark.core import config
 from mf_spark.core.config import DataConfig, EvalConfig, ModelConfig, RecommendConfig, RunConfig, SplitConfig
 from mf_spark.core.errors import ConfigError
 
-DEFAULT_TOML = Path(__file__).resolve().parent.parent / "conf" / "default.toml"
+DEFAULT_TOML = Path(__file__).resolve().parents[2] / "conf" / "default.toml"
 
 
 def write(tmp_path, text, name="run.toml"):

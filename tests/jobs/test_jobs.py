@@ -17,7 +17,7 @@ from mf_spark.data import read
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = {"factors", "recommendations", "metrics.json", "model.json", "report.html", "_SUCCESS"}
 METRIC_KEYS = {
     "rmse",

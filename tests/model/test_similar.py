@@ -22,7 +22,7 @@ from mf_spark.model import similar
 from mf_spark.model.factors import FactorModel
 from mf_spark.model.similar import normalize_rows, similar_items, similar_users
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USERS_STR = ["ann", "bea", "cy", "dan", "eve", "fay", "gus", "hal", "ivy"]  # sorted: index = position
 ITEMS_LONG = [3, 10, 11, 250, 1000, 4096, 70000, 123456, 2**31, 2**33, 2**40, 2**41, 2**50]
 ITEMS_STR = ["i01", "i02", "i1", "i10", "i2", "j", "k", "l", "m", "n", "o", "p", "q"]

@@ -17,7 +17,7 @@ from mf_spark.core.errors import FAIL_AT_ENV
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARGS = [
     "--set",
     "model.rank=4",

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_synthetic.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_synthetic.py"
 
 
 @pytest.fixture(scope="module")

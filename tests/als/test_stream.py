@@ -53,29 +53,6 @@ def _fit(spark, cfg, **kwargs):
     return als.fit(ratings_df(spark, u, i, r), 80, 50, cfg, **kwargs)
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {"biases": True},
-        {"kind": "implicit", "alpha": 2.0},
-        {"nonnegative": True, "num_user_blocks": 3, "num_item_blocks": 5},
-        {"biases": True, "solver": "cg", "num_user_blocks": 3},
-        {"kind": "implicit", "alpha": 2.0, "solver": "cg", "num_item_blocks": 5},
-    ],
-)
-def test_stream_gives_the_factors_of_one_job_per_half_step(spark, extra):
-    base = ModelConfig(rank=4, iterations=4, reg=0.1, seed=3, **extra)
-    if base.kind == "implicit":
-        base = dataclasses.replace(base, reg=0.05)
-    jobs = _fit(spark, dataclasses.replace(base, exchange="jobs"))
-    streamed = _fit(spark, dataclasses.replace(base, exchange="stream"))
-    np.testing.assert_allclose(streamed.factors.X, jobs.factors.X, atol=1e-6)
-    np.testing.assert_allclose(streamed.factors.Y, jobs.factors.Y, atol=1e-6)
-    np.testing.assert_allclose(streamed.losses, jobs.losses, rtol=1e-9)
-    if base.biases:
-        np.testing.assert_allclose(streamed.factors.user_bias, jobs.factors.user_bias, atol=1e-6)
-
-
 @pytest.mark.parametrize("extra", [{"biases": True, "num_user_blocks": 3}, {"kind": "implicit", "alpha": 2.0}])
 def test_top_lists_scored_by_the_tasks_equal_the_spark_jobs_lists(spark, extra):
     """fit(top_n=...) with the stream: every user's lists, training items excluded, are those

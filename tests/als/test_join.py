@@ -26,32 +26,6 @@ def df(spark):
     return ratings_df(spark, u[keep], i[keep], r[keep])
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {"biases": True, "solver": "cg", "num_user_blocks": 3, "num_item_blocks": 5, "checkpoint_interval": 2},
-        {
-            "kind": "implicit",
-            "alpha": 2.0,
-            "reg": 0.05,
-            "num_user_blocks": 9,
-            "num_item_blocks": 1,
-            "nonnegative": True,
-        },
-        {"kind": "implicit", "alpha": 2.0, "reg": 0.05, "solver": "cg"},
-    ],
-)
-def test_join_gives_the_broadcast_factors(spark, df, extra):
-    base = ModelConfig(**{"rank": 4, "iterations": 3, "reg": 0.1, "seed": 2, "exchange": "jobs", **extra})
-    broadcast = als.fit(df, 80, 50, dataclasses.replace(base, strategy="broadcast"))
-    joined = als.fit(df, 80, 50, dataclasses.replace(base, strategy="join"))
-    assert np.max(np.abs(joined.factors.X - broadcast.factors.X)) < 1e-4
-    assert np.max(np.abs(joined.factors.Y - broadcast.factors.Y)) < 1e-4
-    np.testing.assert_allclose(joined.losses, broadcast.losses, rtol=1e-6)
-    if base.biases:
-        assert np.max(np.abs(joined.factors.item_bias - broadcast.factors.item_bias)) < 1e-4
-
-
 def test_auto_joins_when_the_factors_exceed_the_budget(spark, df, monkeypatch):
     cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=2, broadcast_budget_mb=0)
     assert cfg.strategy_for(80, 50) == "join"

@@ -21,7 +21,7 @@ from mf_spark import load_model
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # A checkpoint every iteration keeps the run long enough to kill an executor in the middle of it.
 ARGS = [
     "--set",
