@@ -2,8 +2,8 @@
 
     python scripts/benchmark_job.py (--train T.parquet --test V.parquet | --input ratings.csv | --synthetic N)
         [--kind explicit|implicit] [--rank 10] [--iterations 10] [--reg 0.1] [--alpha 1.0]
-        [--pairs 3] [--master local[2]] [--driver-memory 8g] [--set section.key=value ...] [--json report.json]
-        [--doc docs/performance.md [--label TITLE]]
+        [--pairs 3] [--master local[2] | --cluster [--worker-memory 2g]] [--floor] [--driver-memory 8g]
+        [--set section.key=value ...] [--json report.json] [--doc docs/performance.md [--label TITLE]]
 
 Each pair runs `jobs/train.py` and `scripts/mllib_job.py` (the job an MLlib user writes: read Parquet,
 ALS.fit, transform + RegressionEvaluator, recommendForAllUsers(10) with NDCG@10, both factor tables
@@ -15,6 +15,13 @@ metrics.json's "timings" and "spark_jobs"). Printed: every run, the medians, the
 ratio ours/MLlib of the median wall times; --json writes all of it, --doc replaces this run's
 section (by --label) of a markdown file such as docs/performance.md.
 
+--cluster starts a standalone cluster on this machine for the run (a master and two workers of one
+core on 127.0.0.1, scripts/standalone.py) and submits every job to it, ours with the package shipped
+as --py-files dist/mf_spark.zip, as a user submits it. --floor adds scripts/floor_job.py to every
+round (ours, MLlib, floor, in turn): a job with no model that reads and counts the inputs and writes
+outputs of our size. Its median is the least any Spark job costs there; the report gives each job's
+time above it and the ratio of those, ours over MLlib's.
+
 --input splits a ratings file (CSV with a header, or Parquet; columns found by name as in
 jobs/train.py) 80/20 at random (seed 42) into temporary Parquet files; --synthetic N does the same
 with scripts/make_synthetic.py's data (deterministic). --set passes config keys to our job only.
@@ -23,6 +30,7 @@ with scripts/make_synthetic.py's data (deterministic). --set passes config keys 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import standalone  # noqa: E402
 from proctree import descendants  # noqa: E402
 
 SAMPLE_SECONDS = 0.2
@@ -129,13 +138,20 @@ def run_process(cmd: list[str], env: dict) -> dict:
     }
 
 
-def submit(args, script: str, job_args: list[str]) -> list[str]:
+def submit(args, script: str, job_args: list[str], package: bool = False) -> list[str]:
+    """spark-submit of `script`; on a cluster with the executors' memory, and with `package` the
+    mf_spark package shipped to them."""
+    on_cluster = getattr(args, "cluster", False)  # benchmark_tuning.py submits with its own arguments
+    cluster = [] if not on_cluster else ["--conf", f"spark.executor.memory={args.executor_memory}"]
+    if on_cluster and package:
+        cluster += ["--py-files", os.path.join(ROOT, "dist", "mf_spark.zip")]
     return [
         os.path.join(os.path.dirname(sys.executable), "spark-submit"),
         "--master",
         args.master,
         "--driver-memory",
         args.driver_memory,
+        *cluster,
         os.path.join(ROOT, script),
         *job_args,
     ]
@@ -155,6 +171,7 @@ def run_ours(args, train: str, test: str, out: str, env: dict) -> dict:
         args,
         "jobs/train.py",
         ["--train", train, "--test", test, "--output", out, *[x for s in sets + args.set for x in ("--set", s)]],
+        package=True,
     )
     r = run_process(cmd, env)
     if r["returncode"] != 0:
@@ -206,6 +223,15 @@ def run_mllib(args, train: str, test: str, out: str, env: dict) -> dict:
     return {**_public(r), **json.loads(line)}
 
 
+def run_floor(args, train: str, test: str, out: str, env: dict) -> dict:
+    job = ["--train", train, "--test", test, "--output", out, "--rank", str(args.rank)]
+    r = run_process(submit(args, "scripts/floor_job.py", job), env)
+    if r["returncode"] != 0:
+        raise SystemExit(f"the floor job failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
+    line = next(ln for ln in reversed(r["stdout"].splitlines()) if ln.startswith("{"))
+    return {**_public(r), **json.loads(line)}
+
+
 def _public(r: dict) -> dict:
     return {k: r[k] for k in ("wall_seconds", "peak_mb")}
 
@@ -216,7 +242,7 @@ def median_phases(runs: list[dict]) -> dict:
     return {k: round(statistics.median(r["timings"].get(k, 0.0) for r in runs), 3) for k in names}
 
 
-def summarize(ours: list[dict], mllib: list[dict]) -> dict:
+def summarize(ours: list[dict], mllib: list[dict], floor: list[dict] | None = None) -> dict:
     med = lambda runs, key: statistics.median(r[key] for r in runs)
     out = {
         "ours": {
@@ -238,6 +264,16 @@ def summarize(ours: list[dict], mllib: list[dict]) -> dict:
     if all("to_first_iteration" in r for r in ours):
         out["ours"]["to_first_iteration"] = med(ours, "to_first_iteration")
     out["ratio_wall"] = round(out["ours"]["wall_seconds"] / out["mllib"]["wall_seconds"], 3)
+    if floor:
+        base = med(floor, "wall_seconds")
+        above = {who: out[who]["wall_seconds"] - base for who in ("ours", "mllib")}
+        out["floor"] = {
+            "wall_seconds": base,
+            "peak_mb": max(r["peak_mb"] for r in floor),
+            "phases": median_phases(floor),
+        }
+        out["ours"]["above_floor_seconds"], out["mllib"]["above_floor_seconds"] = above["ours"], above["mllib"]
+        out["ratio_above_floor"] = round(above["ours"] / above["mllib"], 3) if above["mllib"] > 0 else None
     out["ratio_peak_mb"] = round(out["ours"]["peak_mb"] / max(out["mllib"]["peak_mb"], 1e-9), 3)
     return out
 
@@ -262,6 +298,12 @@ def print_report(summary: dict, ours: list[dict], mllib: list[dict]) -> None:
         f"quality: RMSE ours {_fmt(o['rmse'])} MLlib {_fmt(m['rmse'])}; NDCG@10 ours {_fmt(o['ndcg_at_k'])} "
         f"MLlib {_fmt(m['ndcg_at_k'])} (MLlib's lists include items the user trained on)"
     )
+    if "floor" in summary:
+        f = summary["floor"]
+        print(
+            f"floor job (no model) {f['wall_seconds']:.1f} s: above it ours {o['above_floor_seconds']:.1f} s, "
+            f"MLlib {m['above_floor_seconds']:.1f} s, ours/MLlib above the floor {summary['ratio_above_floor']}"
+        )
     if "to_first_iteration" in o:
         print(f"ours, session started -> first iteration: {o['to_first_iteration']:.1f} s")
     jobs = ours[-1].get("spark_jobs") or {}
@@ -281,13 +323,22 @@ def markdown(summary: dict, ours: list[dict], args) -> str:
         f"### {args.label}",
         "",
         f"`python scripts/benchmark_job.py {' '.join(args.argv)}` ({len(ours)} alternating pairs, medians; "
-        f"{args.master}, driver memory {args.driver_memory}, rank {args.rank}, {args.iterations} iterations, "
+        f"{_where(args)}, driver memory {args.driver_memory}, rank {args.rank}, {args.iterations} iterations, "
         f"reg {args.reg}{f', alpha {args.alpha}' if args.kind == 'implicit' else ''})",
         "",
         "| | ours | MLlib |",
         "|---|---|---|",
         f"| whole job, s | {o['wall_seconds']:.1f} | {m['wall_seconds']:.1f} |",
         f"| ours / MLlib | **{summary['ratio_wall']:.2f}** | |",
+        *(
+            [
+                f"| floor job (no model), s | {summary['floor']['wall_seconds']:.1f} | |",
+                f"| above the floor, s | {o['above_floor_seconds']:.1f} | {m['above_floor_seconds']:.1f} |",
+                f"| ours / MLlib above the floor | **{summary['ratio_above_floor']}** | |",
+            ]
+            if "floor" in summary
+            else []
+        ),
         f"| peak memory, MB | {o['peak_mb']:.0f} | {m['peak_mb']:.0f} |",
         *(
             [f"| session started -> first iteration, s | {o['to_first_iteration']:.1f} | |"]
@@ -307,6 +358,14 @@ def markdown(summary: dict, ours: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _where(args) -> str:
+    if not getattr(args, "cluster", False):
+        return args.master
+    return (
+        f"a standalone cluster of 2 workers x 1 core, {args.worker_memory} each, executor memory {args.executor_memory}"
+    )
+
+
 def update_doc(path: str, label: str, section: str) -> None:
     """Replace the section tagged `label` in the markdown file `path` (appended when new)."""
     start, end = f"<!-- benchmark_job: {label} -->", f"<!-- /benchmark_job: {label} -->"
@@ -318,6 +377,22 @@ def update_doc(path: str, label: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + block
     with open(path, "w") as fh:
         fh.write(text)
+
+
+def rounds(args, train: str, test: str, work: str, env: dict) -> dict[str, list[dict]]:
+    """args.pairs rounds of our job and MLlib's, alternating which goes first, each round ending with
+    the floor job under --floor."""
+    jobs = {"ours": run_ours, "mllib": run_mllib, "floor": run_floor}
+    runs: dict[str, list[dict]] = {"ours": [], "mllib": [], "floor": []}
+    for i in range(args.pairs):
+        order = ("ours", "mllib") if i % 2 == 0 else ("mllib", "ours")
+        for who in order + (("floor",) if args.floor else ()):
+            out = os.path.join(work, f"{who}-{i}")
+            result = jobs[who](args, train, test, out, env)
+            runs[who].append(result)
+            print(f"{who} run {i + 1}: {result['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--master", default="local[2]")
     p.add_argument("--driver-memory", default="8g")
+    p.add_argument("--cluster", action="store_true", help="start a standalone cluster (2 workers x 1 core) for the run")
+    p.add_argument("--worker-memory", default="2g", help="--cluster: each worker's memory")
+    p.add_argument("--executor-memory", default="1500m", help="--cluster: each executor's memory")
+    p.add_argument("--floor", action="store_true", help="run the floor job (no model) in every round")
     p.add_argument("--set", action="append", default=[], help="config key for our job, repeatable")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--doc", help="markdown file whose section --label this run replaces (docs/performance.md)")
@@ -350,17 +429,18 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     try:
         train, test = inputs(args, work)
-        ours, mllib = [], []
-        for i in range(args.pairs):
-            order = ("ours", "mllib") if i % 2 == 0 else ("mllib", "ours")
-            for who in order:
-                out = os.path.join(work, f"{who}-{i}")
-                run = run_ours if who == "ours" else run_mllib
-                result = run(args, train, test, out, env)
-                (ours if who == "ours" else mllib).append(result)
-                print(f"{who} run {i + 1}: {result['wall_seconds']:.1f} s", file=sys.stderr, flush=True)
-                shutil.rmtree(out, ignore_errors=True)
-        summary = summarize(ours, mllib)
+        with contextlib.ExitStack() as stack:
+            if args.cluster:
+                package = subprocess.run(["bash", os.path.join(ROOT, "scripts", "package.sh")], capture_output=True)
+                if package.returncode != 0:
+                    raise SystemExit(f"scripts/package.sh failed:\n{package.stderr.decode()[-2000:]}")
+                where = os.path.join(work, "cluster")
+                args.master = stack.enter_context(
+                    standalone.cluster(2, 1, args.worker_memory, where, sys.executable)
+                ).master
+            runs = rounds(args, train, test, work, env)
+        ours, mllib, floor = runs["ours"], runs["mllib"], runs["floor"]
+        summary = summarize(ours, mllib, floor)
         print_report(summary, ours, mllib)
         if args.doc:
             update_doc(args.doc, args.label, markdown(summary, ours, args))
@@ -370,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 "summary": summary,
                 "ours": ours,
                 "mllib": mllib,
+                "floor": floor,
             }
             with open(args.json, "w") as fh:
                 json.dump(report, fh, indent=2)

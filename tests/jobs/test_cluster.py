@@ -4,14 +4,11 @@ local run with the same seed, even with an executor killed in the middle of the 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,9 @@ from mf_spark import load_model
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import standalone  # noqa: E402  (scripts/standalone.py: the cluster the benchmark starts too)
+
 # A checkpoint every iteration keeps the run long enough to kill an executor in the middle of it.
 ARGS = [
     "--set",
@@ -35,105 +35,11 @@ ARGS = [
 ]
 
 
-def _spark_bin(name: str) -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent / "bin" / name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not ready after {seconds} s")
-
-
-def _alive_workers(ui_port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json", timeout=2) as r:
-            return int(json.load(r).get("aliveworkers", 0))
-    except OSError:
-        return 0
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """spark://127.0.0.1:PORT with two workers (1 core, 1 GB each); every process stopped by PID."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    env = dict(
-        os.environ,
-        SPARK_LOCAL_IP="127.0.0.1",
-        PYSPARK_PYTHON=sys.executable,
-        SPARK_LOG_DIR=str(tmp / "logs"),
-        SPARK_WORKER_DIR=str(tmp / "work"),
-    )
-    port, ui = _free_port(), _free_port()
-    procs: list[subprocess.Popen] = []
-
-    def start(args, log):
-        procs.append(
-            subprocess.Popen(
-                [str(_spark_bin("spark-class")), *args],
-                env=env,
-                cwd=tmp,
-                stdout=open(tmp / log, "w"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-
-    try:
-        start(
-            [
-                "org.apache.spark.deploy.master.Master",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--webui-port",
-                str(ui),
-            ],
-            "master.log",
-        )
-        _wait(lambda: _alive_workers(ui) == 0 and _port_open(port), 60, "master")
-        for w in range(2):
-            start(
-                [
-                    "org.apache.spark.deploy.worker.Worker",
-                    "--host",
-                    "127.0.0.1",
-                    "--cores",
-                    "1",
-                    "--memory",
-                    "1g",
-                    "--webui-port",
-                    str(_free_port()),
-                    f"spark://127.0.0.1:{port}",
-                ],
-                f"worker{w}.log",
-            )
-        _wait(lambda: _alive_workers(ui) == 2, 90, "two workers")
-        yield f"spark://127.0.0.1:{port}", procs
-    finally:
-        for p in procs:  # the JVMs started by spark-class run in the process group we created
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    with standalone.cluster(2, 1, "1g", tmp_path_factory.mktemp("cluster"), sys.executable) as running:
+        yield running
 
 
 def _executors() -> list[int]:
@@ -143,7 +49,7 @@ def _executors() -> list[int]:
 
 def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_path, spark):
     """Also kills one executor JVM after iteration 2: the run still succeeds with the same factors."""
-    master, procs = cluster
+    master = cluster.master
     env = dict(
         os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1"
     )
@@ -159,7 +65,7 @@ def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_pa
     started = time.monotonic()
     run = subprocess.Popen(
         [
-            str(_spark_bin("spark-submit")),
+            str(standalone.spark_bin("spark-submit")),
             "--master",
             master,
             "--py-files",
@@ -206,7 +112,7 @@ def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_pa
         f"run ended {time.monotonic() - killed[0][1]:.1f} s later; stream fallback: {'falling back' in stderr}"
     )
     print("".join(line for line in err if "resident stage" in line or "falling back" in line)[-2000:])
-    assert all(p.poll() is None for p in procs), "a master or worker died during the run"
+    assert cluster.alive(), "a master or worker died during the run"
     from jobs import train as train_job  # the local run in this process: the suite's session
 
     assert train_job.main(["--output", str(tmp_path / "local"), *ARGS]) == 0

@@ -237,3 +237,40 @@ def test_benchmark_tuning_scores_defaults_explicit_toml_and_the_tune_job(tmp_pat
     assert set(row["pick"]) >= {"rank", "reg", "iterations"}
     text = doc.read_text()
     assert text.count("<!-- benchmark_job: tuning -->") == 1 and "| 3k synthetic, explicit | RMSE |" in text
+
+
+def test_benchmark_job_measures_each_job_above_the_floor():
+    spec = importlib.util.spec_from_file_location("benchmark_job", SCRIPT.parent / "benchmark_job.py")
+    bj = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bj)
+    run = lambda wall: {
+        "wall_seconds": wall,
+        "peak_mb": 1.0,
+        "timings": {"total": wall},
+        "rmse": None,
+        "ndcg_at_k": 0.1,
+    }
+    s = bj.summarize([run(20), run(24)], [run(40), run(44)], [run(10), run(14), run(12)])
+    assert s["floor"]["wall_seconds"] == 12
+    assert (s["ours"]["above_floor_seconds"], s["mllib"]["above_floor_seconds"]) == (10, 30)
+    assert s["ratio_above_floor"] == round(10 / 30, 3)
+    assert "ratio_above_floor" not in bj.summarize([run(20)], [run(40)])
+
+
+def test_floor_job_writes_outputs_of_our_size(tmp_path):
+    """The floor job's outputs: a factor row per user and item, k recommendations per user."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"user": [0, 1, 2], "item": [0, 3, 1], "rating": [1.0, 2.0, 3.0]}), tmp_path / "tr.parquet")
+    pq.write_table(pa.table({"user": [0], "item": [1], "rating": [4.0]}), tmp_path / "te.parquet")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "floor_job.py"), "--train", str(tmp_path / "tr.parquet"), "--test",
+         str(tmp_path / "te.parquet"), "--output", str(tmp_path / "out"), "--rank", "3", "--k", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (report["n_train"], report["factor_rows"], report["recommendation_rows"]) == (3, 7, 6)
+    assert pq.read_table(tmp_path / "out" / "factors" / "users").num_rows == 3
+    assert pq.read_table(tmp_path / "out" / "recommendations").num_rows == 6
