@@ -55,29 +55,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import flops  # noqa: E402
-import numpy as np  # noqa: E402
-from proctree import descendants  # noqa: E402
+import flops
+import numpy as np
+from proctree import descendants
 
-from mf_spark import evaluate  # noqa: E402
-from mf_spark.als import loop as als  # noqa: E402
-from mf_spark.core import session  # noqa: E402
-from mf_spark.core.config import DataConfig, ModelConfig, RecommendConfig, SplitConfig  # noqa: E402
-from mf_spark.core.types import (  # noqa: E402
-    ITEM_IDX,
-    RATING,
-    USER_IDX,
-    Factors,  # noqa: E402
-)
-from mf_spark.data import (  # noqa: E402
-    index,
-    read,
-    ready,  # noqa: E402
-    split,
-    validate,
-)
-from mf_spark.model import topn  # noqa: E402
-from mf_spark.model.factors import FactorModel, Scorer  # noqa: E402
+from mf_spark import evaluate
+from mf_spark.als import loop as als
+from mf_spark.core import config, session
+from mf_spark.core.config import ModelConfig, RecommendConfig
+from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX, Factors
+from mf_spark.data import index, prepare, read, ready
+from mf_spark.model import topn
+from mf_spark.model.factors import FactorModel, Scorer
 
 TOP_N = 10
 SAMPLE_SECONDS = 0.2
@@ -113,20 +102,20 @@ class Data:
     ranking: evaluate.RankingEvaluator | None  # implicit only
 
 
-def prepare(spark, args) -> Data:
-    """read -> clean -> split (test fraction 0.2) -> index, as jobs/train.py does; ranking evaluator
-    over all users with held-out items (implicit)."""
-    data = DataConfig()
-    cleaned = validate.clean(read.ratings(spark, args.input, args.format, data), data, args.kind)
-    train, test = split.split(cleaned.ratings, SplitConfig(method=args.split, test_fraction=0.2, seed=args.seed))
-    enc = index.encode_split(train)
-    users, items, train_idx = enc.users, enc.items, enc.train_idx
-    heldout = ready.collect_heldout(test, users, items)
+def load_data(spark, args) -> Data:
+    """read -> validate -> split (test fraction 0.2) -> index by the pipeline's Spark front end, as
+    jobs/train.py does on a cluster; ranking evaluator over all users with held-out items (implicit)."""
+    sets = [f"model.kind={args.kind}", "data.front_end=spark", f"split.method={args.split}"]
+    sets += ["split.test_fraction=0.2", f"split.seed={args.seed}"]
+    front = prepare.front_end(spark, config.load(None, sets), input=args.input, fmt=args.format)
+    front.load()
+    got = front.split_index()
     ranking = None
     if args.kind == "implicit":
-        seen = topn.seen_lists(train_idx)
-        ranking = evaluate.RankingEvaluator(seen, evaluate.relevant_items(heldout, None), items.size, TOP_N)
-    return Data(train_idx, heldout, users, items, ready.train_stats(train_idx), ranking)
+        seen = topn.seen_lists(got.train)
+        relevant = evaluate.relevant_items(got.heldout, None)
+        ranking = evaluate.RankingEvaluator(seen, relevant, got.items.size, TOP_N)
+    return Data(got.train, got.heldout, got.users, got.items, got.stats, ranking)
 
 
 # ---- memory -----------------------------------------------------------------------------------------
@@ -669,7 +658,7 @@ def start(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     spark = start(args)
-    data = prepare(spark, args)
+    data = load_data(spark, args)
     print(
         f"data: {args.input}: {data.stats.n} train / {data.heldout.n} test ratings, "
         f"{data.users.size} users x {data.items.size} items; {args.kind}; "

@@ -45,8 +45,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import standalone  # noqa: E402
-from proctree import descendants  # noqa: E402
+import standalone
+from proctree import descendants
 
 SAMPLE_SECONDS = 0.2
 NAMES = {

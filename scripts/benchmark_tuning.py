@@ -28,7 +28,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from benchmark_job import ROOT, _standard, run_process, split_files, submit, update_doc  # noqa: E402
+from benchmark_job import ROOT, _standard, run_process, split_files, submit, update_doc
 
 
 def _job(args, script: str, train: str, test: str, out: str, config: str | None, env: dict) -> dict:

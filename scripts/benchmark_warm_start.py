@@ -30,7 +30,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from benchmark_job import _standard, run_process, submit, update_doc  # noqa: E402
+from benchmark_job import _standard, run_process, submit, update_doc
 
 
 def next_day_files(path: str, folder: str, new_fraction: float, seed: int = 42) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mf_spark.core import config  # noqa: E402
+from mf_spark.core import config
 
 START, END = "<!-- config table: scripts/config_docs.py writes it -->", "<!-- /config table -->"
 
