@@ -305,6 +305,20 @@ def _fit(
     return run(BroadcastJobs(build_all(as_df(train), num_blocks), spec))
 
 
+def strategy(cfg: ModelConfig, n_users: int, n_items: int) -> str:
+    """broadcast or join (cfg.strategy_for), said in the log when it sets aside the stream exchange the
+    config asks for: with strategy = auto, factors over the budget join, and the stream exchange runs
+    the broadcast strategy only (strategy = join with exchange = stream is refused by the config)."""
+    chosen = cfg.strategy_for(n_users, n_items)
+    if chosen == "join" and cfg.exchange == "stream":
+        log.warning(
+            "model.exchange = stream is not used: the factors exceed model.broadcast_budget_mb = %d, so the "
+            "fit goes by the join strategy (one Spark job per half-step)",
+            cfg.broadcast_budget_mb,
+        )
+    return chosen
+
+
 def _engine(
     train: DataFrame | Triples,
     cfg: ModelConfig,
@@ -315,7 +329,7 @@ def _engine(
 ) -> Engine:
     """The engine for this fit (model.strategy, model.exchange), started."""
     sc = session_of(train).sparkContext
-    if cfg.strategy_for(n_users, n_items) == "join":
+    if strategy(cfg, n_users, n_items) == "join":
         return Routed(sc, build_all(as_df(train), num_blocks), spec, reseed_every=cfg.checkpoint_interval or 5)
     if _exchange(cfg, sc) == "stream":
         slots = _slots(sc)

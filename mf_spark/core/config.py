@@ -298,6 +298,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, "model")
+        require(
+            not (self.strategy == "join" and self.exchange == "stream"),
+            "model.exchange",
+            self.exchange,
+            '"auto" or "jobs" with model.strategy = "join" (the stream exchange runs the broadcast strategy)',
+        )
 
     def cg_steps_for(self) -> int:
         """Conjugate-gradient steps per row solve, 0 for exact solves (always exact when nonnegative)."""

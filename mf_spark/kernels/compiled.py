@@ -27,11 +27,11 @@ import importlib.util
 
 import numpy as np
 
-# numba is a dependency; where it is missing the numpy engine serves. It is imported on the first
+# numba is a dependency; where it is missing the numpy backend serves. It is imported on the first
 # solve, not with the package: a driver that never solves (top-N, scoring) does not pay for it.
 AVAILABLE = importlib.util.find_spec("numba") is not None
 # What a caller may ask for: these kernels, the numpy versions, or these where numba is installed.
-ENGINES = ("auto", "compiled", "numpy")
+BACKENDS = ("auto", "compiled", "numpy")
 # Reassociation lets the dot products use vector lanes; no-NaN/no-inf flags stay off so that a failed
 # pivot is still seen.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -565,14 +565,14 @@ def uniform_hash(seed: int, a_data: np.ndarray, a_off: np.ndarray, b_data: np.nd
     return out
 
 
-def chosen(engine: str) -> bool:
-    """Whether `engine` (one of ENGINES) means these kernels: "compiled", or "auto" where numba is
+def chosen(backend: str) -> bool:
+    """Whether `backend` (one of BACKENDS) means these kernels: "compiled", or "auto" where numba is
     installed. ValueError for any other name, or for "compiled" without numba."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "compiled" and not AVAILABLE:
-        raise ValueError("the compiled engine needs numba (not installed)")
-    return AVAILABLE and engine != "numpy"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "compiled" and not AVAILABLE:
+        raise ValueError("the compiled backend needs numba (not installed)")
+    return AVAILABLE and backend != "numpy"
 
 
 _compiled: dict = {}

@@ -107,7 +107,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _epoch_numpy(u, i, r, order, X, Y, bu, bi, mu, lr, reg, reg_b, biased):
-    """compiled.sgd_epoch with a numpy step per rating: the engine where numba is missing, and its reference."""
+    """compiled.sgd_epoch with a numpy step per rating: the backend where numba is missing, and its reference."""
     for n in order:
         a, b = u[n], i[n]
         x, y = X[a].copy(), Y[b].copy()
@@ -131,11 +131,11 @@ def sgd_epoch(
     item_bias: np.ndarray,
     mu: float,
     spec: SgdSpec,
-    engine: str = "auto",
+    backend: str = "auto",
 ) -> None:
     """One step per rating, in `order`, updating X, Y (float64, (n, k)) and the biases (float64, (n,))
-    in place. Without spec.biases the biases are neither read nor written. `engine`: one of
-    compiled.ENGINES (the compiled loop, or the per-rating numpy loop)."""
+    in place. Without spec.biases the biases are neither read nor written. `backend`: one of
+    compiled.BACKENDS (the compiled loop, or the per-rating numpy loop)."""
     for name, a in (("X", X), ("Y", Y), ("user_bias", user_bias), ("item_bias", item_bias)):
         if a.dtype != np.float64 or not a.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous float64 array (updated in place), got {a.dtype}")
@@ -154,7 +154,7 @@ def sgd_epoch(
         float(spec.bias_reg),
         bool(spec.biases),
     )
-    if compiled.chosen(engine):
+    if compiled.chosen(backend):
         compiled.sgd_epoch(*args)
     else:
         _epoch_numpy(*args)
@@ -208,7 +208,7 @@ def fit_sgd(
     n_items: int,
     spec: SgdSpec = SgdSpec(),
     on_epoch: Callable[[int, SgdFit], None] | None = None,
-    engine: str = "auto",
+    backend: str = "auto",
 ) -> SgdFit:
     """Fit biased MF by SGD (module docstring) to ratings r[n] of (users[n], items[n]).
 
@@ -219,7 +219,7 @@ def fit_sgd(
     n_users, n_items : int         rows of X and Y, >= 0
     spec : SgdSpec
     on_epoch : callable(epoch, fit), optional   called after each epoch with a snapshot (float32 copies)
-    engine : str                   "auto" | "compiled" | "numpy" (compiled.ENGINES)
+    backend : str                   "auto" | "compiled" | "numpy" (compiled.BACKENDS)
     Returns SgdFit. Raises ValueError naming the bad argument.
     """
     _require(_is_int(n_users) and n_users >= 0, "n_users", n_users, "an integer >= 0")
@@ -231,7 +231,7 @@ def fit_sgd(
         raise ValueError(f"ratings: users {u.shape}, items {i.shape} and ratings {r.shape} must have one shape")
     if not np.all(np.isfinite(r)):
         raise ValueError("ratings must be finite")
-    compiled.chosen(engine)  # a bad engine name fails before any work
+    compiled.chosen(backend)  # a bad backend name fails before any work
     X, Y = init_factors(spec, n_users, n_items)
     bu, bi = np.zeros(n_users), np.zeros(n_items)
     mu = float(r.mean()) if spec.biases and r.size else 0.0
@@ -242,7 +242,7 @@ def fit_sgd(
         return SgdFit(X.astype(np.float32), Y.astype(np.float32), b[0], b[1], mu, list(losses))
 
     for epoch in range(spec.epochs):
-        sgd_epoch(u, i, r, epoch_order(spec.seed, epoch, r.size), X, Y, bu, bi, mu, spec, engine)
+        sgd_epoch(u, i, r, epoch_order(spec.seed, epoch, r.size), X, Y, bu, bi, mu, spec, backend)
         losses.append(objective(u, i, r, X, Y, bu if spec.biases else None, bi if spec.biases else None, mu, spec))
         if on_epoch is not None:
             on_epoch(epoch, snapshot())

@@ -10,7 +10,7 @@ Weighted ALS row u (unobserved entries weighted w0, never materialized thanks to
 
 Where numba is installed, unconstrained solves run compiled, row by row with no padding
 (`kernels.compiled`): conjugate gradients at any width, exact solves up to COMPILED_MAX_WIDTH
-unknowns. Otherwise (nonnegative factors, wider exact solves, or engine "numpy"), rows are sorted by
+unknowns. Otherwise (nonnegative factors, wider exact solves, or backend "numpy"), rows are sorted by
 length and cut into chunks of similar length; each chunk is padded to its longest row with a zero
 factor row, so its Gramians come from one stacked `np.matmul` and its systems from one stacked
 `np.linalg.solve`. The Python loop is over chunks (tens per block), never over rows.
@@ -148,7 +148,7 @@ class Chunk:
 @dataclass(frozen=True, slots=True)
 class Layout:
     """How a block is solved for `width` unknowns per row against `n_fixed` fixed rows: padded chunks
-    (numpy engine), or per-entry weights for the compiled one. It depends on the block and the spec
+    (numpy backend), or per-entry weights for the compiled one. It depends on the block and the spec
     alone, not on the factors, so a task holding a block builds it once per fit."""
 
     spec: SolveSpec
@@ -167,18 +167,18 @@ class Layout:
     root_target: np.ndarray | None = None
 
 
-def engine_for(spec: SolveSpec, width: int, engine: str = "auto") -> str:
-    """ "compiled" or "numpy": the engine that solves `spec` with `width` unknowns per row. "auto" takes
+def backend_for(spec: SolveSpec, width: int, backend: str = "auto") -> str:
+    """ "compiled" or "numpy": the backend that solves `spec` with `width` unknowns per row. "auto" takes
     the compiled one where numba is installed for unconstrained solves: conjugate gradients at any
     width, exact solves up to COMPILED_MAX_WIDTH unknowns. Asking for "compiled" where it cannot serve
     (nonnegative factors, or no numba) raises ValueError."""
-    use = compiled.chosen(engine)
-    if engine == "compiled" and spec.nonnegative:
-        raise ValueError("the compiled engine solves unconstrained systems only")
-    if engine == "auto":
+    use = compiled.chosen(backend)
+    if backend == "compiled" and spec.nonnegative:
+        raise ValueError("the compiled backend solves unconstrained systems only")
+    if backend == "auto":
         fits = not spec.nonnegative and (spec.cg_steps > 0 or width <= COMPILED_MAX_WIDTH)
         return "compiled" if use and fits else "numpy"
-    return engine
+    return backend
 
 
 def layout(
@@ -189,13 +189,13 @@ def layout(
     n_fixed: int,
     width: int,
     budget: int | None = None,
-    engine: str = "auto",
+    backend: str = "auto",
 ) -> Layout:
-    """How to solve a CSR block against `n_fixed` fixed rows (`engine_for`). Numpy engine: the padded
+    """How to solve a CSR block against `n_fixed` fixed rows (`backend_for`). Numpy backend: the padded
     chunks (see `chunks`), for weighted ALS with each entry's confidence and preference; `budget`:
     floats of gathered factors per chunk (default by solver: CHUNK_FLOATS, or CG_CHUNK_FLOATS for
-    conjugate gradients). Compiled engine: for weighted ALS, each entry's weight and target."""
-    if engine_for(spec, width, engine) == "compiled":
+    conjugate gradients). Compiled backend: for weighted ALS, each entry's weight and target."""
+    if backend_for(spec, width, backend) == "compiled":
         if spec.kind == "explicit":
             return Layout(spec, n_fixed, width, (), 0, compiled=True)
         c, p = confidence(vals, spec), preference(vals, spec)
@@ -366,7 +366,7 @@ def solve_block(
     budget: int | None = None,
     plan: Layout | None = None,
     x0: np.ndarray | None = None,
-    engine: str = "auto",
+    backend: str = "auto",
 ) -> BlockSolution:
     """Solve every row of a CSR block against the fixed side's factors.
 
@@ -380,7 +380,7 @@ def solve_block(
     gram : (k, k) float64           Y^T Y, required for implicit (computed once per half-step)
     plan : Layout                   this block's `layout`, kept by callers that solve it again
     x0 : (n_rows, width) float32    the rows' current factors (and bias), required when spec.cg_steps
-    engine : str                    auto | compiled | numpy (`engine_for`), when no plan is given
+    backend : str                    auto | compiled | numpy (`backend_for`), when no plan is given
     Returns a BlockSolution. Raises ValueError when shapes disagree.
     """
     n_rows, (n_fixed, k) = indptr.size - 1, Y.shape
@@ -388,7 +388,7 @@ def solve_block(
     cg = spec.cg_steps > 0 and not spec.nonnegative
     _check_block(indptr, cols, vals, n_fixed, k, width, spec, fixed_bias, gram, x0 if cg else None, cg)
     if plan is None:
-        plan = layout(indptr, cols, vals, spec, n_fixed, width, budget, engine)
+        plan = layout(indptr, cols, vals, spec, n_fixed, width, budget, backend)
     elif plan.n_fixed != n_fixed or plan.width != width or plan.spec != spec:
         raise ValueError(
             f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns ({plan.spec}), "

@@ -19,7 +19,7 @@ def top_n(
     seen_cols: np.ndarray | None = None,
     user_offset: np.ndarray | None = None,
     item_offset: np.ndarray | None = None,
-    engine: str = "auto",
+    backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The n best items for each row of X.
 
@@ -31,7 +31,7 @@ def top_n(
     seen_cols : (m,) int32
     user_offset : (b,) float32     added to every score of a user (mu + b_u); does not change ranks
     item_offset : (n_items,) float32  added to every score of an item (b_i)
-    engine : str                   how each chunk's best n are picked: compiled (one comparison per
+    backend : str                   how each chunk's best n are picked: compiled (one comparison per
                                    score, kernels.compiled.best_rows), numpy (argpartition, then a
                                    sort of the n), or auto (compiled where numba is installed)
     Returns (counts (b,) int32, items (sum counts,) int32, scores float32): per user the best
@@ -42,7 +42,7 @@ def top_n(
         raise ValueError(f"rank mismatch: users {X.shape}, items {Y.shape}")
     if seen_indptr is not None and seen_indptr.shape != (b + 1,):
         raise ValueError(f"seen_indptr has shape {seen_indptr.shape}, expected ({b + 1},)")
-    compiled_select = compiled.chosen(engine)
+    compiled_select = compiled.chosen(backend)
     n = min(n, n_items)
     step = max(1, SCORE_FLOATS // max(n_items, 1))
     counts = np.zeros(b, dtype=np.int32)

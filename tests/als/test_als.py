@@ -217,3 +217,19 @@ def test_tolerance_stops_once_an_iteration_barely_lowers_the_objective(spark, pl
     np.testing.assert_array_equal(res.factors.X, fixed.factors.X)
     with pytest.raises(Exception, match="model.tolerance"):
         dataclasses.replace(cfg, tolerance=1.0)
+
+
+def test_the_join_strategy_says_when_it_sets_the_stream_exchange_aside(caplog):
+    from mf_spark.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.exchange"):
+        ModelConfig(strategy="join", exchange="stream")
+    over = ModelConfig(exchange="stream", broadcast_budget_mb=0)
+    with caplog.at_level("WARNING", logger="mf_spark"):
+        assert als.strategy(over, 80, 50) == "join"
+    assert "model.exchange = stream is not used" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mf_spark"):
+        assert als.strategy(ModelConfig(broadcast_budget_mb=0), 80, 50) == "join"
+        assert als.strategy(ModelConfig(exchange="stream"), 80, 50) == "broadcast"
+    assert not caplog.text

@@ -11,12 +11,12 @@ from conftest import planted
 from mf_spark.kernels import compiled
 from mf_spark.kernels.sgd import SgdFit, SgdSpec, epoch_order, fit_sgd, init_factors, objective, predict, sgd_epoch
 
-ENGINES = ["numpy", "compiled"] if compiled.AVAILABLE else ["numpy"]
+BACKENDS = ["numpy", "compiled"] if compiled.AVAILABLE else ["numpy"]
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    """Every exactness test runs on both engines against the same reference."""
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Every exactness test runs on both backends against the same reference."""
     return request.param
 
 
@@ -82,7 +82,7 @@ def test_defaults_are_surprise_svd_but_rank():
     assert s.bias_reg == 0.02 and SgdSpec(reg_bias=0.5).bias_reg == 0.5
 
 
-def test_two_steps_match_hand_computation(engine):
+def test_two_steps_match_hand_computation(backend):
     """User 0 rates item 0 (4.0) and item 1 (2.0), visited item 1 first; k = 2, lr = 0.1, reg = 0.2,
     reg_b = 0.5, mu = 3. The second step must see what the first wrote to x_0 and b_0."""
     spec = SgdSpec(rank=2, learning_rate=0.1, reg=0.2, reg_bias=0.5)
@@ -90,7 +90,7 @@ def test_two_steps_match_hand_computation(engine):
     X = np.array([[0.5, -1.0]])
     Y = np.array([[1.0, 2.0], [2.0, 0.0]])
     bu, bi = np.array([0.2]), np.array([0.1, -0.3])
-    sgd_epoch(u, i, r, np.array([1, 0]), X, Y, bu, bi, 3.0, spec, engine)
+    sgd_epoch(u, i, r, np.array([1, 0]), X, Y, bu, bi, 3.0, spec, backend)
     # step 1, rating (0, 1): e = 2 - (3 + 0.2 - 0.3 + 0.5*2 + (-1)*0) = -1.9
     b0, b1 = 0.2 + 0.1 * (-1.9 - 0.5 * 0.2), -0.3 + 0.1 * (-1.9 - 0.5 * -0.3)  # 0.0, -0.475
     x = [0.5 + 0.1 * (-1.9 * 2.0 - 0.2 * 0.5), -1.0 + 0.1 * (-1.9 * 0.0 - 0.2 * -1.0)]  # 0.11, -0.98
@@ -107,13 +107,13 @@ def test_two_steps_match_hand_computation(engine):
 
 
 @pytest.mark.parametrize("biases", [True, False])
-def test_fit_matches_plain_python_reference(engine, biases):
+def test_fit_matches_plain_python_reference(backend, biases):
     g = np.random.default_rng(3)
     u, i = g.integers(0, 7, 40).astype(np.int32), g.integers(0, 5, 40).astype(np.int32)
     r = g.uniform(1, 5, 40).astype(np.float32)
     spec = SgdSpec(rank=3, epochs=3, learning_rate=0.03, reg=0.05, reg_bias=0.1, seed=11, biases=biases)
     X, Y, bu, bi, mu, losses = reference_fit(u, i, r, 7, 5, spec)
-    fit = fit_sgd(u, i, r, 7, 5, spec, engine=engine)
+    fit = fit_sgd(u, i, r, 7, 5, spec, backend=backend)
     np.testing.assert_allclose(fit.X, X, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fit.Y, Y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fit.losses, losses, rtol=1e-9)
@@ -129,7 +129,7 @@ def test_fit_matches_plain_python_reference(engine, biases):
 def test_engines_agree_on_planted_data():
     u, i, r, _ = planted()
     spec = SgdSpec(rank=5, epochs=5, learning_rate=0.02)
-    a, b = fit_sgd(u, i, r, 60, 40, spec, engine="numpy"), fit_sgd(u, i, r, 60, 40, spec, engine="compiled")
+    a, b = fit_sgd(u, i, r, 60, 40, spec, backend="numpy"), fit_sgd(u, i, r, 60, 40, spec, backend="compiled")
     np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(a.item_bias, b.item_bias, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-9)
@@ -246,8 +246,8 @@ def test_bad_fit_and_predict_arguments_name_the_argument():
         fit_sgd(u, i, np.array([4.0, np.nan]), 2, 3, spec)
     with pytest.raises(ValueError, match="items must be a 1-d integer"):
         fit_sgd(u, np.array([0.0, 1.0]), r, 2, 3, spec)
-    with pytest.raises(ValueError, match="engine"):
-        fit_sgd(u, i, r, 2, 3, spec, engine="gpu")
+    with pytest.raises(ValueError, match="backend"):
+        fit_sgd(u, i, r, 2, 3, spec, backend="gpu")
     fit = fit_sgd(u, i, r, 2, 3, spec)
     with pytest.raises(ValueError, match="users: id -2 outside"):
         predict(fit, np.array([-2]), np.array([0]))

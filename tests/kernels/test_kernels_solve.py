@@ -11,9 +11,9 @@ from mf_spark.kernels import compiled
 from mf_spark.kernels.solve import (
     COMPILED_MAX_WIDTH,
     SolveSpec,
+    backend_for,
     chunks,
     confidence,
-    engine_for,
     layout,
     nnls_stack,
     preference,
@@ -23,8 +23,8 @@ from mf_spark.kernels.solve import (
 
 
 @pytest.fixture(params=["numpy", "compiled"])
-def engine(request):
-    """Every exact-solve test runs on both engines against the same reference."""
+def backend(request):
+    """Every exact-solve test runs on both backends against the same reference."""
     return request.param
 
 
@@ -75,23 +75,23 @@ def implicit_dense_reference(indptr, cols, vals, Y, row, spec):
 
 @pytest.mark.parametrize("reg_exponent", [1.0, 0.0, 0.5])
 @pytest.mark.parametrize("budget", [64, 1 << 22])
-def test_explicit_matches_per_row(rng, engine, reg_exponent, budget):
+def test_explicit_matches_per_row(rng, backend, reg_exponent, budget):
     indptr, cols, vals, Y = random_block(rng)
     spec = SolveSpec(reg=0.1, reg_exponent=reg_exponent, mu=3.0)
-    got = solve_block(indptr, cols, vals, Y, spec, budget=budget, engine=engine)
+    got = solve_block(indptr, cols, vals, Y, spec, budget=budget, backend=backend)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=1e-4, atol=1e-5)
     assert got.bias is None and got.factors.dtype == np.float32
 
 
 @pytest.mark.parametrize("bias_reg", [1.0, 0.2, 5.0])
-def test_explicit_with_bias_matches_per_row(rng, engine, bias_reg):
+def test_explicit_with_bias_matches_per_row(rng, backend, bias_reg):
     """bias_reg: the bias's lambda is bias_reg times the factors' (rows longer and shorter than the
     unknowns, so the dual solve too)."""
     indptr, cols, vals, Y = random_block(rng, empty_rows=False)
     fb = rng.normal(size=Y.shape[0]).astype(np.float32)
     spec = SolveSpec(reg=0.05, with_bias=True, mu=3.2, bias_reg=bias_reg)
-    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, engine=engine)
+    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, backend=backend)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want[:, :-1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got.bias, want[:, -1], rtol=1e-4, atol=1e-5)
@@ -100,16 +100,18 @@ def test_explicit_with_bias_matches_per_row(rng, engine, bias_reg):
     assert got.reg_loss == pytest.approx(penalty, rel=1e-4)
     # conjugate gradients from any start reach the same solution; their start takes the bias as is
     x0 = start_point(rng.normal(size=got.factors.shape).astype(np.float32), got.bias, spec)
-    cg = solve_block(indptr, cols, vals, Y, dataclasses.replace(spec, cg_steps=30), fixed_bias=fb, x0=x0, engine=engine)
+    cg = solve_block(
+        indptr, cols, vals, Y, dataclasses.replace(spec, cg_steps=30), fixed_bias=fb, x0=x0, backend=backend
+    )
     np.testing.assert_allclose(cg.bias, got.bias, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="bias_reg"):
         SolveSpec(with_bias=True, bias_reg=0.0)
 
 
-def test_explicit_loss_pieces(rng, engine):
+def test_explicit_loss_pieces(rng, backend):
     indptr, cols, vals, Y = random_block(rng, empty_rows=False)
     spec = SolveSpec(reg=0.2, reg_exponent=1.0)
-    got = solve_block(indptr, cols, vals, Y, spec, engine=engine)
+    got = solve_block(indptr, cols, vals, Y, spec, backend=backend)
     rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
     pred = np.sum(got.factors[rows].astype(np.float64) * Y[cols], axis=1)
     sse = np.sum((vals - pred) ** 2)
@@ -122,19 +124,19 @@ def test_explicit_loss_pieces(rng, engine):
 @pytest.mark.parametrize("w0", [1.0, 0.1, 0.01])
 @pytest.mark.parametrize("kind,alpha", [("linear", 2.0), ("linear", 40.0), ("log", 5.0)])
 @pytest.mark.parametrize("target", ["preference", "value"])
-def test_implicit_matches_dense_weighted_lsq(rng, engine, w0, kind, alpha, target):
+def test_implicit_matches_dense_weighted_lsq(rng, backend, w0, kind, alpha, target):
     indptr, cols, vals, Y = random_block(rng, n_rows=20, n_fixed=45, k=5, max_len=30)
     spec = SolveSpec(kind="implicit", reg=0.05, alpha=alpha, confidence=kind, epsilon=0.5, target=target, w0=w0)
     gram = Y.T.astype(np.float64) @ Y
-    got = solve_block(indptr, cols, vals, Y, spec, gram=gram, engine=engine)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=gram, backend=backend)
     want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=2e-3, atol=2e-4)
 
 
-def test_implicit_loss_equals_dense_objective(rng, engine):
+def test_implicit_loss_equals_dense_objective(rng, backend):
     indptr, cols, vals, Y = random_block(rng, n_rows=10, n_fixed=30, k=4, max_len=20)
     spec = SolveSpec(kind="implicit", reg=0.1, alpha=3.0, w0=0.5)
-    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, engine=engine)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, backend=backend)
     dense = 0.0
     for r in range(indptr.size - 1):
         sl = slice(indptr[r], indptr[r + 1])
@@ -192,44 +194,44 @@ def test_shape_errors(rng):
 
 @pytest.mark.parametrize("w0", [1.0, 0.05, 3.0])  # 3.0 > c for some entries: D has negative weights
 @pytest.mark.parametrize("reg_exponent", [1.0, 0.0, 0.5])
-def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, engine, w0, reg_exponent):
+def test_implicit_rows_with_fewer_entries_than_factors_match_dense(rng, backend, w0, reg_exponent):
     """Rows with L < k take the Woodbury path (L x L systems); same answer as the dense solve."""
     indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=16, max_len=12)
     spec = SolveSpec(kind="implicit", reg=0.1, alpha=1.5, w0=w0, reg_exponent=reg_exponent)
-    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, engine=engine)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, backend=backend)
     want = np.stack([implicit_dense_reference(indptr, cols, vals, Y, r, spec) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want, rtol=2e-3, atol=2e-4)
 
 
-def test_explicit_rows_with_fewer_ratings_than_factors_match_per_row(rng, engine):
+def test_explicit_rows_with_fewer_ratings_than_factors_match_per_row(rng, backend):
     """Rows with L < k solve the dual L x L system."""
     indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=16, max_len=12)
     spec = SolveSpec(kind="explicit", reg=0.1, mu=3.0, with_bias=True)
     fb = rng.normal(size=60).astype(np.float32)
-    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, engine=engine)
+    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, backend=backend)
     want = np.stack([explicit_reference(indptr, cols, vals, Y, r, spec, fb) for r in range(indptr.size - 1)])
     np.testing.assert_allclose(got.factors, want[:, :16], rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(got.bias, want[:, 16], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("spec", [SolveSpec(reg=0.1, mu=3.0, with_bias=True), SolveSpec(kind="implicit", alpha=2.0)])
-def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng, engine, spec):
+def test_a_kept_layout_gives_the_same_solution_and_must_match_the_fixed_side(rng, backend, spec):
     indptr, cols, vals, Y = random_block(rng)
     fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
     gram = Y.T.astype(np.float64) @ Y
     width = Y.shape[1] + spec.with_bias
-    plan = layout(indptr, cols, vals, spec, Y.shape[0], width, budget=200, engine=engine)
-    fresh = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, budget=200, engine=engine)
+    plan = layout(indptr, cols, vals, spec, Y.shape[0], width, budget=200, backend=backend)
+    fresh = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, budget=200, backend=backend)
     for Yi in (Y, Y * 0.5):  # the same layout serves a later half-step with other factors
         gi = Yi.T.astype(np.float64) @ Yi
         kept = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=gi, plan=plan)
-        again = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=gi, budget=200, engine=engine)
+        again = solve_block(indptr, cols, vals, Yi, spec, fixed_bias=fb, gram=gi, budget=200, backend=backend)
         np.testing.assert_array_equal(kept.factors, again.factors)
         assert kept.data_loss == again.data_loss
     np.testing.assert_array_equal(
         solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, plan=plan).factors, fresh.factors
     )
-    assert plan.compiled == (engine == "compiled")
+    assert plan.compiled == (backend == "compiled")
     with pytest.raises(ValueError, match="layout for"):
         solve_block(indptr, cols, vals, Y[:-1], spec, fixed_bias=None if fb is None else fb[:-1], gram=gram, plan=plan)
 
@@ -248,7 +250,9 @@ def test_the_compiled_engine_gives_the_numpy_engines_factors_and_losses(rng, spe
     indptr, cols, vals, Y = random_block(rng, n_rows=200, n_fixed=300, k=12, max_len=150)
     fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
     gram = Y.T.astype(np.float64) @ Y
-    a, b = (solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, engine=e) for e in ("numpy", "compiled"))
+    a, b = (
+        solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, backend=e) for e in ("numpy", "compiled")
+    )
     np.testing.assert_allclose(b.factors, a.factors, rtol=1e-4, atol=1e-5)
     if spec.with_bias:
         np.testing.assert_allclose(b.bias, a.bias, rtol=1e-4, atol=1e-5)
@@ -264,7 +268,9 @@ def test_the_compiled_kernel_of_each_width_gives_the_numpy_engines_factors_and_l
     indptr, cols, vals, Y = random_block(rng, n_rows=60, n_fixed=80, k=k, max_len=30)
     fb = rng.normal(size=Y.shape[0]).astype(np.float32) if spec.with_bias else None
     gram = Y.T.astype(np.float64) @ Y
-    a, b = (solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, engine=e) for e in ("numpy", "compiled"))
+    a, b = (
+        solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, backend=e) for e in ("numpy", "compiled")
+    )
     np.testing.assert_allclose(b.factors, a.factors, rtol=1e-4, atol=1e-5)
     for field in ("data_loss", "reg_loss", "sq_err"):
         assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4, abs=1e-8), field
@@ -301,10 +307,10 @@ def test_rooted_weights_give_the_two_buffer_solution_and_are_used_only_where_eve
 @pytest.mark.parametrize("kind", ["explicit", "implicit"])
 def test_compiled_rows_with_singular_systems_take_the_pseudo_inverse_like_numpy(rng, kind):
     """reg = 0 (and w0 = 0): rows with fewer entries than factors have singular systems; the compiled
-    engine gives them the minimum-norm least-squares solution and solves the others exactly."""
+    backend gives them the minimum-norm least-squares solution and solves the others exactly."""
     indptr, cols, vals, Y = random_block(rng, n_rows=40, n_fixed=60, k=8, max_len=20)
     spec = SolveSpec(kind=kind, reg=0.0, w0=0.0 if kind == "implicit" else 1.0)
-    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, engine="compiled")
+    got = solve_block(indptr, cols, vals, Y, spec, gram=Y.T.astype(np.float64) @ Y, backend="compiled")
     lens = np.diff(indptr)
     assert np.any((lens > 0) & (lens < 8)) and np.any(lens >= 8)
     loss = 0.0
@@ -319,26 +325,26 @@ def test_compiled_rows_with_singular_systems_take_the_pseudo_inverse_like_numpy(
     assert got.data_loss == pytest.approx(loss, rel=1e-4, abs=1e-6)
 
 
-def test_engine_for_picks_compiled_for_unconstrained_solves_exact_ones_up_to_the_width_limit():
+def test_backend_for_picks_compiled_for_unconstrained_solves_exact_ones_up_to_the_width_limit():
     auto = "compiled" if compiled.AVAILABLE else "numpy"
-    assert engine_for(SolveSpec(), 10) == auto
-    assert engine_for(SolveSpec(cg_steps=3), 10) == auto
-    assert engine_for(SolveSpec(cg_steps=3), COMPILED_MAX_WIDTH + 1) == auto
-    assert engine_for(SolveSpec(nonnegative=True), 10) == "numpy"
-    assert engine_for(SolveSpec(), COMPILED_MAX_WIDTH + 1) == "numpy"
-    assert engine_for(SolveSpec(), 10, "numpy") == "numpy"
+    assert backend_for(SolveSpec(), 10) == auto
+    assert backend_for(SolveSpec(cg_steps=3), 10) == auto
+    assert backend_for(SolveSpec(cg_steps=3), COMPILED_MAX_WIDTH + 1) == auto
+    assert backend_for(SolveSpec(nonnegative=True), 10) == "numpy"
+    assert backend_for(SolveSpec(), COMPILED_MAX_WIDTH + 1) == "numpy"
+    assert backend_for(SolveSpec(), 10, "numpy") == "numpy"
     with pytest.raises(ValueError, match="unconstrained"):
-        engine_for(SolveSpec(nonnegative=True), 10, "compiled")
-    with pytest.raises(ValueError, match="engine must be"):
-        engine_for(SolveSpec(), 10, "fast")
+        backend_for(SolveSpec(nonnegative=True), 10, "compiled")
+    with pytest.raises(ValueError, match="backend must be"):
+        backend_for(SolveSpec(), 10, "fast")
 
 
 def test_without_numba_every_solve_takes_the_numpy_engine(monkeypatch):
     monkeypatch.setattr(compiled, "AVAILABLE", False)
-    assert engine_for(SolveSpec(), 10) == "numpy"
-    assert engine_for(SolveSpec(cg_steps=3), 10) == "numpy"
+    assert backend_for(SolveSpec(), 10) == "numpy"
+    assert backend_for(SolveSpec(cg_steps=3), 10) == "numpy"
     with pytest.raises(ValueError, match="not installed"):
-        engine_for(SolveSpec(), 10, "compiled")
+        backend_for(SolveSpec(), 10, "compiled")
 
 
 CG_SPECS = [
@@ -350,19 +356,19 @@ CG_SPECS = [
 ]
 
 
-def _solve(block, spec, x0=None, fb=None, engine="auto"):
+def _solve(block, spec, x0=None, fb=None, backend="auto"):
     indptr, cols, vals, Y = block
     gram = Y.T.astype(np.float64) @ Y if spec.kind == "implicit" else None
-    return solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, x0=x0, engine=engine)
+    return solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, gram=gram, x0=x0, backend=backend)
 
 
 @pytest.mark.parametrize("spec", CG_SPECS)
-def test_conjugate_gradients_reach_the_exact_solve(rng, engine, spec):
+def test_conjugate_gradients_reach_the_exact_solve(rng, backend, spec):
     block = random_block(rng)
     fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
     exact = _solve(block, spec, fb=fb)
     x0 = np.zeros((block[0].size - 1, block[3].shape[1] + spec.with_bias), np.float32)
-    cg = _solve(block, dataclasses.replace(spec, cg_steps=25), x0=x0, fb=fb, engine=engine)  # 25 >= 7 unknowns
+    cg = _solve(block, dataclasses.replace(spec, cg_steps=25), x0=x0, fb=fb, backend=backend)  # 25 >= 7 unknowns
     np.testing.assert_allclose(cg.factors, exact.factors, rtol=1e-4, atol=1e-5)
     if spec.with_bias:
         np.testing.assert_allclose(cg.bias, exact.bias, rtol=1e-4, atol=1e-5)
@@ -381,7 +387,7 @@ def test_compiled_conjugate_gradients_take_the_numpy_engines_steps(rng, spec):
         spec,
     )
     spec = dataclasses.replace(spec, cg_steps=3)
-    a, b = (_solve(block, spec, x0=x0, fb=fb, engine=e) for e in ("numpy", "compiled"))
+    a, b = (_solve(block, spec, x0=x0, fb=fb, backend=e) for e in ("numpy", "compiled"))
     np.testing.assert_allclose(b.factors, a.factors, rtol=1e-3, atol=1e-4)
     for field in ("data_loss", "reg_loss", "sq_err"):
         assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4), field
@@ -410,7 +416,7 @@ def dense_objective(block, spec, x, fb=None):
 
 
 @pytest.mark.parametrize("spec", CG_SPECS)
-def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, engine, spec):
+def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, backend, spec):
     block = random_block(rng)
     fb = rng.normal(size=block[3].shape[0]).astype(np.float32) if spec.with_bias else None
     n_rows, k = block[0].size - 1, block[3].shape[1]
@@ -421,7 +427,7 @@ def test_each_conjugate_gradient_step_lowers_the_objective_from_the_start(rng, e
     )
     objective = [dense_objective(block, spec, x0.astype(np.float64), fb)]
     for steps in (1, 2, 3, 5):
-        sol = _solve(block, dataclasses.replace(spec, cg_steps=steps), x0=x0, fb=fb, engine=engine)
+        sol = _solve(block, dataclasses.replace(spec, cg_steps=steps), x0=x0, fb=fb, backend=backend)
         objective.append(sol.data_loss + sol.reg_loss)
         x = sol.factors if sol.bias is None else np.column_stack([sol.factors, sol.bias])
         assert objective[-1] == pytest.approx(dense_objective(block, spec, x.astype(np.float64), fb), rel=1e-4)

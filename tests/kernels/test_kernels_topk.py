@@ -12,7 +12,7 @@ from mf_spark.kernels.topk import positions, top_n
 
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
 def selection(request, monkeypatch):
-    """engine="auto" (every call below) takes the compiled selection where numba is installed; the
+    """backend="auto" (every call below) takes the compiled selection where numba is installed; the
     numpy run hides it."""
     if request.param == "numpy":
         monkeypatch.setattr(compiled, "AVAILABLE", False)
@@ -184,8 +184,8 @@ def test_rank_mismatch_raises():
 
 
 def test_unknown_engine_raises():
-    with pytest.raises(ValueError, match="engine"):
-        top_n(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), 1, engine="gpu")
+    with pytest.raises(ValueError, match="backend"):
+        top_n(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32), 1, backend="gpu")
 
 
 def test_seen_indptr_wrong_shape_raises():
