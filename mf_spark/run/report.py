@@ -954,95 +954,74 @@ def tuning_section(trials: pa.Table, metric: str, lower_is_better: bool, params:
     v = np.array([_num(r.get(metric)) for r in rows])
     b = _best_index(v, lower_is_better)
     params = [p for p in (params or []) if p in trials.column_names]
-    n_failed = int(np.count_nonzero(~np.isfinite(v)))
     if b is None:
         return Section("Tuning", _note(f"{len(rows)} trials, and none gave a {name}."))
-    settings = ", ".join(f"{p} = {_fmt(rows[b].get(p))}" for p in params)
-    lead = (
-        f"{len(rows)} trials ({n_failed} without a result); best: trial {_fmt(rows[b].get('trial', b))}, "
-        f"{name} {_fmt(v[b])} ({'lower' if lower_is_better else 'higher'} is better)"
-        f"{' at iteration ' + _fmt(rows[b]['best_iteration']) if rows[b].get('best_iteration') is not None else ''}"
-        f"{', with ' + settings if settings else ''}."
-    )
     tips = [
         f"trial {_fmt(r.get('trial', n))}: {name} {_fmt(r.get(metric))}"
         + "".join(f", {p} {_fmt(r.get(p))}" for p in params)
         for n, r in enumerate(rows)
     ]
+    best = f"best (trial {_fmt(rows[b].get('trial', b))})"
     running = (np.fmin.accumulate if lower_is_better else np.fmax.accumulate)(v[np.argsort(trial, kind="stable")])
-    best_mark = lambda x: _Series(
-        f"best (trial {_fmt(rows[b].get('trial', b))})",
-        [x[b]],
-        [v[b]],
-        BEST,
-        width=0,
-        radius=6,
-        tips=[tips[b]],
-    )
-    parts = [
-        f'<p class="lead">{_e(lead)}</p>',
-        _plot(
-            [
-                _Series("best so far", np.sort(trial), running, GREEN, width=1.5),
-                _Series("trial", trial, v, BLUE, width=0, radius=3.5, tips=tips),
-                best_mark(trial),
-            ],
-            f"{name} by trial",
-            "trial",
-            name,
-            xint=True,
-        ),
+    by_trial = [
+        _Series("best so far", np.sort(trial), running, GREEN, width=1.5),
+        _Series("trial", trial, v, BLUE, width=0, radius=3.5, tips=tips),
+        _Series(best, [trial[b]], [v[b]], BEST, width=0, radius=6, tips=[tips[b]]),
     ]
-    small = []
-    for p in params:
-        x, cats, log = _param_axis([r.get(p) for r in rows])
-        small.append(
-            _plot(
-                [
-                    _Series(None, x, v, BLUE, width=0, radius=3.5, tips=tips),
-                    _Series(None, [x[b]], [v[b]], BEST, width=0, radius=6),
-                ],
-                f"{name} vs {p}",
-                p + (" (log)" if log else ""),
-                name,
-                xlog=log,
-                xcats=cats,
-                size=SMALL,
-            )
-        )
+    parts = [
+        f'<p class="lead">{_e(_tuning_lead(rows, v, b, name, lower_is_better, params))}</p>',
+        _plot(by_trial, f"{name} by trial", "trial", name, xint=True),
+    ]
+    small = [_param_plot(rows, p, v, b, name, tips) for p in params]
     if small:
         parts.append('<div class="charts">' + "".join(small) + "</div>")
+    parts.append(_curves_plot(rows, b, name, best))
+    parts += ["<h3>Top trials</h3>", _top_trials(rows, v, metric, name, lower_is_better, params)]
+    return Section("Tuning", "".join(parts))
+
+
+def _tuning_lead(rows: list[dict], v: np.ndarray, b: int, name: str, lower_is_better: bool, params: list[str]) -> str:
+    """The search in one sentence: trials, failures, the best trial and its settings."""
+    n_failed = int(np.count_nonzero(~np.isfinite(v)))
+    settings = ", ".join(f"{p} = {_fmt(rows[b].get(p))}" for p in params)
+    return (
+        f"{len(rows)} trials ({n_failed} without a result); best: trial {_fmt(rows[b].get('trial', b))}, "
+        f"{name} {_fmt(v[b])} ({'lower' if lower_is_better else 'higher'} is better)"
+        f"{' at iteration ' + _fmt(rows[b]['best_iteration']) if rows[b].get('best_iteration') is not None else ''}"
+        f"{', with ' + settings if settings else ''}."
+    )
+
+
+def _param_plot(rows: list[dict], p: str, v: np.ndarray, b: int, name: str, tips: list[str]) -> str:
+    """The metric against one searched parameter (a log axis for log-spread numbers, categories for texts)."""
+    x, cats, log = _param_axis([r.get(p) for r in rows])
+    points = [
+        _Series(None, x, v, BLUE, width=0, radius=3.5, tips=tips),
+        _Series(None, [x[b]], [v[b]], BEST, width=0, radius=6),
+    ]
+    return _plot(points, f"{name} vs {p}", p + (" (log)" if log else ""), name, xlog=log, xcats=cats, size=SMALL)
+
+
+def _curves_plot(rows: list[dict], b: int, name: str, best: str) -> str:
+    """Every trial's validation metric per iteration, the best trial's drawn over the rest."""
     curves = [(n, np.array([_num(h) for h in (r.get("history") or [])])) for n, r in enumerate(rows)]
     lines = [
         _Series("trials" if n == 0 else None, np.arange(1, h.size + 1), h, BLUE, width=1, opacity=0.45)
         for n, (_, h) in enumerate(c for c in curves if c[0] != b)
     ]
-    lines.append(
-        _Series(
-            f"best (trial {_fmt(rows[b].get('trial', b))})",
-            np.arange(1, curves[b][1].size + 1),
-            curves[b][1],
-            BEST,
-            width=2.5,
-        )
-    )
-    parts.append(_plot(lines, f"Validation {name} per iteration", "iteration", name, xint=True))
+    lines.append(_Series(best, np.arange(1, curves[b][1].size + 1), curves[b][1], BEST, width=2.5))
+    return _plot(lines, f"Validation {name} per iteration", "iteration", name, xint=True)
+
+
+def _top_trials(
+    rows: list[dict], v: np.ndarray, metric: str, name: str, lower_is_better: bool, params: list[str]
+) -> str:
+    """The ten best trials as a table, best first (trials without a result last)."""
     order = sorted(range(len(rows)), key=lambda n: (not math.isfinite(v[n]), v[n] if lower_is_better else -v[n]))[:10]
     head = ["", "trial", *params, name, "best iteration", "iterations run", "seconds"]
-    cells = [
-        [
-            _Text(str(j + 1)),
-            rows[n].get("trial"),
-            *(rows[n].get(p) for p in params),
-            rows[n].get(metric),
-            rows[n].get("best_iteration"),
-            rows[n].get("iterations_run"),
-            rows[n].get("seconds"),
-        ]
-        for j, n in enumerate(order)
-    ]
-    parts += ["<h3>Top trials</h3>", _table(head, cells, {(0, len(params) + 2)})]
-    return Section("Tuning", "".join(parts))
+    keys = ["trial", *params, metric, "best_iteration", "iterations_run", "seconds"]
+    cells = [[_Text(str(j + 1)), *(rows[n].get(k) for k in keys)] for j, n in enumerate(order)]
+    return _table(head, cells, {(0, len(params) + 2)})
 
 
 def recommended_indices(recommendations: pa.Table | DataFrame, items) -> np.ndarray:
