@@ -331,20 +331,7 @@ class FactorModel:
         Returns a FactorModel whose `side` holds only the history's rows and whose other side is
         this model's, so its recommend/predict work as usual.
         """
-        if side not in ("users", "items"):
-            raise InputError(f"fold_in: side must be 'users' or 'items', got {side!r}")
-        for c in (user_col, item_col):
-            if c not in history.columns:
-                raise InputError(f"fold_in: history has no column {c!r}; columns are {history.columns}")
-        if rating_col in history.columns:
-            rating = F.col(rating_col).cast("double")
-        elif self.kind == "implicit":
-            rating = F.lit(1.0)
-        else:
-            raise InputError(
-                f"fold_in: history has no column {rating_col!r} (an explicit model needs ratings); "
-                f"columns are {history.columns}"
-            )
+        rating = self._history_rating(history, side, user_col, item_col, rating_col)
         users_side = side == "users"
         row_col, fixed_col = (user_col, item_col) if users_side else (item_col, user_col)
         fixed_map = self.items if users_side else self.users
@@ -366,25 +353,7 @@ class FactorModel:
             row_map = index.fit(known, "_row")
             if not row_map.size:
                 raise InputError("fold_in: no history row names a known " + ("item" if users_side else "user"))
-            cfg = saved_model_config(self.config, self.kind)
-            merge = F.avg(RATING) if self.kind == "explicit" else F.sum(RATING)
-            pairs = (
-                row_map.encode(known, "_row", "_r")
-                .groupBy("_r", "_f")
-                .agg(merge.alias(RATING))
-                .select(
-                    F.col("_r").alias(USER_IDX if users_side else ITEM_IDX),
-                    F.col("_f").alias(ITEM_IDX if users_side else USER_IDX),
-                    RATING,
-                )
-            )
-            block_side = "user" if users_side else "item"
-            blocks = build_blocks(pairs, block_side, max(1, history.sparkSession.sparkContext.defaultParallelism))
-            spec = dataclasses.replace(solve_spec(cfg, f.mu), cg_steps=0)
-            try:
-                solved = half_step(blocks, row_map.size, fixed, spec, fixed_bias)
-            finally:
-                blocks.unpersist()
+            solved = self._half_step(row_map.encode(known, "_row", "_r"), row_map.size, users_side, fixed, fixed_bias)
         finally:
             rows.unpersist()
         new_map = IdMap(row_map.ids, (self.users if users_side else self.items).name)
@@ -396,6 +365,45 @@ class FactorModel:
         else:
             factors, maps = Factors(f.X, solved.factors, f.user_bias, solved.bias, f.mu), {"items": new_map}
         return dataclasses.replace(self, factors=factors, **maps, _bc=None)
+
+    def _history_rating(self, history: DataFrame, side: str, user_col: str, item_col: str, rating_col: str):
+        """fold_in's rating column (1.0 per row for an implicit model without one); InputError naming
+        what `history` lacks."""
+        if side not in ("users", "items"):
+            raise InputError(f"fold_in: side must be 'users' or 'items', got {side!r}")
+        for c in (user_col, item_col):
+            if c not in history.columns:
+                raise InputError(f"fold_in: history has no column {c!r}; columns are {history.columns}")
+        if rating_col in history.columns:
+            return F.col(rating_col).cast("double")
+        if self.kind == "implicit":
+            return F.lit(1.0)
+        raise InputError(
+            f"fold_in: history has no column {rating_col!r} (an explicit model needs ratings); "
+            f"columns are {history.columns}"
+        )
+
+    def _half_step(self, encoded: DataFrame, n_rows: int, users_side: bool, fixed: np.ndarray, fixed_bias):
+        """The training half-step (exact solves) of the `n_rows` rows of `encoded` (_r row index, _f
+        fixed index, rating; repeated pairs merged as the jobs merge them) against the fixed side.
+        Performance note: one shuffle (the merge and the blocks), one Spark job."""
+        merge = F.avg(RATING) if self.kind == "explicit" else F.sum(RATING)
+        pairs = (
+            encoded.groupBy("_r", "_f")
+            .agg(merge.alias(RATING))
+            .select(
+                F.col("_r").alias(USER_IDX if users_side else ITEM_IDX),
+                F.col("_f").alias(ITEM_IDX if users_side else USER_IDX),
+                RATING,
+            )
+        )
+        parallelism = max(1, encoded.sparkSession.sparkContext.defaultParallelism)
+        blocks = build_blocks(pairs, "user" if users_side else "item", parallelism)
+        spec = dataclasses.replace(solve_spec(saved_model_config(self.config, self.kind), self.factors.mu), cg_steps=0)
+        try:
+            return half_step(blocks, n_rows, fixed, spec, fixed_bias)
+        finally:
+            blocks.unpersist()
 
     def decode_recs(self, recs: DataFrame) -> DataFrame:
         """user_idx, rank, item_idx, score -> user, rank, item, score (original IDs)."""
