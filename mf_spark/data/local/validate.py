@@ -201,42 +201,14 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
     row = _np(raw.column(ROW))
 
     def rejected_rows(mask: np.ndarray) -> pa.Table:
-        at = pa.array(np.flatnonzero(mask))
-        order = np.argsort(row[mask], kind="stable")
-        t = pa.table(
-            {
-                SOURCE: raw.column(SOURCE).take(at).cast(pa.string()),
-                ROW: raw.column(ROW).take(at),
-                USER: as_text(col[USER].take(at)),
-                ITEM: as_text(col[ITEM].take(at)),
-                RATING: as_text(col[RATING].take(at)),
-                TIMESTAMP: (
-                    as_text(col[TIMESTAMP].take(at))
-                    if not pa.types.is_null(col[TIMESTAMP].type)
-                    else pa.nulls(int(mask.sum()), pa.string())
-                ),
-                REASON: pa.array(
-                    np.array(texts, dtype=object)[reason[mask]].tolist() if mask.any() else [], pa.string()
-                ),
-            }
-        )
-        return t.take(pa.array(order))
+        return _rejected_rows(raw, col, row, reason, texts, mask)
 
-    parts = np.unique(part)
     if n == 0:
         raise InputError("the input has no data rows")
-    per_part = {}
-    for p in parts:
-        in_p = part == p
-        per_part[int(p)] = {
-            "n_read": int(in_p.sum()),
-            "n_rejected": int((rejected & in_p).sum()),
-            "n_dropped": int((dropped & in_p).sum()),
-            "n_valid": int((valid & in_p).sum()),
-        }
-    for p, c in sorted(per_part.items()):
-        if c["n_rejected"] / c["n_read"] > cfg.max_bad_fraction:
-            raise _too_dirty(rejected_rows(rejected & (part == p)), c["n_rejected"], c["n_read"], cfg)
+    per_part = _part_counts(part, rejected, dropped, valid)
+    for p, in_part in sorted(per_part.items()):
+        if in_part["n_rejected"] / in_part["n_read"] > cfg.max_bad_fraction:
+            raise _too_dirty(rejected_rows(rejected & (part == p)), in_part["n_rejected"], in_part["n_read"], cfg)
     c = {k: sum(pp[k] for pp in per_part.values()) for k in ("n_read", "n_rejected", "n_dropped", "n_valid")}
     if c["n_valid"] == 0 or any(pp["n_valid"] == 0 for pp in per_part.values()):
         raise InputError(
@@ -270,6 +242,45 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
         "n_clean": n_clean,
     }
     return Clean(merged, rejected_rows(rejected), counts)
+
+
+def _rejected_rows(raw: pa.Table, col: dict, row: np.ndarray, reason: np.ndarray, texts: list, mask: np.ndarray):
+    """The rows of `mask` as validate.clean's rejected table: their source, row, fields as text and
+    reason, in read order."""
+    at = pa.array(np.flatnonzero(mask))
+    order = np.argsort(row[mask], kind="stable")
+    timestamps = col[TIMESTAMP]
+    t = pa.table(
+        {
+            SOURCE: raw.column(SOURCE).take(at).cast(pa.string()),
+            ROW: raw.column(ROW).take(at),
+            USER: as_text(col[USER].take(at)),
+            ITEM: as_text(col[ITEM].take(at)),
+            RATING: as_text(col[RATING].take(at)),
+            TIMESTAMP: (
+                as_text(timestamps.take(at))
+                if not pa.types.is_null(timestamps.type)
+                else pa.nulls(int(mask.sum()), pa.string())
+            ),
+            REASON: pa.array(np.array(texts, dtype=object)[reason[mask]].tolist() if mask.any() else [], pa.string()),
+        }
+    )
+    return t.take(pa.array(order))
+
+
+def _part_counts(part: np.ndarray, rejected: np.ndarray, dropped: np.ndarray, valid: np.ndarray) -> dict:
+    """Per input part (the train and test files of a given split, else one): rows read, rejected,
+    dropped and valid."""
+    out = {}
+    for p in np.unique(part):
+        in_p = part == p
+        out[int(p)] = {
+            "n_read": int(in_p.sum()),
+            "n_rejected": int((rejected & in_p).sum()),
+            "n_dropped": int((dropped & in_p).sum()),
+            "n_valid": int((valid & in_p).sum()),
+        }
+    return out
 
 
 def _codes(key: pa.Array) -> np.ndarray:
