@@ -219,36 +219,13 @@ def recommend_indices_blocked(scorer, users: DataFrame, n: int, n_blocks: int) -
         users.select(USER_IDX, seen.cast("array<int>").alias("seen"))
         .mapInArrow(_user_chunks, CHUNK_SCHEMA)
         .rdd.zipWithUniqueId()
-        .map(
-            lambda rk: (
-                rk[1],
-                (
-                    np.frombuffer(rk[0]["users"], np.int32),
-                    np.frombuffer(rk[0]["counts"], np.int64),
-                    np.frombuffer(rk[0]["items"], np.int32),
-                ),
-            )
-        )
+        .map(lambda rk: (rk[1], _chunk_arrays(rk[0])))
     )
-
-    def local_top(pair):
-        (key, (u, lens, cols)), (b, Yb, bias_b) = pair
-        X, offset = user_side.value
-        rows = np.repeat(np.arange(u.size), lens)
-        mine = cols % n_blocks == b
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[mine], minlength=u.size))]).astype(np.int64)
-        counts, items, scores = top_n(
-            X[u],
-            Yb,
-            n,
-            indptr,
-            (cols[mine] // n_blocks).astype(np.int32),
-            None if offset is None else offset[u],
-            bias_b,
-        )
-        return key, (u, counts, (items.astype(np.int64) * n_blocks + b).astype(np.int32), scores)
-
-    merged = chunks.cartesian(item_blocks).map(local_top).reduceByKey(lambda a, b: _merge_top(a, b, n))
+    merged = (
+        chunks.cartesian(item_blocks)
+        .map(lambda pair: _block_top(pair, user_side.value, n, n_blocks))
+        .reduceByKey(lambda a, b: _merge_top(a, b, n))
+    )
     packed = merged.map(
         lambda kv: (
             kv[1][0].tobytes(),
@@ -257,27 +234,48 @@ def recommend_indices_blocked(scorer, users: DataFrame, n: int, n_blocks: int) -
             kv[1][3].astype(np.float32).tobytes(),
         )
     )
-
-    def unpack(batches):
-        for b in batches:
-            for r in b.to_pylist():
-                u = np.frombuffer(r["users"], np.int32)
-                counts = np.frombuffer(r["counts"], np.int64)
-                items = np.frombuffer(r["items"], np.int32)
-                ranks = (positions(counts) + 1).astype(np.int32)
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        pa.array(np.repeat(u, counts)),
-                        pa.array(ranks),
-                        pa.array(items),
-                        pa.array(np.frombuffer(r["scores"], np.float32)),
-                    ],
-                    schema=RECS_ARROW,
-                )
-
     return spark.createDataFrame(packed, CHUNK_SCHEMA).mapInArrow(
-        unpack, "user_idx int, rank int, item_idx int, score float"
+        _unpack_lists, "user_idx int, rank int, item_idx int, score float"
     )
+
+
+def _chunk_arrays(row) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A packed user chunk (CHUNK_SCHEMA's users, counts, items bytes) as its arrays."""
+    return (
+        np.frombuffer(row["users"], np.int32),
+        np.frombuffer(row["counts"], np.int64),
+        np.frombuffer(row["items"], np.int32),
+    )
+
+
+def _block_top(pair, user_side, n: int, n_blocks: int):
+    """The best n items of one item block for one chunk of users (their seen items of that block
+    masked), the items renumbered back to global indices: (chunk key, (users, counts, items, scores))."""
+    (key, (u, lens, cols)), (b, Yb, bias_b) = pair
+    X, offset = user_side
+    rows = np.repeat(np.arange(u.size), lens)
+    mine = cols % n_blocks == b
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[mine], minlength=u.size))]).astype(np.int64)
+    local = (cols[mine] // n_blocks).astype(np.int32)
+    counts, items, scores = top_n(X[u], Yb, n, indptr, local, None if offset is None else offset[u], bias_b)
+    return key, (u, counts, (items.astype(np.int64) * n_blocks + b).astype(np.int32), scores)
+
+
+def _unpack_lists(batches):
+    """mapInArrow body: packed merged lists (CHUNK_SCHEMA plus scores) -> user_idx, rank, item_idx, score rows."""
+    for batch in batches:
+        for r in batch.to_pylist():
+            u, counts, items = _chunk_arrays(r)
+            ranks = (positions(counts) + 1).astype(np.int32)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array(np.repeat(u, counts)),
+                    pa.array(ranks),
+                    pa.array(items),
+                    pa.array(np.frombuffer(r["scores"], np.float32)),
+                ],
+                schema=RECS_ARROW,
+            )
 
 
 def seen_lists(train_idx: DataFrame) -> DataFrame:
