@@ -57,10 +57,10 @@ def run(argv: list[str] | None = None) -> str:
     pipeline = Pipeline(
         spark, cli.TrainArgs(a.input, a.format, a.train, a.test, a.output or cli.DEMO_OUTPUT, False, cfg, demo)
     )
-    table = pipeline.compare(chosen)
+    table, published = pipeline.compare(chosen)
     print(compare.table_text(table, cfg.eval.k), end="")
-    print(f"comparison: {posixpath.join(pipeline.output, 'comparison.parquet')}{' (demo data)' if demo else ''}")
-    return pipeline.output
+    print(f"comparison: {posixpath.join(published, 'comparison.parquet')}{' (demo data)' if demo else ''}")
+    return published
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,20 +216,21 @@ def run_mllib(args, train: str, test: str, out: str, env: dict) -> dict:
         "--seed",
         str(args.seed),
     ]
-    r = run_process(submit(args, "scripts/mllib_job.py", job), env)
+    return run_json_job(args, "scripts/mllib_job.py", job, "the MLlib job", env)
+
+
+def run_json_job(args, script: str, job: list[str], what: str, env: dict) -> dict:
+    """Run a job that prints its report as its last JSON line: wall time, peak memory and that report."""
+    r = run_process(submit(args, script, job), env)
     if r["returncode"] != 0:
-        raise SystemExit(f"the MLlib job failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
+        raise SystemExit(f"{what} failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
     line = next(ln for ln in reversed(r["stdout"].splitlines()) if ln.startswith("{"))
     return {**_public(r), **json.loads(line)}
 
 
 def run_floor(args, train: str, test: str, out: str, env: dict) -> dict:
     job = ["--train", train, "--test", test, "--output", out, "--rank", str(args.rank)]
-    r = run_process(submit(args, "scripts/floor_job.py", job), env)
-    if r["returncode"] != 0:
-        raise SystemExit(f"the floor job failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
-    line = next(ln for ln in reversed(r["stdout"].splitlines()) if ln.startswith("{"))
-    return {**_public(r), **json.loads(line)}
+    return run_json_job(args, "scripts/floor_job.py", job, "the floor job", env)
 
 
 def _public(r: dict) -> dict:

@@ -676,12 +676,17 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else f"`{_toml_value(value)}`"
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A declared key's default (a table's, made by its factory, is empty)."""
+    return {} if f.default is dataclasses.MISSING else f.default
+
+
 def markdown_table() -> str:
     """The README's configuration table, a row per key, made from the declarations."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
-            default = {} if f.default is dataclasses.MISSING else f.default
+            default = _default(f)
             rows.append(f"| `{section}.{f.name}` | {_shown(default)} | {f.metadata['doc']} |")
     return "\n".join(rows + [SPARK_ROW]) + "\n"
 
@@ -697,7 +702,7 @@ def defaults_toml() -> str:
         lines += ["", f"[{section}]"]
         for f in dataclasses.fields(cls):
             lines += ["# " + line for line in textwrap.wrap(f.metadata["doc"], 98)]
-            default = {} if f.default is dataclasses.MISSING else f.default
+            default = _default(f)
             lines.append(f"# {f.name} = (unset)" if default is None else f"{f.name} = {_toml_value(default)}")
     lines += [
         "",

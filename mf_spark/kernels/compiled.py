@@ -248,7 +248,7 @@ def _cg_rows(
         lr = lam[r]
         for e in range(L):
             j = cols[s0 + e]
-            for a in range(width):  # an explicit loop: 3x faster than the slice copy G[e, :] = Y[j]
+            for a in range(width):  # an explicit loop: numba runs it faster than the slice copy G[e, :] = Y[j]
                 G[e, a] = Y[j, a]
             T[e] = target[s0 + e] - offset[j] if has_offset else target[s0 + e]
             W[e] = 1.0 if unit else weight[s0 + e]

@@ -13,7 +13,6 @@ here is imported by the modules it calls.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import posixpath
 import sys
@@ -149,9 +148,10 @@ class Pipeline:
         split is never looked at), then `train`'s stages with the best settings and the search's
         outputs (tuning/trials.parquet, best.toml, its report section)."""
         cfg = self.cfg
-        found: list = []
+        search = best = None
 
         def stages(output: str, lease: write.Lease) -> dict:
+            nonlocal search, best
             with self.clock.phase("read_validate"):
                 loaded = self.load()
             with settled(loaded.warm), self.clock.phase("split_index"):
@@ -159,11 +159,10 @@ class Pipeline:
             with settled(loaded.warm), self.clock.phase("tune"):
                 started = time.perf_counter()
                 try:
-                    found.append(tune.search(inner, cfg))
+                    search = tune.search(inner, cfg)
                 finally:
                     inner.release()
                 seconds = time.perf_counter() - started
-            search = found[0]
             best = tune.best_run(cfg, search)
             trials = tune.trials_table(search)
             summary = tune.summary(cfg, search, inner, seconds)
@@ -176,16 +175,14 @@ class Pipeline:
                     report.tuning_section(trials, f"validation_{search.metric}", search.lower_is_better, search.params)
                 ]
 
-            self.args = dataclasses.replace(self.args, run=best)
             return self.fit_publish(Prepared(best, output, lease, loaded, outer), extra, {"tuning": summary})
 
         metrics = self._claimed("tune", stages, keep_checkpoints=False, track=False)
-        search = found[0]
         by_trial = [(t.number, tune.best_of(t, search.lower_is_better)) for t in search.trials]
         tracking.log_run(
             cfg.tracking,
             "tune",
-            self.args.run,
+            best,
             metrics,
             metrics["output"],
             ("metrics.json", "report.html", "model.json", "factors", "best.toml", "tuning"),
@@ -208,9 +205,9 @@ class Pipeline:
             tracking.log_run(self.cfg.tracking, job, self.cfg, metrics, output)
         return metrics
 
-    def compare(self, methods: list) -> pa.Table:
+    def compare(self, methods: list) -> tuple[pa.Table, str]:
         """The compare job: every method of `methods` (compare.methods) fitted on one split, the table
-        published with its report; returns the table."""
+        published with its report; returns the table and the output folder it was published to."""
         spark, cfg = self.spark, self.cfg
         tracking.check(cfg.tracking)
         output = write.check_output(spark, self.args.output)
@@ -232,7 +229,7 @@ class Pipeline:
             fs.write_text(spark, posixpath.join(staging, "comparison.txt"), text)
             fs.write_text(spark, posixpath.join(staging, "report.html"), page)
 
-        self.output = write.publish_with(spark, output, write_all)
+        published = write.publish_with(spark, output, write_all)
         per_method = {
             f"{row['method']}.{k}": v
             for row in table.to_pylist()
@@ -244,10 +241,10 @@ class Pipeline:
             "compare",
             cfg,
             {**counts, **per_method},
-            self.output,
+            published,
             ("comparison.parquet", "comparison.txt", "report.html"),
         )
-        return table
+        return table, published
 
     def front(self) -> tuple[str | None, Any]:
         """The input path (None for a given split) and the front end that reads it (prepare.front_end)."""

@@ -134,7 +134,7 @@ class TestJobs(EngineContract):
     test_gives_the_factors_of_every_other_engine = None  # it is the reference the others are held to
 
 
-@pytest.mark.slow  # join fits run SQL joins per half-step: seconds each
+@pytest.mark.slow  # join fits run SQL joins every half-step: the slowest engine, with the slow tests
 class TestJoin(EngineContract):
     settings = {"strategy": "join"}
     exchange = "join"
