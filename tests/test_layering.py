@@ -21,6 +21,7 @@ FLOW = [
     "data.split",
     "data.local",
     "data.ready",
+    "data.front",
     "data.prepare",
     "als.blocks",
     "als.halfstep",

@@ -18,7 +18,8 @@ import numpy.typing as npt
 
 USER, ITEM, RATING, TIMESTAMP = "user", "item", "rating", "timestamp"
 USER_IDX, ITEM_IDX = "user_idx", "item_idx"
-SOURCE, ROW = "_source", "_row"  # input file, and read position for ordering / messages
+SOURCE, ROW = "_source", "_row"  # input file, and the row's position in it (ordering, messages)
+FILE = "_file"  # the input file's position in its sorted file list (orders rows across files)
 REASON = "reason"
 PART = "_part"  # which given file (0 train, 1 test) a row came from
 MALFORMED = "_malformed"  # raw rows: why the row's fields cannot be trusted, else null

@@ -29,10 +29,9 @@ from pyspark.sql import types as T
 
 from mf_spark.core.config import DataConfig, RunConfig, SplitConfig
 from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
-from mf_spark.data import index, read, split, validate
+from mf_spark.data import front, index, read, split, validate
 from mf_spark.data.index import IdMap
 from mf_spark.data.local import read as local_read
-from mf_spark.data.local import split as local_split
 from mf_spark.data.local import validate as local_validate
 from mf_spark.data.ready import HeldOut, TrainStats, Triples, collect_heldout, heldout_of, timestamps, train_stats
 from mf_spark.data.validate import exact_column
@@ -79,7 +78,7 @@ class _Source:
 NO_HELDOUT = HeldOut(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64))
 
 
-def spark_ready(train: DataFrame, test: DataFrame | None, release: list | tuple = ()) -> Ready:
+def spark_ready(train: DataFrame, test: DataFrame | None, release: list | tuple = (), name: str = "spark-sql") -> Ready:
     """Ready from validated training (and held-out) ratings by Spark: ID maps, the encoded training
     rows (cached), held-out rows, statistics. Performance note: one action for the ID maps, one
     aggregate that materializes the cached encoded ratings (Ready.release drops them, and `release`)."""
@@ -91,16 +90,24 @@ def spark_ready(train: DataFrame, test: DataFrame | None, release: list | tuple 
         enc.train_idx,
         heldout,
         train_stats(enc.train_idx),
-        SparkFront.name,
+        name,
         [enc.train_idx.unpersist, *release],
     )
 
 
-def driver_ready(spark: SparkSession, train: pa.Table, test: pa.Table | None) -> Ready:
-    """The same from driver tables (local.validate's ratings): ID maps and index arrays in numpy, no
-    Spark job."""
-    users = index.sorted_map(pc.unique(train.column(USER)), USER)
-    items = index.sorted_map(pc.unique(train.column(ITEM)), ITEM)
+def driver_ready(
+    spark: SparkSession,
+    train: pa.Table,
+    test: pa.Table | None,
+    maps: tuple[IdMap, IdMap] | None = None,
+    stats: TrainStats | None = None,
+) -> Ready:
+    """The same from driver tables (local.validate's ratings): ID maps (unless given) and index arrays
+    in numpy, no Spark job."""
+    users, items = maps or (
+        index.sorted_map(pc.unique(train.column(USER)), USER),
+        index.sorted_map(pc.unique(train.column(ITEM)), ITEM),
+    )
     triples = Triples(
         spark,
         users.index_of(train.column(USER)),
@@ -109,13 +116,14 @@ def driver_ready(spark: SparkSession, train: pa.Table, test: pa.Table | None) ->
         timestamps(train.column(TIMESTAMP) if TIMESTAMP in train.column_names else None, train.num_rows),
     )
     heldout = NO_HELDOUT if test is None else heldout_of(test, users, items)
-    return Ready(users, items, triples, heldout, train_stats(triples), DriverFront.name, [triples.unpersist])
+    return Ready(users, items, triples, heldout, stats or train_stats(triples), DriverFront.name, [triples.unpersist])
 
 
-class SparkFront:
-    """The Spark stages (read.ratings, validate.clean, split.split, index.encode_split)."""
+class SqlFront:
+    """The Spark SQL stages (read.ratings, validate.clean, split.split, index.encode_split): for inputs
+    the Arrow front end cannot read exactly as Spark would (local.read.Unreadable), and DataFrames."""
 
-    name = "spark"
+    name = "spark-sql"
 
     def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
         self.spark, self.cfg, self.source = spark, cfg, source
@@ -149,7 +157,7 @@ class SparkFront:
 
     def split_index(self) -> Ready:
         train, test = self._halves()
-        ready = spark_ready(train, test, [train.unpersist])  # materializes train_idx: the cleaned rows can go
+        ready = spark_ready(train, test, [train.unpersist], self.name)  # materializes train_idx
         self.cleaned.release()
         return ready
 
@@ -158,15 +166,18 @@ class SparkFront:
         fit, held = split.split(train, validation)
         if validation.method != "random":
             fit = fit.cache()
-        inner = spark_ready(fit, held, [fit.unpersist])
-        outer = spark_ready(train, test, [train.unpersist])
+        inner = spark_ready(fit, held, [fit.unpersist], self.name)
+        outer = spark_ready(train, test, [train.unpersist], self.name)
         self.cleaned.release()
         return outer, inner
 
 
+_PENDING = {"n_duplicates_merged": None, "n_clean": None}  # known once the rows are merged (split_index)
+
+
 class DriverFront:
-    """The same stages in the driver process (mf_spark.data.local); `load` raises local.read.Unreadable
-    when the input is one for Spark."""
+    """The Arrow front end in the driver process (front.InProcess); `load` raises local.read.Unreadable
+    when the input is one for Spark's reader."""
 
     name = "driver"
 
@@ -174,49 +185,70 @@ class DriverFront:
         self.spark, self.cfg, self.source = spark, cfg, source
 
     def load(self) -> Loaded:
-        cfg, src = self.cfg, self.source
-        tables = [local_read.table(p, src.fmt, cfg.data) for p in src.paths]
-        if src.train:
-            differ = {
-                c for c in tables[0].column_names if tables[0].schema.field(c).type != tables[1].schema.field(c).type
-            }
-            tables = [
-                pa.table(
-                    {c: local_validate.as_text(t.column(c)) if c in differ else t.column(c) for c in t.column_names}
-                ).append_column(PART, pa.array(np.full(t.num_rows, part, np.int32)))
-                for part, t in enumerate(tables)
-            ]
-        raw = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        self.clean = local_validate.clean(raw, cfg.data, cfg.model.kind)
-        return Loaded(dict(self.clean.counts), self.clean.rejected if self.clean.counts["n_rejected"] else None)
+        self.steps = front.InProcess(front.Input.of(self.source.paths, self.source.fmt, self.cfg.data), self.cfg)
+        counts, rejected = self.steps.load()
+        self.counts = {**counts, **_PENDING}
+        return Loaded(self.counts, rejected if counts["n_rejected"] else None)
 
-    def _halves(self) -> tuple[pa.Table, pa.Table]:
-        ratings = self.clean.ratings
-        if self.source.train:
-            part = ratings.column(PART).to_numpy()
-            is_test = part == 1
-            ratings = ratings.drop_columns([PART])
-        else:
-            is_test = local_split.test_mask(ratings, self.cfg.split)
-        self.clean = None
-        return ratings.filter(pa.array(~is_test)), ratings.filter(pa.array(is_test))
+    def _ready(self, part: front.Split) -> Ready:
+        return driver_ready(self.spark, part.train, part.test, (part.users, part.items), part.stats)
 
     def split_index(self) -> Ready:
-        return driver_ready(self.spark, *self._halves())
+        got = self.steps.split()
+        self.counts.update(got.counts)
+        return self._ready(got)
 
     def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
-        train, test = self._halves()
-        held = pa.array(local_split.test_mask(train, validation))
-        inner = driver_ready(self.spark, train.filter(pc.invert(held)), train.filter(held))
-        return driver_ready(self.spark, train, test), inner
+        got = self.steps.split(validation)
+        self.counts.update(got.counts)
+        return self._ready(got), self._ready(got.inner)
+
+
+class TaskFront:
+    """The same Arrow front end in executor tasks (front.Tasks): the executors read their files, and
+    the training ratings stay in their cache, indexed there."""
+
+    name = "spark"
+
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
+        self.spark, self.cfg, self.source = spark, cfg, source
+
+    def load(self) -> Loaded:
+        source = front.Input.of(self.source.paths, self.source.fmt, self.cfg.data)
+        self.steps = front.Tasks(self.spark, source, self.cfg, _parallelism(self.spark))
+        counts, rejected = self.steps.load()
+        self.counts = {**counts, **_PENDING}
+        return Loaded(self.counts, rejected if counts["n_rejected"] else None)
+
+    def _ready(self, part: front.Split, release: list) -> Ready:
+        train = self.steps.indexed(part.train, part.users, part.items)
+        heldout = heldout_of(part.test, part.users, part.items)
+        return Ready(part.users, part.items, train, heldout, part.stats, self.name, release)
+
+    def split_index(self) -> Ready:
+        got = self.steps.split()
+        self.counts.update(got.counts)
+        return self._ready(got, [self.steps.release])
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        got = self.steps.split(validation)
+        self.counts.update(got.counts)
+        return self._ready(got, [self.steps.release]), self._ready(got.inner, [])
+
+
+def _parallelism(spark: SparkSession) -> int:
+    """Tasks the per-user step runs as: the session's default parallelism (the resident stage's task
+    count, so that it reads the training rows where they are)."""
+    return max(1, spark.sparkContext.defaultParallelism)
 
 
 class _Chosen:
-    """The driver front end when it can read the input, else Spark's (decided in `load`)."""
+    """The Arrow front end (in the driver or in tasks) when it can read the input as Spark would, else
+    the Spark SQL stages (decided in `load`)."""
 
-    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source, driver_first: bool):
-        self.spark, self.cfg, self.source, self.driver_first = spark, cfg, source, driver_first
-        self.front: DriverFront | SparkFront | None = None
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source, arrow: type):
+        self.spark, self.cfg, self.source, self.arrow = spark, cfg, source, arrow
+        self.front: DriverFront | TaskFront | SqlFront | None = None
 
     @property
     def name(self) -> str:
@@ -225,18 +257,18 @@ class _Chosen:
     @property
     def on_driver(self) -> bool:
         """Whether the training ratings will most likely stay driver arrays (decided in `load`)."""
-        return self.driver_first if self.front is None else isinstance(self.front, DriverFront)
+        return self.arrow is DriverFront if self.front is None else isinstance(self.front, DriverFront)
 
     def load(self) -> Loaded:
-        if self.driver_first:
-            front = DriverFront(self.spark, self.cfg, self.source)
+        if self.arrow is not SqlFront:
+            chosen = self.arrow(self.spark, self.cfg, self.source)
             try:
-                loaded = front.load()
-                self.front = front
+                loaded = chosen.load()
+                self.front = chosen
                 return loaded
             except local_read.Unreadable as e:
-                log.info("reading the input with Spark: the driver cannot read it as Spark would (%s)", e)
-        self.front = SparkFront(self.spark, self.cfg, self.source)
+                log.info("reading the input with Spark SQL: Arrow cannot read it as Spark would (%s)", e)
+        self.front = SqlFront(self.spark, self.cfg, self.source)
         return self.front.load()
 
     def split_index(self) -> Ready:
@@ -256,20 +288,23 @@ def front_end(
     train: str | None = None,
     test: str | None = None,
     fmt: str = "auto",
+    sql: bool = False,
 ) -> _Chosen:
-    """The front end for this input under data.front_end (see the module docstring)."""
+    """The front end for this input under data.front_end (see the module docstring); `sql`: the Spark
+    SQL stages whatever the input (for tests that hold the fronts to each other)."""
     source = _Source(input, train, test, fmt)
     want = cfg.data.front_end
-    driver = want == "driver"
-    if want == "auto" and spark.sparkContext.master.startswith("local"):
+    arrow = SqlFront if sql else DriverFront if want == "driver" else TaskFront
+    if want == "auto" and not sql and spark.sparkContext.master.startswith("local"):
         try:
             size = sum(local_read.input_bytes(p) for p in source.paths)
-            driver = size <= cfg.data.front_end_max_mb * 2**20
-            if not driver:
-                log.info("reading the input with Spark: %.0f MB > data.front_end_max_mb", size / 2**20)
+            if size <= cfg.data.front_end_max_mb * 2**20:
+                arrow = DriverFront
+            else:
+                log.info("reading the input in Spark tasks: %.0f MB > data.front_end_max_mb", size / 2**20)
         except (local_read.Unreadable, OSError):
-            driver = False
-    return _Chosen(spark, cfg, source, driver)
+            pass
+    return _Chosen(spark, cfg, source, arrow)
 
 
 # ---- a DataFrame instead of files (mf_spark.ml.ALS.fit): validate -> index, nothing held out ------------

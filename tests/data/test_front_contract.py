@@ -49,10 +49,11 @@ def _training_triples(ready) -> list[tuple]:
 
 class FrontContract:
     front: str = ""
+    sql: bool = False
 
     def run(self, spark, sets=(), **paths):
         cfg = load(None, [f"data.front_end={self.front}", "data.max_bad_fraction=0.5", *sets])
-        front = prepare.front_end(spark, cfg, fmt="auto", **paths)
+        front = prepare.front_end(spark, cfg, fmt="auto", sql=self.sql, **paths)
         loaded = front.load()
         return loaded, front.split_index()
 
@@ -64,7 +65,7 @@ class FrontContract:
         assert ready.stats.n + ready.heldout.n == 72
         users = ready.users.ids.to_pylist()
         assert users == sorted(users) and len(users) == 12
-        assert ready.front == self.front
+        assert ready.front == ("spark-sql" if self.sql else self.front)
 
     def test_rejects_bad_rows_with_reasons_and_merges_repeats(self, spark, tmp_path):
         path = tmp_path / "bad.csv"
@@ -111,7 +112,7 @@ class FrontContract:
         path = tmp_path / "r.csv"
         path.write_text(CLEAN + BAD.split("\n", 1)[1].replace("userId,movieId,rating\n", ""))
         _, mine = self.run(spark, input=str(path))
-        _, spark_ready = SparkFront.run(SparkFront(), spark, input=str(path))
+        _, spark_ready = SqlFront.run(SqlFront(), spark, input=str(path))
         assert mine.users.ids.to_pylist() == spark_ready.users.ids.to_pylist()
         assert mine.items.ids.to_pylist() == spark_ready.items.ids.to_pylist()
         assert _training_triples(mine) == _training_triples(spark_ready)
@@ -122,9 +123,14 @@ class TestDriverFront(FrontContract):
     front = "driver"
 
 
-class SparkFront(FrontContract):
+class TestTaskFront(FrontContract):
     front = "spark"
 
 
-class TestSparkFront(SparkFront):
+class SqlFront(FrontContract):
+    front = "spark"
+    sql = True
+
+
+class TestSqlFront(SqlFront):
     pass

@@ -246,8 +246,8 @@ def write_inputs(tmp_path):
     return [str(p) for p in (csv, dat, tsv, folder)]
 
 
-def ready_of(spark, cfg, **source):
-    front = prepare.front_end(spark, cfg, **source)
+def ready_of(spark, cfg, sql=False, **source):
+    front = prepare.front_end(spark, cfg, sql=sql, **source)
     loaded = front.load()
     return front, loaded, front.split_index()
 
@@ -266,14 +266,21 @@ def triples(ready):
 def test_front_ends_agree_on_files(spark, tmp_path, which, method):
     path = write_inputs(tmp_path)[which]
     out = {}
-    for name in ("driver", "spark"):
+    for name in ("driver", "spark", "spark-sql"):
         cfg = from_dict(
-            {"data": {"front_end": name, "max_bad_fraction": 0.1}, "split": {"method": method, "test_fraction": 0.3}}
+            {
+                "data": {"front_end": name.split("-")[0], "max_bad_fraction": 0.1},
+                "split": {"method": method, "test_fraction": 0.3},
+            }
         )
-        front, loaded, ready = ready_of(spark, cfg, input=path)
+        front, loaded, ready = ready_of(spark, cfg, sql=name == "spark-sql", input=path)
         assert front.name == name
         out[name] = (loaded, ready)
-    (ld, rd), (ls, rs) = out["driver"], out["spark"]
+    for other in ("spark", "spark-sql"):
+        _agree(*out["driver"], *out[other])
+
+
+def _agree(ld, rd, ls, rs):
     assert ld.counts == ls.counts
     assert rd.users.ids.equals(rs.users.ids) and rd.items.ids.equals(rs.items.ids)
     for a, b in zip(triples(rd), triples(rs)):
@@ -284,7 +291,9 @@ def test_front_ends_agree_on_files(spark, tmp_path, which, method):
     assert (rd.stats.n, rd.stats.lo, rd.stats.hi) == (rs.stats.n, rs.stats.lo, rs.stats.hi)
     assert rd.stats.mean == pytest.approx(rs.stats.mean)
     if ld.rejected is not None:
-        assert ld.rejected.to_pylist() == [r.asDict() for r in ls.rejected.collect()]
+        assert ld.rejected.to_pylist() == sorted(
+            (r.asDict() for r in ls.rejected.collect()), key=lambda r: (r["_source"], r["_row"])
+        )
     rd.release()
     rs.release()
 
@@ -297,13 +306,14 @@ def test_given_train_and_test_agree(spark, tmp_path):
         pa.table({"user": pa.array([1, 2, 3, 99]), "item": pa.array([0, 1, 50, 2]), "rating": [3.0, 4.0, 5.0, 1.0]}), b
     )
     got = {}
-    for name in ("driver", "spark"):
-        cfg = from_dict({"data": {"front_end": name}})
-        front, loaded, ready = ready_of(spark, cfg, train=str(a), test=str(b))
+    for name in ("driver", "spark", "spark-sql"):
+        cfg = from_dict({"data": {"front_end": name.split("-")[0]}})
+        front, loaded, ready = ready_of(spark, cfg, sql=name == "spark-sql", train=str(a), test=str(b))
         got[name] = (loaded.counts, ready.users.ids, ready.heldout.u.tolist(), ready.heldout.i.tolist())
-    assert got["driver"][0] == got["spark"][0]
-    assert got["driver"][1].equals(got["spark"][1])
-    assert sorted(zip(got["driver"][2], got["driver"][3])) == sorted(zip(got["spark"][2], got["spark"][3]))
+    for other in ("spark", "spark-sql"):
+        assert got["driver"][0] == got[other][0]
+        assert got["driver"][1].equals(got[other][1])
+        assert sorted(zip(got["driver"][2], got["driver"][3])) == sorted(zip(got[other][2], got[other][3]))
 
 
 @pytest.mark.parametrize(
@@ -320,7 +330,7 @@ def test_what_the_driver_cannot_read_goes_to_spark(spark, tmp_path, content):
     path.write_text(content)
     cfg = from_dict({"data": {"front_end": "auto", "max_bad_fraction": 1.0}})
     front, loaded, ready = ready_of(spark, cfg, input=str(path))
-    assert front.name == "spark"
+    assert front.name == "spark-sql"
     assert loaded.counts["n_read"] == 2
 
 

@@ -4,7 +4,8 @@ Output columns, as `read.ratings` (the raw rows validation takes):
     user, item, rating, timestamp   text formats: strings, as Spark's readers give them (null where
                                     Spark's CSV reader gives null); Parquet: native types, timestamps
                                     as epoch seconds
-    _source                         the file's URI;  _row  int64, the row's position in read order
+    _source                         the file's URI;  _file  int32, the file's position in the input's
+                                    sorted file list;  _row  int64, the row's position in its file
 
 Strict: whatever this reader could read differently from Spark's (a row with another number of fields,
 quotes or escapes in a value, invalid UTF-8, a whitespace-separated file, partition folders, files
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,7 +29,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from mf_spark.core.config import DataConfig
-from mf_spark.core.types import ITEM, RATING, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.core.types import FILE, ITEM, RATING, ROW, SOURCE, TIMESTAMP, USER
 from mf_spark.data import read
 
 COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
@@ -61,6 +63,47 @@ def table(path: str, fmt: str, cfg: DataConfig) -> pa.Table:
     Raises Unreadable (with the reason) for anything Spark's reader should read instead, including
     every input `read.ratings` would reject: its InputError then comes from there, word for word.
     """
+    how = plan(path, fmt, cfg)
+    return with_meta([(name, how.read(name)) for name in how.files])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to read each file of one input: what the driver learned from the first file (format,
+    header, which fields hold which column). `read` takes one file alone, so the files of an input
+    can be read by different tasks, each checking its file against the plan."""
+
+    files: tuple[str, ...]
+    fmt: str  # parquet | csv | tsv | movielens
+    first_file: str
+    positions: tuple  # per column of COLUMNS: a Parquet column name or a field position (None: absent)
+    first_line: str = ""  # text formats: the first line (the header, when there is one)
+    header: bool = False
+    schema: pa.Schema | None = None  # Parquet: the first file's schema, every file's
+
+    def raw_types(self) -> dict[str, pa.DataType]:
+        """Each column's Arrow type as `read` gives it, known before a row is read."""
+        if self.fmt != "parquet":
+            return {key: pa.string() for key in COLUMNS}
+        out = {}
+        for key, c in zip(COLUMNS, self.positions):
+            kind = pa.int64() if c is None else self.schema.field(c).type
+            if key != RATING and pa.types.is_integer(kind) or pa.types.is_timestamp(kind):
+                kind = pa.int64()
+            elif key in (USER, ITEM):
+                kind = pa.string()
+            out[key] = kind
+        return out
+
+    def read(self, name: str) -> pa.Table:
+        """One file's rows: the COLUMNS only, no _source/_file/_row. Unreadable as `table`."""
+        if self.fmt == "parquet":
+            return _parquet_file(name, self)
+        return _text_file(name, self)
+
+
+def plan(path: str, fmt: str, cfg: DataConfig) -> Plan:
+    """The Plan for `path` (its files listed, its first file peeked); Unreadable as `table`."""
     names = files_of(path)
     try:
         peek = read.peek_input(path)
@@ -68,29 +111,31 @@ def table(path: str, fmt: str, cfg: DataConfig) -> pa.Table:
     except Exception as e:  # noqa: BLE001 - read.ratings raises the same error, with Spark's reading
         raise Unreadable(str(e)) from None
     if fmt == "parquet" and peek.parquet:
-        return _parquet(names, cfg, peek.first_file)
+        return _parquet_plan(names, cfg, peek.first_file)
     if fmt in ("csv", "tsv", "movielens") and not peek.parquet and len(peek.lines) == 2:
-        return _text(names, fmt, peek.lines, cfg, peek.first_file)
+        return _text_plan(names, fmt, peek.lines[0], cfg, peek.first_file)
     raise Unreadable(f"format {fmt} of {path} is read by Spark")
 
 
-def _uri(name: str) -> str:
+def uri(name: str) -> str:
     """The file's URI as Spark's _metadata.file_path gives it: file:/a/b%20c.csv (non-ASCII kept)."""
     return "file:" + "".join(
         c if ord(c) > 127 else quote(c, safe="/:@!$&'()*+,;=-._~") for c in str(Path(name).absolute())
     )
 
 
-def _with_meta(parts: list[tuple[str, pa.Table]]) -> pa.Table:
-    """The files' rows in order, with _source (dictionary-encoded: one string per file) and _row."""
-    tables, start = [], 0
-    for name, t in parts:
+def with_meta(parts: list[tuple[str, pa.Table]], first_file: int = 0) -> pa.Table:
+    """The files' rows in order, with _source (dictionary-encoded: one string per file), _file (the
+    file's position, counted from `first_file`) and _row (the row's position in its file)."""
+    tables = []
+    for at, (name, t) in enumerate(parts, first_file):
         n = t.num_rows
-        source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([_uri(name)]))
+        source = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([uri(name)]))
         tables.append(
-            t.append_column(SOURCE, source).append_column(ROW, pa.array(np.arange(start, start + n, dtype=np.int64)))
+            t.append_column(SOURCE, source)
+            .append_column(FILE, pa.array(np.full(n, at, np.int32)))
+            .append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
         )
-        start += n
     try:
         return pa.concat_tables(tables)
     except pa.ArrowInvalid as e:
@@ -122,43 +167,47 @@ def _parquet_column(t: pa.Table, key: str, name: str | None, source: str) -> pa.
     raise Unreadable(f"{source}: timestamp column {name!r} of type {kind}")
 
 
-def _parquet(names: list[str], cfg: DataConfig, source: str) -> pa.Table:
-    parts = []
-    schema = None
-    for name in names:
-        try:
-            f = pq.ParquetFile(name)
-        except (OSError, ValueError) as e:
-            raise Unreadable(f"{name}: {e}") from None
-        if schema is None:
-            schema = f.schema_arrow
-            cols = [f.name for f in schema]
-            if len(set(c.lower() for c in cols)) != len(cols):
-                raise Unreadable(f"{source}: column names that differ only in case")
-            try:
-                pos = read.choose_columns(cols, cfg, True, source)
-            except Exception as e:  # noqa: BLE001 - Spark's reader raises it
-                raise Unreadable(str(e)) from None
-            chosen = [None if p is None else cols[p] for p in pos.values()]
-        elif not f.schema_arrow.equals(schema):
-            raise Unreadable(f"{name}: its schema differs from {names[0]}'s")
-        t = f.read(columns=sorted({c for c in chosen if c is not None}))
-        parts.append((name, pa.table({key: _parquet_column(t, key, c, name) for key, c in zip(COLUMNS, chosen)})))
-    return _with_meta(parts)
+def _parquet_plan(names: list[str], cfg: DataConfig, source: str) -> Plan:
+    try:
+        schema = pq.read_schema(names[0])
+    except (OSError, ValueError) as e:
+        raise Unreadable(f"{names[0]}: {e}") from None
+    cols = [f.name for f in schema]
+    if len(set(c.lower() for c in cols)) != len(cols):
+        raise Unreadable(f"{source}: column names that differ only in case")
+    try:
+        pos = read.choose_columns(cols, cfg, True, source)
+    except Exception as e:  # noqa: BLE001 - Spark's reader raises it
+        raise Unreadable(str(e)) from None
+    chosen = tuple(None if p is None else cols[p] for p in pos.values())
+    return Plan(tuple(names), "parquet", source, chosen, schema=schema)
+
+
+def _parquet_file(name: str, how: Plan) -> pa.Table:
+    try:
+        f = pq.ParquetFile(name)
+    except (OSError, ValueError) as e:
+        raise Unreadable(f"{name}: {e}") from None
+    if not f.schema_arrow.equals(how.schema):
+        raise Unreadable(f"{name}: its schema differs from {how.files[0]}'s")
+    t = f.read(columns=sorted({c for c in how.positions if c is not None}))
+    return pa.table({key: _parquet_column(t, key, c, name) for key, c in zip(COLUMNS, how.positions)})
 
 
 # ---- CSV, TSV, MovieLens ::  -------------------------------------------------------------------------
-def _text(names: list[str], fmt: str, lines: tuple[str, ...], cfg: DataConfig, source: str) -> pa.Table:
-    first_line = lines[0]
+def _separator(fmt: str, first_line: str) -> tuple[list[str], str, bool]:
+    """(the first line's fields, the separator pyarrow splits on, whether fields may be quoted)."""
     if fmt == "csv":
-        fields = next(csv.reader([first_line]))
-        sep, quoted = ",", True
-    elif fmt == "movielens":
-        fields, sep, quoted = first_line.split("::"), ":", False
-    elif "\t" in first_line:
-        fields, sep, quoted = first_line.split("\t"), "\t", False
-    else:
-        raise Unreadable("whitespace-separated fields are split by Spark")
+        return next(csv.reader([first_line])), ",", True
+    if fmt == "movielens":
+        return first_line.split("::"), ":", False
+    if "\t" in first_line:
+        return first_line.split("\t"), "\t", False
+    raise Unreadable("whitespace-separated fields are split by Spark")
+
+
+def _text_plan(names: list[str], fmt: str, first_line: str, cfg: DataConfig, source: str) -> Plan:
+    fields = _separator(fmt, first_line)[0]
     if len(fields) < 2:
         raise Unreadable(f"{source}: one field per line")
     header = read.looks_like_header(fields)
@@ -166,20 +215,23 @@ def _text(names: list[str], fmt: str, lines: tuple[str, ...], cfg: DataConfig, s
         pos = read.choose_columns(fields, cfg, header, source)
     except Exception as e:  # noqa: BLE001 - Spark's reader raises it
         raise Unreadable(str(e)) from None
+    return Plan(tuple(names), fmt, source, tuple(pos.values()), first_line, header)
+
+
+def _text_file(name: str, how: Plan) -> pa.Table:
+    fmt = how.fmt
+    fields, sep, quoted = _separator(fmt, how.first_line)
     width = len(fields) * 2 - 1 if fmt == "movielens" else len(fields)
-    parts = []
-    for name in names:
-        t = _read_text(name, sep, quoted, width, header, first_line)
-        if fmt == "movielens":  # "a::b" read with ":" is a, "", b: the odd fields must be empty
-            odd = [t.column(j) for j in range(1, width, 2)]
-            if any(c.null_count != len(c) and pc.any(pc.not_equal(c, "")).as_py() for c in odd):
-                raise Unreadable(f"{name}: a value holds ':'")
-            t = t.select(list(range(0, width, 2)))
-        at = pos[RATING]
-        if header and not quoted and pc.any(pc.equal(t.column(at), fields[at])).as_py():
-            raise Unreadable(f"{name}: the header repeats inside the file (Spark's text reader drops it)")
-        parts.append((name, pa.table({key: _text_column(t, p, fmt, name) for key, p in zip(COLUMNS, pos.values())})))
-    return _with_meta(parts)
+    t = _read_text(name, sep, quoted, width, how.header, how.first_line)
+    if fmt == "movielens":  # "a::b" read with ":" is a, "", b: the odd fields must be empty
+        odd = [t.column(j) for j in range(1, width, 2)]
+        if any(c.null_count != len(c) and pc.any(pc.not_equal(c, "")).as_py() for c in odd):
+            raise Unreadable(f"{name}: a value holds ':'")
+        t = t.select(list(range(0, width, 2)))
+    at = how.positions[2]
+    if how.header and not quoted and pc.any(pc.equal(t.column(at), fields[at])).as_py():
+        raise Unreadable(f"{name}: the header repeats inside the file (Spark's text reader drops it)")
+    return pa.table({key: _text_column(t, p, fmt, name) for key, p in zip(COLUMNS, how.positions)})
 
 
 def _read_text(name: str, sep: str, quoted: bool, width: int, header: bool, first_line: str) -> pa.Table:

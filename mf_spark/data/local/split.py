@@ -41,9 +41,18 @@ def _round_half_up(x: np.ndarray) -> np.ndarray:
     return whole + ((x - whole) >= 0.5)
 
 
-def test_mask(ratings: pa.Table, cfg: SplitConfig) -> np.ndarray:
+def no_timestamps() -> InputError:
+    return InputError(
+        "split.method = 'temporal' needs timestamps, but every timestamp is null; "
+        "set data.timestamp_col or use split.method = per_user"
+    )
+
+
+def test_mask(ratings: pa.Table, cfg: SplitConfig, whole: bool = True) -> np.ndarray:
     """(n,) bool, True = test, exactly as split.flag marks the same rows. Raises what split.flag
-    raises (temporal without timestamps, an unknown method)."""
+    raises (temporal without timestamps, an unknown method). A user's rows are split together and
+    apart from other users', so any grouping by user gives the same rows; `whole` = False: the rows
+    are one such group, and whether any row has a timestamp is the caller's to check."""
     if cfg.method not in spark_split.METHODS:
         raise ConfigError(f"config key split.method: got {cfg.method!r}, expected one of {spark_split.METHODS}")
     users, items = ratings.column(USER), ratings.column(ITEM)
@@ -57,11 +66,8 @@ def test_mask(ratings: pa.Table, cfg: SplitConfig) -> np.ndarray:
         order = np.lexsort((*tail, h, user))
     else:
         ts = ratings.column(TIMESTAMP)
-        if ts.null_count == len(ts):
-            raise InputError(
-                "split.method = 'temporal' needs timestamps, but every timestamp is null; "
-                "set data.timestamp_col or use split.method = per_user"
-            )
+        if whole and ts.null_count == len(ts):
+            raise no_timestamps()
         has = ts.is_valid().to_numpy(zero_copy_only=False)
         stamp = ts.fill_null(0).to_numpy().astype(np.int64)
         # Latest first, rows without a timestamp after the user's timestamped rows; ties by h, latest first.

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from mf_spark.core.config import DataConfig
 from mf_spark.core.errors import ConfigError, InputError
-from mf_spark.core.types import ITEM, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
+from mf_spark.core.types import FILE, ITEM, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER
 from mf_spark.data import validate as spark_rules
 from mf_spark.data.local.read import Unreadable
 
@@ -182,14 +182,30 @@ def _reasons(
     return reason, rejected, ~rejected & nonpositive, [text for text, _ in conditions]
 
 
-def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
-    """`validate.clean` of `raw` (local.read.table's columns, optionally `_part`). Raises the same
-    InputErrors, and Unreadable when only Spark can parse some value."""
+@dataclass
+class Checked:
+    """Each row of some raw rows judged alone (`check`): what the merge takes and what is rejected."""
+
+    valid: pa.Table  # user, item (int64 or string keys), rating float64, timestamp int64, _part, _file, _row
+    rejected: pa.Table  # REJECTED_COLUMNS plus _part and _file, ordered by (_file, _row)
+    counts: dict[int, dict[str, int]]  # per part: n_read, n_rejected, n_dropped, n_valid
+    canonical: tuple[bool, bool]  # whether every valid user / item key is a canonical long
+
+
+REJECTED_COLUMNS = (SOURCE, ROW, USER, ITEM, RATING, TIMESTAMP, REASON)
+
+
+def check(raw: pa.Table, cfg: DataConfig, kind: str) -> Checked:
+    """Every row of `raw` (local.read's columns, optionally _part) judged alone: parsed, rejected
+    with the first reason that applies, or dropped. Raises Unreadable when only Spark can parse some
+    value. Rows are independent here, so any grouping of an input's rows (a file per task, or all
+    of them) gives the same rows."""
     if kind not in spark_rules.KINDS:
         raise ConfigError(f"config key model.kind: got {kind!r}, expected one of {spark_rules.KINDS}")
     n = raw.num_rows
     col = {c: raw.column(c).combine_chunks() for c in (USER, ITEM, RATING, TIMESTAMP)}
-    part = _np(raw.column(PART), 0).astype(np.int64, copy=False) if PART in raw.column_names else np.zeros(n, np.int64)
+    part = _np(raw.column(PART), 0).astype(np.int32, copy=False) if PART in raw.column_names else np.zeros(n, np.int32)
+    file = _np(raw.column(FILE), 0).astype(np.int32, copy=False) if FILE in raw.column_names else np.zeros(n, np.int32)
     nulls = tuple(cfg.null_values)
     user, user_int = _id_key(col[USER], nulls)
     item, item_int = _id_key(col[ITEM], nulls)
@@ -199,39 +215,82 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
     reason, rejected, dropped, texts = _reasons(user, item, r_missing, r_parsed, rating, t_missing, t_parsed, kind, cfg)
     valid = ~rejected & ~dropped
     row = _np(raw.column(ROW))
+    keep = None if valid.all() else pa.array(np.flatnonzero(valid))
+    picked = (lambda a: a) if keep is None else (lambda a: a.take(keep) if isinstance(a, pa.Array) else a[valid])
+    rows = pa.table(
+        {
+            USER: picked(user),
+            ITEM: picked(item),
+            RATING: pa.array(picked(rating), pa.float64()),
+            TIMESTAMP: pa.array(picked(ts), pa.int64(), mask=picked(t_missing)),
+            PART: pa.array(picked(part), pa.int32()),
+            FILE: pa.array(picked(file), pa.int32()),
+            ROW: pa.array(picked(row), pa.int64()),
+        }
+    )
+    canonical = (bool(picked(user_int).all()), bool(picked(item_int).all()))
+    bad = _rejected_rows(raw, col, part, file, row, reason, texts, rejected)
+    return Checked(rows, bad, _part_counts(part, rejected, dropped, valid), canonical)
 
-    def rejected_rows(mask: np.ndarray) -> pa.Table:
-        return _rejected_rows(raw, col, row, reason, texts, mask)
 
-    if n == 0:
+def judge(counts: dict[int, dict[str, int]], rejected: pa.Table, cfg: DataConfig) -> dict[str, int]:
+    """The input's counts, once every part's rows were checked; raises InputError when a part has
+    too many rejected rows or no valid ones. `rejected`: Checked.rejected, whole or, per file, its
+    first spark_rules.SHOWN rows (all an error shows), ordered by (_file, _row)."""
+    if not counts or sum(c["n_read"] for c in counts.values()) == 0:
         raise InputError("the input has no data rows")
-    per_part = _part_counts(part, rejected, dropped, valid)
-    for p, in_part in sorted(per_part.items()):
+    for p, in_part in sorted(counts.items()):
         if in_part["n_rejected"] / in_part["n_read"] > cfg.max_bad_fraction:
-            raise _too_dirty(rejected_rows(rejected & (part == p)), in_part["n_rejected"], in_part["n_read"], cfg)
-    c = {k: sum(pp[k] for pp in per_part.values()) for k in ("n_read", "n_rejected", "n_dropped", "n_valid")}
-    if c["n_valid"] == 0 or any(pp["n_valid"] == 0 for pp in per_part.values()):
+            mine = rejected.filter(pc.equal(rejected.column(PART), p))
+            raise _too_dirty(mine, in_part["n_rejected"], in_part["n_read"], cfg)
+    c = {k: sum(pp[k] for pp in counts.values()) for k in ("n_read", "n_rejected", "n_dropped", "n_valid")}
+    if c["n_valid"] == 0 or any(pp["n_valid"] == 0 for pp in counts.values()):
         raise InputError(
             f"no valid rows left: {c['n_read']} read, {c['n_rejected']} rejected, "
             f"{c['n_dropped']} dropped (ratings <= 0, data.nonpositive = 'drop')"
         )
-    if c["n_valid"] == n:  # the usual case: every row is valid, nothing to select
-        sources, ids = raw.column(SOURCE), (user, item)
-        picked = lambda a: a
-    else:
-        keep = pa.array(np.flatnonzero(valid))
-        sources, ids = raw.column(SOURCE).take(keep), (user.take(keep), item.take(keep))
-        picked = lambda a: a[valid]
-    merged, n_clean, dup_first = _merge(
-        picked(part), *ids, picked(rating), picked(ts), ~picked(t_missing), picked(row), cfg.duplicates_policy(kind)
+    return c
+
+
+def merge(valid: pa.Table, policy: str, canonical: tuple[bool, bool]) -> tuple[pa.Table, list]:
+    """One row per (part, user, item) of Checked.valid rows under the duplicates policy, the IDs
+    made int64 where every one is a canonical long; and the repeated pairs as (user, item, count,
+    file, row of the first), ordered by first row, at most spark_rules.SHOWN. Every row of a pair
+    must be in `valid` (a grouping by user keeps them together)."""
+    cols = {c: valid.column(c).combine_chunks() for c in valid.column_names}
+    merged, dups = _merge(
+        _np(cols[PART]),
+        cols[USER],
+        cols[ITEM],
+        _np(cols[RATING]),
+        _np(cols[TIMESTAMP], 0),
+        _np(cols[TIMESTAMP].is_valid()),
+        _np(cols[FILE]),
+        _np(cols[ROW]),
+        policy,
     )
-    n_duplicates = c["n_valid"] - n_clean
-    if n_duplicates and cfg.duplicates_policy(kind) == "error":
-        raise _duplicate_error(dup_first, sources, n_duplicates)
-    for name, canonical in ((USER, picked(user_int).all()), (ITEM, picked(item_int).all())):
-        if canonical and merged.schema.field(name).type == pa.string():
+    for name, whole in ((USER, canonical[0]), (ITEM, canonical[1])):
+        if whole and merged.schema.field(name).type == pa.string():
             at = merged.column_names.index(name)
             merged = merged.set_column(at, name, merged.column(name).cast(pa.int64()))
+    return merged, dups
+
+
+def first_duplicates(dups: list) -> list:
+    """The first spark_rules.SHOWN repeated pairs of several `merge`s, by first row."""
+    return sorted(dups, key=lambda d: (d[3], d[4]))[: spark_rules.SHOWN]
+
+
+def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
+    """`validate.clean` of `raw` (local.read's columns, optionally `_part`): check, judge, merge.
+    Raises the same InputErrors, and Unreadable when only Spark can parse some value."""
+    checked = check(raw, cfg, kind)
+    c = judge(checked.counts, checked.rejected, cfg)
+    policy = cfg.duplicates_policy(kind)
+    merged, dups = merge(checked.valid, policy, checked.canonical)
+    n_duplicates = c["n_valid"] - merged.num_rows
+    if n_duplicates and policy == "error":
+        raise duplicate_error(first_duplicates(dups), _sources(raw), n_duplicates)
     if PART not in raw.column_names:
         merged = merged.drop_columns([PART])
     counts = {
@@ -239,21 +298,29 @@ def clean(raw: pa.Table, cfg: DataConfig, kind: str) -> Clean:
         "n_rejected": c["n_rejected"],
         "n_dropped": c["n_dropped"],
         "n_duplicates_merged": n_duplicates,
-        "n_clean": n_clean,
+        "n_clean": merged.num_rows,
     }
-    return Clean(merged, rejected_rows(rejected), counts)
+    return Clean(merged, checked.rejected.select(list(REJECTED_COLUMNS)), counts)
 
 
-def _rejected_rows(raw: pa.Table, col: dict, row: np.ndarray, reason: np.ndarray, texts: list, mask: np.ndarray):
-    """The rows of `mask` as validate.clean's rejected table: their source, row, fields as text and
-    reason, in read order."""
+def _sources(raw: pa.Table) -> dict[int, str]:
+    """File position -> its _source, of raw rows."""
+    if FILE not in raw.column_names:
+        return {0: raw.column(SOURCE)[0].as_py() if raw.num_rows else ""}
+    firsts = np.unique(_np(raw.column(FILE)), return_index=True)
+    return {int(f): raw.column(SOURCE)[int(at)].as_py() for f, at in zip(*firsts)}
+
+
+def _rejected_rows(raw: pa.Table, col: dict, part, file, row, reason: np.ndarray, texts: list, mask: np.ndarray):
+    """The rows of `mask` as validate.clean's rejected table (plus _part and _file): their source,
+    row, fields as text and reason, ordered by (_file, _row)."""
     at = pa.array(np.flatnonzero(mask))
-    order = np.argsort(row[mask], kind="stable")
+    order = np.lexsort((row[mask], file[mask]))
     timestamps = col[TIMESTAMP]
     t = pa.table(
         {
             SOURCE: raw.column(SOURCE).take(at).cast(pa.string()),
-            ROW: raw.column(ROW).take(at),
+            ROW: raw.column(ROW).take(at).cast(pa.int64()),
             USER: as_text(col[USER].take(at)),
             ITEM: as_text(col[ITEM].take(at)),
             RATING: as_text(col[RATING].take(at)),
@@ -263,6 +330,8 @@ def _rejected_rows(raw: pa.Table, col: dict, row: np.ndarray, reason: np.ndarray
                 else pa.nulls(int(mask.sum()), pa.string())
             ),
             REASON: pa.array(np.array(texts, dtype=object)[reason[mask]].tolist() if mask.any() else [], pa.string()),
+            PART: pa.array(part[mask], pa.int32()),
+            FILE: pa.array(file[mask], pa.int32()),
         }
     )
     return t.take(pa.array(order))
@@ -287,13 +356,13 @@ def _codes(key: pa.Array) -> np.ndarray:
     return _np(pc.dictionary_encode(key).indices).astype(np.int64, copy=False)
 
 
-def _merge(part, user, item, rating, ts, has_ts, row, policy):
-    """One row per (part, user, item) under the duplicates policy; (table, rows kept, the repeated
-    pairs as (user, item, count, first row index into the valid rows) ordered by first row)."""
+def _merge(part, user, item, rating, ts, has_ts, file, row, policy):
+    """(one row per (part, user, item) under the duplicates policy, the repeated pairs as (user,
+    item, count, file, row of the first), ordered by first row, at most spark_rules.SHOWN)."""
     u_all, i_all = _codes(user), _codes(item)
     n_u, n_i = int(u_all.max(initial=0)) + 1, int(i_all.max(initial=0)) + 1
     if (int(part.max(initial=0)) + 1) * n_u * n_i < 2**62:  # the usual case: no pair repeats
-        key = np.sort((part * n_u + u_all) * n_i + i_all)
+        key = np.sort((part.astype(np.int64) * n_u + u_all) * n_i + i_all)
         if not (key[1:] == key[:-1]).any():
             return (
                 pa.table(
@@ -305,10 +374,10 @@ def _merge(part, user, item, rating, ts, has_ts, row, policy):
                         PART: pa.array(part, pa.int32()),
                     }
                 ),
-                int(key.size),
                 [],
             )
-    order = np.lexsort((row, np.where(has_ts, ts, np.iinfo(np.int64).min), has_ts, i_all, u_all, part))
+    # Read order is (file, row): "last" takes the latest timestamp, then the last read.
+    order = np.lexsort((row, file, np.where(has_ts, ts, np.iinfo(np.int64).min), has_ts, i_all, u_all, part))
     u_c, i_c = u_all[order], i_all[order]
     p_s = part[order]
     starts = np.flatnonzero(
@@ -317,7 +386,7 @@ def _merge(part, user, item, rating, ts, has_ts, row, policy):
     sizes = np.diff(np.append(starts, order.size))
     last = starts + sizes - 1
     r_s, t_s, h_s = rating[order], ts[order], has_ts[order]
-    if policy == "last":  # sorted by (timestamp, nulls first; row): each group's last wins
+    if policy == "last":  # sorted by (timestamp, nulls first; file, row): each group's last wins
         value, stamp, stamped = r_s[last], t_s[last], h_s[last]
     else:
         sums = np.add.reduceat(r_s, starts)
@@ -335,19 +404,31 @@ def _merge(part, user, item, rating, ts, has_ts, row, policy):
         }
     )
     repeated = np.flatnonzero(sizes > 1)
-    first_row = np.minimum.reduceat(row[order], starts)[repeated] if repeated.size else np.zeros(0, np.int64)
-    by_first = repeated[np.argsort(first_row, kind="stable")][: spark_rules.SHOWN]
-    dup = [
-        (user[int(order[starts[g]])].as_py(), item[int(order[starts[g]])].as_py(), int(sizes[g]), int(order[starts[g]]))
-        for g in by_first
-    ]
-    return table, int(starts.size), dup
+    dup = []
+    if repeated.size:  # each pair's first read row: the least (file, row) of its group
+        read_key = file.astype(np.int64)[order] * 2**40 + row[order]
+        first = np.minimum.reduceat(read_key, starts)[repeated]
+        for g in repeated[np.argsort(first, kind="stable")][: spark_rules.SHOWN]:
+            at = int(order[starts[g]])
+            first_at = starts[g] + int(np.argmin(read_key[starts[g] : starts[g] + sizes[g]]))
+            dup.append(
+                (
+                    user[at].as_py(),
+                    item[at].as_py(),
+                    int(sizes[g]),
+                    int(file[order[first_at]]),
+                    int(row[order[first_at]]),
+                )
+            )
+    return table, dup
 
 
 def _too_dirty(rejected: pa.Table, n_rejected: int, n_read: int, cfg: DataConfig) -> InputError:
     files = rejected.column(SOURCE).unique().to_pylist()
-    return spark_rules.too_dirty_error(files, rejected.slice(0, spark_rules.SHOWN).to_pylist(), n_rejected, n_read, cfg)
+    first = rejected.slice(0, spark_rules.SHOWN).select(list(REJECTED_COLUMNS)).to_pylist()
+    return spark_rules.too_dirty_error(files, first, n_rejected, n_read, cfg)
 
 
-def _duplicate_error(dup: list, sources: pa.ChunkedArray | pa.Array, n_extra: int) -> InputError:
-    return spark_rules.duplicate_error([sources[d[3]].as_py() for d in dup], [d[:3] for d in dup], n_extra)
+def duplicate_error(dups: list, sources: dict[int, str], n_extra: int) -> InputError:
+    """The error for repeated pairs under data.duplicates = 'error' (first_duplicates' pairs)."""
+    return spark_rules.duplicate_error([sources[d[3]] for d in dups], [d[:3] for d in dups], n_extra)

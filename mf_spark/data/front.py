@@ -1,0 +1,449 @@
+"""The one front end: read -> validate -> split -> index as functions of Arrow tables, run in the driver
+process or inside executor tasks, the same functions either way.
+
+    per file     Input.read_file + local.validate.check     rows judged alone: valid, rejected, counts
+    (driver)     local.validate.judge                       too many rejected, nothing valid
+    per users    local.validate.merge + local.split.test_mask   repeated pairs merged, the split
+    (driver)     ID maps (sorted), held-out rows, statistics
+    per rows     the training rows' IDs to indices
+
+A file's rows are judged alone and a user's rows are merged and split together and apart from other
+users', so how the files and the users are grouped cannot change a result: `in_process` runs each
+step once over everything, `Tasks` runs the per-file step as one task per file and the per-user step
+as one task per user partition (mapInArrow, the DataFrame API only), and both give the same counts,
+rejected rows, errors, split, ID maps and training ratings. On a cluster the ratings then never pass
+through the driver: it holds counts, the ID maps and the held-out rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from mf_spark.core.config import RunConfig, SplitConfig
+from mf_spark.core.errors import InputError
+from mf_spark.core.types import FILE, ITEM, ITEM_IDX, PART, RATING, REASON, ROW, SOURCE, TIMESTAMP, USER, USER_IDX
+from mf_spark.data import validate as spark_rules
+from mf_spark.data.index import IdMap, sorted_map
+from mf_spark.data.local import read as local_read
+from mf_spark.data.local import split as local_split
+from mf_spark.data.local import validate as local_validate
+from mf_spark.data.local.read import COLUMNS, Plan, Unreadable
+from mf_spark.data.ready import TrainStats
+
+KIND = "_kind"  # what a row of a task's output is (the _K* codes below)
+META = "_meta"  # a task's JSON summary, on its one _K_META row
+
+
+@dataclass(frozen=True)
+class Input:
+    """The files of one input (or of a given train and test pair: _part 0 and 1), numbered in read
+    order, and how to read each."""
+
+    plans: tuple[Plan, ...]
+    differ: frozenset[str]  # columns whose types differ between the plans: read as text by both
+
+    @classmethod
+    def of(cls, paths: list[str], fmt: str, cfg) -> Input:
+        plans = tuple(local_read.plan(p, fmt, cfg) for p in paths)
+        types = [p.raw_types() for p in plans]
+        return cls(plans, frozenset(c for c in COLUMNS if any(t[c] != types[0][c] for t in types)))
+
+    @property
+    def files(self) -> list[tuple[int, str]]:
+        """(part, file) per file, in read order; a file's position here is its _file."""
+        return [(part, name) for part, p in enumerate(self.plans) for name in p.files]
+
+    @property
+    def sources(self) -> dict[int, str]:
+        return {at: local_read.uri(name) for at, (_, name) in enumerate(self.files)}
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(local_read.os.path.getsize(name) for _, name in self.files)
+
+    def raw_types(self) -> dict[str, pa.DataType]:
+        types = self.plans[0].raw_types()
+        return {c: pa.string() if c in self.differ else t for c, t in types.items()}
+
+    def read_file(self, at: int) -> pa.Table:
+        """File `at`'s raw rows (local.read's columns, and _part when the input is a given pair)."""
+        part, name = self.files[at]
+        t = local_read.with_meta([(name, self.plans[part].read(name))], at)
+        for c in self.differ:
+            t = t.set_column(t.column_names.index(c), c, local_validate.as_text(t.column(c).combine_chunks()))
+        if len(self.plans) > 1:
+            t = t.append_column(PART, pa.array(np.full(t.num_rows, part, np.int32)))
+        return t
+
+
+@dataclass
+class Grouped:
+    """What the per-user step gives for one group of users."""
+
+    train: pa.Table  # user, item, rating, timestamp (and the held rows' flag: HELD when tuning)
+    test: pa.Table
+    n_clean: int
+    dups: list  # local.validate.merge's
+
+
+HELD = "_held"  # tuning: the training row goes to the validation part (the inner split)
+
+
+def split_group(
+    valid: pa.Table,
+    policy: str,
+    canonical: tuple[bool, bool],
+    split: SplitConfig | None,
+    validation: SplitConfig | None,
+) -> Grouped:
+    """Merge and split the valid rows of a group of users (all of each user's rows). `split` None: the
+    input is a given pair, _part 1 is the test part. `validation`: the training rows split again."""
+    merged, dups = local_validate.merge(valid, policy, canonical)
+    if split is None:
+        is_test = pc.equal(merged.column(PART), 1).to_numpy(zero_copy_only=False)
+    else:
+        is_test = local_split.test_mask(merged, split, whole=False) if merged.num_rows else np.zeros(0, bool)
+    merged = merged.drop_columns([PART])
+    train, test = merged.filter(pa.array(~is_test)), merged.filter(pa.array(is_test))
+    if validation is not None:
+        held = local_split.test_mask(train, validation, whole=False) if train.num_rows else np.zeros(0, bool)
+        train = train.append_column(HELD, pa.array(held))
+    return Grouped(train, test, merged.num_rows, dups)
+
+
+@dataclass
+class Split:
+    """The whole input after the per-user step: the front end's result before the fit's indices."""
+
+    counts: dict[str, int]  # validate.Cleaned.counts
+    users: IdMap
+    items: IdMap
+    test: pa.Table  # user, item, rating, timestamp
+    stats: TrainStats
+    train: pa.Table | DataFrame  # user, item, rating, timestamp: in this process, or in the tasks' cache
+    inner: Split | None = None  # tuning: the training rows split again (its `test` the validation part)
+    extra: dict = field(default_factory=dict)
+
+
+def _stats(r: np.ndarray) -> dict:
+    if not r.size:
+        return {"n": 0, "sum": 0.0, "lo": None, "hi": None}
+    return {"n": int(r.size), "sum": float(r.sum()), "lo": float(r.min()), "hi": float(r.max())}
+
+
+def _train_stats(parts: list[dict]) -> TrainStats:
+    n = sum(p["n"] for p in parts)
+    if not n:
+        raise InputError("the training split is empty: nothing to fit")
+    lo = min(p["lo"] for p in parts if p["n"])
+    hi = max(p["hi"] for p in parts if p["n"])
+    return TrainStats(n, sum(p["sum"] for p in parts) / n, lo, hi)
+
+
+def _read_counts(judged: dict) -> dict:
+    return {k: judged[k] for k in ("n_read", "n_rejected", "n_dropped")}
+
+
+def _check_timestamps(split: SplitConfig | None, timestamped: int) -> None:
+    if split is not None and split.method == "temporal" and not timestamped:
+        raise local_split.no_timestamps()
+
+
+# ---- in the driver process ---------------------------------------------------------------------------
+@dataclass
+class InProcess:
+    """Every step over the whole input at once, in this process."""
+
+    source: Input
+    cfg: RunConfig
+
+    def load(self) -> tuple[dict, pa.Table]:
+        raw = pa.concat_tables([self.source.read_file(at) for at in range(len(self.source.files))])
+        checked = local_validate.check(raw, self.cfg.data, self.cfg.model.kind)
+        counts = _read_counts(local_validate.judge(checked.counts, checked.rejected, self.cfg.data))
+        self.checked = checked
+        return counts, checked.rejected.select(list(local_validate.REJECTED_COLUMNS))
+
+    def split(self, validation: SplitConfig | None = None) -> Split:
+        checked, self.checked = self.checked, None
+        split = None if len(self.source.plans) > 1 else self.cfg.split
+        _check_timestamps(split, int(pc.sum(pc.is_valid(checked.valid.column(TIMESTAMP))).as_py() or 0))
+        policy = self.cfg.data.duplicates_policy(self.cfg.model.kind)
+        g = split_group(checked.valid, policy, checked.canonical, split, validation)
+        n_valid = checked.valid.num_rows
+        if n_valid > g.n_clean and policy == "error":
+            dups = local_validate.first_duplicates(g.dups)
+            raise local_validate.duplicate_error(dups, self.source.sources, n_valid - g.n_clean)
+        counts = {"n_duplicates_merged": n_valid - g.n_clean, "n_clean": g.n_clean}
+        if validation is None:
+            return _in_process_split(counts, g.train, g.test)
+        held = g.train.column(HELD)
+        train = g.train.drop_columns([HELD])
+        out = _in_process_split(counts, train, g.test)
+        out.inner = _in_process_split(counts, train.filter(pc.invert(held)), train.filter(held))
+        return out
+
+
+def _in_process_split(counts: dict, train: pa.Table, test: pa.Table) -> Split:
+    return Split(
+        counts,
+        sorted_map(pc.unique(train.column(USER)), USER),
+        sorted_map(pc.unique(train.column(ITEM)), ITEM),
+        test,
+        _train_stats([_stats(train.column(RATING).to_numpy())]),
+        train,
+    )
+
+
+# ---- in executor tasks -------------------------------------------------------------------------------
+# What a task's output row is: the per-file step's valid and rejected rows and its summary; the per-user
+# step's training (fit / held) and test rows, its distinct IDs (train and fit) and its summary.
+_K_VALID, _K_REJECTED, _K_META = 0, 1, 2
+_K_TRAIN, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM = 3, 4, 5, 6, 7, 8, 9
+_RAW = ("_raw_user", "_raw_item", "_raw_rating", "_raw_timestamp")  # a rejected row's fields, as text
+
+
+def _spark(schema: pa.Schema):
+    return from_arrow_schema(schema)
+
+
+def _key_type(raw: pa.DataType) -> pa.DataType:
+    return pa.int64() if pa.types.is_integer(raw) else pa.string()
+
+
+def _file_schema(types: dict[str, pa.DataType]) -> pa.Schema:
+    return pa.schema(
+        [
+            (KIND, pa.int8()),
+            (USER, _key_type(types[USER])),
+            (ITEM, _key_type(types[ITEM])),
+            (RATING, pa.float64()),
+            (TIMESTAMP, pa.int64()),
+            (PART, pa.int32()),
+            (FILE, pa.int32()),
+            (ROW, pa.int64()),
+            (SOURCE, pa.string()),
+            *[(c, pa.string()) for c in _RAW],
+            (REASON, pa.string()),
+            (META, pa.string()),
+        ]
+    )
+
+
+def _batch(schema: pa.Schema, kind: int, n: int, columns: dict) -> pa.RecordBatch:
+    """Rows of one kind in a task's output schema (the columns not given are null)."""
+    cols = [pa.array(np.full(n, kind, np.int8))]
+    for f in list(schema)[1:]:
+        got = columns.get(f.name)
+        if got is None:
+            got = pa.nulls(n, f.type)
+        elif isinstance(got, (pa.Array, pa.ChunkedArray)):
+            got = got.cast(f.type)
+        else:
+            got = pa.array(got, f.type)
+        cols.append(got.combine_chunks() if isinstance(got, pa.ChunkedArray) else got)
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _check_files(batches, source: Input, cfg: RunConfig, schema: pa.Schema):
+    """The per-file step in a task: each file given (by position) read and checked."""
+    for b in batches:
+        for at in b.column(0).to_pylist():
+            summary: dict = {"file": at}
+            try:
+                checked = local_validate.check(source.read_file(at), cfg.data, cfg.model.kind)
+            except Unreadable as e:
+                summary["unreadable"] = str(e)
+                yield _batch(schema, _K_META, 1, {META: [json.dumps(summary)]})
+                continue
+            v, r = checked.valid, checked.rejected
+            if v.num_rows:
+                yield _batch(schema, _K_VALID, v.num_rows, {c: v.column(c) for c in v.column_names})
+            if r.num_rows:
+                raw = dict(zip(_RAW, (r.column(c) for c in (USER, ITEM, RATING, TIMESTAMP))))
+                keep = (SOURCE, ROW, REASON, PART, FILE)
+                yield _batch(schema, _K_REJECTED, r.num_rows, {**raw, **{c: r.column(c) for c in keep}})
+            first = [
+                r.filter(pc.equal(r.column(PART), p)).slice(0, spark_rules.SHOWN).to_pylist()
+                for p in sorted(checked.counts)
+            ]
+            summary |= {
+                "counts": {str(p): c for p, c in checked.counts.items()},
+                "canonical": checked.canonical,
+                "timestamped": int(pc.sum(pc.is_valid(v.column(TIMESTAMP))).as_py() or 0),
+                "first_rejected": [row for rows in first for row in rows],
+            }
+            yield _batch(schema, _K_META, 1, {META: [json.dumps(summary)]})
+
+
+def _group_schema(user: pa.DataType, item: pa.DataType) -> pa.Schema:
+    return pa.schema(
+        [
+            (KIND, pa.int8()),
+            (USER, user),
+            (ITEM, item),
+            (RATING, pa.float64()),
+            (TIMESTAMP, pa.int64()),
+            (META, pa.string()),
+        ]
+    )
+
+
+def _split_users(batches, in_schema: pa.Schema, out: pa.Schema, policy, canonical, split, validation):
+    """The per-user step in a task: its partition's users merged and split, with their distinct IDs."""
+    valid = pa.Table.from_batches(list(batches), in_schema)
+    g = split_group(valid, policy, canonical, split, validation)
+    cols = (USER, ITEM, RATING, TIMESTAMP)
+    train = g.train
+    summary = {"n_valid": valid.num_rows, "n_clean": g.n_clean, "dups": g.dups}
+    sides = [(_K_TRAIN, train, _K_USER, _K_ITEM, "train")]
+    if validation is not None:
+        held = train.column(HELD)
+        yield _batch(out, _K_HELD, int(pc.sum(held).as_py() or 0), {c: train.filter(held).column(c) for c in cols})
+        fit = train.filter(pc.invert(held))
+        sides.append((_K_TRAIN, fit, _K_FIT_USER, _K_FIT_ITEM, "fit"))
+        train = fit
+    if train.num_rows:
+        yield _batch(out, _K_TRAIN, train.num_rows, {c: train.column(c) for c in cols})
+    if g.test.num_rows:
+        yield _batch(out, _K_TEST, g.test.num_rows, {c: g.test.column(c) for c in cols})
+    for _, rows, user_kind, item_kind, name in sides:
+        users, items = pc.unique(rows.column(USER)), pc.unique(rows.column(ITEM))
+        yield _batch(out, user_kind, len(users), {USER: users})
+        yield _batch(out, item_kind, len(items), {ITEM: items})
+        summary[name] = _stats(rows.column(RATING).to_numpy())
+    yield _batch(out, _K_META, 1, {META: [json.dumps(summary)]})
+
+
+def _to_indices(batches, users: IdMap, items: IdMap):
+    for b in batches:
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(users.index_of(b.column(USER)), pa.int32()),
+                pa.array(items.index_of(b.column(ITEM)), pa.int32()),
+                b.column(RATING),
+                b.column(TIMESTAMP),
+            ],
+            names=[USER_IDX, ITEM_IDX, RATING, TIMESTAMP],
+        )
+
+
+INDEXED = f"{USER_IDX} int, {ITEM_IDX} int, {RATING} double, {TIMESTAMP} long"
+
+
+class Tasks:
+    """The steps in executor tasks: one per file, then one per user partition (n_groups of them)."""
+
+    def __init__(self, spark: SparkSession, source: Input, cfg: RunConfig, n_groups: int):
+        self.spark, self.source, self.cfg, self.n_groups = spark, source, cfg, max(1, n_groups)
+        self._cached: list[DataFrame] = []
+
+    def _cache(self, df: DataFrame) -> DataFrame:
+        self._cached.append(df.cache())
+        return df
+
+    def release(self) -> None:
+        for df in self._cached:
+            df.unpersist()
+        self._cached.clear()
+
+    def load(self) -> tuple[dict, DataFrame]:
+        """Read and check every file (one job); (counts, the rejected rows). Unreadable when a file is
+        one only Spark's reader can read as Spark would."""
+        n = len(self.source.files)
+        schema = _file_schema(self.source.raw_types())
+        src, cfg = self.source, self.cfg
+        files = self.spark.range(0, n, 1, n)
+        checked = self._cache(files.mapInArrow(lambda it: _check_files(it, src, cfg, schema), _spark(schema)))
+        summaries = [
+            json.loads(s) for s in checked.where(F.col(KIND) == _K_META).select(META).toArrow().column(0).to_pylist()
+        ]
+        odd = [s for s in summaries if "unreadable" in s]
+        if odd:
+            self.release()
+            raise Unreadable(min(odd, key=lambda s: s["file"])["unreadable"])
+        counts = {}
+        for s in summaries:
+            for p, c in s["counts"].items():
+                mine = counts.setdefault(int(p), dict.fromkeys(c, 0))
+                for k, v in c.items():
+                    mine[k] += v
+        first = [r for s in sorted(summaries, key=lambda s: s["file"]) for r in s["first_rejected"]]
+        sample = pa.Table.from_pylist(first) if first else None
+        if sample is None:
+            sample = pa.table({c: pa.array([], pa.string()) for c in local_validate.REJECTED_COLUMNS}).append_column(
+                PART, pa.array([], pa.int32())
+            )
+        total = _read_counts(local_validate.judge(counts, sample, cfg.data))
+        self.checked, self.summaries = checked, summaries
+        self.canonical = tuple(all(s["canonical"][k] for s in summaries) for k in (0, 1))
+        self.timestamped = sum(s["timestamped"] for s in summaries)
+        rejected = checked.where(F.col(KIND) == _K_REJECTED).select(
+            SOURCE, ROW, *[F.col(r).alias(c) for r, c in zip(_RAW, (USER, ITEM, RATING, TIMESTAMP))], REASON
+        )
+        return total, rejected
+
+    def split(self, validation: SplitConfig | None = None) -> Split:
+        """Merge and split by user partition (one job, one shuffle); the training rows stay in the
+        tasks' cache (Split.train, a DataFrame: `indexed` gives their indices)."""
+        cfg, src = self.cfg, self.source
+        split = None if len(src.plans) > 1 else cfg.split
+        _check_timestamps(split, self.timestamped)
+        policy = cfg.data.duplicates_policy(cfg.model.kind)
+        canonical = self.canonical
+        valid = self.checked.where(F.col(KIND) == _K_VALID).select(USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)
+        file_schema = _file_schema(src.raw_types())
+        in_schema = pa.schema([file_schema.field(c) for c in (USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)])
+        out = _group_schema(
+            pa.int64() if canonical[0] else in_schema.field(USER).type,
+            pa.int64() if canonical[1] else in_schema.field(ITEM).type,
+        )
+        grouped = self._cache(
+            valid.repartition(self.n_groups, USER).mapInArrow(
+                lambda it: _split_users(it, in_schema, out, policy, canonical, split, validation), _spark(out)
+            )
+        )
+        small = grouped.where(F.col(KIND) != _K_TRAIN).toArrow()
+        kinds = small.column(KIND).to_numpy()
+        of = lambda k: small.filter(pa.array(kinds == k))
+        summaries = [json.loads(s) for s in of(_K_META).column(META).to_pylist()]
+        n_valid = sum(s["n_valid"] for s in summaries)
+        n_clean = sum(s["n_clean"] for s in summaries)
+        if n_valid > n_clean and policy == "error":
+            dups = local_validate.first_duplicates([tuple(d) for s in summaries for d in s["dups"]])
+            raise local_validate.duplicate_error(dups, src.sources, n_valid - n_clean)
+        rows = lambda k: of(k).select([USER, ITEM, RATING, TIMESTAMP])
+        in_tasks = lambda kinds: grouped.where(F.col(KIND).isin(kinds)).select(USER, ITEM, RATING, TIMESTAMP)
+        counts = {"n_duplicates_merged": n_valid - n_clean, "n_clean": n_clean}
+        ids = lambda kind, col: sorted_map(pc.unique(of(kind).column(col)), col)
+        result = Split(
+            counts,
+            ids(_K_USER, USER),
+            ids(_K_ITEM, ITEM),
+            rows(_K_TEST),
+            _train_stats([s["train"] for s in summaries]),
+            in_tasks([_K_TRAIN, _K_HELD]),
+        )
+        if validation is not None:
+            result.inner = Split(
+                counts,
+                ids(_K_FIT_USER, USER),
+                ids(_K_FIT_ITEM, ITEM),
+                rows(_K_HELD),
+                _train_stats([s["fit"] for s in summaries]),
+                in_tasks([_K_TRAIN]),
+            )
+        return result
+
+    def indexed(self, train: DataFrame, users: IdMap, items: IdMap) -> DataFrame:
+        """The training rows with the maps' indices (the maps travel in the task closure), cached on
+        first use."""
+        return self._cache(train.mapInArrow(lambda it: _to_indices(it, users, items), INDEXED))
