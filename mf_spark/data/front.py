@@ -204,22 +204,21 @@ def _in_process_split(counts: dict, train: pa.Table, test: pa.Table) -> Split:
 
 
 # ---- in executor tasks -------------------------------------------------------------------------------
-# What a task's output row is: the per-file step's valid and rejected rows and its summary; the per-user
-# step's training (fit / held) and test rows, its distinct IDs (train and fit) and its summary.
-_K_VALID, _K_REJECTED, _K_META = 0, 1, 2
-_K_TRAIN, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM = 3, 4, 5, 6, 7, 8, 9
-_RAW = ("_raw_user", "_raw_item", "_raw_rating", "_raw_timestamp")  # a rejected row's fields, as text
-
-
-def _spark(schema: pa.Schema):
-    return from_arrow_schema(schema)
+# What a row of the tasks' output is. The per-file step gives valid and rejected rows and a summary per
+# file; the per-user step passes the rejected rows and the summaries on, and gives the training (fit /
+# held) and test rows, its distinct training IDs (of the train and the fit part) and a summary of its own.
+_K_VALID, _K_REJECTED, _K_FILE = 0, 1, 2
+_K_TRAIN, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP = 3, 4, 5, 6, 7, 8, 9, 10
+_ON_DRIVER = (_K_FILE, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP)
+_REJECTED_FIELDS = (SOURCE, USER, ITEM, RATING, TIMESTAMP, REASON)  # a rejected row's JSON (its META)
 
 
 def _key_type(raw: pa.DataType) -> pa.DataType:
     return pa.int64() if pa.types.is_integer(raw) else pa.string()
 
 
-def _file_schema(types: dict[str, pa.DataType]) -> pa.Schema:
+def _schema(types: dict[str, pa.DataType]) -> pa.Schema:
+    """Every task's output: the rows of one kind, the columns others need null."""
     return pa.schema(
         [
             (KIND, pa.int8()),
@@ -230,16 +229,13 @@ def _file_schema(types: dict[str, pa.DataType]) -> pa.Schema:
             (PART, pa.int32()),
             (FILE, pa.int32()),
             (ROW, pa.int64()),
-            (SOURCE, pa.string()),
-            *[(c, pa.string()) for c in _RAW],
-            (REASON, pa.string()),
             (META, pa.string()),
         ]
     )
 
 
 def _batch(schema: pa.Schema, kind: int, n: int, columns: dict) -> pa.RecordBatch:
-    """Rows of one kind in a task's output schema (the columns not given are null)."""
+    """Rows of one kind in the tasks' schema (the columns not given are null)."""
     cols = [pa.array(np.full(n, kind, np.int8))]
     for f in list(schema)[1:]:
         got = columns.get(f.name)
@@ -253,74 +249,72 @@ def _batch(schema: pa.Schema, kind: int, n: int, columns: dict) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(cols, schema=schema)
 
 
+def _summary(schema: pa.Schema, kind: int, summary: dict) -> pa.RecordBatch:
+    return _batch(schema, kind, 1, {META: [json.dumps(summary)]})
+
+
 def _check_files(batches, source: Input, cfg: RunConfig, schema: pa.Schema):
-    """The per-file step in a task: each file given (by position) read and checked."""
+    """The per-file step in a task: each file given (by position) read and checked alone."""
     for b in batches:
         for at in b.column(0).to_pylist():
-            summary: dict = {"file": at}
             try:
                 checked = local_validate.check(source.read_file(at), cfg.data, cfg.model.kind)
             except Unreadable as e:
-                summary["unreadable"] = str(e)
-                yield _batch(schema, _K_META, 1, {META: [json.dumps(summary)]})
+                yield _summary(schema, _K_FILE, {"file": at, "unreadable": str(e)})
                 continue
             v, r = checked.valid, checked.rejected
             if v.num_rows:
                 yield _batch(schema, _K_VALID, v.num_rows, {c: v.column(c) for c in v.column_names})
             if r.num_rows:
-                raw = dict(zip(_RAW, (r.column(c) for c in (USER, ITEM, RATING, TIMESTAMP))))
-                keep = (SOURCE, ROW, REASON, PART, FILE)
-                yield _batch(schema, _K_REJECTED, r.num_rows, {**raw, **{c: r.column(c) for c in keep}})
+                texts = [json.dumps(x) for x in r.select(list(_REJECTED_FIELDS)).to_pylist()]
+                yield _batch(schema, _K_REJECTED, r.num_rows, {PART: r[PART], FILE: r[FILE], ROW: r[ROW], META: texts})
             first = [
                 r.filter(pc.equal(r.column(PART), p)).slice(0, spark_rules.SHOWN).to_pylist()
                 for p in sorted(checked.counts)
             ]
-            summary |= {
+            summary = {
+                "file": at,
                 "counts": {str(p): c for p, c in checked.counts.items()},
                 "canonical": checked.canonical,
                 "timestamped": int(pc.sum(pc.is_valid(v.column(TIMESTAMP))).as_py() or 0),
                 "first_rejected": [row for rows in first for row in rows],
             }
-            yield _batch(schema, _K_META, 1, {META: [json.dumps(summary)]})
+            yield _summary(schema, _K_FILE, summary)
 
 
-def _group_schema(user: pa.DataType, item: pa.DataType) -> pa.Schema:
-    return pa.schema(
-        [
-            (KIND, pa.int8()),
-            (USER, user),
-            (ITEM, item),
-            (RATING, pa.float64()),
-            (TIMESTAMP, pa.int64()),
-            (META, pa.string()),
-        ]
-    )
+_VALID_COLUMNS = (USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)
 
 
-def _split_users(batches, in_schema: pa.Schema, out: pa.Schema, policy, canonical, split, validation):
-    """The per-user step in a task: its partition's users merged and split, with their distinct IDs."""
-    valid = pa.Table.from_batches(list(batches), in_schema)
-    g = split_group(valid, policy, canonical, split, validation)
+def _split_users(batches, schema: pa.Schema, policy: str, split, validation):
+    """The per-user step in a task: its partition's users merged and split (the IDs as read: whether
+    they are all canonical longs is known once every file is checked), the rest passed on."""
+    rows = pa.Table.from_batches(list(batches), schema)
+    kinds = rows.column(KIND).to_numpy()
+    for kind in (_K_REJECTED, _K_FILE):
+        passed = rows.filter(pa.array(kinds == kind))
+        if passed.num_rows:
+            yield from passed.to_batches()
+    valid = rows.filter(pa.array(kinds == _K_VALID)).select(list(_VALID_COLUMNS))
+    g = split_group(valid, policy, (False, False), split, validation)
     cols = (USER, ITEM, RATING, TIMESTAMP)
     train = g.train
     summary = {"n_valid": valid.num_rows, "n_clean": g.n_clean, "dups": g.dups}
-    sides = [(_K_TRAIN, train, _K_USER, _K_ITEM, "train")]
+    sides = [(train, _K_USER, _K_ITEM, "train")]
     if validation is not None:
         held = train.column(HELD)
-        yield _batch(out, _K_HELD, int(pc.sum(held).as_py() or 0), {c: train.filter(held).column(c) for c in cols})
-        fit = train.filter(pc.invert(held))
-        sides.append((_K_TRAIN, fit, _K_FIT_USER, _K_FIT_ITEM, "fit"))
-        train = fit
+        yield _batch(schema, _K_HELD, int(pc.sum(held).as_py() or 0), {c: train.filter(held).column(c) for c in cols})
+        train = train.filter(pc.invert(held))
+        sides.append((train, _K_FIT_USER, _K_FIT_ITEM, "fit"))
     if train.num_rows:
-        yield _batch(out, _K_TRAIN, train.num_rows, {c: train.column(c) for c in cols})
+        yield _batch(schema, _K_TRAIN, train.num_rows, {c: train.column(c) for c in cols})
     if g.test.num_rows:
-        yield _batch(out, _K_TEST, g.test.num_rows, {c: g.test.column(c) for c in cols})
-    for _, rows, user_kind, item_kind, name in sides:
-        users, items = pc.unique(rows.column(USER)), pc.unique(rows.column(ITEM))
-        yield _batch(out, user_kind, len(users), {USER: users})
-        yield _batch(out, item_kind, len(items), {ITEM: items})
-        summary[name] = _stats(rows.column(RATING).to_numpy())
-    yield _batch(out, _K_META, 1, {META: [json.dumps(summary)]})
+        yield _batch(schema, _K_TEST, g.test.num_rows, {c: g.test.column(c) for c in cols})
+    for side, user_kind, item_kind, name in sides:
+        users, items = pc.unique(side.column(USER)), pc.unique(side.column(ITEM))
+        yield _batch(schema, user_kind, len(users), {USER: users})
+        yield _batch(schema, item_kind, len(items), {ITEM: items})
+        summary[name] = _stats(side.column(RATING).to_numpy())
+    yield _summary(schema, _K_GROUP, summary)
 
 
 def _to_indices(batches, users: IdMap, items: IdMap):
@@ -337,10 +331,31 @@ def _to_indices(batches, users: IdMap, items: IdMap):
 
 
 INDEXED = f"{USER_IDX} int, {ITEM_IDX} int, {RATING} double, {TIMESTAMP} long"
+_REJECTED_JSON = ", ".join(f"`{c}` string" for c in _REJECTED_FIELDS)
+
+
+def _summed(summaries: list[dict]) -> dict[int, dict[str, int]]:
+    counts: dict[int, dict[str, int]] = {}
+    for s in summaries:
+        for p, c in s["counts"].items():
+            mine = counts.setdefault(int(p), dict.fromkeys(c, 0))
+            for k, v in c.items():
+                mine[k] += v
+    return counts
+
+
+def _first_rejected(summaries: list[dict]) -> pa.Table:
+    rows = [r for s in sorted(summaries, key=lambda s: s["file"]) for r in s["first_rejected"]]
+    if rows:
+        return pa.Table.from_pylist(rows)
+    empty = {c: pa.array([], pa.string()) for c in local_validate.REJECTED_COLUMNS}
+    return pa.table({**empty, PART: pa.array([], pa.int32())})
 
 
 class Tasks:
-    """The steps in executor tasks: one per file, then one per user partition (n_groups of them)."""
+    """Every step in executor tasks, in one Spark job: a task per file, then (one shuffle by user) a
+    task per group of users (n_groups of them); what the driver needs comes back from that job, and
+    the training rows stay in the tasks' cache."""
 
     def __init__(self, spark: SparkSession, source: Input, cfg: RunConfig, n_groups: int):
         self.spark, self.source, self.cfg, self.n_groups = spark, source, cfg, max(1, n_groups)
@@ -355,92 +370,89 @@ class Tasks:
             df.unpersist()
         self._cached.clear()
 
-    def load(self) -> tuple[dict, DataFrame]:
-        """Read and check every file (one job); (counts, the rejected rows). Unreadable when a file is
-        one only Spark's reader can read as Spark would."""
-        n = len(self.source.files)
-        schema = _file_schema(self.source.raw_types())
+    def load(self, validation: SplitConfig | None = None) -> tuple[dict, DataFrame]:
+        """Run the job; (counts, the rejected rows). Unreadable when a file is one only Spark's reader
+        reads as Spark would; InputError as local.validate.judge."""
         src, cfg = self.source, self.cfg
-        files = self.spark.range(0, n, 1, n)
-        checked = self._cache(files.mapInArrow(lambda it: _check_files(it, src, cfg, schema), _spark(schema)))
-        summaries = [
-            json.loads(s) for s in checked.where(F.col(KIND) == _K_META).select(META).toArrow().column(0).to_pylist()
-        ]
-        odd = [s for s in summaries if "unreadable" in s]
+        self.validation = validation
+        split = None if len(src.plans) > 1 else cfg.split
+        policy = cfg.data.duplicates_policy(cfg.model.kind)
+        schema = _schema(src.raw_types())
+        n = len(src.files)
+        checked = self.spark.range(0, n, 1, n).mapInArrow(
+            lambda it: _check_files(it, src, cfg, schema), from_arrow_schema(schema)
+        )
+        self.rows = self._cache(
+            checked.repartition(self.n_groups, USER).mapInArrow(
+                lambda it: _split_users(it, schema, policy, split, validation), from_arrow_schema(schema)
+            )
+        )
+        small = self.rows.where(F.col(KIND).isin(list(_ON_DRIVER))).toArrow()
+        self.small, kinds = small, small.column(KIND).to_numpy()
+        self.of = lambda k: small.filter(pa.array(kinds == k))
+        files = [json.loads(t) for t in self.of(_K_FILE).column(META).to_pylist()]
+        odd = [s for s in files if "unreadable" in s]
         if odd:
             self.release()
             raise Unreadable(min(odd, key=lambda s: s["file"])["unreadable"])
-        counts = {}
-        for s in summaries:
-            for p, c in s["counts"].items():
-                mine = counts.setdefault(int(p), dict.fromkeys(c, 0))
-                for k, v in c.items():
-                    mine[k] += v
-        first = [r for s in sorted(summaries, key=lambda s: s["file"]) for r in s["first_rejected"]]
-        sample = pa.Table.from_pylist(first) if first else None
-        if sample is None:
-            sample = pa.table({c: pa.array([], pa.string()) for c in local_validate.REJECTED_COLUMNS}).append_column(
-                PART, pa.array([], pa.int32())
+        counts = _read_counts(local_validate.judge(_summed(files), _first_rejected(files), cfg.data))
+        _check_timestamps(split, sum(s["timestamped"] for s in files))
+        self.canonical = tuple(all(s["canonical"][k] for s in files) for k in (0, 1))
+        rejected = (
+            self.rows.where(F.col(KIND) == _K_REJECTED)
+            .orderBy(FILE, ROW)
+            .select(F.from_json(META, _REJECTED_JSON).alias("_r"), ROW)
+            .select(
+                F.col(f"_r.{SOURCE}").alias(SOURCE), ROW, *[F.col(f"_r.{c}").alias(c) for c in _REJECTED_FIELDS[1:]]
             )
-        total = _read_counts(local_validate.judge(counts, sample, cfg.data))
-        self.checked, self.summaries = checked, summaries
-        self.canonical = tuple(all(s["canonical"][k] for s in summaries) for k in (0, 1))
-        self.timestamped = sum(s["timestamped"] for s in summaries)
-        rejected = checked.where(F.col(KIND) == _K_REJECTED).select(
-            SOURCE, ROW, *[F.col(r).alias(c) for r, c in zip(_RAW, (USER, ITEM, RATING, TIMESTAMP))], REASON
         )
-        return total, rejected
+        return counts, rejected
+
+    def _ids(self, kind: int, col: str) -> IdMap:
+        ids = pc.unique(self.of(kind).column(col))
+        return sorted_map(ids.cast(pa.int64()) if self.canonical[(USER, ITEM).index(col)] else ids, col)
+
+    def _rows(self, kind: int) -> pa.Table:
+        t = self.of(kind).select([USER, ITEM, RATING, TIMESTAMP])
+        for at, col in enumerate((USER, ITEM)):
+            if self.canonical[at] and t.schema.field(col).type == pa.string():
+                t = t.set_column(at, col, t.column(col).cast(pa.int64()))
+        return t
 
     def split(self, validation: SplitConfig | None = None) -> Split:
-        """Merge and split by user partition (one job, one shuffle); the training rows stay in the
-        tasks' cache (Split.train, a DataFrame: `indexed` gives their indices)."""
-        cfg, src = self.cfg, self.source
-        split = None if len(src.plans) > 1 else cfg.split
-        _check_timestamps(split, self.timestamped)
-        policy = cfg.data.duplicates_policy(cfg.model.kind)
-        canonical = self.canonical
-        valid = self.checked.where(F.col(KIND) == _K_VALID).select(USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)
-        file_schema = _file_schema(src.raw_types())
-        in_schema = pa.schema([file_schema.field(c) for c in (USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)])
-        out = _group_schema(
-            pa.int64() if canonical[0] else in_schema.field(USER).type,
-            pa.int64() if canonical[1] else in_schema.field(ITEM).type,
-        )
-        grouped = self._cache(
-            valid.repartition(self.n_groups, USER).mapInArrow(
-                lambda it: _split_users(it, in_schema, out, policy, canonical, split, validation), _spark(out)
-            )
-        )
-        small = grouped.where(F.col(KIND) != _K_TRAIN).toArrow()
-        kinds = small.column(KIND).to_numpy()
-        of = lambda k: small.filter(pa.array(kinds == k))
-        summaries = [json.loads(s) for s in of(_K_META).column(META).to_pylist()]
-        n_valid = sum(s["n_valid"] for s in summaries)
-        n_clean = sum(s["n_clean"] for s in summaries)
+        """The job's result for the driver; the training rows stay in the tasks' cache (Split.train,
+        a DataFrame: `indexed` gives their indices). A `validation` other than `load`'s runs the job
+        again."""
+        if validation != self.validation:
+            self.release()
+            self.load(validation)
+        policy = self.cfg.data.duplicates_policy(self.cfg.model.kind)
+        groups = [json.loads(t) for t in self.of(_K_GROUP).column(META).to_pylist()]
+        n_valid = sum(s["n_valid"] for s in groups)
+        n_clean = sum(s["n_clean"] for s in groups)
         if n_valid > n_clean and policy == "error":
-            dups = local_validate.first_duplicates([tuple(d) for s in summaries for d in s["dups"]])
-            raise local_validate.duplicate_error(dups, src.sources, n_valid - n_clean)
-        rows = lambda k: of(k).select([USER, ITEM, RATING, TIMESTAMP])
-        in_tasks = lambda kinds: grouped.where(F.col(KIND).isin(kinds)).select(USER, ITEM, RATING, TIMESTAMP)
+            dups = local_validate.first_duplicates([tuple(d) for s in groups for d in s["dups"]])
+            raise local_validate.duplicate_error(dups, self.source.sources, n_valid - n_clean)
+        in_tasks = lambda kinds: self.rows.where(F.col(KIND).isin(kinds)).select(USER, ITEM, RATING, TIMESTAMP)
         counts = {"n_duplicates_merged": n_valid - n_clean, "n_clean": n_clean}
-        ids = lambda kind, col: sorted_map(pc.unique(of(kind).column(col)), col)
         result = Split(
             counts,
-            ids(_K_USER, USER),
-            ids(_K_ITEM, ITEM),
-            rows(_K_TEST),
-            _train_stats([s["train"] for s in summaries]),
+            self._ids(_K_USER, USER),
+            self._ids(_K_ITEM, ITEM),
+            self._rows(_K_TEST),
+            _train_stats([s["train"] for s in groups]),
             in_tasks([_K_TRAIN, _K_HELD]),
         )
         if validation is not None:
             result.inner = Split(
                 counts,
-                ids(_K_FIT_USER, USER),
-                ids(_K_FIT_ITEM, ITEM),
-                rows(_K_HELD),
-                _train_stats([s["fit"] for s in summaries]),
+                self._ids(_K_FIT_USER, USER),
+                self._ids(_K_FIT_ITEM, ITEM),
+                self._rows(_K_HELD),
+                _train_stats([s["fit"] for s in groups]),
                 in_tasks([_K_TRAIN]),
             )
+        self.small = self.of = None
         return result
 
     def indexed(self, train: DataFrame, users: IdMap, items: IdMap) -> DataFrame:

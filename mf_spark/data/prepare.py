@@ -210,13 +210,13 @@ class TaskFront:
 
     name = "spark"
 
-    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
-        self.spark, self.cfg, self.source = spark, cfg, source
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source, validation: SplitConfig | None = None):
+        self.spark, self.cfg, self.source, self.validation = spark, cfg, source, validation
 
     def load(self) -> Loaded:
         source = front.Input.of(self.source.paths, self.source.fmt, self.cfg.data)
         self.steps = front.Tasks(self.spark, source, self.cfg, _parallelism(self.spark))
-        counts, rejected = self.steps.load()
+        counts, rejected = self.steps.load(self.validation)
         self.counts = {**counts, **_PENDING}
         return Loaded(self.counts, rejected if counts["n_rejected"] else None)
 
@@ -246,8 +246,8 @@ class _Chosen:
     """The Arrow front end (in the driver or in tasks) when it can read the input as Spark would, else
     the Spark SQL stages (decided in `load`)."""
 
-    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source, arrow: type):
-        self.spark, self.cfg, self.source, self.arrow = spark, cfg, source, arrow
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source, arrow: type, validation=None):
+        self.spark, self.cfg, self.source, self.arrow, self.validation = spark, cfg, source, arrow, validation
         self.front: DriverFront | TaskFront | SqlFront | None = None
 
     @property
@@ -262,6 +262,7 @@ class _Chosen:
     def load(self) -> Loaded:
         if self.arrow is not SqlFront:
             chosen = self.arrow(self.spark, self.cfg, self.source)
+            chosen.validation = self.validation
             try:
                 loaded = chosen.load()
                 self.front = chosen
@@ -289,9 +290,11 @@ def front_end(
     test: str | None = None,
     fmt: str = "auto",
     sql: bool = False,
+    validation: SplitConfig | None = None,
 ) -> _Chosen:
     """The front end for this input under data.front_end (see the module docstring); `sql`: the Spark
-    SQL stages whatever the input (for tests that hold the fronts to each other)."""
+    SQL stages whatever the input (for tests that hold the fronts to each other); `validation`: the
+    split tuning_split will be asked for (the tasks then split in the same job)."""
     source = _Source(input, train, test, fmt)
     want = cfg.data.front_end
     arrow = SqlFront if sql else DriverFront if want == "driver" else TaskFront
@@ -304,7 +307,7 @@ def front_end(
                 log.info("reading the input in Spark tasks: %.0f MB > data.front_end_max_mb", size / 2**20)
         except (local_read.Unreadable, OSError):
             pass
-    return _Chosen(spark, cfg, source, arrow)
+    return _Chosen(spark, cfg, source, arrow, validation)
 
 
 # ---- a DataFrame instead of files (mf_spark.ml.ALS.fit): validate -> index, nothing held out ------------

@@ -29,7 +29,7 @@ from mf_spark.als import days
 from mf_spark.als import loop as als
 from mf_spark.als.checkpoint import CheckpointStore, fingerprint
 from mf_spark.core import config, errors, fs
-from mf_spark.core.config import RunConfig
+from mf_spark.core.config import RunConfig, SplitConfig
 from mf_spark.data import prepare, read
 from mf_spark.data.ready import as_df, session_of
 from mf_spark.model import topn
@@ -152,10 +152,11 @@ class Pipeline:
 
         def stages(output: str, lease: write.Lease) -> dict:
             nonlocal search, best
+            validation = tune.validation_split(cfg)
             with self.clock.phase("read_validate"):
-                loaded = self.load()
+                loaded = self.load(validation)
             with settled(loaded.warm), self.clock.phase("split_index"):
-                outer, inner = loaded.front.tuning_split(tune.validation_split(cfg))
+                outer, inner = loaded.front.tuning_split(validation)
             with settled(loaded.warm), self.clock.phase("tune"):
                 started = time.perf_counter()
                 try:
@@ -246,15 +247,22 @@ class Pipeline:
         )
         return table, published
 
-    def front(self) -> tuple[str | None, Any]:
-        """The input path (None for a given split) and the front end that reads it (prepare.front_end)."""
+    def front(self, validation: SplitConfig | None = None) -> tuple[str | None, Any]:
+        """The input path (None for a given split) and the front end that reads it (prepare.front_end;
+        `validation`: the split tuning_split will be asked for)."""
         args = self.args
         input_path = None if args.train else (args.input or read.sample_path())
         return input_path, prepare.front_end(
-            self.spark, self.cfg, input=input_path, train=args.train, test=args.test, fmt=args.format
+            self.spark,
+            self.cfg,
+            input=input_path,
+            train=args.train,
+            test=args.test,
+            fmt=args.format,
+            validation=validation,
         )
 
-    def load(self) -> Loaded:
+    def load(self, validation: SplitConfig | None = None) -> Loaded:
         """Read and validate the input; check --include/--exclude and --init-model before anything is fitted."""
         spark, args, cfg = self.spark, self.args, self.cfg
         for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
@@ -263,7 +271,7 @@ class Pipeline:
         previous = load_model(args.init_model, spark) if args.init_model else None
         if previous is not None:  # refused before the input is read
             check_warm_start(previous, cfg.model)
-        input_path, front = self.front()
+        input_path, front = self.front(validation)
         # In the background, counted here.
         warm = als.warm_up(spark, cfg.model, cfg.recommend.top_n, rdd=front.on_driver)
         with settled(warm):
