@@ -23,7 +23,9 @@ otherwise; its loss pieces are left out of the sums.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 
 import numpy as np
 
@@ -587,6 +589,7 @@ def _kernel(fn, width: int | None = None):
     if key not in _compiled:
         import numba
 
+        _stable_zip_cache()
         options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")
         py = fn if width is None else fn(width)
         try:
@@ -594,6 +597,31 @@ def _kernel(fn, width: int | None = None):
         except RuntimeError:  # "cannot cache function ...: no locator available"
             _compiled[key] = numba.njit(**options)(py)
     return _compiled[key]
+
+
+def _stable_zip_cache() -> None:
+    """Key the machine-code cache of a zipped copy of this package on its path inside the zip.
+
+    spark-submit --py-files gives every application its own copy of the zip, in a folder of its own,
+    and numba keys a zipped module's cache on that folder: every run's executors would compile every
+    kernel again. Keyed on the path inside the zip (numba still checks the module's content hash
+    before loading), later runs load what the first one compiled."""
+    from numba.core import caching
+
+    base = getattr(caching, "ZipCacheLocator", None)
+    impl = getattr(caching, "CacheImpl", None)
+    if base is None or impl is None or any(getattr(k, "stable", False) for k in impl._locator_classes):
+        return
+
+    class StableZipLocator(base):
+        stable = True
+
+        def __init__(self, py_func, py_file):
+            super().__init__(py_func, py_file)
+            inside = hashlib.sha1(self._internal_path.encode()).hexdigest()[:16]
+            self._cache_path = os.path.join(os.path.dirname(self._cache_path), f"mf_spark_zip_{inside}")
+
+    impl._locator_classes.insert(0, StableZipLocator)
 
 
 def _common(indptr, cols, weight, target, offset, Y, shift, lam) -> tuple:
