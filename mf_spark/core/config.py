@@ -121,9 +121,10 @@ class DataConfig:
     )
     front_end: Literal["auto", "driver", "spark"] = setting(
         "auto",
-        "who reads, validates, splits and indexes the input: `driver` (Arrow and numpy in the driver process, no "
-        "Spark job; the same rows, splits and maps as Spark), `spark` (Spark jobs), `auto` (the driver under a local "
-        "master for local inputs up to `front_end_max_mb`, else Spark)",
+        "where the input is read, validated, split and indexed (the same functions either way): `driver` (in the "
+        "driver process, no Spark job), `spark` (in executor tasks, one Spark job: the ratings never pass through "
+        "the driver), `auto` (the driver under a local master for local inputs up to `front_end_max_mb`, else "
+        "`spark`); an input Arrow cannot read exactly as Spark would goes to Spark SQL's reader (logged)",
     )
     front_end_max_mb: float = setting(
         2048.0, "`auto`: the largest input (MB on disk) the driver reads itself", at_least(0, "a number")

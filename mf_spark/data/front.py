@@ -73,10 +73,19 @@ class Input:
         types = self.plans[0].raw_types()
         return {c: pa.string() if c in self.differ else t for c, t in types.items()}
 
-    def read_file(self, at: int) -> pa.Table:
-        """File `at`'s raw rows (local.read's columns, and _part when the input is a given pair)."""
+    def pieces(self, rows: int) -> list[tuple[int, tuple[int, int] | None, int]]:
+        """(file, row groups, first row) per piece of about `rows` rows: what one task reads."""
+        return [
+            (at, groups, first)
+            for at, (part, name) in enumerate(self.files)
+            for groups, first in self.plans[part].pieces(name, rows)
+        ]
+
+    def read_file(self, at: int, groups: tuple[int, int] | None = None, first: int = 0) -> pa.Table:
+        """File `at`'s raw rows (local.read's columns, and _part when the input is a given pair), or
+        only its row groups `groups`, which begin at row `first`."""
         part, name = self.files[at]
-        t = local_read.with_meta([(name, self.plans[part].read(name))], at)
+        t = local_read.with_meta([(name, self.plans[part].read(name, groups))], at, first)
         for c in self.differ:
             t = t.set_column(t.column_names.index(c), c, local_validate.as_text(t.column(c).combine_chunks()))
         if len(self.plans) > 1:
@@ -253,12 +262,13 @@ def _summary(schema: pa.Schema, kind: int, summary: dict) -> pa.RecordBatch:
     return _batch(schema, kind, 1, {META: [json.dumps(summary)]})
 
 
-def _check_files(batches, source: Input, cfg: RunConfig, schema: pa.Schema):
-    """The per-file step in a task: each file given (by position) read and checked alone."""
+def _check_files(batches, source: Input, pieces: list, cfg: RunConfig, schema: pa.Schema):
+    """The per-file step in a task: each piece given (by position in `pieces`) read and checked alone."""
     for b in batches:
-        for at in b.column(0).to_pylist():
+        for piece in b.column(0).to_pylist():
+            at, groups, first = pieces[piece]
             try:
-                checked = local_validate.check(source.read_file(at), cfg.data, cfg.model.kind)
+                checked = local_validate.check(source.read_file(at, groups, first), cfg.data, cfg.model.kind)
             except Unreadable as e:
                 yield _summary(schema, _K_FILE, {"file": at, "unreadable": str(e)})
                 continue
@@ -274,6 +284,7 @@ def _check_files(batches, source: Input, cfg: RunConfig, schema: pa.Schema):
             ]
             summary = {
                 "file": at,
+                "first": first,
                 "counts": {str(p): c for p, c in checked.counts.items()},
                 "canonical": checked.canonical,
                 "timestamped": int(pc.sum(pc.is_valid(v.column(TIMESTAMP))).as_py() or 0),
@@ -330,6 +341,9 @@ def _to_indices(batches, users: IdMap, items: IdMap):
         )
 
 
+# Rows a task reads and checks at a time: a Parquet file of several row groups is cut so that the
+# executors share a large file (text files are read whole).
+PIECE_ROWS = 1 << 20
 INDEXED = f"{USER_IDX} int, {ITEM_IDX} int, {RATING} double, {TIMESTAMP} long"
 _REJECTED_JSON = ", ".join(f"`{c}` string" for c in _REJECTED_FIELDS)
 
@@ -345,7 +359,7 @@ def _summed(summaries: list[dict]) -> dict[int, dict[str, int]]:
 
 
 def _first_rejected(summaries: list[dict]) -> pa.Table:
-    rows = [r for s in sorted(summaries, key=lambda s: s["file"]) for r in s["first_rejected"]]
+    rows = [r for s in sorted(summaries, key=lambda s: (s["file"], s["first"])) for r in s["first_rejected"]]
     if rows:
         return pa.Table.from_pylist(rows)
     empty = {c: pa.array([], pa.string()) for c in local_validate.REJECTED_COLUMNS}
@@ -378,9 +392,10 @@ class Tasks:
         split = None if len(src.plans) > 1 else cfg.split
         policy = cfg.data.duplicates_policy(cfg.model.kind)
         schema = _schema(src.raw_types())
-        n = len(src.files)
+        pieces = src.pieces(PIECE_ROWS)
+        n = len(pieces)
         checked = self.spark.range(0, n, 1, n).mapInArrow(
-            lambda it: _check_files(it, src, cfg, schema), from_arrow_schema(schema)
+            lambda it: _check_files(it, src, pieces, cfg, schema), from_arrow_schema(schema)
         )
         self.rows = self._cache(
             checked.repartition(self.n_groups, USER).mapInArrow(

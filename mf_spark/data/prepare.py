@@ -1,18 +1,22 @@
-"""Read -> validate -> split -> index: what a fit and its evaluation start from, by either front end.
+"""Read -> validate -> split -> index: what a fit and its evaluation start from, wherever it runs.
 
     front = prepare.front_end(spark, run_config, input=..., train=..., test=..., fmt=...)
     loaded = front.load()            # read and validate (counts, rejected rows); InputError on bad input
     ready = front.split_index()      # split, ID maps, training triples, held-out rows, statistics
     outer, inner = front.tuning_split(validation)   # the same, and the training part split again
 
-Two front ends give the same `Ready` (tests/data/test_prepare.py holds them to it):
-    driver  mf_spark.data.local: Arrow and numpy in the driver process, no Spark job; the training ratings
-            stay driver arrays (ready.Triples) that the resident stage takes directly
-    spark   mf_spark.data.read / validate / split / index: Spark jobs, the training ratings a cached DataFrame
-data.front_end = "auto" takes the driver under a local master (its tasks run on this machine anyway)
-for local inputs up to data.front_end_max_mb, and Spark otherwise: on a cluster the executors read,
-and the driver may have little memory. An input the driver cannot read exactly as Spark would
-(local.read.Unreadable: odd quoting, values only Spark's parser can judge, ...) goes to Spark, logged.
+One front end (mf_spark.data.front: Arrow functions), in one of two places, and Spark SQL's stages for
+what Arrow cannot read as Spark would; all give the same `Ready` (tests/data/test_front_contract.py):
+    driver     the functions in the driver process, no Spark job; the training ratings stay driver
+               arrays (ready.Triples) that the resident stage takes directly
+    spark      the same functions in executor tasks (one job): the executors read the files and keep
+               the training ratings, indexed, in their cache; the driver holds counts and ID maps
+    spark-sql  mf_spark.data.read / validate / split / index: Spark SQL jobs, for inputs
+               local.read.Unreadable names (odd quoting, values only Spark's parser can judge,
+               files not on a local path, ...), logged, and for DataFrames given to mf_spark.ml
+data.front_end = "auto" takes the driver under a local master for local inputs up to
+data.front_end_max_mb (its tasks run on this machine anyway), and the executors otherwise: on a
+cluster they read where the data is, and the driver may have little memory.
 """
 
 from __future__ import annotations

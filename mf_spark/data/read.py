@@ -148,6 +148,9 @@ class Peek:
     parquet: bool  # every data file is Parquet (extension or PAR1 magic)
 
 
+COPYING = "._COPYING_"  # a file `hdfs dfs -put` / `-cp` is still writing
+
+
 def is_local(path: str) -> bool:
     scheme = urlparse(path).scheme
     return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")  # C:\ on Windows
@@ -215,6 +218,12 @@ def peek_input(path: str) -> Peek:
         if not os.path.exists(local):
             raise InputError(f"input {path} does not exist")
         names = data_files(local) if os.path.isdir(local) else [local]
+        copying = [n for n in names if n.endswith(COPYING)]
+        if copying:
+            raise InputError(
+                f"input {path}: {copying[0]} is still being copied (a copy writes NAME{COPYING} and renames "
+                f"it when done); wait for the copy to finish, or remove the file"
+            )
         if not names or (len(names) == 1 and os.path.getsize(names[0]) == 0):
             raise InputError(f"input {path} is empty: no data rows")
         if all(_is_parquet(n) for n in names):
@@ -310,6 +319,8 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
             ]
             if not hits:
                 raise InputError(f"{source}: column {want!r} (data.{attr}) not found; {shown}")
+            if len(hits) > 1:
+                raise _twice(source, columns[hits[0]], hits, attr)
             chosen[key] = hits[0]
         elif header:
             used = {p for p in chosen.values() if p is not None}
@@ -323,6 +334,8 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
                     f"{source}: no {key} column found (data.{attr} is auto; tried "
                     f"{tried}, ...); {shown}; set data.{attr}"
                 )
+            if hit is not None and normed.count(normed[hit]) > 1:
+                raise _twice(source, columns[hit], [i for i, n in enumerate(normed) if n == normed[hit]], attr)
             chosen[key] = hit
         else:
             default = {USER: 0, ITEM: 1, RATING: 2, TIMESTAMP: 3}[key]
@@ -330,6 +343,13 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
                 raise InputError(f"{source}: no {key} column (data.{attr} is auto = position {default}); {shown}")
             chosen[key] = default if default < len(columns) else None
     return chosen
+
+
+def _twice(source: str, name: str, at: list[int], attr: str) -> InputError:
+    return InputError(
+        f"{source}: the header names column {name!r} more than once (positions "
+        f"{', '.join(map(str, at))}); set data.{attr} to the position of the one to use"
+    )
 
 
 def _quoted(name: str) -> Column:
@@ -403,6 +423,8 @@ def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataC
     header = looks_like_header(first)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
+    if header:  # the header as written: Spark renames repeated names (rating -> rating2, rating3)
+        choose_columns(first, cfg, header, source)
     names = _load(path, lambda p: spark.read.csv(p, header=header, inferSchema=False)).columns
     pos = choose_columns(names, cfg, header, source)
     # Read again with the corrupt-record column: a row with more or fewer fields than the header is

@@ -47,42 +47,87 @@ def _executors() -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, tmp_path, spark):
-    """Also kills one executor JVM after iteration 2: the run still succeeds with the same factors."""
-    master = cluster.master
-    env = dict(
+def _env() -> dict:
+    return dict(
         os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1"
     )
+
+
+def _submit(master: str, job_args: list[str], cwd) -> list[str]:
+    return [
+        str(standalone.spark_bin("spark-submit")),
+        "--master",
+        master,
+        "--py-files",
+        str(ROOT / "dist" / "mf_spark.zip"),
+        "--conf",
+        "spark.executor.memory=512m",
+        "--conf",
+        "spark.executor.cores=1",
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        str(ROOT / "jobs" / "train.py"),
+        *job_args,
+    ]
+
+
+@pytest.fixture(scope="module")
+def package():
     pkg = subprocess.run(
         ["bash", str(ROOT / "scripts" / "package.sh")],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env=dict(env, PYTHON=sys.executable),
+        env=dict(_env(), PYTHON=sys.executable),
         timeout=300,
     )
     assert pkg.returncode == 0, pkg.stderr[-2000:]
+
+
+def test_odd_files_give_the_same_output_on_the_cluster_as_locally(cluster, package, tmp_path, spark):
+    """Several files with rejected rows and 'last' duplicates across them: the executors read and
+    check them on the cluster, the driver in a local run; the same counts, rejects and factors."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = [f"u{u},i{(u * 5 + k) % 11},{1 + (u + k) % 5},{1000 + k}" for u in range(30) for k in range(6)]
+    (folder / "a.csv").write_text("user,item,rating,timestamp\n" + "\n".join(rows[:90] + ["u1,i1,x,5"]) + "\n")
+    (folder / "b.csv").write_text("user,item,rating,timestamp\n" + "\n".join(["u0,i0,5,2000"] + rows[90:]) + "\n")
+    args = ["--input", str(folder), "--set", "data.duplicates=last", "--set", "model.rank=3", *ARGS[:2]]
+    run = subprocess.run(
+        _submit(cluster.master, [*args, "--output", str(tmp_path / "cluster")], tmp_path),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    from jobs import train as train_job
+
+    assert train_job.main([*args, "--output", str(tmp_path / "local")]) == 0
+    import json
+
+    metrics = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("cluster", "local")]
+    assert metrics[0]["front_end"] == "spark" and metrics[1]["front_end"] == "driver"
+    counts = ("n_read", "n_rejected", "n_duplicates_merged", "n_clean", "n_train", "n_test")
+    assert [m[c] for c in counts for m in metrics[:1]] == [metrics[1][c] for c in counts]
+    rejected = [
+        sorted(tuple(r) for r in spark.read.parquet(str(tmp_path / r / "rejected")).select("_row", "reason").collect())
+        for r in ("cluster", "local")
+    ]
+    assert rejected[0] == rejected[1] == [(90, rejected[0][0][1])]
+    a, b = load_model(str(tmp_path / "cluster"), spark), load_model(str(tmp_path / "local"), spark)
+    assert a.users.ids.equals(b.users.ids) and a.items.ids.equals(b.items.ids)
+    assert np.max(np.abs(a.factors.X - b.factors.X)) < 1e-4
+
+
+def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, package, tmp_path, spark):
+    """Also kills one executor JVM after iteration 2: the run still succeeds with the same factors."""
     started = time.monotonic()
     run = subprocess.Popen(
-        [
-            str(standalone.spark_bin("spark-submit")),
-            "--master",
-            master,
-            "--py-files",
-            str(ROOT / "dist" / "mf_spark.zip"),
-            "--conf",
-            "spark.executor.memory=512m",
-            "--conf",
-            "spark.executor.cores=1",
-            "--conf",
-            f"spark.pyspark.python={sys.executable}",
-            str(ROOT / "jobs" / "train.py"),
-            "--output",
-            str(tmp_path / "cluster"),
-            *ARGS,
-        ],
+        _submit(cluster.master, ["--output", str(tmp_path / "cluster"), *ARGS], tmp_path),
         cwd=tmp_path,
-        env=env,
+        env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

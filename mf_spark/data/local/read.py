@@ -95,11 +95,32 @@ class Plan:
             out[key] = kind
         return out
 
-    def read(self, name: str) -> pa.Table:
-        """One file's rows: the COLUMNS only, no _source/_file/_row. Unreadable as `table`."""
+    def read(self, name: str, groups: tuple[int, int] | None = None) -> pa.Table:
+        """One file's rows (Parquet: only row groups [first, last) with `groups`): the COLUMNS only, no
+        _source/_file/_row. Unreadable as `table`."""
         if self.fmt == "parquet":
-            return _parquet_file(name, self)
+            return _parquet_file(name, self, groups)
         return _text_file(name, self)
+
+    def pieces(self, name: str, rows: int) -> list[tuple[tuple[int, int] | None, int]]:
+        """A file cut into pieces of about `rows` rows that `read` takes alone: (row groups, the
+        piece's first row); a text file, or a Parquet file of one row group, is one piece."""
+        if self.fmt != "parquet":
+            return [(None, 0)]
+        try:
+            meta = pq.ParquetFile(name).metadata
+        except (OSError, ValueError) as e:
+            raise Unreadable(f"{name}: {e}") from None
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        if len(sizes) < 2:
+            return [(None, 0)]
+        out, start, first, n = [], 0, 0, 0
+        for g, size in enumerate(sizes):
+            n += size
+            if n >= rows or g == len(sizes) - 1:
+                out.append(((start, g + 1), first))
+                start, first, n = g + 1, first + n, 0
+        return out
 
 
 def plan(path: str, fmt: str, cfg: DataConfig) -> Plan:
@@ -124,9 +145,10 @@ def uri(name: str) -> str:
     )
 
 
-def with_meta(parts: list[tuple[str, pa.Table]], first_file: int = 0) -> pa.Table:
+def with_meta(parts: list[tuple[str, pa.Table]], first_file: int = 0, first_row: int = 0) -> pa.Table:
     """The files' rows in order, with _source (dictionary-encoded: one string per file), _file (the
-    file's position, counted from `first_file`) and _row (the row's position in its file)."""
+    file's position, counted from `first_file`) and _row (the row's position in its file; the
+    first part's rows counted from `first_row`, when it is a piece of its file)."""
     tables = []
     for at, (name, t) in enumerate(parts, first_file):
         n = t.num_rows
@@ -134,7 +156,7 @@ def with_meta(parts: list[tuple[str, pa.Table]], first_file: int = 0) -> pa.Tabl
         tables.append(
             t.append_column(SOURCE, source)
             .append_column(FILE, pa.array(np.full(n, at, np.int32)))
-            .append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
+            .append_column(ROW, pa.array(np.arange(n, dtype=np.int64) + (first_row if at == first_file else 0)))
         )
     try:
         return pa.concat_tables(tables)
@@ -161,9 +183,10 @@ def _parquet_column(t: pa.Table, key: str, name: str | None, source: str) -> pa.
     if pa.types.is_integer(kind) and not pa.types.is_uint64(kind):
         return col.cast(pa.int64())
     if pa.types.is_timestamp(kind) and kind.tz is not None:  # Spark's TimestampType: unix_seconds
-        micros = col.cast(pa.timestamp("us", tz=kind.tz)).cast(pa.int64())
-        seconds = np.floor_divide(micros.to_numpy(zero_copy_only=False), 1_000_000)
-        return pa.array(seconds, pa.int64(), mask=micros.is_null().to_numpy(zero_copy_only=False))
+        ticks = col.cast(pa.int64())  # in the column's own unit (s, ms, us or ns): floored to seconds
+        per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[kind.unit]
+        seconds = np.floor_divide(ticks.fill_null(0).to_numpy(zero_copy_only=False), per_second)
+        return pa.array(seconds, pa.int64(), mask=ticks.is_null().to_numpy(zero_copy_only=False))
     raise Unreadable(f"{source}: timestamp column {name!r} of type {kind}")
 
 
@@ -183,14 +206,15 @@ def _parquet_plan(names: list[str], cfg: DataConfig, source: str) -> Plan:
     return Plan(tuple(names), "parquet", source, chosen, schema=schema)
 
 
-def _parquet_file(name: str, how: Plan) -> pa.Table:
+def _parquet_file(name: str, how: Plan, groups: tuple[int, int] | None) -> pa.Table:
     try:
         f = pq.ParquetFile(name)
     except (OSError, ValueError) as e:
         raise Unreadable(f"{name}: {e}") from None
     if not f.schema_arrow.equals(how.schema):
         raise Unreadable(f"{name}: its schema differs from {how.files[0]}'s")
-    t = f.read(columns=sorted({c for c in how.positions if c is not None}))
+    columns = sorted({c for c in how.positions if c is not None})
+    t = f.read(columns=columns) if groups is None else f.read_row_groups(range(*groups), columns=columns)
     return pa.table({key: _parquet_column(t, key, c, name) for key, c in zip(COLUMNS, how.positions)})
 
 

@@ -84,7 +84,26 @@ def _id_key(col: pa.Array, nulls: tuple[str, ...]) -> tuple[pa.Array, np.ndarray
         return col.cast(pa.int64()), np.ones(len(col), bool)
     text = pc.utf8_trim(col, characters=" ")
     key = pc.if_else(_absent(text, nulls), pa.scalar(None, pa.string()), text)
-    return key, _np(pc.match_substring_regex(key, _CANONICAL), False)
+    canonical = _np(pc.match_substring_regex(key, _CANONICAL), False)
+    return key, canonical & _in_int64(key, canonical)
+
+
+def _in_int64(text: pa.Array, integer: np.ndarray) -> np.ndarray:
+    """Whether each text (an integer's digits where `integer`) is in the int64 range: 19 digits may
+    be beyond it, and equally long digit strings compare as their numbers do."""
+    ok = integer.copy()
+    if not integer.any():
+        return ok
+    where = np.flatnonzero(integer)
+    texts = text.take(pa.array(where))
+    negative = _np(pc.starts_with(texts, "-"), False)
+    digits = pc.utf8_ltrim(texts, characters="+-")
+    long = _np(pc.equal(pc.utf8_length(digits), 19), False)
+    if long.any():
+        limit = np.where(negative, str(2**63), str(2**63 - 1))
+        within = _np(pc.less_equal(digits, pa.array(limit)), False)
+        ok[where[long & ~within]] = False
+    return ok
 
 
 def _digits(text: pa.Array) -> np.ndarray:
@@ -135,7 +154,8 @@ def _timestamp(col: pa.Array, nulls: tuple[str, ...]) -> tuple[np.ndarray, np.nd
     missing = _np(_absent(text, nulls), True)
     value = np.zeros(len(col), np.int64)
     parsed = np.zeros(len(col), bool)
-    integer = _np(pc.match_substring_regex(text, r"^[+-]?[0-9]{1,18}$"), False) & ~missing
+    integer = _np(pc.match_substring_regex(text, r"^[+-]?[0-9]{1,19}$"), False) & ~missing
+    integer = _in_int64(text, integer)
     if integer.any():
         value[integer] = _np(pc.cast(pc.utf8_ltrim(text.filter(pa.array(integer)), characters="+"), pa.int64()))
         parsed |= integer
