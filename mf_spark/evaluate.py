@@ -87,8 +87,8 @@ class RankingEvaluator:
     array<int>) rows, or with on_driver the training pairs themselves (user_idx, item_idx).
     Performance note: the evaluated users' lists are joined once (broadcast) and cached; each call
     is one broadcast, one narrow job and a collect of k indices per user. With on_driver (a sample
-    of users) their pairs are collected once, through a broadcast join, and every call scores on
-    the driver with no Spark job.
+    of users) their pairs are collected once, by a filter on the user index (one job), and every
+    call scores on the driver with no Spark job.
     """
 
     def __init__(self, seen: DataFrame | Triples, relevant: Relevant, n_items: int, k: int, on_driver: bool = False):
@@ -97,14 +97,12 @@ class RankingEvaluator:
             self._seen_on_driver(seen.u, seen.i)
             return
         seen = as_df(seen)
-        spark = seen.sparkSession
-        wanted = spark.createDataFrame(pa.table({USER_IDX: pa.array(relevant.users, pa.int32())}))
-        self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner")
-        if not on_driver:
-            self.users = self.users.cache()
-        else:  # a sample: its training pairs are collected once, every call scores on the driver
-            t = self.users.select(USER_IDX, ITEM_IDX).toArrow()
+        if on_driver:  # a sample: its training pairs are collected once (one job), every call scores on the driver
+            t = seen.where(F.col(USER_IDX).isin(relevant.users.tolist())).select(USER_IDX, ITEM_IDX).toArrow()
             self._seen_on_driver(t.column(USER_IDX).to_numpy(), t.column(ITEM_IDX).to_numpy())
+            return
+        wanted = seen.sparkSession.createDataFrame(pa.table({USER_IDX: pa.array(relevant.users, pa.int32())}))
+        self.users = seen.join(F.broadcast(wanted), USER_IDX, "inner").cache()
 
     def _seen_on_driver(self, u: np.ndarray, i: np.ndarray) -> None:
         """The evaluated users' training items as CSR, from training pairs (others are skipped)."""

@@ -396,12 +396,26 @@ def rounds(args, train: str, test: str, work: str, env: dict) -> dict[str, list[
     return runs
 
 
+def _from_json(path: str, doc: str | None, label: str | None) -> int:
+    """--doc's section (titled `label`, else the run's) from a saved report (a run made elsewhere,
+    e.g. from another checkout)."""
+    with open(path) as fh:
+        report = json.load(fh)
+    args = argparse.Namespace(**report["settings"])
+    args.label = label or args.label
+    print_report(report["summary"], report["ours"], report["mllib"])
+    if doc:
+        update_doc(doc, args.label, markdown(report["summary"], report["ours"], args))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--train")
     src.add_argument("--input")
     src.add_argument("--synthetic", type=int)
+    src.add_argument("--from-json", help="no run: write --doc's section from a report --json wrote")
     p.add_argument("--test")
     p.add_argument("--kind", choices=("explicit", "implicit"), default="explicit")
     p.add_argument("--rank", type=int, default=10)
@@ -421,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc", help="markdown file whose section --label this run replaces (docs/performance.md)")
     p.add_argument("--label", help="the section's title (default: the input and kind)")
     args = p.parse_args(argv)
+    if args.from_json:
+        return _from_json(args.from_json, args.doc, args.label)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     source = os.path.basename(args.train or args.input or "") or f"synthetic {args.synthetic:,} ratings"
     args.label = args.label or f"{source}, {args.kind}"

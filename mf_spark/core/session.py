@@ -88,3 +88,29 @@ def single_threaded_blas() -> Iterator[None]:
     """
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+def is_connect(spark) -> bool:
+    """Whether `spark` is a Spark Connect session (no SparkContext, RDDs or JVM in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def is_local(spark) -> bool:
+    """Whether this process is the driver of a local master (a Connect client never is: its
+    driver is the server's)."""
+    return not is_connect(spark) and spark.sparkContext.master.startswith("local")
+
+
+def parallelism(spark) -> int:
+    """Tasks that run at once by default: the SparkContext's default parallelism, or under Spark
+    Connect the server's spark.default.parallelism (else its shuffle partitions)."""
+    if not is_connect(spark):
+        return max(1, spark.sparkContext.defaultParallelism)
+    for key in ("spark.default.parallelism", SHUFFLE_PARTITIONS_KEY):
+        try:
+            value = spark.conf.get(key, None)
+        except Exception:  # noqa: BLE001 - a key the server does not know
+            value = None
+        if value:
+            return max(1, int(value))
+    return 2

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_type
 
 from mf_spark.core.config import RunConfig, SplitConfig
 from mf_spark.core.errors import InputError
@@ -69,6 +69,19 @@ class Input:
     def n_bytes(self) -> int:
         return sum(local_read.os.path.getsize(name) for _, name in self.files)
 
+    @property
+    def given(self) -> bool:
+        """Whether the input is a given train and test pair (no split to make)."""
+        return len(self.plans) > 1
+
+    def checked(self, spark: SparkSession, cfg: RunConfig, schema: pa.Schema) -> DataFrame:
+        """The per-file step as tasks: one per piece of about PIECE_ROWS rows."""
+        pieces = self.pieces(PIECE_ROWS)
+        n = len(pieces)
+        return spark.range(0, n, 1, n).mapInArrow(
+            lambda it: _check_files(it, self, pieces, cfg, schema), from_arrow_schema(schema)
+        )
+
     def raw_types(self) -> dict[str, pa.DataType]:
         types = self.plans[0].raw_types()
         return {c: pa.string() if c in self.differ else t for c, t in types.items()}
@@ -91,6 +104,26 @@ class Input:
         if len(self.plans) > 1:
             t = t.append_column(PART, pa.array(np.full(t.num_rows, part, np.int32)))
         return t
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A DataFrame of raw rows (prepare.raw_frame's layout, `name` its _source) as the input: its
+    partitions' batches are the pieces, and nothing is held out."""
+
+    raw: DataFrame
+    name: str
+    given = True
+
+    @property
+    def sources(self) -> dict[int, str]:
+        return {0: self.name}
+
+    def raw_types(self) -> dict[str, pa.DataType]:
+        return {c: to_arrow_type(self.raw.schema[c].dataType) for c in COLUMNS}
+
+    def checked(self, spark: SparkSession, cfg: RunConfig, schema: pa.Schema) -> DataFrame:
+        return self.raw.mapInArrow(lambda it: _check_frame(it, cfg, schema), from_arrow_schema(schema))
 
 
 @dataclass
@@ -262,6 +295,26 @@ def _summary(schema: pa.Schema, kind: int, summary: dict) -> pa.RecordBatch:
     return _batch(schema, kind, 1, {META: [json.dumps(summary)]})
 
 
+def _checked_rows(checked: local_validate.Checked, schema: pa.Schema, summary: dict):
+    """One piece's checked rows in the tasks' schema: valid, rejected (their fields as JSON), summary."""
+    v, r = checked.valid, checked.rejected
+    if v.num_rows:
+        yield _batch(schema, _K_VALID, v.num_rows, {c: v.column(c) for c in v.column_names})
+    if r.num_rows:
+        texts = [json.dumps(x) for x in r.select(list(_REJECTED_FIELDS)).to_pylist()]
+        yield _batch(schema, _K_REJECTED, r.num_rows, {PART: r[PART], FILE: r[FILE], ROW: r[ROW], META: texts})
+    first = [
+        r.filter(pc.equal(r.column(PART), p)).slice(0, spark_rules.SHOWN).to_pylist() for p in sorted(checked.counts)
+    ]
+    summary |= {
+        "counts": {str(p): c for p, c in checked.counts.items()},
+        "canonical": checked.canonical,
+        "timestamped": int(pc.sum(pc.is_valid(v.column(TIMESTAMP))).as_py() or 0),
+        "first_rejected": [row for rows in first for row in rows],
+    }
+    yield _summary(schema, _K_FILE, summary)
+
+
 def _check_files(batches, source: Input, pieces: list, cfg: RunConfig, schema: pa.Schema):
     """The per-file step in a task: each piece given (by position in `pieces`) read and checked alone."""
     for b in batches:
@@ -270,27 +323,22 @@ def _check_files(batches, source: Input, pieces: list, cfg: RunConfig, schema: p
             try:
                 checked = local_validate.check(source.read_file(at, groups, first), cfg.data, cfg.model.kind)
             except Unreadable as e:
-                yield _summary(schema, _K_FILE, {"file": at, "unreadable": str(e)})
+                yield _summary(schema, _K_FILE, {"file": at, "first": first, "unreadable": str(e)})
                 continue
-            v, r = checked.valid, checked.rejected
-            if v.num_rows:
-                yield _batch(schema, _K_VALID, v.num_rows, {c: v.column(c) for c in v.column_names})
-            if r.num_rows:
-                texts = [json.dumps(x) for x in r.select(list(_REJECTED_FIELDS)).to_pylist()]
-                yield _batch(schema, _K_REJECTED, r.num_rows, {PART: r[PART], FILE: r[FILE], ROW: r[ROW], META: texts})
-            first = [
-                r.filter(pc.equal(r.column(PART), p)).slice(0, spark_rules.SHOWN).to_pylist()
-                for p in sorted(checked.counts)
-            ]
-            summary = {
-                "file": at,
-                "first": first,
-                "counts": {str(p): c for p, c in checked.counts.items()},
-                "canonical": checked.canonical,
-                "timestamped": int(pc.sum(pc.is_valid(v.column(TIMESTAMP))).as_py() or 0),
-                "first_rejected": [row for rows in first for row in rows],
-            }
-            yield _summary(schema, _K_FILE, summary)
+            yield from _checked_rows(checked, schema, {"file": at, "first": first})
+
+
+def _check_frame(batches, cfg: RunConfig, schema: pa.Schema):
+    """The same step over a DataFrame's rows (prepare.raw_frame's layout): each batch checked alone."""
+    for b in batches:
+        raw = pa.Table.from_batches([b])
+        first = int(pc.min(raw.column(ROW)).as_py() or 0) if raw.num_rows else 0
+        try:
+            checked = local_validate.check(raw, cfg.data, cfg.model.kind)
+        except Unreadable as e:
+            yield _summary(schema, _K_FILE, {"file": 0, "first": first, "unreadable": str(e)})
+            continue
+        yield from _checked_rows(checked, schema, {"file": 0, "first": first})
 
 
 _VALID_COLUMNS = (USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)
@@ -371,7 +419,7 @@ class Tasks:
     task per group of users (n_groups of them); what the driver needs comes back from that job, and
     the training rows stay in the tasks' cache."""
 
-    def __init__(self, spark: SparkSession, source: Input, cfg: RunConfig, n_groups: int):
+    def __init__(self, spark: SparkSession, source: Input | Frame, cfg: RunConfig, n_groups: int):
         self.spark, self.source, self.cfg, self.n_groups = spark, source, cfg, max(1, n_groups)
         self._cached: list[DataFrame] = []
 
@@ -389,14 +437,10 @@ class Tasks:
         reads as Spark would; InputError as local.validate.judge."""
         src, cfg = self.source, self.cfg
         self.validation = validation
-        split = None if len(src.plans) > 1 else cfg.split
+        split = None if src.given else cfg.split
         policy = cfg.data.duplicates_policy(cfg.model.kind)
         schema = _schema(src.raw_types())
-        pieces = src.pieces(PIECE_ROWS)
-        n = len(pieces)
-        checked = self.spark.range(0, n, 1, n).mapInArrow(
-            lambda it: _check_files(it, src, pieces, cfg, schema), from_arrow_schema(schema)
-        )
+        checked = src.checked(self.spark, cfg, schema)
         self.rows = self._cache(
             checked.repartition(self.n_groups, USER).mapInArrow(
                 lambda it: _split_users(it, schema, policy, split, validation), from_arrow_schema(schema)
@@ -409,7 +453,7 @@ class Tasks:
         odd = [s for s in files if "unreadable" in s]
         if odd:
             self.release()
-            raise Unreadable(min(odd, key=lambda s: s["file"])["unreadable"])
+            raise Unreadable(min(odd, key=lambda s: (s["file"], s["first"]))["unreadable"])
         counts = _read_counts(local_validate.judge(_summed(files), _first_rejected(files), cfg.data))
         _check_timestamps(split, sum(s["timestamped"] for s in files))
         self.canonical = tuple(all(s["canonical"][k] for s in files) for k in (0, 1))
@@ -469,6 +513,15 @@ class Tasks:
             )
         self.small = self.of = None
         return result
+
+    def typed(self, rows: DataFrame) -> DataFrame:
+        """`rows`' user and item columns as the maps have them (long where every ID is a canonical
+        long, as the tasks keep them as read)."""
+        cast = [
+            F.col(c).cast("long").alias(c) if c in (USER, ITEM) and self.canonical[(USER, ITEM).index(c)] else F.col(c)
+            for c in rows.columns
+        ]
+        return rows.select(*cast)
 
     def indexed(self, train: DataFrame, users: IdMap, items: IdMap) -> DataFrame:
         """The training rows with the maps' indices (the maps travel in the task closure), cached on

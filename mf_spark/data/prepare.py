@@ -31,6 +31,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from mf_spark.core import session
 from mf_spark.core.config import DataConfig, RunConfig, SplitConfig
 from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
 from mf_spark.data import front, index, read, split, validate
@@ -243,7 +244,7 @@ class TaskFront:
 def _parallelism(spark: SparkSession) -> int:
     """Tasks the per-user step runs as: the session's default parallelism (the resident stage's task
     count, so that it reads the training rows where they are)."""
-    return max(1, spark.sparkContext.defaultParallelism)
+    return session.parallelism(spark)
 
 
 class _Chosen:
@@ -302,7 +303,7 @@ def front_end(
     source = _Source(input, train, test, fmt)
     want = cfg.data.front_end
     arrow = SqlFront if sql else DriverFront if want == "driver" else TaskFront
-    if want == "auto" and not sql and spark.sparkContext.master.startswith("local"):
+    if want == "auto" and not sql and session.is_local(spark):
         try:
             size = sum(local_read.input_bytes(p) for p in source.paths)
             if size <= cfg.data.front_end_max_mb * 2**20:
@@ -374,7 +375,7 @@ def _driver_table(raw: DataFrame, cfg: DataConfig) -> pa.Table | None:
         return None
     if cfg.front_end == "driver":
         return raw.toArrow()
-    if not raw.sparkSession.sparkContext.master.startswith("local"):
+    if not session.is_local(raw.sparkSession):
         return None
     budget = int(cfg.front_end_max_mb * 2**20)
     size = _size_estimate(raw)
@@ -403,6 +404,10 @@ def frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool = False) -> tup
         else:
             pairs = spark.createDataFrame(clean.ratings.select([USER, ITEM])) if keep_pairs else None
             return driver_ready(spark, clean.ratings, None), pairs
+    try:
+        return _tasks_frame_ready(raw, run, keep_pairs)
+    except local_read.Unreadable as e:
+        log.info("validating the DataFrame with Spark SQL: Arrow cannot read it as Spark would (%s)", e)
     cleaned = validate.clean(raw, run.data, run.model.kind)
     pairs = None
     try:
@@ -413,3 +418,18 @@ def frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool = False) -> tup
     finally:
         cleaned.release()
     return ready, pairs
+
+
+def _tasks_frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool) -> tuple[Ready, DataFrame | None]:
+    """frame_ready by the front end's functions in executor tasks (front.Frame): one job, and with
+    `keep_pairs` one more that caches the pairs."""
+    spark = raw.sparkSession
+    steps = front.Tasks(spark, front.Frame(raw, FRAME_SOURCE), run, _parallelism(spark))
+    steps.load()
+    got = steps.split()
+    pairs = None
+    if keep_pairs:  # cached apart: they outlive the tasks' cache (Ready.release)
+        pairs = steps.typed(got.train.select(USER, ITEM)).cache()
+        pairs.count()
+    train = steps.indexed(got.train, got.users, got.items)
+    return Ready(got.users, got.items, train, NO_HELDOUT, got.stats, TaskFront.name, [steps.release]), pairs
