@@ -26,6 +26,7 @@ FLOW = [
     "als.blocks",
     "als.halfstep",
     "als.engines.join",
+    "als.engines.frames",
     "als.engines.stream",
     "als.checkpoint",
     "als.days",

@@ -23,6 +23,7 @@ from pyspark import RDD, StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
 
 
@@ -172,7 +173,7 @@ def pieces_frame(ratings: DataFrame, num_blocks: dict[str, int]) -> DataFrame:
     # One Python task per core, whatever the input's partitioning: a per-user split leaves
     # spark.sql.shuffle.partitions (200) partitions, and each costs a Python worker round trip.
     # (A round-robin repartition to balance fewer, uneven partitions cost more than it gained.)
-    ratings = ratings.coalesce(max(1, ratings.sparkSession.sparkContext.defaultParallelism))
+    ratings = ratings.coalesce(session.parallelism(ratings.sparkSession))
     return rating_columns(ratings).mapInArrow(_partials(num_blocks), PARTIAL_SCHEMA)
 
 

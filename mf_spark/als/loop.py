@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame
 from mf_spark.als.blocks import build_all
 from mf_spark.als.checkpoint import CheckpointStore
 from mf_spark.als.engines import stream
+from mf_spark.als.engines.frames import Frames
 from mf_spark.als.engines.join import Routed
 from mf_spark.als.halfstep import BroadcastJobs, Engine, HalfStepResult, solve_spec
 from mf_spark.core import session
@@ -181,7 +182,7 @@ def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndar
 
 
 def _num_blocks(requested: int, train: DataFrame | Triples) -> int:
-    return requested if requested > 0 else max(1, session_of(train).sparkContext.defaultParallelism)
+    return requested if requested > 0 else session.parallelism(session_of(train))
 
 
 def _slots(sc) -> int:
@@ -328,7 +329,10 @@ def _engine(
     n_items: int,
 ) -> Engine:
     """The engine for this fit (model.strategy, model.exchange), started."""
-    sc = session_of(train).sparkContext
+    spark = session_of(train)
+    if cfg.exchange == "frames" or session.is_connect(spark):  # the DataFrame API only
+        return Frames(as_df(train), spec, num_blocks)
+    sc = spark.sparkContext
     if strategy(cfg, n_users, n_items) == "join":
         return Routed(sc, build_all(as_df(train), num_blocks), spec, reseed_every=cfg.checkpoint_interval or 5)
     if _exchange(cfg, sc) == "stream":

@@ -275,11 +275,12 @@ class ModelConfig:
     broadcast_budget_mb: int = setting(
         2048, "factor size (MB) up to which `auto` broadcasts; above it, training and top-N go by blocks", at_least(0)
     )
-    exchange: Literal["auto", "stream", "jobs"] = setting(
+    exchange: Literal["auto", "stream", "jobs", "frames"] = setting(
         "auto",
         "broadcast strategy only. `stream`: one barrier stage keeps the blocks in its tasks for the whole fit and the "
-        "driver streams factors to them over TCP; `jobs`: one Spark job and broadcast per half-step; `auto`: stream "
-        "unless dynamic allocation is on",
+        "driver streams factors to them over TCP; `jobs`: one Spark job and broadcast per half-step; `frames`: the "
+        "blocks a cached DataFrame, one mapInArrow job per half-step (the DataFrame API only); `auto`: stream unless "
+        "dynamic allocation is on, frames on a Spark Connect session",
     )
     exchange_timeout_seconds: float = setting(
         600.0,

@@ -377,16 +377,21 @@ def _split_users(batches, schema: pa.Schema, policy: str, split, validation):
 
 
 def _to_indices(batches, users: IdMap, items: IdMap):
-    for b in batches:
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array(users.index_of(b.column(USER)), pa.int32()),
-                pa.array(items.index_of(b.column(ITEM)), pa.int32()),
-                b.column(RATING),
-                b.column(TIMESTAMP),
-            ],
-            names=[USER_IDX, ITEM_IDX, RATING, TIMESTAMP],
-        )
+    """A partition's training rows with their indices, looked up once for the whole partition (a
+    lookup per Arrow batch would hash string maps again for every batch)."""
+    parts = [b for b in batches if b.num_rows]
+    if not parts:
+        return
+    t = pa.Table.from_batches(parts)
+    indexed = pa.table(
+        {
+            USER_IDX: pa.array(users.index_of(t.column(USER)), pa.int32()),
+            ITEM_IDX: pa.array(items.index_of(t.column(ITEM)), pa.int32()),
+            RATING: t.column(RATING),
+            TIMESTAMP: t.column(TIMESTAMP),
+        }
+    )
+    yield from indexed.to_batches(max_chunksize=1 << 16)
 
 
 # Rows a task reads and checks at a time: a Parquet file of several row groups is cut so that the

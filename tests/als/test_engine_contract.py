@@ -134,6 +134,11 @@ class TestJobs(EngineContract):
     test_gives_the_factors_of_every_other_engine = None  # it is the reference the others are held to
 
 
+class TestFrames(EngineContract):
+    settings = {"exchange": "frames"}
+    exchange = "frames"
+
+
 @pytest.mark.slow  # join fits run SQL joins every half-step: the slowest engine, with the slow tests
 class TestJoin(EngineContract):
     settings = {"strategy": "join"}
