@@ -51,7 +51,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mf_spark.als.checkpoint import CheckpointStore, factor_table
-from mf_spark.core import config, fs
+from mf_spark.core import config, fs, session
 from mf_spark.core.config import DataConfig, ModelConfig, RunConfig
 from mf_spark.core.errors import ConfigError, InputError, ModelError
 from mf_spark.core.types import ITEM, USER
@@ -351,11 +351,18 @@ def _require_columns(df: DataFrame, where: str, cols: dict[str, str]) -> None:
             raise InputError(f"{where}: column {col!r} ({param}) is missing; columns are {df.columns}")
 
 
+CHECKPOINT_DIR_KEY = "spark.checkpoint.dir"
+
+
 def _checkpoint_store(spark: SparkSession, cfg: ModelConfig) -> CheckpointStore | None:
     """MLlib's rule: checkpoints only under SparkContext's checkpoint directory, when one is set (a
     fresh folder per fit, removed after it); None otherwise. Our factors live in the driver, so there
-    is no lineage to cut: the checkpoints only cost their writes."""
-    folder = spark.sparkContext.getCheckpointDir()
+    is no lineage to cut: the checkpoints only cost their writes. A Spark Connect client has no
+    SparkContext: there the folder is the session's spark.checkpoint.dir, when it is set."""
+    if session.is_connect(spark):
+        folder = spark.conf.get(CHECKPOINT_DIR_KEY, None)
+    else:
+        folder = spark.sparkContext.getCheckpointDir()
     if not folder or not cfg.checkpoint_interval:
         return None
     return CheckpointStore(spark, posixpath.join(folder, f"mf_spark-als-{uuid.uuid4().hex}"))

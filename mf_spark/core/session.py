@@ -114,3 +114,19 @@ def parallelism(spark) -> int:
         if value:
             return max(1, int(value))
     return 2
+
+
+class Shipped:
+    """A value the tasks read as `.value`, as they read a broadcast: on a Spark Connect session,
+    which has no broadcasts, it travels in the task closure."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def unpersist(self, blocking: bool = False) -> None:
+        pass
+
+
+def broadcast(spark, value):
+    """`value` broadcast (a classic session) or Shipped (Spark Connect): either way tasks read `.value`."""
+    return Shipped(value) if is_connect(spark) else spark.sparkContext.broadcast(value)

@@ -376,28 +376,9 @@ def _split_users(batches, schema: pa.Schema, policy: str, split, validation):
     yield _summary(schema, _K_GROUP, summary)
 
 
-def _to_indices(batches, users: IdMap, items: IdMap):
-    """A partition's training rows with their indices, looked up once for the whole partition (a
-    lookup per Arrow batch would hash string maps again for every batch)."""
-    parts = [b for b in batches if b.num_rows]
-    if not parts:
-        return
-    t = pa.Table.from_batches(parts)
-    indexed = pa.table(
-        {
-            USER_IDX: pa.array(users.index_of(t.column(USER)), pa.int32()),
-            ITEM_IDX: pa.array(items.index_of(t.column(ITEM)), pa.int32()),
-            RATING: t.column(RATING),
-            TIMESTAMP: t.column(TIMESTAMP),
-        }
-    )
-    yield from indexed.to_batches(max_chunksize=1 << 16)
-
-
 # Rows a task reads and checks at a time: a Parquet file of several row groups is cut so that the
 # executors share a large file (text files are read whole).
 PIECE_ROWS = 1 << 20
-INDEXED = f"{USER_IDX} int, {ITEM_IDX} int, {RATING} double, {TIMESTAMP} long"
 _REJECTED_JSON = ", ".join(f"`{c}` string" for c in _REJECTED_FIELDS)
 
 
@@ -451,7 +432,9 @@ class Tasks:
                 lambda it: _split_users(it, schema, policy, split, validation), from_arrow_schema(schema)
             )
         )
-        small = self.rows.where(F.col(KIND).isin(list(_ON_DRIVER))).toArrow()
+        # Only the columns these rows use: a column of nulls still ships its full-width data buffer.
+        small = self.rows.where(F.col(KIND).isin(list(_ON_DRIVER))).select(KIND, USER, ITEM, RATING, TIMESTAMP, META)
+        small = small.toArrow()
         self.small, kinds = small, small.column(KIND).to_numpy()
         self.of = lambda k: small.filter(pa.array(kinds == k))
         files = [json.loads(t) for t in self.of(_K_FILE).column(META).to_pylist()]
@@ -529,6 +512,7 @@ class Tasks:
         return rows.select(*cast)
 
     def indexed(self, train: DataFrame, users: IdMap, items: IdMap) -> DataFrame:
-        """The training rows with the maps' indices (the maps travel in the task closure), cached on
-        first use."""
-        return self._cache(train.mapInArrow(lambda it: _to_indices(it, users, items), INDEXED))
+        """The training rows with the maps' indices, cached on first use: two broadcast hash joins in
+        the JVM (IdMap.encode), which spare the rows a round trip through Python."""
+        encoded = items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
+        return self._cache(encoded.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP))

@@ -31,7 +31,7 @@ from pyspark.sql import types as T
 from mf_spark.als.blocks import build_blocks
 from mf_spark.als.checkpoint import factor_table, read_factor_table
 from mf_spark.als.halfstep import half_step, solve_spec
-from mf_spark.core import fs
+from mf_spark.core import fs, session
 from mf_spark.core.config import saved_model_config
 from mf_spark.core.errors import InputError, ModelError
 from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, USER_IDX, DayBiases, Factors
@@ -166,7 +166,7 @@ class FactorModel:
     def _broadcast(self, spark: SparkSession):
         """The Scorer, broadcast once per model and reused by every predict/recommend call."""
         if self._bc is None:
-            self._bc = spark.sparkContext.broadcast(self.scorer)
+            self._bc = session.broadcast(spark, self.scorer)
         return self._bc
 
     def predict(

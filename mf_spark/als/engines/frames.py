@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from mf_spark.als.blocks import SIDE_CODES, CsrBlock, pieces_frame
 from mf_spark.als.halfstep import Engine, assemble, fixed_side
+from mf_spark.core import session
 from mf_spark.kernels.solve import SolveSpec, solve_block
 
 BLOCKS = "side int, block int, row_ids binary, indptr binary, cols binary, values binary"
@@ -92,7 +93,10 @@ class Frames(Engine):
 
     def __init__(self, ratings: DataFrame, spec: SolveSpec, num_blocks: dict[str, int]):
         self.spec = spec
-        self.blocks = pieces_frame(ratings, num_blocks).groupBy("side", "block").applyInArrow(_merged, BLOCKS).cache()
+        merged = pieces_frame(ratings, num_blocks).groupBy("side", "block").applyInArrow(_merged, BLOCKS)
+        # As many partitions as tasks run at once, not spark.sql.shuffle.partitions: each partition is a
+        # Python task in every half-step.
+        self.blocks = merged.coalesce(session.parallelism(ratings.sparkSession)).cache()
 
     def _side(self, side: str) -> DataFrame:
         return self.blocks.where(F.col("side") == SIDE_CODES[side])
