@@ -166,22 +166,24 @@ class BroadcastJobs(Engine):
             rdd.unpersist()
 
 
-def _solver(bc, spec: SolveSpec):
-    def solve(blk: CsrBlock):
-        f = bc.value
-        sol = solve_block(
-            blk.indptr,
-            blk.cols,
-            blk.values,
-            f.factors,
-            spec,
-            fixed_bias=f.bias,
-            gram=f.gram,
-            x0=None if f.x0 is None else f.x0[blk.row_ids],
-        )
-        return blk.row_ids, sol.factors, sol.bias, (sol.data_loss, sol.reg_loss, sol.sq_err)
+def solve_rows(blk: CsrBlock, f: Fixed, spec: SolveSpec) -> tuple:
+    """One block's rows solved against the fixed side: (row ids, factors, biases or None, (data loss,
+    reg loss, squared error)), the part `assemble` takes."""
+    sol = solve_block(
+        blk.indptr,
+        blk.cols,
+        blk.values,
+        f.factors,
+        spec,
+        fixed_bias=f.bias,
+        gram=f.gram,
+        x0=None if f.x0 is None else f.x0[blk.row_ids],
+    )
+    return blk.row_ids, sol.factors, sol.bias, (sol.data_loss, sol.reg_loss, sol.sq_err)
 
-    return solve
+
+def _solver(bc, spec: SolveSpec):
+    return lambda blk: solve_rows(blk, bc.value, spec)
 
 
 def half_step(

@@ -20,9 +20,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.als.blocks import SIDE_CODES, CsrBlock, pieces_frame
-from mf_spark.als.halfstep import Engine, assemble, fixed_side
+from mf_spark.als.halfstep import Engine, assemble, fixed_side, solve_rows
 from mf_spark.core import session
-from mf_spark.kernels.solve import SolveSpec, solve_block
+from mf_spark.kernels.solve import SolveSpec
 
 BLOCKS = "side int, block int, row_ids binary, indptr binary, cols binary, values binary"
 SOLVED = "row_ids binary, factors binary, bias binary, losses binary"
@@ -62,21 +62,11 @@ def _solve(batches, f, spec: SolveSpec):
     for batch in batches:
         out = {"row_ids": [], "factors": [], "bias": [], "losses": []}
         for row in batch.to_pylist():
-            blk = _block(row)
-            sol = solve_block(
-                blk.indptr,
-                blk.cols,
-                blk.values,
-                f.factors,
-                spec,
-                fixed_bias=f.bias,
-                gram=f.gram,
-                x0=None if f.x0 is None else f.x0[blk.row_ids],
-            )
-            out["row_ids"].append(blk.row_ids.tobytes())
-            out["factors"].append(np.ascontiguousarray(sol.factors, np.float32).tobytes())
-            out["bias"].append(None if sol.bias is None else np.asarray(sol.bias, np.float32).tobytes())
-            out["losses"].append(np.array([sol.data_loss, sol.reg_loss, sol.sq_err], np.float64).tobytes())
+            ids, factors, bias, losses = solve_rows(_block(row), f, spec)
+            out["row_ids"].append(ids.tobytes())
+            out["factors"].append(np.ascontiguousarray(factors, np.float32).tobytes())
+            out["bias"].append(None if bias is None else np.asarray(bias, np.float32).tobytes())
+            out["losses"].append(np.array(losses, np.float64).tobytes())
         yield pa.RecordBatch.from_pydict(out, schema=_SOLVED)
 
 
