@@ -8,9 +8,9 @@ process or inside executor tasks, the same functions either way.
     per rows     the training rows' IDs to indices
 
 A file's rows are judged alone and a user's rows are merged and split together and apart from other
-users', so how the files and the users are grouped cannot change a result: `in_process` runs each
-step once over everything, `Tasks` runs the per-file step as one task per file and the per-user step
-as one task per user partition (mapInArrow, the DataFrame API only), and both give the same counts,
+users', so how the files and the users are grouped cannot change a result: `InProcess` runs each
+step once over everything, `Tasks` runs the per-file step as one task per piece of a file and the
+per-user step as one task per user partition (mapInArrow, the DataFrame API only), and both give the same counts,
 rejected rows, errors, split, ID maps and training ratings. On a cluster the ratings then never pass
 through the driver: it holds counts, the ID maps and the held-out rows.
 """
@@ -18,7 +18,7 @@ through the driver: it holds counts, the ID maps and the held-out rows.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +39,7 @@ from mf_spark.data.local.read import COLUMNS, Plan, Unreadable
 from mf_spark.data.ready import TrainStats
 
 KIND = "_kind"  # what a row of a task's output is (the _K* codes below)
-META = "_meta"  # a task's JSON summary, on its one _K_META row
+META = "_meta"  # a summary's JSON (_K_FILE, _K_GROUP rows) or a rejected row's fields (_K_REJECTED)
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,6 @@ class Input:
     @property
     def sources(self) -> dict[int, str]:
         return {at: local_read.uri(name) for at, (_, name) in enumerate(self.files)}
-
-    @property
-    def n_bytes(self) -> int:
-        return sum(local_read.os.path.getsize(name) for _, name in self.files)
 
     @property
     def given(self) -> bool:
@@ -172,7 +168,6 @@ class Split:
     stats: TrainStats
     train: pa.Table | DataFrame  # user, item, rating, timestamp: in this process, or in the tasks' cache
     inner: Split | None = None  # tuning: the training rows split again (its `test` the validation part)
-    extra: dict = field(default_factory=dict)
 
 
 def _stats(r: np.ndarray) -> dict:
@@ -216,7 +211,7 @@ class InProcess:
 
     def split(self, validation: SplitConfig | None = None) -> Split:
         checked, self.checked = self.checked, None
-        split = None if len(self.source.plans) > 1 else self.cfg.split
+        split = None if self.source.given else self.cfg.split
         _check_timestamps(split, int(pc.sum(pc.is_valid(checked.valid.column(TIMESTAMP))).as_py() or 0))
         policy = self.cfg.data.duplicates_policy(self.cfg.model.kind)
         g = split_group(checked.valid, policy, checked.canonical, split, validation)
@@ -253,6 +248,7 @@ _K_VALID, _K_REJECTED, _K_FILE = 0, 1, 2
 _K_TRAIN, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP = 3, 4, 5, 6, 7, 8, 9, 10
 _ON_DRIVER = (_K_FILE, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP)
 _REJECTED_FIELDS = (SOURCE, USER, ITEM, RATING, TIMESTAMP, REASON)  # a rejected row's JSON (its META)
+_REJECTED_JSON = ", ".join(f"`{c}` string" for c in _REJECTED_FIELDS)
 
 
 def _key_type(raw: pa.DataType) -> pa.DataType:
@@ -379,7 +375,6 @@ def _split_users(batches, schema: pa.Schema, policy: str, split, validation):
 # Rows a task reads and checks at a time: a Parquet file of several row groups is cut so that the
 # executors share a large file (text files are read whole).
 PIECE_ROWS = 1 << 20
-_REJECTED_JSON = ", ".join(f"`{c}` string" for c in _REJECTED_FIELDS)
 
 
 def _summed(summaries: list[dict]) -> dict[int, dict[str, int]]:
@@ -435,7 +430,7 @@ class Tasks:
         # Only the columns these rows use: a column of nulls still ships its full-width data buffer.
         small = self.rows.where(F.col(KIND).isin(list(_ON_DRIVER))).select(KIND, USER, ITEM, RATING, TIMESTAMP, META)
         small = small.toArrow()
-        self.small, kinds = small, small.column(KIND).to_numpy()
+        kinds = small.column(KIND).to_numpy()
         self.of = lambda k: small.filter(pa.array(kinds == k))
         files = [json.loads(t) for t in self.of(_K_FILE).column(META).to_pylist()]
         odd = [s for s in files if "unreadable" in s]
@@ -499,7 +494,7 @@ class Tasks:
                 _train_stats([s["fit"] for s in groups]),
                 in_tasks([_K_TRAIN]),
             )
-        self.small = self.of = None
+        self.of = None
         return result
 
     def typed(self, rows: DataFrame) -> DataFrame:

@@ -10,10 +10,11 @@ what Arrow cannot read as Spark would; all give the same `Ready` (tests/data/tes
     driver     the functions in the driver process, no Spark job; the training ratings stay driver
                arrays (ready.Triples) that the resident stage takes directly
     spark      the same functions in executor tasks (one job): the executors read the files and keep
-               the training ratings, indexed, in their cache; the driver holds counts and ID maps
-    spark-sql  mf_spark.data.read / validate / split / index: Spark SQL jobs, for inputs
+               the training ratings, indexed, in their cache; the driver holds counts, ID maps and
+               the held-out rows
+    spark-sql  mf_spark.data.read / validate / split / index: Spark SQL jobs, only for inputs
                local.read.Unreadable names (odd quoting, values only Spark's parser can judge,
-               files not on a local path, ...), logged, and for DataFrames given to mf_spark.ml
+               files not on a local path, ...), logged
 data.front_end = "auto" takes the driver under a local master for local inputs up to
 data.front_end_max_mb (its tasks run on this machine anyway), and the executors otherwise: on a
 cluster they read where the data is, and the driver may have little memory.
@@ -182,11 +183,11 @@ _PENDING = {"n_duplicates_merged": None, "n_clean": None}  # known once the rows
 
 class DriverFront:
     """The Arrow front end in the driver process (front.InProcess); `load` raises local.read.Unreadable
-    when the input is one for Spark's reader."""
+    when the input is one for Spark's reader. It splits when asked (`validation` is TaskFront's)."""
 
     name = "driver"
 
-    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source):
+    def __init__(self, spark: SparkSession, cfg: RunConfig, source: _Source, validation: SplitConfig | None = None):
         self.spark, self.cfg, self.source = spark, cfg, source
 
     def load(self) -> Loaded:
@@ -220,7 +221,8 @@ class TaskFront:
 
     def load(self) -> Loaded:
         source = front.Input.of(self.source.paths, self.source.fmt, self.cfg.data)
-        self.steps = front.Tasks(self.spark, source, self.cfg, _parallelism(self.spark))
+        # As many user groups as the resident stage has tasks, so that it reads the rows where they are.
+        self.steps = front.Tasks(self.spark, source, self.cfg, session.parallelism(self.spark))
         counts, rejected = self.steps.load(self.validation)
         self.counts = {**counts, **_PENDING}
         return Loaded(self.counts, rejected if counts["n_rejected"] else None)
@@ -228,7 +230,7 @@ class TaskFront:
     def _ready(self, part: front.Split, release: list) -> Ready:
         train = self.steps.indexed(part.train, part.users, part.items)
         heldout = heldout_of(part.test, part.users, part.items)
-        return Ready(part.users, part.items, train, heldout, part.stats, self.name, release)
+        return Ready(part.users, part.items, train, heldout, part.stats, self.name, [train.unpersist, *release])
 
     def split_index(self) -> Ready:
         got = self.steps.split()
@@ -239,12 +241,6 @@ class TaskFront:
         got = self.steps.split(validation)
         self.counts.update(got.counts)
         return self._ready(got, [self.steps.release]), self._ready(got.inner, [])
-
-
-def _parallelism(spark: SparkSession) -> int:
-    """Tasks the per-user step runs as: the session's default parallelism (the resident stage's task
-    count, so that it reads the training rows where they are)."""
-    return session.parallelism(spark)
 
 
 class _Chosen:
@@ -266,8 +262,7 @@ class _Chosen:
 
     def load(self) -> Loaded:
         if self.arrow is not SqlFront:
-            chosen = self.arrow(self.spark, self.cfg, self.source)
-            chosen.validation = self.validation
+            chosen = self.arrow(self.spark, self.cfg, self.source, self.validation)
             try:
                 loaded = chosen.load()
                 self.front = chosen
@@ -390,10 +385,10 @@ def _driver_table(raw: DataFrame, cfg: DataConfig) -> pa.Table | None:
 
 def frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool = False) -> tuple[Ready, DataFrame | None]:
     """The training ratings of `raw` (raw_frame's layout) validated, de-duplicated and indexed as the
-    train job does it: by the driver front end when _driver_table collects it (else, or when the driver
-    cannot parse a value as Spark would, by Spark's); and with `keep_pairs` their user, item pairs
-    (original IDs), for excludeSeen. Performance note: driver: one collect; Spark: validate.clean's
-    shuffle and count, then spark_ready's two actions (and one to cache the pairs)."""
+    train job does it: in the driver when _driver_table collects it, else in executor tasks
+    (front.Frame), and by Spark SQL's stages only where Arrow cannot parse a value as Spark would; and
+    with `keep_pairs` their user, item pairs (original IDs), for excludeSeen. Performance note:
+    driver: one collect; tasks: one job (and one to cache the pairs)."""
     spark = raw.sparkSession
     table = _driver_table(raw, run.data)
     if table is not None:
@@ -424,7 +419,7 @@ def _tasks_frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool) -> tupl
     """frame_ready by the front end's functions in executor tasks (front.Frame): one job, and with
     `keep_pairs` one more that caches the pairs."""
     spark = raw.sparkSession
-    steps = front.Tasks(spark, front.Frame(raw, FRAME_SOURCE), run, _parallelism(spark))
+    steps = front.Tasks(spark, front.Frame(raw, FRAME_SOURCE), run, session.parallelism(spark))
     steps.load()
     got = steps.split()
     pairs = None

@@ -4,6 +4,7 @@ local run with the same seed, even with an executor killed in the middle of the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -53,7 +54,7 @@ def _env() -> dict:
     )
 
 
-def _submit(master: str, job_args: list[str], cwd) -> list[str]:
+def _submit(master: str, job_args: list[str]) -> list[str]:
     return [
         str(standalone.spark_bin("spark-submit")),
         "--master",
@@ -94,7 +95,7 @@ def test_odd_files_give_the_same_output_on_the_cluster_as_locally(cluster, packa
     (folder / "b.csv").write_text("user,item,rating,timestamp\n" + "\n".join(["u0,i0,5,2000"] + rows[90:]) + "\n")
     args = ["--input", str(folder), "--set", "data.duplicates=last", "--set", "model.rank=3", *ARGS[:2]]
     run = subprocess.run(
-        _submit(cluster.master, [*args, "--output", str(tmp_path / "cluster")], tmp_path),
+        _submit(cluster.master, [*args, "--output", str(tmp_path / "cluster")]),
         cwd=tmp_path,
         env=_env(),
         capture_output=True,
@@ -105,12 +106,10 @@ def test_odd_files_give_the_same_output_on_the_cluster_as_locally(cluster, packa
     from jobs import train as train_job
 
     assert train_job.main([*args, "--output", str(tmp_path / "local")]) == 0
-    import json
-
     metrics = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("cluster", "local")]
     assert metrics[0]["front_end"] == "spark" and metrics[1]["front_end"] == "driver"
     counts = ("n_read", "n_rejected", "n_duplicates_merged", "n_clean", "n_train", "n_test")
-    assert [m[c] for c in counts for m in metrics[:1]] == [metrics[1][c] for c in counts]
+    assert [metrics[0][c] for c in counts] == [metrics[1][c] for c in counts]
     rejected = [
         sorted(tuple(r) for r in spark.read.parquet(str(tmp_path / r / "rejected")).select("_row", "reason").collect())
         for r in ("cluster", "local")
@@ -125,7 +124,7 @@ def test_spark_submit_on_a_standalone_cluster_equals_a_local_run(cluster, packag
     """Also kills one executor JVM after iteration 2: the run still succeeds with the same factors."""
     started = time.monotonic()
     run = subprocess.Popen(
-        _submit(cluster.master, ["--output", str(tmp_path / "cluster"), *ARGS], tmp_path),
+        _submit(cluster.master, ["--output", str(tmp_path / "cluster"), *ARGS]),
         cwd=tmp_path,
         env=_env(),
         stdout=subprocess.PIPE,
