@@ -50,7 +50,7 @@ def chosen_methods(names: str | None, kind: str) -> list:
 def run(argv: list[str] | None = None) -> str:
     a = parser().parse_args(argv)
     demo = cli.check_inputs(a)
-    cfg = config.load(a.config, a.set)
+    cfg = cli.with_remote(config.load(a.config, a.set), a.remote)
     chosen = chosen_methods(a.methods, cfg.model.kind)
     tracking.check(cfg.tracking)
     spark = session.start("mf_spark-compare", cfg.spark)

@@ -34,7 +34,7 @@ from mf_spark.core.errors import InputError, UsageError
 from mf_spark.core.types import ITEM, RATING, USER
 from mf_spark.data import read, validate
 from mf_spark.model.factors import FactorModel, load_model
-from mf_spark.run import write
+from mf_spark.run import cli, write
 from mf_spark.run.cli import FORMATS, _Parser, guarded
 
 log = logging.getLogger("mf_spark")
@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include", help="file of item IDs: only these may be recommended")
     p.add_argument("--exclude", help="file of item IDs: these are never recommended")
     p.add_argument("--format", default="auto", choices=FORMATS, help="format of --seen and --history")
+    cli.remote_argument(p)
     p.add_argument(
         "--set",
         action="append",
@@ -95,7 +96,7 @@ def recommend(args: argparse.Namespace) -> str:
         raise UsageError("--items goes with --audiences (the items whose best users are wanted)")
     if args.audiences and (args.include or args.exclude):
         raise UsageError("--include / --exclude filter recommended items; they do not apply to --audiences")
-    run = config.load(None, args.set)
+    run = cli.with_remote(config.load(None, args.set), args.remote)
     spark = session.start("mf_spark-recommend", run.spark)
     write.check_output(spark, args.output)
     model = load_model(args.model, spark)

@@ -29,7 +29,7 @@ from mf_spark.core.types import ITEM, USER
 from mf_spark.data import read
 from mf_spark.model.factors import FactorModel, load_model
 from mf_spark.model.similar import similar_items, similar_users
-from mf_spark.run import write
+from mf_spark.run import cli, write
 from mf_spark.run.cli import _Parser, guarded
 
 EVERY = ""  # --users given without a file: every user
@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--item-col", default=ITEM, help="item column of a CSV/Parquet --items file")
     p.add_argument("--user-col", default=USER, help="user column of a CSV/Parquet --users file")
+    cli.remote_argument(p)
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config overrides ([spark] keys)"
     )
@@ -81,7 +82,7 @@ def similar(args: argparse.Namespace) -> str:
     """The whole job; returns the qualified path of the folder written."""
     if args.n < 1:
         raise InputError(f"--n {args.n}: expected an integer >= 1")
-    run = config.load(None, args.set)
+    run = cli.with_remote(config.load(None, args.set), args.remote)
     spark = session.start("mf_spark-similar", run.spark)
     write.check_output(spark, args.output)
     model = load_model(args.model, spark)

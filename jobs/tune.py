@@ -48,7 +48,7 @@ def parse(argv: list[str] | None) -> cli.TrainArgs:
         a.test,
         a.output or cli.DEMO_OUTPUT,
         False,
-        config.load(a.config, a.set),
+        cli.with_remote(config.load(a.config, a.set), a.remote),
         demo,
         None,
         a.include,

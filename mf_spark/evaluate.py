@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.als.loop import TopLists
+from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, USER_IDX, Factors
 from mf_spark.data.ready import HeldOut, Triples, as_df
 from mf_spark.kernels.metrics import ranking_metrics
@@ -130,7 +131,7 @@ class RankingEvaluator:
             counts, items, scores = top_n(f.X[u], f.Y, self.k, self.seen_indptr, self.seen_cols, offset_u, f.item_bias)
             recs = TopLists.from_flat(m, self.k, np.arange(m), counts, items, scores).items.astype(np.int64)
             return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
-        bc = self.users.sparkSession.sparkContext.broadcast(scorer)
+        bc = session.broadcast(self.users.sparkSession, scorer)
         try:
             t = recommend_indices(bc, self.users, self.k).select(USER_IDX, "rank", ITEM_IDX).toArrow()
         finally:

@@ -31,7 +31,7 @@ import posixpath
 import re
 import typing
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -47,8 +47,9 @@ from pyspark.ml.util import (
     MLWritable,
     MLWriter,
 )
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from mf_spark.als.checkpoint import CheckpointStore, factor_table
 from mf_spark.core import config, fs, session
@@ -166,9 +167,12 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
     raise TypeError(f"no pyspark.ml converter for config type {hint!r}")
 
 
-def _config_specs(cls: type, section: str, only: dict[str, str | None] | None = None) -> list[_Spec]:
+def _config_specs(
+    cls: type, section: str, only: dict[str, str | None] | None = None, defaults: dict[str, Any] | None = None
+) -> list[_Spec]:
     """The Params of a config dataclass's fields (ALIASES give MLlib's names where they differ); `only`:
-    the fields to take, with a doc replacing the declared one where one is given."""
+    the fields to take, with a doc replacing the declared one where one is given; `defaults`: MLlib's
+    default where it differs from the field's."""
     hints = typing.get_type_hints(cls)
     docs = {
         **{f.name: f.metadata["doc"] for f in dataclasses.fields(cls)},
@@ -190,13 +194,17 @@ def _config_specs(cls: type, section: str, only: dict[str, str | None] | None = 
         choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
         shown = f"one of {', '.join(repr(c) for c in choices)}; " if choices else ""
         doc = f"{docs.get(f.name) or f.name.replace('_', ' ')} ({shown}{key})"
-        specs.append(_Spec(_camel(f.name), f.default, _converter(hint), doc, section, f.name))
+        default = (defaults or {}).get(f.name, f.default)
+        specs.append(_Spec(_camel(f.name), default, _converter(hint), doc, section, f.name))
     return specs
 
 
 # MLlib's seed default is hash(class name), which Python salts per process: ours (0) wins, so that a
 # fit is reproducible; the factors are not MLlib's anyway (their initialization differs).
-MODEL_SPECS = _config_specs(ModelConfig, "model") + _config_specs(DataConfig, "data", DATA_FIELDS)
+# MLlib reads an implicit 0 as no information and a negative value as a negative preference.
+MODEL_SPECS = _config_specs(ModelConfig, "model") + _config_specs(
+    DataConfig, "data", DATA_FIELDS, {"nonpositive": "negative"}
+)
 
 # On ALS and ALSModel, as MLlib's _ALSModelParams (plus ours).
 SHARED_SPECS = [
@@ -216,11 +224,11 @@ SHARED_SPECS = [
         "'' = none): with dayBiasReg > 0 the fit learns an offset per user and day, and transform adds it "
         "to the rows of a day the user rated in training",
     ),
-    _Spec("predictionCol", "prediction", TypeConverters.toString, "prediction column name (double)"),
+    _Spec("predictionCol", "prediction", TypeConverters.toString, "prediction column name (float)"),
     _Spec(
         "coldStartStrategy",
         "nan",
-        TypeConverters.toString,
+        lambda v: TypeConverters.toString(v).lower(),  # MLlib accepts any case
         "prediction for a user or item the model has not seen: 'nan' (NaN), 'drop' (the row is dropped) or "
         "'mean' (the training mean plus the known side's bias; 0 for implicit models)",
     ),
@@ -299,6 +307,9 @@ class _SharedParams(Params):
             raise TypeError(
                 f"{type(self).__name__}: unknown param(s) {', '.join(unknown)}; params are " + ", ".join(sorted(known))
             )
+        for name in [k for k, v in kwargs.items() if v is None]:  # None leaves a param at its default, as in MLlib
+            self.clear(getattr(self, name))
+            del kwargs[name]
         return self._set(**kwargs)
 
     def _set(self, **kwargs: Any):
@@ -368,10 +379,6 @@ def _checkpoint_store(spark: SparkSession, cfg: ModelConfig) -> CheckpointStore 
     return CheckpointStore(spark, posixpath.join(folder, f"mf_spark-als-{uuid.uuid4().hex}"))
 
 
-def _type_of(df: DataFrame, col: str) -> str:
-    return df.schema[col].dataType.simpleString()
-
-
 class ALS(Estimator, _ALSParams, DefaultParamsReadable, MLWritable):
     """Alternating least squares (explicit, or weighted ALS with implicitPrefs) with MLlib's Params.
 
@@ -413,7 +420,7 @@ class ALS(Estimator, _ALSParams, DefaultParamsReadable, MLWritable):
             ready.release()
             if store is not None:
                 store.clear()
-        return self._copyValues(ALSModel(model, pairs, {USER: _type_of(dataset, user), ITEM: _type_of(dataset, item)}))
+        return self._copyValues(ALSModel(model, pairs))
 
     def write(self) -> MLWriter:
         """A writer of the params as pyspark.ml's metadata JSON (ALS.load reads it back)."""
@@ -439,6 +446,15 @@ def _grouped(recs: DataFrame, key_col: str, other_col: str, key_type: str, other
     return lists.select(_col(key_col), best.alias("recommendations"))
 
 
+def _int_ids(col: str, where: str) -> Column:
+    """Numeric IDs as int, as MLlib gives them; a value that is not a whole number in int's range
+    fails the query, naming it (MLlib refuses those too)."""
+    c = _col(col)
+    whole = (c >= np.iinfo(np.int32).min) & (c <= np.iinfo(np.int32).max) & (c == F.floor(c))
+    message = F.concat(F.lit(f"{where}: "), c.cast("string"), F.lit(" is not a whole number in int's range"))
+    return F.when(c.isNull() | whole, c.cast("int")).otherwise(F.raise_error(message))
+
+
 def _renamed(df: DataFrame, col: str, to: str, where: str, param: str) -> DataFrame:
     _require_columns(df, where, {param: col})
     return df.select(_col(col).alias(to))
@@ -456,15 +472,14 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
     fitted on. `ALSModel.fromFactorModel(load_model("out/"))` wraps a train job's output.
     """
 
-    def __init__(
-        self, model: FactorModel | None = None, seen: DataFrame | None = None, id_types: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, model: FactorModel | None = None, seen: DataFrame | None = None) -> None:
         super().__init__()
-        self._model = model
-        self._seen = seen  # user, item: the training pairs (excludeSeen)
-        self._id_types = id_types or (
-            {} if model is None else {USER: _map_type(model.users), ITEM: _map_type(model.items)}
+        # MLlib never clips a prediction: a pair scores the same in transform and in recommendForAllUsers.
+        self._model = (
+            model if model is None or model.rating_range is None else replace(model, rating_range=None, _bc=None)
         )
+        self._seen = seen  # user, item: the training pairs (excludeSeen)
+        self._id_types = {} if model is None else {USER: _map_type(model.users), ITEM: _map_type(model.items)}
 
     @classmethod
     def fromFactorModel(cls, model: FactorModel, seen: DataFrame | None = None, **params: Any) -> "ALSModel":
@@ -497,8 +512,12 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
 
     @staticmethod
     def _factors(ids: pa.Array, factors: np.ndarray, bias: np.ndarray | None, id_type: str) -> DataFrame:
-        """A factor table (made on the driver, no Spark job) in MLlib's column names."""
-        df = SparkSession.active().createDataFrame(factor_table(ids, factors, bias))
+        """A factor table (made on the driver, no Spark job) in MLlib's column names and nullability."""
+        table = factor_table(ids, factors, bias)
+        exact = {"id": pa.field("id", table.schema.field("id").type, nullable=False)}
+        exact["factors"] = pa.field("factors", pa.large_list(pa.field("item", pa.float32(), nullable=False)))
+        table = table.cast(pa.schema([exact.get(f.name, f) for f in table.schema]))
+        df = SparkSession.active().createDataFrame(table)
         return df.select(
             F.col("id").cast(id_type).alias("id"),
             F.col("factors").alias("features"),
@@ -506,8 +525,8 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         )
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        """`dataset` plus predictionCol (double; RegressionEvaluator takes it as it is) from
-        FactorModel.predict. Rows whose user or item the model does not know get NaN ('nan'), are
+        """`dataset` plus predictionCol (float, as MLlib's; never clipped, so a pair scores as in the
+        recommendations) from FactorModel.predict. Rows whose user or item the model does not know get NaN ('nan'), are
         dropped ('drop') or get FactorModel's cold prediction ('mean').
 
         Performance note: two broadcast joins with the ID maps (four with 'nan' or 'drop', which look
@@ -518,15 +537,29 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         _require_columns(dataset, "ALSModel.transform", {"userCol": user, "itemCol": item})
         m, strategy = self.factorModel, self.getColdStartStrategy()
         ts = self.getTimestampCol() if m.days is not None and self.getTimestampCol() in dataset.columns else None
+
+        def as_float(df: DataFrame) -> DataFrame:  # MLlib's types: a float prediction (never null), int IDs
+            nan = F.lit(float("nan")).cast("float")
+            df = df.withColumn(out, F.coalesce(_col(out).cast("float"), nan))
+            for side, col, param in ((USER, user, "userCol"), (ITEM, item, "itemCol")):
+                kind = df.schema[col].dataType
+                if (
+                    self._id_types[side] == "int"
+                    and isinstance(kind, T.NumericType)
+                    and not isinstance(kind, T.IntegerType)
+                ):
+                    df = df.withColumn(col, _int_ids(col, f"ALSModel.transform: {param} {col!r}"))
+            return df
+
         if strategy == "mean":
-            return m.predict(dataset, user, item, out, ts)
+            return as_float(m.predict(dataset, user, item, out, ts))
         flags = ("_mf_known_user", "_mf_known_item")
         looked_up = m.items.encode(m.users.encode(dataset, user, flags[0]), item, flags[1])
         known = F.col(flags[0]).isNotNull() & F.col(flags[1]).isNotNull()
         if strategy == "drop":
-            return m.predict(looked_up.where(known), user, item, out, ts).drop(*flags)
+            return as_float(m.predict(looked_up.where(known), user, item, out, ts).drop(*flags))
         pred = m.predict(looked_up, user, item, out, ts)
-        return pred.withColumn(out, F.when(known, _col(out)).otherwise(F.lit(float("nan")))).drop(*flags)
+        return as_float(pred.withColumn(out, F.when(known, _col(out)).otherwise(F.lit(float("nan")))).drop(*flags))
 
     def recommendForAllUsers(self, numItems: int, include: Ids = None, exclude: Ids = None) -> DataFrame:
         """[userCol, recommendations: array<struct<itemCol, rating: float>>], the numItems best items
@@ -608,9 +641,7 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         _require_columns(history, where, {"userCol": user, "itemCol": item})
         folded = self.factorModel.fold_in(history, side, user, item, rating)
         seen = history.select(_col(user).alias(USER), _col(item).alias(ITEM)) if self.getExcludeSeen() else None
-        changed = USER if side == "users" else ITEM
-        types = {**self._id_types, changed: _type_of(history, user if side == "users" else item)}
-        return self._copyValues(ALSModel(folded, seen, types))
+        return self._copyValues(ALSModel(folded, seen))
 
     # ---- persistence ---------------------------------------------------------------------------
     def write(self) -> MLWriter:
@@ -633,16 +664,28 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
 
 
 def _map_type(ids: index.IdMap) -> str:
-    return "string" if pa.types.is_string(ids.ids.type) else "bigint"
+    """MLlib's ID type, int, for integral IDs that fit one (MLlib refuses others); beyond it, ours:
+    bigint for larger integers, string for strings."""
+    if pa.types.is_string(ids.ids.type):
+        return "string"
+    values = ids.ids.to_numpy(zero_copy_only=False)
+    fits = values.size == 0 or (values.min() >= np.iinfo(np.int32).min and values.max() <= np.iinfo(np.int32).max)
+    return "int" if fits else "bigint"
 
 
 class _Writer(MLWriter):
-    """Refuses an existing folder unless overwrite() was called (then MLWriter.save has removed it
-    first, as MLlib does), then writes with `write(instance, path, spark)`."""
+    """Refuses an existing folder unless overwrite() was called (then removes it first, as MLlib
+    does), then writes with `write(instance, path, spark)`. Through core.fs, not the JVM writer's
+    overwrite, so that it also saves from a Spark Connect client."""
 
     def __init__(self, instance: Params, write: Callable[[Any, str, SparkSession], None]) -> None:
         super().__init__()
         self.instance, self._write = instance, write
+
+    def save(self, path: str) -> None:
+        if self.shouldOverwrite:
+            fs.delete(self.sparkSession, path)
+        self.saveImpl(path)
 
     def saveImpl(self, path: str) -> None:
         if fs.exists(self.sparkSession, path):
@@ -664,7 +707,7 @@ class _ModelReader(MLReader):
         seen = None
         if meta.get("seen"):  # copied out of the folder: saving the model over it must not lose them
             seen = spark.read.parquet(posixpath.join(path, "seen")).localCheckpoint(eager=True)
-        model = ALSModel(load_model(path, spark), seen, meta.get("idTypes"))
+        model = ALSModel(load_model(path, spark), seen)
         model._resetUid(meta["uid"])
         DefaultParamsReader.getAndSetParams(model, meta)
         return model

@@ -15,6 +15,10 @@ metrics.json's "timings" and "spark_jobs"). Printed: every run, the medians, the
 ratio ours/MLlib of the median wall times; --json writes all of it, --doc replaces this run's
 section (by --label) of a markdown file such as docs/performance.md.
 
+--remote URL runs every job as a Spark Connect client of that server (SPARK_REMOTE=URL, the scripts
+run by Python, not spark-submit; `local[2]` starts a server in each client process, which is then
+the whole job), for the figures on a Connect session beside a classic one.
+
 --cluster starts a standalone cluster on this machine for the run (a master and two workers of one
 core on 127.0.0.1, scripts/standalone.py) and submits every job to it, ours with the package shipped
 as --py-files dist/mf_spark.zip, as a user submits it. --floor adds scripts/floor_job.py to every
@@ -140,7 +144,10 @@ def run_process(cmd: list[str], env: dict) -> dict:
 
 def submit(args, script: str, job_args: list[str], package: bool = False) -> list[str]:
     """spark-submit of `script`; on a cluster with the executors' memory, and with `package` the
-    mf_spark package shipped to them."""
+    mf_spark package shipped to them. With --remote, `script` run by Python as a Spark Connect
+    client (its environment names the server: SPARK_REMOTE)."""
+    if getattr(args, "remote", None):
+        return [sys.executable, os.path.join(ROOT, script), *job_args]
     on_cluster = getattr(args, "cluster", False)  # benchmark_tuning.py submits with its own arguments
     cluster = [] if not on_cluster else ["--conf", f"spark.executor.memory={args.executor_memory}"]
     if on_cluster and package:
@@ -360,6 +367,8 @@ def markdown(summary: dict, ours: list[dict], args) -> str:
 
 
 def _where(args) -> str:
+    if getattr(args, "remote", None):
+        return f"a Spark Connect session on {args.remote} (SPARK_REMOTE), clients run by python"
     if not getattr(args, "cluster", False):
         return args.master
     return (
@@ -430,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-memory", default="2g", help="--cluster: each worker's memory")
     p.add_argument("--executor-memory", default="1500m", help="--cluster: each executor's memory")
     p.add_argument("--floor", action="store_true", help="run the floor job (no model) in every round")
+    p.add_argument("--remote", help="run every job as a Spark Connect client of this server (SPARK_REMOTE)")
     p.add_argument("--set", action="append", default=[], help="config key for our job, repeatable")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--doc", help="markdown file whose section --label this run replaces (docs/performance.md)")
@@ -444,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--train and --test go together")
     work = tempfile.mkdtemp(prefix="mf_spark-benchjob-")
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    if args.remote:
+        env["SPARK_REMOTE"] = args.remote
+    else:
+        env.pop("SPARK_REMOTE", None)
     try:
         train, test = inputs(args, work)
         with contextlib.ExitStack() as stack:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     spark = SparkSession.builder.appName("floor-job").getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    if not os.environ.get("SPARK_REMOTE"):  # a Spark Connect client (benchmark_job.py --remote) has no SparkContext
+        spark.sparkContext.setLogLevel("WARN")
     t = lap("session", started)
     train, test = spark.read.parquet(a.train), spark.read.parquet(a.test)
     n_train, n_test = train.count(), test.count()

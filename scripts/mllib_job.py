@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     spark = SparkSession.builder.appName("mllib-als-job").getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    if not os.environ.get("SPARK_REMOTE"):  # a Spark Connect client (benchmark_job.py --remote) has no SparkContext
+        spark.sparkContext.setLogLevel("WARN")
     t = lap("session", started)
     train = spark.read.parquet(a.train).select("user", "item", F.col("rating").cast("float"))
     test = spark.read.parquet(a.test).select("user", "item", F.col("rating").cast("float"))

@@ -15,6 +15,8 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 # the C1 compiler alone and the serial collector spend a fraction of the CPU that tiered compilation and
 # G1's threads spend starting it, and the suite is bound by CPU on two cores. Products keep the defaults.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# tests/connect/ runs on a Spark Connect session, in the process tests/test_connect.py starts for it.
+collect_ignore = [] if os.environ.get("MF_SPARK_CONNECT_TESTS") else ["connect"]
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -45,7 +47,7 @@ def spark():
     s.stop()
 
 
-ARROW = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64()}
+ARROW = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "double": pa.float64(), "float": pa.float32()}
 
 
 def frame(spark, rows, ddl):

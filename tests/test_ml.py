@@ -116,14 +116,13 @@ def test_guide_example_runs_and_gives_mllib_shaped_results(guide):
 
 
 def test_recommendations_score_as_transform_predicts(guide):
-    """The top list's ratings are the model's predictions for those pairs (explicit: clipped to the
-    training range, so compare the unclipped middle of the range only)."""
+    """A pair scores the same in the top lists and in transform, as in MLlib (neither clips: the guide's
+    low regParam scores some pairs above the 5-star top)."""
     model = guide["model"]
-    top = guide["userSubsetRecs"].select("userId", F.inline("recommendations"))
+    top = guide["userRecs"].select("userId", F.inline("recommendations"))
     pred = model.transform(top.withColumnRenamed("rating", "top_rating")).collect()
-    lo, hi = model.factorModel.rating_range
-    inside = [r for r in pred if lo < r["top_rating"] < hi]
-    assert inside and all(abs(r["top_rating"] - r["prediction"]) < 1e-4 for r in inside)
+    assert len(pred) == top.count() and all(abs(r["top_rating"] - r["prediction"]) < 1e-5 for r in pred)
+    assert max(r["prediction"] for r in pred) > 5.0
 
 
 def test_subset_recommendations_equal_the_all_users_lists(guide):
@@ -150,9 +149,66 @@ def test_recommend_schemas_equal_mllibs(planted_fit):
     ):
         assert_schema_equality(make(ours).schema, make(theirs).schema, ignore_nullable=True)
     assert ours.userFactors.columns == ["id", "features", "bias"]  # ours carries the biases
-    assert ours.transform(df).columns == theirs.transform(df).columns
-    assert ours.transform(df).schema["prediction"].dataType.simpleString() == "double"  # MLlib: float
+    assert_schema_equality(ours.transform(df).schema, theirs.transform(df).schema)
+    for make in (lambda m: m.userFactors.select("id", "features"), lambda m: m.transform(df)):
+        assert_schema_equality(make(ours).schema, make(theirs).schema)  # nullability too
     assert ours.rank == theirs.rank == 3
+
+
+@pytest.mark.parametrize(
+    "ddl, ids",
+    [
+        ("userId long, movieId long, rating double", lambda a, b: (int(a), int(b))),
+        ("userId double, movieId float, rating double", lambda a, b: (float(a), float(b))),
+    ],
+)
+def test_numeric_ids_come_out_as_int_as_in_mllib(spark, ddl, ids):
+    """MLlib casts numeric IDs to int (a StringIndexer's doubles, longs in int's range) everywhere."""
+    from pyspark.ml.recommendation import ALS as MLlibALS
+
+    df = tiny(spark, ddl, map_ids=ids)
+    ours = ALS(rank=2, maxIter=1, userCol="userId", itemCol="movieId").fit(df)
+    theirs = MLlibALS(rank=2, maxIter=1, userCol="userId", itemCol="movieId", seed=1).fit(df)
+    for make in (
+        lambda m: m.userFactors.select("id", "features"),
+        lambda m: m.transform(df),
+        lambda m: m.recommendForAllUsers(2),
+        lambda m: m.recommendForAllItems(2),
+    ):
+        assert_schema_equality(make(ours).schema, make(theirs).schema, ignore_nullable=True)
+    assert sorted(r.id for r in ours.userFactors.collect()) == sorted(r.id for r in theirs.userFactors.collect())
+
+
+def test_transform_refuses_an_id_beyond_int_as_mllib_does(spark, planted_fit):
+    df, model = planted_fit
+    far = df.limit(1).select(F.lit(2**40).alias("userId"), "movieId")
+    with pytest.raises(Exception, match="is not a whole number in int's range"):
+        model.transform(far).collect()
+
+
+def test_mllib_spellings_of_params(spark):
+    als = ALS(coldStartStrategy="DROP", seed=None, rank=None)
+    assert als.getColdStartStrategy() == "drop"
+    assert als.getSeed() == 0 and als.getRank() == 10  # None leaves the default, as in MLlib
+
+
+def test_implicit_zeros_and_negatives_as_mllib_reads_them(spark):
+    """A 0 tells nothing (dropped, counted): the fit with zeros on unrated pairs equals the fit without
+    them. A negative value is a negative preference: those pairs score lower than as positives."""
+    u, i, r, _ = planted(n_users=24, n_items=16, rank=3, density=0.45)
+    rows = [(int(a), int(b), float(abs(c)) + 1.0) for a, b, c in zip(u, i, r)]
+    rated = {(a, b) for a, b, _ in rows}
+    zeros = [(a, b, 0.0) for a in range(24) for b in range(16) if (a, b) not in rated][:40]
+    ddl = "user int, item int, rating double"
+    fit = lambda rs: ALS(rank=3, maxIter=3, implicitPrefs=True, alpha=2.0).fit(frame(spark, rs, ddl))  # noqa: E731
+    plain = fit(rows)
+    assert len(zeros) == 40
+    np.testing.assert_allclose(fit(rows + zeros).factorModel.factors.X, plain.factorModel.factors.X, atol=1e-6)
+    flipped = {n for n in range(0, len(rows), 5)}
+    negative = fit([(a, b, -c if n in flipped else c) for n, (a, b, c) in enumerate(rows)])
+    pairs = frame(spark, [rows[n][:2] for n in sorted(flipped)], "user int, item int")
+    mean = lambda m: m.transform(pairs).agg(F.avg("prediction")).first()[0]  # noqa: E731
+    assert mean(negative) < mean(plain) - 0.1
 
 
 # ---- params --------------------------------------------------------------------------------------
@@ -534,9 +590,9 @@ def test_pipeline_with_a_string_indexer_and_its_persistence(spark, tmp_path):
     )
     fitted = pipeline.fit(df)
     pred = fitted.transform(df)
-    assert pred.schema["prediction"].dataType.simpleString() == "double"
+    assert pred.schema["prediction"].dataType.simpleString() == "float"
     assert RegressionEvaluator(labelCol="rating").evaluate(pred) < 1.0
-    assert fitted.stages[-1].userFactors.schema["id"].dataType.simpleString() == "double"  # StringIndexer's
+    assert fitted.stages[-1].userFactors.schema["id"].dataType.simpleString() == "int"  # as MLlib
     path = str(tmp_path / "pipeline")
     fitted.write().overwrite().save(path)
     loaded = PipelineModel.load(path).stages[-1]

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
 from mf_spark.data.ready import Triples
 from mf_spark.kernels import compiled
@@ -121,8 +122,7 @@ class DayFitter:
         (one per user and day) come to the driver."""
         if self.train is None:
             return _pairs(self.day_length, np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
-        sc = self.train.sparkSession.sparkContext
-        bc = sc.broadcast(factors)
+        bc = session.broadcast(self.train.sparkSession, factors)
         length = self.day_length
 
         def body(batches):

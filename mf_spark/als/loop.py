@@ -140,8 +140,7 @@ def warm_up(spark, cfg: ModelConfig, top: int = 10, rdd: bool = False) -> thread
     steps ahead of it, that cost leaves the fit's first iteration. Returns the started thread (its
     failure is logged, never raised: the fit loads whatever is still missing itself)."""
     spec = solve_spec(cfg, 0.0)
-    sc = spark.sparkContext
-    n = max(1, sc.defaultParallelism)
+    n = session.parallelism(spark)
 
     def body(batches):
         for _ in batches:
@@ -152,14 +151,14 @@ def warm_up(spark, cfg: ModelConfig, top: int = 10, rdd: bool = False) -> thread
     def job() -> None:
         try:
             if rdd:
-                sc.parallelize(range(n), n).mapPartitions(body).collect()
+                spark.sparkContext.parallelize(range(n), n).mapPartitions(body).collect()
             else:
                 spark.range(n, numPartitions=n).mapInArrow(body, "id long").collect()
         except Exception as e:  # noqa: BLE001 - an optimization only
             log.info("warming the Python workers failed (%s); the fit loads its kernels itself", e)
 
     def run() -> None:
-        workers = InheritableThread(target=job, name="mf_spark-warm-up-workers", daemon=True)
+        workers = InheritableThread(target=job, name="mf_spark-warm-up-workers", daemon=True, session=spark)
         workers.start()
         try:
             if not rdd:
@@ -168,7 +167,7 @@ def warm_up(spark, cfg: ModelConfig, top: int = 10, rdd: bool = False) -> thread
             log.info("loading the kernels in the driver failed (%s); the fit loads them itself", e)
         workers.join()
 
-    thread = InheritableThread(target=run, name="mf_spark-warm-up", daemon=True)
+    thread = InheritableThread(target=run, name="mf_spark-warm-up", daemon=True, session=spark)
     thread.start()
     return thread
 

@@ -116,8 +116,11 @@ class DataConfig:
         'repeated (user, item): `error`, `last` (latest timestamp, else last read), `mean`, `sum`; "" = `mean` for '
         "explicit, `sum` for implicit",
     )
-    nonpositive: Literal["reject", "drop"] = setting(
-        "reject", "implicit data: ratings <= 0 are rejected, or `drop`ped (counted)"
+    nonpositive: Literal["reject", "drop", "negative"] = setting(
+        "reject",
+        "implicit data: ratings <= 0 are rejected, or `drop`ped (counted), or `negative`: a value < 0 is a "
+        "negative preference with confidence 1 + alpha * abs(r) and a 0, which tells nothing, is dropped "
+        "(counted), as MLlib reads them",
     )
     front_end: Literal["auto", "driver", "spark"] = setting(
         "auto",

@@ -1,5 +1,7 @@
 """File-system operations through Hadoop's FileSystem API, so local paths, HDFS and object stores
-behave alike (the same API Spark itself writes with). Every function takes the active SparkSession.
+behave alike (the same API Spark itself writes with). Every function takes the active SparkSession; on
+a Spark Connect session, which has no JVM in this process, the same operations run in a task on the
+cluster (core.fs_tasks).
 """
 
 from __future__ import annotations
@@ -9,9 +11,47 @@ import math
 import os
 import time
 import uuid
+from functools import wraps
 from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
+
+from mf_spark.core import fs_tasks
+from mf_spark.core.session import is_connect
+
+
+def _anywhere(fn):
+    """`fn` on a classic session; on a Spark Connect session, fs_tasks' operation of the same name."""
+
+    paths = 2 if fn.__name__ == "rename" else 1
+
+    @wraps(fn)
+    def routed(spark, *args):
+        if is_connect(spark):
+            args = (*(server_path(spark, p) for p in args[:paths]), *args[paths:])
+            return fs_tasks.run(spark, fn.__name__, *args)
+        return fn(spark, *args)
+
+    return routed
+
+
+_SERVER_DIRS: dict[str, str] = {}
+
+
+def server_path(spark: SparkSession, path: str) -> str:
+    """`path` as Spark's own file system calls read it: a relative local path is relative to the
+    driver's working directory. The same in this process on a classic session; for a Spark Connect
+    client, whose tasks run elsewhere, it is joined here to the server's (Java's user.dir; this
+    process's when the server refuses SQL's reflect)."""
+    if not is_connect(spark) or urlparse(path).scheme or os.path.isabs(path):
+        return path
+    key = spark.session_id
+    if key not in _SERVER_DIRS:
+        try:
+            _SERVER_DIRS[key] = spark.sql("SELECT reflect('java.lang.System', 'getProperty', 'user.dir')").first()[0]
+        except Exception:  # noqa: BLE001 - reflect may be disabled: the client's directory is the next guess
+            _SERVER_DIRS[key] = os.getcwd()
+    return os.path.normpath(os.path.join(_SERVER_DIRS[key], path))
 
 
 def _fs_path(spark: SparkSession, path: str):
@@ -20,33 +60,39 @@ def _fs_path(spark: SparkSession, path: str):
     return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
 
 
+@_anywhere
 def qualify(spark: SparkSession, path: str) -> str:
     """Absolute, scheme-qualified form of `path` (file:/..., hdfs://...)."""
     fs, p = _fs_path(spark, path)
     return str(fs.makeQualified(p).toString())
 
 
+@_anywhere
 def exists(spark: SparkSession, path: str) -> bool:
     fs, p = _fs_path(spark, path)
     return bool(fs.exists(p))
 
 
+@_anywhere
 def is_dir(spark: SparkSession, path: str) -> bool:
     fs, p = _fs_path(spark, path)
     return bool(fs.exists(p) and fs.getFileStatus(p).isDirectory())
 
 
+@_anywhere
 def delete(spark: SparkSession, path: str) -> None:
     fs, p = _fs_path(spark, path)
     if fs.exists(p):
         fs.delete(p, True)
 
 
+@_anywhere
 def mkdirs(spark: SparkSession, path: str) -> None:
     fs, p = _fs_path(spark, path)
     fs.mkdirs(p)
 
 
+@_anywhere
 def rename(spark: SparkSession, src: str, dst: str) -> bool:
     """Move src to dst (dst must not exist); True on success. Atomic on HDFS and local disks."""
     fs, s = _fs_path(spark, src)
@@ -54,6 +100,7 @@ def rename(spark: SparkSession, src: str, dst: str) -> bool:
     return bool(fs.rename(s, d))
 
 
+@_anywhere
 def list_names(spark: SparkSession, path: str) -> list[str]:
     fs, p = _fs_path(spark, path)
     if not fs.exists(p):
@@ -61,6 +108,7 @@ def list_names(spark: SparkSession, path: str) -> list[str]:
     return sorted(str(st.getPath().getName()) for st in fs.listStatus(p))
 
 
+@_anywhere
 def data_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
     """(path, bytes, modification time in ms) of every file Spark would read under `path` (a file
     or a folder, recursively; names starting with "." or "_" are skipped, as Spark skips them)."""
@@ -85,6 +133,7 @@ def _private_copy(local: str, text: str) -> str:
     return private
 
 
+@_anywhere
 def create_new(spark: SparkSession, path: str, text: str = "") -> bool:
     """Create `path` holding `text` only if nothing is there; False when it already exists. Serves as
     a lock: of several callers, exactly one gets True, and the file never appears without its text.
@@ -117,6 +166,7 @@ def create_new(spark: SparkSession, path: str, text: str = "") -> bool:
     return True
 
 
+@_anywhere
 def age_seconds(spark: SparkSession, path: str) -> float | None:
     """Seconds since `path` was last modified, or None when it does not exist."""
     fs, p = _fs_path(spark, path)
@@ -125,6 +175,7 @@ def age_seconds(spark: SparkSession, path: str) -> float | None:
     return time.time() - fs.getFileStatus(p).getModificationTime() / 1000.0
 
 
+@_anywhere
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Create or replace a small text file (no .crc side file on local disks). On local disks the
     replacement is atomic, so a reader sees the old text or the new, never a truncated file."""
@@ -151,6 +202,9 @@ def write_bytes(spark: SparkSession, path: str, data) -> None:
     Local paths are written by Python directly; others go through the Hadoop FileSystem in chunks
     (py4j copies every byte, so this suits files of tens of MB, such as a checkpoint's factors)."""
     view = memoryview(data)
+    if is_connect(spark):
+        fs_tasks.run(spark, "write_bytes", server_path(spark, path), data=view)
+        return
     local = _local_path(spark, path)
     if local is not None:
         os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -219,13 +273,19 @@ def read_parquet(spark: SparkSession, folder: str):
 
 
 def _local_path(spark: SparkSession, path: str) -> str | None:
-    """The OS path of a path on the local file system (file: or no scheme), else None."""
+    """The OS path of a path on the local file system (file: or no scheme), else None (always None for
+    a Spark Connect client: the cluster's disks are not its own)."""
+    if is_connect(spark):
+        return None
     qualified = urlparse(qualify(spark, path))
     return unquote(qualified.path) if qualified.scheme == "file" else None
 
 
+@_anywhere
 def read_text(spark: SparkSession, path: str) -> str:
     fs, p = _fs_path(spark, path)
+    if not fs.exists(p):
+        raise FileNotFoundError(f"{path} does not exist")
     stream = fs.open(p)
     try:
         jvm = spark.sparkContext._jvm

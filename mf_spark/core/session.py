@@ -46,6 +46,10 @@ def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
     outputs and tasks per shuffle cost a job more than its data does. A running session's own
     settings are left as they are."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    conf = dict(conf or {})
+    remote = conf.pop(REMOTE_KEY, None) or os.environ.get("SPARK_REMOTE")
+    if remote:
+        return _connect(app_name, remote, conf)
     existing = SparkSession.getActiveSession()  # a caller's: its settings are its own
     given = dict(SparkConf().getAll())  # what spark-submit passed (system properties)
     builder = SparkSession.builder.appName(app_name)
@@ -53,8 +57,27 @@ def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MF_SPARK_SPARK_LOG_LEVEL", "WARN"))
-    if existing is None and SHUFFLE_PARTITIONS_KEY not in given and SHUFFLE_PARTITIONS_KEY not in (conf or {}):
+    if existing is None and SHUFFLE_PARTITIONS_KEY not in given and SHUFFLE_PARTITIONS_KEY not in conf:
         spark.conf.set(SHUFFLE_PARTITIONS_KEY, str(max(8, 2 * spark.sparkContext.defaultParallelism)))
+    return spark
+
+
+REMOTE_KEY = "spark.remote"  # a [spark] key, or --remote: the Spark Connect server to use
+
+
+def _connect(app_name: str, url: str, conf: dict[str, str]) -> SparkSession:
+    """A Spark Connect session on `url` (sc://host:port, or local[N] to start a server in this process).
+    Only session (SQL) settings can be given to a server that runs already: of DEFAULTS, the SQL ones
+    are set here, each unless `conf` sets it; the rest are the server's. `conf` goes as it is."""
+    builder = SparkSession.builder.remote(url).appName(app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    for key, value in DEFAULTS.items():
+        if key.startswith("spark.sql.") and key not in conf:
+            spark.conf.set(key, value)
+    if SHUFFLE_PARTITIONS_KEY not in conf:
+        spark.conf.set(SHUFFLE_PARTITIONS_KEY, str(max(8, 2 * parallelism(spark))))
     return spark
 
 
@@ -130,3 +153,36 @@ class Shipped:
 def broadcast(spark, value):
     """`value` broadcast (a classic session) or Shipped (Spark Connect): either way tasks read `.value`."""
     return Shipped(value) if is_connect(spark) else spark.sparkContext.broadcast(value)
+
+
+_CHUNK = 8 << 20  # bytes per row when data travels to on_cluster's task
+
+
+def on_cluster(spark, fn, *args, data: bytes | memoryview | None = None):
+    """`fn(*args)` run in one task on `spark`'s cluster, its value (or its exception) sent back: how a
+    Spark Connect client, which may not see the cluster's files, reaches them. `data` (bytes, e.g. a
+    file's contents) travels as ordered chunks and is passed as the last argument. Value and
+    exception travel as cloudpickle, as Spark's own Python tasks send theirs (never stored)."""
+    import pyarrow as pa
+    from pyspark import cloudpickle
+
+    def task(batches):
+        chunks = [(at, c) for b in batches if "chunk" in b.schema.names for at, c in zip(*b.to_pydict().values())]
+        given = (*args, b"".join(c for _, c in sorted(chunks))) if data is not None else args
+        try:
+            answer = (True, fn(*given))
+        except Exception as exc:  # noqa: BLE001 - raised again on the client
+            answer = (False, exc)
+        yield pa.record_batch([pa.array([cloudpickle.dumps(answer)], pa.binary())], names=["answer"])
+
+    if data is None:
+        frame = spark.range(1, numPartitions=1)
+    else:
+        view = memoryview(data)
+        parts = [view[at : at + _CHUNK].tobytes() for at in range(0, len(view), _CHUNK)] or [b""]
+        table = pa.table({"at": pa.array(range(len(parts)), pa.int64()), "chunk": pa.array(parts, pa.binary())})
+        frame = spark.createDataFrame(table).coalesce(1)
+    ok, value = cloudpickle.loads(frame.mapInArrow(task, "answer binary").collect()[0][0])
+    if not ok:
+        raise value
+    return value

@@ -32,7 +32,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from mf_spark.core import session
+from mf_spark.core import fs, session
 from mf_spark.core.config import DataConfig, RunConfig, SplitConfig
 from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
 from mf_spark.data import front, index, read, split, validate
@@ -210,6 +210,15 @@ class DriverFront:
         return self._ready(got), self._ready(got.inner)
 
 
+def _planned(spark: SparkSession, source: _Source, cfg: RunConfig) -> front.Input:
+    """The input's files listed and their first file peeked, where they are: here, or for a Spark
+    Connect client (which may not see the cluster's files) in a task."""
+    if not session.is_connect(spark):
+        return front.Input.of(source.paths, source.fmt, cfg.data)
+    paths = [fs.server_path(spark, p) for p in source.paths]
+    return session.on_cluster(spark, front.Input.of, paths, source.fmt, cfg.data)
+
+
 class TaskFront:
     """The same Arrow front end in executor tasks (front.Tasks): the executors read their files, and
     the training ratings stay in their cache, indexed there."""
@@ -220,7 +229,7 @@ class TaskFront:
         self.spark, self.cfg, self.source, self.validation = spark, cfg, source, validation
 
     def load(self) -> Loaded:
-        source = front.Input.of(self.source.paths, self.source.fmt, self.cfg.data)
+        source = _planned(self.spark, self.source, self.cfg)
         # As many user groups as the resident stage has tasks, so that it reads the rows where they are.
         self.steps = front.Tasks(self.spark, source, self.cfg, session.parallelism(self.spark))
         counts, rejected = self.steps.load(self.validation)
@@ -318,12 +327,19 @@ def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, time
     """`df`'s rows in read.ratings' raw layout (user, item, rating, timestamp, _source, _row), so that
     validate.clean treats it as the train job treats a file; ratingCol "" gives every row 1.0, and
     timestamp_col "" none a timestamp (a timestamp type counts in seconds). IDs
-    that are neither integers nor strings (a StringIndexer's doubles) are passed as their text, which
-    is how validate reads them anyway, and which either front end takes."""
+    that are neither integers nor strings are passed as their text, which is how validate reads them
+    anyway and which either front end takes; whole numbers of a fractional type (a StringIndexer's
+    doubles) as the integer's text, so that they become integer IDs, as MLlib reads them."""
 
     def ids(col: str) -> Column:
-        own = isinstance(df.schema[col].dataType, (T.IntegralType, T.StringType))
-        return exact_column(col) if own else exact_column(col).cast("string")
+        kind, c = df.schema[col].dataType, exact_column(col)
+        if isinstance(kind, (T.IntegralType, T.StringType)):
+            return c
+        if isinstance(kind, T.FractionalType):
+            d = c.cast("double")
+            whole = ~F.isnan(d) & (F.abs(d) < 2.0**63) & (d == F.floor(d))
+            return F.when(whole, d.cast("bigint").cast("string")).otherwise(c.cast("string"))
+        return c.cast("string")
 
     rating = exact_column(rating_col) if rating_col else F.lit(1.0)
     if not timestamp_col:

@@ -128,7 +128,7 @@ def _flag(raw: DataFrame, cfg: DataConfig, kind: str) -> DataFrame:
     item, item_int = _id_key(raw, ITEM, nulls)
     r_missing, rating = _number(raw, RATING, "double", nulls)
     t_missing, ts = _timestamp(raw, nulls)
-    nonpositive = F.lit(kind == "implicit") & (rating <= 0)
+    nonpositive = F.lit(kind == "implicit") & ((rating == 0) if cfg.nonpositive == "negative" else (rating <= 0))
     malformed = F.col(MALFORMED) if MALFORMED in raw.columns else F.lit(None).cast("string")
     reason = (
         F.when(malformed.isNotNull(), malformed)

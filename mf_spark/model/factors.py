@@ -220,7 +220,7 @@ class FactorModel:
         if self.item_blocks > 0:
             seen = pairs.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen"))
             return recommend_indices_blocked(self.scorer, seen, n, self.item_blocks)
-        parts = max(1, pairs.sparkSession.sparkContext.defaultParallelism)
+        parts = session.parallelism(pairs.sparkSession)
         return recommend_indices_grouped(self._broadcast(pairs.sparkSession), pairs, n, parts)
 
     def recommend(
@@ -397,7 +397,7 @@ class FactorModel:
                 RATING,
             )
         )
-        parallelism = max(1, encoded.sparkSession.sparkContext.defaultParallelism)
+        parallelism = session.parallelism(encoded.sparkSession)
         blocks = build_blocks(pairs, "user" if users_side else "item", parallelism)
         spec = dataclasses.replace(solve_spec(saved_model_config(self.config, self.kind), self.factors.mu), cg_steps=0)
         try:

@@ -21,6 +21,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from mf_spark.core import session
 from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, ITEM_IDX, USER, USER_IDX, Factors
 from mf_spark.data.index import IdMap
@@ -80,7 +81,7 @@ def similar_indices(spark: SparkSession, Fn: np.ndarray, nonzero: np.ndarray, qu
     index. Performance note: one broadcast of Fn (n x k x 4 bytes), then a narrow mapInArrow over
     `queries` (topn.recommend_indices), no shuffle.
     """
-    bc = spark.sparkContext.broadcast(cosine_scorer(Fn, nonzero))
+    bc = session.broadcast(spark, cosine_scorer(Fn, nonzero))
     rows = queries.select(F.col(QUERY).alias(USER_IDX), F.array(F.col(QUERY)).alias("seen"))
     recs = recommend_indices(bc, rows, n)
     return recs.withColumn("score", F.least(F.greatest("score", F.lit(-1.0)), F.lit(1.0)).cast("float"))
@@ -90,7 +91,7 @@ def query_partitions(spark: SparkSession, n_queries: int, n_rows: int) -> int:
     """Tasks for `n_queries` query rows scored against `n_rows` rows: SCORES_PER_TASK scores each, at
     least 1, at most the default parallelism."""
     wanted = -(-n_queries * n_rows // SCORES_PER_TASK)
-    return max(1, min(spark.sparkContext.defaultParallelism, wanted))
+    return max(1, min(session.parallelism(spark), wanted))
 
 
 def query_indices(

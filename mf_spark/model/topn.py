@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from mf_spark.als.blocks import batch_table, buckets
+from mf_spark.core import session
 from mf_spark.core.config import RecommendConfig, saved_model_config
 from mf_spark.core.errors import ConfigError
 from mf_spark.core.types import ITEM_IDX, USER_IDX, Factors
@@ -137,7 +138,7 @@ def recommend_indices_grouped(
             hi = min(users.size, lo + GROUPED_BATCH_USERS)
             yield _recs_batch(f, users[lo:hi], n, indptr[lo : hi + 1] - indptr[lo], cols[indptr[lo] : indptr[hi]])
 
-    cores = max(1, pairs.sparkSession.sparkContext.defaultParallelism)
+    cores = session.parallelism(pairs.sparkSession)
     pieces = (
         pairs.select(F.col(USER_IDX).cast("int").alias(USER_IDX), F.col(ITEM_IDX).cast("int").alias(ITEM_IDX))
         .coalesce(cores)  # one Python task per core to cut them, whatever the partitioning
@@ -156,7 +157,7 @@ def item_blocks(config: dict, n_users: int, n_items: int, spark: SparkSession) -
         return 0
     if model_cfg.strategy_for(n_users, n_items) != "join":
         return 0
-    return model_cfg.num_item_blocks or max(1, spark.sparkContext.defaultParallelism)
+    return model_cfg.num_item_blocks or session.parallelism(spark)
 
 
 CHUNK_SCHEMA = "users binary, counts binary, items binary, scores binary"
@@ -206,6 +207,11 @@ def recommend_indices_blocked(scorer, users: DataFrame, n: int, n_blocks: int) -
     """
     f = scorer.factors
     spark = users.sparkSession
+    if session.is_connect(spark):
+        raise ConfigError(
+            "top-N with item factors too large to broadcast (model.strategy 'join') needs a classic Spark "
+            "session: a Spark Connect client has no RDDs; set model.strategy = 'broadcast' or use a classic session"
+        )
     sc = spark.sparkContext
     n_items = f.Y.shape[0]
     n_blocks = max(1, min(n_blocks, n_items))
@@ -283,7 +289,7 @@ def seen_lists(train_idx: DataFrame) -> DataFrame:
     cores (not spark.sql.shuffle.partitions: every partition of the later top-N is a Python task,
     and 200 near-empty ones cost seconds). Performance note: one shuffle (lazy); callers that use
     it twice cache it."""
-    cores = max(1, train_idx.sparkSession.sparkContext.defaultParallelism)
+    cores = session.parallelism(train_idx.sparkSession)
     return train_idx.groupBy(USER_IDX).agg(F.collect_list(ITEM_IDX).alias("seen")).coalesce(cores)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import traceback
@@ -12,6 +13,7 @@ from typing import Callable
 from mf_spark.core import config
 from mf_spark.core.config import RunConfig
 from mf_spark.core.errors import MfSparkError, UsageError, exit_code
+from mf_spark.core.session import REMOTE_KEY
 
 FORMATS = ("auto", "csv", "tsv", "movielens", "parquet")
 DEMO_OUTPUT = "output"
@@ -46,6 +48,7 @@ def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--test", help="held-out split, used as it is (with --train)")
     p.add_argument("--output", help="output folder (default for the demo: ./output)")
     p.add_argument("--config", help="TOML config (default: conf/default.toml values)")
+    remote_argument(p)
     p.add_argument(
         "--set",
         action="append",
@@ -54,6 +57,21 @@ def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="override one config key, repeatable (e.g. --set model.rank=32)",
     )
     return p
+
+
+def remote_argument(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        help="run on this Spark Connect server (sc://host:15002, or local[N] to start one here); "
+        "default: $SPARK_REMOTE when set, else a classic session",
+    )
+    return p
+
+
+def with_remote(run: RunConfig, remote: str | None) -> RunConfig:
+    """`run` whose [spark] settings name the Spark Connect server --remote gave (session.start uses it)."""
+    return dataclasses.replace(run, spark={**run.spark, REMOTE_KEY: remote}) if remote else run
 
 
 def check_inputs(a: argparse.Namespace) -> bool:
@@ -89,7 +107,7 @@ def train_parser() -> argparse.ArgumentParser:
 def parse_train(argv: list[str] | None) -> TrainArgs:
     a = train_parser().parse_args(argv)
     demo = check_inputs(a)
-    run = config.load(a.config, a.set)
+    run = with_remote(config.load(a.config, a.set), a.remote)
     return TrainArgs(
         a.input,
         a.format,

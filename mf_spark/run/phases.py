@@ -8,7 +8,8 @@
 Jobs are counted by a Spark job group set for the length of each phase (the group the caller had is
 put back after). Threads that start Spark jobs for a phase inherit its group when they are
 `pyspark.InheritableThread`s, so they must not set a group of their own (use job tags instead).
-Time outside every phase is reported as "other", so the phases always add up to the total.
+Time outside every phase is reported as "other", so the phases always add up to the total. A Spark
+Connect client sees no jobs: there every count is None (null in metrics.json).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
+
+from mf_spark.core.session import is_connect
 
 log = logging.getLogger("mf_spark")
 
@@ -36,10 +39,15 @@ class PhaseClock:
         self._open: dict[str, tuple[float, str]] = {}  # phases running now -> (start, job group)
         self._seq = 0
         self.sc = None
+        self.counted = True
 
     def attach(self, spark) -> "PhaseClock":
-        """Count Spark jobs from here on (phases before the session exists count none)."""
-        self.sc = spark.sparkContext
+        """Count Spark jobs from here on (phases before the session exists count none). A Spark
+        Connect client cannot see the server's jobs: its counts stay None."""
+        if is_connect(spark):
+            self.counted = False
+        else:
+            self.sc = spark.sparkContext
         return self
 
     @contextmanager
@@ -64,7 +72,10 @@ class PhaseClock:
                 sc.setLocalProperty(_DESCRIPTION, before[1])
             self.seconds[name] = self.seconds.get(name, 0.0) + seconds
             self.jobs[name] = self.jobs.get(name, 0) + jobs
-            log.info("phase %s: %.2f s, %d Spark job%s", name, seconds, jobs, "" if jobs == 1 else "s")
+            if self.counted:
+                log.info("phase %s: %.2f s, %d Spark job%s", name, seconds, jobs, "" if jobs == 1 else "s")
+            else:
+                log.info("phase %s: %.2f s", name, seconds)
 
     def total(self) -> float:
         return time.perf_counter() - self.started
@@ -80,9 +91,11 @@ class PhaseClock:
         timings = {k: round(v, 4) for k, v in seconds.items()}
         timings["other"] = round(max(0.0, total - sum(seconds.values())), 4)
         timings["total"] = round(total, 4)
-        jobs = dict(self.jobs)
+        jobs: dict[str, int | None] = dict(self.jobs)
         for name, (_, group) in self._open.items():
             jobs[name] = jobs.get(name, 0) + self._count(group)
+        if not self.counted:
+            jobs = dict.fromkeys(jobs)
         return {"timings": timings, "spark_jobs": jobs}
 
     def _count(self, group: str) -> int:

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from mf_spark.core import fs
+from mf_spark.core import fs, session
 from mf_spark.core.errors import InputError, MfSparkError, fault_point
 from mf_spark.model.factors import FactorModel
 
@@ -52,13 +52,21 @@ class LeaseLost(MfSparkError):
     """The run's lease was taken over (its heartbeat stopped for too long): it must not publish."""
 
 
+def _hadoop_conf(spark: SparkSession, key: str) -> str | None:
+    """A Hadoop setting as Spark's file systems see it (a Spark Connect client: as spark.hadoop.*)."""
+    if session.is_connect(spark):
+        return spark.conf.get(f"spark.hadoop.{key}", None)
+    return spark.sparkContext._jsc.hadoopConfiguration().get(key)
+
+
 def check_output(spark: SparkSession, output: str) -> str:
     """Qualified output path. InputError when it exists and is not a folder, or when it is on a store
     without atomic rename (publishing there could show readers half an output). Call before training."""
     # The scheme before qualifying: the store's file system classes may not even be installed.
     scheme = urlparse(output).scheme.lower() or urlparse(fs.qualify(spark, output)).scheme.lower()
-    hns = spark.sparkContext._jsc.hadoopConfiguration().get(ABFS_HNS_KEY)
-    if scheme in NON_ATOMIC_SCHEMES or (scheme in ("abfs", "abfss") and str(hns).lower() != "true"):
+    if scheme in NON_ATOMIC_SCHEMES or (
+        scheme in ("abfs", "abfss") and str(_hadoop_conf(spark, ABFS_HNS_KEY)).lower() != "true"
+    ):
         hint = (
             f" (ADLS Gen2 with a hierarchical namespace renames atomically: set spark.hadoop.{ABFS_HNS_KEY}=true)"
             if scheme.startswith("abfs")

@@ -46,7 +46,7 @@ def files_of(path: str) -> list[str]:
     path is not on the local file system."""
     if not read.is_local(path):
         raise Unreadable(f"{path} is not on the driver's file system")
-    local = read.local_path(path)
+    local = os.path.abspath(read.local_path(path))  # tasks run in folders of their own
     names = read.data_files(local) if os.path.isdir(local) else [local]
     if any("=" in part for n in names for part in Path(os.path.relpath(n, local)).parts[:-1]):
         raise Unreadable("partition folders (key=value) add columns only Spark's reader knows")

@@ -192,7 +192,9 @@ def _reasons(
             conditions.append((f"{spark_rules.RATING_OUT_OF_RANGE} [{lo:g}, {hi:g}]", (rating < lo) | (rating > hi)))
     conditions.append((spark_rules.TIMESTAMP_NOT_NUMBER, ~t_missing & ~t_parsed))
     with np.errstate(invalid="ignore"):
-        nonpositive = (rating <= 0) & r_parsed if kind == "implicit" else np.zeros(rating.size, bool)
+        nonpositive = (rating == 0 if cfg.nonpositive == "negative" else rating <= 0) & r_parsed
+        if kind != "implicit":
+            nonpositive[:] = False
     if cfg.nonpositive == "reject":
         conditions.append((spark_rules.NONPOSITIVE, nonpositive))
     reason = np.full(rating.size, -1, np.int8)

@@ -1,0 +1,78 @@
+"""mf_spark on a Spark Connect session: the estimator (fit, transform, top-N, save and load, Pipeline and
+CrossValidator) and the jobs, through the DataFrame API only. tests/test_connect.py holds what they
+write to a classic session's results."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pyspark.ml import Pipeline
+from pyspark.ml.evaluation import RegressionEvaluator
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.sql import functions as F
+
+from mf_spark.core import session
+from mf_spark.ml import ALS, ALSModel
+
+# The fit tests/test_connect.py repeats on a classic session.
+FIT = dict(rank=3, maxIter=5, regParam=0.05, seed=3, userCol="userId", itemCol="movieId")
+
+
+@pytest.fixture(scope="module")
+def ratings(spark, shared):
+    return spark.read.parquet(str(shared / "ratings.parquet"))
+
+
+def test_the_session_is_connect(spark):
+    assert session.is_connect(spark)
+
+
+def test_fit_transform_recommend_save_load(spark, shared, ratings):
+    model = ALS(**FIT).fit(ratings)
+    predicted = model.transform(ratings)
+    assert predicted.count() == ratings.count()
+    assert predicted.where(F.isnan("prediction")).count() == 0
+    n_users = ratings.select("userId").distinct().count()
+    recs = model.recommendForAllUsers(4)
+    assert recs.count() == n_users
+    assert {len(r.recommendations) for r in recs.collect()} == {4}
+    subset = model.recommendForUserSubset(ratings.select("userId").distinct().limit(3), 2)
+    assert subset.count() == 3
+    assert model.recommendForAllItems(2).count() == ratings.select("movieId").distinct().count()
+
+    folder = str(shared / "connect_model")
+    model.write().overwrite().save(folder)  # the classic side compares these factors
+    with pytest.raises(FileExistsError):
+        model.write().save(folder)
+    loaded = ALSModel.load(folder)
+    assert loaded.getUserCol() == "userId" and loaded.rank == 3
+    same = loaded.transform(ratings).select("userId", "movieId", F.col("prediction").alias("again"))
+    joined = predicted.join(same, ["userId", "movieId"]).collect()
+    assert len(joined) == ratings.count()
+    assert max(abs(r.prediction - r.again) for r in joined) < 1e-6
+
+
+def test_pipeline_and_cross_validator(ratings):
+    als = ALS(**{**FIT, "maxIter": 2}, coldStartStrategy="drop")
+    fitted = Pipeline(stages=[als]).fit(ratings)
+    assert fitted.transform(ratings).count() == ratings.count()
+    grid = ParamGridBuilder().addGrid(als.regParam, [0.01, 1.0]).build()
+    evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating")
+    cv = CrossValidator(estimator=als, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, seed=1).fit(ratings)
+    assert len(cv.avgMetrics) == 2 and all(math.isfinite(m) for m in cv.avgMetrics)
+    assert isinstance(cv.bestModel, ALSModel)
+
+
+def test_train_and_recommend_jobs_under_spark_remote(shared, monkeypatch):
+    """The jobs as a user runs them with SPARK_REMOTE set (here on the server this process runs)."""
+    from jobs import recommend, train
+
+    monkeypatch.setenv("SPARK_REMOTE", "local[2]")
+    out = shared / "connect_job"
+    args = ["--train", str(shared / "train.csv"), "--test", str(shared / "test.csv"), "--output", str(out)]
+    assert train.main([*args, "--set", "model.rank=3", "--set", "model.iterations=4"]) == 0
+    assert (out / "metrics.json").is_file() and (out / "model.json").is_file()
+    recs = shared / "connect_recs"
+    assert recommend.main(["--model", str(out), "--output", str(recs), "--n", "3"]) == 0
+    assert any((recs / "recommendations").glob("*.parquet"))
