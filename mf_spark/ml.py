@@ -398,6 +398,7 @@ class ALS(Estimator, _ALSParams, DefaultParamsReadable, MLWritable):
 
     def _fit(self, dataset: DataFrame) -> "ALSModel":
         self._check()
+        session.check_worker_python(dataset.sparkSession)
         run = self.run_config()
         user, item, rating, ts = self.getUserCol(), self.getItemCol(), self.getRatingCol(), self.getTimestampCol()
         _require_columns(

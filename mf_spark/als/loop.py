@@ -363,7 +363,13 @@ def _resident(
     for attempt, rows in enumerate(inputs, 1):
         try:
             return stream.Resident(
-                rows, spec, stream.driver_host(sc), num_blocks, n_tasks=n_tasks, deadline=cfg.exchange_timeout_seconds
+                rows,
+                spec,
+                stream.driver_host(sc),
+                num_blocks,
+                n_tasks=n_tasks,
+                deadline=cfg.exchange_timeout_seconds,
+                stall_floor=cfg.stall_floor_seconds,
             ).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):

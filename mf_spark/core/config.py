@@ -288,7 +288,13 @@ class ModelConfig:
     exchange_timeout_seconds: float = setting(
         600.0,
         "stream: how long the driver waits for a half-step's replies (or for the blocks to be built) before it takes "
-        "the stage for frozen, drops it and submits it again",
+        "the stage for frozen, drops it and submits it again; the cap of `stall_floor_seconds`' deadline",
+        Check(lambda v: 0 < v < float("inf"), "a number of seconds > 0"),
+    )
+    stall_floor_seconds: float = setting(
+        45.0,
+        "stream: once half-steps have been timed, one whose replies take longer than max(this, 20 x the slowest of "
+        "the last 8) is a stall (a frozen task): the stage is dropped and submitted again at once, the reason logged",
         Check(lambda v: 0 < v < float("inf"), "a number of seconds > 0"),
     )
     checkpoint_interval: int = setting(

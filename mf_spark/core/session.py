@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -10,6 +11,8 @@ from typing import Iterator
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 from threadpoolctl import threadpool_limits
+
+from mf_spark.core.errors import ConfigError
 
 # Spark 4 measures an Arrow batch's byte size after every row it writes to a Python worker unless
 # this is Int.MaxValue (then only maxRecordsPerBatch, 10,000 rows by default, cuts batches). With
@@ -59,6 +62,7 @@ def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
     spark.sparkContext.setLogLevel(os.environ.get("MF_SPARK_SPARK_LOG_LEVEL", "WARN"))
     if existing is None and SHUFFLE_PARTITIONS_KEY not in given and SHUFFLE_PARTITIONS_KEY not in conf:
         spark.conf.set(SHUFFLE_PARTITIONS_KEY, str(max(8, 2 * spark.sparkContext.defaultParallelism)))
+    check_worker_python(spark)
     return spark
 
 
@@ -158,11 +162,21 @@ def broadcast(spark, value):
 _CHUNK = 8 << 20  # bytes per row when data travels to on_cluster's task
 
 
+def server_here() -> bool:
+    """Whether this process runs the Spark Connect server it is a client of (remote("local[N]"),
+    which pyspark marks with SPARK_LOCAL_REMOTE): the server's tasks then see this machine's files,
+    and on_cluster runs its function here, without a Spark job."""
+    return os.environ.get("SPARK_LOCAL_REMOTE") == "1"
+
+
 def on_cluster(spark, fn, *args, data: bytes | memoryview | None = None):
     """`fn(*args)` run in one task on `spark`'s cluster, its value (or its exception) sent back: how a
     Spark Connect client, which may not see the cluster's files, reaches them. `data` (bytes, e.g. a
     file's contents) travels as ordered chunks and is passed as the last argument. Value and
-    exception travel as cloudpickle, as Spark's own Python tasks send theirs (never stored)."""
+    exception travel as cloudpickle, as Spark's own Python tasks send theirs (never stored). When the
+    server runs in this process (server_here), `fn` runs here."""
+    if server_here():
+        return fn(*args, bytes(data)) if data is not None else fn(*args)
     import pyarrow as pa
     from pyspark import cloudpickle
 
@@ -186,3 +200,28 @@ def on_cluster(spark, fn, *args, data: bytes | memoryview | None = None):
     if not ok:
         raise value
     return value
+
+
+_WORKER_PYTHONS: dict[str, str | None] = {}  # executable -> why it cannot serve (None: it can)
+
+
+def check_worker_python(spark) -> None:
+    """Under a local master, ConfigError when the Python the workers run (PYSPARK_PYTHON or
+    spark.pyspark.python; Spark's default is `python3`, often the system's) cannot import numpy and
+    pyarrow: one line saying what to set, instead of a worker's traceback mid-job. Checked once per
+    executable (a process start, a fraction of a second); other masters' nodes are not this machine's."""
+    if not is_local(spark):
+        return
+    exe = spark.sparkContext.pythonExec or "python3"
+    if exe not in _WORKER_PYTHONS:
+        try:
+            run = subprocess.run([exe, "-c", "import numpy, pyarrow"], capture_output=True, text=True, timeout=60)
+            bad = None if run.returncode == 0 else (run.stderr.strip().splitlines() or ["failed"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            bad = str(e)
+        _WORKER_PYTHONS[exe] = bad
+    if _WORKER_PYTHONS[exe]:
+        raise ConfigError(
+            f"Spark's Python workers run {exe!r}, which cannot import numpy and pyarrow ({_WORKER_PYTHONS[exe]}); "
+            f"set PYSPARK_PYTHON={sys.executable} (or spark.pyspark.python) before the Spark session starts"
+        )

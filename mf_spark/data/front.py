@@ -172,8 +172,14 @@ class Split:
 
 def _stats(r: np.ndarray) -> dict:
     if not r.size:
-        return {"n": 0, "sum": 0.0, "lo": None, "hi": None}
-    return {"n": int(r.size), "sum": float(r.sum()), "lo": float(r.min()), "hi": float(r.max())}
+        return {"n": 0, "sum": 0.0, "lo": None, "hi": None, "nonpositive": 0}
+    return {
+        "n": int(r.size),
+        "sum": float(r.sum()),
+        "lo": float(r.min()),
+        "hi": float(r.max()),
+        "nonpositive": int(np.sum(r <= 0)),
+    }
 
 
 def _train_stats(parts: list[dict]) -> TrainStats:
@@ -182,7 +188,7 @@ def _train_stats(parts: list[dict]) -> TrainStats:
         raise InputError("the training split is empty: nothing to fit")
     lo = min(p["lo"] for p in parts if p["n"])
     hi = max(p["hi"] for p in parts if p["n"])
-    return TrainStats(n, sum(p["sum"] for p in parts) / n, lo, hi)
+    return TrainStats(n, sum(p["sum"] for p in parts) / n, lo, hi, sum(p["nonpositive"] for p in parts))
 
 
 def _read_counts(judged: dict) -> dict:

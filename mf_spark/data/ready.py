@@ -63,12 +63,13 @@ def as_df(ratings: "DataFrame | Triples") -> DataFrame:
 
 @dataclass(frozen=True)
 class TrainStats:
-    """Count, mean and range of the training ratings."""
+    """Count, mean and range of the training ratings, and how many are <= 0."""
 
     n: int
     mean: float
     lo: float
     hi: float
+    n_nonpositive: int = 0
 
 
 def train_stats(train: DataFrame | Triples) -> TrainStats:
@@ -78,13 +79,17 @@ def train_stats(train: DataFrame | Triples) -> TrainStats:
         if not train.r.size:
             raise InputError("the training split is empty: nothing to fit")
         r = train.r
-        return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()))
+        return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()), int(np.sum(r <= 0)))
     row = train.agg(
-        F.count(F.lit(1)).alias("n"), F.avg(RATING).alias("mean"), F.min(RATING).alias("lo"), F.max(RATING).alias("hi")
+        F.count(F.lit(1)).alias("n"),
+        F.avg(RATING).alias("mean"),
+        F.min(RATING).alias("lo"),
+        F.max(RATING).alias("hi"),
+        F.count(F.when(F.col(RATING) <= 0, 1)).alias("nonpositive"),
     ).first()
     if not row["n"]:
         raise InputError("the training split is empty: nothing to fit")
-    return TrainStats(int(row["n"]), float(row["mean"]), float(row["lo"]), float(row["hi"]))
+    return TrainStats(int(row["n"]), float(row["mean"]), float(row["lo"]), float(row["hi"]), int(row["nonpositive"]))
 
 
 @dataclass(frozen=True)

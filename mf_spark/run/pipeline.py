@@ -294,6 +294,7 @@ class Pipeline:
             ready.heldout.n,
             ready.heldout.n_cold,
         )
+        self._say_rating_range(ready.stats)
         fitted = self._fit(run)
         with self.clock.phase("evaluate"):
             metrics, seen = self._evaluate(run, fitted)
@@ -307,6 +308,26 @@ class Pipeline:
         metrics.update(self.clock.report())
         metrics["output"] = run.output
         return metrics
+
+    def _say_rating_range(self, stats) -> None:
+        """Explicit ratings with no data.rating_range: the range observed, and a warning when some are
+        <= 0 while most are positive (a star scale with stray negatives or zeros, fitted as they are)."""
+        if self.cfg.model.kind != "explicit" or self.cfg.data.rating_range is not None:
+            return
+        log.info(
+            "explicit ratings range from %g to %g (data.rating_range unset: none rejected as out of range)",
+            stats.lo,
+            stats.hi,
+        )
+        if 0 < stats.n_nonpositive < stats.n / 2:
+            log.warning(
+                "%d of the %d training ratings are <= 0 (the lowest %g) while most are positive: a negative star "
+                "rating? they are fitted as they are; set data.rating_range (e.g. [1, %g]) to reject them",
+                stats.n_nonpositive,
+                stats.n,
+                stats.lo,
+                stats.hi,
+            )
 
     def _fit(self, run: Prepared) -> Fitted:
         cfg, loaded, ready = run.cfg, run.loaded, run.ready
@@ -372,6 +393,7 @@ class Pipeline:
             "n_train": ready.stats.n,
             "n_test": ready.heldout.n,
             "n_test_cold": ready.heldout.n_cold,
+            "observed_rating_range": [ready.stats.lo, ready.stats.hi],
             **loaded.counts,
             "n_users": ready.users.size,
             "n_items": ready.items.size,

@@ -166,9 +166,11 @@ def test_hostile_bytes_at_a_tasks_piece_listener_leave_its_pieces_alone(monkeypa
 
 
 @pytest.mark.slow
-def test_a_frozen_task_is_dropped_at_the_deadline_and_the_fit_ends_right(spark):
+def test_a_frozen_task_is_dropped_as_a_stall_and_the_fit_ends_right(spark, caplog):
+    """The fixed deadline stays at its ten minutes: the stall deadline (a floor of 3 s here, over
+    half-steps of milliseconds) notices the frozen task."""
     u, i, r, _ = planted(n_users=60, n_items=40, rank=4, density=0.5, seed=4)
-    cfg = ModelConfig(rank=4, iterations=4, reg=0.1, seed=1, exchange="stream", exchange_timeout_seconds=4)
+    cfg = ModelConfig(rank=4, iterations=4, reg=0.1, seed=1, exchange="stream", stall_floor_seconds=3)
     want = als.fit(ratings_df(spark, u, i, r), 60, 40, cfg)
     frozen = []
 
@@ -190,6 +192,7 @@ def test_a_frozen_task_is_dropped_at_the_deadline_and_the_fit_ends_right(spark):
             except ProcessLookupError:
                 pass
     assert frozen and time.monotonic() - started < 120
+    assert any("a stall" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(got.factors.X, want.factors.X, atol=1e-6)
     np.testing.assert_allclose(got.factors.Y, want.factors.Y, atol=1e-6)
 

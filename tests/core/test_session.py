@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from mf_spark.core import session
@@ -50,3 +52,19 @@ def test_start_leaves_a_running_sessions_shuffle_partitions(spark):
     before = spark.conf.get(session.SHUFFLE_PARTITIONS_KEY)
     assert session.start("mf_spark-tests-again") is spark
     assert spark.conf.get(session.SHUFFLE_PARTITIONS_KEY) == before
+
+
+def test_a_worker_python_without_pyarrow_is_named_with_what_to_set(spark, tmp_path, monkeypatch):
+    from mf_spark.core.errors import ConfigError
+
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'pyarrow'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(session, "_WORKER_PYTHONS", {})
+    monkeypatch.setattr(spark.sparkContext, "pythonExec", str(fake))
+    with pytest.raises(
+        ConfigError, match="cannot import numpy and pyarrow .*No module named 'pyarrow'.*PYSPARK_PYTHON="
+    ):
+        session.check_worker_python(spark)
+    monkeypatch.setattr(spark.sparkContext, "pythonExec", sys.executable)
+    session.check_worker_python(spark)  # the suite's own Python serves

@@ -303,3 +303,15 @@ def test_id_maps_beyond_their_text_limit_fail_early_with_a_clear_message(monkeyp
     with pytest.raises(ValueError, match="at most 10 bytes of ID text"):
         index.IdMap(pa.array(["abcdef", "ghijkl"]), "user")
     index.IdMap(pa.array(["abc", "def"]), "user")
+
+
+def test_explicit_ratings_without_a_range_report_it_and_warn_of_stray_negatives(spark, tmp_path, capsys):
+    data = _ratings(tmp_path / "r.csv", extra="".join(f"u{u},i{u % 7 + 5},{-(u % 3)}\n" for u in range(10)))
+    out = tmp_path / "out"
+    assert train_job.main(["--input", str(data), "--output", str(out), *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    lo, hi = metrics["observed_rating_range"]
+    lines = capsys.readouterr().err.splitlines()
+    assert any(f"explicit ratings range from {lo:g} to {hi:g}" in m for m in lines)
+    warned = [m for m in lines if "<= 0" in m and "negative star rating" in m]
+    assert hi == 5 and len(warned) == 1 and "data.rating_range" in warned[0]

@@ -34,14 +34,17 @@ the executors), so anything that can reach those hosts can connect. What it guar
 hostile connections, malformed or oversized frames, peers that stall, tasks that freeze or vanish.
 Each fit draws a random secret, which reaches the tasks inside the task closure Spark ships; every
 connection must first answer a fresh nonce with an HMAC of that secret (wire.challenge) within a few
-seconds, before a byte of it is parsed, and a failed connection is logged and closed without harming
-the listener or the fit. Frames announce their sizes, and each is checked against fixed caps before
-anything is allocated; every read has a deadline (model.exchange_timeout_seconds for a half-step's
-replies), after which the stage is dropped and submitted again, and after repeated failures the fit
-goes on with one Spark job per half-step. What it does not give: confidentiality. Frames travel in
-plaintext and the secret travels in Spark's own task messages, so where Spark's traffic is protected
-(spark.authenticate, spark.network.crypto.enabled, spark.ssl.enabled) the fit uses Spark's own
-channels instead (als._exchange picks the jobs exchange).
+seconds, before a byte of it is parsed. Listeners admit connections through wire.Gate: each proves
+itself in a thread of its own, unproven ones are bounded per source address and in all (the oldest
+dropped first), and refusals are logged once a minute, so silent or scanning connections neither
+block nor delay a real peer. Frames announce their sizes, and each is checked against fixed caps before
+anything is allocated; every read has a deadline (a half-step's replies: the stall deadline,
+max(model.stall_floor_seconds, 20 x the slowest recent half-step), capped by
+model.exchange_timeout_seconds), after which the stage is dropped and submitted again, and after
+repeated failures the fit goes on with one Spark job per half-step. What it does not give:
+confidentiality. Frames travel in plaintext and the secret travels in Spark's own task messages, so
+where Spark's traffic is protected (spark.authenticate, spark.network.crypto.enabled,
+spark.ssl.enabled) the fit uses Spark's own channels instead (als._exchange picks the jobs exchange).
 """
 
 from mf_spark.als.engines.stream.driver import ACTIVE, Resident, driver_host, resident_inputs

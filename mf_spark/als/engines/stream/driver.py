@@ -3,6 +3,7 @@ half-step's fixed side to them and gather their rows (see mf_spark.als.engines.s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
@@ -25,6 +26,7 @@ from mf_spark.als.engines.stream.wire import (
     HANDSHAKE_SECONDS,
     ExchangeError,
     FrameError,
+    Gate,
     challenge,
     keepalive,
     recv_frame,
@@ -38,7 +40,8 @@ from mf_spark.kernels.solve import SolveSpec
 
 log = logging.getLogger("mf_spark")
 
-MAX_HANDSHAKES = 64  # connections proving themselves at once; more are closed at once
+STALL_WINDOW = 8  # recent half-steps whose times set the stall deadline
+STALL_MULTIPLE = 20.0
 
 
 @dataclass
@@ -69,9 +72,12 @@ class Resident(Engine):
         num_blocks: dict[str, int],
         n_tasks: int = 0,
         deadline: float = 600.0,
+        stall_floor: float = 45.0,
     ):
         self.deadline = deadline  # seconds a half-step (or the blocks' building) may take
-        self.handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self.stall_floor = stall_floor
+        self.step_seconds: collections.deque[float] = collections.deque(maxlen=STALL_WINDOW)
+        self.gate = Gate("resident stage: hello listener", self._hello, log)
         self.triples = ratings if isinstance(ratings, Triples) else None
         self.ratings, self.spec, self.host, self.num_blocks = ratings, spec, host, num_blocks
         if self.triples is not None:
@@ -192,42 +198,26 @@ class Resident(Engine):
         self.job = self._job()
 
     def _accept(self) -> None:
-        """Accept connections until the server closes; each proves itself in a thread of its own, so
-        that a peer which says nothing holds up nobody (at most MAX_HANDSHAKES at once)."""
-        while True:
-            try:
-                sock, addr = self.server.accept()
-            except OSError:
-                return
-            if not self.handshakes.acquire(blocking=False):
-                log.warning("resident stage: refused a connection from %s (too many at once)", addr)
-                sock.close()
-                continue
-            threading.Thread(target=self._hello, args=(sock, addr), name="mf_spark-hello", daemon=True).start()
+        """Accept connections until the server closes, through the Gate: each proves itself in a
+        thread of its own, so that no number of peers which say nothing holds up a task."""
+        self.gate.serve(self.server)
 
-    def _hello(self, sock: socket.socket, addr) -> None:
+    def _hello(self, sock: socket.socket) -> None:
         """One connection: the fit's secret proven (wire.challenge), then a hello frame naming the task;
-        anything else is logged and closed, and the listener goes on."""
-        try:
-            keepalive(sock)
-            challenge(sock, self.token, "task")
-            header, _ = recv_frame(sock, wait=HANDSHAKE_SECONDS, limit=0)
-            fields = {k: header.get(k) for k in ("task", "tasks", "stage", "pid")}
-            if (
-                any(type(v) is not int or v < 0 for v in fields.values())
-                or not isinstance(header.get("peer"), str)
-                or fields["task"] >= fields["tasks"]
-            ):
-                raise FrameError(f"a hello with bad fields {str(header)[:120]}")
-            sock.settimeout(None)
-            self.hellos.put(
-                _Conn(fields["task"], fields["tasks"], fields["stage"], fields["pid"], sock, header["peer"])
-            )
-        except Exception as e:  # noqa: BLE001 - a stray or hostile peer must not harm the listener
-            log.warning("resident stage: refused a connection from %s (%s)", addr, e)
-            sock.close()
-        finally:
-            self.handshakes.release()
+        anything else raises, and the Gate closes it and counts it."""
+        keepalive(sock)
+        challenge(sock, self.token, "task")
+        header, _ = recv_frame(sock, wait=HANDSHAKE_SECONDS, limit=0)
+        fields = {k: header.get(k) for k in ("task", "tasks", "stage", "pid")}
+        if (
+            any(type(v) is not int or v < 0 for v in fields.values())
+            or not isinstance(header.get("peer"), str)
+            or fields["task"] >= fields["tasks"]
+        ):
+            raise FrameError(f"a hello with bad fields {str(header)[:120]}")
+        self.gate.proven(sock)
+        sock.settimeout(None)
+        self.hellos.put(_Conn(fields["task"], fields["tasks"], fields["stage"], fields["pid"], sock, header["peer"]))
 
     def _connect(self) -> None:
         """Wait for one connection from every task of the job just submitted: the first stage id above
@@ -373,10 +363,28 @@ class Resident(Engine):
             else:  # each task gets its own rows, in the order of the ids it reported
                 send_frame(c.sock, {**header, "x0": True}, arrays + [x0[c.counts[at]]])
         parts = []
+        started, wait = time.monotonic(), self.stall_wait()
         for c in self.conns:
-            reply, got = recv_frame(c.sock, wait=self.deadline)
+            try:
+                reply, got = recv_frame(c.sock, wait=max(0.0, started + wait - time.monotonic()))
+            except FrameError as e:
+                if wait < self.deadline and str(e).startswith("timed out"):
+                    raise ExchangeError(
+                        f"task {c.task} sent no {header['side']} half-step in {wait:.0f} s (the slowest of the last "
+                        f"{len(self.step_seconds)} took {max(self.step_seconds):.2f} s): a stall"
+                    ) from e
+                raise
             parts.append((got[0], got[1], got[2] if len(got) > 2 else None, reply["loss"]))
+        self.step_seconds.append(time.monotonic() - started)
         return assemble(n_rows, arrays[0].shape[1], self.spec, previous, parts)
+
+    def stall_wait(self) -> float:
+        """How long a half-step's replies may take: before any half-step is timed, the fixed deadline;
+        then max(stall_floor, STALL_MULTIPLE x the slowest recent one), capped by the deadline. A task
+        that stops answering is then noticed in under a minute, not after the fixed ten."""
+        if not self.step_seconds:
+            return self.deadline
+        return min(self.deadline, max(self.stall_floor, STALL_MULTIPLE * max(self.step_seconds)))
 
 
 ACTIVE = weakref.WeakSet()

@@ -16,6 +16,7 @@ from mf_spark.als.engines.stream.wire import (
     HANDSHAKE_SECONDS,
     ExchangeError,
     FrameError,
+    Gate,
     challenge,
     keepalive,
     prove,
@@ -79,32 +80,25 @@ def _exchange(
     got[me] = outgoing[me]
     if server is None:
         return got
-    errors: list[BaseException] = []
+    arrived = threading.Event()
 
     def take(conn: socket.socket) -> None:
-        """One connection: a peer of this fit proves the secret, then sends its pieces; anything
-        else is logged and dropped, and the listener goes on."""
-        try:
-            with keepalive(conn):
-                challenge(conn, token, "peer")
-                header, arrays = recv_frame(conn, wait=HANDSHAKE_SECONDS)
-                sender = header.get("from")
-                if type(sender) is not int or not 0 <= sender < n or sender == me or len(arrays) != 6:
-                    raise FrameError(f"a piece frame from {sender!r} with {len(arrays)} arrays")
-                got[sender] = arrays
-        except (OSError, ValueError, FrameError) as e:
-            log.warning("resident task %d: refused a connection on its piece listener (%s)", me, e)
+        """One connection: a peer of this fit proves the secret, then sends its pieces; anything else
+        raises, and the Gate closes it and counts it."""
+        with keepalive(conn):
+            challenge(conn, token, "peer")
+            gate.proven(conn)
+            header, arrays = recv_frame(conn, wait=HANDSHAKE_SECONDS)
+            sender = header.get("from")
+            if type(sender) is not int or not 0 <= sender < n or sender == me or len(arrays) != 6:
+                raise FrameError(f"a piece frame from {sender!r} with {len(arrays)} arrays")
+            got[sender] = arrays
+            if all(g is not None for g in got):
+                arrived.set()
 
-    def receive() -> None:
-        try:
-            while any(g is None for g in got):
-                conn, _ = server.accept()
-                take(conn)
-        except BaseException as e:  # noqa: BLE001 - re-raised by the task below
-            errors.append(e)
-
-    receiver = threading.Thread(target=receive, name="mf_spark-pieces", daemon=True)
-    receiver.start()
+    gate = Gate(f"resident task {me}: piece listener", take, log)
+    threading.Thread(target=gate.serve, args=(server,), name="mf_spark-pieces", daemon=True).start()
+    errors: list[BaseException] = []
     try:
         for t in range(1, n):
             peer = (me + t) % n  # staggered, so the tasks do not all send to task 0 first
@@ -112,7 +106,9 @@ def _exchange(
             with keepalive(socket.create_connection((host, int(port)), timeout=EXCHANGE_SECONDS)) as sock:
                 prove(sock, token, "peer")
                 send_frame(sock, {"from": me}, outgoing[peer])
-        receiver.join(EXCHANGE_SECONDS)
+        arrived.wait(EXCHANGE_SECONDS)
+    except (OSError, FrameError) as e:
+        errors.append(e)
     finally:
         server.close()
     if errors or any(g is None for g in got):

@@ -51,6 +51,82 @@ def keepalive(sock: socket.socket) -> socket.socket:
     return sock
 
 
+class Gate:
+    """The front door of a listener: every accepted connection is handled (`handle(sock)`: prove the
+    secret, read the hello or the pieces) in a thread of its own, under the handshake deadline, so
+    that no number of silent, slow or scanning connections delays a real peer. Unproven connections
+    are bounded, `per_source` from one address and `limit` in all; past either bound the oldest
+    unproven one is dropped, not the newest refused (a flood cannot lock out a peer that arrives
+    after it). `handle` calls `proven(sock)` once the peer has shown the secret: from then on the
+    connection no longer counts. Refusals are logged at most once a minute, with their count."""
+
+    def __init__(self, name: str, handle, log, limit: int = 64, per_source: int = 16) -> None:
+        import threading
+
+        self.name, self.handle, self.log = name, handle, log
+        self.limit, self.per_source = limit, per_source
+        self.lock = threading.Lock()
+        self.pending: dict[socket.socket, tuple[float, str]] = {}  # unproven: accepted at, source
+        self.dropped, self.reasons, self.last_log = 0, {}, 0.0
+
+    def serve(self, server: socket.socket, until=lambda: False) -> None:
+        """Accept until the server socket closes (or `until()` after a connection)."""
+        while not until():
+            try:
+                sock, addr = server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.admit(sock, addr[0] if isinstance(addr, tuple) else str(addr))
+
+    def admit(self, sock: socket.socket, source: str) -> None:
+        import threading
+
+        with self.lock:
+            self.pending[sock] = (time.monotonic(), source)
+            mine = [s for s, (_, src) in self.pending.items() if src == source]
+            if len(mine) > self.per_source:
+                self._drop(min(mine, key=lambda s: self.pending[s][0]), "too many unproven from one address")
+            if len(self.pending) > self.limit:
+                self._drop(min(self.pending, key=lambda s: self.pending[s][0]), "too many unproven")
+        threading.Thread(target=self._run, args=(sock, source), name=f"mf_spark-{self.name}", daemon=True).start()
+
+    def proven(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.pending.pop(sock, None)
+
+    def _drop(self, sock: socket.socket, why: str) -> None:
+        """Close an unproven connection (its thread's read then fails); the lock is held."""
+        self.pending.pop(sock, None)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        self._refused(why)
+
+    def _refused(self, why: str) -> None:
+        self.dropped += 1
+        self.reasons[why] = self.reasons.get(why, 0) + 1
+        now = time.monotonic()
+        if now - self.last_log >= 60.0:
+            shown = "; ".join(f"{n} x {r}" for r, n in sorted(self.reasons.items(), key=lambda kv: -kv[1])[:3])
+            self.log.warning("%s: refused %d connection(s) (%s)", self.name, self.dropped, shown)
+            self.dropped, self.reasons, self.last_log = 0, {}, now
+
+    def _run(self, sock: socket.socket, source: str) -> None:
+        try:
+            self.handle(sock)
+        except Exception as e:  # noqa: BLE001 - a stray or hostile peer must not harm the listener
+            with self.lock:
+                if self.pending.pop(sock, None) is not None:
+                    self._refused(f"{type(e).__name__}: {str(e)[:80]}")
+                else:  # a peer that proved the secret, then failed (the caller sees what is missing)
+                    self.log.info("%s: a connection failed after its proof (%s)", self.name, e)
+            sock.close()
+
+
 def _digest(secret: str, role: str, nonce: bytes) -> bytes:
     return hmac.new(secret.encode(), role.encode() + b"|" + nonce, hashlib.sha256).digest()
 
