@@ -66,7 +66,7 @@ def test_connect_session_gives_the_classic_factors(spark, tmp_path):
 
     out = tmp_path / "classic_job"
     argv = ["--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--output", str(out)]
-    train.run(spark, cli.parse_train([*argv, "--set", "model.rank=3", "--set", "model.iterations=4"]))
+    train.run(spark, cli.parse_train([*argv, "--set", "model.rank=3", "--set", "model.iterations=2"]))
     a, b = load_model(str(out), spark), load_model(str(tmp_path / "connect_job"), spark)
     assert a.users.ids.equals(b.users.ids) and a.items.ids.equals(b.items.ids)
     assert float(np.max(np.abs(a.factors.X - b.factors.X))) < 1e-4

@@ -143,3 +143,9 @@ class TestFrames(EngineContract):
 class TestJoin(EngineContract):
     settings = {"strategy": "join"}
     exchange = "join"
+
+    # Its joins move factors alike whatever the model: held to the others on the two variants that
+    # together cover biases, implicit Gramians, conjugate gradients and blocks left empty.
+    @pytest.mark.parametrize("model", VARIANTS[3:])
+    def test_gives_the_factors_of_every_other_engine(self, spark, data, model):
+        EngineContract.test_gives_the_factors_of_every_other_engine(self, spark, data, model)

@@ -54,7 +54,7 @@ def test_fit_transform_recommend_save_load(spark, shared, ratings):
 
 
 def test_pipeline_and_cross_validator(ratings):
-    als = ALS(**{**FIT, "maxIter": 2}, coldStartStrategy="drop")
+    als = ALS(**{**FIT, "maxIter": 1}, coldStartStrategy="drop")
     fitted = Pipeline(stages=[als]).fit(ratings)
     assert fitted.transform(ratings).count() == ratings.count()
     grid = ParamGridBuilder().addGrid(als.regParam, [0.01, 1.0]).build()
@@ -71,7 +71,7 @@ def test_train_and_recommend_jobs_under_spark_remote(shared, monkeypatch):
     monkeypatch.setenv("SPARK_REMOTE", "local[2]")
     out = shared / "connect_job"
     args = ["--train", str(shared / "train.csv"), "--test", str(shared / "test.csv"), "--output", str(out)]
-    assert train.main([*args, "--set", "model.rank=3", "--set", "model.iterations=4"]) == 0
+    assert train.main([*args, "--set", "model.rank=3", "--set", "model.iterations=2"]) == 0
     assert (out / "metrics.json").is_file() and (out / "model.json").is_file()
     recs = shared / "connect_recs"
     assert recommend.main(["--model", str(out), "--output", str(recs), "--n", "3"]) == 0
