@@ -371,7 +371,7 @@ class Resident(Engine):
                 if wait < self.deadline and str(e).startswith("timed out"):
                     raise ExchangeError(
                         f"task {c.task} sent no {header['side']} half-step in {wait:.0f} s (the slowest of the last "
-                        f"{len(self.step_seconds)} took {max(self.step_seconds):.2f} s): a stall"
+                        f"{len(self.step_seconds)} took {1000 * max(self.step_seconds):.0f} ms): a stall"
                     ) from e
                 raise
             parts.append((got[0], got[1], got[2] if len(got) > 2 else None, reply["loss"]))
