@@ -409,6 +409,12 @@ class TuneConfig:
         5, "halving: iterations of the first rung (fewer rank the settings badly)", at_least(1)
     )
     validation_users: int = setting(2000, "users sampled for a ranking metric (every user below this)", at_least(1))
+    budget_minutes: float = setting(
+        0.0,
+        "time budget of the search: once spent, no trial starts or goes on (those begun keep their iterations so "
+        "far, and trial 0, `[model]`'s own settings, always runs); the best so far is chosen; 0 = none",
+        Check(lambda v: 0.0 <= v < float("inf"), "a number of minutes >= 0 (0 = no budget)"),
+    )
     seed: int = setting(0, "draws of the settings and of the sampled users")
     space: dict = setting(
         {},

@@ -172,8 +172,11 @@ class Pipeline:
             def extra(staging: str, body: dict) -> list:
                 fs.write_parquet(self.spark, posixpath.join(staging, "tuning", "trials.parquet"), trials)
                 fs.write_text(self.spark, posixpath.join(staging, "best.toml"), config.to_toml(best, header))
+                test = (search.metric, body.get(search.metric))
                 return [
-                    report.tuning_section(trials, f"validation_{search.metric}", search.lower_is_better, search.params)
+                    report.tuning_section(
+                        trials, f"validation_{search.metric}", search.lower_is_better, search.params, test
+                    )
                 ]
 
             return self.fit_publish(Prepared(best, output, lease, loaded, outer), extra, {"tuning": summary})

@@ -944,8 +944,11 @@ def _param_axis(values: list[Any]) -> tuple[np.ndarray, Sequence[str], bool]:
     return np.array([cats.index(_fmt(v)) for v in values], np.float64) + spread, cats, False
 
 
-def tuning_section(trials: pa.Table, metric: str, lower_is_better: bool, params: list[str]) -> Section:
-    """The search: metric by trial, metric against each parameter, validation curves, the top 10."""
+def tuning_section(
+    trials: pa.Table, metric: str, lower_is_better: bool, params: list[str], test: tuple[str, float] | None = None
+) -> Section:
+    """The search: metric by trial, metric against each parameter, validation curves, the top 10;
+    `test`: (metric, value) of the refit on the test split, set beside the best validation value."""
     rows = trials.to_pylist() if trials is not None else []
     if not rows:
         return Section("Tuning", _note("No trials were run."))
@@ -968,8 +971,14 @@ def tuning_section(trials: pa.Table, metric: str, lower_is_better: bool, params:
         _Series("trial", trial, v, BLUE, width=0, radius=3.5, tips=tips),
         _Series(best, [trial[b]], [v[b]], BEST, width=0, radius=6, tips=[tips[b]]),
     ]
+    lead = _tuning_lead(rows, v, b, name, lower_is_better, params)
+    if test is not None and test[1] is not None and math.isfinite(test[1]):
+        lead += (
+            f" Refit on all the training data with these settings, it scores {_label(test[0])} {_fmt(test[1])} "
+            f"on the test split (validation: {_fmt(v[b])}); the test split took no part in the choice."
+        )
     parts = [
-        f'<p class="lead">{_e(_tuning_lead(rows, v, b, name, lower_is_better, params))}</p>',
+        f'<p class="lead">{_e(lead)}</p>',
         _plot(by_trial, f"{name} by trial", "trial", name, xint=True),
     ]
     small = [_param_plot(rows, p, v, b, name, tips) for p in params]

@@ -324,6 +324,16 @@ def search(inner: Ready, run: RunConfig) -> Search:
     validate = Validation(inner, run)
     chosen = settings(run)
     trials = [Trial(n, s) for n, s in enumerate(chosen)]
+    deadline = time.perf_counter() + 60.0 * tune.budget_minutes if tune.budget_minutes else math.inf
+    cut: list[int] = []  # the trial number at which the budget stopped the search
+
+    def spent(t: Trial) -> bool:
+        """Whether the budget is spent before trial `t` (trial 0, [model]'s own, always runs)."""
+        if t.number and time.perf_counter() >= deadline:
+            cut.append(t.number)
+            return True
+        return False
+
     for t in trials:  # [tune.space] iterations caps its own trials; max_iterations the others
         t.settings.setdefault("iterations", tune.max_iterations)
     ceiling = lambda t: t.settings["iterations"]
@@ -339,9 +349,11 @@ def search(inner: Ready, run: RunConfig) -> Search:
             alive, budget = trials, tune.min_iterations
             while alive:
                 for t in alive:  # each keeps its factors: it may go on
+                    if spent(t):
+                        break
                     _advance(t, inner, run, blocks, validate, budget)
                 going = [t for t in alive if not t.stopped and t.iterations < ceiling(t)]
-                if not going or budget >= tune.max_iterations:
+                if cut or not going or budget >= tune.max_iterations:
                     break
                 ranked = sorted(going, key=lambda t: _value(t, validate), reverse=not validate.lower_is_better)
                 keep = ranked[: max(1, math.ceil(len(ranked) / tune.eta))]
@@ -351,10 +363,22 @@ def search(inner: Ready, run: RunConfig) -> Search:
                 alive, budget = keep, min(budget * tune.eta, tune.max_iterations)
         else:
             for t in trials:
+                if spent(t):
+                    break
                 _advance(t, inner, run, blocks, validate, ceiling(t))
                 t.factors = None
     for t in trials:
         t.factors = None
+    if cut:
+        ran = [t for t in trials if t.iterations or t.failed]
+        log.warning(
+            "tuning: the time budget of %g minutes ran out at trial %d (%d of %d trials ran); choosing the best so far",
+            tune.budget_minutes,
+            cut[0],
+            len(ran),
+            len(trials),
+        )
+        trials = ran
     pick = min if validate.lower_is_better else max  # the first of equals, as the trials' order
     best = pick((t for t in trials if t.history), key=lambda t: _value(t, validate), default=None)
     if best is None:
@@ -412,6 +436,7 @@ def summary(run: RunConfig, search, inner, seconds: float) -> dict[str, Any]:
         "method": run.tune.method,
         "metric": search.metric,
         "trials": len(search.trials),
+        "budget_minutes": run.tune.budget_minutes or None,
         "best_trial": search.best.number,
         "best_validation": search.best_value,
         "best_iteration": search.best_iteration,

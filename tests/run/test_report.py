@@ -352,6 +352,8 @@ def test_tuning_section_marks_the_best_trial():
     assert svgs(root) == 5
     rows = root.findall(f".//{XHTML}tbody/{XHTML}tr")
     assert len(rows) == 10 and rows[0].findall(f"{XHTML}td")[1].text == str(best)
+    beside = report.tuning_section(trials, "rmse", True, ["rank"], test=("rmse", 0.8765)).html
+    assert f"scores RMSE 0.8765 on the test split (validation: {report._fmt(rmse[best])})" in beside
 
 
 @pytest.mark.parametrize(

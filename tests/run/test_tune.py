@@ -200,6 +200,21 @@ def test_halving_gives_the_survivors_more_iterations(spark, explicit_csv):
     inner.release()
 
 
+@pytest.mark.parametrize("method", ["halving", "random"])
+def test_a_spent_budget_stops_the_search_and_keeps_the_best_so_far(spark, explicit_csv, monkeypatch, caplog, method):
+    """A budget spent during trial 0 (the clock below jumps a minute per reading): trial 0, [model]'s
+    own settings, runs; no other starts; the search still chooses, and says why it stopped."""
+    clock = iter(range(0, 10_000, 60))
+    monkeypatch.setattr(tune.time, "perf_counter", lambda: float(next(clock)))
+    run = _run(f"tune.method={method}", "tune.trials=6", "tune.budget_minutes=0.5", "tune.max_iterations=3")
+    _, inner = _inner(spark, run, explicit_csv)
+    with caplog.at_level("WARNING", logger="mf_spark"):
+        found = tune.search(inner, run)
+    assert [t.number for t in found.trials] == [0] and found.best.number == 0 and found.best.iterations >= 1
+    assert any("time budget of 0.5 minutes ran out at trial 1" in r.getMessage() for r in caplog.records)
+    inner.release()
+
+
 def test_patience_stops_a_trial_that_stopped_improving(spark, explicit_csv):
     run = _run(
         "tune.method=grid",
