@@ -36,13 +36,27 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_BAD_INPUT if isinstance(exc, (UsageError, ConfigError, InputError)) else EXIT_FAILURE
 
 
+class Stopped(BaseException):
+    """The job was asked to stop (SIGTERM, as schedulers do before SIGKILL, or SIGINT): raised in the
+    main thread at once, so that every clean-up on the way out runs (the staging folder deleted, the
+    lease released, checkpoints kept). A BaseException, as KeyboardInterrupt is, so that handlers of
+    `Exception` do not swallow it. Its exit code is 128 + the signal's number (143, 130)."""
+
+    def __init__(self, signum: int, phase: str | None = None) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.phase = signum, phase  # the job's phase when the signal came
+
+
 class InjectedFault(MfSparkError):
     """Raised by the MF_SPARK_FAIL_AT test hook."""
 
 
 # Test hook: MF_SPARK_FAIL_AT=<stage> raises InjectedFault at that stage of a training run (read,
 # checkpoint, model, recommendations, rejected, metrics, swap); MF_SPARK_FAIL_AT=<stage>:kill kills
-# the process there (SIGKILL: nothing runs after it), to prove that the next run recovers.
+# the process there (SIGKILL: nothing runs after it), to prove that the next run recovers;
+# <stage>:term sends SIGTERM to the whole process group there, as a scheduler stops a task.
 FAIL_AT_ENV = "MF_SPARK_FAIL_AT"
 
 
@@ -51,5 +65,7 @@ def fault_point(stage: str) -> None:
     wanted = os.environ.get(FAIL_AT_ENV, "")
     if wanted == f"{stage}:kill":
         os.kill(os.getpid(), 9)
+    if wanted == f"{stage}:term":
+        os.killpg(os.getpgid(0), 15)
     if wanted == stage:
         raise InjectedFault(f"injected failure at stage {stage!r} ({FAIL_AT_ENV})")

@@ -58,12 +58,36 @@ def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
     builder = SparkSession.builder.appName(app_name)
     for key, value in {**{k: v for k, v in DEFAULTS.items() if k not in given}, **(conf or {})}.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _jvm_leaves_sigterm_to_us():
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MF_SPARK_SPARK_LOG_LEVEL", "WARN"))
     if existing is None and SHUFFLE_PARTITIONS_KEY not in given and SHUFFLE_PARTITIONS_KEY not in conf:
         spark.conf.set(SHUFFLE_PARTITIONS_KEY, str(max(8, 2 * spark.sparkContext.defaultParallelism)))
     check_worker_python(spark)
     return spark
+
+
+@contextmanager
+def _jvm_leaves_sigterm_to_us() -> Iterator[None]:
+    """When this process launches Spark's JVM (`python -m jobs.x`, not spark-submit), launch it with
+    SIGTERM ignored: a JVM started so installs no handler of its own (as under nohup), so a
+    scheduler's SIGTERM to the process group stops the job through ours (cli.guarded: clean up,
+    release the lease, one line) instead of the JVM dying under it. The JVM still exits when this
+    process ends (it watches its standard input), and pyspark already does the same for SIGINT."""
+    import signal
+    import threading
+
+    from pyspark import SparkContext
+
+    launching = "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._gateway is None
+    if not launching or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 REMOTE_KEY = "spark.remote"  # a [spark] key, or --remote: the Spark Connect server to use

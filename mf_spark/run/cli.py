@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import Callable
 
 from mf_spark.core import config
 from mf_spark.core.config import RunConfig
-from mf_spark.core.errors import MfSparkError, UsageError, exit_code
+from mf_spark.core.errors import MfSparkError, Stopped, UsageError, exit_code
 from mf_spark.core.session import REMOTE_KEY
+from mf_spark.run import phases
 
 FORMATS = ("auto", "csv", "tsv", "movielens", "parquet")
 DEMO_OUTPUT = "output"
@@ -161,8 +164,19 @@ def guarded(what: str, body: Callable[[], int]) -> int:
     The error is the last line the job prints: nothing of ours is logged after it, and py4j's own
     log lines are not shown (setup_logging)."""
     setup_logging()
+    handlers = _on_stop_signals()
     try:
         return body()
+    except Stopped as exc:
+        phase = exc.phase
+        log.error(
+            "%s stopped by %s%s: nothing half-written is left (a previous output is intact); with checkpoints, "
+            "--resume continues from the last one",
+            what,
+            exc,
+            f" during {phase}" if phase else "",
+        )
+        return 128 + exc.signum
     except MfSparkError as exc:
         log.error("%s", exc)
         return exit_code(exc)
@@ -172,4 +186,24 @@ def guarded(what: str, body: Callable[[], int]) -> int:
         log.error("%s failed: %s%s", what, type(exc).__name__, f": {first}" if first else "")
         return 1
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         sys.stderr.flush()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _on_stop_signals() -> dict:
+    """Make SIGTERM and SIGINT raise Stopped in the main thread (returns the handlers they had). The
+    first one stops the job; later ones are ignored, so that the clean-up it started runs to its end
+    (a scheduler's SIGKILL still ends it)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum, frame):
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Stopped(signum, phases.current())
+
+    return {s: signal.signal(s, stop) for s in STOP_SIGNALS}

@@ -28,6 +28,13 @@ _GROUP = "spark.jobGroup.id"
 _DESCRIPTION = "spark.job.description"
 
 
+_RUNNING: list[str] = []  # the phases open now, innermost last (what a stopped job was doing)
+
+
+def current() -> str | None:
+    return _RUNNING[-1] if _RUNNING else None
+
+
 class PhaseClock:
     """Seconds and Spark job counts of named phases since the clock was made."""
 
@@ -61,9 +68,11 @@ class PhaseClock:
             sc.setJobGroup(group, f"mf_spark: {name}")
         t0 = time.perf_counter()
         self._open[name] = (t0, group)
+        _RUNNING.append(name)
         try:
             yield
         finally:
+            _RUNNING.pop()
             del self._open[name]
             seconds = time.perf_counter() - t0
             jobs = self._count(group)

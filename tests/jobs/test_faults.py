@@ -77,6 +77,25 @@ def test_driver_killed_at_a_stage_then_resumed_ends_with_the_uninterrupted_model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_sigterm_to_the_process_group_stops_cleanly_and_resume_goes_on(spark, tmp_path, whole):
+    """A scheduler's SIGTERM to the job's process group (here right after a checkpoint): exit 143 at
+    once, one last line saying so, no staging folder or lease left, the checkpoint kept; --resume
+    then publishes the uninterrupted model."""
+    out = tmp_path / "out"
+    stopped = _job(out, env={FAIL_AT_ENV: "checkpoint:term"})
+    err = stopped.stderr.read()
+    assert stopped.wait(timeout=600) == 143, err[-3000:]
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert "training stopped by SIGTERM during fit" in last and "--resume" in last, err[-3000:]
+    assert "mf_spark/run/cli.py" not in err  # no traceback of the driver's (the tasks' ends are Spark's log)
+    assert not out.exists() and not list(tmp_path.glob(".out_staging-*")) and not (tmp_path / ".out_run").exists()
+    assert list((tmp_path / ".out_checkpoint").glob("iter-*/state.json"))
+    resumed = _job(out, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    a = load_model(str(out), spark)
+    assert np.max(np.abs(a.factors.X - whole.factors.X)) < 1e-4
+
+
 def test_two_runs_on_one_output_leave_one_complete_output(spark, tmp_path):
     out = tmp_path / "out"
     runs = [_job(out, "--set", "model.iterations=3", "--set", f"model.seed={seed}") for seed in (1, 2)]
