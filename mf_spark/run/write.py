@@ -80,6 +80,11 @@ def check_output(spark: SparkSession, output: str) -> str:
     qualified = fs.qualify(spark, output).rstrip("/")
     if fs.exists(spark, qualified) and not fs.is_dir(spark, qualified):
         raise InputError(f"--output {output}: exists and is a file, expected a folder (or a new path)")
+    parent = posixpath.dirname(qualified)
+    while parent and not fs.exists(spark, parent) and posixpath.dirname(parent) != parent:
+        parent = posixpath.dirname(parent)  # the nearest existing ancestor: it must be a folder
+    if parent and fs.exists(spark, parent) and not fs.is_dir(spark, parent):
+        raise InputError(f"--output {output}: {parent} is a file, expected a folder above the output")
     return qualified
 
 
@@ -146,7 +151,14 @@ class Lease:
         """Take the lease, or raise LeaseHeld naming the live holder."""
         for _ in range(20):  # each pass either takes the lease or sees a takeover by someone else
             self._beats = 1
-            if fs.create_new(self.spark, self.path, json.dumps(dict(self._me, beat=self._beats))):
+            try:
+                created = fs.create_new(self.spark, self.path, json.dumps(dict(self._me, beat=self._beats)))
+            except OSError as exc:  # the parent folder cannot be written (read-only, no permission, full)
+                raise InputError(
+                    f"--output {self.output}: cannot write in {posixpath.dirname(self.output) or '.'} "
+                    f"({exc.strerror or exc}); give an output in a folder this job can write"
+                ) from None
+            if created:
                 self._thread = threading.Thread(target=self._heartbeat, name="mf_spark-lease", daemon=True)
                 self._thread.start()
                 return self
@@ -154,11 +166,13 @@ class Lease:
             if holder is None:
                 continue  # released meanwhile
             if not self._stale(holder):
+                age = fs.age_seconds(self.spark, self.path) or 0.0
                 raise LeaseHeld(
                     f"another run is using {self.output}: pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')}, started {holder.get('started', '?')} (lease {self.path}, "
-                    f"refreshed every {HEARTBEAT_SECONDS:.0f}s; taken over once not refreshed for "
-                    f"{STALE_SECONDS:.0f}s)"
+                    f"refreshed every {HEARTBEAT_SECONDS:.0f}s, last {age:.0f}s ago; taken over once not refreshed "
+                    f"for {STALE_SECONDS:.0f}s, in {max(0.0, STALE_SECONDS - age):.0f}s if that run is gone). "
+                    f"If no run is using it, delete {self.path} and run again"
                 )
             # Renaming is atomic: of several runs taking over one stale lease, one wins.
             grave = f"{self.path}.stale-{self.token}"

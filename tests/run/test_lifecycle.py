@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -52,8 +53,10 @@ def test_a_live_lease_excludes_a_second_run_and_release_frees_it(spark, tmp_path
     out = str(tmp_path / "out")
     with write.claim(spark, out) as lease:
         assert json.loads((tmp_path / ".out_run").read_text())["owner"] == lease.token
-        with pytest.raises(write.LeaseHeld, match="another run is using"):
+        with pytest.raises(write.LeaseHeld, match="another run is using") as held:
             write.Lease(spark, out).acquire()
+        assert re.search(r"last \d+s ago; taken over once not refreshed for 180s, in 1\d\ds if", str(held.value))
+        assert f"delete {tmp_path / '.out_run'} and run again" in str(held.value).replace("file:", "")
         lease.check()
     assert not (tmp_path / ".out_run").exists()
     write.Lease(spark, out).acquire().release()
@@ -315,3 +318,16 @@ def test_explicit_ratings_without_a_range_report_it_and_warn_of_stray_negatives(
     assert any(f"explicit ratings range from {lo:g} to {hi:g}" in m for m in lines)
     warned = [m for m in lines if "<= 0" in m and "negative star rating" in m]
     assert hi == 5 and len(warned) == 1 and "data.rating_range" in warned[0]
+
+
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_naming_it(spark, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="afile is a file, expected a folder above the output"):
+        write.check_output(spark, str(tmp_path / "afile" / "deeper" / "out"))
+
+    def refused(spark, path, text=""):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(write.fs, "create_new", refused)
+    with pytest.raises(InputError, match=r"cannot write in .*root \(Permission denied\); give an output"):
+        write.Lease(spark, str(tmp_path / "root" / "out")).acquire()
