@@ -180,6 +180,22 @@ class CheckpointStore:
             self.guard()
         folder = posixpath.join(self.root, f"iter-{iteration:05d}")
         fs.delete(self.spark, folder)
+        try:
+            self._write(folder, iteration, factors, state)
+        except Exception:
+            # A write that failed (a full disk, a lost store) leaves no half checkpoint behind: the one
+            # before stays the latest, and the space it took is given back.
+            try:
+                fs.delete(self.spark, folder)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        for name in fs.list_names(self.spark, self.root):
+            if name.startswith("iter-") and name < f"iter-{iteration:05d}":
+                fs.delete(self.spark, posixpath.join(self.root, name))
+        fault_point("checkpoint")
+
+    def _write(self, folder: str, iteration: int, factors: Factors, state: dict[str, Any]) -> None:
         for side, F, b in (("users", factors.X, factors.user_bias), ("items", factors.Y, factors.item_bias)):
             table = factor_table(pa.array(np.arange(F.shape[0], dtype=np.int32)), F, b, "idx")
             buf = pa.BufferOutputStream()
@@ -201,10 +217,6 @@ class CheckpointStore:
         fs.write_json(self.spark, partial, body, indent=1)
         if not fs.rename(self.spark, partial, posixpath.join(folder, "state.json")):
             raise OSError(f"checkpoint: could not rename {partial} to state.json")
-        for name in fs.list_names(self.spark, self.root):
-            if name.startswith("iter-") and name < f"iter-{iteration:05d}":
-                fs.delete(self.spark, posixpath.join(self.root, name))
-        fault_point("checkpoint")
 
     def latest(self) -> tuple[dict[str, Any], Factors] | None:
         """The newest checkpoint whose state.json exists, or None. InputError when it belongs to a run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import signal
 import sys
 import threading
@@ -182,6 +183,10 @@ def guarded(what: str, body: Callable[[], int]) -> int:
         return exit_code(exc)
     except Exception as exc:
         traceback.print_exc()
+        cause = environment_cause(exc)
+        if cause:
+            log.error("%s failed: %s", what, cause)
+            return 1
         first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
         log.error("%s failed: %s%s", what, type(exc).__name__, f": {first}" if first else "")
         return 1
@@ -189,6 +194,35 @@ def guarded(what: str, body: Callable[[], int]) -> int:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         sys.stderr.flush()
+
+
+# Causes from the machine, not the job, as the JVM's and the OS's messages name them (their stack
+# traces run to hundreds of lines): the last line names the cause and the path when one is given.
+ENVIRONMENT_CAUSES = (
+    ("No space left on device", "no space left on the device"),
+    ("Disk quota exceeded", "the disk quota is exceeded"),
+    ("Read-only file system", "the file system is read-only"),
+    ("Permission denied", "permission denied"),
+)
+
+
+def environment_cause(exc: BaseException) -> str | None:
+    """One line for an error whose cause (anywhere in its chain or its Java stack trace) is the
+    machine's: a full disk, a quota, a read-only file system, a refused permission; None otherwise."""
+    seen, texts = set(), []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    text = "\n".join(texts)
+    for needle, said in ENVIRONMENT_CAUSES:
+        at = text.find(needle)
+        if at < 0:
+            continue
+        line = text[text.rfind("\n", 0, at) + 1 : text.find("\n", at) if "\n" in text[at:] else len(text)]
+        path = re.search(r"((?:file:|hdfs:|s3a?:|gs:|abfss?:)?/[^\s'\",)]+)", line)
+        return f"{said}{f' ({path.group(1)})' if path else ''}: {line.strip()[:300]}"
+    return None
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

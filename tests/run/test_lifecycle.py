@@ -331,3 +331,44 @@ def test_an_output_that_cannot_be_written_is_refused_in_one_line_naming_it(spark
     monkeypatch.setattr(write.fs, "create_new", refused)
     with pytest.raises(InputError, match=r"cannot write in .*root \(Permission denied\); give an output"):
         write.Lease(spark, str(tmp_path / "root" / "out")).acquire()
+
+
+# ---- the machine's errors ---------------------------------------------------------------------------------
+def test_a_full_disk_under_a_checkpoint_leaves_the_one_before_and_no_half_folder(spark, tmp_path, monkeypatch):
+    import numpy as np
+
+    from mf_spark.core.types import Factors
+
+    store = checkpoint.CheckpointStore(spark, str(tmp_path / "out"))
+    f = Factors(np.ones((3, 2), np.float32), np.ones((4, 2), np.float32), None, None, 0.0)
+    store.save(1, f, {})
+    real = fs.write_bytes
+
+    def full(spark, path, data):
+        if "iter-00002" in path and "items" in path:
+            raise OSError(28, "No space left on device", path)
+        return real(spark, path, data)
+
+    monkeypatch.setattr(fs, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left"):
+        store.save(2, f, {})
+    assert sorted(p.name for p in (tmp_path / ".out_checkpoint").iterdir()) == ["iter-00001"]
+    assert store.latest()[0]["iteration"] == 1
+
+
+def test_errors_of_the_machine_end_in_one_line_naming_the_cause():
+    from mf_spark.run.cli import environment_cause
+
+    java = RuntimeError(
+        "An error occurred while calling o1422.parquet.\n: org.apache.spark.SparkException: Job aborted.\n"
+        + "\tat org.apache.spark.sql.Dataset.x(Dataset.scala:1)\n" * 300
+        + "Caused by: java.io.IOException: No space left on device\n\tat java.io.FileOutputStream.writeBytes"
+    )
+    assert environment_cause(java) == (
+        "no space left on the device: Caused by: java.io.IOException: No space left on device"
+    )
+    try:
+        raise InputError("wrapped") from PermissionError(13, "Permission denied", "/data/out/model.json")
+    except InputError as e:
+        assert environment_cause(e).startswith("permission denied (/data/out/model.json): ")
+    assert environment_cause(ValueError("a bug")) is None
