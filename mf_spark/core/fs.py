@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import time
 import uuid
 from functools import wraps
@@ -122,6 +123,27 @@ def data_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
             continue
         out.append((str(st.getPath().toString()), int(st.getLen()), int(st.getModificationTime())))
     return sorted(out)
+
+
+def sibling(output: str, tag: str) -> str:
+    """`.<name>_<tag>` beside `output`: how a publish names its lease (run), its staging folder and
+    the previous output it moves aside (old-<token>) while it swaps the new one in."""
+    return posixpath.join(posixpath.dirname(output), f".{posixpath.basename(output)}_{tag}")
+
+
+def set_aside(spark: SparkSession, output: str) -> str | None:
+    """The previous complete version of `output` (with _SUCCESS) that a publish moved aside, when
+    `output` itself is missing: for the moment between the swap's two renames (or after a run killed
+    there, until the next run restores it). None otherwise."""
+    output = output.rstrip("/")
+    if exists(spark, output):
+        return None
+    prefix = posixpath.basename(sibling(output, "old-"))
+    for name in list_names(spark, posixpath.dirname(output) or "."):
+        folder = posixpath.join(posixpath.dirname(output), name)
+        if name.startswith(prefix) and exists(spark, posixpath.join(folder, "_SUCCESS")):
+            return folder
+    return None
 
 
 def _private_copy(local: str, text: str) -> str:

@@ -462,6 +462,14 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     inconsistent (wrong rank, duplicate or missing IDs).
     """
     spark = spark or SparkSession.builder.getOrCreate()
+    aside = fs.set_aside(spark, path)
+    if aside is not None:  # a run is swapping its new output in (or was killed doing it)
+        log.warning("%s is being replaced; reading its previous version from %s", path, aside)
+        try:
+            return load_model(aside, spark)
+        except ModelError:  # the swap ended meanwhile (the aside folder is deleted after it)
+            if not fs.exists(spark, path):
+                raise
     meta_path = posixpath.join(path, "model.json")
     if not fs.exists(spark, meta_path):
         raise ModelError(f"{meta_path} does not exist: {path} is not a model folder (a training run's --output)")

@@ -88,10 +88,6 @@ def check_output(spark: SparkSession, output: str) -> str:
     return qualified
 
 
-def _sibling(output: str, tag: str) -> str:
-    return posixpath.join(posixpath.dirname(output), f".{posixpath.basename(output)}_{tag}")
-
-
 # ---- the lease --------------------------------------------------------------------------------------
 def _alive(pid: int) -> bool:
     try:
@@ -109,7 +105,7 @@ class Lease:
     def __init__(self, spark: SparkSession, output: str):
         self.spark = spark
         self.output = output
-        self.path = _sibling(output, "run")
+        self.path = fs.sibling(output, "run")
         self.token = uuid.uuid4().hex
         self._beats = 0
         self._lost: str | None = None
@@ -306,7 +302,7 @@ def publish_with(spark: SparkSession, output: str, write_all: Callable[[str], No
     if lease is None:
         with claim(spark, output) as own:
             return publish_with(spark, output, write_all, own)
-    staging = _sibling(output, f"staging-{lease.token[:12]}")
+    staging = fs.sibling(output, f"staging-{lease.token[:12]}")
     try:
         write_all(staging)
         fs.write_text(spark, posixpath.join(staging, "_SUCCESS"), "")
@@ -319,7 +315,7 @@ def publish_with(spark: SparkSession, output: str, write_all: Callable[[str], No
 
 
 def _swap(spark: SparkSession, staging: str, output: str, token: str) -> None:
-    old = _sibling(output, f"old-{token}")
+    old = fs.sibling(output, f"old-{token}")
     had_old = fs.exists(spark, output)
     if had_old and not fs.rename(spark, output, old):
         raise MfSparkError(f"cannot move the previous output {output} aside to {old}")

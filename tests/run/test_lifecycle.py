@@ -372,3 +372,22 @@ def test_errors_of_the_machine_end_in_one_line_naming_the_cause():
     except InputError as e:
         assert environment_cause(e).startswith("permission denied (/data/out/model.json): ")
     assert environment_cause(ValueError("a bug")) is None
+
+
+def test_a_reader_between_the_swaps_renames_reads_the_previous_output(spark, tmp_path, capsys):
+    """The moment a publish has moved the old output aside and not yet renamed the new one in (or a
+    run killed there): load_model and the recommend job read the version set aside."""
+    from jobs import recommend
+    from mf_spark.model.factors import load_model
+
+    out = tmp_path / "out"
+    assert train_job.main(["--input", str(_ratings(tmp_path / "r.csv")), "--output", str(out), *TINY]) == 0
+    want = load_model(str(out), spark)
+    out.rename(tmp_path / ".out_old-0123456789ab")
+    got = load_model(str(out), spark)
+    assert got.users.ids.equals(want.users.ids) and (got.factors.X == want.factors.X).all()
+    assert "is being replaced; reading its previous version from" in capsys.readouterr().err
+    assert recommend.main(["--model", str(out), "--output", str(tmp_path / "recs"), "--n", "2"]) == 0
+    (tmp_path / ".out_old-0123456789ab" / "_SUCCESS").unlink()  # an incomplete one is never read
+    with pytest.raises(Exception, match="is not a model folder"):
+        load_model(str(out), spark)
