@@ -153,6 +153,14 @@ def read_factor_table(table: pa.Table, rank: int, where: str) -> tuple[np.ndarra
     return F, bias
 
 
+_SAVED: list[int] = []  # the iteration this process checkpointed last
+
+
+def last_saved() -> int | None:
+    """The iteration of this process's last complete checkpoint (what --resume continues after)."""
+    return _SAVED[-1] if _SAVED else None
+
+
 class CheckpointStore:
     """Saves and finds the latest complete checkpoint for one output folder."""
 
@@ -193,6 +201,7 @@ class CheckpointStore:
         for name in fs.list_names(self.spark, self.root):
             if name.startswith("iter-") and name < f"iter-{iteration:05d}":
                 fs.delete(self.spark, posixpath.join(self.root, name))
+        _SAVED[:] = [iteration]
         fault_point("checkpoint")
 
     def _write(self, folder: str, iteration: int, factors: Factors, state: dict[str, Any]) -> None:

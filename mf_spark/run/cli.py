@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+from mf_spark.als import checkpoint
 from mf_spark.core import config
 from mf_spark.core.config import RunConfig
 from mf_spark.core.errors import MfSparkError, Stopped, UsageError, exit_code
@@ -170,12 +171,13 @@ def guarded(what: str, body: Callable[[], int]) -> int:
         return body()
     except Stopped as exc:
         phase = exc.phase
+        saved = checkpoint.last_saved()
         log.error(
-            "%s stopped by %s%s: nothing half-written is left (a previous output is intact); with checkpoints, "
-            "--resume continues from the last one",
+            "%s stopped by %s%s: nothing half-written is left (a previous output is intact); %s",
             what,
             exc,
             f" during {phase}" if phase else "",
+            f"--resume continues after iteration {saved}" if saved else "no checkpoint was written",
         )
         return 128 + exc.signum
     except MfSparkError as exc:
@@ -185,8 +187,8 @@ def guarded(what: str, body: Callable[[], int]) -> int:
         traceback.print_exc()
         cause = environment_cause(exc)
         if cause:
-            log.error("%s failed: %s", what, cause)
-            return 1
+            log.error("%s failed: %s", what, cause[1])
+            return cause[0]
         first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
         log.error("%s failed: %s%s", what, type(exc).__name__, f": {first}" if first else "")
         return 1
@@ -198,30 +200,33 @@ def guarded(what: str, body: Callable[[], int]) -> int:
 
 # Causes from the machine, not the job, as the JVM's and the OS's messages name them (their stack
 # traces run to hundreds of lines): the last line names the cause and the path when one is given.
+# With the exit code: 1 for what may pass (space freed, a quota raised: retry), 2 for what the user
+# must change (where the job writes).
 ENVIRONMENT_CAUSES = (
-    ("No space left on device", "no space left on the device"),
-    ("Disk quota exceeded", "the disk quota is exceeded"),
-    ("Read-only file system", "the file system is read-only"),
-    ("Permission denied", "permission denied"),
+    ("No space left on device", "no space left on the device", 1),
+    ("Disk quota exceeded", "the disk quota is exceeded", 1),
+    ("Read-only file system", "the file system is read-only", 2),
+    ("Permission denied", "permission denied", 2),
 )
 
 
-def environment_cause(exc: BaseException) -> str | None:
-    """One line for an error whose cause (anywhere in its chain or its Java stack trace) is the
-    machine's: a full disk, a quota, a read-only file system, a refused permission; None otherwise."""
+def environment_cause(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) for an error whose cause (anywhere in its chain or its Java stack trace)
+    is the machine's: a full disk, a quota, a read-only file system, a refused permission; None
+    otherwise."""
     seen, texts = set(), []
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         texts.append(str(exc))
         exc = exc.__cause__ or exc.__context__
     text = "\n".join(texts)
-    for needle, said in ENVIRONMENT_CAUSES:
+    for needle, said, code in ENVIRONMENT_CAUSES:
         at = text.find(needle)
         if at < 0:
             continue
         line = text[text.rfind("\n", 0, at) + 1 : text.find("\n", at) if "\n" in text[at:] else len(text)]
         path = re.search(r"((?:file:|hdfs:|s3a?:|gs:|abfss?:)?/[^\s'\",)]+)", line)
-        return f"{said}{f' ({path.group(1)})' if path else ''}: {line.strip()[:300]}"
+        return code, f"{said}{f' ({path.group(1)})' if path else ''}: {line.strip()[:300]}"
     return None
 
 

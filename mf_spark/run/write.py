@@ -17,6 +17,7 @@ Azure Blob, ADLS without hierarchical namespace) are refused as outputs (`check_
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -149,7 +150,9 @@ class Lease:
             self._beats = 1
             try:
                 created = fs.create_new(self.spark, self.path, json.dumps(dict(self._me, beat=self._beats)))
-            except OSError as exc:  # the parent folder cannot be written (read-only, no permission, full)
+            except OSError as exc:  # the parent folder cannot be written (read-only, no permission)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # may pass: exit 1, the cause named (cli.environment_cause)
                 raise InputError(
                     f"--output {self.output}: cannot write in {posixpath.dirname(self.output) or '.'} "
                     f"({exc.strerror or exc}); give an output in a folder this job can write"

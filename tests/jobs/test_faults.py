@@ -86,7 +86,8 @@ def test_sigterm_to_the_process_group_stops_cleanly_and_resume_goes_on(spark, tm
     err = stopped.stderr.read()
     assert stopped.wait(timeout=600) == 143, err[-3000:]
     last = [line for line in err.splitlines() if line.strip()][-1]
-    assert "training stopped by SIGTERM during fit" in last and "--resume" in last, err[-3000:]
+    assert "training stopped by SIGTERM during fit" in last, err[-3000:]
+    assert "--resume continues after iteration 2" in last
     assert "mf_spark/run/cli.py" not in err  # no traceback of the driver's (the tasks' ends are Spark's log)
     assert not out.exists() and not list(tmp_path.glob(".out_staging-*")) and not (tmp_path / ".out_run").exists()
     assert list((tmp_path / ".out_checkpoint").glob("iter-*/state.json"))

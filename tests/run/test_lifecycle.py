@@ -365,12 +365,14 @@ def test_errors_of_the_machine_end_in_one_line_naming_the_cause():
         + "Caused by: java.io.IOException: No space left on device\n\tat java.io.FileOutputStream.writeBytes"
     )
     assert environment_cause(java) == (
-        "no space left on the device: Caused by: java.io.IOException: No space left on device"
+        1,
+        "no space left on the device: Caused by: java.io.IOException: No space left on device",
     )
     try:
         raise InputError("wrapped") from PermissionError(13, "Permission denied", "/data/out/model.json")
     except InputError as e:
-        assert environment_cause(e).startswith("permission denied (/data/out/model.json): ")
+        code, line = environment_cause(e)
+        assert code == 2 and line.startswith("permission denied (/data/out/model.json): ")
     assert environment_cause(ValueError("a bug")) is None
 
 

@@ -122,7 +122,7 @@ class Gate:
             with self.lock:
                 if self.pending.pop(sock, None) is not None:
                     self._refused(f"{type(e).__name__}: {str(e)[:80]}")
-                else:  # a peer that proved the secret, then failed (the caller sees what is missing)
+                elif sock.fileno() != -1:  # proven, then failed (a dropped one was closed and counted)
                     self.log.info("%s: a connection failed after its proof (%s)", self.name, e)
             sock.close()
 
