@@ -70,24 +70,34 @@ def start(app_name: str, conf: dict[str, str] | None = None) -> SparkSession:
 @contextmanager
 def _jvm_leaves_sigterm_to_us() -> Iterator[None]:
     """When this process launches Spark's JVM (`python -m jobs.x`, not spark-submit), launch it with
-    SIGTERM ignored: a JVM started so installs no handler of its own (as under nohup), so a
+    SIGTERM ignored (in this process only across the fork and exec, by wrapping pyspark's Popen): a
+    JVM started so installs no handler of its own (as under nohup), so a
     scheduler's SIGTERM to the process group stops the job through ours (cli.guarded: clean up,
     release the lease, one line) instead of the JVM dying under it. The JVM still exits when this
     process ends (it watches its standard input), and pyspark already does the same for SIGINT."""
     import signal
     import threading
 
-    from pyspark import SparkContext
+    from pyspark import SparkContext, java_gateway
 
     launching = "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._gateway is None
-    if not launching or threading.current_thread() is not threading.main_thread():
+    real = getattr(java_gateway, "Popen", None)
+    if not launching or real is None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def popen(*args, **kwargs):  # ignored only across the fork and exec: a SIGTERM after is ours
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    java_gateway.Popen = popen
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        java_gateway.Popen = real
 
 
 REMOTE_KEY = "spark.remote"  # a [spark] key, or --remote: the Spark Connect server to use

@@ -177,7 +177,7 @@ def guarded(what: str, body: Callable[[], int]) -> int:
             what,
             exc,
             f" during {phase}" if phase else "",
-            f"--resume continues after iteration {saved}" if saved else "no checkpoint was written",
+            f"--resume continues after iteration {saved}" if saved else "this run wrote no checkpoint",
         )
         return 128 + exc.signum
     except MfSparkError as exc:
