@@ -48,7 +48,9 @@ EXECUTION_ONLY = {
         "num_item_blocks",
         "day_bias_reg",
         "day_length",
-    }
+        "stall_floor_seconds",
+    },
+    "data": {"fingerprint"},
 }
 FACTOR_SECTIONS = ("data", "split", "model")
 
@@ -101,8 +103,12 @@ def fingerprint(
             {s: {k: v for k, v in whole[s].items() if k not in EXECUTION_ONLY.get(s, ())} for s in FACTOR_SECTIONS}
         )
     )  # as state.json gives it back: lists
+    content = cfg.data.fingerprint == "content"
     files = {
-        role: [{"path": p, "bytes": n, "modified_ms": t} for p, n, t in fs.data_files(spark, path)]
+        role: [
+            {"path": p, "bytes": n, "modified_ms": t, **({"sha256": fs.checksum(spark, p)} if content else {})}
+            for p, n, t in fs.data_files(spark, path)
+        ]
         for role, path in sorted(inputs.items())
     }
     return {
@@ -128,9 +134,11 @@ def differences(was: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
         out += [f"{role} file {p} is gone" for p in sorted(set(a) - set(b))]
         out += [
             f"{role} file {p} changed ({a[p]['bytes']} bytes modified at {a[p]['modified_ms']} ms, now "
-            f"{b[p]['bytes']} at {b[p]['modified_ms']})"
+            f"{b[p]['bytes']} at {b[p]['modified_ms']}"
+            + (", its content differs)" if a[p].get("sha256", "") != b[p].get("sha256", "") else ")")
             for p in sorted(set(a) & set(b))
-            if a[p] != b[p]
+            # what both runs recorded: a checksum only when both took one (data.fingerprint = content)
+            if any(a[p][k] != b[p][k] for k in set(a[p]) & set(b[p]) - {"path"})
         ]
     old_counts = was.get("counts", {})
     out += [f"{k} was {old_counts.get(k)}, now {v}" for k, v in now["counts"].items() if old_counts.get(k) != v]

@@ -141,6 +141,11 @@ class DataConfig:
         ("", "NULL", "\\N", "null"),
         'field texts (after trimming spaces) that mean "no value" in an ID, rating or timestamp',
     )
+    fingerprint: Literal["stat", "content"] = setting(
+        "stat",
+        "what `--resume` holds the input files to: `stat` (size and modification time) or `content` (also a SHA-256 "
+        "of every byte: reads the input once more, and notices an edit that keeps size and time)",
+    )
 
     def __post_init__(self) -> None:
         check_settings(self, "data")

@@ -304,6 +304,21 @@ def _local_path(spark: SparkSession, path: str) -> str | None:
 
 
 @_anywhere
+def checksum(spark: SparkSession, path: str) -> str:
+    """SHA-256 of a file's bytes, hex: local files hashed here, others streamed through Hadoop into
+    commons-codec's digest in the JVM (no byte crosses py4j)."""
+    local = _local_path(spark, path)
+    if local is not None:
+        return fs_tasks.sha256_of(local)
+    fs, p = _fs_path(spark, path)
+    stream = fs.open(p)
+    try:
+        return str(spark.sparkContext._jvm.org.apache.commons.codec.digest.DigestUtils.sha256Hex(stream))
+    finally:
+        stream.close()
+
+
+@_anywhere
 def read_text(spark: SparkSession, path: str) -> str:
     fs, p = _fs_path(spark, path)
     if not fs.exists(p):

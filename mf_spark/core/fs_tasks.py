@@ -9,6 +9,7 @@ A classic session keeps core.fs's Hadoop FileSystem calls: they cost no Spark jo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -151,6 +152,26 @@ def _read_text(path: str) -> str:
         return src.read().decode("utf-8")
 
 
+def sha256_of(local: str) -> str:
+    """SHA-256 of a local file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(local, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checksum(path: str) -> str:
+    fsys, inner, local = resolve(path)
+    if local:
+        return sha256_of(inner)
+    h = hashlib.sha256()
+    with fsys.open_input_stream(inner) as src:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path.strip("/") else ""
 
@@ -169,6 +190,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "write_text": lambda path, text: _write(path, text.encode("utf-8")),
     "write_bytes": _write,
     "read_text": _read_text,
+    "checksum": _checksum,
 }
 
 

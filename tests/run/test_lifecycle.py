@@ -393,3 +393,29 @@ def test_a_reader_between_the_swaps_renames_reads_the_previous_output(spark, tmp
     (tmp_path / ".out_old-0123456789ab" / "_SUCCESS").unlink()  # an incomplete one is never read
     with pytest.raises(Exception, match="is not a model folder"):
         load_model(str(out), spark)
+
+
+@pytest.mark.parametrize("route", ["hadoop", "task"])
+def test_a_content_fingerprint_notices_an_edit_that_keeps_size_and_time(spark, tmp_path, monkeypatch, route):
+    """data.fingerprint = content: --resume refuses an input edited in place with its size and time kept
+    (the stat fingerprint, the default, cannot see it); the same through a task, as on Spark Connect."""
+    import pyarrow as pa
+
+    if route == "task":
+        monkeypatch.setattr(fs, "is_connect", lambda spark: True)
+    data = tmp_path / "r.csv"
+    data.write_text("user,item,rating\nu1,i1,3\nu2,i2,4\n")
+    ids = pa.array(["u1", "u2"])
+
+    def prints(kind):
+        cfg = config.load(None, [f"data.fingerprint={kind}"])
+        return checkpoint.fingerprint(spark, cfg, {"input": str(data)}, {"n_read": 2}, ids, ids)
+
+    before = {kind: prints(kind) for kind in ("stat", "content")}
+    stat = os.stat(data)
+    data.write_text("user,item,rating\nu1,i1,5\nu2,i2,4\n")  # one digit: the same size
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert checkpoint.differences(before["stat"], prints("stat")) == []
+    changed = checkpoint.differences(before["content"], prints("content"))
+    assert len(changed) == 1 and "r.csv changed" in changed[0] and "its content differs" in changed[0]
+    assert checkpoint.differences(before["stat"], prints("content")) == []  # only what both recorded
