@@ -65,8 +65,9 @@ def test_driver_killed_at_a_stage_then_resumed_ends_with_the_uninterrupted_model
     env = {FAIL_AT_ENV: f"{stage}:kill"}
     killed = _job(out, env=env)
     assert killed.wait(timeout=600) == -signal.SIGKILL, killed.stderr.read()[-3000:]
-    if stage == "swap":  # the previous output is only in the aside folder now
+    if stage == "swap":  # the previous output is only in the aside folder now: a reader gets it
         assert not out.exists() and list(tmp_path.glob(".out_old-*"))
+        assert load_model(str(out), spark).factors.X.shape[1] == 4
     resumed = _job(out, "--resume")
     err = resumed.stderr.read()
     assert resumed.wait(timeout=600) == 0, err[-3000:]
