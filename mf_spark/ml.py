@@ -440,11 +440,16 @@ def _grouped(recs: DataFrame, key_col: str, other_col: str, key_type: str, other
         F.col(ITEM).cast(other_type).alias("_other"),
         F.col("score").cast("float").alias("rating"),
     )
-    lists = recs.groupBy(F.col(USER).cast(key_type).alias(key_col)).agg(
-        F.array_sort(F.collect_list(entry)).alias("_recs")
+    # The key is never null and the list never empty; declared as MLlib declares them (a non-null key,
+    # a nullable list of nullable entries), so that schemas compare equal, nullability included.
+    never_null = F.lit("" if key_type == "string" else 0).cast(key_type)
+    key = F.coalesce(F.col(USER).cast(key_type), never_null).alias(key_col)
+    lists = recs.groupBy(key).agg(F.array_sort(F.collect_list(entry)).alias("_recs"))
+    best = F.transform(  # when(): conditions that always hold, but not constants (those fold away)
+        "_recs",
+        lambda e: F.when(e["_rank"] > 0, F.struct(e["_other"].alias(other_col), e["rating"].alias("rating"))),
     )
-    best = F.transform("_recs", lambda e: F.struct(e["_other"].alias(other_col), e["rating"].alias("rating")))
-    return lists.select(_col(key_col), best.alias("recommendations"))
+    return lists.select(_col(key_col), F.when(F.size("_recs") > 0, best).alias("recommendations"))
 
 
 def _int_ids(col: str, where: str) -> Column:

@@ -150,7 +150,12 @@ def test_recommend_schemas_equal_mllibs(planted_fit):
         assert_schema_equality(make(ours).schema, make(theirs).schema, ignore_nullable=True)
     assert ours.userFactors.columns == ["id", "features", "bias"]  # ours carries the biases
     assert_schema_equality(ours.transform(df).schema, theirs.transform(df).schema)
-    for make in (lambda m: m.userFactors.select("id", "features"), lambda m: m.transform(df)):
+    for make in (
+        lambda m: m.userFactors.select("id", "features"),
+        lambda m: m.transform(df),
+        lambda m: m.recommendForAllUsers(3),
+        lambda m: m.recommendForItemSubset(df.limit(2), 3),
+    ):
         assert_schema_equality(make(ours).schema, make(theirs).schema)  # nullability too
     assert ours.rank == theirs.rank == 3
 
