@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -247,6 +248,9 @@ def check_worker_python(spark) -> None:
     if not is_local(spark):
         return
     exe = spark.sparkContext.pythonExec or "python3"
+    found = shutil.which(exe)
+    if found and os.path.realpath(found) == os.path.realpath(sys.executable):
+        return  # this interpreter, which has numpy and pyarrow (the jobs' case): no process to start
     if exe not in _WORKER_PYTHONS:
         try:
             run = subprocess.run([exe, "-c", "import numpy, pyarrow"], capture_output=True, text=True, timeout=60)
