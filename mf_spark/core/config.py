@@ -420,6 +420,12 @@ class TuneConfig:
         "far, and trial 0, `[model]`'s own settings, always runs); the best so far is chosen; 0 = none",
         Check(lambda v: 0.0 <= v < float("inf"), "a number of minutes >= 0 (0 = no budget)"),
     )
+    extend_rounds: int = setting(
+        2,
+        "rounds of trials past the space's edges: a best setting on the edge of its list or range (or a best "
+        "iteration at the last one) is tried one step beyond, from the best trial, while that improves; 0 = none",
+        at_least(0),
+    )
     seed: int = setting(0, "draws of the settings and of the sampled users")
     space: dict = setting(
         {},

@@ -16,6 +16,10 @@ Searches (tune.method):
              best 1/eta of them go on, from the factors they reached, to eta times as many, and so
              on up to tune.max_iterations (ALS's state is its factors, so going on is the same fit
              as running longer in one go)
+Then the space's edges (tune.extend_rounds): a best setting on the edge of its list or range is tried
+one step beyond (rank 64 of [8, 16, 32, 64]: 128), one trial per such setting, and a best trial
+still improving at its last iteration goes on to twice as many; while a round improves on the best,
+the next starts from the new best. A default space cannot fit every data set, so its edges move.
 Every trial stops once its validation metric has not improved for tune.patience iterations, and a
 trial whose fit diverges is recorded with no metric. Settings applied after a fit (POST_FIT: the day
 biases' lambda) are not drawn: every trial scores each listed value on its own factors after every
@@ -88,6 +92,53 @@ def _draw(choice: Any, rng: np.random.Generator) -> Any:
     lo, hi = choice["min"], choice["max"]
     x = math.exp(rng.uniform(math.log(lo), math.log(hi))) if choice["log"] else rng.uniform(lo, hi)
     return int(round(x)) if isinstance(lo, int) else float(f"{x:.4g}")
+
+
+# Ranks an extension round may reach: past them a fit's memory and time grow beyond what a search
+# should spend unasked (a list in [tune.space] can still name larger ones).
+MAX_EXTENDED_RANK = 1024
+# A range's edge: the best value within this share of the range's width (in log ratio for a log range).
+EDGE_SHARE = 0.1
+
+
+def beyond(key: str, choice: Any, value: Any) -> tuple[Any, Any] | None:
+    """(the value one step past `value`, `choice` widened to hold it) when `value` sits on an edge
+    of `choice` (a list of numbers, or a range); None inside, for a choice that is not numeric, or
+    when the step leaves the key's valid values. The step of a list is its spacing at that edge
+    (a ratio when its values grow by one, as ranks do); of a range, a quarter of its width."""
+    if isinstance(choice, dict):
+        lo, hi, log_scale = choice["min"], choice["max"], choice["log"]
+        if hi <= lo:
+            return None
+        at = (lambda x: math.log(x)) if log_scale else (lambda x: x)
+        width = at(hi) - at(lo)
+        step = width / 4
+        if at(value) - at(lo) <= EDGE_SHARE * width:
+            new = math.exp(at(value) - step) if log_scale else value - step
+        elif at(hi) - at(value) <= EDGE_SHARE * width:
+            new = math.exp(at(value) + step) if log_scale else value + step
+        else:
+            return None
+        new = int(round(new)) if isinstance(lo, int) else float(f"{new:.4g}")
+        widened = {**choice, "min": min(lo, new), "max": max(hi, new)}
+    else:
+        numbers = sorted({v for v in choice if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if len(numbers) < 2 or value not in (numbers[0], numbers[-1]):
+            return None
+        a, b = (numbers[-2], numbers[-1]) if value == numbers[-1] else (numbers[1], numbers[0])
+        geometric = len(numbers) > 2 and numbers[0] > 0 and all(
+            math.isclose(y / x, numbers[1] / numbers[0], rel_tol=0.01) for x, y in zip(numbers, numbers[1:])
+        )
+        new = b * (b / a) if geometric else b + (b - a)
+        new = int(round(new)) if all(isinstance(v, int) for v in numbers) else float(f"{new:.4g}")
+        widened = [*choice, new]
+    if new == value or (key == "rank" and new > MAX_EXTENDED_RANK):
+        return None
+    try:
+        ModelConfig(**{key: new})
+    except ConfigError:
+        return None
+    return new, widened
 
 
 # Settings applied after a fit, to its factors: a trial scores each of their listed values on its
@@ -317,6 +368,57 @@ def _value(trial: Trial, validate: Validation) -> float:
     return (math.inf if validate.lower_is_better else -math.inf) if value is None else value
 
 
+def _leader(trials: list[Trial], validate: Validation) -> Trial | None:
+    """The trial with the best metric so far (the first of equals, in the trials' order); None when
+    none has one."""
+    pick = min if validate.lower_is_better else max
+    return pick((t for t in trials if t.history), key=lambda t: _value(t, validate), default=None)
+
+
+def _drop_all_but(keep: Trial | None, trials: list[Trial]) -> None:
+    for t in trials:
+        if t is not keep:
+            t.factors = None
+
+
+def _extend(
+    trials: list[Trial], inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation, spent
+) -> list[Trial]:
+    """Rounds past the space's edges from the best trial (tune.extend_rounds): the trials they add.
+    `spent(trial)`: whether the time budget is spent before that trial."""
+    space = {k: v for k, v in space_of(run).items() if k not in POST_FIT}
+    added: list[Trial] = []
+    best = _leader(trials, validate)
+    for _ in range(run.tune.extend_rounds):
+        if best is None:
+            break
+        before, tried = _value(best, validate), []
+        ceiling = best.settings["iterations"]
+        last_best = best.history and _best_at(best.history, validate.lower_is_better) + 1 == best.iterations
+        if best.factors is not None and not best.stopped and best.iterations == ceiling and last_best:
+            log.info("tuning: trial %d still improves at iteration %d: going on to %d", best.number, ceiling, 2 * ceiling)
+            best.settings["iterations"] = 2 * ceiling
+            _advance(best, inner, run, blocks, validate, 2 * ceiling)
+        for key, choice in space.items():
+            step = beyond(key, choice, best.settings[key])
+            if step is None:
+                continue
+            value, space[key] = step
+            t = Trial(len(trials) + len(added), {**best.settings, key: value})
+            if spent(t):
+                return added
+            log.info("tuning: %s = %r is on the edge of the space: trying %r", key, best.settings[key], value)
+            _advance(t, inner, run, blocks, validate, t.settings["iterations"])
+            added.append(t)
+            tried.append(t)
+        leader = _leader([best, *tried], validate)
+        _drop_all_but(leader, [best, *tried])
+        if leader is best and _value(best, validate) == before:
+            break  # nothing past the edges did better
+        best = leader
+    return added
+
+
 def search(inner: Ready, run: RunConfig) -> Search:
     """Run the search of run.tune over `inner` (the fit part, and the validation part as its held-out
     rows). Trials are deterministic for a given tune.seed and model.seed."""
@@ -366,7 +468,9 @@ def search(inner: Ready, run: RunConfig) -> Search:
                 if spent(t):
                     break
                 _advance(t, inner, run, blocks, validate, ceiling(t))
-                t.factors = None
+                _drop_all_but(_leader(trials, validate), trials)  # the leader may go on (_extend)
+        if not cut:
+            trials += _extend(trials, inner, run, blocks, validate, spent)
     for t in trials:
         t.factors = None
     if cut:
@@ -379,8 +483,7 @@ def search(inner: Ready, run: RunConfig) -> Search:
             len(trials),
         )
         trials = ran
-    pick = min if validate.lower_is_better else max  # the first of equals, as the trials' order
-    best = pick((t for t in trials if t.history), key=lambda t: _value(t, validate), default=None)
+    best = _leader(trials, validate)
     if best is None:
         raise InputError(f"every one of the {len(trials)} trials diverged; first: {trials[0].failed}")
     return Search(trials, validate.metric, validate.lower_is_better, list(space_of(run)), best)

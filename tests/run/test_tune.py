@@ -113,6 +113,33 @@ def test_tune_section_reads_from_toml_and_round_trips(tmp_path):
     assert again.read_text().startswith("# a header\n# of two lines\n")
 
 
+@pytest.mark.parametrize(
+    "key, choice, value, expected",
+    [
+        ("rank", [8, 16, 32, 64], 64, 128),  # values growing by a ratio: the next by that ratio
+        ("rank", [8, 16, 32, 64], 8, 4),
+        ("rank", [8, 16, 32, 64], 32, None),  # inside
+        ("reg_exponent", [0.25, 0.5, 0.75, 1.0], 0.25, 0.0),  # evenly spaced: one more space
+        ("reg_exponent", [0.25, 0.5, 0.75, 1.0], 1.0, 1.25),
+        ("reg_exponent", [1.5, 2.0], 2.0, None),  # 2.5 is no valid value
+        ("rank", [512, 1024], 1024, None),  # past the ranks an extension may reach
+        ("biases", [True, False], True, None),  # not a number
+        ("reg", {"min": 0.01, "max": 10.0, "log": True}, 0.011, 0.001956),  # a quarter of the width, as a ratio
+        ("reg", {"min": 0.01, "max": 10.0, "log": True}, 3.2, None),
+        ("alpha", {"min": 1.0, "max": 5.0, "log": False}, 4.9, 5.9),
+    ],
+)
+def test_a_value_on_the_edge_of_the_space_steps_beyond_it(key, choice, value, expected):
+    got = tune.beyond(key, choice, value)
+    if expected is None:
+        assert got is None
+        return
+    new, widened = got
+    assert new == pytest.approx(expected, rel=1e-3) and type(new) is type(value)
+    inside = widened["min"] <= new <= widened["max"] if isinstance(widened, dict) else new in widened
+    assert inside
+
+
 # ---- the search ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def explicit_csv(tmp_path_factory):
@@ -191,12 +218,49 @@ def test_halving_gives_the_survivors_more_iterations(spark, explicit_csv):
         "tune.patience=20",
         "tune.space.rank=[2, 3, 4]",
         "tune.space.reg={min = 0.01, max = 0.5, log = true}",
+        "tune.extend_rounds=0",
     )
     _, inner = _inner(spark, run, explicit_csv)
     found = tune.search(inner, run)
     runs = sorted(t.iterations for t in found.trials)
     assert runs == [1, 1, 1, 1, 1, 1, 3, 3, 9]  # 9 at 1, the best 3 to 3, the best one to 9
     assert found.best.iterations == 9
+    inner.release()
+
+
+@pytest.mark.parametrize("method", ["halving", "random"])
+def test_a_best_setting_on_the_edge_of_the_space_is_tried_beyond_it(spark, explicit_csv, method, caplog):
+    """Ratings of rank 3, a space of ranks 1 and 2: the best (2) sits on the edge, so rank 3 is tried
+    from the best trial's other settings, and chosen for being better; a setting inside its range is
+    not moved, and no trial repeats one before it."""
+    run = _run(
+        f"tune.method={method}",
+        "tune.trials=4",
+        "tune.max_iterations=8",
+        "tune.min_iterations=2",
+        "tune.space.rank=[1, 2]",
+        "tune.space.reg=[0.05]",
+        "model.rank=1",
+        "model.reg=0.05",
+    )
+    _, inner = _inner(spark, run, explicit_csv)
+    with caplog.at_level("INFO", logger="mf_spark"):
+        found = tune.search(inner, run)
+    ranks = [t.settings["rank"] for t in found.trials]
+    assert ranks[:2] == [1, 2] and 3 in ranks and found.best.settings["rank"] >= 3
+    extended = [t for t in found.trials if t.settings["rank"] == 3][0]
+    assert extended.settings["reg"] == 0.05 and extended.number >= 2
+    assert any("rank = 2 is on the edge of the space: trying 3" in r.getMessage() for r in caplog.records)
+    inner.release()
+
+
+def test_no_extension_rounds_keeps_the_search_inside_the_space(spark, explicit_csv):
+    run = _run(
+        "tune.method=random", "tune.trials=3", "tune.max_iterations=4", "tune.space.rank=[1, 2]", "tune.extend_rounds=0"
+    )
+    _, inner = _inner(spark, run, explicit_csv)
+    found = tune.search(inner, run)
+    assert {t.settings["rank"] for t in found.trials} <= {1, 2, 10}  # 10: trial 0, [model]'s own
     inner.release()
 
 
@@ -232,7 +296,7 @@ def test_patience_stops_a_trial_that_stopped_improving(spark, explicit_csv):
 
 
 def test_a_diverging_trial_is_recorded_and_the_search_goes_on(spark, explicit_csv, monkeypatch):
-    run = _run("tune.method=grid", "tune.max_iterations=3", "tune.space.rank=[2, 3]")
+    run = _run("tune.method=grid", "tune.max_iterations=3", "tune.space.rank=[2, 3]", "tune.extend_rounds=0")
     _, inner = _inner(spark, run, explicit_csv)
     real = als.fit
 
