@@ -426,6 +426,12 @@ class TuneConfig:
         "iteration at the last one) is tried one step beyond, from the best trial, while that improves; 0 = none",
         at_least(0),
     )
+    seeds: int = setting(
+        3,
+        "model seeds the finalists (the best three trials and trial 0, `[model]`'s own settings) are run with; the "
+        "choice and its iterations follow the seeds' mean validation metric; 1 = one seed",
+        at_least(1),
+    )
     seed: int = setting(0, "draws of the settings and of the sampled users")
     space: dict = setting(
         {},

@@ -266,14 +266,33 @@ class Trial:
     factors: Factors | None = None  # where it stopped (kept while the halving may go on)
     stopped: bool = False  # early stop (patience) or divergence: never goes on
     failed: str = ""  # why the fit diverged
+    repeats: list[list[float]] = field(default_factory=list)  # its histories with other model seeds (finalists)
 
     @property
     def iterations(self) -> int:
         return len(self.history)
 
+    @property
+    def curve(self) -> list[float]:
+        """The validation metric after each iteration, averaged over the model seeds it ran with
+        (a finalist's, tune.seeds), as far as every seed's run went; else its history."""
+        if not self.repeats:
+            return self.history
+        runs = [self.history, *self.repeats]
+        n = min(len(h) for h in runs)
+        return [float(v) for v in np.mean([h[:n] for h in runs], axis=0)] if n else []
+
     def chosen(self, lower_is_better: bool) -> dict[str, Any]:
         """Its settings with the post-fit values of its best iteration."""
-        return {**self.settings, **(self.post[_best_at(self.history, lower_is_better)] if self.history else {})}
+        return {**self.settings, **(self.post[_best_at(self.curve, lower_is_better)] if self.curve else {})}
+
+
+# The refit's iterations per best validation iteration, by model kind. Measured on development splits
+# of three data sets (docs/quality.md, "Iterations of the refit"): an explicit fit stopped early is
+# regularized by stopping, and more iterations on the larger refit lose test RMSE; an implicit fit's
+# ranking goes on improving slowly past the validation metric's noisy peak, and twice the iterations
+# gained test NDCG on average.
+REFIT_ITERATIONS = {"explicit": 1.0, "implicit": 2.0}
 
 
 @dataclass
@@ -283,19 +302,24 @@ class Search:
     lower_is_better: bool
     params: list[str]  # the searched keys, in the space's order
     best: Trial
+    kind: str = "explicit"
 
     @property
     def best_iteration(self) -> int:
-        return _best_at(self.best.history, self.lower_is_better) + 1
+        return _best_at(self.best.curve, self.lower_is_better) + 1
 
     @property
     def best_value(self) -> float:
-        return self.best.history[self.best_iteration - 1]
+        return self.best.curve[self.best_iteration - 1]
+
+    @property
+    def refit_iterations(self) -> int:
+        return math.ceil(self.best_iteration * REFIT_ITERATIONS[self.kind])
 
     @property
     def best_settings(self) -> dict[str, Any]:
-        """The best trial's settings, post-fit values and iterations: what the refit uses."""
-        return {**self.best.chosen(self.lower_is_better), "iterations": self.best_iteration}
+        """The best trial's settings, post-fit values and the refit's iterations: what the refit uses."""
+        return {**self.best.chosen(self.lower_is_better), "iterations": self.refit_iterations}
 
 
 def _best_at(history: list[float], lower: bool) -> int:
@@ -305,8 +329,10 @@ def _best_at(history: list[float], lower: bool) -> int:
 
 
 def best_of(trial: Trial, lower_is_better: bool) -> float | None:
-    """The trial's best validation metric; None for a trial that diverged."""
-    return trial.history[_best_at(trial.history, lower_is_better)] if trial.history else None
+    """The trial's best validation metric (over its seeds' mean, for a finalist); None for a trial
+    that diverged."""
+    curve = trial.curve
+    return curve[_best_at(curve, lower_is_better)] if curve else None
 
 
 def _model(run: RunConfig, trial: Trial) -> ModelConfig:
@@ -419,6 +445,41 @@ def _extend(
     return added
 
 
+# Trials whose validation metric is averaged over tune.seeds model seeds before the choice: the best
+# few and trial 0 ([model]'s own settings, so that a draw that beat them by one seed's luck does not
+# replace them).
+FINALISTS = 3
+
+
+def _average_seeds(
+    trials: list[Trial], inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation, over
+) -> None:
+    """Run the finalists again with tune.seeds - 1 other model seeds, as many iterations as they ran
+    (`over()`: whether the time budget is spent); their `curve` is then the seeds' mean."""
+    if run.tune.seeds <= 1:
+        return
+    ranked = sorted((t for t in trials if t.history), key=lambda t: _value(t, validate), reverse=not validate.lower_is_better)
+    finalists: list[Trial] = []
+    for t in ranked:
+        if all(f.settings != t.settings for f in finalists):
+            finalists.append(t)
+        if len(finalists) == FINALISTS:
+            break
+    if trials[0].history and trials[0] not in finalists:
+        finalists.append(trials[0])
+    log.info("tuning: the validation metric of trials %s averaged over %d seeds", [t.number for t in finalists], run.tune.seeds)
+    for seed in range(1, run.tune.seeds):
+        reseeded = dataclasses.replace(run, model=dataclasses.replace(run.model, seed=run.model.seed + seed))
+        for t in finalists:
+            if over():
+                return
+            again = Trial(t.number, dict(t.settings))
+            _advance(again, inner, reseeded, blocks, validate, t.iterations)
+            t.seconds += again.seconds
+            if again.history:  # a seed that diverged leaves the trial its other runs
+                t.repeats.append(again.history)
+
+
 def search(inner: Ready, run: RunConfig) -> Search:
     """Run the search of run.tune over `inner` (the fit part, and the validation part as its held-out
     rows). Trials are deterministic for a given tune.seed and model.seed."""
@@ -471,6 +532,7 @@ def search(inner: Ready, run: RunConfig) -> Search:
                 _drop_all_but(_leader(trials, validate), trials)  # the leader may go on (_extend)
         if not cut:
             trials += _extend(trials, inner, run, blocks, validate, spent)
+        _average_seeds(trials, inner, run, blocks, validate, lambda: time.perf_counter() >= deadline)
     for t in trials:
         t.factors = None
     if cut:
@@ -486,7 +548,7 @@ def search(inner: Ready, run: RunConfig) -> Search:
     best = _leader(trials, validate)
     if best is None:
         raise InputError(f"every one of the {len(trials)} trials diverged; first: {trials[0].failed}")
-    return Search(trials, validate.metric, validate.lower_is_better, list(space_of(run)), best)
+    return Search(trials, validate.metric, validate.lower_is_better, list(space_of(run)), best, run.model.kind)
 
 
 def best_run(run: RunConfig, found: Search) -> RunConfig:
@@ -497,21 +559,24 @@ def best_run(run: RunConfig, found: Search) -> RunConfig:
 
 def trials_table(found: Search) -> pa.Table:
     """tuning/trials.parquet: a row per trial, its settings (a column per searched key), the best
-    validation metric and its iteration, the iterations run, seconds, the metric after every
-    iteration, and why a diverged trial failed."""
+    validation metric and its iteration (of the seeds' mean for a finalist), the iterations run,
+    seconds, the model seeds it ran with, the metric after every iteration of its first seed, and
+    why a diverged trial failed."""
     column = f"validation_{found.metric}"
     rows = []
     for t in found.trials:
-        at = _best_at(t.history, found.lower_is_better) if t.history else None
+        curve = t.curve
+        at = _best_at(curve, found.lower_is_better) if curve else None
         chosen = t.chosen(found.lower_is_better)
         rows.append(
             {
                 "trial": t.number,
                 **{k: chosen.get(k) for k in found.params},
-                column: None if at is None else t.history[at],
+                column: None if at is None else curve[at],
                 "best_iteration": None if at is None else at + 1,
                 "iterations_run": t.iterations,
                 "seconds": t.seconds,
+                "seeds": 1 + len(t.repeats),
                 "history": list(t.history),
                 "failed": t.failed or None,
             }
@@ -526,6 +591,7 @@ def trials_table(found: Search) -> pa.Table:
         ("best_iteration", pa.int64()),
         ("iterations_run", pa.int64()),
         ("seconds", pa.float64()),
+        ("seeds", pa.int64()),
         ("history", pa.list_(pa.float64())),
         ("failed", pa.string()),
     ]
@@ -543,6 +609,8 @@ def summary(run: RunConfig, search, inner, seconds: float) -> dict[str, Any]:
         "best_trial": search.best.number,
         "best_validation": search.best_value,
         "best_iteration": search.best_iteration,
+        "refit_iterations": search.refit_iterations,
+        "seeds": run.tune.seeds,
         "validation_ratings": inner.heldout.n,
         "fit_ratings": inner.stats.n,
         "seconds": seconds,
@@ -555,7 +623,8 @@ def chosen_header(run: RunConfig, search, inner) -> str:
     return (
         f"Chosen by jobs/tune.py: trial {search.best.number} of {len(search.trials)} "
         f"({run.tune.method}), validation {search.metric} {search.best_value:.5g} after "
-        f"{search.best_iteration} iterations,\non {inner.heldout.n} validation ratings carved from "
-        f"the training data (never the test set).\n"
+        f"{search.best_iteration} iterations (mean of {1 + len(search.best.repeats)} seeds),\non "
+        f"{inner.heldout.n} validation ratings carved from the training data (never the test set); "
+        f"the refit on all of it runs {search.refit_iterations}.\n"
         f"Train it again: jobs/train.py --input ... --config best.toml"
     )

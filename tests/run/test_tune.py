@@ -264,6 +264,39 @@ def test_no_extension_rounds_keeps_the_search_inside_the_space(spark, explicit_c
     inner.release()
 
 
+def test_the_finalists_and_trial_0_are_chosen_on_the_mean_of_several_seeds(spark, explicit_csv):
+    run = _run(
+        "tune.method=random",
+        "tune.trials=6",
+        "tune.max_iterations=5",
+        "tune.seeds=2",
+        "tune.extend_rounds=0",
+        "tune.space.rank=[2, 3, 4]",
+        "tune.space.reg={min = 0.01, max = 1.0, log = true}",
+    )
+    _, inner = _inner(spark, run, explicit_csv)
+    found = tune.search(inner, run)
+    table = tune.trials_table(found).to_pylist()
+    finalists = [t for t in found.trials if t.repeats]
+    assert found.trials[0] in finalists and 3 <= len(finalists) <= tune.FINALISTS + 1
+    assert found.best in finalists and {r["seeds"] for r in table} == {1, 2}
+    best = found.best
+    n = min(len(best.history), len(best.repeats[0]))
+    np.testing.assert_allclose(best.curve, (np.array(best.history[:n]) + best.repeats[0][:n]) / 2)
+    assert best.repeats[0] != best.history[:n]  # another seed, another fit
+    assert found.best_value == min(table[t.number]["validation_rmse"] for t in finalists)
+    inner.release()
+
+
+@pytest.mark.parametrize("kind, best_at, refit", [("explicit", 4, 4), ("implicit", 4, 8)])
+def test_the_refit_runs_the_iterations_the_kind_carries_over(kind, best_at, refit):
+    history = [0.5, 0.4, 0.3, 0.2, 0.25] if kind == "explicit" else [0.1, 0.2, 0.3, 0.4, 0.35]
+    trial = tune.Trial(0, {"rank": 2, "iterations": 5}, history=history, post=[{}] * 5)
+    found = tune.Search([trial], "rmse" if kind == "explicit" else "ndcg_at_k", kind == "explicit", ["rank"], trial, kind)
+    assert found.best_iteration == best_at and found.refit_iterations == refit
+    assert found.best_settings == {"rank": 2, "iterations": refit}
+
+
 @pytest.mark.parametrize("method", ["halving", "random"])
 def test_a_spent_budget_stops_the_search_and_keeps_the_best_so_far(spark, explicit_csv, monkeypatch, caplog, method):
     """A budget spent during trial 0 (the clock below jumps a minute per reading): trial 0, [model]'s
@@ -286,6 +319,7 @@ def test_patience_stops_a_trial_that_stopped_improving(spark, explicit_csv):
         "tune.max_iterations=30",
         "tune.space.rank=[6]",
         "tune.space.reg=[0.0001]",
+        "tune.seeds=1",
     )
     _, inner = _inner(spark, run, explicit_csv)
     found = tune.search(inner, run)
