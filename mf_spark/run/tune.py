@@ -51,7 +51,7 @@ from mf_spark.model.factors import Scorer
 log = logging.getLogger("mf_spark")
 
 # The space searched when [tune.space] is empty: wide enough for data sets of any shape, since the
-# best settings differ by data set (docs/performance.md, "Tuning"). Explicit: lambda on a log scale
+# best settings differ by data set (docs/quality.md). Explicit: lambda on a log scale
 # together with the count exponent nu (the best lambda moves by decades with nu), and biases.
 # Implicit: iALS's ranges (Rendle et al. 2021): w0 well below 1, lambda on a log scale, and the
 # confidence's slope and form.
@@ -126,8 +126,10 @@ def beyond(key: str, choice: Any, value: Any) -> tuple[Any, Any] | None:
         if len(numbers) < 2 or value not in (numbers[0], numbers[-1]):
             return None
         a, b = (numbers[-2], numbers[-1]) if value == numbers[-1] else (numbers[1], numbers[0])
-        geometric = len(numbers) > 2 and numbers[0] > 0 and all(
-            math.isclose(y / x, numbers[1] / numbers[0], rel_tol=0.01) for x, y in zip(numbers, numbers[1:])
+        geometric = (
+            len(numbers) > 2
+            and numbers[0] > 0
+            and all(math.isclose(y / x, numbers[1] / numbers[0], rel_tol=0.01) for x, y in zip(numbers, numbers[1:]))
         )
         new = b * (b / a) if geometric else b + (b - a)
         new = int(round(new)) if all(isinstance(v, int) for v in numbers) else float(f"{new:.4g}")
@@ -422,7 +424,9 @@ def _extend(
         ceiling = best.settings["iterations"]
         last_best = best.history and _best_at(best.history, validate.lower_is_better) + 1 == best.iterations
         if best.factors is not None and not best.stopped and best.iterations == ceiling and last_best:
-            log.info("tuning: trial %d still improves at iteration %d: going on to %d", best.number, ceiling, 2 * ceiling)
+            log.info(
+                "tuning: trial %d still improves at iteration %d: going on to %d", best.number, ceiling, 2 * ceiling
+            )
             best.settings["iterations"] = 2 * ceiling
             _advance(best, inner, run, blocks, validate, 2 * ceiling)
         for key, choice in space.items():
@@ -458,7 +462,9 @@ def _average_seeds(
     (`over()`: whether the time budget is spent); their `curve` is then the seeds' mean."""
     if run.tune.seeds <= 1:
         return
-    ranked = sorted((t for t in trials if t.history), key=lambda t: _value(t, validate), reverse=not validate.lower_is_better)
+    ranked = sorted(
+        (t for t in trials if t.history), key=lambda t: _value(t, validate), reverse=not validate.lower_is_better
+    )
     finalists: list[Trial] = []
     for t in ranked:
         if all(f.settings != t.settings for f in finalists):
@@ -467,7 +473,11 @@ def _average_seeds(
             break
     if trials[0].history and trials[0] not in finalists:
         finalists.append(trials[0])
-    log.info("tuning: the validation metric of trials %s averaged over %d seeds", [t.number for t in finalists], run.tune.seeds)
+    log.info(
+        "tuning: the validation metric of trials %s averaged over %d seeds",
+        [t.number for t in finalists],
+        run.tune.seeds,
+    )
     for seed in range(1, run.tune.seeds):
         reseeded = dataclasses.replace(run, model=dataclasses.replace(run.model, seed=run.model.seed + seed))
         for t in finalists:

@@ -274,3 +274,72 @@ def test_floor_job_writes_outputs_of_our_size(tmp_path):
     assert (report["n_train"], report["factor_rows"], report["recommendation_rows"]) == (3, 7, 6)
     assert pq.read_table(tmp_path / "out" / "factors" / "users").num_rows == 3
     assert pq.read_table(tmp_path / "out" / "recommendations").num_rows == 6
+
+
+def _lightgcn_files(folder: Path, seed: int = 3) -> None:
+    """A small data set in the LightGCN split's format: `user item item ...` per line."""
+    g = np.random.default_rng(seed)
+    train, test = [], []
+    for u in range(60):
+        items = g.choice(80, size=12, replace=False) if u % 2 else g.choice(40, size=12, replace=False)
+        train.append(f"{u} " + " ".join(map(str, items[:9])))
+        test.append(f"{u} " + " ".join(map(str, items[9:])))
+    folder.mkdir(parents=True)
+    (folder / "train.txt").write_text("\n".join(train) + "\n")
+    (folder / "test.txt").write_text("\n".join(test) + "\n")
+
+
+def test_benchmark_public_fetches_once_tunes_and_writes_its_section(tmp_path):
+    """From a mirror (a file:// folder here): the split is fetched into the cache and converted once,
+    the tune job runs on it with recall@20, and the doc section sets our figure beside the published."""
+    _lightgcn_files(tmp_path / "mirror" / "gowalla")
+    report, doc, cache = tmp_path / "public.json", tmp_path / "quality.md", tmp_path / "cache"
+    sets = ["tune.trials=2", "tune.min_iterations=1", "tune.max_iterations=2", "tune.seeds=1", "tune.extend_rounds=0"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT.parent / "benchmark_public.py"),
+            "--base-url",
+            (tmp_path / "mirror").as_uri(),
+            "--cache",
+            str(cache),
+            "--driver-memory",
+            "1g",
+            "--json",
+            str(report),
+            "--doc",
+            str(doc),
+            *[x for s in sets + ["spark.spark.ui.enabled=false"] for x in ("--set", s)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(report.read_text())
+    assert 0 < got["ours"]["recall_at_k"] <= 1 and got["ours"]["k"] == 20
+    assert got["ours"]["tuning"]["metric"] == "recall_at_k"
+    assert {p.name for p in (cache / "gowalla").iterdir()} == {"train.txt", "test.txt", "train.parquet", "test.parquet"}
+    text = doc.read_text()
+    assert "### gowalla (LightGCN's split)" in text and "| LightGCN (published) | 0.1830 | 0.1554 |" in text
+
+
+def test_benchmark_public_reads_the_split_format_and_scores_as_published(tmp_path):
+    spec = importlib.util.spec_from_file_location("benchmark_public", SCRIPT.parent / "benchmark_public.py")
+    bp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bp)
+    path = tmp_path / "train.txt"
+    path.write_text("0 1 2 3\n1 2\n\n2\n")
+    u, i = bp.read_lists(str(path))
+    assert u.tolist() == [0, 0, 0, 1] and i.tolist() == [1, 2, 3, 2]  # a user without items adds none
+    path.write_text("0 1 x\n")
+    with pytest.raises(SystemExit, match="line 1: expected integer IDs"):
+        bp.read_lists(str(path))
+    # one user, 2 test items (one never seen in training: left out), top lists hit 1 of the other
+    train_u, train_i = np.array([0, 0, 1]), np.array([0, 1, 2])
+    test_u, test_i = np.array([0, 0]), np.array([2, 9])
+    top = lambda users: np.array([[2] + [-1] * 19])
+    got = bp.ranking(top, train_u, train_i, test_u, test_i)
+    assert got["recall_at_k"] == 1.0 and got["ndcg_at_k"] == 1.0
+    with pytest.raises(SystemExit):
+        bp.main(["--cache", str(Path(bp.ROOT) / "cache")])  # inside the repository: refused

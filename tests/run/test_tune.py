@@ -292,7 +292,9 @@ def test_the_finalists_and_trial_0_are_chosen_on_the_mean_of_several_seeds(spark
 def test_the_refit_runs_the_iterations_the_kind_carries_over(kind, best_at, refit):
     history = [0.5, 0.4, 0.3, 0.2, 0.25] if kind == "explicit" else [0.1, 0.2, 0.3, 0.4, 0.35]
     trial = tune.Trial(0, {"rank": 2, "iterations": 5}, history=history, post=[{}] * 5)
-    found = tune.Search([trial], "rmse" if kind == "explicit" else "ndcg_at_k", kind == "explicit", ["rank"], trial, kind)
+    found = tune.Search(
+        [trial], "rmse" if kind == "explicit" else "ndcg_at_k", kind == "explicit", ["rank"], trial, kind
+    )
     assert found.best_iteration == best_at and found.refit_iterations == refit
     assert found.best_settings == {"rank": 2, "iterations": refit}
 
