@@ -20,7 +20,7 @@ import sys
 if __package__ in (None, ""):  # run as a script (spark-submit jobs/compare.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark.core import config, session
+from mf_spark.core import session
 from mf_spark.core.errors import UsageError
 from mf_spark.run import cli, compare, tracking
 from mf_spark.run.pipeline import Pipeline
@@ -49,14 +49,12 @@ def chosen_methods(names: str | None, kind: str) -> list:
 
 def run(argv: list[str] | None = None) -> str:
     a = parser().parse_args(argv)
-    demo = cli.check_inputs(a)
-    cfg = cli.with_remote(config.load(a.config, a.set), a.remote)
+    args = cli.args_of(a)
+    cfg, demo = args.run, args.demo
     chosen = chosen_methods(a.methods, cfg.model.kind)
     tracking.check(cfg.tracking)
     spark = session.start("mf_spark-compare", cfg.spark)
-    pipeline = Pipeline(
-        spark, cli.TrainArgs(a.input, a.format, a.train, a.test, a.output or cli.DEMO_OUTPUT, False, cfg, demo)
-    )
+    pipeline = Pipeline(spark, args)
     table, published = pipeline.compare(chosen)
     print(compare.table_text(table, cfg.eval.k), end="")
     print(f"comparison: {posixpath.join(published, 'comparison.parquet')}{' (demo data)' if demo else ''}")

@@ -24,7 +24,7 @@ import sys
 if __package__ in (None, ""):  # run as a script (spark-submit jobs/tune.py) from a source checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mf_spark.core import config, session
+from mf_spark.core import session
 from mf_spark.run import cli
 from mf_spark.run.phases import PhaseClock
 from mf_spark.run.pipeline import Pipeline, print_summary
@@ -39,22 +39,7 @@ def parser():
 
 
 def parse(argv: list[str] | None) -> cli.TrainArgs:
-    a = parser().parse_args(argv)
-    demo = cli.check_inputs(a)
-    return cli.TrainArgs(
-        a.input,
-        a.format,
-        a.train,
-        a.test,
-        a.output or cli.DEMO_OUTPUT,
-        False,
-        cli.with_remote(config.load(a.config, a.set), a.remote),
-        demo,
-        None,
-        a.include,
-        a.exclude,
-        a.item_col,
-    )
+    return cli.args_of(parser().parse_args(argv))
 
 
 def run(spark, args: cli.TrainArgs, clock: PhaseClock | None = None) -> dict:

@@ -488,6 +488,18 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    """Where a run's outputs go besides its output folder (--output-table)."""
+
+    table_format: str = setting(
+        "parquet",
+        "--output-table: the tables' format when they are created (`parquet`, `orc`, or `delta` / `iceberg` with "
+        "their jars on the classpath); an existing table keeps its own",
+        Check(lambda v: bool(v.strip()), "a table format name (e.g. parquet)"),
+    )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -496,6 +508,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     spark: dict[str, str] = field(default_factory=dict)  # passed to SparkSession.builder.config
 
     def to_dict(self) -> dict[str, Any]:
@@ -510,6 +523,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "tune": TuneConfig,
     "tracking": TrackingConfig,
+    "output": OutputConfig,
 }
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "conf" / "default.toml"

@@ -105,11 +105,12 @@ class Input:
 @dataclass(frozen=True)
 class Frame:
     """A DataFrame of raw rows (prepare.raw_frame's layout, `name` its _source) as the input: its
-    partitions' batches are the pieces, and nothing is held out."""
+    partitions' batches are the pieces; `given` (the estimator's frame): nothing is held out, else
+    (a catalog table) it is split by the run's split rules."""
 
     raw: DataFrame
     name: str
-    given = True
+    given: bool = True
 
     @property
     def sources(self) -> dict[int, str]:

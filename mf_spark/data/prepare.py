@@ -34,6 +34,7 @@ from pyspark.sql import types as T
 
 from mf_spark.core import fs, session
 from mf_spark.core.config import DataConfig, RunConfig, SplitConfig
+from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
 from mf_spark.data import front, index, read, split, validate
 from mf_spark.data.index import IdMap
@@ -317,6 +318,61 @@ def front_end(
         except (local_read.Unreadable, OSError):
             pass
     return _Chosen(spark, cfg, source, arrow, validation)
+
+
+class TableFront(TaskFront):
+    """A catalog table (--input-table, rows filtered by --where) as the input: its rows in raw_frame's
+    layout, checked, split and indexed by the front end's functions in executor tasks (one job, as
+    for files on a cluster); by Spark SQL's stages only where Arrow cannot judge a value as Spark
+    would (logged). `load` raises InputError for a table that is missing or has no such columns."""
+
+    def __init__(self, spark: SparkSession, cfg: RunConfig, table: str, where: str | None, validation=None):
+        self.spark, self.cfg, self.validation, self.table, self.where = spark, cfg, validation, table, where
+        self.sql: SqlFront | None = None
+
+    def raw(self) -> DataFrame:
+        what = f"table {self.table}" + (f" where {self.where}" if self.where else "")
+        try:
+            df = self.spark.table(self.table)
+            if self.where:
+                df = df.where(self.where)
+            columns = df.columns
+        except Exception as e:  # noqa: BLE001 - Spark's AnalysisException, classic or Connect
+            raise InputError(f"--input-table {what}: {str(e).splitlines()[0]}") from None
+        cfg = self.cfg.data
+        at = read.choose_columns(columns, cfg, True, what)
+        name = {key: columns[pos] if pos is not None else "" for key, pos in at.items()}
+        return raw_frame(df, name[USER], name[ITEM], name[RATING], name[TIMESTAMP]).withColumn(SOURCE, F.lit(what))
+
+    def load(self) -> Loaded:
+        raw = self.raw()
+        self.steps = front.Tasks(
+            self.spark, front.Frame(raw, f"table {self.table}", given=False), self.cfg, session.parallelism(self.spark)
+        )
+        try:
+            counts, rejected = self.steps.load(self.validation)
+        except local_read.Unreadable as e:
+            log.info("validating the table with Spark SQL: Arrow cannot read it as Spark would (%s)", e)
+            self.sql = SqlFront(self.spark, self.cfg, _Source(None, None, None, "table"))
+            self.sql.cleaned = validate.clean(raw, self.cfg.data, self.cfg.model.kind)
+            counts = dict(self.sql.cleaned.counts)
+            return Loaded(counts, self.sql.cleaned.rejected if counts["n_rejected"] else None)
+        self.counts = {**counts, **_PENDING}
+        return Loaded(self.counts, rejected if counts["n_rejected"] else None)
+
+    @property
+    def name(self) -> str:
+        return SqlFront.name if self.sql else TaskFront.name
+
+    @property
+    def on_driver(self) -> bool:
+        return False
+
+    def split_index(self) -> Ready:
+        return self.sql.split_index() if self.sql else super().split_index()
+
+    def tuning_split(self, validation: SplitConfig) -> tuple[Ready, Ready]:
+        return self.sql.tuning_split(validation) if self.sql else super().tuning_split(validation)
 
 
 # ---- a DataFrame instead of files (mf_spark.ml.ALS.fit): validate -> index, nothing held out ------------

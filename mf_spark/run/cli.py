@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import posixpath
 import re
 import signal
 import sys
@@ -43,6 +44,66 @@ class TrainArgs:
     include: str | None = None  # item-ID lists filtering the recommendations
     exclude: str | None = None
     item_col: str = "item"  # their column, when they are CSV or Parquet
+    input_table: str | None = None  # a catalog table instead of files
+    where: str | None = None  # its rows' filter (a Spark SQL condition)
+    run_date: str | None = None  # the run's date: `output` is output_root/run_date=DATE, tables' partition
+    output_table: str | None = None  # prefix of the catalog tables the outputs are also written to
+    output_root: str | None = None  # --output as given (output's parent with a run date)
+    init_previous: bool = False  # warm start from the latest earlier run date's model under output_root
+
+
+RUN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def run_date_of(text: str | None) -> str | None:
+    """--run-date as YYYY-MM-DD (UsageError for anything else, a day that does not exist included)."""
+    if text is None:
+        return None
+    import datetime
+
+    try:
+        if not RUN_DATE.fullmatch(text):
+            raise ValueError
+        return datetime.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise UsageError(f"--run-date {text!r}: expected a date as YYYY-MM-DD (e.g. 2026-12-05)") from None
+
+
+def args_of(a: argparse.Namespace, resume: bool = False, init_model: str | None = None) -> TrainArgs:
+    """TrainArgs of a job's parsed arguments (input_arguments' and, where the job has them,
+    filter_arguments' and --init-previous)."""
+    demo = check_inputs(a)
+    run_date = run_date_of(a.run_date)
+    if a.output_table and not run_date:
+        import datetime
+
+        run_date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+        log.info("--output-table without --run-date: the run's date is today's (UTC), %s", run_date)
+    root = a.output or DEMO_OUTPUT
+    output = posixpath.join(root.rstrip("/") or "/", f"run_date={run_date}") if run_date else root
+    init_previous = getattr(a, "init_previous", False)
+    if init_previous and (init_model or not run_date):
+        raise UsageError("--init-previous needs --run-date (the model of the latest earlier date) and no --init-model")
+    return TrainArgs(
+        a.input,
+        a.format,
+        a.train,
+        a.test,
+        output,
+        resume,
+        with_remote(config.load(a.config, a.set), a.remote),
+        demo,
+        init_model,
+        getattr(a, "include", None),
+        getattr(a, "exclude", None),
+        getattr(a, "item_col", "item"),
+        a.input_table,
+        a.where,
+        run_date,
+        a.output_table,
+        root,
+        init_previous,
+    )
 
 
 def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -51,7 +112,19 @@ def input_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: auto)")
     p.add_argument("--train", help="training split, used as it is (with --test, instead of --input)")
     p.add_argument("--test", help="held-out split, used as it is (with --train)")
+    p.add_argument("--input-table", help="a catalog table of ratings (e.g. db.ratings) instead of files")
+    p.add_argument("--where", help="--input-table: keep the rows of this Spark SQL condition (e.g. a date range)")
     p.add_argument("--output", help="output folder (default for the demo: ./output)")
+    p.add_argument(
+        "--run-date",
+        help="YYYY-MM-DD: the outputs go to OUTPUT/run_date=DATE (other dates untouched) and the tables' partition",
+    )
+    p.add_argument(
+        "--output-table",
+        metavar="PREFIX",
+        help="also write the catalog tables PREFIX_recommendations, PREFIX_user_factors, PREFIX_item_factors and "
+        "PREFIX_metrics, partitioned by run_date (a rerun replaces its date only)",
+    )
     p.add_argument("--config", help="TOML config (default: conf/default.toml values)")
     remote_argument(p)
     p.add_argument(
@@ -84,9 +157,13 @@ def check_inputs(a: argparse.Namespace) -> bool:
     demo (no input: the sample bundled with pyspark)."""
     if a.input and (a.train or a.test):
         raise UsageError("give either --input or --train with --test, not both")
+    if a.input_table and (a.input or a.train or a.test):
+        raise UsageError("give either --input-table or files (--input, or --train with --test), not both")
+    if a.where and not a.input_table:
+        raise UsageError("--where filters --input-table's rows: give --input-table")
     if bool(a.train) != bool(a.test):
         raise UsageError("--train and --test go together")
-    demo = not (a.input or a.train)
+    demo = not (a.input or a.train or a.input_table)
     if not demo and not a.output:
         raise UsageError("--output is required (only the demo, run without --input, has a default)")
     return demo
@@ -106,27 +183,17 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
     p.add_argument("--init-model", help="warm start: begin from this saved model's factors (same rank and kind)")
+    p.add_argument(
+        "--init-previous",
+        action="store_true",
+        help="with --run-date: warm start from the model of the latest earlier date under --output (none: cold)",
+    )
     return filter_arguments(p)
 
 
 def parse_train(argv: list[str] | None) -> TrainArgs:
     a = train_parser().parse_args(argv)
-    demo = check_inputs(a)
-    run = with_remote(config.load(a.config, a.set), a.remote)
-    return TrainArgs(
-        a.input,
-        a.format,
-        a.train,
-        a.test,
-        a.output or DEMO_OUTPUT,
-        a.resume,
-        run,
-        demo,
-        a.init_model,
-        a.include,
-        a.exclude,
-        a.item_col,
-    )
+    return args_of(a, a.resume, a.init_model)
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -35,7 +35,7 @@ from mf_spark.data.ready import as_df, session_of
 from mf_spark.model import topn
 from mf_spark.model.factors import FactorModel, load_model
 from mf_spark.model.warm import check_warm_start, warm_factors
-from mf_spark.run import cli, compare, report, tracking, tune, write
+from mf_spark.run import cli, compare, report, tables, tracking, tune, write
 from mf_spark.run.phases import PhaseClock
 
 log = logging.getLogger("mf_spark")
@@ -83,8 +83,9 @@ class Loaded:
     counts: dict[str, int]  # rows read, rejected, dropped, merged, clean
     rejected: Any  # the rejected rows, or None
     input_path: str | None
-    previous: FactorModel | None  # --init-model's model
+    previous: FactorModel | None  # --init-model's model (or --init-previous's)
     warm: threading.Thread | None = None  # the background warm-up (als.warm_up)
+    init_model: str | None = None  # the folder `previous` was loaded from
 
 
 @contextlib.contextmanager
@@ -139,9 +140,50 @@ class Pipeline:
             with settled(loaded.warm):
                 with self.clock.phase("split_index"):
                     ready = loaded.front.split_index()
-                return self.fit_publish(Prepared(self.cfg, output, lease, loaded, ready))
+                metrics = self.fit_publish(Prepared(self.cfg, output, lease, loaded, ready), None, self._dated())
+            return self._tables(metrics)
 
         return self._claimed("train", stages, keep_checkpoints=self.args.resume)
+
+    def _dated(self) -> dict:
+        """metrics.json's run date and output tables, when the run has them."""
+        args = self.args
+        out = {"run_date": args.run_date} if args.run_date else {}
+        if args.output_table:
+            out["output_tables"] = tables.names(args.output_table)
+        return out
+
+    def _tables(self, metrics: dict) -> dict:
+        """--output-table: the published outputs as the run date's partition of each table."""
+        args = self.args
+        if args.output_table:
+            with self.clock.phase("tables"):
+                tables.write(
+                    self.spark,
+                    args.output_table,
+                    metrics["output"],
+                    args.run_date,
+                    metrics,
+                    self.cfg.output.table_format,
+                )
+        return metrics
+
+    def _previous_run(self) -> str | None:
+        """--init-previous: the output folder of the latest run date before this run's under --output
+        that holds a model; None (a cold start, logged) when there is none."""
+        root, today = self.args.output_root, self.args.run_date
+        dates = sorted(
+            n[len("run_date=") :]
+            for n in fs.list_names(self.spark, root)
+            if cli.RUN_DATE.fullmatch(n[len("run_date=") :]) and n.startswith("run_date=") and n[9:] < today
+        )
+        for day in reversed(dates):
+            folder = posixpath.join(root, f"run_date={day}")
+            if fs.exists(self.spark, posixpath.join(folder, "model.json")):
+                log.info("--init-previous: warm start from %s", folder)
+                return folder
+        log.info("--init-previous: no earlier run date with a model under %s: a cold start", root)
+        return None
 
     def tune(self) -> dict:
         """The tune job: the search on a validation split carved from the training data (the test
@@ -179,7 +221,10 @@ class Pipeline:
                     )
                 ]
 
-            return self.fit_publish(Prepared(best, output, lease, loaded, outer), extra, {"tuning": summary})
+            metrics = self.fit_publish(
+                Prepared(best, output, lease, loaded, outer), extra, {"tuning": summary, **self._dated()}
+            )
+            return self._tables(metrics)
 
         metrics = self._claimed("tune", stages, keep_checkpoints=False, track=False)
         by_trial = [(t.number, tune.best_of(t, search.lower_is_better)) for t in search.trials]
@@ -250,10 +295,17 @@ class Pipeline:
         )
         return table, published
 
-    def front(self, validation: SplitConfig | None = None) -> tuple[str | None, Any]:
-        """The input path (None for a given split) and the front end that reads it (prepare.front_end;
-        `validation`: the split tuning_split will be asked for)."""
+    def _table_input(self) -> dict:
         args = self.args
+        return {"input_table": args.input_table, "where": args.where} if args.input_table else {}
+
+    def front(self, validation: SplitConfig | None = None) -> tuple[str | None, Any]:
+        """The input path (None for a given split or a table) and the front end that reads it
+        (prepare.front_end, or prepare.TableFront; `validation`: the split tuning_split will be asked
+        for)."""
+        args = self.args
+        if args.input_table:
+            return None, prepare.TableFront(self.spark, self.cfg, args.input_table, args.where, validation)
         input_path = None if args.train else (args.input or read.sample_path())
         return input_path, prepare.front_end(
             self.spark,
@@ -271,7 +323,8 @@ class Pipeline:
         for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
             if path and not fs.exists(spark, path):  # found out now, not after the fit
                 raise errors.InputError(f"{flag} {path}: does not exist")
-        previous = load_model(args.init_model, spark) if args.init_model else None
+        init = args.init_model or (self._previous_run() if args.init_previous else None)
+        previous = load_model(init, spark) if init else None
         if previous is not None:  # refused before the input is read
             check_warm_start(previous, cfg.model)
         input_path, front = self.front(validation)
@@ -280,7 +333,7 @@ class Pipeline:
         with settled(warm):
             loaded = front.load()
             errors.fault_point("read")
-        return Loaded(front, loaded.counts, loaded.rejected, input_path, previous, warm)
+        return Loaded(front, loaded.counts, loaded.rejected, input_path, previous, warm, init)
 
     def fit_publish(
         self, run: Prepared, extra: Callable[[str, dict], list] | None = None, more_metrics: dict | None = None
@@ -338,14 +391,16 @@ class Pipeline:
         users, items, stats, heldout = ready.users, ready.items, ready.stats, ready.heldout
         with self.clock.phase("evaluation_setup"):
             inputs = {"input": loaded.input_path} if loaded.input_path else {"train": args.train, "test": args.test}
+            if args.input_table:  # a table has no files to stat: its name and filter, and the counts
+                inputs = {}
             if loaded.previous is not None:
-                inputs["init_model"] = args.init_model
+                inputs["init_model"] = loaded.init_model
             initial = None if loaded.previous is None else warm_factors(loaded.previous, users, items, cfg.model)
             run_id = fingerprint(
                 self.spark,
                 cfg,
                 inputs,
-                {**loaded.counts, "n_train": stats.n, "n_test": heldout.n},
+                {**loaded.counts, "n_train": stats.n, "n_test": heldout.n, **self._table_input()},
                 users.ids,
                 items.ids,
             )
