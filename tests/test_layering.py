@@ -45,6 +45,7 @@ FLOW = [
     "run.report",
     "run.compare",
     "run.tune",
+    "run.tables",
     "run.pipeline",
     "ml",
 ]
