@@ -10,9 +10,11 @@ first line equal to the column name is a header), a CSV with a header holding --
 --item-col, or Parquet with that column. `--history` and `--seen` are ratings files (any format
 jobs.train reads). `--history`: every user of the file gets factors folded in from their rows (one
 half-step against the model's items, known users too), and the history's items are not recommended
-to them. Writes DIR/recommendations (user, rank, item, score), or with --audiences DIR/audiences
-(item, rank, user, score), and DIR/_SUCCESS atomically. Exit codes as jobs.train: 0, 2 bad
-input, 1 other.
+to them. `--item-features` / `--user-features` (a model trained with them): the file's items / users
+the model does not know get factors from their features and take part (new catalog items in every
+list they score into; new users get lists). Writes DIR/recommendations (user, rank, item, score), or
+with --audiences DIR/audiences (item, rank, user, score), and DIR/_SUCCESS atomically. Exit codes
+as jobs.train: 0, 2 bad input, 1 other.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--include", help="file of item IDs: only these may be recommended")
     p.add_argument("--exclude", help="file of item IDs: these are never recommended")
     p.add_argument("--format", default="auto", choices=FORMATS, help="format of --seen and --history")
+    for side in ("user", "item"):
+        p.add_argument(
+            f"--{side}-features",
+            metavar="FILE",
+            help=f"{side} features in the training run's --{side}-features layout: its {side}s the model does "
+            f"not know get factors from them (the map the model learned) and take part",
+        )
     cli.remote_argument(p)
     p.add_argument(
         "--set",
@@ -100,6 +109,9 @@ def recommend(args: argparse.Namespace) -> str:
     spark = session.start("mf_spark-recommend", run.spark)
     write.check_output(spark, args.output)
     model = load_model(args.model, spark)
+    for side, path in (("users", args.user_features), ("items", args.item_features)):
+        if path:
+            model = model.with_features(side, read.feature_table(spark, path, f"--{side[:-1]}-features"))
     seen = ratings_of(spark, args.seen, "--seen", args, run, model).select(USER, ITEM) if args.seen else None
     if args.audiences:
         items = (

@@ -31,9 +31,11 @@ from mf_spark.run.pipeline import Pipeline, print_summary
 
 
 def parser():
-    return cli.filter_arguments(
-        cli.input_arguments(
-            cli._Parser(prog="jobs/tune.py", description="Tune, refit and score a matrix factorization model.")
+    return cli.feature_arguments(
+        cli.filter_arguments(
+            cli.input_arguments(
+                cli._Parser(prog="jobs/tune.py", description="Tune, refit and score a matrix factorization model.")
+            )
         )
     )
 

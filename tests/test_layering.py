@@ -33,6 +33,7 @@ FLOW = [
     "als.days",
     "als.loop",
     "model.topn",
+    "model.features",
     "model.factors",
     "model.similar",
     "model.warm",

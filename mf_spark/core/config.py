@@ -270,6 +270,13 @@ class ModelConfig:
         tunable=True,
     )
     nonnegative: bool = setting(False, "non-negative factors (projected solves)", tunable=True)
+    feature_reg: float = setting(
+        0.0,
+        "--user-features / --item-features: lambda of the ridge map from features to factors; 0 = the value of "
+        "least leave-one-out error",
+        at_least(0, "a number", " (0 = chosen by leave-one-out)"),
+        finite=True,
+    )
     seed: int = setting(
         0, "initialization; factors depend on (seed, index) only, so any block count gives the same model"
     )

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from urllib.parse import unquote, urlparse
 
+import pyarrow as pa
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -585,3 +586,25 @@ def id_list(spark: SparkSession, path: str, col: str, id_type: str, flag: str, o
             )
         ids = ids.select(F.col(out).cast("long").alias(out))
     return ids
+
+
+def feature_table(spark: SparkSession, path: str, flag: str) -> pa.Table:
+    """A feature table (CSV with a header, types inferred, or Parquet) on the driver: catalogs of
+    users or items are small. InputError naming `flag` when it is missing or unreadable."""
+    if not fs.exists(spark, path):
+        raise InputError(f"{flag} {path}: does not exist")
+    try:
+        parquet = (
+            path.rstrip("/").endswith(".parquet")
+            or fs.is_dir(spark, path)
+            and any(n.endswith(".parquet") for n in fs.list_names(spark, path))
+        )
+        reader = spark.read if parquet else spark.read.option("header", True).option("inferSchema", True)
+        table = (reader.parquet(path) if parquet else reader.csv(path)).toArrow()
+    except Exception as exc:  # noqa: BLE001 - Spark's reader errors, classic or Connect
+        raise InputError(
+            f"{flag} {path}: cannot read it as CSV with a header or Parquet ({str(exc).splitlines()[0]})"
+        ) from None
+    if table.num_columns < 2:
+        raise InputError(f"{flag} {path}: expected an ID column and feature columns, found {table.column_names}")
+    return table

@@ -7,6 +7,9 @@ A saved model is a folder:
     factors/items/   the same for items
     factors/user_days/  Parquet: user (original type), day long, bias float: day biases (types.DayBiases),
                      with model.day_bias_reg > 0 only
+    features/users/, features/items/   Parquet: feature string, weights array<float>: the map from a
+                     side's features to its factors (model.features), trained with --user-features /
+                     --item-features only; its encoding is in model.json
 
 The ID maps are the `id` columns: index = position of the ID in sorted order (see index.IdMap), so
 nothing but sorted IDs and their factor rows is stored, and loading executes nothing (no pickle).
@@ -38,6 +41,7 @@ from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, USER_IDX, DayBiases, 
 from mf_spark.data import index, validate
 from mf_spark.data.index import IdMap
 from mf_spark.kernels import compiled
+from mf_spark.model.features import Encoding, FeatureMap, id_column, with_ids_as
 from mf_spark.model.topn import item_blocks, recommend_indices, recommend_indices_blocked, recommend_indices_grouped
 
 FORMAT_VERSION = 1
@@ -112,6 +116,7 @@ class FactorModel:
     config: dict[str, Any] = field(default_factory=dict)
     days: DayBiases | None = None  # explicit models with model.day_bias_reg > 0
     item_blocks: int = field(default=0, compare=False)  # > 0: top-N by item blocks, no broadcast of Y
+    features: dict[str, FeatureMap] = field(default_factory=dict, compare=False)  # "users"/"items": side info
     _bc: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -433,7 +438,68 @@ class FactorModel:
                     }
                 ),
             )
+        for side, fmap in self.features.items():
+            fs.write_parquet(spark, posixpath.join(path, "features", side), fmap.weights_table())
         fs.write_json(spark, posixpath.join(path, "model.json"), self.describe(extra))
+
+    # ---- side information ------------------------------------------------------------------------
+    def learn_features(self, side: str, table: pa.Table, reg: float = 0.0) -> "FactorModel":
+        """This model with a map from `side`'s features ("users" or "items": a feature table, its
+        ID column found by name or first) to its factors, learned on the table's rows the model knows
+        (features.FeatureMap; `reg` 0: chosen by leave-one-out)."""
+        rows_map = self.users if side == "users" else self.items
+        id_col = id_column(table, _ID_NAMES[side])
+        encoding = Encoding.fit(table, id_col)
+        rows = rows_map.index_of(with_ids_as(table.column(id_col).combine_chunks(), rows_map.ids.type))
+        f = self.factors
+        fac, bias = (f.X, f.user_bias) if side == "users" else (f.Y, f.item_bias)
+        fmap = FeatureMap.fit(encoding, table, rows, fac, bias, reg)
+        log.info(
+            "%s features: %d columns (%d values), a map to the factors learned on %d rows (R^2 %.3f, reg %g); "
+            "%d rows of the table have no ratings",
+            side[:-1],
+            len(encoding.columns),
+            encoding.width,
+            fmap.fit_rows,
+            fmap.r2,
+            fmap.reg,
+            int(np.sum(rows < 0)),
+        )
+        return dataclasses.replace(self, features={**self.features, side: fmap})
+
+    def with_features(self, side: str, table: pa.Table) -> "FactorModel":
+        """This model and the rows of `table` (a feature table of `side`) it does not know, placed by
+        the map learned at training (`learn_features`); known rows keep their fitted factors.
+        InputError when the model has no map for that side."""
+        fmap = self.features.get(side)
+        if fmap is None:
+            raise InputError(
+                f"the model has no {side[:-1]} features: train it with --{side[:-1]}-features to place new "
+                f"{side} by theirs"
+            )
+        ids, fac, bias = fmap.place(table)
+        current = self.users if side == "users" else self.items
+        ids = with_ids_as(ids, current.ids.type)
+        new = pc.is_null(pc.index_in(ids, value_set=current.ids)).to_numpy(zero_copy_only=False) & pc.is_valid(
+            ids
+        ).to_numpy(zero_copy_only=False)
+        if not new.any():
+            return self
+        _, first = np.unique(ids.filter(pa.array(new)).to_numpy(zero_copy_only=False), return_index=True)
+        keep = np.flatnonzero(new)[np.sort(first)]
+        all_ids = pa.concat_arrays([current.ids, ids.take(pa.array(keep))])
+        order = pc.sort_indices(all_ids).to_numpy()
+        f = self.factors
+        old_fac, old_bias = (f.X, f.user_bias) if side == "users" else (f.Y, f.item_bias)
+        merged = np.vstack([old_fac, fac[keep]])[order]
+        merged_bias = None if old_bias is None else np.concatenate([old_bias, bias[keep]])[order]
+        new_map = IdMap(all_ids.take(pa.array(order)), current.name)
+        log.info("%d new %s placed by their features", keep.size, side)
+        if side == "users":  # no day of a new user was fitted; day biases index users by position
+            factors = Factors(merged, f.Y, merged_bias, f.item_bias, f.mu)
+            return dataclasses.replace(self, factors=factors, users=new_map, days=None, _bc=None)
+        factors = Factors(f.X, merged, f.user_bias, merged_bias, f.mu)
+        return dataclasses.replace(self, factors=factors, items=new_map, _bc=None, item_blocks=0)
 
     def describe(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         f = self.factors
@@ -451,8 +517,15 @@ class FactorModel:
             "user_id_type": str(self.users.ids.type),
             "item_id_type": str(self.items.ids.type),
             "config": self.config,
+            **({"features": {side: m.describe() for side, m in self.features.items()}} if self.features else {}),
             **(extra or {}),
         }
+
+
+_ID_NAMES = {  # a feature table's ID column, by name (else its first column)
+    "users": ("user", "userid", "users", "customerid", "customer", "visitorid"),
+    "items": ("item", "itemid", "items", "movieid", "productid", "product", "trackid", "artistid", "id"),
+}
 
 
 def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
@@ -511,6 +584,13 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
     (users, X, bu), (items, Y, bi) = sides
     rr = meta.get("rating_range")
     days = _load_days(spark, path, meta, users) if "day_length" in meta else None
+    maps = {}
+    for side, described in meta.get("features", {}).items():
+        where = posixpath.join(path, "features", side)
+        try:
+            maps[side] = FeatureMap.load(described, fs.read_parquet(spark, where))
+        except Exception as exc:
+            raise ModelError(f"{where}: cannot read the feature map ({type(exc).__name__}: {exc})") from None
     return FactorModel(
         meta["kind"],
         Factors(X, Y, bu, bi, float(meta["mu"])),
@@ -521,6 +601,7 @@ def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:
         meta.get("config", {}),
         days,
         item_blocks=item_blocks(meta.get("config", {}), X.shape[0], Y.shape[0], spark),
+        features=maps,
     )
 
 

@@ -50,6 +50,8 @@ class TrainArgs:
     output_table: str | None = None  # prefix of the catalog tables the outputs are also written to
     output_root: str | None = None  # --output as given (output's parent with a run date)
     init_previous: bool = False  # warm start from the latest earlier run date's model under output_root
+    user_features: str | None = None  # side information: feature tables mapped to the factors
+    item_features: str | None = None
 
 
 RUN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -103,6 +105,8 @@ def args_of(a: argparse.Namespace, resume: bool = False, init_model: str | None 
         a.output_table,
         root,
         init_previous,
+        getattr(a, "user_features", None),
+        getattr(a, "item_features", None),
     )
 
 
@@ -169,6 +173,19 @@ def check_inputs(a: argparse.Namespace) -> bool:
     return demo
 
 
+def feature_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Side information: feature tables whose map to the factors is saved with the model."""
+    for side in ("user", "item"):
+        p.add_argument(
+            f"--{side}-features",
+            metavar="FILE",
+            help=f"{side} features (CSV with header, or Parquet; an ID column and numbers, categories or "
+            f"'a|b' tags): the model learns a map from them to the factors, which places new {side}s "
+            "(jobs.recommend --" + side + "-features)",
+        )
+    return p
+
+
 def filter_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The item-ID lists that filter the recommendations a training job writes."""
     p.add_argument("--include", help="file of item IDs: only these may be recommended")
@@ -188,7 +205,7 @@ def train_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --run-date: warm start from the model of the latest earlier date under --output (none: cold)",
     )
-    return filter_arguments(p)
+    return feature_arguments(filter_arguments(p))
 
 
 def parse_train(argv: list[str] | None) -> TrainArgs:

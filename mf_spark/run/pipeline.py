@@ -320,7 +320,13 @@ class Pipeline:
     def load(self, validation: SplitConfig | None = None) -> Loaded:
         """Read and validate the input; check --include/--exclude and --init-model before anything is fitted."""
         spark, args, cfg = self.spark, self.args, self.cfg
-        for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
+        files = (
+            ("--include", args.include),
+            ("--exclude", args.exclude),
+            ("--user-features", args.user_features),
+            ("--item-features", args.item_features),
+        )
+        for flag, path in files:
             if path and not fs.exists(spark, path):  # found out now, not after the fit
                 raise errors.InputError(f"{flag} {path}: does not exist")
         init = args.init_model or (self._previous_run() if args.init_previous else None)
@@ -430,6 +436,10 @@ class Pipeline:
                 top_n=max(cfg.recommend.top_n, cfg.eval.k),
                 initial=initial,
             )
+            for side, path in (("users", args.user_features), ("items", args.item_features)):
+                if path:
+                    table = read.feature_table(self.spark, path, f"--{side[:-1]}-features")
+                    model = model.learn_features(side, table, cfg.model.feature_reg)
         return Fitted(fit, model, relevant, checkpoints)
 
     def _evaluate(self, run: Prepared, fitted: Fitted) -> tuple[dict, Any]:
