@@ -138,7 +138,9 @@ class FeatureMap:
         """The map learned on the rows of `table` whose model row (`rows`, -1 for none) is known:
         W = (A'A + reg I)^-1 A'T over centered features A and targets T (their factors, and bias),
         and an intercept; `reg` 0 chooses it by leave-one-out error over REG_GRID (closed form for
-        ridge). InputError when no row of `table` is known to the model."""
+        ridge). Every known row weighs the same: weighing rows by their ratings (a rarely rated row's
+        factors are mostly its regularization) placed new items worse (docs/quality.md). InputError
+        when no row of `table` is known to the model."""
         known = rows >= 0
         if not known.any():
             raise InputError(

@@ -343,3 +343,52 @@ def test_benchmark_public_reads_the_split_format_and_scores_as_published(tmp_pat
     assert got["recall_at_k"] == 1.0 and got["ndcg_at_k"] == 1.0
     with pytest.raises(SystemExit):
         bp.main(["--cache", str(Path(bp.ROOT) / "cache")])  # inside the repository: refused
+
+
+def test_benchmark_cold_places_new_movies_and_scores_the_baselines(tmp_path):
+    """A small MovieLens-like folder (ratings.csv, movies.csv): the train and recommend jobs run with
+    their --item-features, and the three methods are scored over the new movies."""
+    g = np.random.default_rng(2)
+    genres = ["Action", "Comedy", "Drama", "Horror"]
+    movies = [(m, f"Film {m} ({1980 + m % 30})", "|".join(g.choice(genres, size=2, replace=False))) for m in range(60)]
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n" + "".join(f'{m},"{t}",{gs}\n' for m, t, gs in movies))
+    fans = {x: set(g.choice(40, size=15, replace=False).tolist()) for x in genres}
+    rows = [
+        (u, m)
+        for m, _, gs in movies
+        for u in range(40)
+        if any(u in fans[x] for x in gs.split("|")) and g.random() < 0.5
+    ]
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},4.0,{k}\n" for k, (u, m) in enumerate(rows))
+    )
+    report, doc = tmp_path / "cold.json", tmp_path / "quality.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT.parent / "benchmark_cold.py"),
+            "--movielens",
+            str(tmp_path),
+            "--cold-fraction",
+            "0.25",
+            "--driver-memory",
+            "1g",
+            "--json",
+            str(report),
+            "--doc",
+            str(doc),
+            *[x for s in ("model.iterations=4", "model.rank=6", "spark.spark.ui.enabled=false") for x in ("--set", s)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(report.read_text())
+    assert got["cold_movies"] == 15 and set(got["methods"]) == {
+        "mf_spark (map from features to factors)",
+        "popularity",
+        "features",
+    }
+    assert all(0 <= m["recall_at_k"] <= 1 and m["users"] > 0 for m in got["methods"].values())
+    assert "### Cold items with features:" in doc.read_text()
