@@ -56,7 +56,7 @@ from mf_spark.core import config, fs, session
 from mf_spark.core.config import DataConfig, ModelConfig, RunConfig
 from mf_spark.core.errors import ConfigError, InputError, ModelError
 from mf_spark.core.types import ITEM, USER
-from mf_spark.data import index, prepare
+from mf_spark.data import index, prepare, read
 from mf_spark.model.factors import FactorModel, Ids, load_model
 from mf_spark.run.pipeline import fit_model
 
@@ -247,6 +247,17 @@ SHARED_SPECS = [
     ),
 ]
 ALS_ONLY_SPECS = [
+    *[
+        _Spec(
+            f"{side}FeaturesPath",
+            "",
+            TypeConverters.toString,
+            f"a table of {side} features (Parquet, or CSV with a header: an ID column and numbers, categories or "
+            f"'a|b' tags; '' = none): fit learns a map from them to the {side} factors, with which "
+            f"ALSModel.place{side.capitalize()}s gives new {side}s factors",
+        )
+        for side in ("user", "item")
+    ],
     _Spec(
         "intermediateStorageLevel",
         "MEMORY_AND_DISK",
@@ -421,6 +432,11 @@ class ALS(Estimator, _ALSParams, DefaultParamsReadable, MLWritable):
             ready.release()
             if store is not None:
                 store.clear()
+        for side in ("user", "item"):
+            path = self.getOrDefault(f"{side}FeaturesPath")
+            if path:
+                table = read.feature_table(dataset.sparkSession, path, f"param {side}FeaturesPath")
+                model = model.learn_features(f"{side}s", table, run.model.feature_reg)
         return self._copyValues(ALSModel(model, pairs))
 
     def write(self) -> MLWriter:
@@ -640,6 +656,15 @@ class ALSModel(Model, _SharedParams, MLReadable, MLWritable):
         """The mirror of foldInUsers: a model whose items are the history's items (new or known),
         solved against this model's user factors."""
         return self._folded(history, "items")
+
+    def placeItems(self, features: DataFrame) -> "ALSModel":
+        """This model and the items of `features` (the itemFeaturesPath table's layout) it does not
+        know, with factors from the map fit learned; known items keep theirs (FactorModel.with_features)."""
+        return self._copyValues(ALSModel(self.factorModel.with_features("items", features.toArrow()), self._seen))
+
+    def placeUsers(self, features: DataFrame) -> "ALSModel":
+        """The mirror of placeItems for new users (userFeaturesPath)."""
+        return self._copyValues(ALSModel(self.factorModel.with_features("users", features.toArrow()), self._seen))
 
     def _folded(self, history: DataFrame, side: str) -> "ALSModel":
         user, item, rating = self.getUserCol(), self.getItemCol(), self.getRatingCol()

@@ -619,3 +619,34 @@ def test_cross_validator_and_train_validation_split(planted_fit):
     ).fit(df)
     assert tvs.validationMetrics[0] < tvs.validationMetrics[1]  # heavy regularization underfits
     assert isinstance(tvs.bestModel, ALSModel) and tvs.bestModel.getColdStartStrategy() == "drop"  # params copied
+
+
+def test_item_features_place_new_items_through_the_estimator(spark, tmp_path):
+    """itemFeaturesPath: fit learns the map (saved and loaded with the model); placeItems adds the
+    new items of a features DataFrame, which then have factors and take part in recommendations."""
+    g = np.random.default_rng(6)
+    genres = ["a", "b", "c"]
+    item_genre = {i: genres[i % 3] for i in range(30)}
+    fans = {x: set(g.choice(25, size=10, replace=False).tolist()) for x in genres}
+    rows = [(u, i, 1.0) for i in range(30) for u in range(25) if u in fans[item_genre[i]] and g.random() < 0.7]
+    features = tmp_path / "items.csv"
+    features.write_text("item,genre\n" + "".join(f"{i},{item_genre[i]}\n" for i in range(30)))
+    df = spark.createDataFrame(rows, "user int, item int, rating double")
+    als = ALS(rank=4, maxIter=5, implicitPrefs=True, itemFeaturesPath=str(features), seed=1)
+    assert als.getFeatureReg() == 0.0 and als.getUserFeaturesPath() == ""
+    model = als.fit(df)
+    model.write().overwrite().save(str(tmp_path / "m"))
+    loaded = ALSModel.load(str(tmp_path / "m"))
+    new = spark.createDataFrame([(100, "a"), (101, "c")], "item int, genre string")
+    placed = loaded.placeItems(new)
+    assert placed.itemFactors.count() == 32 and placed.userFactors.count() == model.userFactors.count()
+    vectors = {r["id"]: np.array(r["features"]) for r in placed.itemFactors.collect()}
+    mean_a = np.mean([vectors[i] for i in range(30) if item_genre[i] == "a"], axis=0)
+    cosine = vectors[100] @ mean_a / np.linalg.norm(vectors[100]) / np.linalg.norm(mean_a)
+    assert cosine > 0.95  # one-hot genres: a new item sits at (a shrunk) mean of its genre's items
+    lists = placed.recommendForAllUsers(40).collect()
+    assert {x["item"] for r in lists for x in r["recommendations"]} >= {100, 101}
+    with pytest.raises(InputError, match="has no user features"):
+        loaded.placeUsers(spark.createDataFrame([(7, "x")], "user int, age string"))
+    with pytest.raises(InputError, match="param itemFeaturesPath .*: does not exist"):
+        ALS(rank=2, maxIter=1, itemFeaturesPath=str(tmp_path / "nope.csv")).fit(df)
