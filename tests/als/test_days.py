@@ -257,6 +257,8 @@ def test_tune_scores_each_day_bias_reg_on_every_trials_factors(spark, day_csv):
                 "tune.space.rank=[2, 3]",
                 f"tune.space.day_bias_reg={values}",
                 "tune.max_iterations=8",
+                "tune.extend_rounds=0",
+                "tune.seeds=1",
                 "model.biases=true",
                 "model.reg=0.05",
             ],

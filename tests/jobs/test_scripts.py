@@ -221,6 +221,8 @@ def test_benchmark_tuning_scores_defaults_explicit_toml_and_the_tune_job(tmp_pat
                     "tune.trials=2",
                     "tune.min_iterations=1",
                     "tune.max_iterations=2",
+                    "tune.extend_rounds=0",
+                    "tune.seeds=1",
                     "spark.spark.ui.enabled=false",
                 )
                 for x in ("--set", s)

@@ -7,10 +7,8 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from jobs import recommend as recommend_job
 from jobs import train as train_job
 from mf_spark import load_model
 from mf_spark.core.errors import InputError
@@ -102,62 +100,12 @@ def test_new_items_get_the_maps_factors_and_warm_ones_keep_theirs(spark, tmp_pat
     assert (recs.groupby("user")["item"].apply(lambda s: 999 in set(s))).all()
 
 
-@pytest.mark.slow
-def test_train_and_recommend_jobs_place_new_items_by_their_features(spark, tmp_path):
-    """The train job learns the map from --item-features (the file's unrated items are counted, not
-    fitted); the recommend job adds the new items of its --item-features and lists them."""
-    rng = np.random.default_rng(8)
-    items = _genre_table(50, rng)
-    likes = {g: rng.choice(30, size=15, replace=False) for g in GENRES}  # users who like a genre
-    rows = [
-        (f"u{u}", int(i))
-        for i, genres in zip(items.column("movieId").to_pylist(), items.column("genres").to_pylist())
-        for g in genres.split("|")
-        for u in likes[g]
-        if rng.random() < 0.6
-    ]
-    ratings = tmp_path / "plays.csv"
-    ratings.write_text("user,item,rating\n" + "".join(f"{u},{i},1\n" for u, i in rows))
-    features = tmp_path / "items.parquet"
-    new = _genre_table(3, rng, first=900)
-    pq.write_table(pa.concat_tables([items, new]), features)
-    out = tmp_path / "model"
+def test_a_missing_feature_file_is_refused_before_the_input_is_read(spark, tmp_path):
+    """(The train and recommend jobs with --item-features run end to end in scripts/benchmark_cold.py's
+    test, tests/jobs/test_scripts.py.)"""
     args = cli.parse_train(
-        [
-            "--input",
-            str(ratings),
-            "--output",
-            str(out),
-            "--item-features",
-            str(features),
-            "--set",
-            "model.kind=implicit",
-        ]
-        + ["--set", "model.rank=6", "--set", "model.iterations=6", "--set", "split.method=per_user"]
+        ["--input", str(tmp_path / "never_read.csv"), "--output", str(tmp_path / "x")]
+        + ["--item-features", str(tmp_path / "nope.parquet")]
     )
-    train_job.run(spark, args)
-    meta = json.loads((out / "model.json").read_text())
-    assert meta["features"]["items"]["fit_rows"] >= 45 and meta["features"]["items"]["r2"] > 0.3
-    recs_out = tmp_path / "recs"
-    assert (
-        recommend_job.main(
-            ["--model", str(out), "--output", str(recs_out), "--item-features", str(features), "--n", "10"]
-        )
-        == 0
-    )
-    recs = pq.read_table(recs_out / "recommendations").to_pandas()
-    assert set(recs["item"]) & {900, 901, 902}  # new items take places in the lists
     with pytest.raises(InputError, match="--item-features .*nope.parquet: does not exist"):
-        train_job.run(
-            spark,
-            cli.parse_train(
-                [
-                    "--input",
-                    str(ratings),
-                    "--output",
-                    str(tmp_path / "x"),
-                    "--item-features",
-                    str(tmp_path / "nope.parquet"),
-                ]
-            ),
-        )
+        train_job.run(spark, args)
