@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmark_job import ROOT, run_process, submit, update_doc
+from benchmark_job import ROOT, submitted, update_doc
 
 from mf_spark.kernels.metrics import ranking_metrics
 
@@ -121,7 +121,8 @@ def baselines(train: pa.Table, held: pa.Table, features: pa.Table, cold: np.ndar
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner=None) -> int:
+    """`runner(script, job_args)`: how the jobs run (default: spark-submit processes, benchmark_job.submitted)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--movielens", required=True, help="folder of a MovieLens release (ratings.csv, movies.csv)")
     p.add_argument("--cold-fraction", type=float, default=0.2)
@@ -148,17 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         model, recs = os.path.join(work, "model"), os.path.join(work, "recs")
         train_cmd = ["--input", paths["train"], "--output", model, "--item-features", paths["known"]]
         train_cmd += ["--config", os.path.join(ROOT, "conf", "implicit.toml")]
-        for cmd in (
-            submit(args, "jobs/train.py", train_cmd + [x for s in args.set for x in ("--set", s)]),
-            submit(
-                args,
+        run = runner or submitted(args, env)
+        for script, job_args in (
+            ("jobs/train.py", train_cmd + [x for s in args.set for x in ("--set", s)]),
+            (
                 "jobs/recommend.py",
                 ["--model", model, "--output", recs, "--item-features", paths["new"], "--include", ids, "--n", str(K)],
             ),
         ):
-            r = run_process(cmd, env)
+            r = run(script, job_args)
             if r["returncode"]:
-                raise SystemExit(f"{cmd[-1]} failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
+                raise SystemExit(f"{script} failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
         with open(os.path.join(model, "model.json")) as fh:
             fmap = json.load(fh)["features"]["items"]
         got = pq.read_table(os.path.join(recs, "recommendations")).sort_by(

@@ -164,6 +164,16 @@ def submit(args, script: str, job_args: list[str], package: bool = False) -> lis
     ]
 
 
+def submitted(args, env: dict):
+    """A runner of jobs as separate processes (spark-submit, as users run them): `run(script, job_args)`
+    gives run_process's report. Scripts take another runner for their tests (the jobs in-process)."""
+
+    def run(script: str, job_args: list[str]) -> dict:
+        return run_process(submit(args, script, job_args, package=True), env)
+
+    return run
+
+
 def run_ours(args, train: str, test: str, out: str, env: dict) -> dict:
     sets = [
         f"model.kind={args.kind}",

@@ -33,7 +33,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from benchmark_job import ROOT, run_process, submit, update_doc
+from benchmark_job import ROOT, submitted, update_doc
 
 BASE = "https://raw.githubusercontent.com/kuandeng/LightGCN/master/Data"
 # recall@20, ndcg@20 as published: LightGCN (He et al. 2020, table 3, which also lists NGCF and
@@ -177,11 +177,11 @@ def implicit_library(train: str, test: str) -> dict | None:
     return best
 
 
-def tune_job(args, train: str, test: str, out: str) -> dict:
+def tune_job(args, train: str, test: str, out: str, runner=None) -> dict:
     sets = [f"eval.k={K}", "tune.metric=recall_at_k", *args.set]
     job = ["--train", train, "--test", test, "--output", out, "--config", os.path.join(ROOT, "conf", "implicit.toml")]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    r = run_process(submit(args, "jobs/tune.py", job + [x for s in sets for x in ("--set", s)]), env)
+    r = (runner or submitted(args, env))("jobs/tune.py", job + [x for s in sets for x in ("--set", s)])
     if r["returncode"] != 0:
         raise SystemExit(f"jobs/tune.py failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
     with open(os.path.join(out, "metrics.json")) as fh:
@@ -210,7 +210,8 @@ def markdown(report: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner=None) -> int:
+    """`runner(script, job_args)`: how the job runs (default: a spark-submit process, benchmark_job.submitted)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=sorted(PUBLISHED), default="gowalla")
     p.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "mf_spark", "public"))
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--cache must be outside the repository: the data are never committed")
     train, test = as_parquet(fetch(args.dataset, args.cache, args.base_url))
     with tempfile.TemporaryDirectory(prefix="mf_spark-public-") as work:
-        ours = tune_job(args, train, test, os.path.join(work, "tuned"))
+        ours = tune_job(args, train, test, os.path.join(work, "tuned"), runner)
     lib = implicit_library(train, test) if args.implicit else None
     report = {"dataset": args.dataset, "master": args.master, "sets": args.set, "ours": ours, "implicit": lib}
     best = max(r for r, _ in PUBLISHED[args.dataset].values())

@@ -291,33 +291,28 @@ def _lightgcn_files(folder: Path, seed: int = 3) -> None:
     (folder / "test.txt").write_text("\n".join(test) + "\n")
 
 
-def test_benchmark_public_fetches_once_tunes_and_writes_its_section(tmp_path):
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _in_process(script: str, job_args: list[str]) -> dict:
+    """A benchmark script's job runner for tests: the job's main() in this process (its session)."""
+    job = importlib.import_module("jobs." + Path(script).stem)
+    return {"returncode": job.main(job_args), "stderr": "", "wall_seconds": 0.0}
+
+
+def test_benchmark_public_fetches_once_tunes_and_writes_its_section(spark, tmp_path):
     """From a mirror (a file:// folder here): the split is fetched into the cache and converted once,
     the tune job runs on it with recall@20, and the doc section sets our figure beside the published."""
     _lightgcn_files(tmp_path / "mirror" / "gowalla")
     report, doc, cache = tmp_path / "public.json", tmp_path / "quality.md", tmp_path / "cache"
     sets = ["tune.trials=2", "tune.min_iterations=1", "tune.max_iterations=2", "tune.seeds=1", "tune.extend_rounds=0"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT.parent / "benchmark_public.py"),
-            "--base-url",
-            (tmp_path / "mirror").as_uri(),
-            "--cache",
-            str(cache),
-            "--driver-memory",
-            "1g",
-            "--json",
-            str(report),
-            "--doc",
-            str(doc),
-            *[x for s in sets + ["spark.spark.ui.enabled=false"] for x in ("--set", s)],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = ["--base-url", (tmp_path / "mirror").as_uri(), "--cache", str(cache), "--json", str(report)]
+    argv += ["--doc", str(doc), *[x for s in sets for x in ("--set", s)]]
+    assert _script("benchmark_public").main(argv, runner=_in_process) == 0
     got = json.loads(report.read_text())
     assert 0 < got["ours"]["recall_at_k"] <= 1 and got["ours"]["k"] == 20
     assert got["ours"]["tuning"]["metric"] == "recall_at_k"
@@ -347,7 +342,7 @@ def test_benchmark_public_reads_the_split_format_and_scores_as_published(tmp_pat
         bp.main(["--cache", str(Path(bp.ROOT) / "cache")])  # inside the repository: refused
 
 
-def test_benchmark_cold_places_new_movies_and_scores_the_baselines(tmp_path):
+def test_benchmark_cold_places_new_movies_and_scores_the_baselines(spark, tmp_path):
     """A small MovieLens-like folder (ratings.csv, movies.csv): the train and recommend jobs run with
     their --item-features, and the three methods are scored over the new movies."""
     g = np.random.default_rng(2)
@@ -365,27 +360,9 @@ def test_benchmark_cold_places_new_movies_and_scores_the_baselines(tmp_path):
         "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},4.0,{k}\n" for k, (u, m) in enumerate(rows))
     )
     report, doc = tmp_path / "cold.json", tmp_path / "quality.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT.parent / "benchmark_cold.py"),
-            "--movielens",
-            str(tmp_path),
-            "--cold-fraction",
-            "0.25",
-            "--driver-memory",
-            "1g",
-            "--json",
-            str(report),
-            "--doc",
-            str(doc),
-            *[x for s in ("model.iterations=4", "model.rank=6", "spark.spark.ui.enabled=false") for x in ("--set", s)],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = ["--movielens", str(tmp_path), "--cold-fraction", "0.25", "--json", str(report), "--doc", str(doc)]
+    argv += [x for s in ("model.iterations=4", "model.rank=6") for x in ("--set", s)]
+    assert _script("benchmark_cold").main(argv, runner=_in_process) == 0
     got = json.loads(report.read_text())
     assert got["cold_movies"] == 15 and set(got["methods"]) == {
         "mf_spark (map from features to factors)",

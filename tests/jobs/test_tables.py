@@ -165,45 +165,27 @@ def test_init_previous_warm_starts_from_the_latest_earlier_date(spark, db, tmp_p
 
 
 @pytest.mark.slow
-def test_the_train_job_reads_a_table_from_the_command_line(tmp_path):
-    """spark-submit with a warehouse folder: a table written by one process is read by the job."""
+def test_the_train_job_reads_a_hive_table_from_the_command_line(tmp_path):
+    """A process with a Hive metastore (Derby, on disk) holding a ratings table runs the train job's
+    command line on it: --input-table, --run-date and --output-table through argv."""
     warehouse, derby = tmp_path / "wh", f"jdbc:derby:;databaseName={tmp_path / 'metastore_db'};create=true"
-    metastore = "spark.hadoop.javax.jdo.option.ConnectionURL"
-    make = (
-        "from pyspark.sql import SparkSession; "
+    argv = ["--input-table", "ratings", "--output", str(tmp_path / "o"), "--run-date", "2026-12-05"]
+    argv += ["--output-table", "als", "--set", "model.iterations=2"]
+    script = (
+        "import sys; from pyspark.sql import SparkSession; "
         f"s = SparkSession.builder.config('spark.sql.warehouse.dir', '{warehouse}')"
-        f".config('{metastore}', '{derby}').enableHiveSupport().getOrCreate(); "
+        f".config('spark.hadoop.javax.jdo.option.ConnectionURL', '{derby}').enableHiveSupport().getOrCreate(); "
         "s.range(400).selectExpr('id % 37 as user', 'id % 23 as item', 'cast(id % 5 + 1 as double) as rating')"
-        ".write.saveAsTable('ratings')"
+        ".write.saveAsTable('ratings'); "
+        f"from jobs import train; code = train.main({argv!r}); "
+        "print('tables', sorted(t.name for t in s.catalog.listTables())); sys.exit(code)"
     )
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    done = subprocess.run([sys.executable, "-c", make], capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    job = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.train",
-            "--input-table",
-            "ratings",
-            "--output",
-            str(tmp_path / "o"),
-            "--run-date",
-            "2026-12-05",
-            "--set",
-            "model.iterations=2",
-            "--set",
-            f"spark.spark.sql.warehouse.dir={warehouse}",
-            "--set",
-            "spark.spark.sql.catalogImplementation=hive",
-            "--set",
-            f"spark.{metastore}={derby}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    job = subprocess.run(  # in tmp_path: Derby writes derby.log where it runs
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
     )
     assert job.returncode == 0, job.stderr[-3000:]
     assert (tmp_path / "o" / "run_date=2026-12-05" / "_SUCCESS").exists()
+    assert (
+        "tables ['als_item_factors', 'als_metrics', 'als_recommendations', 'als_user_factors', 'ratings']" in job.stdout
+    )
