@@ -28,18 +28,15 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from benchmark_job import ROOT, _standard, run_process, split_files, submit, update_doc
+from benchmark_job import ROOT, _standard, run_process, split_files, submitted, update_doc
 
 
-def _job(args, script: str, train: str, test: str, out: str, config: str | None, env: dict) -> dict:
+def _job(args, run, script: str, train: str, test: str, out: str, config: str | None) -> dict:
+    """`script` run by `run` (benchmark_job.submitted's kind of runner) on the split; its metrics.json."""
     extra = ["--config", config] if config else []
-    r = run_process(
-        submit(
-            args,
-            script,
-            ["--train", train, "--test", test, "--output", out, *extra, *[x for s in args.set for x in ("--set", s)]],
-        ),
-        env,
+    r = run(
+        script,
+        ["--train", train, "--test", test, "--output", out, *extra, *[x for s in args.set for x in ("--set", s)]],
     )
     if r["returncode"] != 0:
         raise SystemExit(f"{script} failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
@@ -105,7 +102,8 @@ def _shown(args) -> str:
     return " ".join(parts + [f"--set {s}" for s in args.set])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner=None) -> int:
+    """`runner(script, job_args)`: how the jobs run (default: spark-submit processes, benchmark_job.submitted)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--movielens", help="a MovieLens ratings file (CSV with header, or Parquet)")
     p.add_argument("--synthetic", type=int, default=0, help="ratings of each synthetic set (0 = none)")
@@ -125,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.movielens and not args.synthetic:
         p.error("give --movielens and/or --synthetic")
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    run = runner or submitted(args, env)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mf_spark-tuning-") as folder:
         for name, kind, path, config in data_sets(args, folder):
@@ -134,19 +133,19 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(where)
             train, test = split_files(pq.read_table(path), where, args.split_seed)
             metric = "rmse" if kind == "explicit" else "ndcg_at_k"
-            default = _job(args, "jobs/train.py", train, test, os.path.join(where, "default"), config, env)
+            default = _job(args, run, "jobs/train.py", train, test, os.path.join(where, "default"), config)
             shipped = None
             if kind == "explicit":  # conf/explicit.toml: the settings that won on every explicit set
                 shipped = _job(
                     args,
+                    run,
                     "jobs/train.py",
                     train,
                     test,
                     os.path.join(where, "explicit_toml"),
                     os.path.join(ROOT, "conf", "explicit.toml"),
-                    env,
                 )[metric]
-            tuned = _job(args, "jobs/tune.py", train, test, os.path.join(where, "tuned"), config, env)
+            tuned = _job(args, run, "jobs/tune.py", train, test, os.path.join(where, "tuned"), config)
             t = tuned["tuning"]
             rows.append(
                 {

@@ -196,43 +196,14 @@ def test_benchmark_job_report_medians_ratio_and_doc_section(tmp_path):
     assert "| ours / MLlib | **0.37** | |" in text and text.rstrip().endswith("<!-- /benchmark_job: another -->")
 
 
-def test_benchmark_tuning_scores_defaults_explicit_toml_and_the_tune_job(tmp_path):
-    """Cold spark-submit runs on 3000 synthetic ratings: the three jobs finish, the table has their
-    test figures and the tune job's pick, and the doc section is written."""
+def test_benchmark_tuning_scores_defaults_explicit_toml_and_the_tune_job(spark, tmp_path):
+    """The three jobs on 3000 synthetic ratings (in this process: the script's runner is the jobs'
+    main()): the table has their test figures and the tune job's pick, and the doc section is written."""
     report, doc = tmp_path / "tuning.json", tmp_path / "perf.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT.parent / "benchmark_tuning.py"),
-            "--synthetic",
-            "3000",
-            "--kind",
-            "explicit",
-            "--driver-memory",
-            "1g",
-            "--json",
-            str(report),
-            "--doc",
-            str(doc),
-            *[
-                x
-                for s in (
-                    "model.iterations=2",
-                    "tune.trials=2",
-                    "tune.min_iterations=1",
-                    "tune.max_iterations=2",
-                    "tune.extend_rounds=0",
-                    "tune.seeds=1",
-                    "spark.spark.ui.enabled=false",
-                )
-                for x in ("--set", s)
-            ],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sets = ("model.iterations=2", "tune.trials=2", "tune.min_iterations=1", "tune.max_iterations=2")
+    sets += ("tune.extend_rounds=0", "tune.seeds=1")
+    argv = ["--synthetic", "3000", "--kind", "explicit", "--json", str(report), "--doc", str(doc)]
+    assert _script("benchmark_tuning").main(argv + [x for s in sets for x in ("--set", s)], runner=_in_process) == 0
     (row,) = json.loads(report.read_text())
     assert row["data"] == "3k synthetic, explicit" and row["metric"] == "rmse" and row["trials"] == 2
     assert all(0 < row[k] < 3 for k in ("default", "explicit_toml", "tuned", "validation"))
