@@ -196,10 +196,11 @@ class FeatureMap:
     @classmethod
     def load(cls, meta: dict[str, Any], table: pa.Table) -> FeatureMap:
         encoding = Encoding.from_json(meta["encoding"])
-        names = table.column("feature").to_pylist()
-        if names != [*encoding.names, "(intercept)"]:
+        by_name = dict(zip(table.column("feature").to_pylist(), table.column("weights").to_pylist()))
+        names = [*encoding.names, "(intercept)"]  # a table read back may come in another row order
+        if sorted(by_name) != sorted(names) or len(by_name) != table.num_rows:
             raise InputError("the feature map's weights do not match its encoding in model.json")
-        W = np.array(table.column("weights").to_pylist(), np.float64)
+        W = np.array([by_name[n] for n in names], np.float64)
         return cls(encoding, W, float(meta["reg"]), bool(meta["bias"]), int(meta["fit_rows"]), float(meta["r2"]))
 
 

@@ -12,6 +12,7 @@ from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import functions as F
 
+from mf_spark import load_model
 from mf_spark.core import session
 from mf_spark.ml import ALS, ALSModel
 
@@ -75,4 +76,31 @@ def test_train_and_recommend_jobs_under_spark_remote(shared, monkeypatch):
     assert (out / "metrics.json").is_file() and (out / "model.json").is_file()
     recs = shared / "connect_recs"
     assert recommend.main(["--model", str(out), "--output", str(recs), "--n", "3"]) == 0
+    assert any((recs / "recommendations").glob("*.parquet"))
+
+
+def test_a_table_in_dated_tables_out_and_item_features_on_connect(spark, shared, ratings, monkeypatch):
+    """--input-table, --run-date, --output-table and --item-features through the DataFrame API: the
+    catalog calls, the partition overwrite and the feature table all work on a Connect session."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import recommend, train
+
+    monkeypatch.setenv("SPARK_REMOTE", "local[2]")
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS connect_db LOCATION '{(shared / 'warehouse').as_uri()}'")
+    ratings.write.mode("overwrite").saveAsTable("connect_db.ratings")
+    movies = sorted({r.movieId for r in ratings.select("movieId").distinct().collect()})
+    features = shared / "movies.parquet"
+    pq.write_table(pa.table({"movieId": movies + [10**6], "genre": [f"g{m % 3}" for m in movies] + ["g1"]}), features)
+    out = shared / "connect_dated"
+    argv = ["--input-table", "connect_db.ratings", "--output", str(out), "--run-date", "2026-12-05"]
+    argv += ["--output-table", "connect_db.als", "--item-features", str(features)]
+    assert train.main([*argv, "--set", "model.rank=3", "--set", "model.iterations=2"]) == 0
+    table = spark.table("connect_db.als_recommendations").where("run_date = '2026-12-05'")
+    assert table.count() == pq.read_table(out / "run_date=2026-12-05" / "recommendations").num_rows > 0
+    recs = shared / "connect_new_items"
+    model = str(out / "run_date=2026-12-05")
+    assert recommend.main(["--model", model, "--output", str(recs), "--item-features", str(features), "--n", "3"]) == 0
+    assert load_model(model).features["items"].fit_rows == len(movies)
     assert any((recs / "recommendations").glob("*.parquet"))
