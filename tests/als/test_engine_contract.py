@@ -146,10 +146,14 @@ class TestJoin(EngineContract):
     exchange = "join"
 
     # Its factors and per-iteration losses equal the jobs engine's (the reference, below: 1e-4 and
-    # 1e-6), which TestJobs holds to recover a planted matrix with an objective that never rises: the
-    # join's own fits for those would only repeat that.
+    # 1e-6) on an explicit and an implicit variant with other block counts than the default; TestJobs
+    # holds the reference to recover a planted matrix, never to raise its objective, to rank a user's
+    # kind of item first and to give the same factors for any blocks: the join's own fits for those
+    # would only repeat that.
     test_the_objective_never_rises = None
     test_recovers_a_planted_matrix_and_reports_its_exchange = None
+    test_implicit_fits_score_a_users_kind_of_item_above_the_rest = None
+    test_factors_do_not_depend_on_the_blocks = None
 
     # Its joins move factors alike whatever the model: held to the others on the two variants that
     # together cover biases, implicit Gramians, conjugate gradients and blocks left empty.
