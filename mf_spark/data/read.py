@@ -285,7 +285,8 @@ def looks_like_header(fields: list[str]) -> bool:
     return not any(_is_number(f) for f in fields if f.strip())
 
 
-def _norm(name: str) -> str:
+def norm(name: str) -> str:
+    """A column name as the readers match it: lowercase, without spaces, _ and -."""
     return re.sub(r"[\s_\-]", "", name.lower())
 
 
@@ -325,7 +326,7 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
             chosen[key] = hits[0]
         elif header:
             used = {p for p in chosen.values() if p is not None}
-            normed = [_norm(c) for c in columns]
+            normed = [norm(c) for c in columns]
             hit = next(
                 (normed.index(n) for n in COMMON_NAMES[key] if n in normed and normed.index(n) not in used), None
             )

@@ -37,7 +37,7 @@ from mf_spark.als.halfstep import half_step, solve_spec
 from mf_spark.core import fs, session
 from mf_spark.core.config import saved_model_config
 from mf_spark.core.errors import InputError, ModelError
-from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, USER_IDX, DayBiases, Factors
+from mf_spark.core.types import ITEM, ITEM_IDX, NO_TIME, RATING, USER, USER_IDX, DayBiases, Factors
 from mf_spark.data import index, validate
 from mf_spark.data.index import IdMap
 from mf_spark.kernels import compiled
@@ -448,7 +448,7 @@ class FactorModel:
         ID column found by name or first) to its factors, learned on the table's rows the model knows
         (features.FeatureMap; `reg` 0: chosen by leave-one-out)."""
         rows_map = self.users if side == "users" else self.items
-        id_col = id_column(table, _ID_NAMES[side])
+        id_col = id_column(table, USER if side == "users" else ITEM)
         encoding = Encoding.fit(table, id_col)
         rows = rows_map.index_of(with_ids_as(table.column(id_col).combine_chunks(), rows_map.ids.type))
         f = self.factors
@@ -520,12 +520,6 @@ class FactorModel:
             **({"features": {side: m.describe() for side, m in self.features.items()}} if self.features else {}),
             **(extra or {}),
         }
-
-
-_ID_NAMES = {  # a feature table's ID column, by name (else its first column)
-    "users": ("user", "userid", "users", "customerid", "customer", "visitorid"),
-    "items": ("item", "itemid", "items", "movieid", "productid", "product", "trackid", "artistid", "id"),
-}
 
 
 def load_model(path: str, spark: SparkSession | None = None) -> FactorModel:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mf_spark.core.errors import InputError
+from mf_spark.data import read
 
 TAG_SEPARATOR = "|"
 # Values of one text column kept as features (the most frequent): a free-text column would otherwise
@@ -226,11 +227,11 @@ def _with_intercept(features: np.ndarray) -> np.ndarray:
     return np.hstack([features, np.ones((features.shape[0], 1))])
 
 
-def id_column(table: pa.Table, names: tuple[str, ...]) -> str:
-    """The feature table's ID column: the first whose name (lowercase, without _ and -) is one of
-    `names` (read.COMMON_NAMES' for the side), else its first column."""
-    normed = [c.lower().replace("_", "").replace("-", "") for c in table.column_names]
-    for n in names:
+def id_column(table: pa.Table, side: str) -> str:
+    """The feature table's ID column for `side` (a ratings column: user or item): the first whose name
+    is one of the names the readers recognize for it (read.COMMON_NAMES), else its first column."""
+    normed = [read.norm(c) for c in table.column_names]
+    for n in read.COMMON_NAMES[side]:
         if n in normed:
             return table.column_names[normed.index(n)]
     return table.column_names[0]
