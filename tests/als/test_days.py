@@ -327,8 +327,9 @@ def test_bad_day_settings_name_the_key(sets, message):
         config.load(None, sets)
 
 
-@pytest.mark.parametrize("front_end", ["driver", "spark"])
-def test_the_estimator_fits_day_biases_from_timestampCol_and_transform_adds_them(spark, day_csv, tmp_path, front_end):
+def test_the_estimator_fits_day_biases_from_timestampCol_and_transform_adds_them(spark, day_csv, tmp_path):
+    """Through the spark front end: the driver's is the train job's above, and the two give a job the
+    same day biases (test_spark_front_end_gives_the_job_the_same_day_biases)."""
     from mf_spark.ml import ALS, ALSModel
 
     df = spark.read.csv(day_csv, header=True, inferSchema=True)
@@ -339,13 +340,13 @@ def test_the_estimator_fits_day_biases_from_timestampCol_and_transform_adds_them
         biases=True,
         dayBiasReg=2.0,
         timestampCol="timestamp",
-        frontEnd=front_end,
+        frontEnd="spark",
         coldStartStrategy="drop",
     )
     model = als.fit(df)
     assert model.factorModel.days.size == 80 * 4
     err = lambda m, d: m.transform(d).selectExpr("avg(pow(prediction - rating, 2))").first()[0]
-    plain = ALS(rank=3, maxIter=6, regParam=0.05, biases=True, frontEnd=front_end).fit(df)
+    plain = ALS(rank=3, maxIter=6, regParam=0.05, biases=True, frontEnd="spark").fit(df)
     assert plain.factorModel.days is None
     assert err(model, df) < 0.6 * err(plain, df)
     assert err(model, df.drop("timestamp")) == pytest.approx(err(plain, df), rel=0.2)  # no day: no offset
