@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from mf_spark.als.loop import TopLists
 from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, USER_IDX, Factors
-from mf_spark.data.ready import HeldOut, Triples, as_df
+from mf_spark.data.ready import HeldOut, Keyed, Triples, as_df
 from mf_spark.kernels.metrics import ranking_metrics
 from mf_spark.kernels.topk import top_n
 from mf_spark.model.factors import Scorer
@@ -92,10 +92,15 @@ class RankingEvaluator:
     call scores on the driver with no Spark job.
     """
 
-    def __init__(self, seen: DataFrame | Triples, relevant: Relevant, n_items: int, k: int, on_driver: bool = False):
+    def __init__(
+        self, seen: DataFrame | Triples | Keyed, relevant: Relevant, n_items: int, k: int, on_driver: bool = False
+    ):
         self.relevant, self.n_items, self.k, self.on_driver = relevant, n_items, k, on_driver
         if isinstance(seen, Triples) and on_driver:  # the pairs are on the driver already
             self._seen_on_driver(seen.u, seen.i)
+            return
+        if isinstance(seen, Keyed) and on_driver:  # filtered by their IDs as read: no indexed copy
+            self._seen_on_driver(*seen.pairs_of(relevant.users))
             return
         seen = as_df(seen)
         if on_driver:  # a sample: its training pairs are collected once (one job), every call scores on the driver

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
-from mf_spark.data.ready import Triples
+from mf_spark.data.ready import Keyed, Triples, as_df
 from mf_spark.kernels import compiled
 
 log = logging.getLogger("mf_spark")
@@ -51,11 +51,14 @@ def _pairs(
 ROW_BYTES = 24  # a timestamped rating in driver arrays: user, item (int32), rating, timestamp (64-bit)
 
 
-def on_driver(train: DataFrame | Triples, n_rows: int, max_bytes: float) -> DataFrame | Triples:
+def on_driver(train: DataFrame | Triples | Keyed, n_rows: int, max_bytes: float) -> DataFrame | Triples | Keyed:
     """`train`'s (`n_rows` ratings) timestamped ones as driver arrays when Spark holds them and they
     take at most `max_bytes` there (for a fitter called many times: each call is then no Spark job),
     else `train` as it is. Performance note: at most one collect."""
-    if isinstance(train, Triples) or TIMESTAMP not in train.columns or n_rows * ROW_BYTES > max_bytes:
+    if isinstance(train, Triples):
+        return train
+    train = as_df(train)
+    if TIMESTAMP not in train.columns or n_rows * ROW_BYTES > max_bytes:
         return train
     timed = train.where(F.col(TIMESTAMP).isNotNull()).select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
     t = timed.toArrow()
@@ -72,11 +75,12 @@ class DayFitter:
     """Fits DayBiases to training ratings for any factors: on the driver for ratings it holds
     (ready.Triples), else one Spark job per call (`spark_free` says which)."""
 
-    def __init__(self, train: DataFrame | Triples, day_length: int):
+    def __init__(self, train: DataFrame | Triples | Keyed, day_length: int):
         self.day_length = int(day_length)
         self.spark_free = isinstance(train, Triples)
         self.warned = False
         if not self.spark_free:
+            train = as_df(train)
             self.train = train.where(F.col(TIMESTAMP).isNotNull()) if TIMESTAMP in train.columns else None
             return
         ts = train.t if train.t is not None else np.full(train.r.size, NO_TIME, np.int64)
@@ -155,6 +159,6 @@ class DayFitter:
         return _pairs(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64))
 
 
-def fitter(train: DataFrame | Triples, cfg) -> DayFitter | None:
+def fitter(train: DataFrame | Triples | Keyed, cfg) -> DayFitter | None:
     """The day biases' fitter of a model config (config.ModelConfig), None when it has none."""
     return DayFitter(train, cfg.day_length) if cfg.kind == "explicit" and cfg.day_bias_reg > 0 else None

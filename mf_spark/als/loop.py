@@ -33,7 +33,7 @@ from mf_spark.core import session
 from mf_spark.core.config import ModelConfig
 from mf_spark.core.errors import FitDiverged, InputError
 from mf_spark.core.types import Factors
-from mf_spark.data.ready import TrainStats, Triples, as_df, session_of, train_stats
+from mf_spark.data.ready import Keyed, TrainStats, Triples, as_df, session_of, train_stats
 from mf_spark.kernels.init import init_factors
 from mf_spark.kernels.solve import SolveSpec
 from mf_spark.kernels.topk import positions
@@ -90,7 +90,7 @@ class SharedBlocks:
     them (`fit(blocks=...)`) pays only for its iterations, with its own settings (Engine.spec); the
     engine is the one a fit of `cfg` would start. `close` (or leaving `with`) releases it."""
 
-    def __init__(self, train: DataFrame | Triples, n_users: int, n_items: int, cfg: ModelConfig):
+    def __init__(self, train: DataFrame | Triples | Keyed, n_users: int, n_items: int, cfg: ModelConfig):
         self.train = train
         self.num_blocks = {
             "user": _num_blocks(cfg.num_user_blocks, train),
@@ -180,7 +180,7 @@ def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndar
     return float(np.sum(lam * sq))
 
 
-def _num_blocks(requested: int, train: DataFrame | Triples) -> int:
+def _num_blocks(requested: int, train: DataFrame | Triples | Keyed) -> int:
     return requested if requested > 0 else session.parallelism(session_of(train))
 
 
@@ -218,7 +218,7 @@ def _exchange(cfg: ModelConfig, sc) -> str:
 
 
 def fit(
-    train: DataFrame | Triples,
+    train: DataFrame | Triples | Keyed,
     n_users: int,
     n_items: int,
     cfg: ModelConfig,
@@ -257,7 +257,7 @@ def fit(
 
 
 def _fit(
-    train: DataFrame | Triples,
+    train: DataFrame | Triples | Keyed,
     n_users: int,
     n_items: int,
     cfg: ModelConfig,
@@ -320,7 +320,7 @@ def strategy(cfg: ModelConfig, n_users: int, n_items: int) -> str:
 
 
 def _engine(
-    train: DataFrame | Triples,
+    train: DataFrame | Triples | Keyed,
     cfg: ModelConfig,
     spec: SolveSpec,
     num_blocks: dict[str, int],
@@ -353,12 +353,16 @@ def _top_lists(engine: Engine, f: Factors, n_users: int, n: int) -> TopLists | N
 
 
 def _resident(
-    train: DataFrame | Triples, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int], cfg: ModelConfig
+    train: DataFrame | Triples | Keyed, n_tasks: int, spec: SolveSpec, num_blocks: dict[str, int], cfg: ModelConfig
 ) -> "stream.Resident | None":
     """The resident stage over the first input it starts on (stream.resident_inputs, or the driver's
     arrays); None when it starts on none and model.exchange = auto (the caller then runs a job per
     half-step)."""
-    inputs = [train] if isinstance(train, Triples) else stream.resident_inputs(train, n_tasks)
+    maps = (train.users, train.items) if isinstance(train, Keyed) else None
+    if isinstance(train, Triples):
+        inputs = [train]
+    else:
+        inputs = stream.resident_inputs(train.rows if maps else train, n_tasks, keyed=maps is not None)
     sc = session_of(train).sparkContext
     for attempt, rows in enumerate(inputs, 1):
         try:
@@ -370,6 +374,7 @@ def _resident(
                 n_tasks=n_tasks,
                 deadline=cfg.exchange_timeout_seconds,
                 stall_floor=cfg.stall_floor_seconds,
+                maps=maps,
             ).start()
         except stream.ExchangeError as e:
             if attempt < len(inputs):

@@ -10,8 +10,9 @@ what Arrow cannot read as Spark would; all give the same `Ready` (tests/data/tes
     driver     the functions in the driver process, no Spark job; the training ratings stay driver
                arrays (ready.Triples) that the resident stage takes directly
     spark      the same functions in executor tasks (one job): the executors read the files and keep
-               the training ratings, indexed, in their cache; the driver holds counts, ID maps and
-               the held-out rows
+               the training ratings in their cache with their IDs as read (ready.Keyed: the resident
+               stage indexes them as it reads them); the driver holds counts, ID maps and the
+               held-out rows
     spark-sql  mf_spark.data.read / validate / split / index: Spark SQL jobs, only for inputs
                local.read.Unreadable names (odd quoting, values only Spark's parser can judge,
                files not on a local path, ...), logged
@@ -40,7 +41,16 @@ from mf_spark.data import front, index, read, split, validate
 from mf_spark.data.index import IdMap
 from mf_spark.data.local import read as local_read
 from mf_spark.data.local import validate as local_validate
-from mf_spark.data.ready import HeldOut, TrainStats, Triples, collect_heldout, heldout_of, timestamps, train_stats
+from mf_spark.data.ready import (
+    HeldOut,
+    Keyed,
+    TrainStats,
+    Triples,
+    collect_heldout,
+    heldout_of,
+    timestamps,
+    train_stats,
+)
 from mf_spark.data.validate import exact_column
 
 log = logging.getLogger("mf_spark")
@@ -56,7 +66,7 @@ class Loaded:
 class Ready:
     users: IdMap
     items: IdMap
-    train: DataFrame | Triples  # user_idx, item_idx, rating
+    train: DataFrame | Triples | Keyed  # user_idx, item_idx, rating (Keyed: IDs as read, and their maps)
     heldout: HeldOut
     stats: TrainStats
     front: str  # "driver" | "spark"
@@ -222,7 +232,7 @@ def _planned(spark: SparkSession, source: _Source, cfg: RunConfig) -> front.Inpu
 
 class TaskFront:
     """The same Arrow front end in executor tasks (front.Tasks): the executors read their files, and
-    the training ratings stay in their cache, indexed there."""
+    the training ratings stay in their cache (ready.Keyed)."""
 
     name = "spark"
 
@@ -238,7 +248,10 @@ class TaskFront:
         return Loaded(self.counts, rejected if counts["n_rejected"] else None)
 
     def _ready(self, part: front.Split, release: list) -> Ready:
-        train = self.steps.indexed(part.train, part.users, part.items)
+        steps = self.steps
+        train = Keyed(
+            steps.typed(part.train), part.users, part.items, lambda: steps.indexed(part.train, part.users, part.items)
+        )
         heldout = heldout_of(part.test, part.users, part.items)
         return Ready(part.users, part.items, train, heldout, part.stats, self.name, [train.unpersist, *release])
 
@@ -498,5 +511,5 @@ def _tasks_frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool) -> tupl
     if keep_pairs:  # cached apart: they outlive the tasks' cache (Ready.release)
         pairs = steps.typed(got.train.select(USER, ITEM)).cache()
         pairs.count()
-    train = steps.indexed(got.train, got.users, got.items)
+    train = Keyed(steps.typed(got.train), got.users, got.items, lambda: steps.indexed(got.train, got.users, got.items))
     return Ready(got.users, got.items, train, NO_HELDOUT, got.stats, TaskFront.name, [steps.release]), pairs

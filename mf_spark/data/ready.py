@@ -1,9 +1,10 @@
-"""What the data stage hands on: training ratings the driver holds (Triples), their statistics
-(TrainStats) and the held-out split as driver arrays (HeldOut). Both front ends (prepare) make them;
-the fit, the evaluation and the reports read them."""
+"""What the data stage hands on: training ratings the driver holds (Triples) or executor tasks hold
+with their IDs as read (Keyed), their statistics (TrainStats) and the held-out split as driver arrays
+(HeldOut). Both front ends (prepare) make them; the fit, the evaluation and the reports read them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +54,58 @@ class Triples:
             self._df.unpersist()
 
 
-def session_of(ratings: "DataFrame | Triples") -> SparkSession:
-    return ratings.spark if isinstance(ratings, Triples) else ratings.sparkSession
+@dataclass(eq=False)
+class Keyed:
+    """Training ratings in executor tasks' cache with their IDs as read (user, item, rating, timestamp;
+    typed as the maps), and the maps that index them, as the Spark front end leaves them: the resident
+    stage looks the indices up as its tasks read the rows (`indices`), so no indexed copy is built for
+    it; `to_df` gives the indexed DataFrame other Spark stages take (`index` makes it on first use,
+    cached)."""
+
+    rows: DataFrame
+    users: IdMap
+    items: IdMap
+    index: Callable[[], DataFrame]
+    _df: DataFrame | None = None
+
+    @property
+    def spark(self) -> SparkSession:
+        return self.rows.sparkSession
+
+    def to_df(self) -> DataFrame:
+        if self._df is None:
+            self._df = self.index()
+        return self._df
+
+    def unpersist(self) -> None:
+        if self._df is not None:
+            self._df.unpersist()
+
+    def pairs_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(user_idx, item_idx) of the ratings of these users (indices): a filter on their IDs as read
+        and one collect; no indexed copy is made."""
+        ids = self.users.ids.take(pa.array(np.asarray(users, np.int64)))
+        t = self.rows.where(F.col(USER).isin(ids.to_pylist())).select(USER, ITEM).toArrow()
+        return self.users.index_of(t.column(USER)), self.items.index_of(t.column(ITEM))
 
 
-def as_df(ratings: "DataFrame | Triples") -> DataFrame:
-    return ratings.to_df() if isinstance(ratings, Triples) else ratings
+def indices(table: pa.Table | None, users: IdMap, items: IdMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user int32, item int32, rating float32) of training rows with their IDs as read (Keyed.rows'
+    columns): the maps' indices, looked up where the rows are. Every ID must be in its map."""
+    if table is None:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    u, i = users.index_of(table.column(USER)), items.index_of(table.column(ITEM))
+    if (u < 0).any() or (i < 0).any():
+        raise ValueError("a training rating's ID is missing from the ID map built from those ratings")
+    return u, i, table.column(RATING).to_numpy().astype(np.float32, copy=False)
+
+
+def session_of(ratings: "DataFrame | Triples | Keyed") -> SparkSession:
+    return ratings.spark if isinstance(ratings, (Triples, Keyed)) else ratings.sparkSession
+
+
+def as_df(ratings: "DataFrame | Triples | Keyed") -> DataFrame:
+    return ratings.to_df() if isinstance(ratings, (Triples, Keyed)) else ratings
 
 
 @dataclass(frozen=True)
@@ -72,9 +119,11 @@ class TrainStats:
     n_nonpositive: int = 0
 
 
-def train_stats(train: DataFrame | Triples) -> TrainStats:
+def train_stats(train: DataFrame | Triples | Keyed) -> TrainStats:
     """Count, mean and range of the training ratings. Performance note: one aggregate job (none for
     ratings the driver holds)."""
+    if isinstance(train, Keyed):
+        train = train.rows
     if isinstance(train, Triples):
         if not train.r.size:
             raise InputError("the training split is empty: nothing to fit")

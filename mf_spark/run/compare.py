@@ -27,7 +27,7 @@ from mf_spark.als import loop as als
 from mf_spark.core.config import RunConfig
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX, Factors
 from mf_spark.data.prepare import Ready
-from mf_spark.data.ready import Triples, session_of
+from mf_spark.data.ready import Triples, as_df, session_of
 from mf_spark.kernels import baselines, sgd
 from mf_spark.model.factors import FactorModel
 
@@ -49,7 +49,7 @@ def _arrays(ready: Ready) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = ready.train
     if isinstance(t, Triples):
         return t.u, t.i, t.r
-    table = t.select(USER_IDX, ITEM_IDX, RATING).toArrow()
+    table = as_df(t).select(USER_IDX, ITEM_IDX, RATING).toArrow()
     return (table.column(USER_IDX).to_numpy(), table.column(ITEM_IDX).to_numpy(), table.column(RATING).to_numpy())
 
 

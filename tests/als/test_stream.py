@@ -256,3 +256,38 @@ def test_ratings_the_driver_holds_fit_as_the_dataframe_does(spark, kind):
     assert np.array_equal(got.top.items, want.top.items)
     assert 0 < got.startup_seconds < got.fit_seconds
     assert ready.train_stats(held).n == u.size
+
+
+def test_ratings_with_their_ids_as_read_fit_as_the_indexed_ones(spark, caplog):
+    """ready.Keyed (the Spark front end's): the tasks look the indices up in the maps as they read
+    the rows, with no indexed copy made, and give the indexed DataFrame's factors; as they are
+    partitioned, and shuffled by user ID where a barrier stage may not read them as they are. The
+    sampled evaluator's pairs come from a filter on the users' IDs."""
+    import pyarrow as pa
+
+    from mf_spark import evaluate
+    from mf_spark.data.index import sorted_map
+
+    u, i, r, _ = planted(n_users=40, n_items=30, rank=3, density=0.6, noise=0.05, seed=4)
+    users, items = np.array([f"u{x:03d}" for x in range(40)]), (i * 7 + 1000).astype(np.int64)
+    rows = pa.table({"user": users[u], "item": items[i], "rating": r, "timestamp": pa.nulls(u.size, pa.int64())})
+    umap, imap = sorted_map(pa.array(users), "user"), sorted_map(pa.array(np.unique(items)), "item")
+    indexed = ratings_df(spark, umap.index_of(rows["user"]), imap.index_of(rows["item"]), r).cache()
+    made = []
+    for frame in (spark.createDataFrame(rows).repartition(2).cache(), spark.createDataFrame(rows).coalesce(2)):
+        keyed = ready.Keyed(frame, umap, imap, lambda: made.append(1) or indexed)
+        cfg = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1, exchange="stream")
+        with caplog.at_level("INFO", logger="mf_spark"):
+            got = als.fit(keyed, 40, 30, cfg)
+        want = als.fit(indexed, 40, 30, dataclasses.replace(cfg, exchange="jobs"))
+        assert got.exchange == "stream" and not made  # never indexed in the JVM
+        np.testing.assert_allclose(got.factors.X, want.factors.X, atol=1e-5)
+        np.testing.assert_allclose(got.factors.Y, want.factors.Y, atol=1e-5)
+    assert [m for m in caplog.messages if "shuffling" in m]  # the coalesced one
+    relevant = evaluate.Relevant(np.array([3, 17], np.int32), np.array([0, 1, 2]), np.array([0, 1], np.int32))
+    sampled = evaluate.RankingEvaluator(keyed, relevant, 30, 5, on_driver=True)
+    assert not made
+    item_idx = imap.index_of(rows["item"])
+    pairs = {(a, int(b)) for a, b in zip(u.tolist(), item_idx) if a in (3, 17)}
+    ptr, cols = sampled.seen_indptr, sampled.seen_cols  # CSR of the two users' training items
+    assert {(int(relevant.users[k]), int(c)) for k in range(2) for c in cols[ptr[k] : ptr[k + 1]]} == pairs

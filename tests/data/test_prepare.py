@@ -18,6 +18,7 @@ from mf_spark.data import prepare, split, validate
 from mf_spark.data.local import read as local_read
 from mf_spark.data.local import split as local_split
 from mf_spark.data.local import validate as local_validate
+from mf_spark.data.ready import Keyed, as_df, indices
 
 RAW = "user string, item string, rating string, timestamp string, _source string, _row long"
 
@@ -252,14 +253,23 @@ def ready_of(spark, cfg, sql=False, **source):
     return front, loaded, front.split_index()
 
 
-def triples(ready):
-    if isinstance(ready.train, prepare.Triples):
-        u, i, r = ready.train.u, ready.train.i, ready.train.r
-    else:
-        t = ready.train.toArrow()
-        u, i, r = (t.column(c).to_numpy() for c in ("user_idx", "item_idx", "rating"))
+def _sorted(u, i, r):
     order = np.lexsort((i, u))
     return u[order], i[order], r[order]
+
+
+def triples(ready):
+    if isinstance(ready.train, prepare.Triples):
+        return _sorted(ready.train.u, ready.train.i, ready.train.r)
+    t = as_df(ready.train).toArrow()
+    got = _sorted(*(t.column(c).to_numpy() for c in ("user_idx", "item_idx", "rating")))
+    if isinstance(ready.train, Keyed):  # the resident stage's tasks index the rows as read themselves
+        keyed = ready.train
+        mine = _sorted(*indices(keyed.rows.toArrow(), keyed.users, keyed.items))
+        np.testing.assert_array_equal(mine[0], got[0])
+        np.testing.assert_array_equal(mine[1], got[1])
+        np.testing.assert_allclose(mine[2], got[2], rtol=1e-7)  # the blocks' float32
+    return got
 
 
 @pytest.mark.parametrize("which,method", [(0, "random"), (1, "per_user"), (2, "random"), (3, "per_user")])

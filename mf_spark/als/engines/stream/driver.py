@@ -34,7 +34,8 @@ from mf_spark.als.engines.stream.wire import (
 )
 from mf_spark.als.halfstep import Engine, HalfStepResult, assemble, fixed_side
 from mf_spark.core.errors import InputError
-from mf_spark.core.types import USER_IDX
+from mf_spark.core.types import ITEM, RATING, USER, USER_IDX
+from mf_spark.data.index import IdMap
 from mf_spark.data.ready import Triples
 from mf_spark.kernels.solve import SolveSpec
 
@@ -73,6 +74,7 @@ class Resident(Engine):
         n_tasks: int = 0,
         deadline: float = 600.0,
         stall_floor: float = 45.0,
+        maps: tuple[IdMap, IdMap] | None = None,
     ):
         self.deadline = deadline  # seconds a half-step (or the blocks' building) may take
         self.stall_floor = stall_floor
@@ -80,6 +82,7 @@ class Resident(Engine):
         self.gate = Gate("resident stage: hello listener", self._hello, log)
         self.triples = ratings if isinstance(ratings, Triples) else None
         self.ratings, self.spec, self.host, self.num_blocks = ratings, spec, host, num_blocks
+        self.maps = maps  # the ratings' rows carry IDs as read: the tasks index them (ready.Keyed)
         if self.triples is not None:
             self.n_tasks, self.sc = n_tasks, self.triples.spark.sparkContext
         else:
@@ -143,7 +146,7 @@ class Resident(Engine):
             self.hellos.get_nowait().sock.close()
 
     def _job(self):
-        body = _task_body(self.address, self.token, self.num_blocks, self.triples is not None)
+        body = _task_body(self.address, self.token, self.num_blocks, self.triples is not None, self.maps)
         if self.triples is None:
             return self.ratings.mapInArrow(body, "done int", barrier=True)
         # Nothing for the tasks to read: an RDD stage, which a cold application starts seconds sooner
@@ -395,9 +398,9 @@ def driver_host(sc) -> str:
     return sc.getConf().get("spark.driver.host", None) or socket.gethostbyname(socket.gethostname())
 
 
-def resident_inputs(ratings: DataFrame, n_tasks: int) -> list[DataFrame]:
-    """user_idx, item_idx (int), rating (float) of `ratings`, one partition per resident task: the ways to
-    try, cheapest first.
+def resident_inputs(ratings: DataFrame, n_tasks: int, keyed: bool = False) -> list[DataFrame]:
+    """user_idx, item_idx (int), rating (float) of `ratings` (`keyed`: user, item as read, which the
+    tasks index), one partition per resident task: the ways to try, cheapest first.
 
     The tasks read these rows once, cut them per destination task and exchange the pieces among
     themselves (`_exchange`), so the ratings cross from the JVM to Python once. Performance note: when
@@ -406,6 +409,10 @@ def resident_inputs(ratings: DataFrame, n_tasks: int) -> list[DataFrame]:
     coalesce: barrier stages refuse those), hence the second way, one shuffle in the JVM (rows placed
     by user index).
     """
-    rows = rating_columns(ratings)
-    placed = rows.repartitionById(n_tasks, F.col(USER_IDX) % F.lit(n_tasks))
+    if keyed:
+        rows = ratings.select(USER, ITEM, F.col(RATING).cast("float").alias(RATING))
+        placed = rows.repartition(n_tasks, USER)
+    else:
+        rows = rating_columns(ratings)
+        placed = rows.repartitionById(n_tasks, F.col(USER_IDX) % F.lit(n_tasks))
     return [rows, placed] if rows.rdd.getNumPartitions() == n_tasks else [placed]

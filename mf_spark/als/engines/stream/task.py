@@ -11,7 +11,7 @@ import threading
 import numpy as np
 from pyspark import BarrierTaskContext
 
-from mf_spark.als.blocks import SIDE_CODES, CsrBlock, buckets, triples
+from mf_spark.als.blocks import SIDE_CODES, CsrBlock, batch_table, buckets, triples
 from mf_spark.als.engines.stream.wire import (
     HANDSHAKE_SECONDS,
     ExchangeError,
@@ -23,6 +23,8 @@ from mf_spark.als.engines.stream.wire import (
     recv_frame,
     send_frame,
 )
+from mf_spark.data.index import IdMap
+from mf_spark.data.ready import indices
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block
 from mf_spark.kernels.topk import top_n
 
@@ -133,7 +135,15 @@ def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> 
     return out
 
 
-def _task_body(address: tuple[str, int], token: str, num_blocks: dict[str, int], from_driver: bool):
+def _task_body(
+    address: tuple[str, int],
+    token: str,
+    num_blocks: dict[str, int],
+    from_driver: bool,
+    maps: tuple[IdMap, IdMap] | None = None,
+):
+    """The barrier task: `maps` (users, items) when its rows carry the IDs as read (ready.Keyed)."""
+
     def run(batches):
         ctx = BarrierTaskContext.get()
         me, n_tasks = ctx.partitionId(), len(ctx.getTaskInfos())
@@ -142,7 +152,8 @@ def _task_body(address: tuple[str, int], token: str, num_blocks: dict[str, int],
                 pass
             pieces = None
         else:
-            pieces = _split_for_tasks(*triples(batches), num_blocks, n_tasks)
+            rows = triples(batches) if maps is None else indices(batch_table(batches), *maps)
+            pieces = _split_for_tasks(*rows, num_blocks, n_tasks)
         host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")  # an executor's host:port
         server = _listen(n_tasks, host) if not from_driver else None
         try:
