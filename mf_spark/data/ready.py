@@ -94,10 +94,26 @@ def indices(table: pa.Table | None, users: IdMap, items: IdMap) -> tuple[np.ndar
     columns): the maps' indices, looked up where the rows are. Every ID must be in its map."""
     if table is None:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    u, i = users.index_of(table.column(USER)), items.index_of(table.column(ITEM))
-    if (u < 0).any() or (i < 0).any():
-        raise ValueError("a training rating's ID is missing from the ID map built from those ratings")
+    u, i = _positions(users, table.column(USER)), _positions(items, table.column(ITEM))
     return u, i, table.column(RATING).to_numpy().astype(np.float32, copy=False)
+
+
+def _positions(ids: IdMap, values: pa.ChunkedArray) -> np.ndarray:
+    """Each value's index in the map, every value being in it (ValueError otherwise). Integer IDs by
+    a binary search of the sorted map, which needs no hash table of it; strings by IdMap.index_of."""
+    if pa.types.is_integer(values.type) and ids.ids.type == pa.int64():
+        keys = ids.ids.to_numpy()
+        v = np.asarray(values.to_numpy(), np.int64)
+        at = np.searchsorted(keys, v)
+        found = at < keys.size
+        found[found] = keys[at[found]] == v[found]
+        idx = at.astype(np.int32)
+    else:
+        idx = ids.index_of(values)
+        found = idx >= 0
+    if not found.all():
+        raise ValueError(f"a training rating's {ids.name} ID is missing from the map built from those ratings")
+    return idx
 
 
 def session_of(ratings: "DataFrame | Triples | Keyed") -> SparkSession:
