@@ -110,12 +110,13 @@ def load_data(spark, args) -> Data:
     front = prepare.front_end(spark, config.load(None, sets), input=args.input, fmt=args.format)
     front.load()
     got = front.split_index()
+    train = ready.as_df(got.train)  # indexed: the DataFrame both models fit
     ranking = None
     if args.kind == "implicit":
-        seen = topn.seen_lists(got.train)
+        seen = topn.seen_lists(train)
         relevant = evaluate.relevant_items(got.heldout, None)
         ranking = evaluate.RankingEvaluator(seen, relevant, got.items.size, TOP_N)
-    return Data(got.train, got.heldout, got.users, got.items, got.stats, ranking)
+    return Data(train, got.heldout, got.users, got.items, got.stats, ranking)
 
 
 # ---- memory -----------------------------------------------------------------------------------------
