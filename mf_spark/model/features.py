@@ -95,15 +95,17 @@ class Encoding:
                 x = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
                 blocks.append(np.where(np.isfinite(x), (x - c["mean"]) / c["std"], 0.0)[:, None])
                 continue
-            at = {v: j for j, v in enumerate(c["values"])}
-            block = np.zeros((n, len(at)))
-            for row, text in enumerate(col.cast(pa.string()).to_pylist()):
-                if text is None:
-                    continue
-                for part in text.split(TAG_SEPARATOR) if c["kind"] == "tags" else [text]:
-                    j = at.get(part.strip())
-                    if j is not None:
-                        block[row, j] = 1.0
+            text = col.cast(pa.string()).combine_chunks()
+            if c["kind"] == "tags":  # one entry per (row, tag), trimmed as `fit` trims them
+                lists = pc.split_pattern(text, TAG_SEPARATOR)
+                rows = np.repeat(np.arange(n), pc.list_value_length(lists).fill_null(0).to_numpy())
+                parts = pc.list_flatten(lists)
+            else:
+                rows, parts = np.arange(n), text
+            at = pc.index_in(pc.utf8_trim_whitespace(parts), value_set=pa.array(c["values"], pa.string()))
+            found = at.is_valid().to_numpy(zero_copy_only=False)
+            block = np.zeros((n, len(c["values"])))
+            block[rows[found], at.filter(at.is_valid()).to_numpy()] = 1.0
             blocks.append(block)
         return np.hstack(blocks) if blocks else np.zeros((n, 0))
 
