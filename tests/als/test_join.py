@@ -90,7 +90,7 @@ def test_blocked_top_n_equals_the_broadcast_top_n(spark):
     rows = [(u, sorted(set(g.integers(0, 23, size=u % 7).tolist())) or None) for u in range(30)]
     users = spark.createDataFrame(rows, "user_idx int, seen array<int>").repartition(2)
     want = recommend_indices(spark.sparkContext.broadcast(scorer), users, 5).toPandas()
-    for blocks in (1, 4, 40):  # 40 > 23 items: one item per block
+    for blocks in (1, 4, 24):  # 24 > 23 items: one item per block, one left empty
         got = recommend_indices_blocked(scorer, users, 5, blocks).toPandas()
         a = want.sort_values(["user_idx", "rank"]).reset_index(drop=True)
         b = got.sort_values(["user_idx", "rank"]).reset_index(drop=True)
