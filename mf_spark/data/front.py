@@ -36,7 +36,7 @@ from mf_spark.data.local import read as local_read
 from mf_spark.data.local import split as local_split
 from mf_spark.data.local import validate as local_validate
 from mf_spark.data.local.read import COLUMNS, Plan, Unreadable
-from mf_spark.data.ready import TrainStats
+from mf_spark.data.ready import Keyed, TrainStats
 
 KIND = "_kind"  # what a row of a task's output is (the _K* codes below)
 META = "_meta"  # a summary's JSON (_K_FILE, _K_GROUP rows) or a rejected row's fields (_K_REJECTED)
@@ -470,7 +470,7 @@ class Tasks:
 
     def split(self, validation: SplitConfig | None = None) -> Split:
         """The job's result for the driver; the training rows stay in the tasks' cache (Split.train,
-        a DataFrame: `indexed` gives their indices). A `validation` other than `load`'s runs the job
+        a DataFrame: `keyed` gives them with their maps). A `validation` other than `load`'s runs the job
         again."""
         if validation != self.validation:
             self.release()
@@ -513,8 +513,13 @@ class Tasks:
         ]
         return rows.select(*cast)
 
-    def indexed(self, train: DataFrame, users: IdMap, items: IdMap) -> DataFrame:
-        """The training rows with the maps' indices, cached on first use: two broadcast hash joins in
-        the JVM (IdMap.encode), which spare the rows a round trip through Python."""
-        encoded = items.encode(users.encode(train, USER, USER_IDX), ITEM, ITEM_IDX)
+    def keyed(self, part: Split) -> Keyed:
+        """`part`'s training rows as they stay in the tasks' cache (their IDs typed as the maps), with
+        the maps; the indexed copy other Spark stages take is made on first use (`_indexed`)."""
+        return Keyed(self.typed(part.train), part.users, part.items, lambda: self._indexed(part))
+
+    def _indexed(self, part: Split) -> DataFrame:
+        """The training rows with the maps' indices, cached: two broadcast hash joins in the JVM
+        (IdMap.encode), which spare the rows a round trip through Python."""
+        encoded = part.items.encode(part.users.encode(part.train, USER, USER_IDX), ITEM, ITEM_IDX)
         return self._cache(encoded.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP))

@@ -248,10 +248,7 @@ class TaskFront:
         return Loaded(self.counts, rejected if counts["n_rejected"] else None)
 
     def _ready(self, part: front.Split, release: list) -> Ready:
-        steps = self.steps
-        train = Keyed(
-            steps.typed(part.train), part.users, part.items, lambda: steps.indexed(part.train, part.users, part.items)
-        )
+        train = self.steps.keyed(part)
         heldout = heldout_of(part.test, part.users, part.items)
         return Ready(part.users, part.items, train, heldout, part.stats, self.name, [train.unpersist, *release])
 
@@ -511,5 +508,5 @@ def _tasks_frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool) -> tupl
     if keep_pairs:  # cached apart: they outlive the tasks' cache (Ready.release)
         pairs = steps.typed(got.train.select(USER, ITEM)).cache()
         pairs.count()
-    train = Keyed(steps.typed(got.train), got.users, got.items, lambda: steps.indexed(got.train, got.users, got.items))
+    train = steps.keyed(got)
     return Ready(got.users, got.items, train, NO_HELDOUT, got.stats, TaskFront.name, [steps.release]), pairs

@@ -116,6 +116,12 @@ def _positions(ids: IdMap, values: pa.ChunkedArray) -> np.ndarray:
     return idx
 
 
+def rated(ratings: DataFrame | Keyed) -> DataFrame:
+    """A DataFrame of Spark-held training ratings with their rating column, for what needs no
+    indices (Keyed: its rows as read, so that no indexed copy is made for it)."""
+    return ratings.rows if isinstance(ratings, Keyed) else ratings
+
+
 def session_of(ratings: "DataFrame | Triples | Keyed") -> SparkSession:
     return ratings.spark if isinstance(ratings, (Triples, Keyed)) else ratings.sparkSession
 
@@ -138,20 +144,22 @@ class TrainStats:
 def train_stats(train: DataFrame | Triples | Keyed) -> TrainStats:
     """Count, mean and range of the training ratings. Performance note: one aggregate job (none for
     ratings the driver holds)."""
-    if isinstance(train, Keyed):
-        train = train.rows
     if isinstance(train, Triples):
         if not train.r.size:
             raise InputError("the training split is empty: nothing to fit")
         r = train.r
         return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()), int(np.sum(r <= 0)))
-    row = train.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.avg(RATING).alias("mean"),
-        F.min(RATING).alias("lo"),
-        F.max(RATING).alias("hi"),
-        F.count(F.when(F.col(RATING) <= 0, 1)).alias("nonpositive"),
-    ).first()
+    row = (
+        rated(train)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.avg(RATING).alias("mean"),
+            F.min(RATING).alias("lo"),
+            F.max(RATING).alias("hi"),
+            F.count(F.when(F.col(RATING) <= 0, 1)).alias("nonpositive"),
+        )
+        .first()
+    )
     if not row["n"]:
         raise InputError("the training split is empty: nothing to fit")
     return TrainStats(int(row["n"]), float(row["mean"]), float(row["lo"]), float(row["hi"]), int(row["nonpositive"]))

@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
-from mf_spark.data.ready import Keyed, Triples, as_df
+from mf_spark.data.ready import Keyed, Triples, as_df, rated
 
 # Tableau 10: distinct in print and for the common colour-vision deficiencies.
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7", "#bab0ac")
@@ -145,8 +145,7 @@ class DataProfile:
             users, items = activity or tuple(
                 _spark_counts(as_df(train), col, n) for col, n in ((USER_IDX, n_users), (ITEM_IDX, n_items))
             )
-            rows = train.rows if isinstance(train, Keyed) else train  # the ratings alone: no indices needed
-            edges, counts = _spark_histogram(rows.select(F.col(RATING).cast("double").alias(RATING)))
+            edges, counts = _spark_histogram(rated(train).select(F.col(RATING).cast("double").alias(RATING)))
         return cls(
             kind,
             int(items.sum()),

@@ -135,41 +135,33 @@ class TestJobs(EngineContract):
     test_gives_the_factors_of_every_other_engine = None  # it is the reference the others are held to
 
 
-class TestFrames(EngineContract):
+class HeldToTheReference(EngineContract):
+    """An engine held to the reference's factors and per-iteration losses (1e-4, 1e-6) on the two
+    variants that together cover biases, implicit Gramians, conjugate gradients and empty blocks;
+    never raising the objective, block independence and implicit ranking are the reference's
+    (TestJobs), which these equalities carry over: its own fits for those would only repeat them."""
+
+    test_the_objective_never_rises = None
+    test_implicit_fits_score_a_users_kind_of_item_above_the_rest = None
+    test_factors_do_not_depend_on_the_blocks = None
+
+    @pytest.mark.parametrize("model", VARIANTS[3:])
+    def test_gives_the_factors_of_every_other_engine(self, spark, data, model):
+        EngineContract.test_gives_the_factors_of_every_other_engine(self, spark, data, model)
+
+
+class TestFrames(HeldToTheReference):
+    """A job per half-step over blocks in a cached DataFrame, solved by the kernels every engine
+    calls; it also recovers a planted matrix itself."""
+
     settings = {"exchange": "frames"}
     exchange = "frames"
 
-    # A job per half-step over blocks in a cached DataFrame, solved by the kernels every engine calls:
-    # held to the reference's factors and per-iteration losses (1e-4, 1e-6) on the two variants that
-    # together cover biases, implicit Gramians, conjugate gradients and empty blocks, and to recover a
-    # planted matrix itself; never raising the objective, block independence and implicit ranking are
-    # the reference's (TestJobs), which these equalities carry over.
-    test_the_objective_never_rises = None
-    test_implicit_fits_score_a_users_kind_of_item_above_the_rest = None
-    test_factors_do_not_depend_on_the_blocks = None
-
-    @pytest.mark.parametrize("model", VARIANTS[3:])
-    def test_gives_the_factors_of_every_other_engine(self, spark, data, model):
-        EngineContract.test_gives_the_factors_of_every_other_engine(self, spark, data, model)
-
 
 @pytest.mark.slow  # join fits run SQL joins every half-step: the slowest engine, with the slow tests
-class TestJoin(EngineContract):
+class TestJoin(HeldToTheReference):
+    """Its joins move factors alike whatever the model; recovering a planted matrix is the reference's too."""
+
     settings = {"strategy": "join", "iterations": 2}  # a join per half-step: two iterations say as much as three
     exchange = "join"
-
-    # Its factors and per-iteration losses equal the jobs engine's (the reference, below: 1e-4 and
-    # 1e-6) on an explicit and an implicit variant with other block counts than the default; TestJobs
-    # holds the reference to recover a planted matrix, never to raise its objective, to rank a user's
-    # kind of item first and to give the same factors for any blocks: the join's own fits for those
-    # would only repeat that.
-    test_the_objective_never_rises = None
     test_recovers_a_planted_matrix_and_reports_its_exchange = None
-    test_implicit_fits_score_a_users_kind_of_item_above_the_rest = None
-    test_factors_do_not_depend_on_the_blocks = None
-
-    # Its joins move factors alike whatever the model: held to the others on the two variants that
-    # together cover biases, implicit Gramians, conjugate gradients and blocks left empty.
-    @pytest.mark.parametrize("model", VARIANTS[3:])
-    def test_gives_the_factors_of_every_other_engine(self, spark, data, model):
-        EngineContract.test_gives_the_factors_of_every_other_engine(self, spark, data, model)

@@ -407,7 +407,7 @@ def resident_inputs(ratings: DataFrame, n_tasks: int, keyed: bool = False) -> li
     `ratings` already has n_tasks partitions they are read where they are (no shuffle, so the stage
     starts sooner); that fails when the stage's lineage changes the partition count (a union or a
     coalesce: barrier stages refuse those), hence the second way, one shuffle in the JVM (rows placed
-    by user index).
+    by user).
     """
     if keyed:
         rows = ratings.select(USER, ITEM, F.col(RATING).cast("float").alias(RATING))
