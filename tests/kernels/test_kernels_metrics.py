@@ -65,6 +65,15 @@ def test_matches_reference_on_random_lists(rng):
     assert got["map_at_k"] == pytest.approx(want["m"])
 
 
+def test_relevant_items_in_any_order_within_a_user(rng):
+    n_items, k = 30, 5
+    recs = np.stack([rng.permutation(n_items)[:k] for _ in range(25)])
+    relevant = [set(rng.choice(n_items, size=rng.integers(0, 8), replace=False).tolist()) for _ in range(25)]
+    indptr, items = csr(relevant)
+    shuffled = np.concatenate([rng.permutation(items[a:b]) for a, b in zip(indptr[:-1], indptr[1:])])
+    assert ranking_metrics(recs, indptr, shuffled, n_items, k) == ranking_metrics(recs, indptr, items, n_items, k)
+
+
 def test_no_relevant_items_gives_none():
     got = ranking_metrics(np.array([[0, 1]]), np.array([0, 0]), np.array([], dtype=np.int64), 3, 2)
     assert got["ndcg_at_k"] is None and got["n_users_evaluated"] == 0
