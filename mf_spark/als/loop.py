@@ -362,7 +362,8 @@ def _resident(
     if isinstance(train, Triples):
         inputs = [train]
     else:
-        inputs = stream.resident_inputs(train.rows if maps else train, n_tasks, keyed=maps is not None)
+        rows = train if maps is None else train.rows if train.packed is None else train.packed
+        inputs = stream.resident_inputs(rows, n_tasks, keyed=maps is not None)
     sc = session_of(train).sparkContext
     for attempt, rows in enumerate(inputs, 1):
         try:

@@ -36,7 +36,7 @@ from mf_spark.data.local import read as local_read
 from mf_spark.data.local import split as local_split
 from mf_spark.data.local import validate as local_validate
 from mf_spark.data.local.read import COLUMNS, Plan, Unreadable
-from mf_spark.data.ready import Keyed, TrainStats
+from mf_spark.data.ready import FEW_VALUES, PACKED, Keyed, TrainStats, pack, typed, unpack, value_counts
 
 KIND = "_kind"  # what a row of a task's output is (the _K* codes below)
 META = "_meta"  # a summary's JSON (_K_FILE, _K_GROUP rows) or a rejected row's fields (_K_REJECTED)
@@ -70,13 +70,17 @@ class Input:
         """Whether the input is a given train and test pair (no split to make)."""
         return len(self.plans) > 1
 
-    def checked(self, spark: SparkSession, cfg: RunConfig, schema: pa.Schema) -> DataFrame:
+    def checked(self, spark: SparkSession, cfg: RunConfig, schema: pa.Schema, n_groups: int) -> DataFrame:
         """The per-file step as tasks: one per piece of about PIECE_ROWS rows."""
         pieces = self.pieces(PIECE_ROWS)
         n = len(pieces)
         return spark.range(0, n, 1, n).mapInArrow(
-            lambda it: _check_files(it, self, pieces, cfg, schema), from_arrow_schema(schema)
+            lambda it: _check_files(it, self, pieces, cfg, schema, n_groups), from_arrow_schema(schema)
         )
+
+    def rows_bound(self) -> int:
+        """About as many rows as the input has, or more (Plan.rows_bound)."""
+        return sum(self.plans[part].rows_bound(name) for part, name in self.files)
 
     def raw_types(self) -> dict[str, pa.DataType]:
         types = self.plans[0].raw_types()
@@ -119,8 +123,12 @@ class Frame:
     def raw_types(self) -> dict[str, pa.DataType]:
         return {c: to_arrow_type(self.raw.schema[c].dataType) for c in COLUMNS}
 
-    def checked(self, spark: SparkSession, cfg: RunConfig, schema: pa.Schema) -> DataFrame:
-        return self.raw.mapInArrow(lambda it: _check_frame(it, cfg, schema), from_arrow_schema(schema))
+    def rows_bound(self) -> int:
+        """Unknown before the frame is read: its user groups are as many as the tasks."""
+        return 0
+
+    def checked(self, spark: SparkSession, cfg: RunConfig, schema: pa.Schema, n_groups: int) -> DataFrame:
+        return self.raw.mapInArrow(lambda it: _check_frame(it, cfg, schema, n_groups), from_arrow_schema(schema))
 
 
 @dataclass
@@ -167,19 +175,21 @@ class Split:
     items: IdMap
     test: pa.Table  # user, item, rating, timestamp
     stats: TrainStats
-    train: pa.Table | DataFrame  # user, item, rating, timestamp: in this process, or in the tasks' cache
+    train: pa.Table | DataFrame  # user, item, rating, timestamp: in this process, or packed in the tasks' cache
     inner: Split | None = None  # tuning: the training rows split again (its `test` the validation part)
 
 
 def _stats(r: np.ndarray) -> dict:
     if not r.size:
-        return {"n": 0, "sum": 0.0, "lo": None, "hi": None, "nonpositive": 0}
+        return {"n": 0, "sum": 0.0, "lo": None, "hi": None, "nonpositive": 0, "values": []}
+    few = value_counts(r)
     return {
         "n": int(r.size),
         "sum": float(r.sum()),
         "lo": float(r.min()),
         "hi": float(r.max()),
         "nonpositive": int(np.sum(r <= 0)),
+        "values": None if few is None else [[v, c] for v, c in zip(few[0].tolist(), few[1].tolist())],
     }
 
 
@@ -189,7 +199,15 @@ def _train_stats(parts: list[dict]) -> TrainStats:
         raise InputError("the training split is empty: nothing to fit")
     lo = min(p["lo"] for p in parts if p["n"])
     hi = max(p["hi"] for p in parts if p["n"])
-    return TrainStats(n, sum(p["sum"] for p in parts) / n, lo, hi, sum(p["nonpositive"] for p in parts))
+    values: dict[float, int] | None = {}
+    for p in parts:
+        if p["values"] is None:
+            values = None
+            break
+        for v, c in p["values"]:
+            values[v] = values.get(v, 0) + c
+    few = None if values is None or len(values) > FEW_VALUES else tuple(sorted(values.items()))
+    return TrainStats(n, sum(p["sum"] for p in parts) / n, lo, hi, sum(p["nonpositive"] for p in parts), few)
 
 
 def _read_counts(judged: dict) -> dict:
@@ -251,11 +269,14 @@ def _in_process_split(counts: dict, train: pa.Table, test: pa.Table) -> Split:
 # What a row of the tasks' output is. The per-file step gives valid and rejected rows and a summary per
 # file; the per-user step passes the rejected rows and the summaries on, and gives the training (fit /
 # held) and test rows, its distinct training IDs (of the train and the fit part) and a summary of its own.
+# Rows of the kinds in _PACKED travel as pieces of rows (ready.pack, the PACKED column), a row each:
+# the valid rows with the user group they go to (GROUP), the training and test rows and the IDs.
 _K_VALID, _K_REJECTED, _K_FILE = 0, 1, 2
 _K_TRAIN, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP = 3, 4, 5, 6, 7, 8, 9, 10
 _ON_DRIVER = (_K_FILE, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP)
 _REJECTED_FIELDS = (SOURCE, USER, ITEM, RATING, TIMESTAMP, REASON)  # a rejected row's JSON (its META)
 _REJECTED_JSON = ", ".join(f"`{c}` string" for c in _REJECTED_FIELDS)
+GROUP = "_group"  # the user group (the per-user task) a row goes to
 
 
 def _key_type(raw: pa.DataType) -> pa.DataType:
@@ -275,6 +296,8 @@ def _schema(types: dict[str, pa.DataType]) -> pa.Schema:
             (FILE, pa.int32()),
             (ROW, pa.int64()),
             (META, pa.string()),
+            (GROUP, pa.int32()),
+            (PACKED, pa.binary()),
         ]
     )
 
@@ -298,14 +321,56 @@ def _summary(schema: pa.Schema, kind: int, summary: dict) -> pa.RecordBatch:
     return _batch(schema, kind, 1, {META: [json.dumps(summary)]})
 
 
-def _checked_rows(checked: local_validate.Checked, schema: pa.Schema, summary: dict):
-    """One piece's checked rows in the tasks' schema: valid, rejected (their fields as JSON), summary."""
+def _rows_of(schema: pa.Schema, names) -> pa.Schema:
+    return pa.schema([schema.field(c) for c in names])
+
+
+def _packed(schema: pa.Schema, kind: int, table: pa.Table, group: int | None = None):
+    """`table`'s rows (the tasks' types) as packed pieces of one kind, a row each."""
+    table = table.cast(_rows_of(schema, table.column_names))
+    for piece in pack(table):
+        yield _batch(schema, kind, 1, {PACKED: [piece], GROUP: None if group is None else [group]})
+
+
+def _unpacked(schema: pa.Schema, rows: pa.Table, names) -> pa.Table:
+    """The packed pieces among `rows` as one table of the columns `names` (empty when none)."""
+    tables = unpack(rows.column(PACKED))
+    return pa.concat_tables(tables) if tables else _rows_of(schema, names).empty_table()
+
+
+def user_groups(users: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    """Each row's user group in [0, n): a function of the user ID as read alone, so that a user's rows
+    meet in one per-user task whichever file and task they were read in."""
+    if n == 1:
+        return np.zeros(len(users), np.int32)
+    if pa.types.is_integer(users.type):
+        mixed = np.asarray(users.to_numpy(), np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return ((mixed >> np.uint64(32)) % np.uint64(n)).astype(np.int32)
+    h = local_split.uniform_hash(0, users, users)
+    return np.minimum((h * n).astype(np.int32), n - 1)
+
+
+_VALID_COLUMNS = (USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)
+_ROW_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)  # the training and test rows'
+
+
+def _checked_rows(checked: local_validate.Checked, schema: pa.Schema, summary: dict, n_groups: int):
+    """One piece's checked rows in the tasks' schema: valid (packed by user group), rejected (their
+    fields as JSON; placed by file), summary."""
     v, r = checked.valid, checked.rejected
     if v.num_rows:
-        yield _batch(schema, _K_VALID, v.num_rows, {c: v.column(c) for c in v.column_names})
+        v = v.select(list(_VALID_COLUMNS))
+        groups = user_groups(v.column(USER), n_groups)
+        order = np.argsort(groups, kind="stable")
+        bounds = np.searchsorted(groups[order], np.arange(n_groups + 1))
+        for g in range(n_groups):
+            if bounds[g + 1] > bounds[g]:
+                yield from _packed(schema, _K_VALID, v.take(order[bounds[g] : bounds[g + 1]]), g)
+    place = summary["file"] % n_groups
     if r.num_rows:
         texts = [json.dumps(x) for x in r.select(list(_REJECTED_FIELDS)).to_pylist()]
-        yield _batch(schema, _K_REJECTED, r.num_rows, {PART: r[PART], FILE: r[FILE], ROW: r[ROW], META: texts})
+        columns = {PART: r[PART], FILE: r[FILE], ROW: r[ROW], META: texts, GROUP: np.full(r.num_rows, place, np.int32)}
+        yield _batch(schema, _K_REJECTED, r.num_rows, columns)
     first = [
         r.filter(pc.equal(r.column(PART), p)).slice(0, spark_rules.SHOWN).to_pylist() for p in sorted(checked.counts)
     ]
@@ -315,10 +380,10 @@ def _checked_rows(checked: local_validate.Checked, schema: pa.Schema, summary: d
         "timestamped": int(pc.sum(pc.is_valid(v.column(TIMESTAMP))).as_py() or 0),
         "first_rejected": [row for rows in first for row in rows],
     }
-    yield _summary(schema, _K_FILE, summary)
+    yield _batch(schema, _K_FILE, 1, {META: [json.dumps(summary)], GROUP: [place]})
 
 
-def _check_files(batches, source: Input, pieces: list, cfg: RunConfig, schema: pa.Schema):
+def _check_files(batches, source: Input, pieces: list, cfg: RunConfig, schema: pa.Schema, n_groups: int):
     """The per-file step in a task: each piece given (by position in `pieces`) read and checked alone."""
     for b in batches:
         for piece in b.column(0).to_pylist():
@@ -328,10 +393,10 @@ def _check_files(batches, source: Input, pieces: list, cfg: RunConfig, schema: p
             except Unreadable as e:
                 yield _summary(schema, _K_FILE, {"file": at, "first": first, "unreadable": str(e)})
                 continue
-            yield from _checked_rows(checked, schema, {"file": at, "first": first})
+            yield from _checked_rows(checked, schema, {"file": at, "first": first}, n_groups)
 
 
-def _check_frame(batches, cfg: RunConfig, schema: pa.Schema):
+def _check_frame(batches, cfg: RunConfig, schema: pa.Schema, n_groups: int):
     """The same step over a DataFrame's rows (prepare.raw_frame's layout): each batch checked alone."""
     for b in batches:
         raw = pa.Table.from_batches([b])
@@ -341,14 +406,11 @@ def _check_frame(batches, cfg: RunConfig, schema: pa.Schema):
         except Unreadable as e:
             yield _summary(schema, _K_FILE, {"file": 0, "first": first, "unreadable": str(e)})
             continue
-        yield from _checked_rows(checked, schema, {"file": 0, "first": first})
-
-
-_VALID_COLUMNS = (USER, ITEM, RATING, TIMESTAMP, PART, FILE, ROW)
+        yield from _checked_rows(checked, schema, {"file": 0, "first": first}, n_groups)
 
 
 def _split_users(batches, schema: pa.Schema, policy: str, split, validation):
-    """The per-user step in a task: its partition's users merged and split (the IDs as read: whether
+    """The per-user step in a task: its group's users merged and split (the IDs as read: whether
     they are all canonical longs is known once every file is checked), the rest passed on."""
     rows = pa.Table.from_batches(list(batches), schema)
     kinds = rows.column(KIND).to_numpy()
@@ -356,28 +418,30 @@ def _split_users(batches, schema: pa.Schema, policy: str, split, validation):
         passed = rows.filter(pa.array(kinds == kind))
         if passed.num_rows:
             yield from passed.to_batches()
-    valid = rows.filter(pa.array(kinds == _K_VALID)).select(list(_VALID_COLUMNS))
+    valid = _unpacked(schema, rows.filter(pa.array(kinds == _K_VALID)), _VALID_COLUMNS)
+    del rows
     g = split_group(valid, policy, (False, False), split, validation)
-    cols = (USER, ITEM, RATING, TIMESTAMP)
     train = g.train
     summary = {"n_valid": valid.num_rows, "n_clean": g.n_clean, "dups": g.dups}
     sides = [(train, _K_USER, _K_ITEM, "train")]
     if validation is not None:
         held = train.column(HELD)
-        yield _batch(schema, _K_HELD, int(pc.sum(held).as_py() or 0), {c: train.filter(held).column(c) for c in cols})
+        yield from _packed(schema, _K_HELD, train.filter(held).select(list(_ROW_COLUMNS)))
         train = train.filter(pc.invert(held))
         sides.append((train, _K_FIT_USER, _K_FIT_ITEM, "fit"))
-    if train.num_rows:
-        yield _batch(schema, _K_TRAIN, train.num_rows, {c: train.column(c) for c in cols})
-    if g.test.num_rows:
-        yield _batch(schema, _K_TEST, g.test.num_rows, {c: g.test.column(c) for c in cols})
+    yield from _packed(schema, _K_TRAIN, train.select(list(_ROW_COLUMNS)))
+    yield from _packed(schema, _K_TEST, g.test.select(list(_ROW_COLUMNS)))
     for side, user_kind, item_kind, name in sides:
-        users, items = pc.unique(side.column(USER)), pc.unique(side.column(ITEM))
-        yield _batch(schema, user_kind, len(users), {USER: users})
-        yield _batch(schema, item_kind, len(items), {ITEM: items})
+        yield from _packed(schema, user_kind, pa.table({USER: pc.unique(side.column(USER))}))
+        yield from _packed(schema, item_kind, pa.table({ITEM: pc.unique(side.column(ITEM))}))
         summary[name] = _stats(side.column(RATING).to_numpy())
     yield _summary(schema, _K_GROUP, summary)
 
+
+# At most about this many rows a user group (a quarter with text IDs, up to ~100 bytes a row): a group's
+# packed training and test rows make one batch of Spark's in-memory cache (10,000 rows a batch, a piece
+# a row), whose buffers cannot grow past 1 GB.
+GROUP_ROWS = 10_000_000
 
 # Rows a task reads and checks at a time: a Parquet file of several row groups is cut so that the
 # executors share a large file (text files are read whole).
@@ -403,9 +467,9 @@ def _first_rejected(summaries: list[dict]) -> pa.Table:
 
 
 class Tasks:
-    """Every step in executor tasks, in one Spark job: a task per file, then (one shuffle by user) a
-    task per group of users (n_groups of them); what the driver needs comes back from that job, and
-    the training rows stay in the tasks' cache."""
+    """Every step in executor tasks, in one Spark job: a task per file, then (one shuffle by user
+    group) a task per group of users (n_groups of them); what the driver needs comes back from that
+    job, and the training rows stay in the tasks' cache, packed."""
 
     def __init__(self, spark: SparkSession, source: Input | Frame, cfg: RunConfig, n_groups: int):
         self.spark, self.source, self.cfg, self.n_groups = spark, source, cfg, max(1, n_groups)
@@ -427,26 +491,30 @@ class Tasks:
         self.validation = validation
         split = None if src.given else cfg.split
         policy = cfg.data.duplicates_policy(cfg.model.kind)
-        schema = _schema(src.raw_types())
-        checked = src.checked(self.spark, cfg, schema)
+        self.schema = schema = _schema(src.raw_types())
+        per_group = GROUP_ROWS if all(schema.field(c).type == pa.int64() for c in (USER, ITEM)) else GROUP_ROWS // 4
+        self.n_groups = max(self.n_groups, -(-src.rows_bound() // per_group))
+        checked = src.checked(self.spark, cfg, schema, self.n_groups)
         self.rows = self._cache(
-            checked.repartition(self.n_groups, USER).mapInArrow(
+            checked.repartitionById(self.n_groups, F.col(GROUP)).mapInArrow(
                 lambda it: _split_users(it, schema, policy, split, validation), from_arrow_schema(schema)
             )
         )
-        # Only the columns these rows use: a column of nulls still ships its full-width data buffer.
-        small = self.rows.where(F.col(KIND).isin(list(_ON_DRIVER))).select(KIND, USER, ITEM, RATING, TIMESTAMP, META)
-        small = small.toArrow()
+        small = self.rows.where(F.col(KIND).isin(list(_ON_DRIVER))).select(KIND, META, PACKED).toArrow()
         kinds = small.column(KIND).to_numpy()
         self.of = lambda k: small.filter(pa.array(kinds == k))
-        files = [json.loads(t) for t in self.of(_K_FILE).column(META).to_pylist()]
+        files = self._summaries(_K_FILE)
         odd = [s for s in files if "unreadable" in s]
         if odd:
             self.release()
             raise Unreadable(min(odd, key=lambda s: (s["file"], s["first"]))["unreadable"])
         counts = _read_counts(local_validate.judge(_summed(files), _first_rejected(files), cfg.data))
         _check_timestamps(split, sum(s["timestamped"] for s in files))
-        self.canonical = tuple(all(s["canonical"][k] for s in files) for k in (0, 1))
+        canonical = [all(s["canonical"][k] for s in files) for k in (0, 1)]
+        # The IDs' types in the maps: int64 where every ID is a canonical long (the tasks keep them as read).
+        self.types = pa.schema(
+            [(c, pa.int64() if canonical[k] else schema.field(c).type) for k, c in enumerate((USER, ITEM))]
+        )
         rejected = (
             self.rows.where(F.col(KIND) == _K_REJECTED)
             .orderBy(FILE, ROW)
@@ -457,16 +525,15 @@ class Tasks:
         )
         return counts, rejected
 
+    def _summaries(self, kind: int) -> list[dict]:
+        return [json.loads(t) for t in self.of(kind).column(META).to_pylist()]
+
     def _ids(self, kind: int, col: str) -> IdMap:
-        ids = pc.unique(self.of(kind).column(col))
-        return sorted_map(ids.cast(pa.int64()) if self.canonical[(USER, ITEM).index(col)] else ids, col)
+        ids = pc.unique(_unpacked(self.schema, self.of(kind), [col]).column(col))
+        return sorted_map(ids.cast(self.types.field(col).type), col)
 
     def _rows(self, kind: int) -> pa.Table:
-        t = self.of(kind).select([USER, ITEM, RATING, TIMESTAMP])
-        for at, col in enumerate((USER, ITEM)):
-            if self.canonical[at] and t.schema.field(col).type == pa.string():
-                t = t.set_column(at, col, t.column(col).cast(pa.int64()))
-        return t
+        return typed(_unpacked(self.schema, self.of(kind), _ROW_COLUMNS), self.types)
 
     def split(self, validation: SplitConfig | None = None) -> Split:
         """The job's result for the driver; the training rows stay in the tasks' cache (Split.train,
@@ -476,13 +543,12 @@ class Tasks:
             self.release()
             self.load(validation)
         policy = self.cfg.data.duplicates_policy(self.cfg.model.kind)
-        groups = [json.loads(t) for t in self.of(_K_GROUP).column(META).to_pylist()]
+        groups = self._summaries(_K_GROUP)
         n_valid = sum(s["n_valid"] for s in groups)
         n_clean = sum(s["n_clean"] for s in groups)
         if n_valid > n_clean and policy == "error":
             dups = local_validate.first_duplicates([tuple(d) for s in groups for d in s["dups"]])
             raise local_validate.duplicate_error(dups, self.source.sources, n_valid - n_clean)
-        in_tasks = lambda kinds: self.rows.where(F.col(KIND).isin(kinds)).select(USER, ITEM, RATING, TIMESTAMP)
         counts = {"n_duplicates_merged": n_valid - n_clean, "n_clean": n_clean}
         result = Split(
             counts,
@@ -490,7 +556,7 @@ class Tasks:
             self._ids(_K_ITEM, ITEM),
             self._rows(_K_TEST),
             _train_stats([s["train"] for s in groups]),
-            in_tasks([_K_TRAIN, _K_HELD]),
+            self._in_tasks([_K_TRAIN, _K_HELD]),
         )
         if validation is not None:
             result.inner = Split(
@@ -499,27 +565,36 @@ class Tasks:
                 self._ids(_K_FIT_ITEM, ITEM),
                 self._rows(_K_HELD),
                 _train_stats([s["fit"] for s in groups]),
-                in_tasks([_K_TRAIN]),
+                self._in_tasks([_K_TRAIN]),
             )
         self.of = None
         return result
 
-    def typed(self, rows: DataFrame) -> DataFrame:
-        """`rows`' user and item columns as the maps have them (long where every ID is a canonical
-        long, as the tasks keep them as read)."""
-        cast = [
-            F.col(c).cast("long").alias(c) if c in (USER, ITEM) and self.canonical[(USER, ITEM).index(c)] else F.col(c)
-            for c in rows.columns
-        ]
-        return rows.select(*cast)
+    def _in_tasks(self, kinds: list[int]) -> DataFrame:
+        """The packed pieces of these kinds, in the tasks' cache."""
+        return self.rows.where(F.col(KIND).isin(kinds)).select(PACKED)
+
+    def unpacked(self, packed: DataFrame) -> DataFrame:
+        """The rows of packed pieces (`Split.train`) as a DataFrame (user, item, rating, timestamp),
+        the IDs typed as the maps."""
+        rows = pa.schema([*self.types, *(self.schema.field(c) for c in (RATING, TIMESTAMP))])
+        types = self.types
+
+        def read(batches):
+            for b in batches:
+                for t in unpack(b.column(PACKED)):
+                    yield from typed(t, types).to_batches()
+
+        return packed.mapInArrow(read, from_arrow_schema(rows))
 
     def keyed(self, part: Split) -> Keyed:
-        """`part`'s training rows as they stay in the tasks' cache (their IDs typed as the maps), with
+        """`part`'s training rows as they stay in the tasks' cache (packed, their IDs as read), with
         the maps; the indexed copy other Spark stages take is made on first use (`_indexed`)."""
-        return Keyed(self.typed(part.train), part.users, part.items, lambda: self._indexed(part))
+        return Keyed(self.unpacked(part.train), part.users, part.items, lambda: self._indexed(part), part.train)
 
     def _indexed(self, part: Split) -> DataFrame:
         """The training rows with the maps' indices, cached: two broadcast hash joins in the JVM
         (IdMap.encode), which spare the rows a round trip through Python."""
-        encoded = part.items.encode(part.users.encode(part.train, USER, USER_IDX), ITEM, ITEM_IDX)
+        rows = self.unpacked(part.train)
+        encoded = part.items.encode(part.users.encode(rows, USER, USER_IDX), ITEM, ITEM_IDX)
         return self._cache(encoded.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP))

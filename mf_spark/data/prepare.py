@@ -506,7 +506,7 @@ def _tasks_frame_ready(raw: DataFrame, run: RunConfig, keep_pairs: bool) -> tupl
     got = steps.split()
     pairs = None
     if keep_pairs:  # cached apart: they outlive the tasks' cache (Ready.release)
-        pairs = steps.typed(got.train.select(USER, ITEM)).cache()
+        pairs = steps.unpacked(got.train).select(USER, ITEM).cache()
         pairs.count()
     train = steps.keyed(got)
     return Ready(got.users, got.items, train, NO_HELDOUT, got.stats, TaskFront.name, [steps.release]), pairs

@@ -4,13 +4,15 @@ with their IDs as read (Keyed), their statistics (TrainStats) and the held-out s
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER, USER_IDX
@@ -22,6 +24,42 @@ def timestamps(column: pa.Array | pa.ChunkedArray | None, n: int) -> np.ndarray:
     if column is None or pa.types.is_null(column.type):
         return np.full(n, NO_TIME, np.int64)
     return np.asarray(column.cast(pa.int64()).fill_null(NO_TIME).to_numpy(zero_copy_only=False), np.int64)
+
+
+PACKED = "_packed"  # a binary column: each value a piece of rows as one Arrow IPC stream (`pack`)
+# Rows per packed piece: Spark moves and caches a few large values instead of a row per rating (its
+# row format costs more than the ratings themselves), and a piece stays far below Arrow's 2 GB.
+PACK_ROWS = 1 << 20
+
+
+def pack(table: pa.Table, rows: int = PACK_ROWS) -> list[bytes]:
+    """`table` as pieces of at most `rows` rows, each an Arrow IPC stream."""
+    out = []
+    for lo in range(0, table.num_rows, rows):
+        sink = pa.BufferOutputStream()
+        part = table.slice(lo, rows)
+        with pa.ipc.new_stream(sink, part.schema) as writer:
+            writer.write_table(part)
+        out.append(sink.getvalue().to_pybytes())
+    return out
+
+
+def unpack(pieces: pa.Array | pa.ChunkedArray) -> list[pa.Table]:
+    """The tables of packed pieces (`pack`), read in place."""
+    return [pa.ipc.open_stream(p.as_buffer()).read_all() for p in pieces if p.is_valid]
+
+
+def unpacked(batches: Iterable[pa.RecordBatch]) -> pa.Table | None:
+    """The rows of the Arrow batches a mapInArrow body receives, as they are or from their PACKED
+    pieces, as one table; None when there are none."""
+    tables = []
+    for b in batches:
+        if PACKED in b.schema.names:
+            tables += unpack(b.column(PACKED))
+        elif b.num_rows:
+            tables.append(pa.Table.from_batches([b]))
+    tables = [t for t in tables if t.num_rows]
+    return pa.concat_tables(tables) if tables else None
 
 
 @dataclass(eq=False)
@@ -66,6 +104,7 @@ class Keyed:
     users: IdMap
     items: IdMap
     index: Callable[[], DataFrame]
+    packed: DataFrame | None = None  # the same rows as PACKED pieces (IDs as read), where the tasks keep them
     _df: DataFrame | None = None
 
     @property
@@ -83,10 +122,32 @@ class Keyed:
 
     def pairs_of(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(user_idx, item_idx) of the ratings of these users (indices): a filter on their IDs as read
-        and one collect; no indexed copy is made."""
+        and one collect; no indexed copy is made (with `packed`, the pieces are filtered as they are
+        read: only these users' rows become Spark rows)."""
         ids = self.users.ids.take(pa.array(np.asarray(users, np.int64)))
-        t = self.rows.where(F.col(USER).isin(ids.to_pylist())).select(USER, ITEM).toArrow()
+        if self.packed is None:
+            t = self.rows.where(F.col(USER).isin(ids.to_pylist())).select(USER, ITEM).toArrow()
+        else:
+            types = pa.schema([(USER, self.users.ids.type), (ITEM, self.items.ids.type)])
+
+            def pick(batches):
+                for piece in (typed(t, types) for b in batches for t in unpack(b.column(PACKED))):
+                    yield from (
+                        piece.filter(pc.is_in(piece.column(USER), value_set=ids)).select([USER, ITEM]).to_batches()
+                    )
+
+            t = self.packed.mapInArrow(pick, from_arrow_schema(types)).toArrow()
         return self.users.index_of(t.column(USER)), self.items.index_of(t.column(ITEM))
+
+
+def typed(table: pa.Table, types: pa.Schema) -> pa.Table:
+    """`table` with the columns `types` names cast to its types (IDs read as text whose every value is
+    a canonical long are int64 in the maps)."""
+    for f in types:
+        at = table.column_names.index(f.name)
+        if table.schema.field(at).type != f.type:
+            table = table.set_column(at, f.name, table.column(at).cast(f.type))
+    return table
 
 
 def indices(table: pa.Table | None, users: IdMap, items: IdMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,6 +155,7 @@ def indices(table: pa.Table | None, users: IdMap, items: IdMap) -> tuple[np.ndar
     columns): the maps' indices, looked up where the rows are. Every ID must be in its map."""
     if table is None:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    table = typed(table, pa.schema([(USER, users.ids.type), (ITEM, items.ids.type)]))
     u, i = _positions(users, table.column(USER)), _positions(items, table.column(ITEM))
     return u, i, table.column(RATING).to_numpy().astype(np.float32, copy=False)
 
@@ -130,15 +192,38 @@ def as_df(ratings: "DataFrame | Triples | Keyed") -> DataFrame:
     return ratings.to_df() if isinstance(ratings, (Triples, Keyed)) else ratings
 
 
+# TrainStats keeps the training ratings' distinct values and their counts when there are at most this
+# many (star ratings): the report's histogram then needs no pass over the ratings.
+FEW_VALUES = 64
+
+
 @dataclass(frozen=True)
 class TrainStats:
-    """Count, mean and range of the training ratings, and how many are <= 0."""
+    """Count, mean and range of the training ratings, how many are <= 0, and (when there are few)
+    their distinct values with the count of each, ascending."""
 
     n: int
     mean: float
     lo: float
     hi: float
     n_nonpositive: int = 0
+    values: tuple[tuple[float, int], ...] | None = field(default=None, compare=False)
+
+
+def value_counts(r: np.ndarray, limit: int = FEW_VALUES) -> tuple[np.ndarray, np.ndarray] | None:
+    """The distinct values of `r` (ascending) and how many times each occurs, or None when there are
+    more than `limit`; in linear time: a strided sample settles that there are many without sorting
+    every value."""
+    values = np.unique(r[:: max(1, r.size // 100_000)])
+    if values.size > limit:
+        return None
+    pos = np.minimum(np.searchsorted(values, r), max(values.size - 1, 0))
+    if values.size == 0 or not np.array_equal(values[pos], r):  # values the sample missed
+        values = np.unique(r)
+        if values.size > limit:
+            return None
+        pos = np.searchsorted(values, r)
+    return values, np.bincount(pos, minlength=values.size).astype(np.int64)
 
 
 def train_stats(train: DataFrame | Triples | Keyed) -> TrainStats:
@@ -148,7 +233,9 @@ def train_stats(train: DataFrame | Triples | Keyed) -> TrainStats:
         if not train.r.size:
             raise InputError("the training split is empty: nothing to fit")
         r = train.r
-        return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()), int(np.sum(r <= 0)))
+        few = value_counts(r)
+        values = None if few is None else tuple(zip(few[0].tolist(), few[1].tolist()))
+        return TrainStats(int(r.size), float(r.mean()), float(r.min()), float(r.max()), int(np.sum(r <= 0)), values)
     row = (
         rated(train)
         .agg(

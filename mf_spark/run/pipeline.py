@@ -492,7 +492,9 @@ class Pipeline:
             recs = topn.from_top(model, fit.top, cfg.recommend.top_n)
         else:
             recs = topn.recommendations(model, as_df(ready.train), cfg.recommend, seen=seen, candidates=candidates)
-        profile = report.DataProfile.of(ready.train, ready.users.size, ready.items.size, cfg.model.kind, fit.row_counts)
+        profile = report.DataProfile.of(
+            ready.train, ready.users.size, ready.items.size, cfg.model.kind, fit.row_counts, ready.stats
+        )
 
         def more(staging: str, body: dict) -> None:
             # A DataFrame of recommendations is counted from the Parquet just written: counting the

@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
-from mf_spark.data.ready import Keyed, Triples, as_df, rated
+from mf_spark.data.ready import Keyed, TrainStats, Triples, as_df, rated, value_counts
 
 # Tableau 10: distinct in print and for the common colour-vision deficiencies.
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f", "#ff9da7", "#bab0ac")
@@ -125,10 +125,12 @@ class DataProfile:
         n_items: int,
         kind: str,
         activity: tuple[np.ndarray, np.ndarray] | None = None,
+        stats: TrainStats | None = None,
     ) -> "DataProfile":
         """The profile of training ratings held by the driver (Triples) or by Spark (user_idx,
         item_idx, rating). Both give the same profile. `activity`: the ratings per user and per
-        item when already counted (a fit's engine counts them, als.FitResult.row_counts).
+        item when already counted (a fit's engine counts them, als.FitResult.row_counts); `stats`:
+        theirs, whose distinct values, when counted, give the histogram.
 
         Performance note (DataFrame): without `activity` two aggregations, each a shuffle of counts
         (per user, per item); then one per distinct rating (up to MAX_DISTINCT + 1 rows) and, for more
@@ -145,7 +147,10 @@ class DataProfile:
             users, items = activity or tuple(
                 _spark_counts(as_df(train), col, n) for col, n in ((USER_IDX, n_users), (ITEM_IDX, n_items))
             )
-            edges, counts = _spark_histogram(rated(train).select(F.col(RATING).cast("double").alias(RATING)))
+            if stats is not None and stats.values is not None:
+                edges, counts = _counted_histogram(stats.values)
+            else:
+                edges, counts = _spark_histogram(rated(train).select(F.col(RATING).cast("double").alias(RATING)))
         return cls(
             kind,
             int(items.sum()),
@@ -187,21 +192,26 @@ def _bins_spark(col, edges: np.ndarray):
 
 
 def _histogram(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges and counts of the ratings on the driver, in linear time: a strided sample with more than
-    MAX_DISTINCT values settles that there are many without sorting every rating."""
+    """Edges and counts of the ratings on the driver, in linear time (ready.value_counts)."""
     if r.size == 0:
         return np.array([0.0, 1.0]), np.zeros(1, np.int64)
-    values = np.unique(r[:: max(1, r.size // 100_000)])
-    if values.size <= MAX_DISTINCT:
-        pos = np.minimum(np.searchsorted(values, r), values.size - 1)
-        if not np.array_equal(values[pos], r):  # values the sample missed
-            values = np.unique(r)
-            pos = np.searchsorted(values, r)
-        if values.size <= MAX_DISTINCT:
-            return _distinct_edges(values), np.bincount(pos, minlength=values.size).astype(np.int64)
+    few = value_counts(r, MAX_DISTINCT)
+    if few is not None:
+        return _distinct_edges(few[0]), few[1]
     edges = _bin_edges(float(r.min()), float(r.max()), bool(np.all(r == np.round(r))))
     bins = np.minimum(np.searchsorted(edges, r, side="right") - 1, edges.size - 2)
     return edges, np.bincount(bins, minlength=edges.size - 1).astype(np.int64)
+
+
+def _counted_histogram(values: tuple[tuple[float, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The same edges and counts from the ratings' distinct values and their counts (TrainStats.values)."""
+    v = np.array([x for x, _ in values], np.float64)
+    c = np.array([n for _, n in values], np.int64)
+    if v.size <= MAX_DISTINCT:
+        return _distinct_edges(v), c
+    edges = _bin_edges(float(v[0]), float(v[-1]), bool(np.all(v == np.round(v))))
+    bins = np.minimum(np.searchsorted(edges, v, side="right") - 1, edges.size - 2)
+    return edges, np.bincount(bins, weights=c, minlength=edges.size - 1).astype(np.int64)
 
 
 def _spark_counts(df: DataFrame, col: str, n: int) -> np.ndarray:

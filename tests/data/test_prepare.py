@@ -11,14 +11,16 @@ import pytest
 from conftest import frame  # noqa: E402
 from pyspark.sql import functions as F
 
+from mf_spark.core import session
 from mf_spark.core.config import DataConfig, SplitConfig, from_dict
 from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, RATING, TIMESTAMP, USER
+from mf_spark.data import front as front_steps
 from mf_spark.data import prepare, split, validate
 from mf_spark.data.local import read as local_read
 from mf_spark.data.local import split as local_split
 from mf_spark.data.local import validate as local_validate
-from mf_spark.data.ready import Keyed, as_df, indices
+from mf_spark.data.ready import Keyed, as_df, indices, unpacked
 
 RAW = "user string, item string, rating string, timestamp string, _source string, _row long"
 
@@ -265,10 +267,18 @@ def triples(ready):
     got = _sorted(*(t.column(c).to_numpy() for c in ("user_idx", "item_idx", "rating")))
     if isinstance(ready.train, Keyed):  # the resident stage's tasks index the rows as read themselves
         keyed = ready.train
-        mine = _sorted(*indices(keyed.rows.toArrow(), keyed.users, keyed.items))
-        np.testing.assert_array_equal(mine[0], got[0])
-        np.testing.assert_array_equal(mine[1], got[1])
-        np.testing.assert_allclose(mine[2], got[2], rtol=1e-7)  # the blocks' float32
+        read = [keyed.rows.toArrow()]
+        if keyed.packed is not None:  # and from the packed pieces where the tasks keep them
+            read.append(unpacked(keyed.packed.toArrow().to_batches()))
+            some = np.unique(got[0])[::3]
+            pairs = keyed.pairs_of(some)
+            want = np.isin(got[0], some)
+            assert sorted(zip(*pairs)) == sorted(zip(got[0][want], got[1][want]))
+        for table in read:
+            mine = _sorted(*indices(table, keyed.users, keyed.items))
+            np.testing.assert_array_equal(mine[0], got[0])
+            np.testing.assert_array_equal(mine[1], got[1])
+            np.testing.assert_allclose(mine[2], got[2], rtol=1e-7)  # the blocks' float32
     return got
 
 
@@ -288,6 +298,20 @@ def test_front_ends_agree_on_files(spark, tmp_path, which, method):
         out[name] = (loaded, ready)
     for other in ("spark", "spark-sql"):
         _agree(*out["driver"], *out[other])
+
+
+def test_a_large_input_gets_more_user_groups_than_tasks(spark, tmp_path, monkeypatch):
+    """A user group's packed rows fill one batch of Spark's cache: an input of more rows than
+    front.GROUP_ROWS a task gets more groups than tasks, with the same result."""
+    path = write_inputs(tmp_path)[0]
+    monkeypatch.setattr(front_steps, "GROUP_ROWS", 40)  # text IDs: 10 rows a group
+    out = {}
+    for name in ("driver", "spark"):
+        cfg = from_dict({"data": {"front_end": name, "max_bad_fraction": 0.1}, "split": {"test_fraction": 0.3}})
+        chosen, loaded, ready = ready_of(spark, cfg, input=path)
+        out[name] = (loaded, ready)
+    assert chosen.front.steps.n_groups > 3 * session.parallelism(spark)
+    _agree(*out["driver"], *out["spark"])
 
 
 def _agree(ld, rd, ls, rs):

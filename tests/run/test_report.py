@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
-from mf_spark.data.ready import Triples
+from mf_spark.data.ready import Triples, train_stats
 from mf_spark.run import report
 
 SVG = "{http://www.w3.org/2000/svg}svg"
@@ -437,7 +437,13 @@ def test_histogram_finds_rare_values_the_sample_misses():
 def test_profile_is_the_same_from_triples_and_from_a_frame(spark):
     u, i, stars = fake_ratings(n_users=50, n_items=80, n=3000)
     _, _, counts = fake_ratings(n_users=50, n_items=80, n=3000, stars=False)
-    for r, kind in ((stars, "explicit"), (counts, "implicit"), (np.round(stars * 1.37 + i / 100, 2), "explicit")):
+    many = (np.arange(3000) % 45) + 1.0  # 45 distinct values: binned, from TrainStats.values too
+    for r, kind in (
+        (stars, "explicit"),
+        (counts, "implicit"),
+        (np.round(stars * 1.37 + i / 100, 2), "explicit"),
+        (many, "implicit"),
+    ):
         df = spark.createDataFrame(
             pa.table(
                 {
@@ -448,12 +454,14 @@ def test_profile_is_the_same_from_triples_and_from_a_frame(spark):
             )
         )
         want = report.DataProfile.of(Triples(spark, u, i, r), 60, 90, kind)  # some users and items unrated
-        got = report.DataProfile.of(df, 60, 90, kind)
-        for name in ("kind", "n_ratings", "n_users", "n_items"):
-            assert getattr(got, name) == getattr(want, name), name
-        for name in ("rating_edges", "rating_counts", "user_activity", "item_activity"):
-            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
-            assert getattr(got, name).dtype == getattr(want, name).dtype, name
+        stats = train_stats(Triples(spark, u, i, r))  # its distinct values counted when few
+        for got in (report.DataProfile.of(df, 60, 90, kind), report.DataProfile.of(df, 60, 90, kind, stats=stats)):
+            for name in ("kind", "n_ratings", "n_users", "n_items"):
+                assert getattr(got, name) == getattr(want, name), name
+            for name in ("rating_edges", "rating_counts", "user_activity", "item_activity"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+                assert getattr(got, name).dtype == getattr(want, name).dtype, name
+    assert train_stats(Triples(spark, u, i, many)).values is not None
 
 
 def test_profile_from_a_fits_row_counts_is_the_counted_one(spark):

@@ -67,6 +67,9 @@ def table(path: str, fmt: str, cfg: DataConfig) -> pa.Table:
     return with_meta([(name, how.read(name)) for name in how.files])
 
 
+TEXT_ROW_BYTES = 12  # about the shortest line a rating takes ("123,4567,5\n")
+
+
 @dataclass(frozen=True)
 class Plan:
     """How to read each file of one input: what the driver learned from the first file (format,
@@ -94,6 +97,16 @@ class Plan:
                 kind = pa.string()
             out[key] = kind
         return out
+
+    def rows_bound(self, name: str) -> int:
+        """About as many rows as file `name` has, or more: a Parquet footer's count, a text file's
+        size over TEXT_ROW_BYTES."""
+        if self.fmt != "parquet":
+            return os.path.getsize(name) // TEXT_ROW_BYTES
+        try:
+            return pq.ParquetFile(name).metadata.num_rows
+        except (OSError, ValueError) as e:
+            raise Unreadable(f"{name}: {e}") from None
 
     def read(self, name: str, groups: tuple[int, int] | None = None) -> pa.Table:
         """One file's rows (Parquet: only row groups [first, last) with `groups`): the COLUMNS only, no

@@ -36,7 +36,7 @@ from mf_spark.als.halfstep import Engine, HalfStepResult, assemble, fixed_side
 from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, RATING, USER, USER_IDX
 from mf_spark.data.index import IdMap
-from mf_spark.data.ready import Triples
+from mf_spark.data.ready import PACKED, Triples
 from mf_spark.kernels.solve import SolveSpec
 
 log = logging.getLogger("mf_spark")
@@ -400,7 +400,8 @@ def driver_host(sc) -> str:
 
 def resident_inputs(ratings: DataFrame, n_tasks: int, keyed: bool = False) -> list[DataFrame]:
     """user_idx, item_idx (int), rating (float) of `ratings` (`keyed`: user, item as read, which the
-    tasks index), one partition per resident task: the ways to try, cheapest first.
+    tasks index, or packed pieces of such rows), one partition per resident task: the ways to try,
+    cheapest first.
 
     The tasks read these rows once, cut them per destination task and exchange the pieces among
     themselves (`_exchange`), so the ratings cross from the JVM to Python once. Performance note: when
@@ -409,7 +410,9 @@ def resident_inputs(ratings: DataFrame, n_tasks: int, keyed: bool = False) -> li
     coalesce: barrier stages refuse those), hence the second way, one shuffle in the JVM (rows placed
     by user).
     """
-    if keyed:
+    if keyed and PACKED in ratings.columns:  # pieces of rows (ready.Keyed.packed): a few values to move
+        rows, placed = ratings, ratings.repartition(n_tasks)
+    elif keyed:
         rows = ratings.select(USER, ITEM, F.col(RATING).cast("float").alias(RATING))
         placed = rows.repartition(n_tasks, USER)
     else:

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 from pyspark import BarrierTaskContext
 
-from mf_spark.als.blocks import SIDE_CODES, CsrBlock, batch_table, buckets, triples
+from mf_spark.als.blocks import SIDE_CODES, CsrBlock, buckets, triples
 from mf_spark.als.engines.stream.wire import (
     HANDSHAKE_SECONDS,
     ExchangeError,
@@ -24,7 +24,7 @@ from mf_spark.als.engines.stream.wire import (
     send_frame,
 )
 from mf_spark.data.index import IdMap
-from mf_spark.data.ready import indices
+from mf_spark.data.ready import indices, unpacked
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block
 from mf_spark.kernels.topk import top_n
 
@@ -152,7 +152,7 @@ def _task_body(
                 pass
             pieces = None
         else:
-            rows = triples(batches) if maps is None else indices(batch_table(batches), *maps)
+            rows = triples(batches) if maps is None else indices(unpacked(batches), *maps)
             pieces = _split_for_tasks(*rows, num_blocks, n_tasks)
         host = ctx.getTaskInfos()[me].address.rsplit(":", 1)[0].strip("[]")  # an executor's host:port
         server = _listen(n_tasks, host) if not from_driver else None
