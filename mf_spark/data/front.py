@@ -10,7 +10,8 @@ process or inside executor tasks, the same functions either way.
 A file's rows are judged alone and a user's rows are merged and split together and apart from other
 users', so how the files and the users are grouped cannot change a result: `InProcess` runs each
 step once over everything, `Tasks` runs the per-file step as one task per piece of a file and the
-per-user step as one task per user partition (mapInArrow, the DataFrame API only), and both give the same counts,
+per-user step as one task per group of users (mapInArrow, the DataFrame API only; the rows pass between
+them and stay in the tasks' cache as packed Arrow pieces, ready.pack), and both give the same counts,
 rejected rows, errors, split, ID maps and training ratings. On a cluster the ratings then never pass
 through the driver: it holds counts, the ID maps and the held-out rows.
 """
