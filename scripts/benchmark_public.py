@@ -149,6 +149,7 @@ def implicit_library(train: str, test: str) -> dict | None:
     import numpy as np
     import pyarrow.parquet as pq
     import scipy.sparse as sp
+    import threadpoolctl
 
     tr, te = pq.read_table(train), pq.read_table(test)
     tu, ti = tr.column("user").to_numpy(), tr.column("item").to_numpy()
@@ -161,7 +162,8 @@ def implicit_library(train: str, test: str) -> dict | None:
         model = implicit.cpu.als.AlternatingLeastSquares(
             factors=factors, regularization=reg, alpha=alpha, iterations=15, random_state=0
         )
-        model.fit(seen, show_progress=False)
+        with threadpoolctl.threadpool_limits(1, "blas"):  # the library's own threads do the work
+            model.fit(seen, show_progress=False)
 
         def top(users, model=model):
             ids, _ = model.recommend(users, seen[users], N=K, filter_already_liked_items=True)
