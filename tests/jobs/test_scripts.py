@@ -342,3 +342,27 @@ def test_benchmark_cold_places_new_movies_and_scores_the_baselines(spark, tmp_pa
     }
     assert all(0 <= m["recall_at_k"] <= 1 and m["users"] > 0 for m in got["methods"].values())
     assert "### Cold items with features:" in doc.read_text()
+
+
+def test_benchmark_cold_places_new_users_by_their_demographics(spark, tmp_path):
+    """A small MovieLens-100k-like folder (u.data, u.user): the train and recommend jobs run with their
+    --user-features, and the three methods are scored over the new users' held-out movies."""
+    g = np.random.default_rng(3)
+    jobs = ["artist", "engineer", "student"]
+    users = [(u, int(g.integers(18, 70)), "MF"[u % 2], jobs[u % 3], f"{u % 10}{u:04d}") for u in range(1, 61)]
+    (tmp_path / "u.user").write_text("".join(f"{u}|{a}|{s}|{j}|{z}\n" for u, a, s, j, z in users))
+    taste = {j: set(g.choice(40, size=12, replace=False).tolist()) for j in jobs}
+    rows = [(u, m) for u, _, _, j, _ in users for m in range(40) if (m in taste[j]) == (g.random() < 0.8)]
+    (tmp_path / "u.data").write_text("".join(f"{u}\t{m}\t4\t{k}\n" for k, (u, m) in enumerate(rows)))
+    report, doc = tmp_path / "cold.json", tmp_path / "quality.md"
+    argv = ["--movielens", str(tmp_path), "--side", "users", "--json", str(report), "--doc", str(doc)]
+    argv += [x for s in ("model.iterations=4", "model.rank=6") for x in ("--set", s)]
+    assert _script("benchmark_cold").main(argv, runner=_in_process) == 0
+    got = json.loads(report.read_text())
+    assert got["cold_users"] == 12 and set(got["methods"]) == {
+        "mf_spark (map from features to factors)",
+        "popularity",
+        "features",
+    }
+    assert all(0 <= m["recall_at_k"] <= 1 and m["users"] == 12 for m in got["methods"].values())
+    assert "### Cold users with features:" in doc.read_text()
