@@ -58,10 +58,10 @@ def test_pipeline_and_cross_validator(ratings):
     als = ALS(**{**FIT, "maxIter": 1}, coldStartStrategy="drop")
     fitted = Pipeline(stages=[als]).fit(ratings)
     assert fitted.transform(ratings).count() == ratings.count()
-    grid = ParamGridBuilder().addGrid(als.regParam, [0.01, 1.0]).build()
+    grid = ParamGridBuilder().addGrid(als.regParam, [0.01]).build()  # one setting: each fold's fit and score
     evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating")
     cv = CrossValidator(estimator=als, estimatorParamMaps=grid, evaluator=evaluator, numFolds=2, seed=1).fit(ratings)
-    assert len(cv.avgMetrics) == 2 and all(math.isfinite(m) for m in cv.avgMetrics)
+    assert len(cv.avgMetrics) == 1 and all(math.isfinite(m) for m in cv.avgMetrics)
     assert isinstance(cv.bestModel, ALSModel)
 
 

@@ -4,6 +4,8 @@ training triples, and it hands to Spark whatever it cannot read exactly as Spark
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -304,13 +306,14 @@ def test_a_large_input_gets_more_user_groups_than_tasks(spark, tmp_path, monkeyp
     """A user group's packed rows fill one batch of Spark's cache: an input of more rows than
     front.GROUP_ROWS a task gets more groups than tasks, with the same result."""
     path = write_inputs(tmp_path)[0]
-    monkeypatch.setattr(front_steps, "GROUP_ROWS", 40)  # text IDs: 10 rows a group
+    bound = os.path.getsize(path) // local_read.TEXT_ROW_BYTES
+    monkeypatch.setattr(front_steps, "GROUP_ROWS", 4 * (bound // 5 + 1))  # text IDs: 5 groups
     out = {}
     for name in ("driver", "spark"):
         cfg = from_dict({"data": {"front_end": name, "max_bad_fraction": 0.1}, "split": {"test_fraction": 0.3}})
         chosen, loaded, ready = ready_of(spark, cfg, input=path)
         out[name] = (loaded, ready)
-    assert chosen.front.steps.n_groups > 3 * session.parallelism(spark)
+    assert chosen.front.steps.n_groups == 5 > session.parallelism(spark)
     _agree(*out["driver"], *out["spark"])
 
 
