@@ -191,6 +191,20 @@ def _run_jobs(run, jobs: list[tuple[str, list[str]]]) -> None:
             raise SystemExit(f"{script} failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
 
 
+def _report(args, rows: dict, report: dict, label: str, heading: str) -> int:
+    """Print each method's figures; write the JSON report (--json) and the doc's section (--doc):
+    `heading` (its title and command line) above the table."""
+    for name, m in rows.items():
+        print(f"{name}: recall@{K} {m['recall_at_k']:.4f}, NDCG@{K} {m['ndcg_at_k']:.4f} ({m['users']} users)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({**report, "methods": rows}, fh, indent=2)
+    if args.doc:
+        table = "\n".join(f"| {n} | {m['recall_at_k']:.4f} | {m['ndcg_at_k']:.4f} |" for n, m in rows.items())
+        update_doc(args.doc, label, f"{heading}\n\n| model | recall@{K} | NDCG@{K} |\n|---|---|---|\n{table}\n")
+    return 0
+
+
 def cold_users(args, run) -> int:
     """--side users: new users placed by their demographics."""
     ratings, features = ml100k(args.movielens)
@@ -219,24 +233,17 @@ def cold_users(args, run) -> int:
     lists = {"mf_spark (map from features to factors)": ours, **user_baselines(train, features, cold)}
     candidates = np.unique(train.column("movieId").to_numpy())
     rows = {name: evaluate(r, held, candidates) for name, r in lists.items()}
-    for name, m in rows.items():
-        print(f"{name}: recall@{K} {m['recall_at_k']:.4f}, NDCG@{K} {m['ndcg_at_k']:.4f} ({m['users']} users)")
-    report = {"cold_users": int(cold.size), "held_out": held.num_rows, "map": fmap, "methods": rows}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
-    if args.doc:
-        name = os.path.basename(os.path.abspath(args.movielens))
-        table = "\n".join(f"| {n} | {m['recall_at_k']:.4f} | {m['ndcg_at_k']:.4f} |" for n, m in rows.items())
-        section = (
-            f"### Cold users with features: {name}\n\n`python scripts/benchmark_cold.py --movielens {name} "
-            f"--side users --cold-fraction {args.cold_fraction} --seed {args.seed}` ({cold.size} of the users made "
-            f"new, {held.num_rows} held-out ratings of theirs; candidates: the {candidates.size} known movies; the "
-            f"map: R^2 {fmap['r2']:.3f} on {fmap['fit_rows']} known users, reg {fmap['reg']:g})\n\n"
-            f"| model | recall@{K} | NDCG@{K} |\n|---|---|---|\n{table}\n"
-        )
-        update_doc(args.doc, f"cold users: {name}", section)
-    return 0
+    name = os.path.basename(os.path.abspath(args.movielens))
+    return _report(
+        args,
+        rows,
+        {"cold_users": int(cold.size), "held_out": held.num_rows, "map": fmap},
+        f"cold users: {name}",
+        f"### Cold users with features: {name}\n\n`python scripts/benchmark_cold.py --movielens {name} "
+        f"--side users --cold-fraction {args.cold_fraction} --seed {args.seed}` ({cold.size} of the users made "
+        f"new, {held.num_rows} held-out ratings of theirs; candidates: the {candidates.size} known movies; the "
+        f"map: R^2 {fmap['r2']:.3f} on {fmap['fit_rows']} known users, reg {fmap['reg']:g})",
+    )
 
 
 def main(argv: list[str] | None = None, runner=None) -> int:
@@ -288,24 +295,17 @@ def main(argv: list[str] | None = None, runner=None) -> int:
         ours = _recommended(recs)
     lists = {"mf_spark (map from features to factors)": ours, **baselines(train, held, features, cold)}
     rows = {name: evaluate(r, held, cold) for name, r in lists.items()}
-    for name, m in rows.items():
-        print(f"{name}: recall@{K} {m['recall_at_k']:.4f}, NDCG@{K} {m['ndcg_at_k']:.4f} ({m['users']} users)")
-    report = {"cold_movies": int(cold.size), "held_out": held.num_rows, "map": fmap, "methods": rows}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
-    if args.doc:
-        name = os.path.basename(os.path.abspath(args.movielens))
-        table = "\n".join(f"| {n} | {m['recall_at_k']:.4f} | {m['ndcg_at_k']:.4f} |" for n, m in rows.items())
-        section = (
-            f"### Cold items with features: {name}\n\n`python scripts/benchmark_cold.py --movielens {name} "
-            f"--cold-fraction {args.cold_fraction} --seed {args.seed}` ({cold.size} of the rated movies made new, "
-            f"{held.num_rows} held-out ratings of them, {rows['popularity']['users']} users; candidates: the new "
-            f"movies; the map: R^2 {fmap['r2']:.3f} on {fmap['fit_rows']} known movies, reg {fmap['reg']:g})\n\n"
-            f"| model | recall@{K} | NDCG@{K} |\n|---|---|---|\n{table}\n"
-        )
-        update_doc(args.doc, f"cold items: {name}", section)
-    return 0
+    name = os.path.basename(os.path.abspath(args.movielens))
+    return _report(
+        args,
+        rows,
+        {"cold_movies": int(cold.size), "held_out": held.num_rows, "map": fmap},
+        f"cold items: {name}",
+        f"### Cold items with features: {name}\n\n`python scripts/benchmark_cold.py --movielens {name} "
+        f"--cold-fraction {args.cold_fraction} --seed {args.seed}` ({cold.size} of the rated movies made new, "
+        f"{held.num_rows} held-out ratings of them, {rows['popularity']['users']} users; candidates: the new "
+        f"movies; the map: R^2 {fmap['r2']:.3f} on {fmap['fit_rows']} known movies, reg {fmap['reg']:g})",
+    )
 
 
 if __name__ == "__main__":
