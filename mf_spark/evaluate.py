@@ -1,11 +1,15 @@
 """Held-out evaluation: RMSE / MAE of clipped predictions, ranking metrics at k, and the tracker.
 
-The held-out split is collected once to the driver, its IDs looked up in the ID maps there: the
-driver already holds both factor matrices in the broadcast strategy, so error metrics cost one
-gather and one row-wise dot product, and no Spark job. Ranking metrics need every item scored for
-each evaluated user with its training items excluded: that runs on the executors (one narrow
-mapInArrow with broadcast factors, topn.recommend_indices) and only the k best indices per user
-come back to the driver, where kernels.metrics compares them with the held-out relevant items.
+The held-out split is on the driver (ready.HeldOut), its IDs looked up in the ID maps: the driver
+already holds both factor matrices in the broadcast strategy, so error metrics cost one gather and
+one row-wise dot product, and no Spark job. Where the executors read the input and more rows were
+held out than eval.driver_rows, the driver holds a sample of users' rows (for the history and the
+tune job) and InTasks computes the final metrics where the tasks keep every row.
+
+Ranking metrics need every item scored for each evaluated user with its training items excluded:
+that runs on the executors (one narrow mapInArrow with broadcast factors, topn.recommend_indices)
+and only the k best indices per user come back to the driver, where kernels.metrics compares them
+with the held-out relevant items.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from mf_spark.als.loop import TopLists
 from mf_spark.core import session
-from mf_spark.core.types import ITEM_IDX, USER_IDX, Factors
-from mf_spark.data.ready import HeldOut, Keyed, Triples, as_df
-from mf_spark.kernels.metrics import ranking_metrics
+from mf_spark.core.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX, Factors
+from mf_spark.data.index import IdMap
+from mf_spark.data.ready import HeldOut, Keyed, Triples, as_df, timestamps, typed_pieces
+from mf_spark.kernels.metrics import coverage, ranking_means, ranking_metrics, ranking_sums
 from mf_spark.kernels.topk import top_n
 from mf_spark.model.factors import Scorer
 from mf_spark.model.topn import recommend_indices
@@ -125,39 +132,135 @@ class RankingEvaluator:
         self.seen_cols = i[mine][order].astype(np.int32)
 
     def __call__(self, scorer: Scorer) -> dict[str, Any]:
+        return ranking_metrics(self.lists(scorer), self.relevant.indptr, self.relevant.items, self.n_items, self.k)
+
+    def lists(self, scorer: Scorer) -> np.ndarray:
+        """(m, k) int64: the k best unseen items of each evaluated user, best first, -1 padding."""
         m = self.relevant.users.size
+        recs = np.full((m, self.k), -1, dtype=np.int64)
         if m == 0:
-            return ranking_metrics(
-                np.zeros((0, self.k), np.int64), np.zeros(1, np.int64), np.zeros(0, np.int64), self.n_items, self.k
-            )
+            return recs
         if self.on_driver:
             f, u = scorer.factors, self.relevant.users
             offset_u = (f.mu + f.user_bias[u]) if f.user_bias is not None else None
             counts, items, scores = top_n(f.X[u], f.Y, self.k, self.seen_indptr, self.seen_cols, offset_u, f.item_bias)
-            recs = TopLists.from_flat(m, self.k, np.arange(m), counts, items, scores).items.astype(np.int64)
-            return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
+            return TopLists.from_flat(m, self.k, np.arange(m), counts, items, scores).items.astype(np.int64)
         bc = session.broadcast(self.users.sparkSession, scorer)
         try:
             t = recommend_indices(bc, self.users, self.k).select(USER_IDX, "rank", ITEM_IDX).toArrow()
         finally:
             bc.unpersist(blocking=False)
-        recs = np.full((m, self.k), -1, dtype=np.int64)
         row = np.searchsorted(self.relevant.users, t.column(USER_IDX).to_numpy())
         recs[row, t.column("rank").to_numpy() - 1] = t.column(ITEM_IDX).to_numpy()
-        return ranking_metrics(recs, self.relevant.indptr, self.relevant.items, self.n_items, self.k)
+        return recs
 
     def close(self) -> None:
         if not self.on_driver:
             self.users.unpersist()
 
 
-def ranking_of_top(top, relevant: Relevant, n_items: int, k: int) -> dict[str, Any]:
-    """Ranking metrics at k from every user's top lists (als.TopLists, n >= k, training items
-    already excluded): no scoring, no Spark job."""
-    recs = top.items[relevant.users, :k].astype(np.int64)
+def top_lists(top: TopLists, k: int) -> np.ndarray:
+    """(users, k) int64 of every user's top lists (n >= k, training items already excluded), -1 padding."""
+    recs = top.items[:, :k].astype(np.int64)
     if recs.shape[1] < k:  # fewer items than k in the whole catalog
         recs = np.pad(recs, ((0, 0), (0, k - recs.shape[1])), constant_values=-1)
-    return ranking_metrics(recs, relevant.indptr, relevant.items, n_items, k)
+    return recs
+
+
+def ranking_of_top(top: TopLists, relevant: Relevant, n_items: int, k: int) -> dict[str, Any]:
+    """Ranking metrics at k from every user's top lists: no scoring, no Spark job."""
+    return ranking_metrics(top_lists(top, k)[relevant.users], relevant.indptr, relevant.items, n_items, k)
+
+
+# What each task of InTasks adds up: rows, squared and absolute errors, then ranking_sums'.
+_SUMS = ("n", "sse", "sae", "users", "precision", "recall", "ndcg", "map")
+
+
+def _relevant(t: pa.Table, users: IdMap, items: IdMap, threshold: float | None):
+    """(user, item, rating) of held-out rows with the maps' indices, and the mask of the relevant ones."""
+    u, i = users.index_of(t.column(USER)), items.index_of(t.column(ITEM))
+    r = t.column(RATING).to_numpy().astype(np.float64)
+    keep = (u >= 0) & (i >= 0)
+    if threshold is not None:
+        keep &= r >= threshold
+    return u, i, r, keep
+
+
+class InTasks:
+    """The final metrics where the executors keep every held-out row (HeldOut.rest): the tasks look
+    the IDs up, predict, and rank each of their users' relevant items against the given top lists
+    (a task holds whole users); the driver adds up a row of sums per task.
+    `evaluated_users` (one job) names the users whose lists are needed, where the fit left none."""
+
+    def __init__(self, heldout: HeldOut, users: IdMap, items: IdMap, threshold: float | None, k: int):
+        self.rest, self.users, self.items, self.threshold, self.k = heldout.rest, users, items, threshold, k
+        self._evaluated: np.ndarray | None = None
+
+    def evaluated_users(self) -> np.ndarray:
+        """Ascending indices of the known users with a relevant known item."""
+        if self._evaluated is not None:
+            return self._evaluated
+        types, users, items, threshold = self.rest.types, self.users, self.items, self.threshold
+
+        def evaluated(batches):
+            for t in typed_pieces(batches, types):
+                u, _, _, keep = _relevant(t, users, items, threshold)
+                yield pa.RecordBatch.from_pydict({USER_IDX: pa.array(np.unique(u[keep]), pa.int32())})
+
+        t = self.rest.packed.mapInArrow(evaluated, f"{USER_IDX} int").toArrow()
+        self._evaluated = np.unique(t.column(USER_IDX).to_numpy()).astype(np.int32)
+        return self._evaluated
+
+    def lists(self, seen: DataFrame, scorer: Scorer) -> np.ndarray:
+        """(users, k) top lists of the evaluated users (RankingEvaluator's `seen`), -1 rows elsewhere."""
+        users = self.evaluated_users()
+        wanted = Relevant(users, np.zeros(users.size + 1, np.int64), np.zeros(0, np.int32))
+        evaluator = RankingEvaluator(seen, wanted, self.items.size, self.k)
+        recs = np.full((self.users.size, self.k), -1, np.int64)
+        recs[users] = evaluator.lists(scorer)
+        evaluator.close()
+        return recs
+
+    def __call__(self, scorer: Scorer, recs: np.ndarray) -> dict[str, Any]:
+        """Error metrics (explicit models) and ranking metrics at k; `recs`: (users, k) top lists of
+        every user (-1 rows where a user is not evaluated)."""
+        types, users, items, threshold, k = self.rest.types, self.users, self.items, self.threshold, self.k
+        explicit, n_items = scorer.kind == "explicit", items.size
+        schema = pa.schema([(c, pa.float64()) for c in _SUMS] + [(USER_IDX, pa.binary())])
+        shipped = session.broadcast(self.rest.packed.sparkSession, (scorer, recs))
+
+        def sums(batches):
+            tables = list(typed_pieces(batches, types))
+            if not tables:
+                return
+            t = pa.concat_tables(tables)
+            sc, lists = shipped.value
+            u, i, r, keep = _relevant(t, users, items, threshold)
+            sse = sae = 0.0
+            if explicit:
+                err = sc.predict_idx(u, i, timestamps(t.column(TIMESTAMP), t.num_rows)) - r
+                sse, sae = float(err @ err), float(np.abs(err).sum())
+            order = np.lexsort((i[keep], u[keep]))
+            uu, ii = u[keep][order], i[keep][order]
+            evaluated, starts = np.unique(uu, return_index=True)
+            indptr = np.append(starts, uu.size).astype(np.int64)
+            row = dict(zip(_SUMS, [t.num_rows, sse, sae, *ranking_sums(lists[evaluated], indptr, ii, n_items, k)]))
+            row = {c: [float(v)] for c, v in row.items()}
+            yield pa.RecordBatch.from_pydict({**row, USER_IDX: [evaluated.astype(np.int32).tobytes()]}, schema)
+
+        try:
+            got = self.rest.packed.mapInArrow(sums, from_arrow_schema(schema)).toArrow()
+        finally:
+            shipped.unpersist(blocking=False)
+        total = {c: float(pc.sum(got.column(c)).as_py() or 0.0) for c in _SUMS}
+        evaluated = np.concatenate(
+            [np.zeros(0, np.int32)] + [np.frombuffer(b, np.int32) for b in got.column(USER_IDX).to_pylist()]
+        )
+        n, errors = total["n"], {"rmse": None, "mae": None}
+        if explicit and n:
+            errors = {"rmse": float(np.sqrt(total["sse"] / n)), "mae": total["sae"] / n}
+        ranked = np.array([total[c] for c in _SUMS[3:]])
+        return {**errors, **ranking_means(ranked, coverage(recs[evaluated], n_items))}
 
 
 def tracker(

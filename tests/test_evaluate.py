@@ -116,3 +116,71 @@ def test_sample_users_keeps_their_items():
     assert sub.indptr.tolist() == list(range(0, 31, 3)) and sub.items.tolist() == [1, 4, 7] * 10
     assert evaluate.sample_users(rel, 10, seed=1).users.tolist() == sub.users.tolist()
     assert evaluate.sample_users(rel, 100) is rel
+
+
+def _held_out_of(spark, path, driver_rows, kind="explicit"):
+    from mf_spark.core.config import from_dict
+    from mf_spark.data import prepare
+
+    cfg = from_dict(
+        {
+            "model": {"kind": kind},
+            "data": {"front_end": "spark"},
+            "split": {"method": "per_user", "test_fraction": 0.3},
+            "eval": {"driver_rows": driver_rows},
+        }
+    )
+    front = prepare.front_end(spark, cfg, input=path)
+    front.load()
+    return front.split_index()
+
+
+@pytest.mark.parametrize("ids", ["int", "text"])
+def test_past_driver_rows_the_final_metrics_score_every_row_in_the_tasks(spark, rng, tmp_path, ids):
+    """More held-out rows than eval.driver_rows: the driver keeps whole users of a sample (the same
+    ones whatever else), and evaluate.InTasks scores every row where the tasks keep them, as the
+    driver scores them all."""
+    n_users, n_items, k = 90, 30, 5
+    rows = [(u, i, float(rng.integers(1, 6))) for u in range(n_users) for i in range(n_items) if rng.random() < 0.35]
+    rows += [(u, n_items + u, 4.0) for u in range(n_users)]  # an item of one user's: cold where held out
+    name = (lambda v: f"u{v}") if ids == "text" else (lambda v: v * 1000003)
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item,rating\n" + "".join(f"{name(u)},{i},{r}\n" for u, i, r in rows))
+    whole = _held_out_of(spark, str(path), 10**9)
+    part = _held_out_of(spark, str(path), 60)
+    assert whole.heldout.whole and not part.heldout.whole
+    assert part.heldout.n == whole.heldout.n and part.heldout.n_cold == whole.heldout.n_cold > 0
+    assert 0 < part.heldout.r.size < whole.heldout.n
+    # the sample is whole users: each sampled user's held-out rows, all of them
+    sampled = np.unique(part.heldout.u)
+    mine = np.isin(whole.heldout.u, sampled)
+    assert np.count_nonzero(mine) == part.heldout.r.size
+    assert np.array_equal(np.unique(_held_out_of(spark, str(path), 60).heldout.u), sampled)
+
+    X = rng.normal(size=(whole.users.size, 3)).astype(np.float32)
+    Y = rng.normal(size=(whole.items.size, 3)).astype(np.float32)
+    f = Factors(X, Y, rng.normal(size=whole.users.size), rng.normal(size=whole.items.size), 3.0)
+    scorer = Scorer("explicit", f, 3.2, (1.0, 5.0))
+    recs = np.argsort(-(X @ Y.T), axis=1, kind="stable")[:, :k].astype(np.int64)
+    recs[::4, -2:] = -1  # short lists
+    for threshold in (None, 4.0):
+        rel = evaluate.relevant_items(whole.heldout, threshold)
+        want = {
+            **evaluate.error_metrics(scorer, whole.heldout),
+            **ranking_metrics(recs[rel.users], rel.indptr, rel.items, whole.items.size, k),
+        }
+        remote = evaluate.InTasks(part.heldout, part.users, part.items, threshold, k)
+        got = remote(scorer, recs)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-9), key
+        assert np.array_equal(remote.evaluated_users(), rel.users)
+    # the evaluated users' lists scored with their training items excluded, as RankingEvaluator does
+    seen = seen_lists(whole.train.to_df()).cache()
+    rel = evaluate.relevant_items(whole.heldout, None)
+    lists = evaluate.InTasks(part.heldout, part.users, part.items, None, k).lists(seen, scorer)
+    want = evaluate.RankingEvaluator(seen, rel, whole.items.size, k).lists(scorer)
+    assert np.array_equal(lists[rel.users], want) and np.all(np.delete(lists, rel.users, axis=0) == -1)
+    seen.unpersist()
+    for r in (whole, part):
+        r.release()

@@ -360,6 +360,13 @@ class EvalConfig:
     history_users: int = setting(
         1000, "users sampled for the per-iteration NDCG@k (the final metrics use every user)", at_least(1)
     )
+    driver_rows: int = setting(
+        2_000_000,
+        "held-out rows the driver keeps when the executors read the input: past it, the rows of a seeded "
+        "sample of users serve the per-iteration history and the tune job's validation, and the final "
+        "metrics are computed where every held-out row is",
+        at_least(1),
+    )
 
     def __post_init__(self) -> None:
         check_settings(self, "eval")

@@ -13,12 +13,14 @@ step once over everything, `Tasks` runs the per-file step as one task per piece 
 per-user step as one task per group of users (mapInArrow, the DataFrame API only; the rows pass between
 them and stay in the tasks' cache as packed Arrow pieces, ready.pack), and both give the same counts,
 rejected rows, errors, split, ID maps and training ratings. On a cluster the ratings then never pass
-through the driver: it holds counts, the ID maps and the held-out rows.
+through the driver: it holds counts, the ID maps and the held-out rows (a sample of users' past
+eval.driver_rows, all of them staying in the tasks' cache).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +39,22 @@ from mf_spark.data.local import read as local_read
 from mf_spark.data.local import split as local_split
 from mf_spark.data.local import validate as local_validate
 from mf_spark.data.local.read import COLUMNS, Plan, Unreadable
-from mf_spark.data.ready import FEW_VALUES, PACKED, Keyed, TrainStats, pack, typed, unpack, value_counts
+from mf_spark.data.ready import (
+    FEW_VALUES,
+    PACKED,
+    HeldOut,
+    HeldRows,
+    Keyed,
+    TrainStats,
+    pack,
+    timestamps,
+    typed,
+    typed_pieces,
+    unpack,
+    value_counts,
+)
+
+log = logging.getLogger("mf_spark")
 
 KIND = "_kind"  # what a row of a task's output is (the _K* codes below)
 META = "_meta"  # a summary's JSON (_K_FILE, _K_GROUP rows) or a rejected row's fields (_K_REJECTED)
@@ -174,7 +191,7 @@ class Split:
     counts: dict[str, int]  # validate.Cleaned.counts
     users: IdMap
     items: IdMap
-    test: pa.Table  # user, item, rating, timestamp
+    test: pa.Table | HeldRows  # user, item, rating, timestamp: in this process, or in the tasks' cache
     stats: TrainStats
     train: pa.Table | DataFrame  # user, item, rating, timestamp: in this process, or packed in the tasks' cache
     inner: Split | None = None  # tuning: the training rows split again (its `test` the validation part)
@@ -274,7 +291,7 @@ def _in_process_split(counts: dict, train: pa.Table, test: pa.Table) -> Split:
 # the valid rows with the user group they go to (GROUP), the training and test rows and the IDs.
 _K_VALID, _K_REJECTED, _K_FILE = 0, 1, 2
 _K_TRAIN, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP = 3, 4, 5, 6, 7, 8, 9, 10
-_ON_DRIVER = (_K_FILE, _K_TEST, _K_HELD, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP)
+_ON_DRIVER = (_K_FILE, _K_USER, _K_ITEM, _K_FIT_USER, _K_FIT_ITEM, _K_GROUP)
 _REJECTED_FIELDS = (SOURCE, USER, ITEM, RATING, TIMESTAMP, REASON)  # a rejected row's JSON (its META)
 _REJECTED_JSON = ", ".join(f"`{c}` string" for c in _REJECTED_FIELDS)
 GROUP = "_group"  # the user group (the per-user task) a row goes to
@@ -337,6 +354,11 @@ def _unpacked(schema: pa.Schema, rows: pa.Table, names) -> pa.Table:
     """The packed pieces among `rows` as one table of the columns `names` (empty when none)."""
     tables = unpack(rows.column(PACKED))
     return pa.concat_tables(tables) if tables else _rows_of(schema, names).empty_table()
+
+
+def _sampled_users(users: pa.ChunkedArray, fraction: float) -> np.ndarray:
+    """(n,) bool: the rows of a share `fraction` of the users, a function of the user ID alone."""
+    return local_split.uniform_hash(1, users, users) < fraction
 
 
 def user_groups(users: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
@@ -423,10 +445,11 @@ def _split_users(batches, schema: pa.Schema, policy: str, split, validation):
     del rows
     g = split_group(valid, policy, (False, False), split, validation)
     train = g.train
-    summary = {"n_valid": valid.num_rows, "n_clean": g.n_clean, "dups": g.dups}
+    summary = {"n_valid": valid.num_rows, "n_clean": g.n_clean, "dups": g.dups, "n_test": g.test.num_rows}
     sides = [(train, _K_USER, _K_ITEM, "train")]
     if validation is not None:
         held = train.column(HELD)
+        summary["n_held"] = pc.sum(held).as_py() or 0
         yield from _packed(schema, _K_HELD, train.filter(held).select(list(_ROW_COLUMNS)))
         train = train.filter(pc.invert(held))
         sides.append((train, _K_FIT_USER, _K_FIT_ITEM, "fit"))
@@ -533,9 +556,6 @@ class Tasks:
         ids = pc.unique(_unpacked(self.schema, self.of(kind), [col]).column(col))
         return sorted_map(ids.cast(self.types.field(col).type), col)
 
-    def _rows(self, kind: int) -> pa.Table:
-        return typed(_unpacked(self.schema, self.of(kind), _ROW_COLUMNS), self.types)
-
     def split(self, validation: SplitConfig | None = None) -> Split:
         """The job's result for the driver; the training rows stay in the tasks' cache (Split.train,
         a DataFrame: `keyed` gives them with their maps). A `validation` other than `load`'s runs the job
@@ -555,7 +575,7 @@ class Tasks:
             counts,
             self._ids(_K_USER, USER),
             self._ids(_K_ITEM, ITEM),
-            self._rows(_K_TEST),
+            HeldRows(self._in_tasks([_K_TEST]), self.types, sum(s["n_test"] for s in groups)),
             _train_stats([s["train"] for s in groups]),
             self._in_tasks([_K_TRAIN, _K_HELD]),
         )
@@ -564,12 +584,59 @@ class Tasks:
                 counts,
                 self._ids(_K_FIT_USER, USER),
                 self._ids(_K_FIT_ITEM, ITEM),
-                self._rows(_K_HELD),
+                HeldRows(self._in_tasks([_K_HELD]), self.types, sum(s["n_held"] for s in groups)),
                 _train_stats([s["fit"] for s in groups]),
                 self._in_tasks([_K_TRAIN]),
             )
         self.of = None
         return result
+
+    def held_out(self, rows: HeldRows, users: IdMap, items: IdMap) -> HeldOut:
+        """Held-out rows for the driver: all of them up to eval.driver_rows, past it those of a seeded
+        sample of users (a function of the user ID, so the same sample on any master), with `rows` kept
+        for the final metrics. Performance note: one narrow job over the cached pieces; the tasks look
+        the IDs up in the maps and count the cold rows, and a task's sample comes back as one piece."""
+        fraction = min(1.0, self.cfg.eval.driver_rows / max(rows.n, 1))
+        if fraction < 1:
+            log.info(
+                "%d rows held out, more than eval.driver_rows = %d: the driver keeps those of %.3g of the users "
+                "(the per-iteration history, the tune job's validation); the final metrics score every row",
+                rows.n,
+                self.cfg.eval.driver_rows,
+                fraction,
+            )
+        types = rows.types
+        schema = pa.schema([(PACKED, pa.binary()), ("cold", pa.int64())])
+
+        def sample(batches):
+            tables = list(typed_pieces(batches, types))
+            if not tables:
+                return
+            t = pa.concat_tables(tables)
+            u, i = users.index_of(t.column(USER)), items.index_of(t.column(ITEM))
+            cold = int(np.count_nonzero((u < 0) | (i < 0)))
+            keep = np.ones(t.num_rows, bool) if fraction >= 1 else _sampled_users(t.column(USER), fraction)
+            kept = pa.table(
+                {
+                    USER_IDX: pa.array(u[keep]),
+                    ITEM_IDX: pa.array(i[keep]),
+                    RATING: t.column(RATING).filter(pa.array(keep)).cast(pa.float64()),
+                    TIMESTAMP: pa.array(timestamps(t.column(TIMESTAMP), t.num_rows)[keep]),
+                }
+            )
+            pieces = pack(kept) or [None]
+            yield pa.RecordBatch.from_pydict({PACKED: pieces, "cold": [cold] + [0] * (len(pieces) - 1)}, schema)
+
+        got = rows.packed.mapInArrow(sample, from_arrow_schema(schema)).toArrow()
+        kept = [t for t in unpack(got.column(PACKED)) if t.num_rows]
+        if kept:
+            t = pa.concat_tables(kept)
+            arrays = [t.column(c).to_numpy() for c in (USER_IDX, ITEM_IDX, RATING, TIMESTAMP)]
+        else:
+            arrays = [np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64), np.zeros(0, np.int64)]
+        if fraction >= 1:
+            return HeldOut(*arrays)
+        return HeldOut(*arrays, rest=rows, all_cold=int(pc.sum(got.column("cold")).as_py() or 0))
 
     def _in_tasks(self, kinds: list[int]) -> DataFrame:
         """The packed pieces of these kinds, in the tasks' cache."""

@@ -12,7 +12,8 @@ what Arrow cannot read as Spark would; all give the same `Ready` (tests/data/tes
     spark      the same functions in executor tasks (one job): the executors read the files and keep
                the training ratings in their cache with their IDs as read (ready.Keyed: the resident
                stage indexes them as it reads them); the driver holds counts, ID maps and the
-               held-out rows
+               held-out rows up to eval.driver_rows (past it a sample of users': the final
+               metrics then run where the rows are)
     spark-sql  mf_spark.data.read / validate / split / index: Spark SQL jobs, only for inputs
                local.read.Unreadable names (odd quoting, values only Spark's parser can judge,
                files not on a local path, ...), logged
@@ -249,7 +250,7 @@ class TaskFront:
 
     def _ready(self, part: front.Split, release: list) -> Ready:
         train = self.steps.keyed(part)
-        heldout = heldout_of(part.test, part.users, part.items)
+        heldout = self.steps.held_out(part.test, part.users, part.items)
         return Ready(part.users, part.items, train, heldout, part.stats, self.name, [train.unpersist, *release])
 
     def split_index(self) -> Ready:

@@ -1,10 +1,11 @@
 """What the data stage hands on: training ratings the driver holds (Triples) or executor tasks hold
 with their IDs as read (Keyed), their statistics (TrainStats) and the held-out split as driver arrays
-(HeldOut). Both front ends (prepare) make them; the fit, the evaluation and the reports read them."""
+(HeldOut: all of it, or a sample of users' rows with the rest in executor tasks, HeldRows). Both
+front ends (prepare) make them; the fit, the evaluation and the reports read them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -253,20 +254,49 @@ def train_stats(train: DataFrame | Triples | Keyed) -> TrainStats:
 
 
 @dataclass(frozen=True)
+class HeldRows:
+    """Held-out rows where executor tasks keep them: packed pieces (IDs as read), every user's rows
+    in one partition, so that a task holds whole users."""
+
+    packed: DataFrame  # one PACKED column
+    types: pa.Schema  # user, item as the ID maps type them
+    n: int
+
+
+def typed_pieces(batches: Iterable[pa.RecordBatch], types: pa.Schema) -> Iterator[pa.Table]:
+    """The tables of the PACKED pieces a mapInArrow body receives, typed as `types`."""
+    for b in batches:
+        for t in unpack(b.column(PACKED)):
+            yield typed(t, types)
+
+
+@dataclass(frozen=True)
 class HeldOut:
-    """The test split as driver arrays; -1 marks a user or item never seen in train (cold)."""
+    """The test split as driver arrays; -1 marks a user or item never seen in train (cold).
+
+    With `rest` the arrays hold only the rows of a seeded sample of the users (more rows were held out
+    than eval.driver_rows): they serve the per-iteration history and the tune job's validation, and
+    the final metrics run where `rest` keeps every row (evaluate.in_tasks)."""
 
     u: np.ndarray  # (m,) int32
     i: np.ndarray  # (m,) int32
     r: np.ndarray  # (m,) float64
     t: np.ndarray | None = None  # (m,) int64 timestamps, types.NO_TIME where none (for day biases)
+    rest: HeldRows | None = None
+    all_cold: int | None = None  # with `rest`: the cold rows among all of them
+
+    @property
+    def whole(self) -> bool:
+        return self.rest is None
 
     @property
     def n(self) -> int:
-        return int(self.r.size)
+        return int(self.r.size) if self.rest is None else self.rest.n
 
     @property
     def n_cold(self) -> int:
+        if self.rest is not None:
+            return int(self.all_cold)
         return int(np.count_nonzero((self.u < 0) | (self.i < 0)))
 
 

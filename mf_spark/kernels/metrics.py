@@ -34,10 +34,9 @@ def hits(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_item
     return (rel_keys[at] == rec_keys) & (recs >= 0)
 
 
-def ranking_metrics(
-    recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_items: int, k: int
-) -> dict[str, float | int | None]:
-    """precision/recall/ndcg/map at k, catalog coverage and the number of users evaluated.
+def ranking_sums(recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_items: int, k: int) -> np.ndarray:
+    """(5,) float64: the users with at least one relevant item, and the sums over them of precision,
+    recall, NDCG and AP at k; sums of disjoint sets of users add up (ranking_means).
 
     Parameters
     ----------
@@ -47,33 +46,37 @@ def ranking_metrics(
     recs = recs[:, :k]
     n_rel = np.diff(rel_indptr)
     users = n_rel > 0
-    n_users = int(users.sum())
-    listed = recs[recs >= 0]
-    coverage = float(np.count_nonzero(np.bincount(listed, minlength=n_items)) / n_items) if n_items else None
-    if n_users == 0:
-        return {
-            "precision_at_k": None,
-            "recall_at_k": None,
-            "ndcg_at_k": None,
-            "map_at_k": None,
-            "coverage": coverage,
-            "n_users_evaluated": 0,
-        }
+    if not users.any():
+        return np.zeros(5)
     h = hits(recs, rel_indptr, rel_items, n_items)[users].astype(np.float64)
     n_rel = n_rel[users].astype(np.float64)
     width = h.shape[1]
-    discount = 1.0 / np.log2(np.arange(width) + 2.0)
-    dcg = h @ discount
+    dcg = h @ (1.0 / np.log2(np.arange(width) + 2.0))
     ideal_len = np.minimum(n_rel, k).astype(np.int64)
     idcg = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])[ideal_len]
     n_hit = h.sum(axis=1)
     prec_at_j = np.cumsum(h, axis=1) / np.arange(1, width + 1)
     ap = (prec_at_j * h).sum(axis=1) / np.minimum(n_rel, k)
-    return {
-        "precision_at_k": float(np.mean(n_hit / k)),
-        "recall_at_k": float(np.mean(n_hit / n_rel)),
-        "ndcg_at_k": float(np.mean(dcg / idcg)),
-        "map_at_k": float(np.mean(ap)),
-        "coverage": coverage,
-        "n_users_evaluated": n_users,
-    }
+    return np.array([n_hit.size, (n_hit / k).sum(), (n_hit / n_rel).sum(), (dcg / idcg).sum(), ap.sum()])
+
+
+def ranking_means(sums: np.ndarray, coverage: float | None) -> dict[str, float | int | None]:
+    """The metrics of ranking_sums (added over any partition of the users) and the catalog coverage."""
+    n = int(sums[0])
+    means = [float(v / n) if n else None for v in sums[1:]]
+    keys = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k")
+    return {**dict(zip(keys, means)), "coverage": coverage, "n_users_evaluated": n}
+
+
+def coverage(recs: np.ndarray, n_items: int) -> float | None:
+    """Share of the catalog listed in some row of `recs` (-1 padding)."""
+    listed = recs[recs >= 0]
+    return float(np.count_nonzero(np.bincount(listed, minlength=n_items)) / n_items) if n_items else None
+
+
+def ranking_metrics(
+    recs: np.ndarray, rel_indptr: np.ndarray, rel_items: np.ndarray, n_items: int, k: int
+) -> dict[str, float | int | None]:
+    """precision/recall/ndcg/map at k, catalog coverage and the number of users evaluated (recs and
+    the relevant items as ranking_sums takes them)."""
+    return ranking_means(ranking_sums(recs, rel_indptr, rel_items, n_items, k), coverage(recs[:, :k], n_items))

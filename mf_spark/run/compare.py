@@ -29,6 +29,7 @@ from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX, Factors
 from mf_spark.data.prepare import Ready
 from mf_spark.data.ready import Triples, as_df, session_of
 from mf_spark.kernels import baselines, sgd
+from mf_spark.model import topn
 from mf_spark.model.factors import FactorModel
 
 log = logging.getLogger("mf_spark")
@@ -114,9 +115,16 @@ def methods(kind: str, w0s: tuple[float, ...] = W0S) -> list[Method]:
 
 def compare(ready: Ready, run: RunConfig, chosen: list[Method]) -> pa.Table:
     """One row per method (COLUMNS), fitted on `ready.train`, scored on `ready.heldout`."""
-    kind = run.model.kind
-    relevant = evaluate.relevant_items(ready.heldout, run.eval.relevant_threshold if kind == "explicit" else None)
-    ranking = evaluate.RankingEvaluator(ready.train, relevant, ready.items.size, run.eval.k, on_driver=True)
+    kind, seen = run.model.kind, None
+    threshold = run.eval.relevant_threshold if kind == "explicit" else None
+    if ready.heldout.whole:
+        relevant = evaluate.relevant_items(ready.heldout, threshold)
+        ranking = evaluate.RankingEvaluator(ready.train, relevant, ready.items.size, run.eval.k, on_driver=True)
+        scored = lambda scorer: {**evaluate.error_metrics(scorer, ready.heldout), **ranking(scorer)}
+    else:  # the driver holds a sample: every held-out row is scored where the tasks keep them
+        remote = evaluate.InTasks(ready.heldout, ready.users, ready.items, threshold, run.eval.k)
+        seen = topn.seen_lists(as_df(ready.train)).cache()
+        scored = lambda scorer: remote(scorer, remote.lists(seen, scorer))
     spark = session_of(ready.train)
     rows = []
     for method in chosen:
@@ -124,17 +132,16 @@ def compare(ready: Ready, run: RunConfig, chosen: list[Method]) -> pa.Table:
         factors = method.fit(ready, run)
         seconds = time.perf_counter() - started
         model = FactorModel.trained(kind, factors, ready.users, ready.items, ready.stats, run.to_dict(), spark)
-        errors = (
-            evaluate.error_metrics(model.scorer, ready.heldout)
-            if method.predicts_ratings
-            else {"rmse": None, "mae": None}
-        )
-        scores = ranking(model.scorer)
-        row = {"method": method.name, **errors, **{k: scores[k] for k in COLUMNS[3:8]}, "fit_seconds": seconds}
+        scores = scored(model.scorer)
+        if not method.predicts_ratings:
+            scores.update(rmse=None, mae=None)
+        row = {"method": method.name, **{k: scores[k] for k in COLUMNS[1:8]}, "fit_seconds": seconds}
         log.info(
             "compare: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
         rows.append(row)
+    if seen is not None:
+        seen.unpersist()
     schema = pa.schema([("method", pa.string())] + [(c, pa.float64()) for c in COLUMNS[1:]])
     return pa.Table.from_pylist(rows, schema)
 

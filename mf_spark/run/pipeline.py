@@ -446,17 +446,27 @@ class Pipeline:
         """metrics.json's content but for the phases; and the users' seen lists when they were built."""
         cfg, loaded, ready = run.cfg, run.loaded, run.ready
         fit, model, seen = fitted.fit, fitted.model, None
-        if fit.top is not None:
-            ranking = evaluate.ranking_of_top(fit.top, fitted.relevant, ready.items.size, cfg.eval.k)
-        else:
-            seen = topn.seen_lists(as_df(ready.train)).cache()
-            evaluator = evaluate.RankingEvaluator(seen, fitted.relevant, ready.items.size, cfg.eval.k)
-            ranking = evaluator(model.scorer)
-            evaluator.close()
+        if ready.heldout.whole:
+            scores = evaluate.error_metrics(model.scorer, ready.heldout)
+            if fit.top is not None:
+                scores.update(evaluate.ranking_of_top(fit.top, fitted.relevant, ready.items.size, cfg.eval.k))
+            else:
+                seen = topn.seen_lists(as_df(ready.train)).cache()
+                evaluator = evaluate.RankingEvaluator(seen, fitted.relevant, ready.items.size, cfg.eval.k)
+                scores.update(evaluator(model.scorer))
+                evaluator.close()
+        else:  # the driver holds a sample: every held-out row is scored where the tasks keep them
+            threshold = cfg.eval.relevant_threshold if cfg.model.kind == "explicit" else None
+            remote = evaluate.InTasks(ready.heldout, ready.users, ready.items, threshold, cfg.eval.k)
+            if fit.top is not None:
+                recs = evaluate.top_lists(fit.top, cfg.eval.k)
+            else:
+                seen = topn.seen_lists(as_df(ready.train)).cache()
+                recs = remote.lists(seen, model.scorer)
+            scores = remote(model.scorer, recs)
         day_biases = model.days
         metrics = {
-            **evaluate.error_metrics(model.scorer, ready.heldout),
-            **ranking,
+            **scores,
             "k": cfg.eval.k,
             "n_train": ready.stats.n,
             "n_test": ready.heldout.n,

@@ -511,11 +511,11 @@ def search(inner: Ready, run: RunConfig) -> Search:
         t.settings.setdefault("iterations", tune.max_iterations)
     ceiling = lambda t: t.settings["iterations"]
     log.info(
-        "tuning: %d trials (%s), %s on %d validation ratings",
+        "tuning: %d trials (%s), %s on %s",
         len(trials),
         tune.method,
         validate.metric,
-        inner.heldout.n,
+        scored(inner.heldout),
     )
     with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
         if tune.method == "halving":
@@ -622,10 +622,18 @@ def summary(run: RunConfig, search, inner, seconds: float) -> dict[str, Any]:
         "refit_iterations": search.refit_iterations,
         "seeds": run.tune.seeds,
         "validation_ratings": inner.heldout.n,
+        "validation_ratings_scored": inner.heldout.r.size,
         "fit_ratings": inner.stats.n,
         "seconds": seconds,
         "best": search.best_settings,
     }
+
+
+def scored(heldout) -> str:
+    """The validation ratings a trial is scored on: all, or a sample of users' past eval.driver_rows."""
+    if heldout.whole:
+        return f"{heldout.n} validation ratings"
+    return f"{heldout.r.size} validation ratings (a sample of the users of {heldout.n}: eval.driver_rows)"
 
 
 def chosen_header(run: RunConfig, search, inner) -> str:
@@ -634,7 +642,7 @@ def chosen_header(run: RunConfig, search, inner) -> str:
         f"Chosen by jobs/tune.py: trial {search.best.number} of {len(search.trials)} "
         f"({run.tune.method}), validation {search.metric} {search.best_value:.5g} after "
         f"{search.best_iteration} iterations (mean of {1 + len(search.best.repeats)} seeds),\non "
-        f"{inner.heldout.n} validation ratings carved from the training data (never the test set); "
+        f"{scored(inner.heldout)} carved from the training data (never the test set); "
         f"the refit on all of it runs {search.refit_iterations}.\n"
         f"Train it again: jobs/train.py --input ... --config best.toml"
     )
