@@ -355,9 +355,9 @@ def test_a_failing_jobs_last_line_is_its_error_and_log_lines_carry_time_and_leve
 
 
 def test_past_driver_rows_the_jobs_metrics_come_from_every_held_out_row(tmp_path):
-    """The executors' front end with more held-out rows than eval.driver_rows: the train job (its
-    fit's top lists, or the `jobs` exchange's scoring job) and the compare job report the metrics of
-    the driver holding every row; only the per-iteration history reads a sample of users."""
+    """The executors' front end with more held-out rows than eval.driver_rows: the train job (from
+    its fit's top lists) and the compare job (its scoring job's) report the metrics of the driver
+    holding every row; only the per-iteration history reads a sample of users."""
     from jobs import compare as compare_job
 
     common = ["--set", "data.front_end=spark", "--set", "model.iterations=3", "--set", "model.rank=4"]
@@ -365,15 +365,13 @@ def test_past_driver_rows_the_jobs_metrics_come_from_every_held_out_row(tmp_path
     for name, more in (
         ("whole", []),
         ("sample", ["--set", "eval.driver_rows=100"]),
-        ("sample_jobs", ["--set", "eval.driver_rows=100", "--set", "model.exchange=jobs"]),
     ):
         out = tmp_path / name
         assert train_job.main(["--output", str(out), *common, *more]) == 0
         got[name] = json.loads((out / "metrics.json").read_text())
     keys = ("rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "n_test")
-    for name in ("sample", "sample_jobs"):
-        for key in (*keys, "n_test_cold", "n_users_evaluated"):
-            assert got[name][key] == pytest.approx(got["whole"][key], rel=1e-6), (name, key)
+    for key in (*keys, "n_test_cold", "n_users_evaluated"):
+        assert got["sample"][key] == pytest.approx(got["whole"][key], rel=1e-6), key
     assert got["whole"]["n_test"] > 100
     tables = []
     for name, more in (("whole", []), ("sample", ["--set", "eval.driver_rows=100"])):
