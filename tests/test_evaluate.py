@@ -118,36 +118,35 @@ def test_sample_users_keeps_their_items():
     assert evaluate.sample_users(rel, 100) is rel
 
 
-def _held_out_of(spark, path, driver_rows, kind="explicit"):
+def _held_out_of(spark, path, driver_rows, sql):
     from mf_spark.core.config import from_dict
     from mf_spark.data import prepare
 
     cfg = from_dict(
         {
-            "model": {"kind": kind},
             "data": {"front_end": "spark"},
             "split": {"method": "per_user", "test_fraction": 0.3},
             "eval": {"driver_rows": driver_rows},
         }
     )
-    front = prepare.front_end(spark, cfg, input=path)
+    front = prepare.front_end(spark, cfg, sql=sql, input=path)
     front.load()
     return front.split_index()
 
 
-@pytest.mark.parametrize("ids", ["int", "text"])
-def test_past_driver_rows_the_final_metrics_score_every_row_in_the_tasks(spark, rng, tmp_path, ids):
+@pytest.mark.parametrize("ids,sql", [("int", False), ("text", True)])
+def test_past_driver_rows_the_final_metrics_score_every_row_in_the_tasks(spark, rng, tmp_path, ids, sql):
     """More held-out rows than eval.driver_rows: the driver keeps whole users of a sample (the same
     ones whatever else), and evaluate.InTasks scores every row where the tasks keep them, as the
-    driver scores them all."""
+    driver scores them all; from the executors' front end and from Spark SQL's stages."""
     n_users, n_items, k = 90, 30, 5
     rows = [(u, i, float(rng.integers(1, 6))) for u in range(n_users) for i in range(n_items) if rng.random() < 0.35]
     rows += [(u, n_items + u, 4.0) for u in range(n_users)]  # an item of one user's: cold where held out
     name = (lambda v: f"u{v}") if ids == "text" else (lambda v: v * 1000003)
     path = tmp_path / "ratings.csv"
     path.write_text("user,item,rating\n" + "".join(f"{name(u)},{i},{r}\n" for u, i, r in rows))
-    whole = _held_out_of(spark, str(path), 10**9)
-    part = _held_out_of(spark, str(path), 60)
+    whole = _held_out_of(spark, str(path), 10**9, sql)
+    part = _held_out_of(spark, str(path), 60, sql)
     assert whole.heldout.whole and not part.heldout.whole
     assert part.heldout.n == whole.heldout.n and part.heldout.n_cold == whole.heldout.n_cold > 0
     assert 0 < part.heldout.r.size < whole.heldout.n
@@ -155,7 +154,7 @@ def test_past_driver_rows_the_final_metrics_score_every_row_in_the_tasks(spark, 
     sampled = np.unique(part.heldout.u)
     mine = np.isin(whole.heldout.u, sampled)
     assert np.count_nonzero(mine) == part.heldout.r.size
-    assert np.array_equal(np.unique(_held_out_of(spark, str(path), 60).heldout.u), sampled)
+    assert np.array_equal(np.unique(_held_out_of(spark, str(path), 60, sql).heldout.u), sampled)
 
     X = rng.normal(size=(whole.users.size, 3)).astype(np.float32)
     Y = rng.normal(size=(whole.items.size, 3)).astype(np.float32)
@@ -176,7 +175,7 @@ def test_past_driver_rows_the_final_metrics_score_every_row_in_the_tasks(spark, 
             assert got[key] == pytest.approx(value, rel=1e-9), key
         assert np.array_equal(remote.evaluated_users(), rel.users)
     # the evaluated users' lists scored with their training items excluded, as RankingEvaluator does
-    seen = seen_lists(whole.train.to_df()).cache()
+    seen = seen_lists(ready.as_df(whole.train)).cache()
     rel = evaluate.relevant_items(whole.heldout, None)
     lists = evaluate.InTasks(part.heldout, part.users, part.items, None, k).lists(seen, scorer)
     want = evaluate.RankingEvaluator(seen, rel, whole.items.size, k).lists(scorer)

@@ -46,6 +46,7 @@ from mf_spark.data.ready import (
     HeldRows,
     Keyed,
     TrainStats,
+    heldout_of,
     pack,
     timestamps,
     typed,
@@ -281,6 +282,74 @@ def _in_process_split(counts: dict, train: pa.Table, test: pa.Table) -> Split:
         _train_stats([_stats(train.column(RATING).to_numpy())]),
         train,
     )
+
+
+def held_out(rows: HeldRows, users: IdMap, items: IdMap, limit: int) -> HeldOut:
+    """Held-out rows for the driver: all of them up to `limit` (eval.driver_rows), past it those of a seeded
+    sample of users (a function of the user ID, so the same sample on any master), with `rows` kept
+    for the final metrics. Performance note: one narrow job over the cached pieces; the tasks look
+    the IDs up in the maps and count the cold rows, and a task's sample comes back as one piece."""
+    fraction = min(1.0, limit / max(rows.n, 1))
+    if fraction < 1:
+        log.info(
+            "%d rows held out, more than eval.driver_rows = %d: the driver keeps those of %.3g of the users "
+            "(the per-iteration history, the tune job's validation); the final metrics score every row",
+            rows.n,
+            limit,
+            fraction,
+        )
+    types = rows.types
+    schema = pa.schema([(PACKED, pa.binary()), ("cold", pa.int64())])
+
+    def sample(batches):
+        tables = list(typed_pieces(batches, types))
+        if not tables:
+            return
+        t = pa.concat_tables(tables)
+        u, i = users.index_of(t.column(USER)), items.index_of(t.column(ITEM))
+        cold = int(np.count_nonzero((u < 0) | (i < 0)))
+        keep = np.ones(t.num_rows, bool) if fraction >= 1 else _sampled_users(t.column(USER), fraction)
+        kept = pa.table(
+            {
+                USER_IDX: pa.array(u[keep]),
+                ITEM_IDX: pa.array(i[keep]),
+                RATING: t.column(RATING).filter(pa.array(keep)).cast(pa.float64()),
+                TIMESTAMP: pa.array(timestamps(t.column(TIMESTAMP), t.num_rows)[keep]),
+            }
+        )
+        pieces = pack(kept) or [None]
+        yield pa.RecordBatch.from_pydict({PACKED: pieces, "cold": [cold] + [0] * (len(pieces) - 1)}, schema)
+
+    got = rows.packed.mapInArrow(sample, from_arrow_schema(schema)).toArrow()
+    kept = [t for t in unpack(got.column(PACKED)) if t.num_rows]
+    if kept:
+        t = pa.concat_tables(kept)
+        arrays = [t.column(c).to_numpy() for c in (USER_IDX, ITEM_IDX, RATING, TIMESTAMP)]
+    else:
+        arrays = [np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64), np.zeros(0, np.int64)]
+    if fraction >= 1:
+        return HeldOut(*arrays)
+    return HeldOut(*arrays, rest=rows, all_cold=int(pc.sum(got.column("cold")).as_py() or 0))
+
+
+def frame_held_out(test: DataFrame, users: IdMap, items: IdMap, limit: int) -> HeldOut:
+    """The same for held-out rows Spark SQL's stages give (user, item, rating[, timestamp]): collected
+    when they number at most `limit`, else packed by user where they are (one shuffle, cached: the
+    caller unpersists HeldOut.rest) and sampled by `held_out`. Performance note: a count first."""
+    ts = F.col(TIMESTAMP).cast("long") if TIMESTAMP in test.columns else F.lit(None).cast("long")
+    test = test.select(USER, ITEM, F.col(RATING).cast("double").alias(RATING), ts.alias(TIMESTAMP))
+    n = test.count()
+    if n <= limit:
+        return heldout_of(test.toArrow(), users, items)
+    types = pa.schema([(c, to_arrow_type(test.schema[c].dataType)) for c in (USER, ITEM)])
+
+    def packed(batches):
+        rows = [b for b in batches if b.num_rows]
+        if rows:
+            yield pa.RecordBatch.from_pydict({PACKED: pack(pa.Table.from_batches(rows))})
+
+    rows = test.repartition(USER).mapInArrow(packed, f"{PACKED} binary").cache()
+    return held_out(HeldRows(rows, types, n), users, items, limit)
 
 
 # ---- in executor tasks -------------------------------------------------------------------------------
@@ -590,53 +659,6 @@ class Tasks:
             )
         self.of = None
         return result
-
-    def held_out(self, rows: HeldRows, users: IdMap, items: IdMap) -> HeldOut:
-        """Held-out rows for the driver: all of them up to eval.driver_rows, past it those of a seeded
-        sample of users (a function of the user ID, so the same sample on any master), with `rows` kept
-        for the final metrics. Performance note: one narrow job over the cached pieces; the tasks look
-        the IDs up in the maps and count the cold rows, and a task's sample comes back as one piece."""
-        fraction = min(1.0, self.cfg.eval.driver_rows / max(rows.n, 1))
-        if fraction < 1:
-            log.info(
-                "%d rows held out, more than eval.driver_rows = %d: the driver keeps those of %.3g of the users "
-                "(the per-iteration history, the tune job's validation); the final metrics score every row",
-                rows.n,
-                self.cfg.eval.driver_rows,
-                fraction,
-            )
-        types = rows.types
-        schema = pa.schema([(PACKED, pa.binary()), ("cold", pa.int64())])
-
-        def sample(batches):
-            tables = list(typed_pieces(batches, types))
-            if not tables:
-                return
-            t = pa.concat_tables(tables)
-            u, i = users.index_of(t.column(USER)), items.index_of(t.column(ITEM))
-            cold = int(np.count_nonzero((u < 0) | (i < 0)))
-            keep = np.ones(t.num_rows, bool) if fraction >= 1 else _sampled_users(t.column(USER), fraction)
-            kept = pa.table(
-                {
-                    USER_IDX: pa.array(u[keep]),
-                    ITEM_IDX: pa.array(i[keep]),
-                    RATING: t.column(RATING).filter(pa.array(keep)).cast(pa.float64()),
-                    TIMESTAMP: pa.array(timestamps(t.column(TIMESTAMP), t.num_rows)[keep]),
-                }
-            )
-            pieces = pack(kept) or [None]
-            yield pa.RecordBatch.from_pydict({PACKED: pieces, "cold": [cold] + [0] * (len(pieces) - 1)}, schema)
-
-        got = rows.packed.mapInArrow(sample, from_arrow_schema(schema)).toArrow()
-        kept = [t for t in unpack(got.column(PACKED)) if t.num_rows]
-        if kept:
-            t = pa.concat_tables(kept)
-            arrays = [t.column(c).to_numpy() for c in (USER_IDX, ITEM_IDX, RATING, TIMESTAMP)]
-        else:
-            arrays = [np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64), np.zeros(0, np.int64)]
-        if fraction >= 1:
-            return HeldOut(*arrays)
-        return HeldOut(*arrays, rest=rows, all_cold=int(pc.sum(got.column("cold")).as_py() or 0))
 
     def _in_tasks(self, kinds: list[int]) -> DataFrame:
         """The packed pieces of these kinds, in the tasks' cache."""

@@ -244,7 +244,7 @@ class EncodedSplit:
 
 def encode_split(train: DataFrame) -> EncodedSplit:
     """ID maps fitted on `train` (columns user, item, rating) and `train` encoded with them (held-out
-    rows are looked up on the driver: ready.collect_heldout).
+    rows are looked up apart: front.frame_held_out).
 
     Performance note: one action (the distinct users and items, `fit_columns`) on `train` (cache it,
     or what it filters); `train_idx` is cached and materialized by the first action that uses it.

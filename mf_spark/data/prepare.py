@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mf_spark.core import fs, session
-from mf_spark.core.config import DataConfig, RunConfig, SplitConfig
+from mf_spark.core.config import DataConfig, EvalConfig, RunConfig, SplitConfig
 from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, PART, RATING, ROW, SOURCE, TIMESTAMP, USER
 from mf_spark.data import front, index, read, split, validate
@@ -47,7 +47,6 @@ from mf_spark.data.ready import (
     Keyed,
     TrainStats,
     Triples,
-    collect_heldout,
     heldout_of,
     timestamps,
     train_stats,
@@ -96,12 +95,21 @@ class _Source:
 NO_HELDOUT = HeldOut(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float64))
 
 
-def spark_ready(train: DataFrame, test: DataFrame | None, release: list | tuple = (), name: str = "spark-sql") -> Ready:
+def spark_ready(
+    train: DataFrame,
+    test: DataFrame | None,
+    release: list | tuple = (),
+    name: str = "spark-sql",
+    driver_rows: int = EvalConfig().driver_rows,
+) -> Ready:
     """Ready from validated training (and held-out) ratings by Spark: ID maps, the encoded training
-    rows (cached), held-out rows, statistics. Performance note: one action for the ID maps, one
-    aggregate that materializes the cached encoded ratings (Ready.release drops them, and `release`)."""
+    rows (cached), held-out rows (front.frame_held_out, up to `driver_rows` on the driver), statistics.
+    Performance note: one action for the ID maps, one aggregate that materializes the cached encoded
+    ratings (Ready.release drops them, and `release`)."""
     enc = index.encode_split(train)
-    heldout = NO_HELDOUT if test is None else collect_heldout(test, enc.users, enc.items)
+    heldout = NO_HELDOUT if test is None else front.frame_held_out(test, enc.users, enc.items, driver_rows)
+    if heldout.rest is not None:
+        release = [*release, heldout.rest.packed.unpersist]
     return Ready(
         enc.users,
         enc.items,
@@ -175,7 +183,7 @@ class SqlFront:
 
     def split_index(self) -> Ready:
         train, test = self._halves()
-        ready = spark_ready(train, test, [train.unpersist], self.name)  # materializes train_idx
+        ready = spark_ready(train, test, [train.unpersist], self.name, self.cfg.eval.driver_rows)
         self.cleaned.release()
         return ready
 
@@ -184,8 +192,9 @@ class SqlFront:
         fit, held = split.split(train, validation)
         if validation.method != "random":
             fit = fit.cache()
-        inner = spark_ready(fit, held, [fit.unpersist], self.name)
-        outer = spark_ready(train, test, [train.unpersist], self.name)
+        rows = self.cfg.eval.driver_rows
+        inner = spark_ready(fit, held, [fit.unpersist], self.name, rows)
+        outer = spark_ready(train, test, [train.unpersist], self.name, rows)
         self.cleaned.release()
         return outer, inner
 
@@ -250,7 +259,7 @@ class TaskFront:
 
     def _ready(self, part: front.Split, release: list) -> Ready:
         train = self.steps.keyed(part)
-        heldout = self.steps.held_out(part.test, part.users, part.items)
+        heldout = front.held_out(part.test, part.users, part.items, self.cfg.eval.driver_rows)
         return Ready(part.users, part.items, train, heldout, part.stats, self.name, [train.unpersist, *release])
 
     def split_index(self) -> Ready:

@@ -300,14 +300,6 @@ class HeldOut:
         return int(np.count_nonzero((self.u < 0) | (self.i < 0)))
 
 
-def collect_heldout(test: DataFrame, users: IdMap, items: IdMap) -> HeldOut:
-    """Test rows (user, item with their original IDs, rating) to driver arrays, the IDs looked up in
-    the training maps there (-1 = cold). Performance note: one collect through Arrow (the IDs and a
-    double per row), no join."""
-    cols = [USER, ITEM, F.col(RATING).cast("double").alias(RATING)] + ([TIMESTAMP] if TIMESTAMP in test.columns else [])
-    return heldout_of(test.select(*cols).toArrow(), users, items)
-
-
 def heldout_of(test: pa.Table, users: IdMap, items: IdMap) -> HeldOut:
     """HeldOut of test rows the driver holds (columns user, item, rating[, timestamp])."""
     ts = test.column(TIMESTAMP) if TIMESTAMP in test.column_names else None

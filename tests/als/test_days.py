@@ -209,7 +209,7 @@ def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path
 
 @pytest.mark.slow
 def test_spark_front_end_gives_the_job_the_same_day_biases(spark, day_csv, tmp_path):
-    """Timestamps through Spark's stages (index.encode_split, collect_heldout) and the day biases'
+    """Timestamps through Spark's stages (index.encode_split, front.frame_held_out) and the day biases'
     Spark job after the fit."""
     got = []
     for front in ("driver", "spark"):
