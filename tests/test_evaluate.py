@@ -181,5 +181,16 @@ def test_past_driver_rows_the_final_metrics_score_every_row_in_the_tasks(spark, 
     want = evaluate.RankingEvaluator(seen, rel, whole.items.size, k).lists(scorer)
     assert np.array_equal(lists[rel.users], want) and np.all(np.delete(lists, rel.users, axis=0) == -1)
     seen.unpersist()
+    # the compare job's table: every method scored on every held-out row either way
+    from mf_spark.core.config import from_dict
+    from mf_spark.run import compare
+
+    run = from_dict({"model": {"rank": 3, "iterations": 2}, "eval": {"k": k}})
+    chosen = [m for m in compare.methods("explicit") if m.name in ("popularity", "als_biases")]
+    tables = [compare.compare(r, run, chosen).drop_columns(["fit_seconds"]).to_pylist() for r in (whole, part)]
+    for a, b in zip(*tables):
+        assert a["method"] == b["method"] and a["ndcg_at_k"] is not None
+        for key, value in a.items():
+            assert b[key] == (value if value is None or key == "method" else pytest.approx(value, rel=1e-9)), key
     for r in (whole, part):
         r.release()

@@ -46,6 +46,7 @@ from mf_spark.core.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConf
 from mf_spark.core.errors import ConfigError, FitDiverged, InputError
 from mf_spark.core.types import Factors
 from mf_spark.data.prepare import Ready
+from mf_spark.data.ready import TrainStats
 from mf_spark.model.factors import Scorer
 
 log = logging.getLogger("mf_spark")
@@ -73,6 +74,27 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
         "unobserved_weight": {"min": 0.01, "max": 1.0, "log": True},
     },
 }
+
+
+# Where every training value is the same (binary feedback), every observed entry has the same
+# confidence c: the objective divided by c has only w0 / c and lambda / c, so the confidence's slope
+# and form rescale what unobserved_weight and reg already search, and are left out of the default space.
+CONFIDENCE_KEYS = ("alpha", "confidence")
+
+
+def for_data(run: RunConfig, stats: TrainStats) -> RunConfig:
+    """`run` with the default implicit space narrowed for binary feedback (CONFIDENCE_KEYS)."""
+    if run.tune.space or run.model.kind != "implicit" or stats.lo != stats.hi:
+        return run
+    space = {k: v for k, v in DEFAULT_SPACES["implicit"].items() if k not in CONFIDENCE_KEYS}
+    log.info(
+        "tuning: every training value is %g: alpha and confidence only rescale unobserved_weight and reg "
+        "there, so they keep [model]'s values (%g, %s) and are not searched",
+        stats.lo,
+        run.model.alpha,
+        run.model.confidence,
+    )
+    return dataclasses.replace(run, tune=dataclasses.replace(run.tune, space=space))
 
 
 def space_of(run: RunConfig) -> dict[str, Any]:
@@ -493,6 +515,7 @@ def _average_seeds(
 def search(inner: Ready, run: RunConfig) -> Search:
     """Run the search of run.tune over `inner` (the fit part, and the validation part as its held-out
     rows). Trials are deterministic for a given tune.seed and model.seed."""
+    run = for_data(run, inner.stats)
     tune = run.tune
     validate = Validation(inner, run)
     chosen = settings(run)

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from jobs import train as train_job
@@ -355,11 +354,9 @@ def test_a_failing_jobs_last_line_is_its_error_and_log_lines_carry_time_and_leve
 
 
 def test_past_driver_rows_the_jobs_metrics_come_from_every_held_out_row(tmp_path):
-    """The executors' front end with more held-out rows than eval.driver_rows: the train job (from
-    its fit's top lists) and the compare job (its scoring job's) report the metrics of the driver
-    holding every row; only the per-iteration history reads a sample of users."""
-    from jobs import compare as compare_job
-
+    """The executors' front end with more held-out rows than eval.driver_rows: the train job reports
+    the metrics of the driver holding every row; only the per-iteration history reads a sample of
+    users (the compare job's: tests/test_evaluate.py)."""
     common = ["--set", "data.front_end=spark", "--set", "model.iterations=3", "--set", "model.rank=4"]
     got = {}
     for name, more in (
@@ -373,12 +370,3 @@ def test_past_driver_rows_the_jobs_metrics_come_from_every_held_out_row(tmp_path
     for key in (*keys, "n_test_cold", "n_users_evaluated"):
         assert got["sample"][key] == pytest.approx(got["whole"][key], rel=1e-6), key
     assert got["whole"]["n_test"] > 100
-    tables = []
-    for name, more in (("whole", []), ("sample", ["--set", "eval.driver_rows=100"])):
-        out = tmp_path / f"compare_{name}"
-        assert compare_job.main(["--output", str(out), "--methods", "popularity,als", *common, *more]) == 0
-        tables.append(pq.read_table(out / "comparison.parquet").drop_columns(["fit_seconds"]).to_pylist())
-    for a, b in zip(*tables):
-        assert a.keys() == b.keys() and a["method"] == b["method"]
-        for key, value in a.items():
-            assert b[key] == (value if value is None or key == "method" else pytest.approx(value, rel=1e-6)), key

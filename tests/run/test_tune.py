@@ -77,6 +77,24 @@ def test_the_default_space_follows_the_kind():
     assert tune.space_of(_run("tune.space.rank=[3]")) == {"rank": [3]}
 
 
+def test_binary_feedback_leaves_the_confidence_out_of_the_default_space():
+    """With one training value every observed entry has the same confidence: its slope and form only
+    rescale w0 and lambda, so the default implicit space drops them; a given space is kept."""
+    from mf_spark.data.ready import TrainStats
+
+    binary, counts = TrainStats(100, 1.0, 1.0, 1.0), TrainStats(100, 2.5, 1.0, 9.0)
+    implicit = _run("model.kind=implicit")
+    narrowed = tune.space_of(tune.for_data(implicit, binary))
+    assert set(tune.DEFAULT_SPACES["implicit"]) - set(narrowed) == {"alpha", "confidence"}
+    assert all(narrowed[k] == v for k, v in tune.DEFAULT_SPACES["implicit"].items() if k in narrowed)
+    assert tune.for_data(implicit, counts) is implicit
+    assert tune.for_data(_run(), binary) == _run()  # explicit
+    given = _run("model.kind=implicit", "tune.space.alpha=[1.0, 2.0]")
+    assert tune.for_data(given, binary) is given
+    draws = tune.settings(tune.for_data(implicit, binary))
+    assert len(draws) == 27 and all("alpha" not in d and "confidence" not in d for d in draws)
+
+
 @pytest.mark.parametrize(
     "sets, message",
     [
