@@ -196,22 +196,22 @@ def _histogram(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if r.size == 0:
         return np.array([0.0, 1.0]), np.zeros(1, np.int64)
     few = value_counts(r, MAX_DISTINCT)
-    if few is not None:
-        return _distinct_edges(few[0]), few[1]
-    edges = _bin_edges(float(r.min()), float(r.max()), bool(np.all(r == np.round(r))))
-    bins = np.minimum(np.searchsorted(edges, r, side="right") - 1, edges.size - 2)
-    return edges, np.bincount(bins, minlength=edges.size - 1).astype(np.int64)
+    return (_distinct_edges(few[0]), few[1]) if few is not None else _binned(r)
 
 
 def _counted_histogram(values: tuple[tuple[float, int], ...]) -> tuple[np.ndarray, np.ndarray]:
     """The same edges and counts from the ratings' distinct values and their counts (TrainStats.values)."""
     v = np.array([x for x, _ in values], np.float64)
     c = np.array([n for _, n in values], np.int64)
-    if v.size <= MAX_DISTINCT:
-        return _distinct_edges(v), c
-    edges = _bin_edges(float(v[0]), float(v[-1]), bool(np.all(v == np.round(v))))
+    return (_distinct_edges(v), c) if v.size <= MAX_DISTINCT else _binned(v, c)
+
+
+def _binned(v: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of equal bins over the values `v` and how many ratings fall in each (`counts`: of each
+    value; None: one each)."""
+    edges = _bin_edges(float(v.min()), float(v.max()), bool(np.all(v == np.round(v))))
     bins = np.minimum(np.searchsorted(edges, v, side="right") - 1, edges.size - 2)
-    return edges, np.bincount(bins, weights=c, minlength=edges.size - 1).astype(np.int64)
+    return edges, np.bincount(bins, weights=counts, minlength=edges.size - 1).astype(np.int64)
 
 
 def _spark_counts(df: DataFrame, col: str, n: int) -> np.ndarray:
