@@ -471,6 +471,7 @@ class Pipeline:
             "n_train": ready.stats.n,
             "n_test": ready.heldout.n,
             "n_test_cold": ready.heldout.n_cold,
+            "n_test_history": ready.heldout.r.size,  # the history's test rows: a sample of users' past eval.driver_rows
             "observed_rating_range": [ready.stats.lo, ready.stats.hi],
             **loaded.counts,
             "n_users": ready.users.size,

@@ -370,3 +370,4 @@ def test_past_driver_rows_the_jobs_metrics_come_from_every_held_out_row(tmp_path
     for key in (*keys, "n_test_cold", "n_users_evaluated"):
         assert got["sample"][key] == pytest.approx(got["whole"][key], rel=1e-6), key
     assert got["whole"]["n_test"] > 100
+    assert got["whole"]["n_test_history"] == got["whole"]["n_test"] > got["sample"]["n_test_history"] > 0
