@@ -227,7 +227,7 @@ class InTasks:
         types, users, items, threshold, k = self.rest.types, self.users, self.items, self.threshold, self.k
         explicit, n_items = scorer.kind == "explicit", items.size
         schema = pa.schema([(c, pa.float64()) for c in _SUMS] + [(USER_IDX, pa.binary())])
-        shipped = session.broadcast(self.rest.packed.sparkSession, (scorer, recs))
+        shipped = session.broadcast(self.rest.packed.sparkSession, (scorer, recs.astype(np.int32)))
 
         def sums(batches):
             tables = list(typed_pieces(batches, types))
