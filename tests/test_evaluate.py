@@ -155,6 +155,12 @@ def test_past_driver_rows_the_final_metrics_score_every_row_in_the_tasks(spark, 
     mine = np.isin(whole.heldout.u, sampled)
     assert np.count_nonzero(mine) == part.heldout.r.size
     assert np.array_equal(np.unique(_held_out_of(spark, str(path), 60, sql).heldout.u), sampled)
+    # as many as the limit: every row from the tasks' job (the input's size alone allowed no less)
+    exact = _held_out_of(spark, str(path), whole.heldout.n, sql).heldout
+    assert exact.whole
+    a, b = np.lexsort((exact.i, exact.u)), np.lexsort((whole.heldout.i, whole.heldout.u))
+    for c in ("u", "i", "r", "t"):
+        assert np.array_equal(getattr(exact, c)[a], getattr(whole.heldout, c)[b]), c
 
     X = rng.normal(size=(whole.users.size, 3)).astype(np.float32)
     Y = rng.normal(size=(whole.items.size, 3)).astype(np.float32)

@@ -593,7 +593,12 @@ class Tasks:
                 lambda it: _split_users(it, schema, policy, split, validation), from_arrow_schema(schema)
             )
         )
-        small = self.rows.where(F.col(KIND).isin(list(_ON_DRIVER))).select(KIND, META, PACKED).toArrow()
+        # An input of at most eval.driver_rows rows holds no more held-out rows: they come with the rest
+        # of what the driver needs, without a job of their own (held_out).
+        bound = src.rows_bound()
+        self.held_here = 0 < bound <= cfg.eval.driver_rows
+        wanted = [*_ON_DRIVER, *((_K_TEST, _K_HELD) if self.held_here else ())]
+        small = self.rows.where(F.col(KIND).isin(wanted)).select(KIND, META, PACKED).toArrow()
         kinds = small.column(KIND).to_numpy()
         self.of = lambda k: small.filter(pa.array(kinds == k))
         files = self._summaries(_K_FILE)
@@ -644,7 +649,7 @@ class Tasks:
             counts,
             self._ids(_K_USER, USER),
             self._ids(_K_ITEM, ITEM),
-            HeldRows(self._in_tasks([_K_TEST]), self.types, sum(s["n_test"] for s in groups)),
+            self._held(_K_TEST, sum(s["n_test"] for s in groups)),
             _train_stats([s["train"] for s in groups]),
             self._in_tasks([_K_TRAIN, _K_HELD]),
         )
@@ -653,12 +658,18 @@ class Tasks:
                 counts,
                 self._ids(_K_FIT_USER, USER),
                 self._ids(_K_FIT_ITEM, ITEM),
-                HeldRows(self._in_tasks([_K_HELD]), self.types, sum(s["n_held"] for s in groups)),
+                self._held(_K_HELD, sum(s["n_held"] for s in groups)),
                 _train_stats([s["fit"] for s in groups]),
                 self._in_tasks([_K_TRAIN]),
             )
         self.of = None
         return result
+
+    def _held(self, kind: int, n: int) -> pa.Table | HeldRows:
+        """Held-out rows of `kind`: collected with the job's result, or where the tasks keep them."""
+        if self.held_here:
+            return typed(_unpacked(self.schema, self.of(kind), _ROW_COLUMNS), self.types)
+        return HeldRows(self._in_tasks([kind]), self.types, n)
 
     def _in_tasks(self, kinds: list[int]) -> DataFrame:
         """The packed pieces of these kinds, in the tasks' cache."""

@@ -259,7 +259,10 @@ class TaskFront:
 
     def _ready(self, part: front.Split, release: list) -> Ready:
         train = self.steps.keyed(part)
-        heldout = front.held_out(part.test, part.users, part.items, self.cfg.eval.driver_rows)
+        if isinstance(part.test, pa.Table):
+            heldout = heldout_of(part.test, part.users, part.items)
+        else:
+            heldout = front.held_out(part.test, part.users, part.items, self.cfg.eval.driver_rows)
         return Ready(part.users, part.items, train, heldout, part.stats, self.name, [train.unpersist, *release])
 
     def split_index(self) -> Ready:
