@@ -97,9 +97,16 @@ class Input:
             lambda it: _check_files(it, self, pieces, cfg, schema, n_groups), from_arrow_schema(schema)
         )
 
-    def rows_bound(self) -> int:
-        """About as many rows as the input has, or more (Plan.rows_bound)."""
-        return sum(self.plans[part].rows_bound(name) for part, name in self.files)
+    def rows_bound(self, part: int | None = None) -> int:
+        """About as many rows as the input (or its part `part`) has, or more (Plan.rows_bound)."""
+        return sum(self.plans[p].rows_bound(name) for p, name in self.files if part in (None, p))
+
+    def held_bound(self, cfg: RunConfig, validation: SplitConfig | None) -> int:
+        """About as many rows as the largest held-out part (test, or validation) may have, or more:
+        the test files of a given pair; of a split by hash, twice its share of the rows."""
+        train = self.rows_bound(0)
+        test = self.rows_bound(1) if self.given else 2 * cfg.split.test_fraction * train
+        return int(max(test, 2 * validation.test_fraction * train if validation is not None else 0))
 
     def raw_types(self) -> dict[str, pa.DataType]:
         types = self.plans[0].raw_types()
@@ -145,6 +152,9 @@ class Frame:
     def rows_bound(self) -> int:
         """Unknown before the frame is read: its user groups are as many as the tasks."""
         return 0
+
+    def held_bound(self, cfg: RunConfig, validation: SplitConfig | None) -> int:
+        return 0  # unknown
 
     def checked(self, spark: SparkSession, cfg: RunConfig, schema: pa.Schema, n_groups: int) -> DataFrame:
         return self.raw.mapInArrow(lambda it: _check_frame(it, cfg, schema, n_groups), from_arrow_schema(schema))
@@ -593,9 +603,9 @@ class Tasks:
                 lambda it: _split_users(it, schema, policy, split, validation), from_arrow_schema(schema)
             )
         )
-        # An input of at most eval.driver_rows rows holds no more held-out rows: they come with the rest
-        # of what the driver needs, without a job of their own (held_out).
-        bound = src.rows_bound()
+        # Held-out parts that cannot exceed eval.driver_rows come with the rest of what the driver
+        # needs, without a job of their own (held_out).
+        bound = src.held_bound(cfg, validation)
         self.held_here = 0 < bound <= cfg.eval.driver_rows
         wanted = [*_ON_DRIVER, *((_K_TEST, _K_HELD) if self.held_here else ())]
         small = self.rows.where(F.col(KIND).isin(wanted)).select(KIND, META, PACKED).toArrow()
