@@ -205,31 +205,37 @@ def _report(args, rows: dict, report: dict, label: str, heading: str) -> int:
     return 0
 
 
-def cold_users(args, run) -> int:
-    """--side users: new users placed by their demographics."""
-    ratings, features = ml100k(args.movielens)
-    train, held, cold = cold_split(ratings, args.cold_fraction, args.seed, key="userId")
+def _placed(run, args, train: pa.Table, features: pa.Table, cold: np.ndarray, side: str):
+    """Train on `train` with the known rows' features (conf/implicit.toml and --set), then recommend K
+    items with the new rows placed by their features: for the new users, or among the new items. The
+    lists by user, and the feature map's report from model.json."""
+    key = "userId" if side == "users" else "movieId"
     with tempfile.TemporaryDirectory(prefix="mf_spark-cold-") as work:
         paths = {name: os.path.join(work, f"{name}.parquet") for name in ("train", "known", "new")}
         pq.write_table(train, paths["train"])
-        is_new = np.isin(features.column("userId").to_numpy(), cold)
+        is_new = np.isin(features.column(key).to_numpy(), cold)
         pq.write_table(features.filter(pa.array(~is_new)), paths["known"])
         pq.write_table(features.filter(pa.array(is_new)), paths["new"])
         ids = os.path.join(work, "new_ids.txt")
         with open(ids, "w") as fh:
-            fh.write("".join(f"{u}\n" for u in cold))
+            fh.write("".join(f"{v}\n" for v in cold))
         model, recs = os.path.join(work, "model"), os.path.join(work, "recs")
-        train_cmd = ["--input", paths["train"], "--output", model, "--user-features", paths["known"]]
-        train_cmd += [
-            "--config",
-            os.path.join(ROOT, "conf", "implicit.toml"),
-            *[x for s in args.set for x in ("--set", s)],
-        ]
-        recommend_cmd = ["--model", model, "--output", recs, "--user-features", paths["new"], "--users", ids]
-        _run_jobs(run, [("jobs/train.py", train_cmd), ("jobs/recommend.py", recommend_cmd + ["--n", str(K)])])
+        flag = f"--{side[:-1]}-features"
+        train_cmd = ["--input", paths["train"], "--output", model, flag, paths["known"]]
+        train_cmd += ["--config", os.path.join(ROOT, "conf", "implicit.toml")]
+        train_cmd += [x for s in args.set for x in ("--set", s)]
+        chosen = ["--users", ids] if side == "users" else ["--include", ids]
+        recommend_cmd = ["--model", model, "--output", recs, flag, paths["new"], *chosen, "--n", str(K)]
+        _run_jobs(run, [("jobs/train.py", train_cmd), ("jobs/recommend.py", recommend_cmd)])
         with open(os.path.join(model, "model.json")) as fh:
-            fmap = json.load(fh)["features"]["users"]
-        ours = _recommended(recs)
+            return _recommended(recs), json.load(fh)["features"][side]
+
+
+def cold_users(args, run) -> int:
+    """--side users: new users placed by their demographics."""
+    ratings, features = ml100k(args.movielens)
+    train, held, cold = cold_split(ratings, args.cold_fraction, args.seed, key="userId")
+    ours, fmap = _placed(run, args, train, features, cold, "users")
     lists = {"mf_spark (map from features to factors)": ours, **user_baselines(train, features, cold)}
     candidates = np.unique(train.column("movieId").to_numpy())
     rows = {name: evaluate(r, held, candidates) for name, r in lists.items()}
@@ -270,29 +276,7 @@ def main(argv: list[str] | None = None, runner=None) -> int:
     ratings = pcsv.read_csv(os.path.join(args.movielens, "ratings.csv"))
     features = movie_features(os.path.join(args.movielens, "movies.csv"))
     train, held, cold = cold_split(ratings, args.cold_fraction, args.seed)
-    with tempfile.TemporaryDirectory(prefix="mf_spark-cold-") as work:
-        paths = {name: os.path.join(work, f"{name}.parquet") for name in ("train", "known", "new")}
-        pq.write_table(train.select(["userId", "movieId", "rating"]), paths["train"])
-        is_new = np.isin(features.column("movieId").to_numpy(), cold)
-        pq.write_table(features.filter(pa.array(~is_new)), paths["known"])
-        pq.write_table(features.filter(pa.array(is_new)), paths["new"])
-        ids = os.path.join(work, "new_ids.txt")
-        with open(ids, "w") as fh:
-            fh.write("".join(f"{m}\n" for m in cold))
-        model, recs = os.path.join(work, "model"), os.path.join(work, "recs")
-        train_cmd = ["--input", paths["train"], "--output", model, "--item-features", paths["known"]]
-        train_cmd += ["--config", os.path.join(ROOT, "conf", "implicit.toml")]
-        recommend_cmd = ["--model", model, "--output", recs, "--item-features", paths["new"], "--include", ids]
-        _run_jobs(
-            run,
-            [
-                ("jobs/train.py", train_cmd + [x for s in args.set for x in ("--set", s)]),
-                ("jobs/recommend.py", recommend_cmd + ["--n", str(K)]),
-            ],
-        )
-        with open(os.path.join(model, "model.json")) as fh:
-            fmap = json.load(fh)["features"]["items"]
-        ours = _recommended(recs)
+    ours, fmap = _placed(run, args, train.select(["userId", "movieId", "rating"]), features, cold, "items")
     lists = {"mf_spark (map from features to factors)": ours, **baselines(train, held, features, cold)}
     rows = {name: evaluate(r, held, cold) for name, r in lists.items()}
     name = os.path.basename(os.path.abspath(args.movielens))
