@@ -26,6 +26,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from mf_spark.als.loop import TopLists
 from mf_spark.core import session
+from mf_spark.core.config import RunConfig
 from mf_spark.core.types import ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX, Factors
 from mf_spark.data.index import IdMap
 from mf_spark.data.ready import HeldOut, Keyed, Triples, as_df, timestamps, typed_pieces
@@ -74,6 +75,12 @@ def sample_users(relevant: Relevant, limit: int, seed: int = 0) -> Relevant:
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     pos = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lens) + np.repeat(relevant.indptr[keep], lens)
     return Relevant(relevant.users[keep], offsets, relevant.items[pos])
+
+
+def relevance_threshold(run: RunConfig) -> float | None:
+    """The rating from which a held-out item is relevant: eval.relevant_threshold for explicit
+    models; every held-out item of implicit ones."""
+    return run.eval.relevant_threshold if run.model.kind == "explicit" else None
 
 
 def relevant_items(heldout: HeldOut, threshold: float | None) -> Relevant:
@@ -195,6 +202,7 @@ class InTasks:
     def __init__(self, heldout: HeldOut, users: IdMap, items: IdMap, threshold: float | None, k: int):
         self.rest, self.users, self.items, self.threshold, self.k = heldout.rest, users, items, threshold, k
         self._evaluated: np.ndarray | None = None
+        self._evaluator: RankingEvaluator | None = None
 
     def evaluated_users(self) -> np.ndarray:
         """Ascending indices of the known users with a relevant known item."""
@@ -212,14 +220,20 @@ class InTasks:
         return self._evaluated
 
     def lists(self, seen: DataFrame, scorer: Scorer) -> np.ndarray:
-        """(users, k) top lists of the evaluated users (RankingEvaluator's `seen`), -1 rows elsewhere."""
+        """(users, k) top lists of the evaluated users (RankingEvaluator's `seen`, the same every
+        call: the evaluator is made once, `close` drops it), -1 rows elsewhere."""
         users = self.evaluated_users()
-        wanted = Relevant(users, np.zeros(users.size + 1, np.int64), np.zeros(0, np.int32))
-        evaluator = RankingEvaluator(seen, wanted, self.items.size, self.k)
+        if self._evaluator is None:
+            wanted = Relevant(users, np.zeros(users.size + 1, np.int64), np.zeros(0, np.int32))
+            self._evaluator = RankingEvaluator(seen, wanted, self.items.size, self.k)
         recs = np.full((self.users.size, self.k), -1, np.int64)
-        recs[users] = evaluator.lists(scorer)
-        evaluator.close()
+        recs[users] = self._evaluator.lists(scorer)
         return recs
+
+    def close(self) -> None:
+        if self._evaluator is not None:
+            self._evaluator.close()
+            self._evaluator = None
 
     def __call__(self, scorer: Scorer, recs: np.ndarray) -> dict[str, Any]:
         """Error metrics (explicit models) and ranking metrics at k; `recs`: (users, k) top lists of

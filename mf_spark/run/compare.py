@@ -115,8 +115,8 @@ def methods(kind: str, w0s: tuple[float, ...] = W0S) -> list[Method]:
 
 def compare(ready: Ready, run: RunConfig, chosen: list[Method]) -> pa.Table:
     """One row per method (COLUMNS), fitted on `ready.train`, scored on `ready.heldout`."""
-    kind, seen = run.model.kind, None
-    threshold = run.eval.relevant_threshold if kind == "explicit" else None
+    kind, seen, remote = run.model.kind, None, None
+    threshold = evaluate.relevance_threshold(run)
     if ready.heldout.whole:
         relevant = evaluate.relevant_items(ready.heldout, threshold)
         ranking = evaluate.RankingEvaluator(ready.train, relevant, ready.items.size, run.eval.k, on_driver=True)
@@ -140,7 +140,8 @@ def compare(ready: Ready, run: RunConfig, chosen: list[Method]) -> pa.Table:
             "compare: %s", " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
         rows.append(row)
-    if seen is not None:
+    if remote is not None:
+        remote.close()
         seen.unpersist()
     schema = pa.schema([("method", pa.string())] + [(c, pa.float64()) for c in COLUMNS[1:]])
     return pa.Table.from_pylist(rows, schema)

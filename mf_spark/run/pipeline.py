@@ -411,7 +411,7 @@ class Pipeline:
                 items.ids,
             )
             checkpoints = CheckpointStore(self.spark, run.output, run_id, guard=run.lease.check)
-            relevant = evaluate.relevant_items(heldout, cfg.eval.relevant_threshold if explicit else None)
+            relevant = evaluate.relevant_items(heldout, evaluate.relevance_threshold(cfg))
             tracker = None
             if cfg.eval.every_iteration:
                 sampled = evaluate.RankingEvaluator(
@@ -456,13 +456,14 @@ class Pipeline:
                 scores.update(evaluator(model.scorer))
                 evaluator.close()
         else:  # the driver holds a sample: every held-out row is scored where the tasks keep them
-            threshold = cfg.eval.relevant_threshold if cfg.model.kind == "explicit" else None
+            threshold = evaluate.relevance_threshold(cfg)
             remote = evaluate.InTasks(ready.heldout, ready.users, ready.items, threshold, cfg.eval.k)
             if fit.top is not None:
                 recs = evaluate.top_lists(fit.top, cfg.eval.k)
             else:
                 seen = topn.seen_lists(as_df(ready.train)).cache()
                 recs = remote.lists(seen, model.scorer)
+                remote.close()
             scores = remote(model.scorer, recs)
         day_biases = model.days
         metrics = {

@@ -238,9 +238,7 @@ class Validation:
         self.mean, self.range = inner.stats.mean, (inner.stats.lo, inner.stats.hi) if kind == "explicit" else None
         self.ranking = None
         if not self.lower_is_better:
-            relevant = evaluate.relevant_items(
-                inner.heldout, run.eval.relevant_threshold if kind == "explicit" else None
-            )
+            relevant = evaluate.relevant_items(inner.heldout, evaluate.relevance_threshold(run))
             if relevant.users.size == 0:
                 raise InputError(
                     "no validation user has a relevant item known in the fit part: a ranking "
