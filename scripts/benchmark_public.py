@@ -3,7 +3,7 @@ runs it, beside the published figures and the `implicit` library's on the same s
 
     python scripts/benchmark_public.py [--dataset gowalla|yelp2018|amazon-book] [--cache DIR]
         [--master local[2]] [--driver-memory 8g] [--implicit] [--set section.key=value ...]
-        [--json report.json] [--doc docs/quality.md]
+        [--ranks 512,1024] [--json report.json] [--doc docs/quality.md]
 
 The data are the train/test splits the LightGCN paper (He et al., SIGIR 2020) published and compared
 on (binary interactions; one line per user: `user item item ...`). They are fetched once into
@@ -11,7 +11,9 @@ on (binary interactions; one line per user: `user item item ...`). They are fetc
 Then, as separate cold processes:
   1. the tune job on the train file with conf/implicit.toml, `tune.metric = recall_at_k` and
      `eval.k = 20` (validation carved from the train file; the test file only scores the refit);
-  2. with --implicit (pip install implicit), the `implicit` library's ALS over a small grid, each
+  2. with --ranks, the train job on the tune job's best.toml at each of those ranks, all else as
+     chosen (what a user who can afford a wider model runs next), with its wall time;
+  3. with --implicit (pip install implicit), the `implicit` library's ALS over a small grid, each
      scored on the test file: the best of the grid is chosen on the test split, so its figure is an
      upper bound of what that library gives there.
 Recall@20 and NDCG@20 are computed over all items with each user's training items excluded, as the
@@ -179,15 +181,41 @@ def implicit_library(train: str, test: str) -> dict | None:
     return best
 
 
-def tune_job(args, train: str, test: str, out: str, runner=None) -> dict:
-    sets = [f"eval.k={K}", "tune.metric=recall_at_k", *args.set]
-    job = ["--train", train, "--test", test, "--output", out, "--config", os.path.join(ROOT, "conf", "implicit.toml")]
+def _job(args, script: str, config: str, sets: list[str], train: str, test: str, out: str, runner=None) -> dict:
+    """One job on the split, as a user runs it; its metrics.json with the job's wall time."""
+    job = ["--train", train, "--test", test, "--output", out, "--config", config]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    r = (runner or submitted(args, env))("jobs/tune.py", job + [x for s in sets for x in ("--set", s)])
+    r = (runner or submitted(args, env))(script, job + [x for s in sets for x in ("--set", s)])
     if r["returncode"] != 0:
-        raise SystemExit(f"jobs/tune.py failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
+        raise SystemExit(f"{script} failed ({r['returncode']}):\n{r['stderr'][-4000:]}")
     with open(os.path.join(out, "metrics.json")) as fh:
         return {"wall_seconds": r["wall_seconds"], **json.load(fh)}
+
+
+def tune_job(args, train: str, test: str, out: str, runner=None) -> dict:
+    sets = [f"eval.k={K}", "tune.metric=recall_at_k", *args.set]
+    return _job(args, "jobs/tune.py", os.path.join(ROOT, "conf", "implicit.toml"), sets, train, test, out, runner)
+
+
+def wider(args, train: str, test: str, tuned: str, work: str, runner=None) -> list[dict]:
+    """The train job on the tune job's best.toml (in `tuned`) at each of --ranks."""
+    best = os.path.join(tuned, "best.toml")
+    return [
+        {"rank": rank, **_job(args, "jobs/train.py", best, [f"model.rank={rank}", f"eval.k={K}"], train, test,
+                              os.path.join(work, f"rank-{rank}"), runner)}
+        for rank in args.ranks
+    ]  # fmt: skip
+
+
+def ranks(text: str) -> list[int]:
+    """--ranks: comma-separated positive integers."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected ranks as positive integers separated by commas, got {text!r}")
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -198,6 +226,11 @@ def markdown(report: dict) -> str:
         f"| mf_spark tune job (validation recall@{K} {t['best_validation']:.4f}) | "
         f"**{ours['recall_at_k']:.4f}** | {ours['ndcg_at_k']:.4f} |"
     ]
+    rows += [
+        f"| mf_spark train job on best.toml at rank {w['rank']} ({w['wall_seconds']:.0f} s) | "
+        f"{w['recall_at_k']:.4f} | {w['ndcg_at_k']:.4f} |"
+        for w in report.get("wider", [])
+    ]
     if lib:
         rows.append(
             f"| `implicit` ALS, best of {len(GRID)} on the test split (factors {lib['factors']}, reg {lib['reg']}, "
@@ -206,7 +239,8 @@ def markdown(report: dict) -> str:
     rows += [f"| {m} (published) | {r:.4f} | {n:.4f} |" for m, (r, n) in PUBLISHED[name].items()]
     return (
         f"### {name} (LightGCN's split)\n\n`python scripts/benchmark_public.py --dataset {name}"
-        f"{' --implicit' if lib is not None else ''}{''.join(' --set ' + s for s in report['sets'])}` "
+        f"{' --implicit' if lib is not None else ''}{''.join(' --set ' + s for s in report['sets'])}"
+        f"{' --ranks ' + ','.join(str(w['rank']) for w in report['wider']) if report.get('wider') else ''}` "
         f"(tune + train wall time {ours['wall_seconds']:.0f} s on {report['master']}; chosen: {pick})\n\n"
         f"| model | recall@{K} | NDCG@{K} |\n|---|---|---|\n" + "\n".join(rows) + "\n"
     )
@@ -222,6 +256,7 @@ def main(argv: list[str] | None = None, runner=None) -> int:
     p.add_argument("--driver-memory", default="8g")
     p.add_argument("--implicit", action="store_true", help="also the implicit library's ALS (pip install implicit)")
     p.add_argument("--set", action="append", default=[], help="config key for the tune job, repeatable")
+    p.add_argument("--ranks", type=ranks, default=[], help="also the train job on best.toml at these ranks: 512,1024")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--doc", help="markdown file whose section for this dataset the run replaces (docs/quality.md)")
     args = p.parse_args(argv)
@@ -230,12 +265,15 @@ def main(argv: list[str] | None = None, runner=None) -> int:
     train, test = as_parquet(fetch(args.dataset, args.cache, args.base_url))
     with tempfile.TemporaryDirectory(prefix="mf_spark-public-") as work:
         ours = tune_job(args, train, test, os.path.join(work, "tuned"), runner)
+        wide = wider(args, train, test, os.path.join(work, "tuned"), work, runner)
     lib = implicit_library(train, test) if args.implicit else None
     report = {"dataset": args.dataset, "master": args.master, "sets": args.set, "ours": ours, "implicit": lib}
+    report["wider"] = wide
     best = max(r for r, _ in PUBLISHED[args.dataset].values())
     print(
         f"{args.dataset}: mf_spark recall@{K} {ours['recall_at_k']:.4f} (NDCG@{K} {ours['ndcg_at_k']:.4f}), "
         f"best published {best:.4f}, ratio {ours['recall_at_k'] / best:.3f}; tune + train {ours['wall_seconds']:.0f} s"
+        + "".join(f"; rank {w['rank']} {w['recall_at_k']:.4f} ({w['wall_seconds']:.0f} s)" for w in wide)
         + (f"; implicit ALS {lib['recall_at_k']:.4f}" if lib else ""),
         flush=True,
     )

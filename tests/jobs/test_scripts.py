@@ -277,19 +277,25 @@ def _in_process(script: str, job_args: list[str]) -> dict:
 
 def test_benchmark_public_fetches_once_tunes_and_writes_its_section(spark, tmp_path):
     """From a mirror (a file:// folder here): the split is fetched into the cache and converted once,
-    the tune job runs on it with recall@20, and the doc section sets our figure beside the published."""
+    the tune job runs on it with recall@20, the train job runs its best.toml at each of --ranks, and
+    the doc section sets our figures beside the published."""
     _lightgcn_files(tmp_path / "mirror" / "gowalla")
     report, doc, cache = tmp_path / "public.json", tmp_path / "quality.md", tmp_path / "cache"
     sets = ["tune.trials=2", "tune.min_iterations=1", "tune.max_iterations=2", "tune.seeds=1", "tune.extend_rounds=0"]
     argv = ["--base-url", (tmp_path / "mirror").as_uri(), "--cache", str(cache), "--json", str(report)]
-    argv += ["--doc", str(doc), *[x for s in sets for x in ("--set", s)]]
+    argv += ["--doc", str(doc), "--ranks", "3", *[x for s in sets for x in ("--set", s)]]
     assert _script("benchmark_public").main(argv, runner=_in_process) == 0
     got = json.loads(report.read_text())
     assert 0 < got["ours"]["recall_at_k"] <= 1 and got["ours"]["k"] == 20
+    [wide] = got["wider"]
+    assert wide["rank"] == 3 and wide["config"]["model"]["rank"] == 3 and wide["k"] == 20
+    assert wide["config"]["model"]["reg"] == got["ours"]["tuning"]["best"]["reg"]  # the rest as the tune job chose
     assert got["ours"]["tuning"]["metric"] == "recall_at_k"
     assert {p.name for p in (cache / "gowalla").iterdir()} == {"train.txt", "test.txt", "train.parquet", "test.parquet"}
     text = doc.read_text()
     assert "### gowalla (LightGCN's split)" in text and "| LightGCN (published) | 0.1830 | 0.1554 |" in text
+    assert f"| mf_spark train job on best.toml at rank 3 (0 s) | {wide['recall_at_k']:.4f} |" in text
+    assert "--ranks 3`" in text
 
 
 def test_benchmark_public_reads_the_split_format_and_scores_as_published(tmp_path):
@@ -311,6 +317,10 @@ def test_benchmark_public_reads_the_split_format_and_scores_as_published(tmp_pat
     assert got["recall_at_k"] == 1.0 and got["ndcg_at_k"] == 1.0
     with pytest.raises(SystemExit):
         bp.main(["--cache", str(Path(bp.ROOT) / "cache")])  # inside the repository: refused
+    assert bp.ranks("512, 1024") == [512, 1024]
+    for bad in ("", "0", "x,2"):
+        with pytest.raises(Exception, match="positive integers"):
+            bp.ranks(bad)
 
 
 def test_benchmark_cold_places_new_movies_and_scores_the_baselines(spark, tmp_path):
