@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None, runner=None) -> int:
         ours = tune_job(args, train, test, os.path.join(work, "tuned"), runner)
         wide = wider(args, train, test, os.path.join(work, "tuned"), work, runner)
     lib = implicit_library(train, test) if args.implicit else None
-    report = {"dataset": args.dataset, "master": args.master, "sets": args.set, "ours": ours, "implicit": lib}
-    report["wider"] = wide
+    report = {"dataset": args.dataset, "master": args.master, "sets": args.set, "ours": ours, "wider": wide}
+    report["implicit"] = lib
     best = max(r for r, _ in PUBLISHED[args.dataset].values())
     print(
         f"{args.dataset}: mf_spark recall@{K} {ours['recall_at_k']:.4f} (NDCG@{K} {ours['ndcg_at_k']:.4f}), "
