@@ -218,11 +218,12 @@ def _solve_rows_of(width: int):
 
 
 def _cg_rows(
-    indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, x0, steps, X, sums
+    indptr, cols, weight, target, offset, Y, shift, lam, longest, has_shift, diagonal, x0, steps, X, sums
 ):  # pragma: no cover
     """`steps` conjugate-gradient steps on every row's system from x0 (kernels.solve.cg_stack, row by
-    row); the system is never formed. Arguments as `_solve_rows`, plus x0 : (n, width) float32 and
-    steps : int; writes X and adds the same four loss pieces to sums.
+    row); the system is never formed. Arguments as `_solve_rows`, plus diagonal (S has nothing off
+    its diagonal: S v costs O(width), not O(width^2)), x0 : (n, width) float32 and steps : int;
+    writes X and adds the same four loss pieces to sums.
 
     The row's factor rows are copied once into an (L, width) buffer, one row per rating; each
     product A v = G' W G v + S v + lambda v then reads it once (a dot product and an axpy per rating).
@@ -300,7 +301,9 @@ def _cg_rows(
             dad = 0.0
             for a in range(width):
                 v = acc[a] + lr * d[a]
-                if has_shift:
+                if diagonal:
+                    v += S32[a, a] * vf[a]
+                elif has_shift:
                     sv = np.float32(0.0)
                     for c in range(width):
                         sv += S32[a, c] * vf[c]
@@ -332,7 +335,9 @@ def _cg_rows(
         for a in range(width):
             X[r, a] = x[a]
             norm += x[a] * x[a]
-            if has_shift:
+            if diagonal:
+                quad += x[a] * shift[a, a] * x[a]
+            elif has_shift:
                 for c in range(width):
                     quad += x[a] * shift[a, c] * x[c]
         pen += lr * norm
@@ -692,7 +697,8 @@ def cg_rows(
         raise ValueError(f"cg_rows: x0 of shape {x0.shape}, expected {(indptr.size - 1, Y.shape[1])}")
     X = np.empty((indptr.size - 1, Y.shape[1]), np.float64)
     sums = np.zeros(4, np.float64)
-    _kernel(_cg_rows)(*args, np.ascontiguousarray(x0, np.float32), int(steps), X, sums)
+    diagonal = not np.any(shift - np.diag(np.diagonal(shift)))
+    _kernel(_cg_rows)(*args, bool(diagonal), np.ascontiguousarray(x0, np.float32), int(steps), X, sums)
     return X, sums
 
 

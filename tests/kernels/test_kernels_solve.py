@@ -393,6 +393,25 @@ def test_compiled_conjugate_gradients_take_the_numpy_engines_steps(rng, spec):
         assert getattr(b, field) == pytest.approx(getattr(a, field), rel=1e-4), field
 
 
+def test_weighted_cg_in_the_gramians_eigenbasis_takes_the_plain_basis_steps(rng):
+    """The compiled weighted-ALS steps run with the factors turned into the eigenbasis of Y'Y (so that
+    w0 Y'Y is diagonal); they must be the steps of the plain basis, with its losses, at a rank where
+    the Gramian is far from diagonal."""
+    indptr, cols, vals, Y = random_block(rng, n_rows=80, n_fixed=120, k=40, max_len=60)
+    Y = (Y + rng.normal(size=(1, 40)).astype(np.float32)).astype(np.float32)  # a dominant direction
+    spec = SolveSpec(kind="implicit", reg=0.05, alpha=3.0, w0=0.3, cg_steps=4)
+    x0 = rng.normal(size=(indptr.size - 1, 40)).astype(np.float32)
+    gram = Y.T.astype(np.float64) @ Y
+    assert np.abs(gram - np.diag(np.diagonal(gram))).max() > 0.1 * np.abs(gram).max()
+    plan = layout(indptr, cols, vals, spec, Y.shape[0], 40, backend="compiled")
+    lam = spec.row_reg(np.diff(indptr))
+    plain, sums = compiled.cg_rows(indptr, cols, plan.weight, plan.target, None, Y, spec.w0 * gram, lam, x0, 4)
+    got = solve_block(indptr, cols, vals, Y, spec, gram=gram, x0=x0, backend="compiled")
+    np.testing.assert_allclose(got.factors, plain, rtol=1e-3, atol=1e-4)
+    assert got.reg_loss == pytest.approx(sums[3], rel=1e-5)
+    assert got.data_loss == pytest.approx(sums[0] + sums[2] + plan.fixed_loss.sum(), rel=1e-5)
+
+
 def dense_objective(block, spec, x, fb=None):
     """The half-step objective of the rows at x ((n_rows, width) float64), dense, row by row."""
     indptr, cols, vals, Y = block
