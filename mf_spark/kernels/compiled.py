@@ -697,7 +697,7 @@ def cg_rows(
         raise ValueError(f"cg_rows: x0 of shape {x0.shape}, expected {(indptr.size - 1, Y.shape[1])}")
     X = np.empty((indptr.size - 1, Y.shape[1]), np.float64)
     sums = np.zeros(4, np.float64)
-    diagonal = not np.any(shift - np.diag(np.diagonal(shift)))
+    diagonal = args[-1] and not np.any(shift - np.diag(np.diagonal(shift)))  # args[-1]: S is nonzero
     _kernel(_cg_rows)(*args, bool(diagonal), np.ascontiguousarray(x0, np.float32), int(steps), X, sums)
     return X, sums
 
