@@ -70,6 +70,7 @@ def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
         w0=cfg.unobserved_weight,
         nonnegative=cfg.nonnegative,
         cg_steps=cfg.cg_steps_for(),
+        history_prior=cfg.history_prior if cfg.kind == "explicit" else 0.0,
     )
 
 
@@ -159,7 +160,7 @@ class BroadcastJobs(Engine):
         return row_counts(self.blocks[side], n_rows)
 
     def half_step(self, side, n_rows, fixed, fixed_bias, previous):
-        return half_step(self.blocks[side], n_rows, fixed, self.spec, fixed_bias, previous)
+        return half_step(self.blocks[side], n_rows, fixed, self.spec.on(side), fixed_bias, previous)
 
     def close(self) -> None:
         for rdd in self.blocks.values():

@@ -232,6 +232,15 @@ class ModelConfig:
         finite=True,
         tunable=True,
     )
+    history_prior: float = setting(
+        0.0,
+        "explicit: shrink each user's factors toward gamma |N(u)|^-1/2 times the sum of the factors of the items "
+        "they rated (gamma = this) instead of toward zero: the rated items, whatever the ratings, set the prior "
+        "(SVD++'s implicit term with its item vectors tied to the item factors); 0 = plain ridge, as MLlib",
+        at_least(0, "a number", " (0 = plain ridge)"),
+        finite=True,
+        tunable=True,
+    )
     day_length: int = setting(
         86400,
         "a day for `day_bias_reg`, in the timestamps' unit (86400 for seconds, 86400000 for milliseconds)",
@@ -321,6 +330,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, "model")
+        require(
+            not (self.history_prior and self.nonnegative),
+            "model.history_prior",
+            self.history_prior,
+            "0 with model.nonnegative = true (the prior centres factors that may be negative)",
+        )
         require(
             not (self.strategy == "join" and self.exchange == "stream"),
             "model.exchange",

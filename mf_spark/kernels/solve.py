@@ -25,7 +25,7 @@ Worked example (k = 2, one block of three users, fixed item factors Y with 4 row
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,6 +61,7 @@ class SolveSpec:
     w0: float = 1.0  # weight of unobserved entries
     nonnegative: bool = False  # projected (NNLS) solve
     cg_steps: int = 0  # > 0: that many conjugate-gradient steps from the previous factors
+    history_prior: float = 0.0  # explicit, gamma: rows shrink toward gamma n^-1/2 sum of their entries' Y
 
     def __post_init__(self) -> None:
         if self.kind not in ("explicit", "implicit"):
@@ -71,6 +72,13 @@ class SolveSpec:
             raise ValueError("biases apply to explicit models only")
         if not 0.0 < self.bias_reg < float("inf"):
             raise ValueError(f"bias_reg must be a number > 0, got {self.bias_reg}")
+        if self.history_prior and (self.kind != "explicit" or self.nonnegative):
+            raise ValueError("history_prior applies to explicit models without nonnegative factors only")
+
+    def on(self, side: str) -> "SolveSpec":
+        """What the half-step of `side` solves: the history prior shrinks users only (the rows whose
+        ratings name the items), never items."""
+        return replace(self, history_prior=0.0) if side == "item" and self.history_prior else self
 
     @property
     def bias_unit(self) -> float:
@@ -355,6 +363,49 @@ def nnls_stack(A: np.ndarray, b: np.ndarray, free: int = 0, sweeps: int = 100, t
     return x
 
 
+def _entry_chunks(indptr: np.ndarray, most: int = CHUNK_FLOATS):
+    """Row ranges [lo, hi) of about `most` entries each (a longer row makes a range of its own)."""
+    n = indptr.size - 1
+    lo = 0
+    while lo < n:
+        hi = max(int(np.searchsorted(indptr, indptr[lo] + most, side="right")) - 1, lo + 1)
+        yield lo, min(hi, n)
+        lo = min(hi, n)
+
+
+def history_mean(indptr: np.ndarray, cols: np.ndarray, Y: np.ndarray, gamma: float) -> np.ndarray:
+    """gamma n_u^-1/2 sum_{i in row u} y_i for every row (zeros for rows without entries): where the
+    history prior (SolveSpec.history_prior) centres each row's factors."""
+    Z = np.zeros((indptr.size - 1, Y.shape[1]), np.float32)
+    for lo, hi in _entry_chunks(indptr, max(CHUNK_FLOATS // max(Y.shape[1], 1), 1)):
+        counts = np.diff(indptr[lo : hi + 1])
+        full = np.flatnonzero(counts)
+        if full.size:
+            a = indptr[lo]
+            sums = np.add.reduceat(Y[cols[a : indptr[hi]]], indptr[lo + full] - a, axis=0, dtype=np.float64)
+            Z[lo + full] = gamma * sums / np.sqrt(counts[full])[:, None]
+    return Z
+
+
+def _solve_toward_history(indptr, cols, vals, Y, spec: SolveSpec, fixed_bias, budget, backend, x0) -> BlockSolution:
+    """Ridge toward the history mean z_u (`history_mean`) instead of toward 0: with x_u = z_u + d_u,
+    the row solves the plain system for d_u against the targets less z_u . y_i, so every solver
+    serves it unchanged, and the reported regularization is lambda_u |x_u - z_u|^2 (+ the bias's)."""
+    Z = history_mean(indptr, cols, Y, spec.history_prior)
+    shift = np.empty(vals.shape, np.float32)
+    for lo, hi in _entry_chunks(indptr, max(CHUNK_FLOATS // max(Y.shape[1], 1), 1)):
+        a, b = indptr[lo], indptr[hi]
+        rows = np.repeat(np.arange(lo, hi), np.diff(indptr[lo : hi + 1]))
+        shift[a:b] = np.einsum("ek,ek->e", Z[rows], Y[cols[a:b]])
+    start = None
+    if x0 is not None:
+        start = np.array(x0, np.float32)
+        start[:, : Z.shape[1]] -= Z
+    plain = replace(spec, history_prior=0.0)
+    sol = solve_block(indptr, cols, vals - shift, Y, plain, fixed_bias, budget=budget, x0=start, backend=backend)
+    return replace(sol, factors=(sol.factors + Z).astype(np.float32))
+
+
 def solve_block(
     indptr: np.ndarray,
     cols: np.ndarray,
@@ -393,6 +444,10 @@ def solve_block(
         raise ValueError(
             f"layout for {plan.n_fixed} fixed rows x {plan.width} unknowns ({plan.spec}), "
             f"solving against {n_fixed} x {width} ({spec})"
+        )
+    if spec.history_prior:
+        return _solve_toward_history(
+            indptr, cols, vals, Y, spec, fixed_bias, budget, "compiled" if plan.compiled else "numpy", x0 if cg else None
         )
     if plan.compiled:
         return _solve_compiled(indptr, cols, vals, Y, spec, fixed_bias, gram, plan, x0 if cg else None)

@@ -404,7 +404,8 @@ class FactorModel:
         )
         parallelism = session.parallelism(encoded.sparkSession)
         blocks = build_blocks(pairs, "user" if users_side else "item", parallelism)
-        spec = dataclasses.replace(solve_spec(saved_model_config(self.config, self.kind), self.factors.mu), cg_steps=0)
+        spec = solve_spec(saved_model_config(self.config, self.kind), self.factors.mu)
+        spec = dataclasses.replace(spec.on("user" if users_side else "item"), cg_steps=0)
         try:
             return half_step(blocks, n_rows, fixed, spec, fixed_bias)
         finally:

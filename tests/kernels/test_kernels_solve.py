@@ -14,6 +14,7 @@ from mf_spark.kernels.solve import (
     backend_for,
     chunks,
     confidence,
+    history_mean,
     layout,
     nnls_stack,
     preference,
@@ -469,3 +470,49 @@ def test_conjugate_gradients_from_the_solution_stay_there(rng):
     exact = _solve(block, spec)
     again = _solve(block, dataclasses.replace(spec, cg_steps=3), x0=exact.factors)
     np.testing.assert_allclose(again.factors, exact.factors, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_history_prior_shrinks_toward_the_rated_items_mean(rng, backend, with_bias):
+    """history_prior gamma: each row's ridge pulls toward z_u = gamma n_u^-1/2 sum of its items' y_i
+    (not toward 0); the bias keeps its plain ridge. Exact solves and conjugate gradients from any
+    start reach the dense reference, and the reported regularization is lambda_u |x_u - z_u|^2."""
+    indptr, cols, vals, Y = random_block(rng)
+    fb = rng.normal(size=Y.shape[0]).astype(np.float32) if with_bias else None
+    spec = SolveSpec(reg=0.2, reg_exponent=0.5, with_bias=with_bias, mu=3.0, bias_reg=0.5, history_prior=0.4)
+    lens = np.diff(indptr)
+    Z = np.zeros((lens.size, Y.shape[1]))
+    for u in np.flatnonzero(lens):
+        Z[u] = 0.4 * Y[cols[indptr[u] : indptr[u + 1]]].astype(np.float64).sum(0) / np.sqrt(lens[u])
+    np.testing.assert_allclose(history_mean(indptr, cols, Y, 0.4), Z, rtol=1e-5, atol=1e-6)
+    want = []
+    for u in range(lens.size):  # x = z + d, d the plain solution against the targets less z . y_i
+        shifted = vals.copy()
+        sl = slice(indptr[u], indptr[u + 1])
+        shifted[sl] -= Y[cols[sl]] @ Z[u].astype(np.float32)
+        d = explicit_reference(indptr, cols, shifted, Y, u, dataclasses.replace(spec, history_prior=0.0), fb)
+        want.append(np.concatenate([d[: Y.shape[1]] + Z[u], d[Y.shape[1] :]]))
+    want = np.stack(want)
+    got = solve_block(indptr, cols, vals, Y, spec, fixed_bias=fb, backend=backend)
+    np.testing.assert_allclose(got.factors, want[:, : Y.shape[1]], rtol=1e-4, atol=1e-4)
+    if with_bias:
+        np.testing.assert_allclose(got.bias, want[:, -1], rtol=1e-4, atol=1e-4)
+    penalty = spec.row_reg(lens) * np.sum((want[:, : Y.shape[1]] - Z) ** 2, axis=1)
+    if with_bias:
+        penalty = penalty + spec.row_reg(lens) * spec.bias_reg * want[:, -1] ** 2
+    assert got.reg_loss == pytest.approx(float(np.sum(penalty[lens > 0])), rel=1e-4)
+    x0 = start_point(rng.normal(size=got.factors.shape).astype(np.float32), got.bias, spec)
+    cg = solve_block(
+        indptr, cols, vals, Y, dataclasses.replace(spec, cg_steps=30), fixed_bias=fb, x0=x0, backend=backend
+    )
+    np.testing.assert_allclose(cg.factors, got.factors, rtol=1e-4, atol=1e-4)
+    plain = solve_block(indptr, cols, vals, Y, dataclasses.replace(spec, history_prior=0.0), fb, backend=backend)
+    assert not np.allclose(plain.factors, got.factors, atol=1e-3)
+
+
+def test_the_history_prior_is_the_users_alone_and_explicit_only():
+    spec = SolveSpec(reg=0.1, history_prior=0.2)
+    assert spec.on("user") is spec and spec.on("item").history_prior == 0.0
+    for bad in ({"kind": "implicit"}, {"nonnegative": True}):
+        with pytest.raises(ValueError, match="history_prior"):
+            SolveSpec(history_prior=0.2, **bad)

@@ -18,6 +18,9 @@ from mf_spark.model.factors import FactorModel
 N_USERS, N_ITEMS = 30, 20
 CONFIGS = {
     "explicit": ModelConfig(rank=4, iterations=4, reg=0.05, biases=True, num_user_blocks=2, num_item_blocks=2),
+    "history prior": ModelConfig(
+        rank=4, iterations=4, reg=0.05, biases=True, history_prior=0.3, num_user_blocks=2, num_item_blocks=2
+    ),
     "implicit": ModelConfig(
         kind="implicit",
         rank=4,
@@ -41,10 +44,11 @@ def item_id(i):
 
 @pytest.fixture(scope="module")
 def fitted(spark):
-    """kind -> (model with string user and long item IDs, its training rows with those IDs)."""
+    """CONFIGS' name -> (model with string user and long item IDs, its training rows with those IDs)."""
     u, i, r, _ = planted(n_users=N_USERS, n_items=N_ITEMS, rank=3, density=0.4, seed=11)
     out = {}
-    for kind, cfg in CONFIGS.items():
+    for name, cfg in CONFIGS.items():
+        kind = cfg.kind
         ratings = np.round(np.abs(r) * 2) + 1 if kind == "implicit" else r
         train = spark.createDataFrame(
             pa.table(
@@ -72,17 +76,19 @@ def fitted(spark):
             [(user_id(a), item_id(b), float(c)) for a, b, c in zip(u, i, ratings)],
             "user string, item long, rating double",
         )
-        out[kind] = (model, rows)
+        out[name] = (model, rows)
     return out
 
 
-@pytest.mark.parametrize("kind", ["explicit", "implicit"])
-def test_folding_in_trained_users_own_rows_gives_their_factors_and_recommendations(spark, fitted, kind):
-    model, rows = fitted[kind]
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_folding_in_trained_users_own_rows_gives_their_factors_and_recommendations(spark, fitted, name):
+    """The fit's last half-step solves the users, so their own rows fold in to their factors, the
+    history prior's centre included (its fold-in shrinks toward it as the fit did)."""
+    model, rows = fitted[name]
     folded = model.fold_in(rows)
     assert folded.users.ids.equals(model.users.ids) and folded.items is model.items
     np.testing.assert_allclose(folded.factors.X, model.factors.X, rtol=1e-4, atol=1e-5)
-    if kind == "explicit":
+    if model.kind == "explicit":
         np.testing.assert_allclose(folded.factors.user_bias, model.factors.user_bias, rtol=1e-4, atol=1e-5)
     recs_model = model.recommend(None, 5, seen=rows).orderBy("user", "rank")
     recs_folded = folded.recommend(None, 5, seen=rows).orderBy("user", "rank")

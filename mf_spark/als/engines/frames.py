@@ -101,8 +101,9 @@ class Frames(Engine):
         return counts
 
     def half_step(self, side, n_rows, fixed, fixed_bias, previous):
-        f = fixed_side(n_rows, fixed, fixed_bias, self.spec, previous)
-        spec, k = self.spec, f.factors.shape[1]
+        spec = self.spec.on(side)
+        f = fixed_side(n_rows, fixed, fixed_bias, spec, previous)
+        k = f.factors.shape[1]
         solved = self._side(side).mapInArrow(lambda it: _solve(it, f, spec), SOLVED).toArrow()
         parts = []
         for row in solved.to_pylist():

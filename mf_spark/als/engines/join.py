@@ -135,13 +135,13 @@ class Routed(Engine):
             self.age[src] = 0
             if old is not None:
                 old.unpersist()
-        k = fixed.shape[1]
-        gram = gramian(fixed, self.spec)
+        k, spec = fixed.shape[1], self.spec.on(side)
+        gram = gramian(fixed, spec)
         routed = _one_per_partition(
             self.factors[src].zip(self.routes[src]).flatMap(_send).partitionBy(self.n[side], lambda d: d)
         )
         pairs, age = self.blocks[side].zip(routed), self.age[src]
-        if self.spec.cg_steps:  # conjugate gradients start from the solved side's current factors
+        if spec.cg_steps:  # conjugate gradients start from the solved side's current factors
             if self.factors[side] is None or self.age[side] >= self.reseed_every:
                 stale = self.factors[side]
                 self.factors[side] = self._seed(side, previous.factors, previous.bias)
@@ -149,10 +149,10 @@ class Routed(Engine):
                 if stale is not None:
                     stale.unpersist()
             pairs, age = pairs.zip(self.factors[side]), max(age, self.age[side])
-        solved = pairs.map(_solver(self.spec, gram, k)).persist(StorageLevel.MEMORY_AND_DISK)
+        solved = pairs.map(_solver(spec, gram, k)).persist(StorageLevel.MEMORY_AND_DISK)
         results = solved.collect()
         old, self.factors[side] = self.factors[side], solved
         self.age[side] = age + 1
         if old is not None:
             old.unpersist()
-        return assemble(n_rows, k, self.spec, previous, results)
+        return assemble(n_rows, k, spec, previous, results)

@@ -300,14 +300,15 @@ class Resident(Engine):
     ) -> HalfStepResult:
         """New factors for every row of `side` against `fixed`; repeated on a new stage attempt when a
         task is lost (Spark retries barrier stages whole)."""
-        f = fixed_side(n_rows, fixed, fixed_bias, self.spec, previous)
+        spec = self.spec.on(side)
+        f = fixed_side(n_rows, fixed, fixed_bias, spec, previous)
         arrays = [f.factors] + [a for a in (f.bias, f.gram) if a is not None]
         header = {
             "op": "solve",
             "side": side,
             "bias": f.bias is not None,
             "gram": f.gram is not None,
-            "spec": dataclasses.asdict(self.spec),
+            "spec": dataclasses.asdict(spec),
         }
         for attempt in range(retries + 1):
             try:
