@@ -53,7 +53,8 @@ log = logging.getLogger("mf_spark")
 
 # The space searched when [tune.space] is empty: wide enough for data sets of any shape, since the
 # best settings differ by data set (docs/quality.md). Explicit: lambda on a log scale
-# together with the count exponent nu (the best lambda moves by decades with nu), and biases.
+# together with the count exponent nu (the best lambda moves by decades with nu), biases, and the
+# users' history prior.
 # Implicit: iALS's ranges (Rendle et al. 2021): w0 well below 1, lambda on a log scale, and the
 # confidence's slope and form.
 DEFAULT_SPACES: dict[str, dict[str, Any]] = {
@@ -63,6 +64,7 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
         "reg_exponent": [0.25, 0.5, 0.75, 1.0],
         "biases": [True, False],
         "bias_reg": {"min": 0.1, "max": 3.0, "log": True},
+        "history_prior": [0.0, 0.1, 0.2, 0.4],
         "day_bias_reg": [0.0, 3.0, 10.0, 30.0],
     },
     "implicit": {
