@@ -447,6 +447,9 @@ def _iterate(
         # Items first, from the initial user factors, as MLlib does: this order ends at a lower
         # objective and held-out RMSE than users first.
         items = engine.half_step("item", n_items, f.X, f.user_bias, HalfStepResult(f.Y, f.item_bias, 0, 0, 0))
+        # The users' term here is the plain ridge's even with a history prior (its centre needs the
+        # ratings, which the driver does not hold); the iteration's loss, after the user half-step,
+        # is the prior's (the kernel reports lambda_u |x_u - z_u|^2).
         result.losses.append(items.data_loss + items.reg_loss + _reg_term(spec, n_u, f.X, f.user_bias))
         users = engine.half_step("user", n_users, items.factors, items.bias, HalfStepResult(f.X, f.user_bias, 0, 0, 0))
         loss = users.data_loss + users.reg_loss + _reg_term(spec, n_i, items.factors, items.bias)

@@ -447,7 +447,15 @@ def solve_block(
         )
     if spec.history_prior:
         return _solve_toward_history(
-            indptr, cols, vals, Y, spec, fixed_bias, budget, "compiled" if plan.compiled else "numpy", x0 if cg else None
+            indptr,
+            cols,
+            vals,
+            Y,
+            spec,
+            fixed_bias,
+            budget,
+            "compiled" if plan.compiled else "numpy",
+            x0 if cg else None,
         )
     if plan.compiled:
         return _solve_compiled(indptr, cols, vals, Y, spec, fixed_bias, gram, plan, x0 if cg else None)
