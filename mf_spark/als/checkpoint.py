@@ -47,6 +47,7 @@ EXECUTION_ONLY = {
         "num_user_blocks",
         "num_item_blocks",
         "day_bias_reg",
+        "day_factor_reg",
         "day_length",
         "stall_floor_seconds",
     },
@@ -61,14 +62,19 @@ def list_offsets(n_rows: int, k: int) -> np.ndarray:
     return np.arange(0, (n_rows + 1) * k, k, dtype=np.int64)
 
 
-def factor_table(ids: pa.Array, F: np.ndarray, bias: np.ndarray | None, id_name: str = "id") -> pa.Table:
-    """Arrow table of (id, [bias], factors large_list<float>) in index order (64-bit offsets; Spark
-    reads the column as array<float>, Parquet stores both list types alike)."""
+def factor_lists(F: np.ndarray) -> pa.LargeListArray:
+    """(n, k) factors as a large_list<float> column, one list per row (64-bit offsets; Spark reads the
+    column as array<float>, Parquet stores both list types alike)."""
     flat = pa.array(np.ascontiguousarray(F, dtype=np.float32).reshape(-1))
+    return pa.LargeListArray.from_arrays(pa.array(list_offsets(F.shape[0], F.shape[1])), flat)
+
+
+def factor_table(ids: pa.Array, F: np.ndarray, bias: np.ndarray | None, id_name: str = "id") -> pa.Table:
+    """Arrow table of (id, [bias], factors) in index order (`factor_lists`)."""
     cols = {id_name: ids.cast(pa.large_string()) if pa.types.is_string(ids.type) else ids}
     if bias is not None:
         cols["bias"] = pa.array(bias.astype(np.float32))
-    cols["factors"] = pa.LargeListArray.from_arrays(pa.array(list_offsets(F.shape[0], F.shape[1])), flat)
+    cols["factors"] = factor_lists(F)
     return pa.table(cols)
 
 

@@ -12,6 +12,16 @@ predictions on that day but never the order of the user's recommendations.
 `DayFitter(train, day_length)` groups the training ratings by (user, day) once; each `fit` of
 factors, for one or several day_bias_reg values, is one pass over the ratings (tune fits every
 trial's factors after every iteration). Ratings without a timestamp take no part.
+
+Day factor offsets (model.day_factor_reg > 0) come after the day biases: each (user, day) with at
+least two ratings gets d_ud, the ridge solution of its ratings' residuals (after the day bias) on the
+item factors,
+
+    d_ud = argmin sum over the day's ratings of (e - d . y_i)^2 + day_factor_reg |d|^2
+
+solved by the ALS kernel (`kernels.solve.solve_block`, its rows the (user, day) pairs). A day with
+one rating names no direction of taste, so it keeps its bias alone. Fitted in one ridge with the day
+bias, the offsets did worse on held-out ratings (docs/quality.md).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
 from mf_spark.data.ready import Keyed, Triples, as_df
 from mf_spark.kernels import compiled
+from mf_spark.kernels.solve import SolveSpec, solve_block
 
 log = logging.getLogger("mf_spark")
 _DAY, _RESIDUAL = "_day", "_residual"
@@ -35,6 +46,23 @@ _DAY, _RESIDUAL = "_day", "_residual"
 def residuals(f: Factors, u: np.ndarray, i: np.ndarray, r: np.ndarray) -> np.ndarray:
     """r - (mu + b_u + b_i + x_u.y_i), unclipped, for known (u, i) pairs (float64)."""
     return r - compiled.predict_rows(f.X, f.Y, f.user_bias, f.item_bias, u, i, f.mu, f.mu, None)
+
+
+def ridge_offsets(indptr: np.ndarray, items: np.ndarray, errors: np.ndarray, Y: np.ndarray, reg: float) -> np.ndarray:
+    """(groups, k) float32: each CSR group's ridge solution of `errors` on its items' factors, zeros for
+    groups of fewer than two ratings."""
+    spec = SolveSpec(reg=float(reg), reg_exponent=0.0)
+    offsets = solve_block(indptr, items.astype(np.int32), errors.astype(np.float32), Y, spec).factors
+    offsets[np.diff(indptr) < 2] = 0.0
+    return offsets
+
+
+def _lists(rows: np.ndarray) -> pa.ListArray:
+    """(n, k) float32 as an Arrow list<float> column, one list per row."""
+    n, k = rows.shape
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), pa.array(rows.ravel(), pa.float32())
+    )
 
 
 def _pairs(
@@ -120,6 +148,79 @@ class DayFitter:
             )
         return [pairs.with_bias(sums / (counts + reg)) if reg > 0 else None for reg in regs]
 
+    def unbiased(self, factors: Factors) -> DayBiases:
+        """The (user, day) pairs of the timestamped ratings, every offset 0."""
+        return self.pairs if self.spark_free else self._on_spark(factors)[0]
+
+    def with_factors(self, factors: Factors, biases: DayBiases, reg: float) -> DayBiases:
+        """`biases` (fitted to `factors` by `fit`) with their factor offsets for lambda `reg` (module
+        docstring); `biases` as they are for reg 0."""
+        if reg <= 0 or not biases.size:
+            return biases
+        if not self.spark_free:
+            return biases.with_factors(self._factors_on_spark(factors, biases, reg))
+        errors = residuals(factors, self.u, self.i, self.r) - biases.bias[self.group]
+        order = np.argsort(self.group, kind="stable")
+        indptr = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        return biases.with_factors(ridge_offsets(indptr, self.i[order], errors[order], factors.Y, reg))
+
+    def _factors_on_spark(self, factors: Factors, biases: DayBiases, reg: float) -> np.ndarray:
+        """The factor offsets of `biases`' pairs, (m, k). Performance note: one broadcast of the
+        factors and day biases, a shuffle of the timestamped ratings by user, and one kernel solve per
+        partition, whose rows (one per user and day) come to the driver."""
+        bc = session.broadcast(self.train.sparkSession, (factors, biases))
+        length, k = self.day_length, factors.Y.shape[1]
+
+        def errors(batches):
+            f, d = bc.value
+            for b in batches:
+                t = pa.Table.from_batches([b])
+                u, ts = t.column(USER_IDX).to_numpy(), t.column(TIMESTAMP).to_numpy()
+                res = residuals(f, u, t.column(ITEM_IDX).to_numpy(), t.column(RATING).to_numpy().astype(np.float64))
+                res -= d.lookup(u, ts)
+                yield pa.record_batch(
+                    [
+                        t.column(USER_IDX).combine_chunks(),
+                        pa.array(ts // length, pa.int64()),
+                        t.column(ITEM_IDX).combine_chunks(),
+                        pa.array(res, pa.float64()),
+                    ],
+                    [USER_IDX, _DAY, ITEM_IDX, _RESIDUAL],
+                )
+
+        def solve(batches):
+            batches = [b for b in batches if b.num_rows]
+            if not batches:  # a partition no user hashed to
+                return
+            t = pa.Table.from_batches(batches)
+            u, day = t.column(USER_IDX).to_numpy(), t.column(_DAY).to_numpy()
+            starts = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (day[1:] != day[:-1])])
+            indptr = np.append(starts, u.size).astype(np.int64)
+            items = t.column(ITEM_IDX).to_numpy()
+            offsets = ridge_offsets(indptr, items, t.column(_RESIDUAL).to_numpy(), bc.value[0].Y, reg)
+            yield pa.record_batch(
+                [pa.array(u[starts], pa.int32()), pa.array(day[starts], pa.int64()), _lists(offsets)],
+                [USER_IDX, _DAY, "offset"],
+            )
+
+        try:
+            rows = (
+                self.train.select(USER_IDX, ITEM_IDX, RATING, TIMESTAMP)
+                .mapInArrow(errors, f"{USER_IDX} int, {_DAY} long, {ITEM_IDX} int, {_RESIDUAL} double")
+                .repartition(session.parallelism(self.train.sparkSession), USER_IDX)
+                .sortWithinPartitions(USER_IDX, _DAY)
+                .mapInArrow(solve, f"{USER_IDX} int, {_DAY} long, offset array<float>")
+                .toArrow()
+            )
+        finally:
+            bc.unpersist(blocking=False)
+        out = np.zeros((biases.size, k), np.float32)
+        if rows.num_rows:
+            at = biases.positions(rows.column(USER_IDX).to_numpy(), rows.column(_DAY).to_numpy() * length)
+            values = np.asarray(rows.column("offset").combine_chunks().flatten(), np.float32).reshape(-1, k)
+            out[at[at >= 0]] = values[at >= 0]
+        return out
+
     def _on_spark(self, factors: Factors) -> tuple[DayBiases, np.ndarray, np.ndarray]:
         """The (user, day) pairs, their residuals' sums and counts. Performance note: one broadcast
         of the factors, one narrow pass over the ratings and an aggregate by (user, day), whose rows
@@ -159,6 +260,19 @@ class DayFitter:
         return _pairs(length, col(USER_IDX), col(_DAY), col("s"), col("n").astype(np.float64))
 
 
+def fit(fitter_: DayFitter | None, factors: Factors, cfg) -> DayBiases | None:
+    """The day biases of a model config (config.ModelConfig) for `factors`, with their factor offsets
+    when it asks for them; None without a fitter."""
+    if fitter_ is None:
+        return None
+    if cfg.day_bias_reg > 0:
+        biases = fitter_(factors, cfg.day_bias_reg)
+    else:  # factor offsets alone: the (user, day) pairs with no bias
+        biases = fitter_.unbiased(factors)
+    return fitter_.with_factors(factors, biases, cfg.day_factor_reg)
+
+
 def fitter(train: DataFrame | Triples | Keyed, cfg) -> DayFitter | None:
     """The day biases' fitter of a model config (config.ModelConfig), None when it has none."""
-    return DayFitter(train, cfg.day_length) if cfg.kind == "explicit" and cfg.day_bias_reg > 0 else None
+    wanted = cfg.day_bias_reg > 0 or cfg.day_factor_reg > 0
+    return DayFitter(train, cfg.day_length) if cfg.kind == "explicit" and wanted else None

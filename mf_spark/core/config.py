@@ -232,6 +232,15 @@ class ModelConfig:
         finite=True,
         tunable=True,
     )
+    day_factor_reg: float = setting(
+        0.0,
+        "explicit, with timestamps: `> 0` fits, after the factors and the day biases (if any), a factor offset d "
+        "per (user, day) with two or more ratings, the ridge solution (this lambda) of the day's residuals on the "
+        "item factors; a prediction for that user and day adds `d . y_i` (Koren's day-specific user factor); "
+        "0 = none",
+        at_least(0, "a number", " (0 = no day factor offsets)"),
+        finite=True,
+    )
     history_prior: float = setting(
         0.0,
         "explicit: shrink each user's factors toward gamma |N(u)|^-1/2 times the sum of the factors of the items "

@@ -54,16 +54,23 @@ class DayBiases:
     Koren's timeSVD. A user rates a day's items in one mood, against one reference; an offset per
     (user, day), fitted to the residuals of the user's ratings that day, lifts or lowers every
     prediction for that user on that day, and for a day it has not seen, none. A day is
-    timestamp // day_length (timestamps in seconds: day_length 86400)."""
+    timestamp // day_length (timestamps in seconds: day_length 86400).
+
+    With `factors`, each (user, day) also has a factor offset d_ud (Koren's day-specific user
+    factor): a prediction for that user on that day adds d_ud . y_i, the session's taste beside its
+    mood."""
 
     day_length: int
     users: np.ndarray  # (m,) int32 user indices, ascending by (user, day)
     days: np.ndarray  # (m,) int64
     bias: np.ndarray  # (m,) float32
+    factors: np.ndarray | None = None  # (m, k) float32 factor offsets, or None
 
     def __post_init__(self) -> None:
         if not (self.users.shape == self.days.shape == self.bias.shape) or self.users.ndim != 1:
             raise ValueError(f"day biases: users {self.users.shape}, days {self.days.shape}, bias {self.bias.shape}")
+        if self.factors is not None and (self.factors.ndim != 2 or self.factors.shape[0] != self.bias.size):
+            raise ValueError(f"day biases: factor offsets {self.factors.shape} for {self.bias.size} (user, day) pairs")
         if self.day_length < 1:
             raise ValueError(f"day biases: day_length {self.day_length}, expected an integer >= 1")
         # (user, day) as one sortable key: the user times the number of distinct days plus the day's
@@ -80,11 +87,21 @@ class DayBiases:
         return int(self.bias.size)
 
     def with_bias(self, bias: np.ndarray) -> "DayBiases":
-        """The same (user, day) pairs with other offsets, their keys reused (a refit of the offsets)."""
+        """The same (user, day) pairs with other offsets and no factor offsets, their keys reused (a
+        refit of the offsets)."""
         if bias.shape != self.bias.shape:
             raise ValueError(f"day biases: {bias.shape} offsets for {self.bias.shape} (user, day) pairs")
         out = copy.copy(self)
         object.__setattr__(out, "bias", np.asarray(bias, np.float32))
+        object.__setattr__(out, "factors", None)
+        return out
+
+    def with_factors(self, factors: np.ndarray | None) -> "DayBiases":
+        """These offsets with the factor offsets `factors` ((m, k), or None for none)."""
+        if factors is not None and (factors.ndim != 2 or factors.shape[0] != self.bias.size):
+            raise ValueError(f"day biases: factor offsets {factors.shape} for {self.bias.size} (user, day) pairs")
+        out = copy.copy(self)
+        object.__setattr__(out, "factors", None if factors is None else np.asarray(factors, np.float32))
         return out
 
     def positions(self, u: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
@@ -106,10 +123,20 @@ class DayBiases:
         out[ok] = at[ok]
         return out
 
-    def offsets(self, positions: np.ndarray) -> np.ndarray:
-        """The offsets at `positions` (from `positions`), float64; 0 where -1."""
+    def offsets(
+        self, positions: np.ndarray, items: np.ndarray | None = None, Y: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The offsets at `positions` (from `positions`), float64; 0 where -1. With factor offsets,
+        the item indices `items` (-1 = unknown) and the item factors `Y`, plus d_ud . y_i."""
         found = positions >= 0
-        return np.where(found, self.bias[np.where(found, positions, 0)] if self.size else 0.0, 0.0)
+        at = np.where(found, positions, 0)
+        out = np.where(found, self.bias[at] if self.size else 0.0, 0.0)
+        if self.factors is not None and self.size and items is not None:
+            items = np.asarray(items, np.int64)
+            both = found & (items >= 0)
+            rows = np.flatnonzero(both)
+            out[rows] += np.einsum("ij,ij->i", self.factors[at[rows]].astype(np.float64), Y[items[rows]])
+        return out
 
     def lookup(self, u: np.ndarray, timestamps: np.ndarray | None) -> np.ndarray:
         """The offset of each (user index, timestamp) pair, float64 (0 where `positions` is -1)."""

@@ -6,7 +6,8 @@ A saved model is a folder:
     factors/users/   Parquet: id (original type), bias float (explicit + biases), factors array<float>
     factors/items/   the same for items
     factors/user_days/  Parquet: user (original type), day long, bias float: day biases (types.DayBiases),
-                     with model.day_bias_reg > 0 only
+                     with model.day_bias_reg > 0 only; factors array<float>: their factor offsets,
+                     with model.day_factor_reg > 0 only
     features/users/, features/items/   Parquet: feature string, weights array<float>: the map from a
                      side's features to its factors (model.features), trained with --user-features /
                      --item-features only; its encoding is in model.json
@@ -32,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from mf_spark.als.blocks import build_blocks
-from mf_spark.als.checkpoint import factor_table, read_factor_table
+from mf_spark.als.checkpoint import factor_lists, factor_table, read_factor_table
 from mf_spark.als.halfstep import half_step, solve_spec
 from mf_spark.core import fs, session
 from mf_spark.core.config import saved_model_config
@@ -83,7 +84,7 @@ class Scorer:
         clip = self.rating_range if self.kind == "explicit" else None
         if self.days is not None and (t is not None or day_at is not None):
             at = day_at if day_at is not None else self.days.positions(u, t)
-            pred = Scorer(self.kind, f, self.global_mean, None).predict_idx(u, i) + self.days.offsets(at)
+            pred = Scorer(self.kind, f, self.global_mean, None).predict_idx(u, i) + self.days.offsets(at, i, f.Y)
             return pred if clip is None else np.clip(pred, *clip)
         if compiled.chosen("auto"):
             return compiled.predict_rows(
@@ -114,7 +115,7 @@ class FactorModel:
     global_mean: float  # cold-start prediction
     rating_range: tuple[float, float] | None  # explicit predictions are clipped to it
     config: dict[str, Any] = field(default_factory=dict)
-    days: DayBiases | None = None  # explicit models with model.day_bias_reg > 0
+    days: DayBiases | None = None  # explicit models with model.day_bias_reg or day_factor_reg > 0
     item_blocks: int = field(default=0, compare=False)  # > 0: top-N by item blocks, no broadcast of Y
     features: dict[str, FeatureMap] = field(default_factory=dict, compare=False)  # "users"/"items": side info
     _bc: Any = field(default=None, repr=False, compare=False)
@@ -436,6 +437,7 @@ class FactorModel:
                         "user": self.users.ids.take(pa.array(d.users)),
                         "day": pa.array(d.days, pa.int64()),
                         "bias": pa.array(d.bias, pa.float32()),
+                        **({} if d.factors is None else {"factors": factor_lists(d.factors)}),
                     }
                 ),
             )
@@ -608,6 +610,11 @@ def _load_days(spark: SparkSession, path: str, meta: dict[str, Any], users: IdMa
         at = users.index_of(table.column("user"))
         day = table.column("day").cast(pa.int64()).to_numpy(zero_copy_only=False)
         bias = table.column("bias").cast(pa.float32()).to_numpy(zero_copy_only=False)
+        offsets = None
+        if "factors" in table.column_names:
+            column = table.column("factors").combine_chunks()
+            offsets = np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32)
+            offsets = offsets.reshape(table.num_rows, -1) if table.num_rows else offsets.reshape(0, 0)
     except Exception as exc:
         raise ModelError(
             f"{where}: cannot read the day biases ({type(exc).__name__}: "
@@ -617,8 +624,18 @@ def _load_days(spark: SparkSession, path: str, meta: dict[str, Any], users: IdMa
         raise ModelError(f"{where}: {table.num_rows} rows, model.json says {meta.get('n_user_days')}")
     if (at < 0).any() or not np.isfinite(bias).all():
         raise ModelError(f"{where}: every user must be one of factors/users and every bias a finite number")
+    if offsets is not None and (
+        offsets.size != table.num_rows * int(meta.get("rank", -1)) or not np.isfinite(offsets).all()
+    ):
+        raise ModelError(f"{where}: every factor offset must be {meta.get('rank')} finite numbers")
     order = np.lexsort((day, at))
     try:
-        return DayBiases(int(meta["day_length"]), at[order].astype(np.int32), day[order], bias[order])
+        return DayBiases(
+            int(meta["day_length"]),
+            at[order].astype(np.int32),
+            day[order],
+            bias[order],
+            None if offsets is None else offsets[order],
+        )
     except ValueError as exc:
         raise ModelError(f"{where}: {exc}") from None

@@ -61,7 +61,7 @@ def fit_model(ready: prepare.Ready, cfg: RunConfig, **fit_args: Any) -> tuple[al
     the fit and the model every job and the estimator keep."""
     fit = als.fit(ready.train, ready.users.size, ready.items.size, cfg.model, stats=ready.stats, **fit_args)
     day_fit = days.fitter(ready.train, cfg.model)
-    day_biases = day_fit(fit.factors, cfg.model.day_bias_reg) if day_fit is not None else None
+    day_biases = days.fit(day_fit, fit.factors, cfg.model)
     model = FactorModel.trained(
         cfg.model.kind,
         fit.factors,

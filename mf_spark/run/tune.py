@@ -255,8 +255,13 @@ class Validation:
         self.day_regs = post.get("day_bias_reg", [run.model.day_bias_reg])
         if kind != "explicit" or self.ranking is not None:
             self.day_regs = self.day_regs[:1]
+        # [model]'s day factor offsets are not searched (a solve per value and call) but scored as the
+        # refit will fit them, so that validation and test measure the same model
+        self.factor_reg = run.model.day_factor_reg if kind == "explicit" and self.ranking is None else 0.0
         self.days = None
-        if any(v > 0 for v in self.day_regs):  # fitted after every iteration: on the driver where it fits
+        if (
+            any(v > 0 for v in self.day_regs) or self.factor_reg > 0
+        ):  # after every iteration: on the driver where it fits
             train = days.on_driver(inner.train, inner.stats.n, run.data.front_end_max_mb * 2**20)
             self.days = days.DayFitter(train, run.model.day_length)
         self.spark_free = self.days is None or self.days.spark_free
@@ -267,6 +272,9 @@ class Validation:
         best: tuple[float, dict[str, Any]] | None = None
         fitted = self.days.fit(factors, self.day_regs) if self.days is not None else [None] * len(self.day_regs)
         for reg, biases in zip(self.day_regs, fitted):
+            if self.factor_reg > 0:
+                pairs = biases if biases is not None else self.days.unbiased(factors)
+                biases = self.days.with_factors(factors, pairs, self.factor_reg)
             if biases is not None and (self.day_at is None or not self.days.spark_free):  # with_bias's pairs stay
                 self.day_at = biases.positions(self.heldout.u, self.heldout.t)
             scorer = Scorer(self.kind, factors, self.mean, self.range, biases)

@@ -3,6 +3,7 @@ how they score, save and load, and that the train and tune jobs use them where t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 from conftest import planted
 
 from jobs import train as train_job
+from mf_spark import evaluate
 from mf_spark.als import days
+from mf_spark.als import loop as als
 from mf_spark.core import config
 from mf_spark.core.errors import ConfigError, ModelError
 from mf_spark.core.types import NO_TIME, DayBiases, Factors
@@ -116,8 +119,52 @@ def test_spark_fits_the_same_offsets_as_the_driver(spark):
     got = fitter(f, 1.0)
     assert np.array_equal(got.users, want.users) and np.array_equal(got.days, want.days)
     np.testing.assert_allclose(got.bias, want.bias, rtol=1e-5, atol=1e-6)
+    driver = days.DayFitter(Triples(None, u, i, r, t), 3600)
+    np.testing.assert_allclose(
+        fitter.with_factors(f, got, 0.5).factors, driver.with_factors(f, want, 0.5).factors, rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(fitter.unbiased(f).days, want.days)
     no_time = days.DayFitter(df.drop("timestamp"), 3600)(f, 1.0)
     assert no_time.size == 0
+
+
+def _ridge_by_day(u, i, r, t, f, bias_of, reg, day=DAY):
+    """{(user, day): ridge solution of the day's residuals less its bias on the item factors}, for
+    pairs of two or more ratings (the others none)."""
+    res = r - (f.mu + f.user_bias[u] + f.item_bias[i] + np.einsum("ij,ij->i", f.X[u], f.Y[i]))
+    want = {}
+    for a in np.unique(u):
+        for d in np.unique(t[t != NO_TIME] // day):
+            mine = (u == a) & (t != NO_TIME) & (t // day == d)
+            if mine.sum() >= 2:
+                Yd, e = f.Y[i[mine]].astype(np.float64), res[mine] - bias_of(a, d)
+                want[(a, d)] = np.linalg.solve(Yd.T @ Yd + reg * np.eye(Yd.shape[1]), Yd.T @ e)
+            elif mine.any():
+                want[(a, d)] = np.zeros(f.Y.shape[1])
+    return want
+
+
+def test_each_factor_offset_is_the_ridge_solution_of_its_days_residuals_after_its_bias():
+    u, i, r, t = _ratings()
+    u[:3], i[:3], t[:3] = 3, [0, 1, 2], [9 * DAY, 10 * DAY, 10 * DAY + 5]  # a day of one rating gets none
+    f = _factors()
+    fitter = days.DayFitter(Triples(None, u, i, r, t), DAY)
+    biases = fitter(f, 2.5)
+    got = fitter.with_factors(f, biases, 1.5)
+    assert np.array_equal(got.bias, biases.bias) and got.factors.shape == (biases.size, 2)
+    bias_of = lambda a, d: biases.bias[biases.positions(np.array([a]), np.array([d * DAY]))[0]]
+    want = _ridge_by_day(u, i, r, t, f, bias_of, 1.5)
+    assert list(zip(got.users.tolist(), got.days.tolist())) == sorted(want)
+    np.testing.assert_allclose(got.factors, [want[k] for k in sorted(want)], rtol=1e-4, atol=1e-5)
+    assert not got.factors[got.positions(np.array([3]), np.array([9 * DAY]))[0]].any()
+    assert fitter.with_factors(f, biases, 0.0) is biases
+    assert got.with_bias(got.bias).factors is None  # a refit of the biases leaves the offsets behind
+    # without day biases the offsets are fitted to the plain residuals
+    alone = days.fit(fitter, f, config.ModelConfig(day_factor_reg=1.5))
+    assert not alone.bias.any()
+    want = _ridge_by_day(u, i, r, t, f, lambda a, d: 0.0, 1.5)
+    np.testing.assert_allclose(alone.factors, [want[k] for k in sorted(want)], rtol=1e-4, atol=1e-5)
+    assert days.fitter(Triples(None, u, i, r, t), config.ModelConfig()) is None
 
 
 def test_the_scorer_adds_the_days_offset_before_clipping():
@@ -137,6 +184,16 @@ def test_the_scorer_adds_the_days_offset_before_clipping():
         DayBiases(DAY, np.array([1], np.int32), np.array([2], np.int64), np.array([50.0], np.float32)),
     )
     assert clipped.predict_idx(u[:1], i[:1], t[:1])[0] == 5.0
+    # factor offsets add d . y_i on that day, for known items
+    offsets = d.with_factors(np.array([[0.5, -2.0]], np.float32))
+    with_factors = Scorer("explicit", f, 3.0, None, offsets)
+    i = np.array([0, 2, 0, 0])
+    added = with_factors.predict_idx(u, i, t) - plain.predict_idx(u, i)
+    np.testing.assert_allclose(added, [0.25 + f.Y[0] @ [0.5, -2.0], 0, 0, 0], rtol=1e-6)
+    unknown = with_factors.predict_idx(np.array([1]), np.array([-1]), t[:1]) - plain.predict_idx([1], [-1])
+    np.testing.assert_allclose(unknown, [0.25])
+    with pytest.raises(ValueError, match="factor offsets"):
+        d.with_factors(np.zeros((2, 2), np.float32))
 
 
 # ---- the jobs: planted day effects ---------------------------------------------------------------------------
@@ -205,6 +262,24 @@ def test_the_train_job_fits_saves_and_scores_day_biases(spark, day_csv, tmp_path
     got = model.predict(odd, "user.id", "item `x`", "pred.x", timestamp_col="ts.0").toPandas()
     assert list(got.columns) == ["user.id", "item `x`", "rating", "ts.0", "pred.x"]
     assert np.allclose(got["pred.x"], with_days["prediction"])
+
+
+def test_the_train_job_fits_saves_and_loads_day_factor_offsets(spark, day_csv, tmp_path):
+    out = tmp_path / "out"
+    sets = ["--set", "model.day_bias_reg=2", "--set", "model.day_factor_reg=3"]
+    assert train_job.main(["--input", day_csv, "--output", str(out), *SETTINGS, *sets]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    model = load_model(str(out), spark)
+    assert model.days.size == metrics["n_user_days"] == 320 and model.days.factors.shape == (320, 3)
+    assert np.abs(model.days.factors).max() > 0
+    d = model.days
+    u, t, i = d.users[:40], d.days[:40] * DAY, np.arange(40) % model.items.size
+    biases_only = dataclasses.replace(model.scorer, days=d.with_bias(d.bias))
+    added = model.scorer.predict_idx(u, i, t) - biases_only.predict_idx(u, i, t)
+    np.testing.assert_allclose(added, np.einsum("ij,ij->i", d.factors[:40], model.factors.Y[i]), atol=1e-5)
+    assert np.abs(added).max() > 1e-3
+    rows = spark.read.csv(day_csv, header=True, inferSchema=True).limit(50)
+    assert model.predict(rows, timestamp_col="timestamp").count() == 50
 
 
 @pytest.mark.slow
@@ -279,6 +354,39 @@ def test_tune_scores_each_day_bias_reg_on_every_trials_factors(spark, day_csv):
     table = tune.trials_table(with_days)
     assert table.column("day_bias_reg").to_pylist() == [2.0, 2.0]
     assert tune.best_run(run, with_days).model.day_bias_reg == 2.0
+
+
+def test_tune_scores_trials_with_the_day_factor_offsets_the_refit_fits(spark, day_csv):
+    """[model].day_factor_reg is not searched, but validation scores every trial's factors with the
+    offsets the refit will fit (after each listed day_bias_reg), so validation and test agree."""
+    run = config.load(None, ["tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true", "model.day_factor_reg=3"])
+    front = prepare.front_end(spark, run, input=day_csv)
+    front.load()
+    outer, inner = front.tuning_split(tune.validation_split(run))
+    try:
+        validation = tune.Validation(inner, run)
+        f = als.fit(inner.train, inner.users.size, inner.items.size, dataclasses.replace(run.model, rank=3))
+        value, chosen = validation(f.factors)
+        fitter = days.DayFitter(inner.train, DAY)
+        scores = []
+        for reg in (0.0, 2.0):
+            cfg = dataclasses.replace(run.model, day_bias_reg=reg)
+            scorer = Scorer(
+                "explicit",
+                f.factors,
+                inner.stats.mean,
+                (inner.stats.lo, inner.stats.hi),
+                days.fit(fitter, f.factors, cfg),
+            )
+            scores.append(evaluate.error_metrics(scorer, inner.heldout)["rmse"])
+        assert value == pytest.approx(min(scores), rel=1e-6) and chosen == {"day_bias_reg": 2.0}
+        plain = tune.Validation(
+            inner, dataclasses.replace(run, model=dataclasses.replace(run.model, day_factor_reg=0.0))
+        )
+        assert plain(f.factors)[0] != pytest.approx(value, rel=1e-6)
+    finally:
+        inner.release()
+        outer.release()
 
 
 def test_tune_fits_the_day_biases_of_ratings_spark_holds_on_the_driver(spark, day_csv):

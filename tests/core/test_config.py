@@ -247,6 +247,7 @@ def error_of(path=None, sets=()):
         (["model.broadcast_budget_mb=-1"], "model.broadcast_budget_mb"),
         (["model.cg_steps=0"], "model.cg_steps"),
         (["model.history_prior=-0.1"], "model.history_prior"),
+        (["model.day_factor_reg=-1"], "model.day_factor_reg"),
         (["model.history_prior=0.2", "model.nonnegative=true"], "model.history_prior"),
         (["split.test_fraction=0"], "split.test_fraction"),
         (["split.test_fraction=1"], "split.test_fraction"),
