@@ -240,6 +240,7 @@ class ModelConfig:
         "0 = none",
         at_least(0, "a number", " (0 = no day factor offsets)"),
         finite=True,
+        tunable=True,
     )
     history_prior: float = setting(
         0.0,

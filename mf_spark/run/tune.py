@@ -22,8 +22,8 @@ still improving at its last iteration goes on to twice as many; while a round im
 the next starts from the new best. A default space cannot fit every data set, so its edges move.
 Every trial stops once its validation metric has not improved for tune.patience iterations, and a
 trial whose fit diverges is recorded with no metric. Settings applied after a fit (POST_FIT: the day
-biases' lambda) are not drawn: every trial scores each listed value on its own factors after every
-iteration and keeps the best.
+biases' lambda, then the day factor offsets') are not drawn: every trial scores each listed value on
+its own factors after every iteration and keeps the best.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from mf_spark.als import days
 from mf_spark.als import loop as als
 from mf_spark.core.config import TUNE_METRICS, ModelConfig, RunConfig, SplitConfig
 from mf_spark.core.errors import ConfigError, FitDiverged, InputError
-from mf_spark.core.types import Factors
+from mf_spark.core.types import DayBiases, Factors
 from mf_spark.data.prepare import Ready
 from mf_spark.data.ready import TrainStats
 from mf_spark.model.factors import Scorer
@@ -168,8 +168,9 @@ def beyond(key: str, choice: Any, value: Any) -> tuple[Any, Any] | None:
 
 
 # Settings applied after a fit, to its factors: a trial scores each of their listed values on its
-# own factors after every iteration and keeps the best (a draw of them would cost whole fits).
-POST_FIT = ("day_bias_reg",)
+# own factors after every iteration and keeps the best (a draw of them would cost whole fits); the
+# day factor offsets' values on top of the best day biases.
+POST_FIT = ("day_bias_reg", "day_factor_reg")
 
 
 def post_fit_values(run: RunConfig) -> dict[str, list[Any]]:
@@ -255,13 +256,14 @@ class Validation:
         self.day_regs = post.get("day_bias_reg", [run.model.day_bias_reg])
         if kind != "explicit" or self.ranking is not None:
             self.day_regs = self.day_regs[:1]
-        # [model]'s day factor offsets are not searched (a solve per value and call) but scored as the
-        # refit will fit them, so that validation and test measure the same model
-        self.factor_reg = run.model.day_factor_reg if kind == "explicit" and self.ranking is None else 0.0
+        # Day factor offsets: each listed value (else [model]'s) on top of the best day biases, one
+        # solve per value and call, so that validation scores what the refit will fit.
+        self.factor_searched = "day_factor_reg" in post
+        self.factor_regs = post.get("day_factor_reg", [run.model.day_factor_reg])
+        if kind != "explicit" or self.ranking is not None:
+            self.factor_regs = [0.0]
         self.days = None
-        if (
-            any(v > 0 for v in self.day_regs) or self.factor_reg > 0
-        ):  # after every iteration: on the driver where it fits
+        if any(v > 0 for v in self.day_regs + self.factor_regs):  # every iteration: on the driver where it fits
             train = days.on_driver(inner.train, inner.stats.n, run.data.front_end_max_mb * 2**20)
             self.days = days.DayFitter(train, run.model.day_length)
         self.spark_free = self.days is None or self.days.spark_free
@@ -269,23 +271,33 @@ class Validation:
 
     def __call__(self, factors: Factors) -> tuple[float, dict[str, Any]]:
         """The metric of `factors` with the best of the post-fit values, and those values."""
-        best: tuple[float, dict[str, Any]] | None = None
+        best: tuple[float, dict[str, Any], DayBiases | None] | None = None
         fitted = self.days.fit(factors, self.day_regs) if self.days is not None else [None] * len(self.day_regs)
         for reg, biases in zip(self.day_regs, fitted):
-            if self.factor_reg > 0:
-                pairs = biases if biases is not None else self.days.unbiased(factors)
-                biases = self.days.with_factors(factors, pairs, self.factor_reg)
-            if biases is not None and (self.day_at is None or not self.days.spark_free):  # with_bias's pairs stay
-                self.day_at = biases.positions(self.heldout.u, self.heldout.t)
-            scorer = Scorer(self.kind, factors, self.mean, self.range, biases)
-            value = (
-                evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric]
-                if self.ranking is None
-                else self.ranking(scorer)[self.metric]
-            )
+            value = self._score(factors, biases)
             if best is None or (value < best[0] if self.lower_is_better else value > best[0]):
-                best = value, {"day_bias_reg": reg} if self.searched else {}
-        return best
+                best = value, {"day_bias_reg": reg} if self.searched else {}, biases
+        value, chosen, biases = best
+        result, pairs = None, None
+        for reg in self.factor_regs:
+            if reg > 0:
+                if pairs is None:
+                    pairs = biases if biases is not None else self.days.unbiased(factors)
+                score = self._score(factors, self.days.with_factors(factors, pairs, reg))
+            else:
+                score = value
+            if result is None or (score < result[0] if self.lower_is_better else score > result[0]):
+                result = score, {**chosen, **({"day_factor_reg": reg} if self.factor_searched else {})}
+        return result
+
+    def _score(self, factors: Factors, biases) -> float:
+        """The metric of `factors` with the day biases (and offsets) `biases`, or none."""
+        if biases is not None and (self.day_at is None or not self.days.spark_free):  # with_bias's pairs stay
+            self.day_at = biases.positions(self.heldout.u, self.heldout.t)
+        scorer = Scorer(self.kind, factors, self.mean, self.range, biases)
+        if self.ranking is None:
+            return evaluate.error_metrics(scorer, self.heldout, self.day_at)[self.metric]
+        return self.ranking(scorer)[self.metric]
 
 
 @dataclass

@@ -384,6 +384,22 @@ def test_tune_scores_trials_with_the_day_factor_offsets_the_refit_fits(spark, da
             inner, dataclasses.replace(run, model=dataclasses.replace(run.model, day_factor_reg=0.0))
         )
         assert plain(f.factors)[0] != pytest.approx(value, rel=1e-6)
+        # listed, the offsets' values are scored on top of the best day biases, and the best kept
+        listed = config.load(
+            None,
+            ["tune.space.day_bias_reg=[0.0, 2.0]", "tune.space.day_factor_reg=[0.0, 3.0, 1000.0]", "model.biases=true"],
+        )
+        value3, chosen3 = tune.Validation(inner, listed)(f.factors)
+        assert chosen3["day_bias_reg"] == 2.0
+        each = {}
+        for reg in (0.0, 3.0, 1000.0):
+            cfg = dataclasses.replace(run.model, day_bias_reg=2.0, day_factor_reg=reg)
+            fitted = days.fit(fitter, f.factors, cfg)
+            scorer = Scorer("explicit", f.factors, inner.stats.mean, (inner.stats.lo, inner.stats.hi), fitted)
+            each[reg] = evaluate.error_metrics(scorer, inner.heldout)["rmse"]
+        assert value3 == pytest.approx(min(each.values()), rel=1e-6)
+        assert each[chosen3["day_factor_reg"]] == min(each.values())
+        assert all("day_factor_reg" not in d for d in tune.settings(listed))  # no trials of their own
     finally:
         inner.release()
         outer.release()
