@@ -62,11 +62,15 @@ def list_offsets(n_rows: int, k: int) -> np.ndarray:
     return np.arange(0, (n_rows + 1) * k, k, dtype=np.int64)
 
 
-def factor_lists(F: np.ndarray) -> pa.LargeListArray:
-    """(n, k) factors as a large_list<float> column, one list per row (64-bit offsets; Spark reads the
-    column as array<float>, Parquet stores both list types alike)."""
+def factor_lists(F: np.ndarray, large: bool = True) -> pa.Array:
+    """(n, k) factors as a list column, one list per row: large_list<float> for Parquet (64-bit
+    offsets; Spark reads the column as array<float>, Parquet stores both list types alike), else
+    list<float> for Arrow batches handed to Spark, which refuses large lists there."""
     flat = pa.array(np.ascontiguousarray(F, dtype=np.float32).reshape(-1))
-    return pa.LargeListArray.from_arrays(pa.array(list_offsets(F.shape[0], F.shape[1])), flat)
+    offsets = list_offsets(F.shape[0], F.shape[1])
+    if large:
+        return pa.LargeListArray.from_arrays(pa.array(offsets), flat)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
 
 
 def factor_table(ids: pa.Array, F: np.ndarray, bias: np.ndarray | None, id_name: str = "id") -> pa.Table:

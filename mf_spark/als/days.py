@@ -33,6 +33,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from mf_spark.als.checkpoint import factor_lists
 from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, NO_TIME, RATING, TIMESTAMP, USER_IDX, DayBiases, Factors
 from mf_spark.data.ready import Keyed, Triples, as_df
@@ -55,14 +56,6 @@ def ridge_offsets(indptr: np.ndarray, items: np.ndarray, errors: np.ndarray, Y: 
     offsets = solve_block(indptr, items.astype(np.int32), errors.astype(np.float32), Y, spec).factors
     offsets[np.diff(indptr) < 2] = 0.0
     return offsets
-
-
-def _lists(rows: np.ndarray) -> pa.ListArray:
-    """(n, k) float32 as an Arrow list<float> column, one list per row."""
-    n, k = rows.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), pa.array(rows.ravel(), pa.float32())
-    )
 
 
 def _pairs(
@@ -123,6 +116,9 @@ class DayFitter:
         )  # groups sorted by (user, day)
         self.group = self.group.ravel()
         self.counts = np.bincount(self.group, minlength=groups.shape[1]).astype(np.float64)
+        # the ratings as CSR rows of their (user, day) pairs, for the factor offsets
+        self.by_pair = np.argsort(self.group, kind="stable")
+        self.pair_ptr = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.pairs = DayBiases(
             self.day_length, groups[0].astype(np.int32), groups[1], np.zeros(groups.shape[1], np.float32)
         )
@@ -160,9 +156,8 @@ class DayFitter:
         if not self.spark_free:
             return biases.with_factors(self._factors_on_spark(factors, biases, reg))
         errors = residuals(factors, self.u, self.i, self.r) - biases.bias[self.group]
-        order = np.argsort(self.group, kind="stable")
-        indptr = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        return biases.with_factors(ridge_offsets(indptr, self.i[order], errors[order], factors.Y, reg))
+        order = self.by_pair
+        return biases.with_factors(ridge_offsets(self.pair_ptr, self.i[order], errors[order], factors.Y, reg))
 
     def _factors_on_spark(self, factors: Factors, biases: DayBiases, reg: float) -> np.ndarray:
         """The factor offsets of `biases`' pairs, (m, k). Performance note: one broadcast of the
@@ -199,7 +194,11 @@ class DayFitter:
             items = t.column(ITEM_IDX).to_numpy()
             offsets = ridge_offsets(indptr, items, t.column(_RESIDUAL).to_numpy(), bc.value[0].Y, reg)
             yield pa.record_batch(
-                [pa.array(u[starts], pa.int32()), pa.array(day[starts], pa.int64()), _lists(offsets)],
+                [
+                    pa.array(u[starts], pa.int32()),
+                    pa.array(day[starts], pa.int64()),
+                    factor_lists(offsets, large=False),
+                ],
                 [USER_IDX, _DAY, "offset"],
             )
 

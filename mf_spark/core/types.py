@@ -69,8 +69,7 @@ class DayBiases:
     def __post_init__(self) -> None:
         if not (self.users.shape == self.days.shape == self.bias.shape) or self.users.ndim != 1:
             raise ValueError(f"day biases: users {self.users.shape}, days {self.days.shape}, bias {self.bias.shape}")
-        if self.factors is not None and (self.factors.ndim != 2 or self.factors.shape[0] != self.bias.size):
-            raise ValueError(f"day biases: factor offsets {self.factors.shape} for {self.bias.size} (user, day) pairs")
+        self._check_offsets(self.factors)
         if self.day_length < 1:
             raise ValueError(f"day biases: day_length {self.day_length}, expected an integer >= 1")
         # (user, day) as one sortable key: the user times the number of distinct days plus the day's
@@ -96,10 +95,13 @@ class DayBiases:
         object.__setattr__(out, "factors", None)
         return out
 
-    def with_factors(self, factors: np.ndarray | None) -> "DayBiases":
-        """These offsets with the factor offsets `factors` ((m, k), or None for none)."""
+    def _check_offsets(self, factors: np.ndarray | None) -> None:
         if factors is not None and (factors.ndim != 2 or factors.shape[0] != self.bias.size):
             raise ValueError(f"day biases: factor offsets {factors.shape} for {self.bias.size} (user, day) pairs")
+
+    def with_factors(self, factors: np.ndarray | None) -> "DayBiases":
+        """These offsets with the factor offsets `factors` ((m, k), or None for none)."""
+        self._check_offsets(factors)
         out = copy.copy(self)
         object.__setattr__(out, "factors", None if factors is None else np.asarray(factors, np.float32))
         return out

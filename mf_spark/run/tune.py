@@ -290,7 +290,7 @@ class Validation:
                 result = score, {**chosen, **({"day_factor_reg": reg} if self.factor_searched else {})}
         return result
 
-    def _score(self, factors: Factors, biases) -> float:
+    def _score(self, factors: Factors, biases: DayBiases | None) -> float:
         """The metric of `factors` with the day biases (and offsets) `biases`, or none."""
         if biases is not None and (self.day_at is None or not self.days.spark_free):  # with_bias's pairs stay
             self.day_at = biases.positions(self.heldout.u, self.heldout.t)
