@@ -217,7 +217,12 @@ class Pipeline:
                 test = (search.metric, body.get(search.metric))
                 return [
                     report.tuning_section(
-                        trials, f"validation_{search.metric}", search.lower_is_better, search.params, test
+                        trials,
+                        f"validation_{search.metric}",
+                        search.lower_is_better,
+                        search.params,
+                        test,
+                        tune.offsets_note(search),
                     )
                 ]
 

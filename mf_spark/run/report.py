@@ -955,10 +955,16 @@ def _param_axis(values: list[Any]) -> tuple[np.ndarray, Sequence[str], bool]:
 
 
 def tuning_section(
-    trials: pa.Table, metric: str, lower_is_better: bool, params: list[str], test: tuple[str, float] | None = None
+    trials: pa.Table,
+    metric: str,
+    lower_is_better: bool,
+    params: list[str],
+    test: tuple[str, float] | None = None,
+    after: str = "",
 ) -> Section:
     """The search: metric by trial, metric against each parameter, validation curves, the top 10;
-    `test`: (metric, value) of the refit on the test split, set beside the best validation value."""
+    `test`: (metric, value) of the refit on the test split, set beside the best validation value;
+    `after`: a line on what was chosen after the search, on the best trial."""
     rows = trials.to_pylist() if trials is not None else []
     if not rows:
         return Section("Tuning", _note("No trials were run."))
@@ -981,7 +987,7 @@ def tuning_section(
         _Series("trial", trial, v, BLUE, width=0, radius=3.5, tips=tips),
         _Series(best, [trial[b]], [v[b]], BEST, width=0, radius=6, tips=[tips[b]]),
     ]
-    lead = _tuning_lead(rows, v, b, name, lower_is_better, params)
+    lead = _tuning_lead(rows, v, b, name, lower_is_better, params) + (f" {after}" if after else "")
     if test is not None and test[1] is not None and math.isfinite(test[1]):
         lead += (
             f" Refit on all the training data with these settings, it scores {_label(test[0])} {_fmt(test[1])} "

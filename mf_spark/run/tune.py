@@ -21,9 +21,10 @@ one step beyond (rank 64 of [8, 16, 32, 64]: 128), one trial per such setting, a
 still improving at its last iteration goes on to twice as many; while a round improves on the best,
 the next starts from the new best. A default space cannot fit every data set, so its edges move.
 Every trial stops once its validation metric has not improved for tune.patience iterations, and a
-trial whose fit diverges is recorded with no metric. Settings applied after a fit (POST_FIT: the day
-biases' lambda, then the day factor offsets') are not drawn: every trial scores each listed value on
-its own factors after every iteration and keeps the best.
+trial whose fit diverges is recorded with no metric. Settings applied after a fit (POST_FIT) are not
+drawn: every trial scores each listed day biases' lambda on its own factors after every iteration
+and keeps the best; the day factor offsets' lambda, whose solve costs as much as a half-step, is
+chosen once the best trial is known, on its factors at its best iteration (Search.offsets).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ log = logging.getLogger("mf_spark")
 # The space searched when [tune.space] is empty: wide enough for data sets of any shape, since the
 # best settings differ by data set (docs/quality.md). Explicit: lambda on a log scale
 # together with the count exponent nu (the best lambda moves by decades with nu), biases, and the
-# users' history prior.
+# users' history prior; the day biases and day factor offsets where ratings have timestamps.
 # Implicit: iALS's ranges (Rendle et al. 2021): w0 well below 1, lambda on a log scale, and the
 # confidence's slope and form.
 DEFAULT_SPACES: dict[str, dict[str, Any]] = {
@@ -66,6 +67,7 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
         "bias_reg": {"min": 0.1, "max": 3.0, "log": True},
         "history_prior": [0.0, 0.1, 0.2, 0.4],
         "day_bias_reg": [0.0, 3.0, 10.0, 30.0],
+        "day_factor_reg": [0.0, 3.0, 10.0, 30.0],
     },
     "implicit": {
         "rank": [16, 32, 64],
@@ -167,10 +169,11 @@ def beyond(key: str, choice: Any, value: Any) -> tuple[Any, Any] | None:
     return new, widened
 
 
-# Settings applied after a fit, to its factors: a trial scores each of their listed values on its
-# own factors after every iteration and keeps the best (a draw of them would cost whole fits); the
-# day factor offsets' values on top of the best day biases.
+# Settings applied after a fit, to its factors: a draw of them would cost whole fits. A trial scores
+# each listed day biases' lambda after every iteration and keeps the best; the day factor offsets'
+# values (AFTER_SEARCH) are scored on the best trial alone, on top of its day biases.
 POST_FIT = ("day_bias_reg", "day_factor_reg")
+AFTER_SEARCH = ("day_factor_reg",)
 
 
 def post_fit_values(run: RunConfig) -> dict[str, list[Any]]:
@@ -256,39 +259,40 @@ class Validation:
         self.day_regs = post.get("day_bias_reg", [run.model.day_bias_reg])
         if kind != "explicit" or self.ranking is not None:
             self.day_regs = self.day_regs[:1]
-        # Day factor offsets: each listed value (else [model]'s) on top of the best day biases, one
-        # solve per value and call, so that validation scores what the refit will fit.
+        # Day factor offsets: each listed value (else [model]'s), scored by `offsets` on the best
+        # trial only, so that its validation figure is what the refit will fit.
         self.factor_searched = "day_factor_reg" in post
         self.factor_regs = post.get("day_factor_reg", [run.model.day_factor_reg])
-        if kind != "explicit" or self.ranking is not None:
-            self.factor_regs = [0.0]
+        if kind != "explicit" or self.ranking is not None or not any(v > 0 for v in self.factor_regs):
+            self.factor_regs = []
         self.days = None
         if any(v > 0 for v in self.day_regs + self.factor_regs):  # every iteration: on the driver where it fits
             train = days.on_driver(inner.train, inner.stats.n, run.data.front_end_max_mb * 2**20)
             self.days = days.DayFitter(train, run.model.day_length)
+            if self.days.spark_free and not self.days.pairs.size:
+                self.factor_regs = []  # no timestamps: no offsets to fit, and no refit to score them
         self.spark_free = self.days is None or self.days.spark_free
         self.day_at = None  # the validation rows' (user, day) positions: the same every call
 
     def __call__(self, factors: Factors) -> tuple[float, dict[str, Any]]:
-        """The metric of `factors` with the best of the post-fit values, and those values."""
-        best: tuple[float, dict[str, Any], DayBiases | None] | None = None
+        """The metric of `factors` with the best of the listed day biases, and that lambda."""
+        best: tuple[float, dict[str, Any]] | None = None
         fitted = self.days.fit(factors, self.day_regs) if self.days is not None else [None] * len(self.day_regs)
         for reg, biases in zip(self.day_regs, fitted):
             value = self._score(factors, biases)
             if best is None or (value < best[0] if self.lower_is_better else value > best[0]):
-                best = value, {"day_bias_reg": reg} if self.searched else {}, biases
-        value, chosen, biases = best
-        result, pairs = None, None
-        for reg in self.factor_regs:
-            if reg > 0:
-                if pairs is None:
-                    pairs = biases if biases is not None else self.days.unbiased(factors)
-                score = self._score(factors, self.days.with_factors(factors, pairs, reg))
-            else:
-                score = value
-            if result is None or (score < result[0] if self.lower_is_better else score > result[0]):
-                result = score, {**chosen, **({"day_factor_reg": reg} if self.factor_searched else {})}
-        return result
+                best = value, {"day_bias_reg": reg} if self.searched else {}
+        return best
+
+    def offsets(self, factors: Factors, day_bias_reg: float) -> list[float]:
+        """The metric of `factors` with the day biases of `day_bias_reg` and the factor offsets of each
+        of `factor_regs` on top (0: none)."""
+        biases = self.days(factors, day_bias_reg) if day_bias_reg > 0 else None
+        pairs = biases if biases is not None else self.days.unbiased(factors)
+        return [
+            self._score(factors, self.days.with_factors(factors, pairs, reg) if reg > 0 else biases)
+            for reg in self.factor_regs
+        ]
 
     def _score(self, factors: Factors, biases: DayBiases | None) -> float:
         """The metric of `factors` with the day biases (and offsets) `biases`, or none."""
@@ -347,6 +351,9 @@ class Search:
     params: list[str]  # the searched keys, in the space's order
     best: Trial
     kind: str = "explicit"
+    # the best trial's validation metric with each day factor offsets' lambda (AFTER_SEARCH), at its
+    # best iteration, over its seeds' mean; empty when there are none to fit
+    offsets: dict[float, float] = field(default_factory=dict)
 
     @property
     def best_iteration(self) -> int:
@@ -357,13 +364,27 @@ class Search:
         return self.best.curve[self.best_iteration - 1]
 
     @property
+    def offsets_reg(self) -> float | None:
+        """The day factor offsets' lambda chosen on the best trial; None when none were scored."""
+        if not self.offsets:
+            return None
+        pick = min if self.lower_is_better else max
+        return pick(self.offsets, key=self.offsets.get)  # the first listed of equals
+
+    @property
+    def validation(self) -> float:
+        """The validation metric of what the refit fits: the best trial's, with the chosen offsets."""
+        return self.best_value if self.offsets_reg is None else self.offsets[self.offsets_reg]
+
+    @property
     def refit_iterations(self) -> int:
         return math.ceil(self.best_iteration * REFIT_ITERATIONS[self.kind])
 
     @property
     def best_settings(self) -> dict[str, Any]:
         """The best trial's settings, post-fit values and the refit's iterations: what the refit uses."""
-        return {**self.best.chosen(self.lower_is_better), "iterations": self.refit_iterations}
+        offsets = {} if self.offsets_reg is None else {"day_factor_reg": self.offsets_reg}
+        return {**self.best.chosen(self.lower_is_better), **offsets, "iterations": self.refit_iterations}
 
 
 def _best_at(history: list[float], lower: bool) -> int:
@@ -532,6 +553,24 @@ def _average_seeds(
                 t.repeats.append(again.history)
 
 
+def _score_offsets(
+    best: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation
+) -> dict[float, float]:
+    """Search.offsets: the best trial fitted again with each model seed it ran with, to its best
+    iteration (the same factors as its run, which kept only its last), and each day factor offsets'
+    lambda scored on top of the day biases it chose."""
+    at = _best_at(best.curve, validate.lower_is_better)
+    day_bias_reg = best.chosen(validate.lower_is_better).get("day_bias_reg", run.model.day_bias_reg)
+    scores = []
+    for seed in range(1 + len(best.repeats)):
+        cfg = dataclasses.replace(_model(run, best), iterations=at + 1, seed=run.model.seed + seed)
+        fit = als.fit(inner.train, inner.users.size, inner.items.size, cfg, stats=inner.stats, blocks=blocks)
+        scores.append(validate.offsets(fit.factors, day_bias_reg))
+    offsets = dict(zip(validate.factor_regs, (float(v) for v in np.mean(scores, axis=0))))
+    log.info("tuning: trial %d with day factor offsets, %s by lambda: %s", best.number, validate.metric, offsets)
+    return offsets
+
+
 def search(inner: Ready, run: RunConfig) -> Search:
     """Run the search of run.tune over `inner` (the fit part, and the validation part as its held-out
     rows). Trials are deterministic for a given tune.seed and model.seed."""
@@ -586,6 +625,8 @@ def search(inner: Ready, run: RunConfig) -> Search:
         if not cut:
             trials += _extend(trials, inner, run, blocks, validate, spent)
         _average_seeds(trials, inner, run, blocks, validate, lambda: time.perf_counter() >= deadline)
+        best = _leader(trials, validate)
+        offsets = _score_offsets(best, inner, run, blocks, validate) if best and validate.factor_regs else {}
     for t in trials:
         t.factors = None
     if cut:
@@ -598,10 +639,10 @@ def search(inner: Ready, run: RunConfig) -> Search:
             len(trials),
         )
         trials = ran
-    best = _leader(trials, validate)
     if best is None:
         raise InputError(f"every one of the {len(trials)} trials diverged; first: {trials[0].failed}")
-    return Search(trials, validate.metric, validate.lower_is_better, list(space_of(run)), best, run.model.kind)
+    params = [k for k in space_of(run) if k not in AFTER_SEARCH]
+    return Search(trials, validate.metric, validate.lower_is_better, params, best, run.model.kind, offsets)
 
 
 def best_run(run: RunConfig, found: Search) -> RunConfig:
@@ -660,7 +701,8 @@ def summary(run: RunConfig, search, inner, seconds: float) -> dict[str, Any]:
         "trials": len(search.trials),
         "budget_minutes": run.tune.budget_minutes or None,
         "best_trial": search.best.number,
-        "best_validation": search.best_value,
+        "best_validation": search.validation,
+        "day_factor_validation": {str(k): v for k, v in search.offsets.items()} or None,
         "best_iteration": search.best_iteration,
         "refit_iterations": search.refit_iterations,
         "seeds": run.tune.seeds,
@@ -670,6 +712,17 @@ def summary(run: RunConfig, search, inner, seconds: float) -> dict[str, Any]:
         "seconds": seconds,
         "best": search.best_settings,
     }
+
+
+def offsets_note(search: Search) -> str:
+    """The report's line on the day factor offsets chosen after the search; "" when none were scored."""
+    if search.offsets_reg is None:
+        return ""
+    each = ", ".join(f"{v:.5g} (lambda {k:g})" for k, v in search.offsets.items())
+    return (
+        f"Day factor offsets, scored on trial {search.best.number}'s factors at its best iteration: "
+        f"{search.metric} {each}; the refit fits lambda {search.offsets_reg:g}."
+    )
 
 
 def scored(heldout) -> str:
@@ -683,8 +736,9 @@ def chosen_header(run: RunConfig, search, inner) -> str:
     """best.toml's opening comment: which trial was chosen, on what, and how to train it again."""
     return (
         f"Chosen by jobs/tune.py: trial {search.best.number} of {len(search.trials)} "
-        f"({run.tune.method}), validation {search.metric} {search.best_value:.5g} after "
-        f"{search.best_iteration} iterations (mean of {1 + len(search.best.repeats)} seeds),\non "
+        f"({run.tune.method}), validation {search.metric} {search.validation:.5g} after "
+        f"{search.best_iteration} iterations (mean of {1 + len(search.best.repeats)} seeds)"
+        f"{'' if search.offsets_reg is None else f' with day factor offsets {search.offsets_reg:g}'},\non "
         f"{scored(inner.heldout)} carved from the training data (never the test set); "
         f"the refit on all of it runs {search.refit_iterations}.\n"
         f"Train it again: jobs/train.py --input ... --config best.toml"

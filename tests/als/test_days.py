@@ -356,50 +356,67 @@ def test_tune_scores_each_day_bias_reg_on_every_trials_factors(spark, day_csv):
     assert tune.best_run(run, with_days).model.day_bias_reg == 2.0
 
 
-def test_tune_scores_trials_with_the_day_factor_offsets_the_refit_fits(spark, day_csv):
-    """[model].day_factor_reg is not searched, but validation scores every trial's factors with the
-    offsets the refit will fit (after each listed day_bias_reg), so validation and test agree."""
-    run = config.load(None, ["tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true", "model.day_factor_reg=3"])
+def test_tune_scores_the_day_factor_offsets_on_the_best_trial_after_the_search(spark, day_csv):
+    """The trials are scored with their day biases alone; then each listed day factor offsets'
+    lambda (else [model]'s) is scored on the best trial's factors at its best iteration, over its
+    seeds, and the best goes to the refit, so that validation scores what the refit fits."""
+    run = config.load(
+        None,
+        [
+            "tune.space.day_bias_reg=[0.0, 2.0]",
+            "tune.space.rank=[2, 3]",
+            "tune.space.day_factor_reg=[0.0, 3.0, 1000.0]",
+            "model.biases=true",
+            "tune.method=grid",
+            "tune.max_iterations=4",
+            "tune.extend_rounds=0",
+            "tune.seeds=2",
+        ],
+    )
     front = prepare.front_end(spark, run, input=day_csv)
     front.load()
     outer, inner = front.tuning_split(tune.validation_split(run))
     try:
+        assert all("day_factor_reg" not in d for d in tune.settings(run))  # no trials of their own
+        found = tune.search(inner, run)
         validation = tune.Validation(inner, run)
-        f = als.fit(inner.train, inner.users.size, inner.items.size, dataclasses.replace(run.model, rank=3))
-        value, chosen = validation(f.factors)
+        assert validation.factor_regs == [0.0, 3.0, 1000.0]
         fitter = days.DayFitter(inner.train, DAY)
-        scores = []
-        for reg in (0.0, 2.0):
-            cfg = dataclasses.replace(run.model, day_bias_reg=reg)
-            scorer = Scorer(
-                "explicit",
-                f.factors,
-                inner.stats.mean,
-                (inner.stats.lo, inner.stats.hi),
-                days.fit(fitter, f.factors, cfg),
+        chosen = found.best.chosen(found.lower_is_better)
+        each = {reg: [] for reg in (0.0, 3.0, 1000.0)}
+        for seed in (0, 1):  # the best trial's factors at its best iteration, each seed it ran with
+            cfg = dataclasses.replace(
+                run.model, **{**chosen, "iterations": found.best_iteration}, seed=seed, checkpoint_interval=0
             )
-            scores.append(evaluate.error_metrics(scorer, inner.heldout)["rmse"])
-        assert value == pytest.approx(min(scores), rel=1e-6) and chosen == {"day_bias_reg": 2.0}
-        plain = tune.Validation(
-            inner, dataclasses.replace(run, model=dataclasses.replace(run.model, day_factor_reg=0.0))
+            f = als.fit(inner.train, inner.users.size, inner.items.size, cfg)
+            # a trial's own score is with its day biases alone
+            value, post = validation(f.factors)
+            assert post == {"day_bias_reg": chosen["day_bias_reg"]}
+            for reg in each:
+                fitted = days.fit(fitter, f.factors, dataclasses.replace(cfg, day_factor_reg=reg))
+                scorer = Scorer("explicit", f.factors, inner.stats.mean, (inner.stats.lo, inner.stats.hi), fitted)
+                each[reg].append(evaluate.error_metrics(scorer, inner.heldout)["rmse"])
+            assert value == pytest.approx(each[0.0][-1], rel=1e-6)
+        means = {reg: float(np.mean(v)) for reg, v in each.items()}
+        assert found.offsets == pytest.approx(means, rel=1e-6)
+        best_reg = min(means, key=means.get)
+        assert best_reg != 0.0  # the planted days have offsets to find
+        assert found.best_settings["day_factor_reg"] == best_reg
+        assert found.validation == pytest.approx(means[best_reg], rel=1e-6)
+        assert found.validation < found.best_value
+        assert tune.best_run(run, found).model.day_factor_reg == best_reg
+        assert "day_factor_reg" not in tune.trials_table(found).column_names
+        assert f"lambda {best_reg:g}" in tune.offsets_note(found)
+        assert f"with day factor offsets {best_reg:g}" in tune.chosen_header(run, found, inner)
+        # [model]'s value, unlisted, is the only one scored, so the figure is the refit's
+        own = config.load(
+            None, ["tune.space.rank=[2, 3]", "model.biases=true", "model.day_factor_reg=3", "tune.seeds=1"]
         )
-        assert plain(f.factors)[0] != pytest.approx(value, rel=1e-6)
-        # listed, the offsets' values are scored on top of the best day biases, and the best kept
-        listed = config.load(
-            None,
-            ["tune.space.day_bias_reg=[0.0, 2.0]", "tune.space.day_factor_reg=[0.0, 3.0, 1000.0]", "model.biases=true"],
-        )
-        value3, chosen3 = tune.Validation(inner, listed)(f.factors)
-        assert chosen3["day_bias_reg"] == 2.0
-        each = {}
-        for reg in (0.0, 3.0, 1000.0):
-            cfg = dataclasses.replace(run.model, day_bias_reg=2.0, day_factor_reg=reg)
-            fitted = days.fit(fitter, f.factors, cfg)
-            scorer = Scorer("explicit", f.factors, inner.stats.mean, (inner.stats.lo, inner.stats.hi), fitted)
-            each[reg] = evaluate.error_metrics(scorer, inner.heldout)["rmse"]
-        assert value3 == pytest.approx(min(each.values()), rel=1e-6)
-        assert each[chosen3["day_factor_reg"]] == min(each.values())
-        assert all("day_factor_reg" not in d for d in tune.settings(listed))  # no trials of their own
+        assert tune.Validation(inner, own).factor_regs == [3.0]
+        assert list(tune.search(inner, own).offsets) == [3.0]
+        # none asked for: nothing fitted after the search
+        plain = config.load(None, ["tune.space.rank=[2, 3]", "model.biases=true", "tune.seeds=1"])
+        assert tune.search(inner, plain).offsets == {}
     finally:
         inner.release()
         outer.release()
