@@ -71,6 +71,7 @@ def solve_spec(cfg: ModelConfig, mu: float) -> SolveSpec:
         nonnegative=cfg.nonnegative,
         cg_steps=cfg.cg_steps_for(),
         history_prior=cfg.history_prior if cfg.kind == "explicit" else 0.0,
+        item_reg_scale=cfg.item_reg_scale,
     )
 
 

@@ -224,6 +224,14 @@ class ModelConfig:
         finite=True,
         tunable=True,
     )
+    item_reg_scale: float = setting(
+        1.0,
+        "the items' ridge over the users': the item half-step solves with lambda x this (the item biases' ridge "
+        "too); 1 = the same lambda on both sides, as MLlib",
+        Check(lambda v: v > 0.0, "a number > 0"),
+        finite=True,
+        tunable=True,
+    )
     day_bias_reg: float = setting(
         0.0,
         "explicit, with timestamps: `> 0` fits, after the factors, an offset per (user, day): the mean residual of "

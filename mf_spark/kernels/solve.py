@@ -62,6 +62,7 @@ class SolveSpec:
     nonnegative: bool = False  # projected (NNLS) solve
     cg_steps: int = 0  # > 0: that many conjugate-gradient steps from the previous factors
     history_prior: float = 0.0  # explicit, gamma: rows shrink toward gamma n^-1/2 sum of their entries' Y
+    item_reg_scale: float = 1.0  # the item side's lambda over the user side's (applied by `on`)
 
     def __post_init__(self) -> None:
         if self.kind not in ("explicit", "implicit"):
@@ -74,11 +75,15 @@ class SolveSpec:
             raise ValueError(f"bias_reg must be a number > 0, got {self.bias_reg}")
         if self.history_prior and (self.kind != "explicit" or self.nonnegative):
             raise ValueError("history_prior applies to explicit models without nonnegative factors only")
+        if not 0.0 < self.item_reg_scale < float("inf"):
+            raise ValueError(f"item_reg_scale must be a number > 0, got {self.item_reg_scale}")
 
     def on(self, side: str) -> "SolveSpec":
-        """What the half-step of `side` solves: the history prior shrinks users only (the rows whose
-        ratings name the items), never items."""
-        return replace(self, history_prior=0.0) if side == "item" and self.history_prior else self
+        """What the half-step of `side` solves: items with lambda x item_reg_scale; the history prior
+        shrinks users only (the rows whose ratings name the items), never items."""
+        if side != "item" or (not self.history_prior and self.item_reg_scale == 1.0):
+            return self
+        return replace(self, reg=self.reg * self.item_reg_scale, item_reg_scale=1.0, history_prior=0.0)
 
     @property
     def bias_unit(self) -> float:

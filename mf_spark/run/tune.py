@@ -20,11 +20,15 @@ Then the space's edges (tune.extend_rounds): a best setting on the edge of its l
 one step beyond (rank 64 of [8, 16, 32, 64]: 128), one trial per such setting, and a best trial
 still improving at its last iteration goes on to twice as many; while a round improves on the best,
 the next starts from the new best. A default space cannot fit every data set, so its edges move.
+Then refine (random, halving): the keys of REFINED in the space are not drawn (the draws keep
+[model]'s value) but tried on the best trial, one trial per other listed value.
 Every trial stops once its validation metric has not improved for tune.patience iterations, and a
 trial whose fit diverges is recorded with no metric. Settings applied after a fit (POST_FIT) are not
 drawn: every trial scores each listed day biases' lambda on its own factors after every iteration
 and keeps the best; the day factor offsets' lambda, whose solve costs as much as a half-step, is
-chosen once the best trial is known, on its factors at its best iteration (Search.offsets).
+chosen once the best trial is known, on its factors at its best iteration (Search.offsets); the
+refined trials are compared with their own offsets, as the offsets' ridge depends on the scale of
+the item factors that a refined key moves.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
         "biases": [True, False],
         "bias_reg": {"min": 0.1, "max": 3.0, "log": True},
         "history_prior": [0.0, 0.1, 0.2, 0.4],
+        "item_reg_scale": [1.0, 1.5, 2.0],
         "day_bias_reg": [0.0, 3.0, 10.0, 30.0],
         "day_factor_reg": [0.0, 3.0, 10.0, 30.0],
     },
@@ -173,6 +178,10 @@ def beyond(key: str, choice: Any, value: Any) -> tuple[Any, Any] | None:
 # each listed day biases' lambda after every iteration and keeps the best; the day factor offsets'
 # values (AFTER_SEARCH) are scored on the best trial alone, on top of its day biases.
 POST_FIT = ("day_bias_reg", "day_factor_reg")
+# Settings not drawn (random, halving) but tried on the best trial once the draws are done, one trial
+# per listed value (refine): a key whose best value barely moves with the others' region. Drawn, it
+# would reshuffle every other key's draws, and the search's choice with them.
+REFINED = ("item_reg_scale",)
 AFTER_SEARCH = ("day_factor_reg",)
 
 
@@ -209,8 +218,14 @@ def settings(run: RunConfig) -> list[dict[str, Any]]:
     # Trial 0 is the run's own [model] settings: the config as it is competes with the draws.
     out: list[dict[str, Any]] = [{k: getattr(run.model, k) for k in space}]
     seen: set[tuple] = {tuple(sorted(out[0].items()))}
+    kept = {k: out[0][k] for k in REFINED if k in space}  # tried on the best trial (refine)
+    for key in (k for k in kept if not isinstance(space[k], list)):
+        raise ConfigError(
+            f"config key tune.space.{key}: a list of values (each is tried on the best trial once the draws "
+            f"are done), got a range"
+        )
     for _ in range(trials * 20):  # distinct draws; a small discrete space runs out first
-        draw = {k: _draw(v, rng) for k, v in space.items()}
+        draw = {**{k: _draw(v, rng) for k, v in space.items() if k not in kept}, **kept}
         key = tuple(sorted(draw.items()))
         if key not in seen:
             seen.add(key)
@@ -512,6 +527,33 @@ def _extend(
     return added
 
 
+def _refine(
+    trials: list[Trial], inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation, spent
+) -> list[Trial]:
+    """The best trial again with each other listed value of each REFINED key in the space, one key
+    after another from the best so far by the trials' own metric: [that first best trial, the trials
+    added], or [] when none were. `spent(trial)`: as in `_extend`."""
+    space, added = space_of(run), []
+    start = best = _leader(trials, validate)
+    for key in (k for k in REFINED if k in space and best is not None):
+        tried = []
+        for value in space[key]:
+            t = Trial(len(trials) + len(added), {**best.settings, key: value})
+            if value == best.settings[key] or spent(t):
+                continue
+            _advance(t, inner, run, blocks, validate, t.settings["iterations"])
+            added.append(t)
+            tried.append(t)
+        leader = _leader([best, *tried], validate)
+        _drop_all_but(leader, [best, *tried])
+        best = leader
+    if not added:
+        return []
+    keys = ", ".join(k for k in REFINED if k in space)
+    log.info("tuning: %d trials refined trial %d's %s", len(added), start.number, keys)
+    return [start, *added]
+
+
 # Trials whose validation metric is averaged over tune.seeds model seeds before the choice: the best
 # few and trial 0 ([model]'s own settings, so that a draw that beat them by one seed's luck does not
 # replace them).
@@ -519,10 +561,17 @@ FINALISTS = 3
 
 
 def _average_seeds(
-    trials: list[Trial], inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation, over
+    trials: list[Trial],
+    inner: Ready,
+    run: RunConfig,
+    blocks: als.SharedBlocks,
+    validate: Validation,
+    over,
+    refined: list[Trial] = (),
 ) -> None:
-    """Run the finalists again with tune.seeds - 1 other model seeds, as many iterations as they ran
-    (`over()`: whether the time budget is spent); their `curve` is then the seeds' mean."""
+    """Run the finalists (and the `refined` trials, whose choice comes after) again with tune.seeds - 1
+    other model seeds, as many iterations as they ran (`over()`: whether the time budget is spent);
+    their `curve` is then the seeds' mean."""
     if run.tune.seeds <= 1:
         return
     ranked = sorted(
@@ -534,8 +583,9 @@ def _average_seeds(
             finalists.append(t)
         if len(finalists) == FINALISTS:
             break
-    if trials[0].history and trials[0] not in finalists:
-        finalists.append(trials[0])
+    for t in (trials[0], *refined):
+        if t.history and t not in finalists:
+            finalists.append(t)
     log.info(
         "tuning: the validation metric of trials %s averaged over %d seeds",
         [t.number for t in finalists],
@@ -553,10 +603,25 @@ def _average_seeds(
                 t.repeats.append(again.history)
 
 
+def _with_offsets(
+    pool: list[Trial], inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation
+) -> tuple[Trial, dict[float, float]]:
+    """The trial of `pool` (the best by its own metric, then the refined trials) best with its best day
+    factor offsets, and its Search.offsets. The offsets' ridge acts on the item factors, whose scale
+    the refined keys move, so the refined trials are compared with them."""
+    scored = []
+    for t in (t for n, t in enumerate(pool) if t.history and all(t is not o for o in pool[:n])):  # each once
+        offsets = _score_offsets(t, inner, run, blocks, validate)
+        scored.append((min(offsets.values()) if validate.lower_is_better else max(offsets.values()), t, offsets))
+    pick = min if validate.lower_is_better else max
+    _, best, offsets = pick(scored, key=lambda x: x[0])  # the first of equals: the best by its own metric
+    return best, offsets
+
+
 def _score_offsets(
     best: Trial, inner: Ready, run: RunConfig, blocks: als.SharedBlocks, validate: Validation
 ) -> dict[float, float]:
-    """Search.offsets: the best trial fitted again with each model seed it ran with, to its best
+    """Search.offsets of `best`: the trial fitted again with each model seed it ran with, to its best
     iteration (the same factors as its run, which kept only its last), and each day factor offsets'
     lambda scored on top of the day biases it chose."""
     at = _best_at(best.curve, validate.lower_is_better)
@@ -624,9 +689,12 @@ def search(inner: Ready, run: RunConfig) -> Search:
                 _drop_all_but(_leader(trials, validate), trials)  # the leader may go on (_extend)
         if not cut:
             trials += _extend(trials, inner, run, blocks, validate, spent)
-        _average_seeds(trials, inner, run, blocks, validate, lambda: time.perf_counter() >= deadline)
-        best = _leader(trials, validate)
-        offsets = _score_offsets(best, inner, run, blocks, validate) if best and validate.factor_regs else {}
+        refined = _refine(trials, inner, run, blocks, validate, spent) if not cut and tune.method != "grid" else []
+        trials += refined[1:]
+        _average_seeds(trials, inner, run, blocks, validate, lambda: time.perf_counter() >= deadline, refined)
+        best, offsets = _leader(trials, validate), {}
+        if best is not None and validate.factor_regs:
+            best, offsets = _with_offsets([best, *refined], inner, run, blocks, validate)
     for t in trials:
         t.factors = None
     if cut:

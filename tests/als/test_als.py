@@ -233,3 +233,36 @@ def test_the_join_strategy_says_when_it_sets_the_stream_exchange_aside(caplog):
         assert als.strategy(ModelConfig(broadcast_budget_mb=0), 80, 50) == "join"
         assert als.strategy(ModelConfig(exchange="stream"), 80, 50) == "broadcast"
     assert not caplog.text
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_the_item_half_step_solves_with_the_items_own_lambda(spark, planted_split, solver):
+    """item_reg_scale s: the items' ridge (their biases' too) is s times the users'. Items go first
+    (MLlib's order), so one iteration's item factors are the ridge solutions against the initial users."""
+    from mf_spark.core.types import Factors
+    from mf_spark.data.ready import Triples
+
+    u, i, r, test, _ = planted_split
+    u, i, r = u[~test].astype(np.int32), i[~test].astype(np.int32), r[~test]
+    g = np.random.default_rng(4)
+    start = Factors(
+        g.normal(size=(80, 5)).astype(np.float32),
+        g.normal(size=(50, 5)).astype(np.float32),
+        g.normal(size=80).astype(np.float32),
+        g.normal(size=50).astype(np.float32),
+        0.0,
+    )
+    cfg = ModelConfig(
+        rank=5, iterations=1, reg=0.3, reg_exponent=0.5, biases=True, bias_reg=2.0, item_reg_scale=3.0, solver=solver
+    )
+    cfg = dataclasses.replace(cfg, cg_steps=60) if solver == "cg" else cfg
+    got = als.fit(Triples(spark, u, i, r), 80, 50, cfg, initial=start).factors
+    mu = float(r.mean())
+    for item in range(50):
+        rows = np.flatnonzero(i == item)
+        A = np.hstack([start.X[u[rows]], np.ones((rows.size, 1))]).astype(np.float64)
+        lam = 0.3 * 3.0 * rows.size**0.5
+        penalty = np.diag([lam] * 5 + [lam * 2.0])
+        want = np.linalg.solve(A.T @ A + penalty, A.T @ (r[rows] - mu - start.user_bias[u[rows]]))
+        np.testing.assert_allclose(got.Y[item], want[:5], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(got.item_bias[item], want[5], rtol=1e-3, atol=1e-4)

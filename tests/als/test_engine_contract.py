@@ -27,13 +27,14 @@ def data():
 
 
 # Settings every engine must fit alike: explicit with biases, implicit, non-negative, conjugate gradients
-# (with the users' history prior, which a half-step of users takes and one of items does not), and
+# (with the users' history prior and the items' own lambda, which a half-step of users takes and one
+# of items does not, and the other way round), and
 # block counts that leave blocks empty.
 VARIANTS = [
     {"biases": True},
     {"kind": "implicit", "alpha": 2.0},
     {"nonnegative": True, "num_user_blocks": 3, "num_item_blocks": 5},
-    {"biases": True, "solver": "cg", "num_user_blocks": 3, "history_prior": 0.3},
+    {"biases": True, "solver": "cg", "num_user_blocks": 3, "history_prior": 0.3, "item_reg_scale": 2.5},
     {"kind": "implicit", "alpha": 2.0, "solver": "cg", "num_item_blocks": 5},
 ]
 _REFERENCE: dict = {}

@@ -510,6 +510,19 @@ def test_the_history_prior_shrinks_toward_the_rated_items_mean(rng, backend, wit
     assert not np.allclose(plain.factors, got.factors, atol=1e-3)
 
 
+def test_the_items_ridge_is_the_users_times_item_reg_scale():
+    spec = SolveSpec(reg=0.1, reg_exponent=0.5, with_bias=True, bias_reg=2.0, item_reg_scale=1.5, history_prior=0.2)
+    items = spec.on("item")
+    assert spec.on("user") is spec
+    assert items.reg == pytest.approx(0.15) and items.bias_reg == 2.0 and items.history_prior == 0.0
+    assert items.on("item") == items  # applied once, however often asked
+    counts = np.array([1, 4, 9])
+    np.testing.assert_allclose(items.row_reg(counts), 1.5 * spec.row_reg(counts))
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="item_reg_scale"):
+            SolveSpec(item_reg_scale=bad)
+
+
 def test_the_history_prior_is_the_users_alone_and_explicit_only():
     spec = SolveSpec(reg=0.1, history_prior=0.2)
     assert spec.on("user") is spec and spec.on("item").history_prior == 0.0

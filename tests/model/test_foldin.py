@@ -21,6 +21,9 @@ CONFIGS = {
     "history prior": ModelConfig(
         rank=4, iterations=4, reg=0.05, biases=True, history_prior=0.3, num_user_blocks=2, num_item_blocks=2
     ),
+    "items' own lambda": ModelConfig(
+        rank=4, iterations=4, reg=0.05, biases=True, item_reg_scale=3.0, num_user_blocks=2, num_item_blocks=2
+    ),
     "implicit": ModelConfig(
         kind="implicit",
         rank=4,

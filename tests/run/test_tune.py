@@ -306,6 +306,61 @@ def test_the_finalists_and_trial_0_are_chosen_on_the_mean_of_several_seeds(spark
     inner.release()
 
 
+def test_a_refined_key_is_not_drawn_and_leaves_the_other_keys_draws_as_they_were():
+    sets = [
+        "tune.method=random",
+        "tune.trials=12",
+        "tune.space.rank=[2, 4, 8]",
+        "tune.space.reg={min = 0.01, max = 1.0}",
+    ]
+    plain = tune.settings(_run(*sets))
+    refined = tune.settings(_run(*sets, "tune.space.item_reg_scale=[1.0, 2.0]", "model.item_reg_scale=1.5"))
+    assert [{k: v for k, v in s.items() if k != "item_reg_scale"} for s in refined] == plain
+    assert {s["item_reg_scale"] for s in refined} == {1.5}  # [model]'s, until the refine stage
+    grid = tune.settings(_run("tune.method=grid", "tune.space.rank=[2, 4]", "tune.space.item_reg_scale=[1.0, 2.0]"))
+    assert len(grid) == 4  # a grid is every combination, refined keys too
+    with pytest.raises(ConfigError, match="tune.space.item_reg_scale: a list of values"):
+        tune.settings(_run("tune.space.item_reg_scale={min = 0.5, max = 2.0}"))
+
+
+def test_the_best_trial_is_refined_with_each_listed_value_and_the_better_kept(spark, explicit_csv, caplog):
+    run = _run(
+        "tune.method=random",
+        "tune.trials=4",
+        "tune.max_iterations=5",
+        "tune.extend_rounds=0",
+        "tune.seeds=2",
+        "tune.space.rank=[2, 3]",
+        "tune.space.reg={min = 0.01, max = 0.3, log = true}",
+        "tune.space.item_reg_scale=[1.0, 0.2, 30.0]",
+    )
+    _, inner = _inner(spark, run, explicit_csv)
+    with caplog.at_level("INFO", logger="mf_spark"):
+        found = tune.search(inner, run)
+    drawn, added = found.trials[:4], found.trials[4:]
+    assert all(t.settings["item_reg_scale"] == 1.0 for t in drawn)
+    start = min(drawn, key=lambda t: tune.best_of(t, True) if t.history else np.inf)
+    assert [t.settings for t in added] == [{**start.settings, "item_reg_scale": v} for v in (0.2, 30.0)]
+    assert all(t.repeats for t in added)  # chosen on their seeds' mean like the finalists
+    assert found.best is min(found.trials, key=lambda t: tune.best_of(t, True) if t.history else np.inf)
+    assert "item_reg_scale" in tune.trials_table(found).column_names
+    assert any(f"2 trials refined trial {start.number}'s item_reg_scale" in r.getMessage() for r in caplog.records)
+    inner.release()
+
+
+def test_with_day_factor_offsets_the_refined_trials_are_compared_with_them(monkeypatch):
+    """The offsets' ridge acts on the item factors, whose scale a refined key moves: the pick among
+    the best trial and its refined ones is by each one's best offsets figure, not its own metric."""
+    trials = [tune.Trial(n, {"item_reg_scale": s}, history=[h]) for n, (s, h) in enumerate([(1.0, 0.80), (1.5, 0.81)])]
+    figures = {0: {0.0: 0.80, 10.0: 0.79}, 1: {0.0: 0.81, 10.0: 0.78}}
+    monkeypatch.setattr(tune, "_score_offsets", lambda t, *_: figures[t.number])
+    validate = type("V", (), {"lower_is_better": True})()
+    best, offsets = tune._with_offsets([trials[0], *trials], None, None, None, validate)
+    assert best is trials[1] and offsets == figures[1]
+    figures[1] = {0.0: 0.81, 10.0: 0.79}  # equal: the best by its own metric stays
+    assert tune._with_offsets([trials[0], *trials], None, None, None, validate)[0] is trials[0]
+
+
 @pytest.mark.parametrize("kind, best_at, refit", [("explicit", 4, 4), ("implicit", 4, 8)])
 def test_the_refit_runs_the_iterations_the_kind_carries_over(kind, best_at, refit):
     history = [0.5, 0.4, 0.3, 0.2, 0.25] if kind == "explicit" else [0.1, 0.2, 0.3, 0.4, 0.35]
