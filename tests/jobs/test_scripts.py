@@ -205,7 +205,8 @@ def test_benchmark_tuning_scores_defaults_explicit_toml_and_the_tune_job(spark, 
     argv = ["--synthetic", "3000", "--kind", "explicit", "--json", str(report), "--doc", str(doc)]
     assert _script("benchmark_tuning").main(argv + [x for s in sets for x in ("--set", s)], runner=_in_process) == 0
     (row,) = json.loads(report.read_text())
-    assert row["data"] == "3k synthetic, explicit" and row["metric"] == "rmse" and row["trials"] == 2
+    # the two drawn trials, then the best one's other two listed item_reg_scale values (refined)
+    assert row["data"] == "3k synthetic, explicit" and row["metric"] == "rmse" and row["trials"] == 4
     assert all(0 < row[k] < 3 for k in ("default", "explicit_toml", "tuned", "validation"))
     assert set(row["pick"]) >= {"rank", "reg", "iterations"}
     text = doc.read_text()

@@ -18,11 +18,15 @@ from mf_spark.model.factors import FactorModel
 N_USERS, N_ITEMS = 30, 20
 CONFIGS = {
     "explicit": ModelConfig(rank=4, iterations=4, reg=0.05, biases=True, num_user_blocks=2, num_item_blocks=2),
-    "history prior": ModelConfig(
-        rank=4, iterations=4, reg=0.05, biases=True, history_prior=0.3, num_user_blocks=2, num_item_blocks=2
-    ),
-    "items' own lambda": ModelConfig(
-        rank=4, iterations=4, reg=0.05, biases=True, item_reg_scale=3.0, num_user_blocks=2, num_item_blocks=2
+    "history prior": ModelConfig(  # and the items' own lambda, which the users' fold-in leaves alone
+        rank=4,
+        iterations=4,
+        reg=0.05,
+        biases=True,
+        history_prior=0.3,
+        item_reg_scale=3.0,
+        num_user_blocks=2,
+        num_item_blocks=2,
     ),
     "implicit": ModelConfig(
         kind="implicit",
