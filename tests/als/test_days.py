@@ -424,21 +424,15 @@ def test_tune_scores_the_day_factor_offsets_on_the_best_trial_after_the_search(s
 
 def test_tune_fits_the_day_biases_of_ratings_spark_holds_on_the_driver(spark, day_csv):
     """Fitted after every iteration of every trial: a Spark job each would cost more than the search."""
-    run = config.load(None, ["data.front_end=spark", "tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true"])
+    run_sets = ["data.front_end=spark", "tune.space.day_bias_reg=[0.0, 2.0]", "model.biases=true"]
+    run = config.load(None, run_sets)
     front = prepare.front_end(spark, run, input=day_csv)
     front.load()
     outer, inner = front.tuning_split(tune.validation_split(run))
     assert not isinstance(inner.train, Triples)
     assert tune.Validation(inner, run).days.spark_free
-    tiny = config.load(
-        None,
-        [
-            "data.front_end=spark",
-            "data.front_end_max_mb=0.001",
-            "tune.space.day_bias_reg=[0.0, 2.0]",
-            "model.biases=true",
-        ],
-    )
+    tiny_sets = [*run_sets, "data.front_end_max_mb=0.001"]
+    tiny = config.load(None, tiny_sets)
     assert not tune.Validation(inner, tiny).days.spark_free  # too many for the driver: Spark's
     f = days.DayFitter(inner.train, DAY)
     fitted = (f, days.DayFitter(days.on_driver(inner.train, inner.stats.n, 2**30), DAY))
@@ -446,6 +440,11 @@ def test_tune_fits_the_day_biases_of_ratings_spark_holds_on_the_driver(spark, da
     a, b = (x(factors, 2.0) for x in fitted)
     assert np.array_equal(a.users, b.users) and np.array_equal(a.days, b.days)
     np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-6)
+    # the day factor offsets scored after the search: Spark's ratings give the driver's figures
+    listed = ["tune.space.day_factor_reg=[0.0, 3.0]"]
+    on_spark = tune.Validation(inner, config.load(None, [*tiny_sets, *listed])).offsets(factors, 2.0)
+    on_driver = tune.Validation(inner, config.load(None, [*run_sets, *listed])).offsets(factors, 2.0)
+    assert on_spark == pytest.approx(on_driver, rel=1e-5) and on_driver[1] != pytest.approx(on_driver[0])
     inner.release()
     outer.release()
 
