@@ -450,9 +450,9 @@ def _iterate(
         # The users' term here is the plain ridge's even with a history prior (its centre needs the
         # ratings, which the driver does not hold); the iteration's loss, after the user half-step,
         # is the prior's (the kernel reports lambda_u |x_u - z_u|^2).
-        result.losses.append(items.data_loss + items.reg_loss + _reg_term(spec, n_u, f.X, f.user_bias))
+        result.losses.append(items.data_loss + items.reg_loss + _reg_term(spec.on("user"), n_u, f.X, f.user_bias))
         users = engine.half_step("user", n_users, items.factors, items.bias, HalfStepResult(f.X, f.user_bias, 0, 0, 0))
-        loss = users.data_loss + users.reg_loss + _reg_term(spec, n_i, items.factors, items.bias)
+        loss = users.data_loss + users.reg_loss + _reg_term(spec.on("item"), n_i, items.factors, items.bias)
         result.losses.append(loss)
         result.factors = Factors(users.factors, items.factors, users.bias, items.bias, spec.mu)
         _check_finite(it + 1, result.factors, loss, cfg, spec)

@@ -52,18 +52,19 @@ def test_planted_rank5_recovered(spark, planted_split):
 
 
 @pytest.mark.parametrize(
-    "biases,scaling,solver,bias_reg",
+    "biases,scaling,solver,bias_reg,item_scale",
     [
-        (False, "count", "exact", 1.0),
-        (True, "none", "exact", 1.0),
-        (True, "count", "cg", 1.0),
-        (False, "none", "cg", 1.0),
-        (True, "count", "exact", 0.1),
-        (True, "count", "cg", 10.0),
+        (False, "count", "exact", 1.0, 1.0),
+        (True, "none", "exact", 1.0, 2.5),
+        (True, "count", "cg", 1.0, 1.0),
+        (False, "none", "cg", 1.0, 1.0),
+        (True, "count", "exact", 0.1, 1.0),
+        (True, "count", "cg", 10.0, 0.4),
     ],
 )
-def test_objective_never_increases(spark, planted_split, biases, scaling, solver, bias_reg):
-    """The objective includes the biases' own penalty (bias_reg times the factors' lambda)."""
+def test_objective_never_increases(spark, planted_split, biases, scaling, solver, bias_reg, item_scale):
+    """The objective includes the biases' own penalty (bias_reg times the factors' lambda), and the
+    items' lambda is item_reg_scale times the users'."""
     u, i, r, _, _ = planted_split
     cfg = ModelConfig(
         rank=4,
@@ -76,6 +77,7 @@ def test_objective_never_increases(spark, planted_split, biases, scaling, solver
         solver=solver,
         cg_steps=2,
         bias_reg=bias_reg,
+        item_reg_scale=item_scale,
     )
     res = als.fit(ratings_df(spark, u, i, r), 80, 50, cfg)
     losses = np.array(res.losses)
@@ -85,8 +87,12 @@ def test_objective_never_increases(spark, planted_split, biases, scaling, solver
     f = res.factors
     pred = f.mu + np.sum(f.X[u].astype(np.float64) * f.Y[i], axis=1)
     penalty = 0.0
-    for F, b, n in ((f.X, f.user_bias, np.bincount(u, minlength=80)), (f.Y, f.item_bias, np.bincount(i, minlength=50))):
-        lam = 0.05 * (n if scaling == "count" else (n > 0))
+    sides = (
+        (f.X, f.user_bias, np.bincount(u, minlength=80), 1.0),
+        (f.Y, f.item_bias, np.bincount(i, minlength=50), item_scale),
+    )
+    for F, b, n, scale in sides:
+        lam = 0.05 * scale * (n if scaling == "count" else (n > 0))
         penalty += np.sum(lam * np.sum(F.astype(np.float64) ** 2, axis=1))
         if b is not None:
             penalty += bias_reg * np.sum(lam * b.astype(np.float64) ** 2)
