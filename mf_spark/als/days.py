@@ -123,6 +123,11 @@ class DayFitter:
             self.day_length, groups[0].astype(np.int32), groups[1], np.zeros(groups.shape[1], np.float32)
         )
 
+    @property
+    def timed(self) -> bool:
+        """Whether the ratings have timestamps: any, held by the driver; the column, held by Spark."""
+        return bool(self.pairs.size) if self.spark_free else self.train is not None
+
     def __call__(self, factors: Factors, reg: float) -> DayBiases | None:
         """The day biases of `factors` with lambda `reg`; None for reg 0 (day biases off)."""
         return self.fit(factors, [reg])[0]

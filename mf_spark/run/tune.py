@@ -284,7 +284,7 @@ class Validation:
         if any(v > 0 for v in self.day_regs + self.factor_regs):  # every iteration: on the driver where it fits
             train = days.on_driver(inner.train, inner.stats.n, run.data.front_end_max_mb * 2**20)
             self.days = days.DayFitter(train, run.model.day_length)
-            if self.days.spark_free and not self.days.pairs.size:
+            if not self.days.timed:
                 self.factor_regs = []  # no timestamps: no offsets to fit, and no refit to score them
         self.spark_free = self.days is None or self.days.spark_free
         self.day_at = None  # the validation rows' (user, day) positions: the same every call

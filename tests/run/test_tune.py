@@ -348,6 +348,17 @@ def test_the_best_trial_is_refined_with_each_listed_value_and_the_better_kept(sp
     inner.release()
 
 
+@pytest.mark.parametrize("front", ["driver", "spark"])
+def test_without_timestamps_no_day_factor_offsets_are_scored(spark, explicit_csv, front):
+    """The default explicit space lists day_factor_reg; ratings without timestamps have no days, so
+    no trial is fitted again to score offsets there, whoever holds the ratings."""
+    run = _run(f"data.front_end={front}", "tune.space.rank=[2]", "tune.space.day_factor_reg=[0.0, 3.0]")
+    _, inner = _inner(spark, run, explicit_csv)
+    assert tune.Validation(inner, run).factor_regs == []
+    assert tune.search(inner, dataclasses.replace(run, tune=dataclasses.replace(run.tune, seeds=1))).offsets == {}
+    inner.release()
+
+
 def test_with_day_factor_offsets_the_refined_trials_are_compared_with_them(monkeypatch):
     """The offsets' ridge acts on the item factors, whose scale a refined key moves: the pick among
     the best trial and its refined ones is by each one's best offsets figure, not its own metric."""
