@@ -630,6 +630,8 @@ def _score_offsets(
     for seed in range(1 + len(best.repeats)):
         cfg = dataclasses.replace(_model(run, best), iterations=at + 1, seed=run.model.seed + seed)
         fit = als.fit(inner.train, inner.users.size, inner.items.size, cfg, stats=inner.stats, blocks=blocks)
+        if not validate.spark_free:
+            blocks.engine.pause()  # resident tasks hold every slot; the offsets of Spark's ratings need some
         scores.append(validate.offsets(fit.factors, day_bias_reg))
     offsets = dict(zip(validate.factor_regs, (float(v) for v in np.mean(scores, axis=0))))
     log.info("tuning: trial %d with day factor offsets, %s by lambda: %s", best.number, validate.metric, offsets)

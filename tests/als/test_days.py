@@ -445,6 +445,9 @@ def test_tune_fits_the_day_biases_of_ratings_spark_holds_on_the_driver(spark, da
     on_spark = tune.Validation(inner, config.load(None, [*tiny_sets, *listed])).offsets(factors, 2.0)
     on_driver = tune.Validation(inner, config.load(None, [*run_sets, *listed])).offsets(factors, 2.0)
     assert on_spark == pytest.approx(on_driver, rel=1e-5) and on_driver[1] != pytest.approx(on_driver[0])
+    # and in a search, whose resident stage holds every slot between its fits
+    searched = config.load(None, [*tiny_sets, *listed, "tune.space.rank=[2]", "tune.seeds=1", "tune.max_iterations=3"])
+    assert set(tune.search(inner, searched).offsets) == {0.0, 3.0}
     inner.release()
     outer.release()
 
