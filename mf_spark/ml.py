@@ -200,7 +200,7 @@ def _config_specs(
 
 
 # MLlib's seed default is hash(class name), which Python salts per process: ours (0) wins, so that a
-# fit is reproducible; the factors are not MLlib's anyway (their initialization differs).
+# fit is reproducible (with the same seed, model.init = auto gives MLlib's factors).
 # MLlib reads an implicit 0 as no information and a negative value as a negative preference.
 MODEL_SPECS = _config_specs(ModelConfig, "model") + _config_specs(
     DataConfig, "data", DATA_FIELDS, {"nonpositive": "negative"}

@@ -327,7 +327,7 @@ def run_ours(spark, data: Data, cfg: ModelConfig, with_topn: bool = True) -> dic
     """One run of ours: als.fit (memory sampled), top-10 for all users (seen excluded), quality."""
     settle(spark)
     with PeakMemory(spark) as mem:
-        res = als.fit(data.train_idx, data.users.size, data.items.size, cfg, stats=data.stats)
+        res = als.fit(data.train_idx, data.users.size, data.items.size, cfg, stats=data.stats, user_ids=data.users.ids)
     out = {
         "fit_seconds": res.fit_seconds,
         "seconds_per_iteration": res.fit_seconds / cfg.iterations,

@@ -102,7 +102,12 @@ def guide(spark):
 
 
 def test_guide_example_runs_and_gives_mllib_shaped_results(guide):
-    assert 0.5 < guide["rmse"] < 2.0  # MLlib's own example lands near 1.0-1.1
+    from pyspark.ml.recommendation import ALS as MLlibALS
+
+    theirs = MLlibALS(maxIter=5, regParam=0.01, userCol="userId", itemCol="movieId", coldStartStrategy="drop", seed=0)
+    predictions = theirs.fit(guide["training"]).transform(guide["test"])
+    mllib_rmse = RegressionEvaluator(metricName="rmse", labelCol="rating").evaluate(predictions)
+    assert guide["rmse"] == pytest.approx(mllib_rmse, abs=1e-4)  # the same model (model.init = auto)
     user_recs = rec_lists(guide["userRecs"], "userId", "movieId")
     n_users = guide["training"].select("userId").distinct().count()
     n_items = guide["training"].select("movieId").distinct().count()
@@ -113,6 +118,57 @@ def test_guide_example_runs_and_gives_mllib_shaped_results(guide):
     assert len(movie_recs) == n_items and all(len(v) == 10 for v in movie_recs.values())
     assert len(guide["userSubsetRecs"].collect()) == 3 and len(guide["movieSubSetRecs"].collect()) == 3
     assert guide["userRecs"].columns == ["userId", "recommendations"]
+
+
+def _factors(frame) -> dict:
+    return {r.id: np.array(r.features) for r in frame.collect()}
+
+
+@pytest.mark.parametrize(("implicit", "seed", "blocks"), [(False, 0, 10), (False, 5, 3), (True, 0, 10), (True, 7, 1)])
+def test_the_same_input_and_seed_give_mllibs_model(spark, implicit, seed, blocks):
+    """model.init = auto starts from MLlib's initial factors, so MLlib's settings give its factors
+    (float rounding apart): negative IDs, several blocks, explicit and implicit."""
+    from pyspark.ml.recommendation import ALS as MLlibALS
+
+    rng = np.random.default_rng(seed)
+    rows = {(int(u), int(i)): float(rng.integers(1, 6)) for u, i in rng.integers((-40, 0), (160, 90), (2500, 2))}
+    frame = spark.createDataFrame([(u, i, r) for (u, i), r in rows.items()], "user int, item int, rating double")
+    kw = dict(rank=6, maxIter=6, regParam=0.1, seed=seed, numUserBlocks=blocks, numItemBlocks=blocks)
+    theirs, ours = MLlibALS(implicitPrefs=implicit, **kw).fit(frame), ALS(implicitPrefs=implicit, **kw).fit(frame)
+    for side in ("userFactors", "itemFactors"):
+        a, b = _factors(getattr(theirs, side)), _factors(getattr(ours, side))
+        assert a.keys() == b.keys()
+        assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) < 1e-4, side
+
+
+def test_pysparks_own_als_doctest_passes_with_ours(spark, tmp_path):
+    """The examples of pyspark.ml.recommendation.ALS's docstring, their printed numbers included, run
+    against mf_spark.ml's ALS and ALSModel."""
+    import doctest
+
+    import pyspark.ml.recommendation as mllib
+
+    names = {"spark": spark, "ALS": ALS, "ALSModel": ALSModel, "temp_path": str(tmp_path)}
+    test = doctest.DocTestParser().get_doctest(mllib.ALS.__doc__, names, "pyspark.ml.recommendation.ALS", None, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert test.examples and runner.summarize(verbose=False) == (0, len(test.examples))
+
+
+def test_init_index_and_ids_mllib_cannot_draw_from(spark):
+    ratings = [("a", 1, 4.0), ("b", 1, 2.0), ("b", 2, 3.0), ("c", 2, 5.0)]
+    strings = spark.createDataFrame(ratings, "user string, item int, rating double")
+    ALS(rank=2, maxIter=1).fit(strings)  # auto: (seed, index) for string IDs
+    with pytest.raises(InputError, match="model.init = 'mllib'.*user IDs are string"):
+        ALS(rank=2, maxIter=1, init="mllib").fit(strings)
+    wide = spark.createDataFrame([(2**40, 1, 4.0), (1, 2, 3.0)], "user long, item int, rating double")
+    with pytest.raises(InputError, match="int's range"):
+        ALS(rank=2, maxIter=1, init="mllib").fit(wide)
+    ints = spark.createDataFrame(
+        [(i, j, 1.0 + (i * j) % 5) for i in range(8) for j in range(5)], "user int, item int, rating double"
+    )
+    index, mllib = (_factors(ALS(rank=3, maxIter=1, init=v).fit(ints).userFactors) for v in ("index", "mllib"))
+    assert max(float(np.max(np.abs(index[k] - mllib[k]))) for k in index) > 0.1
 
 
 def test_recommendations_score_as_transform_predicts(guide):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 from pyspark import InheritableThread
 from pyspark.sql import DataFrame
 
@@ -34,7 +35,7 @@ from mf_spark.core.config import ModelConfig
 from mf_spark.core.errors import FitDiverged, InputError
 from mf_spark.core.types import Factors
 from mf_spark.data.ready import Keyed, TrainStats, Triples, as_df, session_of, train_stats
-from mf_spark.kernels.init import init_factors
+from mf_spark.kernels.init import init_factors, mllib_factors
 from mf_spark.kernels.solve import SolveSpec
 from mf_spark.kernels.topk import positions
 
@@ -229,6 +230,7 @@ def fit(
     top_n: int = 0,
     initial: Factors | None = None,
     blocks: SharedBlocks | None = None,
+    user_ids: pa.Array | None = None,
 ) -> FitResult:
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double; or the same held by
     the driver, ready.Triples, which the resident stage takes from the driver directly).
@@ -244,13 +246,16 @@ def fit(
     are (FitResult.top; None with the other exchanges: score them with model.recommend_unseen_idx).
     `initial`: the factors to start from (a warm start, see `warm_factors`) instead of the seeded
     ones; a checkpoint found with `resume` still wins. `blocks`: the engine of these ratings started
-    before (SharedBlocks), run with this fit's settings and left open.
+    before (SharedBlocks), run with this fit's settings and left open. `user_ids`: the users' sorted
+    IDs (index.IdMap.ids), which model.init = mllib / auto draws the initial factors from.
     Performance note: one aggregate (count, mean, range) unless `stats` is given; blocks are built
     once per fit and released before returning.
     """
     started = time.perf_counter()
     with session.row_batched_arrow(session_of(train)), session.single_threaded_blas():
-        result = _fit(train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n, initial, blocks)
+        result = _fit(
+            train, n_users, n_items, cfg, on_iteration, checkpoints, resume, stats, top_n, initial, blocks, user_ids
+        )
     result.fit_seconds = time.perf_counter() - started
     result.startup_seconds = (result.startup_seconds or time.perf_counter()) - started
     return result
@@ -268,13 +273,14 @@ def _fit(
     top_n: int,
     initial_factors: Factors | None,
     blocks: SharedBlocks | None,
+    user_ids: pa.Array | None,
 ) -> FitResult:
     stats = stats or train_stats(train)
     with_bias = cfg.kind == "explicit" and cfg.biases
     spec = solve_spec(cfg, stats.mean if with_bias else 0.0)
     num_blocks = {"user": _num_blocks(cfg.num_user_blocks, train), "item": _num_blocks(cfg.num_item_blocks, train)}
     # The checkpoint is read before any half-step: a resident stage would hold the slots its read needs.
-    initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume, initial_factors)
+    initial, start = _start(cfg, spec, stats, n_users, n_items, checkpoints, resume, initial_factors, user_ids)
 
     def run(engine: Engine, close: bool = True) -> FitResult:
         """The iterations not done yet (after a fallback, from where the failed engine stopped)."""
@@ -387,11 +393,41 @@ def _resident(
     return None
 
 
-def seeded_factors(cfg: ModelConfig, n_users: int, n_items: int, mu: float = 0.0) -> Factors:
-    """The factors a fit starts from: from (seed, side, index) alone; zero biases with biases."""
+MLLIB_BLOCKS = 10  # MLlib's numUserBlocks default: the layout of its initial factors for num_user_blocks = 0
+
+
+def mllib_ids(cfg: ModelConfig, user_ids: pa.Array | None) -> np.ndarray | None:
+    """The user IDs MLlib's initialization draws from (model.init), None where the fit starts from
+    (seed, index): `index`, or `auto` without integer IDs in int's range (or without IDs at all)."""
+    if cfg.init == "index" or (user_ids is None and cfg.init == "auto"):
+        return None
+    if user_ids is None:
+        raise ValueError("model.init = 'mllib' needs the user IDs (fit's user_ids)")
+    if pa.types.is_integer(user_ids.type):
+        ids = user_ids.to_numpy(zero_copy_only=False).astype(np.int64)
+        if not ids.size or (ids[0] >= -(2**31) and ids[-1] < 2**31):  # IdMap's IDs are sorted
+            return ids
+    if cfg.init == "mllib":
+        raise InputError(
+            f"model.init = 'mllib' draws the initial factors from integer user IDs in int's range, as MLlib "
+            f"does; these user IDs are {user_ids.type} beyond it or not integers: use 'auto' or 'index'"
+        )
+    return None
+
+
+def seeded_factors(
+    cfg: ModelConfig, n_users: int, n_items: int, mu: float = 0.0, user_ids: pa.Array | None = None
+) -> Factors:
+    """The factors a fit starts from (model.init; `user_ids`, the users' sorted IDs, for MLlib's
+    initialization); zero biases with biases. The items' rows are never read: the first half-step
+    solves them from the users'."""
     with_bias = cfg.kind == "explicit" and cfg.biases
+    ids = mllib_ids(cfg, user_ids)
+    blocks = cfg.num_user_blocks or MLLIB_BLOCKS
     return Factors(
-        init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative),
+        init_factors(cfg.seed, "user", np.arange(n_users), cfg.rank, cfg.nonnegative)
+        if ids is None
+        else mllib_factors(cfg.seed, ids, cfg.rank, blocks),
         init_factors(cfg.seed, "item", np.arange(n_items), cfg.rank, cfg.nonnegative),
         np.zeros(n_users, np.float32) if with_bias else None,
         np.zeros(n_items, np.float32) if with_bias else None,
@@ -408,11 +444,14 @@ def _start(
     checkpoints: CheckpointStore | None,
     resume: bool,
     initial: Factors | None,
+    user_ids: pa.Array | None,
 ) -> tuple[FitResult, int]:
     """Initial factors (the given ones, else seeded), or the latest checkpoint's with --resume; and the
     iterations already done."""
     factors = (
-        seeded_factors(cfg, n_users, n_items, spec.mu) if initial is None else dataclasses.replace(initial, mu=spec.mu)
+        seeded_factors(cfg, n_users, n_items, spec.mu, user_ids)
+        if initial is None
+        else dataclasses.replace(initial, mu=spec.mu)
     )
     if factors.X.shape != (n_users, cfg.rank) or factors.Y.shape != (n_items, cfg.rank):
         raise ValueError(

@@ -304,8 +304,13 @@ class ModelConfig:
         at_least(0, "a number", " (0 = chosen by leave-one-out)"),
         finite=True,
     )
-    seed: int = setting(
-        0, "initialization; factors depend on (seed, index) only, so any block count gives the same model"
+    seed: int = setting(0, "the initial factors' seed (`init`)")
+    init: Literal["auto", "mllib", "index"] = setting(
+        "auto",
+        "the initial factors: `mllib` draws the users' as Spark MLlib's ALS does, from `seed`, the user IDs and "
+        "`num_user_blocks` (MLlib's 10 when 0), so that MLlib's settings give MLlib's model for the same input and "
+        "seed; `index` from (seed, index) alone; `auto`: `mllib` where the user IDs are integers in int's range (as "
+        "MLlib requires), else `index`. Where the fit runs never changes them",
     )
     num_user_blocks: int = setting(0, "user blocks; 0 = Spark's default parallelism", at_least(0, note=" (0 = auto)"))
     num_item_blocks: int = setting(0, "item blocks; 0 = Spark's default parallelism", at_least(0, note=" (0 = auto)"))

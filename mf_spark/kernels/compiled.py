@@ -431,6 +431,49 @@ def sgd_epoch(u, i, r, order, X, Y, bu, bi, mu: float, lr: float, reg: float, re
     _kernel(_sgd_epoch)(u, i, r, order, X, Y, bu, bi, float(mu), float(lr), float(reg), float(reg_b), bool(biased))
 
 
+def _java_gaussians(state, out):  # pragma: no cover - compiled
+    """Fill `out` with java.util.Random.nextGaussian() draws (the polar method, its second value
+    kept for the next call) over Spark's XORShiftRandom `next(bits)`, from the generator state
+    `state` (uint64)."""
+    s = state
+    low26, low27 = np.uint64((1 << 26) - 1), np.uint64((1 << 27) - 1)
+    a21, a35, a4 = np.uint64(21), np.uint64(35), np.uint64(4)
+    i = 0
+    while i < out.size:
+        while True:
+            v1 = v2 = 0.0
+            for j in range(2):  # v1, v2 from nextDouble(): next(26) << 27 + next(27), over 2^53
+                s ^= s << a21
+                s ^= s >> a35
+                s ^= s << a4
+                hi = s & low26
+                s ^= s << a21
+                s ^= s >> a35
+                s ^= s << a4
+                lo = s & low27
+                d = 2.0 * ((np.float64(hi) * 134217728.0 + np.float64(lo)) * 1.1102230246251565e-16) - 1.0
+                if j == 0:
+                    v1 = d
+                else:
+                    v2 = d
+            q = v1 * v1 + v2 * v2
+            if q < 1.0 and q != 0.0:
+                break
+        m = np.sqrt(-2.0 * np.log(q) / q)
+        out[i] = v1 * m
+        if i + 1 < out.size:
+            out[i + 1] = v2 * m
+        i += 2
+
+
+def java_gaussians(state: int, n: int) -> np.ndarray:
+    """(n,) float64: the first n nextGaussian() draws of a Spark XORShiftRandom whose hashed seed is
+    `state` (kernels.init.mllib_factors). Sequential by nature; plain Python where numba is missing."""
+    out = np.empty(n, np.float64)
+    (_kernel(_java_gaussians) if AVAILABLE else _java_gaussians)(np.uint64(state), out)
+    return out
+
+
 def predict_rows(
     X: np.ndarray,
     Y: np.ndarray,

@@ -28,7 +28,7 @@ def warm_factors(previous: FactorModel, users: IdMap, items: IdMap, cfg: ModelCo
     """Starting factors for a fit over `users` x `items` from a saved model (a warm start): the rows
     of IDs the previous model knows are its factors (and biases), new IDs start as a cold fit's."""
     check_warm_start(previous, cfg)
-    start = seeded_factors(cfg, users.size, items.size)
+    start = seeded_factors(cfg, users.size, items.size, user_ids=users.ids)
     f = previous.factors
     out = []
     for new_ids, old_ids, init, old, init_bias, old_bias in (

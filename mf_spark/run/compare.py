@@ -76,7 +76,9 @@ def _sgd(ready: Ready, run: RunConfig) -> Factors:
 def _als(**changes: Any) -> Callable[[Ready, RunConfig], Factors]:
     def fit(ready: Ready, run: RunConfig) -> Factors:
         cfg = dataclasses.replace(run.model, **changes)
-        return als.fit(ready.train, ready.users.size, ready.items.size, cfg, stats=ready.stats).factors
+        return als.fit(
+            ready.train, ready.users.size, ready.items.size, cfg, stats=ready.stats, user_ids=ready.users.ids
+        ).factors
 
     return fit
 

@@ -59,7 +59,15 @@ def versions() -> dict:
 def fit_model(ready: prepare.Ready, cfg: RunConfig, **fit_args: Any) -> tuple[als.FitResult, FactorModel]:
     """Factors fitted to `ready.train` (als.fit with `fit_args`), then the day biases of those factors:
     the fit and the model every job and the estimator keep."""
-    fit = als.fit(ready.train, ready.users.size, ready.items.size, cfg.model, stats=ready.stats, **fit_args)
+    fit = als.fit(
+        ready.train,
+        ready.users.size,
+        ready.items.size,
+        cfg.model,
+        stats=ready.stats,
+        user_ids=ready.users.ids,
+        **fit_args,
+    )
     day_fit = days.fitter(ready.train, cfg.model)
     day_biases = days.fit(day_fit, fit.factors, cfg.model)
     model = FactorModel.trained(

@@ -450,6 +450,7 @@ def _advance(
             stats=inner.stats,
             initial=trial.factors,
             blocks=blocks,
+            user_ids=inner.users.ids,
         )
         trial.factors = fit.factors
     except FitDiverged as e:
@@ -629,7 +630,15 @@ def _score_offsets(
     scores = []
     for seed in range(1 + len(best.repeats)):
         cfg = dataclasses.replace(_model(run, best), iterations=at + 1, seed=run.model.seed + seed)
-        fit = als.fit(inner.train, inner.users.size, inner.items.size, cfg, stats=inner.stats, blocks=blocks)
+        fit = als.fit(
+            inner.train,
+            inner.users.size,
+            inner.items.size,
+            cfg,
+            stats=inner.stats,
+            blocks=blocks,
+            user_ids=inner.users.ids,
+        )
         if not validate.spark_free:
             blocks.engine.pause()  # resident tasks hold every slot; the offsets of Spark's ratings need some
         scores.append(validate.offsets(fit.factors, day_bias_reg))

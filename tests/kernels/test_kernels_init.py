@@ -104,3 +104,57 @@ def test_empty_index():
 def test_bad_side_raises(side):
     with pytest.raises(ValueError, match="side"):
         init_factors(0, side, np.arange(3), 2)
+
+
+# MLlib's initialization, checked against the JVM's own generator and MLlib's ALS (through py4j on the
+# classic test session).
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, -7, 123456789012, 2**62 + 5, -(2**63)])
+def test_the_generator_draws_what_sparks_xorshiftrandom_draws(spark, seed):
+    from mf_spark.kernels import compiled
+    from mf_spark.kernels.init import _byteswap64, _hash_seed, _next_long
+
+    jvm_random = spark._jvm.org.apache.spark.util.random.XORShiftRandom
+    theirs = jvm_random(seed)
+    state, ours = _hash_seed(seed), []
+    for _ in range(3):
+        state, value = _next_long(state)
+        ours.append(_signed(value))
+    assert ours == [theirs.nextLong() for _ in range(3)]
+    theirs = jvm_random(seed)
+    drawn = [theirs.nextGaussian() for _ in range(501)]  # an odd count: the polar method's kept value
+    np.testing.assert_allclose(compiled.java_gaussians(_hash_seed(seed), 501), drawn, rtol=0, atol=1e-15)
+    hashing = getattr(spark._jvm.scala.util.hashing, "package$").__getattr__("MODULE$")
+    assert _signed(_byteswap64(seed & (2**64 - 1))) == hashing.byteswap64(seed)
+
+
+def test_the_plain_python_generator_draws_what_the_compiled_one_draws():
+    from mf_spark.kernels import compiled
+    from mf_spark.kernels.init import _hash_seed
+
+    out = np.empty(9)
+    compiled._java_gaussians(np.uint64(_hash_seed(5)), out)  # the fallback without numba
+    np.testing.assert_allclose(out, compiled.java_gaussians(_hash_seed(5), 9), rtol=0, atol=1e-15)  # fastmath
+
+
+@pytest.mark.parametrize(("seed", "blocks", "rank"), [(0, 10, 10), (5, 3, 4), (-9, 1, 7), (11, 40, 3)])
+def test_mllib_factors_are_mllibs_initial_user_factors(spark, seed, blocks, rank):
+    from pyspark.ml.recommendation import ALS as MLlibALS
+
+    from mf_spark.kernels.init import mllib_factors
+
+    rng = np.random.default_rng(seed & 0xFFFF)
+    users = np.unique(rng.integers(-300, 300, 120))  # negative IDs; with 40 blocks, some blocks empty
+    rows = [(int(u), int(i), 1.0 + float(i % 5)) for u in users for i in rng.choice(30, 2, replace=False)]
+    frame = spark.createDataFrame(rows, "user int, item int, rating float")
+    # maxIter=0: MLlib returns the factors it starts from
+    theirs = MLlibALS(rank=rank, maxIter=0, seed=seed, numUserBlocks=blocks).fit(frame)
+    by_id = {r.id: r.features for r in theirs.userFactors.collect()}
+    ours = mllib_factors(seed, users, rank, blocks)
+    np.testing.assert_allclose(ours, np.array([by_id[u] for u in users]), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(np.linalg.norm(ours.astype(np.float64), axis=1), 1.0, rtol=1e-6)
