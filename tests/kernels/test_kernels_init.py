@@ -142,7 +142,7 @@ def test_the_plain_python_generator_draws_what_the_compiled_one_draws():
     np.testing.assert_allclose(out, compiled.java_gaussians(_hash_seed(5), 9), rtol=0, atol=1e-15)  # fastmath
 
 
-@pytest.mark.parametrize(("seed", "blocks", "rank"), [(0, 10, 10), (5, 3, 4), (-9, 1, 7), (11, 40, 3)])
+@pytest.mark.parametrize(("seed", "blocks", "rank"), [(0, 10, 10), (-9, 40, 3)])
 def test_mllib_factors_are_mllibs_initial_user_factors(spark, seed, blocks, rank):
     from pyspark.ml.recommendation import ALS as MLlibALS
 
