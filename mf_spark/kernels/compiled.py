@@ -466,11 +466,17 @@ def _java_gaussians(state, out):  # pragma: no cover - compiled
         i += 2
 
 
+# Up to this many draws the plain loop ends before numba would have been imported and the kernel
+# loaded from its cache, which a driver that never solves would otherwise pay for (docs/performance.md).
+PLAIN_DRAWS = 1 << 17
+
+
 def java_gaussians(state: int, n: int) -> np.ndarray:
     """(n,) float64: the first n nextGaussian() draws of a Spark XORShiftRandom whose hashed seed is
-    `state` (kernels.init.mllib_factors). Sequential by nature; plain Python where numba is missing."""
+    `state` (kernels.init.mllib_factors). Sequential by nature: compiled for many draws, plain Python
+    for few (or where numba is missing)."""
     out = np.empty(n, np.float64)
-    (_kernel(_java_gaussians) if AVAILABLE else _java_gaussians)(np.uint64(state), out)
+    (_kernel(_java_gaussians) if AVAILABLE and n > PLAIN_DRAWS else _java_gaussians)(np.uint64(state), out)
     return out
 
 

@@ -115,7 +115,7 @@ def _signed(v: int) -> int:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 42, -7, 123456789012, 2**62 + 5, -(2**63)])
-def test_the_generator_draws_what_sparks_xorshiftrandom_draws(spark, seed):
+def test_the_generator_draws_what_sparks_xorshiftrandom_draws(spark, seed, monkeypatch):
     from mf_spark.kernels import compiled
     from mf_spark.kernels.init import _byteswap64, _hash_seed, _next_long
 
@@ -128,18 +128,20 @@ def test_the_generator_draws_what_sparks_xorshiftrandom_draws(spark, seed):
     assert ours == [theirs.nextLong() for _ in range(3)]
     theirs = jvm_random(seed)
     drawn = [theirs.nextGaussian() for _ in range(501)]  # an odd count: the polar method's kept value
-    np.testing.assert_allclose(compiled.java_gaussians(_hash_seed(seed), 501), drawn, rtol=0, atol=1e-15)
+    for plain_draws in (compiled.PLAIN_DRAWS, 0):  # the plain loop, then the compiled kernel
+        monkeypatch.setattr(compiled, "PLAIN_DRAWS", plain_draws)
+        np.testing.assert_allclose(compiled.java_gaussians(_hash_seed(seed), 501), drawn, rtol=1e-13, atol=1e-15)
     hashing = getattr(spark._jvm.scala.util.hashing, "package$").__getattr__("MODULE$")
     assert _signed(_byteswap64(seed & (2**64 - 1))) == hashing.byteswap64(seed)
 
 
-def test_the_plain_python_generator_draws_what_the_compiled_one_draws():
+def test_the_plain_python_generator_draws_what_the_compiled_one_draws(monkeypatch):
     from mf_spark.kernels import compiled
     from mf_spark.kernels.init import _hash_seed
 
-    out = np.empty(9)
-    compiled._java_gaussians(np.uint64(_hash_seed(5)), out)  # the fallback without numba
-    np.testing.assert_allclose(out, compiled.java_gaussians(_hash_seed(5), 9), rtol=0, atol=1e-15)  # fastmath
+    plain = compiled.java_gaussians(_hash_seed(5), 999)  # few draws: the plain loop
+    monkeypatch.setattr(compiled, "PLAIN_DRAWS", 0)
+    np.testing.assert_allclose(plain, compiled.java_gaussians(_hash_seed(5), 999), rtol=1e-13, atol=1e-15)  # fastmath
 
 
 @pytest.mark.parametrize(("seed", "blocks", "rank"), [(0, 10, 10), (-9, 40, 3)])
