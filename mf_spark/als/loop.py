@@ -419,8 +419,9 @@ def seeded_factors(
     cfg: ModelConfig, n_users: int, n_items: int, mu: float = 0.0, user_ids: pa.Array | None = None
 ) -> Factors:
     """The factors a fit starts from (model.init; `user_ids`, the users' sorted IDs, for MLlib's
-    initialization); zero biases with biases. The items' rows are never read: the first half-step
-    solves them from the users'."""
+    initialization); zero biases with biases. The first half-step solves the items from the users:
+    exactly (MLlib's solve) it never reads the items' initial rows, by conjugate gradients it starts
+    from them."""
     with_bias = cfg.kind == "explicit" and cfg.biases
     ids = mllib_ids(cfg, user_ids)
     blocks = cfg.num_user_blocks or MLLIB_BLOCKS
