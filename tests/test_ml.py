@@ -148,6 +148,12 @@ def test_pysparks_own_als_doctest_passes_with_ours(spark, tmp_path):
     assert attempted > 30 and failed == 0
 
 
+def test_pysparks_own_als_test_cases_pass_with_ours(spark, tmp_path):
+    from pyspark_examples import run_als_suite_cases
+
+    run_als_suite_cases(spark, str(tmp_path))
+
+
 def test_init_index_and_ids_mllib_cannot_draw_from(spark):
     ratings = [("a", 1, 4.0), ("b", 1, 2.0), ("b", 2, 3.0), ("c", 2, 5.0)]
     strings = spark.createDataFrame(ratings, "user string, item int, rating double")

@@ -95,9 +95,11 @@ def test_a_table_in_dated_tables_out_and_item_features_on_connect(spark, shared,
     assert any((recs / "recommendations").glob("*.parquet"))
 
 
-def test_pysparks_own_als_examples_pass_on_connect(spark, tmp_path):
-    """PySpark's own ALS examples, printed numbers included, on this Connect session."""
-    from pyspark_examples import run_als_examples
+def test_pysparks_own_als_examples_and_test_cases_pass_on_connect(spark, tmp_path):
+    """PySpark's own ALS examples, printed numbers included, and its ALS test suite's cases (which Spark
+    runs on Connect too), on this Connect session."""
+    from pyspark_examples import run_als_examples, run_als_suite_cases
 
-    failed, attempted = run_als_examples(spark, str(tmp_path))
+    failed, attempted = run_als_examples(spark, str(tmp_path / "examples"))
     assert attempted > 30 and failed == 0
+    run_als_suite_cases(spark, str(tmp_path / "cases"))
