@@ -12,6 +12,13 @@ fi
 # The linter and the formatter's check first: a few seconds, and a style slip fails before the suite.
 .venv/bin/python -m ruff check --quiet .
 .venv/bin/python -m ruff format --check --quiet .
+# The classes every JVM of the suite loads, archived once per .venv and built meanwhile when missing
+# (tests/class_archive.py; its build's output goes to .venv/spark-classes.log).
+MF_SPARK_TEST_CLASS_ARCHIVE="$(.venv/bin/python tests/class_archive.py)"
+export MF_SPARK_TEST_CLASS_ARCHIVE
+if [ ! -f "$MF_SPARK_TEST_CLASS_ARCHIVE" ]; then
+    .venv/bin/python tests/class_archive.py --build "$MF_SPARK_TEST_CLASS_ARCHIVE" >.venv/spark-classes.log 2>&1 &
+fi
 if [ "${1:-}" = "--fast" ]; then
     shift
     exec .venv/bin/python -m pytest -q "${PARALLEL[@]}" -m "not slow" "$@"

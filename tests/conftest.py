@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
+from class_archive import java_tool_options
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-# Every JVM the tests start (this session's, the jobs' and the cluster's) lives for seconds on tiny data:
-# the C1 compiler alone and the serial collector spend a fraction of the CPU that tiered compilation and
-# G1's threads spend starting it, and the suite is bound by CPU on two cores. Products keep the defaults.
-os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# Every JVM the tests start (this session's, the jobs', the cluster's) takes these options: see
+# tests/class_archive.py. Products keep the JVM's defaults.
+os.environ.setdefault("JAVA_TOOL_OPTIONS", java_tool_options())
 # tests/connect/ runs on a Spark Connect session, in the process tests/test_connect.py starts for it.
 collect_ignore = [] if os.environ.get("MF_SPARK_CONNECT_TESTS") else ["connect"]
 
