@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import tempfile
+import time
 
 import numpy as np
 
@@ -632,6 +634,9 @@ def chosen(backend: str) -> bool:
 
 
 _compiled: dict = {}
+# How long a first call waits for another process compiling the same kernel before compiling it too:
+# compiling takes seconds, so a lock held longer belongs to a stopped or stuck process.
+COMPILE_WAIT = 60.0
 
 
 def _kernel(fn, width: int | None = None):
@@ -647,10 +652,62 @@ def _kernel(fn, width: int | None = None):
         options = dict(nogil=True, fastmath=_FASTMATH, error_model="numpy")
         py = fn if width is None else fn(width)
         try:
-            _compiled[key] = numba.njit(cache=True, **options)(py)
+            _compiled[key] = _OneCompiles(
+                f"{fn.__module__}.{fn.__qualname__}/{width}", numba.njit(cache=True, **options)(py)
+            )
         except RuntimeError:  # "cannot cache function ...: no locator available"
             _compiled[key] = numba.njit(**options)(py)
     return _compiled[key]
+
+
+class _OneCompiles:
+    """A cached kernel whose first call runs under a lock of this machine named for the kernel.
+
+    The processes that need a kernel first all at once (a stage's Python workers on an executor, the
+    first run after an install) would each compile it: with the lock, one compiles and caches it, and
+    the others, waiting, load it from the cache when their turn comes. A lock not had within
+    COMPILE_WAIT seconds, or no lock to be had (no fcntl, no writable temporary folder), is not waited
+    for: the call compiles as it would without it."""
+
+    def __init__(self, name: str, dispatcher) -> None:
+        self.dispatcher, self.ready = dispatcher, False
+        digest = hashlib.sha1(f"{os.path.abspath(__file__)}:{name}".encode()).hexdigest()[:20]
+        self.lock_path = os.path.join(tempfile.gettempdir(), f"mf_spark-kernel-{digest}.lock")
+
+    def __call__(self, *args):
+        if self.ready:
+            return self.dispatcher(*args)
+        fd = _locked(self.lock_path, COMPILE_WAIT)
+        try:
+            out = self.dispatcher(*args)
+        finally:
+            if fd is not None:
+                os.close(fd)  # closing the file releases its lock
+        self.ready = True
+        return out
+
+
+def _locked(path: str, wait: float) -> int | None:
+    """A file descriptor of `path` holding its exclusive lock, or None when none was had in `wait` s."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        except OSError:
+            break
+    os.close(fd)
+    return None
 
 
 def _stable_zip_cache() -> None:

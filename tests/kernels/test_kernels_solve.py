@@ -529,3 +529,40 @@ def test_the_history_prior_is_the_users_alone_and_explicit_only():
     for bad in ({"kind": "implicit"}, {"nonnegative": True}):
         with pytest.raises(ValueError, match="history_prior"):
             SolveSpec(history_prior=0.2, **bad)
+
+
+_FIRST_CALL = """
+import sys, time
+import numpy as np
+from mf_spark.kernels import compiled
+
+compiled.COMPILE_WAIT = float(sys.argv[2])
+while time.time() < float(sys.argv[1]):  # both processes call at once
+    time.sleep(0.005)
+indptr, cols = np.array([0, 3], np.int64), np.array([0, 1, 2], np.int32)
+Y = np.eye(3, 29, dtype=np.float32)
+compiled.solve_rows(indptr, cols, None, np.ones(3, np.float32), None, Y, np.zeros((29, 29)), np.ones(1))
+stats = compiled._compiled[(compiled._solve_rows_of, 29)].dispatcher.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+@pytest.mark.skipif(not compiled.AVAILABLE, reason="numba is not installed")
+def test_processes_needing_a_kernel_at_once_compile_it_once(tmp_path):
+    """Two processes call the exact kernel at a width nothing else uses, on an empty machine-code cache:
+    one compiles it under the kernel's lock, the other waits and loads it from the cache."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(tmp_path)}
+    start = f"{time.time() + 4.0}"  # past both imports
+    runs = [
+        subprocess.Popen([sys.executable, "-c", _FIRST_CALL, start, "60"], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    hits, misses = np.sum([[int(v) for v in out.split()] for out in outs], axis=0)
+    assert (hits, misses) == (1, 1), outs
