@@ -692,7 +692,7 @@ def _locked(path: str, wait: float) -> int | None:
     try:
         import fcntl
 
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)  # read-only: another user's lock file serves too
     except (ImportError, OSError):
         return None
     deadline = time.monotonic() + wait
