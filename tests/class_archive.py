@@ -16,6 +16,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 # C1 alone and the serial collector spend a fraction of the CPU that tiered compilation and G1's
@@ -64,10 +65,8 @@ shutil.rmtree(folder, ignore_errors=True)
 
 def archive_path() -> Path:
     """One archive per pyspark and Java build: the JVM refuses an archive of another build anyway."""
-    import pyspark
-
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
-    key = hashlib.sha256(f"{pyspark.__version__}\n{java}\n{BASE_OPTIONS}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{version('pyspark')}\n{java}\n{BASE_OPTIONS}".encode()).hexdigest()[:12]
     return ROOT / ".venv" / f"spark-classes-{key}.jsa"
 
 

@@ -29,17 +29,12 @@ def run_als_suite_cases(spark, folder: str) -> None:
 
     from mf_spark.ml import ALS, ALSModel
 
-    rows = [[1, 15, 1], [1, 2, 2], [2, 3, 4], [2, 2, 5]]
-    df = spark.createDataFrame(rows, ["user", "item", "rating"]).coalesce(1).sortWithinPartitions("user", "item")
+    data = spark.createDataFrame([[1, 15, 1], [1, 2, 2], [2, 3, 4], [2, 2, 5]], ["user", "item", "rating"])
+    df = data.coalesce(1).sortWithinPartitions("user", "item")
     als = ALS(userCol="user", itemCol="item", rank=10, seed=1)
     als.setMaxIter(2)
-    assert (als.getUserCol(), als.getItemCol(), als.getRank(), als.getSeed(), als.getMaxIter()) == (
-        "user",
-        "item",
-        10,
-        1,
-        2,
-    )
+    params = (als.getUserCol(), als.getItemCol(), als.getRank(), als.getSeed(), als.getMaxIter())
+    assert params == ("user", "item", 10, 1, 2)
     als.write().overwrite().save(f"{folder}/estimator")
     assert str(ALS.load(f"{folder}/estimator")) == str(als)
 
@@ -62,7 +57,7 @@ def run_als_suite_cases(spark, folder: str) -> None:
     blocked = ALS(
         userCol="user", itemCol="item", ratingCol="rating", numUserBlocks=10, numItemBlocks=10, maxIter=1, seed=42
     )
-    blocked.fit(spark.createDataFrame(rows, ["user", "item", "rating"])).write().overwrite().save(f"{folder}/blocked")
+    blocked.fit(data).write().overwrite().save(f"{folder}/blocked")
     loaded = ALSModel().load(f"{folder}/blocked")  # an instance's load, as the suite calls it
     key = "spark.sql.analyzer.failAmbiguousSelfJoin"
     before = spark.conf.get(key, None)
@@ -73,4 +68,7 @@ def run_als_suite_cases(spark, folder: str) -> None:
             items = loaded.itemFactors.select(F.col("id").alias("item"))
             assert loaded.transform(users.crossJoin(items)).count() > 0, f"{key}={refuse}"
     finally:
-        spark.conf.unset(key) if before is None else spark.conf.set(key, before)
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
