@@ -124,12 +124,15 @@ def _factors(frame) -> dict:
 @pytest.mark.parametrize(("implicit", "seed", "blocks"), [(True, 5, 3)])  # explicit: the examples below
 def test_the_same_input_and_seed_give_mllibs_model(spark, implicit, seed, blocks):
     """model.init = auto starts from MLlib's initial factors, so MLlib's settings give its factors
-    (float rounding apart): negative IDs, blocks other than MLlib's default. PySpark's own examples
-    (the next test) print an explicit model's numbers."""
+    (float rounding apart): negative IDs, blocks other than MLlib's default, implicit values < 0
+    (dislikes, which MLlib leaves out of a row's lambda count). PySpark's own examples (the next test)
+    print an explicit model's numbers."""
     from pyspark.ml.recommendation import ALS as MLlibALS
 
     rng = np.random.default_rng(seed)
-    rows = {(int(u), int(i)): float(rng.integers(1, 6)) for u, i in rng.integers((-40, 0), (160, 90), (2500, 2))}
+    low = -3 if implicit else 1  # no 0: it tells nothing, so ours drops it where MLlib keeps its row
+    values = [v for v in range(low, 6) if v]
+    rows = {(int(u), int(i)): float(rng.choice(values)) for u, i in rng.integers((-40, 0), (160, 90), (2500, 2))}
     frame = spark.createDataFrame([(u, i, r) for (u, i), r in rows.items()], "user int, item int, rating double")
     kw = dict(rank=6, maxIter=6, regParam=0.1, seed=seed, numUserBlocks=blocks, numItemBlocks=blocks)
     theirs, ours = MLlibALS(implicitPrefs=implicit, **kw).fit(frame), ALS(implicitPrefs=implicit, **kw).fit(frame)

@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from mf_spark.core import session
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
+from mf_spark.kernels.solve import entry_counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,8 @@ class CsrBlock:
 
     @property
     def counts(self) -> np.ndarray:
-        return np.diff(self.indptr)
+        """(2, n_rows) int64: each row's entries, and its entries > 0 (kernels.solve.entry_counts)."""
+        return entry_counts(self.indptr, self.values)
 
     @staticmethod
     def from_triples(block: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> "CsrBlock":
@@ -246,13 +248,19 @@ def build_blocks(ratings: DataFrame, side: str, num_blocks: int) -> RDD:
 
 
 def row_counts(blocks: RDD, n_rows: int) -> np.ndarray:
-    """Ratings per global row, (n_rows,) int64, from the cached blocks (one small collect).
+    """`gather_counts` of the cached blocks (one small collect)."""
+    return gather_counts(n_rows, blocks.map(lambda b: (b.row_ids, b.counts)).collect())
 
-    Raises ValueError when a block names a row outside 0..n_rows-1.
-    """
-    counts = np.zeros(n_rows, dtype=np.int64)
-    for ids, n in blocks.map(lambda b: (b.row_ids, b.counts)).collect():
+
+def gather_counts(n_rows: int, parts) -> np.ndarray:
+    """The `CsrBlock.counts` of every global row, (2, n_rows) int64 (0 for rows no block holds), from
+    each block's (row_ids, counts). Raises ValueError when a block names a row outside 0..n_rows-1
+    or its counts do not match its rows."""
+    counts = np.zeros((2, n_rows), dtype=np.int64)
+    for ids, n in parts:
         if ids.size and (ids.min() < 0 or ids.max() >= n_rows):
             raise ValueError(f"block rows {ids.min()}..{ids.max()} outside 0..{n_rows - 1}")
-        counts[ids] = n
+        if n.shape != (2, ids.size):
+            raise ValueError(f"block counts of shape {n.shape} for {ids.size} rows")
+        counts[:, ids] = n
     return counts

@@ -3,7 +3,7 @@ engine: new factors for every row of one side, the other side held fixed.
 
     class Engine:                 # halfstep.Engine: jobs (here), join.Routed, stream.Resident
         name                      # "jobs" | "join" | "stream", as metrics.json reports it
-        row_counts(side, n)       # ratings per row of a side
+        row_counts(side, n)       # entries, and entries > 0, per row of a side
         half_step(side, n, fixed, fixed_bias, previous) -> HalfStepResult
         pause()                   # let other Spark jobs run (the resident stage holds every slot)
         top(X, offset, Y, item_bias, n)   # top lists where the blocks are, or None
@@ -125,6 +125,7 @@ class Engine:
     name = "?"
 
     def row_counts(self, side: str, n_rows: int) -> np.ndarray:
+        """(2, n_rows) int64: each row's entries and its entries > 0 (blocks.gather_counts)."""
         raise NotImplementedError
 
     def half_step(

@@ -174,7 +174,9 @@ def warm_up(spark, cfg: ModelConfig, top: int = 10, rdd: bool = False) -> thread
 
 
 def _reg_term(spec: SolveSpec, counts: np.ndarray, F_: np.ndarray, bias: np.ndarray | None) -> float:
-    lam = np.where(counts > 0, spec.row_reg(counts), 0.0)  # rows without ratings pay no penalty
+    """The penalty of the side not being solved, with the lambdas its own half-step gives
+    (`counts`: the engine's row_counts of that side)."""
+    lam = spec.row_reg(spec.counted(counts))
     sq = np.sum(F_.astype(np.float64) ** 2, axis=1)
     if bias is not None:
         sq += spec.bias_reg * bias.astype(np.float64) ** 2
@@ -478,7 +480,7 @@ def _iterate(
     checkpoints: CheckpointStore | None,
 ) -> FitResult:
     n_u, n_i = engine.row_counts("user", n_users), engine.row_counts("item", n_items)
-    result.row_counts = (n_u, n_i)
+    result.row_counts = (n_u[0], n_i[0])
     if not result.startup_seconds:  # a clock reading here (once, a fallback goes on); fit() makes it a duration
         result.startup_seconds = time.perf_counter()
     for it in range(start, cfg.iterations):

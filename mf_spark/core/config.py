@@ -204,7 +204,8 @@ class ModelConfig:
     )
     reg_scaling: Literal["count", "none"] = setting(
         "count",
-        "`count`: lambda x (ratings of the row)^`reg_exponent` (ALS-WR, as MLlib); `none`: plain lambda",
+        "`count`: lambda x (ratings of the row; implicit: its values > 0, as MLlib counts)^`reg_exponent` "
+        "(ALS-WR, as MLlib); `none`: plain lambda",
         tunable=True,
     )
     reg_exponent: float = setting(

@@ -93,11 +93,17 @@ class SolveSpec:
         unchanged."""
         return float(self.bias_reg) ** -0.5
 
-    def row_reg(self, counts: np.ndarray) -> np.ndarray:
-        """lambda_u of rows with `counts` ratings: lambda * n_u^nu (float64; nu = 1 is ALS-WR)."""
+    def counted(self, counts: np.ndarray) -> np.ndarray:
+        """n_u of `row_reg` from `entry_counts`: a row's entries, or for weighted ALS, as MLlib counts
+        them, its entries > 0. A negative value (a dislike) weighs in the row's loss, not in its lambda."""
+        return counts[1 if self.kind == "implicit" else 0]
+
+    def row_reg(self, n: np.ndarray) -> np.ndarray:
+        """lambda_u of rows with n_u counted entries (`counted`): lambda * n_u^nu (float64; nu = 1 is
+        ALS-WR), and 0 for a row without any, which pays no penalty."""
+        n = np.asarray(n, np.float64)
         if self.reg_exponent == 0.0:
-            return np.full(counts.size, self.reg)
-        n = counts.astype(np.float64)
+            return np.where(n > 0, self.reg, 0.0)
         return self.reg * (n if self.reg_exponent == 1.0 else n**self.reg_exponent)
 
 
@@ -127,6 +133,13 @@ def preference(values: np.ndarray, spec: SolveSpec) -> np.ndarray:
     return (values > 0).astype(np.float64)
 
 
+def entry_counts(indptr: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(2, n_rows) int64: the entries of each CSR row, and its entries > 0 (`SolveSpec.counted`)."""
+    positive = np.zeros(values.size + 1, np.int64)
+    np.cumsum(values > 0, out=positive[1:])
+    return np.stack([np.diff(indptr), positive[indptr[1:]] - positive[indptr[:-1]]]).astype(np.int64)
+
+
 def chunks(lengths: np.ndarray, rank: int, budget: int = CHUNK_FLOATS) -> list[tuple[np.ndarray, int]]:
     """Group row positions into (rows, padded length) chunks of similar length within `budget` floats."""
     order = np.argsort(lengths, kind="stable")
@@ -153,7 +166,6 @@ class Chunk:
     idx: np.ndarray  # (b, L) int32 fixed-side indices; n_fixed (a zero factor row) at padding
     vals: np.ndarray  # (b, L) float32 values; 0 at padding
     mask: np.ndarray  # (b, L) bool, True at real entries
-    lens: np.ndarray  # (b,) int64 row lengths
     conf: np.ndarray | None = None  # implicit: (b, L) float32 confidence c_ui, 0 at padding
     pref: np.ndarray | None = None  # implicit: (b, L) float32 preference p_ui, 0 at padding
 
@@ -169,6 +181,7 @@ class Layout:
     width: int
     chunks: tuple[Chunk, ...]
     max_floats: int  # largest b * L * width: one gather buffer serves every chunk
+    counted: np.ndarray  # (n_rows,) int64: the entries each row's lambda counts (SolveSpec.counted)
     compiled: bool = False
     weight: np.ndarray | None = None  # compiled weighted ALS: (nnz,) float32 c - w0
     target: np.ndarray | None = None  # compiled weighted ALS: (nnz,) float32 c * p
@@ -208,9 +221,10 @@ def layout(
     chunks (see `chunks`), for weighted ALS with each entry's confidence and preference; `budget`:
     floats of gathered factors per chunk (default by solver: CHUNK_FLOATS, or CG_CHUNK_FLOATS for
     conjugate gradients). Compiled backend: for weighted ALS, each entry's weight and target."""
+    counted = spec.counted(entry_counts(indptr, vals))
     if backend_for(spec, width, backend) == "compiled":
         if spec.kind == "explicit":
-            return Layout(spec, n_fixed, width, (), 0, compiled=True)
+            return Layout(spec, n_fixed, width, (), 0, counted, compiled=True)
         c, p = confidence(vals, spec), preference(vals, spec)
         per_row = np.add.reduceat(c * p * p, indptr[:-1]) if cols.size else np.zeros(indptr.size - 1)
         per_row[np.diff(indptr) == 0] = 0.0  # reduceat gives the next row's entry for an empty row
@@ -226,6 +240,7 @@ def layout(
             width,
             (),
             0,
+            counted,
             compiled=True,
             weight=weight,
             target=target,
@@ -246,9 +261,9 @@ def layout(
         if spec.kind == "implicit":
             conf = np.where(mask, confidence(v, spec), 0.0).astype(np.float32)
             pref = np.where(mask, preference(v, spec), 0.0).astype(np.float32)
-        out.append(Chunk(rows, idx, v, mask, lens, conf, pref))
+        out.append(Chunk(rows, idx, v, mask, conf, pref))
     biggest = max((c.idx.size for c in out), default=0) * width
-    return Layout(spec, n_fixed, width, tuple(out), biggest)
+    return Layout(spec, n_fixed, width, tuple(out), biggest, counted)
 
 
 def _solve_spd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -477,7 +492,7 @@ def solve_block(
         b, L = ch.idx.shape
         G = np.take(Yf, ch.idx, axis=0, out=buf[: b * L * width].reshape(b, L, width))  # (b, L, width)
         t = ch.vals if offset is None else np.where(ch.mask, ch.vals - offset[ch.idx], np.float32(0))
-        lam = spec.row_reg(ch.lens)
+        lam = spec.row_reg(plan.counted[ch.rows])
         x0_rows = x0[ch.rows] if cg else None
         x, pred = _solve_chunk(ch, G, t, lam, spec, gram, eig, wbuf, x0_rows, k)
         X[ch.rows] = x
@@ -605,8 +620,7 @@ def _solve_compiled(
     by a pseudo-inverse, one row at a time."""
     n_fixed, k = Y.shape
     width = plan.width
-    lens = np.diff(indptr)
-    lam = spec.row_reg(lens)
+    lam = spec.row_reg(plan.counted)
     Yw, weight, offset = Y, plan.weight, None
     if spec.kind == "explicit":
         target, shift = vals, np.zeros((width, width))

@@ -146,6 +146,22 @@ def test_implicit_objective_never_increases(spark, planted_split, solver):
     assert np.all(np.diff(losses) <= 1e-6 * losses[:-1]), losses
 
 
+def test_the_reported_loss_is_the_objective_of_the_final_factors_dislikes_included(spark, planted_split):
+    """Weighted ALS over strengths some of which are < 0 (dislikes: preference 0, confidence
+    1 + alpha |r|): the last loss is the whole objective at the factors returned, its lambdas
+    counting each row's entries > 0 on both sides, as MLlib counts them."""
+    u, i, r, _, _ = planted_split
+    r = np.where(np.arange(r.size) % 5 == 0, -np.abs(r), np.abs(r))
+    cfg = ModelConfig(kind="implicit", rank=4, iterations=2, reg=0.05, alpha=2.0, unobserved_weight=0.3)
+    res = als.fit(ratings_df(spark, u, i, r), 80, 50, cfg)
+    X, Y = res.factors.X.astype(np.float64), res.factors.Y.astype(np.float64)
+    weight, pref = np.full((80, 50), 0.3), np.zeros((80, 50))
+    weight[u, i], pref[u, i] = 1.0 + 2.0 * np.abs(r), r > 0
+    lam_u, lam_i = 0.05 * np.bincount(u[r > 0], minlength=80), 0.05 * np.bincount(i[r > 0], minlength=50)
+    want = np.sum(weight * (pref - X @ Y.T) ** 2) + lam_u @ np.sum(X * X, 1) + lam_i @ np.sum(Y * Y, 1)
+    assert res.losses[-1] == pytest.approx(want, rel=1e-5)
+
+
 @pytest.mark.parametrize("solver", ["exact", "cg"])
 def test_same_factors_for_any_block_count(spark, planted_split, solver):
     u, i, r, _, _ = planted_split

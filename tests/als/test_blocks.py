@@ -26,7 +26,7 @@ def test_worked_example(ratings):
     assert b0.cols.tolist() == [1, 3, 0, 2] and b0.values.tolist() == [4, 2, 3, 1]
     assert b1.row_ids.tolist() == [1] and b1.cols.tolist() == [0] and b1.values.tolist() == [5]
     assert b0.row_ids.dtype == np.int32 and b0.indptr.dtype == np.int64 and b0.values.dtype == np.float32
-    assert row_counts(blocks, 3).tolist() == [2, 1, 2]
+    assert row_counts(blocks, 3).tolist() == [[2, 1, 2], [2, 1, 2]]  # entries, entries > 0
     blocks.unpersist()
 
 
@@ -63,7 +63,8 @@ def test_from_triples_sorts_rows_then_columns_and_keeps_values_with_their_pairs(
     order = np.lexsort((cols, rows))
     assert b.block == 7 and b.row_ids.dtype == np.int32 and b.cols.dtype == np.int32
     np.testing.assert_array_equal(b.row_ids, np.unique(rows))
-    np.testing.assert_array_equal(b.counts, np.bincount(rows)[np.unique(rows)])
+    np.testing.assert_array_equal(b.counts[0], np.bincount(rows)[np.unique(rows)])
+    np.testing.assert_array_equal(b.counts[1], np.bincount(rows[vals > 0], minlength=50)[np.unique(rows)])
     np.testing.assert_array_equal(b.cols, cols[order])
     np.testing.assert_array_equal(b.values, vals[order])
 

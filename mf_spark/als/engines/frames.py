@@ -19,13 +19,14 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.als.blocks import SIDE_CODES, CsrBlock, pieces_frame
+from mf_spark.als.blocks import SIDE_CODES, CsrBlock, gather_counts, pieces_frame
 from mf_spark.als.halfstep import Engine, assemble, fixed_side, solve_rows
 from mf_spark.core import session
 from mf_spark.kernels.solve import SolveSpec
 
 BLOCKS = "side int, block int, row_ids binary, indptr binary, cols binary, values binary"
 SOLVED = "row_ids binary, factors binary, bias binary, losses binary"
+COUNTED = "row_ids binary, counts binary"
 
 
 def _merged(pieces: pa.Table) -> pa.Table:
@@ -75,6 +76,16 @@ _SOLVED = pa.schema(
 )
 
 
+def _count(batches):
+    """mapInArrow body: every block's row ids and CsrBlock.counts, so the values stay in the tasks."""
+    for batch in batches:
+        blocks = [_block(row) for row in batch.to_pylist()]
+        yield pa.RecordBatch.from_pydict(
+            {"row_ids": [b.row_ids.tobytes() for b in blocks], "counts": [b.counts.tobytes() for b in blocks]},
+            schema=pa.schema([("row_ids", pa.binary()), ("counts", pa.binary())]),
+        )
+
+
 class Frames(Engine):
     """The blocks of both sides of `ratings` (user_idx, item_idx, rating) as a cached DataFrame; one
     mapInArrow job per half-step. Closing unpersists the blocks."""
@@ -92,13 +103,11 @@ class Frames(Engine):
         return self.blocks.where(F.col("side") == SIDE_CODES[side])
 
     def row_counts(self, side: str, n_rows: int) -> np.ndarray:
-        counts = np.zeros(n_rows, np.int64)
-        for row in self._side(side).select("row_ids", "indptr").toArrow().to_pylist():
+        parts = []
+        for row in self._side(side).mapInArrow(_count, COUNTED).toArrow().to_pylist():
             ids = np.frombuffer(row["row_ids"], np.int32)
-            if ids.size and (ids.min() < 0 or ids.max() >= n_rows):
-                raise ValueError(f"block rows {ids.min()}..{ids.max()} outside 0..{n_rows - 1}")
-            counts[ids] = np.diff(np.frombuffer(row["indptr"], np.int64))
-        return counts
+            parts.append((ids, np.frombuffer(row["counts"], np.int64).reshape(2, ids.size)))
+        return gather_counts(n_rows, parts)
 
     def half_step(self, side, n_rows, fixed, fixed_bias, previous):
         spec = self.spec.on(side)

@@ -20,7 +20,7 @@ from pyspark import InheritableThread
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mf_spark.als.blocks import rating_columns
+from mf_spark.als.blocks import gather_counts, rating_columns
 from mf_spark.als.engines.stream.task import _split_for_tasks, _task_body
 from mf_spark.als.engines.stream.wire import (
     HANDSHAKE_SECONDS,
@@ -33,7 +33,6 @@ from mf_spark.als.engines.stream.wire import (
     send_frame,
 )
 from mf_spark.als.halfstep import Engine, HalfStepResult, assemble, fixed_side
-from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, RATING, USER, USER_IDX
 from mf_spark.data.index import IdMap
 from mf_spark.data.ready import PACKED, Triples
@@ -279,15 +278,9 @@ class Resident(Engine):
 
     # -- work
     def row_counts(self, side: str, n_rows: int) -> np.ndarray:
-        """Ratings per global row of `side`, from the tasks' blocks."""
-        counts = np.zeros(n_rows, dtype=np.int64)
+        """`gather_counts` of `side` from the counts the tasks reported of their blocks."""
         at = 0 if side == "user" else 2
-        for got in self.counts or []:
-            ids, n = got[at], got[at + 1]
-            if ids.size and (ids.min() < 0 or ids.max() >= n_rows):
-                raise InputError(f"block rows {ids.min()}..{ids.max()} outside 0..{n_rows - 1}")
-            counts[ids] = n
-        return counts
+        return gather_counts(n_rows, [(got[at], got[at + 1]) for got in self.counts or []])
 
     def half_step(
         self,

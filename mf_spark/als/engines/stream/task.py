@@ -35,11 +35,12 @@ EXCHANGE_SECONDS = 600.0  # a task waits this long for its peers' rating pieces
 
 
 def _counts(blocks) -> list[np.ndarray]:
+    """The row ids of a side's blocks and their CsrBlock.counts, (2, rows), in the same order."""
     ids = [b.row_ids for b in blocks]
     counts = [b.counts for b in blocks]
     return [
         np.concatenate(ids) if ids else np.zeros(0, np.int32),
-        np.concatenate(counts) if counts else np.zeros(0, np.int64),
+        np.concatenate(counts, axis=1) if counts else np.zeros((2, 0), np.int64),
     ]
 
 
