@@ -1,4 +1,5 @@
-"""Read feedback files into one raw DataFrame: CSV, TSV / whitespace, MovieLens `::`, Parquet.
+"""Read feedback files into one raw DataFrame: CSV (`,` `;` or `|`), TSV / whitespace, MovieLens `::`,
+JSON lines, Parquet.
 
 Output columns, whatever the format (see `ratings`):
     user, item, rating, timestamp   raw values: StringType for text formats (validation parses them
@@ -7,7 +8,8 @@ Output columns, whatever the format (see `ratings`):
     _row                            long, `monotonically_increasing_id()` taken before any shuffle:
                                     orders rows as read ("last" duplicates, first bad rows)
     _malformed                      text formats: why the row's fields cannot be trusted (another
-                                    number of fields than the header / first row has), else null
+                                    number of fields than the header / first row has, a JSON line
+                                    that is not an object), else null
 
 Only format detection touches the data eagerly, and it reads at most the first lines of the first
 file on the driver (local paths) or runs one `limit(2)` Spark job (other file systems).
@@ -28,14 +30,23 @@ import pyarrow as pa
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DateType, StringType, StructField, StructType, TimestampNTZType, TimestampType
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampNTZType,
+    TimestampType,
+)
 
 from mf_spark.core import fs
 from mf_spark.core.config import DataConfig
 from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, MALFORMED, RATING, ROW, SOURCE, TIMESTAMP, USER
 
-FORMATS = ("csv", "tsv", "movielens", "parquet")
+FORMATS = ("csv", "tsv", "movielens", "json", "parquet")
 KEYS = {USER: "user_col", ITEM: "item_col", RATING: "rating_col", TIMESTAMP: "timestamp_col"}
 # Header names tried in this order, compared lower-case with "_", "-", " " removed.
 COMMON_NAMES = {
@@ -67,6 +78,9 @@ COMMON_NAMES = {
         "bookid",
         "isbn",
         "asin",
+        "parentasin",
+        "businessid",
+        "business",
         "articleid",
         "contentid",
         "movie",
@@ -83,6 +97,7 @@ COMMON_NAMES = {
         "playcount",
         "weight",
         "stars",
+        "overall",
         "clicks",
         "quantity",
         "listens",
@@ -103,6 +118,9 @@ COMMON_NAMES = {
     ),
 }
 _TEXT_SPLIT = {"movielens": "::", "tab": "\t", "whitespace": r"\s+"}
+_CSV_SEPARATORS = (",", ";", "|")
+_BY_EXTENSION = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
+NOT_A_JSON_OBJECT = "not a JSON object on one line (JSON lines)"
 _COMPRESSED = (".gz", ".bz2")
 
 
@@ -189,7 +207,7 @@ def data_files(folder: str) -> list[str]:
 
 def _is_parquet(path: str) -> bool:
     ext = base_ext(path)
-    if ext in (".parquet", ".csv", ".tsv", ".tab", ".dat", ".txt"):
+    if ext in (".parquet", ".dat", ".txt", *_BY_EXTENSION):
         return ext == ".parquet"
     with open(path, "rb") as fh:
         return fh.read(4) == b"PAR1"
@@ -234,21 +252,30 @@ def peek_input(path: str) -> Peek:
         raise InputError(f"input {path} cannot be read: {exc}") from None
 
 
+def csv_separator(line: str) -> str:
+    """The one of `,` `;` `|` that splits a CSV line into the most fields, quotes respected (`,` on
+    a tie, and for a line none of them splits)."""
+    return max(_CSV_SEPARATORS, key=lambda sep: len(next(csv.reader([line], delimiter=sep))))
+
+
 def _format_of_line(line: str) -> str:
+    if line.lstrip().startswith("{"):
+        return "json"
     if "::" in line:
         return "movielens"
     if "\t" in line:
         return "tsv"
-    if "," in line:
+    if len(next(csv.reader([line], delimiter=csv_separator(line)))) > 1:
         return "csv"
     return "tsv"  # whitespace-separated (or one field: the reader then reports the delimiter)
 
 
 def detect_format(path: str) -> str:
-    """csv | tsv | movielens | parquet, from the file name, the folder's files, or the first line.
+    """csv | tsv | movielens | json | parquet, from the file name, the folder's files, or the first line.
 
-    The first line decides for other names (`.dat`, `.txt`, ...): `::` -> movielens, a tab -> tsv,
-    a comma -> csv, else whitespace-separated -> tsv. Raises InputError (naming the path) if the
+    The first line decides for other names (`.dat`, `.txt`, ...): `{` -> json (lines), `::` ->
+    movielens, a tab -> tsv, fields split by `,` `;` or `|` -> csv, else whitespace-separated -> tsv.
+    Raises InputError (naming the path) if the
     path does not exist, cannot be read or has no data. Reads at most 2 lines on the driver; no
     Spark job.
     """
@@ -259,15 +286,14 @@ def detect(peek: Peek, path: str) -> str:
     if peek.parquet:
         return "parquet"
     ext = base_ext(peek.first_file or path.rstrip("/"))
-    by_ext = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
-    if ext in by_ext:
-        return by_ext[ext]
+    if ext in _BY_EXTENSION:
+        return _BY_EXTENSION[ext]
     if not peek.lines:
         if peek.first_file:
             raise InputError(f"input {path} is empty: no data rows")
         raise InputError(
             f"input {path}: cannot detect the format of a non-local path without a "
-            f"known extension; pass --format csv|tsv|movielens|parquet"
+            f"known extension; pass --format {'|'.join(FORMATS)}"
         )
     return _format_of_line(peek.lines[0])
 
@@ -295,7 +321,7 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
     if len(columns) == 1:
         raise InputError(
             f"{source}: found 1 column {columns!r}: the delimiter is probably not the "
-            f"one of this format; pass --format csv|tsv|movielens|parquet, or convert "
+            f"one of this format; pass --format {'|'.join(FORMATS)}, or convert "
             f"the file to comma-, tab- or '::'-separated fields"
         )
     if header:
@@ -331,6 +357,8 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
                 (normed.index(n) for n in COMMON_NAMES[key] if n in normed and normed.index(n) not in used), None
             )
             if hit is None and key != TIMESTAMP:
+                hit = _ending_in_a_name(columns, normed, used, key, attr, source)
+            if hit is None and key != TIMESTAMP:
                 tried = ", ".join(COMMON_NAMES[key][:6])
                 raise InputError(
                     f"{source}: no {key} column found (data.{attr} is auto; tried "
@@ -345,6 +373,20 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
                 raise InputError(f"{source}: no {key} column (data.{attr} is auto = position {default}); {shown}")
             chosen[key] = default if default < len(columns) else None
     return chosen
+
+
+def _ending_in_a_name(columns: list[str], normed: list[str], used: set, key: str, attr: str, source: str) -> int | None:
+    """The one column left whose name ends in a common name of `key` ("Book-Rating", "song_rating"),
+    the names tried in their order; InputError when two end in the same one. Timestamps are never
+    guessed so ("runtime")."""
+    for name in COMMON_NAMES[key]:
+        ends = [j for j, c in enumerate(normed) if c.endswith(name) and j not in used]
+        if len(ends) > 1:
+            named = ", ".join(repr(columns[j]) for j in ends)
+            raise InputError(f"{source}: columns {named} could each be the {key} column; set data.{attr}")
+        if ends:
+            return ends[0]
+    return None
 
 
 def _twice(source: str, name: str, at: list[int], attr: str) -> InputError:
@@ -414,8 +456,9 @@ def _first_lines(spark: SparkSession, path: str, peek: Peek) -> tuple[str, ...]:
 
 
 def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataConfig, source: str) -> DataFrame:
-    first = next(csv.reader([lines[0]]))
-    found = re.search(r"::|[;|\t]", lines[0])
+    sep = csv_separator(lines[0])
+    first = next(csv.reader([lines[0]], delimiter=sep))
+    found = re.search(r"::|\t", lines[0])
     if len(first) == 1 and found:
         raise InputError(
             f"{source}: read as csv it has 1 column {first!r}; the fields seem to be "
@@ -427,14 +470,17 @@ def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataC
         raise InputError(f"{source}: header only, no data rows")
     if header:  # the header as written: Spark renames repeated names (rating -> rating2, rating3)
         choose_columns(first, cfg, header, source)
-    names = _load(path, lambda p: spark.read.csv(p, header=header, inferSchema=False)).columns
+    names = _load(path, lambda p: spark.read.csv(p, sep=sep, header=header, inferSchema=False)).columns
     pos = choose_columns(names, cfg, header, source)
     # Read again with the corrupt-record column: a row with more or fewer fields than the header is
     # flagged there instead of being truncated or padded into shifted values.
     corrupt = "_mf_corrupt_record"
     schema = StructType([StructField(n, StringType()) for n in names] + [StructField(corrupt, StringType())])
     df = _with_meta(
-        _load(path, lambda p: spark.read.csv(p, header=header, schema=schema, columnNameOfCorruptRecord=corrupt))
+        _load(
+            path,
+            lambda p: spark.read.csv(p, sep=sep, header=header, schema=schema, columnNameOfCorruptRecord=corrupt),
+        )
     )
     return _project(
         df,
@@ -454,7 +500,7 @@ def _read_delimited(
         hint = f" (the line contains {found.group(0)!r})" if found else ""
         raise InputError(
             f"{source}: read as {fmt} it has 1 column {first!r}{hint}; pass --format "
-            f"csv|tsv|movielens|parquet matching the delimiter"
+            f"{'|'.join(FORMATS)} matching the delimiter"
         )
     header = looks_like_header(first)
     if header and len(lines) < 2:
@@ -483,6 +529,40 @@ def _epoch_seconds(df: DataFrame, name: str) -> Column:
     return col
 
 
+def _native_columns(df: DataFrame, cfg: DataConfig, source: str) -> list[Column | None]:
+    """The four data columns of a self-describing format (Parquet, JSON): chosen by name, native
+    types kept, timestamps as epoch seconds. InputError for a chosen column that holds no value
+    (a struct, list or map)."""
+    names = [n for n in df.columns if n not in (SOURCE, ROW)]
+    pos = choose_columns(names, cfg, True, source)
+    cols: list[Column | None] = []
+    for key, p in pos.items():
+        if p is None:
+            cols.append(None)
+            continue
+        dtype = df.schema[names[p]].dataType
+        if isinstance(dtype, (StructType, ArrayType, MapType)):
+            raise InputError(
+                f"{source}: column {names[p]!r} ({KEYS[key]}) holds {dtype.simpleString()}, not a value; "
+                f"set data.{KEYS[key]} to a column of numbers or strings"
+            )
+        cols.append(_epoch_seconds(df, names[p]) if key == TIMESTAMP else _quoted(names[p]))
+    return cols
+
+
+def _read_json(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> DataFrame:
+    """JSON lines: one object per line, its fields' types inferred by Spark (one pass over the
+    input). A line that is not an object is kept, flagged NOT_A_JSON_OBJECT, for validation to
+    reject with that reason."""
+    corrupt = "_mf_corrupt_record"
+    df = _load(path, lambda p: spark.read.json(p, mode="PERMISSIVE", columnNameOfCorruptRecord=corrupt))
+    if not [n for n in df.columns if n != corrupt]:
+        raise InputError(f"{source}: {NOT_A_JSON_OBJECT}: no line holds an object with fields")
+    malformed = F.when(F.col(corrupt).isNotNull(), F.lit(NOT_A_JSON_OBJECT)) if corrupt in df.columns else None
+    df = _with_meta(df)
+    return _project(df, _native_columns(df.drop(corrupt), cfg, source), malformed)
+
+
 def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> DataFrame:
     # Local files are checked with pyarrow first: Spark reads a damaged footer only in a task, where
     # the failure surfaces as a JVM stack trace instead of a message naming the file.
@@ -501,23 +581,17 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
         differ = [f"{os.path.basename(n)} ({', '.join(c)})" for n, c in zip(names, columns) if c != columns[0]]
         if differ:
             raise columns_disagree(path, f"{os.path.basename(names[0])} has {', '.join(columns[0])}", differ, "schema")
-    df = _load(path, spark.read.parquet)
-    names = df.columns
-    pos = choose_columns(names, cfg, True, source)
-    df = _with_meta(df)
-    cols = [None if p is None else _quoted(names[p]) for p in pos.values()]
-    if pos[TIMESTAMP] is not None:
-        cols[3] = _epoch_seconds(df, names[pos[TIMESTAMP]])
-    return _project(df, cols)
+    df = _with_meta(_load(path, spark.read.parquet))
+    return _project(df, _native_columns(df, cfg, source))
 
 
 def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFrame:
     """Raw ratings of `path` (a file or a folder): user, item, rating, timestamp, _source, _row.
 
-    `fmt` is one of csv | tsv | movielens | parquet, or "auto" (see `detect_format`). Columns come
+    `fmt` is one of csv | tsv | movielens | json | parquet, or "auto" (see `detect_format`). Columns come
     from `cfg.user_col` ... `cfg.timestamp_col`: a header name, a 0-based position, or "" for auto.
-    Text formats keep every value as a string; Parquet keeps native types, with timestamps turned
-    into epoch seconds. Raises InputError for a missing, empty or header-only input, a missing
+    Delimited text keeps every value as a string; JSON and Parquet keep native types, with timestamps
+    turned into epoch seconds. Raises InputError for a missing, empty or header-only input, a missing
     column (naming the file, the config key and the columns found) or a delimiter that splits
     nothing.
 
@@ -528,7 +602,7 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
         raise InputError(f"unknown input format {fmt!r}; expected auto, " + ", ".join(FORMATS))
     peek = peek_input(path)
     source = peek.first_file or path
-    if fmt == "auto" and (peek.first_file or peek.parquet or base_ext(path) in (".csv", ".tsv")):
+    if fmt == "auto" and (peek.first_file or peek.parquet or base_ext(path) in _BY_EXTENSION):
         fmt = detect(peek, path)
     if fmt == "parquet":
         return _read_parquet(spark, path, cfg, source)
@@ -539,6 +613,8 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
         raise InputError(f"{source}: no data rows (the input is empty)")
     if fmt == "auto":  # non-local path without a telling extension
         fmt = _format_of_line(lines[0])
+    if fmt == "json":
+        return _read_json(spark, path, cfg, source)
     if peek.first_file and os.path.isdir(local_path(path)) and looks_like_header(_fields_of(lines[0], fmt)):
         check_same_columns(data_files(local_path(path)), lines[0], path)
     if fmt == "csv":
@@ -548,7 +624,7 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
 
 def _fields_of(line: str, fmt: str) -> list[str]:
     if fmt == "csv":
-        return next(csv.reader([line]))
+        return next(csv.reader([line], delimiter=csv_separator(line)))
     if fmt == "movielens":
         return line.split("::")
     return re.split(r"\t" if "\t" in line else r"\s+", line.strip())

@@ -21,7 +21,7 @@ from mf_spark.core.errors import MfSparkError, Stopped, UsageError, exit_code
 from mf_spark.core.session import REMOTE_KEY
 from mf_spark.run import phases
 
-FORMATS = ("auto", "csv", "tsv", "movielens", "parquet")
+FORMATS = ("auto", "csv", "tsv", "movielens", "json", "parquet")  # "auto" and data.read.FORMATS
 DEMO_OUTPUT = "output"
 
 

@@ -47,7 +47,7 @@ def rejected_reasons(spark, tmp_path) -> dict[str, int]:
     [
         ("empty file", "", [], ["empty.csv", "empty"]),
         ("header only", "user,item,rating\n", [], ["header only", "no data rows"]),
-        ("wrong delimiter", "user;item;rating\n1;2;3\n4;5;1\n", [], ["1 column", "separated by ';'"]),
+        ("wrong delimiter", "user::item::rating\n1::2::3\n4::5::1\n", [], ["1 column", "separated by '::'"]),
         ("missing rating column", "user,item\n1,2\n3,4\n", [], ["rating"]),
         (
             "named column absent",

@@ -108,9 +108,10 @@ class FrontContract:
         with pytest.raises(InputError, match="worse.csv"):
             self.run(spark, ["data.max_bad_fraction=0.1"], input=str(path))
 
-    def test_gives_the_ready_of_every_other_front(self, spark, tmp_path):
+    @pytest.mark.parametrize("sep", [",", ";"])
+    def test_gives_the_ready_of_every_other_front(self, spark, tmp_path, sep):
         path = tmp_path / "r.csv"
-        path.write_text(CLEAN + BAD.split("\n", 1)[1].replace("userId,movieId,rating\n", ""))
+        path.write_text((CLEAN + BAD.split("\n", 1)[1].replace("userId,movieId,rating\n", "")).replace(",", sep))
         _, mine = self.run(spark, input=str(path))
         _, spark_ready = SqlFront.run(SqlFront(), spark, input=str(path))
         assert mine.users.ids.to_pylist() == spark_ready.users.ids.to_pylist()

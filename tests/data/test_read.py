@@ -44,6 +44,10 @@ def expect(spark, rows, schema=RAW):
         ("u.data", "1\t2\t5\n", "tsv"),
         ("r.txt", "1 2  5\n", "tsv"),
         ("ratings", "u1,i1,5\n", "csv"),
+        ("r.txt", '"u1";"i1";"5"\n', "csv"),
+        ("r.txt", "u1|i1|5\n", "csv"),
+        ("r.jsonl", "1,2,3\n", "json"),
+        ("events", '{"user": 1, "item": 2}\n', "json"),
     ],
 )
 def test_detect_format_by_name_then_first_line(tmp_path, name, text, fmt):
@@ -232,13 +236,59 @@ def test_empty_and_header_only(spark, tmp_path):
 
 
 def test_wrong_delimiter_names_columns_and_suggests_format(spark, tmp_path):
-    path = write(tmp_path, "r.csv", "user;item;rating\n1;2;3\n")
+    path = write(tmp_path, "r.csv", "user::item::rating\n1::2::3\n")
     with pytest.raises(InputError) as err:
         read.ratings(spark, path, "auto", DataConfig())
     msg = str(err.value)
-    assert "r.csv" in msg and "'user;item;rating'" in msg and "--format" in msg and "';'" in msg
+    assert "r.csv" in msg and "'user::item::rating'" in msg and "--format" in msg and "'::'" in msg
     with pytest.raises(InputError, match=r"1 column.*','.*--format"):
         read.ratings(spark, write(tmp_path, "c.txt", "1,2,3\n"), "tsv", DataConfig())
+
+
+@pytest.mark.parametrize("sep", [";", "|"])
+def test_csv_split_by_semicolons_or_bars_with_quotes(spark, tmp_path, sep):
+    """As Book-Crossing's ratings are written: every field quoted, `;` between them, a column named
+    Book-Rating (a common name at its end), a separator inside a quoted field."""
+    text = sep.join(['"User-ID"', '"ISBN"', '"Book-Rating"']) + "\n"
+    text += sep.join(['"276725"', f'"0345{sep}41X"', '"0"']) + "\n" + sep.join(["276726", "155061224", "5"]) + "\n"
+    df = read.ratings(spark, write(tmp_path, "BX-Book-Ratings.csv", text), "auto", DataConfig())
+    want = [("276725", f"0345{sep}41X", "0", None), ("276726", "155061224", "5", None)]
+    assert_df_equality(data_of(df), expect(spark, want), ignore_nullable=True)
+
+
+def test_json_lines_keep_native_types_and_flag_lines_that_are_not_objects(spark, tmp_path):
+    """Yelp's reviews as written: one object per line, nested fields beside the used ones, dates as
+    text (validation parses them); a line that is not an object is kept, flagged, for validation
+    to reject with its reason. A chosen column holding a struct is refused by name."""
+    lines = [
+        '{"user_id": "u1", "business_id": "b1", "stars": 4.0, "date": "2016-03-09 00:00:00", "attributes": {"a": 1}}',
+        "not json",
+        '{"user_id": "u2", "business_id": "b2", "stars": 2, "date": "2017-01-02 10:00:00"}',
+        "[1, 2]",
+    ]
+    path = write(tmp_path, "review.json", "\n".join(lines) + "\n")
+    df = read.ratings(spark, path, "auto", DataConfig())
+    got = [(r.user, r.item, r.rating, r.timestamp, r._malformed) for r in df.orderBy("_row").collect()]
+    flagged = (None, None, None, None, read.NOT_A_JSON_OBJECT)
+    assert got == [
+        ("u1", "b1", 4.0, "2016-03-09 00:00:00", None),
+        flagged,
+        ("u2", "b2", 2.0, "2017-01-02 10:00:00", None),
+        flagged,
+    ]
+    with pytest.raises(InputError, match=r"'attributes' \(item_col\) holds struct<a:bigint>"):
+        read.ratings(spark, path, "json", DataConfig(item_col="attributes"))
+    with pytest.raises(InputError, match="no line holds an object"):
+        read.ratings(spark, write(tmp_path, "e.jsonl", "[1]\n2\n"), "auto", DataConfig())
+
+
+def test_a_column_ending_in_a_common_name_serves_unless_two_do(spark, tmp_path):
+    path = write(tmp_path, "r.csv", "reviewer,song_item,user_rating\nu1,s1,3\n")
+    df = read.ratings(spark, path, "csv", DataConfig(user_col="reviewer"))
+    assert [tuple(r) for r in data_of(df).collect()] == [("u1", "s1", "3", None)]
+    path = write(tmp_path, "two.csv", "user,item,book_rating,avg_rating\nu1,s1,3,4\n")
+    with pytest.raises(InputError, match=r"'book_rating', 'avg_rating' could each be the rating column"):
+        read.ratings(spark, path, "csv", DataConfig())
 
 
 def test_unknown_format_and_parquet_read_as_text(spark, tmp_path):

@@ -235,7 +235,8 @@ def _parquet_file(name: str, how: Plan, groups: tuple[int, int] | None) -> pa.Ta
 def _separator(fmt: str, first_line: str) -> tuple[list[str], str, bool]:
     """(the first line's fields, the separator pyarrow splits on, whether fields may be quoted)."""
     if fmt == "csv":
-        return next(csv.reader([first_line])), ",", True
+        sep = read.csv_separator(first_line)
+        return next(csv.reader([first_line], delimiter=sep)), sep, True
     if fmt == "movielens":
         return first_line.split("::"), ":", False
     if "\t" in first_line:
@@ -273,7 +274,7 @@ def _text_file(name: str, how: Plan) -> pa.Table:
 
 def _read_text(name: str, sep: str, quoted: bool, width: int, header: bool, first_line: str) -> pa.Table:
     with open(name, "rb") as fh:
-        if fh.read(3) == b"\xef\xbb\xbf" and not header and sep == ",":
+        if fh.read(3) == b"\xef\xbb\xbf" and not header and quoted:
             raise Unreadable(f"{name}: a byte order mark before the first row")
     if header:
         with read._open_text(name) as fh:
