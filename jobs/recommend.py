@@ -81,7 +81,7 @@ def ratings_of(
 ) -> DataFrame:
     """user, item, rating of a ratings file, validated as the train job validates its input."""
     try:
-        raw = read.ratings(spark, path, args.format, run.data)
+        raw = read.ratings(spark, path, args.format, run.data, model.kind == "implicit")
     except InputError as exc:
         raise InputError(f"{flag}: {exc}") from None
     return validate.clean(raw, run.data, model.kind).ratings.select(USER, ITEM, RATING)

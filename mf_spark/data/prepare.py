@@ -157,9 +157,9 @@ class SqlFront:
     def load(self) -> Loaded:
         cfg, src = self.cfg, self.source
         if not src.train:
-            raw = read.ratings(self.spark, src.input, src.fmt, cfg.data)
+            raw = read.ratings(self.spark, src.input, src.fmt, cfg.data, cfg.model.kind == "implicit")
         else:  # a given train/test pair is validated in one pass (types.PART)
-            raws = [read.ratings(self.spark, p, src.fmt, cfg.data) for p in src.paths]
+            raws = [read.ratings(self.spark, p, src.fmt, cfg.data, cfg.model.kind == "implicit") for p in src.paths]
             differ = {c for c in raws[0].columns if raws[0].schema[c].dataType != raws[1].schema[c].dataType}
             raws = [
                 r.select(
@@ -363,7 +363,7 @@ class TableFront(TaskFront):
         except Exception as e:  # noqa: BLE001 - Spark's AnalysisException, classic or Connect
             raise InputError(f"--input-table {what}: {str(e).splitlines()[0]}") from None
         cfg = self.cfg.data
-        at = read.choose_columns(columns, cfg, True, what)
+        at = read.choose_columns(columns, cfg, True, what, self.cfg.model.kind == "implicit")
         name = {key: columns[pos] if pos is not None else "" for key, pos in at.items()}
         return raw_frame(df, name[USER], name[ITEM], name[RATING], name[TIMESTAMP]).withColumn(SOURCE, F.lit(what))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from mf_spark.core import fs
 from mf_spark.core.config import DataConfig
 from mf_spark.core.errors import InputError
 from mf_spark.core.types import ITEM, MALFORMED, RATING, ROW, SOURCE, TIMESTAMP, USER
+
+log = logging.getLogger("mf_spark")
 
 FORMATS = ("csv", "tsv", "movielens", "json", "parquet")
 KEYS = {USER: "user_col", ITEM: "item_col", RATING: "rating_col", TIMESTAMP: "timestamp_col"}
@@ -117,10 +120,12 @@ COMMON_NAMES = {
         "epoch",
     ),
 }
+_KNOWN_NAMES = frozenset(n for names in COMMON_NAMES.values() for n in names)
 _TEXT_SPLIT = {"movielens": "::", "tab": "\t", "whitespace": r"\s+"}
 _CSV_SEPARATORS = (",", ";", "|")
 _BY_EXTENSION = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
 NOT_A_JSON_OBJECT = "not a JSON object on one line (JSON lines)"
+EVENT = "1"  # the rating of each row of an event log (implicit data without a rating column)
 _COMPRESSED = (".gz", ".bz2")
 
 
@@ -306,9 +311,13 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def looks_like_header(fields: list[str]) -> bool:
-    # A data row always has a numeric rating, a header row has no number at all.
-    return not any(_is_number(f) for f in fields if f.strip())
+def looks_like_header(fields: list[str], events: bool = False) -> bool:
+    """A data row always has a numeric rating, a header row has no number at all. An event log's
+    rows may have none either (string IDs, no rating): there a header also names a column as the
+    readers know them (COMMON_NAMES)."""
+    if any(_is_number(f) for f in fields if f.strip()):
+        return False
+    return not events or any(norm(f) in _KNOWN_NAMES for f in fields)
 
 
 def norm(name: str) -> str:
@@ -316,8 +325,12 @@ def norm(name: str) -> str:
     return re.sub(r"[\s_\-]", "", name.lower())
 
 
-def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: str) -> dict[str, int | None]:
-    """Map user/item/rating/timestamp to column positions (None = no timestamp)."""
+def choose_columns(
+    columns: list[str], cfg: DataConfig, header: bool, source: str, events: bool = False
+) -> dict[str, int | None]:
+    """Map user/item/rating/timestamp to column positions (None = no timestamp). `events` (implicit
+    data): with data.rating_col auto and no rating column found, rating None: an event log, whose
+    every row is one interaction of strength 1 (`_project`)."""
     if len(columns) == 1:
         raise InputError(
             f"{source}: found 1 column {columns!r}: the delimiter is probably not the "
@@ -358,6 +371,9 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
             )
             if hit is None and key != TIMESTAMP:
                 hit = _ending_in_a_name(columns, normed, used, key, attr, source)
+            if hit is None and key == RATING and events:
+                chosen[key] = _an_event_log(source, shown)
+                continue
             if hit is None and key != TIMESTAMP:
                 tried = ", ".join(COMMON_NAMES[key][:6])
                 raise InputError(
@@ -369,10 +385,22 @@ def choose_columns(columns: list[str], cfg: DataConfig, header: bool, source: st
             chosen[key] = hit
         else:
             default = {USER: 0, ITEM: 1, RATING: 2, TIMESTAMP: 3}[key]
+            if default >= len(columns) and key == RATING and events:
+                chosen[key] = _an_event_log(source, shown)
+                continue
             if default >= len(columns) and key != TIMESTAMP:
                 raise InputError(f"{source}: no {key} column (data.{attr} is auto = position {default}); {shown}")
             chosen[key] = default if default < len(columns) else None
     return chosen
+
+
+def _an_event_log(source: str, shown: str) -> None:
+    log.info(
+        "%s: no rating column (%s): each row is one interaction of strength 1, and repeated (user, item) "
+        "rows add up as data.duplicates says (sum by default)",
+        source,
+        shown,
+    )
 
 
 def _ending_in_a_name(columns: list[str], normed: list[str], used: set, key: str, attr: str, source: str) -> int | None:
@@ -406,8 +434,10 @@ def _with_meta(df: DataFrame) -> DataFrame:
 
 
 def _project(df: DataFrame, cols: list[Column | None], malformed: Column | None = None) -> DataFrame:
+    """The raw layout. No timestamp column gives null; no rating column (an event log, see
+    choose_columns) gives "1", read by validation as any rating's text."""
     named = [
-        (c if c is not None else F.lit(None).cast("string")).alias(n)
+        (c if c is not None else F.lit(EVENT if n == RATING else None).cast("string")).alias(n)
         for c, n in zip(cols, (USER, ITEM, RATING, TIMESTAMP))
     ]
     bad = malformed if malformed is not None else F.lit(None).cast("string")
@@ -455,7 +485,9 @@ def _first_lines(spark: SparkSession, path: str, peek: Peek) -> tuple[str, ...]:
     return tuple(r.value.lstrip("\ufeff") for r in rows)
 
 
-def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataConfig, source: str) -> DataFrame:
+def _read_csv(
+    spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataConfig, source: str, events: bool
+) -> DataFrame:
     sep = csv_separator(lines[0])
     first = next(csv.reader([lines[0]], delimiter=sep))
     found = re.search(r"::|\t", lines[0])
@@ -465,13 +497,13 @@ def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataC
             f"separated by {found.group(0)!r}: pass --format tsv (tab) or movielens "
             f"('::'), or convert the file to comma-separated"
         )
-    header = looks_like_header(first)
+    header = looks_like_header(first, events)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
     if header:  # the header as written: Spark renames repeated names (rating -> rating2, rating3)
-        choose_columns(first, cfg, header, source)
+        choose_columns(first, cfg, header, source, events)
     names = _load(path, lambda p: spark.read.csv(p, sep=sep, header=header, inferSchema=False)).columns
-    pos = choose_columns(names, cfg, header, source)
+    pos = choose_columns(names, cfg, header, source, events)
     # Read again with the corrupt-record column: a row with more or fewer fields than the header is
     # flagged there instead of being truncated or padded into shifted values.
     corrupt = "_mf_corrupt_record"
@@ -490,7 +522,7 @@ def _read_csv(spark: SparkSession, path: str, lines: tuple[str, ...], cfg: DataC
 
 
 def _read_delimited(
-    spark: SparkSession, path: str, fmt: str, lines: tuple[str, ...], cfg: DataConfig, source: str
+    spark: SparkSession, path: str, fmt: str, lines: tuple[str, ...], cfg: DataConfig, source: str, events: bool
 ) -> DataFrame:
     kind = "movielens" if fmt == "movielens" else ("tab" if "\t" in lines[0] else "whitespace")
     sep = _TEXT_SPLIT[kind]
@@ -502,10 +534,10 @@ def _read_delimited(
             f"{source}: read as {fmt} it has 1 column {first!r}{hint}; pass --format "
             f"{'|'.join(FORMATS)} matching the delimiter"
         )
-    header = looks_like_header(first)
+    header = looks_like_header(first, events)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
-    pos = choose_columns(first, cfg, header, source)
+    pos = choose_columns(first, cfg, header, source, events)
     raw = _with_meta(_load(path, spark.read.text))
     line = _stripped("value") if kind == "whitespace" else F.regexp_replace("value", "^\ufeff", "")
     raw = raw.where(_stripped("value") != "")
@@ -529,12 +561,12 @@ def _epoch_seconds(df: DataFrame, name: str) -> Column:
     return col
 
 
-def _native_columns(df: DataFrame, cfg: DataConfig, source: str) -> list[Column | None]:
+def _native_columns(df: DataFrame, cfg: DataConfig, source: str, events: bool) -> list[Column | None]:
     """The four data columns of a self-describing format (Parquet, JSON): chosen by name, native
     types kept, timestamps as epoch seconds. InputError for a chosen column that holds no value
     (a struct, list or map)."""
     names = [n for n in df.columns if n not in (SOURCE, ROW)]
-    pos = choose_columns(names, cfg, True, source)
+    pos = choose_columns(names, cfg, True, source, events)
     cols: list[Column | None] = []
     for key, p in pos.items():
         if p is None:
@@ -550,7 +582,7 @@ def _native_columns(df: DataFrame, cfg: DataConfig, source: str) -> list[Column 
     return cols
 
 
-def _read_json(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> DataFrame:
+def _read_json(spark: SparkSession, path: str, cfg: DataConfig, source: str, events: bool) -> DataFrame:
     """JSON lines: one object per line, its fields' types inferred by Spark (one pass over the
     input). A line that is not an object is kept, flagged NOT_A_JSON_OBJECT, for validation to
     reject with that reason."""
@@ -560,10 +592,10 @@ def _read_json(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> 
         raise InputError(f"{source}: {NOT_A_JSON_OBJECT}: no line holds an object with fields")
     malformed = F.when(F.col(corrupt).isNotNull(), F.lit(NOT_A_JSON_OBJECT)) if corrupt in df.columns else None
     df = _with_meta(df)
-    return _project(df, _native_columns(df.drop(corrupt), cfg, source), malformed)
+    return _project(df, _native_columns(df.drop(corrupt), cfg, source, events), malformed)
 
 
-def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) -> DataFrame:
+def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str, events: bool) -> DataFrame:
     # Local files are checked with pyarrow first: Spark reads a damaged footer only in a task, where
     # the failure surfaces as a JVM stack trace instead of a message naming the file.
     if is_local(path):
@@ -582,16 +614,17 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str) 
         if differ:
             raise columns_disagree(path, f"{os.path.basename(names[0])} has {', '.join(columns[0])}", differ, "schema")
     df = _with_meta(_load(path, spark.read.parquet))
-    return _project(df, _native_columns(df, cfg, source))
+    return _project(df, _native_columns(df, cfg, source, events))
 
 
-def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFrame:
+def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig, events: bool = False) -> DataFrame:
     """Raw ratings of `path` (a file or a folder): user, item, rating, timestamp, _source, _row.
 
     `fmt` is one of csv | tsv | movielens | json | parquet, or "auto" (see `detect_format`). Columns come
     from `cfg.user_col` ... `cfg.timestamp_col`: a header name, a 0-based position, or "" for auto.
     Delimited text keeps every value as a string; JSON and Parquet keep native types, with timestamps
-    turned into epoch seconds. Raises InputError for a missing, empty or header-only input, a missing
+    turned into epoch seconds. `events` (implicit data): a file without a rating column is an event
+    log, each row rated 1 (choose_columns). Raises InputError for a missing, empty or header-only input, a missing
     column (naming the file, the config key and the columns found) or a delimiter that splits
     nothing.
 
@@ -605,7 +638,7 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
     if fmt == "auto" and (peek.first_file or peek.parquet or base_ext(path) in _BY_EXTENSION):
         fmt = detect(peek, path)
     if fmt == "parquet":
-        return _read_parquet(spark, path, cfg, source)
+        return _read_parquet(spark, path, cfg, source, events)
     if peek.parquet and peek.first_file:
         raise InputError(f"{source}: is Parquet, but --format {fmt} was given")
     lines = _first_lines(spark, path, peek)
@@ -614,12 +647,12 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig) -> DataFr
     if fmt == "auto":  # non-local path without a telling extension
         fmt = _format_of_line(lines[0])
     if fmt == "json":
-        return _read_json(spark, path, cfg, source)
-    if peek.first_file and os.path.isdir(local_path(path)) and looks_like_header(_fields_of(lines[0], fmt)):
+        return _read_json(spark, path, cfg, source, events)
+    if peek.first_file and os.path.isdir(local_path(path)) and looks_like_header(_fields_of(lines[0], fmt), events):
         check_same_columns(data_files(local_path(path)), lines[0], path)
     if fmt == "csv":
-        return _read_csv(spark, path, lines, cfg, source)
-    return _read_delimited(spark, path, fmt, lines, cfg, source)
+        return _read_csv(spark, path, lines, cfg, source, events)
+    return _read_delimited(spark, path, fmt, lines, cfg, source, events)
 
 
 def _fields_of(line: str, fmt: str) -> list[str]:

@@ -371,6 +371,20 @@ def test_what_the_driver_cannot_read_goes_to_spark(spark, tmp_path, content):
     assert loaded.counts["n_read"] == 2
 
 
+def test_an_event_log_without_a_rating_column_trains_on_counts_of_its_rows(spark, tmp_path):
+    """Implicit data as logs hold it (a row per view, no strength column): each row is one
+    interaction, and a pair's rows add up, so the fit sees counts. Explicit data needs its ratings."""
+    path = tmp_path / "events.csv"
+    rows = [(10, "v1", "view", "i1"), (11, "v1", "view", "i1"), (12, "v1", "cart", "i2"), (13, "v2", "view", "i1")]
+    path.write_text("timestamp,visitorid,event,itemid\n" + "".join(f"{t},{u},{e},{i}\n" for t, u, e, i in rows))
+    front, loaded, ready = ready_of(spark, from_dict({"model": {"kind": "implicit"}}), input=str(path))
+    assert (loaded.counts["n_read"], loaded.counts["n_duplicates_merged"]) == (4, 1)
+    strengths = np.concatenate([triples(ready)[2], ready.heldout.r])  # (v1, i1) twice, (v1, i2), (v2, i1)
+    assert sorted(strengths.tolist()) == [1.0, 1.0, 2.0]
+    with pytest.raises(InputError, match="no rating column found"):
+        ready_of(spark, from_dict({}), input=str(path))
+
+
 def test_auto_takes_spark_above_the_size_limit(spark, tmp_path):
     path = write_inputs(tmp_path)[0]
     cfg = from_dict({"data": {"front_end": "auto", "front_end_max_mb": 0.0001, "max_bad_fraction": 0.1}})

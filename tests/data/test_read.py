@@ -291,6 +291,17 @@ def test_a_column_ending_in_a_common_name_serves_unless_two_do(spark, tmp_path):
         read.ratings(spark, path, "csv", DataConfig())
 
 
+def test_without_a_rating_column_implicit_rows_are_events_of_strength_one(spark, tmp_path):
+    headerless = write(tmp_path, "plays.tsv", "u1\ta\nu1\ta\n")
+    df = read.ratings(spark, headerless, "auto", DataConfig(), events=True)
+    assert [tuple(r) for r in data_of(df).collect()] == [("u1", "a", "1", None)] * 2
+    with pytest.raises(InputError, match="header only"):  # explicit: a row without a number is a header
+        read.ratings(spark, headerless, "auto", DataConfig())
+    named = write(tmp_path, "log.jsonl", '{"user_id": "u1", "item_id": 7, "ts": 5}\n')
+    df = read.ratings(spark, named, "auto", DataConfig(), events=True)
+    assert [tuple(r) for r in data_of(df).collect()] == [("u1", 7, "1", 5)]
+
+
 def test_unknown_format_and_parquet_read_as_text(spark, tmp_path):
     pq.write_table(pa.table({"user": [1], "item": [2], "rating": [3.0]}), tmp_path / "r.parquet")
     with pytest.raises(InputError, match="unknown input format 'xlsx'"):
