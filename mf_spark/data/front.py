@@ -70,8 +70,8 @@ class Input:
     differ: frozenset[str]  # columns whose types differ between the plans: read as text by both
 
     @classmethod
-    def of(cls, paths: list[str], fmt: str, cfg) -> Input:
-        plans = tuple(local_read.plan(p, fmt, cfg) for p in paths)
+    def of(cls, paths: list[str], fmt: str, cfg, events: bool = False) -> Input:
+        plans = tuple(local_read.plan(p, fmt, cfg, events) for p in paths)
         types = [p.raw_types() for p in plans]
         return cls(plans, frozenset(c for c in COLUMNS if any(t[c] != types[0][c] for t in types)))
 

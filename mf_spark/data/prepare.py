@@ -212,7 +212,10 @@ class DriverFront:
         self.spark, self.cfg, self.source = spark, cfg, source
 
     def load(self) -> Loaded:
-        self.steps = front.InProcess(front.Input.of(self.source.paths, self.source.fmt, self.cfg.data), self.cfg)
+        events = self.cfg.model.kind == "implicit"
+        self.steps = front.InProcess(
+            front.Input.of(self.source.paths, self.source.fmt, self.cfg.data, events), self.cfg
+        )
         counts, rejected = self.steps.load()
         self.counts = {**counts, **_PENDING}
         return Loaded(self.counts, rejected if counts["n_rejected"] else None)
@@ -235,9 +238,9 @@ def _planned(spark: SparkSession, source: _Source, cfg: RunConfig) -> front.Inpu
     """The input's files listed and their first file peeked, where they are: here, or for a Spark
     Connect client (which may not see the cluster's files) in a task."""
     if not session.is_connect(spark):
-        return front.Input.of(source.paths, source.fmt, cfg.data)
+        return front.Input.of(source.paths, source.fmt, cfg.data, cfg.model.kind == "implicit")
     paths = [fs.server_path(spark, p) for p in source.paths]
-    return session.on_cluster(spark, front.Input.of, paths, source.fmt, cfg.data)
+    return session.on_cluster(spark, front.Input.of, paths, source.fmt, cfg.data, cfg.model.kind == "implicit")
 
 
 class TaskFront:

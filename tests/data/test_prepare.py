@@ -371,16 +371,31 @@ def test_what_the_driver_cannot_read_goes_to_spark(spark, tmp_path, content):
     assert loaded.counts["n_read"] == 2
 
 
-def test_an_event_log_without_a_rating_column_trains_on_counts_of_its_rows(spark, tmp_path):
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_event_log_without_a_rating_column_trains_on_counts_of_its_rows(spark, tmp_path, fmt):
     """Implicit data as logs hold it (a row per view, no strength column): each row is one
-    interaction, and a pair's rows add up, so the fit sees counts. Explicit data needs its ratings."""
-    path = tmp_path / "events.csv"
+    interaction, and a pair's rows add up, so the fit sees counts, alike from every front end.
+    Explicit data needs its ratings."""
     rows = [(10, "v1", "view", "i1"), (11, "v1", "view", "i1"), (12, "v1", "cart", "i2"), (13, "v2", "view", "i1")]
-    path.write_text("timestamp,visitorid,event,itemid\n" + "".join(f"{t},{u},{e},{i}\n" for t, u, e, i in rows))
-    front, loaded, ready = ready_of(spark, from_dict({"model": {"kind": "implicit"}}), input=str(path))
-    assert (loaded.counts["n_read"], loaded.counts["n_duplicates_merged"]) == (4, 1)
-    strengths = np.concatenate([triples(ready)[2], ready.heldout.r])  # (v1, i1) twice, (v1, i2), (v2, i1)
-    assert sorted(strengths.tolist()) == [1.0, 1.0, 2.0]
+    rows += [(20 + k, f"v{k % 7}", "view", f"i{k % 5}") for k in range(60)]
+    if fmt == "csv":
+        path = tmp_path / "events.csv"
+        path.write_text("timestamp,visitorid,event,itemid\n" + "".join(f"{t},{u},{e},{i}\n" for t, u, e, i in rows))
+    else:
+        path = tmp_path / "events.parquet"
+        pq.write_table(pa.table(dict(zip(("timestamp", "visitorid", "event", "itemid"), map(list, zip(*rows))))), path)
+    out = {}
+    for name in ("driver", "spark", "spark-sql"):
+        cfg = from_dict({"model": {"kind": "implicit"}, "data": {"front_end": name.split("-")[0]}})
+        front, loaded, ready = ready_of(spark, cfg, sql=name == "spark-sql", input=str(path))
+        assert front.name == name
+        out[name] = (loaded, ready)
+    loaded, ready = out["spark-sql"]
+    assert (loaded.counts["n_read"], loaded.counts["n_duplicates_merged"]) == (64, 64 - 35)  # 35 pairs
+    strengths = np.concatenate([triples(ready)[2], ready.heldout.r])
+    assert strengths.sum() == 64 and strengths.max() >= 2
+    for other in ("driver", "spark"):
+        _agree(*out[other], *out["spark-sql"])
     with pytest.raises(InputError, match="no rating column found"):
         ready_of(spark, from_dict({}), input=str(path))
 

@@ -90,7 +90,10 @@ class Plan:
             return {key: pa.string() for key in COLUMNS}
         out = {}
         for key, c in zip(COLUMNS, self.positions):
-            kind = pa.int64() if c is None else self.schema.field(c).type
+            if c is None:
+                out[key] = pa.string() if key == RATING else pa.int64()  # an event log's "1", no timestamp
+                continue
+            kind = self.schema.field(c).type
             if key != RATING and pa.types.is_integer(kind) or pa.types.is_timestamp(kind):
                 kind = pa.int64()
             elif key in (USER, ITEM):
@@ -136,8 +139,9 @@ class Plan:
         return out
 
 
-def plan(path: str, fmt: str, cfg: DataConfig) -> Plan:
-    """The Plan for `path` (its files listed, its first file peeked); Unreadable as `table`."""
+def plan(path: str, fmt: str, cfg: DataConfig, events: bool = False) -> Plan:
+    """The Plan for `path` (its files listed, its first file peeked); Unreadable as `table`. `events`:
+    as read.ratings reads implicit data, a file without a rating column is an event log, each row 1."""
     names = files_of(path)
     try:
         peek = read.peek_input(path)
@@ -145,9 +149,9 @@ def plan(path: str, fmt: str, cfg: DataConfig) -> Plan:
     except Exception as e:  # noqa: BLE001 - read.ratings raises the same error, with Spark's reading
         raise Unreadable(str(e)) from None
     if fmt == "parquet" and peek.parquet:
-        return _parquet_plan(names, cfg, peek.first_file)
+        return _parquet_plan(names, cfg, peek.first_file, events)
     if fmt in ("csv", "tsv", "movielens") and not peek.parquet and len(peek.lines) == 2:
-        return _text_plan(names, fmt, peek.lines[0], cfg, peek.first_file)
+        return _text_plan(names, fmt, peek.lines[0], cfg, peek.first_file, events)
     raise Unreadable(f"format {fmt} of {path} is read by Spark")
 
 
@@ -180,7 +184,7 @@ def with_meta(parts: list[tuple[str, pa.Table]], first_file: int = 0, first_row:
 # ---- Parquet -----------------------------------------------------------------------------------------
 def _parquet_column(t: pa.Table, key: str, name: str | None, source: str) -> pa.Array:
     if name is None:
-        return pa.nulls(t.num_rows, pa.int64())
+        return _absent(t.num_rows, key, pa.int64())
     col = t.column(name).combine_chunks()
     kind = col.type
     if key in (USER, ITEM):
@@ -203,7 +207,7 @@ def _parquet_column(t: pa.Table, key: str, name: str | None, source: str) -> pa.
     raise Unreadable(f"{source}: timestamp column {name!r} of type {kind}")
 
 
-def _parquet_plan(names: list[str], cfg: DataConfig, source: str) -> Plan:
+def _parquet_plan(names: list[str], cfg: DataConfig, source: str, events: bool) -> Plan:
     try:
         schema = pq.read_schema(names[0])
     except (OSError, ValueError) as e:
@@ -212,7 +216,7 @@ def _parquet_plan(names: list[str], cfg: DataConfig, source: str) -> Plan:
     if len(set(c.lower() for c in cols)) != len(cols):
         raise Unreadable(f"{source}: column names that differ only in case")
     try:
-        pos = read.choose_columns(cols, cfg, True, source)
+        pos = read.choose_columns(cols, cfg, True, source, events)
     except Exception as e:  # noqa: BLE001 - Spark's reader raises it
         raise Unreadable(str(e)) from None
     chosen = tuple(None if p is None else cols[p] for p in pos.values())
@@ -244,13 +248,13 @@ def _separator(fmt: str, first_line: str) -> tuple[list[str], str, bool]:
     raise Unreadable("whitespace-separated fields are split by Spark")
 
 
-def _text_plan(names: list[str], fmt: str, first_line: str, cfg: DataConfig, source: str) -> Plan:
+def _text_plan(names: list[str], fmt: str, first_line: str, cfg: DataConfig, source: str, events: bool) -> Plan:
     fields = _separator(fmt, first_line)[0]
     if len(fields) < 2:
         raise Unreadable(f"{source}: one field per line")
-    header = read.looks_like_header(fields)
+    header = read.looks_like_header(fields, events)
     try:
-        pos = read.choose_columns(fields, cfg, header, source)
+        pos = read.choose_columns(fields, cfg, header, source, events)
     except Exception as e:  # noqa: BLE001 - Spark's reader raises it
         raise Unreadable(str(e)) from None
     return Plan(tuple(names), fmt, source, tuple(pos.values()), first_line, header)
@@ -266,10 +270,10 @@ def _text_file(name: str, how: Plan) -> pa.Table:
         if any(c.null_count != len(c) and pc.any(pc.not_equal(c, "")).as_py() for c in odd):
             raise Unreadable(f"{name}: a value holds ':'")
         t = t.select(list(range(0, width, 2)))
-    at = how.positions[2]
+    at = how.positions[2] if how.positions[2] is not None else how.positions[0]  # an event log: no rating
     if how.header and not quoted and pc.any(pc.equal(t.column(at), fields[at])).as_py():
         raise Unreadable(f"{name}: the header repeats inside the file (Spark's text reader drops it)")
-    return pa.table({key: _text_column(t, p, fmt, name) for key, p in zip(COLUMNS, how.positions)})
+    return pa.table({key: _text_column(t, p, fmt, name, key) for key, p in zip(COLUMNS, how.positions)})
 
 
 def _read_text(name: str, sep: str, quoted: bool, width: int, header: bool, first_line: str) -> pa.Table:
@@ -313,9 +317,17 @@ def _read_text(name: str, sep: str, quoted: bool, width: int, header: bool, firs
     return t
 
 
-def _text_column(t: pa.Table, p: int | None, fmt: str, name: str) -> pa.Array:
+def _absent(n: int, key: str, kind: pa.DataType) -> pa.Array:
+    """A column the file lacks, as read.ratings gives it: an event log's rating (read.EVENT each row),
+    else nulls (no timestamp)."""
+    if key == RATING:
+        return pa.array([read.EVENT] * n, pa.string())
+    return pa.nulls(n, kind)
+
+
+def _text_column(t: pa.Table, p: int | None, fmt: str, name: str, key: str) -> pa.Array:
     if p is None:
-        return pa.nulls(t.num_rows, pa.string())
+        return _absent(t.num_rows, key, pa.string())
     col = t.column(p).combine_chunks()
     if fmt == "csv" and pc.any(pc.starts_with(col, "\ufeff")).as_py():
         raise Unreadable(f"{name}: a byte order mark inside the file")
