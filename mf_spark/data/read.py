@@ -582,14 +582,21 @@ def _native_columns(df: DataFrame, cfg: DataConfig, source: str, events: bool) -
     return cols
 
 
-def _read_json(spark: SparkSession, path: str, cfg: DataConfig, source: str, events: bool) -> DataFrame:
+def _read_json(
+    spark: SparkSession, path: str, first_line: str, cfg: DataConfig, source: str, events: bool
+) -> DataFrame:
     """JSON lines: one object per line, its fields' types inferred by Spark (one pass over the
     input). A line that is not an object is kept, flagged NOT_A_JSON_OBJECT, for validation to
-    reject with that reason."""
+    reject with that reason. A file that starts with `[` is one array of objects (each file read
+    whole)."""
     corrupt = "_mf_corrupt_record"
-    df = _load(path, lambda p: spark.read.json(p, mode="PERMISSIVE", columnNameOfCorruptRecord=corrupt))
+    whole = first_line.lstrip().startswith("[")
+    df = _load(
+        path, lambda p: spark.read.json(p, mode="PERMISSIVE", columnNameOfCorruptRecord=corrupt, multiLine=whole)
+    )
     if not [n for n in df.columns if n != corrupt]:
-        raise InputError(f"{source}: {NOT_A_JSON_OBJECT}: no line holds an object with fields")
+        why = "it starts with '[' but is not one array of objects that parses" if whole else NOT_A_JSON_OBJECT
+        raise InputError(f"{source}: {why}: no object with fields in it")
     malformed = F.when(F.col(corrupt).isNotNull(), F.lit(NOT_A_JSON_OBJECT)) if corrupt in df.columns else None
     df = _with_meta(df)
     return _project(df, _native_columns(df.drop(corrupt), cfg, source, events), malformed)
@@ -647,7 +654,7 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig, events: b
     if fmt == "auto":  # non-local path without a telling extension
         fmt = _format_of_line(lines[0])
     if fmt == "json":
-        return _read_json(spark, path, cfg, source, events)
+        return _read_json(spark, path, lines[0], cfg, source, events)
     if peek.first_file and os.path.isdir(local_path(path)) and looks_like_header(_fields_of(lines[0], fmt), events):
         check_same_columns(data_files(local_path(path)), lines[0], path)
     if fmt == "csv":

@@ -278,8 +278,13 @@ def test_json_lines_keep_native_types_and_flag_lines_that_are_not_objects(spark,
     ]
     with pytest.raises(InputError, match=r"'attributes' \(item_col\) holds struct<a:bigint>"):
         read.ratings(spark, path, "json", DataConfig(item_col="attributes"))
-    with pytest.raises(InputError, match="no line holds an object"):
-        read.ratings(spark, write(tmp_path, "e.jsonl", "[1]\n2\n"), "auto", DataConfig())
+    with pytest.raises(InputError, match="no object with fields"):
+        read.ratings(spark, write(tmp_path, "e.jsonl", "1\n[2]\n"), "auto", DataConfig())
+    pretty = '[\n  {"user_id": "u1", "business_id": "b1", "stars": 4.5},\n  {"user_id": "u2", "business_id": 2}\n]\n'
+    df = read.ratings(spark, write(tmp_path, "array.json", pretty), "auto", DataConfig())
+    assert [tuple(r) for r in data_of(df).collect()] == [("u1", "b1", 4.5, None), ("u2", "2", None, None)]
+    with pytest.raises(InputError, match="not one array of objects that parses"):
+        read.ratings(spark, write(tmp_path, "broken.json", pretty[:-3]), "auto", DataConfig())
 
 
 def test_a_column_ending_in_a_common_name_serves_unless_two_do(spark, tmp_path):
