@@ -280,9 +280,8 @@ def detect_format(path: str) -> str:
 
     The first line decides for other names (`.dat`, `.txt`, ...): `{` -> json (lines), `::` ->
     movielens, a tab -> tsv, fields split by `,` `;` or `|` -> csv, else whitespace-separated -> tsv.
-    Raises InputError (naming the path) if the
-    path does not exist, cannot be read or has no data. Reads at most 2 lines on the driver; no
-    Spark job.
+    Raises InputError (naming the path) if the path does not exist, cannot be read or has no data.
+    Reads at most 2 lines on the driver; no Spark job.
     """
     return detect(peek_input(path), path)
 
@@ -627,13 +626,13 @@ def _read_parquet(spark: SparkSession, path: str, cfg: DataConfig, source: str, 
 def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig, events: bool = False) -> DataFrame:
     """Raw ratings of `path` (a file or a folder): user, item, rating, timestamp, _source, _row.
 
-    `fmt` is one of csv | tsv | movielens | json | parquet, or "auto" (see `detect_format`). Columns come
-    from `cfg.user_col` ... `cfg.timestamp_col`: a header name, a 0-based position, or "" for auto.
-    Delimited text keeps every value as a string; JSON and Parquet keep native types, with timestamps
-    turned into epoch seconds. `events` (implicit data): a file without a rating column is an event
-    log, each row rated 1 (choose_columns). Raises InputError for a missing, empty or header-only input, a missing
-    column (naming the file, the config key and the columns found) or a delimiter that splits
-    nothing.
+    `fmt` is one of csv | tsv | movielens | json | parquet, or "auto" (see `detect_format`). Columns
+    come from `cfg.user_col` ... `cfg.timestamp_col`: a header name, a 0-based position, or "" for
+    auto. Delimited text keeps every value as a string; JSON and Parquet keep native types, with
+    timestamps turned into epoch seconds. `events` (implicit data): a file without a rating column
+    is an event log, each row rated 1 (choose_columns). Raises InputError for a missing, empty or
+    header-only input, a missing column (naming the file, the config key and the columns found) or
+    a delimiter that splits nothing.
 
     Performance note: lazy. Detection reads the first lines of the first file on the driver (one
     `limit(2)` job for non-local paths); no shuffle. `_row` is assigned right after the scan.

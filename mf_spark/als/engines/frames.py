@@ -82,8 +82,11 @@ def _count(batches):
         blocks = [_block(row) for row in batch.to_pylist()]
         yield pa.RecordBatch.from_pydict(
             {"row_ids": [b.row_ids.tobytes() for b in blocks], "counts": [b.counts.tobytes() for b in blocks]},
-            schema=pa.schema([("row_ids", pa.binary()), ("counts", pa.binary())]),
+            schema=_COUNTED,
         )
+
+
+_COUNTED = pa.schema([("row_ids", pa.binary()), ("counts", pa.binary())])
 
 
 class Frames(Engine):
