@@ -99,7 +99,9 @@ class DataConfig:
         "position 1)",
     )
     rating_col: str = setting(
-        "", 'column of ratings: a name or a 0-based position; "" = auto (`rating`, ..., else position 2)'
+        "",
+        'column of ratings: a name or a 0-based position; "" = auto (`rating`, ..., else position 2; implicit '
+        'data without one is an event log, each row 1); "-" = none, an event log (implicit only)',
     )
     timestamp_col: str = setting(
         "",

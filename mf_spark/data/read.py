@@ -126,6 +126,7 @@ _CSV_SEPARATORS = (",", ";", "|")
 _BY_EXTENSION = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}
 NOT_A_JSON_OBJECT = "not a JSON object on one line (JSON lines)"
 EVENT = "1"  # the rating of each row of an event log (implicit data without a rating column)
+NO_RATING = "-"  # data.rating_col for an event log whose columns auto would misread (no header)
 _COMPRESSED = (".gz", ".bz2")
 
 
@@ -328,8 +329,13 @@ def choose_columns(
     columns: list[str], cfg: DataConfig, header: bool, source: str, events: bool = False
 ) -> dict[str, int | None]:
     """Map user/item/rating/timestamp to column positions (None = no timestamp). `events` (implicit
-    data): with data.rating_col auto and no rating column found, rating None: an event log, whose
-    every row is one interaction of strength 1 (`_project`)."""
+    data): with data.rating_col "-", or auto and no rating column found, rating None: an event log,
+    whose every row is one interaction of strength 1 (`_project`)."""
+    if cfg.rating_col.strip() == NO_RATING and not events:
+        raise InputError(
+            f"{source}: data.rating_col = {NO_RATING!r} reads an event log (every row 1), for implicit data "
+            f"only; set model.kind = 'implicit', or name the rating column"
+        )
     if len(columns) == 1:
         raise InputError(
             f"{source}: found 1 column {columns!r}: the delimiter is probably not the "
@@ -343,7 +349,9 @@ def choose_columns(
     chosen: dict[str, int | None] = {}
     for key, attr in KEYS.items():
         want = getattr(cfg, attr).strip()
-        if want.isdigit():
+        if key == RATING and want == NO_RATING:
+            chosen[key] = _an_event_log(source, shown)
+        elif want.isdigit():
             pos = int(want)
             if pos >= len(columns):
                 raise InputError(f"{source}: data.{attr} = {want!r} is beyond the {shown}")

@@ -302,6 +302,14 @@ def test_without_a_rating_column_implicit_rows_are_events_of_strength_one(spark,
     assert [tuple(r) for r in data_of(df).collect()] == [("u1", "a", "1", None)] * 2
     with pytest.raises(InputError, match="header only"):  # explicit: a row without a number is a header
         read.ratings(spark, headerless, "auto", DataConfig())
+    plays = "".join(f"u{u}\t2009-05-04T23:08:57Z\tf1b1cf71-bd35\tDeep Dish\n" for u in (1, 2))  # Last.fm 1K's rows
+    lastfm = write(tmp_path, "lastfm.tsv", plays)
+    cfg = DataConfig(rating_col=read.NO_RATING, item_col="2", timestamp_col="1")
+    got = read.ratings(spark, lastfm, "auto", cfg, events=True)
+    want = [(f"u{u}", "f1b1cf71-bd35", "1", "2009-05-04T23:08:57Z") for u in (1, 2)]
+    assert [tuple(r) for r in data_of(got).collect()] == want
+    with pytest.raises(InputError, match="for implicit data only"):
+        read.ratings(spark, lastfm, "auto", cfg)
     named = write(tmp_path, "log.jsonl", '{"user_id": "u1", "item_id": 7, "ts": 5}\n')
     df = read.ratings(spark, named, "auto", DataConfig(), events=True)
     assert [tuple(r) for r in data_of(df).collect()] == [("u1", 7, "1", 5)]
