@@ -14,6 +14,7 @@ with the held-out relevant items.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -77,10 +78,16 @@ def sample_users(relevant: Relevant, limit: int, seed: int = 0) -> Relevant:
     return Relevant(relevant.users[keep], offsets, relevant.items[pos])
 
 
+# The smallest positive float: `r >= POSITIVE` is `r > 0`. An implicit held-out value > 0 is an
+# interaction; one < 0 (data.nonpositive = "negative") is a dislike, which a top list must not be
+# credited for.
+POSITIVE = math.ulp(0.0)
+
+
 def relevance_threshold(run: RunConfig) -> float | None:
     """The rating from which a held-out item is relevant: eval.relevant_threshold for explicit
-    models; every held-out item of implicit ones."""
-    return run.eval.relevant_threshold if run.model.kind == "explicit" else None
+    models (unset: every held-out item); POSITIVE for implicit ones (every interaction, no dislike)."""
+    return run.eval.relevant_threshold if run.model.kind == "explicit" else POSITIVE
 
 
 def relevant_items(heldout: HeldOut, threshold: float | None) -> Relevant:

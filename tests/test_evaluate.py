@@ -25,6 +25,16 @@ def test_relevant_items_drop_cold_and_apply_threshold():
     assert ho.n_cold == 2
 
 
+def test_an_implicit_dislike_held_out_is_not_relevant():
+    """data.nonpositive = "negative" keeps dislikes (< 0): a top list is not credited for them."""
+    from mf_spark.core.config import load
+
+    run = load(None, ["model.kind=implicit", "data.nonpositive=negative"])
+    ho = ready.HeldOut(np.array([0, 0, 1], np.int32), np.array([1, 2, 1], np.int32), np.array([3.0, -2.0, 1e-3]))
+    rel = evaluate.relevant_items(ho, evaluate.relevance_threshold(run))
+    assert rel.users.tolist() == [0, 1] and rel.items.tolist() == [1, 1]
+
+
 def test_error_metrics_clip_and_cold_rows():
     f = Factors(np.array([[1.0], [2.0]], np.float32), np.array([[3.0]], np.float32), None, None, 0.0)
     scorer = Scorer("explicit", f, 2.5, (1.0, 5.0))
