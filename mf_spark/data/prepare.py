@@ -408,20 +408,11 @@ FRAME_SOURCE = "the DataFrame given to ALS.fit"  # names the input in validation
 def raw_frame(df: DataFrame, user_col: str, item_col: str, rating_col: str, timestamp_col: str = "") -> DataFrame:
     """`df`'s rows in read.ratings' raw layout (user, item, rating, timestamp, _source, _row), so that
     validate.clean treats it as the train job treats a file; ratingCol "" gives every row 1.0, and
-    timestamp_col "" none a timestamp (a timestamp type counts in seconds). IDs
-    that are neither integers nor strings are passed as their text, which is how validate reads them
-    anyway and which either front end takes; whole numbers of a fractional type (a StringIndexer's
-    doubles) as the integer's text, so that they become integer IDs, as MLlib reads them."""
+    timestamp_col "" none a timestamp (a timestamp type counts in seconds). IDs as a file's native
+    columns are read (read.id_column), which either front end takes."""
 
     def ids(col: str) -> Column:
-        kind, c = df.schema[col].dataType, exact_column(col)
-        if isinstance(kind, (T.IntegralType, T.StringType)):
-            return c
-        if isinstance(kind, T.FractionalType):
-            d = c.cast("double")
-            whole = ~F.isnan(d) & (F.abs(d) < 2.0**63) & (d == F.floor(d))
-            return F.when(whole, d.cast("bigint").cast("string")).otherwise(c.cast("string"))
-        return c.cast("string")
+        return read.id_column(exact_column(col), df.schema[col].dataType)
 
     rating = exact_column(rating_col) if rating_col else F.lit(1.0)
     if not timestamp_col:

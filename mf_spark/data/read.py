@@ -33,7 +33,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
+    DataType,
     DateType,
+    FractionalType,
+    IntegralType,
     MapType,
     StringType,
     StructField,
@@ -568,9 +571,23 @@ def _epoch_seconds(df: DataFrame, name: str) -> Column:
     return col
 
 
+def id_column(col: Column, dtype: DataType) -> Column:
+    """An ID column as validation reads it: integers and strings as they are; whole numbers of a
+    fractional type as the integer's text (a StringIndexer's doubles; pandas writes integer IDs as
+    doubles where one is missing), so they are integer IDs, as MLlib reads them; any other value as
+    its text."""
+    if isinstance(dtype, (IntegralType, StringType)):
+        return col
+    if isinstance(dtype, FractionalType):
+        d = col.cast("double")
+        whole = ~F.isnan(d) & (F.abs(d) < 2.0**63) & (d == F.floor(d))
+        return F.when(whole, d.cast("bigint").cast("string")).otherwise(col.cast("string"))
+    return col.cast("string")
+
+
 def _native_columns(df: DataFrame, cfg: DataConfig, source: str, events: bool) -> list[Column | None]:
     """The four data columns of a self-describing format (Parquet, JSON): chosen by name, native
-    types kept, timestamps as epoch seconds. InputError for a chosen column that holds no value
+    types kept (IDs as `id_column`), timestamps as epoch seconds. InputError for a chosen column that holds no value
     (a struct, list or map)."""
     names = [n for n in df.columns if n not in (SOURCE, ROW)]
     pos = choose_columns(names, cfg, True, source, events)
@@ -585,7 +602,10 @@ def _native_columns(df: DataFrame, cfg: DataConfig, source: str, events: bool) -
                 f"{source}: column {names[p]!r} ({KEYS[key]}) holds {dtype.simpleString()}, not a value; "
                 f"set data.{KEYS[key]} to a column of numbers or strings"
             )
-        cols.append(_epoch_seconds(df, names[p]) if key == TIMESTAMP else _quoted(names[p]))
+        if key == TIMESTAMP:
+            cols.append(_epoch_seconds(df, names[p]))
+        else:
+            cols.append(id_column(_quoted(names[p]), dtype) if key in (USER, ITEM) else _quoted(names[p]))
     return cols
 
 

@@ -183,6 +183,21 @@ def test_parquet_keeps_native_types_and_converts_timestamps(spark, tmp_path):
     assert_df_equality(data_of(df), want, ignore_nullable=True)
 
 
+def test_whole_ids_of_a_float_column_are_integers_as_mllib_reads_them(spark, tmp_path):
+    """pandas writes integer IDs as doubles where one is missing: 7.0 is ID 7, as in MLlib; a
+    fractional one stays its text; JSON's inferred doubles alike."""
+    table = pa.table({"user": pa.array([7.0, None, 2.5]), "item": pa.array([1, 2, 3]), "rating": [4.0, 3.0, 5.0]})
+    path = str(tmp_path / "r.parquet")
+    pq.write_table(table, path)
+    got = [(r.user, r.item) for r in data_of(read.ratings(spark, path, "auto", DataConfig())).collect()]
+    assert got == [("7", 1), (None, 2), ("2.5", 3)]
+    lines = '{"user": 7.0, "item": 1, "rating": 4}\n{"user": 3, "item": 2, "rating": 3}\n'
+    got = [
+        r.user for r in data_of(read.ratings(spark, write(tmp_path, "r.json", lines), "auto", DataConfig())).collect()
+    ]
+    assert got == ["7", "3"]
+
+
 def test_parquet_string_ids_without_timestamp(spark, tmp_path):
     table = pa.table({"customer_id": ["c1"], "product_id": ["p9"], "count": pa.array([3], pa.int32())})
     path = str(tmp_path / "r.parquet")
