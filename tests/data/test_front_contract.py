@@ -134,4 +134,4 @@ class SqlFront(FrontContract):
 
 
 class TestSqlFront(SqlFront):
-    pass
+    test_gives_the_ready_of_every_other_front = None  # it is the Ready the others are held to
