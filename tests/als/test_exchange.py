@@ -17,6 +17,7 @@ from test_als import ratings_df
 
 from mf_spark.als import loop as als
 from mf_spark.als.engines import stream
+from mf_spark.als.engines.stream import driver as stream_driver
 from mf_spark.als.engines.stream import task as task_side
 from mf_spark.als.engines.stream import wire
 from mf_spark.core.config import ModelConfig
@@ -256,6 +257,7 @@ def test_a_stage_that_keeps_failing_hands_the_fit_to_the_jobs_exchange(spark, mo
 
     real = stream.Resident._solve_once
     monkeypatch.setattr(stream.Resident, "_solve_once", broken)
+    monkeypatch.setattr(stream_driver, "RETRIES", 1)  # one new stage is enough to show it keeps failing
     with caplog.at_level("WARNING", logger="mf_spark"):
         got = als.fit(df, 50, 30, cfg)
     assert got.exchange == "jobs" and any("failed for good" in m for m in caplog.messages)

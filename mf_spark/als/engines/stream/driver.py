@@ -42,6 +42,7 @@ log = logging.getLogger("mf_spark")
 
 STALL_WINDOW = 8  # recent half-steps whose times set the stall deadline
 STALL_MULTIPLE = 20.0
+RETRIES = 3  # new stage attempts for one half-step after a lost task, before the stage is given up
 
 
 @dataclass
@@ -289,11 +290,11 @@ class Resident(Engine):
         fixed: np.ndarray,
         fixed_bias: np.ndarray | None,
         previous: HalfStepResult,
-        retries: int = 3,
     ) -> HalfStepResult:
         """New factors for every row of `side` against `fixed`; repeated on a new stage attempt when a
-        task is lost (Spark retries barrier stages whole)."""
+        task is lost (Spark retries barrier stages whole), RETRIES times."""
         spec = self.spec.on(side)
+        retries = RETRIES
         f = fixed_side(n_rows, fixed, fixed_bias, spec, previous)
         arrays = [f.factors] + [a for a in (f.bias, f.gram) if a is not None]
         header = {
