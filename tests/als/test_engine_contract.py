@@ -133,12 +133,6 @@ class TestStream(EngineContract):
     exchange = "stream"
 
 
-class TestStreamFromTheDriver(EngineContract):
-    settings = {"exchange": "stream"}
-    exchange = "stream"
-    driver_held = True
-
-
 class TestJobs(EngineContract):
     settings = {"exchange": "jobs"}
     exchange = "jobs"
@@ -158,6 +152,15 @@ class HeldToTheReference(EngineContract):
     @pytest.mark.parametrize("model", VARIANTS[3:])
     def test_gives_the_factors_of_every_other_engine(self, spark, data, model):
         EngineContract.test_gives_the_factors_of_every_other_engine(self, spark, data, model)
+
+
+class TestStreamFromTheDriver(HeldToTheReference):
+    """The stream engine over ratings the driver holds (it sends each task its pieces): the same
+    stage as TestStream's once the pieces have arrived."""
+
+    settings = {"exchange": "stream"}
+    exchange = "stream"
+    driver_held = True
 
 
 class TestFrames(HeldToTheReference):
