@@ -314,13 +314,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def looks_like_header(fields: list[str], events: bool = False) -> bool:
+def looks_like_header(fields: list[str], events: bool = False, cfg: DataConfig | None = None) -> bool:
     """A data row always has a numeric rating, a header row has no number at all. An event log's
-    rows may have none either (string IDs, no rating): there a header also names a column as the
-    readers know them (COMMON_NAMES)."""
+    rows may have none either (string IDs, no rating): there a header also names a column, as the
+    readers know them (COMMON_NAMES) or as `cfg` names it (data.user_col = "customer_key")."""
     if any(_is_number(f) for f in fields if f.strip()):
         return False
-    return not events or any(norm(f) in _KNOWN_NAMES for f in fields)
+    given = [getattr(cfg, a).strip() for a in KEYS.values()] if cfg is not None else []
+    named = {v for v in given if v and not v.isdigit() and v != NO_RATING}
+    return not events or any(norm(f) in _KNOWN_NAMES or f.strip() in named for f in fields)
 
 
 def norm(name: str) -> str:
@@ -507,7 +509,7 @@ def _read_csv(
             f"separated by {found.group(0)!r}: pass --format tsv (tab) or movielens "
             f"('::'), or convert the file to comma-separated"
         )
-    header = looks_like_header(first, events)
+    header = looks_like_header(first, events, cfg)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
     if header:  # the header as written: Spark renames repeated names (rating -> rating2, rating3)
@@ -544,7 +546,7 @@ def _read_delimited(
             f"{source}: read as {fmt} it has 1 column {first!r}{hint}; pass --format "
             f"{'|'.join(FORMATS)} matching the delimiter"
         )
-    header = looks_like_header(first, events)
+    header = looks_like_header(first, events, cfg)
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
     pos = choose_columns(first, cfg, header, source, events)
@@ -682,7 +684,11 @@ def ratings(spark: SparkSession, path: str, fmt: str, cfg: DataConfig, events: b
         fmt = _format_of_line(lines[0])
     if fmt == "json":
         return _read_json(spark, path, lines[0], cfg, source, events)
-    if peek.first_file and os.path.isdir(local_path(path)) and looks_like_header(_fields_of(lines[0], fmt), events):
+    if (
+        peek.first_file
+        and os.path.isdir(local_path(path))
+        and looks_like_header(_fields_of(lines[0], fmt), events, cfg)
+    ):
         check_same_columns(data_files(local_path(path)), lines[0], path)
     if fmt == "csv":
         return _read_csv(spark, path, lines, cfg, source, events)

@@ -325,6 +325,10 @@ def test_without_a_rating_column_implicit_rows_are_events_of_strength_one(spark,
     assert [tuple(r) for r in data_of(got).collect()] == want
     with pytest.raises(InputError, match="for implicit data only"):
         read.ratings(spark, lastfm, "auto", cfg)
+    unknown = write(tmp_path, "clicks.csv", "customer_key,sku\nc1,s1\nc2,s2\n")  # names no reader knows
+    cfg = DataConfig(user_col="customer_key", item_col="sku")
+    got = read.ratings(spark, unknown, "auto", cfg, events=True)
+    assert [tuple(r) for r in data_of(got).collect()] == [("c1", "s1", "1", None), ("c2", "s2", "1", None)]
     named = write(tmp_path, "log.jsonl", '{"user_id": "u1", "item_id": 7, "ts": 5}\n')
     df = read.ratings(spark, named, "auto", DataConfig(), events=True)
     assert [tuple(r) for r in data_of(df).collect()] == [("u1", 7, "1", 5)]

@@ -252,7 +252,7 @@ def _text_plan(names: list[str], fmt: str, first_line: str, cfg: DataConfig, sou
     fields = _separator(fmt, first_line)[0]
     if len(fields) < 2:
         raise Unreadable(f"{source}: one field per line")
-    header = read.looks_like_header(fields, events)
+    header = read.looks_like_header(fields, events, cfg)
     try:
         pos = read.choose_columns(fields, cfg, header, source, events)
     except Exception as e:  # noqa: BLE001 - Spark's reader raises it
