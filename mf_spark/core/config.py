@@ -569,6 +569,12 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def events(self) -> bool:
+        """Whether a file without a rating column is an event log, each row one interaction
+        (data.read.ratings' `events`): implicit data."""
+        return self.model.kind == "implicit"
+
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,

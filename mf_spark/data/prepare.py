@@ -157,9 +157,9 @@ class SqlFront:
     def load(self) -> Loaded:
         cfg, src = self.cfg, self.source
         if not src.train:
-            raw = read.ratings(self.spark, src.input, src.fmt, cfg.data, cfg.model.kind == "implicit")
+            raw = read.ratings(self.spark, src.input, src.fmt, cfg.data, cfg.events)
         else:  # a given train/test pair is validated in one pass (types.PART)
-            raws = [read.ratings(self.spark, p, src.fmt, cfg.data, cfg.model.kind == "implicit") for p in src.paths]
+            raws = [read.ratings(self.spark, p, src.fmt, cfg.data, cfg.events) for p in src.paths]
             differ = {c for c in raws[0].columns if raws[0].schema[c].dataType != raws[1].schema[c].dataType}
             raws = [
                 r.select(
@@ -212,9 +212,8 @@ class DriverFront:
         self.spark, self.cfg, self.source = spark, cfg, source
 
     def load(self) -> Loaded:
-        events = self.cfg.model.kind == "implicit"
         self.steps = front.InProcess(
-            front.Input.of(self.source.paths, self.source.fmt, self.cfg.data, events), self.cfg
+            front.Input.of(self.source.paths, self.source.fmt, self.cfg.data, self.cfg.events), self.cfg
         )
         counts, rejected = self.steps.load()
         self.counts = {**counts, **_PENDING}
@@ -238,9 +237,9 @@ def _planned(spark: SparkSession, source: _Source, cfg: RunConfig) -> front.Inpu
     """The input's files listed and their first file peeked, where they are: here, or for a Spark
     Connect client (which may not see the cluster's files) in a task."""
     if not session.is_connect(spark):
-        return front.Input.of(source.paths, source.fmt, cfg.data, cfg.model.kind == "implicit")
+        return front.Input.of(source.paths, source.fmt, cfg.data, cfg.events)
     paths = [fs.server_path(spark, p) for p in source.paths]
-    return session.on_cluster(spark, front.Input.of, paths, source.fmt, cfg.data, cfg.model.kind == "implicit")
+    return session.on_cluster(spark, front.Input.of, paths, source.fmt, cfg.data, cfg.events)
 
 
 class TaskFront:
@@ -366,7 +365,7 @@ class TableFront(TaskFront):
         except Exception as e:  # noqa: BLE001 - Spark's AnalysisException, classic or Connect
             raise InputError(f"--input-table {what}: {str(e).splitlines()[0]}") from None
         cfg = self.cfg.data
-        at = read.choose_columns(columns, cfg, True, what, self.cfg.model.kind == "implicit")
+        at = read.choose_columns(columns, cfg, True, what, self.cfg.events)
         name = {key: columns[pos] if pos is not None else "" for key, pos in at.items()}
         return raw_frame(df, name[USER], name[ITEM], name[RATING], name[TIMESTAMP]).withColumn(SOURCE, F.lit(what))
 

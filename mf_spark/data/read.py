@@ -355,7 +355,8 @@ def choose_columns(
     for key, attr in KEYS.items():
         want = getattr(cfg, attr).strip()
         if key == RATING and want == NO_RATING:
-            chosen[key] = _an_event_log(source, shown)
+            _log_event_log(source, shown)
+            chosen[key] = None
         elif want.isdigit():
             pos = int(want)
             if pos >= len(columns):
@@ -384,7 +385,8 @@ def choose_columns(
             if hit is None and key != TIMESTAMP:
                 hit = _ending_in_a_name(columns, normed, used, key, attr, source)
             if hit is None and key == RATING and events:
-                chosen[key] = _an_event_log(source, shown)
+                _log_event_log(source, shown)
+                chosen[key] = None
                 continue
             if hit is None and key != TIMESTAMP:
                 tried = ", ".join(COMMON_NAMES[key][:6])
@@ -398,7 +400,8 @@ def choose_columns(
         else:
             default = {USER: 0, ITEM: 1, RATING: 2, TIMESTAMP: 3}[key]
             if default >= len(columns) and key == RATING and events:
-                chosen[key] = _an_event_log(source, shown)
+                _log_event_log(source, shown)
+                chosen[key] = None
                 continue
             if default >= len(columns) and key != TIMESTAMP:
                 raise InputError(f"{source}: no {key} column (data.{attr} is auto = position {default}); {shown}")
@@ -406,7 +409,7 @@ def choose_columns(
     return chosen
 
 
-def _an_event_log(source: str, shown: str) -> None:
+def _log_event_log(source: str, shown: str) -> None:
     log.info(
         "%s: no rating column (%s): each row is one interaction of strength 1, and repeated (user, item) "
         "rows add up as data.duplicates says (sum by default)",
