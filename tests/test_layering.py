@@ -28,6 +28,7 @@ FLOW = [
     "als.halfstep",
     "als.engines.join",
     "als.engines.frames",
+    "als.engines.held",
     "als.engines.stream",
     "als.checkpoint",
     "als.days",

@@ -28,6 +28,7 @@ from mf_spark.als.blocks import build_all
 from mf_spark.als.checkpoint import CheckpointStore
 from mf_spark.als.engines import stream
 from mf_spark.als.engines.frames import Frames
+from mf_spark.als.engines.held import Held
 from mf_spark.als.engines.join import Routed
 from mf_spark.als.halfstep import BroadcastJobs, Engine, HalfStepResult, solve_spec
 from mf_spark.core import session
@@ -91,13 +92,13 @@ class SharedBlocks:
     them (`fit(blocks=...)`) pays only for its iterations, with its own settings (Engine.spec); the
     engine is the one a fit of `cfg` would start. `close` (or leaving `with`) releases it."""
 
-    def __init__(self, train: DataFrame | Triples | Keyed, n_users: int, n_items: int, cfg: ModelConfig):
+    def __init__(self, train: DataFrame | Triples | Keyed, n_users: int, n_items: int, cfg: ModelConfig, n_train: int):
         self.train = train
         self.num_blocks = {
             "user": _num_blocks(cfg.num_user_blocks, train),
             "item": _num_blocks(cfg.num_item_blocks, train),
         }
-        self.engine = _engine(train, cfg, solve_spec(cfg, 0.0), self.num_blocks, n_users, n_items)
+        self.engine = _engine(train, cfg, solve_spec(cfg, 0.0), self.num_blocks, n_users, n_items, n_train)
 
     def engine_for(self, spec: SolveSpec) -> Engine:
         self.engine.spec = spec
@@ -237,12 +238,16 @@ def fit(
     """Fit factors to `train` (user_idx, item_idx int in 0..n-1, rating double; or the same held by
     the driver, ready.Triples, which the resident stage takes from the driver directly).
 
-    Two ways to run the half-steps, same factors (model.exchange):
+    Ways to run the half-steps, same factors (model.exchange):
       stream  one barrier stage builds the blocks and keeps them in its tasks for the whole fit; the
               driver streams the fixed side to them every half-step (mf_spark.als.engines.stream). Default.
       jobs    blocks built and cached as RDDs (one shuffle), then one broadcast and one Spark job per
               half-step (mf_spark.als.halfstep); chosen by auto under dynamic allocation, or when the
               resident stage cannot start (executors that cannot reach the driver, too few slots).
+      frames  blocks in a cached DataFrame, one mapInArrow job per half-step (engines.frames): the
+              DataFrame API only; auto's choice on a Spark Connect session for many ratings.
+      driver  the ratings collected once, the blocks held and solved in this process (engines.held);
+              auto's choice on a Spark Connect session for at most model.driver_max_ratings.
     With `top_n` > 0 and the stream exchange, the resident tasks also score every user's best top_n
     items by the final factors, the user's training items excluded, where the user blocks already
     are (FitResult.top; None with the other exchanges: score them with model.recommend_unseen_idx).
@@ -303,7 +308,7 @@ def _fit(
                 raise
             blocks.fall_back(e)
         return run(blocks.engine_for(spec), close=False)
-    engine = _engine(train, cfg, spec, num_blocks, n_users, n_items)
+    engine = _engine(train, cfg, spec, num_blocks, n_users, n_items, stats.n)
     try:
         return run(engine)
     except stream.ExchangeError as e:
@@ -327,6 +332,15 @@ def strategy(cfg: ModelConfig, n_users: int, n_items: int) -> str:
     return chosen
 
 
+def _held(cfg: ModelConfig, spark, n_train: int) -> bool:
+    """Whether this process holds the blocks (model.exchange = driver, or auto on a Spark Connect
+    session for at most model.driver_max_ratings): there, each half-step of the frames exchange is a
+    round trip to the server, and a few ratings cost less to fetch once than to visit every half-step."""
+    if cfg.exchange == "driver":
+        return True
+    return cfg.exchange == "auto" and session.is_connect(spark) and n_train <= cfg.driver_max_ratings
+
+
 def _engine(
     train: DataFrame | Triples | Keyed,
     cfg: ModelConfig,
@@ -334,9 +348,14 @@ def _engine(
     num_blocks: dict[str, int],
     n_users: int,
     n_items: int,
+    n_train: int,
 ) -> Engine:
     """The engine for this fit (model.strategy, model.exchange), started."""
     spark = session_of(train)
+    if _held(cfg, spark, n_train):
+        if isinstance(train, Triples):
+            return Held(train.u, train.i, train.r, spec, num_blocks)
+        return Held.collect(as_df(train), spec, num_blocks)
     if cfg.exchange == "frames" or session.is_connect(spark):  # the DataFrame API only
         return Frames(as_df(train), spec, num_blocks)
     sc = spark.sparkContext

@@ -325,12 +325,20 @@ class ModelConfig:
     broadcast_budget_mb: int = setting(
         2048, "factor size (MB) up to which `auto` broadcasts; above it, training and top-N go by blocks", at_least(0)
     )
-    exchange: Literal["auto", "stream", "jobs", "frames"] = setting(
+    exchange: Literal["auto", "stream", "jobs", "frames", "driver"] = setting(
         "auto",
         "broadcast strategy only. `stream`: one barrier stage keeps the blocks in its tasks for the whole fit and the "
         "driver streams factors to them over TCP; `jobs`: one Spark job and broadcast per half-step; `frames`: the "
-        "blocks a cached DataFrame, one mapInArrow job per half-step (the DataFrame API only); `auto`: stream unless "
-        "dynamic allocation is on, frames on a Spark Connect session",
+        "blocks a cached DataFrame, one mapInArrow job per half-step (the DataFrame API only); `driver`: one collect "
+        "brings the training ratings to the process that runs the fit (a Spark Connect client too), whose threads "
+        "solve every half-step, no Spark job; `auto`: stream unless dynamic allocation is on; on a Spark Connect "
+        "session driver up to `driver_max_ratings` training ratings, else frames",
+    )
+    driver_max_ratings: int = setting(
+        2_000_000,
+        "on a Spark Connect session, the most training ratings `exchange = auto` brings to the client to fit there "
+        "(12 bytes each on the way, two sides of 8 while the fit holds them); 0 = never",
+        at_least(0, note=" (0 = never)"),
     )
     exchange_timeout_seconds: float = setting(
         600.0,

@@ -675,7 +675,7 @@ def search(inner: Ready, run: RunConfig) -> Search:
         validate.metric,
         scored(inner.heldout),
     )
-    with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
+    with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model, inner.stats.n) as blocks:
         if tune.method == "halving":
             alive, budget = trials, tune.min_iterations
             while alive:

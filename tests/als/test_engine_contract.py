@@ -171,6 +171,14 @@ class TestFrames(HeldToTheReference):
     exchange = "frames"
 
 
+class TestDriver(HeldToTheReference):
+    """The blocks collected once into the process that runs the fit (what a Spark Connect client takes
+    for few ratings), solved by its threads on the kernels every engine calls."""
+
+    settings = {"exchange": "driver"}
+    exchange = "driver"
+
+
 @pytest.mark.slow  # join fits run SQL joins every half-step: the slowest engine, with the slow tests
 class TestJoin(HeldToTheReference):
     """Its joins move factors alike whatever the model; recovering a planted matrix is the reference's too."""

@@ -4,6 +4,7 @@ write to a classic session's results."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -31,8 +32,14 @@ def test_the_session_is_connect(spark):
 
 def test_fit_save_load(spark, shared, ratings):
     """What PySpark's own examples (below) leave out: the save the classic side compares, a save that
-    refuses an existing folder, and the params a load brings back."""
+    refuses an existing folder, and the params a load brings back. The fit runs in this client (few
+    ratings); with driverMaxRatings = 0 it runs a Spark job per half-step instead, to the same factors."""
     model = ALS(**FIT).fit(ratings)
+    by_jobs = ALS(**FIT, driverMaxRatings=0).fit(ratings)
+    for ours, theirs in ((model.userFactors, by_jobs.userFactors), (model.itemFactors, by_jobs.itemFactors)):
+        a, b = (sorted((r.id, r.features) for r in f.collect()) for f in (ours, theirs))
+        assert [i for i, _ in a] == [i for i, _ in b]
+        assert max(abs(x - y) for (_, fa), (_, fb) in zip(a, b) for x, y in zip(fa, fb)) < 1e-4
     folder = str(shared / "connect_model")
     model.write().overwrite().save(folder)  # the classic side compares these factors
     with pytest.raises(FileExistsError):
@@ -62,7 +69,8 @@ def test_train_and_recommend_jobs_under_spark_remote(shared, monkeypatch):
     out = shared / "connect_job"
     args = ["--train", str(shared / "train.csv"), "--test", str(shared / "test.csv"), "--output", str(out)]
     assert train.main([*args, "--set", "model.rank=3", "--set", "model.iterations=2"]) == 0
-    assert (out / "metrics.json").is_file() and (out / "model.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["exchange"] == "driver"
+    assert (out / "model.json").is_file()
     recs = shared / "connect_recs"
     assert recommend.main(["--model", str(out), "--output", str(recs), "--n", "3"]) == 0
     assert any((recs / "recommendations").glob("*.parquet"))

@@ -217,7 +217,7 @@ def test_going_on_from_the_factors_is_the_same_fit_as_running_longer(spark, expl
         tune.Trial(0, {"rank": 3, "biases": True, "iterations": 6}),
         tune.Trial(1, {"rank": 3, "biases": True, "iterations": 6}),
     )
-    with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model) as blocks:
+    with als.SharedBlocks(inner.train, inner.users.size, inner.items.size, run.model, inner.stats.n) as blocks:
         tune._advance(straight, inner, run, blocks, validate, 6)
         tune._advance(stepped, inner, run, blocks, validate, 2)
         tune._advance(stepped, inner, run, blocks, validate, 6)

@@ -9,7 +9,8 @@ rows through Arrow:
     client: Y (+ biases, Gramian) --closure--> block rows of side "user" --mapInArrow--> rows, X --toArrow--> X
 
 The same kernels as every engine (kernels.solve.solve_block), so the same factors. Chosen by
-model.exchange = auto on a Connect session, or by model.exchange = frames.
+model.exchange = auto on a Connect session for more training ratings than model.driver_max_ratings
+(fewer are fitted in the client: engines.held), or by model.exchange = frames.
 """
 
 from __future__ import annotations
