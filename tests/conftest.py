@@ -19,12 +19,24 @@ os.environ.setdefault("JAVA_TOOL_OPTIONS", java_tool_options())
 collect_ignore = [] if os.environ.get("MF_SPARK_CONNECT_TESTS") else ["connect"]
 
 
+# The files that take longest in a full run (`scripts/run_tests.sh --durations=0`), longest
+# first: handed out first, they leave the short files to even out the processes' ends.
+LONGEST = ("test_engine_contract.py", "test_connect.py", "test_ml.py", "test_scripts.py", "test_jobs.py")
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Files with slow tests first, the rest in their order. The suite's files are shared out to the
-    test processes in this order (--dist loadfile), and a long file taken last keeps one process busy
-    while the other has nothing left. Every process collects the same order, as xdist requires."""
+    """LONGEST first, then the other files with slow tests, then the rest, each in their order. The
+    suite's files are shared out to the test processes in this order (--dist loadfile), and a long
+    file taken last keeps one process busy while the other has nothing left. Every process collects
+    the same order, as xdist requires."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+
+    def rank(item) -> tuple[int, int]:
+        if item.path.name in LONGEST:
+            return 0, LONGEST.index(item.path.name)
+        return (1 if item.path in slow_files else 2), 0
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
