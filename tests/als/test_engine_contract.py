@@ -59,9 +59,9 @@ def _frame(spark, u, i, r):
 
 def _reference(spark, u, i, r, cfg):
     """The fit of the simplest engine (a Spark job per half-step, broadcast factors), once per setting."""
-    key = repr(cfg)
+    jobs = dataclasses.replace(cfg, exchange="jobs", strategy="broadcast")
+    key = repr(jobs)  # the engines' classes share it
     if key not in _REFERENCE:
-        jobs = dataclasses.replace(cfg, exchange="jobs", strategy="broadcast")
         _REFERENCE[key] = als.fit(_frame(spark, u, i, r), N_USERS, N_ITEMS, jobs)
     return _REFERENCE[key]
 
