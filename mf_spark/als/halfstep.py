@@ -31,6 +31,7 @@ from pyspark import RDD
 from mf_spark.als.blocks import CsrBlock, row_counts
 from mf_spark.core.config import ModelConfig
 from mf_spark.kernels.solve import SolveSpec, solve_block, start_point
+from mf_spark.kernels.topk import top_n
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,32 @@ def solve_rows(blk: CsrBlock, f: Fixed, spec: SolveSpec) -> tuple:
         x0=None if f.x0 is None else f.x0[blk.row_ids],
     )
     return blk.row_ids, sol.factors, sol.bias, (sol.data_loss, sol.reg_loss, sol.sq_err)
+
+
+def block_tops(
+    blocks: list[CsrBlock],
+    X: list[np.ndarray],
+    offset: list[np.ndarray] | None,
+    Y: np.ndarray,
+    item_bias,
+    n: int,
+    map_=map,
+) -> list[np.ndarray]:
+    """Every user's best n items over user `blocks` (a row is the user's training items: excluded),
+    flattened as kernels.topk.top_n lays them out: [user ids, counts, items, scores]. X[j] and
+    offset[j] (mu + b_u; None without biases) are the users' factors and offsets of blocks[j], in its
+    row order; `map_` runs the blocks (a thread pool's map: the kernel releases the GIL)."""
+
+    def one(j: int):
+        blk = blocks[j]
+        return top_n(X[j], Y, n, blk.indptr, blk.cols, None if offset is None else offset[j], item_bias)
+
+    parts = list(map_(one, range(len(blocks))))
+    cat = lambda arrays, dtype: np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+    return [
+        cat([b.row_ids for b in blocks], np.int32),
+        *(cat([p[at] for p in parts], dtype) for at, dtype in enumerate((np.int32, np.int32, np.float32))),
+    ]
 
 
 def _solver(bc, spec: SolveSpec):

@@ -332,13 +332,16 @@ def strategy(cfg: ModelConfig, n_users: int, n_items: int) -> str:
     return chosen
 
 
-def _held(cfg: ModelConfig, spark, n_train: int) -> bool:
-    """Whether this process holds the blocks (model.exchange = driver, or auto on a Spark Connect
-    session for at most model.driver_max_ratings): there, each half-step of the frames exchange is a
-    round trip to the server, and a few ratings cost less to fetch once than to visit every half-step."""
+def _held(cfg: ModelConfig, spark, n_train: int, joined: bool) -> bool:
+    """Whether this process holds the blocks: model.exchange = driver, or auto for at most
+    model.driver_max_ratings under a local master (whose executors share this machine's cores, so
+    the driver's threads solve as fast without a stage to start) or on a Spark Connect session (where
+    each half-step of the frames exchange is a round trip to the server), unless the factors go by
+    the join strategy (`joined`: too large to hold whole)."""
     if cfg.exchange == "driver":
         return True
-    return cfg.exchange == "auto" and session.is_connect(spark) and n_train <= cfg.driver_max_ratings
+    nearby = session.is_connect(spark) or session.is_local(spark)
+    return cfg.exchange == "auto" and nearby and n_train <= cfg.driver_max_ratings and not joined
 
 
 def _engine(
@@ -352,7 +355,7 @@ def _engine(
 ) -> Engine:
     """The engine for this fit (model.strategy, model.exchange), started."""
     spark = session_of(train)
-    if _held(cfg, spark, n_train):
+    if _held(cfg, spark, n_train, cfg.strategy_for(n_users, n_items) == "join"):
         if isinstance(train, Triples):
             return Held(train.u, train.i, train.r, spec, num_blocks)
         return Held.collect(as_df(train), spec, num_blocks)

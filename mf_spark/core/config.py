@@ -331,13 +331,14 @@ class ModelConfig:
         "driver streams factors to them over TCP; `jobs`: one Spark job and broadcast per half-step; `frames`: the "
         "blocks a cached DataFrame, one mapInArrow job per half-step (the DataFrame API only); `driver`: one collect "
         "brings the training ratings to the process that runs the fit (a Spark Connect client too), whose threads "
-        "solve every half-step, no Spark job; `auto`: stream unless dynamic allocation is on; on a Spark Connect "
-        "session driver up to `driver_max_ratings` training ratings, else frames",
+        "solve every half-step, no Spark job; `auto`: driver for at most `driver_max_ratings` training ratings under "
+        "a local master or on a Spark Connect session, else stream unless dynamic allocation is on (frames on Spark "
+        "Connect)",
     )
     driver_max_ratings: int = setting(
         2_000_000,
-        "on a Spark Connect session, the most training ratings `exchange = auto` brings to the client to fit there "
-        "(12 bytes each on the way, two sides of 8 while the fit holds them); 0 = never",
+        "the most training ratings `exchange = auto` fits in the driver under a local master or on a Spark Connect "
+        "session (there, in the client): 12 bytes each on the way, two sides of 8 while the fit holds them; 0 = never",
         at_least(0, note=" (0 = never)"),
     )
     exchange_timeout_seconds: float = setting(

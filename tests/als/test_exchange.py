@@ -245,7 +245,7 @@ def test_secured_spark_never_carries_factors_in_plaintext(key, asked):
 def test_a_stage_that_keeps_failing_hands_the_fit_to_the_jobs_exchange(spark, monkeypatch, caplog):
     u, i, r, _ = planted(n_users=50, n_items=30, rank=3, density=0.5, seed=6)
     df = ratings_df(spark, u, i, r)
-    cfg = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1)
+    cfg = ModelConfig(rank=3, iterations=3, reg=0.1, seed=1, driver_max_ratings=0)
     want = als.fit(df, 50, 30, ModelConfig(rank=3, iterations=3, reg=0.1, seed=1, exchange="jobs"))
     calls = []
 

@@ -53,10 +53,12 @@ def _fit(spark, cfg, **kwargs):
     return als.fit(ratings_df(spark, u, i, r), 80, 50, cfg, **kwargs)
 
 
+@pytest.mark.parametrize("exchange", ["stream", "driver"])
 @pytest.mark.parametrize("extra", [{"biases": True, "num_user_blocks": 3}, {"kind": "implicit", "alpha": 2.0}])
-def test_top_lists_scored_by_the_tasks_equal_the_spark_jobs_lists(spark, extra):
-    """fit(top_n=...) with the stream: every user's lists, training items excluded, are those
-    model.recommend_unseen_idx scores by Spark jobs from the same factors; other exchanges give none."""
+def test_top_lists_scored_where_the_blocks_are_equal_the_spark_jobs_lists(spark, extra, exchange):
+    """fit(top_n=...) with the stream (in its tasks) or the driver exchange (in the driver's threads):
+    every user's lists, training items excluded, are those model.recommend_unseen_idx scores by Spark
+    jobs from the same factors; the jobs exchange gives none."""
     import pyarrow as pa
 
     from mf_spark.data.index import IdMap
@@ -64,7 +66,7 @@ def test_top_lists_scored_by_the_tasks_equal_the_spark_jobs_lists(spark, extra):
 
     u, i, r, _ = planted(n_users=80, n_items=50, rank=5, density=0.6, noise=0.05, seed=5)
     df = ratings_df(spark, u, i, r)
-    cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=3, exchange="stream", **extra)
+    cfg = ModelConfig(rank=4, iterations=3, reg=0.1, seed=3, exchange=exchange, **extra)
     fit = als.fit(df, 80, 50, cfg, top_n=7)
     assert fit.top is not None and fit.top.items.shape == (80, 7)
     model = FactorModel(

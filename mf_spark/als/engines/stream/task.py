@@ -23,10 +23,10 @@ from mf_spark.als.engines.stream.wire import (
     recv_frame,
     send_frame,
 )
+from mf_spark.als.halfstep import block_tops
 from mf_spark.data.index import IdMap
 from mf_spark.data.ready import indices, unpacked
 from mf_spark.kernels.solve import SolveSpec, layout, solve_block
-from mf_spark.kernels.topk import top_n
 
 log = logging.getLogger("mf_spark")
 
@@ -212,33 +212,13 @@ def _serve(sock: socket.socket, blocks: dict[tuple[int, int], CsrBlock]) -> None
 
 
 def _top_blocks(blocks: list[CsrBlock], header: dict, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """The reply to one "top" frame: the best header["n"] items of every user of `blocks`, the items
-    each rated excluded (a user block's row is that user's training items). `arrays`: the users'
-    factors in the order the task reported them, the item factors, and with header["bias"] the
-    users' offsets (mu + b_u) in the same order and the item biases. Returns [user ids, counts,
-    items, scores] in the layout of kernels.topk.top_n."""
-    X, Y = arrays[0], arrays[1]
-    offset, item_bias = (arrays[2], arrays[3]) if header["bias"] else (None, None)
-    ids, counts, items, scores = [], [], [], []
-    at = 0
-    for blk in blocks:
-        m = blk.row_ids.size
-        c, i, sc = top_n(
-            X[at : at + m],
-            Y,
-            header["n"],
-            blk.indptr,
-            blk.cols,
-            None if offset is None else offset[at : at + m],
-            item_bias,
-        )
-        at += m
-        ids.append(blk.row_ids)
-        counts.append(c)
-        items.append(i)
-        scores.append(sc)
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-    return [cat(ids, np.int32), cat(counts, np.int32), cat(items, np.int32), cat(scores, np.float32)]
+    """The reply to one "top" frame: halfstep.block_tops of the task's user blocks. `arrays`: the
+    users' factors in the order the task reported them, the item factors, and with header["bias"]
+    the users' offsets (mu + b_u) in the same order and the item biases."""
+    ends = np.cumsum([0] + [blk.row_ids.size for blk in blocks])
+    rows = lambda a: [a[ends[j] : ends[j + 1]] for j in range(len(blocks))]
+    offset, item_bias = (rows(arrays[2]), arrays[3]) if header["bias"] else (None, None)
+    return block_tops(blocks, rows(arrays[0]), offset, arrays[1], item_bias, header["n"])
 
 
 def spec_of(header: dict) -> SolveSpec:
