@@ -331,11 +331,13 @@ def norm(name: str) -> str:
 
 
 def choose_columns(
-    columns: list[str], cfg: DataConfig, header: bool, source: str, events: bool = False
+    columns: list[str], cfg: DataConfig, header: bool, source: str, events: bool = False, checked: bool = False
 ) -> dict[str, int | None]:
     """Map user/item/rating/timestamp to column positions (None = no timestamp). `events` (implicit
     data): with data.rating_col "-", or auto and no rating column found, rating None: an event log,
-    whose every row is one interaction of strength 1 (`_project`)."""
+    whose every row is one interaction of strength 1 (`_project`), which is logged unless `checked`
+    (the columns are only checked here, and chosen again from the names Spark gives them)."""
+    say = (lambda *_: None) if checked else _log_event_log
     if cfg.rating_col.strip() == NO_RATING and not events:
         raise InputError(
             f"{source}: data.rating_col = {NO_RATING!r} reads an event log (every row 1), for implicit data "
@@ -355,7 +357,7 @@ def choose_columns(
     for key, attr in KEYS.items():
         want = getattr(cfg, attr).strip()
         if key == RATING and want == NO_RATING:
-            _log_event_log(source, shown)
+            say(source, shown)
             chosen[key] = None
         elif want.isdigit():
             pos = int(want)
@@ -385,7 +387,7 @@ def choose_columns(
             if hit is None and key != TIMESTAMP:
                 hit = _ending_in_a_name(columns, normed, used, key, attr, source)
             if hit is None and key == RATING and events:
-                _log_event_log(source, shown)
+                say(source, shown)
                 chosen[key] = None
                 continue
             if hit is None and key != TIMESTAMP:
@@ -400,7 +402,7 @@ def choose_columns(
         else:
             default = {USER: 0, ITEM: 1, RATING: 2, TIMESTAMP: 3}[key]
             if default >= len(columns) and key == RATING and events:
-                _log_event_log(source, shown)
+                say(source, shown)
                 chosen[key] = None
                 continue
             if default >= len(columns) and key != TIMESTAMP:
@@ -516,7 +518,7 @@ def _read_csv(
     if header and len(lines) < 2:
         raise InputError(f"{source}: header only, no data rows")
     if header:  # the header as written: Spark renames repeated names (rating -> rating2, rating3)
-        choose_columns(first, cfg, header, source, events)
+        choose_columns(first, cfg, header, source, events, checked=True)
     names = _load(path, lambda p: spark.read.csv(p, sep=sep, header=header, inferSchema=False)).columns
     pos = choose_columns(names, cfg, header, source, events)
     # Read again with the corrupt-record column: a row with more or fewer fields than the header is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 
 import pyarrow as pa
@@ -311,7 +312,7 @@ def test_a_column_ending_in_a_common_name_serves_unless_two_do(spark, tmp_path):
         read.ratings(spark, path, "csv", DataConfig())
 
 
-def test_without_a_rating_column_implicit_rows_are_events_of_strength_one(spark, tmp_path):
+def test_without_a_rating_column_implicit_rows_are_events_of_strength_one(spark, tmp_path, caplog):
     headerless = write(tmp_path, "plays.tsv", "u1\ta\nu1\ta\n")
     df = read.ratings(spark, headerless, "auto", DataConfig(), events=True)
     assert [tuple(r) for r in data_of(df).collect()] == [("u1", "a", "1", None)] * 2
@@ -327,8 +328,11 @@ def test_without_a_rating_column_implicit_rows_are_events_of_strength_one(spark,
         read.ratings(spark, lastfm, "auto", cfg)
     unknown = write(tmp_path, "clicks.csv", "customer_key,sku\nc1,s1\nc2,s2\n")  # names no reader knows
     cfg = DataConfig(user_col="customer_key", item_col="sku")
-    got = read.ratings(spark, unknown, "auto", cfg, events=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mf_spark"):
+        got = read.ratings(spark, unknown, "auto", cfg, events=True)
     assert [tuple(r) for r in data_of(got).collect()] == [("c1", "s1", "1", None), ("c2", "s2", "1", None)]
+    assert sum("no rating column" in r.getMessage() for r in caplog.records) == 1  # said once, header or not
     named = write(tmp_path, "log.jsonl", '{"user_id": "u1", "item_id": 7, "ts": 5}\n')
     df = read.ratings(spark, named, "auto", DataConfig(), events=True)
     assert [tuple(r) for r in data_of(df).collect()] == [("u1", 7, "1", 5)]
