@@ -123,6 +123,18 @@ def buckets(keys: np.ndarray, n: int) -> list[np.ndarray]:
 MASK_BUCKETS = 8
 
 
+def side_blocks(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_blocks: int) -> dict[int, CsrBlock]:
+    """The non-empty CsrBlocks of one side's triples, row r in block r % n_blocks (build_all's
+    layout); the triples are not copied when they all fall in one block."""
+    out = {}
+    for b, sel in enumerate(buckets(rows % n_blocks, n_blocks)):
+        if sel.size == rows.size:
+            out[b] = CsrBlock.from_triples(b, rows, cols, values)
+        elif sel.size:
+            out[b] = CsrBlock.from_triples(b, rows[sel], cols[sel], values[sel])
+    return out
+
+
 def _partials(num_blocks: dict[str, int]):
     """mapInArrow body: the (row, col, value) triples of one input partition, split per side and block."""
 

@@ -22,18 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from pyspark.sql import DataFrame
 
-from mf_spark.als.blocks import CsrBlock, buckets, gather_counts, rating_columns
+from mf_spark.als.blocks import gather_counts, rating_columns, side_blocks
 from mf_spark.als.halfstep import Engine, assemble, block_tops, fixed_side, solve_rows
 from mf_spark.core.types import ITEM_IDX, RATING, USER_IDX
 from mf_spark.kernels.solve import SolveSpec
-
-
-def side_blocks(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_blocks: int) -> list[CsrBlock]:
-    """One side's CsrBlocks, row r in block r % n_blocks (blocks.build_all's layout)."""
-    return [
-        CsrBlock.from_triples(b, rows[at], cols[at], values[at])
-        for b, at in enumerate(buckets(rows % n_blocks, n_blocks))
-    ]
 
 
 class Held(Engine):
@@ -45,8 +37,8 @@ class Held(Engine):
         self.spec = spec
         r = np.asarray(r, np.float32)
         self.blocks = {
-            "user": side_blocks(u, i, r, num_blocks["user"]),
-            "item": side_blocks(i, u, r, num_blocks["item"]),
+            "user": list(side_blocks(u, i, r, num_blocks["user"]).values()),
+            "item": list(side_blocks(i, u, r, num_blocks["item"]).values()),
         }
         self.pool = ThreadPoolExecutor(max(1, min(max(num_blocks.values()), os.cpu_count() or 1)))
 

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 from pyspark import BarrierTaskContext
 
-from mf_spark.als.blocks import SIDE_CODES, CsrBlock, buckets, triples
+from mf_spark.als.blocks import SIDE_CODES, CsrBlock, buckets, side_blocks, triples
 from mf_spark.als.engines.stream.wire import (
     HANDSHAKE_SECONDS,
     ExchangeError,
@@ -128,11 +128,8 @@ def _blocks_of(received: list[list[np.ndarray]], num_blocks: dict[str, int]) -> 
     out = {}
     for s, side in enumerate(("user", "item")):
         rows, cols, vals = (np.concatenate([r[3 * s + j] for r in received]) for j in range(3))
-        for b, sel in enumerate(buckets(rows % num_blocks[side], num_blocks[side])):
-            if sel.size == rows.size:  # the task's only block of this side: no copy
-                out[(SIDE_CODES[side], b)] = CsrBlock.from_triples(b, rows, cols, vals)
-            elif sel.size:
-                out[(SIDE_CODES[side], b)] = CsrBlock.from_triples(b, rows[sel], cols[sel], vals[sel])
+        for b, blk in side_blocks(rows, cols, vals, num_blocks[side]).items():
+            out[(SIDE_CODES[side], b)] = blk
     return out
 
 
